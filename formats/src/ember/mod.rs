@@ -1,0 +1,1 @@
+//! The .ember model file. (being written)

@@ -1,0 +1,1 @@
+//! Compute kernels: reference twins and architecture-specific fast paths. (being written)

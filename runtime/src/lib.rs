@@ -1,0 +1,3 @@
+//! emberlm-runtime: run `.ember` GPT-2 models with a KV cache and allocation-free decoding.
+
+pub mod kernels;

@@ -1,0 +1,1 @@
+//! Layers, each with `forward` directly above `backward`. (being written)

@@ -1,0 +1,3 @@
+//! emberlm-trainer: GPT-2 training on the CPU with hand-written forward and backward passes.
+
+pub mod layers;
