@@ -1,0 +1,323 @@
+//! The writer: declare metadata and tensors, then stream the data in table order.
+
+use super::{
+    Array, DType, FormatError, MAGIC, MAX_KEY_LEN, MAX_METADATA, MAX_NAME_LEN, MAX_RANK,
+    MAX_TENSORS, TensorEntry, VERSION, Value, align_up,
+};
+use half::f16;
+use std::collections::{BTreeMap, HashSet};
+use std::io::{self, Write};
+use std::path::Path;
+
+/// Builds an `.ember` file. Metadata is written sorted by key and tensors in the order they were
+/// added, so the same model always gives the same bytes.
+#[derive(Debug, Default)]
+pub struct EmberWriter {
+    metadata: BTreeMap<String, Value>,
+    tensors: Vec<TensorEntry>,
+    names: HashSet<String>,
+    data_len: u64,
+}
+
+impl EmberWriter {
+    /// An empty file.
+    pub fn new() -> EmberWriter {
+        EmberWriter::default()
+    }
+
+    /// Adds a metadata entry; a key may be set once.
+    pub fn set(&mut self, key: &str, value: Value) -> Result<&mut Self, FormatError> {
+        if key.is_empty() || key.len() as u64 > MAX_KEY_LEN {
+            return Err(FormatError::BadLength {
+                field: format!("metadata[{key:?}].key"),
+                len: key.len() as u64,
+                max: MAX_KEY_LEN,
+            });
+        }
+        if self.metadata.len() as u64 >= MAX_METADATA {
+            return Err(FormatError::TooMany {
+                field: "header.metadata_count".into(),
+                count: MAX_METADATA + 1,
+                max: MAX_METADATA,
+            });
+        }
+        if self.metadata.contains_key(key) {
+            return Err(FormatError::DuplicateKey {
+                key: key.to_string(),
+            });
+        }
+        self.metadata.insert(key.to_string(), value);
+        Ok(self)
+    }
+
+    /// Declares the next tensor; its data is written later, in declaration order.
+    pub fn add_tensor(
+        &mut self,
+        name: &str,
+        dtype: DType,
+        shape: &[usize],
+    ) -> Result<&TensorEntry, FormatError> {
+        if name.is_empty() || name.len() as u64 > MAX_NAME_LEN {
+            return Err(FormatError::BadLength {
+                field: format!("tensors[{name:?}].name"),
+                len: name.len() as u64,
+                max: MAX_NAME_LEN,
+            });
+        }
+        if shape.len() > MAX_RANK {
+            return Err(FormatError::RankTooLarge {
+                tensor: name.to_string(),
+                rank: shape.len().min(255) as u8,
+            });
+        }
+        if self.tensors.len() as u64 >= MAX_TENSORS {
+            return Err(FormatError::TooMany {
+                field: "header.tensor_count".into(),
+                count: MAX_TENSORS + 1,
+                max: MAX_TENSORS,
+            });
+        }
+        if !self.names.insert(name.to_string()) {
+            return Err(FormatError::DuplicateTensor {
+                name: name.to_string(),
+            });
+        }
+        let shape: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let overflow = || FormatError::ShapeOverflow {
+            tensor: name.to_string(),
+        };
+        let size = dtype.data_size(&shape).ok_or_else(overflow)?;
+        let offset = align_up(self.data_len).ok_or_else(overflow)?;
+        self.data_len = offset.checked_add(size).ok_or_else(overflow)?;
+        self.tensors.push(TensorEntry {
+            name: name.to_string(),
+            dtype,
+            shape,
+            offset,
+            size,
+        });
+        Ok(self.tensors.last().expect("just pushed"))
+    }
+
+    /// The declared tensors, in order.
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// The header bytes, padded to the data section.
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut h = Vec::new();
+        h.extend_from_slice(&MAGIC);
+        h.extend_from_slice(&VERSION.to_le_bytes());
+        h.extend_from_slice(&0u32.to_le_bytes());
+        h.extend_from_slice(&(self.metadata.len() as u64).to_le_bytes());
+        h.extend_from_slice(&(self.tensors.len() as u64).to_le_bytes());
+        for (key, value) in &self.metadata {
+            put_str32(&mut h, key);
+            h.push(value.tag());
+            put_value(&mut h, value);
+        }
+        for t in &self.tensors {
+            put_str32(&mut h, &t.name);
+            h.push(t.dtype.tag());
+            h.push(t.shape.len() as u8);
+            for d in &t.shape {
+                h.extend_from_slice(&d.to_le_bytes());
+            }
+            h.extend_from_slice(&t.offset.to_le_bytes());
+        }
+        let padded = align_up(h.len() as u64).unwrap_or(h.len() as u64) as usize;
+        h.resize(padded, 0);
+        h
+    }
+
+    /// Streams the file to `w`. `fill(i, entry, w)` must write exactly `entry.size` bytes of the
+    /// i-th tensor's data (see [`write_f32s`], [`write_f16s`], [`write_q8`]). Returns the file size.
+    pub fn write_to<W: Write + ?Sized>(
+        &self,
+        w: &mut W,
+        path_for_errors: &Path,
+        mut fill: impl FnMut(usize, &TensorEntry, &mut dyn Write) -> io::Result<()>,
+    ) -> Result<u64, FormatError> {
+        let io_err = |e: io::Error| FormatError::io(path_for_errors, &e);
+        let header = self.header_bytes();
+        w.write_all(&header).map_err(io_err)?;
+        let mut pos = 0u64;
+        for (i, t) in self.tensors.iter().enumerate() {
+            let pad = t.offset - pos;
+            w.write_all(&[0u8; 64][..pad as usize]).map_err(io_err)?;
+            let mut counter = Counting {
+                inner: &mut *w,
+                written: 0,
+            };
+            fill(i, t, &mut counter).map_err(io_err)?;
+            if counter.written != t.size {
+                return Err(FormatError::TensorSizeMismatch {
+                    tensor: t.name.clone(),
+                    expected: t.size,
+                    written: counter.written,
+                });
+            }
+            pos = t.offset + t.size;
+        }
+        Ok(header.len() as u64 + pos)
+    }
+
+    /// Writes the file into memory (tests, small models).
+    pub fn to_vec(
+        &self,
+        fill: impl FnMut(usize, &TensorEntry, &mut dyn Write) -> io::Result<()>,
+    ) -> Result<Vec<u8>, FormatError> {
+        let mut out = Vec::new();
+        self.write_to(&mut out, Path::new("<memory>"), fill)?;
+        Ok(out)
+    }
+
+    /// Writes the file atomically: a temporary file beside `path`, fsync, rename, fsync of the
+    /// directory. On any error the temporary file is removed and `path` is untouched.
+    pub fn write_file(
+        &self,
+        path: &Path,
+        mut fill: impl FnMut(usize, &TensorEntry, &mut dyn Write) -> io::Result<()>,
+    ) -> Result<u64, FormatError> {
+        let mut result = Ok(0);
+        write_atomically(path, |w| {
+            result = self.write_to(w, path, &mut fill);
+            match &result {
+                Ok(_) => Ok(()),
+                Err(e) => Err(io::Error::other(e.to_string())),
+            }
+        })
+        .map_err(|e| match &result {
+            Err(inner) => inner.clone(),
+            Ok(_) => FormatError::io(path, &e),
+        })?;
+        result
+    }
+}
+
+/// Writes `path` atomically through `write`: into `.<name>.tmp-<pid>` beside it (buffered), then
+/// fsync, rename over `path`, and fsync of the directory so the rename survives a power cut. On
+/// error, the temporary file is removed and `path` keeps its previous content.
+pub fn write_atomically(
+    path: &Path,
+    write: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "the path has no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let file = std::fs::File::create(&tmp)?;
+        let mut buf = io::BufWriter::with_capacity(1 << 20, file);
+        write(&mut buf)?;
+        let file = buf.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        drop(file);
+        std::fs::rename(&tmp, path)?;
+        // Persist the rename itself; not every platform can open a directory, so best effort.
+        if let Ok(d) = std::fs::File::open(&dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// Writes f32 values little-endian.
+pub fn write_f32s(w: &mut dyn Write, values: &[f32]) -> io::Result<()> {
+    if cfg!(target_endian = "little") {
+        w.write_all(bytemuck::cast_slice(values))
+    } else {
+        values
+            .iter()
+            .try_for_each(|v| w.write_all(&v.to_le_bytes()))
+    }
+}
+
+/// Writes f16 values little-endian.
+pub fn write_f16s(w: &mut dyn Write, values: &[f16]) -> io::Result<()> {
+    if cfg!(target_endian = "little") {
+        w.write_all(bytemuck::cast_slice(values))
+    } else {
+        values
+            .iter()
+            .try_for_each(|v| w.write_all(&v.to_le_bytes()))
+    }
+}
+
+/// Writes a Q8 tensor's data: quants, zero padding to a multiple of 64, scales.
+pub fn write_q8(w: &mut dyn Write, quants: &[i8], scales: &[f16]) -> io::Result<()> {
+    w.write_all(bytemuck::cast_slice(quants))?;
+    let pad = align_up(quants.len() as u64).unwrap_or(0) - quants.len() as u64;
+    w.write_all(&[0u8; 64][..pad as usize])?;
+    write_f16s(w, scales)
+}
+
+struct Counting<'a, W: Write + ?Sized> {
+    inner: &'a mut W,
+    written: u64,
+}
+
+impl<W: Write + ?Sized> Write for Counting<'_, W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+fn put_str32(h: &mut Vec<u8>, s: &str) {
+    h.extend_from_slice(&(s.len() as u32).to_le_bytes());
+    h.extend_from_slice(s.as_bytes());
+}
+
+fn put_str64(h: &mut Vec<u8>, s: &str) {
+    h.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    h.extend_from_slice(s.as_bytes());
+}
+
+fn put_value(h: &mut Vec<u8>, v: &Value) {
+    match v {
+        Value::U32(x) => h.extend_from_slice(&x.to_le_bytes()),
+        Value::I32(x) => h.extend_from_slice(&x.to_le_bytes()),
+        Value::U64(x) => h.extend_from_slice(&x.to_le_bytes()),
+        Value::I64(x) => h.extend_from_slice(&x.to_le_bytes()),
+        Value::F32(x) => h.extend_from_slice(&x.to_le_bytes()),
+        Value::F64(x) => h.extend_from_slice(&x.to_le_bytes()),
+        Value::Bool(x) => h.push(*x as u8),
+        Value::Str(s) => put_str64(h, s),
+        Value::Bytes(b) => {
+            h.extend_from_slice(&(b.len() as u64).to_le_bytes());
+            h.extend_from_slice(b);
+        }
+        Value::Array(a) => {
+            h.push(a.elem_tag());
+            h.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            match a {
+                Array::U32(v) => v.iter().for_each(|x| h.extend_from_slice(&x.to_le_bytes())),
+                Array::I32(v) => v.iter().for_each(|x| h.extend_from_slice(&x.to_le_bytes())),
+                Array::U64(v) => v.iter().for_each(|x| h.extend_from_slice(&x.to_le_bytes())),
+                Array::I64(v) => v.iter().for_each(|x| h.extend_from_slice(&x.to_le_bytes())),
+                Array::F32(v) => v.iter().for_each(|x| h.extend_from_slice(&x.to_le_bytes())),
+                Array::F64(v) => v.iter().for_each(|x| h.extend_from_slice(&x.to_le_bytes())),
+                Array::Bool(v) => v.iter().for_each(|x| h.push(*x as u8)),
+                Array::Str(v) => v.iter().for_each(|s| put_str64(h, s)),
+            }
+        }
+    }
+}
