@@ -9,5 +9,6 @@
 
 pub mod config;
 pub mod ember;
+pub mod meta;
 pub mod quant;
 pub mod tokenizer;

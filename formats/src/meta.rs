@@ -1,0 +1,296 @@
+//! The metadata conventions of an emberlm model file: which keys hold the configuration, the task,
+//! the prompt template and the provenance (see FORMAT.md, "Metadata keys").
+
+use crate::config::{GptConfig, LAYERNORM_EPS, MAX_CONTEXT, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use crate::ember::{Array, EmberWriter, FormatError, Header, Value};
+
+/// The value of `general.architecture` for every model emberlm writes.
+pub const ARCHITECTURE: &str = "gpt2";
+
+/// Writes the configuration keys (`general.architecture`, `gpt2.*`).
+pub fn put_config(w: &mut EmberWriter, cfg: &GptConfig) -> Result<(), FormatError> {
+    w.set("general.architecture", Value::Str(ARCHITECTURE.into()))?;
+    w.set("gpt2.vocab_size", Value::U64(cfg.vocab_size as u64))?;
+    w.set("gpt2.context_length", Value::U64(cfg.context_length as u64))?;
+    w.set("gpt2.dim", Value::U64(cfg.dim as u64))?;
+    w.set("gpt2.n_layers", Value::U64(cfg.n_layers as u64))?;
+    w.set("gpt2.n_heads", Value::U64(cfg.n_heads as u64))?;
+    w.set("gpt2.qkv_bias", Value::Bool(cfg.qkv_bias))?;
+    w.set("gpt2.tied_head", Value::Bool(cfg.tied_head))?;
+    w.set("gpt2.layernorm_eps", Value::F32(LAYERNORM_EPS))?;
+    Ok(())
+}
+
+/// Reads and validates the configuration keys.
+pub fn get_config(h: &Header) -> Result<GptConfig, FormatError> {
+    let arch = h.require_str("general.architecture")?;
+    if arch != ARCHITECTURE {
+        return Err(FormatError::WrongType {
+            key: "general.architecture".into(),
+            expected: "\"gpt2\"",
+            found: format!("{arch:?}"),
+        });
+    }
+    let cfg = GptConfig {
+        vocab_size: h.require_count("gpt2.vocab_size", MAX_VOCAB)?,
+        context_length: h.require_count("gpt2.context_length", MAX_CONTEXT)?,
+        dim: h.require_count("gpt2.dim", MAX_DIM)?,
+        n_layers: h.require_count("gpt2.n_layers", MAX_LAYERS)?,
+        n_heads: h.require_count("gpt2.n_heads", MAX_DIM)?,
+        qkv_bias: h.require_bool("gpt2.qkv_bias")?,
+        tied_head: h.require_bool("gpt2.tied_head")?,
+    };
+    cfg.validate().map_err(|e| FormatError::WrongType {
+        key: "gpt2.n_heads".into(),
+        expected: "a consistent configuration",
+        found: e.to_string(),
+    })?;
+    if let Some(v) = h.get("gpt2.layernorm_eps") {
+        let eps = v.as_f64().ok_or_else(|| FormatError::WrongType {
+            key: "gpt2.layernorm_eps".into(),
+            expected: "a float",
+            found: v.type_name().into(),
+        })?;
+        if eps as f32 != LAYERNORM_EPS {
+            return Err(FormatError::WrongType {
+                key: "gpt2.layernorm_eps".into(),
+                expected: "1e-5 (GPT-2's LayerNorm epsilon)",
+                found: eps.to_string(),
+            });
+        }
+    }
+    Ok(cfg)
+}
+
+/// Where a classifier reads its logits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Readout {
+    /// The last position of the (padded) sequence, as in the book.
+    Last,
+    /// The last real (non-pad) token.
+    LastReal,
+}
+
+/// What the model's output head computes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Task {
+    /// Next-token logits over the vocabulary.
+    LanguageModel,
+    /// One logit per label; the head is `out_head.weight` (K, C) and `out_head.bias` (K).
+    Classifier {
+        /// Label names, index = class id.
+        labels: Vec<String>,
+        /// Which position's hidden state feeds the head.
+        readout: Readout,
+        /// The padding token id used when the sequences were batched.
+        pad_id: u32,
+    },
+}
+
+/// Writes `task.*`.
+pub fn put_task(w: &mut EmberWriter, task: &Task) -> Result<(), FormatError> {
+    match task {
+        Task::LanguageModel => {
+            w.set("task.kind", Value::Str("language-model".into()))?;
+        }
+        Task::Classifier {
+            labels,
+            readout,
+            pad_id,
+        } => {
+            w.set("task.kind", Value::Str("classifier".into()))?;
+            w.set("task.labels", Value::Array(Array::Str(labels.clone())))?;
+            let r = match readout {
+                Readout::Last => "last",
+                Readout::LastReal => "last-real",
+            };
+            w.set("task.readout", Value::Str(r.into()))?;
+            w.set("task.pad_id", Value::U32(*pad_id))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads `task.*` (a file without `task.kind` is a language model).
+pub fn get_task(h: &Header) -> Result<Task, FormatError> {
+    let kind = match h.get("task.kind") {
+        None => return Ok(Task::LanguageModel),
+        Some(_) => h.require_str("task.kind")?,
+    };
+    match kind {
+        "language-model" => Ok(Task::LanguageModel),
+        "classifier" => {
+            let labels = match h.require("task.labels")? {
+                Value::Array(Array::Str(l)) if !l.is_empty() => l.clone(),
+                other => {
+                    return Err(FormatError::WrongType {
+                        key: "task.labels".into(),
+                        expected: "a non-empty array of strings",
+                        found: other.type_name().into(),
+                    });
+                }
+            };
+            let readout = match h.require_str("task.readout")? {
+                "last" => Readout::Last,
+                "last-real" => Readout::LastReal,
+                other => {
+                    return Err(FormatError::WrongType {
+                        key: "task.readout".into(),
+                        expected: "\"last\" or \"last-real\"",
+                        found: format!("{other:?}"),
+                    });
+                }
+            };
+            let pad = h.require_u64("task.pad_id")?;
+            let pad_id = u32::try_from(pad).map_err(|_| FormatError::WrongType {
+                key: "task.pad_id".into(),
+                expected: "a u32 token id",
+                found: pad.to_string(),
+            })?;
+            Ok(Task::Classifier {
+                labels,
+                readout,
+                pad_id,
+            })
+        }
+        other => Err(FormatError::WrongType {
+            key: "task.kind".into(),
+            expected: "\"language-model\" or \"classifier\"",
+            found: format!("{other:?}"),
+        }),
+    }
+}
+
+/// A prompt template: `template` with `{instruction}` and `{input}`, where `{input}` expands to
+/// `input_template` (itself holding `{input}`) when the input is non-empty, and to nothing otherwise.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PromptTemplate {
+    /// The whole prompt, up to where the model's response starts.
+    pub template: String,
+    /// The section added for a non-empty input.
+    pub input_template: String,
+}
+
+impl PromptTemplate {
+    /// The book's Alpaca template (chapter 7).
+    pub fn alpaca() -> PromptTemplate {
+        PromptTemplate {
+            template: "Below is an instruction that describes a task. Write a response that \
+                       appropriately completes the request.\n\n### Instruction:\n{instruction}{input}\
+                       \n\n### Response:\n"
+                .into(),
+            input_template: "\n\n### Input:\n{input}".into(),
+        }
+    }
+
+    /// The prompt for an instruction and an optional input.
+    pub fn render(&self, instruction: &str, input: &str) -> String {
+        let input_part = if input.is_empty() {
+            String::new()
+        } else {
+            self.input_template.replace("{input}", input)
+        };
+        // Substitute {input} first so an instruction containing "{input}" stays literal.
+        let (head, tail) = self
+            .template
+            .split_once("{instruction}")
+            .unwrap_or((&self.template, ""));
+        format!(
+            "{}{}{}",
+            head.replace("{input}", &input_part),
+            instruction,
+            tail.replace("{input}", &input_part)
+        )
+    }
+}
+
+/// Writes `prompt.template` and `prompt.input_template`.
+pub fn put_prompt(w: &mut EmberWriter, p: &PromptTemplate) -> Result<(), FormatError> {
+    w.set("prompt.template", Value::Str(p.template.clone()))?;
+    w.set(
+        "prompt.input_template",
+        Value::Str(p.input_template.clone()),
+    )?;
+    Ok(())
+}
+
+/// Reads the prompt template, if the file has one.
+pub fn get_prompt(h: &Header) -> Result<Option<PromptTemplate>, FormatError> {
+    if h.get("prompt.template").is_none() {
+        return Ok(None);
+    }
+    Ok(Some(PromptTemplate {
+        template: h.require_str("prompt.template")?.to_string(),
+        input_template: match h.get("prompt.input_template") {
+            None => String::new(),
+            Some(_) => h.require_str("prompt.input_template")?.to_string(),
+        },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ember::{AlignedBytes, EmberFile};
+
+    fn header_of(w: &EmberWriter) -> Header {
+        let bytes = AlignedBytes::copy_from(&w.to_vec(|_, _, _| Ok(())).unwrap());
+        EmberFile::parse(&bytes).unwrap().header
+    }
+
+    #[test]
+    fn config_task_and_prompt_round_trip() {
+        let mut cfg = GptConfig::preset("355m").unwrap();
+        cfg.qkv_bias = true;
+        cfg.tied_head = true;
+        let task = Task::Classifier {
+            labels: vec!["ham".into(), "spam".into()],
+            readout: Readout::LastReal,
+            pad_id: 50256,
+        };
+        let mut w = EmberWriter::new();
+        put_config(&mut w, &cfg).unwrap();
+        put_task(&mut w, &task).unwrap();
+        put_prompt(&mut w, &PromptTemplate::alpaca()).unwrap();
+        let h = header_of(&w);
+        assert_eq!(get_config(&h).unwrap(), cfg);
+        assert_eq!(get_task(&h).unwrap(), task);
+        assert_eq!(get_prompt(&h).unwrap(), Some(PromptTemplate::alpaca()));
+    }
+
+    #[test]
+    fn bad_config_names_the_key() {
+        let mut w = EmberWriter::new();
+        put_config(&mut w, &GptConfig::preset("124m").unwrap()).unwrap();
+        let mut h = header_of(&w);
+        h.metadata.retain(|(k, _)| k != "gpt2.dim");
+        assert_eq!(
+            get_config(&h),
+            Err(FormatError::MissingKey {
+                key: "gpt2.dim".into()
+            })
+        );
+        h.metadata
+            .push(("gpt2.dim".into(), Value::Str("768".into())));
+        assert!(
+            matches!(get_config(&h), Err(FormatError::WrongType { key, .. }) if key == "gpt2.dim")
+        );
+    }
+
+    // The exact text of the book's `format_input` + "### Response:" (BOOK.md, chapter 7).
+    #[test]
+    fn alpaca_template_matches_the_book() {
+        let p = PromptTemplate::alpaca();
+        assert_eq!(
+            p.render("Rewrite the sentence.", "The car is fast."),
+            "Below is an instruction that describes a task. Write a response that appropriately \
+             completes the request.\n\n### Instruction:\nRewrite the sentence.\n\n### Input:\nThe \
+             car is fast.\n\n### Response:\n"
+        );
+        assert_eq!(
+            p.render("Name a color.", ""),
+            "Below is an instruction that describes a task. Write a response that appropriately \
+             completes the request.\n\n### Instruction:\nName a color.\n\n### Response:\n"
+        );
+    }
+}
