@@ -109,7 +109,7 @@ pub fn backward(dx: &mut [f32], d: Dropout) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::layers::check::{Rng, assert_close, f32s, fd_grad_at, weighted_sum};
 

@@ -1,0 +1,1711 @@
+//! The GPT-2 model of the book (`GPTModel`): token + position embedding, dropout, L pre-LayerNorm
+//! blocks, final LayerNorm, output head (tied to the token embedding or not).
+//!
+//! Storage follows llm.c: parameters in ONE flat `Vec<f32>` laid out in the canonical order of
+//! [`GptConfig::tensor_shapes`] (so checkpoints and export walk it by name), gradients in a second
+//! flat `Vec<f32>` of the same layout, activations for one (B, T) in a third flat buffer allocated
+//! once (grown only when a larger B·T arrives) and carved into named views per call.
+//!
+//! Letters: B batch, T time (≤ P), P context length, C channels, V vocabulary, L layers, H heads.
+//!
+//! Training step, as the caller (the `pretrain` loop) runs it:
+//! ```text
+//! model.zero_grad();
+//! for micro in micro_batches {                       // gradient accumulation = several backward
+//!     model.forward(&x, Some(&y), b, t, Mode::Train { seed: step_seed(step, micro) })?;
+//!     model.backward()?;                             // accumulates into grads
+//! }
+//! // (scale grads by 1/micro_batches if the losses should be averaged)
+//! let norm = clip_grad_norm(model.grads_mut(), 1.0);
+//! opt.step(model.params_and_grads(), lr)?;
+//! ```
+//! Threads: every kernel runs in the current rayon pool; wrap calls in `pool.install(..)` to choose
+//! the thread count. Results are identical for any thread count.
+
+use crate::layers::attention::{self, Dims};
+use crate::layers::crossentropy::{self, IGNORE_INDEX};
+use crate::layers::dropout::{self, Dropout, mix64};
+use crate::layers::{encoder, gelu, layernorm, matmul, residual};
+use emberlm_formats::config::{ConfigError, GptConfig};
+use rayon::prelude::*;
+use std::fmt;
+use std::ops::Range;
+
+/// What went wrong in a model call. Untrusted inputs (token ids, targets, shapes) produce these,
+/// never panics.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ModelError {
+    /// The configuration is invalid.
+    Config(ConfigError),
+    /// B or T is zero.
+    EmptyBatch {
+        /// B.
+        b: usize,
+        /// T.
+        t: usize,
+    },
+    /// T exceeds the position table.
+    SequenceTooLong {
+        /// The requested T.
+        t: usize,
+        /// P.
+        context_length: usize,
+    },
+    /// A slice has the wrong length.
+    BadLength {
+        /// Which argument (`tokens`, `targets`, `params`, …).
+        field: &'static str,
+        /// The length it must have.
+        expected: usize,
+        /// The length it has.
+        got: usize,
+    },
+    /// A token id or target is outside 0..V (targets may also be −100).
+    IdOutOfRange {
+        /// `tokens` or `targets`.
+        field: &'static str,
+        /// Flat position (b·T + t).
+        index: usize,
+        /// The offending value.
+        value: i64,
+        /// V.
+        vocab_size: usize,
+    },
+    /// Every target is the ignore index: the mean loss is undefined.
+    NoTargets,
+    /// `backward` was called without a preceding training forward with targets.
+    NoForward,
+    /// A dropout probability is outside [0, 1].
+    BadDropout {
+        /// `emb`, `attn` or `resid`.
+        site: &'static str,
+        /// The value.
+        p: f32,
+    },
+    /// B·T (or its activations) would overflow the address space.
+    TooLarge {
+        /// B.
+        b: usize,
+        /// T.
+        t: usize,
+    },
+}
+
+impl fmt::Display for ModelError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ModelError::Config(e) => write!(f, "invalid model configuration: {e}"),
+            ModelError::EmptyBatch { b, t } => {
+                write!(f, "empty batch: batch size {b}, sequence length {t}")
+            }
+            ModelError::SequenceTooLong { t, context_length } => write!(
+                f,
+                "sequence length {t} exceeds the model's context length {context_length}"
+            ),
+            ModelError::BadLength {
+                field,
+                expected,
+                got,
+            } => write!(f, "{field} has {got} elements, expected {expected}"),
+            ModelError::IdOutOfRange {
+                field,
+                index,
+                value,
+                vocab_size,
+            } => write!(
+                f,
+                "{field}[{index}] = {value} is outside the vocabulary (0..{vocab_size}{})",
+                if *field == "targets" {
+                    ", or -100 to ignore"
+                } else {
+                    ""
+                }
+            ),
+            ModelError::NoTargets => {
+                write!(f, "every target is -100 (ignored): no loss to compute")
+            }
+            ModelError::NoForward => {
+                write!(f, "backward needs a preceding forward with targets")
+            }
+            ModelError::BadDropout { site, p } => {
+                write!(f, "dropout rate {p} at site {site} is outside [0, 1]")
+            }
+            ModelError::TooLarge { b, t } => {
+                write!(
+                    f,
+                    "batch {b} x {t} is too large for this machine's address space"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for ModelError {}
+
+impl From<ConfigError> for ModelError {
+    fn from(e: ConfigError) -> Self {
+        ModelError::Config(e)
+    }
+}
+
+/// Dropout probabilities at the book's three sites (`drop_rate` sets all three in the book).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DropoutRates {
+    /// After the token + position embedding (`drop_emb`).
+    pub emb: f32,
+    /// On the attention weights (`MultiHeadAttention.dropout`).
+    pub attn: f32,
+    /// On each residual branch before the addition (`drop_shortcut`).
+    pub resid: f32,
+}
+
+impl DropoutRates {
+    /// No dropout anywhere.
+    pub const NONE: DropoutRates = DropoutRates {
+        emb: 0.0,
+        attn: 0.0,
+        resid: 0.0,
+    };
+
+    /// The same rate at every site (the book's `drop_rate`, 0.1 for pretraining).
+    pub fn uniform(p: f32) -> DropoutRates {
+        DropoutRates {
+            emb: p,
+            attn: p,
+            resid: p,
+        }
+    }
+
+    fn validate(&self) -> Result<(), ModelError> {
+        for (site, p) in [
+            ("emb", self.emb),
+            ("attn", self.attn),
+            ("resid", self.resid),
+        ] {
+            if !(0.0..=1.0).contains(&p) {
+                return Err(ModelError::BadDropout { site, p });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether a forward pass is for training (dropout on, reproducible from `seed`) or evaluation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Dropout off (PyTorch's `model.eval()`).
+    Eval,
+    /// Dropout on with the model's [`DropoutRates`]; the masks are a pure function of `seed`,
+    /// so use a different seed per step (e.g. a hash of the run seed and the step number).
+    Train {
+        /// Seed of this forward's dropout masks.
+        seed: u64,
+    },
+}
+
+/// How fresh parameters are drawn. Both are deterministic functions of the seed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Init {
+    /// GPT-2 / nanoGPT / llm.c: weights and embeddings N(0, 0.02), the two residual output
+    /// projections (`att.proj`, `ff.proj`) N(0, 0.02/sqrt(2L)), biases 0, LayerNorm scale 1 shift 0.
+    Gpt2,
+    /// What the book's `GPTModel` gets from PyTorch's defaults: embeddings N(0, 1); Linear weights
+    /// and biases U(−1/sqrt(in), 1/sqrt(in)); LayerNorm scale 1 shift 0.
+    TorchDefault,
+}
+
+/// One parameter tensor: canonical name, shape and its range in the flat buffers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Canonical name (`blocks.3.att.qkv.weight`, …).
+    pub name: String,
+    /// Shape, Linear weights as [out, in].
+    pub shape: Vec<usize>,
+    /// Offset in the flat parameter (and gradient, and moment) buffer.
+    pub offset: usize,
+    /// Number of elements.
+    pub len: usize,
+}
+
+impl TensorInfo {
+    /// `offset..offset + len`.
+    pub fn range(&self) -> Range<usize> {
+        self.offset..self.offset + self.len
+    }
+}
+
+/// Slices that can be split in two (shared or exclusive), so one carving routine serves both.
+pub trait Split: Sized {
+    /// The first `n` elements and the rest.
+    fn split(self, n: usize) -> (Self, Self);
+}
+
+impl Split for &[f32] {
+    fn split(self, n: usize) -> (Self, Self) {
+        self.split_at(n)
+    }
+}
+
+impl Split for &mut [f32] {
+    fn split(self, n: usize) -> (Self, Self) {
+        self.split_at_mut(n)
+    }
+}
+
+/// Splits `s` into consecutive pieces of the given sizes (the rest is dropped).
+fn carve<S: Split, const N: usize>(s: S, sizes: [usize; N]) -> [S; N] {
+    let mut rest = Some(s);
+    std::array::from_fn(|i| {
+        let (head, tail) = rest.take().expect("carve: always refilled").split(sizes[i]);
+        rest = Some(tail);
+        head
+    })
+}
+
+/// The tensors of one transformer block, in canonical order.
+#[derive(Debug)]
+pub struct BlockTensors<S> {
+    /// `norm1.scale` (C).
+    pub norm1_scale: S,
+    /// `norm1.shift` (C).
+    pub norm1_shift: S,
+    /// `att.qkv.weight` (3C, C): query rows, then key, then value.
+    pub qkv_weight: S,
+    /// `att.qkv.bias` (3C), when the config has a qkv bias.
+    pub qkv_bias: Option<S>,
+    /// `att.proj.weight` (C, C).
+    pub proj_weight: S,
+    /// `att.proj.bias` (C).
+    pub proj_bias: S,
+    /// `norm2.scale` (C).
+    pub norm2_scale: S,
+    /// `norm2.shift` (C).
+    pub norm2_shift: S,
+    /// `ff.fc.weight` (4C, C).
+    pub fc_weight: S,
+    /// `ff.fc.bias` (4C).
+    pub fc_bias: S,
+    /// `ff.proj.weight` (C, 4C).
+    pub ff_proj_weight: S,
+    /// `ff.proj.bias` (C).
+    pub ff_proj_bias: S,
+}
+
+impl<S: Split> BlockTensors<S> {
+    fn sizes(cfg: &GptConfig) -> [usize; 12] {
+        let c = cfg.dim;
+        let qb = if cfg.qkv_bias { 3 * c } else { 0 };
+        [
+            c,
+            c,
+            3 * c * c,
+            qb,
+            c * c,
+            c,
+            c,
+            c,
+            4 * c * c,
+            4 * c,
+            4 * c * c,
+            c,
+        ]
+    }
+
+    fn len(cfg: &GptConfig) -> usize {
+        Self::sizes(cfg).iter().sum()
+    }
+
+    fn carve(s: S, cfg: &GptConfig) -> Self {
+        let [n1s, n1b, qw, qb, pw, pb, n2s, n2b, fw, fb, fpw, fpb] = carve(s, Self::sizes(cfg));
+        BlockTensors {
+            norm1_scale: n1s,
+            norm1_shift: n1b,
+            qkv_weight: qw,
+            qkv_bias: cfg.qkv_bias.then_some(qb),
+            proj_weight: pw,
+            proj_bias: pb,
+            norm2_scale: n2s,
+            norm2_shift: n2b,
+            fc_weight: fw,
+            fc_bias: fb,
+            ff_proj_weight: fpw,
+            ff_proj_bias: fpb,
+        }
+    }
+}
+
+/// Every parameter tensor by field (shared `&[f32]`, or `&mut [f32]` for loading).
+#[derive(Debug)]
+pub struct Tensors<S> {
+    /// `tok_emb.weight` (V, C).
+    pub tok_emb: S,
+    /// `pos_emb.weight` (P, C).
+    pub pos_emb: S,
+    /// `blocks.{i}.*`.
+    pub blocks: Vec<BlockTensors<S>>,
+    /// `final_norm.scale` (C).
+    pub final_norm_scale: S,
+    /// `final_norm.shift` (C).
+    pub final_norm_shift: S,
+    /// `out_head.weight` (V, C); `None` when the head is tied to `tok_emb`.
+    pub out_head: Option<S>,
+}
+
+/// Named read-only views of the parameters (or of the gradients).
+pub type ParamViews<'a> = Tensors<&'a [f32]>;
+
+/// The top-level pieces of a flat buffer: (tok_emb, pos_emb, all blocks, final scale, final
+/// shift, out_head or empty).
+fn carve_top<S: Split>(s: S, cfg: &GptConfig) -> [S; 6] {
+    let (v, p, c, l) = (cfg.vocab_size, cfg.context_length, cfg.dim, cfg.n_layers);
+    let head = if cfg.tied_head { 0 } else { v * c };
+    carve(
+        s,
+        [v * c, p * c, l * BlockTensors::<S>::len(cfg), c, c, head],
+    )
+}
+
+impl<S: Split> Tensors<S> {
+    fn carve(s: S, cfg: &GptConfig) -> Self {
+        let [te, pe, mut blocks_s, fs, fb, head] = carve_top(s, cfg);
+        let bl = BlockTensors::<S>::len(cfg);
+        let mut blocks = Vec::with_capacity(cfg.n_layers);
+        for _ in 0..cfg.n_layers {
+            let (this, rest) = blocks_s.split(bl);
+            blocks.push(BlockTensors::carve(this, cfg));
+            blocks_s = rest;
+        }
+        Tensors {
+            tok_emb: te,
+            pos_emb: pe,
+            blocks,
+            final_norm_scale: fs,
+            final_norm_shift: fb,
+            out_head: (!cfg.tied_head).then_some(head),
+        }
+    }
+}
+
+/// The activation buffer's layout for one (B, T): sizes of every named piece, checked against
+/// overflow.
+#[derive(Clone, Copy, Debug)]
+struct ActLayout {
+    b: usize,
+    t: usize,
+    /// B·T.
+    bt: usize,
+    c: usize,
+    h: usize,
+    v: usize,
+    l: usize,
+    /// Floats of one layer's region.
+    layer: usize,
+    /// Floats of the whole activation buffer.
+    total: usize,
+    /// Floats of the scratch buffer (forward temporaries and activation gradients).
+    scratch: usize,
+}
+
+impl ActLayout {
+    fn new(cfg: &GptConfig, b: usize, t: usize) -> Option<ActLayout> {
+        let (c, h, v, l) = (cfg.dim, cfg.n_heads, cfg.vocab_size, cfg.n_layers);
+        let bt = b.checked_mul(t)?;
+        let btc = bt.checked_mul(c)?;
+        let btht = bt.checked_mul(h)?.checked_mul(t)?;
+        // ln1, qkv(3), atty, res2, ln2, fch(4), fch_gelu(4), res3 = 16 BTC; 4 row statistics; att.
+        let layer = btc
+            .checked_mul(16)?
+            .checked_add(bt.checked_mul(4)?)?
+            .checked_add(btht)?;
+        // encoded, lnf, lnf stats, logits, losses, lse.
+        let total = layer
+            .checked_mul(l)?
+            .checked_add(btc.checked_mul(2)?)?
+            .checked_add(bt.checked_mul(4)?)?
+            .checked_add(bt.checked_mul(v)?)?;
+        // branch, dres, dbuf, dbuf2 (4 BTC), dqkv (3), dfch (4), dpre.
+        let scratch = btc.checked_mul(11)?.checked_add(btht)?;
+        // Bytes must fit too.
+        total.checked_add(scratch)?.checked_mul(4)?;
+        Some(ActLayout {
+            b,
+            t,
+            bt,
+            c,
+            h,
+            v,
+            l,
+            layer,
+            total,
+            scratch,
+        })
+    }
+
+    fn btc(&self) -> usize {
+        self.bt * self.c
+    }
+
+    /// Sizes of a layer's pieces, in buffer order.
+    fn layer_sizes(&self) -> [usize; 13] {
+        let (bt, btc) = (self.bt, self.btc());
+        let btht = bt * self.h * self.t;
+        // ln1, ln1_mean, ln1_rstd, qkv, atty, att, res2, ln2, ln2_mean, ln2_rstd, fch, fch_gelu, res3
+        [
+            btc,
+            bt,
+            bt,
+            3 * btc,
+            btc,
+            btht,
+            btc,
+            btc,
+            bt,
+            bt,
+            4 * btc,
+            4 * btc,
+            btc,
+        ]
+    }
+
+    /// Offset of layer `l`'s region; `encoded` (B, T, C) sits just before layer 0.
+    fn layer_start(&self, l: usize) -> usize {
+        self.btc() + l * self.layer
+    }
+
+    /// Offset of the tail: lnf, lnf_mean, lnf_rstd, logits, losses, lse.
+    fn tail_start(&self) -> usize {
+        self.layer_start(self.l)
+    }
+
+    fn tail_sizes(&self) -> [usize; 6] {
+        [
+            self.btc(),
+            self.bt,
+            self.bt,
+            self.bt * self.v,
+            self.bt,
+            self.bt,
+        ]
+    }
+
+    /// branch, dres, dbuf, dbuf2, dqkv, dfch, dpre.
+    fn scratch_sizes(&self) -> [usize; 7] {
+        let btc = self.btc();
+        [
+            btc,
+            btc,
+            btc,
+            btc,
+            3 * btc,
+            4 * btc,
+            self.bt * self.h * self.t,
+        ]
+    }
+
+    fn dims(&self) -> Dims {
+        Dims {
+            b: self.b,
+            t: self.t,
+            c: self.c,
+            h: self.h,
+        }
+    }
+}
+
+/// One layer's activations.
+struct LayerActs<S> {
+    ln1: S,
+    ln1_mean: S,
+    ln1_rstd: S,
+    qkv: S,
+    atty: S,
+    att: S,
+    res2: S,
+    ln2: S,
+    ln2_mean: S,
+    ln2_rstd: S,
+    fch: S,
+    fch_gelu: S,
+    res3: S,
+}
+
+impl<S: Split> LayerActs<S> {
+    fn carve(s: S, lay: &ActLayout) -> Self {
+        let [
+            ln1,
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            atty,
+            att,
+            res2,
+            ln2,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            fch_gelu,
+            res3,
+        ] = carve(s, lay.layer_sizes());
+        LayerActs {
+            ln1,
+            ln1_mean,
+            ln1_rstd,
+            qkv,
+            atty,
+            att,
+            res2,
+            ln2,
+            ln2_mean,
+            ln2_rstd,
+            fch,
+            fch_gelu,
+            res3,
+        }
+    }
+}
+
+/// Activation storage for one (B, T): allocated on the first forward, grown only when a larger
+/// batch arrives, reused otherwise. Holds the inputs of the last forward for backward.
+#[derive(Debug, Default)]
+pub struct Activations {
+    buf: Vec<f32>,
+    scratch: Vec<f32>,
+    tokens: Vec<u32>,
+    targets: Vec<i32>,
+}
+
+impl Activations {
+    /// Activations sized for `b × t` sequences of `cfg` (the model also creates them lazily).
+    pub fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<Activations, ModelError> {
+        let mut a = Activations::default();
+        let lay = ActLayout::new(cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
+        a.ensure(&lay);
+        Ok(a)
+    }
+
+    fn ensure(&mut self, lay: &ActLayout) {
+        if self.buf.len() < lay.total {
+            self.buf = vec![0.0; lay.total];
+        }
+        if self.scratch.len() < lay.scratch {
+            self.scratch = vec![0.0; lay.scratch];
+        }
+        if self.tokens.capacity() < lay.bt {
+            self.tokens = Vec::with_capacity(lay.bt);
+            self.targets = Vec::with_capacity(lay.bt);
+        }
+    }
+
+    /// Bytes currently held.
+    pub fn bytes(&self) -> usize {
+        4 * (self.buf.len() + self.scratch.len() + self.tokens.capacity() + self.targets.capacity())
+    }
+}
+
+/// Bytes needed to train `cfg` at batch `b × t`: parameters, gradients, the two AdamW moments and
+/// the activations (with scratch). `u64::MAX` when it would overflow. Use it to refuse a batch
+/// before allocating.
+pub fn memory_estimate(cfg: &GptConfig, b: usize, t: usize) -> u64 {
+    let Some(lay) = ActLayout::new(cfg, b, t) else {
+        return u64::MAX;
+    };
+    let params = cfg.param_count() as u64;
+    let floats = params
+        .checked_mul(4)
+        .and_then(|p| p.checked_add(lay.total as u64))
+        .and_then(|p| p.checked_add(lay.scratch as u64));
+    let ids = (lay.bt as u64).checked_mul(2);
+    match (floats, ids) {
+        (Some(f), Some(i)) => f
+            .checked_add(i)
+            .and_then(|x| x.checked_mul(4))
+            .unwrap_or(u64::MAX),
+        _ => u64::MAX,
+    }
+}
+
+/// What the last forward left behind.
+#[derive(Clone, Copy, Debug)]
+struct ForwardState {
+    lay: ActLayout,
+    mode: Mode,
+    /// Number of non-ignored targets, when targets were given.
+    count: Option<usize>,
+    /// False once backward has turned the logits into their gradient.
+    logits_valid: bool,
+}
+
+/// The GPT-2 model with its parameters, gradients and activations.
+#[derive(Debug)]
+pub struct Gpt {
+    cfg: GptConfig,
+    /// Dropout probabilities used by [`Mode::Train`] forwards.
+    pub dropout: DropoutRates,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    tensors: Vec<TensorInfo>,
+    acts: Activations,
+    state: Option<ForwardState>,
+}
+
+/// Dropout site numbers: the embedding is 0; block l uses 1 + 3l (attention), 2 + 3l (after the
+/// attention projection) and 3 + 3l (after the feed-forward).
+fn site(l: usize, k: u64) -> u64 {
+    1 + 3 * l as u64 + k
+}
+
+impl Gpt {
+    /// A freshly initialised model (deterministic in `seed`), with no dropout; set
+    /// [`Gpt::dropout`] for training.
+    pub fn new(cfg: GptConfig, init: Init, seed: u64) -> Result<Gpt, ModelError> {
+        let mut m = Gpt::zeros(cfg)?;
+        m.init(init, seed);
+        Ok(m)
+    }
+
+    /// A model whose parameters are `params` in canonical order (a checkpoint or an import).
+    pub fn from_params(cfg: GptConfig, params: Vec<f32>) -> Result<Gpt, ModelError> {
+        cfg.validate()?;
+        let expected = cfg.param_count();
+        if params.len() != expected {
+            return Err(ModelError::BadLength {
+                field: "params",
+                expected,
+                got: params.len(),
+            });
+        }
+        let mut m = Gpt::zeros(cfg)?;
+        m.params = params;
+        Ok(m)
+    }
+
+    fn zeros(cfg: GptConfig) -> Result<Gpt, ModelError> {
+        cfg.validate()?;
+        let mut tensors = Vec::new();
+        let mut offset = 0;
+        for (name, shape) in cfg.tensor_shapes() {
+            let len = shape.iter().product();
+            tensors.push(TensorInfo {
+                name,
+                shape,
+                offset,
+                len,
+            });
+            offset += len;
+        }
+        Ok(Gpt {
+            cfg,
+            dropout: DropoutRates::NONE,
+            params: vec![0.0; offset],
+            grads: Vec::new(),
+            tensors,
+            acts: Activations::default(),
+            state: None,
+        })
+    }
+
+    fn init(&mut self, init: Init, seed: u64) {
+        let l = self.cfg.n_layers as f32;
+        for (i, t) in self.tensors.iter().enumerate() {
+            let key = mix64(seed ^ mix64(0xA076_1D64_78BD_642F ^ i as u64));
+            let dst = &mut self.params[t.range()];
+            let name = t.name.as_str();
+            let is_norm = name.contains("norm");
+            let is_emb = name.starts_with("tok_emb") || name.starts_with("pos_emb");
+            let is_bias = name.ends_with(".bias");
+            if is_norm {
+                dst.fill(if name.ends_with(".scale") { 1.0 } else { 0.0 });
+                continue;
+            }
+            match init {
+                Init::Gpt2 => {
+                    if is_bias {
+                        dst.fill(0.0);
+                    } else {
+                        let residual_out =
+                            name.ends_with("att.proj.weight") || name.ends_with("ff.proj.weight");
+                        let std = if residual_out {
+                            0.02 / (2.0 * l).sqrt()
+                        } else {
+                            0.02
+                        };
+                        fill_normal(dst, std, key);
+                    }
+                }
+                Init::TorchDefault => {
+                    if is_emb {
+                        fill_normal(dst, 1.0, key);
+                    } else {
+                        // fan_in is the last dim of the weight; a bias uses its layer's fan_in.
+                        let fan_in = if is_bias {
+                            let wname = name.replace(".bias", ".weight");
+                            weight_fan_in(&self.cfg, &wname)
+                        } else {
+                            t.shape[1]
+                        };
+                        fill_uniform(dst, 1.0 / (fan_in as f32).sqrt(), key);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GptConfig {
+        &self.cfg
+    }
+
+    /// Every parameter tensor in canonical order, with its range in the flat buffers.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    /// The flat parameter buffer (canonical order).
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The flat parameter buffer, writable (loading a checkpoint or imported weights).
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// The flat gradient buffer (same layout as the parameters; all zeros before any backward).
+    pub fn grads(&mut self) -> &[f32] {
+        self.ensure_grads();
+        &self.grads
+    }
+
+    /// The flat gradient buffer, writable (clipping, scaling for accumulation).
+    pub fn grads_mut(&mut self) -> &mut [f32] {
+        self.ensure_grads();
+        &mut self.grads
+    }
+
+    /// Parameters (writable) and gradients together, for the optimizer.
+    pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        self.ensure_grads();
+        (&mut self.params, &self.grads)
+    }
+
+    /// The parameter tensor with this canonical name.
+    pub fn param(&self, name: &str) -> Option<&[f32]> {
+        let t = self.tensors.iter().find(|t| t.name == name)?;
+        Some(&self.params[t.range()])
+    }
+
+    /// The parameter tensor with this canonical name, writable.
+    pub fn param_mut(&mut self, name: &str) -> Option<&mut [f32]> {
+        let t = self.tensors.iter().find(|t| t.name == name)?;
+        Some(&mut self.params[t.range()])
+    }
+
+    /// The gradient of the tensor with this canonical name.
+    pub fn grad(&mut self, name: &str) -> Option<&[f32]> {
+        self.ensure_grads();
+        let t = self.tensors.iter().find(|t| t.name == name)?;
+        Some(&self.grads[t.range()])
+    }
+
+    /// The parameters by field.
+    pub fn views(&self) -> ParamViews<'_> {
+        Tensors::carve(&self.params[..], &self.cfg)
+    }
+
+    /// The parameters by field, writable.
+    pub fn views_mut(&mut self) -> Tensors<&mut [f32]> {
+        Tensors::carve(&mut self.params[..], &self.cfg)
+    }
+
+    /// The gradients by field.
+    pub fn grad_views(&mut self) -> ParamViews<'_> {
+        self.ensure_grads();
+        Tensors::carve(&self.grads[..], &self.cfg)
+    }
+
+    fn ensure_grads(&mut self) {
+        if self.grads.len() != self.params.len() {
+            self.grads = vec![0.0; self.params.len()];
+        }
+    }
+
+    /// Sets every gradient to zero (allocating the gradient buffer on first use).
+    pub fn zero_grad(&mut self) {
+        if self.grads.len() != self.params.len() {
+            self.grads = vec![0.0; self.params.len()];
+        } else {
+            self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
+        }
+    }
+
+    /// Bytes held by the activations right now.
+    pub fn activation_bytes(&self) -> usize {
+        self.acts.bytes()
+    }
+
+    fn validate_inputs(
+        &self,
+        tokens: &[u32],
+        targets: Option<&[i32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<ActLayout, ModelError> {
+        if b == 0 || t == 0 {
+            return Err(ModelError::EmptyBatch { b, t });
+        }
+        if t > self.cfg.context_length {
+            return Err(ModelError::SequenceTooLong {
+                t,
+                context_length: self.cfg.context_length,
+            });
+        }
+        let lay = ActLayout::new(&self.cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
+        let v = self.cfg.vocab_size;
+        if tokens.len() != lay.bt {
+            return Err(ModelError::BadLength {
+                field: "tokens",
+                expected: lay.bt,
+                got: tokens.len(),
+            });
+        }
+        if let Some(i) = tokens.iter().position(|&x| x as usize >= v) {
+            return Err(ModelError::IdOutOfRange {
+                field: "tokens",
+                index: i,
+                value: tokens[i] as i64,
+                vocab_size: v,
+            });
+        }
+        if let Some(y) = targets {
+            if y.len() != lay.bt {
+                return Err(ModelError::BadLength {
+                    field: "targets",
+                    expected: lay.bt,
+                    got: y.len(),
+                });
+            }
+            if let Some(i) = y
+                .iter()
+                .position(|&x| x != IGNORE_INDEX && (x < 0 || x as usize >= v))
+            {
+                return Err(ModelError::IdOutOfRange {
+                    field: "targets",
+                    index: i,
+                    value: y[i] as i64,
+                    vocab_size: v,
+                });
+            }
+            if y.iter().all(|&x| x == IGNORE_INDEX) {
+                return Err(ModelError::NoTargets);
+            }
+        }
+        Ok(lay)
+    }
+
+    /// Runs the model on `tokens` (B, T) (row-major, `b` sequences of `t` ids).
+    ///
+    /// With `targets` (B, T) (ids, or −100 to ignore a position) returns the mean cross-entropy
+    /// over the non-ignored positions and prepares [`Gpt::backward`]; without, returns `None`.
+    /// Either way the logits (B, T, V) are available from [`Gpt::logits`] until the next backward.
+    pub fn forward(
+        &mut self,
+        tokens: &[u32],
+        targets: Option<&[i32]>,
+        b: usize,
+        t: usize,
+        mode: Mode,
+    ) -> Result<Option<f32>, ModelError> {
+        let lay = self.validate_inputs(tokens, targets, b, t)?;
+        if mode != Mode::Eval {
+            self.dropout.validate()?;
+        }
+        self.state = None;
+        self.acts.ensure(&lay);
+        self.acts.tokens.clear();
+        self.acts.tokens.extend_from_slice(tokens);
+        self.acts.targets.clear();
+        if let Some(y) = targets {
+            self.acts.targets.extend_from_slice(y);
+        }
+        let cfg = self.cfg;
+        let rates = self.dropout;
+        let drop_emb = site_dropout(mode, 0, rates.emb);
+        let (c, btc) = (cfg.dim, lay.btc());
+        let w = Tensors::carve(&self.params[..], &cfg);
+        let buf = &mut self.acts.buf[..lay.total];
+        let [branch, ..] = carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
+
+        // encoded = drop_emb(tok_emb[tokens] + pos_emb[t])
+        {
+            let enc = &mut buf[..btc];
+            encoder::forward(enc, tokens, w.tok_emb, w.pos_emb, t, c);
+            dropout::forward(enc, drop_emb);
+        }
+        for (l, wb) in w.blocks.iter().enumerate() {
+            let (before, rest) = buf.split_at_mut(lay.layer_start(l));
+            let input: &[f32] = &before[before.len() - btc..];
+            let a = LayerActs::carve(&mut rest[..lay.layer], &lay);
+            let drop_attn = site_dropout(mode, site(l, 0), rates.attn);
+            let drop_res1 = site_dropout(mode, site(l, 1), rates.resid);
+            let drop_res2 = site_dropout(mode, site(l, 2), rates.resid);
+            // ln1 = norm1(input)
+            layernorm::forward(
+                a.ln1,
+                a.ln1_mean,
+                a.ln1_rstd,
+                input,
+                wb.norm1_scale,
+                wb.norm1_shift,
+            );
+            // qkv = ln1 · Wqkvᵀ (+ b)
+            matmul::forward(a.qkv, a.ln1, wb.qkv_weight, wb.qkv_bias, c);
+            // atty = attention(qkv) with dropout on the weights
+            attention::forward(a.atty, a.att, a.qkv, lay.dims(), drop_attn);
+            // res2 = input + drop(atty · Wprojᵀ + b)
+            matmul::forward(branch, a.atty, wb.proj_weight, Some(wb.proj_bias), c);
+            dropout::forward(branch, drop_res1);
+            residual::forward(a.res2, input, branch);
+            // ln2 = norm2(res2)
+            layernorm::forward(
+                a.ln2,
+                a.ln2_mean,
+                a.ln2_rstd,
+                a.res2,
+                wb.norm2_scale,
+                wb.norm2_shift,
+            );
+            // fch = ln2 · Wfcᵀ + b ; fch_gelu = gelu(fch)
+            matmul::forward(a.fch, a.ln2, wb.fc_weight, Some(wb.fc_bias), c);
+            gelu::forward(a.fch_gelu, a.fch);
+            // res3 = res2 + drop(fch_gelu · Wprojᵀ + b)
+            matmul::forward(
+                branch,
+                a.fch_gelu,
+                wb.ff_proj_weight,
+                Some(wb.ff_proj_bias),
+                4 * c,
+            );
+            dropout::forward(branch, drop_res2);
+            residual::forward(a.res3, a.res2, branch);
+        }
+        let (body, tail) = buf.split_at_mut(lay.tail_start());
+        let last: &[f32] = &body[body.len() - btc..];
+        let [lnf, lnf_mean, lnf_rstd, logits, losses, lse] = carve(tail, lay.tail_sizes());
+        // lnf = final_norm(last residual)
+        layernorm::forward(
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            last,
+            w.final_norm_scale,
+            w.final_norm_shift,
+        );
+        // logits = lnf · headᵀ (head = out_head, or tok_emb when tied)
+        let head = w.out_head.unwrap_or(w.tok_emb);
+        matmul::forward(logits, lnf, head, None, c);
+        let (loss, count) = match targets {
+            Some(y) => {
+                let (sum, count) = crossentropy::forward(losses, lse, logits, y);
+                (Some((sum / count as f64) as f32), Some(count))
+            }
+            None => (None, None),
+        };
+        self.state = Some(ForwardState {
+            lay,
+            mode,
+            count,
+            logits_valid: true,
+        });
+        Ok(loss)
+    }
+
+    /// Evaluation-mode forward without targets; returns the logits (B, T, V).
+    pub fn forward_logits(
+        &mut self,
+        tokens: &[u32],
+        b: usize,
+        t: usize,
+    ) -> Result<&[f32], ModelError> {
+        self.forward(tokens, None, b, t, Mode::Eval)?;
+        Ok(self.logits().unwrap_or(&[]))
+    }
+
+    /// The logits (B, T, V) of the last forward; `None` before any forward or after a backward
+    /// (which reuses their storage for their gradient).
+    pub fn logits(&self) -> Option<&[f32]> {
+        let st = self.state.as_ref().filter(|s| s.logits_valid)?;
+        let start = st.lay.tail_start() + st.lay.btc() + 2 * st.lay.bt;
+        Some(&self.acts.buf[start..][..st.lay.bt * st.lay.v])
+    }
+
+    /// The per-position losses (B, T) of the last forward with targets (0 at ignored positions).
+    pub fn losses(&self) -> Option<&[f32]> {
+        let st = self.state.as_ref().filter(|s| s.count.is_some())?;
+        let start = st.lay.tail_start() + st.lay.btc() + 2 * st.lay.bt + st.lay.bt * st.lay.v;
+        Some(&self.acts.buf[start..][..st.lay.bt])
+    }
+
+    /// Gradient of the last forward's mean loss, *accumulated* into the gradient buffer
+    /// (call [`Gpt::zero_grad`] first unless accumulating micro-batches). Consumes the logits.
+    pub fn backward(&mut self) -> Result<(), ModelError> {
+        let (lay, mode, count) = match self.state {
+            Some(ForwardState {
+                lay,
+                mode,
+                count: Some(count),
+                logits_valid: true,
+            }) => (lay, mode, count),
+            _ => return Err(ModelError::NoForward),
+        };
+        self.ensure_grads();
+        let cfg = self.cfg;
+        let rates = self.dropout;
+        let (c, btc, t) = (cfg.dim, lay.btc(), lay.t);
+        let w = Tensors::carve(&self.params[..], &cfg);
+        let [g_te, g_pe, g_blocks, g_fs, g_fb, g_head] = carve_top(&mut self.grads[..], &cfg);
+        let [_, dres, dbuf, dbuf2, dqkv, dfch, dpre] =
+            carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
+        let tokens = &self.acts.tokens[..];
+        let targets = &self.acts.targets[..];
+        let (body, tail) = self.acts.buf[..lay.total].split_at_mut(lay.tail_start());
+        let body: &[f32] = body;
+        let [lnf, lnf_mean, lnf_rstd, logits, _losses, lse] = carve(tail, lay.tail_sizes());
+
+        // forward: loss = mean over counted rows of CE(logits)  ⇒  dlogits, in place
+        crossentropy::backward(logits, lse, targets, 1.0 / count as f32);
+        // forward: logits = lnf · headᵀ  ⇒  dlnf = dlogits · head ; dhead += dlogitsᵀ · lnf
+        {
+            let (head_w, dhead): (&[f32], &mut [f32]) = match w.out_head {
+                Some(hw) => (hw, g_head),
+                None => (w.tok_emb, &mut *g_te),
+            };
+            matmul::backward(dbuf, dhead, None, logits, lnf, head_w, c);
+        }
+        // forward: lnf = final_norm(last residual)  ⇒  dres = d(last residual)
+        dres.fill(0.0);
+        let last = &body[body.len() - btc..];
+        layernorm::backward(
+            dres,
+            g_fs,
+            g_fb,
+            dbuf,
+            last,
+            w.final_norm_scale,
+            lnf_mean,
+            lnf_rstd,
+        );
+
+        let bl = BlockTensors::<&[f32]>::len(&cfg);
+        for l in (0..cfg.n_layers).rev() {
+            let gb = BlockTensors::carve(&mut g_blocks[l * bl..(l + 1) * bl], &cfg);
+            let wb = &w.blocks[l];
+            let (before, rest) = body.split_at(lay.layer_start(l));
+            let input = &before[before.len() - btc..];
+            let a = LayerActs::carve(&rest[..lay.layer], &lay);
+            let drop_attn = site_dropout(mode, site(l, 0), rates.attn);
+            let drop_res1 = site_dropout(mode, site(l, 1), rates.resid);
+            let drop_res2 = site_dropout(mode, site(l, 2), rates.resid);
+            // forward: res3 = res2 + branch  ⇒  dres2 = dres (kept in place), dbranch = dres
+            // (residual::backward with the skip gradient aliased to dout)
+            dbuf.copy_from_slice(dres);
+            // forward: branch = drop(ffproj_out)
+            dropout::backward(dbuf, drop_res2);
+            // forward: ffproj_out = fch_gelu · Wᵀ + b  ⇒  dfch_gelu, dW, db
+            matmul::backward(
+                dfch,
+                gb.ff_proj_weight,
+                Some(gb.ff_proj_bias),
+                dbuf,
+                a.fch_gelu,
+                wb.ff_proj_weight,
+                4 * c,
+            );
+            // forward: fch_gelu = gelu(fch)
+            gelu::backward(dfch, a.fch);
+            // forward: fch = ln2 · Wfcᵀ + b  ⇒  dln2 (into dbuf)
+            matmul::backward(
+                dbuf,
+                gb.fc_weight,
+                Some(gb.fc_bias),
+                dfch,
+                a.ln2,
+                wb.fc_weight,
+                c,
+            );
+            // forward: ln2 = norm2(res2)  ⇒  dres += its contribution (dres is now d res2)
+            layernorm::backward(
+                dres,
+                gb.norm2_scale,
+                gb.norm2_shift,
+                dbuf,
+                a.res2,
+                wb.norm2_scale,
+                a.ln2_mean,
+                a.ln2_rstd,
+            );
+            // forward: res2 = input + branch  ⇒  dbranch = dres
+            dbuf.copy_from_slice(dres);
+            // forward: branch = drop(atty · Wprojᵀ + b)
+            dropout::backward(dbuf, drop_res1);
+            matmul::backward(
+                dbuf2,
+                gb.proj_weight,
+                Some(gb.proj_bias),
+                dbuf,
+                a.atty,
+                wb.proj_weight,
+                c,
+            );
+            // forward: atty = attention(qkv)
+            attention::backward(dqkv, dpre, dbuf2, a.qkv, a.att, lay.dims(), drop_attn);
+            // forward: qkv = ln1 · Wqkvᵀ (+ b)  ⇒  dln1 (into dbuf)
+            matmul::backward(
+                dbuf,
+                gb.qkv_weight,
+                gb.qkv_bias,
+                dqkv,
+                a.ln1,
+                wb.qkv_weight,
+                c,
+            );
+            // forward: ln1 = norm1(input)  ⇒  dres += its contribution (dres is now d input)
+            layernorm::backward(
+                dres,
+                gb.norm1_scale,
+                gb.norm1_shift,
+                dbuf,
+                input,
+                wb.norm1_scale,
+                a.ln1_mean,
+                a.ln1_rstd,
+            );
+        }
+        // forward: encoded = drop_emb(tok_emb[tokens] + pos_emb[t])
+        dropout::backward(dres, site_dropout(mode, 0, rates.emb));
+        encoder::backward(g_te, g_pe, dres, tokens, t, c);
+        if let Some(st) = self.state.as_mut() {
+            st.logits_valid = false;
+        }
+        Ok(())
+    }
+}
+
+/// The dropout of one site for this forward (off in evaluation mode).
+fn site_dropout(mode: Mode, site: u64, p: f32) -> Dropout {
+    match mode {
+        Mode::Eval => Dropout::OFF,
+        Mode::Train { seed } => Dropout::new(p, seed, site),
+    }
+}
+
+/// The fan-in of the weight named `wname` (its second dimension).
+fn weight_fan_in(cfg: &GptConfig, wname: &str) -> usize {
+    cfg.tensor_shapes()
+        .into_iter()
+        .find(|(n, _)| n == wname)
+        .map_or(cfg.dim, |(_, s)| s[1])
+}
+
+/// Fills `dst` with N(0, std²) draws; element i depends only on (key, i) (Box–Muller on two
+/// counter-based uniforms), so the fill is parallel and reproducible.
+fn fill_normal(dst: &mut [f32], std: f32, key: u64) {
+    const CHUNK: usize = 1 << 14;
+    dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
+        for (j, x) in d.iter_mut().enumerate() {
+            let i = (ci * CHUNK + j) as u64;
+            let u1 = unit(mix64(key.wrapping_add(2 * i)));
+            let u2 = unit(mix64(key.wrapping_add(2 * i + 1)));
+            let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+            *x = (z * std as f64) as f32;
+        }
+    });
+}
+
+/// Fills `dst` with U(−bound, bound) draws; element i depends only on (key, i).
+fn fill_uniform(dst: &mut [f32], bound: f32, key: u64) {
+    const CHUNK: usize = 1 << 14;
+    dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
+        for (j, x) in d.iter_mut().enumerate() {
+            let i = (ci * CHUNK + j) as u64;
+            let u = unit(mix64(key.wrapping_add(i)));
+            *x = ((2.0 * u - 1.0) * bound as f64) as f32;
+        }
+    });
+}
+
+/// A u64 to a uniform f64 in [0, 1).
+fn unit(h: u64) -> f64 {
+    (h >> 11) as f64 * (1.0 / (1u64 << 53) as f64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layers::check::{Rng, assert_close, fd_grad};
+    use crate::layers::{
+        attention::tests as attn_ref, crossentropy::tests as ce_ref, dropout::tests as drop_ref,
+        encoder::tests as enc_ref, gelu::tests as gelu_ref, layernorm::tests as ln_ref,
+        matmul::tests as mm_ref, residual::tests as res_ref,
+    };
+
+    /// Logits and loss: f32 model vs the f64 reference.
+    const FWD_ATOL: f64 = 2e-5;
+    /// Whole-model gradients: f32 backward vs f64 finite differences.
+    const GRAD_ATOL: f64 = 2e-5;
+    const GRAD_RTOL: f64 = 2e-3;
+
+    fn tiny(qkv_bias: bool, tied_head: bool) -> GptConfig {
+        GptConfig {
+            vocab_size: 11,
+            context_length: 7,
+            dim: 8,
+            n_layers: 2,
+            n_heads: 2,
+            qkv_bias,
+            tied_head,
+        }
+    }
+
+    /// The float64 reference GPT forward: looks tensors up by canonical name in the flat buffer
+    /// (independently of the struct carving) and composes the layers' f64 reference forwards.
+    /// Returns (logits, mean loss).
+    #[allow(clippy::too_many_arguments)]
+    fn reference_forward(
+        cfg: &GptConfig,
+        tensors: &[TensorInfo],
+        p: &[f64],
+        tokens: &[u32],
+        targets: &[i32],
+        b: usize,
+        t: usize,
+        rates: DropoutRates,
+        mode: Mode,
+    ) -> (Vec<f64>, f64) {
+        let get = |name: &str| -> &[f64] {
+            let ti = tensors.iter().find(|x| x.name == name).expect(name);
+            &p[ti.range()]
+        };
+        let c = cfg.dim;
+        let drop = |s: u64, rate: f32| site_dropout(mode, s, rate);
+        let mut x =
+            enc_ref::reference_forward(tokens, get("tok_emb.weight"), get("pos_emb.weight"), t, c);
+        x = drop_ref::reference_forward(&x, drop(0, rates.emb));
+        for l in 0..cfg.n_layers {
+            let n = |s: &str| format!("blocks.{l}.{s}");
+            let ln1 = ln_ref::reference_forward(&x, get(&n("norm1.scale")), get(&n("norm1.shift")));
+            let qb = cfg.qkv_bias.then(|| get(&n("att.qkv.bias")));
+            let qkv = mm_ref::reference_forward(&ln1, get(&n("att.qkv.weight")), qb, c);
+            let dims = Dims {
+                b,
+                t,
+                c,
+                h: cfg.n_heads,
+            };
+            let atty = attn_ref::reference_forward(&qkv, dims, drop(site(l, 0), rates.attn));
+            let proj = mm_ref::reference_forward(
+                &atty,
+                get(&n("att.proj.weight")),
+                Some(get(&n("att.proj.bias"))),
+                c,
+            );
+            let proj = drop_ref::reference_forward(&proj, drop(site(l, 1), rates.resid));
+            let res2 = res_ref::reference_forward(&x, &proj);
+            let ln2 =
+                ln_ref::reference_forward(&res2, get(&n("norm2.scale")), get(&n("norm2.shift")));
+            let fc = mm_ref::reference_forward(
+                &ln2,
+                get(&n("ff.fc.weight")),
+                Some(get(&n("ff.fc.bias"))),
+                c,
+            );
+            let g = gelu_ref::reference_forward(&fc);
+            let fp = mm_ref::reference_forward(
+                &g,
+                get(&n("ff.proj.weight")),
+                Some(get(&n("ff.proj.bias"))),
+                4 * c,
+            );
+            let fp = drop_ref::reference_forward(&fp, drop(site(l, 2), rates.resid));
+            x = res_ref::reference_forward(&res2, &fp);
+        }
+        let lnf = ln_ref::reference_forward(&x, get("final_norm.scale"), get("final_norm.shift"));
+        let head = if cfg.tied_head {
+            get("tok_emb.weight")
+        } else {
+            get("out_head.weight")
+        };
+        let logits = mm_ref::reference_forward(&lnf, head, None, c);
+        let loss = ce_ref::reference_forward(&logits, targets);
+        (logits, loss)
+    }
+
+    fn whole_model_check(cfg: GptConfig, rates: DropoutRates, mode: Mode) {
+        let (b, t) = (2, 5);
+        let mut m = Gpt::new(cfg, Init::Gpt2, 17).unwrap();
+        m.dropout = rates;
+        // Generic values everywhere (GPT-2's 0.02 init gives gradients too small to test well):
+        // weights ~U(-0.5, 0.5), LayerNorm scales 1 ± 0.3.
+        let mut rng = Rng(99);
+        for ti in m.tensors.clone() {
+            let is_scale = ti.name.ends_with(".scale");
+            for v in &mut m.params[ti.range()] {
+                let u = rng.uniform();
+                *v = if is_scale { 1.0 + 0.3 * u } else { 0.5 * u } as f32;
+            }
+        }
+        let tokens: Vec<u32> = (0..b * t)
+            .map(|i| ((i * 7 + 3) % cfg.vocab_size) as u32)
+            .collect();
+        let mut targets: Vec<i32> = (0..b * t)
+            .map(|i| ((i * 5 + 1) % cfg.vocab_size) as i32)
+            .collect();
+        targets[3] = IGNORE_INDEX;
+        let loss = m
+            .forward(&tokens, Some(&targets), b, t, mode)
+            .unwrap()
+            .unwrap();
+        let p64: Vec<f64> = m.params.iter().map(|&v| v as f64).collect();
+        let (ref_logits, ref_loss) =
+            reference_forward(&cfg, &m.tensors, &p64, &tokens, &targets, b, t, rates, mode);
+        assert_close(
+            "model logits",
+            m.logits().unwrap(),
+            &ref_logits,
+            FWD_ATOL,
+            1e-5,
+        );
+        assert!(
+            (loss as f64 - ref_loss).abs() < FWD_ATOL,
+            "loss {loss} vs {ref_loss}"
+        );
+        m.zero_grad();
+        m.backward().unwrap();
+        let tensors = m.tensors.clone();
+        let want = fd_grad(&p64, |x| {
+            reference_forward(&cfg, &tensors, x, &tokens, &targets, b, t, rates, mode).1
+        });
+        for ti in &tensors {
+            assert_close(
+                &ti.name,
+                &m.grads[ti.range()],
+                &want[ti.range()],
+                GRAD_ATOL,
+                GRAD_RTOL,
+            );
+        }
+    }
+
+    #[test]
+    fn whole_model_gradient_untied_no_bias() {
+        whole_model_check(tiny(false, false), DropoutRates::NONE, Mode::Eval);
+    }
+
+    #[test]
+    fn whole_model_gradient_tied_with_qkv_bias() {
+        whole_model_check(tiny(true, true), DropoutRates::NONE, Mode::Eval);
+    }
+
+    #[test]
+    fn whole_model_gradient_with_dropout_at_all_sites() {
+        let rates = DropoutRates {
+            emb: 0.1,
+            attn: 0.2,
+            resid: 0.15,
+        };
+        whole_model_check(tiny(true, false), rates, Mode::Train { seed: 5 });
+    }
+
+    #[test]
+    fn layout_follows_the_canonical_order() {
+        for (bias, tied) in [(false, false), (true, true), (true, false)] {
+            let cfg = tiny(bias, tied);
+            let mut m = Gpt::new(cfg, Init::Gpt2, 1).unwrap();
+            for (i, v) in m.params.iter_mut().enumerate() {
+                *v = i as f32;
+            }
+            let names: Vec<(String, Vec<usize>)> = m
+                .tensors
+                .iter()
+                .map(|t| (t.name.clone(), t.shape.clone()))
+                .collect();
+            assert_eq!(names, cfg.tensor_shapes());
+            assert_eq!(m.params.len(), cfg.param_count());
+            let v = m.views();
+            let start = |s: &[f32]| s[0] as usize;
+            let off = |name: &str| m.tensors.iter().find(|t| t.name == name).unwrap().offset;
+            assert_eq!(start(v.tok_emb), off("tok_emb.weight"));
+            assert_eq!(start(v.pos_emb), off("pos_emb.weight"));
+            for (l, blk) in v.blocks.iter().enumerate() {
+                let n = |s: &str| off(&format!("blocks.{l}.{s}"));
+                assert_eq!(start(blk.norm1_scale), n("norm1.scale"));
+                assert_eq!(start(blk.norm1_shift), n("norm1.shift"));
+                assert_eq!(start(blk.qkv_weight), n("att.qkv.weight"));
+                assert_eq!(blk.qkv_bias.map(start), bias.then(|| n("att.qkv.bias")));
+                assert_eq!(start(blk.proj_weight), n("att.proj.weight"));
+                assert_eq!(start(blk.proj_bias), n("att.proj.bias"));
+                assert_eq!(start(blk.norm2_scale), n("norm2.scale"));
+                assert_eq!(start(blk.norm2_shift), n("norm2.shift"));
+                assert_eq!(start(blk.fc_weight), n("ff.fc.weight"));
+                assert_eq!(start(blk.fc_bias), n("ff.fc.bias"));
+                assert_eq!(start(blk.ff_proj_weight), n("ff.proj.weight"));
+                assert_eq!(start(blk.ff_proj_bias), n("ff.proj.bias"));
+                assert_eq!(blk.ff_proj_bias.len(), cfg.dim);
+            }
+            assert_eq!(start(v.final_norm_scale), off("final_norm.scale"));
+            assert_eq!(start(v.final_norm_shift), off("final_norm.shift"));
+            assert_eq!(
+                v.out_head.map(start),
+                (!tied).then(|| off("out_head.weight"))
+            );
+            assert_eq!(m.param("final_norm.shift").unwrap().len(), cfg.dim);
+        }
+    }
+
+    #[test]
+    fn inputs_are_validated() {
+        let cfg = tiny(false, false);
+        let mut m = Gpt::new(cfg, Init::Gpt2, 1).unwrap();
+        let ok = [1u32, 2, 3];
+        assert_eq!(
+            m.forward(&[1, 11, 2], None, 1, 3, Mode::Eval),
+            Err(ModelError::IdOutOfRange {
+                field: "tokens",
+                index: 1,
+                value: 11,
+                vocab_size: 11
+            })
+        );
+        assert_eq!(
+            m.forward(&ok, Some(&[1, -1, 2]), 1, 3, Mode::Eval),
+            Err(ModelError::IdOutOfRange {
+                field: "targets",
+                index: 1,
+                value: -1,
+                vocab_size: 11
+            })
+        );
+        assert_eq!(
+            m.forward(&ok, Some(&[-100, -100, -100]), 1, 3, Mode::Eval),
+            Err(ModelError::NoTargets)
+        );
+        assert_eq!(
+            m.forward(&ok, None, 1, 4, Mode::Eval),
+            Err(ModelError::BadLength {
+                field: "tokens",
+                expected: 4,
+                got: 3
+            })
+        );
+        assert_eq!(
+            m.forward(&[0; 8], None, 1, 8, Mode::Eval),
+            Err(ModelError::SequenceTooLong {
+                t: 8,
+                context_length: 7
+            })
+        );
+        assert_eq!(
+            m.forward(&[], None, 0, 3, Mode::Eval),
+            Err(ModelError::EmptyBatch { b: 0, t: 3 })
+        );
+        assert_eq!(
+            m.forward(&ok, None, usize::MAX / 2, 3, Mode::Eval),
+            Err(ModelError::TooLarge {
+                b: usize::MAX / 2,
+                t: 3
+            })
+        );
+        assert_eq!(m.backward(), Err(ModelError::NoForward));
+        m.forward(&ok, None, 1, 3, Mode::Eval).unwrap();
+        assert_eq!(
+            m.backward(),
+            Err(ModelError::NoForward),
+            "no targets, no backward"
+        );
+        m.dropout.attn = 1.5;
+        assert_eq!(
+            m.forward(&ok, None, 1, 3, Mode::Train { seed: 1 }),
+            Err(ModelError::BadDropout {
+                site: "attn",
+                p: 1.5
+            })
+        );
+        assert_eq!(
+            m.forward(&ok, Some(&[1, 2, 3]), 1, 3, Mode::Train { seed: 1 })
+                .map(|_| ()),
+            Err(ModelError::BadDropout {
+                site: "attn",
+                p: 1.5
+            })
+        );
+        m.dropout.attn = 0.0;
+        m.forward(&ok, Some(&[1, 2, 3]), 1, 3, Mode::Eval).unwrap();
+        m.backward().unwrap();
+        assert_eq!(
+            m.backward(),
+            Err(ModelError::NoForward),
+            "backward consumes the forward"
+        );
+        assert!(m.logits().is_none());
+    }
+
+    #[test]
+    fn backward_accumulates_and_dropout_modes_behave() {
+        let cfg = tiny(false, false);
+        let mut m = Gpt::new(cfg, Init::Gpt2, 3).unwrap();
+        m.dropout = DropoutRates::uniform(0.1);
+        let x = [1u32, 5, 7, 2, 0, 3, 3, 9];
+        let y = [5i32, 7, 2, 0, 3, 3, 9, 1];
+        // Eval mode ignores the rates; Train with p = 0 equals Eval exactly.
+        let e = m.forward(&x, Some(&y), 2, 4, Mode::Eval).unwrap().unwrap();
+        let tr1 = m
+            .forward(&x, Some(&y), 2, 4, Mode::Train { seed: 1 })
+            .unwrap()
+            .unwrap();
+        let tr1b = m
+            .forward(&x, Some(&y), 2, 4, Mode::Train { seed: 1 })
+            .unwrap()
+            .unwrap();
+        let tr2 = m
+            .forward(&x, Some(&y), 2, 4, Mode::Train { seed: 2 })
+            .unwrap()
+            .unwrap();
+        assert_eq!(tr1, tr1b, "same seed, same masks");
+        assert_ne!(tr1, tr2);
+        assert_ne!(tr1, e);
+        m.dropout = DropoutRates::NONE;
+        let tr0 = m
+            .forward(&x, Some(&y), 2, 4, Mode::Train { seed: 1 })
+            .unwrap()
+            .unwrap();
+        assert_eq!(tr0, e);
+        // Two backward passes accumulate exactly twice the gradient.
+        m.zero_grad();
+        m.backward().unwrap();
+        let once = m.grads().to_vec();
+        m.forward(&x, Some(&y), 2, 4, Mode::Eval).unwrap();
+        m.backward().unwrap();
+        for (a, b) in once.iter().zip(m.grads()) {
+            assert!((2.0 * a - b).abs() <= 2e-5 * a.abs() + 1e-8, "{a} {b}");
+        }
+        // Smaller batches reuse the buffers; the loss does not depend on earlier calls.
+        let bytes = m.activation_bytes();
+        let small = m
+            .forward(&x[..4], Some(&y[..4]), 1, 4, Mode::Eval)
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.activation_bytes(), bytes);
+        let mut fresh = Gpt::new(cfg, Init::Gpt2, 3).unwrap();
+        assert_eq!(
+            fresh
+                .forward(&x[..4], Some(&y[..4]), 1, 4, Mode::Eval)
+                .unwrap()
+                .unwrap(),
+            small
+        );
+    }
+
+    #[test]
+    fn results_do_not_depend_on_thread_count() {
+        let cfg = GptConfig {
+            vocab_size: 300,
+            context_length: 64,
+            dim: 64,
+            n_layers: 2,
+            n_heads: 4,
+            qkv_bias: true,
+            tied_head: false,
+        };
+        let (b, t) = (3, 40);
+        let x: Vec<u32> = (0..b * t).map(|i| (i * 37 % 300) as u32).collect();
+        let y: Vec<i32> = (0..b * t).map(|i| (i * 11 % 300) as i32).collect();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            pool.install(|| {
+                let mut m = Gpt::new(cfg, Init::Gpt2, 8).unwrap();
+                m.dropout = DropoutRates::uniform(0.1);
+                let loss = m
+                    .forward(&x, Some(&y), b, t, Mode::Train { seed: 4 })
+                    .unwrap()
+                    .unwrap();
+                m.zero_grad();
+                m.backward().unwrap();
+                (loss, m.grads().to_vec())
+            })
+        };
+        let (l1, g1) = run(1);
+        let (l2, g2) = run(2);
+        assert_eq!(l1, l2);
+        assert_eq!(g1, g2);
+    }
+
+    #[test]
+    fn init_is_deterministic_and_has_the_documented_statistics() {
+        let cfg = GptConfig {
+            vocab_size: 1000,
+            context_length: 64,
+            dim: 96,
+            n_layers: 3,
+            n_heads: 4,
+            qkv_bias: true,
+            tied_head: false,
+        };
+        let a = Gpt::new(cfg, Init::Gpt2, 5).unwrap();
+        let b = Gpt::new(cfg, Init::Gpt2, 5).unwrap();
+        let c = Gpt::new(cfg, Init::Gpt2, 6).unwrap();
+        assert_eq!(a.params, b.params);
+        assert_ne!(a.params, c.params);
+        let std = |s: &[f32]| {
+            let n = s.len() as f64;
+            let mean = s.iter().map(|&v| v as f64).sum::<f64>() / n;
+            (s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
+        };
+        let te = std(a.param("tok_emb.weight").unwrap());
+        assert!((te - 0.02).abs() < 0.001, "{te}");
+        let pj = std(a.param("blocks.0.ff.proj.weight").unwrap());
+        assert!((pj - 0.02 / 6f64.sqrt()).abs() < 0.0005, "{pj}");
+        assert!(
+            a.param("blocks.1.att.qkv.bias")
+                .unwrap()
+                .iter()
+                .all(|&v| v == 0.0)
+        );
+        assert!(
+            a.param("blocks.1.norm2.scale")
+                .unwrap()
+                .iter()
+                .all(|&v| v == 1.0)
+        );
+        let t = Gpt::new(cfg, Init::TorchDefault, 5).unwrap();
+        let te = std(t.param("tok_emb.weight").unwrap());
+        assert!((te - 1.0).abs() < 0.02, "{te}");
+        let fc = t.param("blocks.0.ff.proj.weight").unwrap(); // fan_in 4C = 384
+        let bound = 1.0 / 384f32.sqrt();
+        assert!(fc.iter().all(|v| v.abs() <= bound) && fc.iter().any(|v| v.abs() > 0.9 * bound));
+        let fb = t.param("blocks.0.ff.proj.bias").unwrap();
+        assert!(fb.iter().all(|v| v.abs() <= bound) && fb.iter().any(|v| v.abs() > 0.5 * bound));
+    }
+
+    #[test]
+    fn memory_estimate_counts_everything() {
+        let cfg = GptConfig::preset("124m").unwrap();
+        let est = memory_estimate(&cfg, 2, 256);
+        let params = 163_009_536u64 * 16;
+        // Activations for B=2, T=256: a few hundred MB on top of 2.6 GB of parameter state.
+        assert!(
+            est > params + 200_000_000 && est < params + 1_000_000_000,
+            "{est}"
+        );
+        let small = tiny(false, false);
+        let mut m = Gpt::new(small, Init::Gpt2, 1).unwrap();
+        m.forward(&[1, 2, 3, 4, 5], Some(&[1, 2, 3, 4, 5]), 1, 5, Mode::Eval)
+            .unwrap();
+        m.zero_grad();
+        let held = (m.params.len() * 4 * 2 + m.activation_bytes()) as u64
+            + (small.param_count() * 8) as u64;
+        assert_eq!(memory_estimate(&small, 1, 5), held);
+        assert_eq!(memory_estimate(&cfg, usize::MAX, 2), u64::MAX);
+    }
+}
