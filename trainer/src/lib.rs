@@ -2,5 +2,3 @@
 
 pub mod layers;
 pub mod model;
-pub mod export;
-pub mod import;
