@@ -22,6 +22,7 @@
 //! Threads: every kernel runs in the current rayon pool; wrap calls in `pool.install(..)` to choose
 //! the thread count. Results are identical for any thread count.
 
+use crate::adamw::{DecayMask, DecayPolicy};
 use crate::layers::attention::{self, Dims};
 use crate::layers::crossentropy::{self, IGNORE_INDEX};
 use crate::layers::dropout::{self, Dropout, mix64};
@@ -829,6 +830,24 @@ impl Gpt {
         }
     }
 
+    /// The AdamW weight-decay mask for this model's flat buffer under `policy`.
+    pub fn decay_mask(&self, policy: DecayPolicy) -> DecayMask {
+        match policy {
+            DecayPolicy::All => DecayMask::all(self.params.len()),
+            DecayPolicy::MatricesOnly => {
+                let ranges: Vec<Range<usize>> = self
+                    .tensors
+                    .iter()
+                    .filter(|t| t.shape.len() == 2)
+                    .map(TensorInfo::range)
+                    .collect();
+                // Tensors are in buffer order and disjoint, so this cannot fail.
+                DecayMask::from_ranges(self.params.len(), &ranges)
+                    .unwrap_or_else(|_| DecayMask::all(self.params.len()))
+            }
+        }
+    }
+
     /// Sets every gradient to zero (allocating the gradient buffer on first use).
     pub fn zero_grad(&mut self) {
         if self.grads.len() != self.params.len() {
@@ -1458,6 +1477,20 @@ mod tests {
                 (!tied).then(|| off("out_head.weight"))
             );
             assert_eq!(m.param("final_norm.shift").unwrap().len(), cfg.dim);
+        }
+    }
+
+    #[test]
+    fn decay_mask_policies() {
+        let m = Gpt::new(tiny(true, false), Init::Gpt2, 1).unwrap();
+        let all = m.decay_mask(DecayPolicy::All);
+        let mat = m.decay_mask(DecayPolicy::MatricesOnly);
+        for t in m.tensors() {
+            let two_d = t.shape.len() == 2;
+            for i in [t.offset, t.offset + t.len - 1] {
+                assert!(all.is_decayed(i));
+                assert_eq!(mat.is_decayed(i), two_d, "{}", t.name);
+            }
         }
     }
 
