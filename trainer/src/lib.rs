@@ -2,3 +2,4 @@
 
 pub mod layers;
 pub mod model;
+pub mod adamw;
