@@ -307,12 +307,14 @@ impl<'a> EmberFile<'a> {
 
     /// The raw bytes of a tensor.
     pub fn raw(&self, t: &TensorEntry) -> &'a [u8] {
-        let start = (self.header.data_start + t.offset) as usize;
         // In bounds: parse_header checked offset + size <= data_len for every table entry, and
         // entries come from this header. A foreign entry yields an empty slice, not a panic.
-        self.bytes
-            .get(start..start + t.size as usize)
-            .unwrap_or_default()
+        let start = self.header.data_start.checked_add(t.offset);
+        let end = start.and_then(|s| s.checked_add(t.size));
+        match (start.map(usize::try_from), end.map(usize::try_from)) {
+            (Some(Ok(start)), Some(Ok(end))) => self.bytes.get(start..end).unwrap_or_default(),
+            _ => &[],
+        }
     }
 
     /// A typed view of a tensor's data.
@@ -325,8 +327,13 @@ impl<'a> EmberFile<'a> {
             DType::F32 => TensorData::F32(bytemuck::try_cast_slice(raw).map_err(cast_err)?),
             DType::F16 => TensorData::F16(bytemuck::try_cast_slice(raw).map_err(cast_err)?),
             DType::Q8 => {
-                let numel = t.numel() as usize;
-                let scale_start = align_up(numel as u64).unwrap_or(0) as usize;
+                // Both fit for a parsed entry (parse_header checked its size); an entry whose
+                // shape overflows gets empty views instead of a panic.
+                let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+                let numel = numel.and_then(|n| usize::try_from(n).ok());
+                let numel = numel.unwrap_or(usize::MAX);
+                let scale_start = align_up(numel as u64).and_then(|n| usize::try_from(n).ok());
+                let scale_start = scale_start.unwrap_or(usize::MAX);
                 let quants = bytemuck::cast_slice(raw.get(..numel).unwrap_or_default());
                 let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
                     .map_err(cast_err)?;
