@@ -1,1 +1,598 @@
-//! Compute kernels: reference twins and architecture-specific fast paths. (being written)
+//! Compute kernels for decoding and prefill: plain reference twins ([`reference`]) and
+//! architecture fast paths (x86-64 AVX2 + FMA + F16C, aarch64 NEON), chosen once by [`Kernels::detect`].
+//!
+//! # Letters (used in every shape in this module and its children)
+//! - R: rows of a weight matrix (one per output), C: its columns (one per input), so y = W x with
+//!   W (R, C) row-major, x (C), y (R).
+//! - NB = ceil(C / 32): Q8 blocks per row ([`Q8_BLOCK`]).
+//! - N: tokens in a prefill batch; X (N, C) and Y (N, R) are row-major.
+//! - L: the length of a plain vector (attention scores, a head's slice of the KV cache, ...).
+//!
+//! # Contracts
+//! - Shapes are the caller's invariant (the model loader checks tensor shapes against the config
+//!   before any kernel runs): a length mismatch is a programming error and panics with a message
+//!   naming the slice, before any memory is touched. Untrusted bytes are validated earlier, by
+//!   [`Q8Matrix::new`] and the file reader.
+//! - Nothing here allocates. [`Kernels::matvec_f32`], [`Kernels::matvec_f16`],
+//!   [`Kernels::matvec_q8`] and [`Kernels::matmul_q8`] split their rows (tokens for `matmul_q8`)
+//!   over [`Kernels::threads`] rayon tasks on the *current* pool: run a whole token inside one
+//!   `pool.install` of a pool with that many threads. The `_rows` entry points and the small ops run
+//!   on the calling thread only.
+//! - Accuracy: a fast kernel computes the same sum as its twin in [`reference`], in another f32
+//!   order (8 lanes, several accumulators), so the two differ by f32 rounding only: the tests
+//!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). Q8 weights are
+//!   dequantized on the fly (`q · d` is exact in f32) and activations are never quantized, so Q8
+//!   outputs carry only the weights' own quantization error (at most `d/2` per weight). `gelu_tanh`
+//!   and `softmax` use a polynomial `exp` (relative error about 2e-7).
+//! - Determinism: for fixed inputs every kernel returns the same bits on every call, whatever the
+//!   thread count (each output is computed by one task in a fixed order). `matmul_q8` rows do not
+//!   depend on how tokens are split either, except that below `4 · threads` tokens it switches to
+//!   `matvec_q8` per token (same tolerance, other rounding).
+
+pub mod bandwidth;
+mod prefill;
+pub mod reference;
+
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+
+pub use emberlm_formats::quant::Q8_BLOCK;
+use half::f16;
+use std::fmt;
+
+/// Below this many weights a matrix-vector product runs on one thread (a rayon hand-off costs a
+/// few microseconds, about 60 k weights' worth of work).
+#[cfg_attr(not(feature = "parallel"), allow(dead_code))]
+const PAR_MIN_WEIGHTS: usize = 64 * 1024;
+
+/// Row chunks per thread: a little slack lets rayon balance a slow (shared) core.
+#[cfg_attr(not(feature = "parallel"), allow(dead_code))]
+const CHUNKS_PER_THREAD: usize = 2;
+
+/// Row chunks start at multiples of this (the fast kernels work on groups of 4 rows).
+#[cfg_attr(not(feature = "parallel"), allow(dead_code))]
+const ROW_ALIGN: usize = 16;
+
+/// A weight matrix's shape does not match its data.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ShapeError {
+    /// Which slice or dimension is wrong.
+    pub what: &'static str,
+    /// The length the shape requires (`usize::MAX` when computing it overflows).
+    pub expected: usize,
+    /// The length found.
+    pub found: usize,
+}
+
+impl fmt::Display for ShapeError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.expected == usize::MAX {
+            write!(
+                f,
+                "{}: the shape's element count overflows usize",
+                self.what
+            )
+        } else {
+            write!(
+                f,
+                "{} has {} elements, expected {}",
+                self.what, self.found, self.expected
+            )
+        }
+    }
+}
+
+impl std::error::Error for ShapeError {}
+
+/// A Q8 weight matrix W (R, C): `quants` (R, C) row-major and f16 `scales` (R, NB); element
+/// (r, c) is `quants[r*C + c] as f32 * scales[r*NB + c/32]`. Borrowed, `Copy`, validated once.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8Matrix<'a> {
+    quants: &'a [i8],
+    scales: &'a [f16],
+    rows: usize,
+    cols: usize,
+}
+
+impl<'a> Q8Matrix<'a> {
+    /// Views `quants` and `scales` as a (rows, cols) Q8 matrix.
+    ///
+    /// Errors name the slice whose length does not match (`"q8 quants"`, `"q8 scales"`), including
+    /// when rows × cols overflows.
+    pub fn new(
+        quants: &'a [i8],
+        scales: &'a [f16],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, ShapeError> {
+        let nb = cols.div_ceil(Q8_BLOCK);
+        let check = |what, expected: Option<usize>, found| match expected {
+            Some(e) if e == found => Ok(()),
+            Some(e) => Err(ShapeError {
+                what,
+                expected: e,
+                found,
+            }),
+            None => Err(ShapeError {
+                what,
+                expected: usize::MAX,
+                found,
+            }),
+        };
+        check("q8 quants", rows.checked_mul(cols), quants.len())?;
+        check("q8 scales", rows.checked_mul(nb), scales.len())?;
+        Ok(Q8Matrix {
+            quants,
+            scales,
+            rows,
+            cols,
+        })
+    }
+
+    /// R.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// C.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// NB = ceil(C / 32).
+    pub fn blocks_per_row(&self) -> usize {
+        self.cols.div_ceil(Q8_BLOCK)
+    }
+
+    /// The quants (R, C).
+    pub fn quants(&self) -> &'a [i8] {
+        self.quants
+    }
+
+    /// The scales (R, NB).
+    pub fn scales(&self) -> &'a [f16] {
+        self.scales
+    }
+
+    /// Row `r` dequantized into `out` (C), e.g. a token embedding.
+    ///
+    /// # Panics
+    /// If `r >= R` or `out.len() != C`.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert!(
+            r < self.rows,
+            "dequantize_row: row {r} out of {}",
+            self.rows
+        );
+        assert_eq!(out.len(), self.cols, "dequantize_row: out length");
+        let q = &self.quants[r * self.cols..(r + 1) * self.cols];
+        let d = &self.scales[r * self.blocks_per_row()..(r + 1) * self.blocks_per_row()];
+        for ((ob, qb), d) in out.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
+            let d = d.to_f32();
+            for (o, &q) in ob.iter_mut().zip(qb) {
+                *o = f32::from(q) * d;
+            }
+        }
+    }
+}
+
+/// Which implementation runs. The arch variants carry a token that proves the CPU features were
+/// detected: they cannot be built any other way.
+#[derive(Clone, Copy, Debug)]
+enum Isa {
+    Reference,
+    #[cfg(target_arch = "x86_64")]
+    Avx2(x86_64::Avx2),
+    #[cfg(target_arch = "aarch64")]
+    Neon(aarch64::Neon),
+}
+
+/// The kernel set for this CPU plus a thread count; cheap to copy. Build it once per session.
+#[derive(Clone, Copy, Debug)]
+pub struct Kernels {
+    isa: Isa,
+    threads: usize,
+}
+
+impl Kernels {
+    /// The fastest kernels this CPU supports (x86-64: AVX2 + FMA + F16C; aarch64: NEON), else the
+    /// reference twins. Threads default to the current rayon pool's size (1 without `parallel`).
+    pub fn detect() -> Self {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(t) = x86_64::Avx2::detect() {
+            return Kernels {
+                isa: Isa::Avx2(t),
+                threads: default_threads(),
+            };
+        }
+        #[cfg(target_arch = "aarch64")]
+        if let Some(t) = aarch64::Neon::detect() {
+            return Kernels {
+                isa: Isa::Neon(t),
+                threads: default_threads(),
+            };
+        }
+        Self::reference()
+    }
+
+    /// The plain reference twins (any CPU), with the default thread count.
+    pub fn reference() -> Self {
+        Kernels {
+            isa: Isa::Reference,
+            threads: default_threads(),
+        }
+    }
+
+    /// Sets how many rayon tasks the threaded kernels split into (clamped to at least 1; always 1
+    /// without the `parallel` feature). Match it to the pool the caller `install`s.
+    pub fn with_threads(mut self, threads: usize) -> Self {
+        self.threads = if cfg!(feature = "parallel") {
+            threads.max(1)
+        } else {
+            1
+        };
+        self
+    }
+
+    /// The thread count the threaded kernels split into.
+    pub fn threads(&self) -> usize {
+        self.threads
+    }
+
+    /// "reference", "x86_64-avx2-fma-f16c" or "aarch64-neon".
+    pub fn name(&self) -> &'static str {
+        match self.isa {
+            Isa::Reference => "reference",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => "x86_64-avx2-fma-f16c",
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(_) => "aarch64-neon",
+        }
+    }
+
+    /// True for [`Kernels::reference`] (or a CPU without the fast paths' features).
+    pub fn is_reference(&self) -> bool {
+        matches!(self.isa, Isa::Reference)
+    }
+
+    // ---------------------------------------------------------------- decode: matrix-vector
+
+    /// y (R) = W (R, C) · x (C), f32 weights, threaded over row chunks.
+    ///
+    /// # Panics
+    /// If `w.len() != y.len() * x.len()`.
+    pub fn matvec_f32(&self, w: &[f32], x: &[f32], y: &mut [f32]) {
+        assert_eq!(
+            w.len(),
+            y.len() * x.len(),
+            "matvec_f32: w must be (R, C) = (y.len(), x.len())"
+        );
+        self.split_rows(y, x.len(), |row_start, yc| {
+            self.matvec_f32_rows(w, x, yc, row_start)
+        });
+    }
+
+    /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x (C), on the calling thread.
+    /// `w` is the whole matrix (R = w.len() / C), so callers can split or fuse rows themselves.
+    ///
+    /// # Panics
+    /// If `w.len()` is not a multiple of C (or is non-zero when C = 0), or the rows exceed R.
+    pub fn matvec_f32_rows(&self, w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
+        check_rows("matvec_f32_rows", w.len(), x.len(), y.len(), row_start);
+        match self.isa {
+            Isa::Reference => reference::matvec_f32_rows(w, x, y, row_start),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::matvec_f32_rows(t, w, x, y, row_start),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::matvec_f32_rows(t, w, x, y, row_start),
+        }
+    }
+
+    /// y (R) = W (R, C) · x (C), f16 weights, threaded over row chunks.
+    ///
+    /// # Panics
+    /// If `w.len() != y.len() * x.len()`.
+    pub fn matvec_f16(&self, w: &[f16], x: &[f32], y: &mut [f32]) {
+        assert_eq!(
+            w.len(),
+            y.len() * x.len(),
+            "matvec_f16: w must be (R, C) = (y.len(), x.len())"
+        );
+        self.split_rows(y, x.len(), |row_start, yc| {
+            self.matvec_f16_rows(w, x, yc, row_start)
+        });
+    }
+
+    /// Row-range twin of [`Kernels::matvec_f16`], on the calling thread (see
+    /// [`Kernels::matvec_f32_rows`]).
+    ///
+    /// # Panics
+    /// As [`Kernels::matvec_f32_rows`].
+    pub fn matvec_f16_rows(&self, w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
+        check_rows("matvec_f16_rows", w.len(), x.len(), y.len(), row_start);
+        match self.isa {
+            Isa::Reference => reference::matvec_f16_rows(w, x, y, row_start),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::matvec_f16_rows(t, w, x, y, row_start),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::matvec_f16_rows(t, w, x, y, row_start),
+        }
+    }
+
+    /// y (R) = W (R, C) · x (C), Q8 weights (dequantized on the fly; x stays f32), threaded over
+    /// row chunks.
+    ///
+    /// # Panics
+    /// If `x.len() != C` or `y.len() != R`.
+    pub fn matvec_q8(&self, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32]) {
+        assert_eq!(y.len(), w.rows(), "matvec_q8: y length must be R");
+        self.split_rows(y, w.cols(), |row_start, yc| {
+            self.matvec_q8_rows(w, x, yc, row_start)
+        });
+    }
+
+    /// Row-range twin of [`Kernels::matvec_q8`], on the calling thread.
+    ///
+    /// # Panics
+    /// If `x.len() != C` or `row_start + y.len() > R`.
+    pub fn matvec_q8_rows(&self, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
+        assert_eq!(x.len(), w.cols(), "matvec_q8_rows: x length must be C");
+        assert!(
+            row_start
+                .checked_add(y.len())
+                .is_some_and(|end| end <= w.rows()),
+            "matvec_q8_rows: rows {row_start}..+{} exceed R = {}",
+            y.len(),
+            w.rows()
+        );
+        match self.isa {
+            Isa::Reference => reference::matvec_q8_rows(w, x, y, row_start),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::matvec_q8_rows(t, w, x, y, row_start),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::matvec_q8_rows(t, w, x, y, row_start),
+        }
+    }
+
+    // ---------------------------------------------------------------- prefill
+
+    /// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8, N = x.len() / C. Weights are dequantized
+    /// in tiles of 16 rows × 256 columns (on the stack) and each tile is used for every token of the
+    /// thread's share, so W is read once per thread. Threaded over token chunks; with fewer than
+    /// `4 · threads` tokens it runs one threaded [`Kernels::matvec_q8`] per token instead.
+    /// Row n of Y equals `matvec_q8` of row n of X within the matrix-vector tolerance.
+    ///
+    /// # Panics
+    /// If `x.len()` is not N·C or `y.len()` is not N·R for the same N.
+    pub fn matmul_q8(&self, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32]) {
+        let (r, c) = (w.rows(), w.cols());
+        if r == 0 {
+            assert!(y.is_empty(), "matmul_q8: y must be empty when R = 0");
+            assert!(c == 0 || x.len() % c == 0, "matmul_q8: x must be (N, C)");
+            return;
+        }
+        if c == 0 {
+            // Empty rows: every output is the empty sum.
+            assert!(x.is_empty(), "matmul_q8: x must be empty when C = 0");
+            assert_eq!(y.len() % r, 0, "matmul_q8: y must be (N, R)");
+            y.fill(0.0);
+            return;
+        }
+        let n = x.len() / c;
+        assert_eq!(x.len(), n * c, "matmul_q8: x must be (N, C)");
+        assert_eq!(y.len(), n * r, "matmul_q8: y must be (N, R)");
+        if self.is_reference() {
+            return reference::matmul_q8(w, x, y);
+        }
+        if self.threads > 1 && n < 4 * self.threads {
+            for (xn, yn) in x.chunks_exact(c).zip(y.chunks_exact_mut(r)) {
+                self.matvec_q8(w, xn, yn);
+            }
+            return;
+        }
+        self.split_tokens(y, r, |n0, yc| {
+            let tokens = yc.len() / r;
+            prefill::matmul_q8_tokens(self, w, &x[n0 * c..(n0 + tokens) * c], yc);
+        });
+    }
+
+    // ---------------------------------------------------------------- small decode ops
+
+    /// Σ a[i] · b[i] over L elements (an attention score q·k).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn dot_f32(&self, a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len(), "dot_f32: lengths differ");
+        match self.isa {
+            Isa::Reference => reference::dot_f32(a, b),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::dot_f32(t, a, b),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::dot_f32(t, a, b),
+        }
+    }
+
+    /// Σ a[i] · b[i] with `b` (L) in f16 (an f16 KV-cache row).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn dot_f32_f16(&self, a: &[f32], b: &[f16]) -> f32 {
+        assert_eq!(a.len(), b.len(), "dot_f32_f16: lengths differ");
+        match self.isa {
+            Isa::Reference => reference::dot_f32_f16(a, b),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::dot_f32_f16(t, a, b),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::dot_f32_f16(t, a, b),
+        }
+    }
+
+    /// y (L) += alpha · x (L) (attention output: out += p_t · v_t).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn axpy(&self, alpha: f32, x: &[f32], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len(), "axpy: lengths differ");
+        match self.isa {
+            Isa::Reference => reference::axpy(alpha, x, y),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::axpy(t, alpha, x, y),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::axpy(t, alpha, x, y),
+        }
+    }
+
+    /// y (L) += alpha · x (L) with `x` in f16 (an f16 KV-cache row).
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn axpy_f16(&self, alpha: f32, x: &[f16], y: &mut [f32]) {
+        assert_eq!(x.len(), y.len(), "axpy_f16: lengths differ");
+        match self.isa {
+            Isa::Reference => reference::axpy_f16(alpha, x, y),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::axpy_f16(t, alpha, x, y),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::axpy_f16(t, alpha, x, y),
+        }
+    }
+
+    /// out (L) = (x - mean) / sqrt(var + eps) · scale + shift over the L elements of `x`, with the
+    /// biased variance (GPT-2 / the book: eps = 1e-5).
+    ///
+    /// # Panics
+    /// If `scale`, `shift` or `out` is not as long as `x`, or `x` is empty.
+    pub fn layernorm(&self, x: &[f32], scale: &[f32], shift: &[f32], out: &mut [f32], eps: f32) {
+        assert!(!x.is_empty(), "layernorm: x is empty");
+        assert_eq!(scale.len(), x.len(), "layernorm: scale length");
+        assert_eq!(shift.len(), x.len(), "layernorm: shift length");
+        assert_eq!(out.len(), x.len(), "layernorm: out length");
+        match self.isa {
+            Isa::Reference => reference::layernorm(x, scale, shift, out, eps),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::layernorm(t, x, scale, shift, out, eps),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::layernorm(t, x, scale, shift, out, eps),
+        }
+    }
+
+    /// x (L) ← GELU(x) with the tanh approximation, in place. The fast paths evaluate the identical
+    /// form x · σ(2u) = x / (1 + exp(-2u)) with a polynomial exp; see `GELU_ABS_TOL` in the tests.
+    pub fn gelu_tanh(&self, x: &mut [f32]) {
+        match self.isa {
+            Isa::Reference => reference::gelu_tanh(x),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::gelu_tanh(t, x),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::gelu_tanh(t, x),
+        }
+    }
+
+    /// x (L) ← softmax(x), in place, subtracting the maximum first. Entries equal to -∞ (masked)
+    /// become exactly 0; at least one entry must be finite.
+    pub fn softmax(&self, x: &mut [f32]) {
+        match self.isa {
+            Isa::Reference => reference::softmax(x),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::softmax(t, x),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::softmax(t, x),
+        }
+    }
+
+    /// x (L) += y (L): the residual connection.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn add(&self, x: &mut [f32], y: &[f32]) {
+        assert_eq!(x.len(), y.len(), "add: lengths differ");
+        match self.isa {
+            Isa::Reference => reference::add(x, y),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::add(t, x, y),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::add(t, x, y),
+        }
+    }
+
+    /// Σ x[i] (the bandwidth probe's loop).
+    pub(crate) fn sum_f32(&self, x: &[f32]) -> f32 {
+        match self.isa {
+            Isa::Reference => reference::sum_f32(x),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::sum_f32(t, x),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::sum_f32(t, x),
+        }
+    }
+
+    // ---------------------------------------------------------------- threading
+
+    /// Runs `f(row_start, y_chunk)` over row chunks of `y`, `cols` weights per row.
+    fn split_rows<F>(&self, y: &mut [f32], cols: usize, f: F)
+    where
+        F: Fn(usize, &mut [f32]) + Sync + Send,
+    {
+        #[cfg(feature = "parallel")]
+        if self.threads > 1 && y.len() > ROW_ALIGN && y.len() * cols >= PAR_MIN_WEIGHTS {
+            use rayon::prelude::*;
+            let chunk = y
+                .len()
+                .div_ceil(self.threads * CHUNKS_PER_THREAD)
+                .next_multiple_of(ROW_ALIGN);
+            y.par_chunks_mut(chunk)
+                .enumerate()
+                .for_each(|(i, yc)| f(i * chunk, yc));
+            return;
+        }
+        #[cfg(not(feature = "parallel"))]
+        let _ = cols;
+        f(0, y)
+    }
+
+    /// Runs `f(token_start, y_chunk)` over token chunks of Y (N, R), one chunk per thread.
+    fn split_tokens<F>(&self, y: &mut [f32], r: usize, f: F)
+    where
+        F: Fn(usize, &mut [f32]) + Sync + Send,
+    {
+        #[cfg(feature = "parallel")]
+        if self.threads > 1 {
+            use rayon::prelude::*;
+            let tokens = (y.len() / r).div_ceil(self.threads);
+            y.par_chunks_mut(tokens * r)
+                .enumerate()
+                .for_each(|(i, yc)| f(i * tokens, yc));
+            return;
+        }
+        f(0, y)
+    }
+}
+
+fn default_threads() -> usize {
+    #[cfg(feature = "parallel")]
+    return rayon::current_num_threads().max(1);
+    #[cfg(not(feature = "parallel"))]
+    1
+}
+
+/// Checks a `_rows` call: `w_len` = R·C for some R, and `row_start + rows <= R`.
+fn check_rows(what: &str, w_len: usize, c: usize, rows: usize, row_start: usize) {
+    let total = if c == 0 {
+        assert_eq!(w_len, 0, "{what}: w must be empty when x is");
+        usize::MAX
+    } else {
+        assert_eq!(
+            w_len % c,
+            0,
+            "{what}: w length {w_len} is not a multiple of C = {c}"
+        );
+        w_len / c
+    };
+    assert!(
+        row_start.checked_add(rows).is_some_and(|end| end <= total),
+        "{what}: rows {row_start}..+{rows} exceed R = {total}"
+    );
+}

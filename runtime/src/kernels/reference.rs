@@ -1,0 +1,142 @@
+//! Plain reference twins of every kernel: scalar Rust, no `unsafe`, always compiled.
+//!
+//! They define what each fast kernel computes; the architecture kernels are tested against them.
+//! Letters as in [`super`]: R rows (outputs), C columns (inputs), NB = ceil(C / 32) Q8 blocks per
+//! row, N tokens, L the length of a plain vector.
+//!
+//! Sums run in f32 in index order (block by block for Q8), so the fast kernels differ from these only
+//! by the order of f32 additions (and, for `gelu_tanh` / `softmax`, by their polynomial `exp`).
+
+use super::Q8Matrix;
+use emberlm_formats::quant::Q8_BLOCK;
+use half::f16;
+
+/// y (R) = W (R, C) · x (C) for rows `row_start .. row_start + y.len()` of `w`.
+pub fn matvec_f32_rows(w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
+    let c = x.len();
+    for (i, out) in y.iter_mut().enumerate() {
+        let row = &w[(row_start + i) * c..(row_start + i + 1) * c];
+        *out = dot_f32(row, x);
+    }
+}
+
+/// f16 twin of [`matvec_f32_rows`]: each weight converts exactly to f32.
+pub fn matvec_f16_rows(w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
+    let c = x.len();
+    for (i, out) in y.iter_mut().enumerate() {
+        let row = &w[(row_start + i) * c..(row_start + i + 1) * c];
+        *out = dot_f32_f16(x, row);
+    }
+}
+
+/// Q8 twin of [`matvec_f32_rows`]: `y[r] = Σ_b d[r,b] · Σ_{c in block b} q[r,c] · x[c]`, in f32,
+/// with the activations `x` used exactly (not quantized).
+pub fn matvec_q8_rows(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
+    for (i, out) in y.iter_mut().enumerate() {
+        *out = dot_q8_row(w, row_start + i, x);
+    }
+}
+
+/// One output of the Q8 product: row `r` of `w` against `x` (C).
+fn dot_q8_row(w: Q8Matrix<'_>, r: usize, x: &[f32]) -> f32 {
+    let c = w.cols();
+    let nb = w.blocks_per_row();
+    let q = &w.quants()[r * c..(r + 1) * c];
+    let d = &w.scales()[r * nb..(r + 1) * nb];
+    let mut acc = 0f32;
+    for ((qb, xb), db) in q.chunks(Q8_BLOCK).zip(x.chunks(Q8_BLOCK)).zip(d) {
+        let s: f32 = qb.iter().zip(xb).map(|(&q, &x)| f32::from(q) * x).sum();
+        acc += s * db.to_f32();
+    }
+    acc
+}
+
+/// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8; row n of Y equals [`matvec_q8_rows`] of row n
+/// of X.
+pub fn matmul_q8(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32]) {
+    let (r, c) = (w.rows(), w.cols());
+    if r == 0 {
+        return;
+    }
+    for (n, yrow) in y.chunks_exact_mut(r).enumerate() {
+        let xrow = &x[n * c..(n + 1) * c];
+        matvec_q8_rows(w, xrow, yrow, 0);
+    }
+}
+
+/// Σ a[i] · b[i] over L elements.
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
+}
+
+/// Σ a[i] · b[i] with `b` in f16 (a KV-cache row).
+pub fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
+    a.iter().zip(b).map(|(a, b)| a * b.to_f32()).sum()
+}
+
+/// y (L) += alpha · x (L).
+pub fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * x;
+    }
+}
+
+/// y (L) += alpha · x (L) with `x` in f16.
+pub fn axpy_f16(alpha: f32, x: &[f16], y: &mut [f32]) {
+    for (y, x) in y.iter_mut().zip(x) {
+        *y += alpha * x.to_f32();
+    }
+}
+
+/// Σ x[i] (used by the bandwidth probe).
+pub fn sum_f32(x: &[f32]) -> f32 {
+    x.iter().sum()
+}
+
+/// out (L) = (x - mean) / sqrt(var + eps) · scale + shift, with the biased variance (divide by L),
+/// computed in two passes (mean, then squared deviations).
+pub fn layernorm(x: &[f32], scale: &[f32], shift: &[f32], out: &mut [f32], eps: f32) {
+    let n = x.len() as f32;
+    let mean = x.iter().sum::<f32>() / n;
+    let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for i in 0..x.len() {
+        out[i] = (x[i] - mean) * rstd * scale[i] + shift[i];
+    }
+}
+
+/// √(2/π), the GELU tanh approximation's inner constant.
+pub const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+
+/// The GELU tanh approximation's cubic coefficient.
+pub const GELU_CUBIC: f32 = 0.044_715;
+
+/// x (L) ← 0.5 · x · (1 + tanh(√(2/π) · (x + 0.044715 · x³))), in place.
+pub fn gelu_tanh(x: &mut [f32]) {
+    for v in x.iter_mut() {
+        let u = SQRT_2_OVER_PI * (*v + GELU_CUBIC * *v * *v * *v);
+        *v = 0.5 * *v * (1.0 + u.tanh());
+    }
+}
+
+/// x (L) ← exp(x - max x) / Σ exp(x - max x), in place. Entries equal to -∞ become 0; at least
+/// one entry must be finite.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// x (L) += y (L): the residual connection.
+pub fn add(x: &mut [f32], y: &[f32]) {
+    for (x, y) in x.iter_mut().zip(y) {
+        *x += y;
+    }
+}

@@ -1,0 +1,685 @@
+#![allow(unsafe_code)]
+//! x86-64 kernels: AVX2 + FMA + F16C (Haswell / Zen and later; no AVX-512, no VNNI needed).
+//!
+//! Every entry point takes an [`Avx2`] token, which only [`Avx2::detect`] can create, so calling
+//! the `#[target_feature]` bodies is sound. Raw-pointer loads happen only after the lengths they
+//! rely on were checked; each `unsafe` block says which check. Letters as in [`super`].
+//!
+//! Matrix-vector products work on 4 rows at a time (x is loaded once per 4 rows) with one 8-lane
+//! accumulator per row, reduced with [`hsum4`]; column tails (C % 8, or the last short Q8 block)
+//! are scalar. Q8 weights are sign-extended to i32, converted to f32 and multiplied with x; each
+//! block's partial sum is then scaled by its f16 scale (converted with F16C).
+
+use super::Q8Matrix;
+use super::prefill::{KC, MR, NR, TileDot};
+use core::arch::x86_64::*;
+use emberlm_formats::quant::Q8_BLOCK;
+use half::f16;
+
+/// Proof that this CPU has AVX2, FMA and F16C.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Avx2(());
+
+impl Avx2 {
+    /// `Some` when the CPU supports AVX2, FMA and F16C (checked at run time).
+    pub(super) fn detect() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c");
+        ok.then_some(Avx2(()))
+    }
+}
+
+// ------------------------------------------------------------------ helpers
+
+/// [Σ a, Σ b, Σ c, Σ d] of four 8-lane vectors.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+    let ab = _mm256_hadd_ps(a, b);
+    let cd = _mm256_hadd_ps(c, d);
+    let abcd = _mm256_hadd_ps(ab, cd);
+    _mm_add_ps(
+        _mm256_castps256_ps128(abcd),
+        _mm256_extractf128_ps::<1>(abcd),
+    )
+}
+
+/// Σ of the 8 lanes of `v`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
+    _mm_cvtss_f32(s)
+}
+
+/// One f16 scale as f32, through F16C (half's portable conversion is ~18x slower).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
+/// `[f32; 4]` from a vector.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn to_array4(v: __m128) -> [f32; 4] {
+    let mut out = [0f32; 4];
+    // SAFETY: `out` holds 4 f32; storeu has no alignment requirement.
+    unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
+    out
+}
+
+/// 8 f32 from `s[i..i + 8]` (bounds-checked).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load(s: &[f32], i: usize) -> __m256 {
+    let s = &s[i..i + 8];
+    // SAFETY: `s` holds exactly 8 f32; loadu has no alignment requirement.
+    unsafe { _mm256_loadu_ps(s.as_ptr()) }
+}
+
+/// 8 f16 from `s[i..i + 8]` as f32 (bounds-checked).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load_f16(s: &[f16], i: usize) -> __m256 {
+    let s = &s[i..i + 8];
+    // SAFETY: `s` holds exactly 8 f16 = 16 bytes; loadu has no alignment requirement.
+    unsafe { _mm256_cvtph_ps(_mm_loadu_si128(s.as_ptr().cast())) }
+}
+
+/// Stores 8 f32 into `s[i..i + 8]` (bounds-checked).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn store(s: &mut [f32], i: usize, v: __m256) {
+    let s = &mut s[i..i + 8];
+    // SAFETY: `s` holds exactly 8 f32; storeu has no alignment requirement.
+    unsafe { _mm256_storeu_ps(s.as_mut_ptr(), v) }
+}
+
+/// exp(x) lane-wise: Cody-Waite reduction by ln 2 and a degree-7 polynomial (the Cephes `expf`
+/// coefficients), relative error about 2e-7. Lanes below -87 (including -∞) give exactly 0; lanes
+/// above 88 give exp(88).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn exp256(x: __m256) -> __m256 {
+    let underflow = _mm256_cmp_ps::<_CMP_LT_OQ>(x, _mm256_set1_ps(-87.0));
+    let x = _mm256_min_ps(
+        _mm256_max_ps(x, _mm256_set1_ps(-87.0)),
+        _mm256_set1_ps(88.0),
+    );
+    let n = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+        x,
+        _mm256_set1_ps(core::f32::consts::LOG2_E),
+    ));
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693_359_4), x);
+    let r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.121_944_4e-4), r);
+    let mut p = _mm256_set1_ps(1.987_569_1e-4);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.398_2e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.166_666_65));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
+    let r2 = _mm256_mul_ps(r, r);
+    let e = _mm256_add_ps(_mm256_fmadd_ps(p, r2, r), _mm256_set1_ps(1.0));
+    // 2^n through the exponent bits; n is in [-126, 127] after the clamp.
+    let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(
+        _mm256_cvtps_epi32(n),
+        _mm256_set1_epi32(127),
+    ));
+    _mm256_andnot_ps(underflow, _mm256_mul_ps(e, _mm256_castsi256_ps(bits)))
+}
+
+// ------------------------------------------------------------------ matrix-vector
+
+pub(super) fn matvec_f32_rows(_t: Avx2, w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { matvec_f32_rows_avx2(w, x, y, row_start) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matvec_f32_rows_avx2(w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
+    let c = x.len();
+    let c8 = c - c % 8;
+    let mut groups = y.chunks_exact_mut(4);
+    let mut r = row_start;
+    for y4 in &mut groups {
+        let w4 = &w[r * c..(r + 4) * c];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j < c8 {
+            // SAFETY: j + 8 <= c8 <= c; `x` has c elements and `w4` has 4 rows of c.
+            unsafe {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(j));
+                for (k, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(w4.as_ptr().add(k * c + j)), xv, *a);
+                }
+            }
+            j += 8;
+        }
+        let mut s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (k, s) in s.iter_mut().enumerate() {
+            for jj in c8..c {
+                *s += w4[k * c + jj] * x[jj];
+            }
+        }
+        y4.copy_from_slice(&s);
+        r += 4;
+    }
+    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
+        *yv = dot_f32_avx2(&w[(r + i) * c..(r + i + 1) * c], x);
+    }
+}
+
+pub(super) fn matvec_f16_rows(_t: Avx2, w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { matvec_f16_rows_avx2(w, x, y, row_start) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matvec_f16_rows_avx2(w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
+    let c = x.len();
+    let c8 = c - c % 8;
+    let mut groups = y.chunks_exact_mut(4);
+    let mut r = row_start;
+    for y4 in &mut groups {
+        let w4 = &w[r * c..(r + 4) * c];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut j = 0;
+        while j < c8 {
+            // SAFETY: j + 8 <= c8 <= c; `x` has c elements and `w4` has 4 rows of c (f16 = 2
+            // bytes, so 8 of them are one unaligned 16-byte load).
+            unsafe {
+                let xv = _mm256_loadu_ps(x.as_ptr().add(j));
+                for (k, a) in acc.iter_mut().enumerate() {
+                    let wp = w4.as_ptr().add(k * c + j).cast::<__m128i>();
+                    *a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(wp)), xv, *a);
+                }
+            }
+            j += 8;
+        }
+        let mut s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (k, s) in s.iter_mut().enumerate() {
+            for jj in c8..c {
+                *s += f16_to_f32(w4[k * c + jj]) * x[jj];
+            }
+        }
+        y4.copy_from_slice(&s);
+        r += 4;
+    }
+    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
+        *yv = dot_f32_f16_avx2(x, &w[(r + i) * c..(r + i + 1) * c]);
+    }
+}
+
+pub(super) fn matvec_q8_rows(
+    _t: Avx2,
+    w: Q8Matrix<'_>,
+    x: &[f32],
+    y: &mut [f32],
+    row_start: usize,
+) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { matvec_q8_rows_avx2(w, x, y, row_start) }
+}
+
+/// Σ over the 32 elements of one full block: q (32 i8 at `q`) · x (8-lane vectors `xv`).
+///
+/// # Safety
+/// `q` must be valid for reading 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_dot(q: *const i8, xv: &[__m256; 4]) -> __m256 {
+    // SAFETY: the caller guarantees 32 readable bytes at `q`; each load reads 8 of them.
+    unsafe {
+        let w = |g: usize| {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(q.add(8 * g).cast())))
+        };
+        let s = _mm256_mul_ps(w(0), xv[0]);
+        let s = _mm256_fmadd_ps(w(1), xv[1], s);
+        let s = _mm256_fmadd_ps(w(2), xv[2], s);
+        _mm256_fmadd_ps(w(3), xv[3], s)
+    }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matvec_q8_rows_avx2(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    let full = c / Q8_BLOCK; // full blocks per row; a short last block is scalar
+    let mut groups = y.chunks_exact_mut(4);
+    let mut r = row_start;
+    for y4 in &mut groups {
+        let q4 = &w.quants()[r * c..(r + 4) * c];
+        let d4 = &w.scales()[r * nb..(r + 4) * nb];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..full {
+            let j = b * Q8_BLOCK;
+            let xv = [load(x, j), load(x, j + 8), load(x, j + 16), load(x, j + 24)];
+            for (k, a) in acc.iter_mut().enumerate() {
+                // SAFETY: block b is full, so q4[k*c + j .. k*c + j + 32] is inside row k.
+                let s = unsafe { block_dot(q4.as_ptr().add(k * c + j), &xv) };
+                *a = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(d4[k * nb + b])), *a);
+            }
+        }
+        let mut s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        if full < nb {
+            let j0 = full * Q8_BLOCK;
+            for (k, s) in s.iter_mut().enumerate() {
+                let t: f32 = (j0..c).map(|j| f32::from(q4[k * c + j]) * x[j]).sum();
+                *s += t * f16_to_f32(d4[k * nb + full]);
+            }
+        }
+        y4.copy_from_slice(&s);
+        r += 4;
+    }
+    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
+        let q = &w.quants()[(r + i) * c..(r + i + 1) * c];
+        let d = &w.scales()[(r + i) * nb..(r + i + 1) * nb];
+        let mut acc = _mm256_setzero_ps();
+        for (b, &db) in d[..full].iter().enumerate() {
+            let j = b * Q8_BLOCK;
+            let xv = [load(x, j), load(x, j + 8), load(x, j + 16), load(x, j + 24)];
+            // SAFETY: block b is full, so q[j .. j + 32] is inside the row.
+            let s = unsafe { block_dot(q.as_ptr().add(j), &xv) };
+            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(db)), acc);
+        }
+        let mut s = hsum(acc);
+        if full < nb {
+            let j0 = full * Q8_BLOCK;
+            let t: f32 = (j0..c).map(|j| f32::from(q[j]) * x[j]).sum();
+            s += t * f16_to_f32(d[full]);
+        }
+        *yv = s;
+    }
+}
+
+// ------------------------------------------------------------------ prefill microkernels
+
+pub(super) fn dequant_tile(
+    _t: Avx2,
+    w: Q8Matrix<'_>,
+    r0: usize,
+    rt: usize,
+    k0: usize,
+    kc: usize,
+    tile: &mut [f32],
+) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { dequant_tile_avx2(w, r0, rt, k0, kc, tile) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dequant_tile_avx2(
+    w: Q8Matrix<'_>,
+    r0: usize,
+    rt: usize,
+    k0: usize,
+    kc: usize,
+    tile: &mut [f32],
+) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    for i in 0..rt {
+        let q = &w.quants()[(r0 + i) * c + k0..][..kc];
+        let d = &w.scales()[(r0 + i) * nb + k0 / Q8_BLOCK..];
+        let o = &mut tile[i * KC..][..kc];
+        for ((ob, qb), d) in o.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
+            let d = f16_to_f32(*d);
+            if qb.len() == Q8_BLOCK {
+                let dv = _mm256_set1_ps(d);
+                for g in 0..4 {
+                    // SAFETY: qb holds 32 bytes, so bytes 8g .. 8g+8 are inside it.
+                    let qv = unsafe { _mm_loadl_epi64(qb.as_ptr().add(8 * g).cast()) };
+                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv));
+                    store(ob, 8 * g, _mm256_mul_ps(v, dv));
+                }
+            } else {
+                ob.iter_mut()
+                    .zip(qb)
+                    .for_each(|(o, &q)| *o = f32::from(q) * d);
+            }
+        }
+    }
+}
+
+pub(super) fn dot_tile(_t: Avx2, d: &TileDot<'_>, out: &mut [[f32; MR]; NR]) {
+    d.check();
+    // SAFETY: the token proves AVX2 + FMA + F16C; `check` validated the slices' extents.
+    unsafe { dot_tile_avx2(d, out) }
+}
+
+/// 4 weight rows × 3 tokens of dot products. Rows ≥ mr and tokens ≥ nr are computed on row 0 /
+/// token 0 and discarded, so every output gets the same instruction sequence whatever the tiling.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_tile_avx2(d: &TileDot<'_>, out: &mut [[f32; MR]; NR]) {
+    let arow = |i: usize| {
+        if i < d.mr {
+            &d.a[i * KC..][..d.kc]
+        } else {
+            &d.a[..d.kc]
+        }
+    };
+    let brow = |t: usize| {
+        if t < d.nr {
+            &d.b[t * d.ldb..][..d.kc]
+        } else {
+            &d.b[..d.kc]
+        }
+    };
+    let a = [arow(0), arow(1), arow(2), arow(3)];
+    let b = [brow(0), brow(1), brow(2)];
+    let k8 = d.kc - d.kc % 8;
+    let mut acc = [[_mm256_setzero_ps(); MR]; NR];
+    let mut j = 0;
+    while j < k8 {
+        // SAFETY: j + 8 <= k8 <= kc and every row in `a` and `b` holds kc elements.
+        unsafe {
+            let bv = [
+                _mm256_loadu_ps(b[0].as_ptr().add(j)),
+                _mm256_loadu_ps(b[1].as_ptr().add(j)),
+                _mm256_loadu_ps(b[2].as_ptr().add(j)),
+            ];
+            for (i, ai) in a.iter().enumerate() {
+                let av = _mm256_loadu_ps(ai.as_ptr().add(j));
+                acc[0][i] = _mm256_fmadd_ps(av, bv[0], acc[0][i]);
+                acc[1][i] = _mm256_fmadd_ps(av, bv[1], acc[1][i]);
+                acc[2][i] = _mm256_fmadd_ps(av, bv[2], acc[2][i]);
+            }
+        }
+        j += 8;
+    }
+    for t in 0..NR {
+        let [a0, a1, a2, a3] = acc[t];
+        let mut s = to_array4(hsum4(a0, a1, a2, a3));
+        for (i, s) in s.iter_mut().enumerate() {
+            for jj in k8..d.kc {
+                *s += a[i][jj] * b[t][jj];
+            }
+        }
+        out[t] = s;
+    }
+}
+
+// ------------------------------------------------------------------ small ops
+
+pub(super) fn dot_f32(_t: Avx2, a: &[f32], b: &[f32]) -> f32 {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { dot_f32_avx2(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(load(a, i + 8 * k), load(b, i + 8 * k), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(load(a, i), load(b, i), acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(v);
+    for j in i..n {
+        s += a[j] * b[j];
+    }
+    s
+}
+
+pub(super) fn dot_f32_f16(_t: Avx2, a: &[f32], b: &[f16]) -> f32 {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { dot_f32_f16_avx2(a, b) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn dot_f32_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
+    let n = a.len().min(b.len());
+    let (a, b) = (&a[..n], &b[..n]);
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(load(a, i + 8 * k), load_f16(b, i + 8 * k), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(load(a, i), load_f16(b, i), acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut s = hsum(v);
+    for j in i..n {
+        s += a[j] * f16_to_f32(b[j]);
+    }
+    s
+}
+
+pub(super) fn axpy(_t: Avx2, alpha: f32, x: &[f32], y: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { axpy_avx2(alpha, x, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_avx2(alpha: f32, x: &[f32], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_fmadd_ps(av, load(x, i), load(y, i));
+        store(y, i, v);
+        i += 8;
+    }
+    for j in i..n {
+        y[j] += alpha * x[j];
+    }
+}
+
+pub(super) fn axpy_f16(_t: Avx2, alpha: f32, x: &[f16], y: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { axpy_f16_avx2(alpha, x, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn axpy_f16_avx2(alpha: f32, x: &[f16], y: &mut [f32]) {
+    let n = x.len().min(y.len());
+    let av = _mm256_set1_ps(alpha);
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_fmadd_ps(av, load_f16(x, i), load(y, i));
+        store(y, i, v);
+        i += 8;
+    }
+    for j in i..n {
+        y[j] += alpha * f16_to_f32(x[j]);
+    }
+}
+
+pub(super) fn sum_f32(_t: Avx2, x: &[f32]) -> f32 {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { sum_f32_avx2(x) }
+}
+
+/// Σ x with 8 independent accumulators (64 floats = 4 cache lines per step), so the loop is
+/// bound by memory, not by add latency.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn sum_f32_avx2(x: &[f32]) -> f32 {
+    let n = x.len();
+    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut i = 0;
+    while i + 64 <= n {
+        // SAFETY: i + 64 <= n = x.len().
+        unsafe {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_add_ps(*a, _mm256_loadu_ps(x.as_ptr().add(i + 8 * k)));
+            }
+        }
+        i += 64;
+    }
+    let mut v = acc[0];
+    for a in &acc[1..] {
+        v = _mm256_add_ps(v, *a);
+    }
+    let mut s = hsum(v);
+    for v in &x[i..] {
+        s += v;
+    }
+    s
+}
+
+pub(super) fn layernorm(
+    _t: Avx2,
+    x: &[f32],
+    scale: &[f32],
+    shift: &[f32],
+    out: &mut [f32],
+    eps: f32,
+) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { layernorm_avx2(x, scale, shift, out, eps) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn layernorm_avx2(x: &[f32], scale: &[f32], shift: &[f32], out: &mut [f32], eps: f32) {
+    let n = x.len();
+    let n8 = n - n % 8;
+    // Pass 1: mean.
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..n8).step_by(8) {
+        acc = _mm256_add_ps(acc, load(x, i));
+    }
+    let mean = (hsum(acc) + x[n8..].iter().sum::<f32>()) / n as f32;
+    // Pass 2: biased variance from squared deviations.
+    let mv = _mm256_set1_ps(mean);
+    let mut acc = _mm256_setzero_ps();
+    for i in (0..n8).step_by(8) {
+        let d = _mm256_sub_ps(load(x, i), mv);
+        acc = _mm256_fmadd_ps(d, d, acc);
+    }
+    let tail: f32 = x[n8..].iter().map(|v| (v - mean) * (v - mean)).sum();
+    let var = (hsum(acc) + tail) / n as f32;
+    let rstd = 1.0 / (var + eps).sqrt();
+    // Pass 3: normalize, scale, shift.
+    let rv = _mm256_set1_ps(rstd);
+    for i in (0..n8).step_by(8) {
+        let norm = _mm256_mul_ps(_mm256_sub_ps(load(x, i), mv), rv);
+        store(
+            out,
+            i,
+            _mm256_fmadd_ps(norm, load(scale, i), load(shift, i)),
+        );
+    }
+    for i in n8..n {
+        out[i] = (x[i] - mean) * rstd * scale[i] + shift[i];
+    }
+}
+
+pub(super) fn gelu_tanh(_t: Avx2, x: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { gelu_tanh_avx2(x) }
+}
+
+/// 0.5·x·(1 + tanh u) = x / (1 + exp(-2u)) with u = √(2/π)·(x + 0.044715·x³).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gelu256(x: __m256) -> __m256 {
+    use super::reference::{GELU_CUBIC, SQRT_2_OVER_PI};
+    let x2 = _mm256_mul_ps(x, x);
+    let inner = _mm256_fmadd_ps(_mm256_set1_ps(GELU_CUBIC), x2, _mm256_set1_ps(1.0));
+    let m2u = _mm256_mul_ps(
+        _mm256_mul_ps(x, inner),
+        _mm256_set1_ps(-2.0 * SQRT_2_OVER_PI),
+    );
+    _mm256_div_ps(x, _mm256_add_ps(_mm256_set1_ps(1.0), exp256(m2u)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn gelu_tanh_avx2(x: &mut [f32]) {
+    let n = x.len();
+    let n8 = n - n % 8;
+    for i in (0..n8).step_by(8) {
+        let v = gelu256(load(x, i));
+        store(x, i, v);
+    }
+    if n8 < n {
+        // The tail through the same vector code, so every element gets the same formula.
+        let mut buf = [0f32; 8];
+        buf[..n - n8].copy_from_slice(&x[n8..]);
+        let v = gelu256(load(&buf, 0));
+        store(&mut buf, 0, v);
+        x[n8..].copy_from_slice(&buf[..n - n8]);
+    }
+}
+
+pub(super) fn softmax(_t: Avx2, x: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { softmax_avx2(x) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn softmax_avx2(x: &mut [f32]) {
+    let n = x.len();
+    if n == 0 {
+        return;
+    }
+    let n8 = n - n % 8;
+    let mut mv = _mm256_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n8).step_by(8) {
+        mv = _mm256_max_ps(mv, load(x, i));
+    }
+    let lanes = to_array4(_mm_max_ps(
+        _mm256_castps256_ps128(mv),
+        _mm256_extractf128_ps::<1>(mv),
+    ));
+    let max = x[n8..]
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mv = _mm256_set1_ps(max);
+    let mut sum = _mm256_setzero_ps();
+    for i in (0..n8).step_by(8) {
+        let e = exp256(_mm256_sub_ps(load(x, i), mv));
+        sum = _mm256_add_ps(sum, e);
+        store(x, i, e);
+    }
+    let mut buf = [f32::NEG_INFINITY; 8];
+    buf[..n - n8].copy_from_slice(&x[n8..]);
+    let e = exp256(_mm256_sub_ps(load(&buf, 0), mv)); // padding lanes: exp(-∞) = 0
+    sum = _mm256_add_ps(sum, e);
+    store(&mut buf, 0, e);
+    x[n8..].copy_from_slice(&buf[..n - n8]);
+    let inv = 1.0 / hsum(sum);
+    let iv = _mm256_set1_ps(inv);
+    for i in (0..n8).step_by(8) {
+        let v = _mm256_mul_ps(load(x, i), iv);
+        store(x, i, v);
+    }
+    for v in &mut x[n8..] {
+        *v *= inv;
+    }
+}
+
+pub(super) fn add(_t: Avx2, x: &mut [f32], y: &[f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { add_avx2(x, y) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn add_avx2(x: &mut [f32], y: &[f32]) {
+    let n = x.len().min(y.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        let v = _mm256_add_ps(load(x, i), load(y, i));
+        store(x, i, v);
+        i += 8;
+    }
+    for j in i..n {
+        x[j] += y[j];
+    }
+}
