@@ -3,6 +3,7 @@
 
 use crate::config::{GptConfig, LAYERNORM_EPS, MAX_CONTEXT, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
 use crate::ember::{Array, EmberWriter, FormatError, Header, Value};
+use crate::tokenizer::{Tokenizer, TokenizerParts};
 
 /// The value of `general.architecture` for every model emberlm writes.
 pub const ARCHITECTURE: &str = "gpt2";
@@ -226,6 +227,73 @@ pub fn get_prompt(h: &Header) -> Result<Option<PromptTemplate>, FormatError> {
             Some(_) => h.require_str("prompt.input_template")?.to_string(),
         },
     }))
+}
+
+/// Writes the tokenizer (`tokenizer.*`): its whole vocabulary, so the file needs nothing else.
+pub fn put_tokenizer(w: &mut EmberWriter, tok: &Tokenizer) -> Result<(), FormatError> {
+    let parts = tok.to_parts();
+    w.set("tokenizer.kind", Value::Str("bpe-bytes".into()))?;
+    w.set("tokenizer.tokens", Value::Bytes(parts.tokens))?;
+    w.set(
+        "tokenizer.token_ends",
+        Value::Array(Array::U32(parts.token_ends)),
+    )?;
+    w.set(
+        "tokenizer.special_names",
+        Value::Array(Array::Str(parts.special_names)),
+    )?;
+    w.set(
+        "tokenizer.special_ids",
+        Value::Array(Array::U32(parts.special_ids)),
+    )?;
+    Ok(())
+}
+
+/// Reads and validates the tokenizer, if the file has one.
+pub fn get_tokenizer(h: &Header) -> Result<Option<Tokenizer>, FormatError> {
+    if h.get("tokenizer.kind").is_none() {
+        return Ok(None);
+    }
+    let kind = h.require_str("tokenizer.kind")?;
+    if kind != "bpe-bytes" {
+        return Err(FormatError::WrongType {
+            key: "tokenizer.kind".into(),
+            expected: "\"bpe-bytes\"",
+            found: format!("{kind:?}"),
+        });
+    }
+    let wrong = |key: &str, expected: &'static str, v: &Value| FormatError::WrongType {
+        key: key.into(),
+        expected,
+        found: v.type_name().into(),
+    };
+    let tokens = match h.require("tokenizer.tokens")? {
+        Value::Bytes(b) => b.clone(),
+        v => return Err(wrong("tokenizer.tokens", "bytes", v)),
+    };
+    let u32s = |key: &str| match h.require(key)? {
+        Value::Array(Array::U32(a)) => Ok(a.clone()),
+        v => Err(wrong(key, "an array of u32", v)),
+    };
+    let token_ends = u32s("tokenizer.token_ends")?;
+    let special_ids = u32s("tokenizer.special_ids")?;
+    let special_names = match h.require("tokenizer.special_names")? {
+        Value::Array(Array::Str(a)) => a.clone(),
+        v => return Err(wrong("tokenizer.special_names", "an array of strings", v)),
+    };
+    let parts = TokenizerParts {
+        tokens,
+        token_ends,
+        special_names,
+        special_ids,
+    };
+    Tokenizer::from_parts(parts)
+        .map(Some)
+        .map_err(|e| FormatError::WrongType {
+            key: "tokenizer.tokens".into(),
+            expected: "a valid byte-level BPE vocabulary",
+            found: e.to_string(),
+        })
 }
 
 #[cfg(test)]

@@ -1,4 +1,14 @@
 //! emberlm-runtime: run `.ember` GPT-2 models with a KV cache and allocation-free decoding.
 
+pub mod error;
 pub mod gemm;
 pub mod kernels;
+pub mod model;
+pub mod random;
+pub mod sampler;
+pub mod session;
+
+pub use error::RuntimeError;
+pub use model::Model;
+pub use sampler::Sampling;
+pub use session::{GenerateOptions, GenerateStats, KvDtype, Session, SessionOptions, StopReason};

@@ -1,5 +1,7 @@
 //! emberlm-trainer: GPT-2 training on the CPU with hand-written forward and backward passes.
 
+pub mod adamw;
+pub mod export;
+pub mod import;
 pub mod layers;
 pub mod model;
-pub mod adamw;

@@ -17,7 +17,7 @@ mod write;
 pub use error::FormatError;
 #[cfg(feature = "mmap")]
 pub use mmap::MappedFile;
-pub use read::{EmberFile, Header, TensorData, parse_header};
+pub use read::{EmberFile, Header, TensorData, parse_header, tensor_data};
 pub use value::{Array, Value};
 pub use write::{EmberWriter, write_atomically, write_f16s, write_f32s, write_q8};
 

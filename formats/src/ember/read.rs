@@ -319,27 +319,7 @@ impl<'a> EmberFile<'a> {
 
     /// A typed view of a tensor's data.
     pub fn data(&self, t: &TensorEntry) -> Result<TensorData<'a>, FormatError> {
-        let raw = self.raw(t);
-        let cast_err = |_| FormatError::BufferMisaligned {
-            address_mod_64: raw.as_ptr() as usize % ALIGN as usize,
-        };
-        Ok(match t.dtype {
-            DType::F32 => TensorData::F32(bytemuck::try_cast_slice(raw).map_err(cast_err)?),
-            DType::F16 => TensorData::F16(bytemuck::try_cast_slice(raw).map_err(cast_err)?),
-            DType::Q8 => {
-                // Both fit for a parsed entry (parse_header checked its size); an entry whose
-                // shape overflows gets empty views instead of a panic.
-                let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
-                let numel = numel.and_then(|n| usize::try_from(n).ok());
-                let numel = numel.unwrap_or(usize::MAX);
-                let scale_start = align_up(numel as u64).and_then(|n| usize::try_from(n).ok());
-                let scale_start = scale_start.unwrap_or(usize::MAX);
-                let quants = bytemuck::cast_slice(raw.get(..numel).unwrap_or_default());
-                let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
-                    .map_err(cast_err)?;
-                TensorData::Q8 { quants, scales }
-            }
-        })
+        tensor_data(self.raw(t), t)
     }
 
     /// Looks a tensor up by name and checks its shape.
@@ -364,6 +344,31 @@ impl<'a> EmberFile<'a> {
     pub fn bytes(&self) -> &'a [u8] {
         self.bytes
     }
+}
+
+/// A typed view of one tensor's raw bytes (`raw` is exactly its data: `entry.size` bytes at its
+/// offset). Fails with [`FormatError::BufferMisaligned`] when `raw` is not aligned for the dtype.
+pub fn tensor_data<'b>(raw: &'b [u8], t: &TensorEntry) -> Result<TensorData<'b>, FormatError> {
+    let cast_err = |_| FormatError::BufferMisaligned {
+        address_mod_64: raw.as_ptr() as usize % ALIGN as usize,
+    };
+    Ok(match t.dtype {
+        DType::F32 => TensorData::F32(bytemuck::try_cast_slice(raw).map_err(cast_err)?),
+        DType::F16 => TensorData::F16(bytemuck::try_cast_slice(raw).map_err(cast_err)?),
+        DType::Q8 => {
+            // Both fit for a parsed entry (parse_header checked its size); an entry whose shape
+            // overflows gets empty views instead of a panic.
+            let numel = t.shape.iter().try_fold(1u64, |a, &d| a.checked_mul(d));
+            let numel = numel.and_then(|n| usize::try_from(n).ok());
+            let numel = numel.unwrap_or(usize::MAX);
+            let scale_start = align_up(numel as u64).and_then(|n| usize::try_from(n).ok());
+            let scale_start = scale_start.unwrap_or(usize::MAX);
+            let quants = bytemuck::cast_slice(raw.get(..numel).unwrap_or_default());
+            let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
+                .map_err(cast_err)?;
+            TensorData::Q8 { quants, scales }
+        }
+    })
 }
 
 struct Cursor<'a> {

@@ -1,0 +1,387 @@
+//! A loaded model: the validated header and typed views of every weight, read in place from a
+//! memory map or a borrowed byte slice. Loading copies and converts no tensor data.
+//!
+//! Letters: V vocabulary, T context, C embedding dim, L layers, H heads, K classes.
+
+use crate::error::RuntimeError;
+use crate::kernels::{Kernels, Q8Matrix};
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::{DType, EmberFile, FormatError, Header, TensorData, TensorEntry};
+use emberlm_formats::meta::{self, PromptTemplate, Task};
+use emberlm_formats::tokenizer::Tokenizer;
+use half::f16;
+
+/// A weight matrix (R, C) in any stored dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum Mat<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f16 elements.
+    F16(&'a [f16]),
+    /// int8 blocks with f16 scales.
+    Q8(Q8Matrix<'a>),
+}
+
+impl Mat<'_> {
+    /// y (R) = W x (C), on the kernels' threads.
+    pub fn matvec(&self, k: &Kernels, x: &[f32], y: &mut [f32]) {
+        match *self {
+            Mat::F32(w) => k.matvec_f32(w, x, y),
+            Mat::F16(w) => k.matvec_f16(w, x, y),
+            Mat::Q8(w) => k.matvec_q8(w, x, y),
+        }
+    }
+
+    /// Row `r` as f32 into `out` (C), e.g. an embedding lookup.
+    pub fn row(&self, r: usize, out: &mut [f32]) {
+        let c = out.len();
+        match *self {
+            Mat::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            Mat::F16(w) => {
+                for (o, h) in out.iter_mut().zip(&w[r * c..(r + 1) * c]) {
+                    *o = h.to_f32();
+                }
+            }
+            Mat::Q8(w) => w.dequantize_row(r, out),
+        }
+    }
+}
+
+/// Where a tensor lives in the file: resolved once at load, viewed on use.
+#[derive(Clone, Copy, Debug)]
+struct Slot {
+    index: usize,
+    rows: usize,
+    cols: usize,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct LayerSlots {
+    norm1: (Slot, Slot),
+    qkv_w: Slot,
+    qkv_b: Option<Slot>,
+    proj_w: Slot,
+    proj_b: Slot,
+    norm2: (Slot, Slot),
+    fc_w: Slot,
+    fc_b: Slot,
+    fcp_w: Slot,
+    fcp_b: Slot,
+}
+
+/// One transformer block's weights.
+#[derive(Clone, Copy, Debug)]
+pub struct Layer<'a> {
+    /// LayerNorm 1 scale and shift (C).
+    pub norm1: (&'a [f32], &'a [f32]),
+    /// Fused q, k, v projection (3C, C).
+    pub qkv_w: Mat<'a>,
+    /// Its bias (3C), if the model has one.
+    pub qkv_b: Option<&'a [f32]>,
+    /// Attention output projection (C, C).
+    pub proj_w: Mat<'a>,
+    /// Its bias (C).
+    pub proj_b: &'a [f32],
+    /// LayerNorm 2 scale and shift (C).
+    pub norm2: (&'a [f32], &'a [f32]),
+    /// Feed-forward expansion (4C, C).
+    pub fc_w: Mat<'a>,
+    /// Its bias (4C).
+    pub fc_b: &'a [f32],
+    /// Feed-forward projection (C, 4C).
+    pub fcp_w: Mat<'a>,
+    /// Its bias (C).
+    pub fcp_b: &'a [f32],
+}
+
+enum Storage<'a> {
+    #[cfg(feature = "mmap")]
+    Mapped(emberlm_formats::ember::MappedFile),
+    Borrowed(&'a [u8]),
+}
+
+/// A validated model. `Model<'static>` from [`Model::open`] owns its memory map; `Model<'a>` from
+/// [`Model::from_bytes`] borrows the caller's bytes. Share one model between sessions and threads
+/// by reference (`Model` is `Sync`).
+pub struct Model<'a> {
+    storage: Storage<'a>,
+    header: Header,
+    config: GptConfig,
+    task: Task,
+    prompt: Option<PromptTemplate>,
+    tok_emb: Slot,
+    pos_emb: Slot,
+    layers: Vec<LayerSlots>,
+    final_norm: (Slot, Slot),
+    head_w: Slot,
+    head_b: Option<Slot>,
+    tokenizer: std::sync::OnceLock<Result<Option<Tokenizer>, FormatError>>,
+}
+
+impl std::fmt::Debug for Model<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Model")
+            .field("config", &self.config)
+            .field("task", &self.task)
+            .field("tensors", &self.header.tensors.len())
+            .finish()
+    }
+}
+
+#[cfg(feature = "mmap")]
+impl Model<'static> {
+    /// Memory-maps and validates a model file.
+    pub fn open(path: &std::path::Path) -> Result<Model<'static>, RuntimeError> {
+        let map = emberlm_formats::ember::MappedFile::open(path)?;
+        let header = EmberFile::parse(map.bytes())?.header;
+        Model::build(Storage::Mapped(map), header)
+    }
+}
+
+impl<'a> Model<'a> {
+    /// Validates a model held in memory. `bytes` must start on a 64-byte boundary (wrap
+    /// `include_bytes!` in [`emberlm_formats::ember::Aligned`]).
+    pub fn from_bytes(bytes: &'a [u8]) -> Result<Model<'a>, RuntimeError> {
+        let header = EmberFile::parse(bytes)?.header;
+        Model::build(Storage::Borrowed(bytes), header)
+    }
+
+    fn build(storage: Storage<'a>, header: Header) -> Result<Model<'a>, RuntimeError> {
+        let config = meta::get_config(&header)?;
+        let task = meta::get_task(&header)?;
+        let prompt = meta::get_prompt(&header)?;
+        let (v, t, c) = (config.vocab_size, config.context_length, config.dim);
+        let find = |name: &str, shape: &[usize], vector: bool| -> Result<Slot, RuntimeError> {
+            let index = header
+                .tensors
+                .iter()
+                .position(|e| e.name == name)
+                .ok_or_else(|| FormatError::MissingTensor {
+                    name: name.to_string(),
+                })?;
+            let e = &header.tensors[index];
+            let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+            if e.shape != want {
+                return Err(FormatError::WrongShape {
+                    tensor: name.to_string(),
+                    expected: want,
+                    found: e.shape.clone(),
+                }
+                .into());
+            }
+            if vector && e.dtype != DType::F32 {
+                return Err(RuntimeError::UnsupportedDtype {
+                    tensor: name.to_string(),
+                    dtype: e.dtype.name(),
+                    expected: "f32 (norms and biases are never quantized)",
+                });
+            }
+            let (rows, cols) = match shape {
+                [r, c] => (*r, *c),
+                [c] => (1, *c),
+                _ => (1, 1),
+            };
+            Ok(Slot { index, rows, cols })
+        };
+        let tok_emb = find("tok_emb.weight", &[v, c], false)?;
+        let pos_emb = find("pos_emb.weight", &[t, c], false)?;
+        let mut layers = Vec::with_capacity(config.n_layers);
+        for i in 0..config.n_layers {
+            let n = |s: &str| format!("blocks.{i}.{s}");
+            layers.push(LayerSlots {
+                norm1: (
+                    find(&n("norm1.scale"), &[c], true)?,
+                    find(&n("norm1.shift"), &[c], true)?,
+                ),
+                qkv_w: find(&n("att.qkv.weight"), &[3 * c, c], false)?,
+                qkv_b: if config.qkv_bias {
+                    Some(find(&n("att.qkv.bias"), &[3 * c], true)?)
+                } else {
+                    None
+                },
+                proj_w: find(&n("att.proj.weight"), &[c, c], false)?,
+                proj_b: find(&n("att.proj.bias"), &[c], true)?,
+                norm2: (
+                    find(&n("norm2.scale"), &[c], true)?,
+                    find(&n("norm2.shift"), &[c], true)?,
+                ),
+                fc_w: find(&n("ff.fc.weight"), &[4 * c, c], false)?,
+                fc_b: find(&n("ff.fc.bias"), &[4 * c], true)?,
+                fcp_w: find(&n("ff.proj.weight"), &[c, 4 * c], false)?,
+                fcp_b: find(&n("ff.proj.bias"), &[c], true)?,
+            });
+        }
+        let final_norm = (
+            find("final_norm.scale", &[c], true)?,
+            find("final_norm.shift", &[c], true)?,
+        );
+        let (head_w, head_b) = match &task {
+            Task::LanguageModel if config.tied_head => (tok_emb, None),
+            Task::LanguageModel => (find("out_head.weight", &[v, c], false)?, None),
+            Task::Classifier { labels, .. } => (
+                find("out_head.weight", &[labels.len(), c], false)?,
+                Some(find("out_head.bias", &[labels.len()], true)?),
+            ),
+        };
+        let model = Model {
+            storage,
+            header,
+            config,
+            task,
+            prompt,
+            tok_emb,
+            pos_emb,
+            layers,
+            final_norm,
+            head_w,
+            head_b,
+            tokenizer: std::sync::OnceLock::new(),
+        };
+        // Resolve every view once so that a bad file fails here and not in the middle of a token.
+        for e in &model.header.tensors {
+            model.data(e)?;
+        }
+        Ok(model)
+    }
+
+    fn bytes(&self) -> &[u8] {
+        match &self.storage {
+            #[cfg(feature = "mmap")]
+            Storage::Mapped(m) => m.bytes(),
+            Storage::Borrowed(b) => b,
+        }
+    }
+
+    fn data(&self, e: &TensorEntry) -> Result<TensorData<'_>, FormatError> {
+        let start = (self.header.data_start + e.offset) as usize;
+        let raw = self
+            .bytes()
+            .get(start..start + e.size as usize)
+            .unwrap_or_default();
+        emberlm_formats::ember::tensor_data(raw, e)
+    }
+
+    fn mat(&self, s: Slot) -> Mat<'_> {
+        // Every slot was resolved at load, so the view cannot fail here; an impossible failure
+        // gives empty slices, which the kernels reject loudly.
+        match self.data(&self.header.tensors[s.index]) {
+            Ok(TensorData::F32(w)) => Mat::F32(w),
+            Ok(TensorData::F16(w)) => Mat::F16(w),
+            Ok(TensorData::Q8 { quants, scales }) => Mat::Q8(
+                Q8Matrix::new(quants, scales, s.rows, s.cols)
+                    .unwrap_or_else(|_| Q8Matrix::new(&[], &[], 0, 0).expect("empty")),
+            ),
+            Err(_) => Mat::F32(&[]),
+        }
+    }
+
+    fn vector(&self, s: Slot) -> &[f32] {
+        match self.mat(s) {
+            Mat::F32(w) => w,
+            _ => &[],
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &GptConfig {
+        &self.config
+    }
+
+    /// The task (language model or classifier).
+    pub fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// The prompt template, if the model was instruction-tuned.
+    pub fn prompt_template(&self) -> Option<&PromptTemplate> {
+        self.prompt.as_ref()
+    }
+
+    /// The tokenizer stored in the file (built on first use, then cached), or `None` when the
+    /// file has none.
+    pub fn tokenizer(&self) -> Result<Option<&Tokenizer>, RuntimeError> {
+        match self
+            .tokenizer
+            .get_or_init(|| meta::get_tokenizer(&self.header))
+        {
+            Ok(t) => Ok(t.as_ref()),
+            Err(e) => Err(e.clone().into()),
+        }
+    }
+
+    /// The file's header (metadata and tensor table).
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// Size of the model's bytes (the file).
+    pub fn file_size(&self) -> usize {
+        self.bytes().len()
+    }
+
+    /// Token embedding (V, C).
+    pub fn tok_emb(&self) -> Mat<'_> {
+        self.mat(self.tok_emb)
+    }
+
+    /// Position embedding (T, C).
+    pub fn pos_emb(&self) -> Mat<'_> {
+        self.mat(self.pos_emb)
+    }
+
+    /// Block `i`'s weights.
+    pub fn layer(&self, i: usize) -> Layer<'_> {
+        let s = &self.layers[i];
+        Layer {
+            norm1: (self.vector(s.norm1.0), self.vector(s.norm1.1)),
+            qkv_w: self.mat(s.qkv_w),
+            qkv_b: s.qkv_b.map(|b| self.vector(b)),
+            proj_w: self.mat(s.proj_w),
+            proj_b: self.vector(s.proj_b),
+            norm2: (self.vector(s.norm2.0), self.vector(s.norm2.1)),
+            fc_w: self.mat(s.fc_w),
+            fc_b: self.vector(s.fc_b),
+            fcp_w: self.mat(s.fcp_w),
+            fcp_b: self.vector(s.fcp_b),
+        }
+    }
+
+    /// Final LayerNorm scale and shift (C).
+    pub fn final_norm(&self) -> (&[f32], &[f32]) {
+        (
+            self.vector(self.final_norm.0),
+            self.vector(self.final_norm.1),
+        )
+    }
+
+    /// Output head (V, C) for a language model (the token embedding when tied), (K, C) for a
+    /// classifier, and its bias (K) for a classifier.
+    pub fn head(&self) -> (Mat<'_>, Option<&[f32]>) {
+        (self.mat(self.head_w), self.head_b.map(|b| self.vector(b)))
+    }
+
+    /// Rows of the output head: V for a language model, K for a classifier.
+    pub fn n_outputs(&self) -> usize {
+        self.head_w.rows
+    }
+
+    /// Bytes of weights read to decode one token: every matrix once, the head in full, one row
+    /// of each embedding (the figure decode bandwidth is measured against).
+    pub fn bytes_per_token(&self) -> u64 {
+        let size = |s: Slot| self.header.tensors[s.index].size;
+        let mut total = 0;
+        for l in &self.layers {
+            for s in [
+                l.qkv_w, l.proj_w, l.fc_w, l.fcp_w, l.proj_b, l.fc_b, l.fcp_b,
+            ] {
+                total += size(s);
+            }
+            total += size(l.norm1.0) + size(l.norm1.1) + size(l.norm2.0) + size(l.norm2.1);
+            total += l.qkv_b.map_or(0, size);
+        }
+        total += size(self.head_w);
+        total += size(self.tok_emb) / self.tok_emb.rows.max(1) as u64;
+        total += size(self.pos_emb) / self.pos_emb.rows.max(1) as u64;
+        total
+    }
+}

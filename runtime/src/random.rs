@@ -1,0 +1,86 @@
+//! Models with random weights, for tests, benchmarks and `ember bench --random` (no file needed).
+
+use crate::sampler::Rng;
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::{
+    AlignedBytes, DType, EmberWriter, FormatError, TensorEntry, write_f16s, write_f32s, write_q8,
+};
+use emberlm_formats::meta::{self, Task};
+use emberlm_formats::quant;
+use emberlm_formats::tokenizer::Tokenizer;
+use half::f16;
+use std::io::{self, Write};
+use std::path::Path;
+
+fn writer(
+    cfg: &GptConfig,
+    dtype: DType,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<EmberWriter, FormatError> {
+    let mut w = EmberWriter::new();
+    meta::put_config(&mut w, cfg)?;
+    meta::put_task(&mut w, &Task::LanguageModel)?;
+    if let Some(t) = tokenizer {
+        meta::put_tokenizer(&mut w, t)?;
+    }
+    w.set(
+        "provenance.source",
+        emberlm_formats::ember::Value::Str("random weights".into()),
+    )?;
+    for (name, shape) in cfg.tensor_shapes() {
+        let dt = if shape.len() == 2 { dtype } else { DType::F32 };
+        w.add_tensor(&name, dt, &shape)?;
+    }
+    Ok(w)
+}
+
+/// Fills one tensor: LayerNorm scales near 1, everything else uniform in ±0.05 (about GPT-2's
+/// N(0, 0.02) spread), quantized to the entry's dtype.
+fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
+    let n = e.numel() as usize;
+    let base = if e.name.ends_with(".scale") { 1.0 } else { 0.0 };
+    let x: Vec<f32> = (0..n)
+        .map(|_| base + (rng.next_f32() - 0.5) * 0.1)
+        .collect();
+    match e.dtype {
+        DType::F32 => write_f32s(out, &x),
+        DType::F16 => {
+            let mut h = vec![f16::ZERO; n];
+            quant::quantize_f16(&x, &mut h).map_err(io::Error::other)?;
+            write_f16s(out, &h)
+        }
+        DType::Q8 => {
+            let cols = *e.shape.last().unwrap_or(&1) as usize;
+            let mut q = vec![0i8; n];
+            let mut s = vec![f16::ZERO; (n / cols.max(1)) * quant::q8_blocks_per_row(cols)];
+            quant::quantize_q8(&x, cols, &mut q, &mut s).map_err(io::Error::other)?;
+            write_q8(out, &q, &s)
+        }
+    }
+}
+
+/// Writes a random model file (atomically); returns its size.
+pub fn write_random_model(
+    path: &Path,
+    cfg: &GptConfig,
+    dtype: DType,
+    seed: u64,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<u64, FormatError> {
+    let w = writer(cfg, dtype, tokenizer)?;
+    let mut rng = Rng::new(seed);
+    w.write_file(path, |_, e, out| fill(&mut rng, e, out))
+}
+
+/// A random model in memory, aligned for [`crate::Model::from_bytes`].
+pub fn random_model_bytes(
+    cfg: &GptConfig,
+    dtype: DType,
+    seed: u64,
+) -> Result<AlignedBytes, FormatError> {
+    let w = writer(cfg, dtype, None)?;
+    let mut rng = Rng::new(seed);
+    Ok(AlignedBytes::copy_from(
+        &w.to_vec(|_, e, out| fill(&mut rng, e, out))?,
+    ))
+}

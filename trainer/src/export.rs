@@ -1,0 +1,221 @@
+//! Export to one deployable `.ember` file: configuration, tokenizer, task, prompt template,
+//! provenance, and every tensor in f32, f16 or int8 (Q8). Matrices take the chosen dtype; norms
+//! and biases stay f32. Streams one tensor at a time and writes atomically.
+
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::{
+    DType, EmberWriter, FormatError, Value, write_f16s, write_f32s, write_q8,
+};
+use emberlm_formats::meta::{self, PromptTemplate, Task};
+use emberlm_formats::quant::{self, QuantError};
+use emberlm_formats::tokenizer::Tokenizer;
+use half::f16;
+use std::fmt;
+use std::path::Path;
+use std::str::FromStr;
+
+/// The dtype of exported weight matrices.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportDtype {
+    /// 4 bytes per weight, exact.
+    F32,
+    /// 2 bytes per weight.
+    F16,
+    /// 1 byte per weight + one f16 scale per 32 (1.0625 bytes per weight).
+    Int8,
+}
+
+impl FromStr for ExportDtype {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "f32" => Ok(ExportDtype::F32),
+            "f16" => Ok(ExportDtype::F16),
+            "int8" | "q8" => Ok(ExportDtype::Int8),
+            _ => Err(format!("unknown dtype {s:?}: expected f32, f16 or int8")),
+        }
+    }
+}
+
+impl ExportDtype {
+    fn dtype(self) -> DType {
+        match self {
+            ExportDtype::F32 => DType::F32,
+            ExportDtype::F16 => DType::F16,
+            ExportDtype::Int8 => DType::Q8,
+        }
+    }
+
+    /// The name used on the command line and in `provenance.dtype`.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExportDtype::F32 => "f32",
+            ExportDtype::F16 => "f16",
+            ExportDtype::Int8 => "int8",
+        }
+    }
+}
+
+/// Everything in the file besides the tensors.
+#[derive(Clone, Debug)]
+pub struct ExportMeta<'a> {
+    /// The model configuration.
+    pub config: GptConfig,
+    /// Language model or classifier.
+    pub task: Task,
+    /// The prompt template (instruction-tuned models).
+    pub prompt: Option<PromptTemplate>,
+    /// The tokenizer to embed.
+    pub tokenizer: Option<&'a Tokenizer>,
+    /// `provenance.*` entries (key without the prefix, value).
+    pub provenance: Vec<(String, String)>,
+}
+
+/// Why an export failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ExportError {
+    /// A tensor the configuration needs was not provided.
+    MissingTensor(String),
+    /// A tensor has the wrong number of elements.
+    WrongSize {
+        /// The tensor.
+        tensor: String,
+        /// Expected elements.
+        expected: usize,
+        /// Found elements.
+        found: usize,
+    },
+    /// A tensor could not be quantized (NaN, out of f16 range).
+    Quant {
+        /// The tensor.
+        tensor: String,
+        /// Why.
+        error: QuantError,
+    },
+    /// Writing the file failed.
+    Format(FormatError),
+}
+
+impl fmt::Display for ExportError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExportError::MissingTensor(t) => write!(f, "export: tensor {t:?} is missing"),
+            ExportError::WrongSize {
+                tensor,
+                expected,
+                found,
+            } => {
+                write!(
+                    f,
+                    "export: tensor {tensor:?} has {found} elements, expected {expected}"
+                )
+            }
+            ExportError::Quant { tensor, error } => write!(f, "export: tensor {tensor:?}: {error}"),
+            ExportError::Format(e) => write!(f, "export: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ExportError {}
+
+impl From<FormatError> for ExportError {
+    fn from(e: FormatError) -> Self {
+        ExportError::Format(e)
+    }
+}
+
+/// The tensors of a model with this configuration and task, in file order: the language-model
+/// tensors of [`GptConfig::tensor_shapes`], with a classifier's `out_head.weight` (K, C) and
+/// `out_head.bias` (K) in place of the vocabulary head.
+pub fn export_shapes(cfg: &GptConfig, task: &Task) -> Vec<(String, Vec<usize>)> {
+    let mut shapes = cfg.tensor_shapes();
+    if let Task::Classifier { labels, .. } = task {
+        shapes.retain(|(n, _)| n != "out_head.weight");
+        shapes.push(("out_head.weight".into(), vec![labels.len(), cfg.dim]));
+        shapes.push(("out_head.bias".into(), vec![labels.len()]));
+    }
+    shapes
+}
+
+/// Writes `path` atomically. `tensor(name)` gives each tensor's f32 values in canonical layout.
+/// Returns the file size in bytes.
+pub fn export_ember<'t>(
+    path: &Path,
+    meta_in: &ExportMeta<'_>,
+    dtype: ExportDtype,
+    tensor: &dyn Fn(&str) -> Option<&'t [f32]>,
+) -> Result<u64, ExportError> {
+    let cfg = &meta_in.config;
+    let mut w = EmberWriter::new();
+    meta::put_config(&mut w, cfg)?;
+    meta::put_task(&mut w, &meta_in.task)?;
+    if let Some(p) = &meta_in.prompt {
+        meta::put_prompt(&mut w, p)?;
+    }
+    if let Some(t) = meta_in.tokenizer {
+        meta::put_tokenizer(&mut w, t)?;
+    }
+    w.set("provenance.dtype", Value::Str(dtype.name().into()))?;
+    w.set(
+        "provenance.trainer",
+        Value::Str(format!("ember-train {}", env!("CARGO_PKG_VERSION"))),
+    )?;
+    for (k, v) in &meta_in.provenance {
+        if k != "dtype" && k != "trainer" {
+            w.set(&format!("provenance.{k}"), Value::Str(v.clone()))?;
+        }
+    }
+    let shapes = export_shapes(cfg, &meta_in.task);
+    let mut sources = Vec::with_capacity(shapes.len());
+    for (name, shape) in &shapes {
+        let data = tensor(name).ok_or_else(|| ExportError::MissingTensor(name.clone()))?;
+        let numel: usize = shape.iter().product();
+        if data.len() != numel {
+            return Err(ExportError::WrongSize {
+                tensor: name.clone(),
+                expected: numel,
+                found: data.len(),
+            });
+        }
+        let dt = if shape.len() == 2 {
+            dtype.dtype()
+        } else {
+            DType::F32
+        };
+        w.add_tensor(name, dt, shape)?;
+        sources.push(data);
+    }
+    // Quantization errors surface from inside the fill callback: keep the typed error here.
+    let mut quant_error = None;
+    let result = w.write_file(path, |i, entry, out| {
+        let x = sources[i];
+        let fail = |e: QuantError, slot: &mut Option<ExportError>| {
+            *slot = Some(ExportError::Quant {
+                tensor: entry.name.clone(),
+                error: e.clone(),
+            });
+            std::io::Error::other(e.to_string())
+        };
+        match entry.dtype {
+            DType::F32 => write_f32s(out, x),
+            DType::F16 => {
+                let mut h = vec![f16::ZERO; x.len()];
+                quant::quantize_f16(x, &mut h).map_err(|e| fail(e, &mut quant_error))?;
+                write_f16s(out, &h)
+            }
+            DType::Q8 => {
+                let cols = *entry.shape.last().unwrap_or(&1) as usize;
+                let rows = if cols == 0 { 0 } else { x.len() / cols };
+                let mut q = vec![0i8; x.len()];
+                let mut s = vec![f16::ZERO; rows * quant::q8_blocks_per_row(cols)];
+                quant::quantize_q8(x, cols, &mut q, &mut s)
+                    .map_err(|e| fail(e, &mut quant_error))?;
+                write_q8(out, &q, &s)
+            }
+        }
+    });
+    match (result, quant_error) {
+        (Err(_), Some(e)) => Err(e),
+        (r, _) => Ok(r?),
+    }
+}
