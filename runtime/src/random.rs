@@ -3,7 +3,7 @@
 use crate::sampler::Rng;
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{
-    AlignedBytes, DType, EmberWriter, FormatError, TensorEntry, write_f16s, write_f32s, write_q8,
+    AlignedBytes, DType, EmberWriter, FormatError, TensorEntry, write_f16s, write_f32s,
 };
 use emberlm_formats::meta::{self, Task};
 use emberlm_formats::quant;
@@ -35,28 +35,44 @@ fn writer(
 }
 
 /// Fills one tensor: LayerNorm scales near 1, everything else uniform in ±0.05 (about GPT-2's
-/// N(0, 0.02) spread), quantized to the entry's dtype.
+/// N(0, 0.02) spread), quantized to the entry's dtype. Generates a few rows at a time, so building
+/// a large model needs little memory.
 fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
-    let n = e.numel() as usize;
+    let cols = (*e.shape.last().unwrap_or(&1) as usize).max(1);
+    let rows = e.numel() as usize / cols;
     let base = if e.name.ends_with(".scale") { 1.0 } else { 0.0 };
-    let x: Vec<f32> = (0..n)
-        .map(|_| base + (rng.next_f32() - 0.5) * 0.1)
-        .collect();
-    match e.dtype {
-        DType::F32 => write_f32s(out, &x),
-        DType::F16 => {
-            let mut h = vec![f16::ZERO; n];
-            quant::quantize_f16(&x, &mut h).map_err(io::Error::other)?;
-            write_f16s(out, &h)
+    let chunk_rows = (65536 / cols).max(1);
+    let nb = quant::q8_blocks_per_row(cols);
+    let mut scales = Vec::new();
+    let mut r0 = 0;
+    while r0 < rows {
+        let n = chunk_rows.min(rows - r0) * cols;
+        let x: Vec<f32> = (0..n)
+            .map(|_| base + (rng.next_f32() - 0.5) * 0.1)
+            .collect();
+        match e.dtype {
+            DType::F32 => write_f32s(out, &x)?,
+            DType::F16 => {
+                let mut h = vec![f16::ZERO; n];
+                quant::quantize_f16(&x, &mut h).map_err(io::Error::other)?;
+                write_f16s(out, &h)?;
+            }
+            DType::Q8 => {
+                let mut q = vec![0i8; n];
+                let mut s = vec![f16::ZERO; n / cols * nb];
+                quant::quantize_q8(&x, cols, &mut q, &mut s).map_err(io::Error::other)?;
+                out.write_all(bytemuck::cast_slice(&q))?;
+                scales.extend_from_slice(&s);
+            }
         }
-        DType::Q8 => {
-            let cols = *e.shape.last().unwrap_or(&1) as usize;
-            let mut q = vec![0i8; n];
-            let mut s = vec![f16::ZERO; (n / cols.max(1)) * quant::q8_blocks_per_row(cols)];
-            quant::quantize_q8(&x, cols, &mut q, &mut s).map_err(io::Error::other)?;
-            write_q8(out, &q, &s)
-        }
+        r0 += n / cols;
     }
+    if e.dtype == DType::Q8 {
+        let numel = e.numel() as usize;
+        out.write_all(&vec![0u8; numel.next_multiple_of(64) - numel])?;
+        write_f16s(out, &scales)?;
+    }
+    Ok(())
 }
 
 /// Writes a random model file (atomically); returns its size.

@@ -1,6 +1,929 @@
-//! `ember`: generate, chat, score, classify, inspect and benchmark `.ember` models.
+//! `ember`: run `.ember` models — generate, chat, score, inspect, bench, tokenize, detokenize.
+//!
+//! Errors print one line, `ember: error: …`, and exit with code 1; `--help` on any command explains it.
+
+use argh::FromArgs;
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::{Array, DType, Value};
+use emberlm_formats::meta::Task;
+use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens, StreamDecoder, Tokenizer};
+use emberlm_runtime::sampler::argmax;
+use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions};
+use std::fmt::Write as _;
+use std::io::{BufRead, Write};
+use std::ops::ControlFlow;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(FromArgs, Debug)]
+/// Run GPT-2 models stored in .ember files: generate text, chat, score, inspect and benchmark.
+struct Cli {
+    #[argh(subcommand)]
+    command: Command,
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+enum Command {
+    Generate(GenerateArgs),
+    Chat(ChatArgs),
+    Score(ScoreArgs),
+    Inspect(InspectArgs),
+    Bench(BenchArgs),
+    Tokenize(TokenizeArgs),
+    Detokenize(DetokenizeArgs),
+}
+
+#[derive(FromArgs, Debug)]
+/// Continue a prompt, streaming text to stdout. `--temperature 0` (the default) is greedy, as in
+/// the book; generation stops at <|endoftext|>, a --stop string, or after --max-tokens.
+#[argh(subcommand, name = "generate")]
+struct GenerateArgs {
+    /// the model file (.ember)
+    #[argh(positional)]
+    model: PathBuf,
+    /// prompt text (encoded with the model's tokenizer)
+    #[argh(option)]
+    prompt: Option<String>,
+    /// prompt as token ids, e.g. 15496,11,314
+    #[argh(option)]
+    tokens: Option<String>,
+    /// tokens to generate at most (default 50)
+    #[argh(option, default = "50")]
+    max_tokens: usize,
+    /// sampling temperature; 0 = greedy (default 0)
+    #[argh(option, default = "0.0")]
+    temperature: f32,
+    /// keep only the k most likely tokens (ties kept)
+    #[argh(option)]
+    top_k: Option<usize>,
+    /// keep the most likely tokens up to this probability mass
+    #[argh(option)]
+    top_p: Option<f32>,
+    /// penalise tokens already in the context (1 = off, default 1)
+    #[argh(option, default = "1.0")]
+    repetition_penalty: f32,
+    /// random seed (default 123)
+    #[argh(option, default = "123")]
+    seed: u64,
+    /// stop when the generated text contains this string
+    #[argh(option)]
+    stop: Option<String>,
+    /// keep generating past <|endoftext|>
+    #[argh(switch)]
+    ignore_eot: bool,
+    #[argh(option, default = "0")]
+    /// worker threads (default: one per core)
+    threads: usize,
+    /// context length of the session (default: the model's)
+    #[argh(option)]
+    context: Option<usize>,
+    /// KV cache element type: f32 or f16 (default f32)
+    #[argh(option, default = "String::from(\"f32\")")]
+    kv: String,
+    /// when the context is full, drop the oldest tokens and continue
+    #[argh(switch)]
+    slide: bool,
+    /// print one JSON object (tokens, text, prefill_tokens_per_s, decode_tokens_per_s, ...)
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Chat with an instruction-tuned model: each line you type is wrapped in the model's prompt
+/// template; the conversation stays in the KV cache. An empty line or end of input quits.
+#[argh(subcommand, name = "chat")]
+struct ChatArgs {
+    /// the model file (.ember)
+    #[argh(positional)]
+    model: PathBuf,
+    /// tokens to generate per answer at most (default 256)
+    #[argh(option, default = "256")]
+    max_tokens: usize,
+    /// sampling temperature; 0 = greedy (default 0)
+    #[argh(option, default = "0.0")]
+    temperature: f32,
+    /// keep only the k most likely tokens
+    #[argh(option)]
+    top_k: Option<usize>,
+    /// random seed (default 123)
+    #[argh(option, default = "123")]
+    seed: u64,
+    /// worker threads (default: one per core)
+    #[argh(option, default = "0")]
+    threads: usize,
+}
+
+#[derive(FromArgs, Debug)]
+/// Score a text: mean next-token cross-entropy, perplexity and per-token log-probabilities.
+#[argh(subcommand, name = "score")]
+struct ScoreArgs {
+    /// the model file (.ember)
+    #[argh(positional)]
+    model: PathBuf,
+    /// text to score
+    #[argh(option)]
+    text: Option<String>,
+    /// token ids to score, e.g. 15496,11,314
+    #[argh(option)]
+    tokens: Option<String>,
+    /// worker threads (default: one per core)
+    #[argh(option, default = "0")]
+    threads: usize,
+    /// print one JSON object (loss, perplexity, logprobs, tokens)
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Show a model file's metadata, tensors and sizes.
+#[argh(subcommand, name = "inspect")]
+struct InspectArgs {
+    /// the model file (.ember)
+    #[argh(positional)]
+    model: PathBuf,
+    /// print one JSON object
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Measure load time, prefill and decode speed, peak memory, and decode's fraction of the
+/// machine's memory bandwidth. Give a model file, or --random SIZE to build one with random weights.
+#[argh(subcommand, name = "bench")]
+struct BenchArgs {
+    /// the model file (.ember)
+    #[argh(positional)]
+    model: Option<PathBuf>,
+    /// benchmark a random model of this size instead (124m, 355m, 774m, 1558m)
+    #[argh(option)]
+    random: Option<String>,
+    /// dtype of the random model: f32, f16 or int8 (default int8)
+    #[argh(option, default = "String::from(\"int8\")")]
+    dtype: String,
+    /// prompt tokens to prefill (default 128)
+    #[argh(option, default = "128")]
+    prompt_tokens: usize,
+    /// tokens to decode (default 128)
+    #[argh(option, default = "128")]
+    gen_tokens: usize,
+    /// worker threads (default: one per core)
+    #[argh(option, default = "0")]
+    threads: usize,
+    /// print one JSON object (prefill_tokens_per_s, decode_tokens_per_s, load_ms, peak_rss_bytes, ...)
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Print the token ids of a text (GPT-2's vocabulary when no model is given).
+#[argh(subcommand, name = "tokenize")]
+struct TokenizeArgs {
+    /// a model file whose tokenizer to use (default: GPT-2's)
+    #[argh(positional)]
+    model: Option<PathBuf>,
+    /// the text
+    #[argh(option)]
+    text: String,
+    /// treat <|endoftext|> as plain text instead of the special token
+    #[argh(switch)]
+    no_special: bool,
+    /// print one JSON object (tokens, count)
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs, Debug)]
+/// Print the text of token ids (GPT-2's vocabulary when no model is given).
+#[argh(subcommand, name = "detokenize")]
+struct DetokenizeArgs {
+    /// a model file whose tokenizer to use (default: GPT-2's)
+    #[argh(positional)]
+    model: Option<PathBuf>,
+    /// comma-separated token ids, e.g. 15496,11,995
+    #[argh(option)]
+    ids: String,
+    /// print one JSON object (text)
+    #[argh(switch)]
+    json: bool,
+}
 
 fn main() {
-    eprintln!("ember: no command is available yet in this build");
-    std::process::exit(2);
+    let cli = parse_args();
+    let result = match cli.command {
+        Command::Generate(a) => generate(a),
+        Command::Chat(a) => chat(a),
+        Command::Score(a) => score(a),
+        Command::Inspect(a) => inspect(a),
+        Command::Bench(a) => bench(a),
+        Command::Tokenize(a) => tokenize(a),
+        Command::Detokenize(a) => detokenize(a),
+    };
+    if let Err(e) = result {
+        eprintln!("ember: error: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// argh's `from_env` panics on arguments that are not UTF-8: check them first.
+fn parse_args() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let mut strs = Vec::with_capacity(args.len());
+    for (i, a) in args.iter().enumerate() {
+        match a.to_str() {
+            Some(s) => strs.push(s),
+            None => {
+                eprintln!(
+                    "ember: error: argument {i} ({}) is not valid UTF-8",
+                    a.to_string_lossy()
+                );
+                std::process::exit(1);
+            }
+        }
+    }
+    let cmd = Path::new(strs.first().copied().unwrap_or("ember"))
+        .file_name()
+        .and_then(|s| s.to_str())
+        .unwrap_or("ember");
+    match Cli::from_args(&[cmd], strs.get(1..).unwrap_or_default()) {
+        Ok(cli) => cli,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                std::process::exit(0);
+            }
+            Err(()) => {
+                eprintln!("{}", early.output.trim_end());
+                eprintln!("Run `ember --help` or `ember <command> --help` for usage.");
+                std::process::exit(1);
+            }
+        },
+    }
+}
+
+type Result<T> = std::result::Result<T, String>;
+
+fn open(path: &Path) -> Result<Model<'static>> {
+    Model::open(path).map_err(|e| match e {
+        // I/O errors already name the path.
+        emberlm_runtime::RuntimeError::Format(emberlm_formats::ember::FormatError::Io {
+            ..
+        }) => e.to_string(),
+        e => format!("{}: {e}", path.display()),
+    })
+}
+
+fn tokenizer_of<'m>(model: &'m Model<'_>) -> Result<Option<&'m Tokenizer>> {
+    model.tokenizer().map_err(|e| e.to_string())
+}
+
+fn parse_ids(s: &str, flag: &str) -> Result<Vec<u32>> {
+    let ids: Vec<u32> = s
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            p.parse::<u32>().map_err(|_| {
+                format!("{flag}: {p:?} is not a token id (a whole number 0..=4294967295)")
+            })
+        })
+        .collect::<Result<_>>()?;
+    if ids.is_empty() {
+        return Err(format!("{flag}: no token ids given"));
+    }
+    Ok(ids)
+}
+
+fn kv_dtype(s: &str) -> Result<KvDtype> {
+    match s {
+        "f32" => Ok(KvDtype::F32),
+        "f16" => Ok(KvDtype::F16),
+        _ => Err(format!("--kv: {s:?} must be f32 or f16")),
+    }
+}
+
+/// The prompt's ids: `--prompt` through the model's tokenizer, or `--tokens`.
+fn prompt_ids(
+    model: &Model<'_>,
+    text: &Option<String>,
+    tokens: &Option<String>,
+    flag: &str,
+) -> Result<Vec<u32>> {
+    match (text, tokens) {
+        (Some(_), Some(_)) => Err(format!("give either {flag} or --tokens, not both")),
+        (None, None) => Err(format!("give {flag} TEXT or --tokens 1,2,3")),
+        (None, Some(t)) => parse_ids(t, "--tokens"),
+        (Some(p), None) => {
+            let tok = tokenizer_of(model)?.ok_or(
+                "this model file has no tokenizer; pass token ids with --tokens instead"
+                    .to_string(),
+            )?;
+            if p.is_empty() {
+                return Err(format!("{flag} is empty"));
+            }
+            Ok(tok.encode_to_vec(p, SpecialTokens::Allow))
+        }
+    }
+}
+
+fn generate(a: GenerateArgs) -> Result<()> {
+    let model = open(&a.model)?;
+    if !matches!(model.task(), Task::LanguageModel) {
+        return Err("this model is a classifier: use `ember classify`".into());
+    }
+    let prompt = prompt_ids(&model, &a.prompt, &a.tokens, "--prompt")?;
+    let tok = tokenizer_of(&model)?;
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        repetition_penalty: a.repetition_penalty,
+        seed: a.seed,
+    };
+    sampling
+        .validate(model.n_outputs())
+        .map_err(|e| format!("--{e}"))?;
+    let opts = SessionOptions {
+        context: a.context,
+        kv_dtype: kv_dtype(&a.kv)?,
+        threads: a.threads,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(&model, &opts).map_err(|e| format!("--{e}"))?;
+    let limits = GenerateOptions {
+        max_tokens: a.max_tokens,
+        stop_token: if a.ignore_eot {
+            None
+        } else {
+            tok.and_then(Tokenizer::eot_id)
+        },
+        slide: a.slide,
+    };
+    // Everything the loop needs is allocated here: the decoder, the output buffers.
+    let mut decoder = tok.map(StreamDecoder::new);
+    let mut text = String::with_capacity(
+        a.max_tokens.min(1 << 16) * tok.map_or(16, |t| t.max_token_len().min(64)),
+    );
+    let mut ids = Vec::with_capacity(a.max_tokens.min(1 << 20));
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    if !a.json {
+        match (tok, &a.prompt) {
+            (Some(_), Some(p)) => write!(out, "{p}").ok(),
+            _ => None,
+        };
+        out.flush().ok();
+    }
+    let stop = a.stop.as_deref().filter(|s| !s.is_empty());
+    let has_text = decoder.is_some();
+    let mut write_error = None;
+    let stats = session
+        .generate(&prompt, &sampling, &limits, |t| {
+            ids.push(t);
+            let piece = match decoder.as_mut() {
+                Some(d) => d.push(t).unwrap_or(""),
+                None => "",
+            };
+            let before = text.len();
+            text.push_str(piece);
+            if !a.json {
+                let r = if has_text {
+                    out.write_all(piece.as_bytes())
+                } else {
+                    writeln!(out, "{t}")
+                };
+                if let Err(e) = r.and_then(|_| out.flush()) {
+                    write_error = Some(e);
+                    return ControlFlow::Break(());
+                }
+            }
+            match stop {
+                // Only the tail can newly contain the stop string.
+                Some(s) if text[before.saturating_sub(s.len())..].contains(s) => {
+                    ControlFlow::Break(())
+                }
+                _ => ControlFlow::Continue(()),
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    if let Some(e) = write_error {
+        if e.kind() != std::io::ErrorKind::BrokenPipe {
+            return Err(format!("writing to stdout: {e}"));
+        }
+    }
+    let prefill_tps = stats.prompt_tokens as f64 / stats.prefill_seconds.max(1e-9);
+    let decode_tps = stats.generated_tokens as f64 / stats.decode_seconds.max(1e-9);
+    if a.json {
+        let mut j = String::new();
+        let ids_s: Vec<String> = ids.iter().map(u32::to_string).collect();
+        let prompt_s: Vec<String> = prompt.iter().map(u32::to_string).collect();
+        write!(
+            j,
+            "{{\"tokens\":[{}],\"text\":{},\"prompt_tokens\":[{}],\"generated_tokens\":{},\"prefill_tokens_per_s\":{},\"decode_tokens_per_s\":{},\"stop\":\"{:?}\",\"kernels\":\"{}\"}}",
+            ids_s.join(","),
+            json_str(&text),
+            prompt_s.join(","),
+            stats.generated_tokens,
+            num(prefill_tps),
+            num(decode_tps),
+            stats.stop,
+            session.kernels().name()
+        )
+        .ok();
+        println!("{j}");
+    } else {
+        writeln!(out).ok();
+        eprintln!(
+            "[{} prompt tokens at {:.1} tokens/s, {} generated at {:.1} tokens/s, {}]",
+            stats.prompt_tokens,
+            prefill_tps,
+            stats.generated_tokens,
+            decode_tps,
+            session.kernels().name()
+        );
+    }
+    Ok(())
+}
+
+fn chat(a: ChatArgs) -> Result<()> {
+    let model = open(&a.model)?;
+    let tok = tokenizer_of(&model)?.ok_or("this model file has no tokenizer, so it cannot chat")?;
+    let template = model.prompt_template().cloned();
+    if template.is_none() {
+        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
+    }
+    let sampling = Sampling {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        seed: a.seed,
+        ..Sampling::default()
+    };
+    sampling
+        .validate(model.n_outputs())
+        .map_err(|e| format!("--{e}"))?;
+    let opts = SessionOptions {
+        threads: a.threads,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(&model, &opts).map_err(|e| e.to_string())?;
+    let limits = GenerateOptions {
+        max_tokens: a.max_tokens,
+        stop_token: tok.eot_id(),
+        slide: false,
+    };
+    let mut scratch = EncodeScratch::new();
+    let mut ids = Vec::new();
+    let mut decoder = StreamDecoder::new(tok);
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("reading stdin: {e}"))?
+            == 0
+        {
+            break;
+        }
+        let msg = line.trim_end_matches(['\n', '\r']);
+        if msg.is_empty() {
+            break;
+        }
+        let prompt = match &template {
+            Some(t) => t.render(msg, ""),
+            None => msg.to_string(),
+        };
+        ids.clear();
+        tok.encode(&prompt, SpecialTokens::AsText, &mut scratch, &mut ids);
+        if session.position() + ids.len() + a.max_tokens > session.context() {
+            eprintln!("(the context is full: starting a new conversation)");
+            session.reset();
+        }
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        session
+            .generate(&ids, &sampling, &limits, |t| {
+                out.write_all(decoder.push(t).unwrap_or("").as_bytes()).ok();
+                out.flush().ok();
+                ControlFlow::Continue(())
+            })
+            .map_err(|e| e.to_string())?;
+        writeln!(out).ok();
+        // Keep the answer's end token in the cache so the next turn follows a finished answer.
+        if let Some(eot) = tok.eot_id() {
+            if session.position() < session.context() {
+                session.step(eot).map_err(|e| e.to_string())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let model = open(&a.model)?;
+    if !matches!(model.task(), Task::LanguageModel) {
+        return Err("this model is a classifier: use `ember classify`".into());
+    }
+    let ids = prompt_ids(&model, &a.text, &a.tokens, "--text")?;
+    if ids.len() < 2 {
+        return Err(
+            "scoring needs at least 2 tokens (each token is predicted from the ones before)".into(),
+        );
+    }
+    let opts = SessionOptions {
+        threads: a.threads,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(&model, &opts).map_err(|e| e.to_string())?;
+    if ids.len() > session.context() {
+        return Err(format!(
+            "{} tokens do not fit in the model's context of {}",
+            ids.len(),
+            session.context()
+        ));
+    }
+    let mut logprobs = Vec::with_capacity(ids.len() - 1);
+    for w in ids.windows(2) {
+        let logits = session.step(w[0]).map_err(|e| e.to_string())?;
+        let max = logits.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
+        let lse = logits
+            .iter()
+            .map(|&v| (v as f64 - max).exp())
+            .sum::<f64>()
+            .ln()
+            + max;
+        logprobs.push(logits[w[1] as usize] as f64 - lse);
+    }
+    let loss = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
+    let ppl = loss.exp();
+    if a.json {
+        let lp: Vec<String> = logprobs.iter().map(|&v| num(v)).collect();
+        let ts: Vec<String> = ids.iter().map(u32::to_string).collect();
+        println!(
+            "{{\"loss\":{},\"perplexity\":{},\"logprobs\":[{}],\"tokens\":[{}]}}",
+            num(loss),
+            num(ppl),
+            lp.join(","),
+            ts.join(",")
+        );
+    } else {
+        println!(
+            "loss {loss:.6}  perplexity {ppl:.4}  over {} predicted tokens",
+            logprobs.len()
+        );
+        let tok = tokenizer_of(&model)?;
+        for (t, lp) in ids[1..].iter().zip(&logprobs) {
+            let piece = tok
+                .and_then(|k| k.token_bytes(*t))
+                .map(|b| String::from_utf8_lossy(b).into_owned());
+            println!(
+                "{t:>8} {lp:>12.6}  {}",
+                piece.map(|p| format!("{p:?}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+fn describe(v: &Value) -> String {
+    let list = |n: usize, f: &dyn Fn(usize) -> String| {
+        let shown: Vec<String> = (0..n.min(8)).map(f).collect();
+        format!(
+            "[{}{}] ({} items)",
+            shown.join(", "),
+            if n > 8 { ", …" } else { "" },
+            n
+        )
+    };
+    match v {
+        Value::Str(s) if s.len() > 120 => format!(
+            "{:?}… ({} bytes)",
+            &s[..s.floor_char_boundary(100)],
+            s.len()
+        ),
+        Value::Str(s) => format!("{s:?}"),
+        Value::Bytes(b) => format!("<{} bytes>", b.len()),
+        Value::Array(Array::Str(a)) => list(a.len(), &|i| format!("{:?}", a[i])),
+        Value::Array(Array::U32(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::Array(Array::U64(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::Array(Array::I32(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::Array(Array::I64(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::Array(Array::F32(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::Array(Array::F64(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::Array(Array::Bool(a)) => list(a.len(), &|i| a[i].to_string()),
+        Value::U32(x) => x.to_string(),
+        Value::I32(x) => x.to_string(),
+        Value::U64(x) => x.to_string(),
+        Value::I64(x) => x.to_string(),
+        Value::F32(x) => x.to_string(),
+        Value::F64(x) => x.to_string(),
+        Value::Bool(x) => x.to_string(),
+    }
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let t0 = Instant::now();
+    let model = open(&a.model)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let h = model.header();
+    let cfg = model.config();
+    let weights: u64 = h.tensors.iter().map(|t| t.numel()).sum();
+    if a.json {
+        let meta: Vec<String> = h
+            .metadata
+            .iter()
+            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(&describe(v))))
+            .collect();
+        let tensors: Vec<String> = h
+            .tensors
+            .iter()
+            .map(|t| {
+                let shape: Vec<String> = t.shape.iter().map(u64::to_string).collect();
+                format!(
+                    "{{\"name\":{},\"dtype\":\"{}\",\"shape\":[{}],\"bytes\":{}}}",
+                    json_str(&t.name),
+                    t.dtype.name(),
+                    shape.join(","),
+                    t.size
+                )
+            })
+            .collect();
+        println!(
+            "{{\"file_bytes\":{},\"parameters\":{},\"bytes_per_token\":{},\"load_ms\":{},\"metadata\":{{{}}},\"tensors\":[{}]}}",
+            model.file_size(),
+            weights,
+            model.bytes_per_token(),
+            num(load_ms),
+            meta.join(","),
+            tensors.join(",")
+        );
+        return Ok(());
+    }
+    println!("{}", a.model.display());
+    println!(
+        "  GPT-2: {} layers, {} heads, dim {}, context {}, vocabulary {}, qkv bias {}, tied head {}",
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        cfg.qkv_bias,
+        cfg.tied_head
+    );
+    println!(
+        "  {} tensors, {} parameters, {} bytes on disk, {} bytes read per token, opened in {:.2} ms",
+        h.tensors.len(),
+        weights,
+        model.file_size(),
+        model.bytes_per_token(),
+        load_ms
+    );
+    println!("metadata:");
+    for (k, v) in &h.metadata {
+        println!("  {k:<28} {}", describe(v));
+    }
+    println!("tensors:");
+    for t in &h.tensors {
+        println!(
+            "  {:<32} {:<4} {:<16} {:>12} bytes",
+            t.name,
+            t.dtype.name(),
+            format!("{:?}", t.shape),
+            t.size
+        );
+    }
+    Ok(())
+}
+
+fn peak_rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|kb| kb.parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn bench(a: BenchArgs) -> Result<()> {
+    if a.prompt_tokens == 0 || a.gen_tokens == 0 {
+        return Err("--prompt-tokens and --gen-tokens must be at least 1".into());
+    }
+    let threads = if a.threads == 0 {
+        std::thread::available_parallelism().map_or(1, |n| n.get())
+    } else {
+        a.threads
+    };
+    let mut temp = None;
+    let path = match (&a.model, &a.random) {
+        (Some(_), Some(_)) => return Err("give a model file or --random SIZE, not both".into()),
+        (Some(p), None) => p.clone(),
+        (None, size) => {
+            let size = size.clone().unwrap_or_else(|| "124m".into());
+            let cfg = GptConfig {
+                tied_head: true,
+                qkv_bias: true,
+                ..GptConfig::preset(&size).map_err(|e| format!("--random: {e}"))?
+            };
+            let dtype = match a.dtype.as_str() {
+                "f32" => DType::F32,
+                "f16" => DType::F16,
+                "int8" | "q8" => DType::Q8,
+                d => return Err(format!("--dtype: {d:?} must be f32, f16 or int8")),
+            };
+            let p = std::env::temp_dir().join(format!(
+                "ember-bench-{size}-{}-{}.ember",
+                a.dtype,
+                std::process::id()
+            ));
+            eprintln!(
+                "building a random {size} model ({}) in {} …",
+                a.dtype,
+                p.display()
+            );
+            emberlm_runtime::random::write_random_model(&p, &cfg, dtype, 7, None)
+                .map_err(|e| e.to_string())?;
+            temp = Some(p.clone());
+            p
+        }
+    };
+    let result = bench_file(&path, &a, threads);
+    if let Some(p) = temp {
+        std::fs::remove_file(p).ok();
+    }
+    result
+}
+
+fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
+    let t0 = Instant::now();
+    let model = open(path)?;
+    let load_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let cfg = *model.config();
+    if a.prompt_tokens + a.gen_tokens > cfg.context_length {
+        return Err(format!(
+            "--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}",
+            a.prompt_tokens + a.gen_tokens,
+            cfg.context_length
+        ));
+    }
+    let opts = SessionOptions {
+        threads,
+        ..SessionOptions::default()
+    };
+    let mut session = Session::new(&model, &opts).map_err(|e| e.to_string())?;
+    // Pseudo-random prompt ids (a fixed LCG: the same prompt every run).
+    let mut state = 12345u64;
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) % cfg.vocab_size as u64) as u32
+        })
+        .collect();
+    // Warm-up: touch every weight once (page in the map) and start the threads.
+    session.step(prompt[0]).map_err(|e| e.to_string())?;
+    session.reset();
+    let t1 = Instant::now();
+    session.prefill(&prompt).map_err(|e| e.to_string())?;
+    let prefill_s = t1.elapsed().as_secs_f64();
+    let mut next = argmax(session.logits()) as u32;
+    let t2 = Instant::now();
+    for _ in 0..a.gen_tokens {
+        next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
+    }
+    let decode_s = t2.elapsed().as_secs_f64();
+    let prefill_tps = a.prompt_tokens as f64 / prefill_s;
+    let decode_tps = a.gen_tokens as f64 / decode_s;
+    let bytes_per_token = model.bytes_per_token();
+    let achieved = bytes_per_token as f64 * decode_tps / 1e9;
+    // Read before the bandwidth probe, whose 1 GiB buffer would dominate the peak.
+    let rss = peak_rss_bytes();
+    let bandwidth = emberlm_runtime::kernels::bandwidth::read_bandwidth(1 << 30, threads);
+    if a.json {
+        println!(
+            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"peak_rss_bytes\":{}}}",
+            json_str(&path.display().to_string()),
+            model.file_size(),
+            threads,
+            session.kernels().name(),
+            a.prompt_tokens,
+            a.gen_tokens,
+            num(load_ms),
+            num(prefill_tps),
+            num(decode_tps),
+            bytes_per_token,
+            num(achieved),
+            num(bandwidth),
+            num(achieved / bandwidth),
+            rss
+        );
+    } else {
+        println!(
+            "model        {} ({} bytes), {} threads, {} kernels",
+            path.display(),
+            model.file_size(),
+            threads,
+            session.kernels().name()
+        );
+        println!("load         {load_ms:.2} ms");
+        println!(
+            "prefill      {prefill_tps:.1} tokens/s ({} tokens)",
+            a.prompt_tokens
+        );
+        println!(
+            "decode       {decode_tps:.1} tokens/s ({} tokens)",
+            a.gen_tokens
+        );
+        println!(
+            "bandwidth    decode reads {:.1} MB/token = {achieved:.2} GB/s; machine read bandwidth {bandwidth:.2} GB/s ({:.0}%)",
+            bytes_per_token as f64 / 1e6,
+            100.0 * achieved / bandwidth
+        );
+        println!("peak RSS     {:.1} MiB", rss as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
+
+fn tokenizer_for(model: &Option<PathBuf>) -> Result<(Option<Model<'static>>, bool)> {
+    match model {
+        None => Ok((None, true)),
+        Some(p) => {
+            let m = open(p)?;
+            if tokenizer_of(&m)?.is_none() {
+                return Err(format!("{}: this model file has no tokenizer", p.display()));
+            }
+            Ok((Some(m), false))
+        }
+    }
+}
+
+fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let (model, _) = tokenizer_for(&a.model)?;
+    let tok = match &model {
+        Some(m) => tokenizer_of(m)?.ok_or("no tokenizer")?,
+        None => Tokenizer::gpt2(),
+    };
+    let special = if a.no_special {
+        SpecialTokens::AsText
+    } else {
+        SpecialTokens::Allow
+    };
+    let ids = tok.encode_to_vec(&a.text, special);
+    let s: Vec<String> = ids.iter().map(u32::to_string).collect();
+    if a.json {
+        println!("{{\"tokens\":[{}],\"count\":{}}}", s.join(","), ids.len());
+    } else {
+        println!("{}", s.join(","));
+    }
+    Ok(())
+}
+
+fn detokenize(a: DetokenizeArgs) -> Result<()> {
+    let (model, _) = tokenizer_for(&a.model)?;
+    let tok = match &model {
+        Some(m) => tokenizer_of(m)?.ok_or("no tokenizer")?,
+        None => Tokenizer::gpt2(),
+    };
+    let ids = parse_ids(&a.ids, "--ids")?;
+    let text = tok
+        .decode_to_string(&ids)
+        .map_err(|e| format!("--ids: {e}"))?;
+    if a.json {
+        println!("{{\"text\":{}}}", json_str(&text));
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+/// A JSON string literal.
+fn json_str(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 2);
+    o.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => o.push_str("\\\""),
+            '\\' => o.push_str("\\\\"),
+            '\n' => o.push_str("\\n"),
+            '\r' => o.push_str("\\r"),
+            '\t' => o.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(o, "\\u{:04x}", c as u32);
+            }
+            c => o.push(c),
+        }
+    }
+    o.push('"');
+    o
+}
+
+/// A JSON number (non-finite values become null).
+fn num(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
 }
