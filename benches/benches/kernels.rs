@@ -1,0 +1,322 @@
+//! Decode matrix-vector kernels (f32 / f16 / Q8) and the Q8 prefill kernel, against the machine's
+//! read bandwidth and the reference twins, in the same run.
+//!
+//! Run: `cargo bench -p emberlm-benches --bench kernels` (criterion figures, then a summary table).
+//! `cargo bench -p emberlm-benches --bench kernels -- --table` prints only the table (faster).
+//!
+//! Shapes (W is (R, C), y = W x): the GPT-2 head 768x50257 (R = 50257, C = 768), the fused qkv
+//! 768x2304 (R = 2304, C = 768) and the MLP projection 3072x768 (R = 768, C = 3072). The small
+//! matrices fit in the last-level cache while a real decode step streams every layer's weights from
+//! memory, so each call uses the next of several copies spanning at least `COLD_BYTES`: every
+//! figure is a memory-bound (cold) figure. GB/s counts weight bytes read (Q8: quants + scales).
+//! Prefill: Y (N, R) = X (N, C) · Wᵀ with N = 128, reported in GFLOP/s (2·N·R·C per call), next to
+//! the `gemm` crate's f32 product on the same (dequantized) weights.
+
+use std::hint::black_box;
+use std::time::Instant;
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
+use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth};
+use half::f16;
+use rayon::ThreadPool;
+
+/// Small matrices rotate through copies spanning at least this many bytes (> the L3 cache).
+const COLD_BYTES: usize = 128 << 20;
+/// Buffer for `read_bandwidth` (much larger than any cache).
+const BANDWIDTH_BYTES: usize = 1 << 30;
+/// Tokens per prefill call.
+const PREFILL_N: usize = 128;
+
+const SHAPES: [(&str, usize, usize); 3] = [
+    ("768x50257", 50257, 768),
+    ("768x2304", 2304, 768),
+    ("3072x768", 768, 3072),
+];
+
+/// Deterministic pseudo-random numbers in [-1, 1).
+struct Lcg(u64);
+
+impl Lcg {
+    fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
+/// One decode case: `copies` of one weight matrix in one dtype.
+enum Weights {
+    F32(Vec<Vec<f32>>),
+    F16(Vec<Vec<f16>>),
+    Q8(Vec<(Vec<i8>, Vec<f16>)>),
+}
+
+struct Case {
+    dtype: &'static str,
+    shape: &'static str,
+    r: usize,
+    c: usize,
+    w: Weights,
+    bytes: usize,
+}
+
+impl Case {
+    fn new(dtype: &'static str, shape: &'static str, r: usize, c: usize, rng: &mut Lcg) -> Case {
+        let n = r * c;
+        let nb = r * c.div_ceil(Q8_BLOCK);
+        let bytes = match dtype {
+            "f32" => 4 * n,
+            "f16" => 2 * n,
+            _ => n + 2 * nb,
+        };
+        let copies = COLD_BYTES.div_ceil(bytes).max(1);
+        let w = match dtype {
+            "f32" => Weights::F32(vec![(0..n).map(|_| rng.f() * 0.1).collect(); copies]),
+            "f16" => Weights::F16(vec![
+                (0..n).map(|_| f16::from_f32(rng.f() * 0.1)).collect();
+                copies
+            ]),
+            _ => {
+                let q: Vec<i8> = (0..n).map(|_| (rng.f() * 127.0) as i8).collect();
+                let d: Vec<f16> = (0..nb)
+                    .map(|_| f16::from_f32(1e-3 + rng.f().abs() * 1e-3))
+                    .collect();
+                Weights::Q8(vec![(q, d); copies])
+            }
+        };
+        Case {
+            dtype,
+            shape,
+            r,
+            c,
+            w,
+            bytes,
+        }
+    }
+
+    fn copies(&self) -> usize {
+        match &self.w {
+            Weights::F32(v) => v.len(),
+            Weights::F16(v) => v.len(),
+            Weights::Q8(v) => v.len(),
+        }
+    }
+
+    /// One matrix-vector product with copy `i % copies`.
+    fn run(&self, k: &Kernels, x: &[f32], y: &mut [f32], i: usize) {
+        match &self.w {
+            Weights::F32(v) => k.matvec_f32(&v[i % v.len()], x, y),
+            Weights::F16(v) => k.matvec_f16(&v[i % v.len()], x, y),
+            Weights::Q8(v) => {
+                let (q, d) = &v[i % v.len()];
+                k.matvec_q8(Q8Matrix::new(q, d, self.r, self.c).unwrap(), x, y)
+            }
+        }
+    }
+}
+
+/// Median seconds per call of `f(i)` over at least `min_calls` calls and about `budget_s` seconds,
+/// after warming up once per copy.
+fn median_secs(copies: usize, min_calls: usize, budget_s: f64, mut f: impl FnMut(usize)) -> f64 {
+    for i in 0..copies.min(64) {
+        f(i);
+    }
+    let mut times = Vec::new();
+    let start = Instant::now();
+    let mut i = 0;
+    while times.len() < min_calls || start.elapsed().as_secs_f64() < budget_s {
+        let t = Instant::now();
+        f(i);
+        times.push(t.elapsed().as_secs_f64());
+        i += 1;
+        if times.len() >= 2000 {
+            break;
+        }
+    }
+    times.sort_by(f64::total_cmp);
+    times[times.len() / 2]
+}
+
+fn pool(threads: usize) -> ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .expect("thread pool")
+}
+
+fn cases() -> Vec<Case> {
+    let mut rng = Lcg(42);
+    let mut v = Vec::new();
+    for (shape, r, c) in SHAPES {
+        for dtype in ["f32", "f16", "q8"] {
+            v.push(Case::new(dtype, shape, r, c, &mut rng));
+        }
+    }
+    v
+}
+
+fn criterion_benches(c: &mut Criterion, cases: &[Case]) {
+    let fast = Kernels::detect();
+    let mut g = c.benchmark_group("matvec");
+    g.sample_size(10);
+    for case in cases {
+        g.throughput(Throughput::Bytes(case.bytes as u64));
+        let x: Vec<f32> = (0..case.c).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut y = vec![0f32; case.r];
+        for threads in [1, 2] {
+            let k = fast.with_threads(threads);
+            let id = BenchmarkId::new(
+                format!("{} {}", case.dtype, case.shape),
+                format!("t{threads}"),
+            );
+            let p = pool(threads);
+            let mut i = 0;
+            g.bench_function(id, |b| {
+                p.install(|| {
+                    b.iter(|| {
+                        i += 1;
+                        case.run(&k, black_box(&x), &mut y, i)
+                    })
+                })
+            });
+        }
+    }
+    g.finish();
+
+    let mut g = c.benchmark_group("prefill_q8_n128");
+    g.sample_size(10);
+    let mut rng = Lcg(7);
+    for (shape, r, cols) in SHAPES.iter().skip(1) {
+        let (r, cols) = (*r, *cols);
+        let q: Vec<i8> = (0..r * cols).map(|_| (rng.f() * 127.0) as i8).collect();
+        let d: Vec<f16> = (0..r * cols.div_ceil(Q8_BLOCK))
+            .map(|_| f16::from_f32(1e-3))
+            .collect();
+        let w = Q8Matrix::new(&q, &d, r, cols).unwrap();
+        let x: Vec<f32> = (0..PREFILL_N * cols).map(|_| rng.f()).collect();
+        let mut y = vec![0f32; PREFILL_N * r];
+        g.throughput(Throughput::Elements((2 * PREFILL_N * r * cols) as u64));
+        for threads in [1, 2] {
+            let k = fast.with_threads(threads);
+            let p = pool(threads);
+            g.bench_function(BenchmarkId::new(*shape, format!("t{threads}")), |b| {
+                p.install(|| b.iter(|| k.matmul_q8(w, black_box(&x), &mut y)))
+            });
+        }
+    }
+    g.finish();
+}
+
+/// The summary: GB/s, fraction of the measured read bandwidth, ratio to the reference twin.
+fn table(cases: &[Case]) {
+    let fast = Kernels::detect();
+    let reference = Kernels::reference();
+    println!("\n== emberlm kernels: {} ==", fast.name());
+    let bw = [
+        read_bandwidth(BANDWIDTH_BYTES, 1),
+        read_bandwidth(BANDWIDTH_BYTES, 2),
+    ];
+    println!(
+        "read bandwidth (1 GiB summing loop, best of 5): {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
+        bw[0], bw[1]
+    );
+    println!(
+        "\ndecode matvec (cold weights; median per call; ratio = reference time / fast time, same threads)"
+    );
+    println!(
+        "{:<5} {:<10} {:>3} {:>9} {:>8} {:>7} {:>11} {:>8}",
+        "dtype", "shape", "thr", "ms", "GB/s", "% of BW", "ref ms", "speedup"
+    );
+    for case in cases {
+        let x: Vec<f32> = (0..case.c).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut y = vec![0f32; case.r];
+        for threads in [1, 2] {
+            let p = pool(threads);
+            let (k, kr) = (fast.with_threads(threads), reference.with_threads(threads));
+            let t =
+                p.install(|| median_secs(case.copies(), 15, 1.0, |i| case.run(&k, &x, &mut y, i)));
+            let tr =
+                p.install(|| median_secs(case.copies(), 3, 0.3, |i| case.run(&kr, &x, &mut y, i)));
+            let gbs = case.bytes as f64 / t / 1e9;
+            println!(
+                "{:<5} {:<10} {:>3} {:>9.3} {:>8.1} {:>6.0}% {:>11.3} {:>7.1}x",
+                case.dtype,
+                case.shape,
+                threads,
+                t * 1e3,
+                gbs,
+                100.0 * gbs / bw[threads - 1],
+                tr * 1e3,
+                tr / t
+            );
+        }
+    }
+
+    println!(
+        "\nprefill Q8, N = {PREFILL_N} (GFLOP/s = 2·N·R·C / time; gemm = f32 gemm crate on dequantized W)"
+    );
+    println!(
+        "{:<10} {:>3} {:>9} {:>9} {:>10} {:>9} {:>10}",
+        "shape", "thr", "ms", "GFLOP/s", "gemm GF/s", "ref ms", "vs ref"
+    );
+    let mut rng = Lcg(7);
+    for (shape, r, c) in SHAPES.iter().skip(1) {
+        let (r, c) = (*r, *c);
+        let q: Vec<i8> = (0..r * c).map(|_| (rng.f() * 127.0) as i8).collect();
+        let d: Vec<f16> = (0..r * c.div_ceil(Q8_BLOCK))
+            .map(|_| f16::from_f32(1e-3))
+            .collect();
+        let w = Q8Matrix::new(&q, &d, r, c).unwrap();
+        let mut wf = vec![0f32; r * c];
+        for (i, row) in wf.chunks_exact_mut(c).enumerate() {
+            w.dequantize_row(i, row);
+        }
+        let x: Vec<f32> = (0..PREFILL_N * c).map(|_| rng.f()).collect();
+        let mut y = vec![0f32; PREFILL_N * r];
+        let flop = (2 * PREFILL_N * r * c) as f64;
+        for threads in [1, 2] {
+            let p = pool(threads);
+            let k = fast.with_threads(threads);
+            let t = p.install(|| median_secs(1, 7, 1.0, |_| k.matmul_q8(w, &x, &mut y)));
+            let par = if threads == 1 {
+                Parallelism::None
+            } else {
+                Parallelism::Threads(threads)
+            };
+            let tg = p.install(|| {
+                median_secs(1, 7, 1.0, |_| {
+                    let mut dst = MatMut::row_major(&mut y, PREFILL_N, r);
+                    let a = MatRef::row_major(&x, PREFILL_N, c);
+                    let b = MatRef::row_major(&wf, r, c).t();
+                    gemm::matmul(&mut dst, 0.0, a, b, 1.0, par);
+                })
+            });
+            let kr = reference.with_threads(threads);
+            let tr = p.install(|| median_secs(1, 1, 0.0, |_| kr.matmul_q8(w, &x, &mut y)));
+            println!(
+                "{:<10} {:>3} {:>9.2} {:>9.1} {:>10.1} {:>9.1} {:>9.1}x",
+                shape,
+                threads,
+                t * 1e3,
+                flop / t / 1e9,
+                flop / tg / 1e9,
+                tr * 1e3,
+                tr / t
+            );
+        }
+    }
+}
+
+fn main() {
+    let table_only = std::env::args().any(|a| a == "--table");
+    let cases = cases();
+    if !table_only {
+        let mut c = Criterion::default().configure_from_args();
+        criterion_benches(&mut c, &cases);
+        c.final_summary();
+    }
+    table(&cases);
+}
