@@ -319,8 +319,19 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 
     /// Prefills `prompt`, then samples up to `opts.max_tokens` tokens, calling `on_token` with each
-    /// (the callback may stop early). The decode loop allocates nothing.
+    /// (the callback may stop early). The whole call runs inside the session's thread pool, so the
+    /// decode loop allocates nothing, with any number of threads.
     pub fn generate(
+        &mut self,
+        prompt: &[u32],
+        sampling: &Sampling,
+        opts: &GenerateOptions,
+        on_token: impl FnMut(u32) -> ControlFlow<()> + Send,
+    ) -> Result<GenerateStats, RuntimeError> {
+        self.in_pool(|s| s.generate_inner(prompt, sampling, opts, on_token))
+    }
+
+    fn generate_inner(
         &mut self,
         prompt: &[u32],
         sampling: &Sampling,
@@ -392,15 +403,23 @@ impl<'m, 'a> Session<'m, 'a> {
         result
     }
 
-    /// Runs `f` inside the session's thread pool (one hand-off per call).
-    fn run(&mut self, f: impl FnOnce(&mut Self) + Send) {
+    /// Runs `f` inside the session's thread pool. [`Session::step`] and [`Session::prefill`] enter
+    /// the pool on each call, and entering a rayon pool from outside occasionally allocates (its
+    /// job queue grows in blocks); calls made inside `in_pool` run inline, so a decode loop written
+    /// as `session.in_pool(|s| loop { s.step(t)?; … })` allocates nothing with any number of
+    /// threads. Without the `parallel` feature, or with one thread, `f` simply runs.
+    pub fn in_pool<R: Send>(&mut self, f: impl FnOnce(&mut Self) -> R + Send) -> R {
         #[cfg(feature = "parallel")]
         if let Some(pool) = self.pool.take() {
-            pool.install(|| f(self));
+            let r = pool.install(|| f(self));
             self.pool = Some(pool);
-            return;
+            return r;
         }
         f(self)
+    }
+
+    fn run(&mut self, f: impl FnOnce(&mut Self) + Send) {
+        self.in_pool(f)
     }
 
     /// Decode: one token at position `tokens.len()`.

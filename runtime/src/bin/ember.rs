@@ -364,8 +364,8 @@ fn generate(a: GenerateArgs) -> Result<()> {
         a.max_tokens.min(1 << 16) * tok.map_or(16, |t| t.max_token_len().min(64)),
     );
     let mut ids = Vec::with_capacity(a.max_tokens.min(1 << 20));
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
+    // `Stdout` (not a lock) because the callback runs on the session's pool thread.
+    let mut out = std::io::stdout();
     if !a.json {
         match (tok, &a.prompt) {
             (Some(_), Some(p)) => write!(out, "{p}").ok(),
@@ -500,8 +500,7 @@ fn chat(a: ChatArgs) -> Result<()> {
             eprintln!("(the context is full: starting a new conversation)");
             session.reset();
         }
-        let stdout = std::io::stdout();
-        let mut out = stdout.lock();
+        let mut out = std::io::stdout();
         session
             .generate(&ids, &sampling, &limits, |t| {
                 out.write_all(decoder.push(t).unwrap_or("").as_bytes()).ok();

@@ -1,0 +1,141 @@
+//! Proves that decoding allocates nothing: `Session::step`, and `Session::generate` after its
+//! prefill, run under a counting global allocator (this test binary's own).
+
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::DType;
+use emberlm_runtime::random::random_model_bytes;
+use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions};
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::ops::ControlFlow;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+struct Counting;
+
+static ALLOCS: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+#[allow(unsafe_code)]
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.alloc(l) }
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as the caller's.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: same contract as the caller's.
+        unsafe { System.realloc(p, l, n) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// Tests in this binary run one at a time so that counts are not mixed.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn tiny() -> GptConfig {
+    GptConfig {
+        vocab_size: 300,
+        context_length: 64,
+        dim: 64,
+        n_layers: 2,
+        n_heads: 4,
+        qkv_bias: true,
+        tied_head: true,
+    }
+}
+
+#[test]
+fn step_allocates_nothing() {
+    let _g = SERIAL.lock().unwrap();
+    for dtype in [DType::F32, DType::F16, DType::Q8] {
+        let bytes = random_model_bytes(&tiny(), dtype, 3).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        for threads in [1, 2] {
+            for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+                let opts = SessionOptions {
+                    threads,
+                    kv_dtype,
+                    ..SessionOptions::default()
+                };
+                let mut s = Session::new(&model, &opts).unwrap();
+                for t in 0..4 {
+                    s.step(t).unwrap(); // warm-up: thread pool start, lazy statics
+                }
+                // Let the previous session's pool threads finish exiting (their teardown would
+                // be counted, since the counter is global).
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                // With one thread `step` runs inline; with more, the loop runs inside the pool
+                // (`in_pool`), as `generate` does.
+                let n = s.in_pool(|s| {
+                    let before = ALLOCS.load(Ordering::SeqCst);
+                    for t in 0..40u32 {
+                        s.step(t * 7 % 300).unwrap();
+                    }
+                    ALLOCS.load(Ordering::SeqCst) - before
+                });
+                assert_eq!(
+                    n, 0,
+                    "{dtype:?} threads={threads} kv={kv_dtype:?}: {n} allocations in 40 steps"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn generate_decode_loop_allocates_nothing() {
+    let _g = SERIAL.lock().unwrap();
+    let bytes = random_model_bytes(&tiny(), DType::Q8, 5).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    for threads in [1, 2] {
+        let opts = SessionOptions {
+            threads,
+            ..SessionOptions::default()
+        };
+        let mut s = Session::new(&model, &opts).unwrap();
+        let sampling = Sampling {
+            temperature: 0.9,
+            top_k: Some(40),
+            top_p: Some(0.95),
+            repetition_penalty: 1.1,
+            seed: 1,
+        };
+        let limits = GenerateOptions {
+            max_tokens: 40,
+            ..GenerateOptions::default()
+        };
+        // Warm-up run.
+        s.generate(
+            &[1, 2, 3],
+            &sampling,
+            &limits,
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+        s.reset();
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let mut first = None;
+        let mut last = 0;
+        let stats = s
+            .generate(&[1, 2, 3, 4, 5], &sampling, &limits, |_| {
+                let now = ALLOCS.load(Ordering::SeqCst);
+                first.get_or_insert(now);
+                last = now;
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!(stats.generated_tokens, 40);
+        let n = last - first.unwrap();
+        assert_eq!(
+            n, 0,
+            "threads={threads}: {n} allocations while generating 40 tokens"
+        );
+    }
+}
