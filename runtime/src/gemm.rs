@@ -132,6 +132,31 @@ impl<'a> MatRef<'a> {
         self.cols
     }
 
+    /// Rows `r0..r1` of this view (no copy).
+    ///
+    /// # Panics
+    /// Unless `r0 <= r1 <= rows`.
+    pub fn rows_range(self, r0: usize, r1: usize) -> MatRef<'a> {
+        assert!(
+            r0 <= r1 && r1 <= self.rows,
+            "rows_range {r0}..{r1} of {}",
+            self.rows
+        );
+        if r0 == r1 {
+            return MatRef {
+                data: &[],
+                rows: 0,
+                ..self
+            };
+        }
+        // Row r0 exists, so r0 * rs <= the validated last index: in bounds, no overflow.
+        MatRef {
+            data: &self.data[r0 * self.rs..],
+            rows: r1 - r0,
+            ..self
+        }
+    }
+
     /// Element `(i, j)`; panics when out of range.
     pub fn get(&self, i: usize, j: usize) -> f32 {
         assert!(i < self.rows && j < self.cols, "MatRef::get out of range");
@@ -429,6 +454,18 @@ mod tests {
             );
             check(300, 77, 200, true, false, true, 0.0, Parallelism::current());
         });
+    }
+
+    #[test]
+    fn row_ranges_view_the_right_rows() {
+        let d: Vec<f32> = (0..20).map(|i| i as f32).collect();
+        let m = MatRef::new(&d, 4, 3, 5, 1);
+        let s = m.rows_range(1, 3);
+        assert_eq!((s.rows(), s.cols()), (2, 3));
+        assert_eq!(s.get(0, 0), 5.0);
+        assert_eq!(s.get(1, 2), 12.0);
+        assert_eq!(m.t().rows_range(2, 3).get(0, 3), 17.0);
+        assert_eq!(m.rows_range(4, 4).rows(), 0);
     }
 
     #[test]

@@ -952,7 +952,8 @@ impl Gpt {
         let (c, btc) = (cfg.dim, lay.btc());
         let w = Tensors::carve(&self.params[..], &cfg);
         let buf = &mut self.acts.buf[..lay.total];
-        let [branch, ..] = carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
+        let [branch, _, _, _, _, _, pd] =
+            carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
 
         // encoded = drop_emb(tok_emb[tokens] + pos_emb[t])
         {
@@ -979,7 +980,7 @@ impl Gpt {
             // qkv = ln1 · Wqkvᵀ (+ b)
             matmul::forward(a.qkv, a.ln1, wb.qkv_weight, wb.qkv_bias, c);
             // atty = attention(qkv) with dropout on the weights
-            attention::forward(a.atty, a.att, a.qkv, lay.dims(), drop_attn);
+            attention::forward(a.atty, a.att, branch, pd, a.qkv, lay.dims(), drop_attn);
             // res2 = input + drop(atty · Wprojᵀ + b)
             matmul::forward(branch, a.atty, wb.proj_weight, Some(wb.proj_bias), c);
             dropout::forward(branch, drop_res1);
@@ -1176,7 +1177,16 @@ impl Gpt {
                 c,
             );
             // forward: atty = attention(qkv)
-            attention::backward(dqkv, dpre, dbuf2, a.qkv, a.att, lay.dims(), drop_attn);
+            attention::backward(
+                dqkv,
+                dpre,
+                &mut dfch[..3 * btc],
+                dbuf2,
+                a.qkv,
+                a.att,
+                lay.dims(),
+                drop_attn,
+            );
             // forward: qkv = ln1 · Wqkvᵀ (+ b)  ⇒  dln1 (into dbuf)
             matmul::backward(
                 dbuf,
