@@ -253,8 +253,12 @@ fn parse_args() -> Cli {
                 std::process::exit(0);
             }
             Err(()) => {
-                eprintln!("{}", early.output.trim_end());
-                eprintln!("Run `ember --help` or `ember <command> --help` for usage.");
+                // One line: argh's message can span several.
+                let msg: Vec<&str> = early.output.split_whitespace().collect();
+                eprintln!(
+                    "ember: error: {} (see `ember <command> --help`)",
+                    msg.join(" ")
+                );
                 std::process::exit(1);
             }
         },
