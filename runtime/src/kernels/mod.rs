@@ -567,6 +567,8 @@ impl Kernels {
                 .for_each(|(i, yc)| f(i * tokens, yc));
             return;
         }
+        #[cfg(not(feature = "parallel"))]
+        let _ = r;
         f(0, y)
     }
 }
