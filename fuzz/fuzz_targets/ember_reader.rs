@@ -25,6 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = meta::get_config(h);
     let _ = meta::get_task(h);
     let _ = meta::get_prompt(h);
+    let _ = meta::get_tokenizer(h);
     for (k, _) in &h.metadata {
         let _ = h.require_u64(k);
         let _ = h.require_count(k, 1 << 20);

@@ -373,6 +373,7 @@ fn exercise(bytes: &[u8], misalign: bool) -> Result<u64, FormatError> {
     let _ = meta::get_config(&file.header);
     let _ = meta::get_task(&file.header);
     let _ = meta::get_prompt(&file.header);
+    let _ = meta::get_tokenizer(&file.header);
     for (k, _) in &file.header.metadata {
         let _ = file.header.require_u64(k);
         let _ = file.header.require_count(k, 1 << 20);
