@@ -1,0 +1,246 @@
+//! Session behaviour on random models: batched prefill equals token-by-token decoding for every
+//! dtype and thread count, sessions share a model across threads, the context limit and --slide.
+
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::DType;
+use emberlm_runtime::random::random_model_bytes;
+use emberlm_runtime::{
+    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, StopReason,
+};
+use std::ops::ControlFlow;
+
+/// Batched prefill (gemm, tiles) vs one token at a time (matrix-vector): same sums in another
+/// order. Relative to the largest |logit|.
+const PREFILL_REL_TOL: f32 = 1e-4;
+
+fn cfg() -> GptConfig {
+    GptConfig {
+        vocab_size: 211,
+        context_length: 40,
+        dim: 48,
+        n_layers: 2,
+        n_heads: 3,
+        qkv_bias: true,
+        tied_head: false,
+    }
+}
+
+fn rel_err(a: &[f32], b: &[f32]) -> f32 {
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / scale
+}
+
+#[test]
+fn prefill_equals_stepwise_for_every_dtype_and_thread_count() {
+    let prompt: Vec<u32> = (0..23).map(|i| (i * 37 + 5) % 211).collect();
+    for dtype in [DType::F32, DType::F16, DType::Q8] {
+        let bytes = random_model_bytes(&cfg(), dtype, 11).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        for threads in [1, 2] {
+            for chunk in [1, 4, 64] {
+                let opts = SessionOptions {
+                    threads,
+                    prefill_chunk: chunk,
+                    ..SessionOptions::default()
+                };
+                let mut a = Session::new(&model, &opts).unwrap();
+                let batched = a.prefill(&prompt).unwrap().to_vec();
+                let mut b = Session::new(&model, &opts).unwrap();
+                let mut last = Vec::new();
+                for &t in &prompt {
+                    last = b.step(t).unwrap().to_vec();
+                }
+                let e = rel_err(&batched, &last);
+                assert!(
+                    e <= PREFILL_REL_TOL,
+                    "{dtype:?} threads={threads} chunk={chunk}: {e}"
+                );
+                // And decoding continues identically from both caches.
+                let x = a.step(7).unwrap().to_vec();
+                let y = b.step(7).unwrap().to_vec();
+                assert!(rel_err(&x, &y) <= PREFILL_REL_TOL);
+            }
+        }
+    }
+}
+
+#[test]
+fn reference_kernels_agree_with_the_fast_ones() {
+    let prompt: Vec<u32> = (0..17).map(|i| (i * 13 + 1) % 211).collect();
+    for dtype in [DType::F32, DType::F16, DType::Q8] {
+        let bytes = random_model_bytes(&cfg(), dtype, 2).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let run = |reference_kernels| {
+            let opts = SessionOptions {
+                reference_kernels,
+                kv_dtype: KvDtype::F16,
+                ..SessionOptions::default()
+            };
+            let mut s = Session::new(&model, &opts).unwrap();
+            s.prefill(&prompt).unwrap().to_vec()
+        };
+        let e = rel_err(&run(false), &run(true));
+        assert!(e <= PREFILL_REL_TOL, "{dtype:?}: {e}");
+    }
+}
+
+#[test]
+fn sessions_share_one_model_across_threads() {
+    let bytes = random_model_bytes(&cfg(), DType::Q8, 4).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let sampling = Sampling {
+        temperature: 0.8,
+        top_k: Some(20),
+        seed: 5,
+        ..Sampling::default()
+    };
+    let limits = GenerateOptions {
+        max_tokens: 12,
+        ..GenerateOptions::default()
+    };
+    let generate = || {
+        let mut s = Session::new(
+            &model,
+            &SessionOptions {
+                threads: 1,
+                ..SessionOptions::default()
+            },
+        )
+        .unwrap();
+        let mut out = Vec::new();
+        s.generate(&[3, 1, 4], &sampling, &limits, |t| {
+            out.push(t);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+        out
+    };
+    let alone = generate();
+    let together: Vec<Vec<u32>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..4).map(|_| scope.spawn(generate)).collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(alone.len(), 12);
+    for t in together {
+        assert_eq!(
+            t, alone,
+            "same seed, same model, same tokens on every thread"
+        );
+    }
+}
+
+#[test]
+fn context_limit_is_an_error_unless_sliding() {
+    let bytes = random_model_bytes(&cfg(), DType::F32, 9).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let opts = SessionOptions {
+        context: Some(10),
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(&model, &opts).unwrap();
+    assert_eq!(
+        s.prefill(&[1; 11]).unwrap_err(),
+        RuntimeError::ContextFull { context: 10 }
+    );
+    assert_eq!(s.prefill(&[]).unwrap_err(), RuntimeError::EmptyPrompt);
+    assert_eq!(
+        s.step(211).unwrap_err(),
+        RuntimeError::BadToken {
+            id: 211,
+            vocab_size: 211
+        }
+    );
+    let limits = GenerateOptions {
+        max_tokens: 30,
+        ..GenerateOptions::default()
+    };
+    let err = s.generate(&[1, 2, 3], &Sampling::default(), &limits, |_| {
+        ControlFlow::Continue(())
+    });
+    assert_eq!(err.unwrap_err(), RuntimeError::ContextFull { context: 10 });
+
+    s.reset();
+    let slide = GenerateOptions {
+        max_tokens: 30,
+        slide: true,
+        ..GenerateOptions::default()
+    };
+    let mut n = 0;
+    let stats = s
+        .generate(&[1, 2, 3], &Sampling::default(), &slide, |_| {
+            n += 1;
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(
+        (n, stats.generated_tokens, stats.stop),
+        (30, 30, StopReason::MaxTokens)
+    );
+    assert!(s.position() <= 10);
+
+    let too_big = SessionOptions {
+        context: Some(41),
+        ..SessionOptions::default()
+    };
+    assert!(matches!(
+        Session::new(&model, &too_big),
+        Err(RuntimeError::BadOption {
+            option: "context",
+            ..
+        })
+    ));
+}
+
+#[test]
+fn stop_token_and_callback_stop_generation() {
+    let bytes = random_model_bytes(&cfg(), DType::F32, 9).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let mut s = Session::new(&model, &SessionOptions::default()).unwrap();
+    // Greedy: find the first generated token, then make it the stop token.
+    let mut first = None;
+    s.generate(
+        &[5, 6],
+        &Sampling::default(),
+        &GenerateOptions {
+            max_tokens: 1,
+            ..Default::default()
+        },
+        |t| {
+            first = Some(t);
+            ControlFlow::Continue(())
+        },
+    )
+    .unwrap();
+    s.reset();
+    let limits = GenerateOptions {
+        max_tokens: 10,
+        stop_token: first,
+        slide: false,
+    };
+    let stats = s
+        .generate(&[5, 6], &Sampling::default(), &limits, |_| {
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(
+        (stats.generated_tokens, stats.stop),
+        (0, StopReason::EndOfText)
+    );
+    s.reset();
+    let stats = s
+        .generate(
+            &[5, 6],
+            &Sampling::default(),
+            &GenerateOptions::default(),
+            |_| ControlFlow::Break(()),
+        )
+        .unwrap();
+    assert_eq!(
+        (stats.generated_tokens, stats.stop),
+        (1, StopReason::Callback)
+    );
+}
