@@ -1,0 +1,121 @@
+//! Encoding into reused buffers and streaming decode allocate nothing after warm-up.
+//!
+//! A counting global allocator (this file is its own test binary) counts the allocations made
+//! by the current thread. `unsafe` is needed to implement `GlobalAlloc`; it only forwards to the
+//! system allocator.
+#![allow(unsafe_code)]
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
+
+use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens, StreamDecoder, Tokenizer};
+
+struct Counting;
+
+thread_local! {
+    static ALLOCATIONS: Cell<u64> = const { Cell::new(0) };
+}
+
+fn count() {
+    // `try_with`: the slot may be gone while the thread is being torn down.
+    let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));
+}
+
+// SAFETY: every method forwards to `System` with the caller's arguments unchanged, so the
+// `GlobalAlloc` contract holds exactly as it does for `System`; counting touches only a
+// const-initialised thread-local `Cell` (no allocation, no re-entrancy).
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: same contract as our caller's (non-zero size layout).
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        count();
+        // SAFETY: as for `alloc`.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        count();
+        // SAFETY: `ptr` was allocated by `System` (through us) with `layout`.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: `ptr` was allocated by `System` (through us) with `layout`.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+fn allocations() -> u64 {
+    ALLOCATIONS.with(Cell::get)
+}
+
+#[test]
+fn encode_and_stream_decode_allocate_nothing_after_warm_up() {
+    let tok = Tokenizer::gpt2();
+    let long_spaces = " ".repeat(500); // a piece long enough for the heap-based merge
+    let texts = [
+        "Hello, do you like tea? <|endoftext|> In the sunlit terracesof someunknownPlace."
+            .to_string(),
+        format!("Indentation:{long_spaces}x and digits 1234567890123456789012345678901234567890"),
+        "日本語のテキスト, emoji 👨\u{200d}👩\u{200d}👧 and e\u{301} — it's, they'LL, we've"
+            .to_string(),
+        "unusualwordswithoutspacesthatneedmanymergesbecausetheyarenotinthevocabulary".repeat(3),
+    ];
+    let mut scratch = EncodeScratch::new();
+    let mut ids = Vec::new();
+    let mut all_ids = Vec::new();
+    for text in &texts {
+        tok.encode(text, SpecialTokens::Allow, &mut scratch, &mut all_ids);
+    }
+    all_ids.reserve(16);
+    let mut dec = StreamDecoder::new(tok);
+    // Warm-up: buffers grow to the largest input.
+    for text in &texts {
+        ids.clear();
+        tok.encode(text, SpecialTokens::Allow, &mut scratch, &mut ids);
+        tok.encode(text, SpecialTokens::AsText, &mut scratch, &mut ids);
+    }
+
+    let before = allocations();
+    let mut n_tokens = 0;
+    for _ in 0..20 {
+        for text in &texts {
+            ids.clear();
+            tok.encode(text, SpecialTokens::Allow, &mut scratch, &mut ids);
+            n_tokens += ids.len();
+            ids.clear();
+            tok.encode(text, SpecialTokens::AsText, &mut scratch, &mut ids);
+        }
+    }
+    let encode_allocs = allocations() - before;
+
+    let before = allocations();
+    let mut text_bytes = 0;
+    for _ in 0..20 {
+        for &id in &all_ids {
+            text_bytes += dec.push(id).map(str::len).unwrap_or(0);
+        }
+        text_bytes += dec.finish().len();
+    }
+    let decode_allocs = allocations() - before;
+
+    // The counter itself must work, or the zeros above prove nothing.
+    let before = allocations();
+    let v: Vec<u8> = Vec::with_capacity(std::hint::black_box(64));
+    drop(std::hint::black_box(v));
+    assert_eq!(allocations() - before, 1, "the counting allocator counts");
+
+    assert!(n_tokens > 1000 && text_bytes > 10_000);
+    assert_eq!(
+        encode_allocs, 0,
+        "allocations in {n_tokens} tokens of encode"
+    );
+    assert_eq!(
+        decode_allocs, 0,
+        "allocations in streaming decode of {text_bytes} bytes"
+    );
+}
