@@ -66,7 +66,10 @@ fn export(dtype: ExportDtype, dir: &Path) -> PathBuf {
         task: Task::LanguageModel,
         prompt: None,
         tokenizer: None,
-        provenance: vec![("source".into(), "hf_tiny fixture".into())],
+        provenance: vec![(
+            "source".into(),
+            "tests/fixtures/hf_tiny (random weights)".into(),
+        )],
     };
     export_ember(&path, &meta, dtype, &|n| {
         imp.tensors.get(n).map(|v| v.as_slice())
@@ -187,5 +190,25 @@ fn f16_and_int8_exports_stay_within_their_loss_bounds() {
             );
         }
     }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+/// The committed `tests/fixtures/hf_tiny/tiny-f32.ember` (used by `runtime/examples/embedded.rs`
+/// through `include_bytes!`) is exactly what the exporter writes today: the writer is
+/// deterministic and the format has not drifted. Set EMBER_BLESS=1 to rewrite it after an
+/// intentional format change.
+#[test]
+fn committed_tiny_model_is_what_export_writes() {
+    let dir = tempdir("hf-bless");
+    let fresh = std::fs::read(export(ExportDtype::F32, &dir)).unwrap();
+    let committed_path = fixture_dir().join("tiny-f32.ember");
+    if std::env::var_os("EMBER_BLESS").is_some() {
+        std::fs::write(&committed_path, &fresh).unwrap();
+    }
+    let committed = std::fs::read(&committed_path).unwrap();
+    assert!(
+        committed == fresh,
+        "tiny-f32.ember differs from a fresh export: rerun with EMBER_BLESS=1 if the format changed on purpose"
+    );
     std::fs::remove_dir_all(dir).ok();
 }
