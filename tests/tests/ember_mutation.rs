@@ -434,6 +434,14 @@ fn corrupted_files_never_panic() {
         }
     }
 
+    // The first base reaches the metadata conventions' success paths too.
+    let aligned = AlignedBytes::copy_from(&bases[0].bytes);
+    let h = EmberFile::parse(&aligned).unwrap().header;
+    meta::get_config(&h).unwrap();
+    meta::get_task(&h).unwrap();
+    assert!(meta::get_prompt(&h).unwrap().is_some());
+    assert!(meta::get_tokenizer(&h).unwrap().is_some());
+
     let start = std::time::Instant::now();
     let (mut accepted, mut rejected) = (0u64, 0u64);
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
