@@ -1,0 +1,3 @@
+//! Fine-tuning (the book's chapters 6 and 7, appendix E): datasets and batching rules.
+
+pub mod data;
