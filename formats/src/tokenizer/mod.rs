@@ -7,7 +7,7 @@
 //! [`ENDOFTEXT`] = 50256) are never produced by merges; [`Tokenizer::encode`] recognises their
 //! names in the text only with [`SpecialTokens::Allow`].
 //!
-//! - [`Tokenizer::gpt2`] (feature `gpt2`): OpenAI's GPT-2 vocabulary, embedded.
+//! - `Tokenizer::gpt2()` (feature `gpt2`): OpenAI's GPT-2 vocabulary, embedded.
 //! - [`Tokenizer::from_openai_files`] / [`Tokenizer::from_hf_files`]: `encoder.json` + `vocab.bpe`
 //!   or `vocab.json` + `merges.txt`.
 //! - [`Tokenizer::to_parts`] / [`Tokenizer::from_parts`]: the compact form stored in `.ember`
