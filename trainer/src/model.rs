@@ -1235,17 +1235,21 @@ fn weight_fan_in(cfg: &GptConfig, wname: &str) -> usize {
         .map_or(cfg.dim, |(_, s)| s[1])
 }
 
-/// Fills `dst` with N(0, std²) draws; element i depends only on (key, i) (Box–Muller on two
-/// counter-based uniforms), so the fill is parallel and reproducible.
+/// Fills `dst` with N(0, std²) draws; elements 2j and 2j+1 depend only on (key, j) (Box–Muller
+/// on two counter-based uniforms gives the pair), so the fill is parallel and reproducible.
 fn fill_normal(dst: &mut [f32], std: f32, key: u64) {
-    const CHUNK: usize = 1 << 14;
+    const CHUNK: usize = 1 << 14; // even, so pairs never straddle chunks
     dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
-        for (j, x) in d.iter_mut().enumerate() {
-            let i = (ci * CHUNK + j) as u64;
+        for (j, pair) in d.chunks_mut(2).enumerate() {
+            let i = ((ci * CHUNK) / 2 + j) as u64;
             let u1 = unit(mix64(key.wrapping_add(2 * i)));
             let u2 = unit(mix64(key.wrapping_add(2 * i + 1)));
-            let z = (-2.0 * (1.0 - u1).ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
-            *x = (z * std as f64) as f32;
+            let r = (-2.0 * (1.0 - u1).ln()).sqrt() * std as f64;
+            let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+            pair[0] = (r * c) as f32;
+            if let Some(x) = pair.get_mut(1) {
+                *x = (r * s) as f32;
+            }
         }
     });
 }

@@ -98,8 +98,7 @@ pub fn forward(
             // pd = dropout(att)
             let first = (bh * tt) as u64;
             let p: &[f32] = if drop.is_active() {
-                pd.copy_from_slice(a);
-                drop.apply(pd, first);
+                dropout_lower(pd, a, t, drop, first);
                 pd
             } else {
                 a
@@ -130,6 +129,17 @@ pub fn forward(
 /// Rows [r0, r1) of a (T, D) view.
 fn sub_rows(m: MatRef<'_>, r0: usize, r1: usize) -> MatRef<'_> {
     m.rows_range(r0, r1)
+}
+
+/// dst (T, T) = src ⊙ dropout mask on the causal lower triangle (src is 0 above it; so is dst).
+/// Element (t, t2) of the block uses mask index `first + t·T + t2`.
+fn dropout_lower(dst: &mut [f32], src: &[f32], t: usize, drop: Dropout, first: u64) {
+    for ti in 0..t {
+        let (d, s) = (&mut dst[ti * t..(ti + 1) * t], &src[ti * t..(ti + 1) * t]);
+        d[..=ti].copy_from_slice(&s[..=ti]);
+        drop.apply(&mut d[..=ti], first + (ti * t) as u64);
+        d[ti + 1..].fill(0.0);
+    }
 }
 
 /// In place: row[..=last] ← softmax(row[..=last]); row[last+1..] ← 0.
@@ -183,8 +193,7 @@ pub fn backward(
             let first = (bh * tt) as u64;
             // forward: out = pd · v  ⇒  dv = pdᵀ · dout (rows t2 use queries t ≥ t2)
             let p: &[f32] = if drop.is_active() {
-                dp.copy_from_slice(a);
-                drop.apply(dp, first);
+                dropout_lower(dp, a, t, drop, first);
                 dp
             } else {
                 a
