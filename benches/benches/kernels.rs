@@ -118,9 +118,14 @@ impl Case {
     }
 }
 
-/// Median seconds per call of `f(i)` over at least `min_calls` calls and about `budget_s` seconds,
-/// after warming up once per copy.
-fn median_secs(copies: usize, min_calls: usize, budget_s: f64, mut f: impl FnMut(usize)) -> f64 {
+/// (median, best) seconds per call of `f(i)` over at least `min_calls` calls and about `budget_s`
+/// seconds, after warming up once per copy (at most 64).
+fn time_calls(
+    copies: usize,
+    min_calls: usize,
+    budget_s: f64,
+    mut f: impl FnMut(usize),
+) -> (f64, f64) {
     for i in 0..copies.min(64) {
         f(i);
     }
@@ -137,7 +142,7 @@ fn median_secs(copies: usize, min_calls: usize, budget_s: f64, mut f: impl FnMut
         }
     }
     times.sort_by(f64::total_cmp);
-    times[times.len() / 2]
+    (times[times.len() / 2], times[0])
 }
 
 fn pool(threads: usize) -> ThreadPool {
@@ -224,11 +229,21 @@ fn table(cases: &[Case]) {
         bw[0], bw[1]
     );
     println!(
-        "\ndecode matvec (cold weights; median per call; ratio = reference time / fast time, same threads)"
+        "\ndecode matvec, cold weights. med/best: median and fastest call; GB/s and % of BW use the \
+         best call (bandwidth is a best-of-5 too); speedup = reference median / fast median, same threads"
     );
     println!(
-        "{:<5} {:<10} {:>3} {:>9} {:>8} {:>7} {:>11} {:>8}",
-        "dtype", "shape", "thr", "ms", "GB/s", "% of BW", "ref ms", "speedup"
+        "{:<5} {:<10} {:>3} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}",
+        "dtype",
+        "shape",
+        "thr",
+        "med ms",
+        "best ms",
+        "med GB/s",
+        "GB/s",
+        "% of BW",
+        "ref ms",
+        "speedup"
     );
     for case in cases {
         let x: Vec<f32> = (0..case.c).map(|i| (i % 7) as f32 * 0.1).collect();
@@ -236,19 +251,21 @@ fn table(cases: &[Case]) {
         for threads in [1, 2] {
             let p = pool(threads);
             let (k, kr) = (fast.with_threads(threads), reference.with_threads(threads));
-            let t =
-                p.install(|| median_secs(case.copies(), 15, 1.0, |i| case.run(&k, &x, &mut y, i)));
-            let tr =
-                p.install(|| median_secs(case.copies(), 3, 0.3, |i| case.run(&kr, &x, &mut y, i)));
-            let gbs = case.bytes as f64 / t / 1e9;
+            let (t, tb) =
+                p.install(|| time_calls(case.copies(), 15, 1.0, |i| case.run(&k, &x, &mut y, i)));
+            let (tr, _) =
+                p.install(|| time_calls(case.copies(), 3, 0.3, |i| case.run(&kr, &x, &mut y, i)));
+            let gb = case.bytes as f64 / 1e9;
             println!(
-                "{:<5} {:<10} {:>3} {:>9.3} {:>8.1} {:>6.0}% {:>11.3} {:>7.1}x",
+                "{:<5} {:<10} {:>3} {:>8.3} {:>8.3} {:>8.1} {:>8.1} {:>6.0}% {:>9.3} {:>7.1}x",
                 case.dtype,
                 case.shape,
                 threads,
                 t * 1e3,
-                gbs,
-                100.0 * gbs / bw[threads - 1],
+                tb * 1e3,
+                gb / t,
+                gb / tb,
+                100.0 * gb / tb / bw[threads - 1],
                 tr * 1e3,
                 tr / t
             );
@@ -256,11 +273,12 @@ fn table(cases: &[Case]) {
     }
 
     println!(
-        "\nprefill Q8, N = {PREFILL_N} (GFLOP/s = 2·N·R·C / time; gemm = f32 gemm crate on dequantized W)"
+        "\nprefill Q8, N = {PREFILL_N}: GFLOP/s = 2·N·R·C / median time; gemm = the gemm crate's f32 \
+         product on the dequantized W (runtime::gemm), same threads"
     );
     println!(
-        "{:<10} {:>3} {:>9} {:>9} {:>10} {:>9} {:>10}",
-        "shape", "thr", "ms", "GFLOP/s", "gemm GF/s", "ref ms", "vs ref"
+        "{:<10} {:>3} {:>8} {:>8} {:>9} {:>10} {:>9} {:>8}",
+        "shape", "thr", "med ms", "best ms", "GFLOP/s", "gemm GF/s", "ref ms", "vs ref"
     );
     let mut rng = Lcg(7);
     for (shape, r, c) in SHAPES.iter().skip(1) {
@@ -280,14 +298,14 @@ fn table(cases: &[Case]) {
         for threads in [1, 2] {
             let p = pool(threads);
             let k = fast.with_threads(threads);
-            let t = p.install(|| median_secs(1, 7, 1.0, |_| k.matmul_q8(w, &x, &mut y)));
+            let (t, tb) = p.install(|| time_calls(1, 9, 1.0, |_| k.matmul_q8(w, &x, &mut y)));
             let par = if threads == 1 {
                 Parallelism::None
             } else {
                 Parallelism::Threads(threads)
             };
-            let tg = p.install(|| {
-                median_secs(1, 7, 1.0, |_| {
+            let (tg, _) = p.install(|| {
+                time_calls(1, 9, 1.0, |_| {
                     let mut dst = MatMut::row_major(&mut y, PREFILL_N, r);
                     let a = MatRef::row_major(&x, PREFILL_N, c);
                     let b = MatRef::row_major(&wf, r, c).t();
@@ -295,12 +313,13 @@ fn table(cases: &[Case]) {
                 })
             });
             let kr = reference.with_threads(threads);
-            let tr = p.install(|| median_secs(1, 1, 0.0, |_| kr.matmul_q8(w, &x, &mut y)));
+            let (tr, _) = p.install(|| time_calls(1, 1, 0.0, |_| kr.matmul_q8(w, &x, &mut y)));
             println!(
-                "{:<10} {:>3} {:>9.2} {:>9.1} {:>10.1} {:>9.1} {:>9.1}x",
+                "{:<10} {:>3} {:>8.2} {:>8.2} {:>9.1} {:>10.1} {:>9.1} {:>7.1}x",
                 shape,
                 threads,
                 t * 1e3,
+                tb * 1e3,
                 flop / t / 1e9,
                 flop / tg / 1e9,
                 tr * 1e3,
