@@ -146,13 +146,11 @@ fn dropout_lower(dst: &mut [f32], src: &[f32], t: usize, drop: Dropout, first: u
 fn softmax_row(row: &mut [f32], last: usize) {
     let (live, dead) = row.split_at_mut(last + 1);
     let m = simd::max(live);
-    let mut sum = 0.0f32;
+    // Exponentiate first (a loop that vectorizes), then sum with independent accumulators.
     for x in live.iter_mut() {
-        let e = simd::exp(*x - m);
-        *x = e;
-        sum += e;
+        *x = simd::exp(*x - m);
     }
-    let inv = 1.0 / sum;
+    let inv = 1.0 / simd::sum(live);
     for x in live.iter_mut() {
         *x *= inv;
     }

@@ -92,7 +92,11 @@ pub fn exp(x: f32) -> f32 {
     // Comparisons are false for NaN, so NaN passes through both selects.
     let x = if x > EXP_HI { EXP_HI } else { x };
     let x = if x < EXP_LO { EXP_LO } else { x };
-    let n = (x * LOG2E + ROUND_MAGIC) - ROUND_MAGIC;
+    // t = 1.5·2^23 + n with n = round(x·log2 e): n is both t − 1.5·2^23 (as a float) and the
+    // difference of the bit patterns (as an integer), which avoids a float→int `as` (Rust's
+    // saturating cast does not vectorize).
+    let t = x * LOG2E + ROUND_MAGIC;
+    let n = t - ROUND_MAGIC;
     let r = x - n * LN2_HI - n * LN2_LO;
     let mut p = 1.987_569_1e-4f32;
     p = p * r + 1.398_199_9e-3;
@@ -101,9 +105,10 @@ pub fn exp(x: f32) -> f32 {
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
-    // n is an integer in [-126, 127]; `as i32` of NaN is 0, and y is NaN then anyway.
-    let bits = ((n as i32 + 127) as u32) << 23;
-    y * f32::from_bits(bits)
+    // n is an integer in [-126, 127], so n + 127 is a valid biased exponent (for NaN input the
+    // bits are garbage but y is NaN anyway).
+    let ni = t.to_bits().wrapping_sub(ROUND_MAGIC.to_bits());
+    y * f32::from_bits(ni.wrapping_add(127) << 23)
 }
 
 #[cfg(test)]
