@@ -114,6 +114,10 @@ fn allocations_during(f: impl FnOnce()) -> usize {
 #[test]
 fn kernels_allocate_nothing_after_warm_up() {
     let mut b = Buffers::new();
+    // `Kernels::detect` reads the global pool's size, which starts that pool: wait until each of
+    // its workers has run a job, so none is still initializing (and allocating) while we count.
+    #[cfg(feature = "parallel")]
+    rayon::broadcast(|_| ());
 
     for k in [
         Kernels::detect().with_threads(1),
@@ -130,6 +134,7 @@ fn kernels_allocate_nothing_after_warm_up() {
             .num_threads(2)
             .build()
             .unwrap();
+        pool.broadcast(|_| ()); // both workers started
         for k in [
             Kernels::detect().with_threads(2),
             Kernels::reference().with_threads(2),

@@ -1,6 +1,8 @@
 //! Memory read bandwidth of this machine, measured with the fastest summing loop available, so that
 //! `ember bench` can report decode speed as a fraction of what the memory can deliver.
 
+#![forbid(unsafe_code)]
+
 use super::Kernels;
 use std::hint::black_box;
 use std::time::Instant;

@@ -5,6 +5,8 @@
 //! tokens of dot products over the tile's columns. Each W element is thus read from memory once
 //! per call, and each token row once per tile. Letters as in [`super`].
 
+#![forbid(unsafe_code)]
+
 use super::{Isa, Kernels, Q8_BLOCK, Q8Matrix};
 
 /// Weight rows per dequantized tile.

@@ -7,6 +7,8 @@
 //! Sums run in f32 in index order (block by block for Q8), so the fast kernels differ from these only
 //! by the order of f32 additions (and, for `gelu_tanh` / `softmax`, by their polynomial `exp`).
 
+#![forbid(unsafe_code)]
+
 use super::Q8Matrix;
 use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
