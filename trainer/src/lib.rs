@@ -2,6 +2,7 @@
 
 pub mod adamw;
 pub mod export;
+pub mod export_safetensors;
 pub mod import;
 pub mod layers;
 pub mod model;
