@@ -359,7 +359,7 @@ impl Kernels {
     // ---------------------------------------------------------------- prefill
 
     /// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8, N = x.len() / C. Weights are dequantized
-    /// in tiles of 16 rows × 256 columns (on the stack) and each tile is used for every token of the
+    /// in tiles of 8 rows × 512 columns (on the stack) and each tile is used for every token of the
     /// thread's share, so W is read once per thread. Threaded over token chunks; with fewer than
     /// `4 · threads` tokens it runs one threaded [`Kernels::matvec_q8`] per token instead.
     /// Row n of Y equals `matvec_q8` of row n of X within the matrix-vector tolerance.

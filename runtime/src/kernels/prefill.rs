@@ -9,10 +9,10 @@
 
 use super::{Isa, Kernels, Q8_BLOCK, Q8Matrix};
 
-/// Weight rows per dequantized tile.
-pub(super) const RT: usize = 16;
+/// Weight rows per dequantized tile (RT · KC · 4 bytes = 16 KiB: half the L1 data cache).
+pub(super) const RT: usize = 8;
 /// Columns per dequantized tile (a multiple of [`Q8_BLOCK`], so tiles start on block boundaries).
-pub(super) const KC: usize = 256;
+pub(super) const KC: usize = 512;
 /// Weight rows per microkernel call.
 pub(super) const MR: usize = 4;
 /// Tokens per microkernel call.
