@@ -1,8 +1,13 @@
 //! emberlm-trainer: GPT-2 training on the CPU with hand-written forward and backward passes.
 
 pub mod adamw;
+pub mod checkpoint;
+pub mod cli;
+pub mod corpus;
+pub mod data;
 pub mod export;
 pub mod export_safetensors;
 pub mod import;
 pub mod layers;
 pub mod model;
+pub mod plot;

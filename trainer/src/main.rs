@@ -1,6 +1,64 @@
-//! `ember-train`: pretraining, fine-tuning, tokenizer training and export.
+//! `ember-train`: pretraining, evaluation, tokenizer training, import and export.
+//!
+//! The only place that prints and exits: errors become one line
+//! `ember-train: error: <what is wrong>` on stderr with exit code 1 (2 for usage errors);
+//! with `--json` the command's result is ONE JSON object on stdout.
+
+use argh::FromArgs;
+use emberlm_trainer::cli::{self, Args, Console, signal};
+use std::io::{IsTerminal, Write};
 
 fn main() {
-    eprintln!("ember-train: no command is available yet in this build");
-    std::process::exit(2);
+    let argv: Vec<String> = match std::env::args_os().map(|a| a.into_string()).collect() {
+        Ok(v) => v,
+        Err(bad) => {
+            eprintln!(
+                "ember-train: error: argument {:?} is not valid UTF-8",
+                bad.to_string_lossy()
+            );
+            std::process::exit(2);
+        }
+    };
+    let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    let args = match Args::from_args(&["ember-train"], &rest) {
+        Ok(a) => a,
+        Err(early) => match early.status {
+            Ok(()) => {
+                println!("{}", early.output);
+                return;
+            }
+            Err(()) => {
+                let msg = early.output.trim().replace('\n', " ");
+                eprintln!("ember-train: error: {msg} (see ember-train --help)");
+                std::process::exit(2);
+            }
+        },
+    };
+    if let Err(e) = signal::install() {
+        eprintln!("ember-train: warning: {e}");
+    }
+    let json = args.json();
+    let mut stderr = std::io::stderr();
+    let tty = stderr.is_terminal();
+    let mut stdout = std::io::stdout();
+    let mut err2 = std::io::stderr();
+    let out: &mut (dyn Write + Send) = if json { &mut err2 } else { &mut stdout };
+    let mut con = Console {
+        log: &mut stderr,
+        out,
+        tty,
+    };
+    match cli::run(args, &mut con) {
+        Ok(outcome) => {
+            if json {
+                println!("{}", outcome.json);
+            }
+            let _ = std::io::stdout().flush();
+            std::process::exit(outcome.exit_code);
+        }
+        Err(e) => {
+            eprintln!("ember-train: error: {e}");
+            std::process::exit(e.exit_code());
+        }
+    }
 }

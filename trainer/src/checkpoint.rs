@@ -1,0 +1,694 @@
+//! Checkpoints: a directory that holds everything needed to resume training bit-for-bit, to
+//! evaluate, or to export.
+//!
+//! ```text
+//! OUT/checkpoints/latest               one line: the name of the newest complete step directory
+//! OUT/checkpoints/step-00000090/
+//!     model.safetensors                parameters, canonical names (config::tensor_shapes), f32
+//!     optimizer.safetensors            AdamW moments `m` and `v` (N each), when training
+//!     trainer.json                     step, epoch, position in the epoch, RNG seeds, config,
+//!                                      hyperparameters, data files + fingerprints, loss history
+//!     tokenizer.ember                  the tokenizer (a metadata-only .ember file)
+//! ```
+//! A step directory is written under a temporary name, every file fsynced, then renamed into
+//! place; only then does `latest` move (atomically) and older step directories get removed, so a
+//! crash at any point leaves the previous checkpoint complete. `ember-train import` writes the
+//! same layout (without `optimizer.safetensors`) straight into the directory it is given.
+//!
+//! Letters: N parameters.
+
+use crate::data::io_reason;
+use crate::plot::LossRow;
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::{EmberWriter, MappedFile, parse_header, write_atomically};
+use emberlm_formats::meta;
+use emberlm_formats::tokenizer::Tokenizer;
+use safetensors::tensor::TensorView;
+use safetensors::{Dtype, SafeTensors};
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+/// `trainer.json`'s `format` value.
+pub const FORMAT: &str = "emberlm-checkpoint";
+/// `trainer.json`'s `version` value this build reads and writes.
+pub const VERSION: u32 = 1;
+/// File names inside a checkpoint directory.
+pub const MODEL_FILE: &str = "model.safetensors";
+/// AdamW state.
+pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
+/// Training state.
+pub const STATE_FILE: &str = "trainer.json";
+/// The tokenizer.
+pub const TOKENIZER_FILE: &str = "tokenizer.ember";
+
+/// Why a checkpoint could not be read or written. Every variant names the path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CheckpointError {
+    /// The path is not a checkpoint, a run directory or a `checkpoints/` directory.
+    NotACheckpoint {
+        /// The path given.
+        path: PathBuf,
+    },
+    /// Reading or writing failed.
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        reason: String,
+    },
+    /// A file is malformed.
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl fmt::Display for CheckpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CheckpointError::NotACheckpoint { path } => write!(
+                f,
+                "{}: not a checkpoint (expected a directory with {STATE_FILE}, a `latest` \
+                 pointer, or a run directory with checkpoints/latest)",
+                path.display()
+            ),
+            CheckpointError::Io { path, reason } => write!(f, "{}: {reason}", path.display()),
+            CheckpointError::Corrupt { path, reason } => {
+                write!(f, "{}: {reason}", path.display())
+            }
+        }
+    }
+}
+
+impl std::error::Error for CheckpointError {}
+
+fn io_err(path: &Path) -> impl Fn(std::io::Error) -> CheckpointError + '_ {
+    move |e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        reason: io_reason(&e),
+    }
+}
+
+fn corrupt(path: &Path, reason: impl Into<String>) -> CheckpointError {
+    CheckpointError::Corrupt {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// [`GptConfig`] as stored in `trainer.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConfigJson {
+    /// V.
+    pub vocab_size: usize,
+    /// Context length of the position table.
+    pub context_length: usize,
+    /// C.
+    pub dim: usize,
+    /// L.
+    pub n_layers: usize,
+    /// H.
+    pub n_heads: usize,
+    /// Whether q/k/v have a bias.
+    pub qkv_bias: bool,
+    /// Whether the head is the token embedding.
+    pub tied_head: bool,
+}
+
+impl From<GptConfig> for ConfigJson {
+    fn from(c: GptConfig) -> Self {
+        ConfigJson {
+            vocab_size: c.vocab_size,
+            context_length: c.context_length,
+            dim: c.dim,
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            qkv_bias: c.qkv_bias,
+            tied_head: c.tied_head,
+        }
+    }
+}
+
+impl From<ConfigJson> for GptConfig {
+    fn from(c: ConfigJson) -> Self {
+        GptConfig {
+            vocab_size: c.vocab_size,
+            context_length: c.context_length,
+            dim: c.dim,
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            qkv_bias: c.qkv_bias,
+            tied_head: c.tied_head,
+        }
+    }
+}
+
+/// The hyperparameters of a pretraining run (everything that shapes the sequence of losses).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hyper {
+    /// B.
+    pub batch: usize,
+    /// Window length T (≤ the model's context length).
+    pub context: usize,
+    /// Window stride.
+    pub stride: usize,
+    /// Peak (or constant) learning rate.
+    pub lr: f32,
+    /// `constant` or `cosine`.
+    pub schedule: String,
+    /// Cosine: learning rate at step 0 of the warmup.
+    pub initial_lr: f32,
+    /// Cosine: final learning rate.
+    pub min_lr: f32,
+    /// Linear warmup steps.
+    pub warmup_steps: u64,
+    /// AdamW decoupled weight decay.
+    pub weight_decay: f64,
+    /// Decay only 2-D tensors (else every parameter, as the book).
+    pub decay_2d_only: bool,
+    /// Global gradient-norm clip.
+    pub clip: Option<f32>,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Dropout at the book's three sites.
+    pub dropout: f32,
+    /// Run seed (init, shuffles, dropout).
+    pub seed: u64,
+    /// Evaluate every this many steps.
+    pub eval_every: u64,
+    /// Batches per evaluation.
+    pub eval_batches: usize,
+    /// Sample prompt.
+    pub prompt: String,
+    /// Tokens per sample.
+    pub sample_tokens: usize,
+    /// Total optimizer steps of the run.
+    pub total_steps: u64,
+    /// Parameter initialisation: `torch` (the book), `gpt2`, or `checkpoint:PATH`.
+    pub init: String,
+}
+
+/// A data file the run read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataRef {
+    /// The path as given (`<built-in corpus>/NAME` for the built-in texts).
+    pub path: String,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Fingerprint (hex) of the bytes.
+    pub hash: String,
+}
+
+/// Which tokenizer the run uses (the tokenizer itself is `tokenizer.ember`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenizerRef {
+    /// `gpt2` (OpenAI's vocabulary) or `bpe` (trained by `ember-train`).
+    pub kind: String,
+    /// Number of ids.
+    pub vocab_size: usize,
+    /// Fingerprint (hex) of the vocabulary.
+    pub hash: String,
+}
+
+/// Random-number state. Every generator is counter-based, so these seeds plus the position
+/// recreate every stream exactly: the epoch-e shuffle is `data::epoch_order(W, shuffle_seed, e)`,
+/// the dropout masks of micro-batch k of step s use `Mode::Train { seed: dropout_seed(s, k) }`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RngState {
+    /// Seed of the per-epoch window shuffles.
+    pub shuffle_seed: u64,
+    /// Seed from which every step's dropout seed is derived.
+    pub dropout_seed: u64,
+    /// Seed of the evaluation batch choice.
+    pub eval_seed: u64,
+}
+
+/// `trainer.json`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Always [`FORMAT`].
+    pub format: String,
+    /// Always [`VERSION`].
+    pub version: u32,
+    /// `pretrain` or `import`.
+    pub kind: String,
+    /// The model configuration.
+    pub config: ConfigJson,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Current epoch (from 0).
+    pub epoch: u64,
+    /// Batches of the current epoch already consumed.
+    pub batch_in_epoch: usize,
+    /// Training tokens consumed.
+    pub tokens_seen: u64,
+    /// The loss of the run's first step (for the divergence check).
+    pub first_loss: Option<f32>,
+    /// Seconds spent in training steps so far.
+    pub train_seconds: f64,
+    /// AdamW's step count (its bias correction), when there is optimizer state.
+    pub adam_step: Option<u64>,
+    /// RNG seeds.
+    pub rng: RngState,
+    /// Hyperparameters (pretraining only).
+    pub hyper: Option<Hyper>,
+    /// Data files.
+    pub data: Vec<DataRef>,
+    /// The tokenizer.
+    pub tokenizer: TokenizerRef,
+    /// Every evaluation so far (rewrites loss.csv on resume).
+    pub history: Vec<LossRow>,
+    /// Where imported weights came from.
+    pub source: Option<String>,
+}
+
+/// A checkpoint read back.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The step directory read.
+    pub dir: PathBuf,
+    /// `trainer.json`.
+    pub state: TrainerState,
+    /// The validated configuration.
+    pub config: GptConfig,
+    /// Parameters (N), canonical order.
+    pub params: Vec<f32>,
+    /// AdamW moments (m, v), when asked for and present.
+    pub moments: Option<(Vec<f32>, Vec<f32>)>,
+    /// The tokenizer.
+    pub tokenizer: Tokenizer,
+}
+
+/// The step directory that `path` designates: `path` itself when it holds `trainer.json`;
+/// else the target of `path/latest`; else of `path/checkpoints/latest`.
+pub fn resolve(path: &Path) -> Result<PathBuf, CheckpointError> {
+    if path.join(STATE_FILE).is_file() {
+        return Ok(path.to_path_buf());
+    }
+    for dir in [path.to_path_buf(), path.join("checkpoints")] {
+        let pointer = dir.join("latest");
+        if pointer.is_file() {
+            let name = std::fs::read_to_string(&pointer).map_err(io_err(&pointer))?;
+            let name = name.trim();
+            if name.is_empty() || name.contains(['/', '\\']) || name.starts_with('.') {
+                return Err(corrupt(&pointer, format!("bad step name {name:?}")));
+            }
+            let target = dir.join(name);
+            if !target.join(STATE_FILE).is_file() {
+                return Err(corrupt(
+                    &pointer,
+                    format!("points to {name:?}, which has no {STATE_FILE}"),
+                ));
+            }
+            return Ok(target);
+        }
+    }
+    Err(CheckpointError::NotACheckpoint {
+        path: path.to_path_buf(),
+    })
+}
+
+/// Writes a tokenizer as a metadata-only `.ember` file, atomically.
+pub fn write_tokenizer_file(path: &Path, tok: &Tokenizer) -> Result<u64, CheckpointError> {
+    let mut w = EmberWriter::new();
+    meta::put_tokenizer(&mut w, tok).map_err(|e| corrupt(path, e.to_string()))?;
+    w.write_file(path, |_, _, _| Ok(()))
+        .map_err(|e| corrupt(path, e.to_string()))
+}
+
+/// Reads the tokenizer of a `.ember` file (a tokenizer file or a model).
+pub fn read_tokenizer_file(path: &Path) -> Result<Tokenizer, CheckpointError> {
+    if path.is_dir() {
+        return Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            reason: "is a directory, expected a .ember tokenizer file".into(),
+        });
+    }
+    let bytes = std::fs::read(path).map_err(io_err(path))?;
+    let header = parse_header(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
+    meta::get_tokenizer(&header)
+        .map_err(|e| corrupt(path, e.to_string()))?
+        .ok_or_else(|| {
+            corrupt(
+                path,
+                "the file holds no tokenizer (no tokenizer.* metadata)",
+            )
+        })
+}
+
+/// What a checkpoint directory receives.
+#[derive(Debug)]
+pub struct Contents<'a> {
+    /// `trainer.json`.
+    pub state: &'a TrainerState,
+    /// (canonical name, shape) of every tensor, in canonical order, covering `params`.
+    pub shapes: &'a [(String, Vec<usize>)],
+    /// Parameters (N).
+    pub params: &'a [f32],
+    /// AdamW moments (m, v), each N.
+    pub moments: Option<(&'a [f32], &'a [f32])>,
+    /// The tokenizer.
+    pub tokenizer: &'a Tokenizer,
+}
+
+fn f32_view<'a>(
+    path: &Path,
+    shape: Vec<usize>,
+    data: &'a [f32],
+) -> Result<TensorView<'a>, CheckpointError> {
+    TensorView::new(Dtype::F32, shape, bytemuck::cast_slice(data))
+        .map_err(|e| corrupt(path, e.to_string()))
+}
+
+fn write_safetensors(
+    path: &Path,
+    tensors: Vec<(String, TensorView<'_>)>,
+) -> Result<(), CheckpointError> {
+    safetensors::serialize_to_file(tensors, None, path).map_err(|e| CheckpointError::Io {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    std::fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(io_err(path))
+}
+
+/// Writes a complete checkpoint directory at `dir`: first under a temporary name beside it,
+/// every file fsynced, then renamed into place (an existing `dir` is replaced only once the new
+/// one is complete).
+pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
+    if cfg!(target_endian = "big") {
+        return Err(corrupt(dir, "checkpoints are written little-endian only"));
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = dir
+        .file_name()
+        .ok_or_else(|| corrupt(dir, "the path has no directory name"))?
+        .to_string_lossy()
+        .into_owned();
+    std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
+    let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&tmp);
+    let result = (|| {
+        std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
+        // Parameters, split into their canonical tensors.
+        let model = tmp.join(MODEL_FILE);
+        let mut views = Vec::with_capacity(c.shapes.len());
+        let mut off = 0usize;
+        for (n, shape) in c.shapes {
+            let len: usize = shape.iter().product();
+            let data = c
+                .params
+                .get(off..off + len)
+                .ok_or_else(|| corrupt(&model, format!("parameters end before tensor {n}")))?;
+            views.push((n.clone(), f32_view(&model, shape.clone(), data)?));
+            off += len;
+        }
+        if off != c.params.len() {
+            return Err(corrupt(
+                &model,
+                format!("{} parameters but the tensors cover {off}", c.params.len()),
+            ));
+        }
+        write_safetensors(&model, views)?;
+        if let Some((m, v)) = c.moments {
+            let opt = tmp.join(OPTIMIZER_FILE);
+            let views = vec![
+                ("m".to_string(), f32_view(&opt, vec![m.len()], m)?),
+                ("v".to_string(), f32_view(&opt, vec![v.len()], v)?),
+            ];
+            write_safetensors(&opt, views)?;
+        }
+        write_tokenizer_file(&tmp.join(TOKENIZER_FILE), c.tokenizer)?;
+        let json = serde_json::to_vec_pretty(c.state)
+            .map_err(|e| corrupt(&tmp.join(STATE_FILE), e.to_string()))?;
+        let state_path = tmp.join(STATE_FILE);
+        write_atomically(&state_path, |w| w.write_all(&json)).map_err(io_err(&state_path))?;
+        sync_dir(&tmp);
+        // Swap into place: an old directory of the same name goes aside first.
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        let had_old = dir.exists();
+        if had_old {
+            let _ = std::fs::remove_dir_all(&old);
+            std::fs::rename(dir, &old).map_err(io_err(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io_err(dir))?;
+        sync_dir(&parent);
+        if had_old {
+            let _ = std::fs::remove_dir_all(&old);
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+    result
+}
+
+fn sync_dir(dir: &Path) {
+    // Not every platform can open a directory for fsync; best effort.
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+/// Saves a training checkpoint of `out_dir`'s run at `state.step`:
+/// `out_dir/checkpoints/step-NNNNNNNN/`, then `latest` → it, then older step directories are
+/// removed. Returns the step directory.
+pub fn save_run(out_dir: &Path, c: &Contents<'_>) -> Result<PathBuf, CheckpointError> {
+    let root = out_dir.join("checkpoints");
+    let name = format!("step-{:08}", c.state.step);
+    let dir = root.join(&name);
+    write_dir(&dir, c)?;
+    let pointer = root.join("latest");
+    write_atomically(&pointer, |w| writeln!(w, "{name}")).map_err(io_err(&pointer))?;
+    if let Ok(entries) = std::fs::read_dir(&root) {
+        for e in entries.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if n.starts_with("step-") && n != name {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    Ok(dir)
+}
+
+/// Reads the f32 tensors `shapes` (in order) from a safetensors file into one flat buffer.
+fn read_flat(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<Vec<f32>, CheckpointError> {
+    let map = MappedFile::open(path).map_err(|e| corrupt(path, e.to_string()))?;
+    let st = SafeTensors::deserialize(map.bytes())
+        .map_err(|e| corrupt(path, format!("not a valid safetensors file: {e}")))?;
+    let total: usize = shapes
+        .iter()
+        .map(|(_, s)| s.iter().product::<usize>())
+        .sum();
+    let mut out = Vec::with_capacity(total);
+    for (name, shape) in shapes {
+        let t = st
+            .tensor(name)
+            .map_err(|_| corrupt(path, format!("tensor {name:?} is missing")))?;
+        if t.dtype() != Dtype::F32 {
+            return Err(corrupt(
+                path,
+                format!("tensor {name:?} is {:?}, expected F32", t.dtype()),
+            ));
+        }
+        if t.shape() != shape.as_slice() {
+            return Err(corrupt(
+                path,
+                format!(
+                    "tensor {name:?} has shape {:?}, expected {shape:?}",
+                    t.shape()
+                ),
+            ));
+        }
+        out.extend(
+            t.data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
+        );
+    }
+    Ok(out)
+}
+
+/// Reads the checkpoint `path` designates (see [`resolve`]); the AdamW moments too when
+/// `with_optimizer` (an error if they are missing).
+pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError> {
+    let dir = resolve(path)?;
+    let state_path = dir.join(STATE_FILE);
+    let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
+    let state: TrainerState =
+        serde_json::from_str(&text).map_err(|e| corrupt(&state_path, e.to_string()))?;
+    if state.format != FORMAT || state.version != VERSION {
+        return Err(corrupt(
+            &state_path,
+            format!(
+                "format {:?} version {} (this build reads {FORMAT:?} version {VERSION})",
+                state.format, state.version
+            ),
+        ));
+    }
+    let config = GptConfig::from(state.config);
+    config
+        .validate()
+        .map_err(|e| corrupt(&state_path, format!("config: {e}")))?;
+    let params = read_flat(&dir.join(MODEL_FILE), &config.tensor_shapes())?;
+    let moments = if with_optimizer {
+        let opt = dir.join(OPTIMIZER_FILE);
+        if !opt.is_file() {
+            return Err(corrupt(
+                &dir,
+                format!(
+                    "no {OPTIMIZER_FILE}: this checkpoint cannot resume training (use --init to start from its weights)"
+                ),
+            ));
+        }
+        let n = params.len();
+        let shapes = [("m".to_string(), vec![n]), ("v".to_string(), vec![n])];
+        let mut mv = read_flat(&opt, &shapes)?;
+        let v = mv.split_off(n);
+        Some((mv, v))
+    } else {
+        None
+    };
+    let tokenizer = read_tokenizer_file(&dir.join(TOKENIZER_FILE))?;
+    if tokenizer.vocab_size() > config.vocab_size {
+        return Err(corrupt(
+            &dir.join(TOKENIZER_FILE),
+            format!(
+                "the tokenizer has {} ids but the model only {}",
+                tokenizer.vocab_size(),
+                config.vocab_size
+            ),
+        ));
+    }
+    Ok(Loaded {
+        dir,
+        state,
+        config,
+        params,
+        moments,
+        tokenizer,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny() -> GptConfig {
+        GptConfig {
+            vocab_size: 300,
+            context_length: 8,
+            dim: 8,
+            n_layers: 1,
+            n_heads: 2,
+            qkv_bias: false,
+            tied_head: false,
+        }
+    }
+
+    fn state(cfg: GptConfig, step: u64) -> TrainerState {
+        TrainerState {
+            format: FORMAT.into(),
+            version: VERSION,
+            kind: "pretrain".into(),
+            config: cfg.into(),
+            step,
+            epoch: 0,
+            batch_in_epoch: 3,
+            tokens_seen: 100,
+            first_loss: Some(5.0),
+            train_seconds: 1.0,
+            adam_step: Some(step),
+            rng: RngState {
+                shuffle_seed: 1,
+                dropout_seed: 2,
+                eval_seed: 3,
+            },
+            hyper: None,
+            data: vec![],
+            tokenizer: TokenizerRef {
+                kind: "bpe".into(),
+                vocab_size: 300,
+                hash: "0".into(),
+            },
+            history: vec![],
+            source: None,
+        }
+    }
+
+    #[test]
+    fn save_load_round_trip_and_latest_pointer() {
+        let out = std::env::temp_dir().join(format!("emberlm-ckpt-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let cfg = tiny();
+        let n = cfg.param_count();
+        let params: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
+        let m: Vec<f32> = (0..n).map(|i| i as f32).collect();
+        let v: Vec<f32> = (0..n).map(|i| (i * 2) as f32).collect();
+        let tok = emberlm_formats::tokenizer::train_bpe(
+            &["hello hello world world hello"],
+            260,
+            &Default::default(),
+        )
+        .unwrap();
+        let shapes = cfg.tensor_shapes();
+        for step in [5u64, 9] {
+            let st = state(cfg, step);
+            let c = Contents {
+                state: &st,
+                shapes: &shapes,
+                params: &params,
+                moments: Some((&m, &v)),
+                tokenizer: &tok,
+            };
+            save_run(&out, &c).unwrap();
+        }
+        // Only the newest step directory remains, and every path form finds it.
+        let steps: Vec<_> = std::fs::read_dir(out.join("checkpoints"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("step-"))
+            .collect();
+        assert_eq!(steps, vec!["step-00000009".to_string()]);
+        let want = out.join("checkpoints/step-00000009");
+        assert_eq!(resolve(&out).unwrap(), want);
+        assert_eq!(resolve(&out.join("checkpoints")).unwrap(), want);
+        assert_eq!(resolve(&want).unwrap(), want);
+        let l = load(&out, true).unwrap();
+        assert_eq!(l.state.step, 9);
+        assert_eq!(l.params, params);
+        assert_eq!(l.moments, Some((m, v)));
+        assert_eq!(l.tokenizer.to_parts(), tok.to_parts());
+        assert_eq!(l.config, cfg);
+        // A missing optimizer file is an error only when asked for.
+        std::fs::remove_file(want.join(OPTIMIZER_FILE)).unwrap();
+        assert!(load(&out, false).is_ok());
+        assert!(matches!(
+            load(&out, true),
+            Err(CheckpointError::Corrupt { .. })
+        ));
+        // A wrong shape is named.
+        let bad = GptConfig { dim: 4, ..cfg };
+        let mut st = state(bad, 1);
+        st.config = bad.into();
+        std::fs::write(want.join(STATE_FILE), serde_json::to_vec(&st).unwrap()).unwrap();
+        let e = load(&want, false).unwrap_err().to_string();
+        assert!(
+            e.contains("tok_emb.weight") && e.contains("expected [300, 4]"),
+            "{e}"
+        );
+        assert!(matches!(
+            resolve(&out.join("nothing-here")),
+            Err(CheckpointError::NotACheckpoint { .. })
+        ));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+}

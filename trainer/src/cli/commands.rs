@@ -1,0 +1,308 @@
+//! The small commands: `eval`, `tokenizer`, `export`, `import`.
+
+use super::{CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs};
+use crate::checkpoint::{self, Contents, RngState, TokenizerRef, TrainerState};
+use crate::data::{self, Windows};
+use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::import::import_safetensors;
+use crate::model::{Gpt, Mode};
+use crate::{note, say};
+use emberlm_formats::meta::Task;
+use emberlm_formats::tokenizer::{SpecialTokens, Tokenizer, TrainOptions, train_bpe};
+use serde_json::json;
+use std::time::Instant;
+
+/// Windows per forward pass in `eval`.
+const EVAL_BATCH: usize = 4;
+
+fn failed(msg: impl Into<String>) -> CliError {
+    CliError::Failed(msg.into())
+}
+
+/// Reads every `--data` file (at least one).
+fn read_all(paths: &[std::path::PathBuf]) -> Result<(Vec<String>, u64), CliError> {
+    if paths.is_empty() {
+        return Err(CliError::Usage("give at least one --data FILE".into()));
+    }
+    let mut texts = Vec::new();
+    let mut bytes = 0;
+    for p in paths {
+        let (t, s) = data::read_text(p).map_err(|e| failed(format!("--data {e}")))?;
+        bytes += s.bytes;
+        texts.push(t);
+    }
+    Ok((texts, bytes))
+}
+
+/// `ember-train eval CKPT --data FILE...`: the mean next-token loss over every window (stride =
+/// window length, so each token is predicted once) and its perplexity.
+pub fn eval(a: EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    super::with_threads(a.threads, || eval_inner(&a, con))?
+}
+
+fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
+    let (texts, _) = read_all(&a.data)?;
+    let model_ctx = l.config.context_length;
+    let t = a
+        .context
+        .or(l.state.hyper.as_ref().map(|h| h.context))
+        .unwrap_or(model_ctx);
+    if t == 0 || t > model_ctx {
+        return Err(CliError::Usage(format!(
+            "--context {t}: must be in 1..={model_ctx} (the model's context length)"
+        )));
+    }
+    let b = a.batch.unwrap_or(EVAL_BATCH);
+    if b == 0 {
+        return Err(CliError::Usage("--batch must be at least 1".into()));
+    }
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let (splits, _) = data::load_splits(&refs, &l.tokenizer, 1.0, data::cache_dir().as_deref());
+    let name = a
+        .data
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect::<Vec<_>>()
+        .join(" ");
+    let w = Windows::new(splits.train, t, t, "evaluation")
+        .map_err(|e| failed(format!("--data {name}: {e}")))?;
+    let mut model = Gpt::from_params(l.config, l.params).map_err(|e| failed(e.to_string()))?;
+    let t0 = Instant::now();
+    let (mut x, mut y) = (Vec::new(), Vec::new());
+    let mut sum = 0f64;
+    let mut tokens = 0u64;
+    let order: Vec<usize> = (0..w.len()).collect();
+    for idx in order.chunks(b) {
+        w.fill(idx, &mut x, &mut y);
+        let loss = model
+            .forward(&x, Some(&y), idx.len(), t, Mode::Eval)
+            .map_err(|e| failed(e.to_string()))?
+            .unwrap_or(f32::NAN);
+        let n = (idx.len() * t) as u64;
+        sum += loss as f64 * n as f64;
+        tokens += n;
+    }
+    let loss = sum / tokens as f64;
+    let ppl = loss.exp();
+    note!(
+        con,
+        "evaluated {} windows of {t} tokens in {:.1}s",
+        w.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    say!(
+        con,
+        "{}: loss {loss:.4}, perplexity {ppl:.2} over {tokens} tokens of {name}",
+        l.dir.display()
+    );
+    Ok(Outcome {
+        json: json!({
+            "loss": loss,
+            "perplexity": ppl,
+            "tokens": tokens,
+            "checkpoint": l.dir,
+            "context": t,
+        }),
+        exit_code: 0,
+    })
+}
+
+/// `ember-train tokenizer --data FILE... --vocab-size N --out FILE`.
+pub fn tokenizer(a: TokenizerArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let (texts, bytes) = read_all(&a.data)?;
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let tok = train_bpe(&refs, a.vocab_size, &TrainOptions::default())
+        .map_err(|e| CliError::Usage(format!("--vocab-size {}: {e}", a.vocab_size)))?;
+    let secs = t0.elapsed().as_secs_f64();
+    if tok.vocab_size() < a.vocab_size {
+        note!(
+            con,
+            "note: stopped at {} ids: no pair of tokens occurs twice more",
+            tok.vocab_size()
+        );
+    }
+    let file_bytes =
+        checkpoint::write_tokenizer_file(&a.out, &tok).map_err(|e| failed(format!("--out {e}")))?;
+    let tokens: usize = refs
+        .iter()
+        .map(|t| tok.encode_to_vec(t, SpecialTokens::Allow).len())
+        .sum();
+    let bpt = bytes as f64 / tokens.max(1) as f64;
+    note!(con, "trained in {secs:.1}s");
+    say!(
+        con,
+        "{}: {} ids; {bytes} bytes of training text → {tokens} tokens ({bpt:.2} bytes per token)",
+        a.out.display(),
+        tok.vocab_size()
+    );
+    Ok(Outcome {
+        json: json!({
+            "out": a.out,
+            "vocab_size": tok.vocab_size(),
+            "bytes_per_token": bpt,
+            "tokens": tokens,
+            "bytes": bytes,
+            "file_bytes": file_bytes,
+        }),
+        exit_code: 0,
+    })
+}
+
+/// `ember-train export CKPT --dtype f32|f16|int8 --out MODEL.ember`.
+pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let dtype: ExportDtype = a
+        .dtype
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--dtype: {e}")))?;
+    let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
+    let mut provenance = vec![
+        ("source".to_string(), l.dir.display().to_string()),
+        ("steps".to_string(), l.state.step.to_string()),
+        ("tokens_seen".to_string(), l.state.tokens_seen.to_string()),
+    ];
+    if !l.state.data.is_empty() {
+        let d: Vec<String> = l
+            .state
+            .data
+            .iter()
+            .map(|d| format!("{} ({})", d.path, d.hash))
+            .collect();
+        provenance.push(("data".to_string(), d.join(", ")));
+    }
+    if let Some(r) = l.state.history.last() {
+        provenance.push(("val_loss".to_string(), r.val_loss.to_string()));
+    }
+    let meta = ExportMeta {
+        config: l.config,
+        task: Task::LanguageModel,
+        prompt: None,
+        tokenizer: Some(&l.tokenizer),
+        provenance,
+    };
+    let mut offsets = std::collections::HashMap::new();
+    let mut off = 0usize;
+    for (name, shape) in l.config.tensor_shapes() {
+        let n: usize = shape.iter().product();
+        offsets.insert(name, off..off + n);
+        off += n;
+    }
+    let params = &l.params;
+    let t0 = Instant::now();
+    let bytes = export_ember(&a.out, &meta, dtype, &|n| {
+        offsets.get(n).and_then(|r| params.get(r.clone()))
+    })
+    .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+    say!(
+        con,
+        "{}: {} bytes ({:.1} MB, {})",
+        a.out.display(),
+        bytes,
+        bytes as f64 / 1e6,
+        dtype.name()
+    );
+    Ok(Outcome {
+        json: json!({"out": a.out, "bytes": bytes, "dtype": dtype.name()}),
+        exit_code: 0,
+    })
+}
+
+/// `ember-train import --from PATH --out CKPT [--heads N]`.
+pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    if a.out.exists() && !a.out.join(checkpoint::STATE_FILE).is_file() {
+        let empty = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_none());
+        if !empty {
+            return Err(failed(format!(
+                "--out {}: exists and is not a checkpoint; choose a new directory",
+                a.out.display()
+            )));
+        }
+    }
+    let imp = import_safetensors(&a.from, a.heads)
+        .map_err(|e| failed(format!("--from {}: {e}", a.from.display())))?;
+    let cfg = imp.config;
+    let shapes = cfg.tensor_shapes();
+    let mut params = Vec::with_capacity(cfg.param_count());
+    for (name, _) in &shapes {
+        let t = imp
+            .tensors
+            .get(name)
+            .ok_or_else(|| failed(format!("--from: tensor {name} is missing after import")))?;
+        params.extend_from_slice(t);
+    }
+    let (tok, kind): (Tokenizer, &str) = match imp.tokenizer {
+        Some(t) => (t, "imported"),
+        None => (Tokenizer::gpt2().clone(), "gpt2"),
+    };
+    if tok.vocab_size() > cfg.vocab_size {
+        return Err(failed(format!(
+            "--from {}: the model has {} token ids but the {kind} tokenizer has {}; put the model's \
+             vocab.json and merges.txt beside the weights",
+            a.from.display(),
+            cfg.vocab_size,
+            tok.vocab_size()
+        )));
+    }
+    let state = TrainerState {
+        format: checkpoint::FORMAT.into(),
+        version: checkpoint::VERSION,
+        kind: "import".into(),
+        config: cfg.into(),
+        step: 0,
+        epoch: 0,
+        batch_in_epoch: 0,
+        tokens_seen: 0,
+        first_loss: None,
+        train_seconds: 0.0,
+        adam_step: None,
+        rng: RngState {
+            shuffle_seed: 0,
+            dropout_seed: 0,
+            eval_seed: 0,
+        },
+        hyper: None,
+        data: Vec::new(),
+        tokenizer: TokenizerRef {
+            kind: kind.into(),
+            vocab_size: tok.vocab_size(),
+            hash: format!("{:016x}", data::tokenizer_fingerprint(&tok)),
+        },
+        history: Vec::new(),
+        source: Some(imp.weights_path.display().to_string()),
+    };
+    checkpoint::write_dir(
+        &a.out,
+        &Contents {
+            state: &state,
+            shapes: &shapes,
+            params: &params,
+            moments: None,
+            tokenizer: &tok,
+        },
+    )
+    .map_err(|e| failed(format!("--out {e}")))?;
+    say!(
+        con,
+        "{}: {:?} layout, {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.1}M parameters), tokenizer {kind}",
+        a.out.display(),
+        imp.layout,
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        cfg.param_count() as f64 / 1e6
+    );
+    Ok(Outcome {
+        json: json!({
+            "out": a.out,
+            "layout": format!("{:?}", imp.layout),
+            "parameters": cfg.param_count(),
+            "config": checkpoint::ConfigJson::from(cfg),
+            "tokenizer": kind,
+        }),
+        exit_code: 0,
+    })
+}

@@ -1,0 +1,428 @@
+//! The `ember-train` command line: argument definitions (argh), the commands, and the small
+//! pieces they share. `main.rs` parses the arguments, hands a [`Console`] (where human output
+//! goes) to [`run`], and prints the returned JSON and errors; nothing here exits the process.
+//!
+//! Output contract: human-readable progress goes to the console's `log` (stderr); the final
+//! summary goes to `out` (stdout, or stderr with `--json`); with `--json` the caller prints the
+//! returned [`Outcome::json`] as ONE object on stdout.
+
+pub mod commands;
+pub mod pretrain;
+pub mod progress;
+pub mod sample;
+pub mod signal;
+
+use argh::FromArgs;
+use std::fmt;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// ember-train: pretrain GPT-2 models on the CPU, evaluate, train tokenizers, import and export.
+#[derive(FromArgs, Debug)]
+pub struct Args {
+    #[argh(subcommand)]
+    /// the command
+    pub command: Command,
+}
+
+impl Args {
+    /// Whether the command asked for `--json`.
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Pretrain(a) => a.json,
+            Command::Eval(a) => a.json,
+            Command::Tokenizer(a) => a.json,
+            Command::Export(a) => a.json,
+            Command::Import(a) => a.json,
+        }
+    }
+}
+
+/// The commands. (`PretrainArgs` is large, but the enum exists once per process.)
+#[allow(clippy::large_enum_variant)]
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum Command {
+    /// Pretraining.
+    Pretrain(PretrainArgs),
+    /// Loss and perplexity of a checkpoint.
+    Eval(EvalArgs),
+    /// BPE tokenizer training.
+    Tokenizer(TokenizerArgs),
+    /// Checkpoint → .ember.
+    Export(ExportArgs),
+    /// safetensors → checkpoint.
+    Import(ImportArgs),
+}
+
+/// Flags of `ember-train pretrain`. Every value is optional so that the command can tell a flag
+/// the user gave from a default (defaults are applied in [`pretrain`]).
+#[derive(FromArgs, Debug, Default, Clone)]
+#[argh(subcommand, name = "pretrain")]
+/// pretrain a GPT-2 model; with no arguments, the main job: a small model on the built-in corpus
+pub struct PretrainArgs {
+    /// a UTF-8 text file to train on (repeatable: files are joined with <|endoftext|>)
+    #[argh(option)]
+    pub data: Vec<PathBuf>,
+    /// model preset: 124m, 355m, 774m or 1558m (vocabulary 50257, context 1024)
+    #[argh(option)]
+    pub config: Option<String>,
+    /// number of transformer blocks (default 4)
+    #[argh(option)]
+    pub layers: Option<usize>,
+    /// attention heads (default 4)
+    #[argh(option)]
+    pub heads: Option<usize>,
+    /// embedding dimension (default 128)
+    #[argh(option)]
+    pub dim: Option<usize>,
+    /// context length: the window length, and the model's position table when training from scratch (default 64; overrides a preset's 1024)
+    #[argh(option)]
+    pub context: Option<usize>,
+    /// vocabulary size (default: the tokenizer's; for the built-in corpus, the BPE vocabulary trained on it, default 1024)
+    #[argh(option)]
+    pub vocab: Option<usize>,
+    /// window stride (default: the context)
+    #[argh(option)]
+    pub stride: Option<usize>,
+    /// batch size (default 8; 2 with --config, as the book)
+    #[argh(option)]
+    pub batch: Option<usize>,
+    /// epochs over the training split (default 10, as the book)
+    #[argh(option)]
+    pub epochs: Option<u64>,
+    /// optimizer steps (instead of --epochs)
+    #[argh(option)]
+    pub steps: Option<u64>,
+    /// learning rate, the peak of a schedule (default 4e-4)
+    #[argh(option)]
+    pub lr: Option<f32>,
+    /// final learning rate of the cosine schedule (default 1e-6)
+    #[argh(option)]
+    pub min_lr: Option<f32>,
+    /// learning rate at the start of the warmup (default 3e-5)
+    #[argh(option)]
+    pub initial_lr: Option<f32>,
+    /// linear warmup steps (default 0)
+    #[argh(option)]
+    pub warmup_steps: Option<u64>,
+    /// learning-rate schedule: constant (default, the book's ch05) or cosine (appendix D)
+    #[argh(option)]
+    pub schedule: Option<String>,
+    /// decoupled AdamW weight decay (default 0.1, on every parameter as the book)
+    #[argh(option)]
+    pub weight_decay: Option<f64>,
+    /// apply weight decay to 2-D tensors only (not to biases and LayerNorm)
+    #[argh(switch)]
+    pub decay_2d_only: bool,
+    /// clip the global gradient norm to this value (off by default; appendix D uses 1.0)
+    #[argh(option)]
+    pub clip: Option<f32>,
+    /// micro-batches per optimizer step (default 1)
+    #[argh(option)]
+    pub grad_accum: Option<usize>,
+    /// dropout rate at the embedding, attention weights and residual branches (default 0.1)
+    #[argh(option)]
+    pub dropout: Option<f32>,
+    /// give the query/key/value projections a bias
+    #[argh(switch)]
+    pub qkv_bias: bool,
+    /// tie the output head to the token embedding
+    #[argh(switch)]
+    pub tied_head: bool,
+    /// random seed of initialisation, shuffles and dropout (default 123)
+    #[argh(option)]
+    pub seed: Option<u64>,
+    /// initialisation of a fresh model: torch (the book's PyTorch defaults, default) or gpt2 (N(0, 0.02))
+    #[argh(option)]
+    pub init_scheme: Option<String>,
+    /// evaluate every N optimizer steps (default 5)
+    #[argh(option)]
+    pub eval_every: Option<u64>,
+    /// batches per evaluation of each split (default 5)
+    #[argh(option)]
+    pub eval_batches: Option<usize>,
+    /// prompt of the samples printed after every epoch (default "Every effort moves you")
+    #[argh(option)]
+    pub prompt: Option<String>,
+    /// tokens per sample (default 50)
+    #[argh(option)]
+    pub sample_tokens: Option<usize>,
+    /// a tokenizer file made by `ember-train tokenizer` (default: GPT-2's vocabulary)
+    #[argh(option)]
+    pub tokenizer: Option<PathBuf>,
+    /// output directory (default: a fresh runs/<timestamp>)
+    #[argh(option)]
+    pub out: Option<PathBuf>,
+    /// continue the run in this directory (or checkpoint) exactly where it stopped
+    #[argh(option)]
+    pub resume: Option<PathBuf>,
+    /// start from this checkpoint's weights (e.g. an imported GPT-2), with a fresh optimizer
+    #[argh(option)]
+    pub init: Option<PathBuf>,
+    /// also save a checkpoint every N steps (always at the end of every epoch and at the end)
+    #[argh(option)]
+    pub checkpoint_every: Option<u64>,
+    /// worker threads (default: one per core)
+    #[argh(option)]
+    pub threads: Option<usize>,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Flags of `ember-train eval`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "eval")]
+/// loss and perplexity of a checkpoint on text files
+pub struct EvalArgs {
+    /// the checkpoint (a run directory, checkpoints/ directory or step directory)
+    #[argh(positional)]
+    pub checkpoint: PathBuf,
+    /// a UTF-8 text file (repeatable)
+    #[argh(option)]
+    pub data: Vec<PathBuf>,
+    /// window length (default: the run's, else the model's context)
+    #[argh(option)]
+    pub context: Option<usize>,
+    /// windows per forward pass (default 4)
+    #[argh(option)]
+    pub batch: Option<usize>,
+    /// worker threads (default: one per core)
+    #[argh(option)]
+    pub threads: Option<usize>,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Flags of `ember-train tokenizer`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "tokenizer")]
+/// train a byte-level BPE tokenizer and write it as a metadata-only .ember file
+pub struct TokenizerArgs {
+    /// a UTF-8 text file (repeatable)
+    #[argh(option)]
+    pub data: Vec<PathBuf>,
+    /// number of ids: 256 bytes + merges + <|endoftext|> (at least 257)
+    #[argh(option)]
+    pub vocab_size: usize,
+    /// the tokenizer file to write
+    #[argh(option)]
+    pub out: PathBuf,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Flags of `ember-train export`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "export")]
+/// export a checkpoint to one .ember model file (f32, f16 or int8)
+pub struct ExportArgs {
+    /// the checkpoint (a run directory, checkpoints/ directory or step directory)
+    #[argh(positional)]
+    pub checkpoint: PathBuf,
+    /// weight dtype: f32, f16 or int8
+    #[argh(option)]
+    pub dtype: String,
+    /// the .ember file to write
+    #[argh(option)]
+    pub out: PathBuf,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Flags of `ember-train import`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "import")]
+/// import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint
+pub struct ImportArgs {
+    /// a .safetensors file or a directory holding model.safetensors (+ config.json, vocab.json, merges.txt)
+    #[argh(option)]
+    pub from: PathBuf,
+    /// the checkpoint directory to write
+    #[argh(option)]
+    pub out: PathBuf,
+    /// number of attention heads (book-layout files do not record it)
+    #[argh(option)]
+    pub heads: Option<usize>,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
+/// Where human output goes. `log` receives progress (stderr); `out` the final summary (stdout,
+/// or stderr under `--json`); `tty` says whether `log` is a terminal (progress bar) or not (one
+/// line per evaluation).
+pub struct Console<'a> {
+    /// Progress and notes.
+    pub log: &'a mut (dyn Write + Send),
+    /// The final human summary.
+    pub out: &'a mut (dyn Write + Send),
+    /// Whether `log` is a terminal.
+    pub tty: bool,
+}
+
+impl fmt::Debug for Console<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Console").field("tty", &self.tty).finish()
+    }
+}
+
+/// Writes a line to `log`, ignoring a closed stream (output is best effort; results are not).
+#[macro_export]
+macro_rules! note {
+    ($con:expr, $($arg:tt)*) => {{
+        let _ = writeln!($con.log, $($arg)*);
+    }};
+}
+
+/// Writes a line to `out`.
+#[macro_export]
+macro_rules! say {
+    ($con:expr, $($arg:tt)*) => {{
+        let _ = writeln!($con.out, $($arg)*);
+    }};
+}
+
+/// A failed command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CliError {
+    /// The flags are inconsistent (exit code 2).
+    Usage(String),
+    /// The command failed (exit code 1).
+    Failed(String),
+}
+
+impl CliError {
+    /// The process exit code for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            CliError::Usage(_) => 2,
+            CliError::Failed(_) => 1,
+        }
+    }
+}
+
+impl fmt::Display for CliError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CliError::Usage(m) | CliError::Failed(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for CliError {}
+
+/// A finished command: its JSON result and exit code (0, or 130 after Ctrl-C).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Outcome {
+    /// The `--json` object.
+    pub json: serde_json::Value,
+    /// The process exit code.
+    pub exit_code: i32,
+}
+
+/// Runs a parsed command.
+pub fn run(args: Args, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    match args.command {
+        Command::Pretrain(a) => pretrain::run(a, con),
+        Command::Eval(a) => commands::eval(a, con),
+        Command::Tokenizer(a) => commands::tokenizer(a, con),
+        Command::Export(a) => commands::export(a, con),
+        Command::Import(a) => commands::import(a, con),
+    }
+}
+
+/// Runs `f` in a rayon pool of `threads` threads (the global pool when `None`).
+pub fn with_threads<T: Send>(
+    threads: Option<usize>,
+    f: impl FnOnce() -> T + Send,
+) -> Result<T, CliError> {
+    match threads {
+        None => Ok(f()),
+        Some(0) => Err(CliError::Usage("--threads must be at least 1".into())),
+        Some(n) => {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(n)
+                .build()
+                .map_err(|e| CliError::Failed(format!("--threads {n}: {e}")))?;
+            Ok(pool.install(f))
+        }
+    }
+}
+
+/// Seconds as `1h02m`, `3m05s` or `12.3s`.
+pub fn fmt_duration(secs: f64) -> String {
+    if !secs.is_finite() || secs < 0.0 {
+        return "?".into();
+    }
+    let s = secs.round() as u64;
+    if s >= 3600 {
+        format!("{}h{:02}m", s / 3600, (s % 3600) / 60)
+    } else if s >= 60 {
+        format!("{}m{:02}s", s / 60, s % 60)
+    } else {
+        format!("{secs:.1}s")
+    }
+}
+
+/// A path for display in a command the user can paste: quoted when it has spaces.
+pub fn shell_path(p: &std::path::Path) -> String {
+    let s = p.display().to_string();
+    if s.chars()
+        .all(|c| c.is_ascii_alphanumeric() || "/._-+:@,".contains(c))
+    {
+        s
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_read_well() {
+        assert_eq!(fmt_duration(12.34), "12.3s");
+        assert_eq!(fmt_duration(185.0), "3m05s");
+        assert_eq!(fmt_duration(3720.0), "1h02m");
+        assert_eq!(fmt_duration(f64::NAN), "?");
+    }
+
+    #[test]
+    fn paths_are_quoted_for_the_shell() {
+        assert_eq!(shell_path(std::path::Path::new("runs/a-1")), "runs/a-1");
+        assert_eq!(shell_path(std::path::Path::new("my run")), "'my run'");
+        assert_eq!(shell_path(std::path::Path::new("it's")), r"'it'\''s'");
+    }
+
+    #[test]
+    fn pretrain_takes_no_required_flags_and_repeats_data() {
+        let a = Args::from_args(
+            &["ember-train"],
+            &[
+                "pretrain",
+                "--data",
+                "a.txt",
+                "--data",
+                "b.txt",
+                "--decay-2d-only",
+            ],
+        )
+        .unwrap();
+        match a.command {
+            Command::Pretrain(p) => {
+                assert_eq!(p.data.len(), 2);
+                assert!(p.decay_2d_only);
+                assert_eq!(p.lr, None);
+            }
+            _ => panic!("not pretrain"),
+        }
+        let a = Args::from_args(&["ember-train"], &["pretrain"]).unwrap();
+        assert!(!a.json());
+    }
+}

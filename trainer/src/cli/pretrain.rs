@@ -1,0 +1,1247 @@
+//! `ember-train pretrain`: the book's `train_model_simple` (ch05) with appendix D's extras.
+//!
+//! Per optimizer step: zero the gradients; `grad_accum` micro-batches of forward + backward
+//! (dropout seeded by (run seed, step, micro-batch)); gradients scaled by 1/grad_accum; global
+//! norm computed (and clipped with `--clip`); learning rate from the schedule; AdamW. Every
+//! `--eval-every` steps (counting from the first, as the book's `global_step % eval_freq == 0`)
+//! the mean loss of `--eval-batches` training and validation batches with dropout off; after every
+//! epoch a greedy sample of `--prompt`. Checkpoints at the end of every epoch, every
+//! `--checkpoint-every` steps, at the end, and on Ctrl-C; `--resume` continues bit-for-bit.
+//!
+//! Letters: B batch, T window length (context), V vocabulary, N parameters.
+
+use super::progress::{Progress, Status};
+use super::{CliError, Console, Outcome, PretrainArgs, fmt_duration, sample, shell_path, signal};
+use crate::adamw::{AdamW, AdamWConfig, DecayPolicy, LrSchedule, clip_grad_norm, grad_norm};
+use crate::checkpoint::{
+    self, Contents, DataRef, Hyper, Loaded, RngState, TokenizerRef, TrainerState,
+};
+use crate::corpus;
+use crate::data::{self, CacheStatus, DataError, Windows, mix64};
+use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
+use crate::plot::{LossRow, to_csv, to_svg};
+use crate::{note, say};
+use emberlm_formats::config::GptConfig;
+use emberlm_formats::ember::write_atomically;
+use emberlm_formats::tokenizer::{Tokenizer, TrainOptions, train_bpe};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The small default model (and the main job's): L, H, C, T.
+const DEFAULT_LAYERS: usize = 4;
+const DEFAULT_HEADS: usize = 4;
+const DEFAULT_DIM: usize = 128;
+const DEFAULT_CONTEXT: usize = 64;
+/// BPE vocabulary trained on the built-in corpus.
+const BUILTIN_VOCAB: usize = 1024;
+/// Batch size: small models, and the presets (the book's 2).
+const DEFAULT_BATCH: usize = 8;
+const PRESET_BATCH: usize = 2;
+const DEFAULT_EPOCHS: u64 = 10;
+const DEFAULT_LR: f32 = 4e-4;
+/// Appendix D's `train_model` defaults.
+const DEFAULT_MIN_LR: f32 = 1e-6;
+const DEFAULT_INITIAL_LR: f32 = 3e-5;
+const DEFAULT_WEIGHT_DECAY: f64 = 0.1;
+const DEFAULT_DROPOUT: f32 = 0.1;
+const DEFAULT_SEED: u64 = 123;
+const DEFAULT_EVAL_EVERY: u64 = 5;
+const DEFAULT_EVAL_BATCHES: usize = 5;
+const DEFAULT_PROMPT: &str = "Every effort moves you";
+const DEFAULT_SAMPLE_TOKENS: usize = 50;
+
+/// The main job (no --data): windows overlap (stride T/4) so an epoch is long enough to see the
+/// loss move between samples, and the sample prompt is a phrase of the built-in corpus.
+const MAIN_STRIDE_DIVISOR: usize = 4;
+const MAIN_PROMPT: &str = "The trainer";
+const MAIN_EPOCHS: u64 = 6;
+const MAIN_LR: f32 = 1e-3;
+
+/// A step whose loss exceeds this many times max(first loss, ln V) has diverged.
+const EXPLODE_FACTOR: f32 = 3.0;
+
+/// Where a run's files go.
+#[derive(Debug)]
+struct OutFiles {
+    dir: PathBuf,
+    csv: PathBuf,
+    svg: PathBuf,
+}
+
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn failed(msg: impl Into<String>) -> CliError {
+    CliError::Failed(msg.into())
+}
+
+/// Runs `ember-train pretrain`.
+pub fn run(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let threads = a.threads;
+    super::with_threads(threads, || train(a, con))?
+}
+
+/// Flags that fix the run and so cannot change on `--resume`.
+fn fixed_flags_given(a: &PretrainArgs) -> Vec<&'static str> {
+    let mut v = Vec::new();
+    let mut chk = |given: bool, name: &'static str| {
+        if given {
+            v.push(name);
+        }
+    };
+    chk(a.config.is_some(), "--config");
+    chk(a.layers.is_some(), "--layers");
+    chk(a.heads.is_some(), "--heads");
+    chk(a.dim.is_some(), "--dim");
+    chk(a.context.is_some(), "--context");
+    chk(a.vocab.is_some(), "--vocab");
+    chk(a.stride.is_some(), "--stride");
+    chk(a.batch.is_some(), "--batch");
+    chk(a.lr.is_some(), "--lr");
+    chk(a.min_lr.is_some(), "--min-lr");
+    chk(a.initial_lr.is_some(), "--initial-lr");
+    chk(a.warmup_steps.is_some(), "--warmup-steps");
+    chk(a.schedule.is_some(), "--schedule");
+    chk(a.weight_decay.is_some(), "--weight-decay");
+    chk(a.decay_2d_only, "--decay-2d-only");
+    chk(a.clip.is_some(), "--clip");
+    chk(a.grad_accum.is_some(), "--grad-accum");
+    chk(a.dropout.is_some(), "--dropout");
+    chk(a.qkv_bias, "--qkv-bias");
+    chk(a.tied_head, "--tied-head");
+    chk(a.seed.is_some(), "--seed");
+    chk(a.init_scheme.is_some(), "--init-scheme");
+    chk(a.eval_every.is_some(), "--eval-every");
+    chk(a.eval_batches.is_some(), "--eval-batches");
+    chk(a.prompt.is_some(), "--prompt");
+    chk(a.sample_tokens.is_some(), "--sample-tokens");
+    chk(a.tokenizer.is_some(), "--tokenizer");
+    chk(a.init.is_some(), "--init");
+    v
+}
+
+/// Checks the numeric flags' ranges.
+fn validate_numbers(h: &Hyper) -> Result<(), CliError> {
+    let pos_f = |v: f32, name: &str| {
+        if v.is_finite() && v > 0.0 {
+            Ok(())
+        } else {
+            Err(usage(format!("{name} {v}: must be a positive number")))
+        }
+    };
+    pos_f(h.lr, "--lr")?;
+    if !(h.min_lr.is_finite() && h.min_lr >= 0.0) {
+        return Err(usage(format!("--min-lr {}: must be >= 0", h.min_lr)));
+    }
+    if !(h.initial_lr.is_finite() && h.initial_lr >= 0.0) {
+        return Err(usage(format!(
+            "--initial-lr {}: must be >= 0",
+            h.initial_lr
+        )));
+    }
+    if let Some(c) = h.clip {
+        pos_f(c, "--clip")?;
+    }
+    if !(h.weight_decay.is_finite() && h.weight_decay >= 0.0) {
+        return Err(usage(format!(
+            "--weight-decay {}: must be >= 0",
+            h.weight_decay
+        )));
+    }
+    if !(h.dropout.is_finite() && (0.0..1.0).contains(&h.dropout)) {
+        return Err(usage(format!("--dropout {}: must be in [0, 1)", h.dropout)));
+    }
+    for (v, name) in [
+        (h.batch, "--batch"),
+        (h.stride, "--stride"),
+        (h.grad_accum, "--grad-accum"),
+        (h.eval_batches, "--eval-batches"),
+        (h.context, "--context"),
+    ] {
+        if v == 0 {
+            return Err(usage(format!("{name} must be at least 1")));
+        }
+    }
+    if h.eval_every == 0 {
+        return Err(usage("--eval-every must be at least 1"));
+    }
+    if h.schedule != "constant" && h.schedule != "cosine" {
+        return Err(usage(format!(
+            "--schedule {:?}: expected constant or cosine",
+            h.schedule
+        )));
+    }
+    Ok(())
+}
+
+/// The learning rate of step `s` (from 0): linear warmup from `initial_lr`, then constant or
+/// cosine decay to `min_lr` at `total_steps` (appendix D).
+fn lr_at(h: &Hyper, s: u64) -> f32 {
+    if h.schedule == "cosine" {
+        LrSchedule {
+            initial_lr: h.initial_lr,
+            peak_lr: h.lr,
+            min_lr: h.min_lr,
+            warmup_steps: h.warmup_steps,
+            total_steps: h.total_steps,
+        }
+        .lr(s)
+    } else if s < h.warmup_steps {
+        let (i, p) = (h.initial_lr as f64, h.lr as f64);
+        (i + s as f64 * (p - i) / h.warmup_steps as f64) as f32
+    } else {
+        h.lr
+    }
+}
+
+/// The dropout seed of micro-batch `micro` of step `step`.
+fn dropout_seed(rng: &RngState, step: u64, micro: usize) -> u64 {
+    mix64(rng.dropout_seed ^ mix64(step.wrapping_mul(0x1_0000).wrapping_add(micro as u64)))
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (`None` where unknown).
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+fn gib(b: u64) -> String {
+    format!("{:.1} GiB", b as f64 / (1u64 << 30) as f64)
+}
+
+/// `runs/YYYYMMDD-HHMMSS` (UTC), with a suffix if it exists.
+fn fresh_run_dir() -> PathBuf {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86400, secs % 86400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    let base = format!(
+        "runs/{y:04}{m:02}{d:02}-{:02}{:02}{:02}",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    );
+    let mut p = PathBuf::from(&base);
+    let mut k = 2;
+    while p.exists() {
+        p = PathBuf::from(format!("{base}-{k}"));
+        k += 1;
+    }
+    p
+}
+
+/// Everything the training loop needs, resolved from the flags or the checkpoint.
+struct Setup {
+    cfg: GptConfig,
+    hyper: Hyper,
+    tokenizer: Tokenizer,
+    tok_ref: TokenizerRef,
+    data_refs: Vec<DataRef>,
+    /// How the data is named in errors (`--data FILE`, `the built-in corpus`).
+    data_name: String,
+    train: Windows,
+    val: Windows,
+    batches_per_epoch: usize,
+    steps_per_epoch: u64,
+    files: OutFiles,
+    /// The state to continue from, when resuming.
+    resume: Option<Loaded>,
+    /// Initial parameters from `--init`.
+    init_params: Option<Vec<f32>>,
+}
+
+fn data_error(name: &str, e: DataError) -> CliError {
+    match e {
+        DataError::TooShort { .. } => failed(format!("{name}: {e}")),
+        _ => failed(format!("--data {e}")),
+    }
+}
+
+fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
+    if a.epochs.is_some() && a.steps.is_some() {
+        return Err(usage("give --epochs or --steps, not both"));
+    }
+    if a.epochs == Some(0) || a.steps == Some(0) {
+        return Err(usage("--epochs and --steps must be at least 1"));
+    }
+    if a.checkpoint_every == Some(0) {
+        return Err(usage("--checkpoint-every must be at least 1"));
+    }
+    if a.resume.is_some() && a.init.is_some() {
+        return Err(usage("give --resume or --init, not both"));
+    }
+    // 1. Where we start: a run to resume, weights to start from, or nothing.
+    let resume = match &a.resume {
+        Some(p) => {
+            let fixed = fixed_flags_given(a);
+            if !fixed.is_empty() {
+                return Err(usage(format!(
+                    "{} cannot be changed on --resume (the run's settings come from its checkpoint; \
+                     only --epochs/--steps, --data, --out, --checkpoint-every, --threads and --json may be given)",
+                    fixed.join(", ")
+                )));
+            }
+            let l = checkpoint::load(p, true).map_err(|e| failed(format!("--resume {e}")))?;
+            if l.state.hyper.is_none() {
+                return Err(failed(format!(
+                    "--resume {}: this checkpoint was not written by a training run (kind {:?}); \
+                     use --init to start from its weights",
+                    p.display(),
+                    l.state.kind
+                )));
+            }
+            Some(l)
+        }
+        None => None,
+    };
+    let init = match &a.init {
+        Some(p) => {
+            for (given, name) in [
+                (a.config.is_some(), "--config"),
+                (a.layers.is_some(), "--layers"),
+                (a.heads.is_some(), "--heads"),
+                (a.dim.is_some(), "--dim"),
+                (a.vocab.is_some(), "--vocab"),
+                (a.qkv_bias, "--qkv-bias"),
+                (a.tied_head, "--tied-head"),
+                (a.tokenizer.is_some(), "--tokenizer"),
+                (a.init_scheme.is_some(), "--init-scheme"),
+            ] {
+                if given {
+                    return Err(usage(format!(
+                        "{name} cannot be combined with --init: the model and its tokenizer come from the checkpoint"
+                    )));
+                }
+            }
+            Some(checkpoint::load(p, false).map_err(|e| failed(format!("--init {e}")))?)
+        }
+        None => None,
+    };
+
+    // 2. The data.
+    let builtin_stored = resume.as_ref().is_some_and(|l| {
+        l.state
+            .data
+            .first()
+            .is_some_and(|d| d.path.starts_with(corpus::PREFIX))
+    });
+    let builtin = a.data.is_empty() && (resume.is_none() || builtin_stored);
+    let mut texts: Vec<String> = Vec::new();
+    let mut data_refs = Vec::new();
+    if builtin {
+        for (name, text) in corpus::texts() {
+            data_refs.push(DataRef {
+                path: format!("{}{name}", corpus::PREFIX),
+                bytes: text.len() as u64,
+                hash: format!("{:016x}", data::fingerprint(text.as_bytes())),
+            });
+            texts.push(text.to_string());
+        }
+    } else {
+        let paths: Vec<PathBuf> = if !a.data.is_empty() {
+            a.data.clone()
+        } else {
+            let l = resume.as_ref().ok_or_else(|| usage("no data"))?;
+            l.state
+                .data
+                .iter()
+                .map(|d| PathBuf::from(&d.path))
+                .collect()
+        };
+        for p in &paths {
+            let (t, src) = data::read_text(p).map_err(|e| failed(format!("--data {e}")))?;
+            data_refs.push(DataRef {
+                path: p.display().to_string(),
+                bytes: src.bytes,
+                hash: format!("{:016x}", src.hash),
+            });
+            texts.push(t);
+        }
+    }
+    if let Some(l) = &resume {
+        let same = l.state.data.len() == data_refs.len()
+            && l.state
+                .data
+                .iter()
+                .zip(&data_refs)
+                .all(|(x, y)| x.hash == y.hash && x.bytes == y.bytes);
+        if !same {
+            return Err(failed(format!(
+                "--resume: the data differs from the run's ({}); resuming would not reproduce the run \
+                 (pass the original files with --data)",
+                l.state
+                    .data
+                    .iter()
+                    .map(|d| format!("{} {} bytes {}", d.path, d.bytes, d.hash))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let data_name = if builtin {
+        "the built-in corpus".to_string()
+    } else {
+        format!(
+            "--data {}",
+            data_refs
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+
+    // 3. Tokenizer, configuration and hyperparameters.
+    let (tokenizer, tok_kind, cfg, hyper) = if let Some(l) = &resume {
+        let h = l
+            .state
+            .hyper
+            .clone()
+            .ok_or_else(|| failed("no hyperparameters"))?;
+        (
+            l.tokenizer.clone(),
+            l.state.tokenizer.kind.clone(),
+            l.config,
+            h,
+        )
+    } else {
+        let (tok, kind) = if let Some(l) = &init {
+            (l.tokenizer.clone(), l.state.tokenizer.kind.clone())
+        } else if let Some(p) = &a.tokenizer {
+            let t = checkpoint::read_tokenizer_file(p)
+                .map_err(|e| failed(format!("--tokenizer {e}")))?;
+            (t, "bpe".to_string())
+        } else if builtin {
+            let n = a.vocab.unwrap_or(BUILTIN_VOCAB);
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            let t0 = Instant::now();
+            let t = train_bpe(&refs, n, &TrainOptions::default())
+                .map_err(|e| usage(format!("--vocab {n}: {e}")))?;
+            note!(
+                con,
+                "tokenizer: trained a {}-id BPE vocabulary on the built-in corpus in {}",
+                t.vocab_size(),
+                fmt_duration(t0.elapsed().as_secs_f64())
+            );
+            (t, "bpe".to_string())
+        } else {
+            (Tokenizer::gpt2().clone(), "gpt2".to_string())
+        };
+        let cfg = if let Some(l) = &init {
+            l.config
+        } else {
+            let mut cfg = match &a.config {
+                Some(name) => {
+                    GptConfig::preset(name).map_err(|e| usage(format!("--config: {e}")))?
+                }
+                None => GptConfig {
+                    vocab_size: 0,
+                    context_length: DEFAULT_CONTEXT,
+                    dim: DEFAULT_DIM,
+                    n_layers: DEFAULT_LAYERS,
+                    n_heads: DEFAULT_HEADS,
+                    qkv_bias: false,
+                    tied_head: false,
+                },
+            };
+            cfg.n_layers = a.layers.unwrap_or(cfg.n_layers);
+            cfg.n_heads = a.heads.unwrap_or(cfg.n_heads);
+            cfg.dim = a.dim.unwrap_or(cfg.dim);
+            cfg.context_length = a.context.unwrap_or(cfg.context_length);
+            cfg.qkv_bias |= a.qkv_bias;
+            cfg.tied_head |= a.tied_head;
+            cfg.vocab_size = match a.vocab {
+                Some(v) if !builtin => {
+                    if v < tok.vocab_size() {
+                        return Err(usage(format!(
+                            "--vocab {v} is smaller than the tokenizer's {} ids",
+                            tok.vocab_size()
+                        )));
+                    }
+                    v
+                }
+                _ => tok.vocab_size(),
+            };
+            cfg.validate()
+                .map_err(|e| usage(format!("model configuration: {e}")))?;
+            cfg
+        };
+        let context = a.context.unwrap_or(cfg.context_length);
+        if context > cfg.context_length {
+            return Err(usage(format!(
+                "--context {context} is larger than the model's context length {} (from --init {})",
+                cfg.context_length,
+                a.init.as_deref().unwrap_or(Path::new("?")).display()
+            )));
+        }
+        let init_name = match (&a.init, a.init_scheme.as_deref()) {
+            (Some(p), _) => format!("checkpoint:{}", p.display()),
+            (None, None | Some("torch")) => "torch".to_string(),
+            (None, Some("gpt2")) => "gpt2".to_string(),
+            (None, Some(o)) => {
+                return Err(usage(format!(
+                    "--init-scheme {o:?}: expected torch or gpt2"
+                )));
+            }
+        };
+        let h = Hyper {
+            batch: a.batch.unwrap_or(if a.config.is_some() {
+                PRESET_BATCH
+            } else {
+                DEFAULT_BATCH
+            }),
+            context,
+            stride: a.stride.unwrap_or(if builtin {
+                (context / MAIN_STRIDE_DIVISOR).max(1)
+            } else {
+                context
+            }),
+            lr: a.lr.unwrap_or(if builtin { MAIN_LR } else { DEFAULT_LR }),
+            schedule: a.schedule.clone().unwrap_or_else(|| "constant".into()),
+            initial_lr: a.initial_lr.unwrap_or(DEFAULT_INITIAL_LR),
+            min_lr: a.min_lr.unwrap_or(DEFAULT_MIN_LR),
+            warmup_steps: a.warmup_steps.unwrap_or(0),
+            weight_decay: a.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+            decay_2d_only: a.decay_2d_only,
+            clip: a.clip,
+            grad_accum: a.grad_accum.unwrap_or(1),
+            dropout: a.dropout.unwrap_or(DEFAULT_DROPOUT),
+            seed: a.seed.unwrap_or(DEFAULT_SEED),
+            eval_every: a.eval_every.unwrap_or(DEFAULT_EVAL_EVERY),
+            eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
+            prompt: a
+                .prompt
+                .clone()
+                .unwrap_or_else(|| if builtin { MAIN_PROMPT } else { DEFAULT_PROMPT }.to_string()),
+            sample_tokens: a.sample_tokens.unwrap_or(DEFAULT_SAMPLE_TOKENS),
+            total_steps: 0,
+            init: init_name,
+        };
+        validate_numbers(&h)?;
+        (tok, kind, cfg, h)
+    };
+    let mut hyper = hyper;
+    let tok_ref = TokenizerRef {
+        kind: tok_kind,
+        vocab_size: tokenizer.vocab_size(),
+        hash: format!("{:016x}", data::tokenizer_fingerprint(&tokenizer)),
+    };
+
+    // 4. Memory, before any large allocation: training state plus the sampler's model copy.
+    let need = memory_estimate(&cfg, hyper.batch, hyper.context)
+        .saturating_add((cfg.param_count() as u64).saturating_mul(8));
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            return Err(failed(format!(
+                "--batch {} --context {}: training this {}-parameter model needs about {} (parameters, \
+                 gradients, AdamW moments, activations) but only {} is available (MemAvailable); \
+                 lower --batch (use --grad-accum to keep the effective batch) or --context",
+                hyper.batch,
+                hyper.context,
+                cfg.param_count(),
+                gib(need),
+                gib(avail)
+            )));
+        }
+    }
+
+    // 5. Tokens and windows.
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let (splits, status) = data::load_splits(
+        &refs,
+        &tokenizer,
+        data::TRAIN_RATIO,
+        data::cache_dir().as_deref(),
+    );
+    match status {
+        CacheStatus::Hit(p) => note!(
+            con,
+            "data: {} + {} tokens read from the cache {} (not re-tokenized)",
+            splits.train.len(),
+            splits.val.len(),
+            p.display()
+        ),
+        CacheStatus::Stored(p) => note!(
+            con,
+            "data: tokenized {} + {} tokens in {}; cached in {}",
+            splits.train.len(),
+            splits.val.len(),
+            fmt_duration(t0.elapsed().as_secs_f64()),
+            p.display()
+        ),
+        CacheStatus::Unavailable(why) => note!(
+            con,
+            "data: tokenized {} + {} tokens (not cached: {why})",
+            splits.train.len(),
+            splits.val.len()
+        ),
+    }
+    let t = hyper.context;
+    let train = Windows::new(splits.train, t, hyper.stride, "training")
+        .map_err(|e| data_error(&data_name, e))?;
+    let val = Windows::new(splits.val, t, hyper.stride, "validation")
+        .map_err(|e| data_error(&data_name, e))?;
+    let batches_per_epoch = train.num_batches(hyper.batch, true);
+    let steps_per_epoch = (batches_per_epoch / hyper.grad_accum) as u64;
+    if steps_per_epoch == 0 {
+        return Err(failed(format!(
+            "{data_name}: the training split has {} windows of {t} tokens (stride {}), not enough for one step of \
+             --batch {} × --grad-accum {}; lower --batch, --grad-accum, --context or --stride, or give more text",
+            train.len(),
+            hyper.stride,
+            hyper.batch,
+            hyper.grad_accum
+        )));
+    }
+    hyper.total_steps = match (a.steps, a.epochs, &resume) {
+        (Some(s), _, _) => s,
+        (None, Some(e), _) => e * steps_per_epoch,
+        (None, None, Some(_)) => hyper.total_steps,
+        (None, None, None) => steps_per_epoch * if builtin { MAIN_EPOCHS } else { DEFAULT_EPOCHS },
+    };
+
+    // 6. The output directory.
+    let out_dir = match (&a.out, &resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(l)) => {
+            let root = l
+                .dir
+                .parent()
+                .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+            match root.and_then(Path::parent) {
+                Some(d) => d.to_path_buf(),
+                None => {
+                    return Err(usage(format!(
+                        "--resume {}: not inside a run directory; give --out",
+                        l.dir.display()
+                    )));
+                }
+            }
+        }
+        (None, None) => fresh_run_dir(),
+    };
+    if resume.is_none() && out_dir.join("checkpoints").exists() {
+        return Err(usage(format!(
+            "--out {}: already holds a training run; continue it with --resume {} or choose another --out",
+            out_dir.display(),
+            shell_path(&out_dir)
+        )));
+    }
+    std::fs::create_dir_all(&out_dir).map_err(|e| {
+        failed(format!(
+            "--out {}: {}",
+            out_dir.display(),
+            data::io_reason(&e)
+        ))
+    })?;
+    let files = OutFiles {
+        csv: out_dir.join("loss.csv"),
+        svg: out_dir.join("loss.svg"),
+        dir: out_dir,
+    };
+    let init_params = init.map(|l| l.params);
+    Ok(Setup {
+        cfg,
+        hyper,
+        tokenizer,
+        tok_ref,
+        data_refs,
+        data_name,
+        train,
+        val,
+        batches_per_epoch,
+        steps_per_epoch,
+        files,
+        resume,
+        init_params,
+    })
+}
+
+/// Mean of the per-batch mean losses over the first `max_batches` batches of `w` in `order`
+/// (the book's `calc_loss_loader`); NaN when there is no batch.
+fn mean_loss(
+    model: &mut Gpt,
+    w: &Windows,
+    order: &[usize],
+    b: usize,
+    max_batches: usize,
+    drop_last: bool,
+    (x, y): (&mut Vec<u32>, &mut Vec<i32>),
+) -> Result<f32, CliError> {
+    let nb = w.num_batches(b, drop_last).min(max_batches);
+    if nb == 0 {
+        return Ok(f32::NAN);
+    }
+    let mut sum = 0f64;
+    for i in 0..nb {
+        let idx = &order[i * b..((i + 1) * b).min(order.len())];
+        w.fill(idx, x, y);
+        let l = model
+            .forward(x, Some(y), idx.len(), w.context, Mode::Eval)
+            .map_err(|e| failed(format!("evaluation: {e}")))?;
+        sum += l.unwrap_or(f32::NAN) as f64;
+    }
+    Ok((sum / nb as f64) as f32)
+}
+
+fn write_curves(files: &OutFiles, rows: &[LossRow]) -> Result<(), CliError> {
+    let csv = to_csv(rows);
+    write_atomically(&files.csv, |w| w.write_all(csv.as_bytes()))
+        .map_err(|e| failed(format!("{}: {}", files.csv.display(), data::io_reason(&e))))?;
+    let title = format!("ember-train: loss ({})", files.dir.display());
+    let svg = to_svg(rows, &title);
+    write_atomically(&files.svg, |w| w.write_all(svg.as_bytes()))
+        .map_err(|e| failed(format!("{}: {}", files.svg.display(), data::io_reason(&e))))
+}
+
+/// Training progress that goes into `trainer.json`.
+struct Cursor {
+    step: u64,
+    epoch: u64,
+    pos: usize,
+    tokens_seen: u64,
+    first_loss: Option<f32>,
+    train_seconds: f64,
+    history: Vec<LossRow>,
+}
+
+fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let wall = Instant::now();
+    let s = setup(&a, con)?;
+    let Setup {
+        cfg,
+        hyper: h,
+        tokenizer: tok,
+        tok_ref,
+        data_refs,
+        data_name,
+        train,
+        val,
+        batches_per_epoch,
+        steps_per_epoch,
+        files,
+        resume,
+        init_params,
+    } = s;
+    let t = h.context;
+    let threads = rayon::current_num_threads();
+
+    // Model and optimizer.
+    let (mut model, rng, mut cur, mut opt_state) = match resume {
+        Some(l) => {
+            let model =
+                Gpt::from_params(cfg, l.params).map_err(|e| failed(format!("--resume: {e}")))?;
+            let st = l.state;
+            (
+                model,
+                st.rng,
+                Cursor {
+                    step: st.step,
+                    epoch: st.epoch,
+                    pos: st.batch_in_epoch,
+                    tokens_seen: st.tokens_seen,
+                    first_loss: st.first_loss,
+                    train_seconds: st.train_seconds,
+                    history: st.history,
+                },
+                Some((st.adam_step.unwrap_or(st.step), l.moments)),
+            )
+        }
+        None => {
+            let model = match init_params {
+                Some(p) => Gpt::from_params(cfg, p).map_err(|e| failed(format!("--init: {e}")))?,
+                None => {
+                    let scheme = if h.init == "gpt2" {
+                        Init::Gpt2
+                    } else {
+                        Init::TorchDefault
+                    };
+                    Gpt::new(cfg, scheme, h.seed).map_err(|e| failed(format!("model: {e}")))?
+                }
+            };
+            let rng = RngState {
+                shuffle_seed: mix64(h.seed ^ 1),
+                dropout_seed: mix64(h.seed ^ 2),
+                eval_seed: mix64(h.seed ^ 3),
+            };
+            let cur = Cursor {
+                step: 0,
+                epoch: 0,
+                pos: 0,
+                tokens_seen: 0,
+                first_loss: None,
+                train_seconds: 0.0,
+                history: Vec::new(),
+            };
+            (model, rng, cur, None)
+        }
+    };
+    model.dropout = DropoutRates::uniform(h.dropout);
+    let policy = if h.decay_2d_only {
+        DecayPolicy::MatricesOnly
+    } else {
+        DecayPolicy::All
+    };
+    let mut opt = AdamW::new(
+        AdamWConfig {
+            weight_decay: h.weight_decay,
+            ..AdamWConfig::default()
+        },
+        model.decay_mask(policy),
+    );
+    if let Some((adam_step, Some((m, v)))) = opt_state.take() {
+        opt.restore(adam_step, &m, &v)
+            .map_err(|e| failed(format!("--resume: optimizer state: {e}")))?;
+    }
+
+    let resumed = cur.step > 0;
+    note!(
+        con,
+        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters); {} threads",
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        cfg.param_count() as f64 / 1e6,
+        threads
+    );
+    note!(
+        con,
+        "data: {data_name}: {} training windows ({} batches of {} per epoch), {} validation windows; \
+         {} steps per epoch, {} steps in all",
+        train.len(),
+        batches_per_epoch,
+        h.batch,
+        val.len(),
+        steps_per_epoch,
+        h.total_steps
+    );
+    if resumed {
+        note!(
+            con,
+            "resuming at step {} (epoch {}, batch {} of the epoch)",
+            cur.step,
+            cur.epoch + 1,
+            cur.pos
+        );
+    }
+    note!(con, "output: {}", files.dir.display());
+    write_curves(&files, &cur.history)?;
+
+    let ga = h.grad_accum;
+    let (b, total) = (h.batch, h.total_steps);
+    let step_tokens = (ga * b * t) as u64;
+    let mut order = data::epoch_order(train.len(), rng.shuffle_seed, cur.epoch);
+    let val_order: Vec<usize> = (0..val.len()).collect();
+    let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
+    let mut progress = Progress::new(con.tty);
+    let session_t0 = Instant::now();
+    let session_step0 = cur.step;
+    let mut session_train_s = 0f64;
+    let mut last_ckpt: Option<PathBuf> = None;
+    let mut last_sample: Option<(u64, String)> = None;
+    let ln_v = (cfg.vocab_size as f32).ln();
+
+    let save = |cur: &Cursor, model: &Gpt, opt: &AdamW| -> Result<PathBuf, CliError> {
+        let state = TrainerState {
+            format: checkpoint::FORMAT.into(),
+            version: checkpoint::VERSION,
+            kind: "pretrain".into(),
+            config: cfg.into(),
+            step: cur.step,
+            epoch: cur.epoch,
+            batch_in_epoch: cur.pos,
+            tokens_seen: cur.tokens_seen,
+            first_loss: cur.first_loss,
+            train_seconds: cur.train_seconds,
+            adam_step: Some(opt.step_count()),
+            rng: rng.clone(),
+            hyper: Some(h.clone()),
+            data: data_refs.clone(),
+            tokenizer: tok_ref.clone(),
+            history: cur.history.clone(),
+            source: None,
+        };
+        let shapes = cfg.tensor_shapes();
+        checkpoint::save_run(
+            &files.dir,
+            &Contents {
+                state: &state,
+                shapes: &shapes,
+                params: model.params(),
+                moments: Some((opt.m(), opt.v())),
+                tokenizer: &tok,
+            },
+        )
+        .map_err(|e| failed(format!("saving the checkpoint: {e}")))
+    };
+    let diverged = |step: u64, what: String, last: &Option<PathBuf>| {
+        failed(format!(
+            "training diverged at step {step}: {what}; lower --lr (now {}) or add --clip 1.0. {}",
+            h.lr,
+            match last {
+                Some(p) => format!("The last good checkpoint is intact: {}", p.display()),
+                None => "No checkpoint had been written yet.".to_string(),
+            }
+        ))
+    };
+
+    while cur.step < total {
+        if cur.pos + ga > batches_per_epoch {
+            cur.epoch += 1;
+            cur.pos = 0;
+            order = data::epoch_order(train.len(), rng.shuffle_seed, cur.epoch);
+        }
+        let t0 = Instant::now();
+        let step_no = cur.step + 1;
+        model.zero_grad();
+        let mut loss_sum = 0f64;
+        for micro in 0..ga {
+            let idx = &order[cur.pos * b..(cur.pos + 1) * b];
+            train.fill(idx, &mut x, &mut y);
+            let seed = dropout_seed(&rng, cur.step, micro);
+            let loss = model
+                .forward(&x, Some(&y), b, t, Mode::Train { seed })
+                .map_err(|e| failed(format!("step {step_no}: {e}")))?
+                .unwrap_or(f32::NAN);
+            let limit = EXPLODE_FACTOR * cur.first_loss.unwrap_or(ln_v).max(ln_v);
+            if !loss.is_finite() || loss > limit {
+                return Err(diverged(step_no, format!("loss {loss}"), &last_ckpt));
+            }
+            model
+                .backward()
+                .map_err(|e| failed(format!("step {step_no}: {e}")))?;
+            loss_sum += loss as f64;
+            cur.pos += 1;
+        }
+        let loss = (loss_sum / ga as f64) as f32;
+        if ga > 1 {
+            let scale = 1.0 / ga as f32;
+            model.grads_mut().iter_mut().for_each(|g| *g *= scale);
+        }
+        let norm = match h.clip {
+            Some(c) => clip_grad_norm(model.grads_mut(), c),
+            None => grad_norm(model.grads()),
+        };
+        if !norm.is_finite() {
+            return Err(diverged(
+                step_no,
+                format!("gradient norm {norm}"),
+                &last_ckpt,
+            ));
+        }
+        let lr = lr_at(&h, cur.step);
+        let (p, g) = model.params_and_grads();
+        opt.step(p, g, lr)
+            .map_err(|e| failed(format!("step {step_no}: {e}")))?;
+        let dt = t0.elapsed().as_secs_f64();
+        cur.train_seconds += dt;
+        session_train_s += dt;
+        cur.tokens_seen += step_tokens;
+        cur.first_loss.get_or_insert(loss);
+        let done = cur.step; // 0-based index of the step just taken (the book's global_step)
+        cur.step += 1;
+        let session_steps = cur.step - session_step0;
+        let tok_s = (session_steps * step_tokens) as f64 / session_train_s.max(1e-9);
+        let eta =
+            session_t0.elapsed().as_secs_f64() / session_steps as f64 * (total - cur.step) as f64;
+        let status = Status {
+            step: cur.step,
+            total,
+            epoch: cur.epoch + 1,
+            loss,
+            lr,
+            tokens_per_s: tok_s,
+            eta,
+        };
+
+        if done % h.eval_every == 0 || cur.step == total {
+            let eval_order = data::epoch_order(train.len(), rng.eval_seed, done);
+            let tl = mean_loss(
+                &mut model,
+                &train,
+                &eval_order,
+                b,
+                h.eval_batches,
+                true,
+                (&mut x, &mut y),
+            )?;
+            let vl = mean_loss(
+                &mut model,
+                &val,
+                &val_order,
+                b,
+                h.eval_batches,
+                false,
+                (&mut x, &mut y),
+            )?;
+            cur.history.push(LossRow {
+                step: cur.step,
+                epoch: cur.epoch + 1,
+                tokens_seen: cur.tokens_seen,
+                lr,
+                train_loss: tl,
+                val_loss: vl,
+            });
+            write_curves(&files, &cur.history)?;
+            progress.line(
+                con.log,
+                &format!(
+                    "step {}/{total} | epoch {} | train loss {tl:.3} | val loss {vl:.3} | lr {lr:.2e} | {tok_s:.0} tok/s | ETA {}",
+                    cur.step,
+                    cur.epoch + 1,
+                    fmt_duration(eta)
+                ),
+            );
+        }
+        progress.update(con.log, &status, cur.step == total);
+
+        let epoch_end = cur.pos + ga > batches_per_epoch;
+        if epoch_end {
+            let text = sample::greedy(&model, &tok, &h.prompt, h.sample_tokens, threads)
+                .map_err(|e| failed(format!("sample after epoch {}: {e}", cur.epoch + 1)))?;
+            progress.line(
+                con.log,
+                &format!(
+                    "epoch {} sample: {}",
+                    cur.epoch + 1,
+                    text.replace('\n', " ")
+                ),
+            );
+            last_sample = Some((cur.step, text));
+            cur.epoch += 1;
+            cur.pos = 0;
+            order = data::epoch_order(train.len(), rng.shuffle_seed, cur.epoch);
+        }
+        let interrupted = signal::interrupted();
+        let periodic = a.checkpoint_every.is_some_and(|n| cur.step % n == 0);
+        if epoch_end || periodic || cur.step == total || interrupted {
+            last_ckpt = Some(save(&cur, &model, &opt)?);
+        }
+        if interrupted && cur.step < total {
+            progress.finish(con.log);
+            let ck = last_ckpt.clone().unwrap_or_default();
+            say!(
+                con,
+                "interrupted at step {}/{total}: checkpoint saved to {}\nresume with: ember-train pretrain --resume {}",
+                cur.step,
+                ck.display(),
+                shell_path(&files.dir)
+            );
+            return Ok(Outcome {
+                json: json!({
+                    "interrupted": true,
+                    "steps": cur.step,
+                    "total_steps": total,
+                    "out_dir": files.dir,
+                    "checkpoint": ck,
+                    "loss_csv": files.csv,
+                    "loss_plot": files.svg,
+                    "wall_seconds": wall.elapsed().as_secs_f64(),
+                }),
+                exit_code: 130,
+            });
+        }
+    }
+    progress.finish(con.log);
+
+    // Nothing ran (resumed a finished run): evaluate and save once so the summary is complete.
+    if cur.history.last().is_none_or(|r| r.step != cur.step) {
+        let eval_order = data::epoch_order(train.len(), rng.eval_seed, cur.step);
+        let tl = mean_loss(
+            &mut model,
+            &train,
+            &eval_order,
+            b,
+            h.eval_batches,
+            true,
+            (&mut x, &mut y),
+        )?;
+        let vl = mean_loss(
+            &mut model,
+            &val,
+            &val_order,
+            b,
+            h.eval_batches,
+            false,
+            (&mut x, &mut y),
+        )?;
+        cur.history.push(LossRow {
+            step: cur.step,
+            epoch: cur.epoch.max(1),
+            tokens_seen: cur.tokens_seen,
+            lr: lr_at(&h, cur.step.saturating_sub(1)),
+            train_loss: tl,
+            val_loss: vl,
+        });
+        write_curves(&files, &cur.history)?;
+    }
+    if last_ckpt.is_none() {
+        last_ckpt = Some(save(&cur, &model, &opt)?);
+    }
+    let sample_text = match last_sample {
+        Some((s, text)) if s == cur.step => text,
+        _ => sample::greedy(&model, &tok, &h.prompt, h.sample_tokens, threads)
+            .map_err(|e| failed(format!("final sample: {e}")))?,
+    };
+    let last = cur.history.last().copied();
+    let (tl, vl) = last.map_or((f32::NAN, f32::NAN), |r| (r.train_loss, r.val_loss));
+    let session_steps = cur.step - session_step0;
+    let tok_s = if session_train_s > 0.0 {
+        (session_steps * step_tokens) as f64 / session_train_s
+    } else {
+        0.0
+    };
+    let ckpt = last_ckpt.unwrap_or_default();
+    let wall_s = wall.elapsed().as_secs_f64();
+    let epochs = cur.step as f64 / steps_per_epoch as f64;
+    let out_dir = shell_path(&files.dir);
+    say!(
+        con,
+        "\nsample ({:?}, greedy, {} tokens):\n{}\n",
+        h.prompt,
+        h.sample_tokens,
+        sample_text
+    );
+    say!(
+        con,
+        "trained {} steps ({epochs:.2} epochs, {} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, {tok_s:.0} tokens/s",
+        cur.step,
+        cur.tokens_seen,
+        fmt_duration(wall_s)
+    );
+    say!(con, "checkpoint: {}", ckpt.display());
+    say!(
+        con,
+        "loss curve: {} and {}",
+        files.csv.display(),
+        files.svg.display()
+    );
+    say!(
+        con,
+        "export it and run it:\n  ember-train export {out_dir} --dtype int8 --out model.ember\n  ember generate model.ember --prompt {}",
+        shell_quote(&h.prompt)
+    );
+    Ok(Outcome {
+        json: json!({
+            "train_loss": finite_or_null(tl),
+            "val_loss": finite_or_null(vl),
+            "tokens_per_s": tok_s,
+            "steps": cur.step,
+            "epochs": epochs,
+            "tokens_seen": cur.tokens_seen,
+            "wall_seconds": wall_s,
+            "train_seconds": cur.train_seconds,
+            "out_dir": files.dir,
+            "checkpoint": ckpt,
+            "loss_csv": files.csv,
+            "loss_plot": files.svg,
+            "sample": sample_text,
+            "parameters": cfg.param_count(),
+            "config": checkpoint::ConfigJson::from(cfg),
+            "interrupted": false,
+        }),
+        exit_code: 0,
+    })
+}
+
+fn finite_or_null(v: f32) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// `s` quoted for a POSIX shell.
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hyper(schedule: &str) -> Hyper {
+        Hyper {
+            batch: 2,
+            context: 4,
+            stride: 4,
+            lr: 1e-3,
+            schedule: schedule.into(),
+            initial_lr: 1e-5,
+            min_lr: 1e-5,
+            warmup_steps: 27,
+            weight_decay: 0.1,
+            decay_2d_only: false,
+            clip: None,
+            grad_accum: 1,
+            dropout: 0.1,
+            seed: 123,
+            eval_every: 5,
+            eval_batches: 1,
+            prompt: String::new(),
+            sample_tokens: 1,
+            total_steps: 135,
+            init: "torch".into(),
+        }
+    }
+
+    #[test]
+    fn schedules_follow_appendix_d() {
+        let c = hyper("cosine");
+        // Warmup: 1e-5 + s·(1e-3 − 1e-5)/27.
+        assert!((lr_at(&c, 0) - 1e-5).abs() < 1e-12);
+        let want = 1e-5 + 13.0 * (1e-3 - 1e-5) / 27.0;
+        assert!((lr_at(&c, 13) as f64 - want).abs() < 1e-9);
+        assert!((lr_at(&c, 27) - 1e-3).abs() < 1e-9, "peak after warmup");
+        assert!((lr_at(&c, 135) - 1e-5).abs() < 1e-9, "min at the end");
+        let k = hyper("constant");
+        assert!((lr_at(&k, 0) - 1e-5).abs() < 1e-12);
+        assert_eq!(lr_at(&k, 27), 1e-3);
+        assert_eq!(lr_at(&k, 1000), 1e-3);
+        let mut none = hyper("constant");
+        none.warmup_steps = 0;
+        assert_eq!(lr_at(&none, 0), 1e-3);
+    }
+
+    #[test]
+    fn bad_numbers_are_usage_errors() {
+        let mut h = hyper("constant");
+        h.lr = f32::NAN;
+        assert!(matches!(validate_numbers(&h), Err(CliError::Usage(m)) if m.contains("--lr")));
+        let mut h = hyper("linear");
+        h.lr = 1e-3;
+        assert!(
+            matches!(validate_numbers(&h), Err(CliError::Usage(m)) if m.contains("--schedule"))
+        );
+        let mut h = hyper("constant");
+        h.dropout = 1.0;
+        assert!(matches!(validate_numbers(&h), Err(CliError::Usage(m)) if m.contains("--dropout")));
+        assert!(validate_numbers(&hyper("cosine")).is_ok());
+    }
+
+    #[test]
+    fn run_dirs_are_timestamped() {
+        let p = fresh_run_dir();
+        let s = p.to_string_lossy();
+        assert!(s.starts_with("runs/20"), "{s}");
+        assert_eq!(s.len(), "runs/YYYYMMDD-HHMMSS".len());
+    }
+}
