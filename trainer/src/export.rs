@@ -205,7 +205,7 @@ pub fn export_ember<'t>(
             }
             DType::Q8 => {
                 let cols = *entry.shape.last().unwrap_or(&1) as usize;
-                let rows = if cols == 0 { 0 } else { x.len() / cols };
+                let rows = x.len().checked_div(cols).unwrap_or(0);
                 let mut q = vec![0i8; x.len()];
                 let mut s = vec![f16::ZERO; rows * quant::q8_blocks_per_row(cols)];
                 quant::quantize_q8(x, cols, &mut q, &mut s)

@@ -300,8 +300,8 @@ pub struct Batch {
 }
 
 /// The book's `custom_collate_fn`: append one `pad` to every sequence, right-pad to the longest
-/// + 1, inputs = all but the last position, targets = all but the first, and every pad in the
-/// targets after the first one becomes [`IGNORE`]. `prompt_lens[i]` > 0 also ignores the first
+/// plus one, inputs = all but the last position, targets = all but the first, and every pad in
+/// the targets after the first one becomes [`IGNORE`]. `prompt_lens[i]` > 0 also ignores the first
 /// `prompt_lens[i] - 1` targets of row i (exercise 7.2: the prompt's tokens). `max_len` truncates.
 pub fn collate(
     seqs: &[Vec<u32>],
