@@ -576,8 +576,9 @@ pub struct Activations {
 }
 
 impl Activations {
-    /// Activations sized for `b × t` sequences of `cfg` (the model also creates them lazily).
-    pub fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<Activations, ModelError> {
+    /// Activations sized for `b × t` sequences of `cfg` (used by [`Gpt::reserve`]; forward also
+    /// grows them on demand).
+    pub(crate) fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<Activations, ModelError> {
         let mut a = Activations::default();
         let lay = ActLayout::new(cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
         a.ensure(&lay);
@@ -855,6 +856,28 @@ impl Gpt {
         } else {
             self.grads.par_chunks_mut(1 << 16).for_each(|g| g.fill(0.0));
         }
+    }
+
+    /// Allocates the gradients and the activations for batches up to `b × t` now (forward would
+    /// otherwise do it on first use), so a training run fails fast rather than mid-way. Check
+    /// [`memory_estimate`] first to refuse a batch that does not fit.
+    pub fn reserve(&mut self, b: usize, t: usize) -> Result<(), ModelError> {
+        if b == 0 || t == 0 {
+            return Err(ModelError::EmptyBatch { b, t });
+        }
+        if t > self.cfg.context_length {
+            return Err(ModelError::SequenceTooLong {
+                t,
+                context_length: self.cfg.context_length,
+            });
+        }
+        let needed = ActLayout::new(&self.cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
+        if self.acts.buf.len() < needed.total || self.acts.scratch.len() < needed.scratch {
+            self.acts = Activations::new(&self.cfg, b, t)?;
+            self.state = None;
+        }
+        self.ensure_grads();
+        Ok(())
     }
 
     /// Bytes held by the activations right now.
@@ -1747,8 +1770,15 @@ mod tests {
         );
         let small = tiny(false, false);
         let mut m = Gpt::new(small, Init::Gpt2, 1).unwrap();
+        m.reserve(1, 5).unwrap();
+        let reserved = m.activation_bytes();
         m.forward(&[1, 2, 3, 4, 5], Some(&[1, 2, 3, 4, 5]), 1, 5, Mode::Eval)
             .unwrap();
+        assert_eq!(
+            m.activation_bytes(),
+            reserved,
+            "forward reuses the reserved buffers"
+        );
         m.zero_grad();
         let held = (m.params.len() * 4 * 2 + m.activation_bytes()) as u64
             + (small.param_count() * 8) as u64;
