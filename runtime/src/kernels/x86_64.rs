@@ -7,7 +7,9 @@
 //!
 //! Matrix-vector products work on 4 rows at a time (x is loaded once per 4 rows) with one 8-lane
 //! accumulator per row, reduced with [`hsum4`]; column tails (C % 8, or the last short Q8 block)
-//! are scalar. Q8 weights are sign-extended to i32, converted to f32 and multiplied with x; each
+//! are scalar. The 4 rows are i, Q+i, 2Q+i, 3Q+i of the Q·4 rows asked for, not 4 neighbours: each
+//! of the 4 memory streams then runs through a contiguous quarter without restarting, which the
+//! hardware prefetchers follow (measured here on 768-wide rows: 22 GB/s against 14 for neighbours). Q8 weights are sign-extended to i32, converted to f32 and multiplied with x; each
 //! block's partial sum is then scaled by its f16 scale (converted with F16C).
 
 use super::Q8Matrix;
@@ -143,33 +145,37 @@ pub(super) fn matvec_f32_rows(_t: Avx2, w: &[f32], x: &[f32], y: &mut [f32], row
 fn matvec_f32_rows_avx2(w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
     let c = x.len();
     let c8 = c - c % 8;
-    let mut groups = y.chunks_exact_mut(4);
-    let mut r = row_start;
-    for y4 in &mut groups {
-        let w4 = &w[r * c..(r + 4) * c];
+    let n = y.len();
+    let q = n / 4;
+    // Rows i, q+i, 2q+i, 3q+i together: four memory streams that each run through a contiguous
+    // quarter of the rows without restarting, which the hardware prefetchers follow well.
+    let wq = &w[row_start * c..(row_start + 4 * q) * c];
+    for i in 0..q {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut j = 0;
         while j < c8 {
-            // SAFETY: j + 8 <= c8 <= c; `x` has c elements and `w4` has 4 rows of c.
+            // SAFETY: j + 8 <= c8 <= c; `x` has c elements and `wq` has 4q rows of c, of which
+            // rows i + k*q (k < 4, i < q) are read.
             unsafe {
                 let xv = _mm256_loadu_ps(x.as_ptr().add(j));
                 for (k, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(w4.as_ptr().add(k * c + j)), xv, *a);
+                    let p = wq.as_ptr().add((k * q + i) * c + j);
+                    *a = _mm256_fmadd_ps(_mm256_loadu_ps(p), xv, *a);
                 }
             }
             j += 8;
         }
-        let mut s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
-        for (k, s) in s.iter_mut().enumerate() {
+        let s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (k, mut s) in s.into_iter().enumerate() {
+            let row = &wq[(k * q + i) * c..(k * q + i + 1) * c];
             for jj in c8..c {
-                *s += w4[k * c + jj] * x[jj];
+                s += row[jj] * x[jj];
             }
+            y[k * q + i] = s;
         }
-        y4.copy_from_slice(&s);
-        r += 4;
     }
-    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
-        *yv = dot_f32_avx2(&w[(r + i) * c..(r + i + 1) * c], x);
+    for (i, yv) in y.iter_mut().enumerate().skip(4 * q) {
+        *yv = dot_f32_avx2(&w[(row_start + i) * c..(row_start + i + 1) * c], x);
     }
 }
 
@@ -182,35 +188,36 @@ pub(super) fn matvec_f16_rows(_t: Avx2, w: &[f16], x: &[f32], y: &mut [f32], row
 fn matvec_f16_rows_avx2(w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
     let c = x.len();
     let c8 = c - c % 8;
-    let mut groups = y.chunks_exact_mut(4);
-    let mut r = row_start;
-    for y4 in &mut groups {
-        let w4 = &w[r * c..(r + 4) * c];
+    let n = y.len();
+    let q = n / 4;
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see the f32 kernel).
+    let wq = &w[row_start * c..(row_start + 4 * q) * c];
+    for i in 0..q {
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut j = 0;
         while j < c8 {
-            // SAFETY: j + 8 <= c8 <= c; `x` has c elements and `w4` has 4 rows of c (f16 = 2
-            // bytes, so 8 of them are one unaligned 16-byte load).
+            // SAFETY: j + 8 <= c8 <= c; `x` has c elements and `wq` has 4q rows of c halves, of
+            // which rows i + k*q (k < 4, i < q) are read; 8 halves are one unaligned 16-byte load.
             unsafe {
                 let xv = _mm256_loadu_ps(x.as_ptr().add(j));
                 for (k, a) in acc.iter_mut().enumerate() {
-                    let wp = w4.as_ptr().add(k * c + j).cast::<__m128i>();
-                    *a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(wp)), xv, *a);
+                    let p = wq.as_ptr().add((k * q + i) * c + j).cast::<__m128i>();
+                    *a = _mm256_fmadd_ps(_mm256_cvtph_ps(_mm_loadu_si128(p)), xv, *a);
                 }
             }
             j += 8;
         }
-        let mut s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
-        for (k, s) in s.iter_mut().enumerate() {
+        let s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (k, mut s) in s.into_iter().enumerate() {
+            let row = &wq[(k * q + i) * c..(k * q + i + 1) * c];
             for jj in c8..c {
-                *s += f16_to_f32(w4[k * c + jj]) * x[jj];
+                s += f16_to_f32(row[jj]) * x[jj];
             }
+            y[k * q + i] = s;
         }
-        y4.copy_from_slice(&s);
-        r += 4;
     }
-    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
-        *yv = dot_f32_f16_avx2(x, &w[(r + i) * c..(r + i + 1) * c]);
+    for (i, yv) in y.iter_mut().enumerate().skip(4 * q) {
+        *yv = dot_f32_f16_avx2(x, &w[(row_start + i) * c..(row_start + i + 1) * c]);
     }
 }
 
@@ -248,35 +255,37 @@ unsafe fn block_dot(q: *const i8, xv: &[__m256; 4]) -> __m256 {
 fn matvec_q8_rows_avx2(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
     let (c, nb) = (w.cols(), w.blocks_per_row());
     let full = c / Q8_BLOCK; // full blocks per row; a short last block is scalar
-    let mut groups = y.chunks_exact_mut(4);
-    let mut r = row_start;
-    for y4 in &mut groups {
-        let q4 = &w.quants()[r * c..(r + 4) * c];
-        let d4 = &w.scales()[r * nb..(r + 4) * nb];
+    let n = y.len();
+    let q = n / 4;
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see the f32 kernel).
+    let qq = &w.quants()[row_start * c..(row_start + 4 * q) * c];
+    let dq = &w.scales()[row_start * nb..(row_start + 4 * q) * nb];
+    for i in 0..q {
         let mut acc = [_mm256_setzero_ps(); 4];
         for b in 0..full {
             let j = b * Q8_BLOCK;
             let xv = [load(x, j), load(x, j + 8), load(x, j + 16), load(x, j + 24)];
             for (k, a) in acc.iter_mut().enumerate() {
-                // SAFETY: block b is full, so q4[k*c + j .. k*c + j + 32] is inside row k.
-                let s = unsafe { block_dot(q4.as_ptr().add(k * c + j), &xv) };
-                *a = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(d4[k * nb + b])), *a);
+                let row = k * q + i;
+                // SAFETY: block b is full, so qq[row*c + j .. row*c + j + 32] is inside the row.
+                let s = unsafe { block_dot(qq.as_ptr().add(row * c + j), &xv) };
+                *a = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(dq[row * nb + b])), *a);
             }
         }
-        let mut s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
-        if full < nb {
-            let j0 = full * Q8_BLOCK;
-            for (k, s) in s.iter_mut().enumerate() {
-                let t: f32 = (j0..c).map(|j| f32::from(q4[k * c + j]) * x[j]).sum();
-                *s += t * f16_to_f32(d4[k * nb + full]);
+        let s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (k, mut s) in s.into_iter().enumerate() {
+            let row = k * q + i;
+            if full < nb {
+                let j0 = full * Q8_BLOCK;
+                let t: f32 = (j0..c).map(|j| f32::from(qq[row * c + j]) * x[j]).sum();
+                s += t * f16_to_f32(dq[row * nb + full]);
             }
+            y[row] = s;
         }
-        y4.copy_from_slice(&s);
-        r += 4;
     }
-    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
-        let q = &w.quants()[(r + i) * c..(r + i + 1) * c];
-        let d = &w.scales()[(r + i) * nb..(r + i + 1) * nb];
+    for (i, yv) in y.iter_mut().enumerate().skip(4 * q) {
+        let q = &w.quants()[(row_start + i) * c..(row_start + i + 1) * c];
+        let d = &w.scales()[(row_start + i) * nb..(row_start + i + 1) * nb];
         let mut acc = _mm256_setzero_ps();
         for (b, &db) in d[..full].iter().enumerate() {
             let j = b * Q8_BLOCK;
