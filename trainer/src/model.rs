@@ -1306,6 +1306,11 @@ mod tests {
 
     /// Logits and loss: f32 model vs the f64 reference.
     const FWD_ATOL: f64 = 2e-5;
+    /// Two backward passes vs twice one (gemm accumulates in a different order).
+    const ACCUM_RTOL: f32 = 2e-5;
+    const ACCUM_ATOL: f32 = 1e-8;
+    /// Relative error of a sample standard deviation over ≥ 36k draws (≈ 5 sigma).
+    const STD_TOL: f64 = 0.05;
     /// Whole-model gradients: f32 backward vs f64 finite differences.
     const GRAD_ATOL: f64 = 2e-5;
     const GRAD_RTOL: f64 = 2e-3;
@@ -1655,7 +1660,10 @@ mod tests {
         m.forward(&x, Some(&y), 2, 4, Mode::Eval).unwrap();
         m.backward().unwrap();
         for (a, b) in once.iter().zip(m.grads()) {
-            assert!((2.0 * a - b).abs() <= 2e-5 * a.abs() + 1e-8, "{a} {b}");
+            assert!(
+                (2.0 * a - b).abs() <= ACCUM_RTOL * a.abs() + ACCUM_ATOL,
+                "{a} {b}"
+            );
         }
         // Smaller batches reuse the buffers; the loss does not depend on earlier calls.
         let bytes = m.activation_bytes();
@@ -1733,9 +1741,12 @@ mod tests {
             (s.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / n).sqrt()
         };
         let te = std(a.param("tok_emb.weight").unwrap());
-        assert!((te - 0.02).abs() < 0.001, "{te}");
+        assert!((te - 0.02).abs() < STD_TOL * 0.02, "{te}");
         let pj = std(a.param("blocks.0.ff.proj.weight").unwrap());
-        assert!((pj - 0.02 / 6f64.sqrt()).abs() < 0.0005, "{pj}");
+        assert!(
+            (pj - 0.02 / 6f64.sqrt()).abs() < STD_TOL * 0.02 / 6f64.sqrt(),
+            "{pj}"
+        );
         assert!(
             a.param("blocks.1.att.qkv.bias")
                 .unwrap()

@@ -86,7 +86,8 @@ pub(crate) mod tests {
         let mut out = [0.0f32; 2];
         forward(&mut out, &[1.0, -1.0]);
         assert!(
-            (out[0] - 0.841_192).abs() < 1e-6 && (out[1] + 0.158_808).abs() < 1e-6,
+            (out[0] as f64 - 0.841_192).abs() < FWD_ATOL
+                && (out[1] as f64 + 0.158_808).abs() < FWD_ATOL,
             "{out:?}"
         );
     }

@@ -227,7 +227,7 @@ pub(crate) mod tests {
                 .chain(&a.2)
                 .zip(b.0.iter().chain(&b.1).chain(&b.2))
         {
-            assert!((u + 1.0 - v).abs() < 1e-6);
+            assert!((u + 1.0 - v).abs() < FWD_ATOL as f32);
         }
     }
 }
