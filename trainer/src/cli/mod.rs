@@ -82,19 +82,19 @@ pub struct PretrainArgs {
     /// vocabulary size (default: the tokenizer's; for the built-in corpus, the BPE vocabulary trained on it, default 1024)
     #[argh(option)]
     pub vocab: Option<usize>,
-    /// window stride (default: the context)
+    /// window stride (default: the context; main job: context/16)
     #[argh(option)]
     pub stride: Option<usize>,
     /// batch size (default 8; 2 with --config, as the book)
     #[argh(option)]
     pub batch: Option<usize>,
-    /// epochs over the training split (default 10, as the book)
+    /// epochs over the training split (default 10, as the book; main job: 8)
     #[argh(option)]
     pub epochs: Option<u64>,
     /// optimizer steps (instead of --epochs)
     #[argh(option)]
     pub steps: Option<u64>,
-    /// learning rate, the peak of a schedule (default 4e-4)
+    /// learning rate, the peak of a schedule (default 4e-4; main job: 1e-3)
     #[argh(option)]
     pub lr: Option<f32>,
     /// final learning rate of the cosine schedule (default 1e-6)
@@ -136,13 +136,13 @@ pub struct PretrainArgs {
     /// initialisation of a fresh model: torch (the book's PyTorch defaults, default) or gpt2 (N(0, 0.02))
     #[argh(option)]
     pub init_scheme: Option<String>,
-    /// evaluate every N optimizer steps (default 5)
+    /// evaluate every N optimizer steps (default 5; main job: 25)
     #[argh(option)]
     pub eval_every: Option<u64>,
     /// batches per evaluation of each split (default 5)
     #[argh(option)]
     pub eval_batches: Option<usize>,
-    /// prompt of the samples printed after every epoch (default "Every effort moves you")
+    /// prompt of the samples printed after every epoch (default "Every effort moves you"; main job: "The trainer")
     #[argh(option)]
     pub prompt: Option<String>,
     /// tokens per sample (default 50)
