@@ -8,7 +8,8 @@
 //! f16 → f32 uses integer bit manipulation (Rust's NEON f16 conversion intrinsics are not stable):
 //! shift the exponent and mantissa into f32 position and multiply by 2^112, which is exact for
 //! normal and subnormal halves; infinities and NaNs get an all-ones exponent. Layout and tiling
-//! follow `x86_64.rs` with 4-lane vectors. Letters as in [`super`].
+//! follow `x86_64.rs` (including the i, Q+i, 2Q+i, 3Q+i row order) with 4-lane vectors.
+//! Letters as in [`super`].
 
 use super::Q8Matrix;
 use super::prefill::{KC, MR, NR, TileDot};
@@ -123,33 +124,34 @@ pub(super) fn matvec_f32_rows(_t: Neon, w: &[f32], x: &[f32], y: &mut [f32], row
 fn matvec_f32_rows_neon(w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
     let c = x.len();
     let c4 = c - c % 4;
-    let mut groups = y.chunks_exact_mut(4);
-    let mut r = row_start;
-    for y4 in &mut groups {
-        let w4 = &w[r * c..(r + 4) * c];
+    let q = y.len() / 4;
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see x86_64.rs).
+    let wq = &w[row_start * c..(row_start + 4 * q) * c];
+    for i in 0..q {
         let mut acc = [vdupq_n_f32(0.0); 4];
         let mut j = 0;
         while j < c4 {
-            // SAFETY: j + 4 <= c4 <= c; `x` has c elements and `w4` has 4 rows of c.
+            // SAFETY: j + 4 <= c4 <= c; `x` has c elements and `wq` has 4q rows of c, of which
+            // rows i + k*q (k < 4, i < q) are read.
             unsafe {
                 let xv = vld1q_f32(x.as_ptr().add(j));
                 for (k, a) in acc.iter_mut().enumerate() {
-                    *a = vfmaq_f32(*a, vld1q_f32(w4.as_ptr().add(k * c + j)), xv);
+                    *a = vfmaq_f32(*a, vld1q_f32(wq.as_ptr().add((k * q + i) * c + j)), xv);
                 }
             }
             j += 4;
         }
-        let mut s = hsum4(acc[0], acc[1], acc[2], acc[3]);
-        for (k, s) in s.iter_mut().enumerate() {
+        let s = hsum4(acc[0], acc[1], acc[2], acc[3]);
+        for (k, mut s) in s.into_iter().enumerate() {
+            let row = &wq[(k * q + i) * c..(k * q + i + 1) * c];
             for jj in c4..c {
-                *s += w4[k * c + jj] * x[jj];
+                s += row[jj] * x[jj];
             }
+            y[k * q + i] = s;
         }
-        y4.copy_from_slice(&s);
-        r += 4;
     }
-    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
-        *yv = dot_f32_neon(&w[(r + i) * c..(r + i + 1) * c], x);
+    for (i, yv) in y.iter_mut().enumerate().skip(4 * q) {
+        *yv = dot_f32_neon(&w[(row_start + i) * c..(row_start + i + 1) * c], x);
     }
 }
 
@@ -162,34 +164,35 @@ pub(super) fn matvec_f16_rows(_t: Neon, w: &[f16], x: &[f32], y: &mut [f32], row
 fn matvec_f16_rows_neon(w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
     let c = x.len();
     let c4 = c - c % 4;
-    let mut groups = y.chunks_exact_mut(4);
-    let mut r = row_start;
-    for y4 in &mut groups {
-        let w4 = &w[r * c..(r + 4) * c];
+    let q = y.len() / 4;
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see x86_64.rs).
+    let wq = &w[row_start * c..(row_start + 4 * q) * c];
+    for i in 0..q {
         let mut acc = [vdupq_n_f32(0.0); 4];
         let mut j = 0;
         while j < c4 {
-            // SAFETY: j + 4 <= c4 <= c; `x` has c elements and `w4` has 4 rows of c halves.
+            // SAFETY: j + 4 <= c4 <= c; `x` has c elements and `wq` has 4q rows of c halves, of
+            // which rows i + k*q (k < 4, i < q) are read.
             unsafe {
                 let xv = vld1q_f32(x.as_ptr().add(j));
                 for (k, a) in acc.iter_mut().enumerate() {
-                    let wv = f16x4_to_f32(vld1_u16(w4.as_ptr().add(k * c + j).cast()));
-                    *a = vfmaq_f32(*a, wv, xv);
+                    let p = wq.as_ptr().add((k * q + i) * c + j).cast();
+                    *a = vfmaq_f32(*a, f16x4_to_f32(vld1_u16(p)), xv);
                 }
             }
             j += 4;
         }
-        let mut s = hsum4(acc[0], acc[1], acc[2], acc[3]);
-        for (k, s) in s.iter_mut().enumerate() {
+        let s = hsum4(acc[0], acc[1], acc[2], acc[3]);
+        for (k, mut s) in s.into_iter().enumerate() {
+            let row = &wq[(k * q + i) * c..(k * q + i + 1) * c];
             for jj in c4..c {
-                *s += f16_to_f32(w4[k * c + jj]) * x[jj];
+                s += f16_to_f32(row[jj]) * x[jj];
             }
+            y[k * q + i] = s;
         }
-        y4.copy_from_slice(&s);
-        r += 4;
     }
-    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
-        *yv = dot_f32_f16_neon(x, &w[(r + i) * c..(r + i + 1) * c]);
+    for (i, yv) in y.iter_mut().enumerate().skip(4 * q) {
+        *yv = dot_f32_f16_neon(x, &w[(row_start + i) * c..(row_start + i + 1) * c]);
     }
 }
 
@@ -232,45 +235,46 @@ pub(super) fn matvec_q8_rows(
 fn matvec_q8_rows_neon(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
     let (c, nb) = (w.cols(), w.blocks_per_row());
     let full = c / Q8_BLOCK;
-    let mut groups = y.chunks_exact_mut(4);
-    let mut r = row_start;
+    let q = y.len() / 4;
     let xblock = |j: usize| core::array::from_fn::<_, 8, _>(|g| load(x, j + 4 * g));
-    for y4 in &mut groups {
-        let q4 = &w.quants()[r * c..(r + 4) * c];
-        let d4 = &w.scales()[r * nb..(r + 4) * nb];
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see x86_64.rs).
+    let qq = &w.quants()[row_start * c..(row_start + 4 * q) * c];
+    let dq = &w.scales()[row_start * nb..(row_start + 4 * q) * nb];
+    for i in 0..q {
         let mut acc = [vdupq_n_f32(0.0); 4];
         for b in 0..full {
             let j = b * Q8_BLOCK;
             let xv = xblock(j);
             for (k, a) in acc.iter_mut().enumerate() {
-                let s = block_dot(&q4[k * c + j..], &xv);
-                *a = vfmaq_f32(*a, s, vdupq_n_f32(f16_to_f32(d4[k * nb + b])));
+                let row = k * q + i;
+                let s = block_dot(&qq[row * c + j..], &xv);
+                *a = vfmaq_f32(*a, s, vdupq_n_f32(f16_to_f32(dq[row * nb + b])));
             }
         }
-        let mut s = hsum4(acc[0], acc[1], acc[2], acc[3]);
-        if full < nb {
-            let j0 = full * Q8_BLOCK;
-            for (k, s) in s.iter_mut().enumerate() {
-                let t: f32 = (j0..c).map(|j| f32::from(q4[k * c + j]) * x[j]).sum();
-                *s += t * f16_to_f32(d4[k * nb + full]);
+        let s = hsum4(acc[0], acc[1], acc[2], acc[3]);
+        for (k, mut s) in s.into_iter().enumerate() {
+            let row = k * q + i;
+            if full < nb {
+                let j0 = full * Q8_BLOCK;
+                let t: f32 = (j0..c).map(|j| f32::from(qq[row * c + j]) * x[j]).sum();
+                s += t * f16_to_f32(dq[row * nb + full]);
             }
+            y[row] = s;
         }
-        y4.copy_from_slice(&s);
-        r += 4;
     }
-    for (i, yv) in groups.into_remainder().iter_mut().enumerate() {
-        let q = &w.quants()[(r + i) * c..(r + i + 1) * c];
-        let d = &w.scales()[(r + i) * nb..(r + i + 1) * nb];
+    for (i, yv) in y.iter_mut().enumerate().skip(4 * q) {
+        let qr = &w.quants()[(row_start + i) * c..(row_start + i + 1) * c];
+        let d = &w.scales()[(row_start + i) * nb..(row_start + i + 1) * nb];
         let mut acc = vdupq_n_f32(0.0);
         for (b, &db) in d[..full].iter().enumerate() {
             let j = b * Q8_BLOCK;
-            let s = block_dot(&q[j..], &xblock(j));
+            let s = block_dot(&qr[j..], &xblock(j));
             acc = vfmaq_f32(acc, s, vdupq_n_f32(f16_to_f32(db)));
         }
         let mut s = vaddvq_f32(acc);
         if full < nb {
             let j0 = full * Q8_BLOCK;
-            let t: f32 = (j0..c).map(|j| f32::from(q[j]) * x[j]).sum();
+            let t: f32 = (j0..c).map(|j| f32::from(qr[j]) * x[j]).sum();
             s += t * f16_to_f32(d[full]);
         }
         *yv = s;
