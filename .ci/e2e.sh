@@ -19,7 +19,7 @@ TRAIN="$TARGET/release/ember-train"
 EMBER="$TARGET/release/ember"
 
 # A tiny model: one block, dim 32, context 32; 30 steps.
-TINY=(--layers 1 --heads 2 --dim 32 --context 32 --batch 4 --steps 30 --eval-every 10 --eval-batches 2 --sample-tokens 10)
+TINY=(--layers 1 --heads 2 --dim 32 --context 32 --batch 4 --steps 30 --eval-every 10 --eval-batches 2 --sample-tokens 10 --lr 5e-3 --init-scheme gpt2)
 if [ -n "${EMBER_DATA:-}" ] && [ -f "$EMBER_DATA/the-verdict.txt" ]; then
     echo "== pretrain on $EMBER_DATA/the-verdict.txt (GPT-2 tokenizer)"
     DATA=(--data "$EMBER_DATA/the-verdict.txt")

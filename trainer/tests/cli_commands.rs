@@ -199,12 +199,10 @@ fn export_of_every_dtype_matches_the_trainer_logits() {
             err <= limit,
             "{dtype}: max |runtime - trainer| = {err} > {limit}"
         );
-        if dtype == "f32" {
-            eprintln!(
-                "f32 parity: max abs diff {err:e} over {} logits",
-                want.len()
-            );
-        }
+        eprintln!(
+            "{dtype} parity: max abs diff {err:e} (limit {limit:e}, max |logit| {scale}) over {} logits",
+            want.len()
+        );
     }
     assert!(sizes[0] > sizes[1] && sizes[1] > sizes[2], "{sizes:?}");
     let e = run_err(
