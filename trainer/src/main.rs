@@ -2,7 +2,8 @@
 //!
 //! The only place that prints and exits: errors become one line
 //! `ember-train: error: <what is wrong>` on stderr with exit code 1 (2 for usage errors);
-//! with `--json` the command's result is ONE JSON object on stdout.
+//! with `--json` the command's result is ONE JSON object on stdout (`{"error", "exit_code"}`
+//! when it failed).
 
 use argh::FromArgs;
 use emberlm_trainer::cli::{self, Args, Console, signal};
@@ -58,6 +59,13 @@ fn main() {
         }
         Err(e) => {
             eprintln!("ember-train: error: {e}");
+            if json {
+                // Scripts reading stdout get one object in every case.
+                println!(
+                    "{}",
+                    serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
+                );
+            }
             std::process::exit(e.exit_code());
         }
     }

@@ -265,6 +265,15 @@ fn bad_settings_are_refused_before_training() {
     // Usage errors.
     let e = run_err(&d, &["pretrain", "--epochs", "1", "--steps", "1"], 2);
     assert!(e.contains("--epochs or --steps"), "{e}");
+    // Under --json a failure is still one JSON object on stdout.
+    let out = run(&d, &["pretrain", "--epochs", "1", "--steps", "1", "--json"]);
+    assert_eq!(out.status.code(), Some(2));
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        j["error"].as_str().unwrap().contains("--epochs or --steps"),
+        "{j}"
+    );
+    assert_eq!(j["exit_code"], 2);
     let e = run_err(&d, &["pretrain", "--no-such-flag"], 2);
     assert!(e.contains("no-such-flag"), "{e}");
     let e = run_err(&d, &tiny_args(&["--schedule", "linear"]), 2);
