@@ -225,12 +225,12 @@ fn table(cases: &[Case]) {
         read_bandwidth(BANDWIDTH_BYTES, 2),
     ];
     println!(
-        "read bandwidth (1 GiB summing loop, best of 5): {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
+        "read bandwidth (1 GiB buffer, summing loop, best 64 MiB chunk of 5 passes): {:.1} GB/s (1 thread), {:.1} GB/s (2 threads)",
         bw[0], bw[1]
     );
     println!(
         "\ndecode matvec, cold weights. med/best: median and fastest call; GB/s and % of BW use the \
-         best call (bandwidth is a best-of-5 too); speedup = reference median / fast median, same threads"
+         best call (the bandwidth is a best figure too); speedup = reference median / fast median, same threads"
     );
     println!(
         "{:<5} {:<10} {:>3} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}",
