@@ -590,6 +590,8 @@ mod tests {
         let val = Windows::new(s.val, 256, 256, "validation").unwrap();
         assert_eq!(train.num_batches(2, true), 9);
         assert_eq!(val.num_batches(2, false), 1);
-        assert_eq!(val.len(), 1);
+        // 4,608 training tokens in 18 windows; 512 validation tokens in 2 windows (one batch).
+        assert_eq!(train.len(), 18);
+        assert_eq!(val.len(), 2);
     }
 }
