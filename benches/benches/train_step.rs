@@ -36,16 +36,21 @@ fn measure(
     name: &str,
     mut step: impl FnMut(),
     mut companion: impl FnMut(),
-) -> (Vec<f64>, Vec<f64>) {
-    let mut times = (Vec::new(), Vec::new());
-    let mut once = |times: &mut (Vec<f64>, Vec<f64>)| {
+) -> Times {
+    let mut times = Times::default();
+    let mut once = |times: &mut Times| {
+        let cpu0 = process_cpu_seconds();
         let s = Instant::now();
         step();
         let d = s.elapsed();
+        let cpu1 = process_cpu_seconds();
         let s2 = Instant::now();
         companion();
-        times.0.push(d.as_secs_f64());
-        times.1.push(s2.elapsed().as_secs_f64());
+        times.step.push(d.as_secs_f64());
+        times.companion.push(s2.elapsed().as_secs_f64());
+        if let (Some(a), Some(b)) = (cpu0, cpu1) {
+            times.step_cpu.push(b - a);
+        }
         d
     };
     if quick() {
@@ -65,6 +70,26 @@ fn measure(
     });
     group.finish();
     times
+}
+
+/// Per-sample wall seconds of the step and of its companion, and the step's process CPU seconds.
+#[derive(Default)]
+struct Times {
+    step: Vec<f64>,
+    companion: Vec<f64>,
+    step_cpu: Vec<f64>,
+}
+
+/// User + system CPU seconds of this process (all threads) from /proc/self/stat, `None`
+/// elsewhere. On a loaded shared machine wall time includes waiting for a core; CPU time does
+/// not, so tokens per CPU-second of a 1-thread run is the load-independent figure.
+fn process_cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit(')').next()?.split_whitespace().collect();
+    // Fields after the command name: state is index 0, utime 11, stime 12 (clock ticks; the
+    // Linux USER_HZ is 100).
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
 }
 
 /// FLOPs of one training step as documented in the module header.
@@ -205,29 +230,34 @@ fn train_step(c: &mut Criterion) {
             one_step(&mut model, &mut opt);
             let mut bufs = GemmBufs::new(&cfg, n);
             let mut gemm_flops = pool.install(|| gemm_only_step(&mut bufs, &cfg, n));
-            let (step_times, gemm_times) = measure(
+            let times = measure(
                 c,
                 &format!("B{b}_T{t}_threads{threads}"),
                 || one_step(&mut model, &mut opt),
                 || gemm_flops = pool.install(|| gemm_only_step(&mut bufs, &cfg, n)),
             );
             let flops = step_flops(&cfg, b, t);
-            let ratios: Vec<f64> = step_times
+            let ratios: Vec<f64> = times
+                .step
                 .iter()
-                .zip(&gemm_times)
+                .zip(&times.companion)
                 .map(|(s, g)| (flops / s) / (gemm_flops / g))
                 .collect();
-            let step_s = median(step_times);
-            let gemm_s = median(gemm_times);
+            let step_s = median(times.step);
+            let gemm_s = median(times.companion);
+            let cpu_s = median(times.step_cpu);
             report.push(format!(
                 "B={b} T={t} threads={threads}: {:.1} tokens/s ({:.2} s/step, {:.1} GFLOP/s); \
                  gemm alone on the step's dense products: {:.1} GFLOP/s; \
-                 step/gemm-only GFLOP/s ratio (median of interleaved pairs) {:.2}",
+                 step/gemm-only GFLOP/s ratio (median of interleaved pairs) {:.2}; \
+                 {:.2} CPU-s/step = {:.1} tokens per CPU-second",
                 n as f64 / step_s,
                 step_s,
                 flops / step_s / 1e9,
                 gemm_flops / gemm_s / 1e9,
                 median(ratios),
+                cpu_s,
+                n as f64 / cpu_s,
             ));
         }
     }
