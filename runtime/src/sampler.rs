@@ -226,7 +226,8 @@ pub fn argmax(x: &[f32]) -> usize {
 mod tests {
     use super::*;
 
-    // BOOK.md chapter 5 [TV]: toy logits over 9 words.
+    // BOOK.md chapter 5 [TV]: toy logits over 9 words (6.28 is the book's value, not τ).
+    #[allow(clippy::approx_constant)]
     const LOGITS: [f32; 9] = [4.51, 0.89, -1.90, 6.75, 1.63, -1.62, -1.89, 6.28, 1.79];
 
     #[test]
