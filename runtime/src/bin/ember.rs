@@ -600,11 +600,13 @@ fn describe(v: &Value) -> String {
         )
     };
     match v {
-        Value::Str(s) if s.len() > 120 => format!(
-            "{:?}… ({} bytes)",
-            &s[..s.floor_char_boundary(100)],
-            s.len()
-        ),
+        Value::Str(s) if s.len() > 120 => {
+            let cut = (0..=100)
+                .rev()
+                .find(|&i| s.is_char_boundary(i))
+                .unwrap_or(0);
+            format!("{:?}… ({} bytes)", &s[..cut], s.len())
+        }
         Value::Str(s) => format!("{s:?}"),
         Value::Bytes(b) => format!("<{} bytes>", b.len()),
         Value::Array(Array::Str(a)) => list(a.len(), &|i| format!("{:?}", a[i])),
