@@ -82,7 +82,7 @@ pub struct PretrainArgs {
     /// vocabulary size (default: the tokenizer's; for the built-in corpus, the BPE vocabulary trained on it, default 1024)
     #[argh(option)]
     pub vocab: Option<usize>,
-    /// window stride (default: the context; main job: context/16)
+    /// window stride (default: the context; main job: context/8)
     #[argh(option)]
     pub stride: Option<usize>,
     /// batch size (default 8; 2 with --config, as the book)
