@@ -1091,11 +1091,11 @@ fn foreign_table_entries_yield_empty_views() {
     }
 }
 
-/// The fuzzer's committed seeds (`fuzz/seeds/`) stay valid files, so fuzzing starts from inputs
-/// that reach every stage of the reader.
+/// The fuzzer's committed seeds (`fuzz/seeds/ember_reader/`) stay valid files, so fuzzing starts
+/// from inputs that reach every stage of the reader.
 #[test]
 fn fuzz_seeds_are_valid_files() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds");
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/ember_reader");
     let mut n = 0;
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
