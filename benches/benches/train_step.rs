@@ -5,7 +5,8 @@
 //! reported as a ratio to the gemm-only figure measured under the same machine load.
 //!
 //! Run: `cargo bench -p emberlm-benches --bench train_step`
-//! (`EMBER_BENCH_QUICK=1` times 3 steps per setting without criterion's statistics — a smoke
+//! (`EMBER_BENCH_ONLY=B2_T256_threads2` runs the settings whose name contains that text;
+//! `EMBER_BENCH_QUICK=1` times 3 steps per setting without criterion's statistics — a smoke
 //! test; criterion needs at least 10 samples.)
 //!
 //! FLOPs per step (what "achieved GFLOP/s" divides): 6·N·B·T for the matrix products
@@ -191,6 +192,12 @@ fn train_step(c: &mut Criterion) {
     let mut report = Vec::new();
     for &(b, t) in &SETTINGS {
         for &threads in &THREADS {
+            let name = format!("B{b}_T{t}_threads{threads}");
+            if let Ok(only) = std::env::var("EMBER_BENCH_ONLY") {
+                if !name.contains(&only) {
+                    continue;
+                }
+            }
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(threads)
                 .build()
@@ -232,7 +239,7 @@ fn train_step(c: &mut Criterion) {
             let mut gemm_flops = pool.install(|| gemm_only_step(&mut bufs, &cfg, n));
             let times = measure(
                 c,
-                &format!("B{b}_T{t}_threads{threads}"),
+                &name,
                 || one_step(&mut model, &mut opt),
                 || gemm_flops = pool.install(|| gemm_only_step(&mut bufs, &cfg, n)),
             );
