@@ -380,6 +380,48 @@ fn write_safetensors(
 /// every file fsynced, then renamed into place (an existing `dir` is replaced only once the new
 /// one is complete).
 pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
+    write_dir_with(dir, c.state, c.tokenizer, c.moments, |model| {
+        // Parameters, split into their canonical tensors.
+        let mut views = Vec::with_capacity(c.shapes.len());
+        let mut off = 0usize;
+        for (n, shape) in c.shapes {
+            let len: usize = shape.iter().product();
+            let data = c
+                .params
+                .get(off..off + len)
+                .ok_or_else(|| corrupt(model, format!("parameters end before tensor {n}")))?;
+            views.push((n.clone(), f32_view(model, shape.clone(), data)?));
+            off += len;
+        }
+        if off != c.params.len() {
+            return Err(corrupt(
+                model,
+                format!("{} parameters but the tensors cover {off}", c.params.len()),
+            ));
+        }
+        write_safetensors(model, views)
+    })
+}
+
+/// Like [`write_dir`], but `write_model(path)` writes `model.safetensors` itself (canonical names,
+/// f32) — e.g. `import::import_to_safetensors`, which streams tensor by tensor so that a large
+/// model is never held in memory. No optimizer state.
+pub fn write_dir_streamed(
+    dir: &Path,
+    state: &TrainerState,
+    tokenizer: &Tokenizer,
+    write_model: impl FnOnce(&Path) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
+    write_dir_with(dir, state, tokenizer, None, write_model)
+}
+
+fn write_dir_with(
+    dir: &Path,
+    state: &TrainerState,
+    tokenizer: &Tokenizer,
+    moments: Option<(&[f32], &[f32])>,
+    write_model: impl FnOnce(&Path) -> Result<(), CheckpointError>,
+) -> Result<(), CheckpointError> {
     if cfg!(target_endian = "big") {
         return Err(corrupt(dir, "checkpoints are written little-endian only"));
     }
@@ -397,27 +439,8 @@ pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
     let _ = std::fs::remove_dir_all(&tmp);
     let result = (|| {
         std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
-        // Parameters, split into their canonical tensors.
-        let model = tmp.join(MODEL_FILE);
-        let mut views = Vec::with_capacity(c.shapes.len());
-        let mut off = 0usize;
-        for (n, shape) in c.shapes {
-            let len: usize = shape.iter().product();
-            let data = c
-                .params
-                .get(off..off + len)
-                .ok_or_else(|| corrupt(&model, format!("parameters end before tensor {n}")))?;
-            views.push((n.clone(), f32_view(&model, shape.clone(), data)?));
-            off += len;
-        }
-        if off != c.params.len() {
-            return Err(corrupt(
-                &model,
-                format!("{} parameters but the tensors cover {off}", c.params.len()),
-            ));
-        }
-        write_safetensors(&model, views)?;
-        if let Some((m, v)) = c.moments {
+        write_model(&tmp.join(MODEL_FILE))?;
+        if let Some((m, v)) = moments {
             let opt = tmp.join(OPTIMIZER_FILE);
             let views = vec![
                 ("m".to_string(), f32_view(&opt, vec![m.len()], m)?),
@@ -425,8 +448,8 @@ pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
             ];
             write_safetensors(&opt, views)?;
         }
-        write_tokenizer_file(&tmp.join(TOKENIZER_FILE), c.tokenizer)?;
-        let json = serde_json::to_vec_pretty(c.state)
+        write_tokenizer_file(&tmp.join(TOKENIZER_FILE), tokenizer)?;
+        let json = serde_json::to_vec_pretty(state)
             .map_err(|e| corrupt(&tmp.join(STATE_FILE), e.to_string()))?;
         let state_path = tmp.join(STATE_FILE);
         write_atomically(&state_path, |w| w.write_all(&json)).map_err(io_err(&state_path))?;

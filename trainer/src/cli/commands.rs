@@ -1,10 +1,10 @@
 //! The small commands: `eval`, `tokenizer`, `export`, `import`.
 
 use super::{CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs};
-use crate::checkpoint::{self, Contents, RngState, TokenizerRef, TrainerState};
+use crate::checkpoint::{self, RngState, TokenizerRef, TrainerState};
 use crate::data::{self, Windows};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
-use crate::import::import_safetensors;
+use crate::import::import_to_safetensors;
 use crate::model::{Gpt, Mode};
 use crate::{note, say};
 use emberlm_formats::meta::Task;
@@ -220,18 +220,32 @@ pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
             )));
         }
     }
-    let imp = import_safetensors(&a.from, a.heads)
+    // Stream the weights, one tensor at a time, into a staging file beside the checkpoint (so a
+    // 6 GB model is never held in memory), then move it into the new checkpoint directory.
+    let parent = match a.out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => std::path::PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    let staging = parent.join(format!(
+        ".emberlm-import-{}.safetensors",
+        std::process::id()
+    ));
+    let imp = import_to_safetensors(&a.from, &staging, a.heads)
         .map_err(|e| failed(format!("--from {}: {e}", a.from.display())))?;
+    let result = import_finish(&a, imp, &staging, con);
+    let _ = std::fs::remove_file(&staging);
+    result
+}
+
+fn import_finish(
+    a: &ImportArgs,
+    imp: crate::import::ImportSummary,
+    staging: &std::path::Path,
+    con: &mut Console<'_>,
+) -> Result<Outcome, CliError> {
     let cfg = imp.config;
-    let shapes = cfg.tensor_shapes();
-    let mut params = Vec::with_capacity(cfg.param_count());
-    for (name, _) in &shapes {
-        let t = imp
-            .tensors
-            .get(name)
-            .ok_or_else(|| failed(format!("--from: tensor {name} is missing after import")))?;
-        params.extend_from_slice(t);
-    }
     let (tok, kind): (Tokenizer, &str) = match imp.tokenizer {
         Some(t) => (t, "imported"),
         None => (Tokenizer::gpt2().clone(), "gpt2"),
@@ -272,16 +286,12 @@ pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
         history: Vec::new(),
         source: Some(imp.weights_path.display().to_string()),
     };
-    checkpoint::write_dir(
-        &a.out,
-        &Contents {
-            state: &state,
-            shapes: &shapes,
-            params: &params,
-            moments: None,
-            tokenizer: &tok,
-        },
-    )
+    checkpoint::write_dir_streamed(&a.out, &state, &tok, |model| {
+        std::fs::rename(staging, model).map_err(|e| checkpoint::CheckpointError::Io {
+            path: model.to_path_buf(),
+            reason: e.to_string(),
+        })
+    })
     .map_err(|e| failed(format!("--out {e}")))?;
     say!(
         con,
@@ -302,6 +312,59 @@ pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
             "parameters": cfg.param_count(),
             "config": checkpoint::ConfigJson::from(cfg),
             "tokenizer": kind,
+        }),
+        exit_code: 0,
+    })
+}
+
+/// `ember-train export-safetensors CKPT --layout hf|book --out DIR`.
+pub fn export_safetensors(
+    a: super::ExportSafetensorsArgs,
+    con: &mut Console<'_>,
+) -> Result<Outcome, CliError> {
+    let layout: crate::import::Layout = a
+        .layout
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--layout: {e}")))?;
+    let dir = checkpoint::resolve(&a.checkpoint).map_err(|e| failed(e.to_string()))?;
+    let state_path = dir.join(checkpoint::STATE_FILE);
+    let state: TrainerState = std::fs::read(&state_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| failed(format!("{}: {e}", state_path.display())))?;
+    let cfg = emberlm_formats::config::GptConfig::from(state.config);
+    cfg.validate()
+        .map_err(|e| failed(format!("{}: {e}", state_path.display())))?;
+    let t0 = Instant::now();
+    let summary = crate::export_safetensors::export_safetensors_from_file(
+        &dir.join(checkpoint::MODEL_FILE),
+        Some(&cfg),
+        layout,
+        &a.out,
+    )
+    .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+    say!(
+        con,
+        "{}: {} tensors, {} bytes ({} layout); load it with {}",
+        summary.model_file.display(),
+        summary.tensors,
+        summary.bytes,
+        layout.name(),
+        match layout {
+            crate::import::Layout::HuggingFace => "GPT2LMHeadModel.from_pretrained(DIR)",
+            crate::import::Layout::Book =>
+                "GPTModel(cfg).load_state_dict(load_file(...), strict=False)",
+        }
+    );
+    Ok(Outcome {
+        json: json!({
+            "out": a.out,
+            "layout": layout.name(),
+            "model_file": summary.model_file,
+            "config_file": summary.config_file,
+            "tensors": summary.tensors,
+            "bytes": summary.bytes,
         }),
         exit_code: 0,
     })

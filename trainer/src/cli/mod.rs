@@ -34,6 +34,7 @@ impl Args {
             Command::Tokenizer(a) => a.json,
             Command::Export(a) => a.json,
             Command::Import(a) => a.json,
+            Command::ExportSafetensors(a) => a.json,
         }
     }
 }
@@ -53,6 +54,8 @@ pub enum Command {
     Export(ExportArgs),
     /// safetensors → checkpoint.
     Import(ImportArgs),
+    /// Checkpoint → safetensors (Hugging Face or the book's names).
+    ExportSafetensors(ExportSafetensorsArgs),
 }
 
 /// Flags of `ember-train pretrain`. Every value is optional so that the command can tell a flag
@@ -253,6 +256,27 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
+/// Flags of `ember-train export-safetensors`.
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "export-safetensors")]
+/// export a checkpoint for PyTorch: `--layout hf` writes model.safetensors + config.json that
+/// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; `--layout book` writes the book's
+/// GPTModel state-dict names (load_state_dict) and its config as JSON
+pub struct ExportSafetensorsArgs {
+    /// the checkpoint (a run directory, checkpoints/ directory or step directory)
+    #[argh(positional)]
+    pub checkpoint: PathBuf,
+    /// hf (Hugging Face, the default) or book
+    #[argh(option, default = "String::from(\"hf\")")]
+    pub layout: String,
+    /// the directory to write
+    #[argh(option)]
+    pub out: PathBuf,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
 /// Where human output goes. `log` receives progress (stderr); `out` the final summary (stdout,
 /// or stderr under `--json`); `tty` says whether `log` is a terminal (progress bar) or not (one
 /// line per evaluation).
@@ -333,6 +357,7 @@ pub fn run(args: Args, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         Command::Tokenizer(a) => commands::tokenizer(a, con),
         Command::Export(a) => commands::export(a, con),
         Command::Import(a) => commands::import(a, con),
+        Command::ExportSafetensors(a) => commands::export_safetensors(a, con),
     }
 }
 
