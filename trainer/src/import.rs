@@ -1034,10 +1034,10 @@ fn hf_config(
     }
     let n_embd = field("n_embd")?;
     if let Some(inner) = json.get("n_inner").and_then(|v| v.as_u64()) {
-        if inner as usize != 4 * n_embd {
+        // Checked: n_embd is untrusted and not validated yet.
+        if Some(inner) != (n_embd as u64).checked_mul(4) {
             return Err(ImportError::Config(format!(
-                "{at}: n_inner {inner} is not 4 × n_embd = {}",
-                4 * n_embd
+                "{at}: n_inner {inner} is not 4 × n_embd (n_embd = {n_embd})"
             )));
         }
     }
