@@ -15,6 +15,7 @@ pub mod dataset_readers;
 pub mod ember_reader;
 pub mod hf_config;
 pub mod input;
+pub mod kernels;
 pub mod safetensors_import;
 pub mod seeds;
 pub mod session;
@@ -27,7 +28,7 @@ pub mod tokenizer_parts;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("ember_reader", ember_reader::run),
     ("safetensors_import", safetensors_import::run),
     ("hf_config", hf_config::run),
@@ -36,4 +37,5 @@ pub const TARGETS: [Target; 8] = [
     ("tokenizer_parts", tokenizer_parts::run),
     ("dataset_readers", dataset_readers::run),
     ("session", session::run),
+    ("kernels", kernels::run),
 ];

@@ -365,6 +365,15 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
         out.push(("session", format!("{name}.bin"), s.0));
     }
 
+    // kernels: every op, misaligned by 1 and 3 elements, shapes with 8-lane and 32-block tails.
+    for op in 0..9u8 {
+        for (off, r, c, start) in [(1u8, 5u8, 37u8, 0u8), (3, 9, 71, 2)] {
+            let mut s = vec![op, off, r, c, start];
+            s.extend((0..4096u32).map(|i| ((i * 37 + 11) % 251) as u8));
+            out.push(("kernels", format!("op{op}-off{off}-{r}x{c}.bin"), s));
+        }
+    }
+
     // ember_reader seeds are .ember files made by the formats tests; they are committed as is.
     out
 }

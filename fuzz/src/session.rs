@@ -1,5 +1,6 @@
 //! The runtime `Session` driven by arbitrary options and calls: tiny random models (f32, f16 and
-//! int8 weights; with and without q/k/v bias, tied and untied heads), optionally with a few bytes
+//! int8 weights; with and without q/k/v bias, tied and untied heads; dims 12 and 5, so every
+//! kernel runs on tails), optionally with a few bytes
 //! of the file patched (header fields, or weights turned into NaN / ∞ / huge values), session
 //! options (context, KV dtype, threads, prefill chunk, reference kernels), then a sequence of
 //! `step`, `prefill`, `generate` (arbitrary `Sampling` and `GenerateOptions`, a callback that may
@@ -26,7 +27,7 @@ const CONFIGS: [GptConfig; 2] = [
     GptConfig {
         vocab_size: 37,
         context_length: 12,
-        dim: 16,
+        dim: 12,
         n_layers: 2,
         n_heads: 2,
         qkv_bias: true,
@@ -35,7 +36,7 @@ const CONFIGS: [GptConfig; 2] = [
     GptConfig {
         vocab_size: 20,
         context_length: 7,
-        dim: 8,
+        dim: 5,
         n_layers: 1,
         n_heads: 1,
         qkv_bias: false,

@@ -98,6 +98,7 @@ target_tests!(
     tokenizer_parts,
     dataset_readers,
     session,
+    kernels,
 );
 
 /// Rewrites `fuzz/seeds/<target>/` from `fuzz/src/seeds.rs` (except `ember_reader`, whose seeds
