@@ -85,6 +85,10 @@ pub enum Task {
         readout: Readout,
         /// The padding token id used when the sequences were batched.
         pad_id: u32,
+        /// The sequence length the classifier was trained at: inputs are truncated to it and, for
+        /// [`Readout::Last`], right-padded with `pad_id` to exactly this length (the book's
+        /// `classify_review`). `None`: no padding, truncation only at the context length.
+        length: Option<u32>,
     },
 }
 
@@ -98,8 +102,12 @@ pub fn put_task(w: &mut EmberWriter, task: &Task) -> Result<(), FormatError> {
             labels,
             readout,
             pad_id,
+            length,
         } => {
             w.set("task.kind", Value::Str("classifier".into()))?;
+            if let Some(n) = length {
+                w.set("task.length", Value::U32(*n))?;
+            }
             w.set("task.labels", Value::Array(Array::Str(labels.clone())))?;
             let r = match readout {
                 Readout::Last => "last",
@@ -148,10 +156,27 @@ pub fn get_task(h: &Header) -> Result<Task, FormatError> {
                 expected: "a u32 token id",
                 found: pad.to_string(),
             })?;
+            let length = match h.get("task.length") {
+                None => None,
+                Some(_) => {
+                    let n = h.require_u64("task.length")?;
+                    match u32::try_from(n) {
+                        Ok(n) if n > 0 => Some(n),
+                        _ => {
+                            return Err(FormatError::WrongType {
+                                key: "task.length".into(),
+                                expected: "a length in 1..2^32",
+                                found: n.to_string(),
+                            });
+                        }
+                    }
+                }
+            };
             Ok(Task::Classifier {
                 labels,
                 readout,
                 pad_id,
+                length,
             })
         }
         other => Err(FormatError::WrongType {
@@ -315,6 +340,7 @@ mod tests {
             labels: vec!["ham".into(), "spam".into()],
             readout: Readout::LastReal,
             pad_id: 50256,
+            length: Some(120),
         };
         let mut w = EmberWriter::new();
         put_config(&mut w, &cfg).unwrap();

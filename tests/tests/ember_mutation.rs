@@ -203,6 +203,7 @@ fn bases() -> Vec<Base> {
             labels: vec!["not spam".into(), "spam".into()],
             readout: meta::Readout::Last,
             pad_id: 259,
+            length: Some(64),
         },
     )
     .unwrap();
