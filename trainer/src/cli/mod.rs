@@ -6,7 +6,9 @@
 //! summary goes to `out` (stdout, or stderr with `--json`); with `--json` the caller prints the
 //! returned [`Outcome::json`] as ONE object on stdout.
 
+pub mod classify;
 pub mod commands;
+pub mod instruct;
 pub mod pretrain;
 pub mod progress;
 pub mod sample;
@@ -35,6 +37,10 @@ impl Args {
             Command::Export(a) => a.json,
             Command::Import(a) => a.json,
             Command::ExportSafetensors(a) => a.json,
+            Command::Finetune(f) => match &f.mode {
+                FinetuneMode::Classify(a) => a.json,
+                FinetuneMode::Instruct(a) => a.json,
+            },
         }
     }
 }
@@ -56,6 +62,28 @@ pub enum Command {
     Import(ImportArgs),
     /// Checkpoint → safetensors (Hugging Face or the book's names).
     ExportSafetensors(ExportSafetensorsArgs),
+    /// Fine-tuning: a classifier or an instruction follower.
+    Finetune(FinetuneArgs),
+}
+
+#[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "finetune")]
+/// fine-tune a checkpoint: `classify` (the book's chapter 6) or `instruct` (chapter 7), optionally with LoRA
+pub struct FinetuneArgs {
+    #[argh(subcommand)]
+    /// the fine-tuning mode
+    pub mode: FinetuneMode,
+}
+
+/// The fine-tuning modes.
+#[allow(clippy::large_enum_variant)]
+#[derive(FromArgs, Debug)]
+#[argh(subcommand)]
+pub enum FinetuneMode {
+    /// A classifier (label + text rows).
+    Classify(classify::ClassifyArgs),
+    /// An instruction follower (Alpaca JSON).
+    Instruct(instruct::InstructArgs),
 }
 
 /// Flags of `ember-train pretrain`. Every value is optional so that the command can tell a flag
@@ -358,6 +386,10 @@ pub fn run(args: Args, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         Command::Export(a) => commands::export(a, con),
         Command::Import(a) => commands::import(a, con),
         Command::ExportSafetensors(a) => commands::export_safetensors(a, con),
+        Command::Finetune(f) => match f.mode {
+            FinetuneMode::Classify(a) => classify::run(a, con),
+            FinetuneMode::Instruct(a) => instruct::run(a, con),
+        },
     }
 }
 
