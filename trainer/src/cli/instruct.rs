@@ -1,8 +1,57 @@
 //! `ember-train finetune instruct`: the book's chapter 7 (instruction fine-tuning on Alpaca JSON).
+//!
+//! The run: read `--data` (a JSON array of {instruction, input, output}), split it by order
+//! 85/10/5 (train/test/validation, as the book), tokenize every example with the Alpaca template,
+//! and train from `--init`'s weights. Per optimizer step: one shuffled batch (drop_last), collated
+//! to its own longest example + 1 (the book's `custom_collate_fn`, capped at `--max-length`),
+//! forward + backward, AdamW (lr `--lr`, decoupled weight decay `--weight-decay` on every
+//! parameter, as the book). Every `--eval-every` steps (counting from the first, the book's
+//! `global_step % eval_freq == 0`) and at the end: the mean loss of `--eval-batches` training and
+//! validation batches with dropout off, printed and written to `loss.csv` / `loss.svg`. After each
+//! epoch: the greedy response to the first validation example. At the end: a checkpoint in
+//! `DIR/checkpoints/`, the f32 model `DIR/model.ember` with the template stored, the loss on the
+//! whole test split, and `DIR/responses.json` (the test split with the model's greedy responses,
+//! generated from the exported file). Ctrl-C saves a checkpoint and stops (exit code 130).
+//!
+//! Letters: B batch, T the padded length of a batch, V vocabulary.
 
-use super::{CliError, Console, Outcome};
+use super::progress::{Progress, Status};
+use super::{CliError, Console, Outcome, fmt_duration, shell_path, signal};
+use crate::adamw::{AdamW, AdamWConfig, DecayPolicy};
+use crate::checkpoint::{self, Contents, DataRef, RngState, TrainerState};
+use crate::data::{self, mix64};
+use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::finetune::data::{Instruction, read_instructions, split_instructions};
+use crate::finetune::instruct::{
+    BatchRule, Response, batch_indices, encode_examples, make_batch, mean_loss, num_batches,
+    respond, write_responses,
+};
+use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
+use crate::plot::{LossRow, to_csv, to_svg};
+use crate::{note, say};
 use argh::FromArgs;
-use std::path::PathBuf;
+use emberlm_formats::ember::write_atomically;
+use emberlm_formats::meta::{PromptTemplate, Task};
+use emberlm_runtime::{Model, Session, SessionOptions};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The book's chapter-7 settings.
+const DEFAULT_EPOCHS: u64 = 2;
+const DEFAULT_LR: f32 = 5e-5;
+const DEFAULT_WEIGHT_DECAY: f64 = 0.1;
+const DEFAULT_BATCH: usize = 8;
+const DEFAULT_SEED: u64 = 123;
+const DEFAULT_EVAL_EVERY: u64 = 5;
+const DEFAULT_EVAL_BATCHES: usize = 5;
+const DEFAULT_MAX_NEW_TOKENS: usize = 256;
+/// The book fine-tunes with `drop_rate` 0.0.
+const DEFAULT_DROPOUT: f32 = 0.0;
+/// Tokens of the response printed after every epoch (the book's `generate_and_print_sample`).
+const EPOCH_SAMPLE_TOKENS: usize = 50;
+/// A step whose loss exceeds this many times max(first loss, ln V) has diverged.
+const EXPLODE_FACTOR: f32 = 3.0;
 
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "instruct")]
@@ -17,14 +66,871 @@ pub struct InstructArgs {
     /// output directory (checkpoints, the exported model, responses.json)
     #[argh(option)]
     pub out: Option<PathBuf>,
+    /// epochs over the training split (default 2, the book)
+    #[argh(option)]
+    pub epochs: Option<u64>,
+    /// learning rate, constant (default 5e-5, the book)
+    #[argh(option)]
+    pub lr: Option<f32>,
+    /// decoupled AdamW weight decay on every parameter (default 0.1, the book)
+    #[argh(option)]
+    pub weight_decay: Option<f64>,
+    /// batch size (default 8, the book)
+    #[argh(option)]
+    pub batch: Option<usize>,
+    /// truncate examples to this many tokens (default: the model's context length)
+    #[argh(option)]
+    pub max_length: Option<usize>,
+    /// leave the prompt's tokens out of the loss (the book's exercise 7.2)
+    #[argh(switch)]
+    pub mask_prompt: bool,
+    /// dropout rate during training (default 0, the book's fine-tuning setting)
+    #[argh(option)]
+    pub dropout: Option<f32>,
+    /// seed of the shuffles and dropout (default 123)
+    #[argh(option)]
+    pub seed: Option<u64>,
+    /// evaluate every N optimizer steps (default 5)
+    #[argh(option)]
+    pub eval_every: Option<u64>,
+    /// batches per evaluation of each split (default 5)
+    #[argh(option)]
+    pub eval_batches: Option<usize>,
+    /// longest generated response in tokens (default 256)
+    #[argh(option)]
+    pub max_new_tokens: Option<usize>,
+    /// which parameters train: head, last-block, last-N or all (default all, the book)
+    #[argh(option)]
+    pub trainable: Option<String>,
+    /// rank of LoRA adapters (train low-rank adapters instead of the weights)
+    #[argh(option)]
+    pub lora_rank: Option<usize>,
+    /// alpha of LoRA adapters (scaling alpha/rank; default: the rank)
+    #[argh(option)]
+    pub lora_alpha: Option<f32>,
+    /// layers that get LoRA adapters: all, or a list of qkv,proj,fc,ff-proj,head (default all)
+    #[argh(option)]
+    pub lora_targets: Option<String>,
+    /// worker threads (default: one per core)
+    #[argh(option)]
+    pub threads: Option<usize>,
     /// print one JSON object on stdout at the end
     #[argh(switch)]
     pub json: bool,
 }
 
+fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+fn failed(msg: impl Into<String>) -> CliError {
+    CliError::Failed(msg.into())
+}
+
 /// Runs `ember-train finetune instruct`.
-pub fn run(_a: InstructArgs, _con: &mut Console<'_>) -> Result<Outcome, CliError> {
-    Err(CliError::Failed(
-        "finetune instruct is not available in this build yet".into(),
-    ))
+pub fn run(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let threads = a.threads;
+    super::with_threads(threads, || train(a, con))?
+}
+
+/// The resolved settings.
+#[derive(Clone, Debug)]
+struct Settings {
+    init: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+    epochs: u64,
+    lr: f32,
+    weight_decay: f64,
+    batch: usize,
+    mask_prompt: bool,
+    dropout: f32,
+    seed: u64,
+    eval_every: u64,
+    eval_batches: usize,
+    max_new_tokens: usize,
+}
+
+/// Checks the flags (usage errors) and applies the defaults.
+fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
+    let need = |p: &Option<PathBuf>, name: &str| {
+        p.clone().ok_or_else(|| {
+            usage(format!(
+                "{name} is required (see ember-train finetune instruct --help)"
+            ))
+        })
+    };
+    let s = Settings {
+        init: need(&a.init, "--init")?,
+        data: need(&a.data, "--data")?,
+        out: need(&a.out, "--out")?,
+        epochs: a.epochs.unwrap_or(DEFAULT_EPOCHS),
+        lr: a.lr.unwrap_or(DEFAULT_LR),
+        weight_decay: a.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+        batch: a.batch.unwrap_or(DEFAULT_BATCH),
+        mask_prompt: a.mask_prompt,
+        dropout: a.dropout.unwrap_or(DEFAULT_DROPOUT),
+        seed: a.seed.unwrap_or(DEFAULT_SEED),
+        eval_every: a.eval_every.unwrap_or(DEFAULT_EVAL_EVERY),
+        eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
+        max_new_tokens: a.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+    };
+    for (v, name) in [
+        (s.epochs as usize, "--epochs"),
+        (s.batch, "--batch"),
+        (s.eval_every as usize, "--eval-every"),
+        (s.eval_batches, "--eval-batches"),
+        (s.max_new_tokens, "--max-new-tokens"),
+    ] {
+        if v == 0 {
+            return Err(usage(format!("{name} must be at least 1")));
+        }
+    }
+    if a.max_length == Some(0) {
+        return Err(usage("--max-length must be at least 1"));
+    }
+    if !(s.lr.is_finite() && s.lr > 0.0) {
+        return Err(usage(format!("--lr {}: must be a positive number", s.lr)));
+    }
+    if !(s.weight_decay.is_finite() && s.weight_decay >= 0.0) {
+        return Err(usage(format!(
+            "--weight-decay {}: must be >= 0",
+            s.weight_decay
+        )));
+    }
+    if !(s.dropout.is_finite() && (0.0..1.0).contains(&s.dropout)) {
+        return Err(usage(format!("--dropout {}: must be in [0, 1)", s.dropout)));
+    }
+    if a.lora_rank == Some(0) {
+        return Err(usage("--lora-rank must be at least 1"));
+    }
+    if let Some(al) = a.lora_alpha {
+        if !(al.is_finite() && al > 0.0) {
+            return Err(usage(format!(
+                "--lora-alpha {al}: must be a positive number"
+            )));
+        }
+    }
+    if a.lora_rank.is_none() && (a.lora_alpha.is_some() || a.lora_targets.is_some()) {
+        return Err(usage("--lora-alpha and --lora-targets need --lora-rank"));
+    }
+    Ok(s)
+}
+
+/// What updates the weights after a backward. Today: AdamW on every parameter (the book's
+/// chapter 7). Trainable subsets and LoRA come from the tuning module (`finetune::tune`) once it
+/// is part of the build; until then those flags are refused with a usage error, never ignored.
+enum Updater {
+    /// AdamW over the whole flat buffer.
+    Full(AdamW),
+}
+
+impl Updater {
+    fn new(model: &Gpt, a: &InstructArgs, s: &Settings) -> Result<Updater, CliError> {
+        let trainable = a.trainable.as_deref().unwrap_or("all");
+        if trainable != "all" {
+            if !(trainable == "head"
+                || trainable == "last-block"
+                || trainable
+                    .strip_prefix("last-")
+                    .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n > 0)))
+            {
+                return Err(usage(format!(
+                    "--trainable {trainable:?}: expected head, last-block, last-N (N ≥ 1) or all"
+                )));
+            }
+            return Err(usage(format!(
+                "--trainable {trainable} needs the tuning module (finetune::tune), which is not in \
+                 this build yet; use --trainable all"
+            )));
+        }
+        if a.lora_rank.is_some() {
+            return Err(usage(
+                "--lora-rank needs the tuning module (finetune::tune), which is not in this build \
+                 yet; train every parameter (the book's chapter 7) without it",
+            ));
+        }
+        Ok(Updater::Full(AdamW::new(
+            AdamWConfig {
+                weight_decay: s.weight_decay,
+                ..AdamWConfig::default()
+            },
+            model.decay_mask(DecayPolicy::All),
+        )))
+    }
+
+    /// Parameters the updater changes.
+    fn trainable_params(&self, model: &Gpt) -> usize {
+        match self {
+            Updater::Full(_) => model.params().len(),
+        }
+    }
+
+    /// One optimizer step from the gradients of the last backward.
+    fn step(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+        match self {
+            Updater::Full(opt) => {
+                let (p, g) = model.params_and_grads();
+                opt.step(p, g, lr).map_err(|e| e.to_string())
+            }
+        }
+    }
+
+    /// AdamW's step count (for `trainer.json`).
+    fn adam_steps(&self) -> Option<u64> {
+        match self {
+            Updater::Full(opt) => Some(opt.step_count()),
+        }
+    }
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (`None` where unknown).
+fn mem_available() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    kb.checked_mul(1024)
+}
+
+fn finite_or_null(v: f32) -> serde_json::Value {
+    if v.is_finite() {
+        json!(v)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+fn write_curves(dir: &Path, rows: &[LossRow]) -> Result<(), CliError> {
+    let csv_path = dir.join("loss.csv");
+    let svg_path = dir.join("loss.svg");
+    let csv = to_csv(rows);
+    write_atomically(&csv_path, |w| w.write_all(csv.as_bytes()))
+        .map_err(|e| failed(format!("{}: {}", csv_path.display(), data::io_reason(&e))))?;
+    let svg = to_svg(
+        rows,
+        &format!("ember-train finetune instruct: loss ({})", dir.display()),
+    );
+    write_atomically(&svg_path, |w| w.write_all(svg.as_bytes()))
+        .map_err(|e| failed(format!("{}: {}", svg_path.display(), data::io_reason(&e))))
+}
+
+/// The greedy response of the training model to `item` (an in-memory f32 copy run by the
+/// runtime).
+fn sample_response(
+    model: &Gpt,
+    tok: &emberlm_formats::tokenizer::Tokenizer,
+    item: &Instruction,
+    eot: u32,
+    threads: usize,
+) -> Result<String, String> {
+    let bytes = super::sample::ember_bytes(model)?;
+    let m = Model::from_bytes(&bytes).map_err(|e| e.to_string())?;
+    let mut s = Session::new(
+        &m,
+        &SessionOptions {
+            threads,
+            ..SessionOptions::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let prompt = PromptTemplate::alpaca().render(&item.instruction, &item.input);
+    respond(&mut s, tok, &prompt, eot, EPOCH_SAMPLE_TOKENS).map_err(|e| e.to_string())
+}
+
+fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let wall = Instant::now();
+    let s = settings(&a)?;
+    let threads = rayon::current_num_threads();
+
+    // 1. The model, its tokenizer and the data.
+    let init = checkpoint::load(&s.init, false).map_err(|e| failed(format!("--init {e}")))?;
+    let cfg = init.config;
+    let tok = init.tokenizer.clone();
+    let eot = tok.eot_id().ok_or_else(|| {
+        failed(format!(
+            "--init {}: the tokenizer has no <|endoftext|> token, which instruction tuning pads and stops with",
+            s.init.display()
+        ))
+    })?;
+    let max_len = a.max_length.unwrap_or(cfg.context_length);
+    if max_len > cfg.context_length {
+        return Err(usage(format!(
+            "--max-length {max_len} is larger than the model's context length {}",
+            cfg.context_length
+        )));
+    }
+    let all = read_instructions(&s.data).map_err(|e| failed(format!("--data {e}")))?;
+    let raw = std::fs::read(&s.data).map_err(|e| {
+        failed(format!(
+            "--data {}: {}",
+            s.data.display(),
+            data::io_reason(&e)
+        ))
+    })?;
+    let data_ref = DataRef {
+        path: s.data.display().to_string(),
+        bytes: raw.len() as u64,
+        hash: format!("{:016x}", data::fingerprint(&raw)),
+    };
+    drop(raw);
+    let (train_items, val_items, test_items) = split_instructions(&all);
+    let template = PromptTemplate::alpaca();
+    let train_ex = encode_examples(&tok, &template, train_items);
+    let val_ex = encode_examples(&tok, &template, val_items);
+    let test_ex = encode_examples(&tok, &template, test_items);
+    let b = s.batch;
+    let steps_per_epoch = num_batches(train_ex.len(), b, true) as u64;
+    if steps_per_epoch == 0 {
+        return Err(failed(format!(
+            "--data {}: the training split has {} examples ({} in all, 85% for training), not enough \
+             for one batch of --batch {b}; lower --batch or give more examples",
+            s.data.display(),
+            train_ex.len(),
+            all.len()
+        )));
+    }
+    let total = steps_per_epoch * s.epochs;
+    let longest = train_ex
+        .iter()
+        .chain(&val_ex)
+        .chain(&test_ex)
+        .map(|e| e.ids.len() + 1)
+        .max()
+        .unwrap_or(1);
+    let truncated = train_ex.iter().filter(|e| e.ids.len() > max_len).count();
+    let rule = BatchRule {
+        pad: eot,
+        mask_prompt: s.mask_prompt,
+        max_len,
+    };
+
+    // 2. Memory before any large allocation: training state for the longest batch plus the
+    // sampler's copy of the model.
+    let t_max = longest.min(max_len);
+    let need = memory_estimate(&cfg, b, t_max)
+        .saturating_add((cfg.param_count() as u64).saturating_mul(8));
+    if let Some(avail) = mem_available() {
+        if need > avail {
+            return Err(failed(format!(
+                "--batch {b} --max-length {max_len}: fine-tuning this {}-parameter model needs about \
+                 {:.1} GiB but only {:.1} GiB is available (MemAvailable); lower --batch or --max-length",
+                cfg.param_count(),
+                need as f64 / (1u64 << 30) as f64,
+                avail as f64 / (1u64 << 30) as f64
+            )));
+        }
+    }
+
+    // 3. The output directory.
+    let out = s.out.clone();
+    if out.join("checkpoints").exists() {
+        return Err(usage(format!(
+            "--out {}: already holds a run; choose another --out",
+            out.display()
+        )));
+    }
+    std::fs::create_dir_all(&out)
+        .map_err(|e| failed(format!("--out {}: {}", out.display(), data::io_reason(&e))))?;
+
+    // 4. Model and optimizer.
+    let mut model =
+        Gpt::from_params(cfg, init.params).map_err(|e| failed(format!("--init: {e}")))?;
+    model.dropout = DropoutRates::uniform(s.dropout);
+    model
+        .reserve(b, t_max)
+        .map_err(|e| failed(format!("model: {e}")))?;
+    let mut updater = Updater::new(&model, &a, &s)?;
+    let trainable = updater.trainable_params(&model);
+    let rng = RngState {
+        shuffle_seed: mix64(s.seed ^ 1),
+        dropout_seed: mix64(s.seed ^ 2),
+        eval_seed: mix64(s.seed ^ 3),
+    };
+    note!(
+        con,
+        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters, {} trainable); {} threads",
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        cfg.param_count() as f64 / 1e6,
+        trainable,
+        threads
+    );
+    note!(
+        con,
+        "data: {}: {} examples → {} train / {} validation / {} test (the book's split by order); \
+         longest example {} tokens, max length {max_len}{}{}",
+        s.data.display(),
+        all.len(),
+        train_ex.len(),
+        val_ex.len(),
+        test_ex.len(),
+        longest,
+        if truncated > 0 {
+            format!(" ({truncated} training examples truncated)")
+        } else {
+            String::new()
+        },
+        if s.mask_prompt {
+            "; prompt tokens masked"
+        } else {
+            ""
+        }
+    );
+    note!(
+        con,
+        "training: {} epochs × {steps_per_epoch} steps of batch {b} = {total} steps, lr {:e}, weight decay {}",
+        s.epochs,
+        s.lr,
+        s.weight_decay
+    );
+    note!(con, "output: {}", out.display());
+
+    let val_order: Vec<usize> = (0..val_ex.len()).collect();
+    let eval = |model: &mut Gpt, at: u64| -> Result<(f32, f32), CliError> {
+        let order = data::epoch_order(train_ex.len(), rng.eval_seed, at);
+        let tl = mean_loss(
+            model,
+            &train_ex,
+            &order,
+            b,
+            Some(s.eval_batches),
+            true,
+            &rule,
+        )
+        .map_err(|e| failed(format!("evaluation: {e}")))?;
+        let vl = mean_loss(
+            model,
+            &val_ex,
+            &val_order,
+            b,
+            Some(s.eval_batches),
+            false,
+            &rule,
+        )
+        .map_err(|e| failed(format!("evaluation: {e}")))?;
+        Ok((tl, vl))
+    };
+
+    // The book prints the loss before fine-tuning; it is also the first point of the curve.
+    let mut history: Vec<LossRow> = Vec::new();
+    let (tl0, vl0) = eval(&mut model, u64::MAX)?;
+    note!(
+        con,
+        "before fine-tuning: train loss {tl0:.3} | val loss {vl0:.3}"
+    );
+    history.push(LossRow {
+        step: 0,
+        epoch: 1,
+        tokens_seen: 0,
+        lr: s.lr,
+        train_loss: tl0,
+        val_loss: vl0,
+    });
+    write_curves(&out, &history)?;
+
+    let ckpt_state = |step: u64,
+                      epoch: u64,
+                      pos: usize,
+                      tokens: u64,
+                      first_loss: Option<f32>,
+                      secs: f64,
+                      adam: Option<u64>,
+                      history: &[LossRow]| TrainerState {
+        format: checkpoint::FORMAT.into(),
+        version: checkpoint::VERSION,
+        kind: "instruct".into(),
+        config: cfg.into(),
+        step,
+        epoch,
+        batch_in_epoch: pos,
+        tokens_seen: tokens,
+        first_loss,
+        train_seconds: secs,
+        adam_step: adam,
+        rng: rng.clone(),
+        hyper: None,
+        data: vec![data_ref.clone()],
+        tokenizer: init.state.tokenizer.clone(),
+        history: history.to_vec(),
+        source: Some(s.init.display().to_string()),
+    };
+    let shapes = cfg.tensor_shapes();
+    let save = |model: &Gpt, state: &TrainerState| -> Result<PathBuf, CliError> {
+        checkpoint::save_run(
+            &out,
+            &Contents {
+                state,
+                shapes: &shapes,
+                params: model.params(),
+                moments: None,
+                tokenizer: &tok,
+            },
+        )
+        .map_err(|e| failed(format!("saving the checkpoint: {e}")))
+    };
+
+    // 5. The loop.
+    let mut progress = Progress::new(con.tty);
+    let (mut step, mut epoch, mut pos) = (0u64, 0u64, 0usize);
+    let mut order = data::epoch_order(train_ex.len(), rng.shuffle_seed, epoch);
+    let (mut tokens_seen, mut train_s) = (0u64, 0f64);
+    let mut first_loss: Option<f32> = None;
+    let ln_v = (cfg.vocab_size as f32).ln();
+    let loop_t0 = Instant::now();
+    while step < total {
+        let t0 = Instant::now();
+        let batch = make_batch(&train_ex, batch_indices(&order, pos, b), &rule);
+        let seed = mix64(rng.dropout_seed ^ mix64(step));
+        model.zero_grad();
+        let loss = match model.forward(
+            &batch.inputs,
+            Some(&batch.targets),
+            batch.batch,
+            batch.len,
+            Mode::Train { seed },
+        ) {
+            Ok(l) => l.unwrap_or(f32::NAN),
+            // Only possible with --mask-prompt and a --max-length that cuts every response.
+            Err(crate::model::ModelError::NoTargets) => {
+                return Err(failed(format!(
+                    "step {}: every target of the batch is masked (--mask-prompt with --max-length {max_len} \
+                     cuts off the responses); raise --max-length",
+                    step + 1
+                )));
+            }
+            Err(e) => return Err(failed(format!("step {}: {e}", step + 1))),
+        };
+        let limit = EXPLODE_FACTOR * first_loss.unwrap_or(ln_v).max(ln_v);
+        if !loss.is_finite() || loss > limit {
+            return Err(failed(format!(
+                "training diverged at step {}: loss {loss}; lower --lr (now {})",
+                step + 1,
+                s.lr
+            )));
+        }
+        model
+            .backward()
+            .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
+        updater
+            .step(&mut model, s.lr)
+            .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
+        let dt = t0.elapsed().as_secs_f64();
+        train_s += dt;
+        tokens_seen += (batch.batch * batch.len) as u64;
+        first_loss.get_or_insert(loss);
+        let done = step; // the book's global_step
+        step += 1;
+        pos += 1;
+        let tok_s = tokens_seen as f64 / train_s.max(1e-9);
+        let eta = loop_t0.elapsed().as_secs_f64() / step as f64 * (total - step) as f64;
+        if done % s.eval_every == 0 || step == total {
+            let (tl, vl) = eval(&mut model, done)?;
+            history.push(LossRow {
+                step,
+                epoch: epoch + 1,
+                tokens_seen,
+                lr: s.lr,
+                train_loss: tl,
+                val_loss: vl,
+            });
+            write_curves(&out, &history)?;
+            progress.line(
+                con.log,
+                &format!(
+                    "step {step}/{total} | epoch {} | train loss {tl:.3} | val loss {vl:.3} | {tok_s:.0} tok/s | ETA {}",
+                    epoch + 1,
+                    fmt_duration(eta)
+                ),
+            );
+        }
+        progress.update(
+            con.log,
+            &Status {
+                step,
+                total,
+                epoch: epoch + 1,
+                loss,
+                lr: s.lr,
+                tokens_per_s: tok_s,
+                eta,
+            },
+            step == total,
+        );
+        if pos as u64 == steps_per_epoch {
+            if let Some(item) = val_items.first().or(train_items.first()) {
+                let text = sample_response(&model, &tok, item, eot, threads)
+                    .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
+                progress.line(
+                    con.log,
+                    &format!(
+                        "epoch {} response to {:?}: {}",
+                        epoch + 1,
+                        item.instruction,
+                        text.replace('\n', " ")
+                    ),
+                );
+            }
+            epoch += 1;
+            pos = 0;
+            order = data::epoch_order(train_ex.len(), rng.shuffle_seed, epoch);
+            if step < total {
+                save(
+                    &model,
+                    &ckpt_state(
+                        step,
+                        epoch,
+                        pos,
+                        tokens_seen,
+                        first_loss,
+                        train_s,
+                        updater.adam_steps(),
+                        &history,
+                    ),
+                )?;
+            }
+        }
+        if signal::interrupted() && step < total {
+            progress.finish(con.log);
+            let ck = save(
+                &model,
+                &ckpt_state(
+                    step,
+                    epoch,
+                    pos,
+                    tokens_seen,
+                    first_loss,
+                    train_s,
+                    updater.adam_steps(),
+                    &history,
+                ),
+            )?;
+            say!(
+                con,
+                "interrupted at step {step}/{total}: checkpoint saved to {}\nexport it with: ember-train export {} --dtype f32 --out model.ember",
+                ck.display(),
+                shell_path(&out)
+            );
+            return Ok(Outcome {
+                json: json!({
+                    "interrupted": true,
+                    "steps": step,
+                    "total_steps": total,
+                    "out_dir": out,
+                    "checkpoint": ck,
+                    "loss_csv": out.join("loss.csv"),
+                    "loss_plot": out.join("loss.svg"),
+                    "wall_seconds": wall.elapsed().as_secs_f64(),
+                }),
+                exit_code: 130,
+            });
+        }
+    }
+    progress.finish(con.log);
+
+    // 6. Checkpoint, export, test loss, responses.
+    let ckpt = save(
+        &model,
+        &ckpt_state(
+            step,
+            epoch,
+            pos,
+            tokens_seen,
+            first_loss,
+            train_s,
+            updater.adam_steps(),
+            &history,
+        ),
+    )?;
+    let model_path = out.join("model.ember");
+    let provenance = vec![
+        ("source".to_string(), s.init.display().to_string()),
+        ("finetune".to_string(), "instruct".to_string()),
+        ("data".to_string(), data_ref.path.clone()),
+        ("data_hash".to_string(), data_ref.hash.clone()),
+        ("steps".to_string(), step.to_string()),
+        ("epochs".to_string(), s.epochs.to_string()),
+        ("lr".to_string(), s.lr.to_string()),
+        ("mask_prompt".to_string(), s.mask_prompt.to_string()),
+    ];
+    let meta = ExportMeta {
+        config: cfg,
+        task: Task::LanguageModel,
+        prompt: Some(template.clone()),
+        tokenizer: Some(&tok),
+        provenance,
+    };
+    let size = export_ember(&model_path, &meta, ExportDtype::F32, &|n| model.param(n))
+        .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
+    let test_order: Vec<usize> = (0..test_ex.len()).collect();
+    let test_loss = mean_loss(&mut model, &test_ex, &test_order, b, None, false, &rule)
+        .map_err(|e| failed(format!("test loss: {e}")))?;
+    let last = history.last().copied();
+    let (tl, vl) = last.map_or((f32::NAN, f32::NAN), |r| (r.train_loss, r.val_loss));
+    say!(
+        con,
+        "fine-tuned {step} steps ({} epochs, {tokens_seen} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, test loss {test_loss:.3}, {:.0} tokens/s",
+        s.epochs,
+        fmt_duration(train_s),
+        tokens_seen as f64 / train_s.max(1e-9)
+    );
+
+    // The responses come from the exported file (what `ember chat` runs), with its own template.
+    let responses_path = out.join("responses.json");
+    let gen_t0 = Instant::now();
+    let responses = {
+        let m = Model::open(&model_path)
+            .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
+        let tpl = m.prompt_template().cloned().ok_or_else(|| {
+            failed(format!(
+                "{}: the exported model has no prompt template",
+                model_path.display()
+            ))
+        })?;
+        let mut session = Session::new(
+            &m,
+            &SessionOptions {
+                threads,
+                ..SessionOptions::default()
+            },
+        )
+        .map_err(|e| failed(format!("generation: {e}")))?;
+        let mut out_rows = Vec::with_capacity(test_items.len());
+        for (i, item) in test_items.iter().enumerate() {
+            let prompt = tpl.render(&item.instruction, &item.input);
+            let r = respond(&mut session, &tok, &prompt, eot, s.max_new_tokens)
+                .map_err(|e| failed(format!("response to test entry {i}: {e}")))?;
+            out_rows.push(Response {
+                instruction: item.instruction.clone(),
+                input: item.input.clone(),
+                output: item.output.clone(),
+                model_response: r,
+            });
+            if signal::interrupted() {
+                return Err(failed(format!(
+                    "interrupted while generating responses ({} of {} done); the model is saved: {}",
+                    i + 1,
+                    test_items.len(),
+                    model_path.display()
+                )));
+            }
+        }
+        out_rows
+    };
+    write_responses(&responses_path, &responses).map_err(|e| {
+        failed(format!(
+            "{}: {}",
+            responses_path.display(),
+            data::io_reason(&e)
+        ))
+    })?;
+    say!(
+        con,
+        "responses: {} test entries (greedy, at most {} tokens each) in {}: {}",
+        responses.len(),
+        s.max_new_tokens,
+        fmt_duration(gen_t0.elapsed().as_secs_f64()),
+        responses_path.display()
+    );
+    if let Some(r) = responses.first() {
+        say!(
+            con,
+            "  first: {:?}\n    reference: {:?}\n    model:     {:?}",
+            r.instruction,
+            r.output,
+            r.model_response
+        );
+    }
+    say!(con, "checkpoint: {}", ckpt.display());
+    say!(
+        con,
+        "model: {} ({size} bytes, f32, Alpaca template stored)",
+        model_path.display()
+    );
+    say!(
+        con,
+        "loss curve: {} and {}",
+        out.join("loss.csv").display(),
+        out.join("loss.svg").display()
+    );
+    say!(con, "chat with it: ember chat {}", shell_path(&model_path));
+    Ok(Outcome {
+        json: json!({
+            "train_loss": finite_or_null(tl),
+            "val_loss": finite_or_null(vl),
+            "test_loss": finite_or_null(test_loss),
+            "initial_train_loss": finite_or_null(tl0),
+            "initial_val_loss": finite_or_null(vl0),
+            "steps": step,
+            "epochs": s.epochs,
+            "trainable_params": trainable,
+            "parameters": cfg.param_count(),
+            "tokens_per_s": tokens_seen as f64 / train_s.max(1e-9),
+            "tokens_seen": tokens_seen,
+            "train_seconds": train_s,
+            "wall_seconds": wall.elapsed().as_secs_f64(),
+            "model": model_path,
+            "responses": responses_path,
+            "checkpoint": ckpt,
+            "loss_csv": out.join("loss.csv"),
+            "loss_plot": out.join("loss.svg"),
+            "out_dir": out,
+            "split": {"train": train_ex.len(), "val": val_ex.len(), "test": test_ex.len()},
+            "interrupted": false,
+        }),
+        exit_code: 0,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(extra: &[&str]) -> InstructArgs {
+        let mut v = vec!["--init", "i", "--data", "d.json", "--out", "o"];
+        v.extend_from_slice(extra);
+        InstructArgs::from_args(&["instruct"], &v).unwrap()
+    }
+
+    #[test]
+    fn defaults_are_the_books() {
+        let s = settings(&args(&[])).unwrap();
+        assert_eq!(
+            (s.epochs, s.lr, s.weight_decay, s.batch, s.seed),
+            (2, 5e-5, 0.1, 8, 123)
+        );
+        assert_eq!(
+            (s.eval_every, s.eval_batches, s.max_new_tokens),
+            (5, 5, 256)
+        );
+        assert_eq!(s.dropout, 0.0);
+        assert!(!s.mask_prompt);
+    }
+
+    #[test]
+    fn bad_flags_are_usage_errors_naming_the_flag() {
+        for (flags, name) in [
+            (&["--batch", "0"][..], "--batch"),
+            (&["--epochs", "0"][..], "--epochs"),
+            (&["--eval-every", "0"][..], "--eval-every"),
+            (&["--eval-batches", "0"][..], "--eval-batches"),
+            (&["--max-new-tokens", "0"][..], "--max-new-tokens"),
+            (&["--max-length", "0"][..], "--max-length"),
+            (&["--lr", "-1"][..], "--lr"),
+            (&["--lr", "NaN"][..], "--lr"),
+            (&["--weight-decay", "-0.1"][..], "--weight-decay"),
+            (&["--dropout", "1"][..], "--dropout"),
+            (&["--lora-rank", "0"][..], "--lora-rank"),
+            (&["--lora-alpha", "8"][..], "--lora-alpha"),
+        ] {
+            match settings(&args(flags)) {
+                Err(CliError::Usage(m)) => assert!(m.contains(name), "{flags:?}: {m}"),
+                other => panic!("{flags:?}: {other:?}"),
+            }
+        }
+        let missing = InstructArgs::from_args(&["instruct"], &["--data", "d.json"]).unwrap();
+        assert!(matches!(settings(&missing), Err(CliError::Usage(m)) if m.contains("--init")));
+    }
 }
