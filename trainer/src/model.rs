@@ -972,8 +972,8 @@ impl Gpt {
                 context_length: self.cfg.context_length,
             });
         }
-        let needed = ActLayout::new(&self.cfg, self.outputs(), b, t)
-            .ok_or(ModelError::TooLarge { b, t })?;
+        let needed =
+            ActLayout::new(&self.cfg, self.outputs(), b, t).ok_or(ModelError::TooLarge { b, t })?;
         if self.acts.buf.len() < needed.total || self.acts.scratch.len() < needed.scratch {
             self.acts = Activations::new(&self.cfg, self.outputs(), b, t)?;
             self.state = None;
@@ -1003,8 +1003,8 @@ impl Gpt {
                 context_length: self.cfg.context_length,
             });
         }
-        let lay = ActLayout::new(&self.cfg, self.outputs(), b, t)
-            .ok_or(ModelError::TooLarge { b, t })?;
+        let lay =
+            ActLayout::new(&self.cfg, self.outputs(), b, t).ok_or(ModelError::TooLarge { b, t })?;
         let v = self.cfg.vocab_size;
         if tokens.len() != lay.bt {
             return Err(ModelError::BadLength {
@@ -1554,9 +1554,7 @@ mod tests {
             .map(|i| ((i * 7 + 3) % cfg.vocab_size) as u32)
             .collect();
         let outputs = m.outputs();
-        let mut targets: Vec<i32> = (0..b * t)
-            .map(|i| ((i * 5 + 1) % outputs) as i32)
-            .collect();
+        let mut targets: Vec<i32> = (0..b * t).map(|i| ((i * 5 + 1) % outputs) as i32).collect();
         targets[3] = IGNORE_INDEX;
         if classes.is_some() {
             // One label per row: at the last position of row 0, at position 2 of row 1.
@@ -1648,15 +1646,147 @@ mod tests {
         };
         // Tied and untied language models both become a (K, C) + (K) classifier.
         whole_model_check_with(tiny(true, true), rates, Mode::Train { seed: 5 }, Some(3), 0);
-        whole_model_check_with(tiny(false, false), DropoutRates::NONE, Mode::Eval, Some(2), 0);
+        whole_model_check_with(
+            tiny(false, false),
+            DropoutRates::NONE,
+            Mode::Eval,
+            Some(2),
+            0,
+        );
     }
 
     #[test]
     fn frozen_bottom_layers_get_no_gradient() {
         // Only the last block, the final norm and the head (the book's chapter 6).
-        whole_model_check_with(tiny(true, false), DropoutRates::NONE, Mode::Eval, Some(2), 1);
+        whole_model_check_with(
+            tiny(true, false),
+            DropoutRates::NONE,
+            Mode::Eval,
+            Some(2),
+            1,
+        );
         // Only the final norm and the head (untied: a tied head is the embedding, not frozen).
         whole_model_check_with(tiny(false, false), DropoutRates::NONE, Mode::Eval, None, 2);
+    }
+
+    #[test]
+    fn lora_adapter_gradients_and_merge_match_an_f64_reference() {
+        use crate::finetune::tune::{LoraSpec, LoraTargets, Trainable, TuneOptions, Tuner};
+        let cfg = tiny(true, false);
+        let (b, t) = (2, 5);
+        let mut m = Gpt::new(cfg, Init::Gpt2, 17)
+            .unwrap()
+            .into_classifier(3, 2)
+            .unwrap();
+        let mut rng = Rng(7);
+        for ti in m.tensors.clone() {
+            let is_scale = ti.name.ends_with(".scale");
+            for v in &mut m.params[ti.range()] {
+                let u = rng.uniform();
+                *v = if is_scale { 1.0 + 0.3 * u } else { 0.5 * u } as f32;
+            }
+        }
+        let base: Vec<f64> = m.params.iter().map(|&v| v as f64).collect();
+        let (rank, alpha) = (2, 3.0f32);
+        let mut tuner = Tuner::new(
+            &mut m,
+            &TuneOptions {
+                trainable: Trainable::All,
+                lora: Some(LoraSpec {
+                    rank,
+                    alpha,
+                    targets: LoraTargets::ALL,
+                }),
+                weight_decay: 0.0,
+                seed: 1,
+            },
+        )
+        .unwrap();
+        // 2 layers × (q, k, v, proj, fc, ff.proj) + the head.
+        assert_eq!(tuner.adapters().len(), 13);
+        // B starts at zero: the merged model is the base model.
+        tuner.merge(&mut m);
+        assert!(m.params.iter().zip(&base).all(|(&a, &b)| a as f64 == b));
+        // Give B generic values so that both gradients are non-trivial.
+        let adapters = tuner.adapters().to_vec();
+        for ad in &adapters {
+            for v in &mut tuner.adapter_params_mut()[ad.b.clone()] {
+                *v = (0.4 * rng.uniform()) as f32;
+            }
+        }
+        tuner.merge(&mut m);
+        let tokens: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % 11) as u32).collect();
+        let mut targets = vec![IGNORE_INDEX; b * t];
+        targets[t - 1] = 2;
+        targets[2 * t - 1] = 0;
+        let scale = alpha as f64 / rank as f64;
+        let tensors = m.tensors.clone();
+        // The unmerged model in f64: W = W0 + s·B·A formed here, independently of Tuner::merge.
+        let reference = |ad: &[f64]| {
+            let mut p = base.clone();
+            for a in &adapters {
+                let (o, i) = (a.out_features, a.in_features);
+                for row in 0..o {
+                    for col in 0..i {
+                        let mut acc = 0.0;
+                        for k in 0..rank {
+                            acc += ad[a.b.start + row * rank + k] * ad[a.a.start + k * i + col];
+                        }
+                        p[a.weight.start + row * i + col] += scale * acc;
+                    }
+                }
+            }
+            reference_forward(
+                &cfg,
+                &tensors,
+                &p,
+                &tokens,
+                &targets,
+                b,
+                t,
+                DropoutRates::NONE,
+                Mode::Eval,
+            )
+        };
+        let ad64: Vec<f64> = tuner.adapter_params().iter().map(|&v| v as f64).collect();
+        m.zero_grad();
+        m.forward(&tokens, Some(&targets), b, t, Mode::Eval)
+            .unwrap();
+        let (want_logits, _) = reference(&ad64);
+        assert_close(
+            "merged logits",
+            m.logits().unwrap(),
+            &want_logits,
+            FWD_ATOL,
+            1e-5,
+        );
+        m.backward().unwrap();
+        tuner.adapter_gradients(&mut m);
+        let want = fd_grad(&ad64, |x| reference(x).1);
+        for ad in &adapters {
+            assert_close(
+                &format!("{} A", ad.name),
+                &tuner.adapter_grads()[ad.a.clone()],
+                &want[ad.a.clone()],
+                GRAD_ATOL,
+                GRAD_RTOL,
+            );
+            assert_close(
+                &format!("{} B", ad.name),
+                &tuner.adapter_grads()[ad.b.clone()],
+                &want[ad.b.clone()],
+                GRAD_ATOL,
+                GRAD_RTOL,
+            );
+        }
+        // A step moves only the adapted blocks of the merged weights.
+        let before = m.params.clone();
+        tuner.step(&mut m, 1e-2).unwrap();
+        for ti in &tensors {
+            let changed = m.params[ti.range()] != before[ti.range()];
+            let adapted = ti.shape.len() == 2 && !ti.name.contains("_emb");
+            assert_eq!(changed, adapted, "{}", ti.name);
+        }
     }
 
     #[test]
@@ -1675,7 +1805,12 @@ mod tests {
         assert_eq!(m.param("out_head.weight").unwrap().len(), 3 * 8);
         assert_eq!(m.param("out_head.bias").unwrap().len(), 3);
         let bound = 1.0 / 8f32.sqrt();
-        assert!(m.param("out_head.weight").unwrap().iter().all(|x| x.abs() <= bound));
+        assert!(
+            m.param("out_head.weight")
+                .unwrap()
+                .iter()
+                .all(|x| x.abs() <= bound)
+        );
         assert_eq!(m.outputs(), 3);
         let lm = Gpt::new(tiny(false, false), Init::Gpt2, 4).unwrap();
         assert_eq!(
