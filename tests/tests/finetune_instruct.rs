@@ -244,6 +244,67 @@ fn instruct_fine_tunes_exports_and_answers_the_test_split() {
 }
 
 #[test]
+fn lora_trains_only_adapters_and_exports_the_merged_model() {
+    let dir = tempdir("lora");
+    let (data, ck) = setup(&dir);
+    let out = dir.join("out");
+    let (r, text) = run(InstructArgs {
+        epochs: Some(2),
+        batch: Some(4),
+        lr: Some(1e-2),
+        eval_every: Some(4),
+        eval_batches: Some(2),
+        max_new_tokens: Some(4),
+        lora_rank: Some(2),
+        lora_alpha: Some(4.0),
+        ..base(&ck, &data, &out)
+    });
+    let o = r.unwrap_or_else(|e| panic!("{e}\n{text}"));
+    let j = &o.json;
+    // Rank R on every linear layer: per block three (C, C) query/key/value adapters, the
+    // projection (C, C), fc (4C, C) and ff-proj (C, 4C); plus the head (V, C). An adapter of a
+    // (O, I) weight has R·(O + I) parameters.
+    let base_ck = checkpoint::load(&ck, false).unwrap();
+    let (c, v, r) = (base_ck.config.dim, base_ck.config.vocab_size, 2);
+    let per_block = 3 * r * (c + c) + r * (c + c) + r * (4 * c + c) + r * (c + 4 * c);
+    let want = base_ck.config.n_layers * per_block + r * (v + c);
+    assert_eq!(
+        j["trainable_params"].as_u64().unwrap() as usize,
+        want,
+        "{j}"
+    );
+    assert!(
+        j["train_loss"].as_f64().unwrap() < j["initial_train_loss"].as_f64().unwrap(),
+        "{j}\n{text}"
+    );
+    // Biases and norms are frozen; the adapted weights moved (the checkpoint holds the merge).
+    let tuned = checkpoint::load(&out, false).unwrap();
+    let m0 = Gpt::from_params(base_ck.config, base_ck.params).unwrap();
+    let m1 = Gpt::from_params(tuned.config, tuned.params).unwrap();
+    for name in [
+        "blocks.0.att.proj.bias",
+        "final_norm.scale",
+        "pos_emb.weight",
+    ] {
+        assert_eq!(m0.param(name), m1.param(name), "{name} must stay frozen");
+    }
+    assert_ne!(
+        m0.param("blocks.0.att.proj.weight"),
+        m1.param("blocks.0.att.proj.weight")
+    );
+    assert!(matches!(
+        run(InstructArgs {
+            lora_rank: Some(2),
+            trainable: Some("head".into()),
+            ..base(&ck, &data, &dir.join("out2"))
+        })
+        .0,
+        Err(CliError::Usage(_))
+    ));
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
 fn bad_input_gives_one_line_errors_naming_the_file_and_entry() {
     let dir = tempdir("bad");
     let (_, ck) = setup(&dir);

@@ -17,7 +17,6 @@
 
 use super::progress::{Progress, Status};
 use super::{CliError, Console, Outcome, fmt_duration, shell_path, signal};
-use crate::adamw::{AdamW, AdamWConfig, DecayPolicy};
 use crate::checkpoint::{self, Contents, DataRef, RngState, TrainerState};
 use crate::data::{self, mix64};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -26,6 +25,7 @@ use crate::finetune::instruct::{
     BatchRule, Response, batch_indices, encode_examples, make_batch, mean_loss, num_batches,
     respond, write_responses,
 };
+use crate::finetune::tune::{LoraSpec, LoraTargets, Trainable, TuneError, TuneOptions, Tuner};
 use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
 use crate::plot::{LossRow, to_csv, to_svg};
 use crate::{note, say};
@@ -217,71 +217,51 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
     Ok(s)
 }
 
-/// What updates the weights after a backward. Today: AdamW on every parameter (the book's
-/// chapter 7). Trainable subsets and LoRA come from the tuning module (`finetune::tune`) once it
-/// is part of the build; until then those flags are refused with a usage error, never ignored.
-enum Updater {
-    /// AdamW over the whole flat buffer.
-    Full(AdamW),
-}
-
-impl Updater {
-    fn new(model: &Gpt, a: &InstructArgs, s: &Settings) -> Result<Updater, CliError> {
-        let trainable = a.trainable.as_deref().unwrap_or("all");
-        if trainable != "all" {
-            if !(trainable == "head"
-                || trainable == "last-block"
-                || trainable
-                    .strip_prefix("last-")
-                    .is_some_and(|n| n.parse::<usize>().is_ok_and(|n| n > 0)))
-            {
-                return Err(usage(format!(
-                    "--trainable {trainable:?}: expected head, last-block, last-N (N ≥ 1) or all"
-                )));
-            }
-            return Err(usage(format!(
-                "--trainable {trainable} needs the tuning module (finetune::tune), which is not in \
-                 this build yet; use --trainable all"
-            )));
-        }
-        if a.lora_rank.is_some() {
-            return Err(usage(
-                "--lora-rank needs the tuning module (finetune::tune), which is not in this build \
-                 yet; train every parameter (the book's chapter 7) without it",
-            ));
-        }
-        Ok(Updater::Full(AdamW::new(
-            AdamWConfig {
-                weight_decay: s.weight_decay,
-                ..AdamWConfig::default()
+/// What trains (`--trainable`, or LoRA adapters with `--lora-rank`) and its AdamW, from the
+/// tuning module. LoRA keeps the merged weights in the model, so checkpoints and the export hold
+/// the merged model.
+fn tuner(model: &mut Gpt, a: &InstructArgs, s: &Settings) -> Result<Tuner, CliError> {
+    let trainable: Trainable = a
+        .trainable
+        .as_deref()
+        .unwrap_or("all")
+        .parse()
+        .map_err(|e: TuneError| usage(format!("--trainable: {e}")))?;
+    let lora = match a.lora_rank {
+        None => None,
+        Some(rank) => Some(LoraSpec {
+            rank,
+            alpha: a.lora_alpha.unwrap_or(rank as f32),
+            targets: match &a.lora_targets {
+                None => LoraTargets::ALL,
+                Some(t) => t
+                    .parse()
+                    .map_err(|e: TuneError| usage(format!("--lora-targets: {e}")))?,
             },
-            model.decay_mask(DecayPolicy::All),
-        )))
+        }),
+    };
+    if lora.is_some() && a.trainable.is_some() {
+        return Err(usage(
+            "give --trainable or --lora-rank, not both (LoRA trains only its adapters)",
+        ));
     }
-
-    /// Parameters the updater changes.
-    fn trainable_params(&self, model: &Gpt) -> usize {
-        match self {
-            Updater::Full(_) => model.params().len(),
-        }
-    }
-
-    /// One optimizer step from the gradients of the last backward.
-    fn step(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
-        match self {
-            Updater::Full(opt) => {
-                let (p, g) = model.params_and_grads();
-                opt.step(p, g, lr).map_err(|e| e.to_string())
-            }
-        }
-    }
-
-    /// AdamW's step count (for `trainer.json`).
-    fn adam_steps(&self) -> Option<u64> {
-        match self {
-            Updater::Full(opt) => Some(opt.step_count()),
-        }
-    }
+    Tuner::new(
+        model,
+        &TuneOptions {
+            trainable,
+            lora,
+            weight_decay: s.weight_decay as f32,
+            seed: s.seed,
+        },
+    )
+    .map_err(|e| {
+        let flag = if lora.is_some() {
+            "--lora-rank"
+        } else {
+            "--trainable"
+        };
+        usage(format!("{flag}: {e}"))
+    })
 }
 
 /// `MemAvailable` of /proc/meminfo in bytes (`None` where unknown).
@@ -439,8 +419,8 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     model
         .reserve(b, t_max)
         .map_err(|e| failed(format!("model: {e}")))?;
-    let mut updater = Updater::new(&model, &a, &s)?;
-    let trainable = updater.trainable_params(&model);
+    let mut tuner = tuner(&mut model, &a, &s)?;
+    let trainable = tuner.trainable_params();
     let rng = RngState {
         shuffle_seed: mix64(s.seed ^ 1),
         dropout_seed: mix64(s.seed ^ 2),
@@ -448,13 +428,14 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     };
     note!(
         con,
-        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters, {} trainable); {} threads",
+        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters); training {}: {} trainable parameters; {} threads",
         cfg.n_layers,
         cfg.n_heads,
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
         cfg.param_count() as f64 / 1e6,
+        tuner.description(),
         trainable,
         threads
     );
@@ -537,7 +518,6 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                       tokens: u64,
                       first_loss: Option<f32>,
                       secs: f64,
-                      adam: Option<u64>,
                       history: &[LossRow]| TrainerState {
         format: checkpoint::FORMAT.into(),
         version: checkpoint::VERSION,
@@ -549,7 +529,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         tokens_seen: tokens,
         first_loss,
         train_seconds: secs,
-        adam_step: adam,
+        adam_step: None,
         rng: rng.clone(),
         hyper: None,
         data: vec![data_ref.clone()],
@@ -614,7 +594,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         model
             .backward()
             .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
-        updater
+        tuner
             .step(&mut model, s.lr)
             .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
         let dt = t0.elapsed().as_secs_f64();
@@ -679,16 +659,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             if step < total {
                 save(
                     &model,
-                    &ckpt_state(
-                        step,
-                        epoch,
-                        pos,
-                        tokens_seen,
-                        first_loss,
-                        train_s,
-                        updater.adam_steps(),
-                        &history,
-                    ),
+                    &ckpt_state(step, epoch, pos, tokens_seen, first_loss, train_s, &history),
                 )?;
             }
         }
@@ -696,16 +667,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             progress.finish(con.log);
             let ck = save(
                 &model,
-                &ckpt_state(
-                    step,
-                    epoch,
-                    pos,
-                    tokens_seen,
-                    first_loss,
-                    train_s,
-                    updater.adam_steps(),
-                    &history,
-                ),
+                &ckpt_state(step, epoch, pos, tokens_seen, first_loss, train_s, &history),
             )?;
             say!(
                 con,
@@ -733,16 +695,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     // 6. Checkpoint, export, test loss, responses.
     let ckpt = save(
         &model,
-        &ckpt_state(
-            step,
-            epoch,
-            pos,
-            tokens_seen,
-            first_loss,
-            train_s,
-            updater.adam_steps(),
-            &history,
-        ),
+        &ckpt_state(step, epoch, pos, tokens_seen, first_loss, train_s, &history),
     )?;
     let model_path = out.join("model.ember");
     let provenance = vec![
