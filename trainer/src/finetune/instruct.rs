@@ -308,14 +308,20 @@ mod tests {
                 .unwrap()
                 .unwrap() as f64;
         }
-        assert!((got as f64 - want / 2.0).abs() < 1e-6, "{got} vs {}", want / 2.0);
+        assert!(
+            (got as f64 - want / 2.0).abs() < 1e-6,
+            "{got} vs {}",
+            want / 2.0
+        );
         // drop_last with one batch of 2 only; max_batches caps.
         let first = mean_loss(&mut m, &e, &order, 2, Some(1), false, &rule).unwrap();
         let dl = mean_loss(&mut m, &e, &order, 2, None, true, &rule).unwrap();
         assert_eq!(first, dl);
-        assert!(mean_loss(&mut m, &e, &[], 2, None, false, &rule)
-            .unwrap()
-            .is_nan());
+        assert!(
+            mean_loss(&mut m, &e, &[], 2, None, false, &rule)
+                .unwrap()
+                .is_nan()
+        );
     }
 
     #[test]
