@@ -324,6 +324,61 @@ mod tests {
         );
     }
 
+    /// A model whose next token is always `winner`: the final norm outputs its shift (scale 0)
+    /// at every position, and only the head row of `winner` is aligned with it.
+    fn constant_model(vocab: usize, winner: usize) -> Gpt {
+        let cfg = GptConfig {
+            vocab_size: vocab,
+            context_length: 8,
+            dim: 4,
+            n_layers: 1,
+            n_heads: 1,
+            qkv_bias: false,
+            tied_head: false,
+        };
+        let mut m = Gpt::new(cfg, crate::model::Init::Gpt2, 1).unwrap();
+        m.param_mut("final_norm.scale").unwrap().fill(0.0);
+        m.param_mut("final_norm.shift").unwrap().fill(1.0);
+        let head = m.param_mut("out_head.weight").unwrap();
+        head.fill(0.0);
+        head[winner * 4..winner * 4 + 4].fill(1.0);
+        m
+    }
+
+    fn respond_with(m: &Gpt, tok: &Tokenizer, eot: u32, max_new: usize) -> String {
+        let bytes = crate::cli::sample::ember_bytes(m).unwrap();
+        let rm = emberlm_runtime::Model::from_bytes(&bytes).unwrap();
+        let mut s = Session::new(&rm, &emberlm_runtime::SessionOptions::default()).unwrap();
+        // A prompt longer than the context (8) is cropped, not an error.
+        respond(&mut s, tok, "a b c d e f g h i j k l", eot, max_new).unwrap()
+    }
+
+    #[test]
+    fn responses_stop_at_the_end_token_and_at_the_cap() {
+        let tok = emberlm_formats::tokenizer::train_bpe(
+            &["a b c d e f g h i j k l"],
+            260,
+            &Default::default(),
+        )
+        .unwrap();
+        let eot = tok.eot_id().unwrap();
+        let v = tok.vocab_size();
+        // The end token wins at once: an empty response.
+        assert_eq!(
+            respond_with(&constant_model(v, eot as usize), &tok, eot, 5),
+            ""
+        );
+        // Byte 'x' wins every time: 5 of them (the cap), through the context sliding (8).
+        assert_eq!(
+            respond_with(&constant_model(v, b'x' as usize), &tok, eot, 5),
+            "xxxxx"
+        );
+        assert_eq!(
+            respond_with(&constant_model(v, b'x' as usize), &tok, eot, 12),
+            "x".repeat(12)
+        );
+    }
+
     #[test]
     fn responses_round_trip_with_the_four_keys() {
         let dir = std::env::temp_dir().join(format!("emberlm-resp-{}", std::process::id()));
