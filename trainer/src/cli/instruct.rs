@@ -149,6 +149,8 @@ struct Settings {
     eval_every: u64,
     eval_batches: usize,
     max_new_tokens: usize,
+    trainable: Trainable,
+    lora: Option<LoraSpec>,
 }
 
 /// Checks the flags (usage errors) and applies the defaults.
@@ -174,7 +176,31 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
         eval_every: a.eval_every.unwrap_or(DEFAULT_EVAL_EVERY),
         eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
         max_new_tokens: a.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
+        trainable: a
+            .trainable
+            .as_deref()
+            .unwrap_or("all")
+            .parse()
+            .map_err(|e: TuneError| usage(format!("--trainable: {e}")))?,
+        lora: match a.lora_rank {
+            None => None,
+            Some(rank) => Some(LoraSpec {
+                rank,
+                alpha: a.lora_alpha.unwrap_or(rank as f32),
+                targets: match &a.lora_targets {
+                    None => LoraTargets::ALL,
+                    Some(t) => t
+                        .parse()
+                        .map_err(|e: TuneError| usage(format!("--lora-targets: {e}")))?,
+                },
+            }),
+        },
     };
+    if s.lora.is_some() && a.trainable.is_some() {
+        return Err(usage(
+            "give --trainable or --lora-rank, not both (LoRA trains only its adapters)",
+        ));
+    }
     for (v, name) in [
         (s.epochs as usize, "--epochs"),
         (s.batch, "--batch"),
@@ -220,35 +246,12 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
 /// What trains (`--trainable`, or LoRA adapters with `--lora-rank`) and its AdamW, from the
 /// tuning module. LoRA keeps the merged weights in the model, so checkpoints and the export hold
 /// the merged model.
-fn tuner(model: &mut Gpt, a: &InstructArgs, s: &Settings) -> Result<Tuner, CliError> {
-    let trainable: Trainable = a
-        .trainable
-        .as_deref()
-        .unwrap_or("all")
-        .parse()
-        .map_err(|e: TuneError| usage(format!("--trainable: {e}")))?;
-    let lora = match a.lora_rank {
-        None => None,
-        Some(rank) => Some(LoraSpec {
-            rank,
-            alpha: a.lora_alpha.unwrap_or(rank as f32),
-            targets: match &a.lora_targets {
-                None => LoraTargets::ALL,
-                Some(t) => t
-                    .parse()
-                    .map_err(|e: TuneError| usage(format!("--lora-targets: {e}")))?,
-            },
-        }),
-    };
-    if lora.is_some() && a.trainable.is_some() {
-        return Err(usage(
-            "give --trainable or --lora-rank, not both (LoRA trains only its adapters)",
-        ));
-    }
+fn tuner(model: &mut Gpt, s: &Settings) -> Result<Tuner, CliError> {
+    let lora = s.lora;
     Tuner::new(
         model,
         &TuneOptions {
-            trainable,
+            trainable: s.trainable,
             lora,
             weight_decay: s.weight_decay as f32,
             seed: s.seed,
@@ -369,7 +372,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             all.len()
         )));
     }
-    let total = steps_per_epoch * s.epochs;
+    let total = steps_per_epoch.checked_mul(s.epochs).ok_or_else(|| {
+        usage(format!(
+            "--epochs {}: {steps_per_epoch} steps per epoch make too many steps",
+            s.epochs
+        ))
+    })?;
     let longest = train_ex
         .iter()
         .chain(&val_ex)
@@ -419,7 +427,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     model
         .reserve(b, t_max)
         .map_err(|e| failed(format!("model: {e}")))?;
-    let mut tuner = tuner(&mut model, &a, &s)?;
+    let mut tuner = tuner(&mut model, &s)?;
     let trainable = tuner.trainable_params();
     let rng = RngState {
         shuffle_seed: mix64(s.seed ^ 1),
@@ -860,6 +868,13 @@ mod tests {
         );
         assert_eq!(s.dropout, 0.0);
         assert!(!s.mask_prompt);
+        assert_eq!((s.trainable, s.lora), (Trainable::All, None));
+        let s = settings(&args(&["--lora-rank", "16", "--lora-targets", "qkv,head"])).unwrap();
+        let l = s.lora.unwrap();
+        assert_eq!((l.rank, l.alpha), (16, 16.0));
+        assert!(l.targets.qkv && l.targets.head && !l.targets.fc);
+        let s = settings(&args(&["--trainable", "last-2"])).unwrap();
+        assert_eq!(s.trainable, Trainable::LastBlocks(2));
     }
 
     #[test]
@@ -877,6 +892,16 @@ mod tests {
             (&["--dropout", "1"][..], "--dropout"),
             (&["--lora-rank", "0"][..], "--lora-rank"),
             (&["--lora-alpha", "8"][..], "--lora-alpha"),
+            (&["--trainable", "middle"][..], "--trainable"),
+            (&["--trainable", "last-0"][..], "--trainable"),
+            (
+                &["--lora-rank", "4", "--lora-targets", "mlp"][..],
+                "--lora-targets",
+            ),
+            (
+                &["--lora-rank", "4", "--trainable", "head"][..],
+                "--trainable",
+            ),
         ] {
             match settings(&args(flags)) {
                 Err(CliError::Usage(m)) => assert!(m.contains(name), "{flags:?}: {m}"),
