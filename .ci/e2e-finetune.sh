@@ -4,7 +4,7 @@
 #   instruct: a tiny model pretrained for a few seconds on $EMBER_DATA/the-verdict.txt (GPT-2
 #   tokenizer), then `ember-train finetune instruct` on $EMBER_DATA/instruction-data.json (the
 #   book's 1,100 entries, one epoch), checking the --json result, loss.csv/loss.svg, model.ember
-#   and responses.json (the 110 test entries with the four keys).
+#   and responses.json (the 110 test entries with the four keys); then `ember chat` on the model.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
@@ -59,6 +59,13 @@ PY
     else
         grep -q '"test_loss"' "$WORK/instruct.json"
         grep -q '"model_response"' "$WORK/instruct/responses.json"
+    fi
+    EMBER="$TARGET/release/ember"
+    if cargo build --release -p emberlm-runtime --bin ember && "$EMBER" chat --help >/dev/null 2>&1; then
+        echo "== [$(secs)] ember chat on the exported model (the template comes from the file)"
+        printf 'Name the author of Pride and Prejudice.\n' | "$EMBER" chat "$WORK/instruct/model.ember" --max-tokens 16
+    else
+        echo "!! no 'ember chat' in this build: the chat check is skipped"
     fi
 fi
 echo "== e2e-finetune ok in $(secs)"
