@@ -1,3 +1,4 @@
 //! Fine-tuning (the book's chapters 6 and 7, appendix E): datasets and batching rules.
 
 pub mod data;
+pub mod tune;
