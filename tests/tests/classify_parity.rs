@@ -5,7 +5,9 @@
 //! batch would hold (padded to the length for both readouts), read at the readout position: the
 //! model's untied head holds the classifier's K rows first, so the first K of the V logits there,
 //! plus the bias added here, are the class logits. A second reference exports the same weights as
-//! a language model and runs the runtime's plain session on it.
+//! a language model and runs the runtime's plain session on it. A third, direct one: the
+//! trainer's native classifier (`Gpt::into_classifier`, head (K, C) + bias (K)) on a padded
+//! batch, read per row at the readout position, vs the runtime on its export.
 //!
 //! Letters: V vocabulary, C dim, K classes.
 
@@ -203,6 +205,55 @@ fn classifier_export_matches_the_language_model_export_with_the_same_rows() {
             let scale = want.iter().fold(1f32, |m, v| m.max(v.abs()));
             let err = max_abs(got, &want) / scale;
             assert!(err <= rel_tol, "{}: {got:?} vs {want:?}", dtype.name());
+        }
+    }
+    std::fs::remove_dir_all(dir).ok();
+}
+
+#[test]
+fn trainer_native_classifier_matches_the_runtime_on_a_padded_batch() {
+    let dir = tempdir("classify-native");
+    let lm = Gpt::new(cfg(), Init::TorchDefault, 21).unwrap();
+    let mut gpt = lm.into_classifier(K, 5).unwrap();
+    assert_eq!(gpt.outputs(), K);
+    // The batch as fine-tuning builds it: every row truncated, then right-padded to LENGTH.
+    let rows = inputs();
+    let mut batch = Vec::new();
+    let mut real = Vec::new();
+    for r in &rows {
+        let n = r.len().min(LENGTH);
+        batch.extend_from_slice(&r[..n]);
+        batch.extend(std::iter::repeat_n(PAD, LENGTH - n));
+        real.push(n);
+    }
+    let logits = gpt
+        .forward_logits(&batch, rows.len(), LENGTH)
+        .unwrap()
+        .to_vec(); // (B, T, K)
+    for readout in [Readout::Last, Readout::LastReal] {
+        let path = dir.join(format!("native-{readout:?}.ember"));
+        let meta = ExportMeta {
+            config: cfg(),
+            task: task(readout),
+            prompt: None,
+            tokenizer: None,
+            provenance: vec![],
+        };
+        export_ember(&path, &meta, ExportDtype::F32, &|n| gpt.param(n)).unwrap();
+        let model = Model::open(&path).unwrap();
+        let mut clf = Classifier::new(&model, &SessionOptions::default()).unwrap();
+        for (b, tokens) in rows.iter().enumerate() {
+            let pos = match readout {
+                Readout::Last => LENGTH - 1,
+                Readout::LastReal => real[b] - 1,
+            };
+            let want = &logits[(b * LENGTH + pos) * K..][..K];
+            let got = clf.classify_tokens(tokens).unwrap().logits;
+            let err = max_abs(got, want);
+            assert!(
+                err <= F32_TOL,
+                "{readout:?} row {b}: {got:?} vs {want:?} ({err})"
+            );
         }
     }
     std::fs::remove_dir_all(dir).ok();
