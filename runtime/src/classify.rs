@@ -19,6 +19,11 @@ use crate::session::{Session, SessionOptions};
 use emberlm_formats::meta::{Readout, Task};
 use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens};
 
+/// How a classified text is encoded: special-token names such as `<|endoftext|>` are ordinary
+/// text (a classified text is data, never control). Fine-tuning should encode its texts the same
+/// way so that training and inference see the same ids.
+pub const TEXT_SPECIAL_TOKENS: SpecialTokens = SpecialTokens::AsText;
+
 /// A model's classification settings, read from its task.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClassifierSpec {
@@ -171,8 +176,7 @@ impl<'m, 'a> Classifier<'m, 'a> {
         &self.session
     }
 
-    /// Classifies a text: encoded with the model's tokenizer, special-token names such as
-    /// `<|endoftext|>` being ordinary text (a classified text is data, never control).
+    /// Classifies a text, encoded with the model's tokenizer as [`TEXT_SPECIAL_TOKENS`] says.
     ///
     /// Errors: [`RuntimeError::NoTokenizer`] when the file has none, [`RuntimeError::EmptyPrompt`]
     /// for an empty text, and those of [`Classifier::classify_tokens`].
@@ -181,7 +185,7 @@ impl<'m, 'a> Classifier<'m, 'a> {
         self.encoded.clear();
         tok.encode(
             text,
-            SpecialTokens::AsText,
+            TEXT_SPECIAL_TOKENS,
             &mut self.scratch,
             &mut self.encoded,
         );

@@ -366,6 +366,14 @@ mod cli {
         assert_eq!(k["label"].as_str().unwrap(), c.label);
         assert_eq!(k["truncated"], true);
 
+        // Special-token names in a text are text: `<|endoftext|>` is several tokens, not 50256.
+        let eot = ok_json(&run(&["classify", m, "--text", "<|endoftext|>", "--json"]));
+        let as_text = Tokenizer::gpt2()
+            .encode_to_vec("<|endoftext|>", SpecialTokens::AsText)
+            .len();
+        assert!(as_text > 1);
+        assert_eq!(eot["tokens"].as_f64().unwrap(), as_text as f64);
+
         // Human output names the label and every probability.
         let out = run(&["classify", m, "--text", text, "--threads", "1"]);
         assert!(out.status.success());
@@ -405,6 +413,22 @@ mod cli {
             lines[1]["tokens"].as_f64().unwrap(),
             single["tokens"].as_f64().unwrap()
         );
+
+        // `-` reads standard input.
+        let mut child = Command::new(env!("CARGO_BIN_EXE_ember"))
+            .args(["classify", m, "--file", "-", "--json"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        std::io::Write::write_all(
+            &mut child.stdin.take().unwrap(),
+            &std::fs::read(&input).unwrap(),
+        )
+        .unwrap();
+        let piped = child.wait_with_output().unwrap();
+        assert!(piped.status.success());
+        assert_eq!(String::from_utf8(piped.stdout).unwrap(), s);
 
         let out = run(&["classify", m, "--file", input.to_str().unwrap()]);
         assert!(out.status.success());

@@ -153,7 +153,8 @@ struct ClassifyArgs {
     /// token ids to classify, e.g. 15496,11,314
     #[argh(option)]
     tokens: Option<String>,
-    /// a file with one text per line (blank lines are skipped); prints one result per line
+    /// a file with one text per line (blank lines are skipped; `-` reads standard input); prints
+    /// one result per line
     #[argh(option)]
     file: Option<PathBuf>,
     /// worker threads (default: one per core)
@@ -626,9 +627,9 @@ fn classification_json(c: &Classification<'_>, line: Option<usize>) -> String {
         .labels
         .iter()
         .zip(c.probabilities)
-        .map(|(l, &p)| format!("{}:{}", json_str(l), num(p as f64)))
+        .map(|(l, &p)| format!("{}:{}", json_str(l), num32(p)))
         .collect();
-    let logits: Vec<String> = c.logits.iter().map(|&v| num(v as f64)).collect();
+    let logits: Vec<String> = c.logits.iter().map(|&v| num32(v)).collect();
     let mut o = String::from("{");
     if let Some(n) = line {
         let _ = write!(o, "\"line\":{n},");
@@ -693,8 +694,12 @@ fn classify(a: ClassifyArgs) -> Result<()> {
         }
         return Ok(());
     };
-    let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut reader = std::io::BufReader::new(file);
+    let mut reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut buf = Vec::new();
@@ -1098,6 +1103,15 @@ fn json_str(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+/// A JSON number with f32's shortest round-trip digits (non-finite values become null).
+fn num32(x: f32) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
 }
 
 /// A JSON number (non-finite values become null).
