@@ -252,3 +252,74 @@ pub fn softmax(x: &[f32], p: &mut [f32]) {
         *o = ((v as f64 - max).exp() / sum) as f32;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(readout: Readout, length: Option<usize>) -> ClassifierSpec {
+        ClassifierSpec {
+            readout,
+            pad_id: 9,
+            length,
+        }
+    }
+
+    #[test]
+    fn prepare_truncates_then_pads_for_readout_last() {
+        let mut out = vec![7; 3]; // stale contents are cleared
+        let s = spec(Readout::Last, Some(5));
+        assert_eq!(s.prepare(&[1, 2], 8, &mut out), 2);
+        assert_eq!(out, [1, 2, 9, 9, 9]);
+        assert_eq!(s.prepare(&[1, 2, 3, 4, 5, 6], 8, &mut out), 5);
+        assert_eq!(out, [1, 2, 3, 4, 5]);
+        // The context caps both the truncation and the padding.
+        assert_eq!(s.prepare(&[1, 2], 3, &mut out), 2);
+        assert_eq!(out, [1, 2, 9]);
+        let s = spec(Readout::LastReal, Some(5));
+        assert_eq!(s.prepare(&[1, 2], 8, &mut out), 2);
+        assert_eq!(out, [1, 2]);
+        assert_eq!(s.prepare(&[1, 2, 3, 4, 5, 6], 8, &mut out), 5);
+        assert_eq!(out, [1, 2, 3, 4, 5]);
+        let s = spec(Readout::Last, None);
+        assert_eq!(s.prepare(&[1, 2, 3, 4], 3, &mut out), 3);
+        assert_eq!(out, [1, 2, 3]);
+    }
+
+    #[test]
+    fn softmax_values() {
+        let mut p = [0.0; 2];
+        softmax(&[0.0, 3f32.ln()], &mut p);
+        assert!(
+            (p[0] - 0.25).abs() < 1e-7 && (p[1] - 0.75).abs() < 1e-7,
+            "{p:?}"
+        );
+        // Large logits do not overflow.
+        softmax(&[1000.0, 1000.0], &mut p);
+        assert_eq!(p, [0.5, 0.5]);
+        softmax(&[-1e30, 0.0], &mut p);
+        assert_eq!(p, [0.0, 1.0]);
+    }
+
+    #[test]
+    fn a_language_model_has_no_classifier_spec() {
+        assert!(matches!(
+            ClassifierSpec::of(&Task::LanguageModel),
+            Err(RuntimeError::WrongTask { .. })
+        ));
+        let t = Task::Classifier {
+            labels: vec!["a".into(), "b".into()],
+            readout: Readout::LastReal,
+            pad_id: 50256,
+            length: Some(120),
+        };
+        assert_eq!(
+            ClassifierSpec::of(&t).unwrap(),
+            ClassifierSpec {
+                readout: Readout::LastReal,
+                pad_id: 50256,
+                length: Some(120)
+            }
+        );
+    }
+}
