@@ -476,6 +476,51 @@ mod cli {
         std::fs::remove_dir_all(dir).ok();
     }
 
+    /// Every text of the book's SMS Spam Collection (`$EMBER_DATA/sms_spam_collection.tsv`,
+    /// `label<TAB>text`) classifies without error through `--file`, one JSON line per text,
+    /// probabilities summing to 1. Skips loudly without `EMBER_DATA`.
+    #[test]
+    fn every_sms_text_classifies() {
+        let Some(data) = std::env::var_os("EMBER_DATA") else {
+            eprintln!("SKIPPED every_sms_text_classifies: EMBER_DATA is not set");
+            return;
+        };
+        let tsv =
+            std::fs::read_to_string(Path::new(&data).join("sms_spam_collection.tsv")).unwrap();
+        let texts: Vec<&str> = tsv
+            .lines()
+            .filter_map(|l| l.split_once('\t').map(|(_, t)| t))
+            .collect();
+        assert_eq!(texts.len(), 5574);
+        let dir = tempdir("sms");
+        let (clf_path, _) = files(&dir);
+        let input = dir.join("sms.txt");
+        std::fs::write(&input, texts.join("\n")).unwrap();
+        let out = run(&[
+            "classify",
+            clf_path.to_str().unwrap(),
+            "--file",
+            input.to_str().unwrap(),
+            "--json",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = String::from_utf8(out.stdout).unwrap();
+        let want_lines = texts.iter().filter(|t| !t.trim().is_empty()).count();
+        assert_eq!(s.lines().count(), want_lines);
+        for l in s.lines() {
+            let j: serde_json::Value = serde_json::from_str(l).unwrap();
+            let p = &j["probabilities"];
+            let total = p["spam"].as_f64().unwrap() + p["not spam"].as_f64().unwrap();
+            assert!((total - 1.0).abs() < 1e-5, "{l}");
+            assert!(j["tokens"].as_u64().unwrap() <= 16);
+        }
+        std::fs::remove_dir_all(dir).ok();
+    }
+
     #[test]
     fn inspect_shows_the_task() {
         let dir = tempdir("inspect");
