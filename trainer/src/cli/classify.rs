@@ -156,6 +156,7 @@ pub fn run(a: ClassifyArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
             return Err(usage("--lora-alpha needs --lora-rank"));
         }
         None => None,
+        Some(0) => return Err(usage("--lora-rank must be at least 1")),
         Some(rank) => Some(LoraSpec {
             rank,
             alpha: a.lora_alpha.unwrap_or(rank as f32),
