@@ -60,7 +60,7 @@ done
 if [ -n "${EMBER_DATA:-}" ] && [ -f "$EMBER_DATA/sms_spam_collection.tsv" ]; then
     echo "== finetune classify: the book's spam data (balanced), one epoch, every layer, from the tiny model"
     "$TRAIN" finetune classify --init "$WORK/run" --data "$EMBER_DATA/sms_spam_collection.tsv" --balance \
-        --trainable all --lr 1e-3 --epochs 1 --max-length 64 --out "$WORK/spam" --json > "$WORK/spam.json"
+        --trainable all --lr 1e-3 --epochs 1 --out "$WORK/spam" --json > "$WORK/spam.json"
     cat "$WORK/spam.json"
     python3 - "$WORK/spam.json" <<'PY'
 import json, sys
