@@ -6,8 +6,9 @@
 //! model's untied head holds the classifier's K rows first, so the first K of the V logits there,
 //! plus the bias added here, are the class logits. A second reference exports the same weights as
 //! a language model and runs the runtime's plain session on it. A third, direct one: the
-//! trainer's native classifier (`Gpt::into_classifier`, head (K, C) + bias (K)) on a padded
-//! batch, read per row at the readout position, vs the runtime on its export.
+//! trainer's native classifier (`Gpt::into_classifier`, head (K, C) + bias (K)) on the padded
+//! batch fine-tuning builds (`finetune::classify::make_batch`), read per row at the readout
+//! position, vs the runtime on its export.
 //!
 //! Letters: V vocabulary, C dim, K classes.
 
@@ -15,6 +16,7 @@ use emberlm_formats::config::GptConfig;
 use emberlm_formats::meta::{Readout, Task};
 use emberlm_runtime::{Classifier, Model, Session, SessionOptions};
 use emberlm_trainer::export::{ExportDtype, ExportMeta, export_ember};
+use emberlm_trainer::finetune::classify::{Example, make_batch};
 use emberlm_trainer::model::{Gpt, Init};
 use std::path::{Path, PathBuf};
 
@@ -216,21 +218,19 @@ fn trainer_native_classifier_matches_the_runtime_on_a_padded_batch() {
     let lm = Gpt::new(cfg(), Init::TorchDefault, 21).unwrap();
     let mut gpt = lm.into_classifier(K, 5).unwrap();
     assert_eq!(gpt.outputs(), K);
-    // The batch as fine-tuning builds it: every row truncated, then right-padded to LENGTH.
-    let rows = inputs();
-    let mut batch = Vec::new();
-    let mut real = Vec::new();
-    for r in &rows {
-        let n = r.len().min(LENGTH);
-        batch.extend_from_slice(&r[..n]);
-        batch.extend(std::iter::repeat_n(PAD, LENGTH - n));
-        real.push(n);
-    }
-    let logits = gpt
-        .forward_logits(&batch, rows.len(), LENGTH)
-        .unwrap()
-        .to_vec(); // (B, T, K)
+    let examples: Vec<Example> = inputs()
+        .into_iter()
+        .map(|tokens| Example { tokens, label: 0 })
+        .collect();
+    let refs: Vec<&Example> = examples.iter().collect();
     for readout in [Readout::Last, Readout::LastReal] {
+        // The batch exactly as fine-tuning builds it (the trainer's own padding and readout).
+        let batch = make_batch(&refs, readout, LENGTH, PAD);
+        let t = batch.len;
+        let logits = gpt
+            .forward_logits(&batch.inputs, batch.batch, t)
+            .unwrap()
+            .to_vec(); // (B, T, K)
         let path = dir.join(format!("native-{readout:?}.ember"));
         let meta = ExportMeta {
             config: cfg(),
@@ -242,13 +242,9 @@ fn trainer_native_classifier_matches_the_runtime_on_a_padded_batch() {
         export_ember(&path, &meta, ExportDtype::F32, &|n| gpt.param(n)).unwrap();
         let model = Model::open(&path).unwrap();
         let mut clf = Classifier::new(&model, &SessionOptions::default()).unwrap();
-        for (b, tokens) in rows.iter().enumerate() {
-            let pos = match readout {
-                Readout::Last => LENGTH - 1,
-                Readout::LastReal => real[b] - 1,
-            };
-            let want = &logits[(b * LENGTH + pos) * K..][..K];
-            let got = clf.classify_tokens(tokens).unwrap().logits;
+        for (b, e) in examples.iter().enumerate() {
+            let want = &logits[(b * t + batch.readout[b]) * K..][..K];
+            let got = clf.classify_tokens(&e.tokens).unwrap().logits;
             let err = max_abs(got, want);
             assert!(
                 err <= F32_TOL,
