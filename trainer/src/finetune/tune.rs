@@ -163,11 +163,11 @@ pub enum TuneError {
         /// L.
         layers: usize,
     },
-    /// The LoRA rank is 0 or larger than a layer's smaller side.
+    /// The LoRA rank is 0 or larger than the adapted layers' inputs.
     BadRank {
         /// R.
         rank: usize,
-        /// The smallest min(O, I) among the adapted layers.
+        /// The smallest I among the adapted layers.
         max: usize,
     },
     /// α is not a finite positive number.
@@ -348,7 +348,9 @@ impl Tuner {
             if blocks.is_empty() {
                 return Err(TuneError::NoAdapters);
             }
-            let max = blocks.iter().map(|b| b.2.min(b.3)).min().unwrap_or(0);
+            // A rank above min(O, I) is redundant but harmless (the book puts rank 16 on a head
+            // with 2 outputs); only the input side bounds it, to catch typos.
+            let max = blocks.iter().map(|b| b.3).min().unwrap_or(0);
             if spec.rank == 0 || spec.rank > max {
                 return Err(TuneError::BadRank {
                     rank: spec.rank,
