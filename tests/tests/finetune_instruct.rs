@@ -107,6 +107,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         },
         history: vec![],
         source: None,
+        classifier: None,
     };
     let ck = dir.join("init");
     checkpoint::write_dir(

@@ -327,6 +327,14 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
     // 1. The model, its tokenizer and the data.
     let init = checkpoint::load(&s.init, false).map_err(|e| failed(format!("--init {e}")))?;
+    if let Some(c) = &init.state.classifier {
+        return Err(failed(format!(
+            "--init {}: a classifier checkpoint (labels {:?}); instruction tuning starts from a \
+             language model (a pretrained or imported checkpoint)",
+            s.init.display(),
+            c.labels
+        )));
+    }
     let cfg = init.config;
     let tok = init.tokenizer.clone();
     let eot = tok.eot_id().ok_or_else(|| {
@@ -544,6 +552,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         tokenizer: init.state.tokenizer.clone(),
         history: history.to_vec(),
         source: Some(s.init.display().to_string()),
+        classifier: None,
     };
     let shapes = cfg.tensor_shapes();
     let save = |model: &Gpt, state: &TrainerState| -> Result<PathBuf, CliError> {
