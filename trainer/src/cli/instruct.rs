@@ -50,6 +50,8 @@ const DEFAULT_MAX_NEW_TOKENS: usize = 256;
 const DEFAULT_DROPOUT: f32 = 0.0;
 /// Tokens of the response printed after every epoch (the book's `generate_and_print_sample`).
 const EPOCH_SAMPLE_TOKENS: usize = 50;
+/// A progress line every this many generated responses.
+const RESPONSE_NOTE_EVERY: usize = 25;
 /// A step whose loss exceeds this many times max(first loss, ln V) has diverged.
 const EXPLODE_FACTOR: f32 = 3.0;
 
@@ -778,6 +780,15 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 output: item.output.clone(),
                 model_response: r,
             });
+            let done = i + 1;
+            if done % RESPONSE_NOTE_EVERY == 0 && done < test_items.len() {
+                note!(
+                    con,
+                    "responses: {done}/{} ({})",
+                    test_items.len(),
+                    fmt_duration(gen_t0.elapsed().as_secs_f64())
+                );
+            }
             if signal::interrupted() {
                 return Err(failed(format!(
                     "interrupted while generating responses ({} of {} done); the model is saved: {}",
