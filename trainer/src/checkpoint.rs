@@ -491,11 +491,24 @@ pub fn save_run(out_dir: &Path, c: &Contents<'_>) -> Result<PathBuf, CheckpointE
     write_dir(&dir, c)?;
     let pointer = root.join("latest");
     write_atomically(&pointer, |w| writeln!(w, "{name}")).map_err(io_err(&pointer))?;
+    // An older step directory is first renamed to a hidden name and only then removed: a crash
+    // halfway through a removal must never leave a `step-*` directory that looks like a
+    // checkpoint but misses files. Hidden leftovers of an earlier crash (temporaries of
+    // `write_dir` and `write_atomically`, half-removed directories) go too.
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with("step-") && n != name {
-                let _ = std::fs::remove_dir_all(e.path());
+                let trash = root.join(format!(".trash-{n}-{}", std::process::id()));
+                if std::fs::rename(e.path(), &trash).is_ok() {
+                    let _ = std::fs::remove_dir_all(&trash);
+                }
+            } else if n.starts_with(".trash-")
+                || (n.starts_with(".step-") && (n.contains(".tmp-") || n.contains(".old-")))
+                || n.starts_with(".latest.tmp-")
+            {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
             }
         }
     }

@@ -643,7 +643,9 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
         }
         (None, None) => fresh_run_dir(),
     };
-    if resume.is_none() && out_dir.join("checkpoints").exists() {
+    // A run exists once `latest` does: a `checkpoints/` without it is a first save that a crash
+    // interrupted (nothing to resume), and a fresh run may take its place.
+    if resume.is_none() && out_dir.join("checkpoints").join("latest").exists() {
         return Err(usage(format!(
             "--out {}: already holds a training run; continue it with --resume {} or choose another --out",
             out_dir.display(),
