@@ -327,6 +327,12 @@ pub fn read_tokenizer_file(path: &Path) -> Result<Tokenizer, CheckpointError> {
             reason: "is a directory, expected a .ember tokenizer file".into(),
         });
     }
+    if let Some(kind) = crate::data::device_kind(path) {
+        return Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            reason: format!("is a {kind}, expected a .ember tokenizer file"),
+        });
+    }
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let header = parse_header(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
     meta::get_tokenizer(&header)

@@ -282,6 +282,13 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     if a.epochs == Some(0) || a.steps == Some(0) {
         return Err(usage("--epochs and --steps must be at least 1"));
     }
+    // Checked before any work: the directory is only created after the data is tokenized.
+    if let Some(o) = a.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
+        return Err(usage(format!(
+            "--out {}: is a file, expected a directory",
+            o.display()
+        )));
+    }
     if a.checkpoint_every == Some(0) {
         return Err(usage("--checkpoint-every must be at least 1"));
     }
