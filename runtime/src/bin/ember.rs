@@ -15,6 +15,26 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// `println!` that never panics (std's panics when stdout is closed, e.g. `ember ... | head -1`):
+/// a closed pipe ends the program quietly with success, as the reader asked for no more; any other
+/// write error is one `ember: error:` line and exit code 1. Shadows std's macro in this file.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+/// Ends the program after a failed write to stdout (see `println!` above).
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("ember: error: writing to stdout: {e}");
+    std::process::exit(1);
+}
+
 #[derive(FromArgs, Debug)]
 /// Run GPT-2 models stored in .ember files: generate text, chat, score, inspect and benchmark.
 struct Cli {
