@@ -472,9 +472,6 @@ fn chat(a: ChatArgs) -> Result<()> {
     let model = open(&a.model)?;
     let tok = tokenizer_of(&model)?.ok_or("this model file has no tokenizer, so it cannot chat")?;
     let template = model.prompt_template().cloned();
-    if template.is_none() {
-        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
-    }
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -484,6 +481,9 @@ fn chat(a: ChatArgs) -> Result<()> {
     sampling
         .validate(model.n_outputs())
         .map_err(|e| format!("--{e}"))?;
+    if template.is_none() {
+        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
+    }
     let opts = SessionOptions {
         threads: a.threads,
         ..SessionOptions::default()
@@ -499,16 +499,31 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut decoder = StreamDecoder::new(tok);
     let stdin = std::io::stdin();
     let mut line = String::new();
+    // Every token covers at least one byte and at most `max_token_len`, so a longer line can
+    // never fit in the context: reading stops there (memory stays bounded on endless input).
+    let max_line = session
+        .context()
+        .saturating_mul(tok.max_token_len().max(1))
+        .max(1 << 16);
+    // The "> " prompt only for a person at a terminal: piped input gets clean stderr.
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
     loop {
-        eprint!("> ");
+        if interactive {
+            eprint!("> ");
+        }
         line.clear();
-        if stdin
-            .lock()
+        if std::io::Read::take(stdin.lock(), max_line as u64 + 1)
             .read_line(&mut line)
             .map_err(|e| format!("reading stdin: {e}"))?
             == 0
         {
             break;
+        }
+        if line.len() > max_line {
+            return Err(format!(
+                "a line of more than {max_line} bytes cannot fit in the context of {} tokens",
+                session.context()
+            ));
         }
         let msg = line.trim_end_matches(['\n', '\r']);
         if msg.is_empty() {
@@ -576,7 +591,15 @@ fn score(a: ScoreArgs) -> Result<()> {
             .sum::<f64>()
             .ln()
             + max;
-        logprobs.push(logits[w[1] as usize] as f64 - lse);
+        // `step` checked w[0]; the last id is only ever looked up here.
+        let Some(&l) = logits.get(w[1] as usize) else {
+            return Err(format!(
+                "token id {} is out of range (the vocabulary has {} ids)",
+                w[1],
+                logits.len()
+            ));
+        };
+        logprobs.push(l as f64 - lse);
     }
     let loss = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
     let ppl = loss.exp();
