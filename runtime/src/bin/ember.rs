@@ -481,9 +481,7 @@ fn chat(a: ChatArgs) -> Result<()> {
     sampling
         .validate(model.n_outputs())
         .map_err(|e| format!("--{e}"))?;
-    if template.is_none() {
-        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
-    }
+
     let opts = SessionOptions {
         threads: a.threads,
         ..SessionOptions::default()
@@ -505,8 +503,11 @@ fn chat(a: ChatArgs) -> Result<()> {
         .context()
         .saturating_mul(tok.max_token_len().max(1))
         .max(1 << 16);
-    // The "> " prompt only for a person at a terminal: piped input gets clean stderr.
+    // Notices and the "> " prompt only for a person at a terminal: piped input gets clean stderr.
     let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    if interactive && template.is_none() {
+        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
+    }
     loop {
         if interactive {
             eprint!("> ");
