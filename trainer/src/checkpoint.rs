@@ -460,9 +460,17 @@ fn write_dir_with(
         let state_path = tmp.join(STATE_FILE);
         write_atomically(&state_path, |w| w.write_all(&json)).map_err(io_err(&state_path))?;
         sync_dir(&tmp);
-        // Swap into place: an old directory of the same name goes aside first.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        // Swap into place. Where the OS exchanges two paths atomically, a crash at any moment
+        // leaves `dir` complete (old or new); `tmp` then holds the old one, removed after.
         let had_old = dir.exists();
+        if had_old && exchange(&tmp, dir).is_ok() {
+            sync_dir(&parent);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(());
+        }
+        // Elsewhere the old directory goes aside first (a crash between the two renames leaves
+        // it complete under `.NAME.old-PID`).
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         if had_old {
             let _ = std::fs::remove_dir_all(&old);
             std::fs::rename(dir, &old).map_err(io_err(dir))?;
@@ -478,6 +486,21 @@ fn write_dir_with(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Exchanges the directories `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`); an
+/// error where the OS or the file system cannot.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{RenameFlags, renameat2};
+    // Relative paths resolve against the working directory, absolute ones ignore it.
+    let cwd = std::fs::File::open(".")?;
+    renameat2(&cwd, a, &cwd, b, RenameFlags::RENAME_EXCHANGE).map_err(std::io::Error::from)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn sync_dir(dir: &Path) {
@@ -731,6 +754,37 @@ mod tests {
             resolve(&out.join("nothing-here")),
             Err(CheckpointError::NotACheckpoint { .. })
         ));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    #[test]
+    fn write_dir_replaces_a_directory_and_leaves_nothing_hidden() {
+        let out = std::env::temp_dir().join(format!("emberlm-ckpt-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let cfg = tiny();
+        let shapes = cfg.tensor_shapes();
+        let tok =
+            emberlm_formats::tokenizer::train_bpe(&["ab ab"], 258, &Default::default()).unwrap();
+        let dir = out.join("ckpt");
+        for (step, value) in [(1u64, 0.25f32), (2, -4.0)] {
+            let st = state(cfg, step);
+            let params = vec![value; cfg.param_count()];
+            let c = Contents {
+                state: &st,
+                shapes: &shapes,
+                params: &params,
+                moments: None,
+                tokenizer: &tok,
+            };
+            write_dir(&dir, &c).unwrap();
+            let l = load(&dir, false).unwrap();
+            assert_eq!((l.state.step, l.params), (step, params));
+        }
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ckpt"]);
         let _ = std::fs::remove_dir_all(&out);
     }
 }
