@@ -1,12 +1,12 @@
 //! Kill-safe writes: the real `ember-train` is killed with SIGKILL at seeded random moments while
-//! it trains with a checkpoint every step and while it exports, and after every kill the files on
-//! disk are checked:
+//! it trains with a checkpoint every step, while it exports, and while it imports into a new or
+//! an existing checkpoint directory; after every kill the files on disk are checked:
 //! - every `step-*` directory present is complete and loads, and holds exactly the bytes every
 //!   other sighting of that step held (training is deterministic, so a step has one content);
 //! - `latest` names a complete step directory;
 //! - temporary entries start with `.`, so nothing reads them as a step or a model;
 //! - the exported `.ember` is absent, the complete previous file or the complete new one, and
-//!   parses;
+//!   parses; so is the imported checkpoint directory (and it loads);
 //! - `--resume` continues, and the run that was killed over and over ends bit-for-bit where an
 //!   uninterrupted run ends.
 //!
@@ -45,6 +45,7 @@ fn spawn_pretrain(text: &Path, tok: &Path, run: &Path, resume: bool) -> Child {
             .args(["--steps", STEPS]);
     }
     c.args(["--checkpoint-every", "1", "--threads", "1", "--json"])
+        .env("EMBER_CACHE", run.parent().unwrap().join("cache"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -70,14 +71,16 @@ fn stderr_of(child: Child) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
-/// Whether `dir` holds a hidden temporary of process `pid` (`.NAME.tmp-PID`, `.trash-*-PID`...):
-/// it was killed in the middle of a write.
+/// Whether `dir` holds a hidden temporary of process `pid` (`.NAME.tmp-PID`, `.trash-*-PID`,
+/// `.emberlm-import-PID.safetensors`): it was killed in the middle of a write.
 fn has_temporary(dir: &Path, pid: u32) -> bool {
     let suffix = format!("-{pid}");
     std::fs::read_dir(dir).is_ok_and(|es| {
         es.flatten().any(|e| {
             let n = e.file_name().to_string_lossy().into_owned();
-            n.starts_with('.') && n.ends_with(&suffix)
+            n.starts_with('.')
+                && n.match_indices(&suffix)
+                    .any(|(i, _)| !n[i + suffix.len()..].starts_with(|c: char| c.is_ascii_digit()))
         })
     })
 }
@@ -218,6 +221,7 @@ fn export_kills(dir: &Path, want: usize, rng: &mut Rng) -> usize {
     }
 
     let (mut kills, mut finished, mut mid_write) = (0, 0, 0);
+    let mut span = span;
     while kills < want {
         // Half the time the target is absent (a first export), else the old complete file.
         let had_old = rng.below(2) == 0;
@@ -226,6 +230,7 @@ fn export_kills(dir: &Path, want: usize, rng: &mut Rng) -> usize {
         } else {
             let _ = std::fs::remove_file(&target);
         }
+        let started = Instant::now();
         let mut child = export("f32", &target);
         // Most of an export's time is start-up; the write comes last.
         let delay = span / 4 + rng.below(span * 3 / 4);
@@ -236,7 +241,11 @@ fn export_kills(dir: &Path, want: usize, rng: &mut Rng) -> usize {
                 kills += 1;
                 mid_write += usize::from(has_temporary(dir, child.id()));
             }
-            Some(true) => finished += 1,
+            Some(true) => {
+                finished += 1;
+                // Warm runs are faster than the first: aim at this one's length.
+                span = span.min(started.elapsed().as_micros() as u64);
+            }
             Some(false) => panic!("{}", stderr_of(child)),
         }
         match std::fs::read(&target) {
@@ -269,6 +278,101 @@ fn export_kills(dir: &Path, want: usize, rng: &mut Rng) -> usize {
     kills
 }
 
+/// Kills `ember-train import` (a Hugging Face directory → a checkpoint directory) while it writes
+/// a new checkpoint or replaces an older one of a different model.
+fn import_kills(dir: &Path, text: &Path, want: usize, rng: &mut Rng) -> usize {
+    // A tiny model with GPT-2's vocabulary (import reads GPT-2's tokenizer), exported for
+    // transformers.
+    let run = dir.join("gpt2-vocab");
+    let ok = |c: &mut Command| {
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    ok(Command::new(bin("ember-train"))
+        .arg("pretrain")
+        .args(TINY)
+        .arg("--data")
+        .arg(text)
+        .arg("--out")
+        .arg(&run)
+        .args(["--steps", "1", "--threads", "1"])
+        .env("EMBER_CACHE", dir.join("cache")));
+    let hf = dir.join("hf");
+    ok(Command::new(bin("ember-train"))
+        .arg("export-safetensors")
+        .arg(&run)
+        .arg("--out")
+        .arg(&hf));
+    let import = |out: &Path| {
+        Command::new(bin("ember-train"))
+            .arg("import")
+            .arg("--from")
+            .arg(&hf)
+            .arg("--out")
+            .arg(out)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let model_of = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
+    let t0 = Instant::now();
+    let reference = dir.join("imported");
+    let mut c = import(&reference);
+    assert_eq!(wait_for(&mut c, Duration::from_secs(60)), Some(true));
+    let span = t0.elapsed().as_micros() as u64;
+    let new = model_of(&reference);
+    // The "previous version": the pretraining reference run's last checkpoint, copied.
+    let old_src = checkpoint::resolve(&dir.join("reference")).unwrap();
+    let old = model_of(&old_src);
+    let target = dir.join("import-target");
+    let (mut kills, mut finished, mut mid_write) = (0, 0, 0);
+    let mut span = span;
+    while kills < want {
+        let _ = std::fs::remove_dir_all(&target);
+        let had_old = rng.below(2) == 0;
+        if had_old {
+            std::fs::create_dir_all(&target).unwrap();
+            for e in std::fs::read_dir(&old_src).unwrap().flatten() {
+                std::fs::copy(e.path(), target.join(e.file_name())).unwrap();
+            }
+        }
+        let started = Instant::now();
+        let mut child = import(&target);
+        // Reading the source and GPT-2's tokenizer comes first; the checkpoint is written last.
+        let delay = span / 2 + rng.below(span / 2);
+        match wait_for(&mut child, Duration::from_micros(delay)) {
+            None => {
+                child.kill().unwrap();
+                let _ = child.wait();
+                kills += 1;
+                mid_write += usize::from(has_temporary(dir, child.id()));
+            }
+            Some(true) => {
+                finished += 1;
+                span = span.min(started.elapsed().as_micros() as u64);
+            }
+            Some(false) => panic!("{}", stderr_of(child)),
+        }
+        if target.exists() {
+            let l = checkpoint::load(&target, false)
+                .unwrap_or_else(|e| panic!("the import target is incomplete: {e}"));
+            let bytes = model_of(&l.dir);
+            assert!(
+                bytes == new || (had_old && bytes == old),
+                "the import target is neither the old nor the new checkpoint"
+            );
+        } else {
+            assert!(!had_old, "the previous checkpoint disappeared");
+        }
+    }
+    eprintln!(
+        "kill_safe: {kills} import kills ({mid_write} left a temporary; {finished} imports \
+         finished before their kill moment)"
+    );
+    kills
+}
+
 #[test]
 fn sigkill_during_checkpoints_and_exports_loses_nothing() {
     let t0 = Instant::now();
@@ -284,12 +388,13 @@ fn sigkill_during_checkpoints_and_exports_loses_nothing() {
     let mut rng = Rng(0x5EED_0008);
     let a = pretrain_kills(&dir, &text, &tok, want, &mut rng);
     let b = export_kills(&dir, 30, &mut rng);
+    let c = import_kills(&dir, &text, 20, &mut rng);
     eprintln!(
         "kill_safe: {} SIGKILLs in total, nothing lost, {:.1} s",
-        a + b,
+        a + b + c,
         t0.elapsed().as_secs_f64()
     );
-    assert!(a + b >= 50);
+    assert!(a + b + c >= 50);
     std::fs::remove_dir_all(dir).ok();
 }
 
