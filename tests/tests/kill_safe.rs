@@ -85,6 +85,16 @@ fn has_temporary(dir: &Path, pid: u32) -> bool {
     })
 }
 
+/// The hidden entries (temporaries) directly in `dir`.
+fn hidden_entries(dir: &Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect()
+}
+
 /// Checks `run/checkpoints` after a kill (see the module doc). Returns whether `latest` exists.
 fn check_run(run: &Path, seen: &mut HashMap<String, StepBytes>) -> bool {
     let root = run.join("checkpoints");
@@ -271,6 +281,14 @@ fn export_kills(dir: &Path, want: usize, rng: &mut Rng) -> usize {
             );
         }
     }
+    // One export that runs to the end sweeps what the killed ones left (their processes are gone).
+    let mut child = export("f32", &target);
+    assert_eq!(wait_for(&mut child, Duration::from_secs(60)), Some(true));
+    assert_eq!(
+        hidden_entries(dir),
+        Vec::<String>::new(),
+        "temporaries left behind"
+    );
     eprintln!(
         "kill_safe: {kills} export kills ({mid_write} in the middle of the write; {finished} \
          exports finished before their kill moment)"
@@ -366,6 +384,14 @@ fn import_kills(dir: &Path, text: &Path, want: usize, rng: &mut Rng) -> usize {
             assert!(!had_old, "the previous checkpoint disappeared");
         }
     }
+    // One import that runs to the end sweeps what the killed ones left.
+    let mut child = import(&target);
+    assert_eq!(wait_for(&mut child, Duration::from_secs(60)), Some(true));
+    assert_eq!(
+        hidden_entries(dir),
+        Vec::<String>::new(),
+        "temporaries left behind"
+    );
     eprintln!(
         "kill_safe: {kills} import kills ({mid_write} left a temporary; {finished} imports \
          finished before their kill moment)"

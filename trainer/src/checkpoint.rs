@@ -443,6 +443,10 @@ fn write_dir_with(
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    // What crashed writers of this directory left behind.
+    for prefix in [format!(".{name}.tmp-"), format!(".{name}.old-")] {
+        emberlm_formats::ember::remove_dead_temporaries(&parent, &prefix, "");
+    }
     let result = (|| {
         std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         write_model(&tmp.join(MODEL_FILE))?;
