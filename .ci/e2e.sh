@@ -57,4 +57,22 @@ for dtype in f32 f16 int8; do
         echo "!! no 'ember generate' in this build: generation from the $dtype export skipped"
     fi
 done
+if [ -n "${EMBER_DATA:-}" ] && [ -f "$EMBER_DATA/sms_spam_collection.tsv" ]; then
+    echo "== finetune classify: the book's spam data (balanced), one epoch, every layer, from the tiny model"
+    "$TRAIN" finetune classify --init "$WORK/run" --data "$EMBER_DATA/sms_spam_collection.tsv" --balance \
+        --trainable all --lr 1e-3 --epochs 1 --out "$WORK/spam" --json > "$WORK/spam.json"
+    cat "$WORK/spam.json"
+    python3 - "$WORK/spam.json" <<'PY'
+import json, sys
+j = json.load(open(sys.argv[1]))
+assert (j["train_examples"], j["val_examples"], j["test_examples"]) == (1045, 149, 300), j
+assert j["test_accuracy"] >= 0.85, j["test_accuracy"]
+PY
+    if "$EMBER" classify --help >/dev/null 2>&1; then
+        echo "== ember classify"
+        "$EMBER" classify "$WORK/spam/model.ember" --text "WINNER!! Claim your free prize now, call 09061701461" --json
+    fi
+else
+    echo "!! EMBER_DATA is not set: the spam classifier step is skipped"
+fi
 echo "== e2e ok"

@@ -1,5 +1,6 @@
 //! emberlm-runtime: run `.ember` GPT-2 models with a KV cache and allocation-free decoding.
 
+pub mod classify;
 pub mod error;
 pub mod gemm;
 pub mod kernels;
@@ -8,6 +9,7 @@ pub mod random;
 pub mod sampler;
 pub mod session;
 
+pub use classify::{Classification, Classifier, ClassifierSpec};
 pub use error::RuntimeError;
 pub use model::Model;
 pub use sampler::Sampling;

@@ -14,12 +14,13 @@ use std::path::Path;
 
 fn writer(
     cfg: &GptConfig,
+    task: &Task,
     dtype: DType,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<EmberWriter, FormatError> {
     let mut w = EmberWriter::new();
     meta::put_config(&mut w, cfg)?;
-    meta::put_task(&mut w, &Task::LanguageModel)?;
+    meta::put_task(&mut w, task)?;
     if let Some(t) = tokenizer {
         meta::put_tokenizer(&mut w, t)?;
     }
@@ -27,7 +28,14 @@ fn writer(
         "provenance.source",
         emberlm_formats::ember::Value::Str("random weights".into()),
     )?;
-    for (name, shape) in cfg.tensor_shapes() {
+    let mut shapes = cfg.tensor_shapes();
+    // A classifier's head: one row per class and a bias, in place of the vocabulary head.
+    if let Task::Classifier { labels, .. } = task {
+        shapes.retain(|(n, _)| n != "out_head.weight");
+        shapes.push(("out_head.weight".into(), vec![labels.len(), cfg.dim]));
+        shapes.push(("out_head.bias".into(), vec![labels.len()]));
+    }
+    for (name, shape) in shapes {
         let dt = if shape.len() == 2 { dtype } else { DType::F32 };
         w.add_tensor(&name, dt, &shape)?;
     }
@@ -83,7 +91,7 @@ pub fn write_random_model(
     seed: u64,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<u64, FormatError> {
-    let w = writer(cfg, dtype, tokenizer)?;
+    let w = writer(cfg, &Task::LanguageModel, dtype, tokenizer)?;
     let mut rng = Rng::new(seed);
     w.write_file(path, |_, e, out| fill(&mut rng, e, out))
 }
@@ -94,7 +102,38 @@ pub fn random_model_bytes(
     dtype: DType,
     seed: u64,
 ) -> Result<AlignedBytes, FormatError> {
-    let w = writer(cfg, dtype, None)?;
+    let w = writer(cfg, &Task::LanguageModel, dtype, None)?;
+    let mut rng = Rng::new(seed);
+    Ok(AlignedBytes::copy_from(
+        &w.to_vec(|_, e, out| fill(&mut rng, e, out))?,
+    ))
+}
+
+/// Writes a random model for `task` (atomically); returns its size. For a classifier the head is
+/// `out_head.weight` (K, C) in `dtype` and `out_head.bias` (K) in f32, both random; the labels,
+/// readout, pad id and length are the task's.
+pub fn write_random_classifier(
+    path: &Path,
+    cfg: &GptConfig,
+    task: &Task,
+    dtype: DType,
+    seed: u64,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<u64, FormatError> {
+    let w = writer(cfg, task, dtype, tokenizer)?;
+    let mut rng = Rng::new(seed);
+    w.write_file(path, |_, e, out| fill(&mut rng, e, out))
+}
+
+/// A random model for `task` in memory, aligned for [`crate::Model::from_bytes`] (see
+/// [`write_random_classifier`]).
+pub fn random_classifier_bytes(
+    cfg: &GptConfig,
+    task: &Task,
+    dtype: DType,
+    seed: u64,
+) -> Result<AlignedBytes, FormatError> {
+    let w = writer(cfg, task, dtype, None)?;
     let mut rng = Rng::new(seed);
     Ok(AlignedBytes::copy_from(
         &w.to_vec(|_, e, out| fill(&mut rng, e, out))?,

@@ -263,6 +263,63 @@ pub struct TrainerState {
     pub history: Vec<LossRow>,
     /// Where imported weights came from.
     pub source: Option<String>,
+    /// A fine-tuned classifier's head (absent for a language model).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub classifier: Option<ClassifierJson>,
+}
+
+/// A classifier checkpoint's task, as `trainer.json` records it: the model's head is
+/// `out_head.weight` (K, C) + `out_head.bias` (K) with K = `labels.len()`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClassifierJson {
+    /// Label names, index = class id.
+    pub labels: Vec<String>,
+    /// `last` or `last-real`.
+    pub readout: String,
+    /// The padding id.
+    pub pad_id: u32,
+    /// The training sequence length (see `meta::Task::Classifier::length`).
+    pub length: Option<u32>,
+}
+
+impl ClassifierJson {
+    /// The `.ember` task it describes; an error names what is wrong.
+    pub fn task(&self) -> Result<meta::Task, String> {
+        if self.labels.len() < 2 {
+            return Err(format!(
+                "a classifier needs at least two labels, found {}",
+                self.labels.len()
+            ));
+        }
+        let readout = match self.readout.as_str() {
+            "last" => meta::Readout::Last,
+            "last-real" => meta::Readout::LastReal,
+            other => return Err(format!("readout {other:?} is not last or last-real")),
+        };
+        Ok(meta::Task::Classifier {
+            labels: self.labels.clone(),
+            readout,
+            pad_id: self.pad_id,
+            length: self.length,
+        })
+    }
+}
+
+/// The (canonical name, shape) of every parameter tensor of a checkpoint, in buffer order: the
+/// configuration's, or for a classifier the same without the language-model head, followed by
+/// `out_head.weight` (K, C) and `out_head.bias` (K).
+pub fn tensor_shapes(
+    config: &GptConfig,
+    classifier: Option<&ClassifierJson>,
+) -> Vec<(String, Vec<usize>)> {
+    let mut shapes = config.tensor_shapes();
+    if let Some(c) = classifier {
+        let k = c.labels.len();
+        shapes.retain(|(n, _)| n != "out_head.weight");
+        shapes.push(("out_head.weight".into(), vec![k, config.dim]));
+        shapes.push(("out_head.bias".into(), vec![k]));
+    }
+    shapes
 }
 
 /// A checkpoint read back.
@@ -607,7 +664,12 @@ pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError
     config
         .validate()
         .map_err(|e| corrupt(&state_path, format!("config: {e}")))?;
-    let params = read_flat(&dir.join(MODEL_FILE), &config.tensor_shapes())?;
+    if let Some(c) = &state.classifier {
+        c.task()
+            .map_err(|e| corrupt(&state_path, format!("classifier: {e}")))?;
+    }
+    let shapes = tensor_shapes(&config, state.classifier.as_ref());
+    let params = read_flat(&dir.join(MODEL_FILE), &shapes)?;
     let moments = if with_optimizer {
         let opt = dir.join(OPTIMIZER_FILE);
         if !opt.is_file() {
@@ -690,6 +752,7 @@ mod tests {
             },
             history: vec![],
             source: None,
+            classifier: None,
         }
     }
 

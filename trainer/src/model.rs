@@ -74,6 +74,11 @@ pub enum ModelError {
     },
     /// Every target is the ignore index: the mean loss is undefined.
     NoTargets,
+    /// A classifier needs 2 to 2^20 classes.
+    BadClasses {
+        /// The requested K.
+        classes: usize,
+    },
     /// `backward` was called without a preceding training forward with targets.
     NoForward,
     /// A dropout probability is outside [0, 1].
@@ -124,6 +129,9 @@ impl fmt::Display for ModelError {
             ),
             ModelError::NoTargets => {
                 write!(f, "every target is -100 (ignored): no loss to compute")
+            }
+            ModelError::BadClasses { classes } => {
+                write!(f, "a classifier needs 2 to 1048576 classes, not {classes}")
             }
             ModelError::NoForward => {
                 write!(f, "backward needs a preceding forward with targets")
@@ -348,18 +356,26 @@ pub struct Tensors<S> {
     pub final_norm_scale: S,
     /// `final_norm.shift` (C).
     pub final_norm_shift: S,
-    /// `out_head.weight` (V, C); `None` when the head is tied to `tok_emb`.
+    /// `out_head.weight` (V, C), or (K, C) for a classifier; `None` when the head is tied to
+    /// `tok_emb`.
     pub out_head: Option<S>,
+    /// `out_head.bias` (K): classifiers only.
+    pub out_bias: Option<S>,
 }
 
 /// Named read-only views of the parameters (or of the gradients).
 pub type ParamViews<'a> = Tensors<&'a [f32]>;
 
 /// The top-level pieces of a flat buffer: (tok_emb, pos_emb, all blocks, final scale, final
-/// shift, out_head or empty).
-fn carve_top<S: Split>(s: S, cfg: &GptConfig) -> [S; 6] {
+/// shift, out_head or empty). A classifier with K classes (`classes`) has an (K, C) head followed
+/// by its (K) bias in the last piece, whether or not the language model's head was tied.
+fn carve_top<S: Split>(s: S, cfg: &GptConfig, classes: Option<usize>) -> [S; 6] {
     let (v, p, c, l) = (cfg.vocab_size, cfg.context_length, cfg.dim, cfg.n_layers);
-    let head = if cfg.tied_head { 0 } else { v * c };
+    let head = match classes {
+        Some(k) => k * c + k,
+        None if cfg.tied_head => 0,
+        None => v * c,
+    };
     carve(
         s,
         [v * c, p * c, l * BlockTensors::<S>::len(cfg), c, c, head],
@@ -367,8 +383,8 @@ fn carve_top<S: Split>(s: S, cfg: &GptConfig) -> [S; 6] {
 }
 
 impl<S: Split> Tensors<S> {
-    fn carve(s: S, cfg: &GptConfig) -> Self {
-        let [te, pe, mut blocks_s, fs, fb, head] = carve_top(s, cfg);
+    fn carve(s: S, cfg: &GptConfig, classes: Option<usize>) -> Self {
+        let [te, pe, mut blocks_s, fs, fb, head] = carve_top(s, cfg, classes);
         let bl = BlockTensors::<S>::len(cfg);
         let mut blocks = Vec::with_capacity(cfg.n_layers);
         for _ in 0..cfg.n_layers {
@@ -376,13 +392,21 @@ impl<S: Split> Tensors<S> {
             blocks.push(BlockTensors::carve(this, cfg));
             blocks_s = rest;
         }
+        let (out_head, out_bias) = match classes {
+            Some(k) => {
+                let (w, b) = head.split(k * cfg.dim);
+                (Some(w), Some(b))
+            }
+            None => ((!cfg.tied_head).then_some(head), None),
+        };
         Tensors {
             tok_emb: te,
             pos_emb: pe,
             blocks,
             final_norm_scale: fs,
             final_norm_shift: fb,
-            out_head: (!cfg.tied_head).then_some(head),
+            out_head,
+            out_bias,
         }
     }
 }
@@ -408,8 +432,9 @@ struct ActLayout {
 }
 
 impl ActLayout {
-    fn new(cfg: &GptConfig, b: usize, t: usize) -> Option<ActLayout> {
-        let (c, h, v, l) = (cfg.dim, cfg.n_heads, cfg.vocab_size, cfg.n_layers);
+    /// `outputs`: logits per position (V, or K for a classifier).
+    fn new(cfg: &GptConfig, outputs: usize, b: usize, t: usize) -> Option<ActLayout> {
+        let (c, h, v, l) = (cfg.dim, cfg.n_heads, outputs, cfg.n_layers);
         let bt = b.checked_mul(t)?;
         let btc = bt.checked_mul(c)?;
         let btht = bt.checked_mul(h)?.checked_mul(t)?;
@@ -578,9 +603,14 @@ pub struct Activations {
 impl Activations {
     /// Activations sized for `b × t` sequences of `cfg` (used by [`Gpt::reserve`]; forward also
     /// grows them on demand).
-    pub(crate) fn new(cfg: &GptConfig, b: usize, t: usize) -> Result<Activations, ModelError> {
+    pub(crate) fn new(
+        cfg: &GptConfig,
+        outputs: usize,
+        b: usize,
+        t: usize,
+    ) -> Result<Activations, ModelError> {
         let mut a = Activations::default();
-        let lay = ActLayout::new(cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
+        let lay = ActLayout::new(cfg, outputs, b, t).ok_or(ModelError::TooLarge { b, t })?;
         a.ensure(&lay);
         Ok(a)
     }
@@ -608,7 +638,7 @@ impl Activations {
 /// the activations (with scratch). `u64::MAX` when it would overflow. Use it to refuse a batch
 /// before allocating.
 pub fn memory_estimate(cfg: &GptConfig, b: usize, t: usize) -> u64 {
-    let Some(lay) = ActLayout::new(cfg, b, t) else {
+    let Some(lay) = ActLayout::new(cfg, cfg.vocab_size, b, t) else {
         return u64::MAX;
     };
     let params = cfg.param_count() as u64;
@@ -646,6 +676,12 @@ pub struct Gpt {
     params: Vec<f32>,
     grads: Vec<f32>,
     tensors: Vec<TensorInfo>,
+    /// K for a classifier (head (K, C) + bias (K)); `None` for a language model.
+    classes: Option<usize>,
+    /// [`Gpt::backward`] computes gradients only for blocks `grad_from_layer..L` (and the final
+    /// norm and head), and for the embeddings only when this is 0: freezing the bottom of the
+    /// model skips their backward entirely (fine-tuning the last block, as the book does).
+    pub grad_from_layer: usize,
     acts: Activations,
     state: Option<ForwardState>,
 }
@@ -660,7 +696,7 @@ impl Gpt {
     /// A freshly initialised model (deterministic in `seed`), with no dropout; set
     /// [`Gpt::dropout`] for training.
     pub fn new(cfg: GptConfig, init: Init, seed: u64) -> Result<Gpt, ModelError> {
-        let mut m = Gpt::zeros(cfg)?;
+        let mut m = Gpt::zeros(cfg, None)?;
         m.init(init, seed);
         Ok(m)
     }
@@ -676,16 +712,79 @@ impl Gpt {
                 got: params.len(),
             });
         }
-        let mut m = Gpt::zeros(cfg)?;
+        let mut m = Gpt::zeros(cfg, None)?;
         m.params = params;
         Ok(m)
     }
 
-    fn zeros(cfg: GptConfig) -> Result<Gpt, ModelError> {
+    /// A classifier with `classes` outputs whose parameters are `params` in canonical order
+    /// ([`Gpt::tensors`] of a classifier: the language model's tensors without its head, then
+    /// `out_head.weight` (K, C) and `out_head.bias` (K)).
+    pub fn classifier_from_params(
+        cfg: GptConfig,
+        classes: usize,
+        params: Vec<f32>,
+    ) -> Result<Gpt, ModelError> {
+        let mut m = Gpt::zeros(cfg, Some(classes))?;
+        if params.len() != m.params.len() {
+            return Err(ModelError::BadLength {
+                field: "params",
+                expected: m.params.len(),
+                got: params.len(),
+            });
+        }
+        m.params = params;
+        Ok(m)
+    }
+
+    /// This model with its output head replaced by a fresh (K, C) + (K) classifier head (the
+    /// book's `model.out_head = torch.nn.Linear(768, num_classes)`: PyTorch's default
+    /// initialisation U(±1/√C), deterministic in `seed`). Every other tensor is kept.
+    pub fn into_classifier(self, classes: usize, seed: u64) -> Result<Gpt, ModelError> {
+        if classes < 2 {
+            return Err(ModelError::BadClasses { classes });
+        }
+        let mut m = Gpt::zeros(self.cfg, Some(classes))?;
+        m.dropout = self.dropout;
+        m.grad_from_layer = self.grad_from_layer;
+        for t in m.tensors.clone() {
+            if t.name.starts_with("out_head.") {
+                let key = mix64(seed ^ mix64(0x5EED_C1A5 ^ t.len as u64));
+                let bound = 1.0 / (self.cfg.dim as f32).sqrt();
+                fill_uniform(&mut m.params[t.range()], bound, key);
+            } else if let Some(src) = self.param(&t.name) {
+                m.params[t.range()].copy_from_slice(src);
+            }
+        }
+        Ok(m)
+    }
+
+    /// K for a classifier, `None` for a language model.
+    pub fn classes(&self) -> Option<usize> {
+        self.classes
+    }
+
+    /// Logits per position: V, or K for a classifier.
+    pub fn outputs(&self) -> usize {
+        self.classes.unwrap_or(self.cfg.vocab_size)
+    }
+
+    fn zeros(cfg: GptConfig, classes: Option<usize>) -> Result<Gpt, ModelError> {
         cfg.validate()?;
+        if let Some(k) = classes
+            && !(2..=1 << 20).contains(&k)
+        {
+            return Err(ModelError::BadClasses { classes: k });
+        }
+        let mut shapes = cfg.tensor_shapes();
+        if let Some(k) = classes {
+            shapes.retain(|(n, _)| n != "out_head.weight");
+            shapes.push(("out_head.weight".into(), vec![k, cfg.dim]));
+            shapes.push(("out_head.bias".into(), vec![k]));
+        }
         let mut tensors = Vec::new();
         let mut offset = 0;
-        for (name, shape) in cfg.tensor_shapes() {
+        for (name, shape) in shapes {
             let len = shape.iter().product();
             tensors.push(TensorInfo {
                 name,
@@ -701,6 +800,8 @@ impl Gpt {
             params: vec![0.0; offset],
             grads: Vec::new(),
             tensors,
+            classes,
+            grad_from_layer: 0,
             acts: Activations::default(),
             state: None,
         })
@@ -811,18 +912,18 @@ impl Gpt {
 
     /// The parameters by field.
     pub fn views(&self) -> ParamViews<'_> {
-        Tensors::carve(&self.params[..], &self.cfg)
+        Tensors::carve(&self.params[..], &self.cfg, self.classes)
     }
 
     /// The parameters by field, writable.
     pub fn views_mut(&mut self) -> Tensors<&mut [f32]> {
-        Tensors::carve(&mut self.params[..], &self.cfg)
+        Tensors::carve(&mut self.params[..], &self.cfg, self.classes)
     }
 
     /// The gradients by field.
     pub fn grad_views(&mut self) -> ParamViews<'_> {
         self.ensure_grads();
-        Tensors::carve(&self.grads[..], &self.cfg)
+        Tensors::carve(&self.grads[..], &self.cfg, self.classes)
     }
 
     fn ensure_grads(&mut self) {
@@ -871,9 +972,10 @@ impl Gpt {
                 context_length: self.cfg.context_length,
             });
         }
-        let needed = ActLayout::new(&self.cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
+        let needed =
+            ActLayout::new(&self.cfg, self.outputs(), b, t).ok_or(ModelError::TooLarge { b, t })?;
         if self.acts.buf.len() < needed.total || self.acts.scratch.len() < needed.scratch {
-            self.acts = Activations::new(&self.cfg, b, t)?;
+            self.acts = Activations::new(&self.cfg, self.outputs(), b, t)?;
             self.state = None;
         }
         self.ensure_grads();
@@ -901,7 +1003,8 @@ impl Gpt {
                 context_length: self.cfg.context_length,
             });
         }
-        let lay = ActLayout::new(&self.cfg, b, t).ok_or(ModelError::TooLarge { b, t })?;
+        let lay =
+            ActLayout::new(&self.cfg, self.outputs(), b, t).ok_or(ModelError::TooLarge { b, t })?;
         let v = self.cfg.vocab_size;
         if tokens.len() != lay.bt {
             return Err(ModelError::BadLength {
@@ -926,15 +1029,16 @@ impl Gpt {
                     got: y.len(),
                 });
             }
+            let outputs = self.outputs();
             if let Some(i) = y
                 .iter()
-                .position(|&x| x != IGNORE_INDEX && (x < 0 || x as usize >= v))
+                .position(|&x| x != IGNORE_INDEX && (x < 0 || x as usize >= outputs))
             {
                 return Err(ModelError::IdOutOfRange {
                     field: "targets",
                     index: i,
                     value: y[i] as i64,
-                    vocab_size: v,
+                    vocab_size: outputs,
                 });
             }
             if y.iter().all(|&x| x == IGNORE_INDEX) {
@@ -973,7 +1077,7 @@ impl Gpt {
         let rates = self.dropout;
         let drop_emb = site_dropout(mode, 0, rates.emb);
         let (c, btc) = (cfg.dim, lay.btc());
-        let w = Tensors::carve(&self.params[..], &cfg);
+        let w = Tensors::carve(&self.params[..], &cfg, self.classes);
         let buf = &mut self.acts.buf[..lay.total];
         let [branch, _, _, _, _, _, pd] =
             carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
@@ -1043,9 +1147,9 @@ impl Gpt {
             w.final_norm_scale,
             w.final_norm_shift,
         );
-        // logits = lnf · headᵀ (head = out_head, or tok_emb when tied)
+        // logits = lnf · headᵀ (+ bias) (head = out_head, or tok_emb when tied)
         let head = w.out_head.unwrap_or(w.tok_emb);
-        matmul::forward(logits, lnf, head, None, c);
+        matmul::forward(logits, lnf, head, w.out_bias, c);
         let (loss, count) = match targets {
             Some(y) => {
                 let (sum, count) = crossentropy::forward(losses, lse, logits, y);
@@ -1104,8 +1208,11 @@ impl Gpt {
         let cfg = self.cfg;
         let rates = self.dropout;
         let (c, btc, t) = (cfg.dim, lay.btc(), lay.t);
-        let w = Tensors::carve(&self.params[..], &cfg);
-        let [g_te, g_pe, g_blocks, g_fs, g_fb, g_head] = carve_top(&mut self.grads[..], &cfg);
+        let classes = self.classes;
+        let from = self.grad_from_layer.min(cfg.n_layers);
+        let w = Tensors::carve(&self.params[..], &cfg, classes);
+        let [g_te, g_pe, g_blocks, g_fs, g_fb, g_head] =
+            carve_top(&mut self.grads[..], &cfg, classes);
         let [_, dres, dbuf, dbuf2, dqkv, dfch, dpre] =
             carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
         let tokens = &self.acts.tokens[..];
@@ -1122,7 +1229,14 @@ impl Gpt {
                 Some(hw) => (hw, g_head),
                 None => (w.tok_emb, &mut *g_te),
             };
-            matmul::backward(dbuf, dhead, None, logits, lnf, head_w, c);
+            let (dhead, dbias) = match classes {
+                Some(k) => {
+                    let (dw, db) = dhead.split_at_mut(k * c);
+                    (dw, Some(db))
+                }
+                None => (dhead, None),
+            };
+            matmul::backward(dbuf, dhead, dbias, logits, lnf, head_w, c);
         }
         // forward: lnf = final_norm(last residual)  ⇒  dres = d(last residual)
         dres.fill(0.0);
@@ -1139,7 +1253,7 @@ impl Gpt {
         );
 
         let bl = BlockTensors::<&[f32]>::len(&cfg);
-        for l in (0..cfg.n_layers).rev() {
+        for l in (from..cfg.n_layers).rev() {
             let gb = BlockTensors::carve(&mut g_blocks[l * bl..(l + 1) * bl], &cfg);
             let wb = &w.blocks[l];
             let (before, rest) = body.split_at(lay.layer_start(l));
@@ -1233,8 +1347,10 @@ impl Gpt {
             );
         }
         // forward: encoded = drop_emb(tok_emb[tokens] + pos_emb[t])
-        dropout::backward(dres, site_dropout(mode, 0, rates.emb));
-        encoder::backward(g_te, g_pe, dres, tokens, t, c);
+        if from == 0 {
+            dropout::backward(dres, site_dropout(mode, 0, rates.emb));
+            encoder::backward(g_te, g_pe, dres, tokens, t, c);
+        }
         if let Some(st) = self.state.as_mut() {
             st.logits_valid = false;
         }
@@ -1390,19 +1506,39 @@ mod tests {
             x = res_ref::reference_forward(&res2, &fp);
         }
         let lnf = ln_ref::reference_forward(&x, get("final_norm.scale"), get("final_norm.shift"));
-        let head = if cfg.tied_head {
+        // A classifier (found by its head bias) has its own (K, C) head whatever tied_head says.
+        let classifier = tensors.iter().any(|x| x.name == "out_head.bias");
+        let head = if cfg.tied_head && !classifier {
             get("tok_emb.weight")
         } else {
             get("out_head.weight")
         };
-        let logits = mm_ref::reference_forward(&lnf, head, None, c);
+        let bias = classifier.then(|| get("out_head.bias"));
+        let logits = mm_ref::reference_forward(&lnf, head, bias, c);
         let loss = ce_ref::reference_forward(&logits, targets);
         (logits, loss)
     }
 
     fn whole_model_check(cfg: GptConfig, rates: DropoutRates, mode: Mode) {
+        whole_model_check_with(cfg, rates, mode, None, 0);
+    }
+
+    /// `classes`: check a classifier with K classes whose targets are ignored except at one
+    /// position per row (the book's readout); `from`: [`Gpt::grad_from_layer`] (gradients below
+    /// must stay zero).
+    fn whole_model_check_with(
+        cfg: GptConfig,
+        rates: DropoutRates,
+        mode: Mode,
+        classes: Option<usize>,
+        from: usize,
+    ) {
         let (b, t) = (2, 5);
         let mut m = Gpt::new(cfg, Init::Gpt2, 17).unwrap();
+        if let Some(k) = classes {
+            m = m.into_classifier(k, 3).unwrap();
+        }
+        m.grad_from_layer = from;
         m.dropout = rates;
         // Generic values everywhere (GPT-2's 0.02 init gives gradients too small to test well):
         // weights ~U(-0.5, 0.5), LayerNorm scales 1 ± 0.3.
@@ -1417,10 +1553,17 @@ mod tests {
         let tokens: Vec<u32> = (0..b * t)
             .map(|i| ((i * 7 + 3) % cfg.vocab_size) as u32)
             .collect();
-        let mut targets: Vec<i32> = (0..b * t)
-            .map(|i| ((i * 5 + 1) % cfg.vocab_size) as i32)
-            .collect();
+        let outputs = m.outputs();
+        let mut targets: Vec<i32> = (0..b * t).map(|i| ((i * 5 + 1) % outputs) as i32).collect();
         targets[3] = IGNORE_INDEX;
+        if classes.is_some() {
+            // One label per row: at the last position of row 0, at position 2 of row 1.
+            for (i, y) in targets.iter_mut().enumerate() {
+                if i != t - 1 && i != t + 2 {
+                    *y = IGNORE_INDEX;
+                }
+            }
+        }
         let loss = m
             .forward(&tokens, Some(&targets), b, t, mode)
             .unwrap()
@@ -1445,7 +1588,25 @@ mod tests {
         let want = fd_grad(&p64, |x| {
             reference_forward(&cfg, &tensors, x, &tokens, &targets, b, t, rates, mode).1
         });
+        // Frozen tensors (below `from`) get no gradient at all; the rest match the reference.
         for ti in &tensors {
+            let layer = ti
+                .name
+                .strip_prefix("blocks.")
+                .and_then(|r| r.split('.').next())
+                .and_then(|n| n.parse::<usize>().ok());
+            let frozen = match layer {
+                Some(l) => l < from,
+                None => from > 0 && ti.name.contains("_emb."),
+            };
+            if frozen {
+                assert!(
+                    m.grads[ti.range()].iter().all(|&g| g == 0.0),
+                    "{} is frozen but got a gradient",
+                    ti.name
+                );
+                continue;
+            }
             assert_close(
                 &ti.name,
                 &m.grads[ti.range()],
@@ -1474,6 +1635,191 @@ mod tests {
             resid: 0.15,
         };
         whole_model_check(tiny(true, false), rates, Mode::Train { seed: 5 });
+    }
+
+    #[test]
+    fn classifier_gradient_with_bias_and_dropout() {
+        let rates = DropoutRates {
+            emb: 0.1,
+            attn: 0.2,
+            resid: 0.15,
+        };
+        // Tied and untied language models both become a (K, C) + (K) classifier.
+        whole_model_check_with(tiny(true, true), rates, Mode::Train { seed: 5 }, Some(3), 0);
+        whole_model_check_with(
+            tiny(false, false),
+            DropoutRates::NONE,
+            Mode::Eval,
+            Some(2),
+            0,
+        );
+    }
+
+    #[test]
+    fn frozen_bottom_layers_get_no_gradient() {
+        // Only the last block, the final norm and the head (the book's chapter 6).
+        whole_model_check_with(
+            tiny(true, false),
+            DropoutRates::NONE,
+            Mode::Eval,
+            Some(2),
+            1,
+        );
+        // Only the final norm and the head (untied: a tied head is the embedding, not frozen).
+        whole_model_check_with(tiny(false, false), DropoutRates::NONE, Mode::Eval, None, 2);
+    }
+
+    #[test]
+    fn lora_adapter_gradients_and_merge_match_an_f64_reference() {
+        use crate::finetune::tune::{LoraSpec, LoraTargets, Trainable, TuneOptions, Tuner};
+        let cfg = tiny(true, false);
+        let (b, t) = (2, 5);
+        let mut m = Gpt::new(cfg, Init::Gpt2, 17)
+            .unwrap()
+            .into_classifier(3, 2)
+            .unwrap();
+        let mut rng = Rng(7);
+        for ti in m.tensors.clone() {
+            let is_scale = ti.name.ends_with(".scale");
+            for v in &mut m.params[ti.range()] {
+                let u = rng.uniform();
+                *v = if is_scale { 1.0 + 0.3 * u } else { 0.5 * u } as f32;
+            }
+        }
+        let base: Vec<f64> = m.params.iter().map(|&v| v as f64).collect();
+        let (rank, alpha) = (2, 3.0f32);
+        let mut tuner = Tuner::new(
+            &mut m,
+            &TuneOptions {
+                trainable: Trainable::All,
+                lora: Some(LoraSpec {
+                    rank,
+                    alpha,
+                    targets: LoraTargets::ALL,
+                }),
+                weight_decay: 0.0,
+                seed: 1,
+            },
+        )
+        .unwrap();
+        // 2 layers × (q, k, v, proj, fc, ff.proj) + the head.
+        assert_eq!(tuner.adapters().len(), 13);
+        // B starts at zero: the merged model is the base model.
+        tuner.merge(&mut m);
+        assert!(m.params.iter().zip(&base).all(|(&a, &b)| a as f64 == b));
+        // Give B generic values so that both gradients are non-trivial.
+        let adapters = tuner.adapters().to_vec();
+        for ad in &adapters {
+            for v in &mut tuner.adapter_params_mut()[ad.b.clone()] {
+                *v = (0.4 * rng.uniform()) as f32;
+            }
+        }
+        tuner.merge(&mut m);
+        let tokens: Vec<u32> = (0..b * t).map(|i| ((i * 7 + 3) % 11) as u32).collect();
+        let mut targets = vec![IGNORE_INDEX; b * t];
+        targets[t - 1] = 2;
+        targets[2 * t - 1] = 0;
+        let scale = alpha as f64 / rank as f64;
+        let tensors = m.tensors.clone();
+        // The unmerged model in f64: W = W0 + s·B·A formed here, independently of Tuner::merge.
+        let reference = |ad: &[f64]| {
+            let mut p = base.clone();
+            for a in &adapters {
+                let (o, i) = (a.out_features, a.in_features);
+                for row in 0..o {
+                    for col in 0..i {
+                        let mut acc = 0.0;
+                        for k in 0..rank {
+                            acc += ad[a.b.start + row * rank + k] * ad[a.a.start + k * i + col];
+                        }
+                        p[a.weight.start + row * i + col] += scale * acc;
+                    }
+                }
+            }
+            reference_forward(
+                &cfg,
+                &tensors,
+                &p,
+                &tokens,
+                &targets,
+                b,
+                t,
+                DropoutRates::NONE,
+                Mode::Eval,
+            )
+        };
+        let ad64: Vec<f64> = tuner.adapter_params().iter().map(|&v| v as f64).collect();
+        m.zero_grad();
+        m.forward(&tokens, Some(&targets), b, t, Mode::Eval)
+            .unwrap();
+        let (want_logits, _) = reference(&ad64);
+        assert_close(
+            "merged logits",
+            m.logits().unwrap(),
+            &want_logits,
+            FWD_ATOL,
+            1e-5,
+        );
+        m.backward().unwrap();
+        tuner.adapter_gradients(&mut m);
+        let want = fd_grad(&ad64, |x| reference(x).1);
+        for ad in &adapters {
+            assert_close(
+                &format!("{} A", ad.name),
+                &tuner.adapter_grads()[ad.a.clone()],
+                &want[ad.a.clone()],
+                GRAD_ATOL,
+                GRAD_RTOL,
+            );
+            assert_close(
+                &format!("{} B", ad.name),
+                &tuner.adapter_grads()[ad.b.clone()],
+                &want[ad.b.clone()],
+                GRAD_ATOL,
+                GRAD_RTOL,
+            );
+        }
+        // A step moves only the adapted blocks of the merged weights.
+        let before = m.params.clone();
+        tuner.step(&mut m, 1e-2).unwrap();
+        for ti in &tensors {
+            let changed = m.params[ti.range()] != before[ti.range()];
+            let adapted = ti.shape.len() == 2 && !ti.name.contains("_emb");
+            assert_eq!(changed, adapted, "{}", ti.name);
+        }
+    }
+
+    #[test]
+    fn into_classifier_keeps_the_body_and_checks_classes() {
+        let lm = Gpt::new(tiny(false, false), Init::Gpt2, 4).unwrap();
+        let body: Vec<(String, Vec<f32>)> = lm
+            .tensors()
+            .iter()
+            .filter(|t| !t.name.starts_with("out_head"))
+            .map(|t| (t.name.clone(), lm.param(&t.name).unwrap().to_vec()))
+            .collect();
+        let m = lm.into_classifier(3, 9).unwrap();
+        for (name, v) in &body {
+            assert_eq!(m.param(name).unwrap(), &v[..], "{name}");
+        }
+        assert_eq!(m.param("out_head.weight").unwrap().len(), 3 * 8);
+        assert_eq!(m.param("out_head.bias").unwrap().len(), 3);
+        let bound = 1.0 / 8f32.sqrt();
+        assert!(
+            m.param("out_head.weight")
+                .unwrap()
+                .iter()
+                .all(|x| x.abs() <= bound)
+        );
+        assert_eq!(m.outputs(), 3);
+        let lm = Gpt::new(tiny(false, false), Init::Gpt2, 4).unwrap();
+        assert_eq!(
+            lm.into_classifier(1, 0).unwrap_err(),
+            ModelError::BadClasses { classes: 1 }
+        );
+        let n = m.params().len();
+        assert!(Gpt::classifier_from_params(tiny(false, false), 3, vec![0.0; n]).is_ok());
+        assert!(Gpt::classifier_from_params(tiny(false, false), 3, vec![0.0; n - 1]).is_err());
     }
 
     #[test]

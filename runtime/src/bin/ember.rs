@@ -1,14 +1,16 @@
-//! `ember`: run `.ember` models — generate, chat, score, inspect, bench, tokenize, detokenize.
+//! `ember`: run `.ember` models — generate, chat, score, classify, inspect, bench, tokenize, detokenize.
 //!
 //! Errors print one line, `ember: error: …`, and exit with code 1; `--help` on any command explains it.
 
 use argh::FromArgs;
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{Array, DType, Value};
-use emberlm_formats::meta::Task;
+use emberlm_formats::meta::{Readout, Task};
 use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens, StreamDecoder, Tokenizer};
 use emberlm_runtime::sampler::argmax;
-use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions};
+use emberlm_runtime::{
+    Classification, Classifier, GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions,
+};
 use std::fmt::Write as _;
 use std::io::{BufRead, Write};
 use std::ops::ControlFlow;
@@ -48,6 +50,7 @@ enum Command {
     Generate(GenerateArgs),
     Chat(ChatArgs),
     Score(ScoreArgs),
+    Classify(ClassifyArgs),
     Inspect(InspectArgs),
     Bench(BenchArgs),
     Tokenize(TokenizeArgs),
@@ -156,6 +159,34 @@ struct ScoreArgs {
 }
 
 #[derive(FromArgs, Debug)]
+/// Classify texts with a classifier model (`ember-train finetune classify`): prints the label and
+/// the probability of each label. The input is truncated to the model's training length and, with
+/// readout `last`, padded to it, as the book's `classify_review` does.
+#[argh(subcommand, name = "classify")]
+struct ClassifyArgs {
+    /// the model file (.ember)
+    #[argh(positional)]
+    model: PathBuf,
+    /// text to classify (encoded with the model's tokenizer)
+    #[argh(option)]
+    text: Option<String>,
+    /// token ids to classify, e.g. 15496,11,314
+    #[argh(option)]
+    tokens: Option<String>,
+    /// a file with one text per line (blank lines are skipped; `-` reads standard input); prints
+    /// one result per line
+    #[argh(option)]
+    file: Option<PathBuf>,
+    /// worker threads (default: one per core)
+    #[argh(option, default = "0")]
+    threads: usize,
+    /// print one JSON object (label, label_id, probabilities, logits, tokens); with --file, one
+    /// object per line (JSON Lines) that also holds the line number
+    #[argh(switch)]
+    json: bool,
+}
+
+#[derive(FromArgs, Debug)]
 /// Show a model file's metadata, tensors and sizes.
 #[argh(subcommand, name = "inspect")]
 struct InspectArgs {
@@ -234,6 +265,7 @@ fn main() {
         Command::Generate(a) => generate(a),
         Command::Chat(a) => chat(a),
         Command::Score(a) => score(a),
+        Command::Classify(a) => classify(a),
         Command::Inspect(a) => inspect(a),
         Command::Bench(a) => bench(a),
         Command::Tokenize(a) => tokenize(a),
@@ -633,6 +665,138 @@ fn score(a: ScoreArgs) -> Result<()> {
     Ok(())
 }
 
+/// One classification as a JSON object; `line` is the input file's line number, if any.
+fn classification_json(c: &Classification<'_>, line: Option<usize>) -> String {
+    let probs: Vec<String> = c
+        .labels
+        .iter()
+        .zip(c.probabilities)
+        .map(|(l, &p)| format!("{}:{}", json_str(l), num32(p)))
+        .collect();
+    let logits: Vec<String> = c.logits.iter().map(|&v| num32(v)).collect();
+    let mut o = String::from("{");
+    if let Some(n) = line {
+        let _ = write!(o, "\"line\":{n},");
+    }
+    let _ = write!(
+        o,
+        "\"label\":{},\"label_id\":{},\"probabilities\":{{{}}},\"logits\":[{}],\"tokens\":{},\"truncated\":{}}}",
+        json_str(c.label),
+        c.label_id,
+        probs.join(","),
+        logits.join(","),
+        c.tokens,
+        c.truncated
+    );
+    o
+}
+
+fn classify(a: ClassifyArgs) -> Result<()> {
+    let model = open(&a.model)?;
+    if matches!(model.task(), Task::LanguageModel) {
+        return Err(format!(
+            "{}: this model is a language model, not a classifier: use `ember generate` or `ember score`",
+            a.model.display()
+        ));
+    }
+    let given = [a.text.is_some(), a.tokens.is_some(), a.file.is_some()];
+    if given.iter().filter(|&&g| g).count() != 1 {
+        return Err("give exactly one of --text TEXT, --tokens 1,2,3 or --file FILE".into());
+    }
+    let opts = SessionOptions {
+        threads: a.threads,
+        ..SessionOptions::default()
+    };
+    let mut clf = Classifier::new(&model, &opts).map_err(|e| e.to_string())?;
+    let Some(path) = &a.file else {
+        let c = match (&a.text, &a.tokens) {
+            (Some(t), _) if t.is_empty() => return Err("--text is empty".into()),
+            (Some(t), _) => clf.classify_text(t),
+            (None, Some(ids)) => clf.classify_tokens(&parse_ids(ids, "--tokens")?),
+            (None, None) => return Err("give --text, --tokens or --file".into()),
+        }
+        .map_err(|e| e.to_string())?;
+        if a.json {
+            println!("{}", classification_json(&c, None));
+        } else {
+            println!(
+                "{}  (p {:.6}, {} tokens{})",
+                c.label,
+                c.probabilities[c.label_id],
+                c.tokens,
+                if c.truncated { ", truncated" } else { "" }
+            );
+            let width = c
+                .labels
+                .iter()
+                .map(|l| l.chars().count())
+                .max()
+                .unwrap_or(0);
+            for (l, p) in c.labels.iter().zip(c.probabilities) {
+                println!("  {l:<width$}  {p:.6}");
+            }
+        }
+        return Ok(());
+    };
+    let mut reader: Box<dyn BufRead> = if path.as_os_str() == "-" {
+        Box::new(std::io::stdin().lock())
+    } else {
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        Box::new(std::io::BufReader::new(file))
+    };
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    let mut buf = Vec::new();
+    let mut line_no = 0;
+    let mut shown = false;
+    loop {
+        buf.clear();
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        line_no += 1;
+        let text = std::str::from_utf8(&buf)
+            .map_err(|_| format!("{}: line {line_no} is not valid UTF-8", path.display()))?;
+        let text = text.strip_suffix('\n').unwrap_or(text);
+        let text = text.strip_suffix('\r').unwrap_or(text);
+        if text.trim().is_empty() {
+            continue;
+        }
+        let c = clf
+            .classify_text(text)
+            .map_err(|e| format!("{}: line {line_no}: {e}", path.display()))?;
+        let written = if a.json {
+            writeln!(out, "{}", classification_json(&c, Some(line_no)))
+        } else {
+            if !shown {
+                writeln!(
+                    out,
+                    "{:>6}  {:<16} {:>9} {:>6}  text",
+                    "line", "label", "p", "tokens"
+                )
+                .map_err(|e| e.to_string())?;
+                shown = true;
+            }
+            let preview: String = text.chars().take(60).collect();
+            let more = if text.chars().nth(60).is_some() {
+                "…"
+            } else {
+                ""
+            };
+            writeln!(
+                out,
+                "{line_no:>6}  {:<16} {:>9.6} {:>6}  {preview}{more}",
+                c.label, c.probabilities[c.label_id], c.tokens
+            )
+        };
+        written.map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
 fn describe(v: &Value) -> String {
     let list = |n: usize, f: &dyn Fn(usize) -> String| {
         let shown: Vec<String> = (0..n.min(8)).map(f).collect();
@@ -720,6 +884,23 @@ fn inspect(a: InspectArgs) -> Result<()> {
         cfg.qkv_bias,
         cfg.tied_head
     );
+    if let Task::Classifier {
+        labels,
+        readout,
+        pad_id,
+        length,
+    } = model.task()
+    {
+        let readout = match readout {
+            Readout::Last => "last",
+            Readout::LastReal => "last-real",
+        };
+        println!(
+            "  classifier: {} labels {labels:?}, readout {readout}, length {}, pad id {pad_id}",
+            labels.len(),
+            length.map_or("none (context)".to_string(), |n| n.to_string())
+        );
+    }
     println!(
         "  {} tensors, {} parameters, {} bytes on disk, {} bytes read per token, opened in {:.2} ms",
         h.tensors.len(),
@@ -966,6 +1147,15 @@ fn json_str(s: &str) -> String {
     }
     o.push('"');
     o
+}
+
+/// A JSON number with f32's shortest round-trip digits (non-finite values become null).
+fn num32(x: f32) -> String {
+    if x.is_finite() {
+        format!("{x}")
+    } else {
+        "null".into()
+    }
 }
 
 /// A JSON number (non-finite values become null).

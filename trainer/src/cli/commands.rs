@@ -42,6 +42,12 @@ pub fn eval(a: EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
 fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
+    if l.state.classifier.is_some() {
+        return Err(failed(format!(
+            "{}: is a classifier (its accuracy is printed by `ember-train finetune classify`; run it with `ember classify`)",
+            l.dir.display()
+        )));
+    }
     let (texts, _) = read_all(&a.data)?;
     let model_ctx = l.config.context_length;
     let t = a
@@ -174,16 +180,20 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
     if let Some(r) = l.state.history.last() {
         provenance.push(("val_loss".to_string(), r.val_loss.to_string()));
     }
+    let task = match &l.state.classifier {
+        Some(c) => c.task().map_err(failed)?,
+        None => Task::LanguageModel,
+    };
     let meta = ExportMeta {
         config: l.config,
-        task: Task::LanguageModel,
+        task,
         prompt: None,
         tokenizer: Some(&l.tokenizer),
         provenance,
     };
     let mut offsets = std::collections::HashMap::new();
     let mut off = 0usize;
-    for (name, shape) in l.config.tensor_shapes() {
+    for (name, shape) in checkpoint::tensor_shapes(&l.config, l.state.classifier.as_ref()) {
         let n: usize = shape.iter().product();
         offsets.insert(name, off..off + n);
         off += n;
@@ -287,6 +297,7 @@ fn import_finish(
         },
         history: Vec::new(),
         source: Some(imp.weights_path.display().to_string()),
+        classifier: None,
     };
     checkpoint::write_dir_streamed(&a.out, &state, &tok, |model| {
         std::fs::rename(staging, model).map_err(|e| checkpoint::CheckpointError::Io {

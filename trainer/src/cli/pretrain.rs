@@ -910,6 +910,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             tokenizer: tok_ref.clone(),
             history: cur.history.clone(),
             source: None,
+            classifier: None,
         };
         let shapes = cfg.tensor_shapes();
         checkpoint::save_run(

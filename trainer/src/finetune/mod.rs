@@ -1,3 +1,5 @@
 //! Fine-tuning (the book's chapters 6 and 7, appendix E): datasets and batching rules.
 
+pub mod classify;
 pub mod data;
+pub mod tune;

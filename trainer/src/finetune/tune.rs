@@ -1,0 +1,689 @@
+//! What fine-tuning trains: a subset of the model (`--trainable`) or LoRA adapters
+//! (`--lora-rank`, `--lora-alpha`; the book's appendix E), and the optimizer step over it.
+//!
+//! Letters: O output features, I input features of a linear layer (its weight is (O, I)), R the
+//! LoRA rank, L layers, C channels, K classes.
+//!
+//! **Subsets.** The canonical parameter order is embeddings, blocks 0..L, final norm, head, so
+//! "the last N blocks + final norm + head" and "the head" are each one contiguous range of the flat
+//! buffer: AdamW runs over that range only, and [`Gpt::grad_from_layer`] skips the backward of
+//! everything below it.
+//!
+//! **LoRA.** Each adapted weight W (O, I) becomes W0 + s·B·A with A (R, I), B (O, R), s = α/R
+//! (the LoRA paper's scaling; the book's code multiplies by α alone, so its α = 16 at R = 16 is our
+//! α = 256). A starts U(±1/√I), B at zero, so training starts from the base model exactly. The
+//! model's parameter buffer always holds the *merged* weights: forward and backward run unchanged
+//! and produce dW, and the chain rule through the merge gives the adapters' gradients
+//! dB = s·dW·Aᵀ and dA = s·Bᵀ·dW. After the AdamW step the merge is redone from the saved W0. The
+//! exported model is therefore the merged one, with no adapter code in the runtime. Every other
+//! parameter (biases, norms, embeddings, and the classifier head itself) stays frozen, as in the
+//! book, where `replace_linear_with_lora` wraps every `nn.Linear` of a frozen model. The fused
+//! (3C, C) query/key/value weight gets three adapters, one per (C, C) block, because the book's
+//! model has three separate linear layers there: this is what gives its 2,666,528 trainable
+//! parameters for the 124M classifier at rank 16.
+
+use crate::adamw::{AdamW, AdamWConfig, AdamWError, DecayMask};
+use crate::layers::dropout::mix64;
+use crate::model::{Gpt, TensorInfo};
+use emberlm_formats::config::GptConfig;
+use emberlm_runtime::gemm::{MatMut, MatRef, Parallelism, matmul};
+use std::fmt;
+use std::ops::Range;
+use std::str::FromStr;
+
+/// Which parameters train (without LoRA).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trainable {
+    /// The output head only (for a tied language model: the token embedding, as its head).
+    Head,
+    /// The last N blocks, the final norm and the head (`last-block` = 1: the book's chapter 6).
+    LastBlocks(usize),
+    /// Everything.
+    All,
+}
+
+impl FromStr for Trainable {
+    type Err = TuneError;
+
+    /// `head`, `last-block`, `last-N` (N ≥ 1) or `all`.
+    fn from_str(s: &str) -> Result<Self, TuneError> {
+        match s {
+            "head" => Ok(Trainable::Head),
+            "last-block" => Ok(Trainable::LastBlocks(1)),
+            "all" => Ok(Trainable::All),
+            _ => match s.strip_prefix("last-").map(str::parse::<usize>) {
+                Some(Ok(n)) if n >= 1 => Ok(Trainable::LastBlocks(n)),
+                _ => Err(TuneError::BadTrainable(s.to_string())),
+            },
+        }
+    }
+}
+
+impl fmt::Display for Trainable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Trainable::Head => f.write_str("head"),
+            Trainable::LastBlocks(1) => f.write_str("last-block"),
+            Trainable::LastBlocks(n) => write!(f, "last-{n}"),
+            Trainable::All => f.write_str("all"),
+        }
+    }
+}
+
+/// Which linear layers get LoRA adapters.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoraTargets {
+    /// The query, key and value projections (three adapters per block).
+    pub qkv: bool,
+    /// The attention output projection.
+    pub proj: bool,
+    /// The feed-forward expansion (C → 4C).
+    pub fc: bool,
+    /// The feed-forward projection (4C → C).
+    pub ff_proj: bool,
+    /// The output head (an untied language-model head or a classifier head).
+    pub head: bool,
+}
+
+impl LoraTargets {
+    /// Every linear layer (the book's `replace_linear_with_lora`).
+    pub const ALL: LoraTargets = LoraTargets {
+        qkv: true,
+        proj: true,
+        fc: true,
+        ff_proj: true,
+        head: true,
+    };
+}
+
+impl FromStr for LoraTargets {
+    type Err = TuneError;
+
+    /// `all`, or a comma-separated list of `qkv`, `proj`, `fc`, `ff-proj`, `head`.
+    fn from_str(s: &str) -> Result<Self, TuneError> {
+        if s == "all" {
+            return Ok(LoraTargets::ALL);
+        }
+        let mut t = LoraTargets {
+            qkv: false,
+            proj: false,
+            fc: false,
+            ff_proj: false,
+            head: false,
+        };
+        for part in s.split(',') {
+            match part.trim() {
+                "qkv" => t.qkv = true,
+                "proj" => t.proj = true,
+                "fc" => t.fc = true,
+                "ff-proj" => t.ff_proj = true,
+                "head" => t.head = true,
+                _ => return Err(TuneError::BadLoraTargets(s.to_string())),
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// LoRA hyperparameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LoraSpec {
+    /// R (≥ 1).
+    pub rank: usize,
+    /// α: the update is scaled by α/R.
+    pub alpha: f32,
+    /// Which layers get adapters.
+    pub targets: LoraTargets,
+}
+
+/// What to train and how.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TuneOptions {
+    /// The subset (ignored with LoRA, which freezes every base parameter).
+    pub trainable: Trainable,
+    /// LoRA instead of a subset.
+    pub lora: Option<LoraSpec>,
+    /// AdamW's decoupled weight decay (the book: 0.1), on every trained parameter.
+    pub weight_decay: f32,
+    /// Seed of the adapters' initialisation.
+    pub seed: u64,
+}
+
+/// Why a fine-tuning setup or step failed.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TuneError {
+    /// `--trainable` is not one of the accepted forms.
+    BadTrainable(String),
+    /// `--lora-targets` is not one of the accepted forms.
+    BadLoraTargets(String),
+    /// `last-N` asks for more blocks than the model has.
+    TooManyBlocks {
+        /// N.
+        asked: usize,
+        /// L.
+        layers: usize,
+    },
+    /// The LoRA rank is 0 or larger than the adapted layers' inputs.
+    BadRank {
+        /// R.
+        rank: usize,
+        /// The smallest I among the adapted layers.
+        max: usize,
+    },
+    /// α is not a finite positive number.
+    BadAlpha(f32),
+    /// The targets select no layer (e.g. only `head` on a tied language model).
+    NoAdapters,
+    /// The optimizer refused the step.
+    Optimizer(AdamWError),
+}
+
+impl fmt::Display for TuneError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TuneError::BadTrainable(s) => write!(
+                f,
+                "--trainable {s:?}: expected head, last-block, last-N (N ≥ 1) or all"
+            ),
+            TuneError::BadLoraTargets(s) => write!(
+                f,
+                "--lora-targets {s:?}: expected all or a comma list of qkv, proj, fc, ff-proj, head"
+            ),
+            TuneError::TooManyBlocks { asked, layers } => write!(
+                f,
+                "--trainable last-{asked}: the model has only {layers} blocks"
+            ),
+            TuneError::BadRank { rank, max } => {
+                write!(f, "--lora-rank {rank}: must be between 1 and {max}")
+            }
+            TuneError::BadAlpha(a) => write!(f, "--lora-alpha {a}: must be a positive number"),
+            TuneError::NoAdapters => write!(
+                f,
+                "--lora-targets selects no linear layer of this model (a tied head cannot take an adapter)"
+            ),
+            TuneError::Optimizer(e) => write!(f, "optimizer: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for TuneError {}
+
+impl From<AdamWError> for TuneError {
+    fn from(e: AdamWError) -> Self {
+        TuneError::Optimizer(e)
+    }
+}
+
+/// One LoRA adapter: rows `rows` of the flat parameter buffer hold its weight block (O, I).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Adapter {
+    /// `blocks.3.att.q`, `blocks.3.ff.fc`, `out_head`, …
+    pub name: String,
+    /// The (O, I) block in the model's flat parameter buffer.
+    pub weight: Range<usize>,
+    /// O.
+    pub out_features: usize,
+    /// I.
+    pub in_features: usize,
+    /// A (R, I) in [`Tuner::adapter_params`].
+    pub a: Range<usize>,
+    /// B (O, R) in [`Tuner::adapter_params`].
+    pub b: Range<usize>,
+}
+
+/// The (name, flat range, O, I) of every weight block that `targets` adapts, in buffer order.
+fn adapted_blocks(
+    cfg: &GptConfig,
+    tensors: &[TensorInfo],
+    classes: Option<usize>,
+    targets: LoraTargets,
+) -> Vec<(String, Range<usize>, usize, usize)> {
+    let c = cfg.dim;
+    let mut out = Vec::new();
+    for t in tensors {
+        let (o, i) = match t.shape[..] {
+            [o, i] => (o, i),
+            _ => continue,
+        };
+        let name = t.name.as_str();
+        if name.ends_with("att.qkv.weight") && targets.qkv {
+            let base = name.trim_end_matches("qkv.weight");
+            for (k, part) in ["q", "k", "v"].iter().enumerate() {
+                let start = t.offset + k * c * i;
+                out.push((format!("{base}{part}"), start..start + c * i, c, i));
+            }
+        } else if (name.ends_with("att.proj.weight") && targets.proj)
+            || (name.ends_with("ff.fc.weight") && targets.fc)
+            || (name.ends_with("ff.proj.weight") && targets.ff_proj)
+            || (name == "out_head.weight" && targets.head && (classes.is_some() || !cfg.tied_head))
+        {
+            out.push((
+                name.trim_end_matches(".weight").to_string(),
+                t.range(),
+                o,
+                i,
+            ));
+        }
+    }
+    out
+}
+
+/// Trainable parameters of LoRA with `spec` on a model of `cfg` (a classifier when `classes`):
+/// Σ R·(I + O) over the adapted blocks. The book's figure for the 124M classifier at rank 16 on
+/// every linear layer is 2,666,528.
+pub fn lora_param_count(cfg: &GptConfig, classes: Option<usize>, spec: &LoraSpec) -> usize {
+    let mut shapes = cfg.tensor_shapes();
+    if let Some(k) = classes {
+        shapes.retain(|(n, _)| n != "out_head.weight");
+        shapes.push(("out_head.weight".into(), vec![k, cfg.dim]));
+    }
+    let mut offset = 0;
+    let tensors: Vec<TensorInfo> = shapes
+        .into_iter()
+        .map(|(name, shape)| {
+            let len = shape.iter().product();
+            let t = TensorInfo {
+                name,
+                shape,
+                offset,
+                len,
+            };
+            offset += len;
+            t
+        })
+        .collect();
+    adapted_blocks(cfg, &tensors, classes, spec.targets)
+        .iter()
+        .map(|(_, _, o, i)| spec.rank * (o + i))
+        .sum()
+}
+
+enum Kind {
+    /// AdamW over one contiguous range of the model's parameters.
+    Subset(Range<usize>),
+    /// AdamW over the adapters; `base` holds W0 of every adapted block, in adapter order.
+    Lora {
+        adapters: Vec<Adapter>,
+        base: Vec<f32>,
+        scale: f32,
+    },
+}
+
+/// The trainable part of a model and its optimizer. Loop:
+/// `model.zero_grad(); model.forward(..)?; model.backward()?; tuner.step(&mut model, lr)?`.
+pub struct Tuner {
+    kind: Kind,
+    opt: AdamW,
+    /// The adapters (LoRA): A then B of each, in [`Adapter`] order. Empty for a subset.
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    trainable: usize,
+    description: String,
+}
+
+impl fmt::Debug for Tuner {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Tuner")
+            .field("trainable", &self.trainable)
+            .field("description", &self.description)
+            .finish()
+    }
+}
+
+impl Tuner {
+    /// Sets up training of `opts` on `model`: sets [`Gpt::grad_from_layer`], and for LoRA creates
+    /// the adapters (B = 0, so the model is unchanged).
+    pub fn new(model: &mut Gpt, opts: &TuneOptions) -> Result<Tuner, TuneError> {
+        let cfg = *model.config();
+        let l = cfg.n_layers;
+        let adamw = AdamWConfig {
+            weight_decay: opts.weight_decay as f64,
+            ..AdamWConfig::default()
+        };
+        if let Some(spec) = opts.lora {
+            if !(spec.alpha.is_finite() && spec.alpha > 0.0) {
+                return Err(TuneError::BadAlpha(spec.alpha));
+            }
+            let blocks = adapted_blocks(&cfg, model.tensors(), model.classes(), spec.targets);
+            if blocks.is_empty() {
+                return Err(TuneError::NoAdapters);
+            }
+            // A rank above min(O, I) is redundant but harmless (the book puts rank 16 on a head
+            // with 2 outputs); only the input side bounds it, to catch typos.
+            let max = blocks.iter().map(|b| b.3).min().unwrap_or(0);
+            if spec.rank == 0 || spec.rank > max {
+                return Err(TuneError::BadRank {
+                    rank: spec.rank,
+                    max,
+                });
+            }
+            let r = spec.rank;
+            let mut adapters = Vec::with_capacity(blocks.len());
+            let mut base = Vec::new();
+            let mut params = Vec::new();
+            for (n, (name, weight, o, i)) in blocks.into_iter().enumerate() {
+                base.extend_from_slice(&model.params()[weight.clone()]);
+                let a = params.len()..params.len() + r * i;
+                let bound = 1.0 / (i as f32).sqrt();
+                let key = mix64(opts.seed ^ mix64(0x10_4A ^ n as u64));
+                params.extend((0..r * i).map(|j| bound * symmetric_unit(mix64(key ^ j as u64))));
+                let b = params.len()..params.len() + o * r;
+                params.resize(b.end, 0.0);
+                adapters.push(Adapter {
+                    name,
+                    weight,
+                    out_features: o,
+                    in_features: i,
+                    a,
+                    b,
+                });
+            }
+            // Every adapted weight can sit anywhere down to block 0.
+            model.grad_from_layer = 0;
+            let n = params.len();
+            return Ok(Tuner {
+                description: format!(
+                    "LoRA rank {r}, alpha {} (scale {}), {} adapters",
+                    spec.alpha,
+                    spec.alpha / r as f32,
+                    adapters.len()
+                ),
+                kind: Kind::Lora {
+                    adapters,
+                    base,
+                    scale: spec.alpha / r as f32,
+                },
+                opt: AdamW::new(adamw, DecayMask::all(n)),
+                grads: vec![0.0; n],
+                params,
+                trainable: n,
+            });
+        }
+        let tensors = model.tensors();
+        let total = model.params().len();
+        let head_start = tensors
+            .iter()
+            .find(|t| t.name.starts_with("out_head."))
+            .map(|t| t.offset);
+        let (range, from) = match opts.trainable {
+            Trainable::All => (0..total, 0),
+            Trainable::Head => match head_start {
+                Some(s) => (s..total, l),
+                // A tied head is the token embedding.
+                None => {
+                    let te = tensors
+                        .iter()
+                        .find(|t| t.name == "tok_emb.weight")
+                        .map_or(0..0, TensorInfo::range);
+                    (te, l)
+                }
+            },
+            Trainable::LastBlocks(n) => {
+                if n > l {
+                    return Err(TuneError::TooManyBlocks {
+                        asked: n,
+                        layers: l,
+                    });
+                }
+                let first = format!("blocks.{}.", l - n);
+                let start = tensors
+                    .iter()
+                    .find(|t| t.name.starts_with(&first))
+                    .map_or(0, |t| t.offset);
+                (start..total, l - n)
+            }
+        };
+        let count = tensors
+            .iter()
+            .filter(|t| t.offset >= range.start && t.offset < range.end)
+            .count();
+        model.grad_from_layer = from;
+        let n = range.len();
+        Ok(Tuner {
+            description: format!("{} ({count} tensors)", opts.trainable),
+            kind: Kind::Subset(range),
+            opt: AdamW::new(adamw, DecayMask::all(n)),
+            params: Vec::new(),
+            grads: Vec::new(),
+            trainable: n,
+        })
+    }
+
+    /// Number of trained parameters.
+    pub fn trainable_params(&self) -> usize {
+        self.trainable
+    }
+
+    /// A one-line description (`last-block (12 tensors)`, `LoRA rank 16, …`).
+    pub fn description(&self) -> &str {
+        &self.description
+    }
+
+    /// The LoRA adapters (empty for a subset).
+    pub fn adapters(&self) -> &[Adapter] {
+        match &self.kind {
+            Kind::Lora { adapters, .. } => adapters,
+            Kind::Subset(_) => &[],
+        }
+    }
+
+    /// The adapters' parameters (A then B of each adapter); empty for a subset.
+    pub fn adapter_params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The adapters' parameters, writable; call [`Tuner::merge`] afterwards.
+    pub fn adapter_params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// The adapters' gradients of the last [`Tuner::step`] or [`Tuner::adapter_gradients`].
+    pub fn adapter_grads(&self) -> &[f32] {
+        &self.grads
+    }
+
+    /// Writes W = W0 + s·B·A into the model for every adapter (no-op for a subset).
+    pub fn merge(&self, model: &mut Gpt) {
+        let Kind::Lora {
+            adapters,
+            base,
+            scale,
+        } = &self.kind
+        else {
+            return;
+        };
+        let mut off = 0;
+        let params = model.params_mut();
+        for ad in adapters {
+            let (o, i) = (ad.out_features, ad.in_features);
+            let r = ad.a.len() / i;
+            let w = &mut params[ad.weight.clone()];
+            w.copy_from_slice(&base[off..off + o * i]);
+            off += o * i;
+            // W (O, I) += s · B (O, R) · A (R, I)
+            matmul(
+                &mut MatMut::row_major(w, o, i),
+                1.0,
+                MatRef::row_major(&self.params[ad.b.clone()], o, r),
+                MatRef::row_major(&self.params[ad.a.clone()], r, i),
+                *scale,
+                Parallelism::current(),
+            );
+        }
+    }
+
+    /// LoRA: turns the model's weight gradients dW (after `backward`) into the adapters'
+    /// gradients dB = s·dW·Aᵀ, dA = s·Bᵀ·dW (overwriting [`Tuner::adapter_grads`]).
+    pub fn adapter_gradients(&mut self, model: &mut Gpt) {
+        let Kind::Lora {
+            adapters, scale, ..
+        } = &self.kind
+        else {
+            return;
+        };
+        let grads = model.grads();
+        for ad in adapters {
+            let (o, i) = (ad.out_features, ad.in_features);
+            let r = ad.a.len() / i;
+            let dw = MatRef::row_major(&grads[ad.weight.clone()], o, i);
+            let (ga, gb) = self.grads.split_at_mut(ad.b.start);
+            // dB (O, R) = s · dW (O, I) · Aᵀ (I, R)
+            matmul(
+                &mut MatMut::row_major(&mut gb[..o * r], o, r),
+                0.0,
+                dw,
+                MatRef::row_major(&self.params[ad.a.clone()], r, i).t(),
+                *scale,
+                Parallelism::current(),
+            );
+            // dA (R, I) = s · Bᵀ (R, O) · dW (O, I)
+            matmul(
+                &mut MatMut::row_major(&mut ga[ad.a.clone()], r, i),
+                0.0,
+                MatRef::row_major(&self.params[ad.b.clone()], o, r).t(),
+                dw,
+                *scale,
+                Parallelism::current(),
+            );
+        }
+    }
+
+    /// One AdamW step at `lr` on the trained parameters, from the gradients the model's last
+    /// backward left (LoRA: through [`Tuner::adapter_gradients`], then [`Tuner::merge`]).
+    pub fn step(&mut self, model: &mut Gpt, lr: f32) -> Result<(), TuneError> {
+        match &self.kind {
+            Kind::Subset(range) => {
+                let range = range.clone();
+                let (p, g) = model.params_and_grads();
+                self.opt.step(&mut p[range.clone()], &g[range], lr)?;
+            }
+            Kind::Lora { .. } => {
+                self.adapter_gradients(model);
+                self.opt.step(&mut self.params, &self.grads, lr)?;
+                self.merge(model);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A uniform number in (−1, 1) from 64 random bits.
+fn symmetric_unit(bits: u64) -> f32 {
+    ((bits >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Init, Mode};
+
+    fn tiny() -> GptConfig {
+        GptConfig {
+            vocab_size: 13,
+            context_length: 8,
+            dim: 8,
+            n_layers: 3,
+            n_heads: 2,
+            qkv_bias: false,
+            tied_head: true,
+        }
+    }
+
+    #[test]
+    fn the_books_lora_parameter_count() {
+        // Appendix E: 124M classifier, rank 16 on every linear layer (incl. the head).
+        let cfg = GptConfig::preset("124m").unwrap();
+        let spec = LoraSpec {
+            rank: 16,
+            alpha: 16.0,
+            targets: LoraTargets::ALL,
+        };
+        assert_eq!(lora_param_count(&cfg, Some(2), &spec), 2_666_528);
+    }
+
+    #[test]
+    fn flags_parse_and_reject() {
+        assert_eq!("head".parse::<Trainable>().unwrap(), Trainable::Head);
+        assert_eq!(
+            "last-block".parse::<Trainable>().unwrap(),
+            Trainable::LastBlocks(1)
+        );
+        assert_eq!(
+            "last-3".parse::<Trainable>().unwrap(),
+            Trainable::LastBlocks(3)
+        );
+        assert_eq!("all".parse::<Trainable>().unwrap(), Trainable::All);
+        for bad in ["last-0", "last-", "Last-block", "", "last-x"] {
+            assert!(bad.parse::<Trainable>().is_err(), "{bad}");
+        }
+        let t: LoraTargets = "qkv,ff-proj".parse().unwrap();
+        assert!(t.qkv && t.ff_proj && !t.proj && !t.fc && !t.head);
+        assert!("qkv,mlp".parse::<LoraTargets>().is_err());
+    }
+
+    #[test]
+    fn subsets_are_the_books_ranges() {
+        let mut m = Gpt::new(tiny(), Init::Gpt2, 1)
+            .unwrap()
+            .into_classifier(2, 1)
+            .unwrap();
+        let opts = |trainable| TuneOptions {
+            trainable,
+            lora: None,
+            weight_decay: 0.1,
+            seed: 0,
+        };
+        let last_block = Tuner::new(&mut m, &opts(Trainable::LastBlocks(1))).unwrap();
+        assert_eq!(m.grad_from_layer, 2);
+        let c = 8;
+        // Block: 2 norms (4C) + qkv 3C·C + proj C·C + C + fc 4C·C + 4C + proj 4C·C + C.
+        let block = 4 * c + 3 * c * c + c * c + c + 4 * c * c + 4 * c + 4 * c * c + c;
+        assert_eq!(last_block.trainable_params(), block + 2 * c + 2 * c + 2);
+        let head = Tuner::new(&mut m, &opts(Trainable::Head)).unwrap();
+        assert_eq!(head.trainable_params(), 2 * c + 2);
+        assert_eq!(m.grad_from_layer, 3);
+        let all = Tuner::new(&mut m, &opts(Trainable::All)).unwrap();
+        assert_eq!(all.trainable_params(), m.params().len());
+        assert_eq!(
+            Tuner::new(&mut m, &opts(Trainable::LastBlocks(4))).unwrap_err(),
+            TuneError::TooManyBlocks {
+                asked: 4,
+                layers: 3
+            }
+        );
+    }
+
+    #[test]
+    fn subset_training_leaves_frozen_parameters_untouched() {
+        let mut m = Gpt::new(tiny(), Init::Gpt2, 1)
+            .unwrap()
+            .into_classifier(2, 1)
+            .unwrap();
+        let before = m.params().to_vec();
+        let mut tuner = Tuner::new(
+            &mut m,
+            &TuneOptions {
+                trainable: Trainable::LastBlocks(1),
+                lora: None,
+                weight_decay: 0.1,
+                seed: 0,
+            },
+        )
+        .unwrap();
+        let tokens = [1u32, 2, 3, 4, 5, 6];
+        let targets = [-100, -100, 1, -100, -100, 0];
+        m.zero_grad();
+        m.forward(&tokens, Some(&targets), 2, 3, Mode::Eval)
+            .unwrap();
+        m.backward().unwrap();
+        tuner.step(&mut m, 1e-2).unwrap();
+        let start = m
+            .tensors()
+            .iter()
+            .find(|t| t.name.starts_with("blocks.2."))
+            .unwrap()
+            .offset;
+        assert_eq!(&m.params()[..start], &before[..start]);
+        assert_ne!(&m.params()[start..], &before[start..]);
+    }
+}

@@ -1,0 +1,311 @@
+//! `ember-train finetune classify` end to end on a tiny model: accuracy on a separable synthetic
+//! dataset, the exported classifier against the trainer's forward, LoRA's parameter count and
+//! merged export, and bad input.
+
+mod cli_util;
+
+use cli_util::{run_err, run_json, scratch};
+use emberlm_formats::meta::{Readout, Task};
+use emberlm_runtime::{Model, Session, SessionOptions};
+use emberlm_trainer::checkpoint;
+use emberlm_trainer::finetune::tune::{LoraSpec, LoraTargets, lora_param_count};
+use emberlm_trainer::model::{Gpt, Mode};
+use std::path::Path;
+
+/// Runtime logits vs the trainer's forward of the same weights (both f32).
+const PARITY_ATOL: f32 = 1e-4;
+
+/// A GPT-2-vocabulary language model checkpoint (2 pretraining steps on a tiny text) in `dir/lm`.
+fn tiny_lm(dir: &Path) {
+    let text: String = (0..200)
+        .map(|i| format!("the cat sat on mat number {i} and then it slept. "))
+        .collect();
+    std::fs::write(dir.join("lm.txt"), text).unwrap();
+    run_json(
+        dir,
+        &[
+            "pretrain",
+            "--data",
+            "lm.txt",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--dim",
+            "16",
+            "--context",
+            "32",
+            "--batch",
+            "2",
+            "--steps",
+            "2",
+            "--tied-head",
+            "--init-scheme",
+            "gpt2",
+            "--out",
+            "lm",
+            "--json",
+        ],
+    );
+}
+
+/// A separable two-class TSV: "spam" rows talk about prizes, "ham" rows about dinner; 160 rows,
+/// 3:1 ham, plus one malformed row (no text) that must be skipped and counted.
+fn write_sms(dir: &Path) {
+    let spam = [
+        "WINNER! claim your free prize now, call",
+        "Free cash award waiting, text WIN to",
+        "URGENT you won a holiday voucher, reply",
+    ];
+    let ham = [
+        "are we still on for dinner at",
+        "ok see you at the station around",
+        "can you pick up some milk on the way home at",
+    ];
+    let mut s = String::new();
+    for i in 0..160 {
+        if i % 4 == 0 {
+            s.push_str(&format!("spam\t{} {}\n", spam[i % 3], 80000 + i));
+        } else {
+            s.push_str(&format!("ham\t{} {} pm\n", ham[i % 3], i % 12));
+        }
+    }
+    s.push_str("ham\t\n");
+    std::fs::write(dir.join("sms.tsv"), s).unwrap();
+}
+
+/// Runtime class logits of `text`'s tokens prepared as the model's task says.
+fn runtime_logits(model: &Model<'_>, tokens: &[u32]) -> Vec<f32> {
+    let mut s = Session::new(model, &SessionOptions::default()).unwrap();
+    s.prefill(tokens).unwrap().to_vec()
+}
+
+#[test]
+fn classify_trains_exports_and_matches_the_trainer() {
+    let dir = scratch("ft-classify");
+    tiny_lm(&dir);
+    write_sms(&dir);
+    let j = run_json(
+        &dir,
+        &[
+            "finetune",
+            "classify",
+            "--init",
+            "lm",
+            "--data",
+            "sms.tsv",
+            "--out",
+            "cls",
+            "--trainable",
+            "all",
+            "--lr",
+            "2e-3",
+            "--epochs",
+            "3",
+            "--batch",
+            "8",
+            "--eval-every",
+            "10",
+            "--json",
+        ],
+    );
+    assert_eq!(j["labels"], serde_json::json!(["ham", "spam"]));
+    assert_eq!(j["skipped_rows"], 1);
+    assert_eq!(j["train_examples"], 112);
+    assert_eq!(j["val_examples"], 16);
+    assert_eq!(j["test_examples"], 32);
+    for k in ["train_accuracy", "val_accuracy", "test_accuracy"] {
+        assert!(j[k].as_f64().unwrap() >= 0.9, "{k}: {j}");
+    }
+    for k in ["train_loss", "val_loss", "test_loss"] {
+        assert!(j[k].as_f64().unwrap().is_finite(), "{k}: {j}");
+    }
+    let metrics = std::fs::read_to_string(dir.join("cls/metrics.csv")).unwrap();
+    assert_eq!(metrics.lines().count(), 1 + 3, "{metrics}");
+
+    // The exported model is a classifier with the labels, the readout and the length.
+    let model = Model::open(&dir.join("cls/model.ember")).unwrap();
+    let length = j["length"].as_u64().unwrap() as usize;
+    match model.task() {
+        Task::Classifier {
+            labels,
+            readout,
+            pad_id,
+            length: l,
+        } => {
+            assert_eq!(labels, &["ham", "spam"]);
+            assert_eq!(*readout, Readout::Last);
+            assert_eq!(*pad_id, 50256);
+            assert_eq!(*l, Some(length as u32));
+        }
+        other => panic!("not a classifier: {other:?}"),
+    }
+    // Its logits equal the trainer's forward of the checkpoint at the last padded position.
+    let ck = checkpoint::load(&dir.join("cls"), false).unwrap();
+    let mut gpt = Gpt::classifier_from_params(ck.config, 2, ck.params).unwrap();
+    let mut tokens = ck.tokenizer.encode_to_vec(
+        "claim your free prize",
+        emberlm_formats::tokenizer::SpecialTokens::AsText,
+    );
+    tokens.resize(length, 50256);
+    gpt.forward(&tokens, None, 1, length, Mode::Eval).unwrap();
+    let want = &gpt.logits().unwrap()[(length - 1) * 2..];
+    let got = runtime_logits(&model, &tokens);
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= PARITY_ATOL, "{got:?} vs {want:?}");
+    }
+    // A classifier checkpoint is not a language model for eval.
+    let err = run_err(&dir, &["eval", "cls", "--data", "lm.txt"], 1);
+    assert!(err.contains("classifier"), "{err}");
+}
+
+#[test]
+fn lora_counts_its_parameters_and_exports_merged_weights() {
+    let dir = scratch("ft-lora");
+    tiny_lm(&dir);
+    write_sms(&dir);
+    let j = run_json(
+        &dir,
+        &[
+            "finetune",
+            "classify",
+            "--init",
+            "lm",
+            "--data",
+            "sms.tsv",
+            "--out",
+            "lora",
+            "--lora-rank",
+            "2",
+            "--lora-alpha",
+            "8",
+            "--lr",
+            "5e-3",
+            "--epochs",
+            "2",
+            "--readout",
+            "last-real",
+            "--json",
+        ],
+    );
+    let ck = checkpoint::load(&dir.join("lora"), false).unwrap();
+    let spec = LoraSpec {
+        rank: 2,
+        alpha: 8.0,
+        targets: LoraTargets::ALL,
+    };
+    // Per block: q, k, v, proj 2·(16+16) each, fc and ff.proj 2·(16+64) each; head 2·(16+2).
+    let expected = 4 * 2 * 32 + 2 * 2 * 80 + 2 * 18;
+    assert_eq!(lora_param_count(&ck.config, Some(2), &spec), expected);
+    assert_eq!(j["trainable_params"], expected);
+    // The base weights changed only where adapters sit (merged at export), norms did not.
+    let base = checkpoint::load(&dir.join("lm"), false).unwrap();
+    let name_range = |shapes: &[(String, Vec<usize>)], name: &str| {
+        let mut off = 0;
+        for (n, s) in shapes {
+            let len: usize = s.iter().product();
+            if n == name {
+                return off..off + len;
+            }
+            off += len;
+        }
+        panic!("{name}")
+    };
+    let lm_shapes = checkpoint::tensor_shapes(&base.config, None);
+    let cls_shapes = checkpoint::tensor_shapes(&ck.config, ck.state.classifier.as_ref());
+    for (name, changed) in [
+        ("blocks.0.att.qkv.weight", true),
+        ("blocks.0.ff.fc.weight", true),
+        ("blocks.0.norm1.scale", false),
+        ("blocks.0.ff.fc.bias", false),
+        ("tok_emb.weight", false),
+    ] {
+        let a = &base.params[name_range(&lm_shapes, name)];
+        let b = &ck.params[name_range(&cls_shapes, name)];
+        assert_eq!(a != b, changed, "{name}");
+    }
+    // The exported (merged) model equals the trainer's forward of the checkpoint; last-real
+    // readout: no padding.
+    let model = Model::open(&dir.join("lora/model.ember")).unwrap();
+    let mut gpt = Gpt::classifier_from_params(ck.config, 2, ck.params).unwrap();
+    let tokens = ck.tokenizer.encode_to_vec(
+        "see you at dinner",
+        emberlm_formats::tokenizer::SpecialTokens::AsText,
+    );
+    gpt.forward(&tokens, None, 1, tokens.len(), Mode::Eval)
+        .unwrap();
+    let want = &gpt.logits().unwrap()[(tokens.len() - 1) * 2..];
+    let got = runtime_logits(&model, &tokens);
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= PARITY_ATOL, "{got:?} vs {want:?}");
+    }
+}
+
+#[test]
+fn classify_rejects_bad_input_with_one_line() {
+    let dir = scratch("ft-bad");
+    tiny_lm(&dir);
+    write_sms(&dir);
+    std::fs::write(dir.join("one.tsv"), "ham\thello\nham\tthere\n").unwrap();
+    let base = [
+        "finetune", "classify", "--init", "lm", "--data", "sms.tsv", "--out", "o",
+    ];
+    let with = |extra: &[&'static str]| -> Vec<&str> {
+        let mut v = base.to_vec();
+        v.extend_from_slice(extra);
+        v
+    };
+    let cases: Vec<(Vec<&str>, i32, &str)> = vec![
+        (
+            vec!["finetune", "classify", "--data", "sms.tsv", "--out", "o"],
+            2,
+            "--init",
+        ),
+        (with(&["--batch", "0"]), 2, "--batch"),
+        (with(&["--readout", "first"]), 2, "--readout"),
+        (with(&["--trainable", "last-9"]), 2, "last-9"),
+        (with(&["--trainable", "some"]), 2, "--trainable"),
+        (with(&["--lora-alpha", "4"]), 2, "--lora-rank"),
+        (with(&["--lora-rank", "0"]), 2, "--lora-rank"),
+        (
+            with(&["--lora-rank", "2", "--lora-targets", "mlp"]),
+            2,
+            "--lora-targets",
+        ),
+        (with(&["--max-length", "999"]), 2, "--max-length"),
+        (with(&["--dtype", "q4"]), 2, "--dtype"),
+        (with(&["--lr", "-1"]), 2, "--lr"),
+        (
+            vec![
+                "finetune", "classify", "--init", "lm", "--data", "one.tsv", "--out", "o",
+            ],
+            1,
+            "one label",
+        ),
+        (
+            vec![
+                "finetune",
+                "classify",
+                "--init",
+                "lm",
+                "--data",
+                "missing.tsv",
+                "--out",
+                "o",
+            ],
+            1,
+            "missing.tsv",
+        ),
+        (
+            vec![
+                "finetune", "classify", "--init", "nope", "--data", "sms.tsv", "--out", "o",
+            ],
+            1,
+            "nope",
+        ),
+    ];
+    for (args, code, needle) in &cases {
+        let err = run_err(&dir, args, *code);
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}
