@@ -751,13 +751,21 @@ fn classify(a: ClassifyArgs) -> Result<()> {
     let mut shown = false;
     loop {
         buf.clear();
-        let n = reader
+        // Bounded: a file without newlines (`/dev/zero`, a binary) must not grow `buf` forever.
+        let n = std::io::Read::take(&mut reader, MAX_CLASSIFY_LINE as u64 + 1)
             .read_until(b'\n', &mut buf)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
         line_no += 1;
+        if buf.len() > MAX_CLASSIFY_LINE {
+            return Err(format!(
+                "{}: line {line_no} is longer than {} MiB",
+                path.display(),
+                MAX_CLASSIFY_LINE >> 20
+            ));
+        }
         let text = std::str::from_utf8(&buf)
             .map_err(|_| format!("{}: line {line_no} is not valid UTF-8", path.display()))?;
         let text = text.strip_suffix('\n').unwrap_or(text);
@@ -796,6 +804,9 @@ fn classify(a: ClassifyArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The longest line `ember classify --file` reads (bytes).
+const MAX_CLASSIFY_LINE: usize = 16 << 20;
 
 fn describe(v: &Value) -> String {
     let list = |n: usize, f: &dyn Fn(usize) -> String| {
