@@ -384,6 +384,12 @@ pub fn read_tokenizer_file(path: &Path) -> Result<Tokenizer, CheckpointError> {
             reason: "is a directory, expected a .ember tokenizer file".into(),
         });
     }
+    if let Some(kind) = crate::data::device_kind(path) {
+        return Err(CheckpointError::Io {
+            path: path.to_path_buf(),
+            reason: format!("is a {kind}, expected a .ember tokenizer file"),
+        });
+    }
     let bytes = std::fs::read(path).map_err(io_err(path))?;
     let header = parse_header(&bytes).map_err(|e| corrupt(path, e.to_string()))?;
     meta::get_tokenizer(&header)
@@ -494,6 +500,10 @@ fn write_dir_with(
     std::fs::create_dir_all(&parent).map_err(io_err(&parent))?;
     let tmp = parent.join(format!(".{name}.tmp-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&tmp);
+    // What crashed writers of this directory left behind.
+    for prefix in [format!(".{name}.tmp-"), format!(".{name}.old-")] {
+        emberlm_formats::ember::remove_dead_temporaries(&parent, &prefix, "");
+    }
     let result = (|| {
         std::fs::create_dir(&tmp).map_err(io_err(&tmp))?;
         write_model(&tmp.join(MODEL_FILE))?;
@@ -511,9 +521,17 @@ fn write_dir_with(
         let state_path = tmp.join(STATE_FILE);
         write_atomically(&state_path, |w| w.write_all(&json)).map_err(io_err(&state_path))?;
         sync_dir(&tmp);
-        // Swap into place: an old directory of the same name goes aside first.
-        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
+        // Swap into place. Where the OS exchanges two paths atomically, a crash at any moment
+        // leaves `dir` complete (old or new); `tmp` then holds the old one, removed after.
         let had_old = dir.exists();
+        if had_old && exchange(&tmp, dir).is_ok() {
+            sync_dir(&parent);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Ok(());
+        }
+        // Elsewhere the old directory goes aside first (a crash between the two renames leaves
+        // it complete under `.NAME.old-PID`).
+        let old = parent.join(format!(".{name}.old-{}", std::process::id()));
         if had_old {
             let _ = std::fs::remove_dir_all(&old);
             std::fs::rename(dir, &old).map_err(io_err(dir))?;
@@ -529,6 +547,21 @@ fn write_dir_with(
         let _ = std::fs::remove_dir_all(&tmp);
     }
     result
+}
+
+/// Exchanges the directories `a` and `b` atomically (Linux `renameat2(RENAME_EXCHANGE)`); an
+/// error where the OS or the file system cannot.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn exchange(a: &Path, b: &Path) -> std::io::Result<()> {
+    use nix::fcntl::{RenameFlags, renameat2};
+    // Relative paths resolve against the working directory, absolute ones ignore it.
+    let cwd = std::fs::File::open(".")?;
+    renameat2(&cwd, a, &cwd, b, RenameFlags::RENAME_EXCHANGE).map_err(std::io::Error::from)
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn exchange(_: &Path, _: &Path) -> std::io::Result<()> {
+    Err(std::io::ErrorKind::Unsupported.into())
 }
 
 fn sync_dir(dir: &Path) {
@@ -548,11 +581,24 @@ pub fn save_run(out_dir: &Path, c: &Contents<'_>) -> Result<PathBuf, CheckpointE
     write_dir(&dir, c)?;
     let pointer = root.join("latest");
     write_atomically(&pointer, |w| writeln!(w, "{name}")).map_err(io_err(&pointer))?;
+    // An older step directory is first renamed to a hidden name and only then removed: a crash
+    // halfway through a removal must never leave a `step-*` directory that looks like a
+    // checkpoint but misses files. Hidden leftovers of an earlier crash (temporaries of
+    // `write_dir` and `write_atomically`, half-removed directories) go too.
     if let Ok(entries) = std::fs::read_dir(&root) {
         for e in entries.flatten() {
             let n = e.file_name().to_string_lossy().into_owned();
             if n.starts_with("step-") && n != name {
-                let _ = std::fs::remove_dir_all(e.path());
+                let trash = root.join(format!(".trash-{n}-{}", std::process::id()));
+                if std::fs::rename(e.path(), &trash).is_ok() {
+                    let _ = std::fs::remove_dir_all(&trash);
+                }
+            } else if n.starts_with(".trash-")
+                || (n.starts_with(".step-") && (n.contains(".tmp-") || n.contains(".old-")))
+                || n.starts_with(".latest.tmp-")
+            {
+                let p = e.path();
+                let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
             }
         }
     }
@@ -775,6 +821,37 @@ mod tests {
             resolve(&out.join("nothing-here")),
             Err(CheckpointError::NotACheckpoint { .. })
         ));
+        let _ = std::fs::remove_dir_all(&out);
+    }
+
+    #[test]
+    fn write_dir_replaces_a_directory_and_leaves_nothing_hidden() {
+        let out = std::env::temp_dir().join(format!("emberlm-ckpt-swap-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&out);
+        let cfg = tiny();
+        let shapes = cfg.tensor_shapes();
+        let tok =
+            emberlm_formats::tokenizer::train_bpe(&["ab ab"], 258, &Default::default()).unwrap();
+        let dir = out.join("ckpt");
+        for (step, value) in [(1u64, 0.25f32), (2, -4.0)] {
+            let st = state(cfg, step);
+            let params = vec![value; cfg.param_count()];
+            let c = Contents {
+                state: &st,
+                shapes: &shapes,
+                params: &params,
+                moments: None,
+                tokenizer: &tok,
+            };
+            write_dir(&dir, &c).unwrap();
+            let l = load(&dir, false).unwrap();
+            assert_eq!((l.state.step, l.params), (step, params));
+        }
+        let names: Vec<String> = std::fs::read_dir(&out)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names, ["ckpt"]);
         let _ = std::fs::remove_dir_all(&out);
     }
 }

@@ -107,6 +107,12 @@ pub fn read_text(path: &Path) -> Result<(String, Source), DataError> {
             path: path.to_path_buf(),
         });
     }
+    if let Some(kind) = device_kind(path) {
+        return Err(DataError::Io {
+            path: path.to_path_buf(),
+            reason: format!("is a {kind}, expected a text file"),
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::Io {
         path: path.to_path_buf(),
         reason: io_reason(&e),
@@ -126,6 +132,29 @@ pub fn read_text(path: &Path) -> Result<(String, Source), DataError> {
         offset: e.utf8_error().valid_up_to(),
     })?;
     Ok((text, source))
+}
+
+/// `Some("character device")` (or block device, socket) when `path` is one: reading such a
+/// "file" to its end may never finish (`/dev/zero`, `/dev/urandom`) while memory grows without
+/// bound. Regular files and pipes (`<(command)`, `/dev/stdin`) are readable (`None`).
+pub fn device_kind(path: &Path) -> Option<&'static str> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        let t = std::fs::metadata(path).ok()?.file_type();
+        if t.is_char_device() {
+            return Some("character device");
+        }
+        if t.is_block_device() {
+            return Some("block device");
+        }
+        if t.is_socket() {
+            return Some("socket");
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    None
 }
 
 /// A short, human reason for an I/O error (`No such file or directory`, …).

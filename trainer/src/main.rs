@@ -25,7 +25,8 @@ fn main() {
         Ok(a) => a,
         Err(early) => match early.status {
             Ok(()) => {
-                println!("{}", early.output);
+                // Not `println!`: it panics when stdout is closed (`ember-train --help | head -1`).
+                let _ = writeln!(std::io::stdout(), "{}", early.output);
                 return;
             }
             Err(()) => {
@@ -52,7 +53,7 @@ fn main() {
     match cli::run(args, &mut con) {
         Ok(outcome) => {
             if json {
-                println!("{}", outcome.json);
+                let _ = writeln!(std::io::stdout(), "{}", outcome.json);
             }
             let _ = std::io::stdout().flush();
             std::process::exit(outcome.exit_code);
@@ -61,7 +62,8 @@ fn main() {
             eprintln!("ember-train: error: {e}");
             if json {
                 // Scripts reading stdout get one object in every case.
-                println!(
+                let _ = writeln!(
+                    std::io::stdout(),
                     "{}",
                     serde_json::json!({"error": e.to_string(), "exit_code": e.exit_code()})
                 );

@@ -19,7 +19,9 @@ pub use error::FormatError;
 pub use mmap::MappedFile;
 pub use read::{EmberFile, Header, TensorData, parse_header, tensor_data};
 pub use value::{Array, Value};
-pub use write::{EmberWriter, write_atomically, write_f16s, write_f32s, write_q8};
+pub use write::{
+    EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q8,
+};
 
 /// The first 8 bytes of every `.ember` file.
 pub const MAGIC: [u8; 8] = *b"EMBERLM\0";

@@ -215,6 +215,7 @@ pub fn write_atomically(
         name.to_string_lossy(),
         std::process::id()
     ));
+    remove_dead_temporaries(&dir, &format!(".{}.tmp-", name.to_string_lossy()), "");
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
         let mut buf = io::BufWriter::with_capacity(1 << 20, file);
@@ -233,6 +234,33 @@ pub fn write_atomically(
         let _ = std::fs::remove_file(&tmp);
     }
     result
+}
+
+/// Removes the entries of `dir` named `{prefix}{PID}{suffix}` (files or directories) whose
+/// process is gone: the temporaries of a writer that crashed or was killed. Best effort, and only
+/// where that can be known (Linux `/proc`); a live process's temporaries are never touched.
+pub fn remove_dead_temporaries(dir: &Path, prefix: &str, suffix: &str) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
+            let p = e.path();
+            let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    }
 }
 
 /// Writes f32 values little-endian.

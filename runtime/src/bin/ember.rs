@@ -17,6 +17,26 @@ use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// `println!` that never panics (std's panics when stdout is closed, e.g. `ember ... | head -1`):
+/// a closed pipe ends the program quietly with success, as the reader asked for no more; any other
+/// write error is one `ember: error:` line and exit code 1. Shadows std's macro in this file.
+macro_rules! println {
+    ($($arg:tt)*) => {{
+        if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
+            stdout_failed(&e)
+        }
+    }};
+}
+
+/// Ends the program after a failed write to stdout (see `println!` above).
+fn stdout_failed(e: &std::io::Error) -> ! {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        std::process::exit(0);
+    }
+    eprintln!("ember: error: writing to stdout: {e}");
+    std::process::exit(1);
+}
+
 #[derive(FromArgs, Debug)]
 /// Run GPT-2 models stored in .ember files: generate text, chat, score, inspect and benchmark.
 struct Cli {
@@ -484,9 +504,6 @@ fn chat(a: ChatArgs) -> Result<()> {
     let model = open(&a.model)?;
     let tok = tokenizer_of(&model)?.ok_or("this model file has no tokenizer, so it cannot chat")?;
     let template = model.prompt_template().cloned();
-    if template.is_none() {
-        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
-    }
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -496,6 +513,7 @@ fn chat(a: ChatArgs) -> Result<()> {
     sampling
         .validate(model.n_outputs())
         .map_err(|e| format!("--{e}"))?;
+
     let opts = SessionOptions {
         threads: a.threads,
         ..SessionOptions::default()
@@ -511,16 +529,34 @@ fn chat(a: ChatArgs) -> Result<()> {
     let mut decoder = StreamDecoder::new(tok);
     let stdin = std::io::stdin();
     let mut line = String::new();
+    // Every token covers at least one byte and at most `max_token_len`, so a longer line can
+    // never fit in the context: reading stops there (memory stays bounded on endless input).
+    let max_line = session
+        .context()
+        .saturating_mul(tok.max_token_len().max(1))
+        .max(1 << 16);
+    // Notices and the "> " prompt only for a person at a terminal: piped input gets clean stderr.
+    let interactive = std::io::IsTerminal::is_terminal(&stdin);
+    if interactive && template.is_none() {
+        eprintln!("(this model has no prompt template: your lines are continued as plain text)");
+    }
     loop {
-        eprint!("> ");
+        if interactive {
+            eprint!("> ");
+        }
         line.clear();
-        if stdin
-            .lock()
+        if std::io::Read::take(stdin.lock(), max_line as u64 + 1)
             .read_line(&mut line)
             .map_err(|e| format!("reading stdin: {e}"))?
             == 0
         {
             break;
+        }
+        if line.len() > max_line {
+            return Err(format!(
+                "a line of more than {max_line} bytes cannot fit in the context of {} tokens",
+                session.context()
+            ));
         }
         let msg = line.trim_end_matches(['\n', '\r']);
         if msg.is_empty() {
@@ -588,7 +624,15 @@ fn score(a: ScoreArgs) -> Result<()> {
             .sum::<f64>()
             .ln()
             + max;
-        logprobs.push(logits[w[1] as usize] as f64 - lse);
+        // `step` checked w[0]; the last id is only ever looked up here.
+        let Some(&l) = logits.get(w[1] as usize) else {
+            return Err(format!(
+                "token id {} is out of range (the vocabulary has {} ids)",
+                w[1],
+                logits.len()
+            ));
+        };
+        logprobs.push(l as f64 - lse);
     }
     let loss = -logprobs.iter().sum::<f64>() / logprobs.len() as f64;
     let ppl = loss.exp();
@@ -707,13 +751,21 @@ fn classify(a: ClassifyArgs) -> Result<()> {
     let mut shown = false;
     loop {
         buf.clear();
-        let n = reader
+        // Bounded: a file without newlines (`/dev/zero`, a binary) must not grow `buf` forever.
+        let n = std::io::Read::take(&mut reader, MAX_CLASSIFY_LINE as u64 + 1)
             .read_until(b'\n', &mut buf)
             .map_err(|e| format!("{}: {e}", path.display()))?;
         if n == 0 {
             break;
         }
         line_no += 1;
+        if buf.len() > MAX_CLASSIFY_LINE {
+            return Err(format!(
+                "{}: line {line_no} is longer than {} MiB",
+                path.display(),
+                MAX_CLASSIFY_LINE >> 20
+            ));
+        }
         let text = std::str::from_utf8(&buf)
             .map_err(|_| format!("{}: line {line_no} is not valid UTF-8", path.display()))?;
         let text = text.strip_suffix('\n').unwrap_or(text);
@@ -752,6 +804,9 @@ fn classify(a: ClassifyArgs) -> Result<()> {
     }
     Ok(())
 }
+
+/// The longest line `ember classify --file` reads (bytes).
+const MAX_CLASSIFY_LINE: usize = 16 << 20;
 
 fn describe(v: &Value) -> String {
     let list = |n: usize, f: &dyn Fn(usize) -> String| {

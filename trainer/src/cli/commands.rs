@@ -242,6 +242,8 @@ pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
         ".emberlm-import-{}.safetensors",
         std::process::id()
     ));
+    // A killed import leaves its staging file (as large as the model): sweep those.
+    emberlm_formats::ember::remove_dead_temporaries(&parent, ".emberlm-import-", ".safetensors");
     let imp = import_to_safetensors(&a.from, &staging, a.heads)
         .map_err(|e| failed(format!("--from {}: {e}", a.from.display())))?;
     let result = import_finish(&a, imp, &staging, con);

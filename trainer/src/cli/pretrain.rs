@@ -87,6 +87,21 @@ pub fn run(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
     super::with_threads(threads, || train(a, con))?
 }
 
+/// Whether `out_dir` holds a training run. A run exists once `checkpoints/latest` does: a
+/// `checkpoints/` without it is a first save that a crash interrupted (nothing to resume), and a
+/// fresh run may take its place.
+fn holds_run(out_dir: &Path) -> bool {
+    out_dir.join("checkpoints").join("latest").exists()
+}
+
+fn already_a_run(out_dir: &Path) -> String {
+    format!(
+        "--out {}: already holds a training run; continue it with --resume {} or choose another --out",
+        out_dir.display(),
+        shell_path(out_dir)
+    )
+}
+
 /// Flags that fix the run and so cannot change on `--resume`.
 fn fixed_flags_given(a: &PretrainArgs) -> Vec<&'static str> {
     let mut v = Vec::new();
@@ -281,6 +296,20 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     }
     if a.epochs == Some(0) || a.steps == Some(0) {
         return Err(usage("--epochs and --steps must be at least 1"));
+    }
+    // Checked before any work: the directory is only created after the data is tokenized.
+    if let Some(o) = a.out.as_ref().filter(|o| o.exists() && !o.is_dir()) {
+        return Err(usage(format!(
+            "--out {}: is a file, expected a directory",
+            o.display()
+        )));
+    }
+    if let Some(o) = a
+        .out
+        .as_ref()
+        .filter(|o| a.resume.is_none() && holds_run(o))
+    {
+        return Err(usage(already_a_run(o)));
     }
     if a.checkpoint_every == Some(0) {
         return Err(usage("--checkpoint-every must be at least 1"));
@@ -643,12 +672,8 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
         }
         (None, None) => fresh_run_dir(),
     };
-    if resume.is_none() && out_dir.join("checkpoints").exists() {
-        return Err(usage(format!(
-            "--out {}: already holds a training run; continue it with --resume {} or choose another --out",
-            out_dir.display(),
-            shell_path(&out_dir)
-        )));
+    if resume.is_none() && holds_run(&out_dir) {
+        return Err(usage(already_a_run(&out_dir)));
     }
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         failed(format!(
