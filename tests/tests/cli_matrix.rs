@@ -313,16 +313,60 @@ const TRAIN_CASES: &[(&str, &str)] = &[
 ];
 
 /// `ember-train finetune` rows, same format (`rows.tsv`: ten labelled rows, two labels).
-/// FOR THE LEAD: extend as `finetune instruct` lands, e.g.
-/// `("finetune instruct --init run --data empty.txt --out ft", "empty")`,
-/// `("finetune instruct --init run --data text.txt --out ft", "invalid JSON")`.
-/// Known failures left out (trainer/src/finetune/ is the lead's):
-/// - `finetune classify --init run --data /dev/zero --out ft` reads forever with growing
-///   memory (`finetune::data::read_text` needs `crate::data::device_kind`, as `--data` of
-///   pretrain has);
-/// - `finetune classify --init run --data rows.tsv --max-length 100000 --out ft` prints a
-///   progress line before its error (two lines).
 const FINETUNE_CASES: &[(&str, &str)] = &[
+    (
+        "finetune classify --init run --data /dev/zero --out ft",
+        "character device",
+    ),
+    (
+        "finetune classify --init run --data rows.tsv --max-length 100000 --out ft",
+        "--max-length 100000",
+    ),
+    (
+        "finetune instruct --init run --data /dev/zero --out fi",
+        "character device",
+    ),
+    (
+        "finetune instruct --init run --data nope.json --out fi",
+        "nope.json",
+    ),
+    (
+        "finetune instruct --init run --data dir --out fi",
+        "is a directory",
+    ),
+    (
+        "finetune instruct --init run --data empty.txt --out fi",
+        "empty.txt",
+    ),
+    (
+        "finetune instruct --init run --data text.txt --out fi",
+        "text.txt",
+    ),
+    (
+        "finetune instruct --init run --data picture.png --out fi",
+        "picture.png",
+    ),
+    (
+        "finetune instruct --init nope --data text.txt --out fi",
+        "not a checkpoint",
+    ),
+    (
+        "finetune instruct --init run --data text.txt --out fi --batch 0",
+        "--batch",
+    ),
+    (
+        "finetune instruct --init run --data text.txt --out fi --trainable weird",
+        "--trainable",
+    ),
+    (
+        "finetune instruct --init run --data text.txt --out fi --lora-rank 0",
+        "--lora-rank",
+    ),
+    (
+        "finetune instruct --init run --data text.txt --out fi --max-length 100000",
+        "--max-length",
+    ),
+    ("finetune instruct --data text.txt --out fi", "--init"),
     ("finetune", "subcommand"),
     ("finetune frobnicate", "Unrecognized argument"),
     (

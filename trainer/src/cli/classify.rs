@@ -209,6 +209,14 @@ fn train(
     }
     let cfg = l.config;
     let tok = l.tokenizer;
+    if let Some(m) = a.max_length
+        && m > cfg.context_length
+    {
+        return Err(usage(format!(
+            "--max-length {m}: the model's context is {}",
+            cfg.context_length
+        )));
+    }
     let data = read_labelled(&data_path).map_err(|e| failed(e.to_string()))?;
     let k = data.labels.len();
     let skipped: usize = data.skipped.values().sum();
@@ -269,16 +277,7 @@ fn train(
         )));
     }
     let longest = train_set.iter().map(|e| e.tokens.len()).max().unwrap_or(1);
-    let length = match a.max_length {
-        Some(m) if m > cfg.context_length => {
-            return Err(usage(format!(
-                "--max-length {m}: the model's context is {}",
-                cfg.context_length
-            )));
-        }
-        Some(m) => m,
-        None => longest.min(cfg.context_length),
-    };
+    let length = a.max_length.unwrap_or(longest.min(cfg.context_length));
     let truncated = train_set
         .iter()
         .chain(&val_set)

@@ -64,6 +64,12 @@ fn read_text(path: &Path) -> Result<String, DataError> {
             message: "is a directory, expected a data file".into(),
         });
     }
+    if let Some(kind) = crate::data::device_kind(path) {
+        return Err(DataError::Io {
+            path: p,
+            message: format!("is a {kind}, expected a data file"),
+        });
+    }
     let bytes = std::fs::read(path).map_err(|e| DataError::Io {
         path: p.clone(),
         message: e.to_string(),
