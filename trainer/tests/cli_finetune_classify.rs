@@ -74,10 +74,27 @@ fn write_sms(dir: &Path) {
     std::fs::write(dir.join("sms.tsv"), s).unwrap();
 }
 
-/// Runtime class logits of `text`'s tokens prepared as the model's task says.
-fn runtime_logits(model: &Model<'_>, tokens: &[u32]) -> Vec<f32> {
-    let mut s = Session::new(model, &SessionOptions::default()).unwrap();
-    s.prefill(tokens).unwrap().to_vec()
+/// The runtime's class logits after `tokens` equal the trainer's forward of the checkpoint in
+/// `run` at the last position.
+fn assert_runtime_matches_trainer(dir: &Path, run: &str, tokens: &[u32]) {
+    let model = Model::open(&dir.join(run).join("model.ember")).unwrap();
+    let mut s = Session::new(&model, &SessionOptions::default()).unwrap();
+    let got = s.prefill(tokens).unwrap().to_vec();
+    let ck = checkpoint::load(&dir.join(run), false).unwrap();
+    let mut gpt = Gpt::classifier_from_params(ck.config, 2, ck.params).unwrap();
+    gpt.forward(tokens, None, 1, tokens.len(), Mode::Eval)
+        .unwrap();
+    let want = &gpt.logits().unwrap()[(tokens.len() - 1) * 2..];
+    for (g, w) in got.iter().zip(want) {
+        assert!((g - w).abs() <= PARITY_ATOL, "{got:?} vs {want:?}");
+    }
+}
+
+fn encode(dir: &Path, run: &str, text: &str) -> Vec<u32> {
+    checkpoint::load(&dir.join(run), false)
+        .unwrap()
+        .tokenizer
+        .encode_to_vec(text, emberlm_formats::tokenizer::SpecialTokens::AsText)
 }
 
 #[test]
@@ -141,19 +158,9 @@ fn classify_trains_exports_and_matches_the_trainer() {
         other => panic!("not a classifier: {other:?}"),
     }
     // Its logits equal the trainer's forward of the checkpoint at the last padded position.
-    let ck = checkpoint::load(&dir.join("cls"), false).unwrap();
-    let mut gpt = Gpt::classifier_from_params(ck.config, 2, ck.params).unwrap();
-    let mut tokens = ck.tokenizer.encode_to_vec(
-        "claim your free prize",
-        emberlm_formats::tokenizer::SpecialTokens::AsText,
-    );
+    let mut tokens = encode(&dir, "cls", "claim your free prize");
     tokens.resize(length, 50256);
-    gpt.forward(&tokens, None, 1, length, Mode::Eval).unwrap();
-    let want = &gpt.logits().unwrap()[(length - 1) * 2..];
-    let got = runtime_logits(&model, &tokens);
-    for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() <= PARITY_ATOL, "{got:?} vs {want:?}");
-    }
+    assert_runtime_matches_trainer(&dir, "cls", &tokens);
     // A classifier checkpoint is not a language model for eval.
     let err = run_err(&dir, &["eval", "cls", "--data", "lm.txt"], 1);
     assert!(err.contains("classifier"), "{err}");
@@ -226,19 +233,8 @@ fn lora_counts_its_parameters_and_exports_merged_weights() {
     }
     // The exported (merged) model equals the trainer's forward of the checkpoint; last-real
     // readout: no padding.
-    let model = Model::open(&dir.join("lora/model.ember")).unwrap();
-    let mut gpt = Gpt::classifier_from_params(ck.config, 2, ck.params).unwrap();
-    let tokens = ck.tokenizer.encode_to_vec(
-        "see you at dinner",
-        emberlm_formats::tokenizer::SpecialTokens::AsText,
-    );
-    gpt.forward(&tokens, None, 1, tokens.len(), Mode::Eval)
-        .unwrap();
-    let want = &gpt.logits().unwrap()[(tokens.len() - 1) * 2..];
-    let got = runtime_logits(&model, &tokens);
-    for (g, w) in got.iter().zip(want) {
-        assert!((g - w).abs() <= PARITY_ATOL, "{got:?} vs {want:?}");
-    }
+    let tokens = encode(&dir, "lora", "see you at dinner");
+    assert_runtime_matches_trainer(&dir, "lora", &tokens);
 }
 
 #[test]

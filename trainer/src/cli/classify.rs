@@ -12,7 +12,7 @@ use crate::checkpoint::{self, ClassifierJson, Contents, TrainerState};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::finetune::classify::{Example, Metrics, balance, evaluate, make_batch, shuffle, split};
 use crate::finetune::data::{PAD_ID, read_labelled};
-use crate::finetune::tune::{LoraSpec, LoraTargets, Trainable, TuneOptions, Tuner};
+use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::layers::dropout::mix64;
 use crate::model::{DropoutRates, Gpt, Mode};
 use crate::plot::{LossRow, to_csv, to_svg};
@@ -49,8 +49,8 @@ pub struct ClassifyArgs {
     #[argh(option, default = "String::from(\"last\")")]
     pub readout: String,
     /// what trains: head, last-block (default: the book's last block + final norm + head), last-N, or all
-    #[argh(option, default = "String::from(\"last-block\")")]
-    pub trainable: String,
+    #[argh(option)]
+    pub trainable: Option<String>,
     /// train LoRA adapters of this rank instead (every base weight frozen)
     #[argh(option)]
     pub lora_rank: Option<usize>,
@@ -58,8 +58,8 @@ pub struct ClassifyArgs {
     #[argh(option)]
     pub lora_alpha: Option<f32>,
     /// which layers get adapters: all (default) or a comma list of qkv, proj, fc, ff-proj, head
-    #[argh(option, default = "String::from(\"all\")")]
-    pub lora_targets: String,
+    #[argh(option)]
+    pub lora_targets: Option<String>,
     /// epochs (default 5, as the book)
     #[argh(option, default = "5")]
     pub epochs: u64,
@@ -150,22 +150,14 @@ pub fn run(a: ClassifyArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
             )));
         }
     };
-    let trainable: Trainable = a.trainable.parse().map_err(|e| usage(format!("{e}")))?;
-    let lora = match a.lora_rank {
-        None if a.lora_alpha.is_some() => {
-            return Err(usage("--lora-alpha needs --lora-rank"));
-        }
-        None => None,
-        Some(0) => return Err(usage("--lora-rank must be at least 1")),
-        Some(rank) => Some(LoraSpec {
-            rank,
-            alpha: a.lora_alpha.unwrap_or(rank as f32),
-            targets: a
-                .lora_targets
-                .parse::<LoraTargets>()
-                .map_err(|e| usage(format!("{e}")))?,
-        }),
-    };
+    let (trainable, lora) = tuning_from_flags(
+        a.trainable.as_deref(),
+        Trainable::LastBlocks(1),
+        a.lora_rank,
+        a.lora_alpha,
+        a.lora_targets.as_deref(),
+    )
+    .map_err(usage)?;
     let dtype: ExportDtype = a
         .dtype
         .parse()

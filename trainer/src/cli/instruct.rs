@@ -25,7 +25,7 @@ use crate::finetune::instruct::{
     BatchRule, Response, batch_indices, encode_examples, make_batch, mean_loss, num_batches,
     respond, write_responses,
 };
-use crate::finetune::tune::{LoraSpec, LoraTargets, Trainable, TuneError, TuneOptions, Tuner};
+use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
 use crate::plot::{LossRow, to_csv, to_svg};
 use crate::{note, say};
@@ -164,6 +164,14 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
             ))
         })
     };
+    let (trainable, lora) = tuning_from_flags(
+        a.trainable.as_deref(),
+        Trainable::All,
+        a.lora_rank,
+        a.lora_alpha,
+        a.lora_targets.as_deref(),
+    )
+    .map_err(usage)?;
     let s = Settings {
         init: need(&a.init, "--init")?,
         data: need(&a.data, "--data")?,
@@ -178,31 +186,9 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
         eval_every: a.eval_every.unwrap_or(DEFAULT_EVAL_EVERY),
         eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
         max_new_tokens: a.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
-        trainable: a
-            .trainable
-            .as_deref()
-            .unwrap_or("all")
-            .parse()
-            .map_err(|e: TuneError| usage(format!("--trainable: {e}")))?,
-        lora: match a.lora_rank {
-            None => None,
-            Some(rank) => Some(LoraSpec {
-                rank,
-                alpha: a.lora_alpha.unwrap_or(rank as f32),
-                targets: match &a.lora_targets {
-                    None => LoraTargets::ALL,
-                    Some(t) => t
-                        .parse()
-                        .map_err(|e: TuneError| usage(format!("--lora-targets: {e}")))?,
-                },
-            }),
-        },
+        trainable,
+        lora,
     };
-    if s.lora.is_some() && a.trainable.is_some() {
-        return Err(usage(
-            "give --trainable or --lora-rank, not both (LoRA trains only its adapters)",
-        ));
-    }
     for (v, name) in [
         (s.epochs as usize, "--epochs"),
         (s.batch, "--batch"),
@@ -228,19 +214,6 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
     }
     if !(s.dropout.is_finite() && (0.0..1.0).contains(&s.dropout)) {
         return Err(usage(format!("--dropout {}: must be in [0, 1)", s.dropout)));
-    }
-    if a.lora_rank == Some(0) {
-        return Err(usage("--lora-rank must be at least 1"));
-    }
-    if let Some(al) = a.lora_alpha {
-        if !(al.is_finite() && al > 0.0) {
-            return Err(usage(format!(
-                "--lora-alpha {al}: must be a positive number"
-            )));
-        }
-    }
-    if a.lora_rank.is_none() && (a.lora_alpha.is_some() || a.lora_targets.is_some()) {
-        return Err(usage("--lora-alpha and --lora-targets need --lora-rank"));
     }
     Ok(s)
 }

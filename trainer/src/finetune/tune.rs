@@ -298,6 +298,54 @@ pub fn lora_param_count(cfg: &GptConfig, classes: Option<usize>, spec: &LoraSpec
         .sum()
 }
 
+/// The tuning flags shared by `finetune classify` and `finetune instruct`, checked:
+/// `--trainable` (`None`: `default`), `--lora-rank`, `--lora-alpha` (default: the rank, scale 1)
+/// and `--lora-targets` (default `all`). LoRA trains only its adapters, so an explicit
+/// `--trainable` beside `--lora-rank` is refused, as are LoRA flags without a rank. The message
+/// names the flag.
+pub fn tuning_from_flags(
+    trainable: Option<&str>,
+    default: Trainable,
+    lora_rank: Option<usize>,
+    lora_alpha: Option<f32>,
+    lora_targets: Option<&str>,
+) -> Result<(Trainable, Option<LoraSpec>), String> {
+    let t = match trainable {
+        None => default,
+        Some(s) => s.parse().map_err(|e: TuneError| e.to_string())?,
+    };
+    let Some(rank) = lora_rank else {
+        if lora_alpha.is_some() || lora_targets.is_some() {
+            return Err("--lora-alpha and --lora-targets need --lora-rank".into());
+        }
+        return Ok((t, None));
+    };
+    if trainable.is_some() {
+        return Err(
+            "give --trainable or --lora-rank, not both (LoRA trains only its adapters)".into(),
+        );
+    }
+    if rank == 0 {
+        return Err("--lora-rank must be at least 1".into());
+    }
+    let alpha = lora_alpha.unwrap_or(rank as f32);
+    if !(alpha.is_finite() && alpha > 0.0) {
+        return Err(TuneError::BadAlpha(alpha).to_string());
+    }
+    let targets = match lora_targets {
+        None => LoraTargets::ALL,
+        Some(s) => s.parse().map_err(|e: TuneError| e.to_string())?,
+    };
+    Ok((
+        t,
+        Some(LoraSpec {
+            rank,
+            alpha,
+            targets,
+        }),
+    ))
+}
+
 enum Kind {
     /// AdamW over one contiguous range of the model's parameters.
     Subset(Range<usize>),
@@ -619,6 +667,36 @@ mod tests {
         let t: LoraTargets = "qkv,ff-proj".parse().unwrap();
         assert!(t.qkv && t.ff_proj && !t.proj && !t.fc && !t.head);
         assert!("qkv,mlp".parse::<LoraTargets>().is_err());
+    }
+
+    #[test]
+    fn tuning_flags_are_checked_together() {
+        let all = Trainable::All;
+        assert_eq!(
+            tuning_from_flags(None, all, None, None, None),
+            Ok((all, None))
+        );
+        let (_, l) = tuning_from_flags(None, all, Some(16), None, None).unwrap();
+        assert_eq!(
+            l,
+            Some(LoraSpec {
+                rank: 16,
+                alpha: 16.0,
+                targets: LoraTargets::ALL
+            })
+        );
+        for (t, r, a, g, needle) in [
+            (Some("x"), None, None, None, "--trainable"),
+            (None, None, Some(2.0), None, "need --lora-rank"),
+            (None, None, None, Some("qkv"), "need --lora-rank"),
+            (Some("all"), Some(4), None, None, "not both"),
+            (None, Some(0), None, None, "--lora-rank"),
+            (None, Some(4), Some(-1.0), None, "--lora-alpha"),
+            (None, Some(4), None, Some("mlp"), "--lora-targets"),
+        ] {
+            let e = tuning_from_flags(t, all, r, a, g).unwrap_err();
+            assert!(e.contains(needle), "{e}");
+        }
     }
 
     #[test]
