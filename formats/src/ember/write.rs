@@ -237,8 +237,10 @@ pub fn write_atomically(
 }
 
 /// Removes the entries of `dir` named `{prefix}{PID}{suffix}` (files or directories) whose
-/// process is gone: the temporaries of a writer that crashed or was killed. Best effort, and only
-/// where that can be known (Linux `/proc`); a live process's temporaries are never touched.
+/// process is gone: the temporaries of a writer that crashed or was killed. `{pid}` inside
+/// `suffix` stands for the same PID again (a temporary of a per-process file, e.g.
+/// `..emberlm-import-7.safetensors.tmp-7`). Best effort, and only where that can be known (Linux
+/// `/proc`); a live process's temporaries are never touched.
 pub fn remove_dead_temporaries(dir: &Path, prefix: &str, suffix: &str) {
     if !Path::new("/proc/self").exists() {
         return;
@@ -248,14 +250,16 @@ pub fn remove_dead_temporaries(dir: &Path, prefix: &str, suffix: &str) {
     };
     for e in entries.flatten() {
         let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix(prefix))
-            .and_then(|n| n.strip_suffix(suffix))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(rest) = name.to_str().and_then(|n| n.strip_prefix(prefix)) else {
             continue;
         };
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let Ok(pid) = rest[..digits].parse::<u32>() else {
+            continue;
+        };
+        if rest[digits..] != suffix.replace("{pid}", &rest[..digits]) {
+            continue;
+        }
         if pid != std::process::id() && !Path::new(&format!("/proc/{pid}")).exists() {
             let p = e.path();
             let _ = std::fs::remove_dir_all(&p).or_else(|_| std::fs::remove_file(&p));
@@ -347,5 +351,35 @@ fn put_value(h: &mut Vec<u8>, v: &Value) {
                 Array::Str(v) => v.iter().for_each(|s| put_str64(h, s)),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_temporaries_are_swept_by_pattern() {
+        let dir = std::env::temp_dir().join(format!("emberlm-sweep-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let me = std::process::id();
+        let mine = format!("..imp-{me}.st.tmp-{me}");
+        // 4,000,000,000 exceeds any pid_max: that process is certainly gone.
+        let names = [
+            ("..imp-4000000000.st.tmp-4000000000", false),
+            ("..imp-4000000000.st.tmp-4000000001", true),
+            ("..imp-4000000000.st", true),
+            (mine.as_str(), true),
+            ("other-4000000000.st.tmp-4000000000", true),
+        ];
+        for (n, _) in &names {
+            std::fs::write(dir.join(n), b"x").unwrap();
+        }
+        remove_dead_temporaries(&dir, "..imp-", ".st.tmp-{pid}");
+        for (n, kept) in &names {
+            assert_eq!(dir.join(n).exists(), *kept, "{n}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -244,6 +244,12 @@ pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
     ));
     // A killed import leaves its staging file (as large as the model): sweep those.
     emberlm_formats::ember::remove_dead_temporaries(&parent, ".emberlm-import-", ".safetensors");
+    // … and the temporary of a staging file killed while it was being written.
+    emberlm_formats::ember::remove_dead_temporaries(
+        &parent,
+        "..emberlm-import-",
+        ".safetensors.tmp-{pid}",
+    );
     let imp = import_to_safetensors(&a.from, &staging, a.heads)
         .map_err(|e| failed(format!("--from {}: {e}", a.from.display())))?;
     let result = import_finish(&a, imp, &staging, con);
