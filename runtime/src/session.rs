@@ -3,7 +3,19 @@
 //! nothing.
 //!
 //! Letters: V vocabulary, T the session's context, C embedding dim, H heads, D = C / H head dim,
-//! L layers, N tokens in a prefill chunk.
+//! L layers, N tokens in a prefill chunk, G members of the decode team (threads), Hg heads of one
+//! member, P positions attended (0..=pos).
+//!
+//! # Threads
+//! Decode runs one token on a *team* of G threads that stays together for the whole token: member
+//! g owns rows `split(R, g)` of every weight matrix and heads `heads(g)` of every layer, and the
+//! members meet at a spin barrier ([`SpinBarrier`]) after each sublayer to exchange their outputs
+//! through a shared buffer of atomics (4 meetings per layer). So a token costs one rayon hand-off,
+//! not one per matrix. Every member keeps its own copy of the small vectors (residual, norms) and
+//! computes them with the same instructions, so the copies stay bit-identical. The KV cache is
+//! laid out (G, L, Hg, T, D): each member's heads are one contiguous region it owns mutably.
+//! A row's sum is the same whatever the team size except for the kernels' 4-row grouping near
+//! split points: logits with G = 1 and G = 2 agree to `TEAM_REL_TOL` in the tests.
 
 use crate::error::RuntimeError;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
@@ -12,7 +24,8 @@ use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use emberlm_formats::config::LAYERNORM_EPS;
 use half::f16;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,7 +81,7 @@ struct Buffers {
     att: Vec<f32>,    // (N, C) attention output before the projection
     ff: Vec<f32>,     // (N, 4C)
     out: Vec<f32>,    // (N, C) sublayer output
-    scores: Vec<f32>, // (N, T) attention weights
+    scores: Vec<f32>, // (T) attention weights of one head (decode lanes only)
 }
 
 impl Buffers {
@@ -80,7 +93,7 @@ impl Buffers {
             att: vec![0.0; n * c],
             ff: vec![0.0; n * 4 * c],
             out: vec![0.0; n * c],
-            scores: vec![0.0; n * t],
+            scores: vec![0.0; t],
         }
     }
 }
@@ -144,11 +157,14 @@ pub struct Session<'m, 'a> {
     prefill_chunk: usize,
     /// Tokens whose keys and values are in the cache, oldest first, (at most T).
     tokens: Vec<u32>,
-    k_cache: KvCache, // (L, T, C)
-    v_cache: KvCache, // (L, T, C)
-    one: Buffers,     // N = 1
+    k_cache: KvCache, // (G, L, Hg, T, D), see `KvLayout`
+    v_cache: KvCache, // (G, L, Hg, T, D)
+    kv: KvLayout,
+    lanes: Vec<Buffers>, // G × (N = 1): one per decode team member
+    team: Team,
     chunk: Buffers,   // N = prefill_chunk
     tile: Vec<f32>,   // (PREFILL_TILE_ROWS, 4C) dequantized weights
+    att_t: Vec<f32>,  // (H, N, D) prefill attention output, head-major
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
 }
@@ -221,7 +237,9 @@ impl<'m, 'a> Session<'m, 'a> {
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);
         let cache_len = l * context * c;
-        let kv = || match options.kv_dtype {
+        let g = kernels.threads();
+        let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads, g);
+        let cache = || match options.kv_dtype {
             KvDtype::F32 => KvCache::F32(vec![0.0; cache_len]),
             KvDtype::F16 => KvCache::F16(vec![f16::ZERO; cache_len]),
         };
@@ -234,11 +252,14 @@ impl<'m, 'a> Session<'m, 'a> {
             context,
             prefill_chunk: chunk,
             tokens: Vec::with_capacity(context),
-            k_cache: kv(),
-            v_cache: kv(),
-            one: Buffers::new(1, c, context),
-            chunk: Buffers::new(chunk, c, context),
+            k_cache: cache(),
+            v_cache: cache(),
+            kv,
+            lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
+            team: Team::new(g, 4 * c),
+            chunk: Buffers::new(chunk, c, 0),
             tile: vec![0.0; PREFILL_TILE_ROWS * 4 * c],
+            att_t: vec![0.0; chunk * c],
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })
@@ -422,60 +443,24 @@ impl<'m, 'a> Session<'m, 'a> {
         self.in_pool(f)
     }
 
-    /// Decode: one token at position `tokens.len()`.
+    /// Decode: one token at position `tokens.len()`, on the team (see the module docs).
     fn forward_one(&mut self, token: u32) {
-        let m = self.model;
-        let cfg = *m.config();
-        let (c, pos) = (cfg.dim, self.tokens.len());
-        let k = &self.kernels;
-        let b = &mut self.one;
-        embed(m, token, pos, &mut b.x, &mut b.xn);
-        for l in 0..cfg.n_layers {
-            let w = m.layer(l);
-            k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
-            w.qkv_w.matvec(k, &b.xn, &mut b.qkv);
-            if let Some(bias) = w.qkv_b {
-                k.add(&mut b.qkv, bias);
-            }
-            store_kv(
-                &mut self.k_cache,
-                &mut self.v_cache,
-                &b.qkv,
-                l,
-                pos,
-                self.context,
-                c,
-            );
-            attend(
-                k,
-                &b.qkv[..c],
-                &self.k_cache,
-                &self.v_cache,
-                l,
-                pos,
-                self.context,
-                cfg.n_heads,
-                &mut b.scores,
-                &mut b.att,
-            );
-            w.proj_w.matvec(k, &b.att, &mut b.out);
-            k.add(&mut b.out, w.proj_b);
-            k.add(&mut b.x, &b.out);
-            k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
-            w.fc_w.matvec(k, &b.xn, &mut b.ff);
-            k.add(&mut b.ff, w.fc_b);
-            k.gelu_tanh(&mut b.ff);
-            w.fcp_w.matvec(k, &b.ff, &mut b.out);
-            k.add(&mut b.out, w.fcp_b);
-            k.add(&mut b.x, &b.out);
-        }
-        let (scale, shift) = m.final_norm();
-        k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
-        let (head, bias) = m.head();
-        head.matvec(k, &b.xn, &mut self.logits);
-        if let Some(bias) = bias {
-            k.add(&mut self.logits, bias);
-        }
+        let ctx = TeamCtx {
+            model: self.model,
+            k: self.kernels,
+            kv: &self.kv,
+            team: &self.team,
+            token,
+            pos: self.tokens.len(),
+        };
+        run_team(
+            &ctx,
+            0,
+            &mut self.lanes,
+            KvMut::of(&mut self.k_cache),
+            KvMut::of(&mut self.v_cache),
+            &mut self.logits,
+        );
         self.tokens.push(token);
     }
 
@@ -508,31 +493,28 @@ impl<'m, 'a> Session<'m, 'a> {
                 w.qkv_b,
                 &mut self.tile,
             );
-            for i in 0..n {
-                let qkv = &b.qkv[i * 3 * c..(i + 1) * 3 * c];
-                store_kv(
-                    &mut self.k_cache,
-                    &mut self.v_cache,
-                    qkv,
-                    l,
-                    pos0 + i,
-                    self.context,
-                    c,
-                );
-            }
-            for i in 0..n {
-                attend(
-                    k,
-                    &b.qkv[i * 3 * c..i * 3 * c + c],
-                    &self.k_cache,
-                    &self.v_cache,
-                    l,
-                    pos0 + i,
-                    self.context,
-                    cfg.n_heads,
-                    &mut b.scores[i * self.context..(i + 1) * self.context],
-                    &mut b.att[i * c..(i + 1) * c],
-                );
+            let ctx = ChunkAttn {
+                k: *k,
+                kv: &self.kv,
+                l,
+                pos0,
+                n,
+                qkv: &b.qkv[..n * 3 * c],
+            };
+            attend_groups(
+                &ctx,
+                0,
+                &mut self.lanes,
+                KvMut::of(&mut self.k_cache),
+                KvMut::of(&mut self.v_cache),
+                &mut self.att_t[..n * c],
+            );
+            // (H, N, D) → (N, C)
+            let d = self.kv.d;
+            for (h, blk) in self.att_t[..n * c].chunks_exact(n * d).enumerate() {
+                for (i, src) in blk.chunks_exact(d).enumerate() {
+                    b.att[i * c + h * d..][..d].copy_from_slice(src);
+                }
             }
             matmul(
                 k,
@@ -648,68 +630,462 @@ fn matmul(
     }
 }
 
-/// Writes token `pos`'s key and value (from qkv (3C)) into layer `l` of the caches (L, T, C).
-fn store_kv(
-    kc: &mut KvCache,
-    vc: &mut KvCache,
-    qkv: &[f32],
-    l: usize,
-    pos: usize,
+// ---------------------------------------------------------------- KV cache
+
+/// Where keys and values live: the cache is (G, L, Hg, T, D), group g holding heads `heads(g)`
+/// of every layer, so each decode team member owns one contiguous region.
+#[derive(Clone, Copy, Debug)]
+struct KvLayout {
+    layers: usize,
+    heads: usize,
     t: usize,
-    c: usize,
-) {
-    let at = (l * t + pos) * c;
-    for (cache, src) in [(kc, &qkv[c..2 * c]), (vc, &qkv[2 * c..3 * c])] {
-        match cache {
-            KvCache::F32(v) => v[at..at + c].copy_from_slice(src),
-            KvCache::F16(v) => {
-                for (o, &s) in v[at..at + c].iter_mut().zip(src) {
+    d: usize,
+    groups: usize,
+}
+
+impl KvLayout {
+    fn new(layers: usize, heads: usize, t: usize, d: usize, groups: usize) -> KvLayout {
+        KvLayout {
+            layers,
+            heads,
+            t,
+            d,
+            groups: groups.max(1),
+        }
+    }
+
+    /// The heads of group g: H·g/G .. H·(g+1)/G.
+    fn heads(&self, g: usize) -> Range<usize> {
+        self.heads * g / self.groups..self.heads * (g + 1) / self.groups
+    }
+
+    /// Group g's region of the cache.
+    fn region(&self, g: usize) -> Range<usize> {
+        let per_head = self.layers * self.t * self.d;
+        let hs = self.heads(g);
+        hs.start * per_head..hs.end * per_head
+    }
+
+    /// Offset of (layer l, head h, position pos) inside group g's region (h in `heads(g)`).
+    fn local(&self, g: usize, l: usize, h: usize, pos: usize) -> usize {
+        let hs = self.heads(g);
+        ((l * hs.len() + h - hs.start) * self.t + pos) * self.d
+    }
+}
+
+/// A mutable view of (part of) a cache.
+enum KvMut<'s> {
+    F32(&'s mut [f32]),
+    F16(&'s mut [f16]),
+}
+
+/// A shared view of (part of) a cache.
+#[derive(Clone, Copy)]
+enum KvRef<'s> {
+    F32(&'s [f32]),
+    F16(&'s [f16]),
+}
+
+impl<'s> KvMut<'s> {
+    fn of(c: &'s mut KvCache) -> KvMut<'s> {
+        match c {
+            KvCache::F32(v) => KvMut::F32(v),
+            KvCache::F16(v) => KvMut::F16(v),
+        }
+    }
+
+    fn split_at(self, n: usize) -> (KvMut<'s>, KvMut<'s>) {
+        match self {
+            KvMut::F32(v) => {
+                let (a, b) = v.split_at_mut(n);
+                (KvMut::F32(a), KvMut::F32(b))
+            }
+            KvMut::F16(v) => {
+                let (a, b) = v.split_at_mut(n);
+                (KvMut::F16(a), KvMut::F16(b))
+            }
+        }
+    }
+
+    /// Writes `src` (D) at `at`.
+    fn store(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            KvMut::F16(v) => {
+                for (o, &s) in v[at..at + src.len()].iter_mut().zip(src) {
                     *o = f16::from_f32(s);
                 }
             }
         }
     }
+
+    fn view(&self, r: Range<usize>) -> KvRef<'_> {
+        match self {
+            KvMut::F32(v) => KvRef::F32(&v[r]),
+            KvMut::F16(v) => KvRef::F16(&v[r]),
+        }
+    }
 }
 
-/// Causal attention of one query q (C) at position `pos` over cached positions 0..=pos of layer
-/// `l`, all heads; `scores` (≥ pos + 1) is scratch; writes out (C).
-#[allow(clippy::too_many_arguments)]
-fn attend(
+/// Causal attention of one head: q (D) against keys kh (P, D) and values vh (P, D); `scores` (P)
+/// is scratch; writes out (D).
+fn attend_head(
     k: &Kernels,
     q: &[f32],
-    kc: &KvCache,
-    vc: &KvCache,
-    l: usize,
-    pos: usize,
-    t: usize,
-    n_heads: usize,
+    kh: KvRef<'_>,
+    vh: KvRef<'_>,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let c = q.len();
-    let d = c / n_heads;
+    let d = q.len();
     let scale = 1.0 / (d as f32).sqrt();
-    let base = l * t * c;
+    for (t2, sc) in scores.iter_mut().enumerate() {
+        *sc = scale
+            * match kh {
+                KvRef::F32(v) => k.dot_f32(q, &v[t2 * d..][..d]),
+                KvRef::F16(v) => k.dot_f32_f16(q, &v[t2 * d..][..d]),
+            };
+    }
+    k.softmax(scores);
     out.fill(0.0);
-    for h in 0..n_heads {
-        let qh = &q[h * d..(h + 1) * d];
-        let s = &mut scores[..pos + 1];
-        for (t2, sc) in s.iter_mut().enumerate() {
-            let at = base + t2 * c + h * d;
-            *sc = scale
-                * match kc {
-                    KvCache::F32(v) => k.dot_f32(qh, &v[at..at + d]),
-                    KvCache::F16(v) => k.dot_f32_f16(qh, &v[at..at + d]),
-                };
+    for (t2, &p) in scores.iter().enumerate() {
+        match vh {
+            KvRef::F32(v) => k.axpy(p, &v[t2 * d..][..d], out),
+            KvRef::F16(v) => k.axpy_f16(p, &v[t2 * d..][..d], out),
         }
-        k.softmax(s);
-        let oh = &mut out[h * d..(h + 1) * d];
-        for (t2, &p) in s.iter().enumerate() {
-            let at = base + t2 * c + h * d;
-            match vc {
-                KvCache::F32(v) => k.axpy(p, &v[at..at + d], oh),
-                KvCache::F16(v) => k.axpy_f16(p, &v[at..at + d], oh),
+    }
+}
+
+// ---------------------------------------------------------------- threads
+
+/// Spins this many times (with a pause hint) before yielding the core while waiting at a barrier.
+/// A sublayer takes tens of microseconds; a shared, oversubscribed host needs the yield.
+const SPINS_BEFORE_YIELD: u32 = 4000;
+
+/// A reusable barrier for the G members of a decode team, built on two atomics (no allocation,
+/// no system call unless a member waits long). If a member panics, the others panic too instead
+/// of waiting forever.
+#[derive(Debug)]
+struct SpinBarrier {
+    n: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    poisoned: std::sync::atomic::AtomicBool,
+}
+
+impl SpinBarrier {
+    fn new(n: usize) -> SpinBarrier {
+        SpinBarrier {
+            n,
+            arrived: AtomicUsize::new(0),
+            generation: AtomicUsize::new(0),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    /// Returns once all n members have called `wait` (the k-th time). Everything a member wrote
+    /// before its call is visible to every member after theirs.
+    fn wait(&self) {
+        if self.n <= 1 {
+            return;
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
+            // Last to arrive: reset before releasing, so the next round counts from 0.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == generation {
+            assert!(
+                !self.poisoned.load(Ordering::Relaxed),
+                "another decode team member panicked"
+            );
+            if spins < SPINS_BEFORE_YIELD {
+                spins += 1;
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
             }
+        }
+    }
+}
+
+/// Marks the barrier poisoned if its member unwinds.
+struct PoisonOnPanic<'b>(&'b SpinBarrier);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// What the members of a decode team share: a barrier and two exchange buffers (4C f32 bits
+/// each), used alternately so a member may publish the next sublayer's output while another is
+/// still reading the previous one.
+#[derive(Debug)]
+struct Team {
+    g: usize,
+    barrier: SpinBarrier,
+    bufs: [Vec<AtomicU32>; 2],
+}
+
+impl Team {
+    fn new(g: usize, len: usize) -> Team {
+        let buf = || {
+            if g > 1 {
+                (0..len).map(|_| AtomicU32::new(0)).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        Team {
+            g,
+            barrier: SpinBarrier::new(g),
+            bufs: [buf(), buf()],
+        }
+    }
+
+    /// Rows `R·g/G .. R·(g+1)/G` of R, with inner boundaries rounded down to multiples of
+    /// `SPLIT_ALIGN` (the kernels work on groups of rows).
+    fn split(&self, r: usize, g: usize) -> Range<usize> {
+        let at = |g: usize| {
+            if g >= self.g {
+                r
+            } else {
+                (r * g / self.g) / SPLIT_ALIGN * SPLIT_ALIGN
+            }
+        };
+        at(g)..at(g + 1)
+    }
+
+    /// Publishes `v[own]`, waits for every member, then copies the other members' parts of `v`
+    /// (they cover the rest of it) from the shared buffer. `phase` counts exchanges.
+    fn exchange(&self, phase: &mut usize, v: &mut [f32], own: Range<usize>) {
+        if self.g <= 1 {
+            return;
+        }
+        let shared = &self.bufs[*phase & 1][..v.len()];
+        *phase += 1;
+        for (a, x) in shared[own.clone()].iter().zip(&v[own.clone()]) {
+            a.store(x.to_bits(), Ordering::Relaxed);
+        }
+        self.barrier.wait();
+        let (before, rest) = v.split_at_mut(own.start);
+        let after = &mut rest[own.len()..];
+        for (x, a) in before.iter_mut().zip(&shared[..own.start]) {
+            *x = f32::from_bits(a.load(Ordering::Relaxed));
+        }
+        for (x, a) in after.iter_mut().zip(&shared[own.end..]) {
+            *x = f32::from_bits(a.load(Ordering::Relaxed));
+        }
+    }
+}
+
+/// Team row splits start at multiples of this.
+const SPLIT_ALIGN: usize = 16;
+
+/// Runs `a` and `b`, in parallel when the runtime has threads.
+fn fork(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+    #[cfg(feature = "parallel")]
+    rayon::join(a, b);
+    #[cfg(not(feature = "parallel"))]
+    {
+        a();
+        b();
+    }
+}
+
+/// One token's inputs, shared by the team.
+struct TeamCtx<'s, 'm, 'a> {
+    model: &'m Model<'a>,
+    k: Kernels,
+    kv: &'s KvLayout,
+    team: &'s Team,
+    token: u32,
+    pos: usize,
+}
+
+/// Starts members g.. of the team: each takes its lane, its region of both caches and its rows of
+/// the logits, and the rest go to the next member (forked onto another rayon worker).
+fn run_team(
+    ctx: &TeamCtx<'_, '_, '_>,
+    g: usize,
+    lanes: &mut [Buffers],
+    kc: KvMut<'_>,
+    vc: KvMut<'_>,
+    logits: &mut [f32],
+) {
+    let Some((lane, rest)) = lanes.split_first_mut() else {
+        return;
+    };
+    let region = ctx.kv.region(g).len();
+    let (my_k, rest_k) = kc.split_at(region);
+    let (my_v, rest_v) = vc.split_at(region);
+    let rows = ctx.team.split(ctx.model.n_outputs(), g);
+    let (my_logits, rest_logits) = logits.split_at_mut(rows.len());
+    if rest.is_empty() || g + 1 >= ctx.team.g {
+        member(ctx, g, lane, my_k, my_v, my_logits);
+    } else {
+        fork(
+            || member(ctx, g, lane, my_k, my_v, my_logits),
+            || run_team(ctx, g + 1, rest, rest_k, rest_v, rest_logits),
+        );
+    }
+}
+
+/// y = rows `row_start .. row_start + y.len()` of W · x, on the calling thread.
+fn mat_rows(k: &Kernels, w: &Mat<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
+    match *w {
+        Mat::F32(w) => k.matvec_f32_rows(w, x, y, row_start),
+        Mat::F16(w) => k.matvec_f16_rows(w, x, y, row_start),
+        Mat::Q8(w) => k.matvec_q8_rows(w, x, y, row_start),
+    }
+}
+
+/// Member g's share of one decode token (see the module docs). `kc`, `vc` are its cache regions
+/// and `logits` its rows of the logits.
+fn member(
+    ctx: &TeamCtx<'_, '_, '_>,
+    g: usize,
+    b: &mut Buffers,
+    mut kc: KvMut<'_>,
+    mut vc: KvMut<'_>,
+    logits: &mut [f32],
+) {
+    let _guard = PoisonOnPanic(&ctx.team.barrier);
+    let (m, k, team) = (ctx.model, &ctx.k, ctx.team);
+    let cfg = *m.config();
+    let (c, pos) = (cfg.dim, ctx.pos);
+    let d = ctx.kv.d;
+    let heads = ctx.kv.heads(g);
+    let cols = heads.start * d..heads.end * d; // this member's part of q, k, v and att
+    let mut phase = 0;
+    embed(m, ctx.token, pos, &mut b.x, &mut b.xn);
+    for l in 0..cfg.n_layers {
+        let w = m.layer(l);
+        k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
+        for part in 0..3 {
+            let r = part * c + cols.start..part * c + cols.end;
+            mat_rows(k, &w.qkv_w, &b.xn, &mut b.qkv[r.clone()], r.start);
+            if let Some(bias) = w.qkv_b {
+                k.add(&mut b.qkv[r.clone()], &bias[r]);
+            }
+        }
+        for h in heads.clone() {
+            let at = ctx.kv.local(g, l, h, pos);
+            kc.store(at, &b.qkv[c + h * d..][..d]);
+            vc.store(at, &b.qkv[2 * c + h * d..][..d]);
+            let span = ctx.kv.local(g, l, h, 0)..at + d;
+            attend_head(
+                k,
+                &b.qkv[h * d..][..d],
+                kc.view(span.clone()),
+                vc.view(span),
+                &mut b.scores[..pos + 1],
+                &mut b.att[h * d..][..d],
+            );
+        }
+        team.exchange(&mut phase, &mut b.att, cols.clone());
+        let r = team.split(c, g);
+        mat_rows(k, &w.proj_w, &b.att, &mut b.out[r.clone()], r.start);
+        team.exchange(&mut phase, &mut b.out, r);
+        k.add(&mut b.out, w.proj_b);
+        k.add(&mut b.x, &b.out);
+        k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
+        let r = team.split(4 * c, g);
+        mat_rows(k, &w.fc_w, &b.xn, &mut b.ff[r.clone()], r.start);
+        k.add(&mut b.ff[r.clone()], &w.fc_b[r.clone()]);
+        k.gelu_tanh(&mut b.ff[r.clone()]);
+        team.exchange(&mut phase, &mut b.ff, r);
+        let r = team.split(c, g);
+        mat_rows(k, &w.fcp_w, &b.ff, &mut b.out[r.clone()], r.start);
+        team.exchange(&mut phase, &mut b.out, r);
+        k.add(&mut b.out, w.fcp_b);
+        k.add(&mut b.x, &b.out);
+    }
+    let (scale, shift) = m.final_norm();
+    k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
+    let (head, bias) = m.head();
+    let r = team.split(m.n_outputs(), g);
+    mat_rows(k, &head, &b.xn, logits, r.start);
+    if let Some(bias) = bias {
+        k.add(logits, &bias[r]);
+    }
+}
+
+/// One prefill chunk's attention inputs for layer l: qkv (N, 3C) of tokens at pos0 ...
+struct ChunkAttn<'s> {
+    k: Kernels,
+    kv: &'s KvLayout,
+    l: usize,
+    pos0: usize,
+    n: usize,
+    qkv: &'s [f32],
+}
+
+/// Prefill attention for head groups g..: stores the chunk's keys and values into each group's
+/// cache region, then attends every token of the chunk; writes att_t (H, N, D) (group g's heads
+/// are one contiguous part). Groups run in parallel (rayon), each on its own lane's scores.
+fn attend_groups(
+    ctx: &ChunkAttn<'_>,
+    g: usize,
+    lanes: &mut [Buffers],
+    kc: KvMut<'_>,
+    vc: KvMut<'_>,
+    att_t: &mut [f32],
+) {
+    let Some((lane, rest)) = lanes.split_first_mut() else {
+        return;
+    };
+    let region = ctx.kv.region(g).len();
+    let (my_k, rest_k) = kc.split_at(region);
+    let (my_v, rest_v) = vc.split_at(region);
+    let (my_att, rest_att) = att_t.split_at_mut(ctx.kv.heads(g).len() * ctx.n * ctx.kv.d);
+    if rest.is_empty() || g + 1 >= ctx.kv.groups {
+        attend_group(ctx, g, &mut lane.scores, my_k, my_v, my_att);
+    } else {
+        fork(
+            || attend_group(ctx, g, &mut lane.scores, my_k, my_v, my_att),
+            || attend_groups(ctx, g + 1, rest, rest_k, rest_v, rest_att),
+        );
+    }
+}
+
+/// One head group's share of [`attend_groups`]; att (Hg, N, D).
+fn attend_group(
+    ctx: &ChunkAttn<'_>,
+    g: usize,
+    scores: &mut [f32],
+    mut kc: KvMut<'_>,
+    mut vc: KvMut<'_>,
+    att: &mut [f32],
+) {
+    let (d, n, l, pos0) = (ctx.kv.d, ctx.n, ctx.l, ctx.pos0);
+    let c = ctx.qkv.len() / n / 3;
+    let heads = ctx.kv.heads(g);
+    for (hl, h) in heads.enumerate() {
+        for i in 0..n {
+            let qkv = &ctx.qkv[i * 3 * c..(i + 1) * 3 * c];
+            let at = ctx.kv.local(g, l, h, pos0 + i);
+            kc.store(at, &qkv[c + h * d..][..d]);
+            vc.store(at, &qkv[2 * c + h * d..][..d]);
+        }
+        let base = ctx.kv.local(g, l, h, 0);
+        for i in 0..n {
+            let p = pos0 + i + 1;
+            let span = base..base + p * d;
+            attend_head(
+                &ctx.k,
+                &ctx.qkv[i * 3 * c + h * d..][..d],
+                kc.view(span.clone()),
+                vc.view(span),
+                &mut scores[..p],
+                &mut att[(hl * n + i) * d..][..d],
+            );
         }
     }
 }
