@@ -3,19 +3,23 @@
 //! nothing.
 //!
 //! Letters: V vocabulary, T the session's context, C embedding dim, H heads, D = C / H head dim,
-//! L layers, N tokens in a prefill chunk, G members of the decode team (threads), Hg heads of one
-//! member, P positions attended (0..=pos).
+//! L layers, N tokens in a prefill chunk, G threads (decode crew members, KV head groups), Hg heads of one
+//! group, P positions attended (0..=pos).
 //!
 //! # Threads
-//! Decode runs one token on a *team* of G threads that stays together for the whole token: member
-//! g owns rows `split(R, g)` of every weight matrix and heads `heads(g)` of every layer, and the
-//! members meet at a spin barrier ([`SpinBarrier`]) after each sublayer to exchange their outputs
-//! through a shared buffer of atomics (4 meetings per layer). So a token costs one rayon hand-off,
-//! not one per matrix. Every member keeps its own copy of the small vectors (residual, norms) and
-//! computes them with the same instructions, so the copies stay bit-identical. The KV cache is
-//! laid out (G, L, Hg, T, D): each member's heads are one contiguous region it owns mutably.
-//! A row's sum is the same whatever the team size except for the kernels' 4-row grouping near
-//! split points: logits with G = 1 and G = 2 agree to `TEAM_REL_TOL` in the tests.
+//! Decode runs one token on a *crew* of G threads that stays together for the whole token, so a
+//! token costs one rayon hand-off, not one per matrix. Lane 0's thread leads: it runs everything
+//! but the matrix-vector products (embedding, norms, attention, residuals) and opens each product
+//! as a job in [`Crew`]: the input vector is published in a buffer of atomics and the rows are cut
+//! into chunks (`chunk_rows`) that the leader and the workers (lanes 1..G, spinning between jobs)
+//! claim with a compare-and-swap; outputs come back through a second atomic buffer. Claiming is
+//! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds.
+//! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
+//! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
+//!
+//! The KV cache is laid out (G, L, Hg, T, D): group g holds heads `KvLayout::heads(g)` of every
+//! layer in one contiguous region, so prefill attention runs the groups in parallel, each on its
+//! own region.
 
 use crate::error::RuntimeError;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
@@ -25,7 +29,7 @@ use crate::sampler::{Sampler, Sampling};
 use emberlm_formats::config::LAYERNORM_EPS;
 use half::f16;
 use std::ops::{ControlFlow, Range};
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,7 +85,7 @@ struct Buffers {
     att: Vec<f32>,    // (N, C) attention output before the projection
     ff: Vec<f32>,     // (N, 4C)
     out: Vec<f32>,    // (N, C) sublayer output
-    scores: Vec<f32>, // (T) attention weights of one head (decode lanes only)
+    scores: Vec<f32>, // (T) attention weights of one head, or one chunk's rows (decode lanes only)
 }
 
 impl Buffers {
@@ -93,7 +97,7 @@ impl Buffers {
             att: vec![0.0; n * c],
             ff: vec![0.0; n * 4 * c],
             out: vec![0.0; n * c],
-            scores: vec![0.0; t],
+            scores: vec![0.0; t.max(MAX_CHUNK_ROWS)],
         }
     }
 }
@@ -160,8 +164,8 @@ pub struct Session<'m, 'a> {
     k_cache: KvCache, // (G, L, Hg, T, D), see `KvLayout`
     v_cache: KvCache, // (G, L, Hg, T, D)
     kv: KvLayout,
-    lanes: Vec<Buffers>, // G × (N = 1): one per decode team member
-    team: Team,
+    lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
+    crew: Crew,
     chunk: Buffers,   // N = prefill_chunk
     tile: Vec<f32>,   // (PREFILL_TILE_ROWS, 4C) dequantized weights
     att_t: Vec<f32>,  // (H, N, D) prefill attention output, head-major
@@ -256,7 +260,7 @@ impl<'m, 'a> Session<'m, 'a> {
             v_cache: cache(),
             kv,
             lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
-            team: Team::new(g, 4 * c),
+            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c)),
             chunk: Buffers::new(chunk, c, 0),
             tile: vec![0.0; PREFILL_TILE_ROWS * 4 * c],
             att_t: vec![0.0; chunk * c],
@@ -443,24 +447,24 @@ impl<'m, 'a> Session<'m, 'a> {
         self.in_pool(f)
     }
 
-    /// Decode: one token at position `tokens.len()`, on the team (see the module docs).
+    /// Decode: one token at position `tokens.len()`: lane 0 leads, the other lanes' threads
+    /// take chunks of its matrix-vector products (see the module docs).
     fn forward_one(&mut self, token: u32) {
-        let ctx = TeamCtx {
-            model: self.model,
-            k: self.kernels,
-            kv: &self.kv,
-            team: &self.team,
-            token,
-            pos: self.tokens.len(),
+        let (m, k, crew) = (self.model, self.kernels, &self.crew);
+        let pos = self.tokens.len();
+        let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
+        let (kc, vc, kv) = (&mut self.k_cache, &mut self.v_cache, &self.kv);
+        let logits = &mut self.logits;
+        crew.reset();
+        let mut leader = || {
+            let _finish = FinishOnDrop(crew);
+            lead_token(crew, &k, m, kv, lead, kc, vc, logits, token, pos);
         };
-        run_team(
-            &ctx,
-            0,
-            &mut self.lanes,
-            KvMut::of(&mut self.k_cache),
-            KvMut::of(&mut self.v_cache),
-            &mut self.logits,
-        );
+        if crew.g > 1 && !workers.is_empty() {
+            fork(leader, || run_workers(crew, &k, m, 1, workers));
+        } else {
+            leader();
+        }
         self.tokens.push(token);
     }
 
@@ -666,6 +670,14 @@ impl KvLayout {
         hs.start * per_head..hs.end * per_head
     }
 
+    /// Offset of (layer l, head h, position pos) in the whole cache.
+    fn global(&self, l: usize, h: usize, pos: usize) -> usize {
+        let g = (0..self.groups)
+            .find(|&g| self.heads(g).contains(&h))
+            .unwrap_or(0);
+        self.region(g).start + self.local(g, l, h, pos)
+    }
+
     /// Offset of (layer l, head h, position pos) inside group g's region (h in `heads(g)`).
     fn local(&self, g: usize, l: usize, h: usize, pos: usize) -> usize {
         let hs = self.heads(g);
@@ -758,135 +770,283 @@ fn attend_head(
 
 // ---------------------------------------------------------------- threads
 
-/// Spins this many times (with a pause hint) before yielding the core while waiting at a barrier.
-/// A sublayer takes tens of microseconds; a shared, oversubscribed host needs the yield.
-const SPINS_BEFORE_YIELD: u32 = 4000;
+/// A waiting thread spins this many times (with a pause hint) before it starts yielding its core
+/// between checks: a sublayer takes tens of microseconds, and on a shared host the thread being
+/// waited for may need the core.
+const SPINS_BEFORE_YIELD: u32 = 2000;
 
-/// A reusable barrier for the G members of a decode team, built on two atomics (no allocation,
-/// no system call unless a member waits long). If a member panics, the others panic too instead
-/// of waiting forever.
+/// Weight bytes per work chunk at most (chunks also stay under [`MAX_CHUNK_ROWS`] rows and
+/// aim at [`CHUNKS_PER_MATRIX`] per matrix, so two threads balance).
+const CHUNK_BYTES: usize = 192 * 1024;
+/// Rows per chunk at most (the size of a worker's output scratch).
+const MAX_CHUNK_ROWS: usize = 512;
+/// Chunks a matrix is cut into at least (when it has the rows).
+const CHUNKS_PER_MATRIX: usize = 16;
+/// Chunks start at multiples of this many rows (the kernels work on groups of 4 rows).
+const CHUNK_ALIGN: usize = 16;
+
+/// `state`'s epoch once the token is finished: workers return.
+const FINISHED: u32 = u32::MAX;
+
+/// The decode crew's shared state (see the module docs). `state` packs an epoch (high 32 bits)
+/// and the next unclaimed chunk (low 32 bits). An odd epoch means the leader is writing the next
+/// job; an even one that `job`, `input` and `chunks` describe the open job. Claims are a
+/// compare-and-swap on `state`, so a worker whose copy of the input raced with the leader's
+/// next write can never claim a chunk with it (a seqlock).
 #[derive(Debug)]
-struct SpinBarrier {
-    n: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    poisoned: std::sync::atomic::AtomicBool,
+struct Crew {
+    g: usize,
+    state: AtomicU64,
+    job: AtomicU32,
+    chunks: AtomicU32,
+    done: AtomicU32,
+    input: Vec<AtomicU32>,  // (4C) f32 bits: the job's x
+    output: Vec<AtomicU32>, // (max(V, 4C)) f32 bits: the job's y
 }
 
-impl SpinBarrier {
-    fn new(n: usize) -> SpinBarrier {
-        SpinBarrier {
-            n,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            poisoned: std::sync::atomic::AtomicBool::new(false),
-        }
+/// Which matrix a job multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Qkv,
+    Proj,
+    Fc,
+    Fcp,
+    Head,
+}
+
+impl Which {
+    const ALL: [Which; 5] = [Which::Qkv, Which::Proj, Which::Fc, Which::Fcp, Which::Head];
+
+    fn encode(self, layer: usize) -> u32 {
+        (layer as u32) << 3 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
     }
 
-    /// Returns once all n members have called `wait` (the k-th time). Everything a member wrote
-    /// before its call is visible to every member after theirs.
-    fn wait(&self) {
-        if self.n <= 1 {
-            return;
-        }
-        let generation = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 == self.n {
-            // Last to arrive: reset before releasing, so the next round counts from 0.
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-            return;
-        }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == generation {
-            assert!(
-                !self.poisoned.load(Ordering::Relaxed),
-                "another decode team member panicked"
-            );
-            if spins < SPINS_BEFORE_YIELD {
-                spins += 1;
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
+    fn decode(code: u32) -> (Which, usize) {
+        (Which::ALL[(code & 7) as usize % 5], (code >> 3) as usize)
+    }
+
+    fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
+        match self {
+            Which::Head => m.head().0,
+            w => {
+                let l = m.layer(layer);
+                match w {
+                    Which::Qkv => l.qkv_w,
+                    Which::Proj => l.proj_w,
+                    Which::Fc => l.fc_w,
+                    _ => l.fcp_w,
+                }
             }
         }
     }
 }
 
-/// Marks the barrier poisoned if its member unwinds.
-struct PoisonOnPanic<'b>(&'b SpinBarrier);
+fn pack(epoch: u32, next: u32) -> u64 {
+    u64::from(epoch) << 32 | u64::from(next)
+}
 
-impl Drop for PoisonOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.poisoned.store(true, Ordering::Relaxed);
+fn unpack(s: u64) -> (u32, u32) {
+    ((s >> 32) as u32, s as u32)
+}
+
+/// Rows per chunk for a (rows, cols) matrix of `elem` bytes per weight.
+fn chunk_rows(rows: usize, cols: usize, elem_bytes: usize) -> usize {
+    let by_bytes = CHUNK_BYTES / (cols * elem_bytes).max(1);
+    let by_count = rows.div_ceil(CHUNKS_PER_MATRIX);
+    by_bytes
+        .min(by_count)
+        .min(MAX_CHUNK_ROWS)
+        .next_multiple_of(CHUNK_ALIGN)
+        .clamp(CHUNK_ALIGN, MAX_CHUNK_ROWS)
+}
+
+/// (rows, cols, bytes per weight) of a matrix.
+fn mat_shape(w: &Mat<'_>, cols: usize) -> (usize, usize) {
+    let (len, elem) = match *w {
+        Mat::F32(w) => (w.len(), 4),
+        Mat::F16(w) => (w.len(), 2),
+        Mat::Q8(w) => return (w.rows(), 1),
+    };
+    (len / cols.max(1), elem)
+}
+
+/// Waits (spinning, then yielding) until `ready()`.
+fn wait_until(mut ready: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
     }
 }
 
-/// What the members of a decode team share: a barrier and two exchange buffers (4C f32 bits
-/// each), used alternately so a member may publish the next sublayer's output while another is
-/// still reading the previous one.
-#[derive(Debug)]
-struct Team {
-    g: usize,
-    barrier: SpinBarrier,
-    bufs: [Vec<AtomicU32>; 2],
-}
-
-impl Team {
-    fn new(g: usize, len: usize) -> Team {
-        let buf = || {
+impl Crew {
+    fn new(g: usize, in_len: usize, out_len: usize) -> Crew {
+        let buf = |n: usize| {
             if g > 1 {
-                (0..len).map(|_| AtomicU32::new(0)).collect()
+                (0..n).map(|_| AtomicU32::new(0)).collect()
             } else {
                 Vec::new()
             }
         };
-        Team {
+        Crew {
             g,
-            barrier: SpinBarrier::new(g),
-            bufs: [buf(), buf()],
+            state: AtomicU64::new(pack(0, u32::MAX)),
+            job: AtomicU32::new(0),
+            chunks: AtomicU32::new(0),
+            done: AtomicU32::new(0),
+            input: buf(in_len),
+            output: buf(out_len),
         }
     }
 
-    /// Rows `R·g/G .. R·(g+1)/G` of R, with inner boundaries rounded down to multiples of
-    /// `SPLIT_ALIGN` (the kernels work on groups of rows).
-    fn split(&self, r: usize, g: usize) -> Range<usize> {
-        let at = |g: usize| {
-            if g >= self.g {
-                r
-            } else {
-                (r * g / self.g) / SPLIT_ALIGN * SPLIT_ALIGN
+    /// Claims and runs chunks of the open job of epoch `epoch` until none is left; `x` is the
+    /// job's input, `scratch` (≥ MAX_CHUNK_ROWS) holds one chunk's output.
+    #[allow(clippy::too_many_arguments)]
+    fn work(
+        &self,
+        k: &Kernels,
+        w: &Mat<'_>,
+        rows: usize,
+        step: usize,
+        n: u32,
+        x: &[f32],
+        epoch: u32,
+        scratch: &mut [f32],
+    ) {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            let (e, next) = unpack(s);
+            if e != epoch || next >= n {
+                return;
             }
-        };
-        at(g)..at(g + 1)
+            if self
+                .state
+                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let r0 = next as usize * step;
+            let r1 = (r0 + step).min(rows);
+            let y = &mut scratch[..r1 - r0];
+            mat_rows(k, w, x, y, r0);
+            for (a, v) in self.output[r0..r1].iter().zip(y.iter()) {
+                a.store(v.to_bits(), Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
     }
 
-    /// Publishes `v[own]`, waits for every member, then copies the other members' parts of `v`
-    /// (they cover the rest of it) from the shared buffer. `phase` counts exchanges.
-    fn exchange(&self, phase: &mut usize, v: &mut [f32], own: Range<usize>) {
+    /// Leader: y (R) = W x (C) for the job `which` of `layer`, shared with the workers.
+    /// `epoch` is the leader's job counter for this token; `scratch` as in [`Crew::work`].
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(
+        &self,
+        k: &Kernels,
+        m: &Model<'_>,
+        which: Which,
+        layer: usize,
+        x: &[f32],
+        y: &mut [f32],
+        epoch: &mut u32,
+        scratch: &mut [f32],
+    ) {
+        let w = which.mat(m, layer);
+        let (rows, elem) = mat_shape(&w, x.len());
+        let step = chunk_rows(rows, x.len(), elem);
         if self.g <= 1 {
+            // The same chunks, so every row's sum is computed identically whatever the crew size.
+            for (i, yc) in y.chunks_mut(step).enumerate() {
+                mat_rows(k, &w, x, yc, i * step);
+            }
             return;
         }
-        let shared = &self.bufs[*phase & 1][..v.len()];
-        *phase += 1;
-        for (a, x) in shared[own.clone()].iter().zip(&v[own.clone()]) {
-            a.store(x.to_bits(), Ordering::Relaxed);
+        let n = rows.div_ceil(step) as u32;
+        // Close the previous job (claims fail from here), then describe the next one.
+        let writing = *epoch + 1;
+        let open = *epoch + 2;
+        *epoch = open;
+        self.state.store(pack(writing, 0), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.job.store(which.encode(layer), Ordering::Relaxed);
+        self.chunks.store(n, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        for (a, v) in self.input.iter().zip(x) {
+            a.store(v.to_bits(), Ordering::Relaxed);
         }
-        self.barrier.wait();
-        let (before, rest) = v.split_at_mut(own.start);
-        let after = &mut rest[own.len()..];
-        for (x, a) in before.iter_mut().zip(&shared[..own.start]) {
-            *x = f32::from_bits(a.load(Ordering::Relaxed));
+        self.state.store(pack(open, 0), Ordering::Release);
+        self.work(k, &w, rows, step, n, x, open, scratch);
+        wait_until(|| self.done.load(Ordering::Acquire) >= n);
+        for (v, a) in y.iter_mut().zip(&self.output) {
+            *v = f32::from_bits(a.load(Ordering::Relaxed));
         }
-        for (x, a) in after.iter_mut().zip(&shared[own.end..]) {
-            *x = f32::from_bits(a.load(Ordering::Relaxed));
+    }
+
+    /// Before a token: no job open.
+    fn reset(&self) {
+        self.state.store(pack(0, u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Ends the token: workers return.
+    fn finish(&self) {
+        if self.g > 1 {
+            self.state.store(pack(FINISHED, 0), Ordering::Release);
+        }
+    }
+
+    /// Worker: takes chunks of every job the leader opens until the token is finished. `x` (4C)
+    /// holds a copy of the input, `scratch` one chunk's output.
+    fn worker(&self, k: &Kernels, m: &Model<'_>, x: &mut [f32], scratch: &mut [f32]) {
+        let mut seen = u32::MAX; // last epoch worked on
+        loop {
+            let mut s = 0;
+            wait_until(|| {
+                s = self.state.load(Ordering::Acquire);
+                let (e, next) = unpack(s);
+                e == FINISHED || (e % 2 == 0 && e != seen && next != u32::MAX)
+            });
+            let (epoch, _) = unpack(s);
+            if epoch == FINISHED {
+                return;
+            }
+            seen = epoch;
+            let (which, layer) = Which::decode(self.job.load(Ordering::Acquire));
+            let n = self.chunks.load(Ordering::Acquire);
+            if which != Which::Head && layer >= m.config().n_layers || n == 0 {
+                continue; // a torn read: the job changed under us, no claim will succeed
+            }
+            let w = which.mat(m, layer);
+            let cols = match which {
+                Which::Fcp => 4 * m.config().dim,
+                _ => m.config().dim,
+            };
+            let x = &mut x[..cols];
+            for (v, a) in x.iter_mut().zip(&self.input) {
+                *v = f32::from_bits(a.load(Ordering::Relaxed));
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            let (rows, elem) = mat_shape(&w, cols);
+            let step = chunk_rows(rows, cols, elem);
+            if rows.div_ceil(step) as u32 != n {
+                continue; // torn read, as above
+            }
+            self.work(k, &w, rows, step, n, x, epoch, scratch);
         }
     }
 }
 
-/// Team row splits start at multiples of this.
-const SPLIT_ALIGN: usize = 16;
+/// Finishes the token when dropped, even if the leader unwinds (workers would wait forever).
+struct FinishOnDrop<'c>(&'c Crew);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
 
 /// Runs `a` and `b`, in parallel when the runtime has threads.
 fn fork(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
@@ -899,41 +1059,16 @@ fn fork(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
     }
 }
 
-/// One token's inputs, shared by the team.
-struct TeamCtx<'s, 'm, 'a> {
-    model: &'m Model<'a>,
-    k: Kernels,
-    kv: &'s KvLayout,
-    team: &'s Team,
-    token: u32,
-    pos: usize,
-}
-
-/// Starts members g.. of the team: each takes its lane, its region of both caches and its rows of
-/// the logits, and the rest go to the next member (forked onto another rayon worker).
-fn run_team(
-    ctx: &TeamCtx<'_, '_, '_>,
-    g: usize,
-    lanes: &mut [Buffers],
-    kc: KvMut<'_>,
-    vc: KvMut<'_>,
-    logits: &mut [f32],
-) {
+/// Starts workers g.. of the crew (each on its own lane), forked onto other rayon workers.
+fn run_workers(crew: &Crew, k: &Kernels, m: &Model<'_>, g: usize, lanes: &mut [Buffers]) {
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
-    let region = ctx.kv.region(g).len();
-    let (my_k, rest_k) = kc.split_at(region);
-    let (my_v, rest_v) = vc.split_at(region);
-    let rows = ctx.team.split(ctx.model.n_outputs(), g);
-    let (my_logits, rest_logits) = logits.split_at_mut(rows.len());
-    if rest.is_empty() || g + 1 >= ctx.team.g {
-        member(ctx, g, lane, my_k, my_v, my_logits);
+    let mut work = || crew.worker(k, m, &mut lane.ff, &mut lane.scores);
+    if rest.is_empty() || g + 1 >= crew.g {
+        work();
     } else {
-        fork(
-            || member(ctx, g, lane, my_k, my_v, my_logits),
-            || run_team(ctx, g + 1, rest, rest_k, rest_v, rest_logits),
-        );
+        fork(work, || run_workers(crew, k, m, g + 1, rest));
     }
 }
 
@@ -946,40 +1081,48 @@ fn mat_rows(k: &Kernels, w: &Mat<'_>, x: &[f32], y: &mut [f32], row_start: usize
     }
 }
 
-/// Member g's share of one decode token (see the module docs). `kc`, `vc` are its cache regions
-/// and `logits` its rows of the logits.
-fn member(
-    ctx: &TeamCtx<'_, '_, '_>,
-    g: usize,
+/// The leader's share of one decode token: everything but the matrix-vector products, which it
+/// shares with the workers through `crew`.
+#[allow(clippy::too_many_arguments)]
+fn lead_token(
+    crew: &Crew,
+    k: &Kernels,
+    m: &Model<'_>,
+    kv: &KvLayout,
     b: &mut Buffers,
-    mut kc: KvMut<'_>,
-    mut vc: KvMut<'_>,
+    k_cache: &mut KvCache,
+    v_cache: &mut KvCache,
     logits: &mut [f32],
+    token: u32,
+    pos: usize,
 ) {
-    let _guard = PoisonOnPanic(&ctx.team.barrier);
-    let (m, k, team) = (ctx.model, &ctx.k, ctx.team);
     let cfg = *m.config();
-    let (c, pos) = (cfg.dim, ctx.pos);
-    let d = ctx.kv.d;
-    let heads = ctx.kv.heads(g);
-    let cols = heads.start * d..heads.end * d; // this member's part of q, k, v and att
-    let mut phase = 0;
-    embed(m, ctx.token, pos, &mut b.x, &mut b.xn);
+    let (c, d) = (cfg.dim, kv.d);
+    let mut epoch = 0;
+    let mut kc = KvMut::of(k_cache);
+    let mut vc = KvMut::of(v_cache);
+    embed(m, token, pos, &mut b.x, &mut b.xn);
     for l in 0..cfg.n_layers {
         let w = m.layer(l);
         k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
-        for part in 0..3 {
-            let r = part * c + cols.start..part * c + cols.end;
-            mat_rows(k, &w.qkv_w, &b.xn, &mut b.qkv[r.clone()], r.start);
-            if let Some(bias) = w.qkv_b {
-                k.add(&mut b.qkv[r.clone()], &bias[r]);
-            }
+        crew.matvec(
+            k,
+            m,
+            Which::Qkv,
+            l,
+            &b.xn,
+            &mut b.qkv,
+            &mut epoch,
+            &mut b.scores,
+        );
+        if let Some(bias) = w.qkv_b {
+            k.add(&mut b.qkv, bias);
         }
-        for h in heads.clone() {
-            let at = ctx.kv.local(g, l, h, pos);
+        for h in 0..cfg.n_heads {
+            let at = kv.global(l, h, pos);
             kc.store(at, &b.qkv[c + h * d..][..d]);
             vc.store(at, &b.qkv[2 * c + h * d..][..d]);
-            let span = ctx.kv.local(g, l, h, 0)..at + d;
+            let span = kv.global(l, h, 0)..at + d;
             attend_head(
                 k,
                 &b.qkv[h * d..][..d],
@@ -989,31 +1132,58 @@ fn member(
                 &mut b.att[h * d..][..d],
             );
         }
-        team.exchange(&mut phase, &mut b.att, cols.clone());
-        let r = team.split(c, g);
-        mat_rows(k, &w.proj_w, &b.att, &mut b.out[r.clone()], r.start);
-        team.exchange(&mut phase, &mut b.out, r);
+        crew.matvec(
+            k,
+            m,
+            Which::Proj,
+            l,
+            &b.att,
+            &mut b.out,
+            &mut epoch,
+            &mut b.scores,
+        );
         k.add(&mut b.out, w.proj_b);
         k.add(&mut b.x, &b.out);
         k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
-        let r = team.split(4 * c, g);
-        mat_rows(k, &w.fc_w, &b.xn, &mut b.ff[r.clone()], r.start);
-        k.add(&mut b.ff[r.clone()], &w.fc_b[r.clone()]);
-        k.gelu_tanh(&mut b.ff[r.clone()]);
-        team.exchange(&mut phase, &mut b.ff, r);
-        let r = team.split(c, g);
-        mat_rows(k, &w.fcp_w, &b.ff, &mut b.out[r.clone()], r.start);
-        team.exchange(&mut phase, &mut b.out, r);
+        crew.matvec(
+            k,
+            m,
+            Which::Fc,
+            l,
+            &b.xn,
+            &mut b.ff,
+            &mut epoch,
+            &mut b.scores,
+        );
+        k.add(&mut b.ff, w.fc_b);
+        k.gelu_tanh(&mut b.ff);
+        crew.matvec(
+            k,
+            m,
+            Which::Fcp,
+            l,
+            &b.ff,
+            &mut b.out,
+            &mut epoch,
+            &mut b.scores,
+        );
         k.add(&mut b.out, w.fcp_b);
         k.add(&mut b.x, &b.out);
     }
     let (scale, shift) = m.final_norm();
     k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
-    let (head, bias) = m.head();
-    let r = team.split(m.n_outputs(), g);
-    mat_rows(k, &head, &b.xn, logits, r.start);
-    if let Some(bias) = bias {
-        k.add(logits, &bias[r]);
+    crew.matvec(
+        k,
+        m,
+        Which::Head,
+        0,
+        &b.xn,
+        logits,
+        &mut epoch,
+        &mut b.scores,
+    );
+    if let Some(bias) = m.head().1 {
+        k.add(logits, bias);
     }
 }
 

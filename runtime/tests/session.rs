@@ -69,6 +69,45 @@ fn prefill_equals_stepwise_for_every_dtype_and_thread_count() {
 }
 
 #[test]
+fn decode_logits_are_identical_for_every_thread_count() {
+    // The decode crew cuts every matrix into the same chunks whatever the thread count, so the
+    // logits must match bit for bit (tolerance 0), for every dtype and KV-cache dtype; a model
+    // whose head (211 rows) and feed-forward (192 rows) span several chunks.
+    let tokens: Vec<u32> = (0..30).map(|i| (i * 53 + 9) % 211).collect();
+    for dtype in [DType::F32, DType::F16, DType::Q8] {
+        let bytes = random_model_bytes(&cfg(), dtype, 21).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+            let run = |threads| {
+                let opts = SessionOptions {
+                    threads,
+                    kv_dtype,
+                    ..SessionOptions::default()
+                };
+                let mut s = Session::new(&model, &opts).unwrap();
+                let mut all = Vec::new();
+                for &t in &tokens {
+                    all.extend_from_slice(s.step(t).unwrap());
+                }
+                all
+            };
+            let one = run(1);
+            for threads in [2, 3] {
+                let many = run(threads);
+                let same = one
+                    .iter()
+                    .zip(&many)
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{dtype:?} kv={kv_dtype:?}: 1 vs {threads} threads differ"
+                );
+            }
+        }
+    }
+}
+
+#[test]
 fn reference_kernels_agree_with_the_fast_ones() {
     let prompt: Vec<u32> = (0..17).map(|i| (i * 13 + 1) % 211).collect();
     for dtype in [DType::F32, DType::F16, DType::Q8] {
