@@ -506,6 +506,39 @@ fn dot_and_axpy_match_reference_and_f64() {
 }
 
 #[test]
+fn f16_to_f32_is_exact() {
+    let mut rng = Rng(77);
+    let k = Kernels::detect();
+    for n in lengths() {
+        let mut x = rng.vec_f16(n);
+        if n > 3 {
+            // Specials and subnormals convert exactly too.
+            x[0] = f16::INFINITY;
+            x[1] = f16::NEG_INFINITY;
+            x[2] = f16::from_bits(1); // smallest subnormal
+            x[3] = f16::from_bits(0x8000); // -0
+        }
+        let mut got = vec![0f32; n];
+        k.f16_to_f32(&x, &mut got);
+        let mut want = vec![0f32; n];
+        reference::f16_to_f32(&x, &mut want);
+        for i in 0..n {
+            // Independent: f16 bits → f64 by the formula.
+            let b = x[i].to_bits();
+            let (sign, exp, man) = ((b >> 15) as i32, ((b >> 10) & 31) as i32, (b & 1023) as f64);
+            let mag = match exp {
+                0 => man * 2f64.powi(-24),
+                31 => f64::INFINITY,
+                e => (1.0 + man / 1024.0) * 2f64.powi(e - 15),
+            };
+            let exact = if sign == 1 { -mag } else { mag };
+            assert_eq!(got[i].to_bits(), want[i].to_bits(), "n={n} i={i}");
+            assert_eq!(f64::from(want[i]), exact, "n={n} i={i}");
+        }
+    }
+}
+
+#[test]
 fn add_matches_reference_exactly() {
     let mut rng = Rng(10);
     for_each_fast(|k| {

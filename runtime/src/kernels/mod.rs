@@ -518,6 +518,20 @@ impl Kernels {
         }
     }
 
+    /// out (L) = x (L) converted from f16 (exact: every f16 is an f32), e.g. a tile of f16
+    /// weights for the f32 prefill gemm. aarch64 uses the reference twin.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn f16_to_f32(&self, x: &[f16], out: &mut [f32]) {
+        assert_eq!(x.len(), out.len(), "f16_to_f32: lengths differ");
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::f16_to_f32_slice(t, x, out),
+            _ => reference::f16_to_f32(x, out),
+        }
+    }
+
     /// Σ x[i] (the bandwidth probe's loop).
     pub(crate) fn sum_f32(&self, x: &[f32]) -> f32 {
         match self.isa {

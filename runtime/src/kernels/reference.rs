@@ -31,6 +31,13 @@ pub fn matvec_f16_rows(w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
     }
 }
 
+/// out (L) = x (L) converted exactly from f16.
+pub fn f16_to_f32(x: &[f16], out: &mut [f32]) {
+    for (o, h) in out.iter_mut().zip(x) {
+        *o = h.to_f32();
+    }
+}
+
 /// Q8 twin of [`matvec_f32_rows`]: `y[r] = Σ_b d[r,b] · Σ_{c in block b} q[r,c] · x[c]`, in f32,
 /// with the activations `x` used exactly (not quantized).
 pub fn matvec_q8_rows(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {

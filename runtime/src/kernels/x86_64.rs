@@ -510,6 +510,24 @@ fn axpy_f16_avx2(alpha: f32, x: &[f16], y: &mut [f32]) {
     }
 }
 
+pub(super) fn f16_to_f32_slice(_t: Avx2, x: &[f16], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { f16_to_f32_avx2(x, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_to_f32_avx2(x: &[f16], out: &mut [f32]) {
+    let n = x.len().min(out.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        store(out, i, load_f16(x, i));
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = f16_to_f32(x[j]);
+    }
+}
+
 pub(super) fn sum_f32(_t: Avx2, x: &[f32]) -> f32 {
     // SAFETY: the token proves AVX2 + FMA + F16C.
     unsafe { sum_f32_avx2(x) }
