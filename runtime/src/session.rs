@@ -23,7 +23,7 @@
 
 use crate::error::RuntimeError;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use emberlm_formats::config::LAYERNORM_EPS;
@@ -86,6 +86,8 @@ struct Buffers {
     ff: Vec<f32>,     // (N, 4C)
     out: Vec<f32>,    // (N, C) sublayer output
     scores: Vec<f32>, // (T) attention weights of one head, or one chunk's rows (decode lanes only)
+    xq: Vec<i8>,      // (4C) a Q8 product's input quantized (decode lanes only)
+    xd: Vec<f32>,     // (4C / 32) its block scales
 }
 
 impl Buffers {
@@ -98,6 +100,8 @@ impl Buffers {
             ff: vec![0.0; n * 4 * c],
             out: vec![0.0; n * c],
             scores: vec![0.0; t.max(MAX_CHUNK_ROWS)],
+            xq: vec![0; 4 * c],
+            xd: vec![0.0; (4 * c).div_ceil(Q8_BLOCK)],
         }
     }
 }
@@ -997,7 +1001,7 @@ impl Crew {
         rows: usize,
         step: usize,
         n: u32,
-        x: &[f32],
+        x: Input<'_>,
         epoch: u32,
         scratch: &mut [f32],
     ) {
@@ -1037,15 +1041,16 @@ impl Crew {
         x: &[f32],
         y: &mut [f32],
         epoch: &mut u32,
-        scratch: &mut [f32],
+        scratch: &mut Scratch<'_>,
     ) {
         let w = which.mat(m, layer);
         let (rows, elem) = mat_shape(&w, x.len());
         let step = chunk_rows(rows, x.len(), elem);
+        let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
         if self.g <= 1 {
             // The same chunks, so every row's sum is computed identically whatever the crew size.
             for (i, yc) in y.chunks_mut(step).enumerate() {
-                mat_rows(k, &w, x, yc, i * step);
+                mat_rows(k, &w, input, yc, i * step);
             }
             return;
         }
@@ -1063,7 +1068,7 @@ impl Crew {
             a.store(v.to_bits(), Ordering::Relaxed);
         }
         self.state.store(pack(open, 0), Ordering::Release);
-        self.work(k, &w, rows, step, n, x, open, scratch);
+        self.work(k, &w, rows, step, n, input, open, scratch.out);
         wait_until(|| self.done.load(Ordering::Acquire) >= n);
         for (v, a) in y.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
@@ -1084,7 +1089,7 @@ impl Crew {
 
     /// Worker: takes chunks of every job the leader opens until the token is finished. `x` (4C)
     /// holds a copy of the input, `scratch` one chunk's output.
-    fn worker(&self, k: &Kernels, m: &Model<'_>, x: &mut [f32], scratch: &mut [f32]) {
+    fn worker(&self, k: &Kernels, m: &Model<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
         let mut seen = u32::MAX; // last epoch worked on
         loop {
             let mut s = 0;
@@ -1118,9 +1123,17 @@ impl Crew {
             if rows.div_ceil(step) as u32 != n {
                 continue; // torn read, as above
             }
-            self.work(k, &w, rows, step, n, x, epoch, scratch);
+            let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
+            self.work(k, &w, rows, step, n, input, epoch, scratch.out);
         }
     }
+}
+
+/// A crew member's scratch: one chunk's output rows (≥ MAX_CHUNK_ROWS) and a quantized input.
+struct Scratch<'s> {
+    out: &'s mut [f32],
+    xq: &'s mut [i8],
+    xd: &'s mut [f32],
 }
 
 /// Finishes the token when dropped, even if the leader unwinds (workers would wait forever).
@@ -1148,7 +1161,14 @@ fn run_workers(crew: &Crew, k: &Kernels, m: &Model<'_>, g: usize, lanes: &mut [B
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
-    let mut work = || crew.worker(k, m, &mut lane.ff, &mut lane.scores);
+    let mut work = || {
+        let mut scratch = Scratch {
+            out: &mut lane.scores,
+            xq: &mut lane.xq,
+            xd: &mut lane.xd,
+        };
+        crew.worker(k, m, &mut lane.ff, &mut scratch)
+    };
     if rest.is_empty() || g + 1 >= crew.g {
         work();
     } else {
@@ -1156,12 +1176,36 @@ fn run_workers(crew: &Crew, k: &Kernels, m: &Model<'_>, g: usize, lanes: &mut [B
     }
 }
 
+/// A product's input: x (C) and, for Q8 weights when the kernels quantize activations, x
+/// quantized (xq (C), xd (NB)).
+#[derive(Clone, Copy)]
+struct Input<'s> {
+    x: &'s [f32],
+    q: Option<(&'s [i8], &'s [f32])>,
+}
+
+impl<'s> Input<'s> {
+    /// Quantizes x into `xq`, `xd` when `w` is Q8 and the kernels quantize activations.
+    fn new(k: &Kernels, w: &Mat<'_>, x: &'s [f32], xq: &'s mut [i8], xd: &'s mut [f32]) -> Self {
+        let q = match w {
+            Mat::Q8(_) if k.q8_activations() => {
+                let (xq, xd) = (&mut xq[..x.len()], &mut xd[..x.len().div_ceil(Q8_BLOCK)]);
+                k.quantize_q8(x, xq, xd);
+                Some((&*xq, &*xd))
+            }
+            _ => None,
+        };
+        Input { x, q }
+    }
+}
+
 /// y = rows `row_start .. row_start + y.len()` of W · x, on the calling thread.
-fn mat_rows(k: &Kernels, w: &Mat<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
-    match *w {
-        Mat::F32(w) => k.matvec_f32_rows(w, x, y, row_start),
-        Mat::F16(w) => k.matvec_f16_rows(w, x, y, row_start),
-        Mat::Q8(w) => k.matvec_q8_rows(w, x, y, row_start),
+fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: usize) {
+    match (*w, x.q) {
+        (Mat::F32(w), _) => k.matvec_f32_rows(w, x.x, y, row_start),
+        (Mat::F16(w), _) => k.matvec_f16_rows(w, x.x, y, row_start),
+        (Mat::Q8(w), Some((xq, xd))) => k.matvec_q8q8_rows(w, xq, xd, y, row_start),
+        (Mat::Q8(w), None) => k.matvec_q8_rows(w, x.x, y, row_start),
     }
 }
 
@@ -1186,6 +1230,16 @@ fn lead_token(
     let mut kc = KvMut::of(k_cache);
     let mut vc = KvMut::of(v_cache);
     embed(m, token, pos, &mut b.x, &mut b.xn);
+    // A fresh scratch borrow of the lane for each product.
+    macro_rules! scratch {
+        () => {
+            &mut Scratch {
+                out: &mut b.scores,
+                xq: &mut b.xq,
+                xd: &mut b.xd,
+            }
+        };
+    }
     for l in 0..cfg.n_layers {
         let w = m.layer(l);
         k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
@@ -1197,7 +1251,7 @@ fn lead_token(
             &b.xn,
             &mut b.qkv,
             &mut epoch,
-            &mut b.scores,
+            scratch!(),
         );
         if let Some(bias) = w.qkv_b {
             k.add(&mut b.qkv, bias);
@@ -1224,21 +1278,12 @@ fn lead_token(
             &b.att,
             &mut b.out,
             &mut epoch,
-            &mut b.scores,
+            scratch!(),
         );
         k.add(&mut b.out, w.proj_b);
         k.add(&mut b.x, &b.out);
         k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
-        crew.matvec(
-            k,
-            m,
-            Which::Fc,
-            l,
-            &b.xn,
-            &mut b.ff,
-            &mut epoch,
-            &mut b.scores,
-        );
+        crew.matvec(k, m, Which::Fc, l, &b.xn, &mut b.ff, &mut epoch, scratch!());
         k.add(&mut b.ff, w.fc_b);
         k.gelu_tanh(&mut b.ff);
         crew.matvec(
@@ -1249,23 +1294,14 @@ fn lead_token(
             &b.ff,
             &mut b.out,
             &mut epoch,
-            &mut b.scores,
+            scratch!(),
         );
         k.add(&mut b.out, w.fcp_b);
         k.add(&mut b.x, &b.out);
     }
     let (scale, shift) = m.final_norm();
     k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
-    crew.matvec(
-        k,
-        m,
-        Which::Head,
-        0,
-        &b.xn,
-        logits,
-        &mut epoch,
-        &mut b.scores,
-    );
+    crew.matvec(k, m, Which::Head, 0, &b.xn, logits, &mut epoch, scratch!());
     if let Some(bias) = m.head().1 {
         k.add(logits, bias);
     }

@@ -356,6 +356,66 @@ impl Kernels {
         }
     }
 
+    /// True when [`Kernels::matvec_q8q8_rows`] has a fast path here (x86-64 AVX2) or these are
+    /// the reference kernels; the session then quantizes decode activations for Q8 weights. On
+    /// aarch64 NEON, Q8 decode keeps f32 activations ([`Kernels::matvec_q8_rows`]).
+    pub fn q8_activations(&self) -> bool {
+        match self.isa {
+            Isa::Reference => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => true,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(_) => false,
+        }
+    }
+
+    /// Quantizes x (C) to int8 blocks of 32 for [`Kernels::matvec_q8q8_rows`]: q (C) and one f32
+    /// scale per block in d (NB); see [`reference::quantize_q8`] (the only implementation: it runs
+    /// once per product, not per row).
+    ///
+    /// # Panics
+    /// If `q.len() != C` or `d.len() != NB`.
+    pub fn quantize_q8(&self, x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        reference::quantize_q8(x, q, d)
+    }
+
+    /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by
+    /// [`Kernels::quantize_q8`] into xq (C) and xd (NB): each block's dot product is an exact
+    /// integer sum (x86-64: `maddubs` / `madd`), scaled by the weight and activation scales; on
+    /// the calling thread. Adds the activations' quantization error (≤ xd/2 per element) to the
+    /// weights' own. Without a fast path (aarch64) this is the reference twin.
+    ///
+    /// # Panics
+    /// If `xq.len() != C`, `xd.len() != NB` or `row_start + y.len() > R`.
+    pub fn matvec_q8q8_rows(
+        &self,
+        w: Q8Matrix<'_>,
+        xq: &[i8],
+        xd: &[f32],
+        y: &mut [f32],
+        row_start: usize,
+    ) {
+        assert_eq!(xq.len(), w.cols(), "matvec_q8q8_rows: xq length must be C");
+        assert_eq!(
+            xd.len(),
+            w.blocks_per_row(),
+            "matvec_q8q8_rows: xd length must be NB"
+        );
+        assert!(
+            row_start
+                .checked_add(y.len())
+                .is_some_and(|end| end <= w.rows()),
+            "matvec_q8q8_rows: rows {row_start}..+{} exceed R = {}",
+            y.len(),
+            w.rows()
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::matvec_q8q8_rows(t, w, xq, xd, y, row_start),
+            _ => reference::matvec_q8q8_rows(w, xq, xd, y, row_start),
+        }
+    }
+
     // ---------------------------------------------------------------- prefill
 
     /// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8, N = x.len() / C. Weights are dequantized
