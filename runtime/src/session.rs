@@ -838,21 +838,18 @@ fn attend_head(
     out: &mut [f32],
 ) {
     let d = q.len();
+    let p = scores.len();
     let scale = 1.0 / (d as f32).sqrt();
-    for (t2, sc) in scores.iter_mut().enumerate() {
-        *sc = scale
-            * match kh {
-                KvRef::F32(v) => k.dot_f32(q, &v[t2 * d..][..d]),
-                KvRef::F16(v) => k.dot_f32_f16(q, &v[t2 * d..][..d]),
-            };
+    // Scores: K (P, D) · q, a matrix-vector product over the contiguous keys.
+    match kh {
+        KvRef::F32(v) => k.matvec_f32_rows(&v[..p * d], q, scores, 0),
+        KvRef::F16(v) => k.matvec_f16_rows(&v[..p * d], q, scores, 0),
     }
+    scores.iter_mut().for_each(|s| *s *= scale);
     k.softmax(scores);
-    out.fill(0.0);
-    for (t2, &p) in scores.iter().enumerate() {
-        match vh {
-            KvRef::F32(v) => k.axpy(p, &v[t2 * d..][..d], out),
-            KvRef::F16(v) => k.axpy_f16(p, &v[t2 * d..][..d], out),
-        }
+    match vh {
+        KvRef::F32(v) => k.weighted_rows(scores, &v[..p * d], out),
+        KvRef::F16(v) => k.weighted_rows_f16(scores, &v[..p * d], out),
     }
 }
 

@@ -626,6 +626,51 @@ fn f16_to_f32_is_exact() {
 }
 
 #[test]
+fn weighted_rows_match_reference_and_f64() {
+    let mut rng = Rng(55);
+    let k = Kernels::detect();
+    for (p, l) in [
+        (1, 1),
+        (3, 7),
+        (5, 8),
+        (17, 64),
+        (40, 65),
+        (9, 130),
+        (300, 64),
+        (2, 200),
+    ] {
+        let w = rng.vec(p, 1.0);
+        let v = rng.vec(p * l, 2.0);
+        let vh = rng.vec_f16(p * l);
+        let mut got = vec![f32::NAN; l]; // the kernels overwrite, never accumulate into, out
+        let mut want = vec![0f32; l];
+        k.weighted_rows(&w, &v, &mut got);
+        reference::weighted_rows(&w, &v, &mut want);
+        let mut got_h = vec![f32::NAN; l];
+        let mut want_h = vec![0f32; l];
+        k.weighted_rows_f16(&w, &vh, &mut got_h);
+        reference::weighted_rows_f16(&w, &vh, &mut want_h);
+        let vhf = f16s(&vh);
+        for j in 0..l {
+            for (vals, g, r) in [(&v, got[j], want[j]), (&vhf, got_h[j], want_h[j])] {
+                let exact: f64 = (0..p)
+                    .map(|t| f64::from(w[t]) * f64::from(vals[t * l + j]))
+                    .sum();
+                let mag: f64 = (0..p)
+                    .map(|t| (f64::from(w[t]) * f64::from(vals[t * l + j])).abs())
+                    .sum();
+                for (what, x) in [("fast", g), ("reference", r)] {
+                    assert!(
+                        (f64::from(x) - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
+                        "p={p} l={l} [{j}] {what}: {x} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn add_matches_reference_exactly() {
     let mut rng = Rng(10);
     for_each_fast(|k| {

@@ -520,6 +520,51 @@ impl Kernels {
         }
     }
 
+    /// out (L) = Σ_t p[t] · v[t, :] for v (P, L) row-major, p (P): attention's weighted sum of
+    /// values in one call (x86-64 keeps `out` in registers; other ISAs loop over [`Kernels::axpy`]).
+    ///
+    /// # Panics
+    /// If `v.len() != p.len() * out.len()`.
+    pub fn weighted_rows(&self, p: &[f32], v: &[f32], out: &mut [f32]) {
+        assert_eq!(
+            v.len(),
+            p.len() * out.len(),
+            "weighted_rows: v must be (P, L)"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::weighted_rows(t, p, v, out),
+            _ => {
+                out.fill(0.0);
+                for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+                    self.axpy(*pt, vr, out);
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::weighted_rows`] with v in f16.
+    ///
+    /// # Panics
+    /// If `v.len() != p.len() * out.len()`.
+    pub fn weighted_rows_f16(&self, p: &[f32], v: &[f16], out: &mut [f32]) {
+        assert_eq!(
+            v.len(),
+            p.len() * out.len(),
+            "weighted_rows_f16: v must be (P, L)"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::weighted_rows_f16(t, p, v, out),
+            _ => {
+                out.fill(0.0);
+                for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+                    self.axpy_f16(*pt, vr, out);
+                }
+            }
+        }
+    }
+
     /// out (L) = (x - mean) / sqrt(var + eps) · scale + shift over the L elements of `x`, with the
     /// biased variance (GPT-2 / the book: eps = 1e-5).
     ///

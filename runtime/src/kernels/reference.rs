@@ -60,6 +60,23 @@ fn dot_q8_row(w: Q8Matrix<'_>, r: usize, x: &[f32]) -> f32 {
     acc
 }
 
+/// out (L) = Σ_t p[t] · v[t, :] for v (P, L) row-major and p (P): attention's weighted sum of
+/// values, accumulated row after row in f32.
+pub fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+        axpy(*pt, vr, out);
+    }
+}
+
+/// [`weighted_rows`] with v in f16 (an f16 KV cache).
+pub fn weighted_rows_f16(p: &[f32], v: &[f16], out: &mut [f32]) {
+    out.fill(0.0);
+    for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+        axpy_f16(*pt, vr, out);
+    }
+}
+
 /// Activation quantization for the Q8×Q8 decode: for each block of 32 elements of x (C) (the
 /// last may be short), `d[b] = max|x| / 127` and `q = round(x / d)` (half away from zero, within
 /// ±127); a block of zeros gets d = 0 and q = 0. So |x - q·d| ≤ d/2 per element.

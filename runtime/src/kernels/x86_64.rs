@@ -596,6 +596,73 @@ fn axpy_f16_avx2(alpha: f32, x: &[f16], y: &mut [f32]) {
     }
 }
 
+pub(super) fn weighted_rows(_t: Avx2, p: &[f32], v: &[f32], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { weighted_rows_avx2(p, v, out) }
+}
+
+/// Columns in blocks of up to 64 (8 accumulators held in registers across all P rows); the
+/// columns past the last multiple of 8 are scalar.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let l = out.len();
+    let l8 = l - l % 8;
+    let mut j0 = 0;
+    while j0 < l8 {
+        let w = (l8 - j0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (t, &pt) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pt);
+            let row = &v[t * l + j0..t * l + j0 + 8 * w];
+            for (a, acc) in acc.iter_mut().enumerate().take(w) {
+                *acc = _mm256_fmadd_ps(pv, load(row, 8 * a), *acc);
+            }
+        }
+        for (a, acc) in acc.iter().enumerate().take(w) {
+            store(out, j0 + 8 * a, *acc);
+        }
+        j0 += 8 * w;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(l8) {
+        *o = p.iter().enumerate().map(|(t, &pt)| pt * v[t * l + j]).sum();
+    }
+}
+
+pub(super) fn weighted_rows_f16(_t: Avx2, p: &[f32], v: &[f16], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { weighted_rows_f16_avx2(p, v, out) }
+}
+
+/// f16 twin of [`weighted_rows_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_f16_avx2(p: &[f32], v: &[f16], out: &mut [f32]) {
+    let l = out.len();
+    let l8 = l - l % 8;
+    let mut j0 = 0;
+    while j0 < l8 {
+        let w = (l8 - j0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (t, &pt) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pt);
+            let row = &v[t * l + j0..t * l + j0 + 8 * w];
+            for (a, acc) in acc.iter_mut().enumerate().take(w) {
+                *acc = _mm256_fmadd_ps(pv, load_f16(row, 8 * a), *acc);
+            }
+        }
+        for (a, acc) in acc.iter().enumerate().take(w) {
+            store(out, j0 + 8 * a, *acc);
+        }
+        j0 += 8 * w;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(l8) {
+        *o = p
+            .iter()
+            .enumerate()
+            .map(|(t, &pt)| pt * f16_to_f32(v[t * l + j]))
+            .sum();
+    }
+}
+
 pub(super) fn f16_to_f32_slice(_t: Avx2, x: &[f16], out: &mut [f32]) {
     // SAFETY: the token proves AVX2 + FMA + F16C.
     unsafe { f16_to_f32_avx2(x, out) }
