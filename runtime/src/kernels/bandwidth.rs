@@ -31,7 +31,7 @@ pub fn read_bandwidth(bytes: usize, threads: usize) -> f64 {
 pub struct Bandwidth {
     /// The best rate over any 64 MiB chunk of any pass (what [`read_bandwidth`] returns).
     pub best_chunk_gb_s: f64,
-    /// The median over the [`PASSES`] passes of each whole pass's rate: a sustained figure,
+    /// The median over the passes (5) of each whole pass's rate: a sustained figure,
     /// comparable with a plain summing loop over the whole buffer.
     pub median_pass_gb_s: f64,
 }

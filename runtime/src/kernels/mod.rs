@@ -20,10 +20,14 @@
 //!   on the calling thread only.
 //! - Accuracy: a fast kernel computes the same sum as its twin in [`reference`], in another f32
 //!   order (8 lanes, several accumulators), so the two differ by f32 rounding only: the tests
-//!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). Q8 weights are
-//!   dequantized on the fly (`q · d` is exact in f32) and activations are never quantized, so Q8
-//!   outputs carry only the weights' own quantization error (at most `d/2` per weight). `gelu_tanh`
-//!   and `softmax` use a polynomial `exp` (relative error about 2e-7).
+//!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). In
+//!   [`Kernels::matvec_q8`], [`Kernels::matvec_q8_rows`] and [`Kernels::matmul_q8`] Q8 weights are
+//!   dequantized on the fly (`q · d` is exact in f32) and activations stay f32, so outputs carry
+//!   only the weights' own quantization error (at most `d/2` per weight).
+//!   [`Kernels::matvec_q8q8_rows`] (the session's int8 decode, where [`Kernels::q8_activations`])
+//!   also takes activations quantized to int8 blocks of 32 ([`Kernels::quantize_q8`], at most
+//!   `xd/2` per element); its block sums are exact integers. `gelu_tanh` and `softmax` use a
+//!   polynomial `exp` (relative error about 2e-7).
 //! - Determinism: for fixed inputs every kernel returns the same bits on every call, whatever the
 //!   thread count (each output is computed by one task in a fixed order). `matmul_q8` rows do not
 //!   depend on how tokens are split either, except that below `4 · threads` tokens it switches to
@@ -520,7 +524,7 @@ impl Kernels {
         }
     }
 
-    /// out (L) = Σ_t p[t] · v[t, :] for v (P, L) row-major, p (P): attention's weighted sum of
+    /// out (L) = `Σ_t p[t] · v[t, :]` for v (P, L) row-major, p (P): attention's weighted sum of
     /// values in one call (x86-64 keeps `out` in registers; other ISAs loop over [`Kernels::axpy`]).
     ///
     /// # Panics

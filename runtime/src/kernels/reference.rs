@@ -60,7 +60,7 @@ fn dot_q8_row(w: Q8Matrix<'_>, r: usize, x: &[f32]) -> f32 {
     acc
 }
 
-/// out (L) = Σ_t p[t] · v[t, :] for v (P, L) row-major and p (P): attention's weighted sum of
+/// out (L) = `Σ_t p[t] · v[t, :]` for v (P, L) row-major and p (P): attention's weighted sum of
 /// values, accumulated row after row in f32.
 pub fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
     out.fill(0.0);
