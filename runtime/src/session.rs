@@ -8,11 +8,13 @@
 //!
 //! # Threads
 //! Decode runs one token on a *crew* of G threads that stays together for the whole token, so a
-//! token costs one rayon hand-off, not one per matrix. Lane 0's thread leads: it runs everything
-//! but the matrix-vector products (embedding, norms, attention, residuals) and opens each product
-//! as a job in [`Crew`]: the input vector is published in a buffer of atomics and the rows are cut
-//! into chunks (`chunk_rows`) that the leader and the workers (lanes 1..G, spinning between jobs)
-//! claim with a compare-and-swap; outputs come back through a second atomic buffer. Claiming is
+//! token costs one rayon hand-off, not one per matrix. Lane 0's thread leads: it runs the small
+//! vector work (embedding, norms, residuals, storing keys and values) and opens each
+//! matrix-vector product, and each layer's attention, as a job in [`Crew`]: the input vector is
+//! published in a buffer of atomics and the work is cut into chunks (row ranges, `chunk_rows`;
+//! one head for attention) that the leader and the workers (lanes 1..G, spinning between jobs)
+//! claim with a compare-and-swap; outputs come back through a second atomic buffer. The caches
+//! sit behind a `RwLock`: the leader writes a position's keys and values, then all members read. Claiming is
 //! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds.
 //! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
 //! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
@@ -30,6 +32,7 @@ use emberlm_formats::config::LAYERNORM_EPS;
 use half::f16;
 use std::ops::{ControlFlow, Range};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -71,6 +74,56 @@ impl Default for SessionOptions {
 enum KvCache {
     F32(Vec<f32>),
     F16(Vec<f16>),
+}
+
+/// Both caches, (G, L, Hg, T, D) each (see `KvLayout`).
+#[derive(Debug)]
+struct Caches {
+    k: KvCache,
+    v: KvCache,
+}
+
+/// What decode attention needs: the caches (locked: the leader writes a position's keys and
+/// values, then every member reads) and their layout.
+#[derive(Clone, Copy)]
+struct KvShared<'s> {
+    caches: &'s RwLock<Caches>,
+    kv: &'s KvLayout,
+}
+
+impl KvShared<'_> {
+    fn read(&self) -> RwLockReadGuard<'_, Caches> {
+        self.caches.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Caches> {
+        self.caches.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Attention of head h of layer l at position pos: q (D) → out (D); `scores` (≥ pos + 1).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        k: &Kernels,
+        c: &Caches,
+        l: usize,
+        h: usize,
+        pos: usize,
+        q: &[f32],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = self.kv.d;
+        let span = self.kv.global(l, h, 0)..self.kv.global(l, h, pos) + d;
+        fn view(c: &KvCache, span: Range<usize>) -> KvRef<'_> {
+            match c {
+                KvCache::F32(v) => KvRef::F32(&v[span]),
+                KvCache::F16(v) => KvRef::F16(&v[span]),
+            }
+        }
+        let (kh, vh) = (view(&c.k, span.clone()), view(&c.v, span));
+        attend_head(k, q, kh, vh, &mut scores[..pos + 1], out);
+    }
 }
 
 /// Rows of a weight matrix converted at a time for the f16 prefill (f32 gemm on a tile).
@@ -165,8 +218,7 @@ pub struct Session<'m, 'a> {
     prefill_chunk: usize,
     /// Tokens whose keys and values are in the cache, oldest first, (at most T).
     tokens: Vec<u32>,
-    k_cache: KvCache, // (G, L, Hg, T, D), see `KvLayout`
-    v_cache: KvCache, // (G, L, Hg, T, D)
+    caches: RwLock<Caches>, // keys and values; decode workers read them during attention
     kv: KvLayout,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
@@ -261,8 +313,10 @@ impl<'m, 'a> Session<'m, 'a> {
             context,
             prefill_chunk: chunk,
             tokens: Vec::with_capacity(context),
-            k_cache: cache(),
-            v_cache: cache(),
+            caches: RwLock::new(Caches {
+                k: cache(),
+                v: cache(),
+            }),
             kv,
             lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
             crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c)),
@@ -459,15 +513,18 @@ impl<'m, 'a> Session<'m, 'a> {
         let (m, k, crew) = (self.model, self.kernels, &self.crew);
         let pos = self.tokens.len();
         let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
-        let (kc, vc, kv) = (&mut self.k_cache, &mut self.v_cache, &self.kv);
+        let kvs = KvShared {
+            caches: &self.caches,
+            kv: &self.kv,
+        };
         let logits = &mut self.logits;
         crew.reset();
         let mut leader = || {
             let _finish = FinishOnDrop(crew);
-            lead_token(crew, &k, m, kv, lead, kc, vc, logits, token, pos);
+            lead_token(crew, &k, m, &kvs, lead, logits, token, pos);
         };
         if crew.g > 1 && !workers.is_empty() {
-            fork(leader, || run_workers(crew, &k, m, 1, workers));
+            fork(leader, || run_workers(crew, &k, m, &kvs, 1, workers));
         } else {
             leader();
         }
@@ -504,6 +561,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut self.tile,
                 &mut self.yt,
             );
+            let caches = self
+                .caches
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
             let ctx = ChunkAttn {
                 k: *k,
                 kv: &self.kv,
@@ -516,8 +577,8 @@ impl<'m, 'a> Session<'m, 'a> {
                 &ctx,
                 0,
                 &mut self.lanes,
-                KvMut::of(&mut self.k_cache),
-                KvMut::of(&mut self.v_cache),
+                KvMut::of(&mut caches.k),
+                KvMut::of(&mut caches.v),
                 &mut self.att_t[..n * c],
             );
             // (H, N, D) → (N, C)
@@ -883,6 +944,7 @@ struct Crew {
     g: usize,
     state: AtomicU64,
     job: AtomicU32,
+    arg: AtomicU32, // the position, for attention jobs
     chunks: AtomicU32,
     done: AtomicU32,
     input: Vec<AtomicU32>,  // (4C) f32 bits: the job's x
@@ -897,17 +959,26 @@ enum Which {
     Fc,
     Fcp,
     Head,
+    /// Attention: one chunk per head (not a matrix).
+    Attn,
 }
 
 impl Which {
-    const ALL: [Which; 5] = [Which::Qkv, Which::Proj, Which::Fc, Which::Fcp, Which::Head];
+    const ALL: [Which; 6] = [
+        Which::Qkv,
+        Which::Proj,
+        Which::Fc,
+        Which::Fcp,
+        Which::Head,
+        Which::Attn,
+    ];
 
     fn encode(self, layer: usize) -> u32 {
         (layer as u32) << 3 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
     }
 
     fn decode(code: u32) -> (Which, usize) {
-        (Which::ALL[(code & 7) as usize % 5], (code >> 3) as usize)
+        (Which::ALL[(code & 7) as usize % 6], (code >> 3) as usize)
     }
 
     fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
@@ -916,7 +987,7 @@ impl Which {
             w => {
                 let l = m.layer(layer);
                 match w {
-                    Which::Qkv => l.qkv_w,
+                    Which::Qkv | Which::Attn => l.qkv_w, // Attn has no matrix: never asked
                     Which::Proj => l.proj_w,
                     Which::Fc => l.fc_w,
                     _ => l.fcp_w,
@@ -981,6 +1052,7 @@ impl Crew {
             g,
             state: AtomicU64::new(pack(0, u32::MAX)),
             job: AtomicU32::new(0),
+            arg: AtomicU32::new(0),
             chunks: AtomicU32::new(0),
             done: AtomicU32::new(0),
             input: buf(in_len),
@@ -1052,23 +1124,102 @@ impl Crew {
             return;
         }
         let n = rows.div_ceil(step) as u32;
+        let open = self.open(epoch, which.encode(layer), 0, n, x);
+        self.work(k, &w, rows, step, n, input, open, scratch.out);
+        wait_until(|| self.done.load(Ordering::Acquire) >= n);
+        for (v, a) in y.iter_mut().zip(&self.output) {
+            *v = f32::from_bits(a.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Opens a job of `n` chunks on input `x`; returns its epoch.
+    fn open(&self, epoch: &mut u32, code: u32, arg: u32, n: u32, x: &[f32]) -> u32 {
         // Close the previous job (claims fail from here), then describe the next one.
         let writing = *epoch + 1;
         let open = *epoch + 2;
         *epoch = open;
         self.state.store(pack(writing, 0), Ordering::Relaxed);
         std::sync::atomic::fence(Ordering::Release);
-        self.job.store(which.encode(layer), Ordering::Relaxed);
+        self.job.store(code, Ordering::Relaxed);
+        self.arg.store(arg, Ordering::Relaxed);
         self.chunks.store(n, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
         for (a, v) in self.input.iter().zip(x) {
             a.store(v.to_bits(), Ordering::Relaxed);
         }
         self.state.store(pack(open, 0), Ordering::Release);
-        self.work(k, &w, rows, step, n, input, open, scratch.out);
-        wait_until(|| self.done.load(Ordering::Acquire) >= n);
-        for (v, a) in y.iter_mut().zip(&self.output) {
+        open
+    }
+
+    /// Leader: attention of layer l at position pos for every head, q (C) → att (C), the heads
+    /// shared with the workers. The keys and values of pos must be in the caches. `scores` (≥ T)
+    /// and `tmp` (≥ D) are scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        k: &Kernels,
+        kvs: &KvShared<'_>,
+        l: usize,
+        pos: usize,
+        q: &[f32],
+        att: &mut [f32],
+        epoch: &mut u32,
+        scores: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        let (h, d) = (kvs.kv.heads, kvs.kv.d);
+        if self.g <= 1 {
+            let c = kvs.read();
+            for head in 0..h {
+                let (qh, out) = (&q[head * d..][..d], &mut att[head * d..][..d]);
+                kvs.attend(k, &c, l, head, pos, qh, scores, out);
+            }
+            return;
+        }
+        let open = self.open(epoch, Which::Attn.encode(l), pos as u32, h as u32, q);
+        self.work_attn(k, kvs, l, pos, h as u32, q, open, scores, tmp);
+        wait_until(|| self.done.load(Ordering::Acquire) >= h as u32);
+        for (v, a) in att.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Claims and runs heads of the open attention job of epoch `epoch` until none is left.
+    #[allow(clippy::too_many_arguments)]
+    fn work_attn(
+        &self,
+        k: &Kernels,
+        kvs: &KvShared<'_>,
+        l: usize,
+        pos: usize,
+        n: u32,
+        q: &[f32],
+        epoch: u32,
+        scores: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        let d = kvs.kv.d;
+        let c = kvs.read();
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            let (e, next) = unpack(s);
+            if e != epoch || next >= n {
+                return;
+            }
+            if self
+                .state
+                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let h = next as usize;
+            let out = &mut tmp[..d];
+            kvs.attend(k, &c, l, h, pos, &q[h * d..][..d], scores, out);
+            for (a, v) in self.output[h * d..(h + 1) * d].iter().zip(out.iter()) {
+                a.store(v.to_bits(), Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
         }
     }
 
@@ -1086,7 +1237,14 @@ impl Crew {
 
     /// Worker: takes chunks of every job the leader opens until the token is finished. `x` (4C)
     /// holds a copy of the input, `scratch` one chunk's output.
-    fn worker(&self, k: &Kernels, m: &Model<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
+    fn worker(
+        &self,
+        k: &Kernels,
+        m: &Model<'_>,
+        kvs: &KvShared<'_>,
+        x: &mut [f32],
+        scratch: &mut Scratch<'_>,
+    ) {
         let mut seen = u32::MAX; // last epoch worked on
         loop {
             let mut s = 0;
@@ -1104,6 +1262,20 @@ impl Crew {
             let n = self.chunks.load(Ordering::Acquire);
             if which != Which::Head && layer >= m.config().n_layers || n == 0 {
                 continue; // a torn read: the job changed under us, no claim will succeed
+            }
+            if which == Which::Attn {
+                let pos = self.arg.load(Ordering::Acquire) as usize;
+                let c = m.config().dim;
+                let q = &mut x[..c];
+                for (v, a) in q.iter_mut().zip(&self.input) {
+                    *v = f32::from_bits(a.load(Ordering::Relaxed));
+                }
+                std::sync::atomic::fence(Ordering::Acquire);
+                if pos >= kvs.kv.t || n as usize != kvs.kv.heads {
+                    continue; // torn read, as above
+                }
+                self.work_attn(k, kvs, layer, pos, n, q, epoch, scratch.out, scratch.tmp);
+                continue;
             }
             let w = which.mat(m, layer);
             let cols = match which {
@@ -1131,6 +1303,7 @@ struct Scratch<'s> {
     out: &'s mut [f32],
     xq: &'s mut [i8],
     xd: &'s mut [f32],
+    tmp: &'s mut [f32], // (C) one head's attention output (workers)
 }
 
 /// Finishes the token when dropped, even if the leader unwinds (workers would wait forever).
@@ -1154,7 +1327,14 @@ fn fork(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
 }
 
 /// Starts workers g.. of the crew (each on its own lane), forked onto other rayon workers.
-fn run_workers(crew: &Crew, k: &Kernels, m: &Model<'_>, g: usize, lanes: &mut [Buffers]) {
+fn run_workers(
+    crew: &Crew,
+    k: &Kernels,
+    m: &Model<'_>,
+    kvs: &KvShared<'_>,
+    g: usize,
+    lanes: &mut [Buffers],
+) {
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
@@ -1163,13 +1343,14 @@ fn run_workers(crew: &Crew, k: &Kernels, m: &Model<'_>, g: usize, lanes: &mut [B
             out: &mut lane.scores,
             xq: &mut lane.xq,
             xd: &mut lane.xd,
+            tmp: &mut lane.att,
         };
-        crew.worker(k, m, &mut lane.ff, &mut scratch)
+        crew.worker(k, m, kvs, &mut lane.ff, &mut scratch)
     };
     if rest.is_empty() || g + 1 >= crew.g {
         work();
     } else {
-        fork(work, || run_workers(crew, k, m, g + 1, rest));
+        fork(work, || run_workers(crew, k, m, kvs, g + 1, rest));
     }
 }
 
@@ -1213,19 +1394,15 @@ fn lead_token(
     crew: &Crew,
     k: &Kernels,
     m: &Model<'_>,
-    kv: &KvLayout,
+    kvs: &KvShared<'_>,
     b: &mut Buffers,
-    k_cache: &mut KvCache,
-    v_cache: &mut KvCache,
     logits: &mut [f32],
     token: u32,
     pos: usize,
 ) {
     let cfg = *m.config();
-    let (c, d) = (cfg.dim, kv.d);
+    let (c, d) = (cfg.dim, kvs.kv.d);
     let mut epoch = 0;
-    let mut kc = KvMut::of(k_cache);
-    let mut vc = KvMut::of(v_cache);
     embed(m, token, pos, &mut b.x, &mut b.xn);
     // A fresh scratch borrow of the lane for each product.
     macro_rules! scratch {
@@ -1234,6 +1411,7 @@ fn lead_token(
                 out: &mut b.scores,
                 xq: &mut b.xq,
                 xd: &mut b.xd,
+                tmp: &mut [],
             }
         };
     }
@@ -1253,20 +1431,27 @@ fn lead_token(
         if let Some(bias) = w.qkv_b {
             k.add(&mut b.qkv, bias);
         }
-        for h in 0..cfg.n_heads {
-            let at = kv.global(l, h, pos);
-            kc.store(at, &b.qkv[c + h * d..][..d]);
-            vc.store(at, &b.qkv[2 * c + h * d..][..d]);
-            let span = kv.global(l, h, 0)..at + d;
-            attend_head(
-                k,
-                &b.qkv[h * d..][..d],
-                kc.view(span.clone()),
-                vc.view(span),
-                &mut b.scores[..pos + 1],
-                &mut b.att[h * d..][..d],
-            );
+        {
+            let mut caches = kvs.write();
+            let caches = &mut *caches;
+            let (mut kc, mut vc) = (KvMut::of(&mut caches.k), KvMut::of(&mut caches.v));
+            for h in 0..cfg.n_heads {
+                let at = kvs.kv.global(l, h, pos);
+                kc.store(at, &b.qkv[c + h * d..][..d]);
+                vc.store(at, &b.qkv[2 * c + h * d..][..d]);
+            }
         }
+        crew.attend(
+            k,
+            kvs,
+            l,
+            pos,
+            &b.qkv[..c],
+            &mut b.att,
+            &mut epoch,
+            &mut b.scores,
+            &mut b.out,
+        );
         crew.matvec(
             k,
             m,
