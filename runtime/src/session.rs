@@ -1199,7 +1199,6 @@ impl Crew {
         tmp: &mut [f32],
     ) {
         let d = kvs.kv.d;
-        let c = kvs.read();
         loop {
             let s = self.state.load(Ordering::Relaxed);
             let (e, next) = unpack(s);
@@ -1215,7 +1214,9 @@ impl Crew {
             }
             let h = next as usize;
             let out = &mut tmp[..d];
-            kvs.attend(k, &c, l, h, pos, &q[h * d..][..d], scores, out);
+            // Locked per claimed head and released before `done` counts it, so once the leader
+            // sees every head done no reader holds the lock, and its next write never waits.
+            kvs.attend(k, &kvs.read(), l, h, pos, &q[h * d..][..d], scores, out);
             for (a, v) in self.output[h * d..(h + 1) * d].iter().zip(out.iter()) {
                 a.store(v.to_bits(), Ordering::Relaxed);
             }
