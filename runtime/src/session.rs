@@ -923,11 +923,11 @@ const SPINS_BEFORE_YIELD: u32 = 2000;
 
 /// Weight bytes per work chunk at most (chunks also stay under [`MAX_CHUNK_ROWS`] rows and
 /// aim at [`CHUNKS_PER_MATRIX`] per matrix, so two threads balance).
-const CHUNK_BYTES: usize = 192 * 1024;
+const CHUNK_BYTES: usize = 1 << 20;
 /// Rows per chunk at most (the size of a worker's output scratch).
-const MAX_CHUNK_ROWS: usize = 512;
+const MAX_CHUNK_ROWS: usize = 8192;
 /// Chunks a matrix is cut into at least (when it has the rows).
-const CHUNKS_PER_MATRIX: usize = 16;
+const CHUNKS_PER_MATRIX: usize = 8;
 /// Chunks start at multiples of this many rows (the kernels work on groups of 4 rows).
 const CHUNK_ALIGN: usize = 16;
 
