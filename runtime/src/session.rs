@@ -947,6 +947,8 @@ struct Crew {
     arg: AtomicU32, // the position, for attention jobs
     chunks: AtomicU32,
     done: AtomicU32,
+    /// Set when a worker unwinds: the leader then panics instead of waiting for its chunk.
+    poisoned: std::sync::atomic::AtomicBool,
     input: Vec<AtomicU32>,  // (4C) f32 bits: the job's x
     output: Vec<AtomicU32>, // (max(V, 4C)) f32 bits: the job's y
 }
@@ -1055,6 +1057,7 @@ impl Crew {
             arg: AtomicU32::new(0),
             chunks: AtomicU32::new(0),
             done: AtomicU32::new(0),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
             input: buf(in_len),
             output: buf(out_len),
         }
@@ -1126,7 +1129,7 @@ impl Crew {
         let n = rows.div_ceil(step) as u32;
         let open = self.open(epoch, which.encode(layer), 0, n, x);
         self.work(k, &w, rows, step, n, input, open, scratch.out);
-        wait_until(|| self.done.load(Ordering::Acquire) >= n);
+        self.wait_done(n);
         for (v, a) in y.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
         }
@@ -1178,7 +1181,7 @@ impl Crew {
         }
         let open = self.open(epoch, Which::Attn.encode(l), pos as u32, h as u32, q);
         self.work_attn(k, kvs, l, pos, h as u32, q, open, scores, tmp);
-        wait_until(|| self.done.load(Ordering::Acquire) >= h as u32);
+        self.wait_done(h as u32);
         for (v, a) in att.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
         }
@@ -1222,6 +1225,17 @@ impl Crew {
             }
             self.done.fetch_add(1, Ordering::Release);
         }
+    }
+
+    /// Leader: waits until `n` chunks of the open job are done.
+    fn wait_done(&self, n: u32) {
+        wait_until(|| {
+            assert!(
+                !self.poisoned.load(Ordering::Relaxed),
+                "a decode crew worker panicked"
+            );
+            self.done.load(Ordering::Acquire) >= n
+        });
     }
 
     /// Before a token: no job open.
@@ -1307,6 +1321,17 @@ struct Scratch<'s> {
     tmp: &'s mut [f32], // (C) one head's attention output (workers)
 }
 
+/// Marks the crew poisoned if its worker unwinds.
+struct PoisonOnPanic<'c>(&'c Crew);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Finishes the token when dropped, even if the leader unwinds (workers would wait forever).
 struct FinishOnDrop<'c>(&'c Crew);
 
@@ -1340,6 +1365,7 @@ fn run_workers(
         return;
     };
     let mut work = || {
+        let _poison = PoisonOnPanic(crew);
         let mut scratch = Scratch {
             out: &mut lane.scores,
             xq: &mut lane.xq,
