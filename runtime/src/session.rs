@@ -3,16 +3,36 @@
 //! nothing.
 //!
 //! Letters: V vocabulary, T the session's context, C embedding dim, H heads, D = C / H head dim,
-//! L layers, N tokens in a prefill chunk.
+//! L layers, N tokens in a prefill chunk, G threads (decode crew members, KV head groups), Hg heads of one
+//! group, P positions attended (0..=pos).
+//!
+//! # Threads
+//! Decode runs one token on a *crew* of G threads that stays together for the whole token, so a
+//! token costs one rayon hand-off, not one per matrix. Lane 0's thread leads: it runs the small
+//! vector work (embedding, norms, residuals, storing keys and values) and opens each
+//! matrix-vector product, and each layer's attention, as a job in [`Crew`]: the input vector is
+//! published in a buffer of atomics and the work is cut into chunks (row ranges, `chunk_rows`;
+//! one head for attention) that the leader and the workers (lanes 1..G, spinning between jobs)
+//! claim with a compare-and-swap; outputs come back through a second atomic buffer. The caches
+//! sit behind a `RwLock`: the leader writes a position's keys and values, then all members read. Claiming is
+//! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds.
+//! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
+//! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
+//!
+//! The KV cache is laid out (G, L, Hg, T, D): group g holds heads `KvLayout::heads(g)` of every
+//! layer in one contiguous region, so prefill attention runs the groups in parallel, each on its
+//! own region.
 
 use crate::error::RuntimeError;
 use crate::gemm::{self, MatMut, MatRef, Parallelism};
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use emberlm_formats::config::LAYERNORM_EPS;
 use half::f16;
-use std::ops::ControlFlow;
+use std::ops::{ControlFlow, Range};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,8 +76,58 @@ enum KvCache {
     F16(Vec<f16>),
 }
 
-/// Rows of a weight matrix dequantized at a time for the f16 prefill (f32 gemm on a tile).
-const PREFILL_TILE_ROWS: usize = 256;
+/// Both caches, (G, L, Hg, T, D) each (see `KvLayout`).
+#[derive(Debug)]
+struct Caches {
+    k: KvCache,
+    v: KvCache,
+}
+
+/// What decode attention needs: the caches (locked: the leader writes a position's keys and
+/// values, then every member reads) and their layout.
+#[derive(Clone, Copy)]
+struct KvShared<'s> {
+    caches: &'s RwLock<Caches>,
+    kv: &'s KvLayout,
+}
+
+impl KvShared<'_> {
+    fn read(&self) -> RwLockReadGuard<'_, Caches> {
+        self.caches.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> RwLockWriteGuard<'_, Caches> {
+        self.caches.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Attention of head h of layer l at position pos: q (D) → out (D); `scores` (≥ pos + 1).
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        k: &Kernels,
+        c: &Caches,
+        l: usize,
+        h: usize,
+        pos: usize,
+        q: &[f32],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let d = self.kv.d;
+        let span = self.kv.global(l, h, 0)..self.kv.global(l, h, pos) + d;
+        fn view(c: &KvCache, span: Range<usize>) -> KvRef<'_> {
+            match c {
+                KvCache::F32(v) => KvRef::F32(&v[span]),
+                KvCache::F16(v) => KvRef::F16(&v[span]),
+            }
+        }
+        let (kh, vh) = (view(&c.k, span.clone()), view(&c.v, span));
+        attend_head(k, q, kh, vh, &mut scores[..pos + 1], out);
+    }
+}
+
+/// Rows of a weight matrix converted at a time for the f16 prefill (f32 gemm on a tile).
+const PREFILL_TILE_ROWS: usize = 128;
 
 /// Activation buffers for one token (decode) or one chunk of N tokens (prefill).
 #[derive(Debug)]
@@ -68,7 +138,9 @@ struct Buffers {
     att: Vec<f32>,    // (N, C) attention output before the projection
     ff: Vec<f32>,     // (N, 4C)
     out: Vec<f32>,    // (N, C) sublayer output
-    scores: Vec<f32>, // (N, T) attention weights
+    scores: Vec<f32>, // (T) attention weights of one head, or one chunk's rows (decode lanes only)
+    xq: Vec<i8>,      // (4C) a Q8 product's input quantized (decode lanes only)
+    xd: Vec<f32>,     // (4C / 32) its block scales
 }
 
 impl Buffers {
@@ -80,7 +152,9 @@ impl Buffers {
             att: vec![0.0; n * c],
             ff: vec![0.0; n * 4 * c],
             out: vec![0.0; n * c],
-            scores: vec![0.0; n * t],
+            scores: vec![0.0; t.max(MAX_CHUNK_ROWS)],
+            xq: vec![0; 4 * c],
+            xd: vec![0.0; (4 * c).div_ceil(Q8_BLOCK)],
         }
     }
 }
@@ -144,11 +218,14 @@ pub struct Session<'m, 'a> {
     prefill_chunk: usize,
     /// Tokens whose keys and values are in the cache, oldest first, (at most T).
     tokens: Vec<u32>,
-    k_cache: KvCache, // (L, T, C)
-    v_cache: KvCache, // (L, T, C)
-    one: Buffers,     // N = 1
+    caches: RwLock<Caches>, // keys and values; decode workers read them during attention
+    kv: KvLayout,
+    lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
+    crew: Crew,
     chunk: Buffers,   // N = prefill_chunk
-    tile: Vec<f32>,   // (PREFILL_TILE_ROWS, 4C) dequantized weights
+    tile: Vec<f32>,   // (G, PREFILL_TILE_ROWS, 4C) converted f16 weights, one tile per thread
+    yt: Vec<f32>,     // (4C, N) a prefill product transposed (each thread owns its rows)
+    att_t: Vec<f32>,  // (H, N, D) prefill attention output, head-major
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
 }
@@ -221,7 +298,9 @@ impl<'m, 'a> Session<'m, 'a> {
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);
         let cache_len = l * context * c;
-        let kv = || match options.kv_dtype {
+        let g = kernels.threads();
+        let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads, g);
+        let cache = || match options.kv_dtype {
             KvDtype::F32 => KvCache::F32(vec![0.0; cache_len]),
             KvDtype::F16 => KvCache::F16(vec![f16::ZERO; cache_len]),
         };
@@ -234,11 +313,17 @@ impl<'m, 'a> Session<'m, 'a> {
             context,
             prefill_chunk: chunk,
             tokens: Vec::with_capacity(context),
-            k_cache: kv(),
-            v_cache: kv(),
-            one: Buffers::new(1, c, context),
-            chunk: Buffers::new(chunk, c, context),
-            tile: vec![0.0; PREFILL_TILE_ROWS * 4 * c],
+            caches: RwLock::new(Caches {
+                k: cache(),
+                v: cache(),
+            }),
+            kv,
+            lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
+            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c)),
+            chunk: Buffers::new(chunk, c, 0),
+            tile: vec![0.0; g * PREFILL_TILE_ROWS * 4 * c],
+            yt: vec![0.0; chunk * 4 * c],
+            att_t: vec![0.0; chunk * c],
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })
@@ -422,59 +507,26 @@ impl<'m, 'a> Session<'m, 'a> {
         self.in_pool(f)
     }
 
-    /// Decode: one token at position `tokens.len()`.
+    /// Decode: one token at position `tokens.len()`: lane 0 leads, the other lanes' threads
+    /// take chunks of its matrix-vector products (see the module docs).
     fn forward_one(&mut self, token: u32) {
-        let m = self.model;
-        let cfg = *m.config();
-        let (c, pos) = (cfg.dim, self.tokens.len());
-        let k = &self.kernels;
-        let b = &mut self.one;
-        embed(m, token, pos, &mut b.x, &mut b.xn);
-        for l in 0..cfg.n_layers {
-            let w = m.layer(l);
-            k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
-            w.qkv_w.matvec(k, &b.xn, &mut b.qkv);
-            if let Some(bias) = w.qkv_b {
-                k.add(&mut b.qkv, bias);
-            }
-            store_kv(
-                &mut self.k_cache,
-                &mut self.v_cache,
-                &b.qkv,
-                l,
-                pos,
-                self.context,
-                c,
-            );
-            attend(
-                k,
-                &b.qkv[..c],
-                &self.k_cache,
-                &self.v_cache,
-                l,
-                pos,
-                self.context,
-                cfg.n_heads,
-                &mut b.scores,
-                &mut b.att,
-            );
-            w.proj_w.matvec(k, &b.att, &mut b.out);
-            k.add(&mut b.out, w.proj_b);
-            k.add(&mut b.x, &b.out);
-            k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
-            w.fc_w.matvec(k, &b.xn, &mut b.ff);
-            k.add(&mut b.ff, w.fc_b);
-            k.gelu_tanh(&mut b.ff);
-            w.fcp_w.matvec(k, &b.ff, &mut b.out);
-            k.add(&mut b.out, w.fcp_b);
-            k.add(&mut b.x, &b.out);
-        }
-        let (scale, shift) = m.final_norm();
-        k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
-        let (head, bias) = m.head();
-        head.matvec(k, &b.xn, &mut self.logits);
-        if let Some(bias) = bias {
-            k.add(&mut self.logits, bias);
+        let (m, k, crew) = (self.model, self.kernels, &self.crew);
+        let pos = self.tokens.len();
+        let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
+        let kvs = KvShared {
+            caches: &self.caches,
+            kv: &self.kv,
+        };
+        let logits = &mut self.logits;
+        crew.reset();
+        let mut leader = || {
+            let _finish = FinishOnDrop(crew);
+            lead_token(crew, &k, m, &kvs, lead, logits, token, pos);
+        };
+        if crew.g > 1 && !workers.is_empty() {
+            fork(leader, || run_workers(crew, &k, m, &kvs, 1, workers));
+        } else {
+            leader();
         }
         self.tokens.push(token);
     }
@@ -507,32 +559,34 @@ impl<'m, 'a> Session<'m, 'a> {
                 n,
                 w.qkv_b,
                 &mut self.tile,
+                &mut self.yt,
             );
-            for i in 0..n {
-                let qkv = &b.qkv[i * 3 * c..(i + 1) * 3 * c];
-                store_kv(
-                    &mut self.k_cache,
-                    &mut self.v_cache,
-                    qkv,
-                    l,
-                    pos0 + i,
-                    self.context,
-                    c,
-                );
-            }
-            for i in 0..n {
-                attend(
-                    k,
-                    &b.qkv[i * 3 * c..i * 3 * c + c],
-                    &self.k_cache,
-                    &self.v_cache,
-                    l,
-                    pos0 + i,
-                    self.context,
-                    cfg.n_heads,
-                    &mut b.scores[i * self.context..(i + 1) * self.context],
-                    &mut b.att[i * c..(i + 1) * c],
-                );
+            let caches = self
+                .caches
+                .get_mut()
+                .unwrap_or_else(PoisonError::into_inner);
+            let ctx = ChunkAttn {
+                k: *k,
+                kv: &self.kv,
+                l,
+                pos0,
+                n,
+                qkv: &b.qkv[..n * 3 * c],
+            };
+            attend_groups(
+                &ctx,
+                0,
+                &mut self.lanes,
+                KvMut::of(&mut caches.k),
+                KvMut::of(&mut caches.v),
+                &mut self.att_t[..n * c],
+            );
+            // (H, N, D) → (N, C)
+            let d = self.kv.d;
+            for (h, blk) in self.att_t[..n * c].chunks_exact(n * d).enumerate() {
+                for (i, src) in blk.chunks_exact(d).enumerate() {
+                    b.att[i * c + h * d..][..d].copy_from_slice(src);
+                }
             }
             matmul(
                 k,
@@ -542,6 +596,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 n,
                 Some(w.proj_b),
                 &mut self.tile,
+                &mut self.yt,
             );
             k.add(&mut b.x[..n * c], &b.out[..n * c]);
             layernorm_rows(k, &b.x[..n * c], w.norm2, &mut b.xn[..n * c], c);
@@ -553,6 +608,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 n,
                 Some(w.fc_b),
                 &mut self.tile,
+                &mut self.yt,
             );
             k.gelu_tanh(&mut b.ff[..n * 4 * c]);
             matmul(
@@ -563,6 +619,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 n,
                 Some(w.fcp_b),
                 &mut self.tile,
+                &mut self.yt,
             );
             k.add(&mut b.x[..n * c], &b.out[..n * c]);
         }
@@ -601,9 +658,11 @@ fn layernorm_rows(
     }
 }
 
-/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C). f32 weights go straight to gemm; f16 weights
-/// are dequantized PREFILL_TILE_ROWS rows at a time into `tile` and multiplied with gemm; Q8
-/// weights use the int8 prefill kernel.
+/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C). Q8 weights use the int8 prefill kernel
+/// (threaded over tokens). f32 and f16 weights are split by rows over the G = `k.threads()`
+/// threads: each multiplies its rows with a single-threaded gemm into its own rows of
+/// `yt` (R, N) (f16 rows are first converted PREFILL_TILE_ROWS at a time into its part of `tile`),
+/// then `yt` is transposed into Y.
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     k: &Kernels,
@@ -613,33 +672,22 @@ fn matmul(
     n: usize,
     bias: Option<&[f32]>,
     tile: &mut [f32],
+    yt: &mut [f32],
 ) {
     let (rows, cols) = (y.len() / n, x.len() / n);
-    let par = Parallelism::current();
     match *w {
-        Mat::F32(wf) => {
-            let mut dst = MatMut::row_major(y, n, rows);
-            let a = MatRef::row_major(x, n, cols);
-            let b = MatRef::row_major(wf, rows, cols).t();
-            gemm::matmul(&mut dst, 0.0, a, b, 1.0, par);
-        }
-        Mat::F16(wh) => {
-            let a = MatRef::row_major(x, n, cols);
-            let mut r0 = 0;
-            while r0 < rows {
-                let tr = PREFILL_TILE_ROWS.min(rows - r0);
-                let t = &mut tile[..tr * cols];
-                for (o, h) in t.iter_mut().zip(&wh[r0 * cols..(r0 + tr) * cols]) {
-                    *o = h.to_f32();
+        Mat::Q8(wq) => k.matmul_q8(wq, x, y),
+        _ => {
+            let yt = &mut yt[..rows * n];
+            let g = k.threads().max(1);
+            let tile_len = tile.len() / g;
+            gemm_groups(k, w, x, n, cols, rows, 0, g, yt, tile, tile_len);
+            for (r, col) in yt.chunks_exact(n).enumerate() {
+                for (i, &v) in col.iter().enumerate() {
+                    y[i * rows + r] = v;
                 }
-                // dst: columns r0..r0+tr of Y (N, R), a strided view.
-                let mut dst = MatMut::new(&mut y[r0..], n, tr, rows, 1);
-                let b = MatRef::row_major(t, tr, cols).t();
-                gemm::matmul(&mut dst, 0.0, a, b, 1.0, par);
-                r0 += tr;
             }
         }
-        Mat::Q8(wq) => k.matmul_q8(wq, x, y),
     }
     if let Some(bias) = bias {
         for yr in y.chunks_exact_mut(rows) {
@@ -648,68 +696,895 @@ fn matmul(
     }
 }
 
-/// Writes token `pos`'s key and value (from qkv (3C)) into layer `l` of the caches (L, T, C).
-fn store_kv(
-    kc: &mut KvCache,
-    vc: &mut KvCache,
-    qkv: &[f32],
-    l: usize,
-    pos: usize,
-    t: usize,
-    c: usize,
+/// Rows `R·g/G ..` (inner boundaries at multiples of 16) of a prefill product, for threads g.. of
+/// G: `yt` and `tile` start at thread g's part.
+#[allow(clippy::too_many_arguments)]
+fn gemm_groups(
+    k: &Kernels,
+    w: &Mat<'_>,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    rows: usize,
+    g: usize,
+    groups: usize,
+    yt: &mut [f32],
+    tile: &mut [f32],
+    tile_len: usize,
 ) {
-    let at = (l * t + pos) * c;
-    for (cache, src) in [(kc, &qkv[c..2 * c]), (vc, &qkv[2 * c..3 * c])] {
-        match cache {
-            KvCache::F32(v) => v[at..at + c].copy_from_slice(src),
-            KvCache::F16(v) => {
-                for (o, &s) in v[at..at + c].iter_mut().zip(src) {
+    let at = |g: usize| {
+        if g >= groups {
+            rows
+        } else {
+            (rows * g / groups) / 16 * 16
+        }
+    };
+    let part = at(g)..at(g + 1);
+    let (my_yt, rest_yt) = yt.split_at_mut(part.len() * n);
+    let (my_tile, rest_tile) = tile.split_at_mut(tile_len.min(tile.len()));
+    if g + 1 >= groups {
+        gemm_rows(k, w, x, n, cols, part, my_yt, my_tile);
+    } else {
+        fork(
+            || gemm_rows(k, w, x, n, cols, part, my_yt, my_tile),
+            || {
+                gemm_groups(
+                    k,
+                    w,
+                    x,
+                    n,
+                    cols,
+                    rows,
+                    g + 1,
+                    groups,
+                    rest_yt,
+                    rest_tile,
+                    tile_len,
+                )
+            },
+        );
+    }
+}
+
+/// yt (rows in `part`, N) = W[part] (·, C) · X (N, C)ᵀ on the calling thread.
+#[allow(clippy::too_many_arguments)]
+fn gemm_rows(
+    k: &Kernels,
+    w: &Mat<'_>,
+    x: &[f32],
+    n: usize,
+    cols: usize,
+    part: Range<usize>,
+    yt: &mut [f32],
+    tile: &mut [f32],
+) {
+    let a = MatRef::row_major(x, n, cols);
+    let step = match w {
+        Mat::F16(_) => PREFILL_TILE_ROWS,
+        _ => part.len().max(1),
+    };
+    let mut r0 = part.start;
+    while r0 < part.end {
+        let tr = step.min(part.end - r0);
+        let wr = match *w {
+            Mat::F32(wf) => &wf[r0 * cols..(r0 + tr) * cols],
+            Mat::F16(wh) => {
+                let t = &mut tile[..tr * cols];
+                k.f16_to_f32(&wh[r0 * cols..(r0 + tr) * cols], t);
+                t
+            }
+            Mat::Q8(_) => unreachable!("Q8 prefill runs matmul_q8"),
+        };
+        // dst (N, tr): element (token i, row j) at yt[(r0 - part.start + j) * N + i].
+        let mut dst = MatMut::new(&mut yt[(r0 - part.start) * n..][..tr * n], n, tr, 1, n);
+        let b = MatRef::row_major(wr, tr, cols).t();
+        gemm::matmul(&mut dst, 0.0, a, b, 1.0, Parallelism::None);
+        r0 += tr;
+    }
+}
+
+// ---------------------------------------------------------------- KV cache
+
+/// Where keys and values live: the cache is (G, L, Hg, T, D), group g holding heads `heads(g)`
+/// of every layer, so each decode team member owns one contiguous region.
+#[derive(Clone, Copy, Debug)]
+struct KvLayout {
+    layers: usize,
+    heads: usize,
+    t: usize,
+    d: usize,
+    groups: usize,
+}
+
+impl KvLayout {
+    fn new(layers: usize, heads: usize, t: usize, d: usize, groups: usize) -> KvLayout {
+        KvLayout {
+            layers,
+            heads,
+            t,
+            d,
+            groups: groups.max(1),
+        }
+    }
+
+    /// The heads of group g: H·g/G .. H·(g+1)/G.
+    fn heads(&self, g: usize) -> Range<usize> {
+        self.heads * g / self.groups..self.heads * (g + 1) / self.groups
+    }
+
+    /// Group g's region of the cache.
+    fn region(&self, g: usize) -> Range<usize> {
+        let per_head = self.layers * self.t * self.d;
+        let hs = self.heads(g);
+        hs.start * per_head..hs.end * per_head
+    }
+
+    /// Offset of (layer l, head h, position pos) in the whole cache.
+    fn global(&self, l: usize, h: usize, pos: usize) -> usize {
+        let g = (0..self.groups)
+            .find(|&g| self.heads(g).contains(&h))
+            .unwrap_or(0);
+        self.region(g).start + self.local(g, l, h, pos)
+    }
+
+    /// Offset of (layer l, head h, position pos) inside group g's region (h in `heads(g)`).
+    fn local(&self, g: usize, l: usize, h: usize, pos: usize) -> usize {
+        let hs = self.heads(g);
+        ((l * hs.len() + h - hs.start) * self.t + pos) * self.d
+    }
+}
+
+/// A mutable view of (part of) a cache.
+enum KvMut<'s> {
+    F32(&'s mut [f32]),
+    F16(&'s mut [f16]),
+}
+
+/// A shared view of (part of) a cache.
+#[derive(Clone, Copy)]
+enum KvRef<'s> {
+    F32(&'s [f32]),
+    F16(&'s [f16]),
+}
+
+impl<'s> KvMut<'s> {
+    fn of(c: &'s mut KvCache) -> KvMut<'s> {
+        match c {
+            KvCache::F32(v) => KvMut::F32(v),
+            KvCache::F16(v) => KvMut::F16(v),
+        }
+    }
+
+    fn split_at(self, n: usize) -> (KvMut<'s>, KvMut<'s>) {
+        match self {
+            KvMut::F32(v) => {
+                let (a, b) = v.split_at_mut(n);
+                (KvMut::F32(a), KvMut::F32(b))
+            }
+            KvMut::F16(v) => {
+                let (a, b) = v.split_at_mut(n);
+                (KvMut::F16(a), KvMut::F16(b))
+            }
+        }
+    }
+
+    /// Writes `src` (D) at `at`.
+    fn store(&mut self, at: usize, src: &[f32]) {
+        match self {
+            KvMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
+            KvMut::F16(v) => {
+                for (o, &s) in v[at..at + src.len()].iter_mut().zip(src) {
                     *o = f16::from_f32(s);
+                }
+            }
+        }
+    }
+
+    fn view(&self, r: Range<usize>) -> KvRef<'_> {
+        match self {
+            KvMut::F32(v) => KvRef::F32(&v[r]),
+            KvMut::F16(v) => KvRef::F16(&v[r]),
+        }
+    }
+}
+
+/// Causal attention of one head: q (D) against keys kh (P, D) and values vh (P, D); `scores` (P)
+/// is scratch; writes out (D).
+fn attend_head(
+    k: &Kernels,
+    q: &[f32],
+    kh: KvRef<'_>,
+    vh: KvRef<'_>,
+    scores: &mut [f32],
+    out: &mut [f32],
+) {
+    let d = q.len();
+    let p = scores.len();
+    let scale = 1.0 / (d as f32).sqrt();
+    // Scores: K (P, D) · q, a matrix-vector product over the contiguous keys.
+    match kh {
+        KvRef::F32(v) => k.matvec_f32_rows(&v[..p * d], q, scores, 0),
+        KvRef::F16(v) => k.matvec_f16_rows(&v[..p * d], q, scores, 0),
+    }
+    scores.iter_mut().for_each(|s| *s *= scale);
+    k.softmax(scores);
+    match vh {
+        KvRef::F32(v) => k.weighted_rows(scores, &v[..p * d], out),
+        KvRef::F16(v) => k.weighted_rows_f16(scores, &v[..p * d], out),
+    }
+}
+
+// ---------------------------------------------------------------- threads
+
+/// A waiting thread spins this many times (with a pause hint) before it starts yielding its core
+/// between checks: a sublayer takes tens of microseconds, and on a shared host the thread being
+/// waited for may need the core.
+const SPINS_BEFORE_YIELD: u32 = 2000;
+
+/// Weight bytes per work chunk at most (chunks also stay under [`MAX_CHUNK_ROWS`] rows and
+/// aim at [`CHUNKS_PER_MATRIX`] per matrix, so two threads balance).
+const CHUNK_BYTES: usize = 1 << 20;
+/// Rows per chunk at most (the size of a worker's output scratch).
+const MAX_CHUNK_ROWS: usize = 8192;
+/// Chunks a matrix is cut into at least (when it has the rows).
+const CHUNKS_PER_MATRIX: usize = 8;
+/// Chunks start at multiples of this many rows (the kernels work on groups of 4 rows).
+const CHUNK_ALIGN: usize = 16;
+
+/// `state`'s epoch once the token is finished: workers return.
+const FINISHED: u32 = u32::MAX;
+
+/// The decode crew's shared state (see the module docs). `state` packs an epoch (high 32 bits)
+/// and the next unclaimed chunk (low 32 bits). An odd epoch means the leader is writing the next
+/// job; an even one that `job`, `input` and `chunks` describe the open job. Claims are a
+/// compare-and-swap on `state`, so a worker whose copy of the input raced with the leader's
+/// next write can never claim a chunk with it (a seqlock).
+#[derive(Debug)]
+struct Crew {
+    g: usize,
+    state: AtomicU64,
+    job: AtomicU32,
+    arg: AtomicU32, // the position, for attention jobs
+    chunks: AtomicU32,
+    done: AtomicU32,
+    /// Set when a worker unwinds: the leader then panics instead of waiting for its chunk.
+    poisoned: std::sync::atomic::AtomicBool,
+    input: Vec<AtomicU32>,  // (4C) f32 bits: the job's x
+    output: Vec<AtomicU32>, // (max(V, 4C)) f32 bits: the job's y
+}
+
+/// Which matrix a job multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    Qkv,
+    Proj,
+    Fc,
+    Fcp,
+    Head,
+    /// Attention: one chunk per head (not a matrix).
+    Attn,
+}
+
+impl Which {
+    const ALL: [Which; 6] = [
+        Which::Qkv,
+        Which::Proj,
+        Which::Fc,
+        Which::Fcp,
+        Which::Head,
+        Which::Attn,
+    ];
+
+    fn encode(self, layer: usize) -> u32 {
+        (layer as u32) << 3 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
+    }
+
+    fn decode(code: u32) -> (Which, usize) {
+        (Which::ALL[(code & 7) as usize % 6], (code >> 3) as usize)
+    }
+
+    fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
+        match self {
+            Which::Head => m.head().0,
+            w => {
+                let l = m.layer(layer);
+                match w {
+                    Which::Qkv | Which::Attn => l.qkv_w, // Attn has no matrix: never asked
+                    Which::Proj => l.proj_w,
+                    Which::Fc => l.fc_w,
+                    _ => l.fcp_w,
                 }
             }
         }
     }
 }
 
-/// Causal attention of one query q (C) at position `pos` over cached positions 0..=pos of layer
-/// `l`, all heads; `scores` (≥ pos + 1) is scratch; writes out (C).
-#[allow(clippy::too_many_arguments)]
-fn attend(
-    k: &Kernels,
-    q: &[f32],
-    kc: &KvCache,
-    vc: &KvCache,
-    l: usize,
-    pos: usize,
-    t: usize,
-    n_heads: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let c = q.len();
-    let d = c / n_heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    let base = l * t * c;
-    out.fill(0.0);
-    for h in 0..n_heads {
-        let qh = &q[h * d..(h + 1) * d];
-        let s = &mut scores[..pos + 1];
-        for (t2, sc) in s.iter_mut().enumerate() {
-            let at = base + t2 * c + h * d;
-            *sc = scale
-                * match kc {
-                    KvCache::F32(v) => k.dot_f32(qh, &v[at..at + d]),
-                    KvCache::F16(v) => k.dot_f32_f16(qh, &v[at..at + d]),
-                };
+fn pack(epoch: u32, next: u32) -> u64 {
+    u64::from(epoch) << 32 | u64::from(next)
+}
+
+fn unpack(s: u64) -> (u32, u32) {
+    ((s >> 32) as u32, s as u32)
+}
+
+/// Rows per chunk for a (rows, cols) matrix of `elem` bytes per weight.
+fn chunk_rows(rows: usize, cols: usize, elem_bytes: usize) -> usize {
+    let by_bytes = CHUNK_BYTES / (cols * elem_bytes).max(1);
+    let by_count = rows.div_ceil(CHUNKS_PER_MATRIX);
+    by_bytes
+        .min(by_count)
+        .min(MAX_CHUNK_ROWS)
+        .next_multiple_of(CHUNK_ALIGN)
+        .clamp(CHUNK_ALIGN, MAX_CHUNK_ROWS)
+}
+
+/// (rows, cols, bytes per weight) of a matrix.
+fn mat_shape(w: &Mat<'_>, cols: usize) -> (usize, usize) {
+    let (len, elem) = match *w {
+        Mat::F32(w) => (w.len(), 4),
+        Mat::F16(w) => (w.len(), 2),
+        Mat::Q8(w) => return (w.rows(), 1),
+    };
+    (len / cols.max(1), elem)
+}
+
+/// Waits (spinning, then yielding) until `ready()`.
+fn wait_until(mut ready: impl FnMut() -> bool) {
+    let mut spins = 0u32;
+    while !ready() {
+        if spins < SPINS_BEFORE_YIELD {
+            spins += 1;
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
         }
-        k.softmax(s);
-        let oh = &mut out[h * d..(h + 1) * d];
-        for (t2, &p) in s.iter().enumerate() {
-            let at = base + t2 * c + h * d;
-            match vc {
-                KvCache::F32(v) => k.axpy(p, &v[at..at + d], oh),
-                KvCache::F16(v) => k.axpy_f16(p, &v[at..at + d], oh),
+    }
+}
+
+impl Crew {
+    fn new(g: usize, in_len: usize, out_len: usize) -> Crew {
+        let buf = |n: usize| {
+            if g > 1 {
+                (0..n).map(|_| AtomicU32::new(0)).collect()
+            } else {
+                Vec::new()
             }
+        };
+        Crew {
+            g,
+            state: AtomicU64::new(pack(0, u32::MAX)),
+            job: AtomicU32::new(0),
+            arg: AtomicU32::new(0),
+            chunks: AtomicU32::new(0),
+            done: AtomicU32::new(0),
+            poisoned: std::sync::atomic::AtomicBool::new(false),
+            input: buf(in_len),
+            output: buf(out_len),
+        }
+    }
+
+    /// Claims and runs chunks of the open job of epoch `epoch` until none is left; `x` is the
+    /// job's input, `scratch` (≥ MAX_CHUNK_ROWS) holds one chunk's output.
+    #[allow(clippy::too_many_arguments)]
+    fn work(
+        &self,
+        k: &Kernels,
+        w: &Mat<'_>,
+        rows: usize,
+        step: usize,
+        n: u32,
+        x: Input<'_>,
+        epoch: u32,
+        scratch: &mut [f32],
+    ) {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            let (e, next) = unpack(s);
+            if e != epoch || next >= n {
+                return;
+            }
+            if self
+                .state
+                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let r0 = next as usize * step;
+            let r1 = (r0 + step).min(rows);
+            let y = &mut scratch[..r1 - r0];
+            mat_rows(k, w, x, y, r0);
+            for (a, v) in self.output[r0..r1].iter().zip(y.iter()) {
+                a.store(v.to_bits(), Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Leader: y (R) = W x (C) for the job `which` of `layer`, shared with the workers.
+    /// `epoch` is the leader's job counter for this token; `scratch` as in [`Crew::work`].
+    #[allow(clippy::too_many_arguments)]
+    fn matvec(
+        &self,
+        k: &Kernels,
+        m: &Model<'_>,
+        which: Which,
+        layer: usize,
+        x: &[f32],
+        y: &mut [f32],
+        epoch: &mut u32,
+        scratch: &mut Scratch<'_>,
+    ) {
+        let w = which.mat(m, layer);
+        let (rows, elem) = mat_shape(&w, x.len());
+        let step = chunk_rows(rows, x.len(), elem);
+        let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
+        if self.g <= 1 {
+            // The same chunks, so every row's sum is computed identically whatever the crew size.
+            for (i, yc) in y.chunks_mut(step).enumerate() {
+                mat_rows(k, &w, input, yc, i * step);
+            }
+            return;
+        }
+        let n = rows.div_ceil(step) as u32;
+        let open = self.open(epoch, which.encode(layer), 0, n, x);
+        self.work(k, &w, rows, step, n, input, open, scratch.out);
+        self.wait_done(n);
+        for (v, a) in y.iter_mut().zip(&self.output) {
+            *v = f32::from_bits(a.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Opens a job of `n` chunks on input `x`; returns its epoch.
+    fn open(&self, epoch: &mut u32, code: u32, arg: u32, n: u32, x: &[f32]) -> u32 {
+        // Close the previous job (claims fail from here), then describe the next one.
+        let writing = *epoch + 1;
+        let open = *epoch + 2;
+        *epoch = open;
+        self.state.store(pack(writing, 0), Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        self.job.store(code, Ordering::Relaxed);
+        self.arg.store(arg, Ordering::Relaxed);
+        self.chunks.store(n, Ordering::Relaxed);
+        self.done.store(0, Ordering::Relaxed);
+        for (a, v) in self.input.iter().zip(x) {
+            a.store(v.to_bits(), Ordering::Relaxed);
+        }
+        self.state.store(pack(open, 0), Ordering::Release);
+        open
+    }
+
+    /// Leader: attention of layer l at position pos for every head, q (C) → att (C), the heads
+    /// shared with the workers. The keys and values of pos must be in the caches. `scores` (≥ T)
+    /// and `tmp` (≥ D) are scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        k: &Kernels,
+        kvs: &KvShared<'_>,
+        l: usize,
+        pos: usize,
+        q: &[f32],
+        att: &mut [f32],
+        epoch: &mut u32,
+        scores: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        let (h, d) = (kvs.kv.heads, kvs.kv.d);
+        if self.g <= 1 {
+            let c = kvs.read();
+            for head in 0..h {
+                let (qh, out) = (&q[head * d..][..d], &mut att[head * d..][..d]);
+                kvs.attend(k, &c, l, head, pos, qh, scores, out);
+            }
+            return;
+        }
+        let open = self.open(epoch, Which::Attn.encode(l), pos as u32, h as u32, q);
+        self.work_attn(k, kvs, l, pos, h as u32, q, open, scores, tmp);
+        self.wait_done(h as u32);
+        for (v, a) in att.iter_mut().zip(&self.output) {
+            *v = f32::from_bits(a.load(Ordering::Relaxed));
+        }
+    }
+
+    /// Claims and runs heads of the open attention job of epoch `epoch` until none is left.
+    #[allow(clippy::too_many_arguments)]
+    fn work_attn(
+        &self,
+        k: &Kernels,
+        kvs: &KvShared<'_>,
+        l: usize,
+        pos: usize,
+        n: u32,
+        q: &[f32],
+        epoch: u32,
+        scores: &mut [f32],
+        tmp: &mut [f32],
+    ) {
+        let d = kvs.kv.d;
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            let (e, next) = unpack(s);
+            if e != epoch || next >= n {
+                return;
+            }
+            if self
+                .state
+                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+            {
+                continue;
+            }
+            let h = next as usize;
+            let out = &mut tmp[..d];
+            // Locked per claimed head and released before `done` counts it, so once the leader
+            // sees every head done no reader holds the lock, and its next write never waits.
+            kvs.attend(k, &kvs.read(), l, h, pos, &q[h * d..][..d], scores, out);
+            for (a, v) in self.output[h * d..(h + 1) * d].iter().zip(out.iter()) {
+                a.store(v.to_bits(), Ordering::Relaxed);
+            }
+            self.done.fetch_add(1, Ordering::Release);
+        }
+    }
+
+    /// Leader: waits until `n` chunks of the open job are done.
+    fn wait_done(&self, n: u32) {
+        wait_until(|| {
+            assert!(
+                !self.poisoned.load(Ordering::Relaxed),
+                "a decode crew worker panicked"
+            );
+            self.done.load(Ordering::Acquire) >= n
+        });
+    }
+
+    /// Before a token: no job open.
+    fn reset(&self) {
+        self.state.store(pack(0, u32::MAX), Ordering::Relaxed);
+    }
+
+    /// Ends the token: workers return.
+    fn finish(&self) {
+        if self.g > 1 {
+            self.state.store(pack(FINISHED, 0), Ordering::Release);
+        }
+    }
+
+    /// Worker: takes chunks of every job the leader opens until the token is finished. `x` (4C)
+    /// holds a copy of the input, `scratch` one chunk's output.
+    fn worker(
+        &self,
+        k: &Kernels,
+        m: &Model<'_>,
+        kvs: &KvShared<'_>,
+        x: &mut [f32],
+        scratch: &mut Scratch<'_>,
+    ) {
+        let mut seen = u32::MAX; // last epoch worked on
+        loop {
+            let mut s = 0;
+            wait_until(|| {
+                s = self.state.load(Ordering::Acquire);
+                let (e, next) = unpack(s);
+                e == FINISHED || (e % 2 == 0 && e != seen && next != u32::MAX)
+            });
+            let (epoch, _) = unpack(s);
+            if epoch == FINISHED {
+                return;
+            }
+            seen = epoch;
+            let (which, layer) = Which::decode(self.job.load(Ordering::Acquire));
+            let n = self.chunks.load(Ordering::Acquire);
+            if which != Which::Head && layer >= m.config().n_layers || n == 0 {
+                continue; // a torn read: the job changed under us, no claim will succeed
+            }
+            if which == Which::Attn {
+                let pos = self.arg.load(Ordering::Acquire) as usize;
+                let c = m.config().dim;
+                let q = &mut x[..c];
+                for (v, a) in q.iter_mut().zip(&self.input) {
+                    *v = f32::from_bits(a.load(Ordering::Relaxed));
+                }
+                std::sync::atomic::fence(Ordering::Acquire);
+                if pos >= kvs.kv.t || n as usize != kvs.kv.heads {
+                    continue; // torn read, as above
+                }
+                self.work_attn(k, kvs, layer, pos, n, q, epoch, scratch.out, scratch.tmp);
+                continue;
+            }
+            let w = which.mat(m, layer);
+            let cols = match which {
+                Which::Fcp => 4 * m.config().dim,
+                _ => m.config().dim,
+            };
+            let x = &mut x[..cols];
+            for (v, a) in x.iter_mut().zip(&self.input) {
+                *v = f32::from_bits(a.load(Ordering::Relaxed));
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
+            let (rows, elem) = mat_shape(&w, cols);
+            let step = chunk_rows(rows, cols, elem);
+            if rows.div_ceil(step) as u32 != n {
+                continue; // torn read, as above
+            }
+            let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
+            self.work(k, &w, rows, step, n, input, epoch, scratch.out);
+        }
+    }
+}
+
+/// A crew member's scratch: one chunk's output rows (≥ MAX_CHUNK_ROWS) and a quantized input.
+struct Scratch<'s> {
+    out: &'s mut [f32],
+    xq: &'s mut [i8],
+    xd: &'s mut [f32],
+    tmp: &'s mut [f32], // (C) one head's attention output (workers)
+}
+
+/// Marks the crew poisoned if its worker unwinds.
+struct PoisonOnPanic<'c>(&'c Crew);
+
+impl Drop for PoisonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.poisoned.store(true, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Finishes the token when dropped, even if the leader unwinds (workers would wait forever).
+struct FinishOnDrop<'c>(&'c Crew);
+
+impl Drop for FinishOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// Runs `a` and `b`, in parallel when the runtime has threads.
+fn fork(a: impl FnOnce() + Send, b: impl FnOnce() + Send) {
+    #[cfg(feature = "parallel")]
+    rayon::join(a, b);
+    #[cfg(not(feature = "parallel"))]
+    {
+        a();
+        b();
+    }
+}
+
+/// Starts workers g.. of the crew (each on its own lane), forked onto other rayon workers.
+fn run_workers(
+    crew: &Crew,
+    k: &Kernels,
+    m: &Model<'_>,
+    kvs: &KvShared<'_>,
+    g: usize,
+    lanes: &mut [Buffers],
+) {
+    let Some((lane, rest)) = lanes.split_first_mut() else {
+        return;
+    };
+    let mut work = || {
+        let _poison = PoisonOnPanic(crew);
+        let mut scratch = Scratch {
+            out: &mut lane.scores,
+            xq: &mut lane.xq,
+            xd: &mut lane.xd,
+            tmp: &mut lane.att,
+        };
+        crew.worker(k, m, kvs, &mut lane.ff, &mut scratch)
+    };
+    if rest.is_empty() || g + 1 >= crew.g {
+        work();
+    } else {
+        fork(work, || run_workers(crew, k, m, kvs, g + 1, rest));
+    }
+}
+
+/// A product's input: x (C) and, for Q8 weights when the kernels quantize activations, x
+/// quantized (xq (C), xd (NB)).
+#[derive(Clone, Copy)]
+struct Input<'s> {
+    x: &'s [f32],
+    q: Option<(&'s [i8], &'s [f32])>,
+}
+
+impl<'s> Input<'s> {
+    /// Quantizes x into `xq`, `xd` when `w` is Q8 and the kernels quantize activations.
+    fn new(k: &Kernels, w: &Mat<'_>, x: &'s [f32], xq: &'s mut [i8], xd: &'s mut [f32]) -> Self {
+        let q = match w {
+            Mat::Q8(_) if k.q8_activations() => {
+                let (xq, xd) = (&mut xq[..x.len()], &mut xd[..x.len().div_ceil(Q8_BLOCK)]);
+                k.quantize_q8(x, xq, xd);
+                Some((&*xq, &*xd))
+            }
+            _ => None,
+        };
+        Input { x, q }
+    }
+}
+
+/// y = rows `row_start .. row_start + y.len()` of W · x, on the calling thread.
+fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: usize) {
+    match (*w, x.q) {
+        (Mat::F32(w), _) => k.matvec_f32_rows(w, x.x, y, row_start),
+        (Mat::F16(w), _) => k.matvec_f16_rows(w, x.x, y, row_start),
+        (Mat::Q8(w), Some((xq, xd))) => k.matvec_q8q8_rows(w, xq, xd, y, row_start),
+        (Mat::Q8(w), None) => k.matvec_q8_rows(w, x.x, y, row_start),
+    }
+}
+
+/// The leader's share of one decode token: everything but the matrix-vector products, which it
+/// shares with the workers through `crew`.
+#[allow(clippy::too_many_arguments)]
+fn lead_token(
+    crew: &Crew,
+    k: &Kernels,
+    m: &Model<'_>,
+    kvs: &KvShared<'_>,
+    b: &mut Buffers,
+    logits: &mut [f32],
+    token: u32,
+    pos: usize,
+) {
+    let cfg = *m.config();
+    let (c, d) = (cfg.dim, kvs.kv.d);
+    let mut epoch = 0;
+    embed(m, token, pos, &mut b.x, &mut b.xn);
+    // A fresh scratch borrow of the lane for each product.
+    macro_rules! scratch {
+        () => {
+            &mut Scratch {
+                out: &mut b.scores,
+                xq: &mut b.xq,
+                xd: &mut b.xd,
+                tmp: &mut [],
+            }
+        };
+    }
+    for l in 0..cfg.n_layers {
+        let w = m.layer(l);
+        k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
+        crew.matvec(
+            k,
+            m,
+            Which::Qkv,
+            l,
+            &b.xn,
+            &mut b.qkv,
+            &mut epoch,
+            scratch!(),
+        );
+        if let Some(bias) = w.qkv_b {
+            k.add(&mut b.qkv, bias);
+        }
+        {
+            let mut caches = kvs.write();
+            let caches = &mut *caches;
+            let (mut kc, mut vc) = (KvMut::of(&mut caches.k), KvMut::of(&mut caches.v));
+            for h in 0..cfg.n_heads {
+                let at = kvs.kv.global(l, h, pos);
+                kc.store(at, &b.qkv[c + h * d..][..d]);
+                vc.store(at, &b.qkv[2 * c + h * d..][..d]);
+            }
+        }
+        crew.attend(
+            k,
+            kvs,
+            l,
+            pos,
+            &b.qkv[..c],
+            &mut b.att,
+            &mut epoch,
+            &mut b.scores,
+            &mut b.out,
+        );
+        crew.matvec(
+            k,
+            m,
+            Which::Proj,
+            l,
+            &b.att,
+            &mut b.out,
+            &mut epoch,
+            scratch!(),
+        );
+        k.add(&mut b.out, w.proj_b);
+        k.add(&mut b.x, &b.out);
+        k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
+        crew.matvec(k, m, Which::Fc, l, &b.xn, &mut b.ff, &mut epoch, scratch!());
+        k.add(&mut b.ff, w.fc_b);
+        k.gelu_tanh(&mut b.ff);
+        crew.matvec(
+            k,
+            m,
+            Which::Fcp,
+            l,
+            &b.ff,
+            &mut b.out,
+            &mut epoch,
+            scratch!(),
+        );
+        k.add(&mut b.out, w.fcp_b);
+        k.add(&mut b.x, &b.out);
+    }
+    let (scale, shift) = m.final_norm();
+    k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
+    crew.matvec(k, m, Which::Head, 0, &b.xn, logits, &mut epoch, scratch!());
+    if let Some(bias) = m.head().1 {
+        k.add(logits, bias);
+    }
+}
+
+/// One prefill chunk's attention inputs for layer l: qkv (N, 3C) of tokens at pos0 ...
+struct ChunkAttn<'s> {
+    k: Kernels,
+    kv: &'s KvLayout,
+    l: usize,
+    pos0: usize,
+    n: usize,
+    qkv: &'s [f32],
+}
+
+/// Prefill attention for head groups g..: stores the chunk's keys and values into each group's
+/// cache region, then attends every token of the chunk; writes att_t (H, N, D) (group g's heads
+/// are one contiguous part). Groups run in parallel (rayon), each on its own lane's scores.
+fn attend_groups(
+    ctx: &ChunkAttn<'_>,
+    g: usize,
+    lanes: &mut [Buffers],
+    kc: KvMut<'_>,
+    vc: KvMut<'_>,
+    att_t: &mut [f32],
+) {
+    let Some((lane, rest)) = lanes.split_first_mut() else {
+        return;
+    };
+    let region = ctx.kv.region(g).len();
+    let (my_k, rest_k) = kc.split_at(region);
+    let (my_v, rest_v) = vc.split_at(region);
+    let (my_att, rest_att) = att_t.split_at_mut(ctx.kv.heads(g).len() * ctx.n * ctx.kv.d);
+    if rest.is_empty() || g + 1 >= ctx.kv.groups {
+        attend_group(ctx, g, &mut lane.scores, my_k, my_v, my_att);
+    } else {
+        fork(
+            || attend_group(ctx, g, &mut lane.scores, my_k, my_v, my_att),
+            || attend_groups(ctx, g + 1, rest, rest_k, rest_v, rest_att),
+        );
+    }
+}
+
+/// One head group's share of [`attend_groups`]; att (Hg, N, D).
+fn attend_group(
+    ctx: &ChunkAttn<'_>,
+    g: usize,
+    scores: &mut [f32],
+    mut kc: KvMut<'_>,
+    mut vc: KvMut<'_>,
+    att: &mut [f32],
+) {
+    let (d, n, l, pos0) = (ctx.kv.d, ctx.n, ctx.l, ctx.pos0);
+    let c = ctx.qkv.len() / n / 3;
+    let heads = ctx.kv.heads(g);
+    for (hl, h) in heads.enumerate() {
+        for i in 0..n {
+            let qkv = &ctx.qkv[i * 3 * c..(i + 1) * 3 * c];
+            let at = ctx.kv.local(g, l, h, pos0 + i);
+            kc.store(at, &qkv[c + h * d..][..d]);
+            vc.store(at, &qkv[2 * c + h * d..][..d]);
+        }
+        let base = ctx.kv.local(g, l, h, 0);
+        for i in 0..n {
+            let p = pos0 + i + 1;
+            let span = base..base + p * d;
+            attend_head(
+                &ctx.k,
+                &ctx.qkv[i * 3 * c + h * d..][..d],
+                kc.view(span.clone()),
+                vc.view(span),
+                &mut scores[..p],
+                &mut att[(hl * n + i) * d..][..d],
+            );
         }
     }
 }

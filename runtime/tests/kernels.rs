@@ -238,6 +238,93 @@ fn matvec_q8_matches_reference_and_f64() {
 }
 
 #[test]
+fn quantize_q8_rounds_within_half_a_step() {
+    let mut rng = Rng(31);
+    let k = Kernels::detect();
+    for c in [1, 5, 31, 32, 33, 64, 100, 768, 3072] {
+        let mut x = rng.vec(c, 3.0);
+        if c >= 64 {
+            x[32..64].fill(0.0); // an all-zero block
+        }
+        let mut q = vec![0i8; c];
+        let mut d = vec![0f32; c.div_ceil(Q8_BLOCK)];
+        k.quantize_q8(&x, &mut q, &mut d);
+        for (b, xb) in x.chunks(Q8_BLOCK).enumerate() {
+            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+            assert_eq!(d[b], amax / 127.0, "c={c} block {b}");
+            for (j, &v) in xb.iter().enumerate() {
+                let qv = q[b * Q8_BLOCK + j];
+                assert!((-127..=127).contains(&qv));
+                let err = (f64::from(v) - f64::from(qv) * f64::from(d[b])).abs();
+                assert!(err <= 0.5001 * f64::from(d[b]), "c={c} [{b},{j}] {v} {qv}");
+            }
+        }
+    }
+}
+
+#[test]
+fn matvec_q8q8_matches_reference_and_exact_integer_sums() {
+    let mut rng = Rng(41);
+    let k = Kernels::detect();
+    for (r, c) in shapes() {
+        let (q, d) = rng.q8(r, c);
+        let w = Q8Matrix::new(&q, &d, r, c).unwrap();
+        let x = rng.vec(c, 2.0);
+        let mut xq = vec![0i8; c];
+        let mut xd = vec![0f32; c.div_ceil(Q8_BLOCK)];
+        k.quantize_q8(&x, &mut xq, &mut xd);
+        for row_start in [0, r / 3] {
+            let n = r - row_start;
+            let mut got = vec![0f32; n];
+            k.matvec_q8q8_rows(w, &xq, &xd, &mut got, row_start);
+            let mut want = vec![0f32; n];
+            reference::matvec_q8q8_rows(w, &xq, &xd, &mut want, row_start);
+            for i in 0..n {
+                // Independent: exact integer block sums, scales in f64.
+                let rr = row_start + i;
+                let (mut exact, mut mag) = (0f64, 0f64);
+                for b in 0..c.div_ceil(Q8_BLOCK) {
+                    let s: i64 = (b * Q8_BLOCK..((b + 1) * Q8_BLOCK).min(c))
+                        .map(|j| i64::from(q[rr * c + j]) * i64::from(xq[j]))
+                        .sum();
+                    let sc =
+                        f64::from(d[rr * c.div_ceil(Q8_BLOCK) + b].to_f32()) * f64::from(xd[b]);
+                    exact += sc * s as f64;
+                    mag += (sc * s as f64).abs();
+                }
+                let bound = MATVEC_REL_TOL * mag + 1e-30;
+                for (what, v) in [("fast", got[i]), ("reference", want[i])] {
+                    assert!(
+                        (f64::from(v) - exact).abs() <= bound,
+                        "{r}x{c} row {rr} {what}: {v} vs {exact}"
+                    );
+                }
+            }
+        }
+        // Against the f32-activation product: only the activations' rounding differs.
+        let mut f = vec![0f32; r];
+        k.matvec_q8_rows(w, &x, &mut f, 0);
+        let mut g = vec![0f32; r];
+        k.matvec_q8q8_rows(w, &xq, &xd, &mut g, 0);
+        let deq = dequant(&q, &d, c);
+        for i in 0..r {
+            // |Σ w (x - x̂)| ≤ Σ |w| · xd/2 over each block.
+            let bound: f64 = (0..c)
+                .map(|j| f64::from(deq[i * c + j]).abs() * f64::from(xd[j / Q8_BLOCK]) * 0.5)
+                .sum::<f64>()
+                * 1.001
+                + 1e-6;
+            assert!(
+                (f64::from(f[i]) - f64::from(g[i])).abs() <= bound,
+                "{r}x{c} row {i}: {} vs {}",
+                f[i],
+                g[i]
+            );
+        }
+    }
+}
+
+#[test]
 fn gpt2_head_shape_all_dtypes() {
     // The 768 x 50257 output layer: the threaded path with uneven chunks.
     let (r, c) = (50257, 768);
@@ -506,6 +593,84 @@ fn dot_and_axpy_match_reference_and_f64() {
 }
 
 #[test]
+fn f16_to_f32_is_exact() {
+    let mut rng = Rng(77);
+    let k = Kernels::detect();
+    for n in lengths() {
+        let mut x = rng.vec_f16(n);
+        if n > 3 {
+            // Specials and subnormals convert exactly too.
+            x[0] = f16::INFINITY;
+            x[1] = f16::NEG_INFINITY;
+            x[2] = f16::from_bits(1); // smallest subnormal
+            x[3] = f16::from_bits(0x8000); // -0
+        }
+        let mut got = vec![0f32; n];
+        k.f16_to_f32(&x, &mut got);
+        let mut want = vec![0f32; n];
+        reference::f16_to_f32(&x, &mut want);
+        for i in 0..n {
+            // Independent: f16 bits → f64 by the formula.
+            let b = x[i].to_bits();
+            let (sign, exp, man) = ((b >> 15) as i32, ((b >> 10) & 31) as i32, (b & 1023) as f64);
+            let mag = match exp {
+                0 => man * 2f64.powi(-24),
+                31 => f64::INFINITY,
+                e => (1.0 + man / 1024.0) * 2f64.powi(e - 15),
+            };
+            let exact = if sign == 1 { -mag } else { mag };
+            assert_eq!(got[i].to_bits(), want[i].to_bits(), "n={n} i={i}");
+            assert_eq!(f64::from(want[i]), exact, "n={n} i={i}");
+        }
+    }
+}
+
+#[test]
+fn weighted_rows_match_reference_and_f64() {
+    let mut rng = Rng(55);
+    let k = Kernels::detect();
+    for (p, l) in [
+        (1, 1),
+        (3, 7),
+        (5, 8),
+        (17, 64),
+        (40, 65),
+        (9, 130),
+        (300, 64),
+        (2, 200),
+    ] {
+        let w = rng.vec(p, 1.0);
+        let v = rng.vec(p * l, 2.0);
+        let vh = rng.vec_f16(p * l);
+        let mut got = vec![f32::NAN; l]; // the kernels overwrite, never accumulate into, out
+        let mut want = vec![0f32; l];
+        k.weighted_rows(&w, &v, &mut got);
+        reference::weighted_rows(&w, &v, &mut want);
+        let mut got_h = vec![f32::NAN; l];
+        let mut want_h = vec![0f32; l];
+        k.weighted_rows_f16(&w, &vh, &mut got_h);
+        reference::weighted_rows_f16(&w, &vh, &mut want_h);
+        let vhf = f16s(&vh);
+        for j in 0..l {
+            for (vals, g, r) in [(&v, got[j], want[j]), (&vhf, got_h[j], want_h[j])] {
+                let exact: f64 = (0..p)
+                    .map(|t| f64::from(w[t]) * f64::from(vals[t * l + j]))
+                    .sum();
+                let mag: f64 = (0..p)
+                    .map(|t| (f64::from(w[t]) * f64::from(vals[t * l + j])).abs())
+                    .sum();
+                for (what, x) in [("fast", g), ("reference", r)] {
+                    assert!(
+                        (f64::from(x) - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
+                        "p={p} l={l} [{j}] {what}: {x} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
 fn add_matches_reference_exactly() {
     let mut rng = Rng(10);
     for_each_fast(|k| {
@@ -714,6 +879,16 @@ fn read_bandwidth_reports_a_positive_rate() {
     for threads in [1, 2] {
         let gbs = bandwidth::read_bandwidth(8 << 20, threads);
         assert!(gbs.is_finite() && gbs > 0.0, "{gbs}");
+        // A whole pass includes its slowest chunk: never faster than the best chunk.
+        let s = bandwidth::read_bandwidth_stats(8 << 20, threads);
+        assert!(
+            s.median_pass_gb_s > 0.0 && s.median_pass_gb_s <= s.best_chunk_gb_s,
+            "{s:?}"
+        );
     }
     assert_eq!(bandwidth::read_bandwidth(3, 1), 0.0);
+    assert_eq!(
+        bandwidth::read_bandwidth_stats(3, 1),
+        bandwidth::Bandwidth::default()
+    );
 }

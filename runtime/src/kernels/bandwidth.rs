@@ -19,28 +19,58 @@ const CHUNK_BYTES: usize = 64 << 20;
 /// 1 GiB) with `threads` threads (1 without the `parallel` feature), each summing one contiguous
 /// share of every chunk with [`Kernels::detect`]'s summing loop, and returns the best rate seen over
 /// 64 MiB chunks in [`PASSES`] passes, in GB/s (1e9 bytes/s). Returns 0.0 when `bytes < 4`.
-/// Allocates the buffer (and a thread pool): not for a hot path.
+/// Allocates the buffer (and a thread pool): not for a hot path. The best chunk is an optimistic
+/// figure (a quiet moment, a boosted clock); [`read_bandwidth_stats`] also gives the median rate of
+/// whole passes.
 pub fn read_bandwidth(bytes: usize, threads: usize) -> f64 {
+    read_bandwidth_stats(bytes, threads).best_chunk_gb_s
+}
+
+/// Two summaries of one probe run (see [`read_bandwidth_stats`]), in GB/s (1e9 bytes/s).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Bandwidth {
+    /// The best rate over any 64 MiB chunk of any pass (what [`read_bandwidth`] returns).
+    pub best_chunk_gb_s: f64,
+    /// The median over the passes (5) of each whole pass's rate: a sustained figure,
+    /// comparable with a plain summing loop over the whole buffer.
+    pub median_pass_gb_s: f64,
+}
+
+/// The probe of [`read_bandwidth`], reporting the best chunk and the median whole pass.
+/// Both are 0.0 when `bytes < 4`.
+pub fn read_bandwidth_stats(bytes: usize, threads: usize) -> Bandwidth {
     let len = bytes / 4;
     if len == 0 {
-        return 0.0;
+        return Bandwidth::default();
     }
     // Distinct non-zero values, so every page is really backed (and faulted in here, untimed).
     let buf: Vec<f32> = (0..len).map(|i| (i % 251) as f32).collect();
     let k = Kernels::detect();
     let summer = Summer::new(k, threads);
     let mut best = 0f64;
-    for _ in 0..PASSES {
+    let mut passes = [0f64; PASSES];
+    for pass in passes.iter_mut() {
+        let mut total = 0f64;
         for chunk in buf.chunks(CHUNK_BYTES / 4) {
             let t = Instant::now();
             black_box(summer.sum(black_box(chunk)));
             let secs = t.elapsed().as_secs_f64();
+            total += secs;
             if secs > 0.0 {
                 best = best.max((chunk.len() * 4) as f64 / secs);
             }
         }
+        *pass = if total > 0.0 {
+            (len * 4) as f64 / total
+        } else {
+            0.0
+        };
     }
-    best / 1e9
+    passes.sort_by(f64::total_cmp);
+    Bandwidth {
+        best_chunk_gb_s: best / 1e9,
+        median_pass_gb_s: passes[PASSES / 2] / 1e9,
+    }
 }
 
 /// Sums a slice on one thread or split over a dedicated pool.

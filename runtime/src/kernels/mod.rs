@@ -20,10 +20,14 @@
 //!   on the calling thread only.
 //! - Accuracy: a fast kernel computes the same sum as its twin in [`reference`], in another f32
 //!   order (8 lanes, several accumulators), so the two differ by f32 rounding only: the tests
-//!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). Q8 weights are
-//!   dequantized on the fly (`q · d` is exact in f32) and activations are never quantized, so Q8
-//!   outputs carry only the weights' own quantization error (at most `d/2` per weight). `gelu_tanh`
-//!   and `softmax` use a polynomial `exp` (relative error about 2e-7).
+//!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). In
+//!   [`Kernels::matvec_q8`], [`Kernels::matvec_q8_rows`] and [`Kernels::matmul_q8`] Q8 weights are
+//!   dequantized on the fly (`q · d` is exact in f32) and activations stay f32, so outputs carry
+//!   only the weights' own quantization error (at most `d/2` per weight).
+//!   [`Kernels::matvec_q8q8_rows`] (the session's int8 decode, where [`Kernels::q8_activations`])
+//!   also takes activations quantized to int8 blocks of 32 ([`Kernels::quantize_q8`], at most
+//!   `xd/2` per element); its block sums are exact integers. `gelu_tanh` and `softmax` use a
+//!   polynomial `exp` (relative error about 2e-7).
 //! - Determinism: for fixed inputs every kernel returns the same bits on every call, whatever the
 //!   thread count (each output is computed by one task in a fixed order). `matmul_q8` rows do not
 //!   depend on how tokens are split either, except that below `4 · threads` tokens it switches to
@@ -356,6 +360,66 @@ impl Kernels {
         }
     }
 
+    /// True when [`Kernels::matvec_q8q8_rows`] has a fast path here (x86-64 AVX2) or these are
+    /// the reference kernels; the session then quantizes decode activations for Q8 weights. On
+    /// aarch64 NEON, Q8 decode keeps f32 activations ([`Kernels::matvec_q8_rows`]).
+    pub fn q8_activations(&self) -> bool {
+        match self.isa {
+            Isa::Reference => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) => true,
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(_) => false,
+        }
+    }
+
+    /// Quantizes x (C) to int8 blocks of 32 for [`Kernels::matvec_q8q8_rows`]: q (C) and one f32
+    /// scale per block in d (NB); see [`reference::quantize_q8`] (the only implementation: it runs
+    /// once per product, not per row).
+    ///
+    /// # Panics
+    /// If `q.len() != C` or `d.len() != NB`.
+    pub fn quantize_q8(&self, x: &[f32], q: &mut [i8], d: &mut [f32]) {
+        reference::quantize_q8(x, q, d)
+    }
+
+    /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by
+    /// [`Kernels::quantize_q8`] into xq (C) and xd (NB): each block's dot product is an exact
+    /// integer sum (x86-64: `maddubs` / `madd`), scaled by the weight and activation scales; on
+    /// the calling thread. Adds the activations' quantization error (≤ xd/2 per element) to the
+    /// weights' own. Without a fast path (aarch64) this is the reference twin.
+    ///
+    /// # Panics
+    /// If `xq.len() != C`, `xd.len() != NB` or `row_start + y.len() > R`.
+    pub fn matvec_q8q8_rows(
+        &self,
+        w: Q8Matrix<'_>,
+        xq: &[i8],
+        xd: &[f32],
+        y: &mut [f32],
+        row_start: usize,
+    ) {
+        assert_eq!(xq.len(), w.cols(), "matvec_q8q8_rows: xq length must be C");
+        assert_eq!(
+            xd.len(),
+            w.blocks_per_row(),
+            "matvec_q8q8_rows: xd length must be NB"
+        );
+        assert!(
+            row_start
+                .checked_add(y.len())
+                .is_some_and(|end| end <= w.rows()),
+            "matvec_q8q8_rows: rows {row_start}..+{} exceed R = {}",
+            y.len(),
+            w.rows()
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::matvec_q8q8_rows(t, w, xq, xd, y, row_start),
+            _ => reference::matvec_q8q8_rows(w, xq, xd, y, row_start),
+        }
+    }
+
     // ---------------------------------------------------------------- prefill
 
     /// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8, N = x.len() / C. Weights are dequantized
@@ -460,6 +524,51 @@ impl Kernels {
         }
     }
 
+    /// out (L) = `Σ_t p[t] · v[t, :]` for v (P, L) row-major, p (P): attention's weighted sum of
+    /// values in one call (x86-64 keeps `out` in registers; other ISAs loop over [`Kernels::axpy`]).
+    ///
+    /// # Panics
+    /// If `v.len() != p.len() * out.len()`.
+    pub fn weighted_rows(&self, p: &[f32], v: &[f32], out: &mut [f32]) {
+        assert_eq!(
+            v.len(),
+            p.len() * out.len(),
+            "weighted_rows: v must be (P, L)"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::weighted_rows(t, p, v, out),
+            _ => {
+                out.fill(0.0);
+                for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+                    self.axpy(*pt, vr, out);
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::weighted_rows`] with v in f16.
+    ///
+    /// # Panics
+    /// If `v.len() != p.len() * out.len()`.
+    pub fn weighted_rows_f16(&self, p: &[f32], v: &[f16], out: &mut [f32]) {
+        assert_eq!(
+            v.len(),
+            p.len() * out.len(),
+            "weighted_rows_f16: v must be (P, L)"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::weighted_rows_f16(t, p, v, out),
+            _ => {
+                out.fill(0.0);
+                for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+                    self.axpy_f16(*pt, vr, out);
+                }
+            }
+        }
+    }
+
     /// out (L) = (x - mean) / sqrt(var + eps) · scale + shift over the L elements of `x`, with the
     /// biased variance (GPT-2 / the book: eps = 1e-5).
     ///
@@ -515,6 +624,20 @@ impl Kernels {
             Isa::Avx2(t) => x86_64::add(t, x, y),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon(t) => aarch64::add(t, x, y),
+        }
+    }
+
+    /// out (L) = x (L) converted from f16 (exact: every f16 is an f32), e.g. a tile of f16
+    /// weights for the f32 prefill gemm. aarch64 uses the reference twin.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn f16_to_f32(&self, x: &[f16], out: &mut [f32]) {
+        assert_eq!(x.len(), out.len(), "f16_to_f32: lengths differ");
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::f16_to_f32_slice(t, x, out),
+            _ => reference::f16_to_f32(x, out),
         }
     }
 

@@ -31,6 +31,13 @@ pub fn matvec_f16_rows(w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
     }
 }
 
+/// out (L) = x (L) converted exactly from f16.
+pub fn f16_to_f32(x: &[f16], out: &mut [f32]) {
+    for (o, h) in out.iter_mut().zip(x) {
+        *o = h.to_f32();
+    }
+}
+
 /// Q8 twin of [`matvec_f32_rows`]: `y[r] = Σ_b d[r,b] · Σ_{c in block b} q[r,c] · x[c]`, in f32,
 /// with the activations `x` used exactly (not quantized).
 pub fn matvec_q8_rows(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usize) {
@@ -51,6 +58,71 @@ fn dot_q8_row(w: Q8Matrix<'_>, r: usize, x: &[f32]) -> f32 {
         acc += s * db.to_f32();
     }
     acc
+}
+
+/// out (L) = `Σ_t p[t] · v[t, :]` for v (P, L) row-major and p (P): attention's weighted sum of
+/// values, accumulated row after row in f32.
+pub fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
+    out.fill(0.0);
+    for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+        axpy(*pt, vr, out);
+    }
+}
+
+/// [`weighted_rows`] with v in f16 (an f16 KV cache).
+pub fn weighted_rows_f16(p: &[f32], v: &[f16], out: &mut [f32]) {
+    out.fill(0.0);
+    for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
+        axpy_f16(*pt, vr, out);
+    }
+}
+
+/// Activation quantization for the Q8×Q8 decode: for each block of 32 elements of x (C) (the
+/// last may be short), `d[b] = max|x| / 127` and `q = round(x / d)` (half away from zero, within
+/// ±127); a block of zeros gets d = 0 and q = 0. So |x - q·d| ≤ d/2 per element.
+///
+/// # Panics
+/// If `q.len() != x.len()` or `d.len() != ceil(C / 32)`.
+pub fn quantize_q8(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    assert_eq!(q.len(), x.len(), "quantize_q8: q length must be C");
+    assert_eq!(
+        d.len(),
+        x.len().div_ceil(Q8_BLOCK),
+        "quantize_q8: d length must be ceil(C / 32)"
+    );
+    for ((xb, qb), db) in x.chunks(Q8_BLOCK).zip(q.chunks_mut(Q8_BLOCK)).zip(d) {
+        let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+        *db = amax / 127.0;
+        let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
+        for (q, &x) in qb.iter_mut().zip(xb) {
+            let r = x * inv;
+            // Round half away from zero by truncating |r| + 0.5; `as` saturates.
+            let v = ((r.abs() + 0.5) as i32).min(127) as i8;
+            *q = if r < 0.0 { -v } else { v };
+        }
+    }
+}
+
+/// Q8×Q8 twin of [`matvec_q8_rows`] for activations quantized by [`quantize_q8`] (xq (C), xd
+/// (NB)): `y[r] = Σ_b (d[r,b] · xd[b]) · Σ_{c in block b} q[r,c] · xq[c]`, each block's sum in
+/// exact integers, the blocks accumulated in f32 in order.
+pub fn matvec_q8q8_rows(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    for (i, out) in y.iter_mut().enumerate() {
+        let r = row_start + i;
+        let q = &w.quants()[r * c..(r + 1) * c];
+        let d = &w.scales()[r * nb..(r + 1) * nb];
+        let mut acc = 0f32;
+        for (((qb, xb), db), xdb) in q.chunks(Q8_BLOCK).zip(xq.chunks(Q8_BLOCK)).zip(d).zip(xd) {
+            let s: i32 = qb
+                .iter()
+                .zip(xb)
+                .map(|(&a, &b)| i32::from(a) * i32::from(b))
+                .sum();
+            acc += (db.to_f32() * xdb) * s as f32;
+        }
+        *out = acc;
+    }
 }
 
 /// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8; row n of Y equals [`matvec_q8_rows`] of row n

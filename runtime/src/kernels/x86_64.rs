@@ -304,6 +304,92 @@ fn matvec_q8_rows_avx2(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usi
     }
 }
 
+pub(super) fn matvec_q8q8_rows(
+    _t: Avx2,
+    w: Q8Matrix<'_>,
+    xq: &[i8],
+    xd: &[f32],
+    y: &mut [f32],
+    row_start: usize,
+) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { matvec_q8q8_rows_avx2(w, xq, xd, y, row_start) }
+}
+
+/// 8 i32 lanes summing to Σ w·x over one full block: w (32 i8 at `w`), x (32 i8 in `xv`).
+/// `maddubs` multiplies unsigned by signed bytes, so it gets |w| and x·sign(w) (|w| ≤ 128 and
+/// |x| ≤ 127: each i16 pair sum is at most 32512, no saturation); `madd` with ones widens to i32.
+///
+/// # Safety
+/// `w` must be valid for reading 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn block_dot_q8(w: *const i8, xv: __m256i) -> __m256 {
+    // SAFETY: the caller guarantees 32 readable bytes at `w`; loadu has no alignment requirement.
+    let wv = unsafe { _mm256_loadu_si256(w.cast()) };
+    let aw = _mm256_sign_epi8(wv, wv);
+    let sx = _mm256_sign_epi8(xv, wv);
+    let p16 = _mm256_maddubs_epi16(aw, sx);
+    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn matvec_q8q8_rows_avx2(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    let full = c / Q8_BLOCK;
+    let n = y.len();
+    let q = n / 4;
+    let tail = |row: &[i8], d: &[f16]| -> f32 {
+        if full < nb {
+            let j0 = full * Q8_BLOCK;
+            let s: i32 = (j0..c).map(|j| i32::from(row[j]) * i32::from(xq[j])).sum();
+            (f16_to_f32(d[full]) * xd[full]) * s as f32
+        } else {
+            0.0
+        }
+    };
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see the f32 kernel).
+    let qq = &w.quants()[row_start * c..(row_start + n) * c];
+    let dq = &w.scales()[row_start * nb..(row_start + n) * nb];
+    let xs = &xq[..full * Q8_BLOCK];
+    for i in 0..q {
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for b in 0..full {
+            let j = b * Q8_BLOCK;
+            // SAFETY: j + 32 <= full * 32 = xs.len().
+            let xv = unsafe { _mm256_loadu_si256(xs.as_ptr().add(j).cast()) };
+            for (k, a) in acc.iter_mut().enumerate() {
+                let row = k * q + i;
+                // SAFETY: block b is full, so qq[row*c + j .. row*c + j + 32] is inside the row.
+                let s = unsafe { block_dot_q8(qq.as_ptr().add(row * c + j), xv) };
+                let scale = f16_to_f32(dq[row * nb + b]) * xd[b];
+                *a = _mm256_fmadd_ps(s, _mm256_set1_ps(scale), *a);
+            }
+        }
+        let s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
+        for (k, s) in s.into_iter().enumerate() {
+            let row = k * q + i;
+            y[row] = s + tail(&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
+        }
+    }
+    for row in 4 * q..n {
+        let (wr, dr) = (&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
+        let mut acc = _mm256_setzero_ps();
+        for b in 0..full {
+            let j = b * Q8_BLOCK;
+            // SAFETY: j + 32 <= full * 32 = xs.len() and block b of the row is full.
+            let s = unsafe {
+                block_dot_q8(
+                    wr.as_ptr().add(j),
+                    _mm256_loadu_si256(xs.as_ptr().add(j).cast()),
+                )
+            };
+            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(dr[b]) * xd[b]), acc);
+        }
+        y[row] = hsum(acc) + tail(wr, dr);
+    }
+}
+
 // ------------------------------------------------------------------ prefill microkernels
 
 pub(super) fn dequant_tile(
@@ -507,6 +593,91 @@ fn axpy_f16_avx2(alpha: f32, x: &[f16], y: &mut [f32]) {
     }
     for j in i..n {
         y[j] += alpha * f16_to_f32(x[j]);
+    }
+}
+
+pub(super) fn weighted_rows(_t: Avx2, p: &[f32], v: &[f32], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { weighted_rows_avx2(p, v, out) }
+}
+
+/// Columns in blocks of up to 64 (8 accumulators held in registers across all P rows); the
+/// columns past the last multiple of 8 are scalar.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_avx2(p: &[f32], v: &[f32], out: &mut [f32]) {
+    let l = out.len();
+    let l8 = l - l % 8;
+    let mut j0 = 0;
+    while j0 < l8 {
+        let w = (l8 - j0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (t, &pt) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pt);
+            let row = &v[t * l + j0..t * l + j0 + 8 * w];
+            for (a, acc) in acc.iter_mut().enumerate().take(w) {
+                *acc = _mm256_fmadd_ps(pv, load(row, 8 * a), *acc);
+            }
+        }
+        for (a, acc) in acc.iter().enumerate().take(w) {
+            store(out, j0 + 8 * a, *acc);
+        }
+        j0 += 8 * w;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(l8) {
+        *o = p.iter().enumerate().map(|(t, &pt)| pt * v[t * l + j]).sum();
+    }
+}
+
+pub(super) fn weighted_rows_f16(_t: Avx2, p: &[f32], v: &[f16], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { weighted_rows_f16_avx2(p, v, out) }
+}
+
+/// f16 twin of [`weighted_rows_avx2`].
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weighted_rows_f16_avx2(p: &[f32], v: &[f16], out: &mut [f32]) {
+    let l = out.len();
+    let l8 = l - l % 8;
+    let mut j0 = 0;
+    while j0 < l8 {
+        let w = (l8 - j0).min(64) / 8;
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for (t, &pt) in p.iter().enumerate() {
+            let pv = _mm256_set1_ps(pt);
+            let row = &v[t * l + j0..t * l + j0 + 8 * w];
+            for (a, acc) in acc.iter_mut().enumerate().take(w) {
+                *acc = _mm256_fmadd_ps(pv, load_f16(row, 8 * a), *acc);
+            }
+        }
+        for (a, acc) in acc.iter().enumerate().take(w) {
+            store(out, j0 + 8 * a, *acc);
+        }
+        j0 += 8 * w;
+    }
+    for (j, o) in out.iter_mut().enumerate().skip(l8) {
+        *o = p
+            .iter()
+            .enumerate()
+            .map(|(t, &pt)| pt * f16_to_f32(v[t * l + j]))
+            .sum();
+    }
+}
+
+pub(super) fn f16_to_f32_slice(_t: Avx2, x: &[f16], out: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { f16_to_f32_avx2(x, out) }
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn f16_to_f32_avx2(x: &[f16], out: &mut [f32]) {
+    let n = x.len().min(out.len());
+    let mut i = 0;
+    while i + 8 <= n {
+        store(out, i, load_f16(x, i));
+        i += 8;
+    }
+    for j in i..n {
+        out[j] = f16_to_f32(x[j]);
     }
 }
 
