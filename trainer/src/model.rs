@@ -1695,15 +1695,18 @@ mod tests {
                 lora: Some(LoraSpec {
                     rank,
                     alpha,
-                    targets: LoraTargets::ALL,
+                    targets: LoraTargets {
+                        emb: true,
+                        ..LoraTargets::ALL
+                    },
                 }),
                 weight_decay: 0.0,
                 seed: 1,
             },
         )
         .unwrap();
-        // 2 layers × (q, k, v, proj, fc, ff.proj) + the head.
-        assert_eq!(tuner.adapters().len(), 13);
+        // The embedding, 2 layers × (q, k, v, proj, fc, ff.proj), the head.
+        assert_eq!(tuner.adapters().len(), 14);
         // B starts at zero: the merged model is the base model.
         tuner.merge(&mut m);
         assert!(m.params.iter().zip(&base).all(|(&a, &b)| a as f64 == b));
@@ -1784,7 +1787,7 @@ mod tests {
         tuner.step(&mut m, 1e-2).unwrap();
         for ti in &tensors {
             let changed = m.params[ti.range()] != before[ti.range()];
-            let adapted = ti.shape.len() == 2 && !ti.name.contains("_emb");
+            let adapted = ti.shape.len() == 2 && ti.name != "pos_emb.weight";
             assert_eq!(changed, adapted, "{}", ti.name);
         }
     }

@@ -83,6 +83,9 @@ pub struct LoraTargets {
     pub ff_proj: bool,
     /// The output head (an untied language-model head or a classifier head).
     pub head: bool,
+    /// The token embedding (V, C), as a lookup table (not in `all`: the book adapts linear
+    /// layers only). With a tied language-model head this also adapts the head.
+    pub emb: bool,
 }
 
 impl LoraTargets {
@@ -93,13 +96,15 @@ impl LoraTargets {
         fc: true,
         ff_proj: true,
         head: true,
+        emb: false,
     };
 }
 
 impl FromStr for LoraTargets {
     type Err = TuneError;
 
-    /// `all`, or a comma-separated list of `qkv`, `proj`, `fc`, `ff-proj`, `head`.
+    /// `all`, or a comma-separated list of `qkv`, `proj`, `fc`, `ff-proj`, `head`, `emb` (the
+    /// token embedding) and `all` (so `all,emb` is every linear layer and the embedding).
     fn from_str(s: &str) -> Result<Self, TuneError> {
         if s == "all" {
             return Ok(LoraTargets::ALL);
@@ -110,6 +115,7 @@ impl FromStr for LoraTargets {
             fc: false,
             ff_proj: false,
             head: false,
+            emb: false,
         };
         for part in s.split(',') {
             match part.trim() {
@@ -118,6 +124,13 @@ impl FromStr for LoraTargets {
                 "fc" => t.fc = true,
                 "ff-proj" => t.ff_proj = true,
                 "head" => t.head = true,
+                "emb" => t.emb = true,
+                "all" => {
+                    t = LoraTargets {
+                        emb: t.emb,
+                        ..LoraTargets::ALL
+                    };
+                }
                 _ => return Err(TuneError::BadLoraTargets(s.to_string())),
             }
         }
@@ -187,7 +200,7 @@ impl fmt::Display for TuneError {
             ),
             TuneError::BadLoraTargets(s) => write!(
                 f,
-                "--lora-targets {s:?}: expected all or a comma list of qkv, proj, fc, ff-proj, head"
+                "--lora-targets {s:?}: expected all or a comma list of qkv, proj, fc, ff-proj, head, emb"
             ),
             TuneError::TooManyBlocks { asked, layers } => write!(
                 f,
@@ -256,6 +269,7 @@ fn adapted_blocks(
             || (name.ends_with("ff.fc.weight") && targets.fc)
             || (name.ends_with("ff.proj.weight") && targets.ff_proj)
             || (name == "out_head.weight" && targets.head && (classes.is_some() || !cfg.tied_head))
+            || (name == "tok_emb.weight" && targets.emb)
         {
             out.push((
                 name.trim_end_matches(".weight").to_string(),
@@ -667,6 +681,17 @@ mod tests {
         let t: LoraTargets = "qkv,ff-proj".parse().unwrap();
         assert!(t.qkv && t.ff_proj && !t.proj && !t.fc && !t.head);
         assert!("qkv,mlp".parse::<LoraTargets>().is_err());
+        assert!(!LoraTargets::ALL.emb);
+        for spec in ["all,emb", "emb,all"] {
+            let t: LoraTargets = spec.parse().unwrap();
+            assert_eq!(
+                t,
+                LoraTargets {
+                    emb: true,
+                    ..LoraTargets::ALL
+                }
+            );
+        }
     }
 
     #[test]
