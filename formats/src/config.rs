@@ -189,6 +189,19 @@ impl GptConfig {
         out
     }
 
+    /// [`GptConfig::tensor_shapes`] of a classifier with `classes` = K outputs: the language-model
+    /// head (if any) is replaced by `out_head.weight` (K, C) and `out_head.bias` (K), last.
+    /// `None` gives the language model's shapes.
+    pub fn tensor_shapes_with_classes(&self, classes: Option<usize>) -> Vec<(String, Vec<usize>)> {
+        let mut shapes = self.tensor_shapes();
+        if let Some(k) = classes {
+            shapes.retain(|(n, _)| n != "out_head.weight");
+            shapes.push(("out_head.weight".into(), vec![k, self.dim]));
+            shapes.push(("out_head.bias".into(), vec![k]));
+        }
+        shapes
+    }
+
     /// The total number of parameters (the sum over [`GptConfig::tensor_shapes`]).
     pub fn param_count(&self) -> usize {
         self.tensor_shapes()

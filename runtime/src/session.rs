@@ -1063,6 +1063,25 @@ impl Crew {
         }
     }
 
+    /// Claims the next of the `n` pieces of the job of epoch `epoch`; `None` once every piece is
+    /// taken or a newer job has opened.
+    fn claim(&self, epoch: u32, n: u32) -> Option<u32> {
+        loop {
+            let s = self.state.load(Ordering::Relaxed);
+            let (e, next) = unpack(s);
+            if e != epoch || next >= n {
+                return None;
+            }
+            if self
+                .state
+                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+            {
+                return Some(next);
+            }
+        }
+    }
+
     /// Claims and runs chunks of the open job of epoch `epoch` until none is left; `x` is the
     /// job's input, `scratch` (≥ MAX_CHUNK_ROWS) holds one chunk's output.
     #[allow(clippy::too_many_arguments)]
@@ -1077,19 +1096,7 @@ impl Crew {
         epoch: u32,
         scratch: &mut [f32],
     ) {
-        loop {
-            let s = self.state.load(Ordering::Relaxed);
-            let (e, next) = unpack(s);
-            if e != epoch || next >= n {
-                return;
-            }
-            if self
-                .state
-                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
+        while let Some(next) = self.claim(epoch, n) {
             let r0 = next as usize * step;
             let r1 = (r0 + step).min(rows);
             let y = &mut scratch[..r1 - r0];
@@ -1202,19 +1209,7 @@ impl Crew {
         tmp: &mut [f32],
     ) {
         let d = kvs.kv.d;
-        loop {
-            let s = self.state.load(Ordering::Relaxed);
-            let (e, next) = unpack(s);
-            if e != epoch || next >= n {
-                return;
-            }
-            if self
-                .state
-                .compare_exchange_weak(s, pack(e, next + 1), Ordering::AcqRel, Ordering::Relaxed)
-                .is_err()
-            {
-                continue;
-            }
+        while let Some(next) = self.claim(epoch, n) {
             let h = next as usize;
             let out = &mut tmp[..d];
             // Locked per claimed head and released before `done` counts it, so once the leader

@@ -312,14 +312,7 @@ pub fn tensor_shapes(
     config: &GptConfig,
     classifier: Option<&ClassifierJson>,
 ) -> Vec<(String, Vec<usize>)> {
-    let mut shapes = config.tensor_shapes();
-    if let Some(c) = classifier {
-        let k = c.labels.len();
-        shapes.retain(|(n, _)| n != "out_head.weight");
-        shapes.push(("out_head.weight".into(), vec![k, config.dim]));
-        shapes.push(("out_head.bias".into(), vec![k]));
-    }
-    shapes
+    config.tensor_shapes_with_classes(classifier.map(|c| c.labels.len()))
 }
 
 /// A checkpoint read back.

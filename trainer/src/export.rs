@@ -128,13 +128,11 @@ impl From<FormatError> for ExportError {
 /// tensors of [`GptConfig::tensor_shapes`], with a classifier's `out_head.weight` (K, C) and
 /// `out_head.bias` (K) in place of the vocabulary head.
 pub fn export_shapes(cfg: &GptConfig, task: &Task) -> Vec<(String, Vec<usize>)> {
-    let mut shapes = cfg.tensor_shapes();
-    if let Task::Classifier { labels, .. } = task {
-        shapes.retain(|(n, _)| n != "out_head.weight");
-        shapes.push(("out_head.weight".into(), vec![labels.len(), cfg.dim]));
-        shapes.push(("out_head.bias".into(), vec![labels.len()]));
-    }
-    shapes
+    let classes = match task {
+        Task::Classifier { labels, .. } => Some(labels.len()),
+        Task::LanguageModel => None,
+    };
+    cfg.tensor_shapes_with_classes(classes)
 }
 
 /// Writes `path` atomically. `tensor(name)` gives each tensor's f32 values in canonical layout.

@@ -363,6 +363,26 @@ pub struct Tensors<S> {
     pub out_bias: Option<S>,
 }
 
+/// Every parameter tensor of `cfg` (a classifier with K = `classes` outputs, or a language model)
+/// with its range in the flat buffer, in canonical order.
+pub fn tensor_layout(cfg: &GptConfig, classes: Option<usize>) -> Vec<TensorInfo> {
+    let mut offset = 0;
+    cfg.tensor_shapes_with_classes(classes)
+        .into_iter()
+        .map(|(name, shape)| {
+            let len = shape.iter().product();
+            let t = TensorInfo {
+                name,
+                shape,
+                offset,
+                len,
+            };
+            offset += len;
+            t
+        })
+        .collect()
+}
+
 /// Named read-only views of the parameters (or of the gradients).
 pub type ParamViews<'a> = Tensors<&'a [f32]>;
 
@@ -776,24 +796,8 @@ impl Gpt {
         {
             return Err(ModelError::BadClasses { classes: k });
         }
-        let mut shapes = cfg.tensor_shapes();
-        if let Some(k) = classes {
-            shapes.retain(|(n, _)| n != "out_head.weight");
-            shapes.push(("out_head.weight".into(), vec![k, cfg.dim]));
-            shapes.push(("out_head.bias".into(), vec![k]));
-        }
-        let mut tensors = Vec::new();
-        let mut offset = 0;
-        for (name, shape) in shapes {
-            let len = shape.iter().product();
-            tensors.push(TensorInfo {
-                name,
-                shape,
-                offset,
-                len,
-            });
-            offset += len;
-        }
+        let tensors = tensor_layout(&cfg, classes);
+        let offset = tensors.last().map_or(0, |t| t.offset + t.len);
         Ok(Gpt {
             cfg,
             dropout: DropoutRates::NONE,

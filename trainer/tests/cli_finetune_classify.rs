@@ -9,7 +9,7 @@ use emberlm_formats::meta::{Readout, Task};
 use emberlm_runtime::{Model, Session, SessionOptions};
 use emberlm_trainer::checkpoint;
 use emberlm_trainer::finetune::tune::{LoraSpec, LoraTargets, lora_param_count};
-use emberlm_trainer::model::{Gpt, Mode};
+use emberlm_trainer::model::{Gpt, Mode, tensor_layout};
 use std::path::Path;
 
 /// Runtime logits vs the trainer's forward of the same weights (both f32).
@@ -207,19 +207,13 @@ fn lora_counts_its_parameters_and_exports_merged_weights() {
     assert_eq!(j["trainable_params"], expected);
     // The base weights changed only where adapters sit (merged at export), norms did not.
     let base = checkpoint::load(&dir.join("lm"), false).unwrap();
-    let name_range = |shapes: &[(String, Vec<usize>)], name: &str| {
-        let mut off = 0;
-        for (n, s) in shapes {
-            let len: usize = s.iter().product();
-            if n == name {
-                return off..off + len;
-            }
-            off += len;
-        }
-        panic!("{name}")
+    let range = |classes: Option<usize>, name: &str| {
+        tensor_layout(&ck.config, classes)
+            .into_iter()
+            .find(|t| t.name == name)
+            .map(|t| t.range())
+            .unwrap()
     };
-    let lm_shapes = checkpoint::tensor_shapes(&base.config, None);
-    let cls_shapes = checkpoint::tensor_shapes(&ck.config, ck.state.classifier.as_ref());
     for (name, changed) in [
         ("blocks.0.att.qkv.weight", true),
         ("blocks.0.ff.fc.weight", true),
@@ -227,8 +221,8 @@ fn lora_counts_its_parameters_and_exports_merged_weights() {
         ("blocks.0.ff.fc.bias", false),
         ("tok_emb.weight", false),
     ] {
-        let a = &base.params[name_range(&lm_shapes, name)];
-        let b = &ck.params[name_range(&cls_shapes, name)];
+        let a = &base.params[range(None, name)];
+        let b = &ck.params[range(Some(2), name)];
         assert_eq!(a != b, changed, "{name}");
     }
     // The exported (merged) model equals the trainer's forward of the checkpoint; last-real

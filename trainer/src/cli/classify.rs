@@ -7,7 +7,7 @@
 //! classifier that `ember classify` runs). Ctrl-C stops after the current step and saves both.
 //! There is no `--resume`: a fine-tuning run is short; rerun it.
 
-use super::{CliError, Console, Outcome, shell_path, signal, with_threads};
+use super::{CliError, Console, Outcome, failed, shell_path, signal, usage, with_threads};
 use crate::checkpoint::{self, ClassifierJson, Contents, TrainerState};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::finetune::classify::{Example, Metrics, balance, evaluate, make_batch, shuffle, split};
@@ -93,14 +93,6 @@ pub struct ClassifyArgs {
     /// print one JSON object on stdout at the end
     #[argh(switch)]
     pub json: bool,
-}
-
-fn usage(msg: impl Into<String>) -> CliError {
-    CliError::Usage(msg.into())
-}
-
-fn failed(msg: impl Into<String>) -> CliError {
-    CliError::Failed(msg.into())
 }
 
 /// Runs `ember-train finetune classify`.
@@ -391,13 +383,14 @@ fn train(
                 break 'epochs;
             }
         }
-        let m = [&train_set, &val_set, &test_set].map(|set| {
-            evaluate(&mut model, set, readout, length, pad, b).unwrap_or(Metrics {
-                loss: f64::NAN,
-                accuracy: f64::NAN,
-                count: set.len(),
-            })
-        });
+        let m = every_split(
+            &mut model,
+            [&train_set, &val_set, &test_set],
+            readout,
+            length,
+            pad,
+            b,
+        )?;
         say!(
             con,
             "epoch {epoch}: accuracy train {:.2}% / val {:.2}% / test {:.2}%; loss {:.3} / {:.3} / {:.3}",
@@ -411,8 +404,14 @@ fn train(
         epochs.push(m);
     }
     if epochs.is_empty() {
-        let m = [&train_set, &val_set, &test_set]
-            .map(|set| evaluate(&mut model, set, readout, length, pad, b).unwrap_or_default());
+        let m = every_split(
+            &mut model,
+            [&train_set, &val_set, &test_set],
+            readout,
+            length,
+            pad,
+            b,
+        )?;
         epochs.push(m);
     }
     let last = *epochs.last().unwrap_or(&[Metrics::default(); 3]);
@@ -525,4 +524,21 @@ fn train(
         }),
         exit_code: if interrupted { 130 } else { 0 },
     })
+}
+
+/// Loss and accuracy on the train, validation and test splits.
+fn every_split(
+    model: &mut Gpt,
+    splits: [&[Example]; 3],
+    readout: Readout,
+    length: usize,
+    pad: u32,
+    batch: usize,
+) -> Result<[Metrics; 3], CliError> {
+    let mut out = [Metrics::default(); 3];
+    for (m, set) in out.iter_mut().zip(splits) {
+        *m = evaluate(model, set, readout, length, pad, batch)
+            .map_err(|e| failed(format!("evaluation: {e}")))?;
+    }
+    Ok(out)
 }

@@ -1,6 +1,6 @@
 //! The small commands: `eval`, `tokenizer`, `export`, `import`.
 
-use super::{CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs};
+use super::{CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs, failed};
 use crate::checkpoint::{self, RngState, TokenizerRef, TrainerState};
 use crate::data::{self, Windows};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -14,10 +14,6 @@ use std::time::Instant;
 
 /// Windows per forward pass in `eval`.
 const EVAL_BATCH: usize = 4;
-
-fn failed(msg: impl Into<String>) -> CliError {
-    CliError::Failed(msg.into())
-}
 
 /// Reads every `--data` file (at least one).
 fn read_all(paths: &[std::path::PathBuf]) -> Result<(Vec<String>, u64), CliError> {

@@ -16,7 +16,7 @@
 //! Letters: B batch, T the padded length of a batch, V vocabulary.
 
 use super::progress::{Progress, Status};
-use super::{CliError, Console, Outcome, fmt_duration, shell_path, signal};
+use super::{CliError, Console, Outcome, failed, fmt_duration, shell_path, signal, usage};
 use crate::checkpoint::{self, Contents, DataRef, RngState, TrainerState};
 use crate::data::{self, mix64};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -119,14 +119,6 @@ pub struct InstructArgs {
     /// print one JSON object on stdout at the end
     #[argh(switch)]
     pub json: bool,
-}
-
-fn usage(msg: impl Into<String>) -> CliError {
-    CliError::Usage(msg.into())
-}
-
-fn failed(msg: impl Into<String>) -> CliError {
-    CliError::Failed(msg.into())
 }
 
 /// Runs `ember-train finetune instruct`.

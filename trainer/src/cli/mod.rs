@@ -368,6 +368,16 @@ impl fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+/// A usage error (exit code 2).
+pub(crate) fn usage(msg: impl Into<String>) -> CliError {
+    CliError::Usage(msg.into())
+}
+
+/// A failed command (exit code 1).
+pub(crate) fn failed(msg: impl Into<String>) -> CliError {
+    CliError::Failed(msg.into())
+}
+
 /// A finished command: its JSON result and exit code (0, or 130 after Ctrl-C).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Outcome {

@@ -11,7 +11,10 @@
 //! Letters: B batch, T window length (context), V vocabulary, N parameters.
 
 use super::progress::{Progress, Status};
-use super::{CliError, Console, Outcome, PretrainArgs, fmt_duration, sample, shell_path, signal};
+use super::{
+    CliError, Console, Outcome, PretrainArgs, failed, fmt_duration, sample, shell_path, signal,
+    usage,
+};
 use crate::adamw::{AdamW, AdamWConfig, DecayPolicy, LrSchedule, clip_grad_norm, grad_norm};
 use crate::checkpoint::{
     self, Contents, DataRef, Hyper, Loaded, RngState, TokenizerRef, TrainerState,
@@ -71,14 +74,6 @@ struct OutFiles {
     dir: PathBuf,
     csv: PathBuf,
     svg: PathBuf,
-}
-
-fn usage(msg: impl Into<String>) -> CliError {
-    CliError::Usage(msg.into())
-}
-
-fn failed(msg: impl Into<String>) -> CliError {
-    CliError::Failed(msg.into())
 }
 
 /// Runs `ember-train pretrain`.

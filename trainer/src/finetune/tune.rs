@@ -24,7 +24,7 @@
 
 use crate::adamw::{AdamW, AdamWConfig, AdamWError, DecayMask};
 use crate::layers::dropout::mix64;
-use crate::model::{Gpt, TensorInfo};
+use crate::model::{Gpt, TensorInfo, tensor_layout};
 use emberlm_formats::config::GptConfig;
 use emberlm_runtime::gemm::{MatMut, MatRef, Parallelism, matmul};
 use std::fmt;
@@ -286,26 +286,7 @@ fn adapted_blocks(
 /// Σ R·(I + O) over the adapted blocks. The book's figure for the 124M classifier at rank 16 on
 /// every linear layer is 2,666,528.
 pub fn lora_param_count(cfg: &GptConfig, classes: Option<usize>, spec: &LoraSpec) -> usize {
-    let mut shapes = cfg.tensor_shapes();
-    if let Some(k) = classes {
-        shapes.retain(|(n, _)| n != "out_head.weight");
-        shapes.push(("out_head.weight".into(), vec![k, cfg.dim]));
-    }
-    let mut offset = 0;
-    let tensors: Vec<TensorInfo> = shapes
-        .into_iter()
-        .map(|(name, shape)| {
-            let len = shape.iter().product();
-            let t = TensorInfo {
-                name,
-                shape,
-                offset,
-                len,
-            };
-            offset += len;
-            t
-        })
-        .collect();
+    let tensors = tensor_layout(cfg, classes);
     adapted_blocks(cfg, &tensors, classes, spec.targets)
         .iter()
         .map(|(_, _, o, i)| spec.rank * (o + i))
