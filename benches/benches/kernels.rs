@@ -1,4 +1,5 @@
-//! Decode matrix-vector kernels (f32 / f16 / Q8) and the Q8 prefill kernel, against the machine's
+//! Decode matrix-vector kernels (f32 / f16 / Q8 with f32 activations / "q8q8", Q8 with activations
+//! quantized to int8 blocks as the session's int8 decode does) and the Q8 prefill kernel, against the machine's
 //! read bandwidth and the reference twins, in the same run.
 //!
 //! Run: `cargo bench -p emberlm-benches --bench kernels` (criterion figures, then a summary table).
@@ -20,6 +21,7 @@ use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
 use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth};
 use half::f16;
 use rayon::ThreadPool;
+use rayon::prelude::*;
 
 /// Small matrices rotate through copies spanning at least this many bytes (> the L3 cache).
 const COLD_BYTES: usize = 128 << 20;
@@ -110,6 +112,20 @@ impl Case {
         match &self.w {
             Weights::F32(v) => k.matvec_f32(&v[i % v.len()], x, y),
             Weights::F16(v) => k.matvec_f16(&v[i % v.len()], x, y),
+            Weights::Q8(v) if self.dtype == "q8q8" => {
+                let (q, d) = &v[i % v.len()];
+                let w = Q8Matrix::new(q, d, self.r, self.c).unwrap();
+                // As the session's int8 decode: quantize x once per product (two small
+                // allocations here, negligible next to a product of at least 1.7 MB).
+                let mut xq = vec![0i8; self.c];
+                let mut xd = vec![0f32; self.c.div_ceil(Q8_BLOCK)];
+                k.quantize_q8(x, &mut xq, &mut xd);
+                // Rows in chunks of a multiple of 16, a few per thread (as the decode crew).
+                let rows = self.r.div_ceil(2 * k.threads()).next_multiple_of(16);
+                y.par_chunks_mut(rows)
+                    .enumerate()
+                    .for_each(|(j, ys)| k.matvec_q8q8_rows(w, &xq, &xd, ys, j * rows));
+            }
             Weights::Q8(v) => {
                 let (q, d) = &v[i % v.len()];
                 k.matvec_q8(Q8Matrix::new(q, d, self.r, self.c).unwrap(), x, y)
@@ -156,7 +172,7 @@ fn cases() -> Vec<Case> {
     let mut rng = Lcg(42);
     let mut v = Vec::new();
     for (shape, r, c) in SHAPES {
-        for dtype in ["f32", "f16", "q8"] {
+        for dtype in ["f32", "f16", "q8", "q8q8"] {
             v.push(Case::new(dtype, shape, r, c, &mut rng));
         }
     }
@@ -270,6 +286,28 @@ fn table(cases: &[Case]) {
                 tr / t
             );
         }
+    }
+
+    println!(
+        "\ncompute ceiling: one copy of the weights, read again and again from the cache, 1 thread \
+         (above the cold figure: that kernel is memory-bound on one thread)"
+    );
+    println!(
+        "{:<5} {:<10} {:>8} {:>8}",
+        "dtype", "shape", "med ms", "GB/s"
+    );
+    for case in cases.iter().filter(|c| c.shape == "768x2304") {
+        let x: Vec<f32> = (0..case.c).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut y = vec![0f32; case.r];
+        let k = fast.with_threads(1);
+        let (t, _) = pool(1).install(|| time_calls(1, 50, 0.5, |_| case.run(&k, &x, &mut y, 0)));
+        println!(
+            "{:<5} {:<10} {:>8.3} {:>8.1}",
+            case.dtype,
+            case.shape,
+            t * 1e3,
+            case.bytes as f64 / 1e9 / t
+        );
     }
 
     println!(

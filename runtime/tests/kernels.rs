@@ -892,3 +892,29 @@ fn read_bandwidth_reports_a_positive_rate() {
         bandwidth::Bandwidth::default()
     );
 }
+
+#[test]
+fn bandwidth_summary_takes_the_median_pass_and_the_best_chunk() {
+    use bandwidth::{Bandwidth, Pass, summarize};
+    let p = |gb_s, best_chunk_gb_s| Pass {
+        gb_s,
+        best_chunk_gb_s,
+    };
+    assert_eq!(summarize(&[]), Bandwidth::default());
+    let odd = summarize(&[p(3.0, 4.0), p(1.0, 9.0), p(2.0, 2.5)]);
+    assert_eq!(odd.median_pass_gb_s, 2.0);
+    assert_eq!(odd.best_chunk_gb_s, 9.0);
+    let even = summarize(&[p(4.0, 5.0), p(1.0, 1.5), p(3.0, 3.5), p(2.0, 2.5)]);
+    assert_eq!(even.median_pass_gb_s, 2.5);
+    assert_eq!(even.best_chunk_gb_s, 5.0);
+    // Single passes of a live probe: positive, and a pass is never faster than its best chunk.
+    let mut probe = bandwidth::Probe::new(8 << 20, 2);
+    for _ in 0..2 {
+        let pass = probe.pass();
+        assert!(
+            pass.gb_s > 0.0 && pass.gb_s <= pass.best_chunk_gb_s,
+            "{pass:?}"
+        );
+    }
+    assert_eq!(bandwidth::Probe::new(3, 1).pass(), Pass::default());
+}

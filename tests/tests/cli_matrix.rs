@@ -527,6 +527,10 @@ const EMBER_CASES: &[(&str, &str)] = &[
     ("inspect model.ember --bogus", "Unrecognized argument"),
     ("bench model.ember", "exceeds the model's context"),
     ("bench --random 7b", "unknown model preset"),
+    (
+        "bench model.ember --prompt-tokens 1 --gen-tokens 1 --kv f8",
+        "--kv",
+    ),
     ("tokenize model.ember", "--text"),
     ("detokenize model.ember --ids 300", "token id 300"),
     ("detokenize model.ember --ids -1", "not a token id"),

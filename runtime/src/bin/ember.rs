@@ -7,6 +7,7 @@ use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{Array, DType, Value};
 use emberlm_formats::meta::{Readout, Task};
 use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens, StreamDecoder, Tokenizer};
+use emberlm_runtime::kernels::bandwidth::{self, Probe};
 use emberlm_runtime::sampler::argmax;
 use emberlm_runtime::{
     Classification, Classifier, GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions,
@@ -201,6 +202,8 @@ struct InspectArgs {
 #[derive(FromArgs, Debug)]
 /// Measure load time, prefill and decode speed, peak memory, and decode's fraction of the
 /// machine's memory bandwidth. Give a model file, or --random SIZE to build one with random weights.
+/// Decode runs in rounds of at least 16 tokens (at most 16 rounds) between passes of a 1 GiB
+/// read-bandwidth probe, and each round is compared with the passes around it.
 #[argh(subcommand, name = "bench")]
 struct BenchArgs {
     /// the model file (.ember)
@@ -221,6 +224,9 @@ struct BenchArgs {
     /// worker threads (default: one per core)
     #[argh(option, default = "0")]
     threads: usize,
+    /// KV cache element type: f32 or f16 (default f32, as generate; llama.cpp's default is f16)
+    #[argh(option, default = "String::from(\"f32\")")]
+    kv: String,
     /// print one JSON object (prefill_tokens_per_s, decode_tokens_per_s, load_ms, peak_rss_bytes, ...)
     #[argh(switch)]
     json: bool,
@@ -947,6 +953,14 @@ fn peak_rss_bytes() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The bandwidth probe's buffer in `ember bench` (far larger than any cache).
+const BENCH_PROBE_BYTES: usize = 1 << 30;
+/// Decode rounds hold at least this many tokens (a round is compared with the probe passes
+/// on either side of it)...
+const BENCH_MIN_ROUND_TOKENS: usize = 16;
+/// ... and there are at most this many rounds.
+const BENCH_MAX_ROUNDS: usize = 16;
+
 fn bench(a: BenchArgs) -> Result<()> {
     if a.prompt_tokens == 0 || a.gen_tokens == 0 {
         return Err("--prompt-tokens and --gen-tokens must be at least 1".into());
@@ -1010,6 +1024,7 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     }
     let opts = SessionOptions {
         threads,
+        kv_dtype: kv_dtype(&a.kv)?,
         ..SessionOptions::default()
     };
     let mut session = Session::new(&model, &opts).map_err(|e| e.to_string())?;
@@ -1023,33 +1038,54 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             ((state >> 33) % cfg.vocab_size as u64) as u32
         })
         .collect();
-    // Warm-up: touch every weight once (page in the map) and start the threads.
-    session.step(prompt[0]).map_err(|e| e.to_string())?;
+    // Warm-up: the whole run once, untimed. It pages in every weight and every KV cache entry the
+    // timed run uses, so the peak RSS read next is the run's own, before the probe's 1 GiB buffer.
+    let mut next = argmax(session.prefill(&prompt).map_err(|e| e.to_string())?) as u32;
+    for _ in 0..a.gen_tokens {
+        next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
+    }
+    let rss = peak_rss_bytes();
     session.reset();
     let t1 = Instant::now();
     session.prefill(&prompt).map_err(|e| e.to_string())?;
     let prefill_s = t1.elapsed().as_secs_f64();
-    let mut next = argmax(session.logits()) as u32;
-    let t2 = Instant::now();
-    for _ in 0..a.gen_tokens {
-        next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
+    let bytes_per_token = model.bytes_per_token();
+    let mut probe = Probe::new(BENCH_PROBE_BYTES, threads);
+    // Decode in rounds, each between two probe passes: on a shared host the memory's speed drifts
+    // with the neighbours' load, and each round is compared with the passes on either side of it.
+    let rounds = (a.gen_tokens / BENCH_MIN_ROUND_TOKENS).clamp(1, BENCH_MAX_ROUNDS);
+    let mut passes = vec![probe.pass()];
+    let mut fractions = Vec::with_capacity(rounds);
+    let mut decode_s = 0f64;
+    next = argmax(session.logits()) as u32;
+    for r in 0..rounds {
+        let n = a.gen_tokens * (r + 1) / rounds - a.gen_tokens * r / rounds;
+        let t = Instant::now();
+        for _ in 0..n {
+            next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
+        }
+        let s = t.elapsed().as_secs_f64();
+        decode_s += s;
+        passes.push(probe.pass());
+        let around = (passes[r].gb_s + passes[r + 1].gb_s) / 2.0;
+        fractions.push(bytes_per_token as f64 * n as f64 / s / 1e9 / around);
     }
-    let decode_s = t2.elapsed().as_secs_f64();
+    drop(probe);
+    fractions.sort_by(f64::total_cmp);
+    let round_fraction = fractions[fractions.len() / 2];
     let prefill_tps = a.prompt_tokens as f64 / prefill_s;
     let decode_tps = a.gen_tokens as f64 / decode_s;
-    let bytes_per_token = model.bytes_per_token();
     let achieved = bytes_per_token as f64 * decode_tps / 1e9;
-    // Read before the bandwidth probe, whose 1 GiB buffer would dominate the peak.
-    let rss = peak_rss_bytes();
-    let probe = emberlm_runtime::kernels::bandwidth::read_bandwidth_stats(1 << 30, threads);
-    let (bandwidth, sustained) = (probe.best_chunk_gb_s, probe.median_pass_gb_s);
+    let bw = bandwidth::summarize(&passes);
+    let (bandwidth, sustained) = (bw.best_chunk_gb_s, bw.median_pass_gb_s);
     if a.json {
         println!(
-            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"peak_rss_bytes\":{}}}",
+            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"kv\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"decode_rounds\":{},\"decode_round_bandwidth_fraction\":{},\"peak_rss_bytes\":{}}}",
             json_str(&path.display().to_string()),
             model.file_size(),
             threads,
             session.kernels().name(),
+            json_str(&a.kv),
             a.prompt_tokens,
             a.gen_tokens,
             num(load_ms),
@@ -1061,15 +1097,18 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             num(achieved / bandwidth),
             num(sustained),
             num(achieved / sustained),
+            rounds,
+            num(round_fraction),
             rss
         );
     } else {
         println!(
-            "model        {} ({} bytes), {} threads, {} kernels",
+            "model        {} ({} bytes), {} threads, {} kernels, {} KV cache",
             path.display(),
             model.file_size(),
             threads,
-            session.kernels().name()
+            session.kernels().name(),
+            a.kv
         );
         println!("load         {load_ms:.2} ms");
         println!(
@@ -1077,14 +1116,17 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             a.prompt_tokens
         );
         println!(
-            "decode       {decode_tps:.1} tokens/s ({} tokens)",
+            "decode       {decode_tps:.1} tokens/s ({} tokens in {rounds} rounds)",
             a.gen_tokens
         );
         println!(
-            "bandwidth    decode reads {:.1} MB/token = {achieved:.2} GB/s; machine read bandwidth {bandwidth:.2} GB/s best 64 MiB chunk ({:.0}%), {sustained:.2} GB/s median whole pass ({:.0}%)",
+            "bandwidth    decode reads {:.1} MB/token = {achieved:.2} GB/s; machine read bandwidth \
+             {bandwidth:.2} GB/s best 64 MiB chunk ({:.0}%), {sustained:.2} GB/s median whole pass \
+             ({:.0}%); median round vs the passes around it {:.0}%",
             bytes_per_token as f64 / 1e6,
             100.0 * achieved / bandwidth,
-            100.0 * achieved / sustained
+            100.0 * achieved / sustained,
+            100.0 * round_fraction
         );
         println!("peak RSS     {:.1} MiB", rss as f64 / (1 << 20) as f64);
     }

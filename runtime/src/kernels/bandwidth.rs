@@ -39,41 +39,93 @@ pub struct Bandwidth {
 /// The probe of [`read_bandwidth`], reporting the best chunk and the median whole pass.
 /// Both are 0.0 when `bytes < 4`.
 pub fn read_bandwidth_stats(bytes: usize, threads: usize) -> Bandwidth {
-    let len = bytes / 4;
-    if len == 0 {
+    let mut probe = Probe::new(bytes, threads);
+    let mut passes = [Pass::default(); PASSES];
+    for pass in passes.iter_mut() {
+        *pass = probe.pass();
+    }
+    summarize(&passes)
+}
+
+/// Summarizes passes of one [`Probe`]: the best chunk of any pass and the median pass rate (the
+/// mean of the two middle ones for an even count). All zeros for no passes.
+pub fn summarize(passes: &[Pass]) -> Bandwidth {
+    if passes.is_empty() {
         return Bandwidth::default();
     }
-    // Distinct non-zero values, so every page is really backed (and faulted in here, untimed).
-    let buf: Vec<f32> = (0..len).map(|i| (i % 251) as f32).collect();
-    let k = Kernels::detect();
-    let summer = Summer::new(k, threads);
-    let mut best = 0f64;
-    let mut passes = [0f64; PASSES];
-    for pass in passes.iter_mut() {
+    let mut rates: Vec<f64> = passes.iter().map(|p| p.gb_s).collect();
+    rates.sort_by(f64::total_cmp);
+    let n = rates.len();
+    let median = if n % 2 == 1 {
+        rates[n / 2]
+    } else {
+        (rates[n / 2 - 1] + rates[n / 2]) / 2.0
+    };
+    Bandwidth {
+        best_chunk_gb_s: passes.iter().map(|p| p.best_chunk_gb_s).fold(0.0, f64::max),
+        median_pass_gb_s: median,
+    }
+}
+
+/// One timed pass of a [`Probe`] over its whole buffer, in GB/s (1e9 bytes/s).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Pass {
+    /// The whole buffer's bytes over the whole pass's time.
+    pub gb_s: f64,
+    /// The best rate over the pass's 64 MiB chunks.
+    pub best_chunk_gb_s: f64,
+}
+
+/// A read-bandwidth probe that can run single passes, so that a benchmark can interleave them
+/// with its own work (both then see the same neighbours on a shared host). Holds the buffer (and
+/// a thread pool): create it outside the measured region.
+#[derive(Debug)]
+pub struct Probe {
+    buf: Vec<f32>,
+    summer: Summer,
+}
+
+impl Probe {
+    /// Allocates and fills a buffer of `bytes` bytes (use several times the last-level cache,
+    /// e.g. 1 GiB) that passes read with `threads` threads (1 without the `parallel` feature),
+    /// each summing one contiguous share of every chunk with [`Kernels::detect`]'s summing loop.
+    pub fn new(bytes: usize, threads: usize) -> Probe {
+        // Distinct non-zero values, so every page is really backed (and faulted in here, untimed).
+        let buf: Vec<f32> = (0..bytes / 4).map(|i| (i % 251) as f32).collect();
+        Probe {
+            buf,
+            summer: Summer::new(Kernels::detect(), threads),
+        }
+    }
+
+    /// Reads the whole buffer once, timing each 64 MiB chunk. Every chunk is cold: it was last
+    /// read a whole buffer ago. All zeros for a buffer under 4 bytes.
+    pub fn pass(&mut self) -> Pass {
         let mut total = 0f64;
-        for chunk in buf.chunks(CHUNK_BYTES / 4) {
+        let mut best = 0f64;
+        for chunk in self.buf.chunks(CHUNK_BYTES / 4) {
             let t = Instant::now();
-            black_box(summer.sum(black_box(chunk)));
+            black_box(self.summer.sum(black_box(chunk)));
             let secs = t.elapsed().as_secs_f64();
             total += secs;
             if secs > 0.0 {
                 best = best.max((chunk.len() * 4) as f64 / secs);
             }
         }
-        *pass = if total > 0.0 {
-            (len * 4) as f64 / total
+        let gb_s = if total > 0.0 {
+            (self.buf.len() * 4) as f64 / total / 1e9
         } else {
             0.0
         };
-    }
-    passes.sort_by(f64::total_cmp);
-    Bandwidth {
-        best_chunk_gb_s: best / 1e9,
-        median_pass_gb_s: passes[PASSES / 2] / 1e9,
+        Pass {
+            gb_s,
+            best_chunk_gb_s: best / 1e9,
+        }
     }
 }
 
 /// Sums a slice on one thread or split over a dedicated pool.
+#[derive(Debug)]
 struct Summer {
     k: Kernels,
     #[cfg(feature = "parallel")]

@@ -333,60 +333,119 @@ unsafe fn block_dot_q8(w: *const i8, xv: __m256i) -> __m256 {
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
 }
 
+/// Eight i32 lanes `[s0, s1, s2, s3, s0, s1, s2, s3]` (each a partial sum; the two lanes of block
+/// k sum to its Σ w·x) for the four consecutive full blocks at `w` against `xv`.
+///
+/// # Safety
+/// `w` must be valid for reading 128 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quad_dot_q8(w: *const i8, xv: &[__m256i; 4]) -> __m256i {
+    let one = _mm256_set1_epi16(1);
+    let mut m = [_mm256_setzero_si256(); 4];
+    for (k, m) in m.iter_mut().enumerate() {
+        // SAFETY: the caller guarantees 128 readable bytes at `w`; block k is bytes 32k..32k+32.
+        let wv = unsafe { _mm256_loadu_si256(w.add(32 * k).cast()) };
+        let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv[k], wv));
+        *m = _mm256_madd_epi16(p16, one);
+    }
+    _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]))
+}
+
+/// `[d0·x0, d1·x1, d2·x2, d3·x3]` in both halves: four f16 weight scales at `d` times four
+/// activation scales at `x`.
+///
+/// # Safety
+/// `d` must be valid for reading 4 f16 and `x` for 4 f32.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn quad_scales(d: *const f16, x: *const f32) -> __m256 {
+    // SAFETY: the caller guarantees 8 readable bytes at `d` and 16 at `x`; no alignment needed.
+    let (dv, xv) = unsafe { (_mm_loadl_epi64(d.cast()), _mm_loadu_ps(x)) };
+    let s = _mm_mul_ps(_mm_cvtph_ps(dv), xv);
+    _mm256_set_m128(s, s)
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
 fn matvec_q8q8_rows_avx2(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
     let (c, nb) = (w.cols(), w.blocks_per_row());
     let full = c / Q8_BLOCK;
+    // Blocks 0..quads*4 go four at a time (one hadd-packed vector, one scale vector); the other
+    // full blocks one at a time; a partial last block in scalar code.
+    let quads = full / 4;
     let n = y.len();
     let q = n / 4;
-    let tail = |row: &[i8], d: &[f16]| -> f32 {
+    let rest = |row: &[i8], d: &[f16]| -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for b in 4 * quads..full {
+            let j = b * Q8_BLOCK;
+            // SAFETY: j + 32 <= full * 32 <= xq.len() = row.len().
+            let s = unsafe {
+                block_dot_q8(
+                    row.as_ptr().add(j),
+                    _mm256_loadu_si256(xq.as_ptr().add(j).cast()),
+                )
+            };
+            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(d[b]) * xd[b]), acc);
+        }
+        let mut t = hsum(acc);
         if full < nb {
             let j0 = full * Q8_BLOCK;
             let s: i32 = (j0..c).map(|j| i32::from(row[j]) * i32::from(xq[j])).sum();
-            (f16_to_f32(d[full]) * xd[full]) * s as f32
-        } else {
-            0.0
+            t += (f16_to_f32(d[full]) * xd[full]) * s as f32;
         }
+        t
     };
     // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see the f32 kernel).
     let qq = &w.quants()[row_start * c..(row_start + n) * c];
     let dq = &w.scales()[row_start * nb..(row_start + n) * nb];
     let xs = &xq[..full * Q8_BLOCK];
+    let xds = &xd[..4 * quads];
     for i in 0..q {
         let mut acc = [_mm256_setzero_ps(); 4];
-        for b in 0..full {
-            let j = b * Q8_BLOCK;
-            // SAFETY: j + 32 <= full * 32 = xs.len().
-            let xv = unsafe { _mm256_loadu_si256(xs.as_ptr().add(j).cast()) };
+        for g in 0..quads {
+            let j = g * 4 * Q8_BLOCK;
+            // SAFETY: j + 128 <= quads * 128 <= xs.len().
+            let xv: [__m256i; 4] = std::array::from_fn(|k| unsafe {
+                _mm256_loadu_si256(xs.as_ptr().add(j + 32 * k).cast())
+            });
             for (k, a) in acc.iter_mut().enumerate() {
                 let row = k * q + i;
-                // SAFETY: block b is full, so qq[row*c + j .. row*c + j + 32] is inside the row.
-                let s = unsafe { block_dot_q8(qq.as_ptr().add(row * c + j), xv) };
-                let scale = f16_to_f32(dq[row * nb + b]) * xd[b];
-                *a = _mm256_fmadd_ps(s, _mm256_set1_ps(scale), *a);
+                // SAFETY: blocks 4g..4g+4 of the row are full (4g + 4 <= full), so
+                // qq[row*c + j .. +128] is inside the row; scales 4g..4g+4 exist in the row's
+                // NB scales and in xds (4 * quads long).
+                let (s, sc) = unsafe {
+                    (
+                        quad_dot_q8(qq.as_ptr().add(row * c + j), &xv),
+                        quad_scales(dq.as_ptr().add(row * nb + 4 * g), xds.as_ptr().add(4 * g)),
+                    )
+                };
+                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, *a);
             }
         }
         let s = to_array4(hsum4(acc[0], acc[1], acc[2], acc[3]));
         for (k, s) in s.into_iter().enumerate() {
             let row = k * q + i;
-            y[row] = s + tail(&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
+            y[row] = s + rest(&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
         }
     }
     for row in 4 * q..n {
         let (wr, dr) = (&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
         let mut acc = _mm256_setzero_ps();
-        for b in 0..full {
-            let j = b * Q8_BLOCK;
-            // SAFETY: j + 32 <= full * 32 = xs.len() and block b of the row is full.
-            let s = unsafe {
-                block_dot_q8(
-                    wr.as_ptr().add(j),
-                    _mm256_loadu_si256(xs.as_ptr().add(j).cast()),
+        for g in 0..quads {
+            let j = g * 4 * Q8_BLOCK;
+            // SAFETY: as above, for this row: blocks 4g..4g+4 are full.
+            let (s, sc) = unsafe {
+                let xv: [__m256i; 4] =
+                    std::array::from_fn(|k| _mm256_loadu_si256(xs.as_ptr().add(j + 32 * k).cast()));
+                (
+                    quad_dot_q8(wr.as_ptr().add(j), &xv),
+                    quad_scales(dr.as_ptr().add(4 * g), xds.as_ptr().add(4 * g)),
                 )
             };
-            acc = _mm256_fmadd_ps(s, _mm256_set1_ps(f16_to_f32(dr[b]) * xd[b]), acc);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc);
         }
-        y[row] = hsum(acc) + tail(wr, dr);
+        y[row] = hsum(acc) + rest(wr, dr);
     }
 }
 
