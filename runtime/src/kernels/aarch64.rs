@@ -281,6 +281,87 @@ fn matvec_q8_rows_neon(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usi
     }
 }
 
+/// Σ w·x over one full block as 4 i32 lanes (their sum is the block's exact dot product): w and x
+/// 32 i8 each. Each i16 lane of `vmull_s8` + `vmlal_high_s8` holds two products, at most
+/// 2 · 128 · 127 = 32512 in magnitude (x is at most 127 in magnitude, see `quantize_q8`), so
+/// nothing saturates; `vpadalq_s16` widens pairs into i32.
+#[inline]
+#[target_feature(enable = "neon")]
+fn block_dot_q8(w: &[i8], x: &[i8]) -> int32x4_t {
+    let (w, x) = (&w[..Q8_BLOCK], &x[..Q8_BLOCK]);
+    let mut acc = vdupq_n_s32(0);
+    for h in 0..2 {
+        // SAFETY: `w` and `x` hold 32 bytes; each load reads 16 of them at offset 16·h.
+        let (wv, xv) = unsafe {
+            (
+                vld1q_s8(w.as_ptr().add(16 * h)),
+                vld1q_s8(x.as_ptr().add(16 * h)),
+            )
+        };
+        let p = vmull_s8(vget_low_s8(wv), vget_low_s8(xv));
+        acc = vpadalq_s16(acc, vmlal_high_s8(p, wv, xv));
+    }
+    acc
+}
+
+pub(super) fn matvec_q8q8_rows(
+    _t: Neon,
+    w: Q8Matrix<'_>,
+    xq: &[i8],
+    xd: &[f32],
+    y: &mut [f32],
+    row_start: usize,
+) {
+    // SAFETY: the token proves NEON.
+    unsafe { matvec_q8q8_rows_neon(w, xq, xd, y, row_start) }
+}
+
+#[target_feature(enable = "neon")]
+fn matvec_q8q8_rows_neon(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    let full = c / Q8_BLOCK;
+    let q = y.len() / 4;
+    let tail = |row: &[i8], d: &[f16]| -> f32 {
+        if full < nb {
+            let j0 = full * Q8_BLOCK;
+            let s: i32 = (j0..c).map(|j| i32::from(row[j]) * i32::from(xq[j])).sum();
+            (f16_to_f32(d[full]) * xd[full]) * s as f32
+        } else {
+            0.0
+        }
+    };
+    // Rows i, q+i, 2q+i, 3q+i together: four continuous memory streams (see x86_64.rs).
+    let qq = &w.quants()[row_start * c..(row_start + y.len()) * c];
+    let dq = &w.scales()[row_start * nb..(row_start + y.len()) * nb];
+    for i in 0..q {
+        let mut acc = [vdupq_n_f32(0.0); 4];
+        for b in 0..full {
+            let j = b * Q8_BLOCK;
+            let xb = &xq[j..j + Q8_BLOCK];
+            for (k, a) in acc.iter_mut().enumerate() {
+                let row = k * q + i;
+                let s = vcvtq_f32_s32(block_dot_q8(&qq[row * c + j..], xb));
+                *a = vfmaq_n_f32(*a, s, f16_to_f32(dq[row * nb + b]) * xd[b]);
+            }
+        }
+        let s = hsum4(acc[0], acc[1], acc[2], acc[3]);
+        for (k, s) in s.into_iter().enumerate() {
+            let row = k * q + i;
+            y[row] = s + tail(&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
+        }
+    }
+    for row in 4 * q..y.len() {
+        let (wr, dr) = (&qq[row * c..(row + 1) * c], &dq[row * nb..(row + 1) * nb]);
+        let mut acc = vdupq_n_f32(0.0);
+        for b in 0..full {
+            let j = b * Q8_BLOCK;
+            let s = vcvtq_f32_s32(block_dot_q8(&wr[j..], &xq[j..j + Q8_BLOCK]));
+            acc = vfmaq_n_f32(acc, s, f16_to_f32(dr[b]) * xd[b]);
+        }
+        y[row] = vaddvq_f32(acc) + tail(wr, dr);
+    }
+}
+
 // ------------------------------------------------------------------ prefill microkernels
 
 pub(super) fn dequant_tile(

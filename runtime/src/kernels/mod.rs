@@ -360,16 +360,17 @@ impl Kernels {
         }
     }
 
-    /// True when [`Kernels::matvec_q8q8_rows`] has a fast path here (x86-64 AVX2) or these are
-    /// the reference kernels; the session then quantizes decode activations for Q8 weights. On
-    /// aarch64 NEON, Q8 decode keeps f32 activations ([`Kernels::matvec_q8_rows`]).
+    /// True when [`Kernels::matvec_q8q8_rows`] has a fast path here (x86-64 AVX2, aarch64 NEON)
+    /// or these are the reference kernels: the session then quantizes decode activations for Q8
+    /// weights. Every current build answers true; the switch stays for a future target without an
+    /// integer path, which would decode with [`Kernels::matvec_q8_rows`] instead.
     pub fn q8_activations(&self) -> bool {
         match self.isa {
             Isa::Reference => true,
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(_) => true,
             #[cfg(target_arch = "aarch64")]
-            Isa::Neon(_) => false,
+            Isa::Neon(_) => true,
         }
     }
 
@@ -385,9 +386,9 @@ impl Kernels {
 
     /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by
     /// [`Kernels::quantize_q8`] into xq (C) and xd (NB): each block's dot product is an exact
-    /// integer sum (x86-64: `maddubs` / `madd`), scaled by the weight and activation scales; on
-    /// the calling thread. Adds the activations' quantization error (≤ xd/2 per element) to the
-    /// weights' own. Without a fast path (aarch64) this is the reference twin.
+    /// integer sum (x86-64: `maddubs` / `madd`; aarch64: `vmull_s8` / `vpadalq_s16`), scaled by
+    /// the weight and activation scales; on the calling thread. Adds the activations'
+    /// quantization error (≤ xd/2 per element) to the weights' own.
     ///
     /// # Panics
     /// If `xq.len() != C`, `xd.len() != NB` or `row_start + y.len() > R`.
@@ -414,9 +415,11 @@ impl Kernels {
             w.rows()
         );
         match self.isa {
+            Isa::Reference => reference::matvec_q8q8_rows(w, xq, xd, y, row_start),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::matvec_q8q8_rows(t, w, xq, xd, y, row_start),
-            _ => reference::matvec_q8q8_rows(w, xq, xd, y, row_start),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon(t) => aarch64::matvec_q8q8_rows(t, w, xq, xd, y, row_start),
         }
     }
 
