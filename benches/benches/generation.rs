@@ -23,7 +23,12 @@ fn bench(c: &mut Criterion) {
         tied_head: true,
         ..GptConfig::preset("124m").unwrap()
     };
-    let dir = std::env::temp_dir();
+    // Each model file is removed after its runs; the directory when `tmp` drops (also on a panic).
+    let tmp = tempfile::Builder::new()
+        .prefix("emberlm-bench-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let mut summary = Vec::new();
     let bw = [read_bandwidth(1 << 30, 1), read_bandwidth(1 << 30, 2)];
     for (dtype, name) in [
@@ -31,10 +36,7 @@ fn bench(c: &mut Criterion) {
         (DType::F16, "f16"),
         (DType::Q8, "int8"),
     ] {
-        let path = dir.join(format!(
-            "emberlm-bench-124m-{name}-{}.ember",
-            std::process::id()
-        ));
+        let path = dir.join(format!("emberlm-bench-124m-{name}.ember"));
         write_random_model(&path, &cfg, dtype, 1, None).unwrap();
         let t0 = Instant::now();
         let model = Model::open(&path).unwrap();

@@ -314,17 +314,20 @@ mod cli {
         (clf, lm)
     }
 
-    fn tempdir(name: &str) -> PathBuf {
-        let d =
-            std::env::temp_dir().join(format!("emberlm-classify-{name}-{}", std::process::id()));
-        std::fs::create_dir_all(&d).unwrap();
-        d
+    /// A fresh, uniquely named directory `emberlm-classify-<name>-*` in the temp directory,
+    /// removed with everything in it when the returned guard drops (also when the test panics).
+    fn tempdir(name: &str) -> tempfile::TempDir {
+        tempfile::Builder::new()
+            .prefix(&format!("emberlm-classify-{name}-"))
+            .tempdir()
+            .unwrap()
     }
 
     #[test]
     fn classify_json_matches_the_library() {
-        let dir = tempdir("json");
-        let (clf_path, _) = files(&dir);
+        let tmp = tempdir("json");
+        let dir = tmp.path();
+        let (clf_path, _) = files(dir);
         let m = clf_path.to_str().unwrap();
         let text = "You are a winner you have been specially selected to receive $1000 cash or a $2000 award.";
         let j = ok_json(&run(&["classify", m, "--text", text, "--json"]));
@@ -380,13 +383,13 @@ mod cli {
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(s.starts_with(c.label), "{s}");
         assert!(s.contains("not spam") && s.lines().count() == 3, "{s}");
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn classify_file_prints_one_result_per_line() {
-        let dir = tempdir("file");
-        let (clf_path, _) = files(&dir);
+        let tmp = tempdir("file");
+        let dir = tmp.path();
+        let (clf_path, _) = files(dir);
         let m = clf_path.to_str().unwrap();
         let input = dir.join("texts.txt");
         std::fs::write(&input, "Hey, still on for dinner?\r\n\n  \nWIN CASH NOW\n").unwrap();
@@ -435,13 +438,13 @@ mod cli {
         let s = String::from_utf8(out.stdout).unwrap();
         assert_eq!(s.lines().count(), 3, "{s}"); // header + 2
         assert!(s.contains("WIN CASH NOW"));
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn wrong_task_and_bad_input_fail_with_one_line() {
-        let dir = tempdir("errors");
-        let (clf_path, lm_path) = files(&dir);
+        let tmp = tempdir("errors");
+        let dir = tmp.path();
+        let (clf_path, lm_path) = files(dir);
         let (m, lm) = (clf_path.to_str().unwrap(), lm_path.to_str().unwrap());
         fails_with(
             &run(&["classify", lm, "--tokens", "1,2"]),
@@ -473,7 +476,6 @@ mod cli {
             &run(&["classify", m, "--file", bad.to_str().unwrap()]),
             "line 2 is not valid UTF-8",
         );
-        std::fs::remove_dir_all(dir).ok();
     }
 
     /// Every text of the book's SMS Spam Collection (`$EMBER_DATA/sms_spam_collection.tsv`,
@@ -492,8 +494,9 @@ mod cli {
             .filter_map(|l| l.split_once('\t').map(|(_, t)| t))
             .collect();
         assert_eq!(texts.len(), 5574);
-        let dir = tempdir("sms");
-        let (clf_path, _) = files(&dir);
+        let tmp = tempdir("sms");
+        let dir = tmp.path();
+        let (clf_path, _) = files(dir);
         let input = dir.join("sms.txt");
         std::fs::write(&input, texts.join("\n")).unwrap();
         let out = run(&[
@@ -518,13 +521,13 @@ mod cli {
             assert!((total - 1.0).abs() < 1e-5, "{l}");
             assert!(j["tokens"].as_u64().unwrap() <= 16);
         }
-        std::fs::remove_dir_all(dir).ok();
     }
 
     #[test]
     fn inspect_shows_the_task() {
-        let dir = tempdir("inspect");
-        let (clf_path, _) = files(&dir);
+        let tmp = tempdir("inspect");
+        let dir = tmp.path();
+        let (clf_path, _) = files(dir);
         let m = clf_path.to_str().unwrap();
         let j = ok_json(&run(&["inspect", m, "--json"]));
         let meta = &j["metadata"];
@@ -541,6 +544,5 @@ mod cli {
             ),
             "{s}"
         );
-        std::fs::remove_dir_all(dir).ok();
     }
 }

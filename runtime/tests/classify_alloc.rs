@@ -62,8 +62,11 @@ fn classify_allocates_nothing_once_warm() {
         qkv_bias: true,
         tied_head: false,
     };
-    let dir = std::env::temp_dir().join(format!("emberlm-classify-alloc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("emberlm-classify-alloc-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     for (readout, dtype) in [(Readout::Last, DType::F32), (Readout::LastReal, DType::Q8)] {
         let task = Task::Classifier {
             labels: vec!["ham".into(), "spam".into()],
@@ -118,5 +121,4 @@ fn classify_allocates_nothing_once_warm() {
             );
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -18,7 +18,7 @@ use emberlm_runtime::{Classifier, Model, Session, SessionOptions};
 use emberlm_trainer::export::{ExportDtype, ExportMeta, export_ember};
 use emberlm_trainer::finetune::classify::{Example, make_batch};
 use emberlm_trainer::model::{Gpt, Init};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// Trainer (f32, its own kernels and summation order) vs runtime (f32 export): absolute, on
 /// logits of order 1.
@@ -43,10 +43,13 @@ fn cfg() -> GptConfig {
     }
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-<name>-*` in the temp directory, removed with
+/// everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The classifier's bias (K): fixed values of both signs.
@@ -119,7 +122,8 @@ fn max_abs(a: &[f32], b: &[f32]) -> f32 {
 
 #[test]
 fn runtime_classifier_matches_the_trainers_forward() {
-    let dir = tempdir("classify-parity");
+    let tmp = tempdir("classify-parity");
+    let dir = tmp.path();
     let mut gpt = Gpt::new(cfg(), Init::TorchDefault, 42).unwrap();
     for readout in [Readout::Last, Readout::LastReal] {
         let path = dir.join(format!("clf-{readout:?}.ember"));
@@ -146,14 +150,14 @@ fn runtime_classifier_matches_the_trainers_forward() {
             }
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn readouts_disagree_where_the_book_says_they_should() {
     // With padding after the text, the last position and the last real token see different
     // contexts: the two exports must give different logits (else readout would be ignored).
-    let dir = tempdir("classify-readouts");
+    let tmp = tempdir("classify-readouts");
+    let dir = tmp.path();
     let gpt = Gpt::new(cfg(), Init::TorchDefault, 7).unwrap();
     let (a, b) = (dir.join("last.ember"), dir.join("last-real.ember"));
     export_classifier(&gpt, Readout::Last, ExportDtype::F32, &a);
@@ -170,14 +174,14 @@ fn readouts_disagree_where_the_book_says_they_should() {
     let la = ca.classify_tokens(&full).unwrap().logits.to_vec();
     let lb = cb.classify_tokens(&full).unwrap().logits.to_vec();
     assert!(max_abs(&la, &lb) <= F32_TOL);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn classifier_export_matches_the_language_model_export_with_the_same_rows() {
     // The same weights exported as a language model (untied head, V rows): the runtime's
     // next-token logits, first K, plus the bias, at the readout position.
-    let dir = tempdir("classify-lm");
+    let tmp = tempdir("classify-lm");
+    let dir = tmp.path();
     let gpt = Gpt::new(cfg(), Init::TorchDefault, 9).unwrap();
     let lm_path = dir.join("lm.ember");
     let meta = ExportMeta {
@@ -209,12 +213,12 @@ fn classifier_export_matches_the_language_model_export_with_the_same_rows() {
             assert!(err <= rel_tol, "{}: {got:?} vs {want:?}", dtype.name());
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn trainer_native_classifier_matches_the_runtime_on_a_padded_batch() {
-    let dir = tempdir("classify-native");
+    let tmp = tempdir("classify-native");
+    let dir = tmp.path();
     let lm = Gpt::new(cfg(), Init::TorchDefault, 21).unwrap();
     let mut gpt = lm.into_classifier(K, 5).unwrap();
     assert_eq!(gpt.outputs(), K);
@@ -252,5 +256,4 @@ fn trainer_native_classifier_matches_the_runtime_on_a_padded_batch() {
             );
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -25,10 +25,13 @@ fn run(args: &[&str]) -> Output {
     Command::new(ember()).args(args).output().unwrap()
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-cli-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-cli-<name>-*` in the temp directory, removed with
+/// everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-cli-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 fn fixture() -> (PathBuf, serde_json::Value) {
@@ -70,8 +73,9 @@ fn join(v: &[u64]) -> String {
 
 #[test]
 fn generate_and_score_match_transformers() {
-    let dir = tempdir("parity");
-    let model = export_tiny(&dir);
+    let tmp = tempdir("parity");
+    let dir = tmp.path();
+    let model = export_tiny(dir);
     let (_, e) = fixture();
     let m = model.to_str().unwrap();
     let out = run(&[
@@ -119,7 +123,6 @@ fn generate_and_score_match_transformers() {
             .iter()
             .any(|t| t["name"] == "blocks.1.ff.proj.weight")
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -158,8 +161,9 @@ fn tokenize_and_detokenize_give_the_books_ids() {
 /// Every case: a non-zero exit, one line on stderr naming the problem, and no panic.
 #[test]
 fn bad_inputs_give_one_clear_line() {
-    let dir = tempdir("bad");
-    let model = export_tiny(&dir);
+    let tmp = tempdir("bad");
+    let dir = tmp.path();
+    let model = export_tiny(dir);
     let m = model.to_str().unwrap().to_string();
     let empty = dir.join("empty.ember");
     std::fs::write(&empty, b"").unwrap();
@@ -184,7 +188,7 @@ fn bad_inputs_give_one_clear_line() {
             "No such file",
         ),
         (
-            vec!["generate".into(), s(&dir), "--tokens".into(), "1".into()],
+            vec!["generate".into(), s(dir), "--tokens".into(), "1".into()],
             "directory",
         ),
         (
@@ -364,5 +368,4 @@ fn bad_inputs_give_one_clear_line() {
         );
     }
     eprintln!("bad-input matrix: {} cases passed", cases.len() + 1);
-    std::fs::remove_dir_all(dir).ok();
 }

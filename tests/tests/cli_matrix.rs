@@ -12,7 +12,9 @@
 
 mod hostile_util;
 
-use hostile_util::{TINY, bin, check_one_line_error, scratch, train_tokenizer, write_text};
+use hostile_util::{
+    Scratch, TINY, bin, check_one_line_error, scratch, train_tokenizer, write_text,
+};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -573,7 +575,7 @@ const CLASSIFY_CASES: &[(&str, &str)] = &[
 
 /// The fixtures, made once in a scratch directory by the real binaries.
 struct Fixtures {
-    dir: PathBuf,
+    dir: Scratch,
 }
 
 impl Fixtures {
@@ -832,13 +834,12 @@ fn every_command_rejects_bad_input_with_one_clear_line() {
         failures.len(),
         failures.join("\n")
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A reader that closes the pipe early (`| head -1`) is not an error, and never a panic.
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
-    let dir = scratch("pipe");
+    let _dir = scratch("pipe");
     for (prog, args) in [
         ("ember", vec!["detokenize", "--ids", "15496,11,995"]),
         (
@@ -864,5 +865,4 @@ fn a_closed_stdout_is_not_a_panic() {
             out.status
         );
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -11,8 +11,7 @@ use emberlm_formats::ember::{
 use half::f16;
 use proptest::prelude::*;
 use std::io::{self, Write};
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::Path;
 
 /// A tensor to write: its name, dtype, shape and data (raw little-endian bytes for f32 and f16;
 /// for Q8 the quants and the scales separately).
@@ -350,38 +349,30 @@ proptest! {
     }
 }
 
-/// A directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
+/// A fresh, uniquely named directory `emberlm-roundtrip-*` under the system temp dir, removed
+/// with everything in it on drop (also when the test panics).
+struct TempDir(tempfile::TempDir);
 
 impl TempDir {
     fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let p = std::env::temp_dir().join(format!(
-            "ember-roundtrip-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
+        TempDir(
+            tempfile::Builder::new()
+                .prefix("emberlm-roundtrip-")
+                .tempdir()
+                .unwrap(),
+        )
     }
     fn path(&self) -> &Path {
-        &self.0
+        self.0.path()
     }
     /// File names in the directory, sorted (temporary files included: they start with '.').
     fn entries(&self) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(&self.0)
+        let mut v: Vec<String> = std::fs::read_dir(self.path())
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         v.sort();
         v
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

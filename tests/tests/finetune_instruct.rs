@@ -13,11 +13,13 @@ use emberlm_trainer::cli::{CliError, Console, Outcome};
 use emberlm_trainer::model::{Gpt, Init};
 use std::path::{Path, PathBuf};
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-instruct-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-instruct-<name>-*` in the temp directory, removed
+/// with everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-instruct-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// 40 entries of a few learnable patterns; every third has an input.
@@ -154,8 +156,9 @@ fn base(ck: &Path, data: &Path, out: &Path) -> InstructArgs {
 
 #[test]
 fn instruct_fine_tunes_exports_and_answers_the_test_split() {
-    let dir = tempdir("run");
-    let (data, ck) = setup(&dir);
+    let tmp = tempdir("run");
+    let dir = tmp.path();
+    let (data, ck) = setup(dir);
     let out = dir.join("out");
     let (r, text) = run(InstructArgs {
         epochs: Some(4),
@@ -241,13 +244,13 @@ fn instruct_fine_tunes_exports_and_answers_the_test_split() {
     // A second run into the same directory is refused rather than mixed in.
     let (again, _) = run(base(&ck, &data, &out));
     assert!(matches!(again, Err(CliError::Usage(m)) if m.contains("already holds a run")));
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn lora_trains_only_adapters_and_exports_the_merged_model() {
-    let dir = tempdir("lora");
-    let (data, ck) = setup(&dir);
+    let tmp = tempdir("lora");
+    let dir = tmp.path();
+    let (data, ck) = setup(dir);
     let out = dir.join("out");
     let (r, text) = run(InstructArgs {
         epochs: Some(2),
@@ -302,13 +305,13 @@ fn lora_trains_only_adapters_and_exports_the_merged_model() {
         .0,
         Err(CliError::Usage(_))
     ));
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn bad_input_gives_one_line_errors_naming_the_file_and_entry() {
-    let dir = tempdir("bad");
-    let (_, ck) = setup(&dir);
+    let tmp = tempdir("bad");
+    let dir = tmp.path();
+    let (_, ck) = setup(dir);
     let out = dir.join("out");
     let go = |a: InstructArgs| run(a).0.expect_err("the command must fail");
     let bad = dir.join("bad.json");
@@ -347,5 +350,4 @@ fn bad_input_gives_one_line_errors_naming_the_file_and_entry() {
     assert!(
         matches!(go(InstructArgs { trainable: Some("middle".into()), ..base(&ck, &good, &out) }), CliError::Usage(m) if m.contains("--trainable"))
     );
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -68,10 +68,13 @@ fn expected(name: &str) -> Expected {
     }
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-imp-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-imp-<name>-*` in the temp directory, removed with
+/// everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-imp-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Imports a fixture and exports it as `.ember` in `dtype`.
@@ -142,8 +145,9 @@ fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 
 fn check_f32(name: &str) {
     let e = expected(name);
-    let dir = tempdir(&format!("book-f32-{name}"));
-    let model = Model::open(&export(name, ExportDtype::F32, &dir)).unwrap();
+    let tmp = tempdir(&format!("book-f32-{name}"));
+    let dir = tmp.path();
+    let model = Model::open(&export(name, ExportDtype::F32, dir)).unwrap();
     for reference_kernels in [true, false] {
         let opts = SessionOptions {
             reference_kernels,
@@ -182,7 +186,6 @@ fn check_f32(name: &str) {
         .unwrap();
         assert_eq!(got, e.greedy_tokens, "{name}");
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -199,12 +202,13 @@ fn book_with_qkv_bias_f32_matches_pytorch_logits_loss_and_greedy_tokens() {
 fn book_f16_and_int8_exports_stay_within_their_loss_bounds() {
     for name in ["plain", "qkv_bias"] {
         let e = expected(name);
-        let dir = tempdir(&format!("book-quant-{name}"));
+        let tmp = tempdir(&format!("book-quant-{name}"));
+        let dir = tmp.path();
         for (dtype, tol) in [
             (ExportDtype::F16, F16_LOSS_TOL),
             (ExportDtype::Int8, INT8_LOSS_TOL),
         ] {
-            let model = Model::open(&export(name, dtype, &dir)).unwrap();
+            let model = Model::open(&export(name, dtype, dir)).unwrap();
             for kv_dtype in [KvDtype::F32, KvDtype::F16] {
                 let opts = SessionOptions {
                     kv_dtype,
@@ -219,6 +223,5 @@ fn book_f16_and_int8_exports_stay_within_their_loss_bounds() {
                 );
             }
         }
-        std::fs::remove_dir_all(dir).ok();
     }
 }

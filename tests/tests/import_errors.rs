@@ -40,11 +40,11 @@ fn hf_config() -> serde_json::Value {
         .unwrap()
 }
 
-/// Writes `tensors` (and `config`) into a fresh directory named after the case.
-fn write(case: &str, tensors: &Tensors, config: Option<&serde_json::Value>) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("emberlm-imp-err-{case}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+/// Writes `tensors` (and `config`) into a fresh directory named after the case, removed when the
+/// returned guard drops (also when the test panics).
+fn write(case: &str, tensors: &Tensors, config: Option<&serde_json::Value>) -> tempfile::TempDir {
+    let tmp = tempdir(case);
+    let dir = tmp.path();
     let views: Vec<(String, TensorView<'_>)> = tensors
         .iter()
         .map(|(n, (d, s, b))| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
@@ -53,7 +53,16 @@ fn write(case: &str, tensors: &Tensors, config: Option<&serde_json::Value>) -> P
     if let Some(c) = config {
         std::fs::write(dir.join("config.json"), c.to_string()).unwrap();
     }
-    dir
+    tmp
+}
+
+/// A fresh, uniquely named directory `emberlm-imp-err-<name>-*` in the temp directory, removed
+/// with everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-imp-err-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Transposes a 2-D F32 tensor in place (the bytes and the shape).
@@ -78,8 +87,9 @@ fn import_err(dir: &Path, heads: Option<usize>) -> ImportError {
 fn transposed_hugging_face_weight_says_transposed() {
     let mut t = hf();
     transpose(t.get_mut("transformer.h.1.mlp.c_fc.weight").unwrap());
-    let dir = write("hf-transposed", &t, Some(&hf_config()));
-    let e = import_err(&dir, None);
+    let tmp = write("hf-transposed", &t, Some(&hf_config()));
+    let dir = tmp.path();
+    let e = import_err(dir, None);
     assert_eq!(
         e,
         ImportError::Shape {
@@ -99,16 +109,16 @@ fn transposed_hugging_face_weight_says_transposed() {
             && msg.contains("transposed"),
         "{msg}"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn transposed_book_weight_says_transposed() {
     let mut t = book();
     transpose(t.get_mut("trf_blocks.0.ff.layers.2.weight").unwrap());
-    let dir = write("book-transposed", &t, None);
+    let tmp = write("book-transposed", &t, None);
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, Some(4)),
+        import_err(dir, Some(4)),
         ImportError::Shape {
             name: "trf_blocks.0.ff.layers.2.weight".into(),
             expected: vec![48, 192],
@@ -118,15 +128,15 @@ fn transposed_book_weight_says_transposed() {
             },
         }
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn context_length_mismatch_says_context_length() {
     let mut cfg = hf_config();
     cfg["n_positions"] = 1024.into();
-    let dir = write("context", &hf(), Some(&cfg));
-    let e = import_err(&dir, None);
+    let tmp = write("context", &hf(), Some(&cfg));
+    let dir = tmp.path();
+    let e = import_err(dir, None);
     assert_eq!(
         e,
         ImportError::Shape {
@@ -140,7 +150,6 @@ fn context_length_mismatch_says_context_length() {
         }
     );
     assert!(e.to_string().contains("context length"), "{e}");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -148,8 +157,9 @@ fn missing_or_missized_qkv_bias_says_qkv_bias() {
     // A Hugging Face file written from a model without q/k/v biases.
     let mut t = hf();
     t.remove("transformer.h.0.attn.c_attn.bias");
-    let dir = write("hf-no-bias", &t, Some(&hf_config()));
-    let e = import_err(&dir, None);
+    let tmp = write("hf-no-bias", &t, Some(&hf_config()));
+    let dir = tmp.path();
+    let e = import_err(dir, None);
     assert_eq!(
         e,
         ImportError::MissingTensor {
@@ -158,16 +168,16 @@ fn missing_or_missized_qkv_bias_says_qkv_bias() {
         }
     );
     assert!(e.to_string().contains("qkv_bias"), "{e}");
-    std::fs::remove_dir_all(&dir).ok();
 
     // A c_attn bias of one third the size (only q's).
     let mut t = hf();
     let b = t.get_mut("transformer.h.1.attn.c_attn.bias").unwrap();
     b.1 = vec![48];
     b.2.truncate(48 * 4);
-    let dir = write("hf-short-bias", &t, Some(&hf_config()));
+    let tmp = write("hf-short-bias", &t, Some(&hf_config()));
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, None),
+        import_err(dir, None),
         ImportError::Shape {
             name: "transformer.h.1.attn.c_attn.bias".into(),
             expected: vec![144],
@@ -175,44 +185,44 @@ fn missing_or_missized_qkv_bias_says_qkv_bias() {
             hint: Hint::QkvBias,
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 
     // The book: a key bias missing in the second block.
     let mut t = book();
     t.remove("trf_blocks.1.att.W_key.bias");
-    let dir = write("book-missing-bias", &t, None);
+    let tmp = write("book-missing-bias", &t, None);
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, Some(4)),
+        import_err(dir, Some(4)),
         ImportError::MissingTensor {
             name: "trf_blocks.1.att.W_key.bias".into(),
             hint: Some(Hint::QkvBias),
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 
     // The book: biases only in the second block (block 0 says qkv_bias=False).
     let mut t = book();
     for n in ["W_query", "W_key", "W_value"] {
         t.remove(&format!("trf_blocks.0.att.{n}.bias"));
     }
-    let dir = write("book-stray-bias", &t, None);
+    let tmp = write("book-stray-bias", &t, None);
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, Some(4)),
+        import_err(dir, Some(4)),
         ImportError::UnexpectedTensor {
             name: "trf_blocks.1.att.W_key.bias".into(),
             hint: Some(Hint::QkvBias),
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn vocabulary_and_untied_head_mismatches_are_explained() {
     let mut cfg = hf_config();
     cfg["vocab_size"] = 50257.into();
-    let dir = write("vocab", &hf(), Some(&cfg));
+    let tmp = write("vocab", &hf(), Some(&cfg));
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, None),
+        import_err(dir, None),
         ImportError::Shape {
             name: "transformer.wte.weight".into(),
             expected: vec![50257, 48],
@@ -223,19 +233,18 @@ fn vocabulary_and_untied_head_mismatches_are_explained() {
             },
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 
     let mut cfg = hf_config();
     cfg["tie_word_embeddings"] = false.into();
-    let dir = write("untied", &hf(), Some(&cfg));
+    let tmp = write("untied", &hf(), Some(&cfg));
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, None),
+        import_err(dir, None),
         ImportError::MissingTensor {
             name: "lm_head.weight".into(),
             hint: Some(Hint::UntiedHead),
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -243,32 +252,32 @@ fn configuration_problems_name_the_field() {
     // n_layer disagrees with the blocks in the file.
     let mut cfg = hf_config();
     cfg["n_layer"] = 3.into();
-    let dir = write("n-layer", &hf(), Some(&cfg));
-    match import_err(&dir, None) {
+    let tmp = write("n-layer", &hf(), Some(&cfg));
+    let dir = tmp.path();
+    match import_err(dir, None) {
         ImportError::Config(m) => {
             assert!(m.contains("n_layer is 3") && m.contains("2 blocks"), "{m}")
         }
         e => panic!("{e:?}"),
     }
-    std::fs::remove_dir_all(&dir).ok();
 
     // Another activation.
     let mut cfg = hf_config();
     cfg["activation_function"] = "relu".into();
-    let dir = write("act", &hf(), Some(&cfg));
-    match import_err(&dir, None) {
+    let tmp = write("act", &hf(), Some(&cfg));
+    let dir = tmp.path();
+    match import_err(dir, None) {
         ImportError::Config(m) => assert!(m.contains("activation_function \"relu\""), "{m}"),
         e => panic!("{e:?}"),
     }
-    std::fs::remove_dir_all(&dir).ok();
 
     // The book's files do not record the heads, and 48 is not a GPT-2 width.
-    let dir = write("heads", &book(), None);
-    match import_err(&dir, None) {
+    let tmp = write("heads", &book(), None);
+    let dir = tmp.path();
+    match import_err(dir, None) {
         ImportError::Config(m) => assert!(m.contains("--heads") && m.contains("emb_dim 48"), "{m}"),
         e => panic!("{e:?}"),
     }
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
@@ -279,38 +288,38 @@ fn foreign_tensors_and_dtypes_are_refused() {
         "score.weight".into(),
         (Dtype::F32, vec![2, 48], vec![0; 2 * 48 * 4]),
     );
-    let dir = write("foreign", &t, Some(&hf_config()));
+    let tmp = write("foreign", &t, Some(&hf_config()));
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, None),
+        import_err(dir, None),
         ImportError::UnexpectedTensor {
             name: "score.weight".into(),
             hint: None
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 
     let mut t = hf();
     t.get_mut("transformer.ln_f.bias").unwrap().0 = Dtype::I32;
-    let dir = write("dtype", &t, Some(&hf_config()));
+    let tmp = write("dtype", &t, Some(&hf_config()));
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, None),
+        import_err(dir, None),
         ImportError::Dtype {
             name: "transformer.ln_f.bias".into(),
             dtype: "I32".into()
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 
     let mut t = Tensors::new();
     t.insert("encoder.weight".into(), (Dtype::F32, vec![2], vec![0; 8]));
-    let dir = write("layout", &t, None);
+    let tmp = write("layout", &t, None);
+    let dir = tmp.path();
     assert_eq!(
-        import_err(&dir, None),
+        import_err(dir, None),
         ImportError::UnknownLayout {
             sample: vec!["encoder.weight".into()]
         }
     );
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 /// Hugging Face's hub files carry `h.N.attn.bias` mask buffers and (sometimes) a tied
@@ -341,8 +350,9 @@ fn buffers_tied_heads_and_half_precision_are_accepted() {
         .collect();
     t.insert("ln_f.weight".into(), (Dtype::F16, vec![48], f16b));
     t.insert("ln_f.bias".into(), (Dtype::BF16, vec![48], bf16b));
-    let dir = write("hub", &t, Some(&hf_config()));
-    let mut imp = import_safetensors(&dir, None).unwrap();
+    let tmp = write("hub", &t, Some(&hf_config()));
+    let dir = tmp.path();
+    let mut imp = import_safetensors(dir, None).unwrap();
     imp.ignored.sort();
     assert_eq!(
         imp.ignored,
@@ -351,14 +361,12 @@ fn buffers_tied_heads_and_half_precision_are_accepted() {
     assert!(imp.config.tied_head);
     assert_eq!(imp.tensors["final_norm.scale"], halves);
     assert_eq!(imp.tensors["final_norm.shift"], halves);
-    std::fs::remove_dir_all(&dir).ok();
 }
 
 #[test]
 fn broken_files_give_typed_errors_and_leave_no_output() {
-    let dir = std::env::temp_dir().join(format!("emberlm-imp-err-broken-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempdir("broken");
+    let dir = tmp.path();
     let good = std::fs::read(fixtures().join("hf_tiny/model.safetensors")).unwrap();
     let n = u64::from_le_bytes(good[..8].try_into().unwrap()) as usize;
     let cases: Vec<(&str, Vec<u8>, &str)> = vec![
@@ -413,16 +421,17 @@ fn broken_files_give_typed_errors_and_leave_no_output() {
     let mut t = hf();
     transpose(t.get_mut("transformer.h.0.attn.c_proj.weight").unwrap()); // square: not detectable
     transpose(t.get_mut("transformer.h.0.mlp.c_proj.weight").unwrap());
-    let bad = write("atomic", &t, Some(&hf_config()));
+    let bad_tmp = write("atomic", &t, Some(&hf_config()));
+    let bad = bad_tmp.path();
     assert!(matches!(
-        import_to_safetensors(&bad, &out, None),
+        import_to_safetensors(bad, &out, None),
         Err(ImportError::Shape {
             hint: Hint::Transposed { .. },
             ..
         })
     ));
     assert_eq!(std::fs::read(&out).unwrap(), b"previous");
-    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
         .filter(|e| e.file_name().to_string_lossy().contains(".tmp-"))
@@ -433,6 +442,4 @@ fn broken_files_give_typed_errors_and_leave_no_output() {
         Err(ImportError::Io { path, .. }) => assert!(path.ends_with("nope")),
         other => panic!("{other:?}"),
     }
-    std::fs::remove_dir_all(&dir).ok();
-    std::fs::remove_dir_all(&bad).ok();
 }

@@ -107,11 +107,13 @@ impl Rng {
     }
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-imp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-imp-<name>-*` in the temp directory, removed with
+/// everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-imp-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// The canonical (name, index) a value of a Hugging Face tensor goes to, worked out here from
@@ -157,7 +159,8 @@ fn canonical_of(hf: &str) -> (String, bool) {
 /// value.
 #[test]
 fn random_gpt2_124m_hugging_face_file_imports_every_tensor() {
-    let dir = tempdir("124m");
+    let tmp = tempdir("124m");
+    let dir = tmp.path();
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut source: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for e in counts()["hf_safetensors_tensors"]["124m"]
@@ -251,7 +254,6 @@ fn random_gpt2_124m_hugging_face_file_imports_every_tensor() {
             assert!(value(at) == want, "{name}[{k}] -> {canon}[{at}]");
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// Peak resident memory of the streaming import of a 1558M-shaped Hugging Face file (6.4 GB of
@@ -289,8 +291,17 @@ fn import_1558m_peak_rss() {
     let base = std::env::var_os("EMBER_BIG_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(std::env::temp_dir);
-    let dir = base.join(format!("emberlm-imp-1558m-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed when `tmp` drops (also when the test panics), unless EMBER_BIG_KEEP is set.
+    let keep = std::env::var_os("EMBER_BIG_KEEP").is_some();
+    let tmp = tempfile::Builder::new()
+        .prefix("emberlm-imp-1558m-")
+        .disable_cleanup(keep)
+        .tempdir_in(&base)
+        .unwrap();
+    let dir = tmp.path();
+    if keep {
+        println!("EMBER_BIG_KEEP: the files stay in {}", dir.display());
+    }
     let cfg = openai("1558m");
     let shapes = layout_shapes(&cfg, Layout::HuggingFace);
     let t = std::time::Instant::now();
@@ -325,7 +336,7 @@ fn import_1558m_peak_rss() {
             "--ignored",
             "--nocapture",
         ])
-        .env("EMBER_RSS_CHILD", &dir)
+        .env("EMBER_RSS_CHILD", dir)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -364,7 +375,4 @@ fn import_1558m_peak_rss() {
     b.read_f32_range("blocks.47.ff.fc.weight", 6399 * 1600 + 7, &mut v)
         .unwrap();
     assert_eq!(u, v);
-    if std::env::var_os("EMBER_BIG_KEEP").is_none() {
-        std::fs::remove_dir_all(&dir).ok();
-    }
 }

@@ -16,11 +16,13 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-imp-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-imp-<name>-*` in the temp directory, removed with
+/// everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-imp-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// (fixture dir, heads to pass, layout)
@@ -70,17 +72,17 @@ fn import_export_import_is_bit_identical_for_both_layouts() {
     for (src, heads, layout) in sources() {
         let a = import_safetensors(&src, heads).unwrap();
         assert_eq!(a.layout, layout);
-        let dir = tempdir(&format!(
+        let tmp = tempdir(&format!(
             "rt-{}",
             src.file_name().unwrap().to_string_lossy()
         ));
-        export_in_memory(&a, layout, &dir);
+        let dir = tmp.path();
+        export_in_memory(&a, layout, dir);
         // No --heads needed the second time: config.json beside the export records them.
-        let b = import_safetensors(&dir, None).unwrap();
+        let b = import_safetensors(dir, None).unwrap();
         assert_eq!(b.layout, layout, "{}", src.display());
         assert_eq!(b.config, a.config, "{}", src.display());
         assert!(bits(&b.tensors) == bits(&a.tensors), "{}", src.display());
-        std::fs::remove_dir_all(dir).ok();
     }
 }
 
@@ -90,11 +92,12 @@ fn import_export_import_is_bit_identical_for_both_layouts() {
 fn exports_equal_the_pytorch_written_files_tensor_for_tensor() {
     for (src, heads, layout) in sources() {
         let imp = import_safetensors(&src, heads).unwrap();
-        let dir = tempdir(&format!(
+        let tmp = tempdir(&format!(
             "bytes-{}",
             src.file_name().unwrap().to_string_lossy()
         ));
-        export_in_memory(&imp, layout, &dir);
+        let dir = tmp.path();
+        export_in_memory(&imp, layout, dir);
         let mut original = raw_tensors(&src.join("model.safetensors"));
         original.retain(|k, _| !k.ends_with("att.mask"));
         let exported = raw_tensors(&dir.join("model.safetensors"));
@@ -118,7 +121,6 @@ fn exports_equal_the_pytorch_written_files_tensor_for_tensor() {
                 .map(String::as_str),
             Some("pt")
         );
-        std::fs::remove_dir_all(dir).ok();
     }
 }
 
@@ -126,10 +128,11 @@ fn exports_equal_the_pytorch_written_files_tensor_for_tensor() {
 fn streaming_import_writes_what_the_in_memory_import_returns() {
     for (src, heads, _) in sources() {
         let imp = import_safetensors(&src, heads).unwrap();
-        let dir = tempdir(&format!(
+        let tmp = tempdir(&format!(
             "stream-{}",
             src.file_name().unwrap().to_string_lossy()
         ));
+        let dir = tmp.path();
         let out = dir.join("model.safetensors");
         let summary = import_to_safetensors(&src, &out, heads).unwrap();
         assert_eq!(summary.config, imp.config);
@@ -177,7 +180,6 @@ fn streaming_import_writes_what_the_in_memory_import_returns() {
                 );
             }
         }
-        std::fs::remove_dir_all(dir).ok();
     }
 }
 
@@ -185,7 +187,8 @@ fn streaming_import_writes_what_the_in_memory_import_returns() {
 fn cross_layout_exports_keep_the_function() {
     // Hugging Face (tied, qkv bias) → book: out_head is a copy of tok_emb, every weight equal.
     let hf = import_safetensors(&fixtures().join("hf_tiny"), None).unwrap();
-    let dir = tempdir("cross");
+    let tmp = tempdir("cross");
+    let dir = tmp.path();
     export_in_memory(&hf, Layout::Book, &dir.join("book"));
     let book = import_safetensors(&dir.join("book"), None).unwrap();
     assert_eq!(book.layout, Layout::Book);
@@ -216,7 +219,6 @@ fn cross_layout_exports_keep_the_function() {
             }
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -252,8 +254,9 @@ fn exported_config_json_files_say_what_pytorch_needs() {
 
     // The files on disk: an untied model says so.
     let plain = import_safetensors(&fixtures().join("book_tiny/plain"), Some(4)).unwrap();
-    let dir = tempdir("cfgjson");
-    export_in_memory(&plain, Layout::HuggingFace, &dir);
+    let tmp = tempdir("cfgjson");
+    let dir = tmp.path();
+    export_in_memory(&plain, Layout::HuggingFace, dir);
     let j: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(dir.join("config.json")).unwrap()).unwrap();
     assert_eq!(j["tie_word_embeddings"], false);
@@ -263,7 +266,6 @@ fn exported_config_json_files_say_what_pytorch_needs() {
         j["eos_token_id"].is_null(),
         "vocabulary of 97: no GPT-2 end token"
     );
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// Writes every fixture in both layouts for tests/fixtures/check_export_loads.py, which loads them
@@ -271,9 +273,13 @@ fn exported_config_json_files_say_what_pytorch_needs() {
 /// written there and kept (`DIR/<fixture>-<layout>/`); otherwise into a temp dir, then removed.
 #[test]
 fn exports_for_the_pytorch_load_check() {
-    let (base, keep) = match std::env::var_os("EMBER_EXPORT_DIR") {
-        Some(d) => (PathBuf::from(d), true),
-        None => (tempdir("for-check"), false),
+    // `_tmp` removes the temp dir when it drops (also when the test panics).
+    let (base, _tmp) = match std::env::var_os("EMBER_EXPORT_DIR") {
+        Some(d) => (PathBuf::from(d), None),
+        None => {
+            let t = tempdir("for-check");
+            (t.path().to_path_buf(), Some(t))
+        }
     };
     for (src, heads, _) in sources() {
         let imp = import_safetensors(&src, heads).unwrap();
@@ -283,8 +289,5 @@ fn exports_for_the_pytorch_load_check() {
             export_in_memory(&imp, layout, &dir);
             assert!(dir.join("model.safetensors").is_file() && dir.join("config.json").is_file());
         }
-    }
-    if !keep {
-        std::fs::remove_dir_all(base).ok();
     }
 }

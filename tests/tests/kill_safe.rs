@@ -17,7 +17,7 @@ mod hostile_util;
 
 use emberlm_formats::ember::{AlignedBytes, EmberFile};
 use emberlm_trainer::checkpoint;
-use hostile_util::{Rng, TINY, bin, scratch, train_tokenizer, write_text};
+use hostile_util::{KillOnDrop, Rng, TINY, bin, scratch, train_tokenizer, write_text};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -29,7 +29,7 @@ const STEPS: &str = "16";
 /// What is checked per step directory: the bytes of the model and optimizer files.
 type StepBytes = (Vec<u8>, Vec<u8>);
 
-fn spawn_pretrain(text: &Path, tok: &Path, run: &Path, resume: bool) -> Child {
+fn spawn_pretrain(text: &Path, tok: &Path, run: &Path, resume: bool) -> KillOnDrop {
     let mut c = Command::new(bin("ember-train"));
     c.arg("pretrain");
     if resume {
@@ -49,6 +49,7 @@ fn spawn_pretrain(text: &Path, tok: &Path, run: &Path, resume: bool) -> Child {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
+        .map(KillOnDrop::new)
         .unwrap()
 }
 
@@ -66,7 +67,7 @@ fn wait_for(child: &mut Child, limit: Duration) -> Option<bool> {
     }
 }
 
-fn stderr_of(child: Child) -> String {
+fn stderr_of(child: KillOnDrop) -> String {
     let out = child.wait_with_output().unwrap();
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
@@ -212,6 +213,7 @@ fn export_kills(dir: &Path, want: usize, rng: &mut Rng) -> usize {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
+            .map(KillOnDrop::new)
             .unwrap()
     };
     // The old file (f16) and what the export writes (f32): the writer is deterministic.
@@ -331,6 +333,7 @@ fn import_kills(dir: &Path, text: &Path, want: usize, rng: &mut Rng) -> usize {
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
+            .map(KillOnDrop::new)
             .unwrap()
     };
     let model_of = |d: &Path| std::fs::read(d.join("model.safetensors")).unwrap();
@@ -421,7 +424,6 @@ fn sigkill_during_checkpoints_and_exports_loses_nothing() {
         t0.elapsed().as_secs_f64()
     );
     assert!(a + b + c >= 50);
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A crash inside the very first checkpoint save leaves `checkpoints/` without `latest` (and a
@@ -457,5 +459,4 @@ fn a_crash_in_the_first_save_does_not_block_a_fresh_run() {
     );
     assert!(!stale.exists(), "the stale temporary was not removed");
     checkpoint::load(&run, true).unwrap();
-    std::fs::remove_dir_all(dir).ok();
 }

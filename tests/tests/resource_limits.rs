@@ -51,20 +51,22 @@ struct Measured {
     result: String,
 }
 
-/// The token cache of the commands run here (`EMBER_CACHE`): not the user's.
-fn cache_dir() -> PathBuf {
-    std::env::temp_dir().join(format!("emberlm-hostile-cache-{}", std::process::id()))
+/// The token cache of the commands run here (`EMBER_CACHE`): not the user's, inside the test's
+/// scratch directory `dir` (removed with it).
+fn cache_dir(dir: &Path) -> PathBuf {
+    dir.join("cache")
 }
 
-/// Runs the probe (`what` is `bin` or a reader name) in a fresh copy of this test binary.
-fn measure(what: &str, args: &[String], stdin: Option<&Path>) -> Measured {
+/// Runs the probe (`what` is `bin` or a reader name) in a fresh copy of this test binary, with
+/// the token cache in the scratch directory `dir`.
+fn measure(dir: &Path, what: &str, args: &[String], stdin: Option<&Path>) -> Measured {
     let mut spec = vec![what.to_string()];
     spec.push(stdin.map_or(String::new(), |p| p.display().to_string()));
     spec.extend(args.iter().cloned());
     let out = Command::new(std::env::current_exe().unwrap())
         .args(["probe", "--exact", "--nocapture", "--test-threads", "1"])
         .env(PROBE_ENV, spec.join("\u{1f}"))
-        .env("EMBER_CACHE", cache_dir())
+        .env("EMBER_CACHE", cache_dir(dir))
         .stdin(Stdio::null())
         .output()
         .unwrap();
@@ -285,9 +287,15 @@ fn absurd_headers_fail_fast_with_bounded_memory() {
             HEADER_MAX_MB
         };
         let ember = s(&bin("ember"));
-        let m = measure("bin", &[ember.clone(), "inspect".into(), s(&path)], None);
+        let m = measure(
+            &dir,
+            "bin",
+            &[ember.clone(), "inspect".into(), s(&path)],
+            None,
+        );
         expect_error("ember", &m, needle, budget, &format!("inspect {name}"));
         let m = measure(
+            &dir,
             "bin",
             &[
                 ember,
@@ -316,7 +324,7 @@ fn absurd_headers_fail_fast_with_bounded_memory() {
         } else {
             needle
         };
-        let m = measure("bin", &args, None);
+        let m = measure(&dir, "bin", &args, None);
         expect_error(
             "ember-train",
             &m,
@@ -327,7 +335,6 @@ fn absurd_headers_fail_fast_with_bounded_memory() {
         n += 3;
     }
     eprintln!("resource_limits: {n} hostile-header cases");
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// A tiny model with its own tokenizer (context 16), made by the real binaries.
@@ -347,7 +354,7 @@ fn tiny_model(dir: &Path) -> PathBuf {
         .arg("--out")
         .arg(&run)
         .args(["--steps", "1"])
-        .env("EMBER_CACHE", cache_dir())
+        .env("EMBER_CACHE", cache_dir(dir))
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -388,6 +395,7 @@ fn long_prompts_are_bounded() {
     let prompt = one_line(100_000, true);
     let solid = one_line(100_000, false);
     let m = measure(
+        &dir,
         "bin",
         &[
             ember.clone(),
@@ -409,6 +417,7 @@ fn long_prompts_are_bounded() {
         ("generate", "--prompt", &solid),
     ] {
         let m = measure(
+            &dir,
             "bin",
             &[
                 ember.clone(),
@@ -435,6 +444,7 @@ fn long_prompts_are_bounded() {
         line.push('\n');
         std::fs::write(&input, &line).unwrap();
         let m = measure(
+            &dir,
             "bin",
             &[ember.clone(), "chat".into(), s(&model)],
             Some(&input),
@@ -455,7 +465,6 @@ fn long_prompts_are_bounded() {
             m.seconds, m.peak_mb
         );
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
@@ -483,7 +492,7 @@ fn hundred_megabyte_lines_are_handled_with_bounded_memory() {
             "--out".into(),
             s(&dir.join(format!("run-{mb}"))),
         ]);
-        let m = measure("bin", &args, None);
+        let m = measure(&dir, "bin", &args, None);
         assert_eq!(m.code, Some(0), "{}", m.stderr);
         // Per byte: the text, the split copies, ids, the BPE scratch of the longest piece.
         let per_byte = if spaces { PER_INPUT_BYTE } else { 48.0 };
@@ -497,7 +506,7 @@ fn hundred_megabyte_lines_are_handled_with_bounded_memory() {
             "resource_limits: pretrain on one {mb} MB line (spaces: {spaces}): {:.2} s, peak {:.1} MB",
             m.seconds, m.peak_mb
         );
-        std::fs::remove_dir_all(cache_dir()).ok();
+        std::fs::remove_dir_all(cache_dir(&dir)).ok();
     }
 
     // The fine-tuning readers: a TSV with one 100 MB row, a JSON entry with a 100 MB field.
@@ -515,7 +524,7 @@ fn hundred_megabyte_lines_are_handled_with_bounded_memory() {
         ("read_labelled", &tsv, "ok: 2 rows"),
         ("read_instructions", &json, "ok: 1 entries"),
     ] {
-        let m = measure(reader, &[s(path)], None);
+        let m = measure(&dir, reader, &[s(path)], None);
         assert_eq!(m.result, want, "{reader}");
         let budget = BASE_MB + PER_INPUT_BYTE * 100.0;
         assert!(
@@ -528,5 +537,4 @@ fn hundred_megabyte_lines_are_handled_with_bounded_memory() {
             m.seconds, m.peak_mb
         );
     }
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -78,10 +78,13 @@ fn export(dtype: ExportDtype, dir: &Path) -> PathBuf {
     path
 }
 
-fn tempdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("emberlm-{name}-{}", std::process::id()));
-    std::fs::create_dir_all(&d).unwrap();
-    d
+/// A fresh, uniquely named directory `emberlm-<name>-*` in the temp directory, removed with
+/// everything in it when the returned guard drops (also when the test panics).
+fn tempdir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("emberlm-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// Logits at every position, fed one token at a time.
@@ -121,8 +124,9 @@ fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
 #[test]
 fn f32_export_matches_transformers_logits_loss_and_greedy_tokens() {
     let e = expected();
-    let dir = tempdir("hf-f32");
-    let model = Model::open(&export(ExportDtype::F32, &dir)).unwrap();
+    let tmp = tempdir("hf-f32");
+    let dir = tmp.path();
+    let model = Model::open(&export(ExportDtype::F32, dir)).unwrap();
     for reference_kernels in [true, false] {
         for threads in [1, 2] {
             let opts = SessionOptions {
@@ -164,18 +168,18 @@ fn f32_export_matches_transformers_logits_loss_and_greedy_tokens() {
             assert_eq!(got, e.greedy_tokens);
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 #[test]
 fn f16_and_int8_exports_stay_within_their_loss_bounds() {
     let e = expected();
-    let dir = tempdir("hf-quant");
+    let tmp = tempdir("hf-quant");
+    let dir = tmp.path();
     for (dtype, tol) in [
         (ExportDtype::F16, F16_LOSS_TOL),
         (ExportDtype::Int8, INT8_LOSS_TOL),
     ] {
-        let model = Model::open(&export(dtype, &dir)).unwrap();
+        let model = Model::open(&export(dtype, dir)).unwrap();
         for kv_dtype in [KvDtype::F32, KvDtype::F16] {
             let opts = SessionOptions {
                 kv_dtype,
@@ -190,7 +194,6 @@ fn f16_and_int8_exports_stay_within_their_loss_bounds() {
             );
         }
     }
-    std::fs::remove_dir_all(dir).ok();
 }
 
 /// The committed `tests/fixtures/hf_tiny/tiny-f32.ember` (used by `runtime/examples/embedded.rs`
@@ -199,8 +202,9 @@ fn f16_and_int8_exports_stay_within_their_loss_bounds() {
 /// intentional format change.
 #[test]
 fn committed_tiny_model_is_what_export_writes() {
-    let dir = tempdir("hf-bless");
-    let fresh = std::fs::read(export(ExportDtype::F32, &dir)).unwrap();
+    let tmp = tempdir("hf-bless");
+    let dir = tmp.path();
+    let fresh = std::fs::read(export(ExportDtype::F32, dir)).unwrap();
     let committed_path = fixture_dir().join("tiny-f32.ember");
     if std::env::var_os("EMBER_BLESS").is_some() {
         std::fs::write(&committed_path, &fresh).unwrap();
@@ -210,5 +214,4 @@ fn committed_tiny_model_is_what_export_writes() {
         committed == fresh,
         "tiny-f32.ember differs from a fresh export: rerun with EMBER_BLESS=1 if the format changed on purpose"
     );
-    std::fs::remove_dir_all(dir).ok();
 }

@@ -92,8 +92,11 @@ fn embedded_gpt2_equals_openais_files() {
     );
 
     // Hugging Face's layout: the same content, vocab.json written compactly.
-    let dir = std::env::temp_dir().join(format!("emberlm-tok-hf-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let tmp = tempfile::Builder::new()
+        .prefix("emberlm-tok-hf-")
+        .tempdir()
+        .unwrap();
+    let dir = tmp.path();
     let json: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&encoder).unwrap()).unwrap();
     std::fs::write(dir.join("vocab.json"), serde_json::to_vec(&json).unwrap()).unwrap();
@@ -130,7 +133,6 @@ fn embedded_gpt2_equals_openais_files() {
             ),
         }
     );
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

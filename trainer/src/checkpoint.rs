@@ -751,8 +751,11 @@ mod tests {
 
     #[test]
     fn save_load_round_trip_and_latest_pointer() {
-        let out = std::env::temp_dir().join(format!("emberlm-ckpt-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-ckpt-")
+            .tempdir()
+            .unwrap();
+        let out = tmp.path().join("run");
         let cfg = tiny();
         let n = cfg.param_count();
         let params: Vec<f32> = (0..n).map(|i| i as f32 * 0.5 - 3.0).collect();
@@ -814,13 +817,15 @@ mod tests {
             resolve(&out.join("nothing-here")),
             Err(CheckpointError::NotACheckpoint { .. })
         ));
-        let _ = std::fs::remove_dir_all(&out);
     }
 
     #[test]
     fn write_dir_replaces_a_directory_and_leaves_nothing_hidden() {
-        let out = std::env::temp_dir().join(format!("emberlm-ckpt-swap-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&out);
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-ckpt-swap-")
+            .tempdir()
+            .unwrap();
+        let out = tmp.path().join("run");
         let cfg = tiny();
         let shapes = cfg.tensor_shapes();
         let tok =
@@ -845,6 +850,5 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["ckpt"]);
-        let _ = std::fs::remove_dir_all(&out);
     }
 }

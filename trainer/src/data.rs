@@ -538,8 +538,12 @@ mod tests {
 
     #[test]
     fn second_load_comes_from_the_cache() {
-        let dir = std::env::temp_dir().join(format!("emberlm-data-cache-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        // The cache directory does not exist yet: the first load creates it.
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-data-cache-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().join("cache");
         let tok = Tokenizer::gpt2();
         let texts = ["Every effort moves you.", "A second document."];
         let (a, st) = load_splits(&texts, tok, 0.9, Some(&dir));
@@ -556,13 +560,15 @@ mod tests {
         // Different contents: a different entry.
         let (_, st) = load_splits(&["Other text entirely."], tok, 0.9, Some(&dir));
         assert!(matches!(st, CacheStatus::Stored(_)), "{st:?}");
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn bad_files_are_named() {
-        let dir = std::env::temp_dir().join(format!("emberlm-data-bad-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-data-bad-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path().to_path_buf();
         assert_eq!(
             read_text(&dir).unwrap_err(),
             DataError::IsDirectory { path: dir.clone() }
@@ -586,7 +592,6 @@ mod tests {
         );
         let missing = dir.join("missing.txt");
         assert!(matches!(read_text(&missing), Err(DataError::Io { .. })));
-        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// BOOK.md ch02 [TV]: batch 1, context 4, stride 1 over the whole of the-verdict.

@@ -396,8 +396,11 @@ mod tests {
         ];
         let mut meta = BTreeMap::new();
         meta.insert("format".to_string(), "pt".to_string());
-        let dir = std::env::temp_dir().join(format!("emberlm-st-header-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-st-header-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let path = dir.join("x.safetensors");
         let size = write_safetensors_f32(&path, &meta, &tensors, |i, w| {
             let n: usize = tensors[i].1.iter().product();
@@ -423,6 +426,5 @@ mod tests {
         let err = write_safetensors_f32(&bad, &meta, &tensors, |_, w| w.write_all(&[0u8; 4]));
         assert!(err.is_err());
         assert!(!bad.exists());
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -146,11 +146,13 @@ fn ctrl_c_saves_a_checkpoint_and_the_run_resumes() {
         "run",
         "--json",
     ]);
-    let mut child = cmd(&d, &args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = KillOnDrop::new(
+        cmd(&d, &args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
     let stderr = child.stderr.take().unwrap();
     let mut lines = BufReader::new(stderr).lines();
     // Wait until the first step has been logged.

@@ -360,9 +360,11 @@ mod tests {
 
     #[test]
     fn dead_temporaries_are_swept_by_pattern() {
-        let dir = std::env::temp_dir().join(format!("emberlm-sweep-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-sweep-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let me = std::process::id();
         let mine = format!("..imp-{me}.st.tmp-{me}");
         // 4,000,000,000 exceeds any pid_max: that process is certainly gone.
@@ -376,10 +378,9 @@ mod tests {
         for (n, _) in &names {
             std::fs::write(dir.join(n), b"x").unwrap();
         }
-        remove_dead_temporaries(&dir, "..imp-", ".st.tmp-{pid}");
+        remove_dead_temporaries(dir, "..imp-", ".st.tmp-{pid}");
         for (n, kept) in &names {
             assert_eq!(dir.join(n).exists(), *kept, "{n}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -431,8 +431,11 @@ mod tests {
 
     #[test]
     fn csv_with_header_and_skips() {
-        let dir = std::env::temp_dir().join(format!("emberlm-csv-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-csv-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let f = dir.join("d.csv");
         std::fs::write(
             &f,
@@ -451,6 +454,5 @@ mod tests {
         assert!(
             matches!(read_labelled(&f), Err(DataError::Format { message, .. }) if message.contains("no label column"))
         );
-        std::fs::remove_dir_all(dir).ok();
     }
 }

@@ -381,8 +381,11 @@ mod tests {
 
     #[test]
     fn responses_round_trip_with_the_four_keys() {
-        let dir = std::env::temp_dir().join(format!("emberlm-resp-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let tmp = tempfile::Builder::new()
+            .prefix("emberlm-resp-")
+            .tempdir()
+            .unwrap();
+        let dir = tmp.path();
         let p = dir.join("responses.json");
         let r = vec![Response {
             instruction: "Say \"hi\".".into(),
@@ -398,6 +401,5 @@ mod tests {
         keys.sort();
         assert_eq!(keys, ["input", "instruction", "model_response", "output"]);
         assert_eq!(o["model_response"], "hello\nthere");
-        std::fs::remove_dir_all(dir).ok();
     }
 }
