@@ -302,7 +302,10 @@ impl<'m, 'a> Session<'m, 'a> {
         let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads, g);
         let cache = || match options.kv_dtype {
             KvDtype::F32 => KvCache::F32(vec![0.0; cache_len]),
-            KvDtype::F16 => KvCache::F16(vec![f16::ZERO; cache_len]),
+            // Zeroed memory from the allocator, as `vec![0.0; n]` gets for f32: the pages are
+            // only backed once written, so an unused context costs no resident memory.
+            // (`vec![f16::ZERO; n]` would write every element.)
+            KvDtype::F16 => KvCache::F16(bytemuck::zeroed_vec(cache_len)),
         };
         let chunk = options.prefill_chunk.min(context);
         Ok(Session {
