@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Output};
+use std::process::Output;
 use std::sync::OnceLock;
 
 /// The directory of the binaries built with this test (`target/<profile>`).
@@ -74,74 +74,13 @@ pub fn bin(name: &str) -> PathBuf {
     b
 }
 
-/// A test's scratch directory: removed with everything in it when dropped, so also when the
-/// test fails or panics. Derefs to the directory's path. Keep it alive until every child process
-/// writing into it has exited (see [`KillOnDrop`]).
-#[derive(Debug)]
-pub struct Scratch(tempfile::TempDir);
+#[allow(unused_imports)] // each test binary includes this module and uses part of it
+pub use emberlm_testkit::{KillOnDrop, Scratch};
 
-impl std::ops::Deref for Scratch {
-    type Target = Path;
-    fn deref(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-impl AsRef<Path> for Scratch {
-    fn as_ref(&self) -> &Path {
-        self.0.path()
-    }
-}
-
-/// A fresh, uniquely named scratch directory `emberlm-hostile-<name>-*` in the temp directory.
+/// A fresh, uniquely named scratch directory `emberlm-hostile-<name>-*` in the temp directory, removed
+/// when dropped (see [`Scratch`]).
 pub fn scratch(name: &str) -> Scratch {
-    let d = tempfile::Builder::new()
-        .prefix(&format!("emberlm-hostile-{name}-"))
-        .tempdir()
-        .unwrap();
-    Scratch(d)
-}
-
-/// A spawned child that is killed and reaped when dropped, so a test that panics before waiting
-/// for it does not leave it running (and writing into a removed scratch directory). Declare it
-/// after the [`Scratch`] it writes into: locals drop in reverse order, the child first.
-#[derive(Debug)]
-pub struct KillOnDrop(Option<Child>);
-
-impl KillOnDrop {
-    pub fn new(child: Child) -> Self {
-        KillOnDrop(Some(child))
-    }
-
-    /// [`Child::wait_with_output`]: waits for the child to exit, the guard is then disarmed.
-    pub fn wait_with_output(mut self) -> std::io::Result<Output> {
-        self.0
-            .take()
-            .expect("child present until waited for")
-            .wait_with_output()
-    }
-}
-
-impl std::ops::Deref for KillOnDrop {
-    type Target = Child;
-    fn deref(&self) -> &Child {
-        self.0.as_ref().expect("child present until waited for")
-    }
-}
-
-impl std::ops::DerefMut for KillOnDrop {
-    fn deref_mut(&mut self) -> &mut Child {
-        self.0.as_mut().expect("child present until waited for")
-    }
-}
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if let Some(c) = self.0.as_mut() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+    emberlm_testkit::scratch(&format!("emberlm-hostile-{name}-"))
 }
 
 /// A small seeded generator (xorshift64*): the kill moments and inputs are reproducible.
