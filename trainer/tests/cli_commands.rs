@@ -310,6 +310,24 @@ fn import_writes_a_checkpoint_that_trains_exports_and_evaluates() {
     assert_eq!(j["config"]["vocab_size"], 50257);
     let j = run_json(&d, &["eval", "tuned", "--data", "text.txt", "--json"]);
     assert!(j["loss"].as_f64().unwrap().is_finite());
+    // Our own checkpoints need no import: a checkpoint directory, a file in one and a run's
+    // `latest` pointer are all refused with the way to use them.
+    let latest = std::fs::read_dir(d.join("tuned"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.join("latest").is_file())
+        .map(|p| p.join("latest"));
+    let mut ours = vec![d.join("gpt"), d.join("gpt").join("model.safetensors")];
+    ours.push(latest.expect("a pretrain run keeps a `latest` pointer beside its checkpoints"));
+    for from in &ours {
+        let e = run_err(
+            &d,
+            &["import", "--from", from.to_str().unwrap(), "--out", "again"],
+            1,
+        );
+        assert!(e.contains("needs no import"), "{}: {e}", from.display());
+    }
+    assert!(!d.join("again").exists());
     let j = run_json(
         &d,
         &[

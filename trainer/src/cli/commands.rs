@@ -217,6 +217,29 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
 
 /// `ember-train import --from PATH --out CKPT [--heads N]`.
 pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    // emberlm's own checkpoints need no import (their safetensors hold no head count, so the
+    // importer's own error would send the user after --heads).
+    // A checkpoint directory, a file inside one, or a run's `checkpoints/latest` pointer file.
+    let parent = a.from.parent().map(std::path::Path::to_path_buf);
+    let ours = if a.from.is_dir() {
+        Some(a.from.clone())
+    } else if a.from.file_name().is_some_and(|n| n == "latest") {
+        std::fs::read_to_string(&a.from)
+            .ok()
+            .and_then(|s| Some(parent?.join(s.trim())))
+    } else {
+        parent
+    };
+    if let Some(dir) = ours.filter(|d| d.join(checkpoint::STATE_FILE).is_file()) {
+        return Err(failed(format!(
+            "--from {}: this is an emberlm checkpoint ({} holds its settings); it needs no \
+             import: pass {} to `ember-train export`, `eval`, `finetune … --init` or \
+             `pretrain --init`",
+            a.from.display(),
+            dir.join(checkpoint::STATE_FILE).display(),
+            dir.display()
+        )));
+    }
     if a.out.exists() && !a.out.join(checkpoint::STATE_FILE).is_file() {
         let empty = std::fs::read_dir(&a.out).is_ok_and(|mut d| d.next().is_none());
         if !empty {
