@@ -352,6 +352,27 @@ fn bad_inputs_give_one_clear_line() {
             "{args:?}: expected {needle:?} in {err:?}"
         );
     }
+    // A prompt longer than the context (the tiny model's 32 or the --context asked for, with or
+    // without --slide): refused before anything is printed.
+    let long: Vec<String> = (0..40).map(|i| (i % 7).to_string()).collect();
+    for extra in [&[][..], &["--slide"], &["--context", "8"]] {
+        let out = Command::new(ember())
+            .args([
+                "generate",
+                &m,
+                "--tokens",
+                &long.join(","),
+                "--max-tokens",
+                "1",
+            ])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{extra:?} succeeded");
+        assert!(err.contains("more than the context"), "{extra:?}: {err}");
+        assert!(out.stdout.is_empty(), "{extra:?} printed {:?}", out.stdout);
+    }
     // Invalid UTF-8 in a flag.
     #[cfg(unix)]
     {

@@ -411,6 +411,14 @@ fn generate(a: GenerateArgs) -> Result<()> {
         ..SessionOptions::default()
     };
     let mut session = Session::new(&model, &opts).map_err(|e| format!("--{e}"))?;
+    // Refused before the prompt is echoed (no dropping of old tokens makes it fit).
+    if prompt.len() > session.context() {
+        return Err(format!(
+            "the prompt is {} tokens, more than the context of {} tokens: shorten it",
+            prompt.len(),
+            session.context()
+        ));
+    }
     let limits = GenerateOptions {
         max_tokens: a.max_tokens,
         stop_token: if a.ignore_eot {
