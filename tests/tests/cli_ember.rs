@@ -156,6 +156,25 @@ fn tokenize_and_detokenize_give_the_books_ids() {
         String::from_utf8_lossy(&out.stdout),
         "Hello, world. Is this-- a test?\n"
     );
+    // A tokenizer-only file (as `ember-train tokenizer` writes) serves as well as a model.
+    let tmp = tempdir("tokfile");
+    let file = tmp.path().join("gpt2-tokenizer.ember");
+    emberlm_trainer::checkpoint::write_tokenizer_file(
+        &file,
+        emberlm_formats::tokenizer::Tokenizer::gpt2(),
+    )
+    .unwrap();
+    let f = file.to_str().unwrap();
+    let out = run(&["tokenize", f, "--text", "Hello, world.", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(ids(&j["tokens"]), [15496, 11, 995, 13]);
+    let out = run(&["detokenize", f, "--ids", "15496,11,995,13"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world.\n");
 }
 
 /// Every case: a non-zero exit, one line on stderr naming the problem, and no panic.

@@ -718,7 +718,11 @@ fn every_command_rejects_bad_input_with_one_clear_line() {
     for (cmd, rest) in EMBER_MODEL_COMMANDS {
         for (model, needle) in BAD_MODELS {
             // Without a model, tokenize/detokenize use GPT-2's vocabulary: the path is optional
-            // there, but a bad one given is still an error.
+            // there, but a bad one given is still an error. A tokenizer-only file is what they
+            // accept besides a model (tests/tests/cli_ember.rs).
+            if *model == "tok.ember" && matches!(*cmd, "tokenize" | "detokenize") {
+                continue;
+            }
             n += 1;
             let args = words(&format!("{cmd} {model} {rest}"));
             failures.extend(check("ember", dir, args, None, needle));

@@ -308,3 +308,23 @@ fn bpe_training_time_on_tinyshakespeare() {
     assert_eq!(tok.vocab_size(), 5000);
     assert_eq!(tok.decode_to_string(&ids).unwrap(), text);
 }
+
+/// The files `Tokenizer::to_vocab_and_merges` writes for GPT-2 are OpenAI's own: the same merges
+/// in the same order as `vocab.bpe`, and the same entries as `encoder.json`.
+#[test]
+fn written_vocab_and_merges_equal_openais_files() {
+    let (Some(bpe), Some(encoder)) = (data("vocab.bpe"), data("encoder.json")) else {
+        return;
+    };
+    let (vocab, merges) = Tokenizer::gpt2().to_vocab_and_merges().unwrap();
+    let theirs: Vec<&str> = bpe.lines().skip(1).filter(|l| !l.is_empty()).collect();
+    let ours: Vec<&str> = merges.lines().skip(1).collect();
+    assert_eq!(ours.len(), theirs.len());
+    for (i, (a, b)) in ours.iter().zip(&theirs).enumerate() {
+        assert_eq!(a, b, "merge line {}", i + 2);
+    }
+    let parse = |s: &str| -> serde_json::Map<String, serde_json::Value> {
+        serde_json::from_str(s).unwrap()
+    };
+    assert_eq!(parse(&vocab), parse(&encoder));
+}

@@ -22,6 +22,7 @@
 use crate::import::{ImportError, Layout, Op, SafetensorsFile, hf_prefix, pieces, transpose};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{write_atomically, write_f32s};
+use emberlm_formats::tokenizer::Tokenizer;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -182,6 +183,27 @@ pub fn export_safetensors<'t>(
         tensors: table.len(),
         bytes,
     })
+}
+
+/// Writes Hugging Face's tokenizer files for `tokenizer` into `out_dir` (atomically):
+/// `vocab.json` and `merges.txt` ([`Tokenizer::to_vocab_and_merges`]), which `GPT2Tokenizer`
+/// loads from the directory. For GPT-2's vocabulary they equal OpenAI's `encoder.json` and
+/// `vocab.bpe`. For a vocabulary trained by emberlm, Hugging Face's pair-based BPE can split a
+/// word differently where two different pairs spell the same token (emberlm merges by the joined
+/// bytes' id). `Ok(None)` when some token cannot be expressed as a merge (a hand-edited
+/// vocabulary): nothing is written.
+pub fn write_tokenizer_files(
+    tokenizer: &Tokenizer,
+    out_dir: &Path,
+) -> Result<Option<(PathBuf, PathBuf)>, ExportError> {
+    let Ok((vocab, merges)) = tokenizer.to_vocab_and_merges() else {
+        return Ok(None);
+    };
+    let files = (out_dir.join("vocab.json"), out_dir.join("merges.txt"));
+    for (path, text) in [(&files.0, vocab), (&files.1, merges)] {
+        write_atomically(path, |w| w.write_all(text.as_bytes())).map_err(|e| io_err(path, &e))?;
+    }
+    Ok(Some(files))
 }
 
 /// [`export_safetensors`] from a canonical f32 safetensors file (a checkpoint's

@@ -342,6 +342,24 @@ fn import_writes_a_checkpoint_that_trains_exports_and_evaluates() {
     );
     assert!(j["bytes"].as_u64().unwrap() > 0);
     assert!(Model::open(&d.join("gpt.ember")).is_ok());
+    // Back to Hugging Face: weights, config and the tokenizer's vocab.json + merges.txt.
+    let j = run_json(
+        &d,
+        &["export-safetensors", "gpt", "--out", "hf-out", "--json"],
+    );
+    for key in ["model_file", "config_file", "vocab_file", "merges_file"] {
+        let path = j[key].as_str().unwrap_or_else(|| panic!("{key}: {j}"));
+        assert!(d.join(path).is_file(), "{key}: {path}");
+    }
+    let tok = emberlm_formats::tokenizer::Tokenizer::from_hf_files(
+        d.join("hf-out/vocab.json"),
+        d.join("hf-out/merges.txt"),
+    )
+    .unwrap();
+    assert_eq!(
+        tok.to_parts(),
+        emberlm_formats::tokenizer::Tokenizer::gpt2().to_parts()
+    );
     // A model whose vocabulary is smaller than the tokenizer's is refused with the reason.
     let fixture =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/hf_tiny");

@@ -154,6 +154,80 @@ impl Tokenizer {
     }
 }
 
+impl Tokenizer {
+    /// The inverse of [`Tokenizer::from_vocab_and_merges`]: Hugging Face's `vocab.json` (every
+    /// id's bytes in GPT-2's alphabet; special tokens by name) and `merges.txt` (a `#version`
+    /// line, then one merge per merged token in id order), from which that function (and
+    /// `GPT2Tokenizer`) rebuild this tokenizer. For GPT-2's vocabulary these are OpenAI's
+    /// `encoder.json` and `vocab.bpe`.
+    ///
+    /// Each token's merge is found by running byte-pair encoding on its bytes with the tokens of
+    /// lower id (tiktoken's rule: ids are merge ranks), which ends in two parts for every token
+    /// that encoding can produce. A token it cannot produce (a vocabulary edited by hand) gets
+    /// no merge line and would come back as a special token: `Err` names the first such id.
+    pub fn to_vocab_and_merges(&self) -> Result<(String, String), u32> {
+        let n = self.vocab_size();
+        let ids: HashMap<&[u8], u32> = (0..n as u32)
+            .filter(|&id| !self.is_special(id))
+            .filter_map(|id| Some((self.token_bytes(id)?, id)))
+            .collect();
+        let mut vocab = String::from("{");
+        for id in 0..n as u32 {
+            let key = to_alphabet(self.token_bytes(id).unwrap_or_default());
+            if id > 0 {
+                vocab.push_str(", ");
+            }
+            // The alphabet has no control characters: only quotes and backslashes need escapes.
+            vocab.push('"');
+            for c in key.chars() {
+                if matches!(c, '"' | '\\') {
+                    vocab.push('\\');
+                }
+                vocab.push(c);
+            }
+            vocab.push_str(&format!("\": {id}"));
+        }
+        vocab.push('}');
+        let mut merges = String::from("#version: 0.2\n");
+        for id in 0..n as u32 {
+            let bytes = self.token_bytes(id).unwrap_or_default();
+            if self.is_special(id) || bytes.len() < 2 {
+                continue;
+            }
+            let (a, b) = split_by_rank(bytes, id, &ids).ok_or(id)?;
+            merges.push_str(&format!("{} {}\n", to_alphabet(a), to_alphabet(b)));
+        }
+        Ok((vocab, merges))
+    }
+}
+
+/// The two parts byte-pair encoding leaves of `token` (of id `limit`) when it may only use the
+/// tokens of lower id: repeatedly merge the adjacent pair whose join has the lowest id. `None`
+/// unless that ends in exactly two parts.
+fn split_by_rank<'t>(
+    token: &'t [u8],
+    limit: u32,
+    ids: &HashMap<&[u8], u32>,
+) -> Option<(&'t [u8], &'t [u8])> {
+    // Part boundaries: part i is token[cuts[i]..cuts[i + 1]].
+    let mut cuts: Vec<usize> = (0..=token.len()).collect();
+    loop {
+        let best = (0..cuts.len().saturating_sub(2))
+            .filter_map(|i| {
+                let id = *ids.get(&token[cuts[i]..cuts[i + 2]])?;
+                (id < limit).then_some((id, i))
+            })
+            .min();
+        match best {
+            Some((_, i)) => {
+                cuts.remove(i + 1);
+            }
+            None => break,
+        }
+    }
+    (cuts.len() == 3).then(|| (&token[..cuts[1]], &token[cuts[1]..]))
+}
+
 fn read(path: &Path) -> Result<(Vec<u8>, String), TokenizerError> {
     let name = path.display().to_string();
     match std::fs::read(path) {
@@ -372,6 +446,37 @@ impl Json<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vocab_and_merges_round_trip_gpt2_and_a_trained_vocabulary() {
+        let gpt2 = Tokenizer::gpt2();
+        let (vocab, merges) = gpt2.to_vocab_and_merges().unwrap();
+        // OpenAI's vocab.bpe: a version line and 50,000 merges (ids 256..50255).
+        assert_eq!(merges.lines().count(), 50_001);
+        assert!(
+            merges.starts_with("#version: 0.2\nĠ t\n"),
+            "{}",
+            &merges[..40]
+        );
+        assert!(vocab.contains("\"<|endoftext|>\": 50256"));
+        // The quote and backslash bytes are tokens too, and must come back as themselves.
+        assert!(vocab.contains(r#""\"": "#) && vocab.contains(r#""\\": "#));
+        let back = Tokenizer::from_vocab_and_merges(vocab.as_bytes(), "v", merges.as_bytes(), "m")
+            .unwrap();
+        assert_eq!(back.to_parts(), gpt2.to_parts());
+
+        let text = "the theme of the thesis: then there, the other, the thing. ".repeat(20);
+        let trained =
+            super::super::train_bpe(&[&text], 300, &super::super::TrainOptions::default()).unwrap();
+        let (vocab, merges) = trained.to_vocab_and_merges().unwrap();
+        let back = Tokenizer::from_vocab_and_merges(vocab.as_bytes(), "v", merges.as_bytes(), "m")
+            .unwrap();
+        assert_eq!(back.to_parts(), trained.to_parts());
+        assert_eq!(
+            back.encode_to_vec("the other thesis", super::super::SpecialTokens::Allow),
+            trained.encode_to_vec("the other thesis", super::super::SpecialTokens::Allow)
+        );
+    }
 
     /// The byte a character of GPT-2's alphabet stands for.
     fn char_to_byte(c: char) -> Option<u8> {

@@ -236,7 +236,7 @@ struct BenchArgs {
 /// Print the token ids of a text (GPT-2's vocabulary when no model is given).
 #[argh(subcommand, name = "tokenize")]
 struct TokenizeArgs {
-    /// a model file whose tokenizer to use (default: GPT-2's)
+    /// a model file, or a tokenizer file from `ember-train tokenizer` (default: GPT-2's)
     #[argh(positional)]
     model: Option<PathBuf>,
     /// the text
@@ -254,7 +254,7 @@ struct TokenizeArgs {
 /// Print the text of token ids (GPT-2's vocabulary when no model is given).
 #[argh(subcommand, name = "detokenize")]
 struct DetokenizeArgs {
-    /// a model file whose tokenizer to use (default: GPT-2's)
+    /// a model file, or a tokenizer file from `ember-train tokenizer` (default: GPT-2's)
     #[argh(positional)]
     model: Option<PathBuf>,
     /// comma-separated token ids, e.g. 15496,11,995
@@ -1141,25 +1141,38 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     Ok(())
 }
 
-fn tokenizer_for(model: &Option<PathBuf>) -> Result<(Option<Model<'static>>, bool)> {
-    match model {
-        None => Ok((None, true)),
-        Some(p) => {
-            let m = open(p)?;
-            if tokenizer_of(&m)?.is_none() {
-                return Err(format!("{}: this model file has no tokenizer", p.display()));
-            }
-            Ok((Some(m), false))
+/// Tokenizer-only files (`ember-train tokenizer`) are read whole: at most this big.
+const MAX_TOKENIZER_FILE: u64 = 64 << 20;
+
+/// The tokenizer of `tokenize` / `detokenize`: GPT-2's when no file is given, else the file's:
+/// a model, or a tokenizer-only `.ember` file as `ember-train tokenizer` writes.
+fn tokenizer_for(path: &Option<PathBuf>) -> Result<std::borrow::Cow<'static, Tokenizer>> {
+    let Some(p) = path else {
+        return Ok(std::borrow::Cow::Borrowed(Tokenizer::gpt2()));
+    };
+    let model_error = match open(p) {
+        Ok(m) => {
+            return tokenizer_of(&m)?
+                .cloned()
+                .map(std::borrow::Cow::Owned)
+                .ok_or_else(|| format!("{}: this model file has no tokenizer", p.display()));
         }
+        Err(e) => e,
+    };
+    // Not a model: perhaps a tokenizer file (the model's error stands otherwise).
+    let small = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_TOKENIZER_FILE);
+    let bytes = if small { std::fs::read(p).ok() } else { None };
+    let header = bytes
+        .as_deref()
+        .and_then(|b| emberlm_formats::ember::parse_header(b).ok());
+    match header.map(|h| emberlm_formats::meta::get_tokenizer(&h)) {
+        Some(Ok(Some(t))) => Ok(std::borrow::Cow::Owned(t)),
+        _ => Err(model_error),
     }
 }
 
 fn tokenize(a: TokenizeArgs) -> Result<()> {
-    let (model, _) = tokenizer_for(&a.model)?;
-    let tok = match &model {
-        Some(m) => tokenizer_of(m)?.ok_or("no tokenizer")?,
-        None => Tokenizer::gpt2(),
-    };
+    let tok = tokenizer_for(&a.model)?;
     let special = if a.no_special {
         SpecialTokens::AsText
     } else {
@@ -1176,11 +1189,7 @@ fn tokenize(a: TokenizeArgs) -> Result<()> {
 }
 
 fn detokenize(a: DetokenizeArgs) -> Result<()> {
-    let (model, _) = tokenizer_for(&a.model)?;
-    let tok = match &model {
-        Some(m) => tokenizer_of(m)?.ok_or("no tokenizer")?,
-        None => Tokenizer::gpt2(),
-    };
+    let tok = tokenizer_for(&a.model)?;
     let ids = parse_ids(&a.ids, "--ids")?;
     let text = tok
         .decode_to_string(&ids)

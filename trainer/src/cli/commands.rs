@@ -381,6 +381,23 @@ pub fn export_safetensors(
         &a.out,
     )
     .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    // The tokenizer travels too (vocab.json + merges.txt), when the checkpoint has one.
+    let tok_path = dir.join(checkpoint::TOKENIZER_FILE);
+    let tok_files = if tok_path.is_file() {
+        let tok = checkpoint::read_tokenizer_file(&tok_path).map_err(|e| failed(e.to_string()))?;
+        let files = crate::export_safetensors::write_tokenizer_files(&tok, &a.out)
+            .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+        if files.is_none() {
+            note!(
+                con,
+                "{}: this vocabulary cannot be written as merges; no vocab.json / merges.txt",
+                tok_path.display()
+            );
+        }
+        files
+    } else {
+        None
+    };
     note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
     say!(
         con,
@@ -401,6 +418,8 @@ pub fn export_safetensors(
             "layout": layout.name(),
             "model_file": summary.model_file,
             "config_file": summary.config_file,
+            "vocab_file": tok_files.as_ref().map(|f| &f.0),
+            "merges_file": tok_files.as_ref().map(|f| &f.1),
             "tensors": summary.tensors,
             "bytes": summary.bytes,
         }),
