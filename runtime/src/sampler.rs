@@ -211,20 +211,82 @@ impl Sampler {
     }
 }
 
-/// Index of the largest value (the first one on ties); NaNs are never chosen over numbers.
+/// Index of the largest value (the first one on ties); NaNs are never chosen over numbers (all
+/// NaN: the last index; empty: 0).
 pub fn argmax(x: &[f32]) -> usize {
-    let mut best = 0;
-    for (i, &v) in x.iter().enumerate() {
-        if v > x[best] || x[best].is_nan() {
-            best = i;
+    // Two passes the compiler vectorizes (a running index would chain every step to the last):
+    // the largest number, 8 lanes at a time (a NaN never compares greater), then its first index.
+    let mut lanes = [f32::NEG_INFINITY; 8];
+    let chunks = x.chunks_exact(8);
+    let rest = chunks.remainder();
+    for c in chunks {
+        for (m, &v) in lanes.iter_mut().zip(c) {
+            *m = if v > *m { v } else { *m };
         }
     }
-    best
+    let max = lanes
+        .iter()
+        .chain(rest)
+        .fold(f32::NEG_INFINITY, |m, &v| if v > m { v } else { m });
+    x.iter()
+        .position(|&v| v == max)
+        .unwrap_or(x.len().saturating_sub(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The definition, one step at a time.
+    fn argmax_scalar(x: &[f32]) -> usize {
+        let mut best = 0;
+        for (i, &v) in x.iter().enumerate() {
+            if v > x[best] || x[best].is_nan() {
+                best = i;
+            }
+        }
+        best
+    }
+
+    #[test]
+    fn argmax_matches_its_definition() {
+        let (n, inf) = (f32::NAN, f32::INFINITY);
+        let cases: Vec<Vec<f32>> = vec![
+            vec![],
+            vec![n],
+            vec![n, n, n],
+            vec![n, 1.0, n, 2.0],
+            vec![-inf, n],
+            vec![n, -inf],
+            vec![1.0, 3.0, 3.0, 2.0],
+            vec![-inf; 9],
+            vec![-0.0, 0.0],
+            vec![0.0, -0.0],
+            vec![inf, 1.0, inf],
+        ];
+        for x in &cases {
+            assert_eq!(argmax(x), argmax_scalar(x), "{x:?}");
+        }
+        // Random vectors of every length up to 70 with ties, NaNs and infinities mixed in.
+        let mut state = 7u64;
+        let mut next = || {
+            state = state.wrapping_mul(6364136223846793005).wrapping_add(1);
+            (state >> 33) as u32
+        };
+        for len in 0..=70 {
+            for _ in 0..20 {
+                let x: Vec<f32> = (0..len)
+                    .map(|_| match next() % 10 {
+                        0 => f32::NAN,
+                        1 => -inf,
+                        2 => 5.0,
+                        _ => (next() % 1000) as f32 / 100.0 - 5.0,
+                    })
+                    .collect();
+                assert_eq!(argmax(&x), argmax_scalar(&x), "{x:?}");
+            }
+        }
+    }
 
     // BOOK.md chapter 5 [TV]: toy logits over 9 words (6.28 is the book's value, not τ).
     #[allow(clippy::approx_constant)]

@@ -918,3 +918,45 @@ fn bandwidth_summary_takes_the_median_pass_and_the_best_chunk() {
     }
     assert_eq!(bandwidth::Probe::new(3, 1).pass(), Pass::default());
 }
+
+#[test]
+fn quantize_q8_fast_path_gives_the_references_bits() {
+    let mut rng = Rng(77);
+    let k = Kernels::detect();
+    let specials = [
+        f32::NAN,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        0.0,
+        -0.0,
+        f32::MIN_POSITIVE,
+        1e-40, // subnormal
+        f32::MAX,
+        -f32::MAX,
+    ];
+    for c in [1, 31, 32, 33, 64, 95, 96, 100, 768, 3072] {
+        for case in 0..12 {
+            let mut x = rng.vec(c, 3.0);
+            match case {
+                0 => {}
+                1 => x.fill(0.0),
+                2 => x.iter_mut().step_by(7).for_each(|v| *v = f32::NAN),
+                3 => x.iter_mut().step_by(5).for_each(|v| *v = f32::INFINITY),
+                4 => x.iter_mut().for_each(|v| *v *= 1e-39),
+                5 => x.iter_mut().for_each(|v| *v *= 1e37),
+                _ => {
+                    let s = specials[case - 3];
+                    x.iter_mut().step_by(3).for_each(|v| *v = s);
+                }
+            }
+            let nb = c.div_ceil(Q8_BLOCK);
+            let (mut q, mut d) = (vec![0i8; c], vec![0f32; nb]);
+            let (mut qr, mut dr) = (vec![0i8; c], vec![0f32; nb]);
+            k.quantize_q8(&x, &mut q, &mut d);
+            reference::quantize_q8(&x, &mut qr, &mut dr);
+            assert_eq!(q, qr, "c={c} case {case}");
+            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&d), bits(&dr), "c={c} case {case}");
+        }
+    }
+}

@@ -375,13 +375,23 @@ impl Kernels {
     }
 
     /// Quantizes x (C) to int8 blocks of 32 for [`Kernels::matvec_q8q8_rows`]: q (C) and one f32
-    /// scale per block in d (NB); see [`reference::quantize_q8`] (the only implementation: it runs
-    /// once per product, not per row).
+    /// scale per block in d (NB); see [`reference::quantize_q8`]. The x86-64 fast path gives the
+    /// same bits as the reference (tested), so the choice of kernels never changes a result here.
     ///
     /// # Panics
     /// If `q.len() != C` or `d.len() != NB`.
     pub fn quantize_q8(&self, x: &[f32], q: &mut [i8], d: &mut [f32]) {
-        reference::quantize_q8(x, q, d)
+        assert_eq!(q.len(), x.len(), "quantize_q8: q length must be C");
+        assert_eq!(
+            d.len(),
+            x.len().div_ceil(Q8_BLOCK),
+            "quantize_q8: d length must be ceil(C / 32)"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::quantize_q8(t, x, q, d),
+            _ => reference::quantize_q8(x, q, d),
+        }
     }
 
     /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by

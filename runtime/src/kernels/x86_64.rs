@@ -449,6 +449,61 @@ fn matvec_q8q8_rows_avx2(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
     }
 }
 
+pub(super) fn quantize_q8(_t: Avx2, x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    unsafe { quantize_q8_avx2(x, q, d) }
+}
+
+/// [`super::reference::quantize_q8`] with the same bits: full blocks 32 lanes at a time (the
+/// same f32 products and sums, NaN-ignoring maxima, NaN to 0, saturation at 127), a short last
+/// block by the reference.
+#[target_feature(enable = "avx2,fma,f16c")]
+fn quantize_q8_avx2(x: &[f32], q: &mut [i8], d: &mut [f32]) {
+    let full = x.len() / Q8_BLOCK;
+    let sign = _mm256_set1_ps(-0.0);
+    for (b, db) in d.iter_mut().enumerate().take(full) {
+        let j = b * Q8_BLOCK;
+        let xs = &x[j..j + Q8_BLOCK];
+        // SAFETY: xs holds 32 f32: four loads of 8.
+        let v: [__m256; 4] =
+            std::array::from_fn(|k| unsafe { _mm256_loadu_ps(xs.as_ptr().add(8 * k)) });
+        // max(|x|, m) returns m when |x| is NaN: NaNs are skipped, as f32::max skips them.
+        let mut m = _mm256_setzero_ps();
+        for vk in v {
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, vk), m);
+        }
+        let h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps::<1>(m));
+        let h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        let amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_shuffle_ps::<1>(h, h)));
+        *db = amax / 127.0;
+        let inv = _mm256_set1_ps(if amax > 0.0 { 127.0 / amax } else { 0.0 });
+        let t: [__m256i; 4] = std::array::from_fn(|k| {
+            let r = _mm256_mul_ps(v[k], inv);
+            let a = _mm256_add_ps(_mm256_andnot_ps(sign, r), _mm256_set1_ps(0.5));
+            // min(a, 127) gives 127 for NaN; the NaN mask then zeroes it (`NaN as i32` is 0).
+            let nan = _mm256_cmp_ps::<_CMP_UNORD_Q>(a, a);
+            let a = _mm256_andnot_ps(nan, _mm256_min_ps(a, _mm256_set1_ps(127.0)));
+            let t = _mm256_cvttps_epi32(a);
+            let neg = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_LT_OQ>(r, _mm256_setzero_ps()));
+            _mm256_blendv_epi8(t, _mm256_sub_epi32(_mm256_setzero_si256(), t), neg)
+        });
+        // i32 → i8 (exact: every value is within ±127); packs work per 128-bit half, the
+        // permutation restores the order.
+        let p = _mm256_packs_epi16(
+            _mm256_packs_epi32(t[0], t[1]),
+            _mm256_packs_epi32(t[2], t[3]),
+        );
+        let p = _mm256_permutevar8x32_epi32(p, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        let qs = &mut q[j..j + Q8_BLOCK];
+        // SAFETY: qs holds 32 bytes.
+        unsafe { _mm256_storeu_si256(qs.as_mut_ptr().cast(), p) };
+    }
+    if full * Q8_BLOCK < x.len() {
+        let j = full * Q8_BLOCK;
+        super::reference::quantize_q8(&x[j..], &mut q[j..], &mut d[full..]);
+    }
+}
+
 // ------------------------------------------------------------------ prefill microkernels
 
 pub(super) fn dequant_tile(
