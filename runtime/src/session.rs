@@ -1379,8 +1379,8 @@ fn run_workers(
     }
 }
 
-/// A product's input: x (C) and, for Q8 weights when the kernels quantize activations, x
-/// quantized (xq (C), xd (NB)).
+/// A product's input: x (C) and, for Q8 weights, x quantized (xq (C), xd (NB)); without the
+/// quantized form a Q8 product falls back to f32 activations ([`Kernels::matvec_q8_rows`]).
 #[derive(Clone, Copy)]
 struct Input<'s> {
     x: &'s [f32],
@@ -1388,10 +1388,10 @@ struct Input<'s> {
 }
 
 impl<'s> Input<'s> {
-    /// Quantizes x into `xq`, `xd` when `w` is Q8 and the kernels quantize activations.
+    /// Quantizes x into `xq`, `xd` when `w` is Q8 (int8 decode multiplies int8 by int8).
     fn new(k: &Kernels, w: &Mat<'_>, x: &'s [f32], xq: &'s mut [i8], xd: &'s mut [f32]) -> Self {
         let q = match w {
-            Mat::Q8(_) if k.q8_activations() => {
+            Mat::Q8(_) => {
                 let (xq, xd) = (&mut xq[..x.len()], &mut xd[..x.len().div_ceil(Q8_BLOCK)]);
                 k.quantize_q8(x, xq, xd);
                 Some((&*xq, &*xd))

@@ -1048,10 +1048,8 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
         .collect();
     // Warm-up: the whole run once, untimed. It pages in every weight and every KV cache entry the
     // timed run uses, so the peak RSS read next is the run's own, before the probe's 1 GiB buffer.
-    let mut next = argmax(session.prefill(&prompt).map_err(|e| e.to_string())?) as u32;
-    for _ in 0..a.gen_tokens {
-        next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
-    }
+    let first = argmax(session.prefill(&prompt).map_err(|e| e.to_string())?) as u32;
+    greedy(&mut session, first, a.gen_tokens)?;
     let rss = peak_rss_bytes();
     session.reset();
     let t1 = Instant::now();
@@ -1065,13 +1063,11 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let mut passes = vec![probe.pass()];
     let mut fractions = Vec::with_capacity(rounds);
     let mut decode_s = 0f64;
-    next = argmax(session.logits()) as u32;
+    let mut next = argmax(session.logits()) as u32;
     for r in 0..rounds {
         let n = a.gen_tokens * (r + 1) / rounds - a.gen_tokens * r / rounds;
         let t = Instant::now();
-        for _ in 0..n {
-            next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
-        }
+        next = greedy(&mut session, next, n)?;
         let s = t.elapsed().as_secs_f64();
         decode_s += s;
         passes.push(probe.pass());
@@ -1139,6 +1135,15 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
         println!("peak RSS     {:.1} MiB", rss as f64 / (1 << 20) as f64);
     }
     Ok(())
+}
+
+/// Feeds `next` and then `n - 1` greedy choices to the session; returns the token that would come
+/// after them.
+fn greedy(session: &mut Session<'_, '_>, mut next: u32, n: usize) -> Result<u32> {
+    for _ in 0..n {
+        next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
+    }
+    Ok(next)
 }
 
 /// Tokenizer-only files (`ember-train tokenizer`) are read whole: at most this big.

@@ -24,8 +24,8 @@
 //!   [`Kernels::matvec_q8`], [`Kernels::matvec_q8_rows`] and [`Kernels::matmul_q8`] Q8 weights are
 //!   dequantized on the fly (`q · d` is exact in f32) and activations stay f32, so outputs carry
 //!   only the weights' own quantization error (at most `d/2` per weight).
-//!   [`Kernels::matvec_q8q8_rows`] (the session's int8 decode, where [`Kernels::q8_activations`])
-//!   also takes activations quantized to int8 blocks of 32 ([`Kernels::quantize_q8`], at most
+//!   [`Kernels::matvec_q8q8_rows`] (the session's int8 decode, on every target) also takes
+//!   activations quantized to int8 blocks of 32 ([`Kernels::quantize_q8`], at most
 //!   `xd/2` per element); its block sums are exact integers. `gelu_tanh` and `softmax` use a
 //!   polynomial `exp` (relative error about 2e-7).
 //! - Determinism: for fixed inputs every kernel returns the same bits on every call, whatever the
@@ -357,20 +357,6 @@ impl Kernels {
             Isa::Avx2(t) => x86_64::matvec_q8_rows(t, w, x, y, row_start),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon(t) => aarch64::matvec_q8_rows(t, w, x, y, row_start),
-        }
-    }
-
-    /// True when [`Kernels::matvec_q8q8_rows`] has a fast path here (x86-64 AVX2, aarch64 NEON)
-    /// or these are the reference kernels: the session then quantizes decode activations for Q8
-    /// weights. Every current build answers true; the switch stays for a future target without an
-    /// integer path, which would decode with [`Kernels::matvec_q8_rows`] instead.
-    pub fn q8_activations(&self) -> bool {
-        match self.isa {
-            Isa::Reference => true,
-            #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(_) => true,
-            #[cfg(target_arch = "aarch64")]
-            Isa::Neon(_) => true,
         }
     }
 
