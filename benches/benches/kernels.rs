@@ -1,6 +1,7 @@
 //! Decode matrix-vector kernels (f32 / f16 / Q8 with f32 activations / "q8q8", Q8 with activations
-//! quantized to int8 blocks as the session's int8 decode does) and the Q8 prefill kernel, against the machine's
-//! read bandwidth and the reference twins, in the same run.
+//! quantized to int8 blocks as the session's int8 decode does) and the prefill product for every
+//! dtype, against the machine's read bandwidth, the `gemm` crate and the reference twins, in the
+//! same run.
 //!
 //! Run: `cargo bench -p emberlm-benches --bench kernels` (criterion figures, then a summary table).
 //! `cargo bench -p emberlm-benches --bench kernels -- --table` prints only the table (faster).
@@ -10,14 +11,16 @@
 //! matrices fit in the last-level cache while a real decode step streams every layer's weights from
 //! memory, so each call uses the next of several copies spanning at least `COLD_BYTES`: every
 //! figure is a memory-bound (cold) figure. GB/s counts weight bytes read (Q8: quants + scales).
-//! Prefill: Y (N, R) = X (N, C) · Wᵀ with N = 128, reported in GFLOP/s (2·N·R·C per call), next to
-//! the `gemm` crate's f32 product on the same (dequantized) weights.
+//! Prefill: Y (N, R) = X (N, C) · Wᵀ with N = 128 ([`Kernels::matmul`], f32 / f16 / Q8 weights),
+//! reported in GFLOP/s (2·N·R·C per call), next to the `gemm` crate's f32 product on the f32
+//! weights.
 
 use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
+use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
 use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth};
 use half::f16;
 use rayon::ThreadPool;
@@ -207,28 +210,67 @@ fn criterion_benches(c: &mut Criterion, cases: &[Case]) {
     }
     g.finish();
 
-    let mut g = c.benchmark_group("prefill_q8_n128");
+    let mut g = c.benchmark_group("prefill_n128");
     g.sample_size(10);
     let mut rng = Lcg(7);
     for (shape, r, cols) in SHAPES.iter().skip(1) {
         let (r, cols) = (*r, *cols);
-        let q: Vec<i8> = (0..r * cols).map(|_| (rng.f() * 127.0) as i8).collect();
-        let d: Vec<f16> = (0..r * cols.div_ceil(Q8_BLOCK))
-            .map(|_| f16::from_f32(1e-3))
-            .collect();
-        let w = Q8Matrix::new(&q, &d, r, cols).unwrap();
+        let w = PrefillWeights::new(&mut rng, r, cols);
         let x: Vec<f32> = (0..PREFILL_N * cols).map(|_| rng.f()).collect();
         let mut y = vec![0f32; PREFILL_N * r];
+        let mut xp = vec![0f32; packed_len(PREFILL_N, cols)];
+        let mut scratch = vec![0f32; PREFILL_N * r];
         g.throughput(Throughput::Elements((2 * PREFILL_N * r * cols) as u64));
-        for threads in [1, 2] {
-            let k = fast.with_threads(threads);
-            let p = pool(threads);
-            g.bench_function(BenchmarkId::new(*shape, format!("t{threads}")), |b| {
-                p.install(|| b.iter(|| k.matmul_q8(w, black_box(&x), &mut y)))
-            });
+        for (dtype, pw) in w.cases() {
+            for threads in [1, 2] {
+                let k = fast.with_threads(threads);
+                let p = pool(threads);
+                let id = BenchmarkId::new(format!("{dtype}/{shape}"), format!("t{threads}"));
+                g.bench_function(id, |b| {
+                    p.install(|| {
+                        b.iter(|| k.matmul(pw, cols, black_box(&x), &mut y, &mut xp, &mut scratch))
+                    })
+                });
+            }
         }
     }
     g.finish();
+}
+
+/// One prefill weight matrix in every dtype (Q8 and f16 hold the values of the f32 one, rounded).
+struct PrefillWeights {
+    f32s: Vec<f32>,
+    f16s: Vec<f16>,
+    q: Vec<i8>,
+    d: Vec<f16>,
+    r: usize,
+    c: usize,
+}
+
+impl PrefillWeights {
+    fn new(rng: &mut Lcg, r: usize, c: usize) -> Self {
+        let f32s: Vec<f32> = (0..r * c).map(|_| rng.f() * 0.1).collect();
+        let f16s = f32s.iter().map(|&v| f16::from_f32(v)).collect();
+        let q = f32s.iter().map(|&v| (v * 1270.0) as i8).collect();
+        let d = vec![f16::from_f32(1.0 / 1270.0); r * c.div_ceil(Q8_BLOCK)];
+        PrefillWeights {
+            f32s,
+            f16s,
+            q,
+            d,
+            r,
+            c,
+        }
+    }
+
+    fn cases(&self) -> [(&'static str, PanelWeights<'_>); 3] {
+        let q8 = Q8Matrix::new(&self.q, &self.d, self.r, self.c).unwrap();
+        [
+            ("f32", PanelWeights::F32(&self.f32s)),
+            ("f16", PanelWeights::F16(&self.f16s)),
+            ("q8", PanelWeights::Q8(q8)),
+        ]
+    }
 }
 
 /// The summary: GB/s, fraction of the measured read bandwidth, ratio to the reference twin.
@@ -311,32 +353,25 @@ fn table(cases: &[Case]) {
     }
 
     println!(
-        "\nprefill Q8, N = {PREFILL_N}: GFLOP/s = 2·N·R·C / median time; gemm = the gemm crate's f32 \
-         product on the dequantized W (runtime::gemm), same threads"
+        "\nprefill, N = {PREFILL_N}: GFLOP/s = 2·N·R·C / median time of Kernels::matmul (packed \
+         microkernel); gemm = the gemm crate's f32 product on the f32 weights, same threads, same \
+         run; ratio = gemm time / ours"
     );
     println!(
-        "{:<10} {:>3} {:>8} {:>8} {:>9} {:>10} {:>9} {:>8}",
-        "shape", "thr", "med ms", "best ms", "GFLOP/s", "gemm GF/s", "ref ms", "vs ref"
+        "{:<5} {:<10} {:>3} {:>8} {:>9} {:>10} {:>7} {:>9} {:>8}",
+        "dtype", "shape", "thr", "med ms", "GFLOP/s", "gemm GF/s", "ratio", "ref ms", "vs ref"
     );
     let mut rng = Lcg(7);
     for (shape, r, c) in SHAPES.iter().skip(1) {
         let (r, c) = (*r, *c);
-        let q: Vec<i8> = (0..r * c).map(|_| (rng.f() * 127.0) as i8).collect();
-        let d: Vec<f16> = (0..r * c.div_ceil(Q8_BLOCK))
-            .map(|_| f16::from_f32(1e-3))
-            .collect();
-        let w = Q8Matrix::new(&q, &d, r, c).unwrap();
-        let mut wf = vec![0f32; r * c];
-        for (i, row) in wf.chunks_exact_mut(c).enumerate() {
-            w.dequantize_row(i, row);
-        }
+        let w = PrefillWeights::new(&mut rng, r, c);
         let x: Vec<f32> = (0..PREFILL_N * c).map(|_| rng.f()).collect();
         let mut y = vec![0f32; PREFILL_N * r];
+        let mut xp = vec![0f32; packed_len(PREFILL_N, c)];
+        let mut scratch = vec![0f32; PREFILL_N * r];
         let flop = (2 * PREFILL_N * r * c) as f64;
         for threads in [1, 2] {
             let p = pool(threads);
-            let k = fast.with_threads(threads);
-            let (t, tb) = p.install(|| time_calls(1, 9, 1.0, |_| k.matmul_q8(w, &x, &mut y)));
             let par = if threads == 1 {
                 Parallelism::None
             } else {
@@ -346,23 +381,36 @@ fn table(cases: &[Case]) {
                 time_calls(1, 9, 1.0, |_| {
                     let mut dst = MatMut::row_major(&mut y, PREFILL_N, r);
                     let a = MatRef::row_major(&x, PREFILL_N, c);
-                    let b = MatRef::row_major(&wf, r, c).t();
+                    let b = MatRef::row_major(&w.f32s, r, c).t();
                     gemm::matmul(&mut dst, 0.0, a, b, 1.0, par);
                 })
             });
-            let kr = reference.with_threads(threads);
-            let (tr, _) = p.install(|| time_calls(1, 1, 0.0, |_| kr.matmul_q8(w, &x, &mut y)));
-            println!(
-                "{:<10} {:>3} {:>8.2} {:>8.2} {:>9.1} {:>10.1} {:>9.1} {:>7.1}x",
-                shape,
-                threads,
-                t * 1e3,
-                tb * 1e3,
-                flop / t / 1e9,
-                flop / tg / 1e9,
-                tr * 1e3,
-                tr / t
-            );
+            for (dtype, pw) in w.cases() {
+                let k = fast.with_threads(threads);
+                let (t, _) = p.install(|| {
+                    time_calls(1, 9, 1.0, |_| {
+                        k.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch)
+                    })
+                });
+                let kr = reference.with_threads(threads);
+                let (tr, _) = p.install(|| {
+                    time_calls(1, 1, 0.0, |_| {
+                        kr.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch)
+                    })
+                });
+                println!(
+                    "{:<5} {:<10} {:>3} {:>8.2} {:>9.1} {:>10.1} {:>7.2} {:>9.1} {:>7.1}x",
+                    dtype,
+                    shape,
+                    threads,
+                    t * 1e3,
+                    flop / t / 1e9,
+                    flop / tg / 1e9,
+                    tg / t,
+                    tr * 1e3,
+                    tr / t
+                );
+            }
         }
     }
 }

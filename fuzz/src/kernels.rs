@@ -11,6 +11,7 @@
 //! must be within its twin's bound (the accuracy contract of `emberlm_runtime::kernels`).
 
 use super::input::Input;
+use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
 use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix};
 use half::f16;
 
@@ -125,18 +126,22 @@ pub fn run(data: &[u8]) {
                         MATVEC_REL_TOL * abs_dot(c, |j| wf(row_start + i, j), x) + ABS_FLOOR;
                     assert_close("matvec_q8", i, y1[i], y2[i], bound);
                 }
-            } else {
-                let n = input.u8() as usize % 12;
+            } else if c > 0 {
+                // The prefill product (C = 0 is a caller error there, like a mismatched shape).
+                let n = input.u8() as usize % 40;
                 let x = floats(&mut input, n * c, off);
                 let x = &x[off..];
                 let (mut y1, mut y2) = (vec![0.0; n * r], vec![0.0; n * r]);
-                fast.matmul_q8(w, x, &mut y1);
-                refk.matmul_q8(w, x, &mut y2);
+                let mut xp = vec![f32::NAN; packed_len(n, c)];
+                let mut scratch = vec![f32::NAN; n * r];
+                let w = PanelWeights::Q8(w);
+                fast.matmul(w, c, x, &mut y1, &mut xp, &mut scratch);
+                refk.matmul(w, c, x, &mut y2, &mut xp, &mut scratch);
                 for t in 0..n {
                     for i in 0..r {
                         let xt = &x[t * c..(t + 1) * c];
                         let bound = MATVEC_REL_TOL * abs_dot(c, |j| wf(i, j), xt) + ABS_FLOOR;
-                        assert_close("matmul_q8", t * r + i, y1[t * r + i], y2[t * r + i], bound);
+                        assert_close("matmul", t * r + i, y1[t * r + i], y2[t * r + i], bound);
                     }
                 }
             }

@@ -24,7 +24,7 @@
 //! own region.
 
 use crate::error::RuntimeError;
-use crate::gemm::{self, MatMut, MatRef, Parallelism};
+use crate::kernels::panel::{PanelWeights, packed_len};
 use crate::kernels::{Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};
@@ -126,9 +126,6 @@ impl KvShared<'_> {
     }
 }
 
-/// Rows of a weight matrix converted at a time for the f16 prefill (f32 gemm on a tile).
-const PREFILL_TILE_ROWS: usize = 128;
-
 /// Activation buffers for one token (decode) or one chunk of N tokens (prefill).
 #[derive(Debug)]
 struct Buffers {
@@ -223,8 +220,8 @@ pub struct Session<'m, 'a> {
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
     chunk: Buffers,   // N = prefill_chunk
-    tile: Vec<f32>,   // (G, PREFILL_TILE_ROWS, 4C) converted f16 weights, one tile per thread
-    yt: Vec<f32>,     // (4C, N) a prefill product transposed (each thread owns its rows)
+    xp: Vec<f32>,     // a prefill product's input X (N, 4C) packed for the microkernel
+    yt: Vec<f32>,     // (N, 4C) a prefill product's output, one (N, P_g) block per thread
     att_t: Vec<f32>,  // (H, N, D) prefill attention output, head-major
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
@@ -324,7 +321,7 @@ impl<'m, 'a> Session<'m, 'a> {
             lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
             crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c)),
             chunk: Buffers::new(chunk, c, 0),
-            tile: vec![0.0; g * PREFILL_TILE_ROWS * 4 * c],
+            xp: vec![0.0; packed_len(chunk, 4 * c)],
             yt: vec![0.0; chunk * 4 * c],
             att_t: vec![0.0; chunk * c],
             logits: vec![0.0; model.n_outputs()],
@@ -561,7 +558,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.qkv[..n * 3 * c],
                 n,
                 w.qkv_b,
-                &mut self.tile,
+                &mut self.xp,
                 &mut self.yt,
             );
             let caches = self
@@ -598,7 +595,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.out[..n * c],
                 n,
                 Some(w.proj_b),
-                &mut self.tile,
+                &mut self.xp,
                 &mut self.yt,
             );
             k.add(&mut b.x[..n * c], &b.out[..n * c]);
@@ -610,7 +607,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.ff[..n * 4 * c],
                 n,
                 Some(w.fc_b),
-                &mut self.tile,
+                &mut self.xp,
                 &mut self.yt,
             );
             k.gelu_tanh(&mut b.ff[..n * 4 * c]);
@@ -621,7 +618,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.out[..n * c],
                 n,
                 Some(w.fcp_b),
-                &mut self.tile,
+                &mut self.xp,
                 &mut self.yt,
             );
             k.add(&mut b.x[..n * c], &b.out[..n * c]);
@@ -661,11 +658,8 @@ fn layernorm_rows(
     }
 }
 
-/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C). Q8 weights use the int8 prefill kernel
-/// (threaded over tokens). f32 and f16 weights are split by rows over the G = `k.threads()`
-/// threads: each multiplies its rows with a single-threaded gemm into its own rows of
-/// `yt` (R, N) (f16 rows are first converted PREFILL_TILE_ROWS at a time into its part of `tile`),
-/// then `yt` is transposed into Y.
+/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C) of any dtype, on the session's threads
+/// ([`Kernels::matmul`], with `xp` and `yt` its scratch).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     k: &Kernels,
@@ -674,115 +668,20 @@ fn matmul(
     y: &mut [f32],
     n: usize,
     bias: Option<&[f32]>,
-    tile: &mut [f32],
+    xp: &mut [f32],
     yt: &mut [f32],
 ) {
     let (rows, cols) = (y.len() / n, x.len() / n);
-    match *w {
-        Mat::Q8(wq) => k.matmul_q8(wq, x, y),
-        _ => {
-            let yt = &mut yt[..rows * n];
-            let g = k.threads().max(1);
-            let tile_len = tile.len() / g;
-            gemm_groups(k, w, x, n, cols, rows, 0, g, yt, tile, tile_len);
-            for (r, col) in yt.chunks_exact(n).enumerate() {
-                for (i, &v) in col.iter().enumerate() {
-                    y[i * rows + r] = v;
-                }
-            }
-        }
-    }
+    let pw = match *w {
+        Mat::F32(w) => PanelWeights::F32(w),
+        Mat::F16(w) => PanelWeights::F16(w),
+        Mat::Q8(w) => PanelWeights::Q8(w),
+    };
+    k.matmul(pw, cols, x, y, xp, yt);
     if let Some(bias) = bias {
         for yr in y.chunks_exact_mut(rows) {
             k.add(yr, bias);
         }
-    }
-}
-
-/// Rows `R·g/G ..` (inner boundaries at multiples of 16) of a prefill product, for threads g.. of
-/// G: `yt` and `tile` start at thread g's part.
-#[allow(clippy::too_many_arguments)]
-fn gemm_groups(
-    k: &Kernels,
-    w: &Mat<'_>,
-    x: &[f32],
-    n: usize,
-    cols: usize,
-    rows: usize,
-    g: usize,
-    groups: usize,
-    yt: &mut [f32],
-    tile: &mut [f32],
-    tile_len: usize,
-) {
-    let at = |g: usize| {
-        if g >= groups {
-            rows
-        } else {
-            (rows * g / groups) / 16 * 16
-        }
-    };
-    let part = at(g)..at(g + 1);
-    let (my_yt, rest_yt) = yt.split_at_mut(part.len() * n);
-    let (my_tile, rest_tile) = tile.split_at_mut(tile_len.min(tile.len()));
-    if g + 1 >= groups {
-        gemm_rows(k, w, x, n, cols, part, my_yt, my_tile);
-    } else {
-        fork(
-            || gemm_rows(k, w, x, n, cols, part, my_yt, my_tile),
-            || {
-                gemm_groups(
-                    k,
-                    w,
-                    x,
-                    n,
-                    cols,
-                    rows,
-                    g + 1,
-                    groups,
-                    rest_yt,
-                    rest_tile,
-                    tile_len,
-                )
-            },
-        );
-    }
-}
-
-/// yt (rows in `part`, N) = W[part] (·, C) · X (N, C)ᵀ on the calling thread.
-#[allow(clippy::too_many_arguments)]
-fn gemm_rows(
-    k: &Kernels,
-    w: &Mat<'_>,
-    x: &[f32],
-    n: usize,
-    cols: usize,
-    part: Range<usize>,
-    yt: &mut [f32],
-    tile: &mut [f32],
-) {
-    let a = MatRef::row_major(x, n, cols);
-    let step = match w {
-        Mat::F16(_) => PREFILL_TILE_ROWS,
-        _ => part.len().max(1),
-    };
-    let mut r0 = part.start;
-    while r0 < part.end {
-        let tr = step.min(part.end - r0);
-        let wr = match *w {
-            Mat::F32(wf) => &wf[r0 * cols..(r0 + tr) * cols],
-            Mat::F16(wh) => {
-                let t = &mut tile[..tr * cols];
-                k.f16_to_f32(&wh[r0 * cols..(r0 + tr) * cols], t);
-                t
-            }
-            Mat::Q8(_) => unreachable!("Q8 prefill runs matmul_q8"),
-        };
-        // dst (N, tr): element (token i, row j) at yt[(r0 - part.start + j) * N + i].
-        let mut dst = MatMut::new(&mut yt[(r0 - part.start) * n..][..tr * n], n, tr, 1, n);
-        let b = MatRef::row_major(wr, tr, cols).t();
-        gemm::matmul(&mut dst, 0.0, a, b, 1.0, Parallelism::None);
-        r0 += tr;
     }
 }
 

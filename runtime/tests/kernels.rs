@@ -1,6 +1,7 @@
 //! Fast kernels == reference twins (and both == an independent f64 computation), on odd shapes,
 //! tails and big shapes, for every entry point, with 1 thread and (with `parallel`) a 2-thread pool.
 
+use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
 use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference};
 use half::f16;
 
@@ -449,13 +450,116 @@ fn q8_dequantize_row_matches_the_formula() {
 
 // ------------------------------------------------------------------ prefill
 
+/// The packed prefill product (`pack_tokens` + `matmul_packed_rows`) for f32, f16 and Q8 weights,
+/// on odd shapes (token tails, row tails, columns across several panels), for row ranges that
+/// start anywhere: every output against the reference kernels' result and the f64 sum, and the
+/// bits of an output do not depend on the row range it was computed in.
 #[test]
-fn matmul_q8_matches_reference_and_per_token_matvec() {
+fn matmul_packed_rows_matches_reference_and_f64_for_every_dtype() {
+    let mut rng = Rng(11);
+    let rk = Kernels::reference();
+    let fk = Kernels::detect();
+    let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
+    for n in [1, 2, 5, 15, 16, 17, 31, 33] {
+        shapes.push((n, 1 + rng.below(40), 1 + rng.below(700)));
+    }
+    shapes.extend([
+        (64, 36, 768),
+        (7, 13, 1025),
+        (20, 6, 32),
+        (3, 100, 1),
+        (48, 24, 1536),
+    ]);
+    for &(n, r, c) in &shapes {
+        let x = rng.vec(n * c, 2.0);
+        let mut xp = vec![f32::NAN; packed_len(n, c)];
+        fk.pack_tokens(&x, c, &mut xp);
+        let wf32 = rng.vec(r * c, 1.0);
+        let wh = rng.vec_f16(r * c);
+        let (q, d) = rng.q8(r, c);
+        let cases: [(&str, PanelWeights<'_>, Vec<f32>); 3] = [
+            ("f32", PanelWeights::F32(&wf32), wf32.clone()),
+            ("f16", PanelWeights::F16(&wh), f16s(&wh)),
+            (
+                "q8",
+                PanelWeights::Q8(Q8Matrix::new(&q, &d, r, c).unwrap()),
+                dequant(&q, &d, c),
+            ),
+        ];
+        for (name, w, wf) in cases {
+            let mut want = vec![f32::NAN; r * n];
+            rk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut want);
+            let mut got = vec![f32::NAN; r * n];
+            fk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut got);
+            for t in 0..n {
+                let xt = &x[t * c..(t + 1) * c];
+                let row = |v: &[f32]| v[t * r..(t + 1) * r].to_vec();
+                let what = format!("packed {name} n{n} {r}x{c} token {t}");
+                check_matvec(&what, &wf, xt, &row(&got), &row(&want), 0);
+            }
+            // A sub-range starting at an odd row gives the same bits as the whole.
+            let start = r / 3;
+            let p = r - start;
+            let mut part = vec![f32::NAN; p * n];
+            fk.matmul_packed_rows(w, c, &xp, n, start..r, &mut part);
+            for t in 0..n {
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&part[t * p..(t + 1) * p]),
+                    bits(&got[t * r + start..(t + 1) * r]),
+                    "packed {name} n{n} {r}x{c} token {t}: rows {start}.. differ from the whole"
+                );
+            }
+        }
+    }
+}
+
+/// One random weight matrix in each dtype, with its f32 values (what the kernels must multiply by).
+struct ThreeDtypes {
+    f32s: Vec<f32>,
+    f16s: Vec<f16>,
+    q: Vec<i8>,
+    d: Vec<f16>,
+    r: usize,
+    c: usize,
+}
+
+impl ThreeDtypes {
+    fn new(rng: &mut Rng, r: usize, c: usize) -> Self {
+        let (q, d) = rng.q8(r, c);
+        ThreeDtypes {
+            f32s: rng.vec(r * c, 1.0),
+            f16s: rng.vec_f16(r * c),
+            q,
+            d,
+            r,
+            c,
+        }
+    }
+
+    fn cases(&self) -> [(&'static str, PanelWeights<'_>, Vec<f32>); 3] {
+        let q8 = Q8Matrix::new(&self.q, &self.d, self.r, self.c).unwrap();
+        [
+            ("f32", PanelWeights::F32(&self.f32s), self.f32s.clone()),
+            ("f16", PanelWeights::F16(&self.f16s), f16s(&self.f16s)),
+            (
+                "q8",
+                PanelWeights::Q8(q8),
+                dequant(&self.q, &self.d, self.c),
+            ),
+        ]
+    }
+}
+
+/// `Kernels::matmul` (the threaded prefill product) for every dtype, 1 and 2 threads: each token's
+/// outputs against the reference kernels and the f64 sum, and the same bits for any thread count.
+#[test]
+fn matmul_matches_reference_and_f64_for_every_dtype_and_thread_count() {
     let mut rng = Rng(7);
     let rk = Kernels::reference();
     let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
     for n in 1..=13 {
-        shapes.push((n, 1 + rng.below(70), 1 + rng.below(600)));
+        shapes.push((n, 1 + rng.below(120), 1 + rng.below(600)));
     }
     shapes.extend([
         (128, 70, 130),
@@ -463,63 +567,105 @@ fn matmul_q8_matches_reference_and_per_token_matvec() {
         (17, 16, 257),
         (64, 2304, 96),
         (40, 200, 768),
+        (20, 97, 1100),
     ]);
     for &(n, r, c) in &shapes {
-        let (q, d) = rng.q8(r, c);
-        let w = Q8Matrix::new(&q, &d, r, c).unwrap();
-        let wf = dequant(&q, &d, c);
+        let w = ThreeDtypes::new(&mut rng, r, c);
         let x = rng.vec(n * c, 2.0);
-        let mut want = vec![0f32; n * r];
-        rk.matmul_q8(w, &x, &mut want);
-        for_each_fast(|k| {
-            let mut y = vec![f32::NAN; n * r];
-            k.matmul_q8(w, &x, &mut y);
-            for t in 0..n {
-                let xt = &x[t * c..(t + 1) * c];
-                let what = format!("matmul_q8 n{n} {r}x{c} token {t} t{}", k.threads());
-                check_matvec(
-                    &what,
-                    &wf,
-                    xt,
-                    &y[t * r..(t + 1) * r],
-                    &want[t * r..(t + 1) * r],
-                    0,
-                );
-                let mut one = vec![0f32; r];
-                k.matvec_q8(w, xt, &mut one);
-                check_matvec(&what, &wf, xt, &one, &y[t * r..(t + 1) * r], 0);
-            }
-        });
+        let mut xp = vec![f32::NAN; packed_len(n, c)];
+        let mut scratch = vec![f32::NAN; n * r];
+        for (name, pw, wf) in w.cases() {
+            let mut want = vec![f32::NAN; n * r];
+            rk.matmul(pw, c, &x, &mut want, &mut xp, &mut scratch);
+            let mut first: Option<Vec<f32>> = None;
+            for_each_fast(|k| {
+                let mut y = vec![f32::NAN; n * r];
+                k.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch);
+                for t in 0..n {
+                    let xt = &x[t * c..(t + 1) * c];
+                    let what = format!("matmul {name} n{n} {r}x{c} token {t} t{}", k.threads());
+                    let row = |v: &[f32]| v[t * r..(t + 1) * r].to_vec();
+                    check_matvec(&what, &wf, xt, &row(&y), &row(&want), 0);
+                }
+                match &first {
+                    None => first = Some(y),
+                    Some(f) => assert!(
+                        f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "matmul {name} n{n} {r}x{c}: bits differ between thread counts"
+                    ),
+                }
+            });
+        }
     }
 }
 
 #[test]
-fn matmul_q8_rows_do_not_depend_on_batch_size() {
+fn matmul_rows_do_not_depend_on_batch_size() {
     let (r, c) = (37, 300);
     let mut rng = Rng(8);
-    let (q, d) = rng.q8(r, c);
-    let w = Q8Matrix::new(&q, &d, r, c).unwrap();
+    let w = ThreeDtypes::new(&mut rng, r, c);
     let x = rng.vec(20 * c, 1.0);
     let k = Kernels::detect().with_threads(1);
-    let mut all = vec![0f32; 20 * r];
-    k.matmul_q8(w, &x, &mut all);
-    for n in [1, 2, 3, 7, 19] {
-        let mut part = vec![0f32; n * r];
-        k.matmul_q8(w, &x[..n * c], &mut part);
-        assert_eq!(part, all[..n * r], "first {n} tokens");
+    let mut xp = vec![0f32; packed_len(20, c)];
+    let mut scratch = vec![0f32; 20 * r];
+    for (name, pw, _) in w.cases() {
+        let mut all = vec![0f32; 20 * r];
+        k.matmul(pw, c, &x, &mut all, &mut xp, &mut scratch);
+        for n in [1, 2, 3, 7, 16, 17, 19] {
+            let mut part = vec![0f32; n * r];
+            k.matmul(pw, c, &x[..n * c], &mut part, &mut xp, &mut scratch);
+            assert_eq!(part, all[..n * r], "{name}: first {n} tokens");
+        }
     }
 }
 
 #[test]
-fn matmul_q8_empty_shapes() {
+fn matmul_empty_shapes() {
     for k in [Kernels::detect(), Kernels::reference()] {
-        let w = Q8Matrix::new(&[], &[], 3, 0).unwrap();
-        let mut y = vec![1f32; 6];
-        k.matmul_q8(w, &[], &mut y);
-        assert_eq!(y, [0.0; 6]);
+        let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
+        // No rows: nothing to write.
         let w = Q8Matrix::new(&[], &[], 0, 5).unwrap();
-        k.matmul_q8(w, &[1.0; 10], &mut []);
+        k.matmul(
+            PanelWeights::Q8(w),
+            5,
+            &[1.0; 10],
+            &mut [],
+            &mut xp,
+            &mut scratch,
+        );
+        k.matmul(
+            PanelWeights::F32(&[]),
+            5,
+            &[1.0; 10],
+            &mut [],
+            &mut xp,
+            &mut scratch,
+        );
+        // No tokens.
+        k.matmul(
+            PanelWeights::F16(&[f16::ONE; 15]),
+            5,
+            &[],
+            &mut [],
+            &mut xp,
+            &mut scratch,
+        );
     }
+}
+
+#[test]
+#[should_panic(expected = "rows of C")]
+fn matmul_with_a_mismatched_weight_panics() {
+    let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
+    let mut y = [0f32; 4];
+    Kernels::detect().matmul(
+        PanelWeights::F32(&[1.0; 15]),
+        5,
+        &[1.0; 10],
+        &mut y,
+        &mut xp,
+        &mut scratch,
+    );
 }
 
 // ------------------------------------------------------------------ small ops

@@ -3,6 +3,7 @@
 //! binary, which is why this file holds a single test.
 #![allow(unsafe_code)] // the counting allocator only; it forwards to `System`.
 
+use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
 use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix};
 use half::f16;
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -48,12 +49,14 @@ struct Buffers {
     xs: Vec<f32>,
     y: Vec<f32>,
     ys: Vec<f32>,
+    xp: Vec<f32>,
+    scratch: Vec<f32>,
     v: Vec<f32>,
     vh: Vec<f16>,
 }
 
-/// R × C large enough for the threaded path; N tokens for the tiled prefill, 3 for its per-token
-/// fallback.
+/// R × C large enough for the threaded path; N tokens for the prefill product (and 3, a short
+/// batch).
 const R: usize = 1000;
 const C: usize = 770;
 const N: usize = 16;
@@ -72,6 +75,8 @@ impl Buffers {
             xs: (0..N * C).map(f).collect(),
             y: vec![0.0; R],
             ys: vec![0.0; N * R],
+            xp: vec![0.0; packed_len(N, C)],
+            scratch: vec![0.0; N * R],
             v: (0..1024).map(f).collect(),
             vh: (0..1024).map(|i| f16::from_f32(f(i))).collect(),
         }
@@ -86,8 +91,15 @@ impl Buffers {
         k.matvec_f32_rows(&self.w32, &self.x, &mut self.y[..37], 100);
         k.matvec_f16_rows(&self.w16, &self.x, &mut self.y[..37], 100);
         k.matvec_q8_rows(w8, &self.x, &mut self.y[..37], 100);
-        k.matmul_q8(w8, &self.xs, &mut self.ys);
-        k.matmul_q8(w8, &self.xs[..3 * C], &mut self.ys[..3 * R]);
+        for w in [
+            PanelWeights::F32(&self.w32),
+            PanelWeights::F16(&self.w16),
+            PanelWeights::Q8(w8),
+        ] {
+            let (xp, sc) = (&mut self.xp, &mut self.scratch);
+            k.matmul(w, C, &self.xs, &mut self.ys, xp, sc);
+            k.matmul(w, C, &self.xs[..3 * C], &mut self.ys[..3 * R], xp, sc);
+        }
         let s = k.dot_f32(&self.v, &self.v) + k.dot_f32_f16(&self.v, &self.vh);
         let (a, b) = self.y.split_at_mut(500);
         k.axpy(s * 1e-6, &self.v[..500], &mut a[..500]);

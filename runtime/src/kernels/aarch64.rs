@@ -12,7 +12,7 @@
 //! Letters as in [`super`].
 
 use super::Q8Matrix;
-use super::prefill::{KC, MR, NR, TileDot};
+use super::panel::{KB, ROWS, TOKENS};
 use core::arch::aarch64::*;
 use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
@@ -364,115 +364,102 @@ fn matvec_q8q8_rows_neon(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
 
 // ------------------------------------------------------------------ prefill microkernels
 
-pub(super) fn dequant_tile(
+/// out[..kc] ← row r, columns k0 .. k0 + kc of W dequantized (k0 % 32 == 0).
+pub(super) fn dequant_row(
     _t: Neon,
     w: Q8Matrix<'_>,
-    r0: usize,
-    rt: usize,
+    r: usize,
     k0: usize,
     kc: usize,
-    tile: &mut [f32],
+    out: &mut [f32],
 ) {
     // SAFETY: the token proves NEON.
-    unsafe { dequant_tile_neon(w, r0, rt, k0, kc, tile) }
+    unsafe { dequant_row_neon(w, r, k0, kc, out) }
 }
 
 #[target_feature(enable = "neon")]
-fn dequant_tile_neon(
-    w: Q8Matrix<'_>,
-    r0: usize,
-    rt: usize,
-    k0: usize,
-    kc: usize,
-    tile: &mut [f32],
-) {
+fn dequant_row_neon(w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out: &mut [f32]) {
     let (c, nb) = (w.cols(), w.blocks_per_row());
-    for i in 0..rt {
-        let q = &w.quants()[(r0 + i) * c + k0..][..kc];
-        let d = &w.scales()[(r0 + i) * nb + k0 / Q8_BLOCK..];
-        let o = &mut tile[i * KC..][..kc];
-        for ((ob, qb), d) in o.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
-            let d = f16_to_f32(*d);
-            if qb.len() == Q8_BLOCK {
-                let dv = vdupq_n_f32(d);
-                for h in 0..2 {
-                    // SAFETY: qb holds 32 bytes, so bytes 16h .. 16h+16 are inside it.
-                    let v = unsafe { vld1q_s8(qb.as_ptr().add(16 * h)) };
-                    let (a, b) = (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v));
-                    let parts = [
-                        vmovl_s16(vget_low_s16(a)),
-                        vmovl_high_s16(a),
-                        vmovl_s16(vget_low_s16(b)),
-                        vmovl_high_s16(b),
-                    ];
-                    for (g, p) in parts.into_iter().enumerate() {
-                        store(ob, 16 * h + 4 * g, vmulq_f32(vcvtq_f32_s32(p), dv));
-                    }
+    let q = &w.quants()[r * c + k0..][..kc];
+    let d = &w.scales()[r * nb + k0 / Q8_BLOCK..];
+    let o = &mut out[..kc];
+    for ((ob, qb), d) in o.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
+        let d = f16_to_f32(*d);
+        if qb.len() == Q8_BLOCK {
+            let dv = vdupq_n_f32(d);
+            for h in 0..2 {
+                // SAFETY: qb holds 32 bytes, so bytes 16h .. 16h+16 are inside it.
+                let v = unsafe { vld1q_s8(qb.as_ptr().add(16 * h)) };
+                let (a, b) = (vmovl_s8(vget_low_s8(v)), vmovl_high_s8(v));
+                let parts = [
+                    vmovl_s16(vget_low_s16(a)),
+                    vmovl_high_s16(a),
+                    vmovl_s16(vget_low_s16(b)),
+                    vmovl_high_s16(b),
+                ];
+                for (g, p) in parts.into_iter().enumerate() {
+                    store(ob, 16 * h + 4 * g, vmulq_f32(vcvtq_f32_s32(p), dv));
                 }
-            } else {
-                ob.iter_mut()
-                    .zip(qb)
-                    .for_each(|(o, &q)| *o = f32::from(q) * d);
             }
+        } else {
+            ob.iter_mut()
+                .zip(qb)
+                .for_each(|(o, &q)| *o = f32::from(q) * d);
         }
     }
 }
 
 /// 4 weight rows × 3 tokens of dot products; rows ≥ mr and tokens ≥ nr reuse row 0 / token 0 and
 /// are discarded (same instruction sequence for every output whatever the tiling).
-pub(super) fn dot_tile(_t: Neon, d: &TileDot<'_>, out: &mut [[f32; MR]; NR]) {
-    // SAFETY: the token proves NEON.
-    unsafe { dot_tile_neon(d, out) }
+/// The packed prefill microkernel (see [`super::panel`]): 6 weight rows × 16 tokens of sums in
+/// 24 registers; per column four 4-token loads feed 24 FMAs by the six row scalars.
+pub(super) fn panel_micro(
+    _t: Neon,
+    panel: &[f32; ROWS * KB],
+    x: &[f32],
+    kc: usize,
+    out: &mut [[f32; TOKENS]; ROWS],
+) {
+    assert!(
+        kc <= KB && x.len() >= kc * TOKENS,
+        "panel_micro: x too short"
+    );
+    // SAFETY: the token proves NEON; the assert bounds every read below.
+    unsafe { panel_micro_neon(panel, x, kc, out) }
 }
 
 #[target_feature(enable = "neon")]
-fn dot_tile_neon(d: &TileDot<'_>, out: &mut [[f32; MR]; NR]) {
-    d.check();
-    let arow = |i: usize| {
-        if i < d.mr {
-            &d.a[i * KC..][..d.kc]
-        } else {
-            &d.a[..d.kc]
-        }
-    };
-    let brow = |t: usize| {
-        if t < d.nr {
-            &d.b[t * d.ldb..][..d.kc]
-        } else {
-            &d.b[..d.kc]
-        }
-    };
-    let a = [arow(0), arow(1), arow(2), arow(3)];
-    let b = [brow(0), brow(1), brow(2)];
-    let k4 = d.kc - d.kc % 4;
-    let mut acc = [[vdupq_n_f32(0.0); MR]; NR];
-    let mut j = 0;
-    while j < k4 {
-        // SAFETY: j + 4 <= k4 <= kc and every row in `a` and `b` holds kc elements.
-        unsafe {
-            let bv = [
-                vld1q_f32(b[0].as_ptr().add(j)),
-                vld1q_f32(b[1].as_ptr().add(j)),
-                vld1q_f32(b[2].as_ptr().add(j)),
-            ];
-            for (i, ai) in a.iter().enumerate() {
-                let av = vld1q_f32(ai.as_ptr().add(j));
-                acc[0][i] = vfmaq_f32(acc[0][i], av, bv[0]);
-                acc[1][i] = vfmaq_f32(acc[1][i], av, bv[1]);
-                acc[2][i] = vfmaq_f32(acc[2][i], av, bv[2]);
+fn panel_micro_neon(
+    panel: &[f32; ROWS * KB],
+    x: &[f32],
+    kc: usize,
+    out: &mut [[f32; TOKENS]; ROWS],
+) {
+    let mut acc = [[vdupq_n_f32(0.0); 4]; ROWS];
+    let xs = x.as_ptr();
+    for j in 0..kc {
+        // SAFETY: x holds kc · TOKENS elements (checked by the caller), so j·16 + 16 <= its
+        // length.
+        let xv = unsafe {
+            [
+                vld1q_f32(xs.add(j * TOKENS)),
+                vld1q_f32(xs.add(j * TOKENS + 4)),
+                vld1q_f32(xs.add(j * TOKENS + 8)),
+                vld1q_f32(xs.add(j * TOKENS + 12)),
+            ]
+        };
+        for (i, a) in acc.iter_mut().enumerate() {
+            let w = panel[i * KB + j];
+            for (a, &xv) in a.iter_mut().zip(&xv) {
+                *a = vfmaq_n_f32(*a, xv, w);
             }
         }
-        j += 4;
     }
-    for t in 0..NR {
-        let [a0, a1, a2, a3] = acc[t];
-        let mut s = hsum4(a0, a1, a2, a3);
-        for (i, s) in s.iter_mut().enumerate() {
-            for jj in k4..d.kc {
-                *s += a[i][jj] * b[t][jj];
-            }
+    for (o, a) in out.iter_mut().zip(acc) {
+        for (q, v) in a.into_iter().enumerate() {
+            // SAFETY: o holds 16 f32, so lanes 4q .. 4q + 4 (q < 4) are inside it.
+            unsafe { vst1q_f32(o.as_mut_ptr().add(4 * q), v) }
         }
-        out[t] = s;
     }
 }
 

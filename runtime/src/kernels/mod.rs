@@ -14,14 +14,14 @@
 //!   naming the slice, before any memory is touched. Untrusted bytes are validated earlier, by
 //!   [`Q8Matrix::new`] and the file reader.
 //! - Nothing here allocates. [`Kernels::matvec_f32`], [`Kernels::matvec_f16`],
-//!   [`Kernels::matvec_q8`] and [`Kernels::matmul_q8`] split their rows (tokens for `matmul_q8`)
+//!   [`Kernels::matvec_q8`] and [`Kernels::matmul`] split their rows
 //!   over [`Kernels::threads`] rayon tasks on the *current* pool: run a whole token inside one
 //!   `pool.install` of a pool with that many threads. The `_rows` entry points and the small ops run
 //!   on the calling thread only.
 //! - Accuracy: a fast kernel computes the same sum as its twin in [`reference`], in another f32
 //!   order (8 lanes, several accumulators), so the two differ by f32 rounding only: the tests
 //!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). In
-//!   [`Kernels::matvec_q8`], [`Kernels::matvec_q8_rows`] and [`Kernels::matmul_q8`] Q8 weights are
+//!   [`Kernels::matvec_q8`], [`Kernels::matvec_q8_rows`] and [`Kernels::matmul`] Q8 weights are
 //!   dequantized on the fly (`q · d` is exact in f32) and activations stay f32, so outputs carry
 //!   only the weights' own quantization error (at most `d/2` per weight).
 //!   [`Kernels::matvec_q8q8_rows`] (the session's int8 decode, on every target) also takes
@@ -29,12 +29,11 @@
 //!   `xd/2` per element); its block sums are exact integers. `gelu_tanh` and `softmax` use a
 //!   polynomial `exp` (relative error about 2e-7).
 //! - Determinism: for fixed inputs every kernel returns the same bits on every call, whatever the
-//!   thread count (each output is computed by one task in a fixed order). `matmul_q8` rows do not
-//!   depend on how tokens are split either, except that below `4 · threads` tokens it switches to
-//!   `matvec_q8` per token (same tolerance, other rounding).
+//!   thread count (each output is computed by one task in a fixed order). A token's row of a
+//!   [`Kernels::matmul`] does not depend on the other tokens of the batch either.
 
 pub mod bandwidth;
-mod prefill;
+pub mod panel;
 pub mod reference;
 
 #[cfg(target_arch = "aarch64")]
@@ -421,44 +420,116 @@ impl Kernels {
 
     // ---------------------------------------------------------------- prefill
 
-    /// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8, N = x.len() / C. Weights are dequantized
-    /// in tiles of 8 rows × 512 columns (on the stack) and each tile is used for every token of the
-    /// thread's share, so W is read once per thread. Threaded over token chunks; with fewer than
-    /// `4 · threads` tokens it runs one threaded [`Kernels::matvec_q8`] per token instead.
-    /// Row n of Y equals `matvec_q8` of row n of X within the matrix-vector tolerance.
+    /// The prefill product Y (N, R) = X (N, C) · Wᵀ for W (R, C) of any dtype (N = `x.len() / C`,
+    /// R = `y.len() / N`). X is packed into `xp` ([`Kernels::pack_tokens`]; at least
+    /// [`panel::packed_len`]`(N, C)` elements), then W's rows are split over
+    /// [`Kernels::threads`] rayon tasks of the current pool, each a [`Kernels::matmul_packed_rows`]
+    /// on its own rows (split at multiples of 48). With one thread the product lands in Y directly;
+    /// with several, each task writes its (N, P) block into `scratch` (at least N·R elements) and
+    /// the blocks are copied into Y's columns. Every W element is converted once per call. The bits
+    /// do not depend on the thread count.
     ///
     /// # Panics
-    /// If `x.len()` is not N·C or `y.len()` is not N·R for the same N.
-    pub fn matmul_q8(&self, w: Q8Matrix<'_>, x: &[f32], y: &mut [f32]) {
-        let (r, c) = (w.rows(), w.cols());
-        if r == 0 {
-            assert!(y.is_empty(), "matmul_q8: y must be empty when R = 0");
-            assert!(c == 0 || x.len() % c == 0, "matmul_q8: x must be (N, C)");
-            return;
-        }
-        if c == 0 {
-            // Empty rows: every output is the empty sum.
-            assert!(x.is_empty(), "matmul_q8: x must be empty when C = 0");
-            assert_eq!(y.len() % r, 0, "matmul_q8: y must be (N, R)");
-            y.fill(0.0);
-            return;
-        }
+    /// If C = 0, the lengths do not describe one (N, C) · (R, C)ᵀ product, or a buffer is short.
+    pub fn matmul(
+        &self,
+        w: panel::PanelWeights<'_>,
+        c: usize,
+        x: &[f32],
+        y: &mut [f32],
+        xp: &mut [f32],
+        scratch: &mut [f32],
+    ) {
+        assert!(c > 0, "matmul: C must be positive");
         let n = x.len() / c;
-        assert_eq!(x.len(), n * c, "matmul_q8: x must be (N, C)");
-        assert_eq!(y.len(), n * r, "matmul_q8: y must be (N, R)");
-        if self.is_reference() {
-            return reference::matmul_q8(w, x, y);
-        }
-        if self.threads > 1 && n < 4 * self.threads {
-            for (xn, yn) in x.chunks_exact(c).zip(y.chunks_exact_mut(r)) {
-                self.matvec_q8(w, xn, yn);
-            }
+        assert_eq!(x.len(), n * c, "matmul: x must be (N, C)");
+        if n == 0 {
+            assert!(y.is_empty(), "matmul: y must be empty when N = 0");
             return;
         }
-        self.split_tokens(y, r, |n0, yc| {
-            let tokens = yc.len() / r;
-            prefill::matmul_q8_tokens(self, w, &x[n0 * c..(n0 + tokens) * c], yc);
-        });
+        let r = y.len() / n;
+        assert_eq!(y.len(), n * r, "matmul: y must be (N, R)");
+        assert_eq!(w.rows(c), r, "matmul: W must hold R = {r} rows of C = {c}");
+        let xp = &mut xp[..panel::packed_len(n, c)];
+        self.pack_tokens(x, c, xp);
+        let groups = self.threads.max(1);
+        if groups == 1 {
+            return self.matmul_packed_rows(w, c, xp, n, 0..r, y);
+        }
+        let scratch = &mut scratch[..n * r];
+        self.rows_in_tasks(w, c, xp, n, r, 0, groups, scratch);
+        for part in (0..groups).map(|g| panel::row_part(r, g, groups)) {
+            let p = part.len();
+            if p == 0 {
+                continue;
+            }
+            let block = &scratch[part.start * n..part.end * n];
+            for (yr, br) in y.chunks_exact_mut(r).zip(block.chunks_exact(p)) {
+                yr[part.clone()].copy_from_slice(br);
+            }
+        }
+    }
+
+    /// Tasks g.. of G for [`Kernels::matmul`]: task g computes rows `row_part(g)` into its (N, P)
+    /// block at the start of `scratch` and forks the rest.
+    #[allow(clippy::too_many_arguments)]
+    fn rows_in_tasks(
+        &self,
+        w: panel::PanelWeights<'_>,
+        c: usize,
+        xp: &[f32],
+        n: usize,
+        r: usize,
+        g: usize,
+        groups: usize,
+        scratch: &mut [f32],
+    ) {
+        let part = panel::row_part(r, g, groups);
+        let (mine, rest) = scratch.split_at_mut(part.len() * n);
+        if g + 1 >= groups {
+            return self.matmul_packed_rows(w, c, xp, n, part, mine);
+        }
+        #[cfg(feature = "parallel")]
+        rayon::join(
+            || self.matmul_packed_rows(w, c, xp, n, part, mine),
+            || self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest),
+        );
+        #[cfg(not(feature = "parallel"))]
+        {
+            self.matmul_packed_rows(w, c, xp, n, part, mine);
+            self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest);
+        }
+    }
+
+    /// Packs X (N, C) (N = `x.len() / C`) into `xp` for [`Kernels::matmul_packed_rows`]: groups of
+    /// [`panel::TOKENS`] tokens stored column by column, the last group zero-padded. `xp` must hold
+    /// at least [`panel::packed_len`]`(N, C)` elements.
+    ///
+    /// # Panics
+    /// If C = 0, `x.len()` is not a multiple of C, or `xp` is too short.
+    pub fn pack_tokens(&self, x: &[f32], c: usize, xp: &mut [f32]) {
+        assert!(c > 0, "pack_tokens: C must be positive");
+        panel::pack_tokens(x, c, xp)
+    }
+
+    /// y (N, P) = X · W[rows]ᵀ for W (R, C) in any dtype, on the calling thread, with X (N, C)
+    /// packed by [`Kernels::pack_tokens`] and P = `rows.len()`: `y[t·P + j]` is token t's output
+    /// for weight row `rows.start + j`. The prefill product of every dtype; call it on disjoint row ranges
+    /// from several threads (each output is computed by one call in a fixed order, so the bits
+    /// do not depend on the split). Within the matrix-vector tolerance of the plain sum.
+    ///
+    /// # Panics
+    /// If `rows` is not inside W, or `xp` / `y` are too short.
+    pub fn matmul_packed_rows(
+        &self,
+        w: panel::PanelWeights<'_>,
+        c: usize,
+        xp: &[f32],
+        n: usize,
+        rows: std::ops::Range<usize>,
+        y: &mut [f32],
+    ) {
+        panel::matmul_rows(self, w, c, xp, n, rows, y)
     }
 
     // ---------------------------------------------------------------- small decode ops
@@ -672,25 +743,6 @@ impl Kernels {
         }
         #[cfg(not(feature = "parallel"))]
         let _ = cols;
-        f(0, y)
-    }
-
-    /// Runs `f(token_start, y_chunk)` over token chunks of Y (N, R), one chunk per thread.
-    fn split_tokens<F>(&self, y: &mut [f32], r: usize, f: F)
-    where
-        F: Fn(usize, &mut [f32]) + Sync + Send,
-    {
-        #[cfg(feature = "parallel")]
-        if self.threads > 1 {
-            use rayon::prelude::*;
-            let tokens = (y.len() / r).div_ceil(self.threads);
-            y.par_chunks_mut(tokens * r)
-                .enumerate()
-                .for_each(|(i, yc)| f(i * tokens, yc));
-            return;
-        }
-        #[cfg(not(feature = "parallel"))]
-        let _ = r;
         f(0, y)
     }
 }

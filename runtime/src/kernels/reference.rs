@@ -125,19 +125,6 @@ pub fn matvec_q8q8_rows(w: Q8Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], r
     }
 }
 
-/// Prefill: Y (N, R) = X (N, C) · Wᵀ with W in Q8; row n of Y equals [`matvec_q8_rows`] of row n
-/// of X.
-pub fn matmul_q8(w: Q8Matrix<'_>, x: &[f32], y: &mut [f32]) {
-    let (r, c) = (w.rows(), w.cols());
-    if r == 0 {
-        return;
-    }
-    for (n, yrow) in y.chunks_exact_mut(r).enumerate() {
-        let xrow = &x[n * c..(n + 1) * c];
-        matvec_q8_rows(w, xrow, yrow, 0);
-    }
-}
-
 /// Σ a[i] · b[i] over L elements.
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(a, b)| a * b).sum()

@@ -13,7 +13,7 @@
 //! block's partial sum is then scaled by its f16 scale (converted with F16C).
 
 use super::Q8Matrix;
-use super::prefill::{KC, MR, NR, TileDot};
+use super::panel::{KB, ROWS, TOKENS};
 use core::arch::x86_64::*;
 use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
@@ -506,107 +506,95 @@ fn quantize_q8_avx2(x: &[f32], q: &mut [i8], d: &mut [f32]) {
 
 // ------------------------------------------------------------------ prefill microkernels
 
-pub(super) fn dequant_tile(
+/// out[..kc] ← row r, columns k0 .. k0 + kc of W dequantized (k0 % 32 == 0).
+pub(super) fn dequant_row(
     _t: Avx2,
     w: Q8Matrix<'_>,
-    r0: usize,
-    rt: usize,
+    r: usize,
     k0: usize,
     kc: usize,
-    tile: &mut [f32],
+    out: &mut [f32],
 ) {
     // SAFETY: the token proves AVX2 + FMA + F16C.
-    unsafe { dequant_tile_avx2(w, r0, rt, k0, kc, tile) }
+    unsafe { dequant_row_avx2(w, r, k0, kc, out) }
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dequant_tile_avx2(
-    w: Q8Matrix<'_>,
-    r0: usize,
-    rt: usize,
-    k0: usize,
-    kc: usize,
-    tile: &mut [f32],
-) {
+fn dequant_row_avx2(w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out: &mut [f32]) {
     let (c, nb) = (w.cols(), w.blocks_per_row());
-    for i in 0..rt {
-        let q = &w.quants()[(r0 + i) * c + k0..][..kc];
-        let d = &w.scales()[(r0 + i) * nb + k0 / Q8_BLOCK..];
-        let o = &mut tile[i * KC..][..kc];
-        for ((ob, qb), d) in o.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
-            let d = f16_to_f32(*d);
-            if qb.len() == Q8_BLOCK {
-                let dv = _mm256_set1_ps(d);
-                for g in 0..4 {
-                    // SAFETY: qb holds 32 bytes, so bytes 8g .. 8g+8 are inside it.
-                    let qv = unsafe { _mm_loadl_epi64(qb.as_ptr().add(8 * g).cast()) };
-                    let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv));
-                    store(ob, 8 * g, _mm256_mul_ps(v, dv));
-                }
-            } else {
-                ob.iter_mut()
-                    .zip(qb)
-                    .for_each(|(o, &q)| *o = f32::from(q) * d);
+    let q = &w.quants()[r * c + k0..][..kc];
+    let d = &w.scales()[r * nb + k0 / Q8_BLOCK..];
+    let o = &mut out[..kc];
+    for ((ob, qb), d) in o.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
+        let d = f16_to_f32(*d);
+        if qb.len() == Q8_BLOCK {
+            let dv = _mm256_set1_ps(d);
+            for g in 0..4 {
+                // SAFETY: qb holds 32 bytes, so bytes 8g .. 8g+8 are inside it.
+                let qv = unsafe { _mm_loadl_epi64(qb.as_ptr().add(8 * g).cast()) };
+                let v = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(qv));
+                store(ob, 8 * g, _mm256_mul_ps(v, dv));
             }
+        } else {
+            ob.iter_mut()
+                .zip(qb)
+                .for_each(|(o, &q)| *o = f32::from(q) * d);
         }
     }
 }
 
-pub(super) fn dot_tile(_t: Avx2, d: &TileDot<'_>, out: &mut [[f32; MR]; NR]) {
-    d.check();
-    // SAFETY: the token proves AVX2 + FMA + F16C; `check` validated the slices' extents.
-    unsafe { dot_tile_avx2(d, out) }
+/// Asks for every cache line of `bytes` to be brought into the L2 cache (a hint: no fault, no
+/// effect on results).
+pub(super) fn prefetch_l2(_t: Avx2, bytes: &[u8]) {
+    for line in bytes.chunks(64) {
+        // SAFETY: the token proves SSE (implied by AVX2); a prefetch of an address inside a live
+        // slice reads nothing architecturally and cannot fault.
+        unsafe { _mm_prefetch::<_MM_HINT_T1>(line.as_ptr().cast()) }
+    }
 }
 
-/// 4 weight rows × 3 tokens of dot products. Rows ≥ mr and tokens ≥ nr are computed on row 0 /
-/// token 0 and discarded, so every output gets the same instruction sequence whatever the tiling.
+/// The packed prefill microkernel (see [`super::panel`]): 6 weight rows × 16 tokens of sums in
+/// twelve registers; per column one 16-token load pair and six broadcasts feed twelve FMAs.
+pub(super) fn panel_micro(
+    _t: Avx2,
+    panel: &[f32; ROWS * KB],
+    x: &[f32],
+    kc: usize,
+    out: &mut [[f32; TOKENS]; ROWS],
+) {
+    assert!(
+        kc <= KB && x.len() >= kc * TOKENS,
+        "panel_micro: x too short"
+    );
+    // SAFETY: the token proves AVX2 + FMA + F16C; the assert bounds every read below.
+    unsafe { panel_micro_avx2(panel, x, kc, out) }
+}
+
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_tile_avx2(d: &TileDot<'_>, out: &mut [[f32; MR]; NR]) {
-    let arow = |i: usize| {
-        if i < d.mr {
-            &d.a[i * KC..][..d.kc]
-        } else {
-            &d.a[..d.kc]
-        }
-    };
-    let brow = |t: usize| {
-        if t < d.nr {
-            &d.b[t * d.ldb..][..d.kc]
-        } else {
-            &d.b[..d.kc]
-        }
-    };
-    let a = [arow(0), arow(1), arow(2), arow(3)];
-    let b = [brow(0), brow(1), brow(2)];
-    let k8 = d.kc - d.kc % 8;
-    let mut acc = [[_mm256_setzero_ps(); MR]; NR];
-    let mut j = 0;
-    while j < k8 {
-        // SAFETY: j + 8 <= k8 <= kc and every row in `a` and `b` holds kc elements.
+fn panel_micro_avx2(
+    panel: &[f32; ROWS * KB],
+    x: &[f32],
+    kc: usize,
+    out: &mut [[f32; TOKENS]; ROWS],
+) {
+    let mut acc = [[_mm256_setzero_ps(); 2]; ROWS];
+    let (w, xs) = (panel.as_ptr(), x.as_ptr());
+    for j in 0..kc {
+        // SAFETY: j < kc <= KB, so w + i·KB + j (i < ROWS) lies in the panel, and
+        // x holds kc · TOKENS elements (checked by the caller), so j·16 + 16 <= its length.
         unsafe {
-            let bv = [
-                _mm256_loadu_ps(b[0].as_ptr().add(j)),
-                _mm256_loadu_ps(b[1].as_ptr().add(j)),
-                _mm256_loadu_ps(b[2].as_ptr().add(j)),
-            ];
-            for (i, ai) in a.iter().enumerate() {
-                let av = _mm256_loadu_ps(ai.as_ptr().add(j));
-                acc[0][i] = _mm256_fmadd_ps(av, bv[0], acc[0][i]);
-                acc[1][i] = _mm256_fmadd_ps(av, bv[1], acc[1][i]);
-                acc[2][i] = _mm256_fmadd_ps(av, bv[2], acc[2][i]);
+            let x0 = _mm256_loadu_ps(xs.add(j * TOKENS));
+            let x1 = _mm256_loadu_ps(xs.add(j * TOKENS + 8));
+            for (i, a) in acc.iter_mut().enumerate() {
+                let wv = _mm256_broadcast_ss(&*w.add(i * KB + j));
+                a[0] = _mm256_fmadd_ps(wv, x0, a[0]);
+                a[1] = _mm256_fmadd_ps(wv, x1, a[1]);
             }
         }
-        j += 8;
     }
-    for t in 0..NR {
-        let [a0, a1, a2, a3] = acc[t];
-        let mut s = to_array4(hsum4(a0, a1, a2, a3));
-        for (i, s) in s.iter_mut().enumerate() {
-            for jj in k8..d.kc {
-                *s += a[i][jj] * b[t][jj];
-            }
-        }
-        out[t] = s;
+    for (o, a) in out.iter_mut().zip(acc) {
+        store(o, 0, a[0]);
+        store(o, 8, a[1]);
     }
 }
 

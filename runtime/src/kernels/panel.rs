@@ -1,0 +1,277 @@
+//! The prefill product for every weight dtype: Y (N, P) = X (N, C) · W[rows]ᵀ, one thread's rows
+//! of W at a time, with a register-blocked microkernel of our own.
+//!
+//! - X is packed once per product ([`pack_tokens`]): groups of [`TOKENS`] tokens, each group
+//!   stored column by column (`xp[g][j][t]` = X[16g + t, j]) and zero-padded, so the microkernel
+//!   loads the 16 tokens of one column as whole vectors.
+//! - W is read once per call: [`BLOCK_ROWS`] rows × [`KB`] columns at a time are converted to f32
+//!   (f16 through F16C / NEON, Q8 blocks dequantized, f32 copied) into a 48 KiB stack block, and
+//!   the next block's bytes are prefetched meanwhile. Each token group's 16 × KB inputs then meet
+//!   the block's 6-row panels in turn.
+//! - The microkernel keeps 6 rows × 16 tokens of sums in registers (12 AVX2 or 24 NEON
+//!   accumulators) and spends two vector loads and six broadcasts per twelve FMAs.
+//!
+//! This replaced the `gemm` crate for f32 / f16 prefill (which wanted a converted f32 copy of
+//! f16 rows and repacked X on every call) and the dot-product tiles of the Q8 prefill. Measured
+//! with `cargo bench -p emberlm-benches --bench kernels -- --table` (N = 128, 768×2304 and
+//! 3072×768): 1.0–1.4× the `gemm` crate's f32 product with one thread and 1.0–1.9× with two.
+//! Letters as in [`super`].
+
+#![forbid(unsafe_code)]
+
+use super::{Isa, Kernels, Q8_BLOCK, Q8Matrix};
+use half::f16;
+use std::ops::Range;
+
+/// Tokens per packed group (two AVX2 vectors, four NEON vectors).
+pub const TOKENS: usize = 16;
+/// Weight rows per microkernel call.
+pub const ROWS: usize = 6;
+/// Columns per block (a multiple of the Q8 block). 256 and 128, and one panel of rows per block,
+/// measured no faster.
+pub const KB: usize = 512;
+/// Weight rows converted at a time (BLOCK_ROWS × KB × 4 bytes = 48 KiB, in the L2 cache).
+pub const BLOCK_ROWS: usize = 4 * ROWS;
+
+/// A weight matrix (R, C), row-major, in any stored dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum PanelWeights<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f16 elements.
+    F16(&'a [f16]),
+    /// int8 blocks with f16 scales.
+    Q8(Q8Matrix<'a>),
+}
+
+impl PanelWeights<'_> {
+    /// Rows of the matrix when it has `c` columns (Q8 matrices know their own shape; for f32 and
+    /// f16 the length must be a multiple of `c`).
+    ///
+    /// # Panics
+    /// If the length is not a whole number of rows of `c` (for Q8: if `c` is not its width).
+    pub fn rows(&self, c: usize) -> usize {
+        let (len, r) = match *self {
+            PanelWeights::F32(w) => (w.len(), w.len() / c.max(1)),
+            PanelWeights::F16(w) => (w.len(), w.len() / c.max(1)),
+            PanelWeights::Q8(w) => {
+                assert_eq!(
+                    w.cols(),
+                    c,
+                    "a Q8 matrix of {} columns used as {c}",
+                    w.cols()
+                );
+                return w.rows();
+            }
+        };
+        assert_eq!(len, r * c, "{len} weights are not rows of {c}");
+        r
+    }
+}
+
+/// Task g's rows of a G-way split of R rows (inner boundaries at multiples of 48, a whole number
+/// of the microkernel's 6-row panels).
+pub(super) fn row_part(rows: usize, g: usize, groups: usize) -> Range<usize> {
+    let at = |g: usize| {
+        if g >= groups {
+            rows
+        } else {
+            (rows * g / groups) / 48 * 48
+        }
+    };
+    at(g)..at(g + 1)
+}
+
+/// Elements of the packed form of N tokens of C columns.
+pub fn packed_len(n: usize, c: usize) -> usize {
+    n.div_ceil(TOKENS) * TOKENS * c
+}
+
+/// xp ← X (N, C) packed (N = x.len() / C); the tail of the last group is zero.
+pub(super) fn pack_tokens(x: &[f32], c: usize, xp: &mut [f32]) {
+    let n = x.len() / c;
+    assert_eq!(x.len(), n * c, "pack_tokens: x must be (N, C)");
+    assert!(xp.len() >= packed_len(n, c), "pack_tokens: xp too short");
+    for (g, dst) in xp
+        .chunks_exact_mut(TOKENS * c)
+        .take(n.div_ceil(TOKENS))
+        .enumerate()
+    {
+        let t0 = g * TOKENS;
+        let tn = TOKENS.min(n - t0);
+        let rows = &x[t0 * c..(t0 + tn) * c];
+        for (j, col) in dst.chunks_exact_mut(TOKENS).enumerate() {
+            for (t, o) in col.iter_mut().enumerate() {
+                *o = if t < tn { rows[t * c + j] } else { 0.0 };
+            }
+        }
+    }
+}
+
+/// y (N, P) = X · W[rows]ᵀ on the calling thread (P = rows.len(), y row-major: token t's outputs
+/// for rows `rows` at `y[t·P ..][..P]`), from xp = X packed by [`pack_tokens`].
+pub(super) fn matmul_rows(
+    k: &Kernels,
+    w: PanelWeights<'_>,
+    c: usize,
+    xp: &[f32],
+    n: usize,
+    rows: Range<usize>,
+    y: &mut [f32],
+) {
+    let total_rows = w.rows(c);
+    assert!(
+        rows.start <= rows.end && rows.end <= total_rows,
+        "matmul_rows: rows {rows:?}"
+    );
+    assert!(xp.len() >= packed_len(n, c), "matmul_rows: xp too short");
+    let p = rows.len();
+    assert!(y.len() >= p * n, "matmul_rows: y too short");
+    if n == 0 {
+        return;
+    }
+    if c == 0 {
+        y[..p * n].fill(0.0);
+        return;
+    }
+    let mut block = [0f32; BLOCK_ROWS * KB];
+    let mut out = [[0f32; TOKENS]; ROWS];
+    let groups = n.div_ceil(TOKENS);
+    for j0 in rows.clone().step_by(BLOCK_ROWS) {
+        let jb = BLOCK_ROWS.min(rows.end - j0);
+        for k0 in (0..c).step_by(KB) {
+            let kc = KB.min(c - k0);
+            load_block(k, w, c, j0, jb, k0, kc, &mut block);
+            // The next block's rows come from memory while this one is multiplied.
+            let (nj, nk) = if k0 + KB < c {
+                (j0, k0 + KB)
+            } else {
+                (j0 + BLOCK_ROWS, 0)
+            };
+            if nj < rows.end {
+                prefetch_block(
+                    k,
+                    w,
+                    c,
+                    nj,
+                    BLOCK_ROWS.min(rows.end - nj),
+                    nk,
+                    KB.min(c - nk),
+                );
+            }
+            // Each token group's columns stay in L1 while the block's panels stream past them.
+            for (g, xg) in xp.chunks_exact(TOKENS * c).take(groups).enumerate() {
+                let xg = &xg[k0 * TOKENS..][..kc * TOKENS];
+                let t0 = g * TOKENS;
+                let tn = TOKENS.min(n - t0);
+                for i0 in (0..jb).step_by(ROWS) {
+                    let jr = ROWS.min(jb - i0);
+                    micro(k, &block[i0 * KB..], xg, kc, &mut out);
+                    let col = j0 + i0 - rows.start;
+                    for t in 0..tn {
+                        let dst = &mut y[(t0 + t) * p + col..][..jr];
+                        if k0 == 0 {
+                            dst.iter_mut().zip(&out).for_each(|(d, o)| *d = o[t]);
+                        } else {
+                            dst.iter_mut().zip(&out).for_each(|(d, o)| *d += o[t]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Prefetches the bytes [`load_block`] will read for the same arguments.
+fn prefetch_block(
+    k: &Kernels,
+    w: PanelWeights<'_>,
+    c: usize,
+    j0: usize,
+    jr: usize,
+    k0: usize,
+    kc: usize,
+) {
+    #[cfg(target_arch = "x86_64")]
+    if let Isa::Avx2(t) = k.isa {
+        for r in j0..j0 + jr {
+            let bytes: &[u8] = match w {
+                PanelWeights::F32(w) => bytemuck::cast_slice(&w[r * c + k0..][..kc]),
+                PanelWeights::F16(w) => bytemuck::cast_slice(&w[r * c + k0..][..kc]),
+                PanelWeights::Q8(w) => bytemuck::cast_slice(&w.quants()[r * c + k0..][..kc]),
+            };
+            super::x86_64::prefetch_l2(t, bytes);
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (k, w, c, j0, jr, k0, kc);
+}
+
+/// block[i·KB ..][..kc] ← row j0 + i, columns k0 .. k0 + kc of W as f32, for i < jb. Rows ≥ jb
+/// keep what they held (their sums are computed and discarded).
+#[allow(clippy::too_many_arguments)]
+fn load_block(
+    k: &Kernels,
+    w: PanelWeights<'_>,
+    c: usize,
+    j0: usize,
+    jb: usize,
+    k0: usize,
+    kc: usize,
+    block: &mut [f32; BLOCK_ROWS * KB],
+) {
+    for (i, b) in block.chunks_exact_mut(KB).take(jb).enumerate() {
+        let r = j0 + i;
+        match w {
+            PanelWeights::F32(w) => b[..kc].copy_from_slice(&w[r * c + k0..][..kc]),
+            PanelWeights::F16(w) => k.f16_to_f32(&w[r * c + k0..][..kc], &mut b[..kc]),
+            PanelWeights::Q8(w) => dequant_row(k, w, r, k0, kc, b),
+        }
+    }
+}
+
+/// out[..kc] ← row r, columns k0 .. k0 + kc of W dequantized (k0 a multiple of the Q8 block).
+fn dequant_row(k: &Kernels, w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out: &mut [f32]) {
+    match k.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) => super::x86_64::dequant_row(t, w, r, k0, kc, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon(t) => super::aarch64::dequant_row(t, w, r, k0, kc, out),
+        Isa::Reference => {
+            let (c, nb) = (w.cols(), w.blocks_per_row());
+            let q = &w.quants()[r * c + k0..][..kc];
+            let d = &w.scales()[r * nb + k0 / Q8_BLOCK..];
+            for ((ob, qb), d) in out[..kc]
+                .chunks_mut(Q8_BLOCK)
+                .zip(q.chunks(Q8_BLOCK))
+                .zip(d)
+            {
+                let d = d.to_f32();
+                ob.iter_mut()
+                    .zip(qb)
+                    .for_each(|(o, &q)| *o = f32::from(q) * d);
+            }
+        }
+    }
+}
+
+/// out[i][t] = Σ_{j < kc} panel[i·KB + j] · x[j·TOKENS + t] for i < ROWS, t < TOKENS.
+fn micro(k: &Kernels, panel: &[f32], x: &[f32], kc: usize, out: &mut [[f32; TOKENS]; ROWS]) {
+    assert!(kc <= KB && x.len() >= kc * TOKENS, "micro: x too short");
+    let panel: &[f32; ROWS * KB] = panel[..ROWS * KB].try_into().expect("a whole panel");
+    match k.isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2(t) => super::x86_64::panel_micro(t, panel, x, kc, out),
+        #[cfg(target_arch = "aarch64")]
+        Isa::Neon(t) => super::aarch64::panel_micro(t, panel, x, kc, out),
+        Isa::Reference => {
+            for (i, o) in out.iter_mut().enumerate() {
+                let p = &panel[i * KB..][..kc];
+                o.fill(0.0);
+                for (&a, xc) in p.iter().zip(x.chunks_exact(TOKENS)) {
+                    o.iter_mut().zip(xc).for_each(|(o, &b)| *o += a * b);
+                }
+            }
+        }
+    }
+}
