@@ -52,7 +52,9 @@ pub struct SessionOptions {
     pub kv_dtype: KvDtype,
     /// Worker threads; 0 means one per available core. Ignored without the `parallel` feature.
     pub threads: usize,
-    /// Prompt tokens processed per batched prefill pass.
+    /// Prompt tokens processed per batched prefill pass (default 128: each weight is converted
+    /// once per pass; 128 measured 4–10% faster than 64 for a 512-token prompt, and 256 or 512 no
+    /// faster, at 4 MB more buffers per doubling for 124M).
     pub prefill_chunk: usize,
     /// Force the plain reference kernels (tests, debugging).
     pub reference_kernels: bool,
@@ -64,7 +66,7 @@ impl Default for SessionOptions {
             context: None,
             kv_dtype: KvDtype::F32,
             threads: 0,
-            prefill_chunk: 64,
+            prefill_chunk: 128,
             reference_kernels: false,
         }
     }
