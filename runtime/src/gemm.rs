@@ -62,7 +62,8 @@ fn last_index(len: usize, rows: usize, cols: usize, rs: usize, cs: usize) -> Opt
     let last = (rows - 1)
         .checked_mul(rs)
         .and_then(|a| (cols - 1).checked_mul(cs).and_then(|b| a.checked_add(b)));
-    let last = match last {
+    // The element count (last + 1) must fit too: it is printed below.
+    let last = match last.filter(|&l| l < usize::MAX) {
         Some(l) => l,
         None => panic!("gemm view: strides overflow ({rows}x{cols}, rs {rs}, cs {cs})"),
     };
