@@ -1020,6 +1020,16 @@ fn reference_twins_are_the_documented_functions() {
 }
 
 #[test]
+fn fma_peak_reports_a_positive_rate() {
+    // Speed is never asserted; only that the probe runs on 1 and 2 threads and returns a finite
+    // positive figure.
+    for threads in [1, 2] {
+        let g = emberlm_runtime::kernels::peak::fma_peak_gflops(threads);
+        assert!(g.is_finite() && g > 0.0, "{threads} threads: {g}");
+    }
+}
+
+#[test]
 fn read_bandwidth_reports_a_positive_rate() {
     // Speed is never asserted; only that the probe runs and returns a finite positive figure.
     for threads in [1, 2] {

@@ -288,3 +288,20 @@ fn stop_token_and_callback_stop_generation() {
         (1, StopReason::Callback)
     );
 }
+
+/// `Model::prefill_flops` against the textbook count from the config alone: per layer and token
+/// 2·(C·3C + C·C + C·4C + 4C·C) = 24·C² for the matrices, 4·C per cached position for attention
+/// (positions 1..=T), and the head 2·C·V once.
+#[test]
+fn prefill_flops_match_the_count_from_the_config() {
+    let cfg = cfg();
+    let bytes = random_model_bytes(&cfg, DType::F16, 5).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let (c, l, v) = (cfg.dim as f64, cfg.n_layers as f64, cfg.vocab_size as f64);
+    for t in [1usize, 2, 7, 40] {
+        let tf = t as f64;
+        let want = l * (24.0 * c * c * tf + 4.0 * c * tf * (tf + 1.0) / 2.0) + 2.0 * c * v;
+        assert_eq!(model.prefill_flops(t), want, "{t} tokens");
+    }
+    assert_eq!(model.prefill_flops(0), 0.0);
+}

@@ -1055,6 +1055,9 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let t1 = Instant::now();
     session.prefill(&prompt).map_err(|e| e.to_string())?;
     let prefill_s = t1.elapsed().as_secs_f64();
+    // Prefill is bound by arithmetic: compare it with the cores' multiply-add peak, measured now.
+    let prefill_gflops = model.prefill_flops(a.prompt_tokens) / prefill_s / 1e9;
+    let fma_peak = emberlm_runtime::kernels::peak::fma_peak_gflops(threads);
     let bytes_per_token = model.bytes_per_token();
     let mut probe = Probe::new(BENCH_PROBE_BYTES, threads);
     // Decode in rounds, each between two probe passes: on a shared host the memory's speed drifts
@@ -1084,7 +1087,7 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let (bandwidth, sustained) = (bw.best_chunk_gb_s, bw.median_pass_gb_s);
     if a.json {
         println!(
-            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"kv\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"decode_rounds\":{},\"decode_round_bandwidth_fraction\":{},\"peak_rss_bytes\":{}}}",
+            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"kv\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"prefill_gflop_per_s\":{},\"fma_peak_gflop_per_s\":{},\"prefill_flops_fraction\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"decode_rounds\":{},\"decode_round_bandwidth_fraction\":{},\"peak_rss_bytes\":{}}}",
             json_str(&path.display().to_string()),
             model.file_size(),
             threads,
@@ -1094,6 +1097,9 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             a.gen_tokens,
             num(load_ms),
             num(prefill_tps),
+            num(prefill_gflops),
+            num(fma_peak),
+            num(prefill_gflops / fma_peak),
             num(decode_tps),
             bytes_per_token,
             num(achieved),
@@ -1116,8 +1122,10 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
         );
         println!("load         {load_ms:.2} ms");
         println!(
-            "prefill      {prefill_tps:.1} tokens/s ({} tokens)",
-            a.prompt_tokens
+            "prefill      {prefill_tps:.1} tokens/s ({} tokens) = {prefill_gflops:.1} GFLOP/s, {:.0}% \
+             of the cores' multiply-add peak ({fma_peak:.1} GFLOP/s)",
+            a.prompt_tokens,
+            100.0 * prefill_gflops / fma_peak
         );
         println!(
             "decode       {decode_tps:.1} tokens/s ({} tokens in {rounds} rounds)",

@@ -411,6 +411,26 @@ fn dequant_row_neon(w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out: &mut [
 
 /// 4 weight rows × 3 tokens of dot products; rows ≥ mr and tokens ≥ nr reuse row 0 / token 0 and
 /// are discarded (same instruction sequence for every output whatever the tiling).
+/// The FMA peak loop ([`super::peak`]): 16 independent 4-lane multiply-add chains (enough for
+/// two FMA pipes with a latency of up to 8 cycles). Returns their sum and the flops done.
+pub(super) fn fma_loop(_t: Neon, iters: usize) -> (f32, u64) {
+    // SAFETY: the token proves NEON.
+    let sum = unsafe { fma_loop_neon(iters) };
+    (sum, (iters * 16 * 4 * 2) as u64)
+}
+
+#[target_feature(enable = "neon")]
+fn fma_loop_neon(iters: usize) -> f32 {
+    let mut acc: [float32x4_t; 16] = std::array::from_fn(|i| vdupq_n_f32(1.0 + i as f32));
+    let (m, a) = (vdupq_n_f32(0.999_999), vdupq_n_f32(1e-7));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = vfmaq_f32(a, *v, m);
+        }
+    }
+    vaddvq_f32(acc.iter().fold(vdupq_n_f32(0.0), |s, &v| vaddq_f32(s, v)))
+}
+
 /// The packed prefill microkernel (see [`super::panel`]): 6 weight rows × 16 tokens of sums in
 /// 24 registers; per column four 4-token loads feed 24 FMAs by the six row scalars.
 pub(super) fn panel_micro(

@@ -34,6 +34,7 @@
 
 pub mod bandwidth;
 pub mod panel;
+pub mod peak;
 pub mod reference;
 
 #[cfg(target_arch = "aarch64")]

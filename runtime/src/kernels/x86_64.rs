@@ -543,6 +543,29 @@ fn dequant_row_avx2(w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out: &mut [
     }
 }
 
+/// The FMA peak loop ([`super::peak`]): 12 independent 8-lane multiply-add chains (two FMA units
+/// × four cycles of latency need at least 8). Returns their sum and the flops done.
+pub(super) fn fma_loop(_t: Avx2, iters: usize) -> (f32, u64) {
+    // SAFETY: the token proves AVX2 + FMA + F16C.
+    let sum = unsafe { fma_loop_avx2(iters) };
+    (sum, (iters * 12 * 8 * 2) as u64)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fma_loop_avx2(iters: usize) -> f32 {
+    let mut acc: [__m256; 12] = std::array::from_fn(|i| _mm256_set1_ps(1.0 + i as f32));
+    let (m, a) = (_mm256_set1_ps(0.999_999), _mm256_set1_ps(1e-7));
+    for _ in 0..iters {
+        for v in acc.iter_mut() {
+            *v = _mm256_fmadd_ps(*v, m, a);
+        }
+    }
+    let s = acc
+        .iter()
+        .fold(_mm256_setzero_ps(), |s, &v| _mm256_add_ps(s, v));
+    hsum(s)
+}
+
 /// Asks for every cache line of `bytes` to be brought into the L2 cache (a hint: no fault, no
 /// effect on results).
 pub(super) fn prefetch_l2(_t: Avx2, bytes: &[u8]) {
