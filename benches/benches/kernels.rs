@@ -20,8 +20,8 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
-use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
-use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth};
+use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth};
 use half::f16;
 use rayon::ThreadPool;
 use rayon::prelude::*;
@@ -263,12 +263,12 @@ impl PrefillWeights {
         }
     }
 
-    fn cases(&self) -> [(&'static str, PanelWeights<'_>); 3] {
+    fn cases(&self) -> [(&'static str, Mat<'_>); 3] {
         let q8 = Q8Matrix::new(&self.q, &self.d, self.r, self.c).unwrap();
         [
-            ("f32", PanelWeights::F32(&self.f32s)),
-            ("f16", PanelWeights::F16(&self.f16s)),
-            ("q8", PanelWeights::Q8(q8)),
+            ("f32", Mat::F32(&self.f32s)),
+            ("f16", Mat::F16(&self.f16s)),
+            ("q8", Mat::Q8(q8)),
         ]
     }
 }

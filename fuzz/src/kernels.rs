@@ -11,8 +11,8 @@
 //! must be within its twin's bound (the accuracy contract of `emberlm_runtime::kernels`).
 
 use super::input::Input;
-use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
-use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix};
+use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
 
 /// Matrix-vector, matmul and dot: |fast - reference| ≤ this · Σ|w·x| (+ [`ABS_FLOOR`]).
@@ -134,7 +134,7 @@ pub fn run(data: &[u8]) {
                 let (mut y1, mut y2) = (vec![0.0; n * r], vec![0.0; n * r]);
                 let mut xp = vec![f32::NAN; packed_len(n, c)];
                 let mut scratch = vec![f32::NAN; n * r];
-                let w = PanelWeights::Q8(w);
+                let w = Mat::Q8(w);
                 fast.matmul(w, c, x, &mut y1, &mut xp, &mut scratch);
                 refk.matmul(w, c, x, &mut y2, &mut xp, &mut scratch);
                 for t in 0..n {

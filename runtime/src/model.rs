@@ -9,18 +9,8 @@ use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{DType, EmberFile, FormatError, Header, TensorData, TensorEntry};
 use emberlm_formats::meta::{self, PromptTemplate, Task};
 use emberlm_formats::tokenizer::Tokenizer;
-use half::f16;
 
-/// A weight matrix (R, C) in any stored dtype.
-#[derive(Clone, Copy, Debug)]
-pub enum Mat<'a> {
-    /// f32 elements.
-    F32(&'a [f32]),
-    /// f16 elements.
-    F16(&'a [f16]),
-    /// int8 blocks with f16 scales.
-    Q8(Q8Matrix<'a>),
-}
+pub use crate::kernels::Mat;
 
 impl Mat<'_> {
     /// y (R) = W x (C), on the kernels' threads.

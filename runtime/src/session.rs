@@ -24,7 +24,7 @@
 //! own region.
 
 use crate::error::RuntimeError;
-use crate::kernels::panel::{PanelWeights, packed_len};
+use crate::kernels::panel::packed_len;
 use crate::kernels::{Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};
@@ -674,12 +674,7 @@ fn matmul(
     yt: &mut [f32],
 ) {
     let (rows, cols) = (y.len() / n, x.len() / n);
-    let pw = match *w {
-        Mat::F32(w) => PanelWeights::F32(w),
-        Mat::F16(w) => PanelWeights::F16(w),
-        Mat::Q8(w) => PanelWeights::Q8(w),
-    };
-    k.matmul(pw, cols, x, y, xp, yt);
+    k.matmul(*w, cols, x, y, xp, yt);
     if let Some(bias) = bias {
         for yr in y.chunks_exact_mut(rows) {
             k.add(yr, bias);

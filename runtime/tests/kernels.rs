@@ -1,8 +1,10 @@
 //! Fast kernels == reference twins (and both == an independent f64 computation), on odd shapes,
 //! tails and big shapes, for every entry point, with 1 thread and (with `parallel`) a 2-thread pool.
 
-use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
-use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference};
+use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::{
+    Kernels, Mat, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference,
+};
 use half::f16;
 
 /// Matrix-vector outputs: |fast - reference| and |reference - exact| ≤ this · Σ|w·x|.
@@ -477,12 +479,12 @@ fn matmul_packed_rows_matches_reference_and_f64_for_every_dtype() {
         let wf32 = rng.vec(r * c, 1.0);
         let wh = rng.vec_f16(r * c);
         let (q, d) = rng.q8(r, c);
-        let cases: [(&str, PanelWeights<'_>, Vec<f32>); 3] = [
-            ("f32", PanelWeights::F32(&wf32), wf32.clone()),
-            ("f16", PanelWeights::F16(&wh), f16s(&wh)),
+        let cases: [(&str, Mat<'_>, Vec<f32>); 3] = [
+            ("f32", Mat::F32(&wf32), wf32.clone()),
+            ("f16", Mat::F16(&wh), f16s(&wh)),
             (
                 "q8",
-                PanelWeights::Q8(Q8Matrix::new(&q, &d, r, c).unwrap()),
+                Mat::Q8(Q8Matrix::new(&q, &d, r, c).unwrap()),
                 dequant(&q, &d, c),
             ),
         ];
@@ -537,16 +539,12 @@ impl ThreeDtypes {
         }
     }
 
-    fn cases(&self) -> [(&'static str, PanelWeights<'_>, Vec<f32>); 3] {
+    fn cases(&self) -> [(&'static str, Mat<'_>, Vec<f32>); 3] {
         let q8 = Q8Matrix::new(&self.q, &self.d, self.r, self.c).unwrap();
         [
-            ("f32", PanelWeights::F32(&self.f32s), self.f32s.clone()),
-            ("f16", PanelWeights::F16(&self.f16s), f16s(&self.f16s)),
-            (
-                "q8",
-                PanelWeights::Q8(q8),
-                dequant(&self.q, &self.d, self.c),
-            ),
+            ("f32", Mat::F32(&self.f32s), self.f32s.clone()),
+            ("f16", Mat::F16(&self.f16s), f16s(&self.f16s)),
+            ("q8", Mat::Q8(q8), dequant(&self.q, &self.d, self.c)),
         ]
     }
 }
@@ -625,25 +623,11 @@ fn matmul_empty_shapes() {
         let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
         // No rows: nothing to write.
         let w = Q8Matrix::new(&[], &[], 0, 5).unwrap();
-        k.matmul(
-            PanelWeights::Q8(w),
-            5,
-            &[1.0; 10],
-            &mut [],
-            &mut xp,
-            &mut scratch,
-        );
-        k.matmul(
-            PanelWeights::F32(&[]),
-            5,
-            &[1.0; 10],
-            &mut [],
-            &mut xp,
-            &mut scratch,
-        );
+        k.matmul(Mat::Q8(w), 5, &[1.0; 10], &mut [], &mut xp, &mut scratch);
+        k.matmul(Mat::F32(&[]), 5, &[1.0; 10], &mut [], &mut xp, &mut scratch);
         // No tokens.
         k.matmul(
-            PanelWeights::F16(&[f16::ONE; 15]),
+            Mat::F16(&[f16::ONE; 15]),
             5,
             &[],
             &mut [],
@@ -659,7 +643,7 @@ fn matmul_with_a_mismatched_weight_panics() {
     let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
     let mut y = [0f32; 4];
     Kernels::detect().matmul(
-        PanelWeights::F32(&[1.0; 15]),
+        Mat::F32(&[1.0; 15]),
         5,
         &[1.0; 10],
         &mut y,

@@ -3,8 +3,8 @@
 //! binary, which is why this file holds a single test.
 #![allow(unsafe_code)] // the counting allocator only; it forwards to `System`.
 
-use emberlm_runtime::kernels::panel::{PanelWeights, packed_len};
-use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix};
+use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -91,11 +91,7 @@ impl Buffers {
         k.matvec_f32_rows(&self.w32, &self.x, &mut self.y[..37], 100);
         k.matvec_f16_rows(&self.w16, &self.x, &mut self.y[..37], 100);
         k.matvec_q8_rows(w8, &self.x, &mut self.y[..37], 100);
-        for w in [
-            PanelWeights::F32(&self.w32),
-            PanelWeights::F16(&self.w16),
-            PanelWeights::Q8(w8),
-        ] {
+        for w in [Mat::F32(&self.w32), Mat::F16(&self.w16), Mat::Q8(w8)] {
             let (xp, sc) = (&mut self.xp, &mut self.scratch);
             k.matmul(w, C, &self.xs, &mut self.ys, xp, sc);
             k.matmul(w, C, &self.xs[..3 * C], &mut self.ys[..3 * R], xp, sc);

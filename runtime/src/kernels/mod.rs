@@ -182,6 +182,42 @@ impl<'a> Q8Matrix<'a> {
     }
 }
 
+/// A weight matrix (R, C), row-major, in any stored dtype.
+#[derive(Clone, Copy, Debug)]
+pub enum Mat<'a> {
+    /// f32 elements.
+    F32(&'a [f32]),
+    /// f16 elements.
+    F16(&'a [f16]),
+    /// int8 blocks with f16 scales.
+    Q8(Q8Matrix<'a>),
+}
+
+impl Mat<'_> {
+    /// Rows of the matrix when it has `c` columns (Q8 matrices know their own shape; for f32 and
+    /// f16 the length must be a multiple of `c`).
+    ///
+    /// # Panics
+    /// If the length is not a whole number of rows of `c` (for Q8: if `c` is not its width).
+    pub fn rows(&self, c: usize) -> usize {
+        let (len, r) = match *self {
+            Mat::F32(w) => (w.len(), w.len() / c.max(1)),
+            Mat::F16(w) => (w.len(), w.len() / c.max(1)),
+            Mat::Q8(w) => {
+                assert_eq!(
+                    w.cols(),
+                    c,
+                    "a Q8 matrix of {} columns used as {c}",
+                    w.cols()
+                );
+                return w.rows();
+            }
+        };
+        assert_eq!(len, r * c, "{len} weights are not rows of {c}");
+        r
+    }
+}
+
 /// Which implementation runs. The arch variants carry a token that proves the CPU features were
 /// detected: they cannot be built any other way.
 #[derive(Clone, Copy, Debug)]
@@ -434,7 +470,7 @@ impl Kernels {
     /// If C = 0, the lengths do not describe one (N, C) · (R, C)ᵀ product, or a buffer is short.
     pub fn matmul(
         &self,
-        w: panel::PanelWeights<'_>,
+        w: Mat<'_>,
         c: usize,
         x: &[f32],
         y: &mut [f32],
@@ -476,7 +512,7 @@ impl Kernels {
     #[allow(clippy::too_many_arguments)]
     fn rows_in_tasks(
         &self,
-        w: panel::PanelWeights<'_>,
+        w: Mat<'_>,
         c: usize,
         xp: &[f32],
         n: usize,
@@ -523,7 +559,7 @@ impl Kernels {
     /// If `rows` is not inside W, or `xp` / `y` are too short.
     pub fn matmul_packed_rows(
         &self,
-        w: panel::PanelWeights<'_>,
+        w: Mat<'_>,
         c: usize,
         xp: &[f32],
         n: usize,

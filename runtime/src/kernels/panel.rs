@@ -19,8 +19,8 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Isa, Kernels, Q8_BLOCK, Q8Matrix};
-use half::f16;
+use super::{Isa, Kernels, Mat, Q8_BLOCK, Q8Matrix};
+
 use std::ops::Range;
 
 /// Tokens per packed group (two AVX2 vectors, four NEON vectors).
@@ -33,44 +33,9 @@ pub const KB: usize = 512;
 /// Weight rows converted at a time (BLOCK_ROWS × KB × 4 bytes = 48 KiB, in the L2 cache).
 pub const BLOCK_ROWS: usize = 4 * ROWS;
 
-/// A weight matrix (R, C), row-major, in any stored dtype.
-#[derive(Clone, Copy, Debug)]
-pub enum PanelWeights<'a> {
-    /// f32 elements.
-    F32(&'a [f32]),
-    /// f16 elements.
-    F16(&'a [f16]),
-    /// int8 blocks with f16 scales.
-    Q8(Q8Matrix<'a>),
-}
-
-impl PanelWeights<'_> {
-    /// Rows of the matrix when it has `c` columns (Q8 matrices know their own shape; for f32 and
-    /// f16 the length must be a multiple of `c`).
-    ///
-    /// # Panics
-    /// If the length is not a whole number of rows of `c` (for Q8: if `c` is not its width).
-    pub fn rows(&self, c: usize) -> usize {
-        let (len, r) = match *self {
-            PanelWeights::F32(w) => (w.len(), w.len() / c.max(1)),
-            PanelWeights::F16(w) => (w.len(), w.len() / c.max(1)),
-            PanelWeights::Q8(w) => {
-                assert_eq!(
-                    w.cols(),
-                    c,
-                    "a Q8 matrix of {} columns used as {c}",
-                    w.cols()
-                );
-                return w.rows();
-            }
-        };
-        assert_eq!(len, r * c, "{len} weights are not rows of {c}");
-        r
-    }
-}
-
 /// Task g's rows of a G-way split of R rows (inner boundaries at multiples of 48, a whole number
-/// of the microkernel's 6-row panels).
+/// of the microkernel's 6-row panels and 24-row blocks). Splitting finer, into 4 tasks per thread
+/// taken by whichever thread is free, measured no faster.
 pub(super) fn row_part(rows: usize, g: usize, groups: usize) -> Range<usize> {
     let at = |g: usize| {
         if g >= groups {
@@ -112,7 +77,7 @@ pub(super) fn pack_tokens(x: &[f32], c: usize, xp: &mut [f32]) {
 /// for rows `rows` at `y[t·P ..][..P]`), from xp = X packed by [`pack_tokens`].
 pub(super) fn matmul_rows(
     k: &Kernels,
-    w: PanelWeights<'_>,
+    w: Mat<'_>,
     c: usize,
     xp: &[f32],
     n: usize,
@@ -183,22 +148,14 @@ pub(super) fn matmul_rows(
 }
 
 /// Prefetches the bytes [`load_block`] will read for the same arguments.
-fn prefetch_block(
-    k: &Kernels,
-    w: PanelWeights<'_>,
-    c: usize,
-    j0: usize,
-    jr: usize,
-    k0: usize,
-    kc: usize,
-) {
+fn prefetch_block(k: &Kernels, w: Mat<'_>, c: usize, j0: usize, jr: usize, k0: usize, kc: usize) {
     #[cfg(target_arch = "x86_64")]
     if let Isa::Avx2(t) = k.isa {
         for r in j0..j0 + jr {
             let bytes: &[u8] = match w {
-                PanelWeights::F32(w) => bytemuck::cast_slice(&w[r * c + k0..][..kc]),
-                PanelWeights::F16(w) => bytemuck::cast_slice(&w[r * c + k0..][..kc]),
-                PanelWeights::Q8(w) => bytemuck::cast_slice(&w.quants()[r * c + k0..][..kc]),
+                Mat::F32(w) => bytemuck::cast_slice(&w[r * c + k0..][..kc]),
+                Mat::F16(w) => bytemuck::cast_slice(&w[r * c + k0..][..kc]),
+                Mat::Q8(w) => bytemuck::cast_slice(&w.quants()[r * c + k0..][..kc]),
             };
             super::x86_64::prefetch_l2(t, bytes);
         }
@@ -212,7 +169,7 @@ fn prefetch_block(
 #[allow(clippy::too_many_arguments)]
 fn load_block(
     k: &Kernels,
-    w: PanelWeights<'_>,
+    w: Mat<'_>,
     c: usize,
     j0: usize,
     jb: usize,
@@ -223,9 +180,9 @@ fn load_block(
     for (i, b) in block.chunks_exact_mut(KB).take(jb).enumerate() {
         let r = j0 + i;
         match w {
-            PanelWeights::F32(w) => b[..kc].copy_from_slice(&w[r * c + k0..][..kc]),
-            PanelWeights::F16(w) => k.f16_to_f32(&w[r * c + k0..][..kc], &mut b[..kc]),
-            PanelWeights::Q8(w) => dequant_row(k, w, r, k0, kc, b),
+            Mat::F32(w) => b[..kc].copy_from_slice(&w[r * c + k0..][..kc]),
+            Mat::F16(w) => k.f16_to_f32(&w[r * c + k0..][..kc], &mut b[..kc]),
+            Mat::Q8(w) => dequant_row(k, w, r, k0, kc, b),
         }
     }
 }

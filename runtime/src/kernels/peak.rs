@@ -9,10 +9,11 @@ use std::time::Instant;
 
 /// Iterations of one timed call: about 4 ms on a 3 GHz AVX2 core.
 const ITERS: usize = 1 << 21;
-/// Timed calls; the best one counts (a quiet moment on a shared host).
-const REPEATS: usize = 5;
+/// Timed calls; the best one counts (a quiet moment on a shared host, where a neighbour may hold
+/// one of the cores for tens of milliseconds).
+const REPEATS: usize = 10;
 
-/// The best rate of [`REPEATS`] runs of `threads` threads (1 without the `parallel` feature) each
+/// The best rate of [`REPEATS`] (10) runs of `threads` threads (1 without the `parallel` feature) each
 /// running [`Kernels::detect`]'s FMA loop (independent multiply-add chains on registers: no memory
 /// traffic), in GFLOP/s (a multiply-add counts 2). Spawns threads: not for a hot path.
 pub fn fma_peak_gflops(threads: usize) -> f64 {
