@@ -21,7 +21,9 @@ use std::time::Instant;
 use criterion::{BenchmarkId, Criterion, Throughput};
 use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
 use emberlm_runtime::kernels::panel::packed_len;
-use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth};
+use emberlm_runtime::kernels::{
+    Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth,
+};
 use half::f16;
 use rayon::ThreadPool;
 use rayon::prelude::*;
@@ -228,7 +230,17 @@ fn criterion_benches(c: &mut Criterion, cases: &[Case]) {
                 let id = BenchmarkId::new(format!("{dtype}/{shape}"), format!("t{threads}"));
                 g.bench_function(id, |b| {
                     p.install(|| {
-                        b.iter(|| k.matmul(pw, cols, black_box(&x), &mut y, &mut xp, &mut scratch))
+                        b.iter(|| {
+                            k.matmul(
+                                pw,
+                                cols,
+                                black_box(&x),
+                                &mut y,
+                                &mut xp,
+                                &mut scratch,
+                                Epilogue::default(),
+                            )
+                        })
                     })
                 });
             }
@@ -389,13 +401,29 @@ fn table(cases: &[Case]) {
                 let k = fast.with_threads(threads);
                 let (t, _) = p.install(|| {
                     time_calls(1, 9, 1.0, |_| {
-                        k.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch)
+                        k.matmul(
+                            pw,
+                            c,
+                            &x,
+                            &mut y,
+                            &mut xp,
+                            &mut scratch,
+                            Epilogue::default(),
+                        )
                     })
                 });
                 let kr = reference.with_threads(threads);
                 let (tr, _) = p.install(|| {
                     time_calls(1, 1, 0.0, |_| {
-                        kr.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch)
+                        kr.matmul(
+                            pw,
+                            c,
+                            &x,
+                            &mut y,
+                            &mut xp,
+                            &mut scratch,
+                            Epilogue::default(),
+                        )
                     })
                 });
                 println!(

@@ -12,7 +12,7 @@
 
 use super::input::Input;
 use emberlm_runtime::kernels::panel::packed_len;
-use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix};
+use emberlm_runtime::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
 
 /// Matrix-vector, matmul and dot: |fast - reference| ≤ this · Σ|w·x| (+ [`ABS_FLOOR`]).
@@ -135,8 +135,8 @@ pub fn run(data: &[u8]) {
                 let mut xp = vec![f32::NAN; packed_len(n, c)];
                 let mut scratch = vec![f32::NAN; n * r];
                 let w = Mat::Q8(w);
-                fast.matmul(w, c, x, &mut y1, &mut xp, &mut scratch);
-                refk.matmul(w, c, x, &mut y2, &mut xp, &mut scratch);
+                fast.matmul(w, c, x, &mut y1, &mut xp, &mut scratch, Epilogue::default());
+                refk.matmul(w, c, x, &mut y2, &mut xp, &mut scratch, Epilogue::default());
                 for t in 0..n {
                     for i in 0..r {
                         let xt = &x[t * c..(t + 1) * c];

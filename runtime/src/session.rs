@@ -25,7 +25,7 @@
 
 use crate::error::RuntimeError;
 use crate::kernels::panel::packed_len;
-use crate::kernels::{Kernels, Q8_BLOCK};
+use crate::kernels::{Epilogue, Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use emberlm_formats::config::LAYERNORM_EPS;
@@ -552,7 +552,9 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         for l in 0..cfg.n_layers {
             let w: Layer<'_> = m.layer(l);
-            layernorm_rows(k, &b.x[..n * c], w.norm1, &mut b.xn[..n * c], c);
+            by_tokens(k, &mut b.xn[..n * c], &b.x[..n * c], c, |o, x| {
+                layernorm_rows(k, x, w.norm1, o, c)
+            });
             matmul(
                 k,
                 &w.qkv_w,
@@ -560,6 +562,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.qkv[..n * 3 * c],
                 n,
                 w.qkv_b,
+                false,
                 &mut self.xp,
                 &mut self.yt,
             );
@@ -597,11 +600,14 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.out[..n * c],
                 n,
                 Some(w.proj_b),
+                false,
                 &mut self.xp,
                 &mut self.yt,
             );
-            k.add(&mut b.x[..n * c], &b.out[..n * c]);
-            layernorm_rows(k, &b.x[..n * c], w.norm2, &mut b.xn[..n * c], c);
+            by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
+            by_tokens(k, &mut b.xn[..n * c], &b.x[..n * c], c, |o, x| {
+                layernorm_rows(k, x, w.norm2, o, c)
+            });
             matmul(
                 k,
                 &w.fc_w,
@@ -609,10 +615,10 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.ff[..n * 4 * c],
                 n,
                 Some(w.fc_b),
+                true,
                 &mut self.xp,
                 &mut self.yt,
             );
-            k.gelu_tanh(&mut b.ff[..n * 4 * c]);
             matmul(
                 k,
                 &w.fcp_w,
@@ -620,10 +626,11 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut b.out[..n * c],
                 n,
                 Some(w.fcp_b),
+                false,
                 &mut self.xp,
                 &mut self.yt,
             );
-            k.add(&mut b.x[..n * c], &b.out[..n * c]);
+            by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
         }
         // Logits for the last position only.
         let last = &b.x[(n - 1) * c..n * c];
@@ -647,6 +654,29 @@ fn embed(m: &Model<'_>, token: u32, pos: usize, x: &mut [f32], tmp: &mut [f32]) 
     }
 }
 
+/// f(a rows, b rows) over the tokens of two (N, C) buffers, split over the session's threads
+/// (each token's row is computed the same way whatever the split).
+fn by_tokens(
+    k: &Kernels,
+    a: &mut [f32],
+    b: &[f32],
+    c: usize,
+    f: impl Fn(&mut [f32], &[f32]) + Sync + Send,
+) {
+    #[cfg(feature = "parallel")]
+    if k.threads() > 1 && a.len() >= 2 * c {
+        use rayon::prelude::*;
+        let per = (a.len() / c).div_ceil(k.threads()) * c;
+        a.par_chunks_mut(per)
+            .zip(b.par_chunks(per))
+            .for_each(|(a, b)| f(a, b));
+        return;
+    }
+    #[cfg(not(feature = "parallel"))]
+    let _ = (k, c);
+    f(a, b)
+}
+
 /// LayerNorm of each row of x (N, C) into out (N, C).
 fn layernorm_rows(
     k: &Kernels,
@@ -660,8 +690,8 @@ fn layernorm_rows(
     }
 }
 
-/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C) of any dtype, on the session's threads
-/// ([`Kernels::matmul`], with `xp` and `yt` its scratch).
+/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C) of any dtype, then GELU if asked, on the
+/// session's threads ([`Kernels::matmul`], with `xp` and `yt` its scratch).
 #[allow(clippy::too_many_arguments)]
 fn matmul(
     k: &Kernels,
@@ -670,16 +700,12 @@ fn matmul(
     y: &mut [f32],
     n: usize,
     bias: Option<&[f32]>,
+    gelu: bool,
     xp: &mut [f32],
     yt: &mut [f32],
 ) {
-    let (rows, cols) = (y.len() / n, x.len() / n);
-    k.matmul(*w, cols, x, y, xp, yt);
-    if let Some(bias) = bias {
-        for yr in y.chunks_exact_mut(rows) {
-            k.add(yr, bias);
-        }
-    }
+    let cols = x.len() / n;
+    k.matmul(*w, cols, x, y, xp, yt, Epilogue { bias, gelu });
 }
 
 // ---------------------------------------------------------------- KV cache

@@ -3,7 +3,7 @@
 
 use emberlm_runtime::kernels::panel::packed_len;
 use emberlm_runtime::kernels::{
-    Kernels, Mat, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference,
+    Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference,
 };
 use half::f16;
 
@@ -574,11 +574,27 @@ fn matmul_matches_reference_and_f64_for_every_dtype_and_thread_count() {
         let mut scratch = vec![f32::NAN; n * r];
         for (name, pw, wf) in w.cases() {
             let mut want = vec![f32::NAN; n * r];
-            rk.matmul(pw, c, &x, &mut want, &mut xp, &mut scratch);
+            rk.matmul(
+                pw,
+                c,
+                &x,
+                &mut want,
+                &mut xp,
+                &mut scratch,
+                Epilogue::default(),
+            );
             let mut first: Option<Vec<f32>> = None;
             for_each_fast(|k| {
                 let mut y = vec![f32::NAN; n * r];
-                k.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch);
+                k.matmul(
+                    pw,
+                    c,
+                    &x,
+                    &mut y,
+                    &mut xp,
+                    &mut scratch,
+                    Epilogue::default(),
+                );
                 for t in 0..n {
                     let xt = &x[t * c..(t + 1) * c];
                     let what = format!("matmul {name} n{n} {r}x{c} token {t} t{}", k.threads());
@@ -597,6 +613,64 @@ fn matmul_matches_reference_and_f64_for_every_dtype_and_thread_count() {
     }
 }
 
+/// The epilogue (bias, then GELU) inside `Kernels::matmul`: against the plain product plus the
+/// bias and GELU's tanh formula in f64, and the same bits for 1 and 2 threads.
+#[test]
+fn matmul_epilogue_adds_the_bias_then_gelu() {
+    let (n, r, c) = (21, 150, 200);
+    let mut rng = Rng(9);
+    let w = ThreeDtypes::new(&mut rng, r, c);
+    let x = rng.vec(n * c, 1.0);
+    let bias = rng.vec(r, 1.0);
+    let mut xp = vec![0f32; packed_len(n, c)];
+    let mut scratch = vec![0f32; n * r];
+    let gelu = |v: f64| {
+        0.5 * v * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v + 0.044715 * v * v * v)).tanh())
+    };
+    for (name, pw, _) in w.cases() {
+        let mut plain = vec![0f32; n * r];
+        let rk = Kernels::reference();
+        rk.matmul(
+            pw,
+            c,
+            &x,
+            &mut plain,
+            &mut xp,
+            &mut scratch,
+            Epilogue::default(),
+        );
+        let mut first: Option<Vec<f32>> = None;
+        for_each_fast(|k| {
+            for use_gelu in [false, true] {
+                let mut y = vec![f32::NAN; n * r];
+                let ep = Epilogue {
+                    bias: Some(&bias),
+                    gelu: use_gelu,
+                };
+                k.matmul(pw, c, &x, &mut y, &mut xp, &mut scratch, ep);
+                for (i, (&got, &p)) in y.iter().zip(&plain).enumerate() {
+                    let pre = f64::from(p) + f64::from(bias[i % r]);
+                    let want = if use_gelu { gelu(pre) } else { pre };
+                    assert!(
+                        (f64::from(got) - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                        "{name} gelu {use_gelu} t{}: [{i}] {got} vs {want}",
+                        k.threads()
+                    );
+                }
+                if use_gelu {
+                    match &first {
+                        None => first = Some(y),
+                        Some(f) => assert!(
+                            f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "{name}: bits differ between thread counts"
+                        ),
+                    }
+                }
+            }
+        });
+    }
+}
+
 #[test]
 fn matmul_rows_do_not_depend_on_batch_size() {
     let (r, c) = (37, 300);
@@ -608,10 +682,26 @@ fn matmul_rows_do_not_depend_on_batch_size() {
     let mut scratch = vec![0f32; 20 * r];
     for (name, pw, _) in w.cases() {
         let mut all = vec![0f32; 20 * r];
-        k.matmul(pw, c, &x, &mut all, &mut xp, &mut scratch);
+        k.matmul(
+            pw,
+            c,
+            &x,
+            &mut all,
+            &mut xp,
+            &mut scratch,
+            Epilogue::default(),
+        );
         for n in [1, 2, 3, 7, 16, 17, 19] {
             let mut part = vec![0f32; n * r];
-            k.matmul(pw, c, &x[..n * c], &mut part, &mut xp, &mut scratch);
+            k.matmul(
+                pw,
+                c,
+                &x[..n * c],
+                &mut part,
+                &mut xp,
+                &mut scratch,
+                Epilogue::default(),
+            );
             assert_eq!(part, all[..n * r], "{name}: first {n} tokens");
         }
     }
@@ -623,8 +713,24 @@ fn matmul_empty_shapes() {
         let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
         // No rows: nothing to write.
         let w = Q8Matrix::new(&[], &[], 0, 5).unwrap();
-        k.matmul(Mat::Q8(w), 5, &[1.0; 10], &mut [], &mut xp, &mut scratch);
-        k.matmul(Mat::F32(&[]), 5, &[1.0; 10], &mut [], &mut xp, &mut scratch);
+        k.matmul(
+            Mat::Q8(w),
+            5,
+            &[1.0; 10],
+            &mut [],
+            &mut xp,
+            &mut scratch,
+            Epilogue::default(),
+        );
+        k.matmul(
+            Mat::F32(&[]),
+            5,
+            &[1.0; 10],
+            &mut [],
+            &mut xp,
+            &mut scratch,
+            Epilogue::default(),
+        );
         // No tokens.
         k.matmul(
             Mat::F16(&[f16::ONE; 15]),
@@ -633,6 +739,7 @@ fn matmul_empty_shapes() {
             &mut [],
             &mut xp,
             &mut scratch,
+            Epilogue::default(),
         );
     }
 }
@@ -649,6 +756,7 @@ fn matmul_with_a_mismatched_weight_panics() {
         &mut y,
         &mut xp,
         &mut scratch,
+        Epilogue::default(),
     );
 }
 

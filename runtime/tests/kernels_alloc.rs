@@ -4,7 +4,7 @@
 #![allow(unsafe_code)] // the counting allocator only; it forwards to `System`.
 
 use emberlm_runtime::kernels::panel::packed_len;
-use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix};
+use emberlm_runtime::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -93,8 +93,12 @@ impl Buffers {
         k.matvec_q8_rows(w8, &self.x, &mut self.y[..37], 100);
         for w in [Mat::F32(&self.w32), Mat::F16(&self.w16), Mat::Q8(w8)] {
             let (xp, sc) = (&mut self.xp, &mut self.scratch);
-            k.matmul(w, C, &self.xs, &mut self.ys, xp, sc);
-            k.matmul(w, C, &self.xs[..3 * C], &mut self.ys[..3 * R], xp, sc);
+            k.matmul(w, C, &self.xs, &mut self.ys, xp, sc, Epilogue::default());
+            let ep = Epilogue {
+                bias: Some(&self.v[..R]),
+                gelu: true,
+            };
+            k.matmul(w, C, &self.xs[..3 * C], &mut self.ys[..3 * R], xp, sc, ep);
         }
         let s = k.dot_f32(&self.v, &self.v) + k.dot_f32_f16(&self.v, &self.vh);
         let (a, b) = self.y.split_at_mut(500);

@@ -218,6 +218,29 @@ impl Mat<'_> {
     }
 }
 
+/// What [`Kernels::matmul`] applies to its outputs, inside each thread's task (so the threads
+/// share this work too): first the bias (R), added to every token's row, then GELU (tanh
+/// approximation, as after GPT-2's first MLP layer). Elementwise, so the bits do not depend on
+/// the thread count.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Epilogue<'a> {
+    /// Added to every token's row of Y.
+    pub bias: Option<&'a [f32]>,
+    /// GELU after the bias.
+    pub gelu: bool,
+}
+
+/// Token t's row of Y (R) from the G tasks' (N, P_g) blocks laid end to end in `scratch`.
+fn gather_row(scratch: &[f32], n: usize, groups: usize, t: usize, yr: &mut [f32]) {
+    let r = yr.len();
+    for part in (0..groups).map(|g| panel::row_part(r, g, groups)) {
+        let p = part.len();
+        if p > 0 {
+            yr[part.clone()].copy_from_slice(&scratch[part.start * n + t * p..][..p]);
+        }
+    }
+}
+
 /// Which implementation runs. The arch variants carry a token that proves the CPU features were
 /// detected: they cannot be built any other way.
 #[derive(Clone, Copy, Debug)]
@@ -468,6 +491,7 @@ impl Kernels {
     ///
     /// # Panics
     /// If C = 0, the lengths do not describe one (N, C) · (R, C)ᵀ product, or a buffer is short.
+    #[allow(clippy::too_many_arguments)]
     pub fn matmul(
         &self,
         w: Mat<'_>,
@@ -476,6 +500,7 @@ impl Kernels {
         y: &mut [f32],
         xp: &mut [f32],
         scratch: &mut [f32],
+        ep: Epilogue<'_>,
     ) {
         assert!(c > 0, "matmul: C must be positive");
         let n = x.len() / c;
@@ -487,28 +512,61 @@ impl Kernels {
         let r = y.len() / n;
         assert_eq!(y.len(), n * r, "matmul: y must be (N, R)");
         assert_eq!(w.rows(c), r, "matmul: W must hold R = {r} rows of C = {c}");
+        if let Some(b) = ep.bias {
+            assert_eq!(b.len(), r, "matmul: the bias must have R = {r} elements");
+        }
+        if r == 0 {
+            return;
+        }
         let xp = &mut xp[..panel::packed_len(n, c)];
-        self.pack_tokens(x, c, xp);
         let groups = self.threads.max(1);
         if groups == 1 {
-            return self.matmul_packed_rows(w, c, xp, n, 0..r, y);
+            self.pack_tokens(x, c, xp);
+            self.matmul_packed_rows(w, c, xp, n, 0..r, y);
+            return self.epilogue(ep, 0..r, y);
         }
         let scratch = &mut scratch[..n * r];
-        self.rows_in_tasks(w, c, xp, n, r, 0, groups, scratch);
-        for part in (0..groups).map(|g| panel::row_part(r, g, groups)) {
-            let p = part.len();
-            if p == 0 {
-                continue;
-            }
-            let block = &scratch[part.start * n..part.end * n];
-            for (yr, br) in y.chunks_exact_mut(r).zip(block.chunks_exact(p)) {
-                yr[part.clone()].copy_from_slice(br);
+        #[cfg(feature = "parallel")]
+        {
+            use rayon::prelude::*;
+            xp.par_chunks_mut(panel::TOKENS * c)
+                .enumerate()
+                .for_each(|(g, dst)| panel::pack_group(x, c, g, dst));
+            self.rows_in_tasks(w, c, xp, n, r, 0, groups, scratch, ep);
+            // Token t's row of Y gathers its outputs from every task's (N, P) block.
+            let scratch = &*scratch;
+            y.par_chunks_mut(r)
+                .with_min_len(16)
+                .enumerate()
+                .for_each(|(t, yr)| gather_row(scratch, n, groups, t, yr));
+        }
+        #[cfg(not(feature = "parallel"))]
+        {
+            self.pack_tokens(x, c, xp);
+            self.rows_in_tasks(w, c, xp, n, r, 0, groups, scratch, ep);
+            for (t, yr) in y.chunks_exact_mut(r).enumerate() {
+                gather_row(scratch, n, groups, t, yr);
             }
         }
     }
 
+    /// Adds the bias of rows `rows` to each token's row of `block` (N, P), then applies GELU.
+    fn epilogue(&self, ep: Epilogue<'_>, rows: std::ops::Range<usize>, block: &mut [f32]) {
+        if rows.is_empty() {
+            return;
+        }
+        if let Some(b) = ep.bias {
+            for br in block.chunks_exact_mut(rows.len()) {
+                self.add(br, &b[rows.clone()]);
+            }
+        }
+        if ep.gelu {
+            self.gelu_tanh(block);
+        }
+    }
+
     /// Tasks g.. of G for [`Kernels::matmul`]: task g computes rows `row_part(g)` into its (N, P)
-    /// block at the start of `scratch` and forks the rest.
+    /// block at the start of `scratch`, applies the epilogue to it, and forks the rest.
     #[allow(clippy::too_many_arguments)]
     fn rows_in_tasks(
         &self,
@@ -520,21 +578,26 @@ impl Kernels {
         g: usize,
         groups: usize,
         scratch: &mut [f32],
+        ep: Epilogue<'_>,
     ) {
         let part = panel::row_part(r, g, groups);
         let (mine, rest) = scratch.split_at_mut(part.len() * n);
+        let this = |mine: &mut [f32]| {
+            self.matmul_packed_rows(w, c, xp, n, part.clone(), mine);
+            self.epilogue(ep, part.clone(), mine);
+        };
         if g + 1 >= groups {
-            return self.matmul_packed_rows(w, c, xp, n, part, mine);
+            return this(mine);
         }
         #[cfg(feature = "parallel")]
         rayon::join(
-            || self.matmul_packed_rows(w, c, xp, n, part, mine),
-            || self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest),
+            || this(mine),
+            || self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest, ep),
         );
         #[cfg(not(feature = "parallel"))]
         {
-            self.matmul_packed_rows(w, c, xp, n, part, mine);
-            self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest);
+            this(mine);
+            self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest, ep);
         }
     }
 

@@ -62,13 +62,20 @@ pub(super) fn pack_tokens(x: &[f32], c: usize, xp: &mut [f32]) {
         .take(n.div_ceil(TOKENS))
         .enumerate()
     {
-        let t0 = g * TOKENS;
-        let tn = TOKENS.min(n - t0);
-        let rows = &x[t0 * c..(t0 + tn) * c];
-        for (j, col) in dst.chunks_exact_mut(TOKENS).enumerate() {
-            for (t, o) in col.iter_mut().enumerate() {
-                *o = if t < tn { rows[t * c + j] } else { 0.0 };
-            }
+        pack_group(x, c, g, dst);
+    }
+}
+
+/// dst (C × TOKENS) ← group g of X (N, C) packed (tokens past N are zero; a group past the last
+/// token leaves `dst` zero).
+pub(super) fn pack_group(x: &[f32], c: usize, g: usize, dst: &mut [f32]) {
+    let n = x.len() / c;
+    let t0 = (g * TOKENS).min(n);
+    let tn = TOKENS.min(n - t0);
+    let rows = &x[t0 * c..(t0 + tn) * c];
+    for (j, col) in dst[..TOKENS * c].chunks_exact_mut(TOKENS).enumerate() {
+        for (t, o) in col.iter_mut().enumerate() {
+            *o = if t < tn { rows[t * c + j] } else { 0.0 };
         }
     }
 }
