@@ -398,34 +398,20 @@ fn table(cases: &[Case]) {
                 })
             });
             for (dtype, pw) in w.cases() {
-                let k = fast.with_threads(threads);
-                let (t, _) = p.install(|| {
-                    time_calls(1, 9, 1.0, |_| {
-                        k.matmul(
-                            pw,
-                            c,
-                            &x,
-                            &mut y,
-                            &mut xp,
-                            &mut scratch,
-                            Epilogue::default(),
-                        )
+                // Median time of Kernels::matmul with these kernels (`reps` timed calls).
+                let mut time = |k: Kernels, reps: usize, warm: f64| {
+                    let k = k.with_threads(threads);
+                    let (xp, scratch) = (&mut xp, &mut scratch);
+                    let ep = Epilogue::default();
+                    p.install(|| {
+                        time_calls(1, reps, warm, |_| {
+                            k.matmul(pw, c, &x, &mut y, xp, scratch, ep)
+                        })
                     })
-                });
-                let kr = reference.with_threads(threads);
-                let (tr, _) = p.install(|| {
-                    time_calls(1, 1, 0.0, |_| {
-                        kr.matmul(
-                            pw,
-                            c,
-                            &x,
-                            &mut y,
-                            &mut xp,
-                            &mut scratch,
-                            Epilogue::default(),
-                        )
-                    })
-                });
+                    .0
+                };
+                let t = time(fast, 9, 1.0);
+                let tr = time(reference, 1, 0.0);
                 println!(
                     "{:<5} {:<10} {:>3} {:>8.2} {:>9.1} {:>10.1} {:>7.2} {:>9.1} {:>7.1}x",
                     dtype,

@@ -476,19 +476,8 @@ fn matmul_packed_rows_matches_reference_and_f64_for_every_dtype() {
         let x = rng.vec(n * c, 2.0);
         let mut xp = vec![f32::NAN; packed_len(n, c)];
         fk.pack_tokens(&x, c, &mut xp);
-        let wf32 = rng.vec(r * c, 1.0);
-        let wh = rng.vec_f16(r * c);
-        let (q, d) = rng.q8(r, c);
-        let cases: [(&str, Mat<'_>, Vec<f32>); 3] = [
-            ("f32", Mat::F32(&wf32), wf32.clone()),
-            ("f16", Mat::F16(&wh), f16s(&wh)),
-            (
-                "q8",
-                Mat::Q8(Q8Matrix::new(&q, &d, r, c).unwrap()),
-                dequant(&q, &d, c),
-            ),
-        ];
-        for (name, w, wf) in cases {
+        let weights = ThreeDtypes::new(&mut rng, r, c);
+        for (name, w, wf) in weights.cases() {
             let mut want = vec![f32::NAN; r * n];
             rk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut want);
             let mut got = vec![f32::NAN; r * n];
@@ -549,6 +538,18 @@ impl ThreeDtypes {
     }
 }
 
+/// Keeps the first result and asserts that every later one has the same bits (results of one
+/// computation with different thread counts).
+fn same_bits_as_first(first: &mut Option<Vec<f32>>, y: Vec<f32>, what: &str) {
+    match first {
+        None => *first = Some(y),
+        Some(f) => assert!(
+            f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{what}: bits differ between thread counts"
+        ),
+    }
+}
+
 /// `Kernels::matmul` (the threaded prefill product) for every dtype, 1 and 2 threads: each token's
 /// outputs against the reference kernels and the f64 sum, and the same bits for any thread count.
 #[test]
@@ -601,13 +602,7 @@ fn matmul_matches_reference_and_f64_for_every_dtype_and_thread_count() {
                     let row = |v: &[f32]| v[t * r..(t + 1) * r].to_vec();
                     check_matvec(&what, &wf, xt, &row(&y), &row(&want), 0);
                 }
-                match &first {
-                    None => first = Some(y),
-                    Some(f) => assert!(
-                        f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "matmul {name} n{n} {r}x{c}: bits differ between thread counts"
-                    ),
-                }
+                same_bits_as_first(&mut first, y, &format!("matmul {name} n{n} {r}x{c}"));
             });
         }
     }
@@ -658,13 +653,7 @@ fn matmul_epilogue_adds_the_bias_then_gelu() {
                     );
                 }
                 if use_gelu {
-                    match &first {
-                        None => first = Some(y),
-                        Some(f) => assert!(
-                            f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "{name}: bits differ between thread counts"
-                        ),
-                    }
+                    same_bits_as_first(&mut first, y, name);
                 }
             }
         });

@@ -14,7 +14,7 @@
 //! This replaced the `gemm` crate for f32 / f16 prefill (which wanted a converted f32 copy of
 //! f16 rows and repacked X on every call) and the dot-product tiles of the Q8 prefill. Measured
 //! with `cargo bench -p emberlm-benches --bench kernels -- --table` (N = 128, 768×2304 and
-//! 3072×768): 1.0–1.4× the `gemm` crate's f32 product with one thread and 1.0–1.9× with two.
+//! 3072×768): 1.05–1.5× the `gemm` crate's f32 product with one thread and 0.95–2.3× with two.
 //! Letters as in [`super`].
 
 #![forbid(unsafe_code)]
