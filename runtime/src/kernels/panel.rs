@@ -6,7 +6,7 @@
 //!   loads the 16 tokens of one column as whole vectors.
 //! - W is read once per call: [`BLOCK_ROWS`] rows × [`KB`] columns at a time are converted to f32
 //!   (f16 through F16C / NEON, Q8 blocks dequantized, f32 copied) into a 48 KiB stack block, and
-//!   the next block's bytes are prefetched meanwhile. Each token group's 16 × KB inputs then meet
+//!   the next block's bytes are prefetched meanwhile (x86-64). Each token group's 16 × KB inputs then meet
 //!   the block's 6-row panels in turn.
 //! - The microkernel keeps 6 rows × 16 tokens of sums in registers (12 AVX2 or 24 NEON
 //!   accumulators) and spends two vector loads and six broadcasts per twelve FMAs.
@@ -20,7 +20,6 @@
 #![forbid(unsafe_code)]
 
 use super::{Isa, Kernels, Mat, Q8_BLOCK, Q8Matrix};
-
 use std::ops::Range;
 
 /// Tokens per packed group (two AVX2 vectors, four NEON vectors).
