@@ -555,16 +555,18 @@ impl<'m, 'a> Session<'m, 'a> {
             by_tokens(k, &mut b.xn[..n * c], &b.x[..n * c], c, |o, x| {
                 layernorm_rows(k, x, w.norm1, o, c)
             });
-            matmul(
-                k,
-                &w.qkv_w,
+            let ep = Epilogue {
+                bias: w.qkv_b,
+                gelu: false,
+            };
+            k.matmul(
+                w.qkv_w,
+                c,
                 &b.xn[..n * c],
                 &mut b.qkv[..n * 3 * c],
-                n,
-                w.qkv_b,
-                false,
                 &mut self.xp,
                 &mut self.yt,
+                ep,
             );
             let caches = self
                 .caches
@@ -593,42 +595,48 @@ impl<'m, 'a> Session<'m, 'a> {
                     b.att[i * c + h * d..][..d].copy_from_slice(src);
                 }
             }
-            matmul(
-                k,
-                &w.proj_w,
+            let ep = Epilogue {
+                bias: Some(w.proj_b),
+                gelu: false,
+            };
+            k.matmul(
+                w.proj_w,
+                c,
                 &b.att[..n * c],
                 &mut b.out[..n * c],
-                n,
-                Some(w.proj_b),
-                false,
                 &mut self.xp,
                 &mut self.yt,
+                ep,
             );
             by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
             by_tokens(k, &mut b.xn[..n * c], &b.x[..n * c], c, |o, x| {
                 layernorm_rows(k, x, w.norm2, o, c)
             });
-            matmul(
-                k,
-                &w.fc_w,
+            let ep = Epilogue {
+                bias: Some(w.fc_b),
+                gelu: true,
+            };
+            k.matmul(
+                w.fc_w,
+                c,
                 &b.xn[..n * c],
                 &mut b.ff[..n * 4 * c],
-                n,
-                Some(w.fc_b),
-                true,
                 &mut self.xp,
                 &mut self.yt,
+                ep,
             );
-            matmul(
-                k,
-                &w.fcp_w,
+            let ep = Epilogue {
+                bias: Some(w.fcp_b),
+                gelu: false,
+            };
+            k.matmul(
+                w.fcp_w,
+                4 * c,
                 &b.ff[..n * 4 * c],
                 &mut b.out[..n * c],
-                n,
-                Some(w.fcp_b),
-                false,
                 &mut self.xp,
                 &mut self.yt,
+                ep,
             );
             by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
         }
@@ -688,24 +696,6 @@ fn layernorm_rows(
     for (xr, or) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
         k.layernorm(xr, scale, shift, or, LAYERNORM_EPS);
     }
-}
-
-/// Y (N, R) = X (N, C) · Wᵀ + bias for W (R, C) of any dtype, then GELU if asked, on the
-/// session's threads ([`Kernels::matmul`], with `xp` and `yt` its scratch).
-#[allow(clippy::too_many_arguments)]
-fn matmul(
-    k: &Kernels,
-    w: &Mat<'_>,
-    x: &[f32],
-    y: &mut [f32],
-    n: usize,
-    bias: Option<&[f32]>,
-    gelu: bool,
-    xp: &mut [f32],
-    yt: &mut [f32],
-) {
-    let cols = x.len() / n;
-    k.matmul(*w, cols, x, y, xp, yt, Epilogue { bias, gelu });
 }
 
 // ---------------------------------------------------------------- KV cache

@@ -171,8 +171,21 @@ impl<'a> Q8Matrix<'a> {
             self.rows
         );
         assert_eq!(out.len(), self.cols, "dequantize_row: out length");
-        let q = &self.quants[r * self.cols..(r + 1) * self.cols];
-        let d = &self.scales[r * self.blocks_per_row()..(r + 1) * self.blocks_per_row()];
+        self.dequantize_cols(r, 0, out);
+    }
+
+    /// Columns `k0 .. k0 + out.len()` of row `r` as f32 (`k0` a multiple of [`Q8_BLOCK`]).
+    ///
+    /// # Panics
+    /// If the columns are not inside row `r`.
+    pub fn dequantize_cols(&self, r: usize, k0: usize, out: &mut [f32]) {
+        assert!(
+            k0 % Q8_BLOCK == 0 && k0 + out.len() <= self.cols,
+            "dequantize_cols: columns {k0}.. of {}",
+            self.cols
+        );
+        let q = &self.quants[r * self.cols + k0..][..out.len()];
+        let d = &self.scales[r * self.blocks_per_row() + k0 / Q8_BLOCK..];
         for ((ob, qb), d) in out.chunks_mut(Q8_BLOCK).zip(q.chunks(Q8_BLOCK)).zip(d) {
             let d = d.to_f32();
             for (o, &q) in ob.iter_mut().zip(qb) {
@@ -231,6 +244,7 @@ pub struct Epilogue<'a> {
 }
 
 /// Token t's row of Y (R) from the G tasks' (N, P_g) blocks laid end to end in `scratch`.
+#[cfg(feature = "parallel")]
 fn gather_row(scratch: &[f32], n: usize, groups: usize, t: usize, yr: &mut [f32]) {
     let r = yr.len();
     for part in (0..groups).map(|g| panel::row_part(r, g, groups)) {
@@ -486,8 +500,9 @@ impl Kernels {
     /// [`Kernels::threads`] rayon tasks of the current pool, each a [`Kernels::matmul_packed_rows`]
     /// on its own rows (split at multiples of 48). With one thread the product lands in Y directly;
     /// with several, each task writes its (N, P) block into `scratch` (at least N·R elements) and
-    /// the blocks are copied into Y's columns. Every W element is converted once per call. The bits
-    /// do not depend on the thread count.
+    /// the blocks are copied into Y's columns. Every W element is converted once per call. `ep`
+    /// (bias, then GELU) is applied by each task to its own block. The bits do not depend on the
+    /// thread count.
     ///
     /// # Panics
     /// If C = 0, the lengths do not describe one (N, C) · (R, C)ᵀ product, or a buffer is short.
@@ -519,16 +534,11 @@ impl Kernels {
             return;
         }
         let xp = &mut xp[..panel::packed_len(n, c)];
-        let groups = self.threads.max(1);
-        if groups == 1 {
-            self.pack_tokens(x, c, xp);
-            self.matmul_packed_rows(w, c, xp, n, 0..r, y);
-            return self.epilogue(ep, 0..r, y);
-        }
-        let scratch = &mut scratch[..n * r];
         #[cfg(feature = "parallel")]
-        {
+        if self.threads > 1 {
             use rayon::prelude::*;
+            let groups = self.threads;
+            let scratch = &mut scratch[..n * r];
             xp.par_chunks_mut(panel::TOKENS * c)
                 .enumerate()
                 .for_each(|(g, dst)| panel::pack_group(x, c, g, dst));
@@ -539,15 +549,13 @@ impl Kernels {
                 .with_min_len(16)
                 .enumerate()
                 .for_each(|(t, yr)| gather_row(scratch, n, groups, t, yr));
+            return;
         }
         #[cfg(not(feature = "parallel"))]
-        {
-            self.pack_tokens(x, c, xp);
-            self.rows_in_tasks(w, c, xp, n, r, 0, groups, scratch, ep);
-            for (t, yr) in y.chunks_exact_mut(r).enumerate() {
-                gather_row(scratch, n, groups, t, yr);
-            }
-        }
+        let _ = scratch;
+        self.pack_tokens(x, c, xp);
+        self.matmul_packed_rows(w, c, xp, n, 0..r, y);
+        self.epilogue(ep, 0..r, y);
     }
 
     /// Adds the bias of rows `rows` to each token's row of `block` (N, P), then applies GELU.
@@ -567,6 +575,7 @@ impl Kernels {
 
     /// Tasks g.. of G for [`Kernels::matmul`]: task g computes rows `row_part(g)` into its (N, P)
     /// block at the start of `scratch`, applies the epilogue to it, and forks the rest.
+    #[cfg(feature = "parallel")]
     #[allow(clippy::too_many_arguments)]
     fn rows_in_tasks(
         &self,
@@ -589,16 +598,10 @@ impl Kernels {
         if g + 1 >= groups {
             return this(mine);
         }
-        #[cfg(feature = "parallel")]
         rayon::join(
             || this(mine),
             || self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest, ep),
         );
-        #[cfg(not(feature = "parallel"))]
-        {
-            this(mine);
-            self.rows_in_tasks(w, c, xp, n, r, g + 1, groups, rest, ep);
-        }
     }
 
     /// Packs X (N, C) (N = `x.len() / C`) into `xp` for [`Kernels::matmul_packed_rows`]: groups of

@@ -19,7 +19,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Isa, Kernels, Mat, Q8_BLOCK, Q8Matrix};
+use super::{Isa, Kernels, Mat, Q8Matrix};
 use std::ops::Range;
 
 /// Tokens per packed group (two AVX2 vectors, four NEON vectors).
@@ -35,6 +35,7 @@ pub const BLOCK_ROWS: usize = 4 * ROWS;
 /// Task g's rows of a G-way split of R rows (inner boundaries at multiples of 48, a whole number
 /// of the microkernel's 6-row panels and 24-row blocks). Splitting finer, into 4 tasks per thread
 /// taken by whichever thread is free, measured no faster.
+#[cfg_attr(not(feature = "parallel"), allow(dead_code))]
 pub(super) fn row_part(rows: usize, g: usize, groups: usize) -> Range<usize> {
     let at = |g: usize| {
         if g >= groups {
@@ -200,21 +201,7 @@ fn dequant_row(k: &Kernels, w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out
         Isa::Avx2(t) => super::x86_64::dequant_row(t, w, r, k0, kc, out),
         #[cfg(target_arch = "aarch64")]
         Isa::Neon(t) => super::aarch64::dequant_row(t, w, r, k0, kc, out),
-        Isa::Reference => {
-            let (c, nb) = (w.cols(), w.blocks_per_row());
-            let q = &w.quants()[r * c + k0..][..kc];
-            let d = &w.scales()[r * nb + k0 / Q8_BLOCK..];
-            for ((ob, qb), d) in out[..kc]
-                .chunks_mut(Q8_BLOCK)
-                .zip(q.chunks(Q8_BLOCK))
-                .zip(d)
-            {
-                let d = d.to_f32();
-                ob.iter_mut()
-                    .zip(qb)
-                    .for_each(|(o, &q)| *o = f32::from(q) * d);
-            }
-        }
+        Isa::Reference => w.dequantize_cols(r, k0, &mut out[..kc]),
     }
 }
 
