@@ -9,19 +9,22 @@
 //! # Threads
 //! Decode runs one token on a *crew* of G threads that stays together for the whole token, so a
 //! token costs one rayon hand-off, not one per matrix. Lane 0's thread leads: it runs the small
-//! vector work (embedding, norms, residuals, storing keys and values) and opens each
-//! matrix-vector product, and each layer's attention, as a job in [`Crew`]: the input vector is
-//! published in a buffer of atomics and the work is cut into chunks (row ranges, `chunk_rows`;
-//! one head for attention) that the leader and the workers (lanes 1..G, spinning between jobs)
-//! claim with a compare-and-swap; outputs come back through a second atomic buffer. The caches
-//! sit behind a `RwLock`: the leader writes a position's keys and values, then all members read. Claiming is
-//! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds.
+//! vector work (embedding, norms, residuals) and opens each layer's four products as jobs in
+//! [`Crew`]: the input vector is published in a buffer of atomics and the work is cut into chunks
+//! (row ranges, [`Chunks`]) that the leader and the workers (lanes 1..G, spinning between jobs)
+//! claim with a compare-and-swap; outputs come back through a second atomic buffer. The first
+//! job of a layer fuses the query/key/value product with attention: its chunks are heads, and the
+//! member that claims head h computes that head's 3·D rows of the product, stores its key and
+//! value in the cache and attends, so a layer needs four hand-offs, not five, and attention's
+//! cache reads overlap the other member's weight reads. Each head's cache sits behind its own
+//! `Mutex`, which only the member working on that head takes. Claiming is dynamic, so a worker
+//! that is descheduled on a busy host only costs the chunk it holds, and the last chunks of a
+//! product are smaller than the first, so the member that finishes first waits little.
 //! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
 //! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
 //!
-//! The KV cache is laid out (G, L, Hg, T, D): group g holds heads `KvLayout::heads(g)` of every
-//! layer in one contiguous region, so prefill attention runs the groups in parallel, each on its
-//! own region.
+//! The KV cache is one (L, T, D) block of keys and one of values per head, so prefill attention
+//! runs groups of heads in parallel, each member on its own heads.
 
 use crate::error::RuntimeError;
 use crate::kernels::panel::packed_len;
@@ -32,7 +35,7 @@ use emberlm_formats::config::LAYERNORM_EPS;
 use half::f16;
 use std::ops::{ControlFlow, Range};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,53 +81,24 @@ enum KvCache {
     F16(Vec<f16>),
 }
 
-/// Both caches, (G, L, Hg, T, D) each (see `KvLayout`).
+/// One head's keys and values, (L, T, D) each (see [`KvLayout`]).
 #[derive(Debug)]
-struct Caches {
+struct HeadKv {
     k: KvCache,
     v: KvCache,
 }
 
-/// What decode attention needs: the caches (locked: the leader writes a position's keys and
-/// values, then every member reads) and their layout.
+/// What decode attention needs: every head's cache (locked by the crew member working on that
+/// head) and their layout.
 #[derive(Clone, Copy)]
 struct KvShared<'s> {
-    caches: &'s RwLock<Caches>,
+    heads: &'s [Mutex<HeadKv>],
     kv: &'s KvLayout,
 }
 
 impl KvShared<'_> {
-    fn read(&self) -> RwLockReadGuard<'_, Caches> {
-        self.caches.read().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn write(&self) -> RwLockWriteGuard<'_, Caches> {
-        self.caches.write().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Attention of head h of layer l at position pos: q (D) → out (D); `scores` (≥ pos + 1).
-    #[allow(clippy::too_many_arguments)]
-    fn attend(
-        &self,
-        k: &Kernels,
-        c: &Caches,
-        l: usize,
-        h: usize,
-        pos: usize,
-        q: &[f32],
-        scores: &mut [f32],
-        out: &mut [f32],
-    ) {
-        let d = self.kv.d;
-        let span = self.kv.global(l, h, 0)..self.kv.global(l, h, pos) + d;
-        fn view(c: &KvCache, span: Range<usize>) -> KvRef<'_> {
-            match c {
-                KvCache::F32(v) => KvRef::F32(&v[span]),
-                KvCache::F16(v) => KvRef::F16(&v[span]),
-            }
-        }
-        let (kh, vh) = (view(&c.k, span.clone()), view(&c.v, span));
-        attend_head(k, q, kh, vh, &mut scores[..pos + 1], out);
+    fn lock(&self, h: usize) -> MutexGuard<'_, HeadKv> {
+        self.heads[h].lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -217,7 +191,7 @@ pub struct Session<'m, 'a> {
     prefill_chunk: usize,
     /// Tokens whose keys and values are in the cache, oldest first, (at most T).
     tokens: Vec<u32>,
-    caches: RwLock<Caches>, // keys and values; decode workers read them during attention
+    kv_heads: Vec<Mutex<HeadKv>>, // (H) keys and values; decode crew members lock one head
     kv: KvLayout,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
@@ -296,9 +270,9 @@ impl<'m, 'a> Session<'m, 'a> {
         }
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);
-        let cache_len = l * context * c;
         let g = kernels.threads();
         let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads, g);
+        let cache_len = kv.head_len();
         let cache = || match options.kv_dtype {
             KvDtype::F32 => KvCache::F32(vec![0.0; cache_len]),
             // Zeroed memory from the allocator, as `vec![0.0; n]` gets for f32: the pages are
@@ -315,10 +289,14 @@ impl<'m, 'a> Session<'m, 'a> {
             context,
             prefill_chunk: chunk,
             tokens: Vec::with_capacity(context),
-            caches: RwLock::new(Caches {
-                k: cache(),
-                v: cache(),
-            }),
+            kv_heads: (0..cfg.n_heads)
+                .map(|_| {
+                    Mutex::new(HeadKv {
+                        k: cache(),
+                        v: cache(),
+                    })
+                })
+                .collect(),
             kv,
             lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
             crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c)),
@@ -516,7 +494,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let pos = self.tokens.len();
         let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
         let kvs = KvShared {
-            caches: &self.caches,
+            heads: &self.kv_heads,
             kv: &self.kv,
         };
         let logits = &mut self.logits;
@@ -568,10 +546,6 @@ impl<'m, 'a> Session<'m, 'a> {
                 &mut self.yt,
                 ep,
             );
-            let caches = self
-                .caches
-                .get_mut()
-                .unwrap_or_else(PoisonError::into_inner);
             let ctx = ChunkAttn {
                 k: *k,
                 kv: &self.kv,
@@ -584,8 +558,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 &ctx,
                 0,
                 &mut self.lanes,
-                KvMut::of(&mut caches.k),
-                KvMut::of(&mut caches.v),
+                &mut self.kv_heads,
                 &mut self.att_t[..n * c],
             );
             // (H, N, D) → (N, C)
@@ -700,8 +673,8 @@ fn layernorm_rows(
 
 // ---------------------------------------------------------------- KV cache
 
-/// Where keys and values live: the cache is (G, L, Hg, T, D), group g holding heads `heads(g)`
-/// of every layer, so each decode team member owns one contiguous region.
+/// Where keys and values live: each head's cache is (L, T, D); prefill attention splits the heads
+/// into G groups, one per crew member.
 #[derive(Clone, Copy, Debug)]
 struct KvLayout {
     layers: usize,
@@ -722,30 +695,19 @@ impl KvLayout {
         }
     }
 
+    /// Elements of one head's key (or value) cache.
+    fn head_len(&self) -> usize {
+        self.layers * self.t * self.d
+    }
+
     /// The heads of group g: H·g/G .. H·(g+1)/G.
     fn heads(&self, g: usize) -> Range<usize> {
         self.heads * g / self.groups..self.heads * (g + 1) / self.groups
     }
 
-    /// Group g's region of the cache.
-    fn region(&self, g: usize) -> Range<usize> {
-        let per_head = self.layers * self.t * self.d;
-        let hs = self.heads(g);
-        hs.start * per_head..hs.end * per_head
-    }
-
-    /// Offset of (layer l, head h, position pos) in the whole cache.
-    fn global(&self, l: usize, h: usize, pos: usize) -> usize {
-        let g = (0..self.groups)
-            .find(|&g| self.heads(g).contains(&h))
-            .unwrap_or(0);
-        self.region(g).start + self.local(g, l, h, pos)
-    }
-
-    /// Offset of (layer l, head h, position pos) inside group g's region (h in `heads(g)`).
-    fn local(&self, g: usize, l: usize, h: usize, pos: usize) -> usize {
-        let hs = self.heads(g);
-        ((l * hs.len() + h - hs.start) * self.t + pos) * self.d
+    /// Offset of (layer l, position pos) in a head's cache.
+    fn at(&self, l: usize, pos: usize) -> usize {
+        (l * self.t + pos) * self.d
     }
 }
 
@@ -767,19 +729,6 @@ impl<'s> KvMut<'s> {
         match c {
             KvCache::F32(v) => KvMut::F32(v),
             KvCache::F16(v) => KvMut::F16(v),
-        }
-    }
-
-    fn split_at(self, n: usize) -> (KvMut<'s>, KvMut<'s>) {
-        match self {
-            KvMut::F32(v) => {
-                let (a, b) = v.split_at_mut(n);
-                (KvMut::F32(a), KvMut::F32(b))
-            }
-            KvMut::F16(v) => {
-                let (a, b) = v.split_at_mut(n);
-                (KvMut::F16(a), KvMut::F16(b))
-            }
         }
     }
 
@@ -845,6 +794,8 @@ const MAX_CHUNK_ROWS: usize = 8192;
 const CHUNKS_PER_MATRIX: usize = 8;
 /// Chunks start at multiples of this many rows (the kernels work on groups of 4 rows).
 const CHUNK_ALIGN: usize = 16;
+/// A product's last rows, this many big chunks' worth, are cut into small chunks ([`Chunks`]).
+const TAIL_BIG_CHUNKS: usize = 2;
 
 /// `state`'s epoch once the token is finished: workers return.
 const FINISHED: u32 = u32::MAX;
@@ -871,31 +822,23 @@ struct Crew {
 /// Which matrix a job multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
+    /// The query/key/value product fused with attention: one chunk per head.
     Qkv,
     Proj,
     Fc,
     Fcp,
     Head,
-    /// Attention: one chunk per head (not a matrix).
-    Attn,
 }
 
 impl Which {
-    const ALL: [Which; 6] = [
-        Which::Qkv,
-        Which::Proj,
-        Which::Fc,
-        Which::Fcp,
-        Which::Head,
-        Which::Attn,
-    ];
+    const ALL: [Which; 5] = [Which::Qkv, Which::Proj, Which::Fc, Which::Fcp, Which::Head];
 
     fn encode(self, layer: usize) -> u32 {
         (layer as u32) << 3 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
     }
 
     fn decode(code: u32) -> (Which, usize) {
-        (Which::ALL[(code & 7) as usize % 6], (code >> 3) as usize)
+        (Which::ALL[(code & 7) as usize % 5], (code >> 3) as usize)
     }
 
     fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
@@ -904,7 +847,7 @@ impl Which {
             w => {
                 let l = m.layer(layer);
                 match w {
-                    Which::Qkv | Which::Attn => l.qkv_w, // Attn has no matrix: never asked
+                    Which::Qkv => l.qkv_w,
                     Which::Proj => l.proj_w,
                     Which::Fc => l.fc_w,
                     _ => l.fcp_w,
@@ -922,7 +865,7 @@ fn unpack(s: u64) -> (u32, u32) {
     ((s >> 32) as u32, s as u32)
 }
 
-/// Rows per chunk for a (rows, cols) matrix of `elem` bytes per weight.
+/// Rows per (big) chunk for a (rows, cols) matrix of `elem` bytes per weight.
 fn chunk_rows(rows: usize, cols: usize, elem_bytes: usize) -> usize {
     let by_bytes = CHUNK_BYTES / (cols * elem_bytes).max(1);
     let by_count = rows.div_ceil(CHUNKS_PER_MATRIX);
@@ -931,6 +874,47 @@ fn chunk_rows(rows: usize, cols: usize, elem_bytes: usize) -> usize {
         .min(MAX_CHUNK_ROWS)
         .next_multiple_of(CHUNK_ALIGN)
         .clamp(CHUNK_ALIGN, MAX_CHUNK_ROWS)
+}
+
+/// How a product's rows are cut into chunks: `big` rows each ([`chunk_rows`]) up to `split`,
+/// then `small` rows each (a quarter of `big`) for the last [`TAIL_BIG_CHUNKS`] big chunks' worth,
+/// so whichever member finishes first waits at most one small chunk for the others. The cut
+/// depends only on the matrix, never on the crew.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Chunks {
+    rows: usize,
+    big: usize,
+    small: usize,
+    split: usize,
+}
+
+impl Chunks {
+    fn new(rows: usize, cols: usize, elem_bytes: usize) -> Chunks {
+        let big = chunk_rows(rows, cols, elem_bytes);
+        let small = (big / 4).next_multiple_of(CHUNK_ALIGN).min(big);
+        let split = rows.saturating_sub(TAIL_BIG_CHUNKS * big) / big * big;
+        Chunks {
+            rows,
+            big,
+            small,
+            split,
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.split / self.big + (self.rows - self.split).div_ceil(self.small)
+    }
+
+    /// Rows of chunk i (i < count).
+    fn range(&self, i: usize) -> Range<usize> {
+        let n_big = self.split / self.big;
+        let (start, len) = if i < n_big {
+            (i * self.big, self.big)
+        } else {
+            (self.split + (i - n_big) * self.small, self.small)
+        };
+        start..(start + len).min(self.rows)
+    }
 }
 
 /// (rows, cols, bytes per weight) of a matrix.
@@ -1004,19 +988,17 @@ impl Crew {
         &self,
         k: &Kernels,
         w: &Mat<'_>,
-        rows: usize,
-        step: usize,
-        n: u32,
+        chunks: Chunks,
         x: Input<'_>,
         epoch: u32,
         scratch: &mut [f32],
     ) {
+        let n = chunks.count() as u32;
         while let Some(next) = self.claim(epoch, n) {
-            let r0 = next as usize * step;
-            let r1 = (r0 + step).min(rows);
-            let y = &mut scratch[..r1 - r0];
-            mat_rows(k, w, x, y, r0);
-            for (a, v) in self.output[r0..r1].iter().zip(y.iter()) {
+            let r = chunks.range(next as usize);
+            let y = &mut scratch[..r.len()];
+            mat_rows(k, w, x, y, r.start);
+            for (a, v) in self.output[r].iter().zip(y.iter()) {
                 a.store(v.to_bits(), Ordering::Relaxed);
             }
             self.done.fetch_add(1, Ordering::Release);
@@ -1039,18 +1021,19 @@ impl Crew {
     ) {
         let w = which.mat(m, layer);
         let (rows, elem) = mat_shape(&w, x.len());
-        let step = chunk_rows(rows, x.len(), elem);
+        let chunks = Chunks::new(rows, x.len(), elem);
         let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
         if self.g <= 1 {
             // The same chunks, so every row's sum is computed identically whatever the crew size.
-            for (i, yc) in y.chunks_mut(step).enumerate() {
-                mat_rows(k, &w, input, yc, i * step);
+            for i in 0..chunks.count() {
+                let r = chunks.range(i);
+                mat_rows(k, &w, input, &mut y[r.clone()], r.start);
             }
             return;
         }
-        let n = rows.div_ceil(step) as u32;
+        let n = chunks.count() as u32;
         let open = self.open(epoch, which.encode(layer), 0, n, x);
-        self.work(k, &w, rows, step, n, input, open, scratch.out);
+        self.work(k, &w, chunks, input, open, scratch.out);
         self.wait_done(n);
         for (v, a) in y.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
@@ -1076,60 +1059,74 @@ impl Crew {
         open
     }
 
-    /// Leader: attention of layer l at position pos for every head, q (C) → att (C), the heads
-    /// shared with the workers. The keys and values of pos must be in the caches. `scores` (≥ T)
-    /// and `tmp` (≥ D) are scratch.
+    /// Leader: the query/key/value product of layer l fused with attention at position pos,
+    /// xn (C) → att (C), the heads shared with the workers (see the module docs). Uses
+    /// `scratch.out` (≥ T) for scores, `scratch.rows` (≥ 3D) and `scratch.tmp` (≥ D).
     #[allow(clippy::too_many_arguments)]
-    fn attend(
+    fn qkv_attend(
         &self,
         k: &Kernels,
+        m: &Model<'_>,
         kvs: &KvShared<'_>,
         l: usize,
         pos: usize,
-        q: &[f32],
+        xn: &[f32],
         att: &mut [f32],
         epoch: &mut u32,
-        scores: &mut [f32],
-        tmp: &mut [f32],
+        scratch: &mut Scratch<'_>,
     ) {
+        let w = m.layer(l);
         let (h, d) = (kvs.kv.heads, kvs.kv.d);
+        let input = Input::new(k, &w.qkv_w, xn, scratch.xq, scratch.xd);
         if self.g <= 1 {
-            let c = kvs.read();
             for head in 0..h {
-                let (qh, out) = (&q[head * d..][..d], &mut att[head * d..][..d]);
-                kvs.attend(k, &c, l, head, pos, qh, scores, out);
+                let out = &mut att[head * d..][..d];
+                qkv_attend_head(
+                    k,
+                    &w,
+                    kvs,
+                    l,
+                    pos,
+                    head,
+                    input,
+                    scratch.out,
+                    scratch.rows,
+                    out,
+                );
             }
             return;
         }
-        let open = self.open(epoch, Which::Attn.encode(l), pos as u32, h as u32, q);
-        self.work_attn(k, kvs, l, pos, h as u32, q, open, scores, tmp);
+        let open = self.open(epoch, Which::Qkv.encode(l), pos as u32, h as u32, xn);
+        let (scores, rows, tmp) = (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
+        self.work_qkv(k, &w, kvs, l, pos, h as u32, input, open, scores, rows, tmp);
         self.wait_done(h as u32);
         for (v, a) in att.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
         }
     }
 
-    /// Claims and runs heads of the open attention job of epoch `epoch` until none is left.
+    /// Claims and runs heads of the open fused query/key/value and attention job of epoch
+    /// `epoch` until none is left.
     #[allow(clippy::too_many_arguments)]
-    fn work_attn(
+    fn work_qkv(
         &self,
         k: &Kernels,
+        w: &Layer<'_>,
         kvs: &KvShared<'_>,
         l: usize,
         pos: usize,
         n: u32,
-        q: &[f32],
+        x: Input<'_>,
         epoch: u32,
         scores: &mut [f32],
+        rows: &mut [f32],
         tmp: &mut [f32],
     ) {
         let d = kvs.kv.d;
+        let out = &mut tmp[..d];
         while let Some(next) = self.claim(epoch, n) {
             let h = next as usize;
-            let out = &mut tmp[..d];
-            // Locked per claimed head and released before `done` counts it, so once the leader
-            // sees every head done no reader holds the lock, and its next write never waits.
-            kvs.attend(k, &kvs.read(), l, h, pos, &q[h * d..][..d], scores, out);
+            qkv_attend_head(k, w, kvs, l, pos, h, x, scores, rows, out);
             for (a, v) in self.output[h * d..(h + 1) * d].iter().zip(out.iter()) {
                 a.store(v.to_bits(), Ordering::Relaxed);
             }
@@ -1188,18 +1185,22 @@ impl Crew {
             if which != Which::Head && layer >= m.config().n_layers || n == 0 {
                 continue; // a torn read: the job changed under us, no claim will succeed
             }
-            if which == Which::Attn {
+            if which == Which::Qkv {
                 let pos = self.arg.load(Ordering::Acquire) as usize;
                 let c = m.config().dim;
-                let q = &mut x[..c];
-                for (v, a) in q.iter_mut().zip(&self.input) {
+                let x = &mut x[..c];
+                for (v, a) in x.iter_mut().zip(&self.input) {
                     *v = f32::from_bits(a.load(Ordering::Relaxed));
                 }
                 std::sync::atomic::fence(Ordering::Acquire);
                 if pos >= kvs.kv.t || n as usize != kvs.kv.heads {
-                    continue; // torn read, as above
+                    continue; // a torn read, as above
                 }
-                self.work_attn(k, kvs, layer, pos, n, q, epoch, scratch.out, scratch.tmp);
+                let w = m.layer(layer);
+                let input = Input::new(k, &w.qkv_w, x, scratch.xq, scratch.xd);
+                let (scores, rows, tmp) =
+                    (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
+                self.work_qkv(k, &w, kvs, layer, pos, n, input, epoch, scores, rows, tmp);
                 continue;
             }
             let w = which.mat(m, layer);
@@ -1213,22 +1214,25 @@ impl Crew {
             }
             std::sync::atomic::fence(Ordering::Acquire);
             let (rows, elem) = mat_shape(&w, cols);
-            let step = chunk_rows(rows, cols, elem);
-            if rows.div_ceil(step) as u32 != n {
-                continue; // torn read, as above
+            let chunks = Chunks::new(rows, cols, elem);
+            if chunks.count() as u32 != n {
+                continue; // a torn read, as above
             }
             let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
-            self.work(k, &w, rows, step, n, input, epoch, scratch.out);
+            self.work(k, &w, chunks, input, epoch, scratch.out);
         }
     }
 }
 
-/// A crew member's scratch: one chunk's output rows (≥ MAX_CHUNK_ROWS) and a quantized input.
+/// A crew member's scratch: one chunk's output rows (≥ MAX_CHUNK_ROWS, or T attention scores)
+/// and a quantized input; for the fused attention job, one head's query, key and value rows
+/// (≥ 3D) and its output (≥ D).
 struct Scratch<'s> {
     out: &'s mut [f32],
     xq: &'s mut [i8],
     xd: &'s mut [f32],
-    tmp: &'s mut [f32], // (C) one head's attention output (workers)
+    rows: &'s mut [f32],
+    tmp: &'s mut [f32],
 }
 
 /// Marks the crew poisoned if its worker unwinds.
@@ -1280,6 +1284,7 @@ fn run_workers(
             out: &mut lane.scores,
             xq: &mut lane.xq,
             xd: &mut lane.xd,
+            rows: &mut lane.qkv,
             tmp: &mut lane.att,
         };
         crew.worker(k, m, kvs, &mut lane.ff, &mut scratch)
@@ -1338,7 +1343,6 @@ fn lead_token(
     pos: usize,
 ) {
     let cfg = *m.config();
-    let (c, d) = (cfg.dim, kvs.kv.d);
     let mut epoch = 0;
     embed(m, token, pos, &mut b.x, &mut b.xn);
     // A fresh scratch borrow of the lane for each product.
@@ -1348,6 +1352,7 @@ fn lead_token(
                 out: &mut b.scores,
                 xq: &mut b.xq,
                 xd: &mut b.xd,
+                rows: &mut [],
                 tmp: &mut [],
             }
         };
@@ -1355,40 +1360,14 @@ fn lead_token(
     for l in 0..cfg.n_layers {
         let w = m.layer(l);
         k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
-        crew.matvec(
-            k,
-            m,
-            Which::Qkv,
-            l,
-            &b.xn,
-            &mut b.qkv,
-            &mut epoch,
-            scratch!(),
-        );
-        if let Some(bias) = w.qkv_b {
-            k.add(&mut b.qkv, bias);
-        }
-        {
-            let mut caches = kvs.write();
-            let caches = &mut *caches;
-            let (mut kc, mut vc) = (KvMut::of(&mut caches.k), KvMut::of(&mut caches.v));
-            for h in 0..cfg.n_heads {
-                let at = kvs.kv.global(l, h, pos);
-                kc.store(at, &b.qkv[c + h * d..][..d]);
-                vc.store(at, &b.qkv[2 * c + h * d..][..d]);
-            }
-        }
-        crew.attend(
-            k,
-            kvs,
-            l,
-            pos,
-            &b.qkv[..c],
-            &mut b.att,
-            &mut epoch,
-            &mut b.scores,
-            &mut b.out,
-        );
+        let scratch = &mut Scratch {
+            out: &mut b.scores,
+            xq: &mut b.xq,
+            xd: &mut b.xd,
+            rows: &mut b.qkv,
+            tmp: &mut b.out,
+        };
+        crew.qkv_attend(k, m, kvs, l, pos, &b.xn, &mut b.att, &mut epoch, scratch);
         crew.matvec(
             k,
             m,
@@ -1426,6 +1405,42 @@ fn lead_token(
     }
 }
 
+/// Decode, head h of layer l at position pos: that head's query, key and value rows of the
+/// fused product (`rows`, ≥ 3D, plus the bias), its key and value stored in the cache, then its
+/// attention → out (D). `scores` (≥ pos + 1) is scratch.
+#[allow(clippy::too_many_arguments)]
+fn qkv_attend_head(
+    k: &Kernels,
+    w: &Layer<'_>,
+    kvs: &KvShared<'_>,
+    l: usize,
+    pos: usize,
+    h: usize,
+    x: Input<'_>,
+    scores: &mut [f32],
+    rows: &mut [f32],
+    out: &mut [f32],
+) {
+    let (c, d) = (kvs.kv.heads * kvs.kv.d, kvs.kv.d);
+    let qkv = &mut rows[..3 * d];
+    for (part, y) in qkv.chunks_exact_mut(d).enumerate() {
+        let r0 = part * c + h * d;
+        mat_rows(k, &w.qkv_w, x, y, r0);
+        if let Some(bias) = w.qkv_b {
+            k.add(y, &bias[r0..r0 + d]);
+        }
+    }
+    let mut cache = kvs.lock(h);
+    let cache = &mut *cache;
+    let (mut kc, mut vc) = (KvMut::of(&mut cache.k), KvMut::of(&mut cache.v));
+    let at = kvs.kv.at(l, pos);
+    kc.store(at, &qkv[d..2 * d]);
+    vc.store(at, &qkv[2 * d..]);
+    let span = kvs.kv.at(l, 0)..at + d;
+    let (kh, vh) = (kc.view(span.clone()), vc.view(span));
+    attend_head(k, &qkv[..d], kh, vh, &mut scores[..pos + 1], out);
+}
+
 /// One prefill chunk's attention inputs for layer l: qkv (N, 3C) of tokens at pos0 ...
 struct ChunkAttn<'s> {
     k: Kernels,
@@ -1436,54 +1451,55 @@ struct ChunkAttn<'s> {
     qkv: &'s [f32],
 }
 
-/// Prefill attention for head groups g..: stores the chunk's keys and values into each group's
-/// cache region, then attends every token of the chunk; writes att_t (H, N, D) (group g's heads
-/// are one contiguous part). Groups run in parallel (rayon), each on its own lane's scores.
+/// Prefill attention for head groups g..: stores the chunk's keys and values into each head's
+/// cache, then attends every token of the chunk; writes att_t (H, N, D) (group g's heads are one
+/// contiguous part). `heads` holds the caches of groups g..; groups run in parallel (rayon), each
+/// on its own lane's scores.
 fn attend_groups(
     ctx: &ChunkAttn<'_>,
     g: usize,
     lanes: &mut [Buffers],
-    kc: KvMut<'_>,
-    vc: KvMut<'_>,
+    heads: &mut [Mutex<HeadKv>],
     att_t: &mut [f32],
 ) {
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
-    let region = ctx.kv.region(g).len();
-    let (my_k, rest_k) = kc.split_at(region);
-    let (my_v, rest_v) = vc.split_at(region);
-    let (my_att, rest_att) = att_t.split_at_mut(ctx.kv.heads(g).len() * ctx.n * ctx.kv.d);
+    let hs = ctx.kv.heads(g);
+    let (mine, others) = heads.split_at_mut(hs.len());
+    let (my_att, rest_att) = att_t.split_at_mut(hs.len() * ctx.n * ctx.kv.d);
     if rest.is_empty() || g + 1 >= ctx.kv.groups {
-        attend_group(ctx, g, &mut lane.scores, my_k, my_v, my_att);
+        attend_group(ctx, hs.start, &mut lane.scores, mine, my_att);
     } else {
         fork(
-            || attend_group(ctx, g, &mut lane.scores, my_k, my_v, my_att),
-            || attend_groups(ctx, g + 1, rest, rest_k, rest_v, rest_att),
+            || attend_group(ctx, hs.start, &mut lane.scores, mine, my_att),
+            || attend_groups(ctx, g + 1, rest, others, rest_att),
         );
     }
 }
 
-/// One head group's share of [`attend_groups`]; att (Hg, N, D).
+/// One head group's share of [`attend_groups`]: heads h0.. (one per entry of `heads`);
+/// att (Hg, N, D).
 fn attend_group(
     ctx: &ChunkAttn<'_>,
-    g: usize,
+    h0: usize,
     scores: &mut [f32],
-    mut kc: KvMut<'_>,
-    mut vc: KvMut<'_>,
+    heads: &mut [Mutex<HeadKv>],
     att: &mut [f32],
 ) {
     let (d, n, l, pos0) = (ctx.kv.d, ctx.n, ctx.l, ctx.pos0);
     let c = ctx.qkv.len() / n / 3;
-    let heads = ctx.kv.heads(g);
-    for (hl, h) in heads.enumerate() {
+    for (hl, cache) in heads.iter_mut().enumerate() {
+        let h = h0 + hl;
+        let cache = cache.get_mut().unwrap_or_else(PoisonError::into_inner);
+        let (mut kc, mut vc) = (KvMut::of(&mut cache.k), KvMut::of(&mut cache.v));
         for i in 0..n {
             let qkv = &ctx.qkv[i * 3 * c..(i + 1) * 3 * c];
-            let at = ctx.kv.local(g, l, h, pos0 + i);
+            let at = ctx.kv.at(l, pos0 + i);
             kc.store(at, &qkv[c + h * d..][..d]);
             vc.store(at, &qkv[2 * c + h * d..][..d]);
         }
-        let base = ctx.kv.local(g, l, h, 0);
+        let base = ctx.kv.at(l, 0);
         for i in 0..n {
             let p = pos0 + i + 1;
             let span = base..base + p * d;
@@ -1496,5 +1512,64 @@ fn attend_group(
                 &mut att[(hl * n + i) * d..][..d],
             );
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_every_row_once_and_end_small() {
+        // GPT-2 124M's decode products (rows, cols, bytes per weight) and awkward small ones.
+        let shapes = [
+            (2304, 768, 1),
+            (768, 768, 1),
+            (3072, 768, 2),
+            (768, 3072, 4),
+            (50257, 768, 1),
+            (211, 48, 4),
+            (17, 5, 2),
+            (16, 1, 1),
+            (1, 1, 1),
+        ];
+        for (rows, cols, elem) in shapes {
+            let ch = Chunks::new(rows, cols, elem);
+            let mut next = 0;
+            let mut sizes = Vec::new();
+            for i in 0..ch.count() {
+                let r = ch.range(i);
+                assert_eq!(
+                    r.start, next,
+                    "{rows}x{cols}: chunk {i} starts at {}",
+                    r.start
+                );
+                assert!(!r.is_empty() && r.len() <= MAX_CHUNK_ROWS);
+                assert_eq!(
+                    r.start % CHUNK_ALIGN,
+                    0,
+                    "{rows}x{cols}: chunk {i} unaligned"
+                );
+                sizes.push(r.len());
+                next = r.end;
+            }
+            assert_eq!(next, rows, "{rows}x{cols}: chunks end at {next}");
+            // Sizes never grow, and the tail is cut finer than the body when there is one.
+            assert!(
+                sizes.windows(2).all(|w| w[1] <= w[0]),
+                "{rows}x{cols}: {sizes:?}"
+            );
+            if rows >= 4 * ch.big && ch.big >= 4 * CHUNK_ALIGN {
+                let last = sizes[sizes.len() - 2];
+                assert!(
+                    last * 3 <= ch.big,
+                    "{rows}x{cols}: tail {last} vs {}",
+                    ch.big
+                );
+            }
+        }
+        // 124M int8: 768 rows → six chunks of 96 rows, then six of 32.
+        let ch = Chunks::new(768, 768, 1);
+        assert_eq!((ch.big, ch.small, ch.count()), (96, 32, 12));
     }
 }
