@@ -13,11 +13,12 @@
 //! [`Crew`]: the input vector is published in a buffer of atomics and the work is cut into chunks
 //! (row ranges, [`Chunks`]) that the leader and the workers (lanes 1..G, spinning between jobs)
 //! claim with a compare-and-swap; outputs come back through a second atomic buffer. The first
-//! job of a layer fuses the query/key/value product with attention: its chunks are heads, and the
-//! member that claims head h computes that head's 3·D rows of the product, stores its key and
-//! value in the cache and attends, so a layer needs four hand-offs, not five, and attention's
-//! cache reads overlap the other member's weight reads. Each head's cache sits behind its own
-//! `Mutex`, which only the member working on that head takes. Claiming is dynamic, so a worker
+//! job of a layer joins the query/key/value product and attention ([`AttnJob`]): its first items
+//! are chunks of the product, each holding a group of heads' rows, and its last items are the
+//! heads, which a member can take as soon as that head's chunk is done: it stores the head's key
+//! and value in the cache and attends. So a layer needs four hand-offs, not five, and one
+//! member's attention (cache reads) overlaps the other's last weight reads. Each head's cache
+//! sits behind its own `Mutex`, which only the member working on that head takes. Claiming is dynamic, so a worker
 //! that is descheduled on a busy host only costs the chunk it holds, and the last chunks of a
 //! product are smaller than the first, so the member that finishes first waits little.
 //! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
@@ -299,7 +300,7 @@ impl<'m, 'a> Session<'m, 'a> {
                 .collect(),
             kv,
             lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
-            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c)),
+            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c), cfg.n_heads),
             chunk: Buffers::new(chunk, c, 0),
             xp: vec![0.0; packed_len(chunk, 4 * c)],
             yt: vec![0.0; chunk * 4 * c],
@@ -813,6 +814,8 @@ struct Crew {
     arg: AtomicU32, // the position, for attention jobs
     chunks: AtomicU32,
     done: AtomicU32,
+    /// Per query/key/value chunk of the open attention job: 1 once its rows are in `output`.
+    ready: Vec<AtomicU32>,
     /// Set when a worker unwinds: the leader then panics instead of waiting for its chunk.
     poisoned: std::sync::atomic::AtomicBool,
     input: Vec<AtomicU32>,  // (4C) f32 bits: the job's x
@@ -941,7 +944,7 @@ fn wait_until(mut ready: impl FnMut() -> bool) {
 }
 
 impl Crew {
-    fn new(g: usize, in_len: usize, out_len: usize) -> Crew {
+    fn new(g: usize, in_len: usize, out_len: usize, heads: usize) -> Crew {
         let buf = |n: usize| {
             if g > 1 {
                 (0..n).map(|_| AtomicU32::new(0)).collect()
@@ -956,6 +959,7 @@ impl Crew {
             arg: AtomicU32::new(0),
             chunks: AtomicU32::new(0),
             done: AtomicU32::new(0),
+            ready: buf(heads),
             poisoned: std::sync::atomic::AtomicBool::new(false),
             input: buf(in_len),
             output: buf(out_len),
@@ -1052,6 +1056,9 @@ impl Crew {
         self.arg.store(arg, Ordering::Relaxed);
         self.chunks.store(n, Ordering::Relaxed);
         self.done.store(0, Ordering::Relaxed);
+        for r in &self.ready {
+            r.store(0, Ordering::Relaxed);
+        }
         for (a, v) in self.input.iter().zip(x) {
             a.store(v.to_bits(), Ordering::Relaxed);
         }
@@ -1059,9 +1066,9 @@ impl Crew {
         open
     }
 
-    /// Leader: the query/key/value product of layer l fused with attention at position pos,
-    /// xn (C) → att (C), the heads shared with the workers (see the module docs). Uses
-    /// `scratch.out` (≥ T) for scores, `scratch.rows` (≥ 3D) and `scratch.tmp` (≥ D).
+    /// Leader: the query/key/value product of layer l and attention at position pos as one job,
+    /// xn (C) → att (C), shared with the workers (see [`AttnJob`]). Uses `scratch.out` (≥ T) for
+    /// scores, `scratch.rows` (≥ 3C) and `scratch.tmp` (≥ D).
     #[allow(clippy::too_many_arguments)]
     fn qkv_attend(
         &self,
@@ -1076,71 +1083,101 @@ impl Crew {
         scratch: &mut Scratch<'_>,
     ) {
         let w = m.layer(l);
-        let (h, d) = (kvs.kv.heads, kvs.kv.d);
+        let job = AttnJob::new(&w, kvs, l, pos);
         let input = Input::new(k, &w.qkv_w, xn, scratch.xq, scratch.xd);
+        let (scores, rows, tmp) = (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
         if self.g <= 1 {
-            for head in 0..h {
-                let out = &mut att[head * d..][..d];
-                qkv_attend_head(
+            let (c, d) = (job.c, job.d);
+            for i in 0..job.groups() {
+                job.project(k, input, i, rows);
+            }
+            for h in 0..job.heads {
+                let part = |p: usize| &rows[p * c + h * d..][..d];
+                job.attend(
                     k,
-                    &w,
-                    kvs,
-                    l,
-                    pos,
-                    head,
-                    input,
-                    scratch.out,
-                    scratch.rows,
-                    out,
+                    h,
+                    part(0),
+                    part(1),
+                    part(2),
+                    scores,
+                    &mut att[h * d..][..d],
                 );
             }
             return;
         }
-        let open = self.open(epoch, Which::Qkv.encode(l), pos as u32, h as u32, xn);
-        let (scores, rows, tmp) = (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
-        self.work_qkv(k, &w, kvs, l, pos, h as u32, input, open, scores, rows, tmp);
-        self.wait_done(h as u32);
-        for (v, a) in att.iter_mut().zip(&self.output) {
+        let n = job.items() as u32;
+        let open = self.open(epoch, Which::Qkv.encode(l), pos as u32, n, xn);
+        self.work_qkv(k, &job, input, open, scores, rows, tmp);
+        self.wait_done(n);
+        for (v, a) in att.iter_mut().zip(&self.output[3 * job.c..]) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
         }
     }
 
-    /// Claims and runs heads of the open fused query/key/value and attention job of epoch
-    /// `epoch` until none is left.
+    /// Claims and runs items of the open attention job of epoch `epoch` until none is left:
+    /// first the query/key/value chunks (rows to `output[..3C]`), then the heads (to
+    /// `output[3C..4C]`), each head once its chunk is ready.
     #[allow(clippy::too_many_arguments)]
     fn work_qkv(
         &self,
         k: &Kernels,
-        w: &Layer<'_>,
-        kvs: &KvShared<'_>,
-        l: usize,
-        pos: usize,
-        n: u32,
+        job: &AttnJob<'_, '_>,
         x: Input<'_>,
         epoch: u32,
         scores: &mut [f32],
         rows: &mut [f32],
         tmp: &mut [f32],
     ) {
-        let d = kvs.kv.d;
-        let out = &mut tmp[..d];
-        while let Some(next) = self.claim(epoch, n) {
-            let h = next as usize;
-            qkv_attend_head(k, w, kvs, l, pos, h, x, scores, rows, out);
-            for (a, v) in self.output[h * d..(h + 1) * d].iter().zip(out.iter()) {
-                a.store(v.to_bits(), Ordering::Relaxed);
+        let (c, d, groups) = (job.c, job.d, job.groups());
+        while let Some(next) = self.claim(epoch, job.items() as u32) {
+            let i = next as usize;
+            if i < groups {
+                let hs = job.group(i);
+                job.project(k, x, i, rows);
+                for p in 0..3 {
+                    let r = p * c + hs.start * d..p * c + hs.end * d;
+                    for (a, v) in self.output[r.clone()].iter().zip(&rows[r]) {
+                        a.store(v.to_bits(), Ordering::Relaxed);
+                    }
+                }
+                self.ready[i].store(1, Ordering::Release);
+            } else {
+                // Claims go in order, so this head's chunk is taken: wait for it to be done.
+                let h = i - groups;
+                let g = h / job.per_group;
+                wait_until(|| {
+                    self.check_poison();
+                    self.ready[g].load(Ordering::Acquire) == 1
+                });
+                let (qkv, out) = (&mut rows[..3 * d], &mut tmp[..d]);
+                for (p, dst) in qkv.chunks_exact_mut(d).enumerate() {
+                    for (v, a) in dst.iter_mut().zip(&self.output[p * c + h * d..]) {
+                        *v = f32::from_bits(a.load(Ordering::Relaxed));
+                    }
+                }
+                let (q, rest) = qkv.split_at(d);
+                let (key, value) = rest.split_at(d);
+                job.attend(k, h, q, key, value, scores, out);
+                for (a, v) in self.output[3 * c + h * d..][..d].iter().zip(out.iter()) {
+                    a.store(v.to_bits(), Ordering::Relaxed);
+                }
             }
             self.done.fetch_add(1, Ordering::Release);
         }
     }
 
+    /// Panics if a worker unwound (a waiting member would otherwise wait forever).
+    fn check_poison(&self) {
+        assert!(
+            !self.poisoned.load(Ordering::Relaxed),
+            "a decode crew worker panicked"
+        );
+    }
+
     /// Leader: waits until `n` chunks of the open job are done.
     fn wait_done(&self, n: u32) {
         wait_until(|| {
-            assert!(
-                !self.poisoned.load(Ordering::Relaxed),
-                "a decode crew worker panicked"
-            );
+            self.check_poison();
             self.done.load(Ordering::Acquire) >= n
         });
     }
@@ -1193,14 +1230,15 @@ impl Crew {
                     *v = f32::from_bits(a.load(Ordering::Relaxed));
                 }
                 std::sync::atomic::fence(Ordering::Acquire);
-                if pos >= kvs.kv.t || n as usize != kvs.kv.heads {
+                let w = m.layer(layer);
+                let job = AttnJob::new(&w, kvs, layer, pos);
+                if pos >= kvs.kv.t || n as usize != job.items() {
                     continue; // a torn read, as above
                 }
-                let w = m.layer(layer);
                 let input = Input::new(k, &w.qkv_w, x, scratch.xq, scratch.xd);
                 let (scores, rows, tmp) =
                     (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
-                self.work_qkv(k, &w, kvs, layer, pos, n, input, epoch, scores, rows, tmp);
+                self.work_qkv(k, &job, input, epoch, scores, rows, tmp);
                 continue;
             }
             let w = which.mat(m, layer);
@@ -1405,40 +1443,93 @@ fn lead_token(
     }
 }
 
-/// Decode, head h of layer l at position pos: that head's query, key and value rows of the
-/// fused product (`rows`, ≥ 3D, plus the bias), its key and value stored in the cache, then its
-/// attention → out (D). `scores` (≥ pos + 1) is scratch.
-#[allow(clippy::too_many_arguments)]
-fn qkv_attend_head(
-    k: &Kernels,
-    w: &Layer<'_>,
-    kvs: &KvShared<'_>,
+/// Rows per head group's slice of each query/key/value part, at least: shorter slices read the
+/// weights as short memory streams, which the hardware prefetchers follow badly (a Q8 product of
+/// 2304×768 read in 64-row slices ran at 16–18 GB/s on one core here, in 256-row slices at
+/// 26 GB/s, the whole matrix at 30).
+const QKV_GROUP_ROWS: usize = 256;
+
+/// Decode's fused query/key/value and attention job of layer l at position pos. Its items are
+/// first `groups()` chunks of the product, chunk i holding heads `group(i)`: their D rows of each
+/// of the three parts, bias included; then one item per head: store its key and value in the
+/// cache and attend, once its chunk is done. The cut depends only on the model.
+struct AttnJob<'s, 'm> {
+    w: &'s Layer<'m>,
+    kvs: &'s KvShared<'s>,
     l: usize,
     pos: usize,
-    h: usize,
-    x: Input<'_>,
-    scores: &mut [f32],
-    rows: &mut [f32],
-    out: &mut [f32],
-) {
-    let (c, d) = (kvs.kv.heads * kvs.kv.d, kvs.kv.d);
-    let qkv = &mut rows[..3 * d];
-    for (part, y) in qkv.chunks_exact_mut(d).enumerate() {
-        let r0 = part * c + h * d;
-        mat_rows(k, &w.qkv_w, x, y, r0);
-        if let Some(bias) = w.qkv_b {
-            k.add(y, &bias[r0..r0 + d]);
+    c: usize,
+    d: usize,
+    heads: usize,
+    per_group: usize,
+}
+
+impl<'s, 'm> AttnJob<'s, 'm> {
+    fn new(w: &'s Layer<'m>, kvs: &'s KvShared<'s>, l: usize, pos: usize) -> Self {
+        let (heads, d) = (kvs.kv.heads, kvs.kv.d);
+        AttnJob {
+            w,
+            kvs,
+            l,
+            pos,
+            c: heads * d,
+            d,
+            heads,
+            per_group: QKV_GROUP_ROWS.div_ceil(d.max(1)).clamp(1, heads.max(1)),
         }
     }
-    let mut cache = kvs.lock(h);
-    let cache = &mut *cache;
-    let (mut kc, mut vc) = (KvMut::of(&mut cache.k), KvMut::of(&mut cache.v));
-    let at = kvs.kv.at(l, pos);
-    kc.store(at, &qkv[d..2 * d]);
-    vc.store(at, &qkv[2 * d..]);
-    let span = kvs.kv.at(l, 0)..at + d;
-    let (kh, vh) = (kc.view(span.clone()), vc.view(span));
-    attend_head(k, &qkv[..d], kh, vh, &mut scores[..pos + 1], out);
+
+    fn groups(&self) -> usize {
+        self.heads.div_ceil(self.per_group)
+    }
+
+    fn items(&self) -> usize {
+        self.groups() + self.heads
+    }
+
+    /// The heads of chunk i.
+    fn group(&self, i: usize) -> Range<usize> {
+        i * self.per_group..((i + 1) * self.per_group).min(self.heads)
+    }
+
+    /// Chunk i of the product: `rows` (3C, laid out as the whole product's output) gets its
+    /// heads' rows of each part, bias included.
+    fn project(&self, k: &Kernels, x: Input<'_>, i: usize, rows: &mut [f32]) {
+        let (c, d, hs) = (self.c, self.d, self.group(i));
+        for p in 0..3 {
+            let r = p * c + hs.start * d..p * c + hs.end * d;
+            let y = &mut rows[r.clone()];
+            mat_rows(k, &self.w.qkv_w, x, y, r.start);
+            if let Some(bias) = self.w.qkv_b {
+                k.add(y, &bias[r]);
+            }
+        }
+    }
+
+    /// Head h: stores its key and value (D each) at pos, then attends with its query → out (D).
+    /// `scores` (≥ pos + 1) is scratch.
+    #[allow(clippy::too_many_arguments)]
+    fn attend(
+        &self,
+        k: &Kernels,
+        h: usize,
+        q: &[f32],
+        key: &[f32],
+        value: &[f32],
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let (kv, d) = (self.kvs.kv, self.d);
+        let mut cache = self.kvs.lock(h);
+        let cache = &mut *cache;
+        let (mut kc, mut vc) = (KvMut::of(&mut cache.k), KvMut::of(&mut cache.v));
+        let at = kv.at(self.l, self.pos);
+        kc.store(at, key);
+        vc.store(at, value);
+        let span = kv.at(self.l, 0)..at + d;
+        let (kh, vh) = (kc.view(span.clone()), vc.view(span));
+        attend_head(k, q, kh, vh, &mut scores[..self.pos + 1], out);
+    }
 }
 
 /// One prefill chunk's attention inputs for layer l: qkv (N, 3C) of tokens at pos0 ...

@@ -113,6 +113,57 @@ fn decode_logits_are_identical_for_every_thread_count() {
 }
 
 #[test]
+fn decode_with_several_head_groups_matches_prefill_and_every_thread_count() {
+    // Head dim 64 and 10 heads: decode's attention job cuts the query/key/value product into
+    // groups of 4 heads (the last one short), and each head waits for its own group's rows.
+    let cfg = GptConfig {
+        vocab_size: 97,
+        context_length: 24,
+        dim: 640,
+        n_layers: 2,
+        n_heads: 10,
+        qkv_bias: true,
+        tied_head: true,
+    };
+    let tokens: Vec<u32> = (0..20).map(|i| (i * 31 + 3) % 97).collect();
+    for dtype in [DType::F32, DType::Q8] {
+        let bytes = random_model_bytes(&cfg, dtype, 5).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        let run = |threads| {
+            let opts = SessionOptions {
+                threads,
+                ..SessionOptions::default()
+            };
+            let mut s = Session::new(&model, &opts).unwrap();
+            let mut all = Vec::new();
+            for &t in &tokens {
+                all.extend_from_slice(s.step(t).unwrap());
+            }
+            all
+        };
+        let one = run(1);
+        for threads in [2, 3] {
+            let many = run(threads);
+            assert!(
+                one.iter()
+                    .zip(&many)
+                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                "{dtype:?}: 1 vs {threads} threads differ"
+            );
+        }
+        let mut s = Session::new(&model, &SessionOptions::default()).unwrap();
+        let batched = s.prefill(&tokens).unwrap().to_vec();
+        let tol = if dtype == DType::Q8 {
+            Q8_DECODE_REL_TOL
+        } else {
+            PREFILL_REL_TOL
+        };
+        let e = rel_err(&one[one.len() - 97..], &batched);
+        assert!(e <= tol, "{dtype:?}: decode vs prefill {e}");
+    }
+}
+
+#[test]
 fn reference_kernels_agree_with_the_fast_ones() {
     let prompt: Vec<u32> = (0..17).map(|i| (i * 13 + 1) % 211).collect();
     for dtype in [DType::F32, DType::F16, DType::Q8] {
