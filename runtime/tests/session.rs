@@ -76,8 +76,8 @@ fn prefill_equals_stepwise_for_every_dtype_and_thread_count() {
 #[test]
 fn decode_logits_are_identical_for_every_thread_count() {
     // The decode crew cuts every matrix into the same chunks whatever the thread count, so the
-    // logits must match bit for bit (tolerance 0), for every dtype and KV-cache dtype; a model
-    // whose head (211 rows) and feed-forward (192 rows) span several chunks.
+    // logits must match bit for bit (tolerance 0), for every dtype and KV-cache dtype. (This
+    // model's matrices are one chunk each; the next test's span several.)
     let tokens: Vec<u32> = (0..30).map(|i| (i * 53 + 9) % 211).collect();
     for dtype in [DType::F32, DType::F16, DType::Q8] {
         let bytes = random_model_bytes(&cfg(), dtype, 21).unwrap();
@@ -115,7 +115,8 @@ fn decode_logits_are_identical_for_every_thread_count() {
 #[test]
 fn decode_with_several_head_groups_matches_prefill_and_every_thread_count() {
     // Head dim 64 and 10 heads: decode's attention job cuts the query/key/value product into
-    // groups of 4 heads (the last one short), and each head waits for its own group's rows.
+    // groups of 4 heads (the last one short), and each head waits for its own group's rows; the
+    // other products are cut into several chunks (640 × 2560 and 2560 × 640).
     let cfg = GptConfig {
         vocab_size: 97,
         context_length: 24,
