@@ -831,7 +831,7 @@ struct Crew {
 /// Which matrix a job multiplies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Which {
-    /// The query/key/value product fused with attention: one chunk per head.
+    /// The query/key/value product and attention, one job ([`AttnJob`]).
     Qkv,
     Proj,
     Fc,
