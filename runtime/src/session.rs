@@ -18,9 +18,10 @@
 //! heads, which a member can take as soon as that head's chunk is done: it stores the head's key
 //! and value in the cache and attends. So a layer needs four hand-offs, not five, and one
 //! member's attention (cache reads) overlaps the other's last weight reads. Each head's cache
-//! sits behind its own `Mutex`, which only the member working on that head takes. Claiming is dynamic, so a worker
-//! that is descheduled on a busy host only costs the chunk it holds, and the last chunks of a
-//! product are smaller than the first, so the member that finishes first waits little.
+//! sits behind its own `Mutex`, which only the member working on that head takes. Claiming is
+//! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds, and the
+//! last chunks of a product are smaller than the first, so the member that finishes first waits
+//! little.
 //! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
 //! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
 //!
@@ -797,7 +798,8 @@ const CHUNK_BYTES: usize = 1 << 20;
 const MIN_CHUNK_BYTES: usize = 144 << 10;
 /// Rows per chunk at most (the size of a worker's output scratch).
 const MAX_CHUNK_ROWS: usize = 8192;
-/// Chunks a matrix is cut into at least (when it has the rows).
+/// Big chunks a matrix is cut into at least (when it has the rows and each chunk keeps
+/// [`MIN_CHUNK_BYTES`]).
 const CHUNKS_PER_MATRIX: usize = 8;
 /// Chunks start at multiples of this many rows (the kernels work on groups of 4 rows).
 const CHUNK_ALIGN: usize = 16;
@@ -1104,12 +1106,12 @@ impl Crew {
         let input = Input::new(k, &w.qkv_w, xn, scratch.xq, scratch.xd);
         let (scores, rows, tmp) = (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
         if self.g <= 1 {
-            let (c, d) = (job.c, job.d);
             for i in 0..job.groups() {
                 job.project(k, input, i, rows);
             }
+            let d = job.d;
             for h in 0..job.heads {
-                let part = |p: usize| &rows[p * c + h * d..][..d];
+                let part = |p: usize| &rows[job.part(p, h..h + 1)];
                 job.attend(
                     k,
                     h,
@@ -1149,10 +1151,9 @@ impl Crew {
         while let Some(next) = self.claim(epoch, job.items() as u32) {
             let i = next as usize;
             if i < groups {
-                let hs = job.group(i);
                 job.project(k, x, i, rows);
                 for p in 0..3 {
-                    let r = p * c + hs.start * d..p * c + hs.end * d;
+                    let r = job.part(p, job.group(i));
                     for (a, v) in self.output[r.clone()].iter().zip(&rows[r]) {
                         a.store(v.to_bits(), Ordering::Relaxed);
                     }
@@ -1168,7 +1169,7 @@ impl Crew {
                 });
                 let (qkv, out) = (&mut rows[..3 * d], &mut tmp[..d]);
                 for (p, dst) in qkv.chunks_exact_mut(d).enumerate() {
-                    for (v, a) in dst.iter_mut().zip(&self.output[p * c + h * d..]) {
+                    for (v, a) in dst.iter_mut().zip(&self.output[job.part(p, h..h + 1)]) {
                         *v = f32::from_bits(a.load(Ordering::Relaxed));
                     }
                 }
@@ -1239,14 +1240,17 @@ impl Crew {
             if which != Which::Head && layer >= m.config().n_layers || n == 0 {
                 continue; // a torn read: the job changed under us, no claim will succeed
             }
+            let cols = match which {
+                Which::Fcp => 4 * m.config().dim,
+                _ => m.config().dim,
+            };
+            let x = &mut x[..cols];
+            for (v, a) in x.iter_mut().zip(&self.input) {
+                *v = f32::from_bits(a.load(Ordering::Relaxed));
+            }
+            std::sync::atomic::fence(Ordering::Acquire);
             if which == Which::Qkv {
                 let pos = self.arg.load(Ordering::Acquire) as usize;
-                let c = m.config().dim;
-                let x = &mut x[..c];
-                for (v, a) in x.iter_mut().zip(&self.input) {
-                    *v = f32::from_bits(a.load(Ordering::Relaxed));
-                }
-                std::sync::atomic::fence(Ordering::Acquire);
                 let w = m.layer(layer);
                 let job = AttnJob::new(&w, kvs, layer, pos);
                 if pos >= kvs.kv.t || n as usize != job.items() {
@@ -1259,15 +1263,6 @@ impl Crew {
                 continue;
             }
             let w = which.mat(m, layer);
-            let cols = match which {
-                Which::Fcp => 4 * m.config().dim,
-                _ => m.config().dim,
-            };
-            let x = &mut x[..cols];
-            for (v, a) in x.iter_mut().zip(&self.input) {
-                *v = f32::from_bits(a.load(Ordering::Relaxed));
-            }
-            std::sync::atomic::fence(Ordering::Acquire);
             let (rows, elem) = mat_shape(&w, cols);
             let chunks = Chunks::new(rows, cols, elem);
             if chunks.count() as u32 != n {
@@ -1509,12 +1504,16 @@ impl<'s, 'm> AttnJob<'s, 'm> {
         i * self.per_group..((i + 1) * self.per_group).min(self.heads)
     }
 
+    /// The product's rows of part p (0 query, 1 key, 2 value) for heads `hs`.
+    fn part(&self, p: usize, hs: Range<usize>) -> Range<usize> {
+        p * self.c + hs.start * self.d..p * self.c + hs.end * self.d
+    }
+
     /// Chunk i of the product: `rows` (3C, laid out as the whole product's output) gets its
     /// heads' rows of each part, bias included.
     fn project(&self, k: &Kernels, x: Input<'_>, i: usize, rows: &mut [f32]) {
-        let (c, d, hs) = (self.c, self.d, self.group(i));
         for p in 0..3 {
-            let r = p * c + hs.start * d..p * c + hs.end * d;
+            let r = self.part(p, self.group(i));
             let y = &mut rows[r.clone()];
             mat_rows(k, &self.w.qkv_w, x, y, r.start);
             if let Some(bias) = self.w.qkv_b {

@@ -701,25 +701,11 @@ fn matmul_empty_shapes() {
     for k in [Kernels::detect(), Kernels::reference()] {
         let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
         // No rows: nothing to write.
-        let w = Q8Matrix::new(&[], &[], 0, 5).unwrap();
-        k.matmul(
-            Mat::Q8(w),
-            5,
-            &[1.0; 10],
-            &mut [],
-            &mut xp,
-            &mut scratch,
-            Epilogue::default(),
-        );
-        k.matmul(
-            Mat::F32(&[]),
-            5,
-            &[1.0; 10],
-            &mut [],
-            &mut xp,
-            &mut scratch,
-            Epilogue::default(),
-        );
+        let q8 = Q8Matrix::new(&[], &[], 0, 5).unwrap();
+        for w in [Mat::Q8(q8), Mat::F32(&[])] {
+            let (x, ep) = (&[1.0; 10], Epilogue::default());
+            k.matmul(w, 5, x, &mut [], &mut xp, &mut scratch, ep);
+        }
         // No tokens.
         k.matmul(
             Mat::F16(&[f16::ONE; 15]),

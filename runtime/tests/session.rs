@@ -73,6 +73,25 @@ fn prefill_equals_stepwise_for_every_dtype_and_thread_count() {
     }
 }
 
+/// Every logit of stepping `tokens` one at a time on a fresh session, concatenated.
+fn step_logits(model: &Model<'_>, threads: usize, kv_dtype: KvDtype, tokens: &[u32]) -> Vec<f32> {
+    let opts = SessionOptions {
+        threads,
+        kv_dtype,
+        ..SessionOptions::default()
+    };
+    let mut s = Session::new(model, &opts).unwrap();
+    let mut all = Vec::new();
+    for &t in tokens {
+        all.extend_from_slice(s.step(t).unwrap());
+    }
+    all
+}
+
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
 #[test]
 fn decode_logits_are_identical_for_every_thread_count() {
     // The decode crew cuts every matrix into the same chunks whatever the thread count, so the
@@ -83,28 +102,11 @@ fn decode_logits_are_identical_for_every_thread_count() {
         let bytes = random_model_bytes(&cfg(), dtype, 21).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
         for kv_dtype in [KvDtype::F32, KvDtype::F16] {
-            let run = |threads| {
-                let opts = SessionOptions {
-                    threads,
-                    kv_dtype,
-                    ..SessionOptions::default()
-                };
-                let mut s = Session::new(&model, &opts).unwrap();
-                let mut all = Vec::new();
-                for &t in &tokens {
-                    all.extend_from_slice(s.step(t).unwrap());
-                }
-                all
-            };
-            let one = run(1);
+            let one = step_logits(&model, 1, kv_dtype, &tokens);
             for threads in [2, 3] {
-                let many = run(threads);
-                let same = one
-                    .iter()
-                    .zip(&many)
-                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                let many = step_logits(&model, threads, kv_dtype, &tokens);
                 assert!(
-                    same,
+                    same_bits(&one, &many),
                     "{dtype:?} kv={kv_dtype:?}: 1 vs {threads} threads differ"
                 );
             }
@@ -130,25 +132,11 @@ fn decode_with_several_head_groups_matches_prefill_and_every_thread_count() {
     for dtype in [DType::F32, DType::Q8] {
         let bytes = random_model_bytes(&cfg, dtype, 5).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
-        let run = |threads| {
-            let opts = SessionOptions {
-                threads,
-                ..SessionOptions::default()
-            };
-            let mut s = Session::new(&model, &opts).unwrap();
-            let mut all = Vec::new();
-            for &t in &tokens {
-                all.extend_from_slice(s.step(t).unwrap());
-            }
-            all
-        };
-        let one = run(1);
+        let one = step_logits(&model, 1, KvDtype::F32, &tokens);
         for threads in [2, 3] {
-            let many = run(threads);
+            let many = step_logits(&model, threads, KvDtype::F32, &tokens);
             assert!(
-                one.iter()
-                    .zip(&many)
-                    .all(|(a, b)| a.to_bits() == b.to_bits()),
+                same_bits(&one, &many),
                 "{dtype:?}: 1 vs {threads} threads differ"
             );
         }
