@@ -234,7 +234,8 @@ impl<'a> Model<'a> {
         Ok(model)
     }
 
-    fn bytes(&self) -> &[u8] {
+    /// The model's bytes: the whole file, in place.
+    pub fn bytes(&self) -> &[u8] {
         match &self.storage {
             #[cfg(feature = "mmap")]
             Storage::Mapped(m) => m.bytes(),

@@ -196,6 +196,44 @@ impl EmberWriter {
     }
 }
 
+/// Bytes `write_atomically` hands the kernel at once (but a file's last). Whole, aligned 2 MiB
+/// pieces let Linux fill the file's page cache with 2 MiB folios, and a memory map of the file
+/// then uses 2 MiB pages (`MappedFile`): an exported model runs at full speed straight after
+/// export. Measured on ext4 (Linux 6.18), a 124M int8 model (126 MiB): written in 8 KiB pieces,
+/// 0 MiB of its map used 2 MiB pages; through an 8 MiB `BufWriter` (whose writes start
+/// anywhere), 96 MiB; in aligned 8 MiB pieces, all 126.
+const WRITE_PIECE_BYTES: usize = 8 << 20;
+const _: () = assert!(
+    WRITE_PIECE_BYTES % (2 << 20) == 0,
+    "pieces stay 2 MiB-aligned"
+);
+
+/// A write buffer that hands its writer only whole [`WRITE_PIECE_BYTES`] pieces (so every piece
+/// starts at a multiple of it in the file), then the rest on [`Write::flush`]. Unlike a
+/// `BufWriter`, a large write is cut into pieces too rather than passed through.
+struct PieceWriter<W: Write> {
+    inner: W,
+    buf: Vec<u8>,
+}
+
+impl<W: Write> Write for PieceWriter<W> {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        let n = data.len().min(WRITE_PIECE_BYTES - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == WRITE_PIECE_BYTES {
+            self.inner.write_all(&self.buf)?;
+            self.buf.clear();
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.write_all(&self.buf)?;
+        self.buf.clear();
+        self.inner.flush()
+    }
+}
+
 /// Writes `path` atomically through `write`: into `.<name>.tmp-<pid>` beside it (buffered), then
 /// fsync, rename over `path`, and fsync of the directory so the rename survives a power cut. On
 /// error, the temporary file is removed and `path` keeps its previous content.
@@ -218,10 +256,14 @@ pub fn write_atomically(
     remove_dead_temporaries(&dir, &format!(".{}.tmp-", name.to_string_lossy()), "");
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
-        let mut buf = io::BufWriter::with_capacity(1 << 20, file);
-        write(&mut buf)?;
-        let file = buf.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
+        let mut pieces = PieceWriter {
+            inner: file,
+            buf: Vec::new(),
+        };
+        write(&mut pieces)?;
+        pieces.flush()?;
+        pieces.inner.sync_all()?;
+        let file = pieces.inner;
         drop(file);
         std::fs::rename(&tmp, path)?;
         // Persist the rename itself; not every platform can open a directory, so best effort.
@@ -357,6 +399,60 @@ fn put_value(h: &mut Vec<u8>, v: &Value) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Records every write it receives.
+    #[derive(Default)]
+    struct Recorder {
+        bytes: Vec<u8>,
+        writes: Vec<usize>,
+    }
+
+    impl Write for Recorder {
+        fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+            self.bytes.extend_from_slice(data);
+            self.writes.push(data.len());
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn piece_writer_hands_on_whole_aligned_pieces_and_every_byte() {
+        // Writes of every size class: tiny, around a piece, several pieces at once.
+        let sizes = [
+            1,
+            7,
+            WRITE_PIECE_BYTES - 3,
+            5,
+            3 * WRITE_PIECE_BYTES + 11,
+            4096,
+            WRITE_PIECE_BYTES,
+            2,
+        ];
+        let total: usize = sizes.iter().sum();
+        let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
+        let mut w = PieceWriter {
+            inner: Recorder::default(),
+            buf: Vec::new(),
+        };
+        let mut at = 0;
+        for n in sizes {
+            w.write_all(&data[at..at + n]).unwrap();
+            at += n;
+        }
+        w.flush().unwrap();
+        let r = w.inner;
+        assert!(r.bytes == data, "the bytes arrive whole and in order");
+        let (last, whole) = r.writes.split_last().unwrap();
+        assert!(
+            whole.iter().all(|&n| n == WRITE_PIECE_BYTES),
+            "{:?}",
+            r.writes
+        );
+        assert_eq!(*last, total % WRITE_PIECE_BYTES);
+    }
 
     #[test]
     fn dead_temporaries_are_swept_by_pattern() {

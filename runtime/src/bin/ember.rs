@@ -1077,6 +1077,11 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
         let around = (passes[r].gb_s + passes[r + 1].gb_s) / 2.0;
         fractions.push(bytes_per_token as f64 * n as f64 / s / 1e9 / around);
     }
+    // How the OS mapped the weights and the probe's buffer: 2 MiB pages or 4 KiB ones (see
+    // `MappedFile::open`). A model in 4 KiB pages decodes slower than it could.
+    let huge = |b: &[u8]| emberlm_formats::ember::huge_page_bytes(b);
+    let (model_huge, probe_huge) = (huge(model.bytes()), huge(probe.bytes()));
+    let probe_bytes = probe.bytes().len();
     drop(probe);
     fractions.sort_by(f64::total_cmp);
     let round_fraction = fractions[fractions.len() / 2];
@@ -1087,7 +1092,7 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let (bandwidth, sustained) = (bw.best_chunk_gb_s, bw.median_pass_gb_s);
     if a.json {
         println!(
-            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"kv\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"prefill_gflop_per_s\":{},\"fma_peak_gflop_per_s\":{},\"prefill_flops_fraction\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"decode_rounds\":{},\"decode_round_bandwidth_fraction\":{},\"peak_rss_bytes\":{}}}",
+            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"kv\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"prefill_gflop_per_s\":{},\"fma_peak_gflop_per_s\":{},\"prefill_flops_fraction\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"decode_rounds\":{},\"decode_round_bandwidth_fraction\":{},\"peak_rss_bytes\":{},\"huge_page_bytes\":{},\"bandwidth_huge_page_bytes\":{}}}",
             json_str(&path.display().to_string()),
             model.file_size(),
             threads,
@@ -1109,7 +1114,9 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             num(achieved / sustained),
             rounds,
             num(round_fraction),
-            rss
+            rss,
+            model_huge.map_or("null".into(), |b| b.to_string()),
+            probe_huge.map_or("null".into(), |b| b.to_string()),
         );
     } else {
         println!(
@@ -1140,6 +1147,22 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             100.0 * achieved / sustained,
             100.0 * round_fraction
         );
+        if let (Some(m), Some(p)) = (model_huge, probe_huge) {
+            let mib = |b: u64| b as f64 / (1 << 20) as f64;
+            println!(
+                "pages        {:.0} of the model's {:.0} MiB in 2 MiB pages, {:.0} of the probe's {:.0} MiB",
+                mib(m),
+                mib(model.file_size() as u64),
+                mib(p),
+                mib(probe_bytes as u64)
+            );
+            if 2 * m < model.file_size() as u64 {
+                println!(
+                    "             (the file's page cache holds 4 KiB pages: evict it, e.g. `dd if=MODEL \
+                     iflag=nocache count=0`, and the next run reads it back in 2 MiB pages)"
+                );
+            }
+        }
         println!("peak RSS     {:.1} MiB", rss as f64 / (1 << 20) as f64);
     }
     Ok(())

@@ -81,8 +81,51 @@ pub struct Pass {
 /// a thread pool): create it outside the measured region.
 #[derive(Debug)]
 pub struct Probe {
-    buf: Vec<f32>,
+    buf: ProbeBuffer,
     summer: Summer,
+}
+
+/// The probe's memory: with the `mmap` feature, a mapping of its own advised to use huge pages
+/// (as [`crate::Model::open`]'s map of a model file is), so the probe reads at the machine's
+/// limit and not at the limit of 4 KiB pages' TLB misses; a heap `Vec` otherwise.
+#[derive(Debug)]
+enum ProbeBuffer {
+    Heap(Vec<f32>),
+    #[cfg(feature = "mmap")]
+    Mapped(memmap2::MmapMut),
+}
+
+impl ProbeBuffer {
+    /// `bytes / 4` floats with distinct non-zero values, so every page is really backed (and
+    /// faulted in here, untimed).
+    fn new(bytes: usize) -> ProbeBuffer {
+        let fill = |x: &mut [f32]| {
+            x.iter_mut()
+                .enumerate()
+                .for_each(|(i, v)| *v = (i % 251) as f32)
+        };
+        #[cfg(feature = "mmap")]
+        if let Ok(mut map) = memmap2::MmapMut::map_anon(bytes / 4 * 4) {
+            #[cfg(target_os = "linux")]
+            let _ = map.advise(memmap2::Advice::HugePage);
+            // A fresh anonymous map is page-aligned, so this cast cannot fail in practice.
+            if let Ok(x) = bytemuck::try_cast_slice_mut(&mut map[..]) {
+                fill(x);
+                return ProbeBuffer::Mapped(map);
+            }
+        }
+        let mut v = vec![0f32; bytes / 4];
+        fill(&mut v);
+        ProbeBuffer::Heap(v)
+    }
+
+    fn floats(&self) -> &[f32] {
+        match self {
+            ProbeBuffer::Heap(v) => v,
+            #[cfg(feature = "mmap")]
+            ProbeBuffer::Mapped(m) => bytemuck::try_cast_slice(&m[..]).unwrap_or_default(),
+        }
+    }
 }
 
 impl Probe {
@@ -90,12 +133,15 @@ impl Probe {
     /// e.g. 1 GiB) that passes read with `threads` threads (1 without the `parallel` feature),
     /// each summing one contiguous share of every chunk with [`Kernels::detect`]'s summing loop.
     pub fn new(bytes: usize, threads: usize) -> Probe {
-        // Distinct non-zero values, so every page is really backed (and faulted in here, untimed).
-        let buf: Vec<f32> = (0..bytes / 4).map(|i| (i % 251) as f32).collect();
         Probe {
-            buf,
+            buf: ProbeBuffer::new(bytes),
             summer: Summer::new(Kernels::detect(), threads),
         }
+    }
+
+    /// The probe's buffer (to ask how the OS maps it, e.g. with huge pages).
+    pub fn bytes(&self) -> &[u8] {
+        bytemuck::cast_slice(self.buf.floats())
     }
 
     /// Reads the whole buffer once, timing each 64 MiB chunk. Every chunk is cold: it was last
@@ -103,7 +149,8 @@ impl Probe {
     pub fn pass(&mut self) -> Pass {
         let mut total = 0f64;
         let mut best = 0f64;
-        for chunk in self.buf.chunks(CHUNK_BYTES / 4) {
+        let buf = self.buf.floats();
+        for chunk in buf.chunks(CHUNK_BYTES / 4) {
             let t = Instant::now();
             black_box(self.summer.sum(black_box(chunk)));
             let secs = t.elapsed().as_secs_f64();
@@ -113,7 +160,7 @@ impl Probe {
             }
         }
         let gb_s = if total > 0.0 {
-            (self.buf.len() * 4) as f64 / total / 1e9
+            (buf.len() * 4) as f64 / total / 1e9
         } else {
             0.0
         };
