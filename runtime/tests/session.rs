@@ -345,3 +345,46 @@ fn prefill_flops_match_the_count_from_the_config() {
     }
     assert_eq!(model.prefill_flops(0), 0.0);
 }
+
+#[test]
+fn auto_kv_cache_is_f32_for_f32_models_and_f16_otherwise() {
+    assert_eq!(SessionOptions::default().kv_dtype, KvDtype::Auto);
+    let prompt: Vec<u32> = (0..9).map(|i| (i * 53 + 2) % 211).collect();
+    let logits = |model: &Model<'_>, kv_dtype: KvDtype| {
+        let opts = SessionOptions {
+            threads: 1,
+            kv_dtype,
+            ..SessionOptions::default()
+        };
+        let mut s = Session::new(model, &opts).unwrap();
+        s.prefill(&prompt).unwrap();
+        s.step(7).unwrap().to_vec()
+    };
+    for (dtype, want) in [
+        (DType::F32, KvDtype::F32),
+        (DType::F16, KvDtype::F16),
+        (DType::Q8, KvDtype::F16),
+    ] {
+        let bytes = random_model_bytes(&cfg(), dtype, 11).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        assert_eq!(KvDtype::Auto.resolve(&model), want, "{dtype:?}");
+        for d in [KvDtype::F32, KvDtype::F16] {
+            assert_eq!(d.resolve(&model), d);
+        }
+        // The session really uses the resolved cache: the same bits as the explicit type, and
+        // not those of the other one.
+        let (auto, f32, f16) = (
+            logits(&model, KvDtype::Auto),
+            logits(&model, KvDtype::F32),
+            logits(&model, KvDtype::F16),
+        );
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let (same, other) = if want == KvDtype::F32 {
+            (&f32, &f16)
+        } else {
+            (&f16, &f32)
+        };
+        assert_eq!(bits(&auto), bits(same), "{dtype:?}");
+        assert_ne!(bits(&auto), bits(other), "{dtype:?}");
+    }
+}

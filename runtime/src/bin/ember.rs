@@ -102,8 +102,9 @@ struct GenerateArgs {
     /// context length of the session (default: the model's)
     #[argh(option)]
     context: Option<usize>,
-    /// KV cache element type: f32 or f16 (default f32)
-    #[argh(option, default = "String::from(\"f32\")")]
+    /// KV cache element type: auto, f32 or f16 (default auto: f32 for an f32 model, f16 for f16
+    /// and int8 ones)
+    #[argh(option, default = "String::from(\"auto\")")]
     kv: String,
     /// when the context is full, drop the oldest tokens and continue
     #[argh(switch)]
@@ -224,8 +225,9 @@ struct BenchArgs {
     /// worker threads (default: one per core)
     #[argh(option, default = "0")]
     threads: usize,
-    /// KV cache element type: f32 or f16 (default f32, as generate; llama.cpp's default is f16)
-    #[argh(option, default = "String::from(\"f32\")")]
+    /// KV cache element type: auto, f32 or f16 (default auto, as generate: f32 for an f32 model,
+    /// f16 for f16 and int8 ones)
+    #[argh(option, default = "String::from(\"auto\")")]
     kv: String,
     /// print one JSON object (prefill_tokens_per_s, decode_tokens_per_s, load_ms, peak_rss_bytes, ...)
     #[argh(switch)]
@@ -357,9 +359,10 @@ fn parse_ids(s: &str, flag: &str) -> Result<Vec<u32>> {
 
 fn kv_dtype(s: &str) -> Result<KvDtype> {
     match s {
+        "auto" => Ok(KvDtype::Auto),
         "f32" => Ok(KvDtype::F32),
         "f16" => Ok(KvDtype::F16),
-        _ => Err(format!("--kv: {s:?} must be f32 or f16")),
+        _ => Err(format!("--kv: {s:?} must be auto, f32 or f16")),
     }
 }
 
@@ -1030,9 +1033,12 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             cfg.context_length
         ));
     }
+    // The cache type as used (`auto` resolved), for the report.
+    let kv = kv_dtype(&a.kv)?.resolve(&model);
+    let kv_name = if kv == KvDtype::F16 { "f16" } else { "f32" };
     let opts = SessionOptions {
         threads,
-        kv_dtype: kv_dtype(&a.kv)?,
+        kv_dtype: kv,
         ..SessionOptions::default()
     };
     let mut session = Session::new(&model, &opts).map_err(|e| e.to_string())?;
@@ -1097,7 +1103,7 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             model.file_size(),
             threads,
             session.kernels().name(),
-            json_str(&a.kv),
+            json_str(kv_name),
             a.prompt_tokens,
             a.gen_tokens,
             num(load_ms),
@@ -1125,7 +1131,7 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             model.file_size(),
             threads,
             session.kernels().name(),
-            a.kv
+            kv_name
         );
         println!("load         {load_ms:.2} ms");
         println!(
