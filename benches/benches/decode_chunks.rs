@@ -5,10 +5,12 @@
 //!
 //! Run: `cargo bench -p emberlm-benches --bench decode_chunks`. One thread; for 768 and 3072
 //! columns, a 1.77 MB Q8 matrix (2304 × 768 or 576 × 3072) is multiplied in calls of R rows,
-//! each pass on the next of 48 copies (85 MB, beyond the last-level cache). Prints the median of
+//! each pass on the next of 48 copies (85 MB, beyond the last-level cache, in huge pages as a
+//! model file's map). Prints the median of
 //! 14 passes in GB/s of weights read (quants + scales), and its ratio to one call for the whole
 //! matrix, measured in the same passes.
 
+use emberlm_benches::Copies;
 use emberlm_runtime::kernels::{Kernels, Q8_BLOCK, Q8Matrix};
 use half::f16;
 use std::hint::black_box;
@@ -25,12 +27,9 @@ fn main() {
     for c in [768usize, 3072] {
         let r = 2304 * 768 / c;
         let nb = c.div_ceil(Q8_BLOCK);
-        let quants: Vec<Vec<i8>> = (0..COPIES)
-            .map(|m| (0..r * c).map(|i| ((i * 7 + m) % 251) as i8).collect())
-            .collect();
-        let scales: Vec<Vec<f16>> = (0..COPIES)
-            .map(|m| vec![f16::from_f32(0.01 + m as f32 * 1e-4); r * nb])
-            .collect();
+        let q: Vec<i8> = (0..r * c).map(|i| ((i * 7) % 251) as i8).collect();
+        let quants = Copies::new(&q, COPIES);
+        let scales = Copies::new(&vec![f16::from_f32(0.01); r * nb], COPIES);
         let x: Vec<f32> = (0..c).map(|i| (i as f32 * 0.37).sin()).collect();
         let (mut xq, mut xd) = (vec![0i8; c], vec![0f32; nb]);
         k.quantize_q8(&x, &mut xq, &mut xd);
@@ -44,7 +43,7 @@ fn main() {
                 let t = Instant::now();
                 for _ in 0..CALLS_PER_PASS {
                     copy = (copy + 1) % COPIES;
-                    let w = Q8Matrix::new(&quants[copy], &scales[copy], r, c)
+                    let w = Q8Matrix::new(quants.get(copy), scales.get(copy), r, c)
                         .expect("the copy has the matrix's shape");
                     for r0 in (0..r).step_by(n) {
                         let r1 = (r0 + n).min(r);

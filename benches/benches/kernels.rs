@@ -10,7 +10,7 @@
 //! 768x2304 (R = 2304, C = 768) and the MLP projection 3072x768 (R = 768, C = 3072). The small
 //! matrices fit in the last-level cache while a real decode step streams every layer's weights from
 //! memory, so each call uses the next of several copies spanning at least `COLD_BYTES`: every
-//! figure is a memory-bound (cold) figure. GB/s counts weight bytes read (Q8: quants + scales).
+//! figure is a memory-bound (cold) figure. The copies lie in huge pages, as a model file's map. GB/s counts weight bytes read (Q8: quants + scales).
 //! Prefill: Y (N, R) = X (N, C) · Wᵀ with N = 128 ([`Kernels::matmul`], f32 / f16 / Q8 weights),
 //! reported in GFLOP/s (2·N·R·C per call), next to the `gemm` crate's f32 product on the f32
 //! weights.
@@ -19,6 +19,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
+use emberlm_benches::Copies;
 use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
 use emberlm_runtime::kernels::panel::packed_len;
 use emberlm_runtime::kernels::{
@@ -56,9 +57,9 @@ impl Lcg {
 
 /// One decode case: `copies` of one weight matrix in one dtype.
 enum Weights {
-    F32(Vec<Vec<f32>>),
-    F16(Vec<Vec<f16>>),
-    Q8(Vec<(Vec<i8>, Vec<f16>)>),
+    F32(Copies<f32>),
+    F16(Copies<f16>),
+    Q8(Copies<i8>, Copies<f16>),
 }
 
 struct Case {
@@ -81,17 +82,20 @@ impl Case {
         };
         let copies = COLD_BYTES.div_ceil(bytes).max(1);
         let w = match dtype {
-            "f32" => Weights::F32(vec![(0..n).map(|_| rng.f() * 0.1).collect(); copies]),
-            "f16" => Weights::F16(vec![
-                (0..n).map(|_| f16::from_f32(rng.f() * 0.1)).collect();
-                copies
-            ]),
+            "f32" => {
+                let w: Vec<f32> = (0..n).map(|_| rng.f() * 0.1).collect();
+                Weights::F32(Copies::new(&w, copies))
+            }
+            "f16" => {
+                let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f() * 0.1)).collect();
+                Weights::F16(Copies::new(&w, copies))
+            }
             _ => {
                 let q: Vec<i8> = (0..n).map(|_| (rng.f() * 127.0) as i8).collect();
                 let d: Vec<f16> = (0..nb)
                     .map(|_| f16::from_f32(1e-3 + rng.f().abs() * 1e-3))
                     .collect();
-                Weights::Q8(vec![(q, d); copies])
+                Weights::Q8(Copies::new(&q, copies), Copies::new(&d, copies))
             }
         };
         Case {
@@ -106,20 +110,19 @@ impl Case {
 
     fn copies(&self) -> usize {
         match &self.w {
-            Weights::F32(v) => v.len(),
-            Weights::F16(v) => v.len(),
-            Weights::Q8(v) => v.len(),
+            Weights::F32(v) => v.copies,
+            Weights::F16(v) => v.copies,
+            Weights::Q8(v, _) => v.copies,
         }
     }
 
     /// One matrix-vector product with copy `i % copies`.
     fn run(&self, k: &Kernels, x: &[f32], y: &mut [f32], i: usize) {
         match &self.w {
-            Weights::F32(v) => k.matvec_f32(&v[i % v.len()], x, y),
-            Weights::F16(v) => k.matvec_f16(&v[i % v.len()], x, y),
-            Weights::Q8(v) if self.dtype == "q8q8" => {
-                let (q, d) = &v[i % v.len()];
-                let w = Q8Matrix::new(q, d, self.r, self.c).unwrap();
+            Weights::F32(v) => k.matvec_f32(v.get(i), x, y),
+            Weights::F16(v) => k.matvec_f16(v.get(i), x, y),
+            Weights::Q8(q, d) if self.dtype == "q8q8" => {
+                let w = Q8Matrix::new(q.get(i), d.get(i), self.r, self.c).unwrap();
                 // As the session's int8 decode: quantize x once per product (two small
                 // allocations here, negligible next to a product of at least 1.7 MB).
                 let mut xq = vec![0i8; self.c];
@@ -131,10 +134,11 @@ impl Case {
                     .enumerate()
                     .for_each(|(j, ys)| k.matvec_q8q8_rows(w, &xq, &xd, ys, j * rows));
             }
-            Weights::Q8(v) => {
-                let (q, d) = &v[i % v.len()];
-                k.matvec_q8(Q8Matrix::new(q, d, self.r, self.c).unwrap(), x, y)
-            }
+            Weights::Q8(q, d) => k.matvec_q8(
+                Q8Matrix::new(q.get(i), d.get(i), self.r, self.c).unwrap(),
+                x,
+                y,
+            ),
         }
     }
 }

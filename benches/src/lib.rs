@@ -1,1 +1,38 @@
-//! Benchmarks live in `benches/`; this library is empty on purpose.
+//! Benchmarks live in `benches/`; this library holds what several of them share.
+
+/// `copies` copies of one array, back to back in one anonymous map advised to use huge pages, as
+/// `Model::open`'s map of a model file is (with 4 KiB pages every 4 KiB read costs a TLB miss,
+/// and the bandwidth probe reads huge pages too).
+#[derive(Debug)]
+pub struct Copies<T> {
+    map: memmap2::MmapMut,
+    len: usize,
+    /// How many copies.
+    pub copies: usize,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: bytemuck::Pod> Copies<T> {
+    /// Copies `one` `copies` times.
+    pub fn new(one: &[T], copies: usize) -> Copies<T> {
+        let bytes: &[u8] = bytemuck::cast_slice(one);
+        let mut map = memmap2::MmapMut::map_anon((bytes.len() * copies).max(1)).expect("map");
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        for i in 0..copies {
+            map[i * bytes.len()..(i + 1) * bytes.len()].copy_from_slice(bytes);
+        }
+        Copies {
+            map,
+            len: one.len(),
+            copies,
+            _t: std::marker::PhantomData,
+        }
+    }
+
+    /// Copy `i % copies`.
+    pub fn get(&self, i: usize) -> &[T] {
+        let b = self.len * std::mem::size_of::<T>();
+        bytemuck::cast_slice(&self.map[(i % self.copies) * b..][..b])
+    }
+}
