@@ -46,8 +46,9 @@ impl MappedFile {
 }
 
 /// How many bytes of `bytes` this process maps with huge pages (2 MiB on x86-64): the sum of
-/// `FilePmdMapped` and `AnonHugePages` of every mapping in `/proc/self/smaps` that overlaps `bytes`
-/// (meant for a buffer that is a mapping of its own: a model file's, or a large allocation's). `None` where that file cannot be read or parsed (not Linux).
+/// `FilePmdMapped` and `AnonHugePages` of every mapping in `/proc/self/smaps` that overlaps
+/// `bytes` (meant for a buffer that is a mapping of its own: a model file's, or a large
+/// allocation's). `None` where that file cannot be read or parsed (not Linux).
 pub fn huge_page_bytes(bytes: &[u8]) -> Option<u64> {
     let smaps = std::fs::read_to_string("/proc/self/smaps").ok()?;
     let lo = bytes.as_ptr() as usize;

@@ -1162,7 +1162,8 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
                 mib(p),
                 mib(probe_bytes as u64)
             );
-            if 2 * m < model.file_size() as u64 {
+            // (Only where the OS grants huge pages at all: the probe's buffer got them.)
+            if p > 0 && 2 * m < model.file_size() as u64 {
                 println!(
                     "             (the file's page cache holds 4 KiB pages: evict it, e.g. `dd if=MODEL \
                      iflag=nocache count=0`, and the next run reads it back in 2 MiB pages)"

@@ -18,7 +18,7 @@ const CHUNK_BYTES: usize = 64 << 20;
 /// Reads a freshly allocated buffer of `bytes` bytes (use several times the last-level cache, e.g.
 /// 1 GiB) with `threads` threads (1 without the `parallel` feature), each summing one contiguous
 /// share of every chunk with [`Kernels::detect`]'s summing loop, and returns the best rate seen over
-/// 64 MiB chunks in [`PASSES`] passes, in GB/s (1e9 bytes/s). Returns 0.0 when `bytes < 4`.
+/// 64 MiB chunks in `PASSES` (5) passes, in GB/s (1e9 bytes/s). Returns 0.0 when `bytes < 4`.
 /// Allocates the buffer (and a thread pool): not for a hot path. The best chunk is an optimistic
 /// figure (a quiet moment, a boosted clock); [`read_bandwidth_stats`] also gives the median rate of
 /// whole passes.
@@ -86,7 +86,7 @@ pub struct Probe {
 }
 
 /// The probe's memory: with the `mmap` feature, a mapping of its own advised to use huge pages
-/// (as [`crate::Model::open`]'s map of a model file is), so the probe reads at the machine's
+/// (as `Model::open`'s map of a model file is), so the probe reads at the machine's
 /// limit and not at the limit of 4 KiB pages' TLB misses; a heap `Vec` otherwise.
 #[derive(Debug)]
 enum ProbeBuffer {

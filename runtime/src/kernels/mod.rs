@@ -1,4 +1,4 @@
-//! Compute kernels for decoding and prefill: plain reference twins ([`reference`]) and
+//! Compute kernels for decoding and prefill: plain reference twins ([`mod@reference`]) and
 //! architecture fast paths (x86-64 AVX2 + FMA + F16C, aarch64 NEON), chosen once by [`Kernels::detect`].
 //!
 //! # Letters (used in every shape in this module and its children)
@@ -18,7 +18,7 @@
 //!   over [`Kernels::threads`] rayon tasks on the *current* pool: run a whole token inside one
 //!   `pool.install` of a pool with that many threads. The `_rows` entry points and the small ops run
 //!   on the calling thread only.
-//! - Accuracy: a fast kernel computes the same sum as its twin in [`reference`], in another f32
+//! - Accuracy: a fast kernel computes the same sum as its twin in [`mod@reference`], in another f32
 //!   order (8 lanes, several accumulators), so the two differ by f32 rounding only: the tests
 //!   require `|fast - reference| <= 1e-5 · Σ|w·x|` per output (`MATVEC_REL_TOL`). In
 //!   [`Kernels::matvec_q8`], [`Kernels::matvec_q8_rows`] and [`Kernels::matmul`] Q8 weights are
