@@ -208,19 +208,31 @@ const _: () = assert!(
     "pieces stay 2 MiB-aligned"
 );
 
-/// A write buffer that hands its writer only whole [`WRITE_PIECE_BYTES`] pieces (so every piece
-/// starts at a multiple of it in the file), then the rest on [`Write::flush`]. Unlike a
-/// `BufWriter`, a large write is cut into pieces too rather than passed through.
+/// A write buffer that hands its writer only whole pieces of `piece` bytes
+/// ([`WRITE_PIECE_BYTES`] in `write_atomically`), so every piece starts at a multiple of it in
+/// the file, then the rest on [`Write::flush`]. Unlike a `BufWriter`, a large write is cut into
+/// pieces too rather than passed through.
 struct PieceWriter<W: Write> {
     inner: W,
     buf: Vec<u8>,
+    piece: usize,
+}
+
+impl<W: Write> PieceWriter<W> {
+    fn new(inner: W, piece: usize) -> PieceWriter<W> {
+        PieceWriter {
+            inner,
+            buf: Vec::new(),
+            piece: piece.max(1),
+        }
+    }
 }
 
 impl<W: Write> Write for PieceWriter<W> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(WRITE_PIECE_BYTES - self.buf.len());
+        let n = data.len().min(self.piece - self.buf.len());
         self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == WRITE_PIECE_BYTES {
+        if self.buf.len() == self.piece {
             self.inner.write_all(&self.buf)?;
             self.buf.clear();
         }
@@ -256,10 +268,7 @@ pub fn write_atomically(
     remove_dead_temporaries(&dir, &format!(".{}.tmp-", name.to_string_lossy()), "");
     let result = (|| {
         let file = std::fs::File::create(&tmp)?;
-        let mut pieces = PieceWriter {
-            inner: file,
-            buf: Vec::new(),
-        };
+        let mut pieces = PieceWriter::new(file, WRITE_PIECE_BYTES);
         write(&mut pieces)?;
         pieces.flush()?;
         pieces.inner.sync_all()?;
@@ -420,23 +429,13 @@ mod tests {
 
     #[test]
     fn piece_writer_hands_on_whole_aligned_pieces_and_every_byte() {
+        // Small pieces (the logic does not depend on the size, and miri runs this test too).
+        const PIECE: usize = 64;
         // Writes of every size class: tiny, around a piece, several pieces at once.
-        let sizes = [
-            1,
-            7,
-            WRITE_PIECE_BYTES - 3,
-            5,
-            3 * WRITE_PIECE_BYTES + 11,
-            4096,
-            WRITE_PIECE_BYTES,
-            2,
-        ];
+        let sizes = [1, 7, PIECE - 3, 5, 3 * PIECE + 11, 40, PIECE, 2];
         let total: usize = sizes.iter().sum();
         let data: Vec<u8> = (0..total).map(|i| (i * 7 + i / 251) as u8).collect();
-        let mut w = PieceWriter {
-            inner: Recorder::default(),
-            buf: Vec::new(),
-        };
+        let mut w = PieceWriter::new(Recorder::default(), PIECE);
         let mut at = 0;
         for n in sizes {
             w.write_all(&data[at..at + n]).unwrap();
@@ -446,12 +445,8 @@ mod tests {
         let r = w.inner;
         assert!(r.bytes == data, "the bytes arrive whole and in order");
         let (last, whole) = r.writes.split_last().unwrap();
-        assert!(
-            whole.iter().all(|&n| n == WRITE_PIECE_BYTES),
-            "{:?}",
-            r.writes
-        );
-        assert_eq!(*last, total % WRITE_PIECE_BYTES);
+        assert!(whole.iter().all(|&n| n == PIECE), "{:?}", r.writes);
+        assert_eq!(*last, total % PIECE);
     }
 
     #[test]
