@@ -5,7 +5,7 @@
 /// and the bandwidth probe reads huge pages too).
 #[derive(Debug)]
 pub struct Copies<T> {
-    map: memmap2::MmapMut,
+    map: emberlm_formats::ember::HugeBuffer,
     len: usize,
     /// How many copies.
     pub copies: usize,
@@ -16,9 +16,8 @@ impl<T: bytemuck::Pod> Copies<T> {
     /// Copies `one` `copies` times.
     pub fn new(one: &[T], copies: usize) -> Copies<T> {
         let bytes: &[u8] = bytemuck::cast_slice(one);
-        let mut map = memmap2::MmapMut::map_anon((bytes.len() * copies).max(1)).expect("map");
-        #[cfg(target_os = "linux")]
-        let _ = map.advise(memmap2::Advice::HugePage);
+        let mut map =
+            emberlm_formats::ember::HugeBuffer::zeroed((bytes.len() * copies).max(1)).expect("map");
         for i in 0..copies {
             map[i * bytes.len()..(i + 1) * bytes.len()].copy_from_slice(bytes);
         }

@@ -45,6 +45,37 @@ impl MappedFile {
     }
 }
 
+/// A zeroed anonymous memory map advised to use huge pages (a hint; Linux), for large buffers
+/// streamed the way a model's weights are, so they compare like with like with a model file's map
+/// ([`MappedFile::open`]): the bandwidth probe, a benchmark's weight copies.
+#[derive(Debug)]
+pub struct HugeBuffer {
+    map: memmap2::MmapMut,
+}
+
+impl HugeBuffer {
+    /// `bytes` zeroed bytes (an error for 0 bytes, as for any failed map).
+    pub fn zeroed(bytes: usize) -> std::io::Result<HugeBuffer> {
+        let map = memmap2::MmapMut::map_anon(bytes)?;
+        #[cfg(target_os = "linux")]
+        let _ = map.advise(memmap2::Advice::HugePage);
+        Ok(HugeBuffer { map })
+    }
+}
+
+impl std::ops::Deref for HugeBuffer {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl std::ops::DerefMut for HugeBuffer {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.map
+    }
+}
+
 /// How many bytes of `bytes` this process maps with huge pages (2 MiB on x86-64): the sum of
 /// `FilePmdMapped` and `AnonHugePages` of every mapping in `/proc/self/smaps` that overlaps
 /// `bytes` (meant for a buffer that is a mapping of its own: a model file's, or a large

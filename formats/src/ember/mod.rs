@@ -16,7 +16,7 @@ mod write;
 
 pub use error::FormatError;
 #[cfg(feature = "mmap")]
-pub use mmap::{MappedFile, huge_page_bytes};
+pub use mmap::{HugeBuffer, MappedFile, huge_page_bytes};
 pub use read::{EmberFile, Header, TensorData, parse_header, tensor_data};
 pub use value::{Array, Value};
 pub use write::{

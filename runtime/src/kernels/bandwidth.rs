@@ -92,7 +92,7 @@ pub struct Probe {
 enum ProbeBuffer {
     Heap(Vec<f32>),
     #[cfg(feature = "mmap")]
-    Mapped(memmap2::MmapMut),
+    Mapped(emberlm_formats::ember::HugeBuffer),
 }
 
 impl ProbeBuffer {
@@ -105,9 +105,7 @@ impl ProbeBuffer {
                 .for_each(|(i, v)| *v = (i % 251) as f32)
         };
         #[cfg(feature = "mmap")]
-        if let Ok(mut map) = memmap2::MmapMut::map_anon(bytes / 4 * 4) {
-            #[cfg(target_os = "linux")]
-            let _ = map.advise(memmap2::Advice::HugePage);
+        if let Ok(mut map) = emberlm_formats::ember::HugeBuffer::zeroed(bytes / 4 * 4) {
             // A fresh anonymous map is page-aligned, so this cast cannot fail in practice.
             if let Ok(x) = bytemuck::try_cast_slice_mut(&mut map[..]) {
                 fill(x);
