@@ -3,8 +3,8 @@
 //! nothing.
 //!
 //! Letters: V vocabulary, T the session's context, C embedding dim, H heads, D = C / H head dim,
-//! L layers, N tokens in a prefill chunk, G threads (decode crew members, KV head groups), Hg heads of one
-//! group, P positions attended (0..=pos).
+//! L layers, N tokens in a prefill chunk, G threads (decode crew members), Hg heads of one KV
+//! group (4 for D = 64), P positions attended (0..=pos).
 //!
 //! # Threads
 //! Decode runs one token on a *crew* of G threads that stays together for the whole token, so a
@@ -15,18 +15,21 @@
 //! claim with a compare-and-swap; outputs come back through a second atomic buffer. The first
 //! job of a layer joins the query/key/value product and attention ([`AttnJob`]): its first items
 //! are chunks of the product, each holding a group of heads' rows, and its last items are the
-//! heads, which a member can take as soon as that head's chunk is done: it stores the head's key
-//! and value in the cache and attends. So a layer needs four hand-offs, not five, and one
-//! member's attention (cache reads) overlaps the other's last weight reads. Each head's cache
-//! sits behind its own `Mutex`, which only the member working on that head takes. Claiming is
+//! groups' attention, which a member can take as soon as that group's chunk is done: it stores
+//! the group's keys and values in the cache and attends. So a layer needs four hand-offs, not
+//! five, and one member's attention (cache reads) overlaps the other's last weight reads. Each
+//! group's cache sits behind its own `RwLock`, which only the member working on that group
+//! takes in decode (for writing). Claiming is
 //! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds, and the
 //! last chunks of a product are smaller than the first, so the member that finishes first waits
 //! little.
 //! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
 //! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
 //!
-//! The KV cache is one (L, T, D) block of keys and one of values per head, so prefill attention
-//! runs groups of heads in parallel, each member on its own heads.
+//! The KV cache is one (L, T, Hg, D) block of keys and one of values per group of Hg heads
+//! ([`KvLayout`]), so attending a group reads two long contiguous runs. Prefill stores a chunk's
+//! keys and values, then its tokens' attention runs in parallel, each member on a run of tokens
+//! (reading every group's cache).
 
 use crate::error::RuntimeError;
 use crate::kernels::panel::packed_len;
@@ -37,7 +40,7 @@ use emberlm_formats::config::LAYERNORM_EPS;
 use half::f16;
 use std::ops::{ControlFlow, Range};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -101,24 +104,26 @@ enum KvCache {
     F16(Vec<f16>),
 }
 
-/// One head's keys and values, (L, T, D) each (see [`KvLayout`]).
+/// One group of heads' keys and values, (L, T, Hg, D) each (see [`KvLayout`]).
 #[derive(Debug)]
-struct HeadKv {
+struct GroupKv {
     k: KvCache,
     v: KvCache,
 }
 
-/// What decode attention needs: every head's cache (locked by the crew member working on that
-/// head) and their layout.
+/// What decode attention needs: every head group's cache (locked by the crew member working on
+/// that group) and their layout.
 #[derive(Clone, Copy)]
 struct KvShared<'s> {
-    heads: &'s [Mutex<HeadKv>],
+    groups: &'s [RwLock<GroupKv>],
     kv: &'s KvLayout,
 }
 
 impl KvShared<'_> {
-    fn lock(&self, h: usize) -> MutexGuard<'_, HeadKv> {
-        self.heads[h].lock().unwrap_or_else(PoisonError::into_inner)
+    fn write(&self, g: usize) -> RwLockWriteGuard<'_, GroupKv> {
+        self.groups[g]
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -131,7 +136,7 @@ struct Buffers {
     att: Vec<f32>,    // (N, C) attention output before the projection
     ff: Vec<f32>,     // (N, 4C)
     out: Vec<f32>,    // (N, C) sublayer output
-    scores: Vec<f32>, // (T) attention weights of one head, or one chunk's rows (decode lanes only)
+    scores: Vec<f32>, // (Hg·T) attention weights of a head group, or one chunk's rows (lanes only)
     xq: Vec<i8>,      // (4C) a Q8 product's input quantized (decode lanes only)
     xd: Vec<f32>,     // (4C / 32) its block scales
 }
@@ -211,14 +216,13 @@ pub struct Session<'m, 'a> {
     prefill_chunk: usize,
     /// Tokens whose keys and values are in the cache, oldest first, (at most T).
     tokens: Vec<u32>,
-    kv_heads: Vec<Mutex<HeadKv>>, // (H) keys and values; decode crew members lock one head
+    kv_groups: Vec<RwLock<GroupKv>>, // keys and values by head group; decode crew members lock one
     kv: KvLayout,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
     chunk: Buffers,   // N = prefill_chunk
     xp: Vec<f32>,     // a prefill product's input X (N, 4C) packed for the microkernel
     yt: Vec<f32>,     // (N, 4C) a prefill product's output, one (N, P_g) block per thread
-    att_t: Vec<f32>,  // (H, N, D) prefill attention output, head-major
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
 }
@@ -291,10 +295,9 @@ impl<'m, 'a> Session<'m, 'a> {
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);
         let g = kernels.threads();
-        let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads, g);
-        let cache_len = kv.head_len();
+        let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads);
         let kv_dtype = options.kv_dtype.resolve(model);
-        let cache = || match kv_dtype {
+        let cache = |cache_len: usize| match kv_dtype {
             KvDtype::F32 | KvDtype::Auto => KvCache::F32(vec![0.0; cache_len]),
             // Zeroed memory from the allocator, as `vec![0.0; n]` gets for f32: the pages are
             // only backed once written, so an unused context costs no resident memory.
@@ -310,21 +313,22 @@ impl<'m, 'a> Session<'m, 'a> {
             context,
             prefill_chunk: chunk,
             tokens: Vec::with_capacity(context),
-            kv_heads: (0..cfg.n_heads)
-                .map(|_| {
-                    Mutex::new(HeadKv {
-                        k: cache(),
-                        v: cache(),
+            kv_groups: (0..kv.groups)
+                .map(|i| {
+                    RwLock::new(GroupKv {
+                        k: cache(kv.group_len(i)),
+                        v: cache(kv.group_len(i)),
                     })
                 })
                 .collect(),
+            lanes: (0..g)
+                .map(|_| Buffers::new(1, c, kv.per_group * context))
+                .collect(),
             kv,
-            lanes: (0..g).map(|_| Buffers::new(1, c, context)).collect(),
-            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c), cfg.n_heads),
+            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c), kv.groups),
             chunk: Buffers::new(chunk, c, 0),
             xp: vec![0.0; packed_len(chunk, 4 * c)],
             yt: vec![0.0; chunk * 4 * c],
-            att_t: vec![0.0; chunk * c],
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })
@@ -515,7 +519,7 @@ impl<'m, 'a> Session<'m, 'a> {
         let pos = self.tokens.len();
         let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
         let kvs = KvShared {
-            heads: &self.kv_heads,
+            groups: &self.kv_groups,
             kv: &self.kv,
         };
         let logits = &mut self.logits;
@@ -575,20 +579,14 @@ impl<'m, 'a> Session<'m, 'a> {
                 n,
                 qkv: &b.qkv[..n * 3 * c],
             };
-            attend_groups(
+            ctx.store(&mut self.kv_groups);
+            attend_tokens(
                 &ctx,
                 0,
                 &mut self.lanes,
-                &mut self.kv_heads,
-                &mut self.att_t[..n * c],
+                &self.kv_groups,
+                &mut b.att[..n * c],
             );
-            // (H, N, D) → (N, C)
-            let d = self.kv.d;
-            for (h, blk) in self.att_t[..n * c].chunks_exact(n * d).enumerate() {
-                for (i, src) in blk.chunks_exact(d).enumerate() {
-                    b.att[i * c + h * d..][..d].copy_from_slice(src);
-                }
-            }
             let ep = Epilogue {
                 bias: Some(w.proj_b),
                 gelu: false,
@@ -694,41 +692,52 @@ fn layernorm_rows(
 
 // ---------------------------------------------------------------- KV cache
 
-/// Where keys and values live: each head's cache is (L, T, D); prefill attention splits the heads
-/// into G groups, one per crew member.
+/// Where keys and values live: heads are cut into groups of Hg consecutive heads (the last may
+/// be short), the same groups as decode's query/key/value chunks ([`QKV_GROUP_ROWS`]), and each
+/// group's keys are one (L, T, Hg, D) block (values another): position after position, each
+/// holding its Hg heads' rows. Attending a group at P positions then reads its keys and its
+/// values as two contiguous runs of P·Hg·D elements, which the memory streams of
+/// [`Kernels::group_scores`] and [`Kernels::group_weighted`] follow; one head's (P, D) rows
+/// alone are too short a stream (measured: half the speed, see README § Runtime kernel
+/// decisions).
 #[derive(Clone, Copy, Debug)]
 struct KvLayout {
     layers: usize,
     heads: usize,
     t: usize,
     d: usize,
+    /// Heads per group, Hg (the last group may hold fewer).
+    per_group: usize,
+    /// Groups: ceil(H / Hg).
     groups: usize,
 }
 
 impl KvLayout {
-    fn new(layers: usize, heads: usize, t: usize, d: usize, groups: usize) -> KvLayout {
+    fn new(layers: usize, heads: usize, t: usize, d: usize) -> KvLayout {
+        let per_group = QKV_GROUP_ROWS.div_ceil(d.max(1)).clamp(1, heads.max(1));
         KvLayout {
             layers,
             heads,
             t,
             d,
-            groups: groups.max(1),
+            per_group,
+            groups: heads.div_ceil(per_group),
         }
     }
 
-    /// Elements of one head's key (or value) cache.
-    fn head_len(&self) -> usize {
-        self.layers * self.t * self.d
+    /// The heads of group g.
+    fn group(&self, g: usize) -> Range<usize> {
+        g * self.per_group..((g + 1) * self.per_group).min(self.heads)
     }
 
-    /// The heads of group g: H·g/G .. H·(g+1)/G.
-    fn heads(&self, g: usize) -> Range<usize> {
-        self.heads * g / self.groups..self.heads * (g + 1) / self.groups
+    /// Elements of group g's key (or value) cache.
+    fn group_len(&self, g: usize) -> usize {
+        self.layers * self.t * self.group(g).len() * self.d
     }
 
-    /// Offset of (layer l, position pos) in a head's cache.
-    fn at(&self, l: usize, pos: usize) -> usize {
-        (l * self.t + pos) * self.d
+    /// Offset of (layer l, position pos) in the cache of a group of `hg` heads.
+    fn at(&self, l: usize, pos: usize, hg: usize) -> usize {
+        (l * self.t + pos) * hg * self.d
     }
 }
 
@@ -764,38 +773,44 @@ impl<'s> KvMut<'s> {
             }
         }
     }
+}
 
-    fn view(&self, r: Range<usize>) -> KvRef<'_> {
-        match self {
-            KvMut::F32(v) => KvRef::F32(&v[r]),
-            KvMut::F16(v) => KvRef::F16(&v[r]),
+impl<'s> KvRef<'s> {
+    fn of(c: &'s KvCache) -> KvRef<'s> {
+        match c {
+            KvCache::F32(v) => KvRef::F32(v),
+            KvCache::F16(v) => KvRef::F16(v),
         }
     }
 }
 
-/// Causal attention of one head: q (D) against keys kh (P, D) and values vh (P, D); `scores` (P)
-/// is scratch; writes out (D).
-fn attend_head(
+/// Causal attention of a group of Hg = `heads` heads: queries q (Hg, D) against the group's keys
+/// and values from position 0, both (P, Hg, D) from element `from` of their caches; `scores`
+/// (Hg·P) is scratch; writes out (Hg, D).
+fn attend_group(
     k: &Kernels,
+    heads: usize,
     q: &[f32],
-    kh: KvRef<'_>,
-    vh: KvRef<'_>,
+    (keys, values): (KvRef<'_>, KvRef<'_>),
+    from: usize,
     scores: &mut [f32],
     out: &mut [f32],
 ) {
-    let d = q.len();
-    let p = scores.len();
+    let len = scores.len() / heads * q.len(); // P·Hg·D
+    let d = q.len() / heads;
     let scale = 1.0 / (d as f32).sqrt();
-    // Scores: K (P, D) · q, a matrix-vector product over the contiguous keys.
-    match kh {
-        KvRef::F32(v) => k.matvec_f32_rows(&v[..p * d], q, scores, 0),
-        KvRef::F16(v) => k.matvec_f16_rows(&v[..p * d], q, scores, 0),
+    match keys {
+        KvRef::F32(c) => k.group_scores(&c[from..from + len], q, scores, heads),
+        KvRef::F16(c) => k.group_scores_f16(&c[from..from + len], q, scores, heads),
     }
-    scores.iter_mut().for_each(|s| *s *= scale);
-    k.softmax(scores);
-    match vh {
-        KvRef::F32(v) => k.weighted_rows(scores, &v[..p * d], out),
-        KvRef::F16(v) => k.weighted_rows_f16(scores, &v[..p * d], out),
+    let p = scores.len() / heads;
+    for sj in scores.chunks_exact_mut(p) {
+        sj.iter_mut().for_each(|s| *s *= scale);
+        k.softmax(sj);
+    }
+    match values {
+        KvRef::F32(c) => k.group_weighted(scores, &c[from..from + len], out, heads),
+        KvRef::F16(c) => k.group_weighted_f16(scores, &c[from..from + len], out, heads),
     }
 }
 
@@ -982,7 +997,7 @@ fn wait_until(mut ready: impl FnMut() -> bool) {
 }
 
 impl Crew {
-    fn new(g: usize, in_len: usize, out_len: usize, heads: usize) -> Crew {
+    fn new(g: usize, in_len: usize, out_len: usize, groups: usize) -> Crew {
         let buf = |n: usize| {
             if g > 1 {
                 (0..n).map(|_| AtomicU32::new(0)).collect()
@@ -997,7 +1012,7 @@ impl Crew {
             arg: AtomicU32::new(0),
             chunks: AtomicU32::new(0),
             done: AtomicU32::new(0),
-            ready: buf(heads),
+            ready: buf(groups),
             poisoned: std::sync::atomic::AtomicBool::new(false),
             input: buf(in_len),
             output: buf(out_len),
@@ -1105,8 +1120,8 @@ impl Crew {
     }
 
     /// Leader: the query/key/value product of layer l and attention at position pos as one job,
-    /// xn (C) → att (C), shared with the workers (see [`AttnJob`]). Uses `scratch.out` (≥ T) for
-    /// scores, `scratch.rows` (≥ 3C) and `scratch.tmp` (≥ D).
+    /// xn (C) → att (C), shared with the workers (see [`AttnJob`]). Uses `scratch.out` (≥ Hg·T)
+    /// for scores, `scratch.rows` (≥ 3C) and `scratch.tmp` (≥ Hg·D).
     #[allow(clippy::too_many_arguments)]
     fn qkv_attend(
         &self,
@@ -1128,18 +1143,10 @@ impl Crew {
             for i in 0..job.groups() {
                 job.project(k, input, i, rows);
             }
-            let d = job.d;
-            for h in 0..job.heads {
-                let part = |p: usize| &rows[job.part(p, h..h + 1)];
-                job.attend(
-                    k,
-                    h,
-                    part(0),
-                    part(1),
-                    part(2),
-                    scores,
-                    &mut att[h * d..][..d],
-                );
+            for g in 0..job.groups() {
+                let part = |p: usize| &rows[job.part(p, g)];
+                let out = &mut att[job.part(0, g)];
+                job.attend(k, g, part(0), part(1), part(2), scores, out);
             }
             return;
         }
@@ -1153,8 +1160,8 @@ impl Crew {
     }
 
     /// Claims and runs items of the open attention job of epoch `epoch` until none is left:
-    /// first the query/key/value chunks (rows to `output[..3C]`), then the heads (to
-    /// `output[3C..4C]`), each head once its chunk is ready.
+    /// first the query/key/value chunks (rows to `output[..3C]`), then the groups' attention (to
+    /// `output[3C..4C]`), each group once its chunk is ready.
     #[allow(clippy::too_many_arguments)]
     fn work_qkv(
         &self,
@@ -1166,36 +1173,37 @@ impl Crew {
         rows: &mut [f32],
         tmp: &mut [f32],
     ) {
-        let (c, d, groups) = (job.c, job.d, job.groups());
+        let (c, groups) = (job.c, job.groups());
         while let Some(next) = self.claim(epoch, job.items() as u32) {
             let i = next as usize;
             if i < groups {
                 job.project(k, x, i, rows);
                 for p in 0..3 {
-                    let r = job.part(p, job.group(i));
+                    let r = job.part(p, i);
                     for (a, v) in self.output[r.clone()].iter().zip(&rows[r]) {
                         a.store(v.to_bits(), Ordering::Relaxed);
                     }
                 }
                 self.ready[i].store(1, Ordering::Release);
             } else {
-                // Claims go in order, so this head's chunk is taken: wait for it to be done.
-                let h = i - groups;
-                let g = h / job.per_group;
+                // Claims go in order, so this group's chunk is taken: wait for it to be done.
+                let g = i - groups;
                 wait_until(|| {
                     self.check_poison();
                     self.ready[g].load(Ordering::Acquire) == 1
                 });
-                let (qkv, out) = (&mut rows[..3 * d], &mut tmp[..d]);
-                for (p, dst) in qkv.chunks_exact_mut(d).enumerate() {
-                    for (v, a) in dst.iter_mut().zip(&self.output[job.part(p, h..h + 1)]) {
+                let n = job.part(0, g).len(); // Hg·D
+                let (qkv, out) = (&mut rows[..3 * n], &mut tmp[..n]);
+                for (p, dst) in qkv.chunks_exact_mut(n).enumerate() {
+                    for (v, a) in dst.iter_mut().zip(&self.output[job.part(p, g)]) {
                         *v = f32::from_bits(a.load(Ordering::Relaxed));
                     }
                 }
-                let (q, rest) = qkv.split_at(d);
-                let (key, value) = rest.split_at(d);
-                job.attend(k, h, q, key, value, scores, out);
-                for (a, v) in self.output[3 * c + h * d..][..d].iter().zip(out.iter()) {
+                let (q, rest) = qkv.split_at(n);
+                let (key, value) = rest.split_at(n);
+                job.attend(k, g, q, key, value, scores, out);
+                let r = job.part(0, g);
+                for (a, v) in self.output[3 * c + r.start..][..n].iter().zip(out.iter()) {
                     a.store(v.to_bits(), Ordering::Relaxed);
                 }
             }
@@ -1481,9 +1489,10 @@ fn lead_token(
 const QKV_GROUP_ROWS: usize = 256;
 
 /// Decode's fused query/key/value and attention job of layer l at position pos. Its items are
-/// first `groups()` chunks of the product, chunk i holding heads `group(i)`: their D rows of each
-/// of the three parts, bias included; then one item per head: store its key and value in the
-/// cache and attend, once its chunk is done. The cut depends only on the model.
+/// first `groups()` chunks of the product, chunk i holding the heads of KV group i
+/// ([`KvLayout`]): their D rows of each of the three parts, bias included; then one item per
+/// group: store its keys and values in the cache and attend, once its chunk is done. The cut
+/// depends only on the model.
 struct AttnJob<'s, 'm> {
     w: &'s Layer<'m>,
     kvs: &'s KvShared<'s>,
@@ -1491,48 +1500,40 @@ struct AttnJob<'s, 'm> {
     pos: usize,
     c: usize,
     d: usize,
-    heads: usize,
-    per_group: usize,
 }
 
 impl<'s, 'm> AttnJob<'s, 'm> {
     fn new(w: &'s Layer<'m>, kvs: &'s KvShared<'s>, l: usize, pos: usize) -> Self {
-        let (heads, d) = (kvs.kv.heads, kvs.kv.d);
+        let d = kvs.kv.d;
         AttnJob {
             w,
             kvs,
             l,
             pos,
-            c: heads * d,
+            c: kvs.kv.heads * d,
             d,
-            heads,
-            per_group: QKV_GROUP_ROWS.div_ceil(d.max(1)).clamp(1, heads.max(1)),
         }
     }
 
     fn groups(&self) -> usize {
-        self.heads.div_ceil(self.per_group)
+        self.kvs.kv.groups
     }
 
     fn items(&self) -> usize {
-        self.groups() + self.heads
+        2 * self.groups()
     }
 
-    /// The heads of chunk i.
-    fn group(&self, i: usize) -> Range<usize> {
-        i * self.per_group..((i + 1) * self.per_group).min(self.heads)
-    }
-
-    /// The product's rows of part p (0 query, 1 key, 2 value) for heads `hs`.
-    fn part(&self, p: usize, hs: Range<usize>) -> Range<usize> {
+    /// The product's rows of part p (0 query, 1 key, 2 value) for the heads of group g.
+    fn part(&self, p: usize, g: usize) -> Range<usize> {
+        let hs = self.kvs.kv.group(g);
         p * self.c + hs.start * self.d..p * self.c + hs.end * self.d
     }
 
-    /// Chunk i of the product: `rows` (3C, laid out as the whole product's output) gets its
-    /// heads' rows of each part, bias included.
-    fn project(&self, k: &Kernels, x: Input<'_>, i: usize, rows: &mut [f32]) {
+    /// Chunk g of the product: `rows` (3C, laid out as the whole product's output) gets group
+    /// g's rows of each part, bias included.
+    fn project(&self, k: &Kernels, x: Input<'_>, g: usize, rows: &mut [f32]) {
         for p in 0..3 {
-            let r = self.part(p, self.group(i));
+            let r = self.part(p, g);
             let y = &mut rows[r.clone()];
             mat_rows(k, &self.w.qkv_w, x, y, r.start);
             if let Some(bias) = self.w.qkv_b {
@@ -1541,29 +1542,28 @@ impl<'s, 'm> AttnJob<'s, 'm> {
         }
     }
 
-    /// Head h: stores its key and value (D each) at pos, then attends with its query → out (D).
-    /// `scores` (≥ pos + 1) is scratch.
+    /// Group g: stores its keys and values (Hg·D each) at pos, then attends with its queries →
+    /// out (Hg·D). `scores` (≥ Hg·(pos + 1)) is scratch.
     #[allow(clippy::too_many_arguments)]
     fn attend(
         &self,
         k: &Kernels,
-        h: usize,
+        g: usize,
         q: &[f32],
         key: &[f32],
         value: &[f32],
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let (kv, d) = (self.kvs.kv, self.d);
-        let mut cache = self.kvs.lock(h);
+        let (kv, hg) = (self.kvs.kv, self.kvs.kv.group(g).len());
+        let mut cache = self.kvs.write(g);
         let cache = &mut *cache;
-        let (mut kc, mut vc) = (KvMut::of(&mut cache.k), KvMut::of(&mut cache.v));
-        let at = kv.at(self.l, self.pos);
-        kc.store(at, key);
-        vc.store(at, value);
-        let span = kv.at(self.l, 0)..at + d;
-        let (kh, vh) = (kc.view(span.clone()), vc.view(span));
-        attend_head(k, q, kh, vh, &mut scores[..self.pos + 1], out);
+        let at = kv.at(self.l, self.pos, hg);
+        KvMut::of(&mut cache.k).store(at, key);
+        KvMut::of(&mut cache.v).store(at, value);
+        let kvr = (KvRef::of(&cache.k), KvRef::of(&cache.v));
+        let scores = &mut scores[..hg * (self.pos + 1)];
+        attend_group(k, hg, q, kvr, kv.at(self.l, 0, hg), scores, out);
     }
 }
 
@@ -1577,67 +1577,78 @@ struct ChunkAttn<'s> {
     qkv: &'s [f32],
 }
 
-/// Prefill attention for head groups g..: stores the chunk's keys and values into each head's
-/// cache, then attends every token of the chunk; writes att_t (H, N, D) (group g's heads are one
-/// contiguous part). `heads` holds the caches of groups g..; groups run in parallel (rayon), each
-/// on its own lane's scores.
-fn attend_groups(
+impl ChunkAttn<'_> {
+    /// Stores the chunk's keys and values in every group's cache.
+    fn store(&self, groups: &mut [RwLock<GroupKv>]) {
+        let (kv, n) = (self.kv, self.n);
+        let c = self.qkv.len() / n / 3;
+        for (g, cache) in groups.iter_mut().enumerate() {
+            let cache = cache.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let hs = kv.group(g);
+            let (kc, vc) = (&mut KvMut::of(&mut cache.k), &mut KvMut::of(&mut cache.v));
+            for (i, qkv) in self.qkv.chunks_exact(3 * c).enumerate() {
+                let at = kv.at(self.l, self.pos0 + i, hs.len());
+                kc.store(at, &qkv[c + hs.start * kv.d..c + hs.end * kv.d]);
+                vc.store(at, &qkv[2 * c + hs.start * kv.d..2 * c + hs.end * kv.d]);
+            }
+        }
+    }
+
+    /// Attention of tokens i0.. of the chunk (one row of `att` (C) each) over every group.
+    fn attend(&self, i0: usize, scores: &mut [f32], groups: &[RwLock<GroupKv>], att: &mut [f32]) {
+        let kv = self.kv;
+        let c = self.qkv.len() / self.n / 3;
+        for (g, cache) in groups.iter().enumerate() {
+            let cache: RwLockReadGuard<'_, GroupKv> =
+                cache.read().unwrap_or_else(PoisonError::into_inner);
+            let hs = kv.group(g);
+            let cols = hs.start * kv.d..hs.end * kv.d;
+            let kvr = (KvRef::of(&cache.k), KvRef::of(&cache.v));
+            for (ii, out) in att.chunks_exact_mut(c).enumerate() {
+                let i = i0 + ii;
+                let q = &self.qkv[i * 3 * c..][cols.clone()];
+                let p = self.pos0 + i + 1;
+                let from = kv.at(self.l, 0, hs.len());
+                let sc = &mut scores[..hs.len() * p];
+                attend_group(&self.k, hs.len(), q, kvr, from, sc, &mut out[cols.clone()]);
+            }
+        }
+    }
+}
+
+/// Prefill attention of the chunk's tokens i0.. (`att` holds their rows), the caches already
+/// holding the chunk's keys and values ([`ChunkAttn::store`]): the tokens are cut into runs of
+/// about equal work (token i attends pos0 + i + 1 positions), one per lane, run in parallel
+/// (rayon), each on its own lane's scores. A token's output does not depend on the cut.
+fn attend_tokens(
     ctx: &ChunkAttn<'_>,
-    g: usize,
+    i0: usize,
     lanes: &mut [Buffers],
-    heads: &mut [Mutex<HeadKv>],
-    att_t: &mut [f32],
+    groups: &[RwLock<GroupKv>],
+    att: &mut [f32],
 ) {
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
-    let hs = ctx.kv.heads(g);
-    let (mine, others) = heads.split_at_mut(hs.len());
-    let (my_att, rest_att) = att_t.split_at_mut(hs.len() * ctx.n * ctx.kv.d);
-    if rest.is_empty() || g + 1 >= ctx.kv.groups {
-        attend_group(ctx, hs.start, &mut lane.scores, mine, my_att);
+    let c = ctx.qkv.len() / ctx.n / 3;
+    let n = att.len() / c;
+    // This lane's share: 1 / lanes of the remaining positions to attend.
+    let work = |i: usize| ctx.pos0 + i0 + i + 1;
+    let total: usize = (0..n).map(work).sum();
+    let target = total / (rest.len() + 1);
+    let (mut mine, mut acc) = (0, 0);
+    while mine < n && (acc < target || mine == 0) {
+        acc += work(mine);
+        mine += 1;
+    }
+    let (my_att, rest_att) = att.split_at_mut(mine * c);
+    if rest.is_empty() || mine == n {
+        ctx.attend(i0, &mut lane.scores, groups, att);
     } else {
         fork(
-            || attend_group(ctx, hs.start, &mut lane.scores, mine, my_att),
-            || attend_groups(ctx, g + 1, rest, others, rest_att),
+            || ctx.attend(i0, &mut lane.scores, groups, my_att),
+            || attend_tokens(ctx, i0 + mine, rest, groups, rest_att),
         );
-    }
-}
-
-/// One head group's share of [`attend_groups`]: heads h0.. (one per entry of `heads`);
-/// att (Hg, N, D).
-fn attend_group(
-    ctx: &ChunkAttn<'_>,
-    h0: usize,
-    scores: &mut [f32],
-    heads: &mut [Mutex<HeadKv>],
-    att: &mut [f32],
-) {
-    let (d, n, l, pos0) = (ctx.kv.d, ctx.n, ctx.l, ctx.pos0);
-    let c = ctx.qkv.len() / n / 3;
-    for (hl, cache) in heads.iter_mut().enumerate() {
-        let h = h0 + hl;
-        let cache = cache.get_mut().unwrap_or_else(PoisonError::into_inner);
-        let (mut kc, mut vc) = (KvMut::of(&mut cache.k), KvMut::of(&mut cache.v));
-        for i in 0..n {
-            let qkv = &ctx.qkv[i * 3 * c..(i + 1) * 3 * c];
-            let at = ctx.kv.at(l, pos0 + i);
-            kc.store(at, &qkv[c + h * d..][..d]);
-            vc.store(at, &qkv[2 * c + h * d..][..d]);
-        }
-        let base = ctx.kv.at(l, 0);
-        for i in 0..n {
-            let p = pos0 + i + 1;
-            let span = base..base + p * d;
-            attend_head(
-                &ctx.k,
-                &ctx.qkv[i * 3 * c + h * d..][..d],
-                kc.view(span.clone()),
-                vc.view(span),
-                &mut scores[..p],
-                &mut att[(hl * n + i) * d..][..d],
-            );
-        }
     }
 }
 

@@ -839,48 +839,90 @@ fn f16_to_f32_is_exact() {
 }
 
 #[test]
-fn weighted_rows_match_reference_and_f64() {
+fn group_attention_kernels_match_reference_and_f64() {
+    // (P positions, Hg heads, D): odd P (the four-stream kernels' scalar tail), D not a multiple
+    // of 8 (the column tail), P = 0, GPT-2's D = 64 with 4 heads at long contexts.
     let mut rng = Rng(55);
-    let k = Kernels::detect();
-    for (p, l) in [
-        (1, 1),
-        (3, 7),
-        (5, 8),
-        (17, 64),
-        (40, 65),
-        (9, 130),
-        (300, 64),
-        (2, 200),
+    let kernels = [Kernels::detect(), Kernels::reference()];
+    for (p, hg, d) in [
+        (0, 2, 8),
+        (1, 1, 1),
+        (3, 2, 7),
+        (5, 4, 8),
+        (17, 4, 64),
+        (40, 3, 65),
+        (9, 2, 130),
+        (300, 4, 64),
+        (2, 1, 200),
+        (8, 5, 16),
     ] {
-        let w = rng.vec(p, 1.0);
-        let v = rng.vec(p * l, 2.0);
-        let vh = rng.vec_f16(p * l);
-        let mut got = vec![f32::NAN; l]; // the kernels overwrite, never accumulate into, out
-        let mut want = vec![0f32; l];
-        k.weighted_rows(&w, &v, &mut got);
-        reference::weighted_rows(&w, &v, &mut want);
-        let mut got_h = vec![f32::NAN; l];
-        let mut want_h = vec![0f32; l];
-        k.weighted_rows_f16(&w, &vh, &mut got_h);
-        reference::weighted_rows_f16(&w, &vh, &mut want_h);
-        let vhf = f16s(&vh);
-        for j in 0..l {
-            for (vals, g, r) in [(&v, got[j], want[j]), (&vhf, got_h[j], want_h[j])] {
-                let exact: f64 = (0..p)
-                    .map(|t| f64::from(w[t]) * f64::from(vals[t * l + j]))
-                    .sum();
-                let mag: f64 = (0..p)
-                    .map(|t| (f64::from(w[t]) * f64::from(vals[t * l + j])).abs())
-                    .sum();
-                for (what, x) in [("fast", g), ("reference", r)] {
-                    assert!(
-                        (f64::from(x) - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
-                        "p={p} l={l} [{j}] {what}: {x} vs {exact}"
-                    );
+        let q = rng.vec(hg * d, 1.0);
+        let w = rng.vec(hg * p, 1.0);
+        let kv = rng.vec(p * hg * d, 2.0);
+        let kvh = rng.vec_f16(p * hg * d);
+        let kvhf = f16s(&kvh);
+        for k in &kernels {
+            // Scores: f32 and f16 keys, the kernel and the reference twin.
+            let mut got = [vec![f32::NAN; hg * p], vec![f32::NAN; hg * p]];
+            let mut want = [vec![f32::NAN; hg * p], vec![f32::NAN; hg * p]];
+            k.group_scores(&kv, &q, &mut got[0], hg);
+            k.group_scores_f16(&kvh, &q, &mut got[1], hg);
+            reference::group_scores(&kv, &q, &mut want[0], hg);
+            reference::group_scores_f16(&kvh, &q, &mut want[1], hg);
+            for (vals, got, want) in [(&kv, &got[0], &want[0]), (&kvhf, &got[1], &want[1])] {
+                for j in 0..hg {
+                    for t in 0..p {
+                        let terms = (0..d).map(|c| {
+                            f64::from(q[j * d + c]) * f64::from(vals[(t * hg + j) * d + c])
+                        });
+                        let exact: f64 = terms.clone().sum();
+                        let mag: f64 = terms.map(f64::abs).sum();
+                        for (what, x) in [("fast", got[j * p + t]), ("reference", want[j * p + t])]
+                        {
+                            assert!(
+                                (f64::from(x) - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
+                                "{} scores p={p} hg={hg} d={d} [{j},{t}] {what}: {x} vs {exact}",
+                                k.name()
+                            );
+                        }
+                    }
+                }
+            }
+            // Weighted sums: the kernels overwrite, never accumulate into, out.
+            let mut got = [vec![f32::NAN; hg * d], vec![f32::NAN; hg * d]];
+            let mut want = [vec![f32::NAN; hg * d], vec![f32::NAN; hg * d]];
+            k.group_weighted(&w, &kv, &mut got[0], hg);
+            k.group_weighted_f16(&w, &kvh, &mut got[1], hg);
+            reference::group_weighted(&w, &kv, &mut want[0], hg);
+            reference::group_weighted_f16(&w, &kvh, &mut want[1], hg);
+            for (vals, got, want) in [(&kv, &got[0], &want[0]), (&kvhf, &got[1], &want[1])] {
+                for j in 0..hg {
+                    for c in 0..d {
+                        let terms = (0..p).map(|t| {
+                            f64::from(w[j * p + t]) * f64::from(vals[(t * hg + j) * d + c])
+                        });
+                        let exact: f64 = terms.clone().sum();
+                        let mag: f64 = terms.map(f64::abs).sum();
+                        for (what, x) in [("fast", got[j * d + c]), ("reference", want[j * d + c])]
+                        {
+                            assert!(
+                                (f64::from(x) - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
+                                "{} weighted p={p} hg={hg} d={d} [{j},{c}] {what}: {x} vs {exact}",
+                                k.name()
+                            );
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+#[test]
+#[should_panic(expected = "keys/values must be (P, Hg, D)")]
+fn group_scores_with_mismatched_keys_panic() {
+    let mut s = vec![0f32; 2 * 3];
+    Kernels::detect().group_scores(&[0.0; 2 * 3 * 4 - 1], &[0.0; 2 * 4], &mut s, 2);
 }
 
 #[test]

@@ -697,46 +697,90 @@ impl Kernels {
         }
     }
 
-    /// out (L) = `Σ_t p[t] · v[t, :]` for v (P, L) row-major, p (P): attention's weighted sum of
-    /// values in one call (x86-64 keeps `out` in registers; other ISAs loop over [`Kernels::axpy`]).
+    /// Attention scores of a group of `heads` (Hg) heads: s (Hg, P) with
+    /// `s[j·P + t] = k[t, j, :] · q[j, :]`, for keys k (P, Hg, D) as a KV-cache group holds them
+    /// (one position's Hg·D elements after another) and queries q (Hg, D). x86-64 reads the keys
+    /// as four streams, one per quarter of the positions; other ISAs loop over
+    /// [`Kernels::dot_f32`].
     ///
     /// # Panics
-    /// If `v.len() != p.len() * out.len()`.
-    pub fn weighted_rows(&self, p: &[f32], v: &[f32], out: &mut [f32]) {
-        assert_eq!(
-            v.len(),
-            p.len() * out.len(),
-            "weighted_rows: v must be (P, L)"
-        );
+    /// If `heads` is 0, does not divide `q.len()` and `s.len()`, or `k.len() != P · q.len()`.
+    pub fn group_scores(&self, k: &[f32], q: &[f32], s: &mut [f32], heads: usize) {
+        let (p, d) = group_shape("group_scores", k.len(), q.len(), s.len(), heads);
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(t) => x86_64::weighted_rows(t, p, v, out),
+            Isa::Avx2(t) => x86_64::group_scores(t, k, q, s, heads),
             _ => {
-                out.fill(0.0);
-                for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
-                    self.axpy(*pt, vr, out);
+                for (j, sj) in s.chunks_exact_mut(p.max(1)).enumerate().take(heads) {
+                    for (t, st) in sj.iter_mut().enumerate() {
+                        *st = self.dot_f32(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d]);
+                    }
                 }
             }
         }
     }
 
-    /// [`Kernels::weighted_rows`] with v in f16.
+    /// [`Kernels::group_scores`] with keys in f16.
     ///
     /// # Panics
-    /// If `v.len() != p.len() * out.len()`.
-    pub fn weighted_rows_f16(&self, p: &[f32], v: &[f16], out: &mut [f32]) {
-        assert_eq!(
-            v.len(),
-            p.len() * out.len(),
-            "weighted_rows_f16: v must be (P, L)"
-        );
+    /// As [`Kernels::group_scores`].
+    pub fn group_scores_f16(&self, k: &[f16], q: &[f32], s: &mut [f32], heads: usize) {
+        let (p, d) = group_shape("group_scores_f16", k.len(), q.len(), s.len(), heads);
         match self.isa {
             #[cfg(target_arch = "x86_64")]
-            Isa::Avx2(t) => x86_64::weighted_rows_f16(t, p, v, out),
+            Isa::Avx2(t) => x86_64::group_scores_f16(t, k, q, s, heads),
+            _ => {
+                for (j, sj) in s.chunks_exact_mut(p.max(1)).enumerate().take(heads) {
+                    for (t, st) in sj.iter_mut().enumerate() {
+                        *st = self
+                            .dot_f32_f16(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Attention's weighted sum of values for a group of `heads` (Hg) heads: out (Hg, D) with
+    /// `out[j, :] = Σ_t w[j·P + t] · v[t, j, :]`, for values v (P, Hg, D) laid out as in
+    /// [`Kernels::group_scores`] and weights w (Hg, P). Other ISAs than x86-64 loop over
+    /// [`Kernels::axpy`].
+    ///
+    /// # Panics
+    /// If `heads` is 0, does not divide `out.len()` and `w.len()`, or
+    /// `v.len() != P · out.len()`.
+    pub fn group_weighted(&self, w: &[f32], v: &[f32], out: &mut [f32], heads: usize) {
+        let (p, d) = group_shape("group_weighted", v.len(), out.len(), w.len(), heads);
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::group_weighted(t, w, v, out, heads),
             _ => {
                 out.fill(0.0);
-                for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
-                    self.axpy_f16(*pt, vr, out);
+                for t in 0..p {
+                    for j in 0..heads {
+                        let vr = &v[(t * heads + j) * d..][..d];
+                        self.axpy(w[j * p + t], vr, &mut out[j * d..(j + 1) * d]);
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`Kernels::group_weighted`] with values in f16.
+    ///
+    /// # Panics
+    /// As [`Kernels::group_weighted`].
+    pub fn group_weighted_f16(&self, w: &[f32], v: &[f16], out: &mut [f32], heads: usize) {
+        let (p, d) = group_shape("group_weighted_f16", v.len(), out.len(), w.len(), heads);
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::group_weighted_f16(t, w, v, out, heads),
+            _ => {
+                out.fill(0.0);
+                for t in 0..p {
+                    for j in 0..heads {
+                        let vr = &v[(t * heads + j) * d..][..d];
+                        self.axpy_f16(w[j * p + t], vr, &mut out[j * d..(j + 1) * d]);
+                    }
                 }
             }
         }
@@ -855,6 +899,24 @@ fn default_threads() -> usize {
     return rayon::current_num_threads().max(1);
     #[cfg(not(feature = "parallel"))]
     1
+}
+
+/// (P, D) of a group attention call: `kv_len` = P · Hg · D elements of keys or values, `hd_len` =
+/// Hg · D (the queries or the output), `hp_len` = Hg · P (the scores or weights).
+fn group_shape(
+    what: &str,
+    kv_len: usize,
+    hd_len: usize,
+    hp_len: usize,
+    heads: usize,
+) -> (usize, usize) {
+    assert!(
+        heads > 0 && hd_len % heads == 0 && hp_len % heads == 0,
+        "{what}: {heads} heads must divide Hg·D = {hd_len} and Hg·P = {hp_len}"
+    );
+    let p = hp_len / heads;
+    assert_eq!(kv_len, p * hd_len, "{what}: keys/values must be (P, Hg, D)");
+    (p, hd_len / heads)
 }
 
 /// Checks a `_rows` call: `w_len` = R·C for some R, and `row_start + rows <= R`.

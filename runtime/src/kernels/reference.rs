@@ -60,20 +60,46 @@ fn dot_q8_row(w: Q8Matrix<'_>, r: usize, x: &[f32]) -> f32 {
     acc
 }
 
-/// out (L) = `Σ_t p[t] · v[t, :]` for v (P, L) row-major and p (P): attention's weighted sum of
-/// values, accumulated row after row in f32.
-pub fn weighted_rows(p: &[f32], v: &[f32], out: &mut [f32]) {
-    out.fill(0.0);
-    for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
-        axpy(*pt, vr, out);
+/// Attention scores of a group of `heads` (Hg) heads: s (Hg, P) with
+/// `s[j·P + t] = k[t, j, :] · q[j, :]`, keys k (P, Hg, D), queries q (Hg, D).
+pub fn group_scores(k: &[f32], q: &[f32], s: &mut [f32], heads: usize) {
+    let (p, d) = (s.len() / heads, q.len() / heads);
+    for (i, st) in s.iter_mut().enumerate() {
+        let (j, t) = (i / p, i % p);
+        *st = dot_f32(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d]);
     }
 }
 
-/// [`weighted_rows`] with v in f16 (an f16 KV cache).
-pub fn weighted_rows_f16(p: &[f32], v: &[f16], out: &mut [f32]) {
+/// [`group_scores`] with keys in f16 (an f16 KV cache).
+pub fn group_scores_f16(k: &[f16], q: &[f32], s: &mut [f32], heads: usize) {
+    let (p, d) = (s.len() / heads, q.len() / heads);
+    for (i, st) in s.iter_mut().enumerate() {
+        let (j, t) = (i / p, i % p);
+        *st = dot_f32_f16(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d]);
+    }
+}
+
+/// Attention's weighted sum of values for a group of `heads` (Hg) heads: out (Hg, D) with
+/// `out[j, :] = Σ_t w[j·P + t] · v[t, j, :]`, values v (P, Hg, D), weights w (Hg, P);
+/// accumulated position after position in f32.
+pub fn group_weighted(w: &[f32], v: &[f32], out: &mut [f32], heads: usize) {
+    let (p, d) = (w.len() / heads, out.len() / heads);
     out.fill(0.0);
-    for (pt, vr) in p.iter().zip(v.chunks_exact(out.len().max(1))) {
-        axpy_f16(*pt, vr, out);
+    for (j, oj) in out.chunks_exact_mut(d.max(1)).enumerate().take(heads) {
+        for t in 0..p {
+            axpy(w[j * p + t], &v[(t * heads + j) * d..][..d], oj);
+        }
+    }
+}
+
+/// [`group_weighted`] with values in f16 (an f16 KV cache).
+pub fn group_weighted_f16(w: &[f32], v: &[f16], out: &mut [f32], heads: usize) {
+    let (p, d) = (w.len() / heads, out.len() / heads);
+    out.fill(0.0);
+    for (j, oj) in out.chunks_exact_mut(d.max(1)).enumerate().take(heads) {
+        for t in 0..p {
+            axpy_f16(w[j * p + t], &v[(t * heads + j) * d..][..d], oj);
+        }
     }
 }
 
