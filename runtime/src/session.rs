@@ -12,7 +12,8 @@
 //! vector work (embedding, norms, residuals) and opens each layer's four products as jobs in
 //! [`Crew`]: the input vector is published in a buffer of atomics and the work is cut into chunks
 //! (row ranges, [`Chunks`]) that the leader and the workers (lanes 1..G, spinning between jobs)
-//! claim with a compare-and-swap; outputs come back through a second atomic buffer. The first
+//! claim with a compare-and-swap; outputs come back through a second atomic buffer, biases
+//! added (and GELU applied) by the member that computed the chunk. The first
 //! job of a layer joins the query/key/value product and attention ([`AttnJob`]): its first items
 //! are chunks of the product, each holding a group of heads' rows, and its last items are the
 //! groups' attention, which a member can take as soon as that group's chunk is done: it stores
@@ -886,6 +887,20 @@ impl Which {
         (Which::ALL[(code & 7) as usize % 5], (code >> 3) as usize)
     }
 
+    /// What follows the product, applied to each chunk's rows by the member that computed them
+    /// (elementwise, so the bits do not depend on the chunking): the bias, and GELU after the
+    /// MLP's first product.
+    fn epilogue<'m>(self, m: &'m Model<'_>, layer: usize) -> Epilogue<'m> {
+        let (bias, gelu) = match self {
+            Which::Qkv => (None, false), // per head group, in `AttnJob::project`
+            Which::Head => (m.head().1, false),
+            Which::Proj => (Some(m.layer(layer).proj_b), false),
+            Which::Fc => (Some(m.layer(layer).fc_b), true),
+            Which::Fcp => (Some(m.layer(layer).fcp_b), false),
+        };
+        Epilogue { bias, gelu }
+    }
+
     fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
         match self {
             Which::Head => m.head().0,
@@ -1039,12 +1054,13 @@ impl Crew {
     }
 
     /// Claims and runs chunks of the open job of epoch `epoch` until none is left; `x` is the
-    /// job's input, `scratch` (≥ MAX_CHUNK_ROWS) holds one chunk's output.
+    /// job's input, `ep` what follows the product, `scratch` (≥ MAX_CHUNK_ROWS) holds one chunk's
+    /// output.
     #[allow(clippy::too_many_arguments)]
     fn work(
         &self,
         k: &Kernels,
-        w: &Mat<'_>,
+        (w, ep): (&Mat<'_>, Epilogue<'_>),
         chunks: Chunks,
         x: Input<'_>,
         epoch: u32,
@@ -1055,6 +1071,7 @@ impl Crew {
             let r = chunks.range(next as usize);
             let y = &mut scratch[..r.len()];
             mat_rows(k, w, x, y, r.start);
+            k.epilogue(ep, r.clone(), y);
             for (a, v) in self.output[r].iter().zip(y.iter()) {
                 a.store(v.to_bits(), Ordering::Relaxed);
             }
@@ -1062,7 +1079,8 @@ impl Crew {
         }
     }
 
-    /// Leader: y (R) = W x (C) for the job `which` of `layer`, shared with the workers.
+    /// Leader: y (R) = W x (C) and its epilogue ([`Which::epilogue`]) for the job `which` of
+    /// `layer`, shared with the workers.
     /// `epoch` is the leader's job counter for this token; `scratch` as in [`Crew::work`].
     #[allow(clippy::too_many_arguments)]
     fn matvec(
@@ -1076,7 +1094,7 @@ impl Crew {
         epoch: &mut u32,
         scratch: &mut Scratch<'_>,
     ) {
-        let w = which.mat(m, layer);
+        let (w, ep) = (which.mat(m, layer), which.epilogue(m, layer));
         let (rows, elem) = mat_shape(&w, x.len());
         let chunks = Chunks::new(rows, x.len(), elem);
         let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
@@ -1085,12 +1103,13 @@ impl Crew {
             for i in 0..chunks.count() {
                 let r = chunks.range(i);
                 mat_rows(k, &w, input, &mut y[r.clone()], r.start);
+                k.epilogue(ep, r.clone(), &mut y[r]);
             }
             return;
         }
         let n = chunks.count() as u32;
         let open = self.open(epoch, which.encode(layer), 0, n, x);
-        self.work(k, &w, chunks, input, open, scratch.out);
+        self.work(k, (&w, ep), chunks, input, open, scratch.out);
         self.wait_done(n);
         for (v, a) in y.iter_mut().zip(&self.output) {
             *v = f32::from_bits(a.load(Ordering::Relaxed));
@@ -1296,7 +1315,8 @@ impl Crew {
                 continue; // a torn read, as above
             }
             let input = Input::new(k, &w, x, scratch.xq, scratch.xd);
-            self.work(k, &w, chunks, input, epoch, scratch.out);
+            let ep = which.epilogue(m, layer);
+            self.work(k, (&w, ep), chunks, input, epoch, scratch.out);
         }
     }
 }
@@ -1455,12 +1475,9 @@ fn lead_token(
             &mut epoch,
             scratch!(),
         );
-        k.add(&mut b.out, w.proj_b);
         k.add(&mut b.x, &b.out);
         k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
         crew.matvec(k, m, Which::Fc, l, &b.xn, &mut b.ff, &mut epoch, scratch!());
-        k.add(&mut b.ff, w.fc_b);
-        k.gelu_tanh(&mut b.ff);
         crew.matvec(
             k,
             m,
@@ -1471,15 +1488,11 @@ fn lead_token(
             &mut epoch,
             scratch!(),
         );
-        k.add(&mut b.out, w.fcp_b);
         k.add(&mut b.x, &b.out);
     }
     let (scale, shift) = m.final_norm();
     k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
     crew.matvec(k, m, Which::Head, 0, &b.xn, logits, &mut epoch, scratch!());
-    if let Some(bias) = m.head().1 {
-        k.add(logits, bias);
-    }
 }
 
 /// Rows per head group's slice of each query/key/value part, at least: shorter slices read the

@@ -559,7 +559,12 @@ impl Kernels {
     }
 
     /// Adds the bias of rows `rows` to each token's row of `block` (N, P), then applies GELU.
-    fn epilogue(&self, ep: Epilogue<'_>, rows: std::ops::Range<usize>, block: &mut [f32]) {
+    pub(crate) fn epilogue(
+        &self,
+        ep: Epilogue<'_>,
+        rows: std::ops::Range<usize>,
+        block: &mut [f32],
+    ) {
         if rows.is_empty() {
             return;
         }
