@@ -715,13 +715,9 @@ impl Kernels {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::group_scores(t, k, q, s, heads),
-            _ => {
-                for (j, sj) in s.chunks_exact_mut(p.max(1)).enumerate().take(heads) {
-                    for (t, st) in sj.iter_mut().enumerate() {
-                        *st = self.dot_f32(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d]);
-                    }
-                }
-            }
+            _ => each_score(s, p, |j, t| {
+                self.dot_f32(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d])
+            }),
         }
     }
 
@@ -734,14 +730,9 @@ impl Kernels {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::group_scores_f16(t, k, q, s, heads),
-            _ => {
-                for (j, sj) in s.chunks_exact_mut(p.max(1)).enumerate().take(heads) {
-                    for (t, st) in sj.iter_mut().enumerate() {
-                        *st = self
-                            .dot_f32_f16(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d]);
-                    }
-                }
-            }
+            _ => each_score(s, p, |j, t| {
+                self.dot_f32_f16(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d])
+            }),
         }
     }
 
@@ -758,15 +749,9 @@ impl Kernels {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::group_weighted(t, w, v, out, heads),
-            _ => {
-                out.fill(0.0);
-                for t in 0..p {
-                    for j in 0..heads {
-                        let vr = &v[(t * heads + j) * d..][..d];
-                        self.axpy(w[j * p + t], vr, &mut out[j * d..(j + 1) * d]);
-                    }
-                }
-            }
+            _ => each_weighted_row(out, (p, heads, d), |t, j, o| {
+                self.axpy(w[j * p + t], &v[(t * heads + j) * d..][..d], o)
+            }),
         }
     }
 
@@ -779,15 +764,9 @@ impl Kernels {
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::group_weighted_f16(t, w, v, out, heads),
-            _ => {
-                out.fill(0.0);
-                for t in 0..p {
-                    for j in 0..heads {
-                        let vr = &v[(t * heads + j) * d..][..d];
-                        self.axpy_f16(w[j * p + t], vr, &mut out[j * d..(j + 1) * d]);
-                    }
-                }
-            }
+            _ => each_weighted_row(out, (p, heads, d), |t, j, o| {
+                self.axpy_f16(w[j * p + t], &v[(t * heads + j) * d..][..d], o)
+            }),
         }
     }
 
@@ -904,6 +883,28 @@ fn default_threads() -> usize {
     return rayon::current_num_threads().max(1);
     #[cfg(not(feature = "parallel"))]
     1
+}
+
+/// The portable group scores: `s[j·P + t] = score(j, t)` (one dot product per head and position).
+fn each_score(s: &mut [f32], p: usize, score: impl Fn(usize, usize) -> f32) {
+    for (i, st) in s.iter_mut().enumerate() {
+        *st = score(i / p, i % p);
+    }
+}
+
+/// The portable group weighted sums: out zeroed, then `add(t, j, out_j)` for every position t
+/// and head j in order (one axpy per value row).
+fn each_weighted_row(
+    out: &mut [f32],
+    (p, heads, d): (usize, usize, usize),
+    add: impl Fn(usize, usize, &mut [f32]),
+) {
+    out.fill(0.0);
+    for t in 0..p {
+        for j in 0..heads {
+            add(t, j, &mut out[j * d..(j + 1) * d]);
+        }
+    }
 }
 
 /// (P, D) of a group attention call: `kv_len` = P · Hg · D elements of keys or values, `hd_len` =
