@@ -577,7 +577,6 @@ impl<'m, 'a> Session<'m, 'a> {
                 kv: &self.kv,
                 l,
                 pos0,
-                n,
                 qkv: &b.qkv[..n * 3 * c],
             };
             ctx.store(&mut self.kv_groups);
@@ -1586,15 +1585,18 @@ struct ChunkAttn<'s> {
     kv: &'s KvLayout,
     l: usize,
     pos0: usize,
-    n: usize,
     qkv: &'s [f32],
 }
 
 impl ChunkAttn<'_> {
+    /// C, the width of a token's query (or key, or value) row.
+    fn dim(&self) -> usize {
+        self.kv.heads * self.kv.d
+    }
+
     /// Stores the chunk's keys and values in every group's cache.
     fn store(&self, groups: &mut [RwLock<GroupKv>]) {
-        let (kv, n) = (self.kv, self.n);
-        let c = self.qkv.len() / n / 3;
+        let (kv, c) = (self.kv, self.dim());
         for (g, cache) in groups.iter_mut().enumerate() {
             let cache = cache.get_mut().unwrap_or_else(PoisonError::into_inner);
             let hs = kv.group(g);
@@ -1609,19 +1611,18 @@ impl ChunkAttn<'_> {
 
     /// Attention of tokens i0.. of the chunk (one row of `att` (C) each) over every group.
     fn attend(&self, i0: usize, scores: &mut [f32], groups: &[RwLock<GroupKv>], att: &mut [f32]) {
-        let kv = self.kv;
-        let c = self.qkv.len() / self.n / 3;
+        let (kv, c) = (self.kv, self.dim());
         for (g, cache) in groups.iter().enumerate() {
             let cache: RwLockReadGuard<'_, GroupKv> =
                 cache.read().unwrap_or_else(PoisonError::into_inner);
             let hs = kv.group(g);
             let cols = hs.start * kv.d..hs.end * kv.d;
             let kvr = (KvRef::of(&cache.k), KvRef::of(&cache.v));
+            let from = kv.at(self.l, 0, hs.len());
             for (ii, out) in att.chunks_exact_mut(c).enumerate() {
                 let i = i0 + ii;
                 let q = &self.qkv[i * 3 * c..][cols.clone()];
                 let p = self.pos0 + i + 1;
-                let from = kv.at(self.l, 0, hs.len());
                 let sc = &mut scores[..hs.len() * p];
                 attend_group(&self.k, hs.len(), q, kvr, from, sc, &mut out[cols.clone()]);
             }
@@ -1643,7 +1644,7 @@ fn attend_tokens(
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
-    let c = ctx.qkv.len() / ctx.n / 3;
+    let c = ctx.dim();
     let n = att.len() / c;
     // This lane's share: 1 / lanes of the remaining positions to attend.
     let work = |i: usize| ctx.pos0 + i0 + i + 1;
