@@ -20,11 +20,11 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use emberlm_benches::Copies;
-use emberlm_runtime::gemm::{self, MatMut, MatRef, Parallelism};
 use emberlm_runtime::kernels::panel::packed_len;
 use emberlm_runtime::kernels::{
     Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth,
 };
+use emberlm_trainer::gemm::{self, MatMut, MatRef, Parallelism};
 use half::f16;
 use rayon::ThreadPool;
 use rayon::prelude::*;

@@ -16,8 +16,8 @@
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use emberlm_formats::config::GptConfig;
-use emberlm_runtime::gemm::{MatMut, MatRef, Parallelism, matmul};
 use emberlm_trainer::adamw::{AdamW, AdamWConfig, DecayPolicy};
+use emberlm_trainer::gemm::{MatMut, MatRef, Parallelism, matmul};
 use emberlm_trainer::model::{DropoutRates, Gpt, Init, Mode};
 use std::hint::black_box;
 use std::time::{Duration, Instant};

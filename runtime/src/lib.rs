@@ -2,7 +2,6 @@
 
 pub mod classify;
 pub mod error;
-pub mod gemm;
 pub mod kernels;
 pub mod model;
 pub mod random;

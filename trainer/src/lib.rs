@@ -8,6 +8,7 @@ pub mod data;
 pub mod export;
 pub mod export_safetensors;
 pub mod finetune;
+pub mod gemm;
 pub mod import;
 pub mod layers;
 pub mod model;

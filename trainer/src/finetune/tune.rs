@@ -23,10 +23,10 @@
 //! parameters for the 124M classifier at rank 16.
 
 use crate::adamw::{AdamW, AdamWConfig, AdamWError, DecayMask};
+use crate::gemm::{MatMut, MatRef, Parallelism, matmul};
 use crate::layers::dropout::mix64;
 use crate::model::{Gpt, TensorInfo, tensor_layout};
 use emberlm_formats::config::GptConfig;
-use emberlm_runtime::gemm::{MatMut, MatRef, Parallelism, matmul};
 use std::fmt;
 use std::ops::Range;
 use std::str::FromStr;

@@ -14,7 +14,7 @@
 
 use super::dropout::Dropout;
 use super::simd;
-use emberlm_runtime::gemm::{MatMut, MatRef, Parallelism, matmul};
+use crate::gemm::{MatMut, MatRef, Parallelism, matmul};
 use rayon::prelude::*;
 
 /// Rows per causal block: a block of query rows [r0, r1) only needs keys [0, r1).

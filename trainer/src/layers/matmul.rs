@@ -3,7 +3,7 @@
 //!
 //! Letters: N rows (B·T), C input channels, OC output channels.
 
-use emberlm_runtime::gemm::{MatMut, MatRef, Parallelism, matmul};
+use crate::gemm::{MatMut, MatRef, Parallelism, matmul};
 use rayon::prelude::*;
 
 /// Output columns per rayon task when reducing the bias gradient.

@@ -1,6 +1,6 @@
 #![allow(unsafe_code)]
-//! The one safe wrapper around the `gemm` crate, shared by the trainer (every matrix product of
-//! forward and backward) and the runtime (prompt prefill).
+//! The one safe wrapper around the `gemm` crate: every matrix product of the trainer's forward and
+//! backward passes. (The runtime's prefill runs its own panel kernel, `runtime/src/kernels/panel.rs`.)
 //!
 //! A matrix is a strided view over a slice: element `(i, j)` lives at `i * row_stride + j * col_stride`.
 //! Views are validated when they are built (checked arithmetic: the last element must lie inside the
@@ -9,10 +9,6 @@
 //! through `assert!`; none of this sees untrusted input.
 //!
 //! Letters: M rows of the destination, N its columns, K the shared (inner) dimension.
-//!
-//! f16: the `gemm` crate multiplies f16 only as f16 × f16 → f16, while the runtime's prefill wants
-//! f32 activations × f16 weights; such a variant would need a converted f32 copy of the weights,
-//! so it is deliberately not offered here.
 
 /// How many threads a product may use.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,7 +23,6 @@ pub enum Parallelism {
 
 impl Parallelism {
     /// `Threads(n)` for the current rayon pool's size, or `None` when that pool has one thread.
-    /// Always `None` when the runtime is built without its `parallel` feature.
     pub fn current() -> Parallelism {
         match current_pool_threads() {
             0 | 1 => Parallelism::None,
@@ -43,14 +38,8 @@ impl Parallelism {
     }
 }
 
-#[cfg(feature = "parallel")]
 fn current_pool_threads() -> usize {
     rayon::current_num_threads()
-}
-
-#[cfg(not(feature = "parallel"))]
-fn current_pool_threads() -> usize {
-    1
 }
 
 /// Checks that a `rows × cols` view with these strides fits in `len` elements and returns the
@@ -435,7 +424,6 @@ mod tests {
         }
     }
 
-    #[cfg(feature = "parallel")]
     #[test]
     fn parallel_matches_reference() {
         let pool = rayon::ThreadPoolBuilder::new()

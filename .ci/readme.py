@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""Runs every shell command of README.md, as written, in order, and fails on the first error.
+
+The commands come from the README's ```sh blocks (a line ending in a backslash continues on the
+next). They run in one bash session (so `T=target/release` carries over), in a scratch directory
+whose crate folders and `target/` are links to this checkout's (so `cargo build --release` reuses
+the build, and `runs/`, `*.ember` land in the scratch directory, not in the checkout).
+
+A few commands cannot run as written on a CI machine in reasonable time or without a person at the
+keyboard. Each is rewritten by one rule of REWRITES below, and README.md § CI lists them. A rule
+that matches no README line fails the run: the README and this script cannot drift apart silently.
+
+Usage: python3 .ci/readme.py [--list]   (--list prints the rewritten commands without running them)
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, pattern, replacement). Patterns are regular expressions applied to each logical line.
+REWRITES = [
+    # `.ci/run` has just run the test command; running it twice would double CI's longest step.
+    ("tests already run", r"^cargo test --workspace$", ":  # cargo test --workspace: run by .ci/run"),
+    # The book's chapter 5 run is 10 epochs of the 124M model: 1 epoch proves the command.
+    ("chapter 5 run: 1 epoch", r"(pretrain --data \$EMBER_DATA/the-verdict\.txt .*)--epochs 10", r"\1--epochs 1"),
+    # No GPT-2 weights can be downloaded here: the committed tiny Hugging Face GPT-2 stands in.
+    ("GPT-2 directory", r"path/to/gpt2", "tests/fixtures/hf_tiny"),
+    # A text in "my language": tinyshakespeare.
+    ("tokenizer corpus", r"my-language\.txt", "$EMBER_DATA/tinyshakespeare.txt"),
+    # Chat reads a person's lines from stdin: give it one question.
+    ("chat input", r"^(\$T/ember chat .*)$", r"printf 'What is the capital of France?\\n' | \1"),
+    # Criterion benchmarks run for minutes each: CI compiles them.
+    ("benches compiled", r"^(cargo bench -p emberlm-benches --bench \S+)", r"\1 --no-run"),
+]
+
+
+def logical_lines(text):
+    """Yields (line number, command) for each command line of the ```sh blocks."""
+    in_sh = False
+    pending, start = "", 0
+    for n, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("```"):
+            if in_sh and pending:
+                raise SystemExit(f"README.md:{start}: a command ends its block with a backslash")
+            in_sh = stripped == "```sh"
+            continue
+        if not in_sh:
+            continue
+        if not pending:
+            start = n
+            if not stripped or stripped.startswith("#"):
+                continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1].rstrip() + " "
+            continue
+        yield start, pending + stripped
+        pending = ""
+
+
+def main():
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        commands = list(logical_lines(f.read()))
+    if not commands:
+        raise SystemExit("README.md has no ```sh commands")
+    used = {name: 0 for name, _, _ in REWRITES}
+    script = []
+    for n, cmd in commands:
+        for name, pattern, repl in REWRITES:
+            new = re.sub(pattern, repl, cmd)
+            if new != cmd:
+                used[name] += 1
+                cmd = new
+        script.append((n, cmd))
+    unused = [name for name, count in used.items() if count == 0]
+    if unused:
+        raise SystemExit(f"README drifted from .ci/readme.py: no README line matches the rules {unused}")
+    if "--list" in sys.argv:
+        for n, cmd in script:
+            print(f"README.md:{n}: {cmd}")
+        return
+    if not os.environ.get("EMBER_DATA"):
+        raise SystemExit("EMBER_DATA is not set: the README's commands read the book's data from it")
+
+    work = tempfile.mkdtemp(prefix="emberlm-readme.")
+    try:
+        for entry in ["Cargo.toml", "Cargo.lock", "formats", "trainer", "runtime", "tests", "benches",
+                      "testkit", "fuzz", "target", "README.md"]:
+            src = os.path.join(ROOT, entry)
+            if os.path.exists(src):
+                os.symlink(src, os.path.join(work, entry))
+        os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
+        body = ["set -euo pipefail"]
+        for n, cmd in script:
+            body.append(f"echo {shquote(f'---- README.md:{n}: {cmd}')}")
+            body.append(cmd)
+        path = os.path.join(work, "readme-commands.sh")
+        with open(path, "w", encoding="utf-8") as f:
+            f.write("\n".join(body) + "\n")
+        r = subprocess.run(["bash", path], cwd=work)
+        if r.returncode != 0:
+            raise SystemExit(f"a README command failed (exit {r.returncode}): see the last '----' line above")
+        print(f"all {len(script)} README commands ran")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def shquote(s):
+    return "'" + s.replace("'", "'\\''") + "'"
+
+
+if __name__ == "__main__":
+    main()
