@@ -80,8 +80,8 @@ pub struct SessionOptions {
     /// Worker threads; 0 means one per available core. Ignored without the `parallel` feature.
     pub threads: usize,
     /// Prompt tokens processed per batched prefill pass (default 128: each weight is converted
-    /// once per pass; 128 measured 4–10% faster than 64 for a 512-token prompt, and 256 or 512 no
-    /// faster, at 4 MB more buffers per doubling for 124M).
+    /// once per pass, so longer passes convert less, but buffers grow with the pass; compare
+    /// chunk sizes with `ember bench --prompt-tokens 512`).
     pub prefill_chunk: usize,
     /// Force the plain reference kernels (tests, debugging).
     pub reference_kernels: bool,
@@ -825,10 +825,9 @@ const SPINS_BEFORE_YIELD: u32 = 2000;
 /// aim at [`CHUNKS_PER_MATRIX`] per matrix, so two threads balance).
 const CHUNK_BYTES: usize = 1 << 20;
 /// Weight bytes per work chunk at least. The kernels read a chunk as four streams (one per
-/// quarter of its rows), and short streams read slowly: a cold 768-column Q8 product ran at
-/// 11 GB/s on one core here in 32-row calls, 15 in 96-row calls, 20 in 192-row calls and 21 in
-/// 576-row calls. In `ember bench` (int8, two threads, chunk floors alternated round by round
-/// in one process, 6 runs), 144 KiB decoded 3% faster than no floor and than 192 KiB.
+/// quarter of its rows), and short streams read slowly. Evidence: README § Runtime kernel
+/// decisions ("Decode chunks hold at least 144 KiB"), `cargo bench -p emberlm-benches --bench
+/// decode_chunks`.
 const MIN_CHUNK_BYTES: usize = 144 << 10;
 /// Rows per chunk at most (the size of a worker's output scratch).
 const MAX_CHUNK_ROWS: usize = 8192;
@@ -1495,9 +1494,8 @@ fn lead_token(
 }
 
 /// Rows per head group's slice of each query/key/value part, at least: shorter slices read the
-/// weights as short memory streams, which the hardware prefetchers follow badly (a Q8 product of
-/// 2304×768 read in 64-row slices ran at 16–18 GB/s on one core here, in 256-row slices at
-/// 26 GB/s, the whole matrix at 30).
+/// weights as short memory streams, which the hardware prefetchers follow badly (README § Runtime
+/// kernel decisions, "A layer's query/key/value product and its attention are one decode job").
 const QKV_GROUP_ROWS: usize = 256;
 
 /// Decode's fused query/key/value and attention job of layer l at position pos. Its items are

@@ -33,7 +33,7 @@ impl MappedFile {
         // cache holds 2 MiB folios: the cache fills with them on a read fault in a mapping so
         // advised, or on large writes (see `write_atomically`). A decode step streams every
         // weight, and with 4 KiB pages each 4 KiB costs a TLB miss (a two-level page walk in a
-        // virtual machine): int8 decode ran 12-20% faster from a file mapped with 2 MiB pages here.
+        // virtual machine): README § Runtime kernel decisions, "Weights are read through 2 MiB pages".
         #[cfg(target_os = "linux")]
         let _ = map.advise(memmap2::Advice::HugePage);
         Ok(MappedFile { map: Some(map) })

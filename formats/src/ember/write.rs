@@ -199,9 +199,8 @@ impl EmberWriter {
 /// Bytes `write_atomically` hands the kernel at once (but a file's last). Whole, aligned 2 MiB
 /// pieces let Linux fill the file's page cache with 2 MiB folios, and a memory map of the file
 /// then uses 2 MiB pages (`MappedFile`): an exported model runs at full speed straight after
-/// export. Measured on ext4 (Linux 6.18), a 124M int8 model (126 MiB): written in 8 KiB pieces,
-/// 0 MiB of its map used 2 MiB pages; through an 8 MiB `BufWriter` (whose writes start
-/// anywhere), 96 MiB; in aligned 8 MiB pieces, all 126.
+/// export. Small or unaligned writes leave the cache in 4 KiB pages (`ember bench` reports
+/// `huge_page_bytes`, how much of a model's map uses 2 MiB pages).
 const WRITE_PIECE_BYTES: usize = 8 << 20;
 const _: () = assert!(
     WRITE_PIECE_BYTES % (2 << 20) == 0,

@@ -11,11 +11,9 @@
 //! - The microkernel keeps 6 rows × 16 tokens of sums in registers (12 AVX2 or 24 NEON
 //!   accumulators) and spends two vector loads and six broadcasts per twelve FMAs.
 //!
-//! This replaced the `gemm` crate for f32 / f16 prefill (which wanted a converted f32 copy of
-//! f16 rows and repacked X on every call) and the dot-product tiles of the Q8 prefill. Measured
-//! with `cargo bench -p emberlm-benches --bench kernels -- --table` (N = 128, 768×2304 and
-//! 3072×768): 1.05–1.5× the `gemm` crate's f32 product with one thread and 0.95–2.3× with two.
-//! Letters as in [`super`].
+//! Why our own kernel and not the `gemm` crate (which wants a converted f32 copy of f16 rows and
+//! repacks X on every call): README § Runtime kernel decisions, and `cargo bench -p
+//! emberlm-benches --bench kernels -- --table`, which compares the two. Letters as in [`super`].
 
 #![forbid(unsafe_code)]
 

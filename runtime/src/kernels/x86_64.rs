@@ -9,7 +9,7 @@
 //! accumulator per row, reduced with [`hsum4`]; column tails (C % 8, or the last short Q8 block)
 //! are scalar. The 4 rows are i, Q+i, 2Q+i, 3Q+i of the Q·4 rows asked for, not 4 neighbours: each
 //! of the 4 memory streams then runs through a contiguous quarter without restarting, which the
-//! hardware prefetchers follow (measured here on 768-wide rows: 22 GB/s against 14 for neighbours). Q8 weights are sign-extended to i32, converted to f32 and multiplied with x; each
+//! hardware prefetchers follow (`cargo bench -p emberlm-benches --bench kernels` measures it). Q8 weights are sign-extended to i32, converted to f32 and multiplied with x; each
 //! block's partial sum is then scaled by its f16 scale (converted with F16C).
 
 use super::Q8Matrix;
@@ -730,8 +730,8 @@ fn f32_to_f32(x: f32) -> f32 {
 /// Attention over one KV-cache group of Hg heads (see [`super::Kernels::group_scores`]): keys and
 /// values are (P, Hg, D), one position's Hg·D elements after another. Both kernels read the
 /// positions as four memory streams, one per quarter, as the matrix-vector products read rows
-/// (a head's 64-wide rows alone make streams too short for the prefetchers: 6–10 GB/s on one
-/// core here, against 13–15 for a 4-head group). The P % 4 last positions are scalar over
+/// (a head's 64-wide rows alone make streams too short for the prefetchers: `cargo bench -p
+/// emberlm-benches --bench attention` compares the layouts). The P % 4 last positions are scalar over
 /// positions, vector over D; columns past the last multiple of 8 are scalar.
 macro_rules! group_kernels {
     ($t:ty, $scores:ident, $scores_avx2:ident, $weighted:ident, $weighted_avx2:ident,
