@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use emberlm_benches::Copies;
-use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{
     Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth,
 };

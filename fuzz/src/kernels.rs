@@ -11,7 +11,7 @@
 //! must be within its twin's bound (the accuracy contract of `emberlm_runtime::kernels`).
 
 use super::input::Input;
-use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
 

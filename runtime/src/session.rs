@@ -33,7 +33,7 @@
 //! (reading every group's cache).
 
 use crate::error::RuntimeError;
-use crate::kernels::panel::packed_len;
+use crate::kernels::geometry::packed_len;
 use crate::kernels::{Epilogue, Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
 use crate::sampler::{Sampler, Sampling};

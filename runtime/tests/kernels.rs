@@ -1,7 +1,7 @@
 //! Fast kernels == reference twins (and both == an independent f64 computation), on odd shapes,
 //! tails and big shapes, for every entry point, with 1 thread and (with `parallel`) a 2-thread pool.
 
-use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{
     Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference,
 };

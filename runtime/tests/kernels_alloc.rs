@@ -3,7 +3,7 @@
 //! binary, which is why this file holds a single test.
 #![allow(unsafe_code)] // the counting allocator only; it forwards to `System`.
 
-use emberlm_runtime::kernels::panel::packed_len;
+use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
 use std::alloc::{GlobalAlloc, Layout, System};

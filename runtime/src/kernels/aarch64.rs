@@ -12,7 +12,7 @@
 //! Letters as in [`super`].
 
 use super::Q8Matrix;
-use super::panel::{KB, ROWS, TOKENS};
+use super::geometry::{KB, ROWS, TOKENS};
 use core::arch::aarch64::*;
 use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;

@@ -33,6 +33,7 @@
 //!   [`Kernels::matmul`] does not depend on the other tokens of the batch either.
 
 pub mod bandwidth;
+pub mod geometry;
 pub mod panel;
 pub mod peak;
 pub mod reference;
@@ -247,7 +248,7 @@ pub struct Epilogue<'a> {
 #[cfg(feature = "parallel")]
 fn gather_row(scratch: &[f32], n: usize, groups: usize, t: usize, yr: &mut [f32]) {
     let r = yr.len();
-    for part in (0..groups).map(|g| panel::row_part(r, g, groups)) {
+    for part in (0..groups).map(|g| geometry::row_part(r, g, groups)) {
         let p = part.len();
         if p > 0 {
             yr[part.clone()].copy_from_slice(&scratch[part.start * n + t * p..][..p]);
@@ -496,7 +497,7 @@ impl Kernels {
 
     /// The prefill product Y (N, R) = X (N, C) · Wᵀ for W (R, C) of any dtype (N = `x.len() / C`,
     /// R = `y.len() / N`). X is packed into `xp` ([`Kernels::pack_tokens`]; at least
-    /// [`panel::packed_len`]`(N, C)` elements), then W's rows are split over
+    /// [`geometry::packed_len`]`(N, C)` elements), then W's rows are split over
     /// [`Kernels::threads`] rayon tasks of the current pool, each a [`Kernels::matmul_packed_rows`]
     /// on its own rows (split at multiples of 48). With one thread the product lands in Y directly;
     /// with several, each task writes its (N, P) block into `scratch` (at least N·R elements) and
@@ -533,15 +534,15 @@ impl Kernels {
         if r == 0 {
             return;
         }
-        let xp = &mut xp[..panel::packed_len(n, c)];
+        let xp = &mut xp[..geometry::packed_len(n, c)];
         #[cfg(feature = "parallel")]
         if self.threads > 1 {
             use rayon::prelude::*;
             let groups = self.threads;
             let scratch = &mut scratch[..n * r];
-            xp.par_chunks_mut(panel::TOKENS * c)
+            xp.par_chunks_mut(geometry::TOKENS * c)
                 .enumerate()
-                .for_each(|(g, dst)| panel::pack_group(x, c, g, dst));
+                .for_each(|(g, dst)| geometry::pack_group(x, c, g, dst));
             self.rows_in_tasks(w, c, xp, n, r, 0, groups, scratch, ep);
             // Token t's row of Y gathers its outputs from every task's (N, P) block.
             let scratch = &*scratch;
@@ -594,7 +595,7 @@ impl Kernels {
         scratch: &mut [f32],
         ep: Epilogue<'_>,
     ) {
-        let part = panel::row_part(r, g, groups);
+        let part = geometry::row_part(r, g, groups);
         let (mine, rest) = scratch.split_at_mut(part.len() * n);
         let this = |mine: &mut [f32]| {
             self.matmul_packed_rows(w, c, xp, n, part.clone(), mine);
@@ -610,14 +611,14 @@ impl Kernels {
     }
 
     /// Packs X (N, C) (N = `x.len() / C`) into `xp` for [`Kernels::matmul_packed_rows`]: groups of
-    /// [`panel::TOKENS`] tokens stored column by column, the last group zero-padded. `xp` must hold
-    /// at least [`panel::packed_len`]`(N, C)` elements.
+    /// [`geometry::TOKENS`] tokens stored column by column, the last group zero-padded. `xp` must hold
+    /// at least [`geometry::packed_len`]`(N, C)` elements.
     ///
     /// # Panics
     /// If C = 0, `x.len()` is not a multiple of C, or `xp` is too short.
     pub fn pack_tokens(&self, x: &[f32], c: usize, xp: &mut [f32]) {
         assert!(c > 0, "pack_tokens: C must be positive");
-        panel::pack_tokens(x, c, xp)
+        geometry::pack_tokens(x, c, xp)
     }
 
     /// y (N, P) = X · W[rows]ᵀ for W (R, C) in any dtype, on the calling thread, with X (N, C)

@@ -13,7 +13,7 @@
 //! block's partial sum is then scaled by its f16 scale (converted with F16C).
 
 use super::Q8Matrix;
-use super::panel::{KB, ROWS, TOKENS};
+use super::geometry::{KB, ROWS, TOKENS};
 use core::arch::x86_64::*;
 use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
