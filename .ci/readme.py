@@ -10,7 +10,10 @@ A few commands cannot run as written on a CI machine in reasonable time or witho
 keyboard. Each is rewritten by one rule of REWRITES below, and README.md § CI lists them. A rule
 that matches no README line fails the run: the README and this script cannot drift apart silently.
 
-Usage: python3 .ci/readme.py [--list]   (--list prints the rewritten commands without running them)
+Usage: python3 .ci/readme.py [--list] [--from N]
+  --list    prints the rewritten commands without running them
+  --from N  (while editing the README) skips the commands before README line N, except variable
+            assignments such as `T=target/release`
 """
 
 import os
@@ -28,8 +31,9 @@ REWRITES = [
     ("tests already run", r"^cargo test --workspace$", ":  # cargo test --workspace: run by .ci/run"),
     # The book's chapter 5 run is 10 epochs of the 124M model: 1 epoch proves the command.
     ("chapter 5 run: 1 epoch", r"(pretrain --data \$EMBER_DATA/the-verdict\.txt .*)--epochs 10", r"\1--epochs 1"),
-    # No GPT-2 weights can be downloaded here: the committed tiny Hugging Face GPT-2 stands in.
-    ("GPT-2 directory", r"path/to/gpt2", "tests/fixtures/hf_tiny"),
+    # No GPT-2 weights can be downloaded here: a tiny GPT-2 with OpenAI's vocabulary, pretrained
+    # for a few steps and written in Hugging Face's layout by export-safetensors, stands in.
+    ("GPT-2 directory", r"path/to/gpt2", "$README_GPT2_DIR"),
     # A text in "my language": tinyshakespeare.
     ("tokenizer corpus", r"my-language\.txt", "$EMBER_DATA/tinyshakespeare.txt"),
     # Chat reads a person's lines from stdin: give it one question.
@@ -37,6 +41,17 @@ REWRITES = [
     # Criterion benchmarks run for minutes each: CI compiles them.
     ("benches compiled", r"^(cargo bench -p emberlm-benches --bench \S+)", r"\1 --no-run"),
 ]
+
+
+# Runs before the README's commands, in the scratch directory (after `cargo build --release`).
+PREPARE = """
+cargo build --release -q -p emberlm-trainer --bin ember-train
+echo "---- (prepare) a tiny GPT-2 in Hugging Face's layout for path/to/gpt2"
+target/release/ember-train pretrain --data "$EMBER_DATA/the-verdict.txt" --layers 1 --heads 2 \\
+    --dim 32 --context 64 --batch 4 --steps 5 --out readme-prep/run > /dev/null
+target/release/ember-train export-safetensors readme-prep/run --out readme-prep/gpt2
+export README_GPT2_DIR="$PWD/readme-prep/gpt2"
+"""
 
 
 def logical_lines(text):
@@ -80,6 +95,9 @@ def main():
     unused = [name for name, count in used.items() if count == 0]
     if unused:
         raise SystemExit(f"README drifted from .ci/readme.py: no README line matches the rules {unused}")
+    if "--from" in sys.argv:
+        first = int(sys.argv[sys.argv.index("--from") + 1])
+        script = [(n, c) for n, c in script if n >= first or re.match(r"^[A-Za-z_]+=\S*$", c)]
     if "--list" in sys.argv:
         for n, cmd in script:
             print(f"README.md:{n}: {cmd}")
@@ -95,7 +113,7 @@ def main():
             if os.path.exists(src):
                 os.symlink(src, os.path.join(work, entry))
         os.makedirs(os.path.join(ROOT, "target"), exist_ok=True)
-        body = ["set -euo pipefail"]
+        body = ["set -euo pipefail", PREPARE]
         for n, cmd in script:
             body.append(f"echo {shquote(f'---- README.md:{n}: {cmd}')}")
             body.append(cmd)
