@@ -1,5 +1,5 @@
-//! The GPT-2 model configuration and its canonical tensor names, shared by the trainer (named views
-//! into its flat parameter buffer), the exporter and the runtime (loading).
+//! The GPT-2 model configuration, shared by the trainer, the exporter and the runtime. Its tensors
+//! are described in [`crate::arch`].
 //!
 //! Letters used in shapes: V vocabulary size, T context length, C embedding dim, L layers, H heads.
 
@@ -138,68 +138,22 @@ impl GptConfig {
         Ok(())
     }
 
-    /// Every parameter tensor in canonical order with its shape. Linear weights are stored as
-    /// `[out, in]` (PyTorch's `nn.Linear` layout: one row per output). The query, key and value
-    /// projections are fused into `att.qkv` with the query rows first, then key, then value.
-    ///
-    /// | name | shape |
-    /// | --- | --- |
-    /// | `tok_emb.weight` | (V, C) |
-    /// | `pos_emb.weight` | (T, C) |
-    /// | `blocks.{i}.norm1.scale`, `.shift` | (C) |
-    /// | `blocks.{i}.att.qkv.weight` | (3C, C) |
-    /// | `blocks.{i}.att.qkv.bias` (if `qkv_bias`) | (3C) |
-    /// | `blocks.{i}.att.proj.weight` | (C, C) |
-    /// | `blocks.{i}.att.proj.bias` | (C) |
-    /// | `blocks.{i}.norm2.scale`, `.shift` | (C) |
-    /// | `blocks.{i}.ff.fc.weight` | (4C, C) |
-    /// | `blocks.{i}.ff.fc.bias` | (4C) |
-    /// | `blocks.{i}.ff.proj.weight` | (C, 4C) |
-    /// | `blocks.{i}.ff.proj.bias` | (C) |
-    /// | `final_norm.scale`, `.shift` | (C) |
-    /// | `out_head.weight` (unless `tied_head`) | (V, C) |
+    /// Every parameter tensor in canonical order with its shape: [`crate::arch::tensors`] of
+    /// GPT-2's description (names, shapes, order and presence are defined there). Linear weights
+    /// are stored as `[out, in]`; the query, key and value projections are fused into
+    /// `att.qkv` with the query rows first, then key, then value.
     pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        let (v, t, c) = (self.vocab_size, self.context_length, self.dim);
-        let mut out = vec![
-            ("tok_emb.weight".to_string(), vec![v, c]),
-            ("pos_emb.weight".to_string(), vec![t, c]),
-        ];
-        for i in 0..self.n_layers {
-            let p = |s: &str| format!("blocks.{i}.{s}");
-            out.push((p("norm1.scale"), vec![c]));
-            out.push((p("norm1.shift"), vec![c]));
-            out.push((p("att.qkv.weight"), vec![3 * c, c]));
-            if self.qkv_bias {
-                out.push((p("att.qkv.bias"), vec![3 * c]));
-            }
-            out.push((p("att.proj.weight"), vec![c, c]));
-            out.push((p("att.proj.bias"), vec![c]));
-            out.push((p("norm2.scale"), vec![c]));
-            out.push((p("norm2.shift"), vec![c]));
-            out.push((p("ff.fc.weight"), vec![4 * c, c]));
-            out.push((p("ff.fc.bias"), vec![4 * c]));
-            out.push((p("ff.proj.weight"), vec![c, 4 * c]));
-            out.push((p("ff.proj.bias"), vec![c]));
-        }
-        out.push(("final_norm.scale".to_string(), vec![c]));
-        out.push(("final_norm.shift".to_string(), vec![c]));
-        if !self.tied_head {
-            out.push(("out_head.weight".to_string(), vec![v, c]));
-        }
-        out
+        self.tensor_shapes_with_classes(None)
     }
 
     /// [`GptConfig::tensor_shapes`] of a classifier with `classes` = K outputs: the language-model
     /// head (if any) is replaced by `out_head.weight` (K, C) and `out_head.bias` (K), last.
     /// `None` gives the language model's shapes.
     pub fn tensor_shapes_with_classes(&self, classes: Option<usize>) -> Vec<(String, Vec<usize>)> {
-        let mut shapes = self.tensor_shapes();
-        if let Some(k) = classes {
-            shapes.retain(|(n, _)| n != "out_head.weight");
-            shapes.push(("out_head.weight".into(), vec![k, self.dim]));
-            shapes.push(("out_head.bias".into(), vec![k]));
-        }
-        shapes
+        crate::arch::tensors(crate::arch::Arch::Gpt2, self, classes)
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect()
     }
 
     /// The total number of parameters (the sum over [`GptConfig::tensor_shapes`]).

@@ -1,12 +1,14 @@
 //! emberlm-formats: the bytes that move between emberlm's parts.
 //!
-//! - [`config`]: the GPT-2 configuration and canonical tensor names.
+//! - [`arch`]: each model architecture described once (tensor roles, shapes, names in every layout).
+//! - [`config`]: the GPT-2 configuration.
 //! - [`ember`]: the `.ember` model file (spec in `formats/FORMAT.md`): a zero-copy reader over
 //!   `&[u8]` or a memory map, and a deterministic, atomic, streaming writer.
 //! - [`quant`]: f16 and int8 (blocks of 32 with an f16 scale) reference quantizers, shared by the
 //!   trainer's export and the runtime's kernels.
 //! - [`tokenizer`]: GPT-2 byte-level BPE (tiktoken-exact), streaming decode, and BPE training.
 
+pub mod arch;
 pub mod config;
 pub mod ember;
 pub mod meta;

@@ -5,6 +5,7 @@
 
 use crate::error::RuntimeError;
 use crate::kernels::{Kernels, Q8Matrix};
+use emberlm_formats::arch::{self, Arch, Role};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{DType, EmberFile, FormatError, Header, TensorData, TensorEntry};
 use emberlm_formats::meta::{self, PromptTemplate, Task};
@@ -140,8 +141,20 @@ impl<'a> Model<'a> {
         let config = meta::get_config(&header)?;
         let task = meta::get_task(&header)?;
         let prompt = meta::get_prompt(&header)?;
-        let (v, t, c) = (config.vocab_size, config.context_length, config.dim);
-        let find = |name: &str, shape: &[usize], vector: bool| -> Result<Slot, RuntimeError> {
+        let classes = match &task {
+            Task::LanguageModel => None,
+            Task::Classifier { labels, .. } => Some(labels.len()),
+        };
+        let described = arch::tensors(Arch::Gpt2, &config, classes);
+        // The slot of the tensor with this role, checked against the description's shape; vectors
+        // (norms, biases) must be f32.
+        let find = |role: Role, layer: Option<usize>| -> Result<Slot, RuntimeError> {
+            let want = arch::find(&described, role, layer).ok_or(RuntimeError::Format(
+                FormatError::MissingTensor {
+                    name: format!("{role:?} (not in this configuration's description)"),
+                },
+            ))?;
+            let name = want.name.as_str();
             let index = header
                 .tensors
                 .iter()
@@ -150,69 +163,59 @@ impl<'a> Model<'a> {
                     name: name.to_string(),
                 })?;
             let e = &header.tensors[index];
-            let want: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
-            if e.shape != want {
+            let shape: Vec<u64> = want.shape.iter().map(|&d| d as u64).collect();
+            if e.shape != shape {
                 return Err(FormatError::WrongShape {
                     tensor: name.to_string(),
-                    expected: want,
+                    expected: shape,
                     found: e.shape.clone(),
                 }
                 .into());
             }
-            if vector && e.dtype != DType::F32 {
+            if !want.desc.is_matrix() && e.dtype != DType::F32 {
                 return Err(RuntimeError::UnsupportedDtype {
                     tensor: name.to_string(),
                     dtype: e.dtype.name(),
                     expected: "f32 (norms and biases are never quantized)",
                 });
             }
-            let (rows, cols) = match shape {
-                [r, c] => (*r, *c),
-                [c] => (1, *c),
+            let (rows, cols) = match want.shape[..] {
+                [r, c] => (r, c),
+                [c] => (1, c),
                 _ => (1, 1),
             };
             Ok(Slot { index, rows, cols })
         };
-        let tok_emb = find("tok_emb.weight", &[v, c], false)?;
-        let pos_emb = find("pos_emb.weight", &[t, c], false)?;
+        let optional = |role: Role, layer: Option<usize>| match arch::find(&described, role, layer)
+        {
+            Some(_) => find(role, layer).map(Some),
+            None => Ok(None),
+        };
+        let tok_emb = find(Role::TokEmb, None)?;
+        let pos_emb = find(Role::PosEmb, None)?;
         let mut layers = Vec::with_capacity(config.n_layers);
         for i in 0..config.n_layers {
-            let n = |s: &str| format!("blocks.{i}.{s}");
+            let l = Some(i);
             layers.push(LayerSlots {
-                norm1: (
-                    find(&n("norm1.scale"), &[c], true)?,
-                    find(&n("norm1.shift"), &[c], true)?,
-                ),
-                qkv_w: find(&n("att.qkv.weight"), &[3 * c, c], false)?,
-                qkv_b: if config.qkv_bias {
-                    Some(find(&n("att.qkv.bias"), &[3 * c], true)?)
-                } else {
-                    None
-                },
-                proj_w: find(&n("att.proj.weight"), &[c, c], false)?,
-                proj_b: find(&n("att.proj.bias"), &[c], true)?,
-                norm2: (
-                    find(&n("norm2.scale"), &[c], true)?,
-                    find(&n("norm2.shift"), &[c], true)?,
-                ),
-                fc_w: find(&n("ff.fc.weight"), &[4 * c, c], false)?,
-                fc_b: find(&n("ff.fc.bias"), &[4 * c], true)?,
-                fcp_w: find(&n("ff.proj.weight"), &[c, 4 * c], false)?,
-                fcp_b: find(&n("ff.proj.bias"), &[c], true)?,
+                norm1: (find(Role::AttnNormScale, l)?, find(Role::AttnNormShift, l)?),
+                qkv_w: find(Role::Qkv, l)?,
+                qkv_b: optional(Role::QkvBias, l)?,
+                proj_w: find(Role::AttnOut, l)?,
+                proj_b: find(Role::AttnOutBias, l)?,
+                norm2: (find(Role::MlpNormScale, l)?, find(Role::MlpNormShift, l)?),
+                fc_w: find(Role::MlpUp, l)?,
+                fc_b: find(Role::MlpUpBias, l)?,
+                fcp_w: find(Role::MlpDown, l)?,
+                fcp_b: find(Role::MlpDownBias, l)?,
             });
         }
         let final_norm = (
-            find("final_norm.scale", &[c], true)?,
-            find("final_norm.shift", &[c], true)?,
+            find(Role::FinalNormScale, None)?,
+            find(Role::FinalNormShift, None)?,
         );
-        let (head_w, head_b) = match &task {
-            Task::LanguageModel if config.tied_head => (tok_emb, None),
-            Task::LanguageModel => (find("out_head.weight", &[v, c], false)?, None),
-            Task::Classifier { labels, .. } => (
-                find("out_head.weight", &[labels.len(), c], false)?,
-                Some(find("out_head.bias", &[labels.len()], true)?),
-            ),
-        };
+        // A tied language-model head reads the token embedding.
+        let head_w = optional(Role::Head, None)?.unwrap_or(tok_emb);
+        let head_b = optional(Role::HeadBias, None)?;
         let model = Model {
             storage,
             header,

@@ -27,6 +27,7 @@ use crate::layers::attention::{self, Dims};
 use crate::layers::crossentropy::{self, IGNORE_INDEX};
 use crate::layers::dropout::{self, Dropout, mix64};
 use crate::layers::{encoder, gelu, layernorm, matmul, residual};
+use emberlm_formats::arch::{self, Arch, Role};
 use emberlm_formats::config::{ConfigError, GptConfig};
 use rayon::prelude::*;
 use std::fmt;
@@ -226,6 +227,10 @@ pub enum Init {
 /// One parameter tensor: canonical name, shape and its range in the flat buffers.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorInfo {
+    /// What the tensor does (from the architecture's description).
+    pub role: Role,
+    /// Its block, for per-block tensors.
+    pub layer: Option<usize>,
     /// Canonical name (`blocks.3.att.qkv.weight`, …).
     pub name: String,
     /// Shape, Linear weights as [out, in].
@@ -300,49 +305,6 @@ pub struct BlockTensors<S> {
     pub ff_proj_bias: S,
 }
 
-impl<S: Split> BlockTensors<S> {
-    fn sizes(cfg: &GptConfig) -> [usize; 12] {
-        let c = cfg.dim;
-        let qb = if cfg.qkv_bias { 3 * c } else { 0 };
-        [
-            c,
-            c,
-            3 * c * c,
-            qb,
-            c * c,
-            c,
-            c,
-            c,
-            4 * c * c,
-            4 * c,
-            4 * c * c,
-            c,
-        ]
-    }
-
-    fn len(cfg: &GptConfig) -> usize {
-        Self::sizes(cfg).iter().sum()
-    }
-
-    fn carve(s: S, cfg: &GptConfig) -> Self {
-        let [n1s, n1b, qw, qb, pw, pb, n2s, n2b, fw, fb, fpw, fpb] = carve(s, Self::sizes(cfg));
-        BlockTensors {
-            norm1_scale: n1s,
-            norm1_shift: n1b,
-            qkv_weight: qw,
-            qkv_bias: cfg.qkv_bias.then_some(qb),
-            proj_weight: pw,
-            proj_bias: pb,
-            norm2_scale: n2s,
-            norm2_shift: n2b,
-            fc_weight: fw,
-            fc_bias: fb,
-            ff_proj_weight: fpw,
-            ff_proj_bias: fpb,
-        }
-    }
-}
-
 /// Every parameter tensor by field (shared `&[f32]`, or `&mut [f32]` for loading).
 #[derive(Debug)]
 pub struct Tensors<S> {
@@ -364,21 +326,24 @@ pub struct Tensors<S> {
 }
 
 /// Every parameter tensor of `cfg` (a classifier with K = `classes` outputs, or a language model)
-/// with its range in the flat buffer, in canonical order.
+/// with its range in the flat buffer, in the canonical order of the architecture's description
+/// ([`emberlm_formats::arch`]).
 pub fn tensor_layout(cfg: &GptConfig, classes: Option<usize>) -> Vec<TensorInfo> {
     let mut offset = 0;
-    cfg.tensor_shapes_with_classes(classes)
+    arch::tensors(Arch::Gpt2, cfg, classes)
         .into_iter()
-        .map(|(name, shape)| {
-            let len = shape.iter().product();
-            let t = TensorInfo {
-                name,
-                shape,
+        .map(|t| {
+            let len = t.len();
+            let info = TensorInfo {
+                role: t.desc.role,
+                layer: t.layer,
+                name: t.name,
+                shape: t.shape,
                 offset,
                 len,
             };
             offset += len;
-            t
+            info
         })
         .collect()
 }
@@ -386,47 +351,54 @@ pub fn tensor_layout(cfg: &GptConfig, classes: Option<usize>) -> Vec<TensorInfo>
 /// Named read-only views of the parameters (or of the gradients).
 pub type ParamViews<'a> = Tensors<&'a [f32]>;
 
-/// The top-level pieces of a flat buffer: (tok_emb, pos_emb, all blocks, final scale, final
-/// shift, out_head or empty). A classifier with K classes (`classes`) has an (K, C) head followed
-/// by its (K) bias in the last piece, whether or not the language model's head was tied.
-fn carve_top<S: Split>(s: S, cfg: &GptConfig, classes: Option<usize>) -> [S; 6] {
-    let (v, p, c, l) = (cfg.vocab_size, cfg.context_length, cfg.dim, cfg.n_layers);
-    let head = match classes {
-        Some(k) => k * c + k,
-        None if cfg.tied_head => 0,
-        None => v * c,
-    };
-    carve(
-        s,
-        [v * c, p * c, l * BlockTensors::<S>::len(cfg), c, c, head],
-    )
+/// Removes and returns the piece with this role.
+fn take<S>(pieces: &mut Vec<(Role, S)>, role: Role) -> Option<S> {
+    let i = pieces.iter().position(|(r, _)| *r == role)?;
+    Some(pieces.swap_remove(i).1)
 }
 
 impl<S: Split> Tensors<S> {
-    fn carve(s: S, cfg: &GptConfig, classes: Option<usize>) -> Self {
-        let [te, pe, mut blocks_s, fs, fb, head] = carve_top(s, cfg, classes);
-        let bl = BlockTensors::<S>::len(cfg);
-        let mut blocks = Vec::with_capacity(cfg.n_layers);
-        for _ in 0..cfg.n_layers {
-            let (this, rest) = blocks_s.split(bl);
-            blocks.push(BlockTensors::carve(this, cfg));
-            blocks_s = rest;
-        }
-        let (out_head, out_bias) = match classes {
-            Some(k) => {
-                let (w, b) = head.split(k * cfg.dim);
-                (Some(w), Some(b))
+    /// Cuts a flat buffer laid out as `layout` ([`tensor_layout`]) into named views: each piece
+    /// goes to the field of its role, so the fields never depend on the order of the layout.
+    fn carve(s: S, layout: &[TensorInfo], n_layers: usize) -> Self {
+        let mut rest = Some(s);
+        let mut top = Vec::with_capacity(8);
+        let mut blocks: Vec<Vec<(Role, S)>> =
+            (0..n_layers).map(|_| Vec::with_capacity(12)).collect();
+        for t in layout {
+            let (piece, tail) = rest.take().expect("carve: always refilled").split(t.len);
+            rest = Some(tail);
+            match t.layer {
+                Some(l) => blocks[l].push((t.role, piece)),
+                None => top.push((t.role, piece)),
             }
-            None => ((!cfg.tied_head).then_some(head), None),
-        };
+        }
+        const HELD: &str = "the layout holds every tensor its description requires";
+        let blocks = blocks
+            .into_iter()
+            .map(|mut b| BlockTensors {
+                norm1_scale: take(&mut b, Role::AttnNormScale).expect(HELD),
+                norm1_shift: take(&mut b, Role::AttnNormShift).expect(HELD),
+                qkv_weight: take(&mut b, Role::Qkv).expect(HELD),
+                qkv_bias: take(&mut b, Role::QkvBias),
+                proj_weight: take(&mut b, Role::AttnOut).expect(HELD),
+                proj_bias: take(&mut b, Role::AttnOutBias).expect(HELD),
+                norm2_scale: take(&mut b, Role::MlpNormScale).expect(HELD),
+                norm2_shift: take(&mut b, Role::MlpNormShift).expect(HELD),
+                fc_weight: take(&mut b, Role::MlpUp).expect(HELD),
+                fc_bias: take(&mut b, Role::MlpUpBias).expect(HELD),
+                ff_proj_weight: take(&mut b, Role::MlpDown).expect(HELD),
+                ff_proj_bias: take(&mut b, Role::MlpDownBias).expect(HELD),
+            })
+            .collect();
         Tensors {
-            tok_emb: te,
-            pos_emb: pe,
+            tok_emb: take(&mut top, Role::TokEmb).expect(HELD),
+            pos_emb: take(&mut top, Role::PosEmb).expect(HELD),
             blocks,
-            final_norm_scale: fs,
-            final_norm_shift: fb,
-            out_head,
-            out_bias,
+            final_norm_scale: take(&mut top, Role::FinalNormScale).expect(HELD),
+            final_norm_shift: take(&mut top, Role::FinalNormShift).expect(HELD),
+            out_head: take(&mut top, Role::Head),
+            out_bias: take(&mut top, Role::HeadBias),
         }
     }
 }
@@ -768,7 +740,7 @@ impl Gpt {
         m.dropout = self.dropout;
         m.grad_from_layer = self.grad_from_layer;
         for t in m.tensors.clone() {
-            if t.name.starts_with("out_head.") {
+            if matches!(t.role, Role::Head | Role::HeadBias) {
                 let key = mix64(seed ^ mix64(0x5EED_C1A5 ^ t.len as u64));
                 let bound = 1.0 / (self.cfg.dim as f32).sqrt();
                 fill_uniform(&mut m.params[t.range()], bound, key);
@@ -816,22 +788,17 @@ impl Gpt {
         for (i, t) in self.tensors.iter().enumerate() {
             let key = mix64(seed ^ mix64(0xA076_1D64_78BD_642F ^ i as u64));
             let dst = &mut self.params[t.range()];
-            let name = t.name.as_str();
-            let is_norm = name.contains("norm");
-            let is_emb = name.starts_with("tok_emb") || name.starts_with("pos_emb");
-            let is_bias = name.ends_with(".bias");
-            if is_norm {
-                dst.fill(if name.ends_with(".scale") { 1.0 } else { 0.0 });
+            let bias_of = t.role.weight_of_bias();
+            if t.role.is_norm_scale() || t.role.is_norm_shift() {
+                dst.fill(if t.role.is_norm_scale() { 1.0 } else { 0.0 });
                 continue;
             }
             match init {
                 Init::Gpt2 => {
-                    if is_bias {
+                    if bias_of.is_some() {
                         dst.fill(0.0);
                     } else {
-                        let residual_out =
-                            name.ends_with("att.proj.weight") || name.ends_with("ff.proj.weight");
-                        let std = if residual_out {
+                        let std = if t.role.is_residual_out() {
                             0.02 / (2.0 * l).sqrt()
                         } else {
                             0.02
@@ -840,15 +807,13 @@ impl Gpt {
                     }
                 }
                 Init::TorchDefault => {
-                    if is_emb {
+                    if t.role.is_embedding() {
                         fill_normal(dst, 1.0, key);
                     } else {
                         // fan_in is the last dim of the weight; a bias uses its layer's fan_in.
-                        let fan_in = if is_bias {
-                            let wname = name.replace(".bias", ".weight");
-                            weight_fan_in(&self.cfg, &wname)
-                        } else {
-                            t.shape[1]
+                        let fan_in = match bias_of {
+                            Some(w) => weight_fan_in(&self.tensors, w),
+                            None => t.shape[1],
                         };
                         fill_uniform(dst, 1.0 / (fan_in as f32).sqrt(), key);
                     }
@@ -916,18 +881,18 @@ impl Gpt {
 
     /// The parameters by field.
     pub fn views(&self) -> ParamViews<'_> {
-        Tensors::carve(&self.params[..], &self.cfg, self.classes)
+        Tensors::carve(&self.params[..], &self.tensors, self.cfg.n_layers)
     }
 
     /// The parameters by field, writable.
     pub fn views_mut(&mut self) -> Tensors<&mut [f32]> {
-        Tensors::carve(&mut self.params[..], &self.cfg, self.classes)
+        Tensors::carve(&mut self.params[..], &self.tensors, self.cfg.n_layers)
     }
 
     /// The gradients by field.
     pub fn grad_views(&mut self) -> ParamViews<'_> {
         self.ensure_grads();
-        Tensors::carve(&self.grads[..], &self.cfg, self.classes)
+        Tensors::carve(&self.grads[..], &self.tensors, self.cfg.n_layers)
     }
 
     fn ensure_grads(&mut self) {
@@ -1081,7 +1046,7 @@ impl Gpt {
         let rates = self.dropout;
         let drop_emb = site_dropout(mode, 0, rates.emb);
         let (c, btc) = (cfg.dim, lay.btc());
-        let w = Tensors::carve(&self.params[..], &cfg, self.classes);
+        let w = Tensors::carve(&self.params[..], &self.tensors, cfg.n_layers);
         let buf = &mut self.acts.buf[..lay.total];
         let [branch, _, _, _, _, _, pd] =
             carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
@@ -1212,11 +1177,11 @@ impl Gpt {
         let cfg = self.cfg;
         let rates = self.dropout;
         let (c, btc, t) = (cfg.dim, lay.btc(), lay.t);
-        let classes = self.classes;
         let from = self.grad_from_layer.min(cfg.n_layers);
-        let w = Tensors::carve(&self.params[..], &cfg, classes);
-        let [g_te, g_pe, g_blocks, g_fs, g_fb, g_head] =
-            carve_top(&mut self.grads[..], &cfg, classes);
+        let w = Tensors::carve(&self.params[..], &self.tensors, cfg.n_layers);
+        let g = Tensors::carve(&mut self.grads[..], &self.tensors, cfg.n_layers);
+        let (g_te, g_pe, mut g_blocks) = (g.tok_emb, g.pos_emb, g.blocks);
+        let (g_fs, g_fb) = (g.final_norm_scale, g.final_norm_shift);
         let [_, dres, dbuf, dbuf2, dqkv, dfch, dpre] =
             carve(&mut self.acts.scratch[..lay.scratch], lay.scratch_sizes());
         let tokens = &self.acts.tokens[..];
@@ -1229,18 +1194,11 @@ impl Gpt {
         crossentropy::backward(logits, lse, targets, 1.0 / count as f32);
         // forward: logits = lnf · headᵀ  ⇒  dlnf = dlogits · head ; dhead += dlogitsᵀ · lnf
         {
-            let (head_w, dhead): (&[f32], &mut [f32]) = match w.out_head {
-                Some(hw) => (hw, g_head),
-                None => (w.tok_emb, &mut *g_te),
+            let (head_w, dhead): (&[f32], &mut [f32]) = match (w.out_head, g.out_head) {
+                (Some(hw), Some(dh)) => (hw, dh),
+                _ => (w.tok_emb, &mut *g_te),
             };
-            let (dhead, dbias) = match classes {
-                Some(k) => {
-                    let (dw, db) = dhead.split_at_mut(k * c);
-                    (dw, Some(db))
-                }
-                None => (dhead, None),
-            };
-            matmul::backward(dbuf, dhead, dbias, logits, lnf, head_w, c);
+            matmul::backward(dbuf, dhead, g.out_bias, logits, lnf, head_w, c);
         }
         // forward: lnf = final_norm(last residual)  ⇒  dres = d(last residual)
         dres.fill(0.0);
@@ -1256,9 +1214,8 @@ impl Gpt {
             lnf_rstd,
         );
 
-        let bl = BlockTensors::<&[f32]>::len(&cfg);
         for l in (from..cfg.n_layers).rev() {
-            let gb = BlockTensors::carve(&mut g_blocks[l * bl..(l + 1) * bl], &cfg);
+            let gb = &mut g_blocks[l];
             let wb = &w.blocks[l];
             let (before, rest) = body.split_at(lay.layer_start(l));
             let input = &before[before.len() - btc..];
@@ -1332,7 +1289,7 @@ impl Gpt {
             matmul::backward(
                 dbuf,
                 gb.qkv_weight,
-                gb.qkv_bias,
+                gb.qkv_bias.as_deref_mut(),
                 dqkv,
                 a.ln1,
                 wb.qkv_weight,
@@ -1370,12 +1327,12 @@ fn site_dropout(mode: Mode, site: u64, p: f32) -> Dropout {
     }
 }
 
-/// The fan-in of the weight named `wname` (its second dimension).
-fn weight_fan_in(cfg: &GptConfig, wname: &str) -> usize {
-    cfg.tensor_shapes()
-        .into_iter()
-        .find(|(n, _)| n == wname)
-        .map_or(cfg.dim, |(_, s)| s[1])
+/// The fan-in (second dimension) of the first weight with this role.
+fn weight_fan_in(tensors: &[TensorInfo], role: Role) -> usize {
+    tensors
+        .iter()
+        .find(|t| t.role == role)
+        .map_or(0, |t| t.shape[1])
 }
 
 /// Fills `dst` with N(0, std²) draws; elements 2j and 2j+1 depend only on (key, j) (Box–Muller

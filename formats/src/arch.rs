@@ -1,0 +1,524 @@
+//! Model architectures, each described once: every tensor's role, shape, when it is present, and
+//! its names in each external layout (ember's own, Hugging Face's, the book's). The runtime's
+//! tensor slots, the trainer's flat parameter buffer, checkpoints, import, export and
+//! export-safetensors all iterate a description ([`tensors`]) instead of spelling names.
+//!
+//! Adding a family means adding a description (a `&'static [TensorDesc]` and an [`Arch`] variant)
+//! plus the layers it needs.
+//!
+//! Letters used in shapes ([`Dim`]): V vocabulary size, T context length, C embedding dim,
+//! K classes of a classifier head.
+
+use crate::config::GptConfig;
+
+/// A model family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// GPT-2 as in the book: learned position embeddings, pre-LayerNorm blocks, fused q/k/v,
+    /// GELU MLP of 4C.
+    Gpt2,
+}
+
+impl Arch {
+    /// The architecture's tensors, in canonical order (the order of the trainer's flat buffer and
+    /// of an exported file).
+    pub fn description(self) -> &'static [TensorDesc] {
+        match self {
+            Arch::Gpt2 => GPT2,
+        }
+    }
+}
+
+/// What a tensor does, whatever it is called.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// Token embedding (V, C).
+    TokEmb,
+    /// Learned position embedding (T, C).
+    PosEmb,
+    /// The norm before attention: scale (C).
+    AttnNormScale,
+    /// The norm before attention: shift (C).
+    AttnNormShift,
+    /// Fused query, key, value projection (3C, C): query rows, then key, then value.
+    Qkv,
+    /// Its bias (3C).
+    QkvBias,
+    /// Attention output projection (C, C).
+    AttnOut,
+    /// Its bias (C).
+    AttnOutBias,
+    /// The norm before the MLP: scale (C).
+    MlpNormScale,
+    /// The norm before the MLP: shift (C).
+    MlpNormShift,
+    /// MLP expansion (4C, C).
+    MlpUp,
+    /// Its bias (4C).
+    MlpUpBias,
+    /// MLP projection back (C, 4C).
+    MlpDown,
+    /// Its bias (C).
+    MlpDownBias,
+    /// The final norm: scale (C).
+    FinalNormScale,
+    /// The final norm: shift (C).
+    FinalNormShift,
+    /// Output head: (V, C) for a language model, (K, C) for a classifier.
+    Head,
+    /// A classifier head's bias (K).
+    HeadBias,
+}
+
+impl Role {
+    /// A norm's scale (initialised to 1).
+    pub fn is_norm_scale(self) -> bool {
+        matches!(
+            self,
+            Role::AttnNormScale | Role::MlpNormScale | Role::FinalNormScale
+        )
+    }
+
+    /// A norm's shift (initialised to 0).
+    pub fn is_norm_shift(self) -> bool {
+        matches!(
+            self,
+            Role::AttnNormShift | Role::MlpNormShift | Role::FinalNormShift
+        )
+    }
+
+    /// An embedding table.
+    pub fn is_embedding(self) -> bool {
+        matches!(self, Role::TokEmb | Role::PosEmb)
+    }
+
+    /// A projection whose output is added to the residual stream (GPT-2 scales its initial
+    /// weights by 1/√(2L)).
+    pub fn is_residual_out(self) -> bool {
+        matches!(self, Role::AttnOut | Role::MlpDown)
+    }
+
+    /// For a bias, the role of the weight it belongs to.
+    pub fn weight_of_bias(self) -> Option<Role> {
+        match self {
+            Role::QkvBias => Some(Role::Qkv),
+            Role::AttnOutBias => Some(Role::AttnOut),
+            Role::MlpUpBias => Some(Role::MlpUp),
+            Role::MlpDownBias => Some(Role::MlpDown),
+            Role::HeadBias => Some(Role::Head),
+            _ => None,
+        }
+    }
+}
+
+/// One dimension of a described shape.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dim {
+    /// V.
+    Vocab,
+    /// T.
+    Context,
+    /// `n` × C.
+    Dim(usize),
+    /// The head's outputs: V for a language model, K for a classifier.
+    Outputs,
+}
+
+/// Whether a tensor exists for a given configuration.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum When {
+    /// Always.
+    Always,
+    /// When the configuration has query/key/value biases.
+    QkvBias,
+    /// A language model's own head (untied), or any classifier's head.
+    OwnHead,
+    /// Classifiers only.
+    Classifier,
+}
+
+/// Whether a tensor belongs to the model or to each block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scope {
+    /// One tensor in the model.
+    Model,
+    /// One tensor per transformer block.
+    Block,
+}
+
+/// A tensor's name in Hugging Face's layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HfName {
+    /// The name (for a block: after the block prefix, e.g. `attn.c_attn.weight`).
+    pub name: &'static str,
+    /// Stored transposed, [in, out] (GPT-2's `Conv1D`).
+    pub transposed: bool,
+    /// Present in every Hugging Face file even where ember's model has no such tensor (GPT-2's
+    /// `c_attn.bias`): written as zeros, read and checked to be zero.
+    pub always: bool,
+}
+
+/// One tensor of an architecture.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TensorDesc {
+    /// What it does.
+    pub role: Role,
+    /// Model-level or per block.
+    pub scope: Scope,
+    /// ember's name (for a block: after `blocks.{i}.`).
+    pub name: &'static str,
+    /// Shape; matrices [out, in] (`nn.Linear`'s layout).
+    pub shape: &'static [Dim],
+    /// When it exists.
+    pub when: When,
+    /// Hugging Face's name, if that layout has the tensor (a classifier's head has none).
+    pub hf: Option<HfName>,
+    /// The book's names (for a block: after `trf_blocks.{i}.`). Several names split the tensor by
+    /// rows into equal parts (the book's separate query, key and value projections).
+    pub book: &'static [&'static str],
+}
+
+impl TensorDesc {
+    /// A matrix (may be quantized), as opposed to a vector (norms and biases stay f32).
+    pub fn is_matrix(&self) -> bool {
+        self.shape.len() == 2
+    }
+
+    /// Whether the tensor exists for `cfg` (a classifier with `classes` outputs when `Some`).
+    pub fn present(&self, cfg: &GptConfig, classes: Option<usize>) -> bool {
+        match self.when {
+            When::Always => true,
+            When::QkvBias => cfg.qkv_bias,
+            When::OwnHead => classes.is_some() || !cfg.tied_head,
+            When::Classifier => classes.is_some(),
+        }
+    }
+
+    /// The concrete shape for `cfg`.
+    pub fn dims(&self, cfg: &GptConfig, classes: Option<usize>) -> Vec<usize> {
+        self.shape
+            .iter()
+            .map(|d| match *d {
+                Dim::Vocab => cfg.vocab_size,
+                Dim::Context => cfg.context_length,
+                Dim::Dim(n) => n * cfg.dim,
+                Dim::Outputs => classes.unwrap_or(cfg.vocab_size),
+            })
+            .collect()
+    }
+
+    /// ember's full name of this tensor in block `layer` (ignored for model-level tensors).
+    pub fn ember_name(&self, layer: usize) -> String {
+        match self.scope {
+            Scope::Model => self.name.to_string(),
+            Scope::Block => format!("blocks.{layer}.{}", self.name),
+        }
+    }
+}
+
+/// One concrete tensor of a configured model.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Tensor {
+    /// Its description.
+    pub desc: &'static TensorDesc,
+    /// Its block, for per-block tensors.
+    pub layer: Option<usize>,
+    /// ember's full name (`blocks.3.att.qkv.weight`, …).
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+}
+
+impl Tensor {
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// Whether it has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Every tensor of `arch` configured by `cfg`, in canonical order: model-level tensors before the
+/// blocks in description order, then each block's, then the rest. A classifier (`classes` =
+/// `Some(K)`) has a (K, C) head and a (K) bias, last, whether or not the language model's head
+/// was tied.
+pub fn tensors(arch: Arch, cfg: &GptConfig, classes: Option<usize>) -> Vec<Tensor> {
+    let desc = arch.description();
+    // The block's tensors sit where the first per-block tensor sits in the description.
+    let first_block = desc
+        .iter()
+        .position(|d| d.scope == Scope::Block)
+        .unwrap_or(desc.len());
+    let one = |d: &'static TensorDesc, layer: Option<usize>| Tensor {
+        desc: d,
+        layer,
+        name: d.ember_name(layer.unwrap_or(0)),
+        shape: d.dims(cfg, classes),
+    };
+    let mut out = Vec::new();
+    for d in desc[..first_block]
+        .iter()
+        .filter(|d| d.present(cfg, classes))
+    {
+        out.push(one(d, None));
+    }
+    for l in 0..cfg.n_layers {
+        for d in desc.iter().filter(|d| d.scope == Scope::Block) {
+            if d.present(cfg, classes) {
+                out.push(one(d, Some(l)));
+            }
+        }
+    }
+    for d in desc[first_block..]
+        .iter()
+        .filter(|d| d.scope == Scope::Model && d.present(cfg, classes))
+    {
+        out.push(one(d, None));
+    }
+    out
+}
+
+/// The first tensor of `tensors` with this role (in block `layer` for per-block roles).
+pub fn find(tensors: &[Tensor], role: Role, layer: Option<usize>) -> Option<&Tensor> {
+    tensors
+        .iter()
+        .find(|t| t.desc.role == role && t.layer == layer)
+}
+
+const fn hf(name: &'static str) -> Option<HfName> {
+    Some(HfName {
+        name,
+        transposed: false,
+        always: false,
+    })
+}
+
+/// GPT-2's `Conv1D` weights: stored [in, out].
+const fn hf_t(name: &'static str) -> Option<HfName> {
+    Some(HfName {
+        name,
+        transposed: true,
+        always: false,
+    })
+}
+
+const C1: &[Dim] = &[Dim::Dim(1)];
+
+/// GPT-2. Hugging Face's block prefix is `h.{i}.` (with `transformer.` before every name but
+/// `lm_head.weight` in `GPT2LMHeadModel` files); the book's is `trf_blocks.{i}.`.
+const GPT2: &[TensorDesc] = &[
+    TensorDesc {
+        role: Role::TokEmb,
+        scope: Scope::Model,
+        name: "tok_emb.weight",
+        shape: &[Dim::Vocab, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("wte.weight"),
+        book: &["tok_emb.weight"],
+    },
+    TensorDesc {
+        role: Role::PosEmb,
+        scope: Scope::Model,
+        name: "pos_emb.weight",
+        shape: &[Dim::Context, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("wpe.weight"),
+        book: &["pos_emb.weight"],
+    },
+    TensorDesc {
+        role: Role::AttnNormScale,
+        scope: Scope::Block,
+        name: "norm1.scale",
+        shape: C1,
+        when: When::Always,
+        hf: hf("ln_1.weight"),
+        book: &["norm1.scale"],
+    },
+    TensorDesc {
+        role: Role::AttnNormShift,
+        scope: Scope::Block,
+        name: "norm1.shift",
+        shape: C1,
+        when: When::Always,
+        hf: hf("ln_1.bias"),
+        book: &["norm1.shift"],
+    },
+    TensorDesc {
+        role: Role::Qkv,
+        scope: Scope::Block,
+        name: "att.qkv.weight",
+        shape: &[Dim::Dim(3), Dim::Dim(1)],
+        when: When::Always,
+        hf: hf_t("attn.c_attn.weight"),
+        book: &[
+            "att.W_query.weight",
+            "att.W_key.weight",
+            "att.W_value.weight",
+        ],
+    },
+    TensorDesc {
+        role: Role::QkvBias,
+        scope: Scope::Block,
+        name: "att.qkv.bias",
+        shape: &[Dim::Dim(3)],
+        when: When::QkvBias,
+        hf: Some(HfName {
+            name: "attn.c_attn.bias",
+            transposed: false,
+            always: true,
+        }),
+        book: &["att.W_query.bias", "att.W_key.bias", "att.W_value.bias"],
+    },
+    TensorDesc {
+        role: Role::AttnOut,
+        scope: Scope::Block,
+        name: "att.proj.weight",
+        shape: &[Dim::Dim(1), Dim::Dim(1)],
+        when: When::Always,
+        hf: hf_t("attn.c_proj.weight"),
+        book: &["att.out_proj.weight"],
+    },
+    TensorDesc {
+        role: Role::AttnOutBias,
+        scope: Scope::Block,
+        name: "att.proj.bias",
+        shape: C1,
+        when: When::Always,
+        hf: hf("attn.c_proj.bias"),
+        book: &["att.out_proj.bias"],
+    },
+    TensorDesc {
+        role: Role::MlpNormScale,
+        scope: Scope::Block,
+        name: "norm2.scale",
+        shape: C1,
+        when: When::Always,
+        hf: hf("ln_2.weight"),
+        book: &["norm2.scale"],
+    },
+    TensorDesc {
+        role: Role::MlpNormShift,
+        scope: Scope::Block,
+        name: "norm2.shift",
+        shape: C1,
+        when: When::Always,
+        hf: hf("ln_2.bias"),
+        book: &["norm2.shift"],
+    },
+    TensorDesc {
+        role: Role::MlpUp,
+        scope: Scope::Block,
+        name: "ff.fc.weight",
+        shape: &[Dim::Dim(4), Dim::Dim(1)],
+        when: When::Always,
+        hf: hf_t("mlp.c_fc.weight"),
+        book: &["ff.layers.0.weight"],
+    },
+    TensorDesc {
+        role: Role::MlpUpBias,
+        scope: Scope::Block,
+        name: "ff.fc.bias",
+        shape: &[Dim::Dim(4)],
+        when: When::Always,
+        hf: hf("mlp.c_fc.bias"),
+        book: &["ff.layers.0.bias"],
+    },
+    TensorDesc {
+        role: Role::MlpDown,
+        scope: Scope::Block,
+        name: "ff.proj.weight",
+        shape: &[Dim::Dim(1), Dim::Dim(4)],
+        when: When::Always,
+        hf: hf_t("mlp.c_proj.weight"),
+        book: &["ff.layers.2.weight"],
+    },
+    TensorDesc {
+        role: Role::MlpDownBias,
+        scope: Scope::Block,
+        name: "ff.proj.bias",
+        shape: C1,
+        when: When::Always,
+        hf: hf("mlp.c_proj.bias"),
+        book: &["ff.layers.2.bias"],
+    },
+    TensorDesc {
+        role: Role::FinalNormScale,
+        scope: Scope::Model,
+        name: "final_norm.scale",
+        shape: C1,
+        when: When::Always,
+        hf: hf("ln_f.weight"),
+        book: &["final_norm.scale"],
+    },
+    TensorDesc {
+        role: Role::FinalNormShift,
+        scope: Scope::Model,
+        name: "final_norm.shift",
+        shape: C1,
+        when: When::Always,
+        hf: hf("ln_f.bias"),
+        book: &["final_norm.shift"],
+    },
+    TensorDesc {
+        role: Role::Head,
+        scope: Scope::Model,
+        name: "out_head.weight",
+        shape: &[Dim::Outputs, Dim::Dim(1)],
+        when: When::OwnHead,
+        hf: hf("lm_head.weight"),
+        book: &["out_head.weight"],
+    },
+    TensorDesc {
+        role: Role::HeadBias,
+        scope: Scope::Model,
+        name: "out_head.bias",
+        shape: &[Dim::Outputs],
+        when: When::Classifier,
+        hf: None,
+        book: &["out_head.bias"],
+    },
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_role_appears_once_per_scope_instance() {
+        let desc = Arch::Gpt2.description();
+        for (i, a) in desc.iter().enumerate() {
+            for b in &desc[i + 1..] {
+                assert_ne!(a.role, b.role, "{} and {}", a.name, b.name);
+                assert_ne!(a.name, b.name);
+            }
+            // The book's split parts divide the rows evenly for every described shape.
+            if a.book.len() > 1 {
+                let Dim::Dim(n) = a.shape[0] else {
+                    panic!("{}: split over a non-C dimension", a.name)
+                };
+                assert_eq!(n % a.book.len(), 0, "{}", a.name);
+            }
+        }
+    }
+
+    #[test]
+    fn classifier_head_replaces_the_language_model_head() {
+        let mut cfg = GptConfig::preset("124m").unwrap();
+        cfg.tied_head = true;
+        let lm = tensors(Arch::Gpt2, &cfg, None);
+        assert!(find(&lm, Role::Head, None).is_none());
+        let cl = tensors(Arch::Gpt2, &cfg, Some(2));
+        let n = cl.len();
+        assert_eq!(cl[n - 2].name, "out_head.weight");
+        assert_eq!(cl[n - 2].shape, vec![2, 768]);
+        assert_eq!(cl[n - 1].name, "out_head.bias");
+        assert_eq!(cl[n - 1].shape, vec![2]);
+        assert_eq!(
+            find(&cl, Role::Qkv, Some(11)).unwrap().name,
+            "blocks.11.att.qkv.weight"
+        );
+    }
+}
