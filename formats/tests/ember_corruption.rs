@@ -3,7 +3,7 @@
 //!
 //! The files are built byte by byte by [`Spec`] below, not by `EmberWriter`, so these tests are
 //! independent of the writer; one test checks that the writer produces the hand-built reference
-//! file byte for byte. Crash inputs found by fuzzing live in `tests/fixtures/ember-crashes/` and
+//! file byte for byte. Crash inputs found by fuzzing live in `formats/tests/fixtures/ember-crashes/` and
 //! are replayed by [`fuzz_crash_fixtures_never_panic`].
 
 use emberlm_formats::ember::{
@@ -1117,8 +1117,7 @@ fn format_md_worked_example_matches_the_writer() {
     use emberlm_formats::quant::quantize_q8;
     use half::f16;
     let md =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../formats/FORMAT.md"))
-            .unwrap();
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("FORMAT.md")).unwrap();
     let example = md.split("## 11. A worked example").nth(1).unwrap();
     let mut documented = Vec::new();
     for line in example.lines() {

@@ -5,7 +5,7 @@
 //! and the case number (and the input saved to the temp dir).
 //!
 //! `EMBER_MUTATIONS` sets the number of cases (default 3000), `EMBER_MUTATION_SEED` the seed.
-//! CI runs `EMBER_MUTATIONS=100000 cargo test --release -p emberlm-tests --test ember_mutation`.
+//! CI runs `EMBER_MUTATIONS=100000 cargo test --release -p emberlm-formats --test ember_mutation`.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{
