@@ -1,4 +1,4 @@
-//! The trainer against PyTorch: the book's GPTModel (tests/fixtures/make_trainer_golden.py, run
+//! The trainer against PyTorch: the book's GPTModel (trainer/tests/fixtures/make_trainer_golden.py, run
 //! once with torch) on tiny configs — logits, loss, every parameter's gradient, and the losses and
 //! parameters of 5 `torch.optim.AdamW` steps. The reference is code this project did not write
 //! (PyTorch's autograd and optimizer), so a shared misunderstanding cannot pass unnoticed.
@@ -24,7 +24,10 @@ const LOSS_ATOL: f64 = 2e-5;
 const NOISE_GRAD: f64 = 1e-7;
 
 fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/trainer_golden.json");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/trainer_golden.json"
+    );
     let text = std::fs::read_to_string(path).expect("committed fixture");
     serde_json::from_str(&text).expect("valid JSON")
 }
