@@ -5,7 +5,8 @@ use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::DType;
 use emberlm_runtime::random::random_model_bytes;
 use emberlm_runtime::{
-    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, StopReason,
+    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, Stop,
+    StopReason,
 };
 use std::ops::ControlFlow;
 
@@ -240,6 +241,7 @@ fn context_limit_is_an_error_unless_sliding() {
     );
     let limits = GenerateOptions {
         max_tokens: 30,
+        slide: false,
         ..GenerateOptions::default()
     };
     let err = s.generate(&[1, 2, 3], &Sampling::default(), &limits, |_| {
@@ -302,7 +304,7 @@ fn stop_token_and_callback_stop_generation() {
     s.reset();
     let limits = GenerateOptions {
         max_tokens: 10,
-        stop_token: first,
+        stop: first.map_or(Stop::None, Stop::Token),
         slide: false,
     };
     let stats = s

@@ -12,7 +12,7 @@ pub(crate) struct BenchArgs {
     /// the model file (.ember)
     #[argh(positional)]
     model: Option<PathBuf>,
-    /// benchmark a random model of this size instead (124m, 355m, 774m, 1558m)
+    /// benchmark a random model of this size instead: 124m, 355m, 774m or 1558m
     #[argh(option)]
     random: Option<String>,
     /// dtype of the random model: f32, f16 or int8 (default int8)
@@ -25,8 +25,8 @@ pub(crate) struct BenchArgs {
     #[argh(option, default = "128")]
     gen_tokens: usize,
     /// worker threads (default: one per core)
-    #[argh(option, default = "0")]
-    threads: usize,
+    #[argh(option)]
+    threads: Option<usize>,
     /// KV cache element type: auto, f32 or f16 (default auto, as generate: f32 for an f32 model,
     /// f16 for f16 and int8 ones)
     #[argh(option, default = "String::from(\"auto\")")]
@@ -56,29 +56,35 @@ const BENCH_MAX_ROUNDS: usize = 16;
 
 pub(crate) fn bench(a: BenchArgs) -> Result<()> {
     if a.prompt_tokens == 0 || a.gen_tokens == 0 {
-        return Err("--prompt-tokens and --gen-tokens must be at least 1".into());
+        return Err(usage("--prompt-tokens and --gen-tokens must be at least 1"));
     }
-    let threads = if a.threads == 0 {
-        std::thread::available_parallelism().map_or(1, |n| n.get())
-    } else {
-        a.threads
+    let threads = match threads(a.threads)? {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
     let mut temp = None;
     let path = match (&a.model, &a.random) {
-        (Some(_), Some(_)) => return Err("give a model file or --random SIZE, not both".into()),
+        (Some(_), Some(_)) => return Err(usage("give a model file or --random SIZE, not both")),
         (Some(p), None) => p.clone(),
-        (None, size) => {
-            let size = size.clone().unwrap_or_else(|| "124m".into());
+        (None, None) => {
+            return Err(usage(
+                "give a model file, or --random SIZE to build one with random weights \
+                 (SIZE: 124m, 355m, 774m or 1558m)",
+            ));
+        }
+        (None, Some(size)) => {
+            let size = size.clone();
             let cfg = GptConfig {
                 tied_head: true,
                 qkv_bias: true,
-                ..GptConfig::preset(&size).map_err(|e| format!("--random: {e}"))?
+                ..GptConfig::preset(&size)
+                    .map_err(|e| usage(format!("--random: {e} (sizes: 124m, 355m, 774m, 1558m)")))?
             };
             let dtype = match a.dtype.as_str() {
                 "f32" => DType::F32,
                 "f16" => DType::F16,
                 "int8" | "q8" => DType::Q8,
-                d => return Err(format!("--dtype: {d:?} must be f32, f16 or int8")),
+                d => return Err(usage(format!("--dtype: {d:?} must be f32, f16 or int8"))),
             };
             let p = std::env::temp_dir().join(format!(
                 "ember-bench-{size}-{}-{}.ember",
@@ -109,11 +115,11 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let cfg = *model.config();
     if a.prompt_tokens + a.gen_tokens > cfg.context_length {
-        return Err(format!(
+        return Err(usage(format!(
             "--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}",
             a.prompt_tokens + a.gen_tokens,
             cfg.context_length
-        ));
+        )));
     }
     // The cache type as used (`auto` resolved), for the report.
     let kv = kv_dtype(&a.kv)?.resolve(&model);
@@ -179,33 +185,33 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let bw = bandwidth::summarize(&passes);
     let (bandwidth, sustained) = (bw.best_chunk_gb_s, bw.median_pass_gb_s);
     if a.json {
-        println!(
-            "{{\"model\":{},\"file_bytes\":{},\"threads\":{},\"kernels\":\"{}\",\"kv\":{},\"prompt_tokens\":{},\"gen_tokens\":{},\"load_ms\":{},\"prefill_tokens_per_s\":{},\"prefill_gflop_per_s\":{},\"fma_peak_gflop_per_s\":{},\"prefill_flops_fraction\":{},\"decode_tokens_per_s\":{},\"bytes_per_token\":{},\"decode_gb_per_s\":{},\"bandwidth_gb_per_s\":{},\"decode_bandwidth_fraction\":{},\"bandwidth_median_pass_gb_per_s\":{},\"decode_median_bandwidth_fraction\":{},\"decode_rounds\":{},\"decode_round_bandwidth_fraction\":{},\"peak_rss_bytes\":{},\"huge_page_bytes\":{},\"bandwidth_huge_page_bytes\":{}}}",
-            json_str(&path.display().to_string()),
-            model.file_size(),
-            threads,
-            session.kernels().name(),
-            json_str(kv_name),
-            a.prompt_tokens,
-            a.gen_tokens,
-            num(load_ms),
-            num(prefill_tps),
-            num(prefill_gflops),
-            num(fma_peak),
-            num(prefill_gflops / fma_peak),
-            num(decode_tps),
-            bytes_per_token,
-            num(achieved),
-            num(bandwidth),
-            num(achieved / bandwidth),
-            num(sustained),
-            num(achieved / sustained),
-            rounds,
-            num(round_fraction),
-            rss,
-            model_huge.map_or("null".into(), |b| b.to_string()),
-            probe_huge.map_or("null".into(), |b| b.to_string()),
-        );
+        let j = serde_json::json!({
+            "model": path.display().to_string(),
+            "file_bytes": model.file_size(),
+            "threads": threads,
+            "kernels": session.kernels().name(),
+            "kv": kv_name,
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "load_ms": load_ms,
+            "prefill_tokens_per_s": prefill_tps,
+            "prefill_gflop_per_s": prefill_gflops,
+            "fma_peak_gflop_per_s": fma_peak,
+            "prefill_flops_fraction": prefill_gflops / fma_peak,
+            "decode_tokens_per_s": decode_tps,
+            "bytes_per_token": bytes_per_token,
+            "decode_gb_per_s": achieved,
+            "bandwidth_gb_per_s": bandwidth,
+            "decode_bandwidth_fraction": achieved / bandwidth,
+            "bandwidth_median_pass_gb_per_s": sustained,
+            "decode_median_bandwidth_fraction": achieved / sustained,
+            "decode_rounds": rounds,
+            "decode_round_bandwidth_fraction": round_fraction,
+            "peak_rss_bytes": rss,
+            "huge_page_bytes": model_huge,
+            "bandwidth_huge_page_bytes": probe_huge,
+        });
+        println!("{j}");
     } else {
         println!(
             "model        {} ({} bytes), {} threads, {} kernels, {} KV cache",

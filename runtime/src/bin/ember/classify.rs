@@ -22,38 +22,45 @@ pub(crate) struct ClassifyArgs {
     #[argh(option)]
     file: Option<PathBuf>,
     /// worker threads (default: one per core)
-    #[argh(option, default = "0")]
-    threads: usize,
+    #[argh(option)]
+    threads: Option<usize>,
     /// print one JSON object (label, label_id, probabilities, logits, tokens); with --file, one
     /// object per line (JSON Lines) that also holds the line number
     #[argh(switch)]
     json: bool,
 }
 
-/// One classification as a JSON object; `line` is the input file's line number, if any.
+/// One classification as a JSON object; `line` is the input file's line number, if any. (f32
+/// values print with f32's shortest round-trip digits.)
 fn classification_json(c: &Classification<'_>, line: Option<usize>) -> String {
-    let probs: Vec<String> = c
-        .labels
-        .iter()
-        .zip(c.probabilities)
-        .map(|(l, &p)| format!("{}:{}", json_str(l), num32(p)))
-        .collect();
-    let logits: Vec<String> = c.logits.iter().map(|&v| num32(v)).collect();
-    let mut o = String::from("{");
-    if let Some(n) = line {
-        let _ = write!(o, "\"line\":{n},");
+    #[derive(serde::Serialize)]
+    struct Json<'a> {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        line: Option<usize>,
+        label: &'a str,
+        label_id: usize,
+        #[serde(serialize_with = "label_map")]
+        probabilities: (&'a [String], &'a [f32]),
+        logits: &'a [f32],
+        tokens: usize,
+        truncated: bool,
     }
-    let _ = write!(
-        o,
-        "\"label\":{},\"label_id\":{},\"probabilities\":{{{}}},\"logits\":[{}],\"tokens\":{},\"truncated\":{}}}",
-        json_str(c.label),
-        c.label_id,
-        probs.join(","),
-        logits.join(","),
-        c.tokens,
-        c.truncated
-    );
-    o
+    fn label_map<S: serde::Serializer>(
+        m: &(&[String], &[f32]),
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_map(m.0.iter().zip(m.1))
+    }
+    let j = Json {
+        line,
+        label: c.label,
+        label_id: c.label_id,
+        probabilities: (c.labels, c.probabilities),
+        logits: c.logits,
+        tokens: c.tokens,
+        truncated: c.truncated,
+    };
+    serde_json::to_string(&j).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }
 
 pub(crate) fn classify(a: ClassifyArgs) -> Result<()> {
@@ -62,20 +69,23 @@ pub(crate) fn classify(a: ClassifyArgs) -> Result<()> {
         return Err(format!(
             "{}: this model is a language model, not a classifier: use `ember generate` or `ember score`",
             a.model.display()
-        ));
+        )
+        .into());
     }
     let given = [a.text.is_some(), a.tokens.is_some(), a.file.is_some()];
     if given.iter().filter(|&&g| g).count() != 1 {
-        return Err("give exactly one of --text TEXT, --tokens 1,2,3 or --file FILE".into());
+        return Err(usage(
+            "give exactly one of --text TEXT, --tokens 1,2,3 or --file FILE",
+        ));
     }
     let opts = SessionOptions {
-        threads: a.threads,
+        threads: threads(a.threads)?,
         ..SessionOptions::default()
     };
     let mut clf = Classifier::new(&model, &opts).map_err(|e| e.to_string())?;
     let Some(path) = &a.file else {
         let c = match (&a.text, &a.tokens) {
-            (Some(t), _) if t.is_empty() => return Err("--text is empty".into()),
+            (Some(t), _) if t.is_empty() => return Err(usage("--text is empty")),
             (Some(t), _) => clf.classify_text(t),
             (None, Some(ids)) => clf.classify_tokens(&parse_ids(ids, "--tokens")?),
             (None, None) => return Err("give --text, --tokens or --file".into()),
@@ -129,7 +139,8 @@ pub(crate) fn classify(a: ClassifyArgs) -> Result<()> {
                 "{}: line {line_no} is longer than {} MiB",
                 path.display(),
                 MAX_CLASSIFY_LINE >> 20
-            ));
+            )
+            .into());
         }
         let text = std::str::from_utf8(&buf)
             .map_err(|_| format!("{}: line {line_no} is not valid UTF-8", path.display()))?;

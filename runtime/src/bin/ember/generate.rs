@@ -4,15 +4,20 @@ use super::*;
 
 #[derive(FromArgs, Debug)]
 /// Continue a prompt, streaming text to stdout. `--temperature 0` (the default) is greedy, as in
-/// the book; generation stops at <|endoftext|>, a --stop string, or after --max-tokens.
+/// the book; generation stops at <|endoftext|>, a --stop string (not printed), or after
+/// --max-tokens. When the context fills up, the oldest half of it is dropped and generation goes
+/// on (as the book's loop crops its context); --no-slide makes that an error instead.
 #[argh(subcommand, name = "generate")]
 pub(crate) struct GenerateArgs {
     /// the model file (.ember)
     #[argh(positional)]
     model: PathBuf,
-    /// prompt text (encoded with the model's tokenizer)
+    /// prompt text (encoded with the model's tokenizer); `-` reads it from standard input
     #[argh(option)]
     prompt: Option<String>,
+    /// a file holding the prompt text
+    #[argh(option)]
+    prompt_file: Option<PathBuf>,
     /// prompt as token ids, e.g. 15496,11,314
     #[argh(option)]
     tokens: Option<String>,
@@ -34,15 +39,16 @@ pub(crate) struct GenerateArgs {
     /// random seed (default 123)
     #[argh(option, default = "123")]
     seed: u64,
-    /// stop when the generated text contains this string
+    /// stop when the generated text contains this string (repeat for several); the text ends
+    /// just before it
     #[argh(option)]
-    stop: Option<String>,
+    stop: Vec<String>,
     /// keep generating past <|endoftext|>
     #[argh(switch)]
     ignore_eot: bool,
-    #[argh(option, default = "0")]
     /// worker threads (default: one per core)
-    threads: usize,
+    #[argh(option)]
+    threads: Option<usize>,
     /// context length of the session (default: the model's)
     #[argh(option)]
     context: Option<usize>,
@@ -50,12 +56,26 @@ pub(crate) struct GenerateArgs {
     /// and int8 ones)
     #[argh(option, default = "String::from(\"auto\")")]
     kv: String,
-    /// when the context is full, drop the oldest tokens and continue
+    /// accepted for compatibility: sliding is the default
     #[argh(switch)]
     slide: bool,
-    /// print one JSON object (tokens, text, prefill_tokens_per_s, decode_tokens_per_s, ...)
+    /// fail with an error when the context is full instead of sliding
+    #[argh(switch)]
+    no_slide: bool,
+    /// print one JSON object (tokens, text, stop: "eos", "stop" or "length", stop_string,
+    /// prefill_tokens_per_s, decode_tokens_per_s, ...)
     #[argh(switch)]
     json: bool,
+}
+
+/// The `stop` value of `--json` (OpenAI's `finish_reason` words).
+fn stop_name(stop: StopReason) -> &'static str {
+    match stop {
+        StopReason::EndOfText => "eos",
+        StopReason::MaxTokens => "length",
+        // The callback stops only for a stop string (or a closed stdout: nothing is printed).
+        StopReason::Callback => "stop",
+    }
 }
 
 pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
@@ -63,8 +83,24 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
     if !matches!(model.task(), Task::LanguageModel) {
         return Err("this model is a classifier: use `ember classify`".into());
     }
-    let prompt = prompt_ids(&model, &a.prompt, &a.tokens, "--prompt")?;
+    if a.slide && a.no_slide {
+        return Err(usage("give --slide or --no-slide, not both"));
+    }
+    let threads = threads(a.threads)?;
+    let (prompt, prompt_text) = prompt_ids(
+        &model,
+        &a.prompt,
+        &a.tokens,
+        a.prompt_file.as_deref(),
+        "--prompt",
+        "--prompt-file",
+    )?;
     let tok = tokenizer_of(&model)?;
+    if tok.is_none() && a.stop.iter().any(|s| !s.is_empty()) {
+        return Err(usage(
+            "--stop needs text, and this model file has no tokenizer",
+        ));
+    }
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -74,105 +110,92 @@ pub(crate) fn generate(a: GenerateArgs) -> Result<()> {
     };
     sampling
         .validate(model.n_outputs())
-        .map_err(|e| format!("--{e}"))?;
+        .map_err(|e| usage(format!("--{e}")))?;
     let opts = SessionOptions {
         context: a.context,
         kv_dtype: kv_dtype(&a.kv)?,
-        threads: a.threads,
+        threads,
         ..SessionOptions::default()
     };
-    let mut session = Session::new(&model, &opts).map_err(|e| format!("--{e}"))?;
+    let mut session = Session::new(&model, &opts).map_err(|e| usage(format!("--{e}")))?;
     // Refused before the prompt is echoed (no dropping of old tokens makes it fit).
     if prompt.len() > session.context() {
         return Err(format!(
             "the prompt is {} tokens, more than the context of {} tokens: shorten it",
             prompt.len(),
             session.context()
-        ));
+        )
+        .into());
     }
     let limits = GenerateOptions {
         max_tokens: a.max_tokens,
-        stop_token: if a.ignore_eot {
-            None
+        stop: if a.ignore_eot {
+            Stop::None
         } else {
-            tok.and_then(Tokenizer::eot_id)
+            Stop::ModelEndOfText
         },
-        slide: a.slide,
+        slide: !a.no_slide,
     };
-    // Everything the loop needs is allocated here: the decoder, the output buffers.
-    let mut decoder = tok.map(StreamDecoder::new);
-    let mut text = String::with_capacity(
-        a.max_tokens.min(1 << 16) * tok.map_or(16, |t| t.max_token_len().min(64)),
-    );
+    let mut stream = TextStream::new(tok, &a.stop, !a.json);
     let mut ids = Vec::with_capacity(a.max_tokens.min(1 << 20));
-    // `Stdout` (not a lock) because the callback runs on the session's pool thread.
-    let mut out = std::io::stdout();
     if !a.json {
-        match (tok, &a.prompt) {
-            (Some(_), Some(p)) => write!(out, "{p}").ok(),
-            _ => None,
-        };
-        out.flush().ok();
-    }
-    let stop = a.stop.as_deref().filter(|s| !s.is_empty());
-    let has_text = decoder.is_some();
-    let mut write_error = None;
-    let stats = session
-        .generate(&prompt, &sampling, &limits, |t| {
-            ids.push(t);
-            let piece = match decoder.as_mut() {
-                Some(d) => d.push(t).unwrap_or(""),
-                None => "",
-            };
-            let before = text.len();
-            text.push_str(piece);
-            if !a.json {
-                let r = if has_text {
-                    out.write_all(piece.as_bytes())
-                } else {
-                    writeln!(out, "{t}")
-                };
-                if let Err(e) = r.and_then(|_| out.flush()) {
-                    write_error = Some(e);
-                    return ControlFlow::Break(());
-                }
+        if let (Some(_), Some(p)) = (tok, &prompt_text) {
+            let mut out = std::io::stdout();
+            if let Err(e) = write!(out, "{p}").and_then(|_| out.flush()) {
+                stdout_failed(&e);
             }
-            match stop {
-                // Only the tail can newly contain the stop string.
-                Some(s) if text[before.saturating_sub(s.len())..].contains(s) => {
-                    ControlFlow::Break(())
-                }
-                _ => ControlFlow::Continue(()),
-            }
-        })
-        .map_err(|e| e.to_string())?;
-    if let Some(e) = write_error {
-        if e.kind() != std::io::ErrorKind::BrokenPipe {
-            return Err(format!("writing to stdout: {e}"));
+            stream.mid_line = !p.ends_with('\n');
         }
     }
+    let mut write_error = None;
+    let result = session.generate(&prompt, &sampling, &limits, |t| {
+        ids.push(t);
+        match stream.push(t) {
+            Ok(flow) => flow,
+            Err(e) => {
+                write_error = Some(e);
+                ControlFlow::Break(())
+            }
+        }
+    });
+    if let Some(e) = write_error.or_else(|| stream.finish().err()) {
+        stdout_failed(&e);
+    }
+    let stats = match result {
+        Ok(s) => s,
+        Err(e) => {
+            // The error goes to stderr on a line of its own, not glued onto the text.
+            if stream.mid_line {
+                println!();
+            }
+            return Err(match e {
+                emberlm_runtime::RuntimeError::ContextFull { context } => format!(
+                    "the context is full ({context} tokens) after {} generated tokens: leave out \
+                     --no-slide to drop the oldest tokens and go on",
+                    ids.len()
+                ),
+                e => e.to_string(),
+            }
+            .into());
+        }
+    };
     let prefill_tps = stats.prompt_tokens as f64 / stats.prefill_seconds.max(1e-9);
     let decode_tps = stats.generated_tokens as f64 / stats.decode_seconds.max(1e-9);
     if a.json {
-        let mut j = String::new();
-        let ids_s: Vec<String> = ids.iter().map(u32::to_string).collect();
-        let prompt_s: Vec<String> = prompt.iter().map(u32::to_string).collect();
-        write!(
-            j,
-            "{{\"tokens\":[{}],\"text\":{},\"prompt_tokens\":[{}],\"generated_tokens\":{},\"prefill_tokens_per_s\":{},\"decode_tokens_per_s\":{},\"stop\":\"{:?}\",\"kernels\":\"{}\"}}",
-            ids_s.join(","),
-            json_str(&text),
-            prompt_s.join(","),
-            stats.generated_tokens,
-            num(prefill_tps),
-            num(decode_tps),
-            stats.stop,
-            session.kernels().name()
-        )
-        .ok();
+        let j = serde_json::json!({
+            "tokens": ids,
+            "text": stream.text,
+            "prompt_tokens": prompt,
+            "generated_tokens": stats.generated_tokens,
+            "prefill_tokens_per_s": prefill_tps,
+            "decode_tokens_per_s": decode_tps,
+            "stop": stop_name(stats.stop),
+            "stop_string": stream.stopped_by,
+            "kernels": session.kernels().name(),
+        });
         println!("{j}");
     } else {
-        writeln!(out).ok();
+        println!();
         eprintln!(
             "[{} prompt tokens at {:.1} tokens/s, {} generated at {:.1} tokens/s, {}]",
             stats.prompt_tokens,

@@ -3,10 +3,11 @@
 use super::*;
 
 #[derive(FromArgs, Debug)]
-/// Show a model file's metadata, tensors and sizes.
+/// Show a model file's metadata, tensors and sizes; or a tokenizer file's (from
+/// `ember-train tokenizer`) vocabulary, merges and special tokens.
 #[argh(subcommand, name = "inspect")]
 pub(crate) struct InspectArgs {
-    /// the model file (.ember)
+    /// the model or tokenizer file (.ember)
     #[argh(positional)]
     model: PathBuf,
     /// print one JSON object
@@ -52,42 +53,96 @@ fn describe(v: &Value) -> String {
     }
 }
 
+/// `ember inspect` of a tokenizer-only file (`ember-train tokenizer`).
+fn inspect_tokenizer(
+    a: &InspectArgs,
+    tok: &Tokenizer,
+    h: &emberlm_formats::ember::Header,
+) -> Result<()> {
+    let specials: Vec<(&str, u32)> = tok.specials().collect();
+    // Byte-level BPE: the 256 byte tokens, then one token per merge, then the special tokens.
+    let merges = tok.vocab_size().saturating_sub(256 + specials.len());
+    let bytes = std::fs::metadata(&a.model).map_or(0, |m| m.len());
+    if a.json {
+        let meta: serde_json::Map<String, serde_json::Value> = h
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), describe(v).into()))
+            .collect();
+        let special: serde_json::Map<String, serde_json::Value> = specials
+            .iter()
+            .map(|(n, id)| (n.to_string(), (*id).into()))
+            .collect();
+        let j = serde_json::json!({
+            "kind": "tokenizer",
+            "file_bytes": bytes,
+            "vocab_size": tok.vocab_size(),
+            "merges": merges,
+            "special_tokens": special,
+            "metadata": meta,
+        });
+        println!("{j}");
+        return Ok(());
+    }
+    println!("{}", a.model.display());
+    println!(
+        "  tokenizer (no model): vocabulary {}, {merges} merges, {} special tokens, {bytes} bytes on disk",
+        tok.vocab_size(),
+        specials.len()
+    );
+    for (name, id) in &specials {
+        println!("  special {name:<24} id {id}");
+    }
+    println!("metadata:");
+    for (k, v) in &h.metadata {
+        println!("  {k:<28} {}", describe(v));
+    }
+    Ok(())
+}
+
 pub(crate) fn inspect(a: InspectArgs) -> Result<()> {
     let t0 = Instant::now();
-    let model = open(&a.model)?;
+    let model = match open(&a.model) {
+        Ok(m) => m,
+        Err(e) => {
+            return match tokenizer_file(&a.model) {
+                Some((tok, h)) => inspect_tokenizer(&a, &tok, &h),
+                None => Err(e),
+            };
+        }
+    };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
     let h = model.header();
     let cfg = model.config();
     let weights: u64 = h.tensors.iter().map(|t| t.numel()).sum();
     if a.json {
-        let meta: Vec<String> = h
+        let meta: serde_json::Map<String, serde_json::Value> = h
             .metadata
             .iter()
-            .map(|(k, v)| format!("{}:{}", json_str(k), json_str(&describe(v))))
+            .map(|(k, v)| (k.clone(), describe(v).into()))
             .collect();
-        let tensors: Vec<String> = h
+        let tensors: Vec<serde_json::Value> = h
             .tensors
             .iter()
             .map(|t| {
-                let shape: Vec<String> = t.shape.iter().map(u64::to_string).collect();
-                format!(
-                    "{{\"name\":{},\"dtype\":\"{}\",\"shape\":[{}],\"bytes\":{}}}",
-                    json_str(&t.name),
-                    t.dtype.name(),
-                    shape.join(","),
-                    t.size
-                )
+                serde_json::json!({
+                    "name": t.name,
+                    "dtype": t.dtype.name(),
+                    "shape": t.shape,
+                    "bytes": t.size,
+                })
             })
             .collect();
-        println!(
-            "{{\"file_bytes\":{},\"parameters\":{},\"bytes_per_token\":{},\"load_ms\":{},\"metadata\":{{{}}},\"tensors\":[{}]}}",
-            model.file_size(),
-            weights,
-            model.bytes_per_token(),
-            num(load_ms),
-            meta.join(","),
-            tensors.join(",")
-        );
+        let j = serde_json::json!({
+            "kind": "model",
+            "file_bytes": model.file_size(),
+            "parameters": weights,
+            "bytes_per_token": model.bytes_per_token(),
+            "load_ms": load_ms,
+            "metadata": meta,
+            "tensors": tensors,
+        });
+        println!("{j}");
         return Ok(());
     }
     println!("{}", a.model.display());

@@ -35,33 +35,19 @@ pub(crate) struct DetokenizeArgs {
     json: bool,
 }
 
-/// Tokenizer-only files (`ember-train tokenizer`) are read whole: at most this big.
-const MAX_TOKENIZER_FILE: u64 = 64 << 20;
-
 /// The tokenizer of `tokenize` / `detokenize`: GPT-2's when no file is given, else the file's:
 /// a model, or a tokenizer-only `.ember` file as `ember-train tokenizer` writes.
 fn tokenizer_for(path: &Option<PathBuf>) -> Result<std::borrow::Cow<'static, Tokenizer>> {
     let Some(p) = path else {
         return Ok(std::borrow::Cow::Borrowed(Tokenizer::gpt2()));
     };
-    let model_error = match open(p) {
-        Ok(m) => {
-            return tokenizer_of(&m)?
-                .cloned()
-                .map(std::borrow::Cow::Owned)
-                .ok_or_else(|| format!("{}: this model file has no tokenizer", p.display()));
-        }
-        Err(e) => e,
-    };
-    // Not a model: perhaps a tokenizer file (the model's error stands otherwise).
-    let small = std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.len() <= MAX_TOKENIZER_FILE);
-    let bytes = if small { std::fs::read(p).ok() } else { None };
-    let header = bytes
-        .as_deref()
-        .and_then(|b| emberlm_formats::ember::parse_header(b).ok());
-    match header.map(|h| emberlm_formats::meta::get_tokenizer(&h)) {
-        Some(Ok(Some(t))) => Ok(std::borrow::Cow::Owned(t)),
-        _ => Err(model_error),
+    if let Some((t, _)) = tokenizer_file(p) {
+        return Ok(std::borrow::Cow::Owned(t));
+    }
+    let m = open(p)?;
+    match tokenizer_of(&m)? {
+        Some(t) => Ok(std::borrow::Cow::Owned(t.clone())),
+        None => Err(format!("{}: this model file has no tokenizer", p.display()).into()),
     }
 }
 
@@ -73,10 +59,13 @@ pub(crate) fn tokenize(a: TokenizeArgs) -> Result<()> {
         SpecialTokens::Allow
     };
     let ids = tok.encode_to_vec(&a.text, special);
-    let s: Vec<String> = ids.iter().map(u32::to_string).collect();
     if a.json {
-        println!("{{\"tokens\":[{}],\"count\":{}}}", s.join(","), ids.len());
+        println!(
+            "{}",
+            serde_json::json!({ "tokens": ids, "count": ids.len() })
+        );
     } else {
+        let s: Vec<String> = ids.iter().map(u32::to_string).collect();
         println!("{}", s.join(","));
     }
     Ok(())
@@ -89,7 +78,7 @@ pub(crate) fn detokenize(a: DetokenizeArgs) -> Result<()> {
         .decode_to_string(&ids)
         .map_err(|e| format!("--ids: {e}"))?;
     if a.json {
-        println!("{{\"text\":{}}}", json_str(&text));
+        println!("{}", serde_json::json!({ "text": text }));
     } else {
         println!("{text}");
     }
