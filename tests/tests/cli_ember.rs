@@ -211,16 +211,21 @@ fn ok_json(out: &Output) -> serde_json::Value {
 
 /// A tiny random GPT-2 holding GPT-2's tokenizer, with a context of 16 tokens.
 fn gpt2_tiny(dir: &Path) -> String {
+    gpt2_tiny_context(dir, 16)
+}
+
+/// A tiny random GPT-2 holding GPT-2's tokenizer, with a context of `context` tokens.
+fn gpt2_tiny_context(dir: &Path, context: usize) -> String {
     let cfg = emberlm_formats::config::GptConfig {
         vocab_size: 50257,
-        context_length: 16,
+        context_length: context,
         dim: 8,
         n_layers: 1,
         n_heads: 2,
         qkv_bias: true,
         tied_head: true,
     };
-    let path = dir.join("gpt2-tiny.ember");
+    let path = dir.join(format!("gpt2-tiny-{context}.ember"));
     emberlm_runtime::random::write_random_model(
         &path,
         &cfg,
@@ -746,4 +751,69 @@ fn bad_inputs_give_one_clear_line() {
         );
     }
     eprintln!("bad-input matrix: {} cases passed", cases.len() + 1);
+}
+
+/// Runs `ember chat` with `input` on standard input.
+fn chat(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(ember())
+        .arg("chat")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The case: questions piped into `ember chat` on a 64-token model with the default
+/// --max-tokens 256 never end in an error; old turns are dropped (said on stderr), blank lines
+/// are skipped, --json prints one object per answer, and --system stays through /reset.
+#[test]
+fn chat_from_a_pipe_never_dead_ends() {
+    let tmp = tempdir("chat");
+    let m = gpt2_tiny_context(tmp.path(), 64);
+    let q = "What is the capital of France?\n";
+    let out = chat(&[&m], &format!("{q}{q}\n{q}{q}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("error"), "{err}");
+    assert!(
+        err.contains("(dropped the oldest turns to fit the context of 64 tokens)"),
+        "{err}"
+    );
+
+    let saved = tmp.path().join("chat.txt");
+    let input = format!(
+        "{q}{q}{q}/reset\nHello\n/save {}\n/exit\nnot read\n",
+        saved.display()
+    );
+    let out = chat(&[&m, "--json", "--system", "You are terse."], &input);
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "one JSON object per answer");
+    for j in &lines {
+        assert!(matches!(j["stop"].as_str(), Some("eos" | "length")), "{j}");
+        assert!(j["context_tokens"].as_u64().unwrap() <= 64);
+        assert!(j["text"].is_string());
+    }
+    assert!(
+        lines[1..3]
+            .iter()
+            .any(|j| j["dropped_turns"].as_u64() > Some(0))
+    );
+    assert_eq!(lines[3]["dropped_turns"], 0, "after /reset");
+    let transcript = std::fs::read_to_string(&saved).unwrap();
+    assert!(
+        transcript.starts_with("system: You are terse.\n\n> Hello\n"),
+        "{transcript:?}"
+    );
+    // An unknown command is a note, not the end.
+    let out = chat(&[&m], "/frobnicate\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(unknown command /frobnicate"));
 }
