@@ -1,5 +1,5 @@
 //! Session behaviour on random models: batched prefill equals token-by-token decoding for every
-//! dtype and thread count, sessions share a model across threads, the context limit and --slide.
+//! dtype and thread count, sessions share a model across threads, the context limit and sliding.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::DType;

@@ -18,7 +18,7 @@ pub(crate) struct ScoreArgs {
     #[argh(option)]
     text: Option<String>,
     /// a file holding the text to score (`-`: standard input); prints the summary only (the
-    /// per-token lines with --json)
+    /// per-token log-probabilities with --json), and its progress on stderr in a terminal
     #[argh(option)]
     file: Option<PathBuf>,
     /// token ids to score, e.g. 15496,11,314
