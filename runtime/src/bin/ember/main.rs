@@ -2,8 +2,9 @@
 //!
 //! Errors print one line, `ember: error: …`, and exit with code 2 for usage errors and 1 for
 //! failures (with `--json`, also one `{"error", "exit_code"}` object on stdout); only `main`
-//! prints errors and exits (the one exception: a Ctrl-C in `ember chat` outside an answer exits
-//! 130 from the signal handler). `--help` on any command explains it.
+//! prints errors and exits (the exceptions: a closed stdout ends the program at once, see
+//! `println!` below, and a Ctrl-C in `ember chat` outside an answer exits 130 from the signal
+//! handler). `--help` on any command explains it; one file per command.
 
 use argh::FromArgs;
 use emberlm_formats::config::GptConfig;
@@ -23,7 +24,8 @@ use std::time::Instant;
 
 /// `println!` that never panics (std's panics when stdout is closed, e.g. `ember ... | head -1`):
 /// a closed pipe ends the program quietly with success, as the reader asked for no more; any other
-/// write error is one `ember: error:` line and exit code 1. Shadows std's macro in this file.
+/// write error is one `ember: error:` line and exit code 1. Shadows std's macro in every module
+/// of this binary (they are declared below it).
 macro_rules! println {
     ($($arg:tt)*) => {{
         if let Err(e) = writeln!(std::io::stdout(), $($arg)*) {
