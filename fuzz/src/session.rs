@@ -18,7 +18,8 @@ use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{AlignedBytes, DType};
 use emberlm_runtime::random::random_model_bytes;
 use emberlm_runtime::{
-    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, StopReason,
+    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, Stop,
+    StopReason,
 };
 use std::ops::ControlFlow;
 use std::sync::OnceLock;
@@ -234,9 +235,11 @@ pub fn run(data: &[u8]) {
             3 | 4 => {
                 let prompt = tokens(&mut input, v, cfg.context_length + 2);
                 let s = sampling(&mut input, n_out);
+                let max_tokens = input.size(MAX_GENERATE).min(MAX_GENERATE);
+                let stop_token = input.bool().then(|| token(&mut input, n_out));
                 let opts = GenerateOptions {
-                    max_tokens: input.size(MAX_GENERATE).min(MAX_GENERATE),
-                    stop_token: input.bool().then(|| token(&mut input, n_out)),
+                    max_tokens,
+                    stop: stop_token.map_or(Stop::None, Stop::Token),
                     slide: input.bool(),
                 };
                 let stop_after = input.bool().then(|| input.u8() as usize % 8);
@@ -258,7 +261,7 @@ pub fn run(data: &[u8]) {
                         assert_eq!(stats.generated_tokens, out.len());
                         assert!(out.len() <= opts.max_tokens);
                         assert!(out.iter().all(|&t| (t as usize) < n_out));
-                        assert!(opts.stop_token.is_none_or(|st| !out.contains(&st)));
+                        assert!(stop_token.is_none_or(|st| !out.contains(&st)));
                         if stats.stop == StopReason::MaxTokens {
                             assert_eq!(out.len(), opts.max_tokens);
                         }

@@ -67,10 +67,9 @@ impl fmt::Display for RuntimeError {
                 vocab_size.saturating_sub(1)
             ),
             RuntimeError::EmptyPrompt => write!(f, "the prompt is empty: give at least one token"),
-            RuntimeError::ContextFull { context } => write!(
-                f,
-                "the context is full ({context} tokens); use a shorter prompt, fewer new tokens, or --slide"
-            ),
+            RuntimeError::ContextFull { context } => {
+                write!(f, "the context is full ({context} tokens)")
+            }
             RuntimeError::BadOption { option, reason } => write!(f, "{option}: {reason}"),
             RuntimeError::NoTokenizer => write!(
                 f,

@@ -12,4 +12,6 @@ pub use classify::{Classification, Classifier, ClassifierSpec};
 pub use error::RuntimeError;
 pub use model::Model;
 pub use sampler::Sampling;
-pub use session::{GenerateOptions, GenerateStats, KvDtype, Session, SessionOptions, StopReason};
+pub use session::{
+    GenerateOptions, GenerateStats, KvDtype, Session, SessionOptions, Stop, StopReason,
+};

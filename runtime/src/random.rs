@@ -109,6 +109,21 @@ pub fn random_model_bytes(
     ))
 }
 
+/// A random language model in memory that holds `tokenizer`, aligned for
+/// [`crate::Model::from_bytes`]: text in, text out, with no file (examples, tests).
+pub fn random_model_bytes_with_tokenizer(
+    cfg: &GptConfig,
+    dtype: DType,
+    seed: u64,
+    tokenizer: &Tokenizer,
+) -> Result<AlignedBytes, FormatError> {
+    let w = writer(cfg, &Task::LanguageModel, dtype, Some(tokenizer))?;
+    let mut rng = Rng::new(seed);
+    Ok(AlignedBytes::copy_from(
+        &w.to_vec(|_, e, out| fill(&mut rng, e, out))?,
+    ))
+}
+
 /// Writes a random model for `task` (atomically); returns its size. For a classifier the head is
 /// `out_head.weight` (K, C) in `dtype` and `out_head.bias` (K) in f32, both random; the labels,
 /// readout, pad id and length are the task's.

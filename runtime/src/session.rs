@@ -185,15 +185,30 @@ pub enum StopReason {
     Callback,
 }
 
-/// Limits of a [`Session::generate`] call.
+/// What ends a [`Session::generate`] call besides `max_tokens` and the callback.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stop {
+    /// The model's own end-of-text token (`<|endoftext|>` in the tokenizer stored in its file),
+    /// like the book's `eos_id`; nothing when the file has no tokenizer or no such token.
+    #[default]
+    ModelEndOfText,
+    /// This token id.
+    Token(u32),
+    /// Nothing: generate `max_tokens` tokens (or until the callback stops).
+    None,
+}
+
+/// Limits of a [`Session::generate`] call. The default is what an application wants: stop at
+/// the model's end-of-text token, and slide past the end of the context instead of failing.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GenerateOptions {
     /// Tokens to generate at most.
     pub max_tokens: usize,
-    /// Stop (without emitting it) when this token is sampled, like the book's `eos_id`.
-    pub stop_token: Option<u32>,
-    /// When the context is full, drop the oldest half of the tokens and rebuild the cache instead
-    /// of failing with [`RuntimeError::ContextFull`].
+    /// Stop (without emitting it) at this token: see [`Stop`].
+    pub stop: Stop,
+    /// When the context is full, drop the oldest half of the tokens and rebuild the cache from
+    /// the rest (as the book's `generate` crops its context) instead of failing with
+    /// [`RuntimeError::ContextFull`]. A prompt longer than the context is an error either way.
     pub slide: bool,
 }
 
@@ -201,8 +216,8 @@ impl Default for GenerateOptions {
     fn default() -> Self {
         GenerateOptions {
             max_tokens: 128,
-            stop_token: None,
-            slide: false,
+            stop: Stop::ModelEndOfText,
+            slide: true,
         }
     }
 }
@@ -217,6 +232,10 @@ pub struct Session<'m, 'a> {
     prefill_chunk: usize,
     /// Tokens whose keys and values are in the cache, oldest first, (at most T).
     tokens: Vec<u32>,
+    /// (T) scratch for the tokens kept when the context slides (so sliding allocates nothing).
+    kept: Vec<u32>,
+    /// The model's end-of-text token ([`Stop::ModelEndOfText`]), looked up once here.
+    eot: Option<u32>,
     kv_groups: Vec<RwLock<GroupKv>>, // keys and values by head group; decode crew members lock one
     kv: KvLayout,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
@@ -314,6 +333,8 @@ impl<'m, 'a> Session<'m, 'a> {
             context,
             prefill_chunk: chunk,
             tokens: Vec::with_capacity(context),
+            kept: Vec::with_capacity(context),
+            eot: model.tokenizer().ok().flatten().and_then(|t| t.eot_id()),
             kv_groups: (0..kv.groups)
                 .map(|i| {
                     RwLock::new(GroupKv {
@@ -451,9 +472,14 @@ impl<'m, 'a> Session<'m, 'a> {
         stats.prefill_seconds = t0.elapsed().as_secs_f64();
         self.sampler.reseed(sampling.seed);
         let t1 = std::time::Instant::now();
+        let stop_token = match opts.stop {
+            Stop::ModelEndOfText => self.eot,
+            Stop::Token(t) => Some(t),
+            Stop::None => None,
+        };
         for _ in 0..opts.max_tokens {
             let next = self.sampler.sample(&self.logits, &self.tokens, sampling);
-            if Some(next) == opts.stop_token {
+            if Some(next) == stop_token {
                 stats.stop = StopReason::EndOfText;
                 break;
             }
@@ -476,21 +502,21 @@ impl<'m, 'a> Session<'m, 'a> {
         Ok(stats)
     }
 
-    /// Drops the oldest half of the cached tokens and rebuilds the cache from the rest.
+    /// Drops the oldest half of the cached tokens and rebuilds the cache from the rest. Allocates
+    /// nothing: the kept tokens go through the `kept` scratch, `tokens` keeps its capacity.
     fn slide(&mut self) -> Result<(), RuntimeError> {
         let keep = self.context / 2;
-        let start = self.tokens.len() - keep;
-        // Shift in place (no allocation), then recompute keys and values for the new positions.
-        self.tokens.copy_within(start.., 0);
-        self.tokens.truncate(keep);
-        if keep == 0 {
-            return Ok(());
-        }
-        let kept = std::mem::take(&mut self.tokens);
-        let result = self.prefill(&kept).map(|_| ());
-        if result.is_err() {
-            self.tokens = kept;
-        }
+        let start = self.tokens.len().saturating_sub(keep);
+        let mut kept = std::mem::take(&mut self.kept);
+        kept.clear();
+        kept.extend_from_slice(&self.tokens[start..]);
+        self.tokens.clear();
+        let result = if kept.is_empty() {
+            Ok(())
+        } else {
+            self.prefill(&kept).map(|_| ())
+        };
+        self.kept = kept;
         result
     }
 

@@ -273,8 +273,18 @@ mod cli {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// Exit code 1 (a failure), one line naming the problem.
     fn fails_with(out: &Output, needle: &str) {
-        assert_eq!(out.status.code(), Some(1));
+        fails_with_code(out, 1, needle)
+    }
+
+    /// A usage error (a flag missing or out of range): exit code 2.
+    fn usage_error(out: &Output, needle: &str) {
+        fails_with_code(out, 2, needle)
+    }
+
+    fn fails_with_code(out: &Output, code: i32, needle: &str) {
+        assert_eq!(out.status.code(), Some(code), "{out:?}");
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(needle), "{err:?} lacks {needle:?}");
         assert_eq!(err.lines().count(), 1, "{err:?}");
@@ -458,14 +468,18 @@ mod cli {
             &run(&["score", m, "--tokens", "1,2"]),
             "use `ember classify`",
         );
-        fails_with(&run(&["classify", m]), "exactly one of");
         fails_with(
+            &run(&["chat", m]),
+            "this model is a classifier: use `ember classify`",
+        );
+        usage_error(&run(&["classify", m]), "exactly one of");
+        usage_error(
             &run(&["classify", m, "--text", "a", "--tokens", "1"]),
             "exactly one of",
         );
-        fails_with(&run(&["classify", m, "--text", ""]), "--text is empty");
+        usage_error(&run(&["classify", m, "--text", ""]), "--text is empty");
         fails_with(&run(&["classify", m, "--tokens", "1,99999"]), "99999");
-        fails_with(&run(&["classify", m, "--tokens", "x"]), "--tokens");
+        usage_error(&run(&["classify", m, "--tokens", "x"]), "--tokens");
         fails_with(
             &run(&["classify", m, "--file", "/nonexistent/texts.txt"]),
             "/nonexistent/texts.txt",

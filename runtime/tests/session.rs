@@ -1,11 +1,12 @@
 //! Session behaviour on random models: batched prefill equals token-by-token decoding for every
-//! dtype and thread count, sessions share a model across threads, the context limit and --slide.
+//! dtype and thread count, sessions share a model across threads, the context limit and sliding.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::DType;
 use emberlm_runtime::random::random_model_bytes;
 use emberlm_runtime::{
-    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, StopReason,
+    GenerateOptions, KvDtype, Model, RuntimeError, Sampling, Session, SessionOptions, Stop,
+    StopReason,
 };
 use std::ops::ControlFlow;
 
@@ -240,6 +241,7 @@ fn context_limit_is_an_error_unless_sliding() {
     );
     let limits = GenerateOptions {
         max_tokens: 30,
+        slide: false,
         ..GenerateOptions::default()
     };
     let err = s.generate(&[1, 2, 3], &Sampling::default(), &limits, |_| {
@@ -302,7 +304,7 @@ fn stop_token_and_callback_stop_generation() {
     s.reset();
     let limits = GenerateOptions {
         max_tokens: 10,
-        stop_token: first,
+        stop: first.map_or(Stop::None, Stop::Token),
         slide: false,
     };
     let stats = s
@@ -387,4 +389,71 @@ fn auto_kv_cache_is_f32_for_f32_models_and_f16_otherwise() {
         assert_eq!(bits(&auto), bits(same), "{dtype:?}");
         assert_ne!(bits(&auto), bits(other), "{dtype:?}");
     }
+}
+
+/// `GenerateOptions::default()` is what a library user wants: it stops at the model's own
+/// end-of-text token (from the tokenizer in its file) and slides past the end of the context.
+#[test]
+fn default_options_stop_at_the_models_end_of_text_and_slide() {
+    use emberlm_formats::tokenizer::{Tokenizer, TokenizerParts};
+    // Byte-level: ids 0..=255 are bytes, 256 is <|endoftext|>.
+    let mut bytes: Vec<u8> = (0..=255).collect();
+    let mut ends: Vec<u32> = (1..=256).collect();
+    bytes.extend(b"<|endoftext|>");
+    ends.push(bytes.len() as u32);
+    let tok = Tokenizer::from_parts(TokenizerParts {
+        tokens: bytes,
+        token_ends: ends,
+        special_names: vec!["<|endoftext|>".into()],
+        special_ids: vec![256],
+    })
+    .unwrap();
+    let cfg = GptConfig {
+        vocab_size: 257,
+        context_length: 16,
+        ..cfg()
+    };
+    let model_bytes =
+        emberlm_runtime::random::random_model_bytes_with_tokenizer(&cfg, DType::F32, 5, &tok)
+            .unwrap();
+    let model = Model::from_bytes(&model_bytes).unwrap();
+    let mut s = Session::new(&model, &SessionOptions::default()).unwrap();
+    // Nearly uniform sampling: <|endoftext|> comes, after more tokens than the context holds.
+    let sampling = Sampling {
+        temperature: 50.0,
+        seed: 5,
+        ..Sampling::default()
+    };
+    let opts = GenerateOptions {
+        max_tokens: 5000,
+        ..GenerateOptions::default()
+    };
+    let mut out = Vec::new();
+    let stats = s
+        .generate(&[1, 2, 3], &sampling, &opts, |t| {
+            out.push(t);
+            ControlFlow::Continue(())
+        })
+        .unwrap();
+    assert_eq!(stats.stop, StopReason::EndOfText);
+    assert!(!out.contains(&256));
+    assert!(out.len() > 16, "{} tokens: the context slid", out.len());
+    // The same run with `Stop::None` goes past that token.
+    s.reset();
+    let stats = s
+        .generate(
+            &[1, 2, 3],
+            &sampling,
+            &GenerateOptions {
+                max_tokens: out.len() + 1,
+                stop: Stop::None,
+                ..opts
+            },
+            |_| ControlFlow::Continue(()),
+        )
+        .unwrap();
+    assert_eq!(
+        (stats.generated_tokens, stats.stop),
+        (out.len() + 1, StopReason::MaxTokens)
+    );
 }

@@ -94,9 +94,11 @@ fn generate_decode_loop_allocates_nothing() {
     let _g = SERIAL.lock().unwrap();
     let bytes = random_model_bytes(&tiny(), DType::Q8, 5).unwrap();
     let model = Model::from_bytes(&bytes).unwrap();
-    for threads in [1, 2] {
+    // A context of 16 makes the 40 tokens slide (the default) twice: sliding allocates nothing.
+    for (threads, context) in [(1, None), (2, None), (1, Some(16)), (2, Some(16))] {
         let opts = SessionOptions {
             threads,
+            context,
             ..SessionOptions::default()
         };
         let mut s = Session::new(&model, &opts).unwrap();
@@ -135,7 +137,7 @@ fn generate_decode_loop_allocates_nothing() {
         let n = last - first.unwrap();
         assert_eq!(
             n, 0,
-            "threads={threads}: {n} allocations while generating 40 tokens"
+            "threads={threads} context={context:?}: {n} allocations while generating 40 tokens"
         );
     }
 }

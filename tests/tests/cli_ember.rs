@@ -175,6 +175,348 @@ fn tokenize_and_detokenize_give_the_books_ids() {
     assert_eq!(ids(&j["tokens"]), [15496, 11, 995, 13]);
     let out = run(&["detokenize", f, "--ids", "15496,11,995,13"]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "Hello, world.\n");
+    // `inspect` describes it; the commands that need a model say it holds none.
+    let out = run(&["inspect", f, "--json"]);
+    let j = ok_json(&out);
+    assert_eq!(j["kind"], "tokenizer");
+    assert_eq!(j["vocab_size"], 50257);
+    assert_eq!(j["merges"], 50000);
+    assert_eq!(j["special_tokens"]["<|endoftext|>"], 50256);
+    let out = run(&["inspect", f]);
+    assert!(out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("tokenizer (no model): vocabulary 50257, 50000 merges, 1 special tokens")
+    );
+    let out = run(&["generate", f, "--prompt", "Hi"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!(
+            "ember: error: {f}: this file holds a tokenizer (from `ember-train tokenizer`), not a \
+             model: `ember inspect`, `ember tokenize` and `ember detokenize` read it\n"
+        )
+    );
+}
+
+/// A successful run's JSON.
+fn ok_json(out: &Output) -> serde_json::Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// A tiny random GPT-2 holding GPT-2's tokenizer, with a context of 16 tokens.
+fn gpt2_tiny(dir: &Path) -> String {
+    gpt2_tiny_context(dir, 16)
+}
+
+/// A tiny random GPT-2 holding GPT-2's tokenizer, with a context of `context` tokens.
+fn gpt2_tiny_context(dir: &Path, context: usize) -> String {
+    let cfg = emberlm_formats::config::GptConfig {
+        vocab_size: 50257,
+        context_length: context,
+        dim: 8,
+        n_layers: 1,
+        n_heads: 2,
+        qkv_bias: true,
+        tied_head: true,
+    };
+    let path = dir.join(format!("gpt2-tiny-{context}.ember"));
+    emberlm_runtime::random::write_random_model(
+        &path,
+        &cfg,
+        emberlm_formats::ember::DType::F32,
+        5,
+        Some(emberlm_formats::tokenizer::Tokenizer::gpt2()),
+    )
+    .unwrap();
+    path.to_str().unwrap().to_string()
+}
+
+/// Generating past the end of a 16-token context slides (the default) instead of failing; with
+/// --no-slide the error comes on a line of its own after the text.
+#[test]
+fn generate_slides_past_the_context() {
+    let tmp = tempdir("slide");
+    let m = gpt2_tiny(tmp.path());
+    let prompt = "Every effort moves you";
+    let j = ok_json(&run(&[
+        "generate",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "100",
+        "--ignore-eot",
+        "--json",
+    ]));
+    assert_eq!(j["generated_tokens"], 100);
+    assert_eq!(j["stop"], "length");
+    let out = run(&[
+        "generate",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "100",
+        "--ignore-eot",
+    ]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(prompt) && text.ends_with('\n'), "{text:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stderr).lines().count(), 1);
+    // `--slide` is still accepted.
+    let out = run(&[
+        "generate",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "30",
+        "--slide",
+    ]);
+    assert!(out.status.success());
+    let out = run(&[
+        "generate",
+        &m,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "100",
+        "--ignore-eot",
+        "--no-slide",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with(prompt) && text.ends_with('\n'), "{text:?}");
+    // 4 prompt tokens + 12 generated fill the 16; the 13th is printed, then there is no room.
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "ember: error: the context is full (16 tokens) after 13 generated tokens: leave out \
+         --no-slide to drop the oldest tokens and go on\n"
+    );
+}
+
+/// `--stop` strings end the text before them (also while streaming), several may be given, and
+/// `--json` names why generation stopped: "stop", "length" or "eos".
+#[test]
+fn stop_strings_and_stop_reasons() {
+    let tmp = tempdir("stop");
+    let m = gpt2_tiny(tmp.path());
+    let base = [
+        "generate",
+        &m,
+        "--prompt",
+        "Hello",
+        "--max-tokens",
+        "40",
+        "--ignore-eot",
+    ];
+    let mut args = base.to_vec();
+    args.push("--json");
+    let full = ok_json(&run(&args));
+    let text = full["text"].as_str().unwrap().to_string();
+    assert_eq!(full["stop"], "length");
+    // A stop string from the middle of the text (whole characters).
+    let chars: Vec<char> = text.chars().collect();
+    assert!(chars.len() >= 12, "{text:?}");
+    let stop: String = chars[6..9].iter().collect();
+    let before = &text[..text.find(&stop).unwrap()];
+    for extra in [
+        &["--stop", stop.as_str()][..],
+        &["--stop", "\u{1}never", "--stop", stop.as_str()],
+    ] {
+        let mut a = args.clone();
+        a.extend(extra);
+        let j = ok_json(&run(&a));
+        assert_eq!(j["text"], before, "{extra:?}");
+        assert_eq!(j["stop"], "stop");
+        assert_eq!(j["stop_string"], stop.as_str());
+        let mut a = base.to_vec();
+        a.extend(extra);
+        let out = run(&a);
+        assert!(out.status.success());
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            format!("Hello{before}\n"),
+            "the stop string is never printed"
+        );
+    }
+    // End of text: a byte-level tokenizer whose <|endoftext|> the model samples at a high
+    // temperature soon enough.
+    let mut bytes: Vec<u8> = (0..=255).collect();
+    let mut ends: Vec<u32> = (1..=256).collect();
+    bytes.extend(b"<|endoftext|>");
+    ends.push(bytes.len() as u32);
+    let tok = emberlm_formats::tokenizer::Tokenizer::from_parts(
+        emberlm_formats::tokenizer::TokenizerParts {
+            tokens: bytes,
+            token_ends: ends,
+            special_names: vec!["<|endoftext|>".into()],
+            special_ids: vec![256],
+        },
+    )
+    .unwrap();
+    let cfg = emberlm_formats::config::GptConfig {
+        vocab_size: 257,
+        context_length: 16,
+        dim: 8,
+        n_layers: 1,
+        n_heads: 2,
+        qkv_bias: true,
+        tied_head: true,
+    };
+    let bytes_model = tmp.path().join("bytes.ember");
+    emberlm_runtime::random::write_random_model(
+        &bytes_model,
+        &cfg,
+        emberlm_formats::ember::DType::F32,
+        5,
+        Some(&tok),
+    )
+    .unwrap();
+    let b = bytes_model.to_str().unwrap();
+    let j = ok_json(&run(&[
+        "generate",
+        b,
+        "--prompt",
+        "a",
+        "--max-tokens",
+        "5000",
+        "--temperature",
+        "50",
+        "--json",
+    ]));
+    assert_eq!(j["stop"], "eos", "{j}");
+    assert!(!j["tokens"].as_array().unwrap().contains(&256.into()));
+}
+
+/// `score --file` equals `score --text` on a text that fits; a longer text is scored in windows
+/// whose log-probabilities equal those of scoring each window on its own.
+#[test]
+fn score_file_slides_over_long_texts() {
+    let tmp = tempdir("score");
+    let m = gpt2_tiny(tmp.path());
+    let short = "Every effort moves you forward.";
+    let f = tmp.path().join("short.txt");
+    std::fs::write(&f, short).unwrap();
+    let a = ok_json(&run(&[
+        "score",
+        &m,
+        "--file",
+        f.to_str().unwrap(),
+        "--json",
+    ]));
+    let b = ok_json(&run(&["score", &m, "--text", short, "--json"]));
+    assert_eq!(a["loss"], b["loss"]);
+    assert_eq!(a["logprobs"], b["logprobs"]);
+    assert_eq!(a["windows"], 1);
+
+    let long = "I had always thought Jack Gisburn rather a cheap genius--though a good fellow \
+                enough--so it was no great surprise to me to hear that, in the height of his \
+                glory, he had dropped his painting, married a rich widow.";
+    let f = tmp.path().join("long.txt");
+    std::fs::write(&f, long).unwrap();
+    let j = ok_json(&run(&[
+        "score",
+        &m,
+        "--file",
+        f.to_str().unwrap(),
+        "--json",
+    ]));
+    let ids = ids(&j["tokens"]);
+    let lp: Vec<f64> = j["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect();
+    assert!(ids.len() > 40, "{}", ids.len());
+    assert_eq!(lp.len(), ids.len() - 1, "every token after the first, once");
+    assert_eq!(
+        (j["context"].as_u64(), j["stride"].as_u64()),
+        (Some(16), Some(8))
+    );
+    let window = |start: usize| -> Vec<f64> {
+        let end = (start + 16).min(ids.len());
+        let w = ok_json(&run(&[
+            "score",
+            &m,
+            "--tokens",
+            &join(&ids[start..end]),
+            "--json",
+        ]));
+        w["logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect()
+    };
+    // Window 0 predicts tokens 1..16; window k (from 8k) the 8 tokens from 8k + 8 on.
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * (1.0 + b.abs());
+    let w0 = window(0);
+    assert!(lp[..15].iter().zip(&w0).all(|(&a, &b)| close(a, b)));
+    let mut start = 8;
+    while start + 16 <= ids.len() {
+        let w = window(start);
+        for (k, &b) in w[7..].iter().enumerate() {
+            let a = lp[start + 7 + k];
+            assert!(
+                close(a, b),
+                "window at {start}, token {}: {a} vs {b}",
+                start + 8 + k
+            );
+        }
+        start += 8;
+    }
+    let text = run(&["score", &m, "--file", f.to_str().unwrap()]);
+    let out = String::from_utf8_lossy(&text.stdout);
+    assert!(out.contains("windows of 16 tokens, stride 8"), "{out}");
+    assert_eq!(out.lines().count(), 1, "the summary only");
+    // From standard input.
+    let mut child = Command::new(ember())
+        .args(["score", &m, "--file", "-", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), long.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(ok_json(&out)["loss"], j["loss"]);
+}
+
+/// `ember --version`, and `--prompt -` reading the prompt from standard input.
+#[test]
+fn version_and_prompt_from_stdin() {
+    let out = run(&["--version"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("ember {}\n", env!("CARGO_PKG_VERSION"))
+    );
+    let tmp = tempdir("stdin");
+    let m = gpt2_tiny(tmp.path());
+    let mut child = Command::new(ember())
+        .args([
+            "generate",
+            &m,
+            "--prompt",
+            "-",
+            "--max-tokens",
+            "3",
+            "--json",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), b"Hello, world.").unwrap();
+    let j = ok_json(&child.wait_with_output().unwrap());
+    assert_eq!(ids(&j["prompt_tokens"]), [15496, 11, 995, 13]);
 }
 
 /// Every case: a non-zero exit, one line on stderr naming the problem, and no panic.
@@ -323,6 +665,7 @@ fn bad_inputs_give_one_clear_line() {
                 "1".into(),
                 "--max-tokens".into(),
                 "100".into(),
+                "--no-slide".into(),
             ],
             "context is full",
         ),
@@ -408,4 +751,69 @@ fn bad_inputs_give_one_clear_line() {
         );
     }
     eprintln!("bad-input matrix: {} cases passed", cases.len() + 1);
+}
+
+/// Runs `ember chat` with `input` on standard input.
+fn chat(args: &[&str], input: &str) -> Output {
+    let mut child = Command::new(ember())
+        .arg("chat")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), input.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// The issue's case: questions piped into `ember chat` on a 64-token model with the default
+/// --max-tokens 256 never end in an error; old turns are dropped (said on stderr), blank lines
+/// are skipped, --json prints one object per answer, and --system stays through /reset.
+#[test]
+fn chat_from_a_pipe_never_dead_ends() {
+    let tmp = tempdir("chat");
+    let m = gpt2_tiny_context(tmp.path(), 64);
+    let q = "What is the capital of France?\n";
+    let out = chat(&[&m], &format!("{q}{q}\n{q}{q}"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("error"), "{err}");
+    assert!(
+        err.contains("(dropped the oldest turns to fit the context of 64 tokens)"),
+        "{err}"
+    );
+
+    let saved = tmp.path().join("chat.txt");
+    let input = format!(
+        "{q}{q}{q}/reset\nHello\n/save {}\n/exit\nnot read\n",
+        saved.display()
+    );
+    let out = chat(&[&m, "--json", "--system", "You are terse."], &input);
+    assert_eq!(out.status.code(), Some(0));
+    let lines: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 4, "one JSON object per answer");
+    for j in &lines {
+        assert!(matches!(j["stop"].as_str(), Some("eos" | "length")), "{j}");
+        assert!(j["context_tokens"].as_u64().unwrap() <= 64);
+        assert!(j["text"].is_string());
+    }
+    assert!(
+        lines[1..3]
+            .iter()
+            .any(|j| j["dropped_turns"].as_u64() > Some(0))
+    );
+    assert_eq!(lines[3]["dropped_turns"], 0, "after /reset");
+    let transcript = std::fs::read_to_string(&saved).unwrap();
+    assert!(
+        transcript.starts_with("system: You are terse.\n\n> Hello\n"),
+        "{transcript:?}"
+    );
+    // An unknown command is a note, not the end.
+    let out = chat(&[&m], "/frobnicate\n");
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("(unknown command /frobnicate"));
 }

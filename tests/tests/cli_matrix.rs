@@ -460,7 +460,10 @@ const BAD_MODELS: &[(&str, &str)] = &[
     ("text.txt", "not an .ember file"),
     ("model.safetensors", "not an .ember file"),
     ("truncated.ember", "truncated"),
-    ("tok.ember", "general.architecture"),
+    (
+        "tok.ember",
+        "holds a tokenizer (from `ember-train tokenizer`), not a model",
+    ),
     ("/dev/zero", "not an .ember file"),
 ];
 
@@ -476,70 +479,237 @@ const EMBER_MODEL_COMMANDS: &[(&str, &str)] = &[
     ("detokenize", "--ids 1"),
 ];
 
-/// Further `ember` rows, same format as [`TRAIN_CASES`] (`model.ember`: a tiny model with a
-/// tokenizer and context 16).
-const EMBER_CASES: &[(&str, &str)] = &[
+/// Further `ember` rows: (command line, needle, exit code: 2 for usage errors, 1 for failures).
+/// `model.ember`: a tiny model with a tokenizer and context 16; standard input is empty.
+const EMBER_CASES: &[(&str, &str, i32)] = &[
     (
         "generate model.ember --prompt the --temperature -1",
         "--temperature",
+        2,
     ),
     (
         "generate model.ember --prompt the --temperature nan",
         "--temperature",
+        2,
     ),
-    ("generate model.ember --prompt the --top-k 0", "--top-k"),
-    ("generate model.ember --prompt the --top-k 301", "--top-k"),
-    ("generate model.ember --prompt the --top-p 0", "--top-p"),
-    ("generate model.ember --prompt the --top-p nan", "--top-p"),
+    ("generate model.ember --prompt the --top-k 0", "--top-k", 2),
+    (
+        "generate model.ember --prompt the --top-k 301",
+        "--top-k",
+        2,
+    ),
+    ("generate model.ember --prompt the --top-p 0", "--top-p", 2),
+    (
+        "generate model.ember --prompt the --top-p nan",
+        "--top-p",
+        2,
+    ),
     (
         "generate model.ember --prompt the --repetition-penalty 0",
         "--repetition-penalty",
+        2,
     ),
-    ("generate model.ember --prompt the --context 0", "--context"),
+    (
+        "generate model.ember --prompt the --context 0",
+        "--context",
+        2,
+    ),
     (
         "generate model.ember --prompt the --context 17",
         "--context",
+        2,
     ),
     (
-        "generate model.ember --prompt the --max-tokens 100",
+        "generate model.ember --prompt the --max-tokens 100 --no-slide",
         "context is full",
+        1,
     ),
     (
         "generate model.ember --prompt the --max-tokens -1",
         "--max-tokens",
+        2,
     ),
-    ("generate model.ember --prompt the --kv f8", "--kv"),
-    ("generate model.ember --prompt the --tokens 1", "not both"),
-    ("generate model.ember --tokens 300", "token id 300"),
-    ("generate model.ember --seed -1 --tokens 1", "--seed"),
-    ("generate model.ember", "--tokens"),
+    ("generate model.ember --prompt the --kv f8", "--kv", 2),
+    (
+        "generate model.ember --prompt the --tokens 1",
+        "not several",
+        2,
+    ),
+    ("generate model.ember --tokens 300", "token id 300", 1),
+    ("generate model.ember --seed -1 --tokens 1", "--seed", 2),
+    ("generate model.ember", "--tokens", 2),
     (
         "generate model.ember --tokens 1 --bogus",
         "Unrecognized argument",
+        2,
     ),
-    ("chat model.ember --temperature -1", "--temperature"),
-    ("chat model.ember --top-k 0", "--top-k"),
-    ("chat model.ember --bogus", "Unrecognized argument"),
-    ("score model.ember --tokens 1,300", "token id 300"),
-    ("score model.ember --tokens 300,1", "token id 300"),
-    ("score model.ember --tokens 1", "at least 2 tokens"),
-    ("score model.ember", "--text"),
-    ("score model.ember --text the --tokens 1,2", "not both"),
-    ("inspect", "model"),
-    ("inspect model.ember --bogus", "Unrecognized argument"),
-    ("bench model.ember", "exceeds the model's context"),
-    ("bench --random 7b", "unknown model preset"),
+    ("chat model.ember --temperature -1", "--temperature", 2),
+    ("chat model.ember --top-k 0", "--top-k", 2),
+    ("chat model.ember --bogus", "Unrecognized argument", 2),
+    ("score model.ember --tokens 1,300", "token id 300", 1),
+    ("score model.ember --tokens 300,1", "token id 300", 1),
+    ("score model.ember --tokens 1", "at least 2 tokens", 1),
+    ("score model.ember", "--text", 2),
+    (
+        "score model.ember --text the --tokens 1,2",
+        "not several",
+        2,
+    ),
+    ("inspect", "model", 2),
+    ("inspect model.ember --bogus", "Unrecognized argument", 2),
+    (
+        "bench model.ember --gen-tokens 100",
+        "exceeds the model's context",
+        2,
+    ),
+    ("bench --random 7b", "unknown model preset", 2),
     (
         "bench model.ember --prompt-tokens 1 --gen-tokens 1 --kv f8",
         "--kv",
+        2,
     ),
-    ("tokenize model.ember", "--text"),
-    ("detokenize model.ember --ids 300", "token id 300"),
-    ("detokenize model.ember --ids -1", "not a token id"),
-    ("detokenize model.ember --ids", "No value provided"),
-    ("detokenize --ids 99999999", "99999999"),
-    ("frobnicate", "Unrecognized argument"),
-    ("", "subcommands"),
+    ("tokenize model.ember", "--text", 2),
+    ("detokenize model.ember --ids 300", "token id 300", 1),
+    ("detokenize model.ember --ids -1", "not a token id", 2),
+    ("detokenize model.ember --ids", "No value provided", 2),
+    ("detokenize --ids 99999999", "99999999", 1),
+    ("frobnicate", "Unrecognized argument", 2),
+    ("", "subcommands", 2),
+    (
+        "generate model.ember --tokens 1 --threads 0",
+        "--threads 0: give at least 1",
+        2,
+    ),
+    (
+        "score model.ember --tokens 1,2 --threads 0",
+        "--threads 0: give at least 1",
+        2,
+    ),
+    (
+        "chat model.ember --threads 0",
+        "--threads 0: give at least 1",
+        2,
+    ),
+    (
+        "classify classifier.ember --text hi --threads 0",
+        "--threads 0: give at least 1",
+        2,
+    ),
+    (
+        "bench model.ember --threads 0",
+        "--threads 0: give at least 1",
+        2,
+    ),
+    ("bench", "give a model file, or --random SIZE", 2),
+    ("bench --random 7b", "124m, 355m, 774m, 1558m", 2),
+    (
+        "generate model.ember --tokens 1 --bogus",
+        "(see `ember generate --help`)",
+        2,
+    ),
+    (
+        "generate model.ember --tokens 1 --max-token 5",
+        "did you mean `--max-tokens`?",
+        2,
+    ),
+    ("chat model.ember --sytem hi", "did you mean `--system`?", 2),
+    ("generat model.ember", "did you mean `generate`?", 2),
+    ("frobnicate", "(see `ember --help`)", 2),
+    (
+        "generate model.ember --prompt the --slide --no-slide",
+        "give --slide or --no-slide, not both",
+        2,
+    ),
+    (
+        "generate model.ember --prompt the --prompt-file text.txt",
+        "not several",
+        2,
+    ),
+    (
+        "generate model.ember --prompt-file nope.txt",
+        "nope.txt: No such file",
+        1,
+    ),
+    (
+        "generate model.ember --prompt-file dir",
+        "dir: is a directory",
+        1,
+    ),
+    (
+        "generate model.ember --prompt-file latin1.txt",
+        "--prompt-file latin1.txt: not valid UTF-8 (at byte offset 3)",
+        1,
+    ),
+    (
+        "generate model.ember --prompt-file empty.txt",
+        "--prompt-file empty.txt: the text is empty",
+        1,
+    ),
+    (
+        "generate model.ember --prompt -",
+        "--prompt standard input: the text is empty",
+        1,
+    ),
+    (
+        "generate model.ember --tokens 1 --stop",
+        "No value provided",
+        2,
+    ),
+    (
+        "score model.ember --file nope.txt",
+        "nope.txt: No such file",
+        1,
+    ),
+    ("score model.ember --file dir", "dir: is a directory", 1),
+    (
+        "score model.ember --file empty.txt",
+        "--file empty.txt: the text is empty",
+        1,
+    ),
+    ("score model.ember --file latin1.txt", "not valid UTF-8", 1),
+    (
+        "score model.ember --file -",
+        "--file standard input: the text is empty",
+        1,
+    ),
+    (
+        "score model.ember --file text.txt --text the",
+        "not several",
+        2,
+    ),
+    (
+        "score model.ember --file text.txt --stride 0",
+        "--stride must be in 1..=15",
+        2,
+    ),
+    (
+        "score model.ember --file text.txt --stride 16",
+        "--stride must be in 1..=15",
+        2,
+    ),
+    (
+        "score model.ember --file text.txt --context 99",
+        "--context",
+        2,
+    ),
+    ("chat model.ember --system", "No value provided", 2),
+    (
+        "chat model.ember --max-tokens 0",
+        "--max-tokens must be at least 1",
+        2,
+    ),
+    ("chat model.ember --top-p 0", "--top-p", 2),
+    (
+        "chat model.ember --repetition-penalty 0",
+        "--repetition-penalty",
+        2,
+    ),
+    (
+        "chat classifier.ember",
+        "this model is a classifier: use `ember classify`",
+        1,
+    ),
+    ("inspect nope.ember --json", "No such file", 1),
 ];
 
 /// `ember classify` rows (`classifier.ember`: a tiny classifier fine-tuned from `run`).
@@ -719,8 +889,8 @@ fn every_command_rejects_bad_input_with_one_clear_line() {
         for (model, needle) in BAD_MODELS {
             // Without a model, tokenize/detokenize use GPT-2's vocabulary: the path is optional
             // there, but a bad one given is still an error. A tokenizer-only file is what they
-            // accept besides a model (tests/tests/cli_ember.rs).
-            if *model == "tok.ember" && matches!(*cmd, "tokenize" | "detokenize") {
+            // accept besides a model (tests/tests/cli_ember.rs), and `inspect` describes it.
+            if *model == "tok.ember" && matches!(*cmd, "tokenize" | "detokenize" | "inspect") {
                 continue;
             }
             n += 1;
@@ -728,9 +898,17 @@ fn every_command_rejects_bad_input_with_one_clear_line() {
             failures.extend(check("ember", dir, args, None, needle));
         }
     }
-    for (line, needle) in EMBER_CASES {
+    for (line, needle, code) in EMBER_CASES {
         n += 1;
-        failures.extend(check("ember", dir, words(line), None, needle));
+        let out = run_limited("ember", dir, &words(line), None);
+        match check_one_line_error("ember", &out, needle) {
+            Some(p) => failures.push(format!("ember {line}: {p}")),
+            None if out.status.code() != Some(*code) => failures.push(format!(
+                "ember {line}: exit code {:?}, not {code}",
+                out.status.code()
+            )),
+            None => {}
+        }
     }
     // Invalid UTF-8 in text: chat reads it from standard input.
     n += 1;
@@ -826,6 +1004,28 @@ fn every_command_rejects_bad_input_with_one_clear_line() {
     failures.extend(
         check_one_line_error("ember-train", &out, "nope.txt").map(|p| format!("eval --json: {p}")),
     );
+    // The same for `ember --json`, for a failure (1) and a usage error (2).
+    for (line, needle, code) in [
+        ("score nope.ember --tokens 1,2 --json", "nope.ember", 1),
+        ("generate model.ember --json --bogus", "--bogus", 2),
+        ("generate model.ember --json --threads 0", "--threads 0", 2),
+    ] {
+        n += 1;
+        let out = run_limited("ember", dir, &words(line), None);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        match serde_json::from_str::<serde_json::Value>(stdout.trim()) {
+            Ok(j)
+                if j["error"].as_str().is_some_and(|e| e.contains(needle))
+                    && j["exit_code"] == code
+                    && out.status.code() == Some(code) => {}
+            _ => failures.push(format!(
+                "ember {line}: stdout is not one error object with exit code {code}: {stdout:?}"
+            )),
+        }
+        failures.extend(
+            check_one_line_error("ember", &out, needle).map(|p| format!("ember {line}: {p}")),
+        );
+    }
 
     eprintln!(
         "cli_matrix: {n} bad-input cases, {} failed, {:.1} s",
@@ -840,10 +1040,34 @@ fn every_command_rejects_bad_input_with_one_clear_line() {
     );
 }
 
+/// A tiny random GPT-2 with GPT-2's tokenizer (context 16).
+fn write_tiny_model(path: &Path) {
+    let cfg = emberlm_formats::config::GptConfig {
+        vocab_size: 50257,
+        context_length: 16,
+        dim: 8,
+        n_layers: 1,
+        n_heads: 2,
+        qkv_bias: true,
+        tied_head: true,
+    };
+    let tok = emberlm_formats::tokenizer::Tokenizer::gpt2();
+    emberlm_runtime::random::write_random_model(
+        path,
+        &cfg,
+        emberlm_formats::ember::DType::F32,
+        3,
+        Some(tok),
+    )
+    .unwrap();
+}
+
 /// A reader that closes the pipe early (`| head -1`) is not an error, and never a panic.
 #[test]
 fn a_closed_stdout_is_not_a_panic() {
-    let _dir = scratch("pipe");
+    let dir = scratch("pipe");
+    let model = dir.join("model.ember");
+    write_tiny_model(&model);
     for (prog, args) in [
         ("ember", vec!["detokenize", "--ids", "15496,11,995"]),
         (
@@ -851,11 +1075,15 @@ fn a_closed_stdout_is_not_a_panic() {
             vec!["tokenize", "--text", "Hello, world. Is this-- a test?"],
         ),
         ("ember", vec!["--help"]),
+        ("ember", vec!["generate", "--help"]),
+        ("ember", vec!["--version"]),
+        ("ember", vec!["inspect", "model.ember"]),
         ("ember-train", vec!["--help"]),
         ("ember-train", vec!["pretrain", "--help"]),
     ] {
         let mut child = Command::new(bin(prog))
             .args(&args)
+            .current_dir(&dir)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

@@ -3,7 +3,7 @@
 //! book-layout safetensors (with the `att.mask` buffers) → import → .ember → run.
 
 use emberlm_formats::meta::Task;
-use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions};
+use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions, Stop};
 use emberlm_trainer::export::{ExportDtype, ExportMeta, export_ember};
 use emberlm_trainer::import::{Layout, import_safetensors};
 use std::ops::ControlFlow;
@@ -177,7 +177,8 @@ fn check_f32(name: &str) {
         let mut got = Vec::new();
         let limits = GenerateOptions {
             max_tokens: e.greedy_tokens.len(),
-            ..GenerateOptions::default()
+            stop: Stop::None, // transformers generated exactly this many
+            slide: false,
         };
         s.generate(&e.greedy_prompt, &Sampling::default(), &limits, |t| {
             got.push(t);

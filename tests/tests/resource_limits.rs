@@ -411,9 +411,28 @@ fn long_prompts_are_bounded() {
         "resource_limits: tokenize a 100 kB word without spaces: {:.2} s, peak {:.1} MB",
         m.seconds, m.peak_mb
     );
+    // `score` reads a text longer than the context in sliding windows: it succeeds, in bounded
+    // memory.
+    let m = measure(
+        &dir,
+        "bin",
+        &[
+            ember.clone(),
+            "score".into(),
+            s(&model),
+            "--text".into(),
+            prompt.clone(),
+        ],
+        None,
+    );
+    assert_eq!(m.code, Some(0), "{}", m.stderr);
+    assert!(m.peak_mb <= HEADER_MAX_MB, "score: {:.1} MB", m.peak_mb);
+    eprintln!(
+        "resource_limits: score a 100 kB text in windows: {:.2} s, peak {:.1} MB",
+        m.seconds, m.peak_mb
+    );
     for (cmd, flag, text) in [
         ("generate", "--prompt", &prompt),
-        ("score", "--text", &prompt),
         ("generate", "--prompt", &solid),
     ] {
         let m = measure(

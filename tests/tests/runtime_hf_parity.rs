@@ -2,7 +2,7 @@
 //! (tests/fixtures/hf_tiny, made by tests/fixtures/make_hf_tiny.py): import → export → run.
 
 use emberlm_formats::meta::Task;
-use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions};
+use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions, Stop};
 use emberlm_trainer::export::{ExportDtype, ExportMeta, export_ember};
 use emberlm_trainer::import::{Layout, import_safetensors};
 use std::ops::ControlFlow;
@@ -158,7 +158,8 @@ fn f32_export_matches_transformers_logits_loss_and_greedy_tokens() {
             let mut got = Vec::new();
             let limits = GenerateOptions {
                 max_tokens: e.greedy_tokens.len(),
-                ..GenerateOptions::default()
+                stop: Stop::None, // transformers generated exactly this many
+                slide: false,
             };
             s.generate(&e.greedy_prompt, &Sampling::default(), &limits, |t| {
                 got.push(t);

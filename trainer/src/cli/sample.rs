@@ -6,7 +6,7 @@ use crate::model::Gpt;
 use emberlm_formats::ember::{AlignedBytes, DType, EmberWriter, write_f32s};
 use emberlm_formats::meta::{self, Task};
 use emberlm_formats::tokenizer::{SpecialTokens, Tokenizer};
-use emberlm_runtime::{GenerateOptions, Model, Sampling, Session, SessionOptions};
+use emberlm_runtime::{GenerateOptions, Model, Sampling, Session, SessionOptions, Stop};
 use std::ops::ControlFlow;
 
 /// The model as an f32 `.ember` file in memory (configuration, language-model task, tensors).
@@ -58,7 +58,7 @@ pub fn greedy(
         &Sampling::default(),
         &GenerateOptions {
             max_tokens: n,
-            stop_token: None,
+            stop: Stop::None,
             slide: true,
         },
         |t| {

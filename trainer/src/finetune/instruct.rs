@@ -10,7 +10,7 @@ use crate::model::{Gpt, Mode, ModelError};
 use emberlm_formats::ember::write_atomically;
 use emberlm_formats::meta::PromptTemplate;
 use emberlm_formats::tokenizer::{SpecialTokens, Tokenizer};
-use emberlm_runtime::{GenerateOptions, RuntimeError, Sampling, Session};
+use emberlm_runtime::{GenerateOptions, RuntimeError, Sampling, Session, Stop};
 use serde::{Deserialize, Serialize};
 use std::ops::ControlFlow;
 use std::path::Path;
@@ -172,7 +172,7 @@ pub fn respond(
         &Sampling::default(),
         &GenerateOptions {
             max_tokens: max_new,
-            stop_token: Some(eot),
+            stop: Stop::Token(eot),
             slide: true,
         },
         |t| {
