@@ -20,6 +20,43 @@ pub enum Arch {
 }
 
 impl Arch {
+    /// Hugging Face's prefix of block `layer`'s tensor names.
+    pub fn hf_block_prefix(self, layer: usize) -> String {
+        match self {
+            Arch::Gpt2 => format!("h.{layer}."),
+        }
+    }
+
+    /// The prefix that Hugging Face's `*LMHeadModel` files put before every name of the base model
+    /// (files of the base model alone have none); [`HfName::root`] names never have it.
+    pub fn hf_base_prefix(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "transformer.",
+        }
+    }
+
+    /// Per-block buffers that Hugging Face files may hold besides weights (attention masks):
+    /// names after the block prefix.
+    pub fn hf_block_buffers(self) -> &'static [&'static str] {
+        match self {
+            Arch::Gpt2 => &["attn.bias", "attn.masked_bias"],
+        }
+    }
+
+    /// The book's prefix of block `layer`'s tensor names.
+    pub fn book_block_prefix(self, layer: usize) -> String {
+        match self {
+            Arch::Gpt2 => format!("trf_blocks.{layer}."),
+        }
+    }
+
+    /// Per-block buffers of the book's files (its causal mask): names after the block prefix.
+    pub fn book_block_buffers(self) -> &'static [&'static str] {
+        match self {
+            Arch::Gpt2 => &["att.mask"],
+        }
+    }
+
     /// The architecture's tensors, in canonical order (the order of the trainer's flat buffer and
     /// of an exported file).
     pub fn description(self) -> &'static [TensorDesc] {
@@ -154,8 +191,11 @@ pub struct HfName {
     /// Stored transposed, [in, out] (GPT-2's `Conv1D`).
     pub transposed: bool,
     /// Present in every Hugging Face file even where ember's model has no such tensor (GPT-2's
-    /// `c_attn.bias`): written as zeros, read and checked to be zero.
+    /// `c_attn.bias`): written as zeros on export.
     pub always: bool,
+    /// Outside the base model (the language-model head): never takes
+    /// [`Arch::hf_base_prefix`].
+    pub root: bool,
 }
 
 /// One tensor of an architecture.
@@ -214,6 +254,29 @@ impl TensorDesc {
             Scope::Block => format!("blocks.{layer}.{}", self.name),
         }
     }
+
+    /// Hugging Face's full name in block `layer`, with `base_prefix` (`""` or
+    /// [`Arch::hf_base_prefix`]) unless the tensor is a root one; `None` where that layout has
+    /// no such tensor.
+    pub fn hf_name(&self, arch: Arch, layer: usize, base_prefix: &str) -> Option<String> {
+        let hf = self.hf?;
+        let prefix = if hf.root { "" } else { base_prefix };
+        Some(match self.scope {
+            Scope::Model => format!("{prefix}{}", hf.name),
+            Scope::Block => format!("{prefix}{}{}", arch.hf_block_prefix(layer), hf.name),
+        })
+    }
+
+    /// The book's full names in block `layer` (several: equal row splits of the tensor).
+    pub fn book_names(&self, arch: Arch, layer: usize) -> Vec<String> {
+        self.book
+            .iter()
+            .map(|n| match self.scope {
+                Scope::Model => n.to_string(),
+                Scope::Block => format!("{}{n}", arch.book_block_prefix(layer)),
+            })
+            .collect()
+    }
 }
 
 /// One concrete tensor of a configured model.
@@ -246,35 +309,43 @@ impl Tensor {
 /// `Some(K)`) has a (K, C) head and a (K) bias, last, whether or not the language model's head
 /// was tied.
 pub fn tensors(arch: Arch, cfg: &GptConfig, classes: Option<usize>) -> Vec<Tensor> {
+    described(arch, cfg, classes)
+        .into_iter()
+        .filter_map(|(t, present)| present.then_some(t))
+        .collect()
+}
+
+/// Every tensor the description has for `cfg`, present or not, in [`tensors`]' order, each with
+/// whether `cfg` has it (layouts that always hold a tensor, such as Hugging Face's GPT-2
+/// `c_attn.bias`, write the absent ones as zeros).
+pub fn described(arch: Arch, cfg: &GptConfig, classes: Option<usize>) -> Vec<(Tensor, bool)> {
     let desc = arch.description();
     // The block's tensors sit where the first per-block tensor sits in the description.
     let first_block = desc
         .iter()
         .position(|d| d.scope == Scope::Block)
         .unwrap_or(desc.len());
-    let one = |d: &'static TensorDesc, layer: Option<usize>| Tensor {
-        desc: d,
-        layer,
-        name: d.ember_name(layer.unwrap_or(0)),
-        shape: d.dims(cfg, classes),
+    let one = |d: &'static TensorDesc, layer: Option<usize>| {
+        let t = Tensor {
+            desc: d,
+            layer,
+            name: d.ember_name(layer.unwrap_or(0)),
+            shape: d.dims(cfg, classes),
+        };
+        (t, d.present(cfg, classes))
     };
     let mut out = Vec::new();
-    for d in desc[..first_block]
-        .iter()
-        .filter(|d| d.present(cfg, classes))
-    {
+    for d in &desc[..first_block] {
         out.push(one(d, None));
     }
     for l in 0..cfg.n_layers {
         for d in desc.iter().filter(|d| d.scope == Scope::Block) {
-            if d.present(cfg, classes) {
-                out.push(one(d, Some(l)));
-            }
+            out.push(one(d, Some(l)));
         }
     }
     for d in desc[first_block..]
         .iter()
-        .filter(|d| d.scope == Scope::Model && d.present(cfg, classes))
+        .filter(|d| d.scope == Scope::Model)
     {
         out.push(one(d, None));
     }
@@ -293,6 +364,7 @@ const fn hf(name: &'static str) -> Option<HfName> {
         name,
         transposed: false,
         always: false,
+        root: false,
     })
 }
 
@@ -302,6 +374,7 @@ const fn hf_t(name: &'static str) -> Option<HfName> {
         name,
         transposed: true,
         always: false,
+        root: false,
     })
 }
 
@@ -369,6 +442,7 @@ const GPT2: &[TensorDesc] = &[
             name: "attn.c_attn.bias",
             transposed: false,
             always: true,
+            root: false,
         }),
         book: &["att.W_query.bias", "att.W_key.bias", "att.W_value.bias"],
     },
@@ -468,7 +542,12 @@ const GPT2: &[TensorDesc] = &[
         name: "out_head.weight",
         shape: &[Dim::Outputs, Dim::Dim(1)],
         when: When::OwnHead,
-        hf: hf("lm_head.weight"),
+        hf: Some(HfName {
+            name: "lm_head.weight",
+            transposed: false,
+            always: false,
+            root: true,
+        }),
         book: &["out_head.weight"],
     },
     TensorDesc {

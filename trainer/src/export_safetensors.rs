@@ -10,14 +10,15 @@
 //! Export streams: each external tensor is produced and written in turn, the header being computed
 //! from the shapes first; files are written atomically.
 //!
-//! Layout conventions (also in [`crate::import::pieces`]):
-//! - Hugging Face: names with the `transformer.` prefix as `save_pretrained` writes them; Conv1D
-//!   weights [in, out]; `c_attn` fuses q, k, v; `c_attn.bias` is always present (zeros for a model
-//!   without qkv bias: the same function); `lm_head.weight` only when the head is untied
-//!   (`tie_word_embeddings` says which).
-//! - Book: `trf_blocks.N.att.W_query.weight` … [out, in]; `out_head.weight` always present (a copy
-//!   of `tok_emb.weight` when the model is tied, as the book does when loading OpenAI's weights);
-//!   `W_*.bias` only with qkv bias; a `config.json` with the book's `GPT_CONFIG_124M` keys.
+//! Layout conventions (the names come from the architecture's description, the rules from
+//! [`crate::import::pieces`]):
+//! - Hugging Face: names with the base model's prefix as `save_pretrained` writes them; Conv1D
+//!   weights [in, out]; the fused q/k/v bias is always present (zeros for a model without qkv
+//!   bias: the same function); the head only when untied (`tie_word_embeddings` says which).
+//! - Book: separate query/key/value projections, [out, in]; the head always present (a copy
+//!   of the token embedding when the model is tied, as the book does when loading OpenAI's
+//!   weights); q/k/v biases only with qkv bias; a `config.json` with the book's
+//!   `GPT_CONFIG_124M` keys.
 
 use crate::import::{ImportError, Layout, Op, SafetensorsFile, hf_prefix, pieces, transpose};
 use emberlm_formats::config::GptConfig;

@@ -1,7 +1,7 @@
-//! Import GPT-2 weights from safetensors: Hugging Face's layout (`wte.weight`, `h.N.attn.c_attn.weight`,
-//! Conv1D weights stored [in, out], optionally prefixed `transformer.`) and the book's GPTModel
-//! layout (`tok_emb.weight`, `trf_blocks.N.att.W_query.weight`, …, `att.mask` buffers ignored).
-//! The layout is detected from the names. Tensors become the canonical names and layouts of
+//! Import GPT-2 weights from safetensors: Hugging Face's layout (Conv1D weights stored [in, out],
+//! optionally prefixed by the base model's name) and the book's GPTModel layout (separate query,
+//! key and value projections, mask buffers ignored). Every name of both layouts comes from the
+//! architecture's description ([`emberlm_formats::arch`]); the layout is detected from the names. Tensors become the canonical names and layouts of
 //! [`GptConfig::tensor_shapes`] (Linear weights [out, in], q/k/v fused into `att.qkv` rows q, k, v).
 //!
 //! Shape letters: V vocabulary, T context length, C embedding dim.
@@ -19,6 +19,7 @@
 //! used in both directions (import here, export in [`crate::export_safetensors`]).
 
 use crate::export_safetensors::write_safetensors_f32;
+use emberlm_formats::arch::{self, Arch, Role, TensorDesc};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::write_f32s;
 use emberlm_formats::tokenizer::Tokenizer;
@@ -238,10 +239,23 @@ impl fmt::Display for ImportError {
             ImportError::Safetensors { path, message } => {
                 write!(f, "{path}: not a valid safetensors file: {message}")
             }
-            ImportError::UnknownLayout { sample } => write!(
-                f,
-                "the tensor names match neither Hugging Face's GPT-2 (wte.weight, h.0.attn.c_attn.weight, …) nor the book's GPTModel (tok_emb.weight, trf_blocks.0.att.W_query.weight, …); found {sample:?}"
-            ),
+            ImportError::UnknownLayout { sample } => {
+                let arch = Arch::Gpt2;
+                let (tok, qkv) = (
+                    tensor_desc(arch, Role::TokEmb),
+                    tensor_desc(arch, Role::Qkv),
+                );
+                let hf = |d: &TensorDesc| d.hf_name(arch, 0, "").unwrap_or_default();
+                let book = |d: &TensorDesc| d.book_names(arch, 0).swap_remove(0);
+                write!(
+                    f,
+                    "the tensor names match neither Hugging Face's GPT-2 ({}, {}, …) nor the book's GPTModel ({}, {}, …); found {sample:?}",
+                    hf(tok),
+                    hf(qkv),
+                    book(tok),
+                    book(qkv)
+                )
+            }
             ImportError::Config(e) => write!(f, "{e}"),
             ImportError::MissingTensor { name, hint } => {
                 write!(f, "tensor {name:?} is missing")?;
@@ -527,13 +541,15 @@ pub enum Op {
     Same,
     /// External [in, out] (Hugging Face's Conv1D) is canonical [out, in] (nn.Linear).
     Transpose,
-    /// Export only: zeros (Hugging Face's `c_attn.bias` for a model without qkv bias).
+    /// Export only: zeros (a Hugging Face tensor the layout always holds, for a model without it).
     Zeros,
 }
 
 /// One external tensor of a layout and where its values live in a canonical tensor.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Piece {
+    /// The role of the canonical tensor.
+    pub role: Role,
     /// The name in the layout (with Hugging Face's prefix applied).
     pub external: String,
     /// Its shape in the layout.
@@ -550,91 +566,92 @@ pub struct Piece {
 }
 
 /// The external tensors of `layout` for `cfg`, in file order, and how each maps to the canonical
-/// tensors of [`GptConfig::tensor_shapes`]. `prefix` is prepended to Hugging Face's
-/// transformer names (`""` or `"transformer."`; `lm_head.weight` never has it).
+/// tensors of [`GptConfig::tensor_shapes`]: the names come from the architecture's description
+/// ([`emberlm_formats::arch`]). `prefix` is prepended to Hugging Face's base-model names (`""` or
+/// [`Arch::hf_base_prefix`]; root names such as the head never have it).
 ///
-/// Export conventions: Hugging Face always has `c_attn.bias` (zeros when `!cfg.qkv_bias`) and has
-/// `lm_head.weight` only when untied; the book always has `out_head.weight` (a copy of the token
-/// embedding when tied) and never the `att.mask` buffers.
-#[rustfmt::skip]
+/// Export conventions: Hugging Face holds its `always` tensors even where the model has none
+/// (zeros on export: GPT-2's qkv bias) and its head only when untied; the book always has its
+/// head (a copy of the token embedding when tied) and never its mask buffers.
 pub fn pieces(cfg: &GptConfig, layout: Layout, prefix: &str) -> Vec<Piece> {
-    let (v, t, c) = (cfg.vocab_size, cfg.context_length, cfg.dim);
+    let arch = Arch::Gpt2;
+    let described = arch::described(arch, cfg, None);
+    let tok_emb = described
+        .iter()
+        .find(|(t, _)| t.desc.role == Role::TokEmb)
+        .map(|(t, _)| t.name.clone())
+        .unwrap_or_default();
     let mut out = Vec::new();
-    let mut add = |external: String,
-                   shape: Vec<usize>,
-                   canonical: String,
-                   offset: usize,
-                   op: Op,
-                   export_only: bool| {
-        out.push(Piece {
-            external,
-            shape,
-            canonical,
-            offset,
-            op,
-            export_only,
-        })
-    };
-    match layout {
-        Layout::HuggingFace => {
-            let p = |s: &str| format!("{prefix}{s}");
-            add(p("wte.weight"), vec![v, c], "tok_emb.weight".into(), 0, Op::Same, false);
-            add(p("wpe.weight"), vec![t, c], "pos_emb.weight".into(), 0, Op::Same, false);
-            for i in 0..cfg.n_layers {
-                let h = |s: &str| format!("{prefix}h.{i}.{s}");
-                let b = |s: &str| format!("blocks.{i}.{s}");
-                add(h("ln_1.weight"), vec![c], b("norm1.scale"), 0, Op::Same, false);
-                add(h("ln_1.bias"), vec![c], b("norm1.shift"), 0, Op::Same, false);
-                add(h("attn.c_attn.weight"), vec![c, 3 * c], b("att.qkv.weight"), 0, Op::Transpose, false);
-                if cfg.qkv_bias {
-                    add(h("attn.c_attn.bias"), vec![3 * c], b("att.qkv.bias"), 0, Op::Same, false);
+    for (t, present) in described.iter().cloned() {
+        let d = t.desc;
+        let layer = t.layer.unwrap_or(0);
+        let piece =
+            |external: String, shape: Vec<usize>, canonical: String, offset, op, export_only| {
+                Piece {
+                    role: d.role,
+                    external,
+                    shape,
+                    canonical,
+                    offset,
+                    op,
+                    export_only,
+                }
+            };
+        match layout {
+            Layout::HuggingFace => {
+                let (Some(hf), Some(name)) = (d.hf, d.hf_name(arch, layer, prefix)) else {
+                    continue;
+                };
+                let shape = if hf.transposed {
+                    t.shape.iter().rev().copied().collect()
                 } else {
-                    add(h("attn.c_attn.bias"), vec![3 * c], b("att.qkv.bias"), 0, Op::Zeros, true);
+                    t.shape.clone()
+                };
+                let op = if hf.transposed {
+                    Op::Transpose
+                } else {
+                    Op::Same
+                };
+                match (present, hf.always) {
+                    (true, _) => out.push(piece(name, shape, t.name, 0, op, false)),
+                    (false, true) => out.push(piece(name, shape, t.name, 0, Op::Zeros, true)),
+                    (false, false) => {}
                 }
-                add(h("attn.c_proj.weight"), vec![c, c], b("att.proj.weight"), 0, Op::Transpose, false);
-                add(h("attn.c_proj.bias"), vec![c], b("att.proj.bias"), 0, Op::Same, false);
-                add(h("ln_2.weight"), vec![c], b("norm2.scale"), 0, Op::Same, false);
-                add(h("ln_2.bias"), vec![c], b("norm2.shift"), 0, Op::Same, false);
-                add(h("mlp.c_fc.weight"), vec![c, 4 * c], b("ff.fc.weight"), 0, Op::Transpose, false);
-                add(h("mlp.c_fc.bias"), vec![4 * c], b("ff.fc.bias"), 0, Op::Same, false);
-                add(h("mlp.c_proj.weight"), vec![4 * c, c], b("ff.proj.weight"), 0, Op::Transpose, false);
-                add(h("mlp.c_proj.bias"), vec![c], b("ff.proj.bias"), 0, Op::Same, false);
             }
-            add(p("ln_f.weight"), vec![c], "final_norm.scale".into(), 0, Op::Same, false);
-            add(p("ln_f.bias"), vec![c], "final_norm.shift".into(), 0, Op::Same, false);
-            if !cfg.tied_head {
-                add("lm_head.weight".into(), vec![v, c], "out_head.weight".into(), 0, Op::Same, false);
-            }
-        }
-        Layout::Book => {
-            add("tok_emb.weight".into(), vec![v, c], "tok_emb.weight".into(), 0, Op::Same, false);
-            add("pos_emb.weight".into(), vec![t, c], "pos_emb.weight".into(), 0, Op::Same, false);
-            for i in 0..cfg.n_layers {
-                let s = |x: &str| format!("trf_blocks.{i}.{x}");
-                let b = |x: &str| format!("blocks.{i}.{x}");
-                for (k, name) in ["W_query", "W_key", "W_value"].into_iter().enumerate() {
-                    add(s(&format!("att.{name}.weight")), vec![c, c], b("att.qkv.weight"), k * c * c, Op::Same, false);
-                    if cfg.qkv_bias {
-                        add(s(&format!("att.{name}.bias")), vec![c], b("att.qkv.bias"), k * c, Op::Same, false);
+            Layout::Book => {
+                let names = d.book_names(arch, layer);
+                if !present {
+                    // The book always has its head: a tied one is written as a copy of the token
+                    // embedding.
+                    if d.role == Role::Head {
+                        for name in names {
+                            out.push(piece(
+                                name,
+                                t.shape.clone(),
+                                tok_emb.clone(),
+                                0,
+                                Op::Same,
+                                true,
+                            ));
+                        }
                     }
+                    continue;
                 }
-                add(s("att.out_proj.weight"), vec![c, c], b("att.proj.weight"), 0, Op::Same, false);
-                add(s("att.out_proj.bias"), vec![c], b("att.proj.bias"), 0, Op::Same, false);
-                add(s("ff.layers.0.weight"), vec![4 * c, c], b("ff.fc.weight"), 0, Op::Same, false);
-                add(s("ff.layers.0.bias"), vec![4 * c], b("ff.fc.bias"), 0, Op::Same, false);
-                add(s("ff.layers.2.weight"), vec![c, 4 * c], b("ff.proj.weight"), 0, Op::Same, false);
-                add(s("ff.layers.2.bias"), vec![c], b("ff.proj.bias"), 0, Op::Same, false);
-                add(s("norm1.scale"), vec![c], b("norm1.scale"), 0, Op::Same, false);
-                add(s("norm1.shift"), vec![c], b("norm1.shift"), 0, Op::Same, false);
-                add(s("norm2.scale"), vec![c], b("norm2.scale"), 0, Op::Same, false);
-                add(s("norm2.shift"), vec![c], b("norm2.shift"), 0, Op::Same, false);
-            }
-            add("final_norm.scale".into(), vec![c], "final_norm.scale".into(), 0, Op::Same, false);
-            add("final_norm.shift".into(), vec![c], "final_norm.shift".into(), 0, Op::Same, false);
-            if cfg.tied_head {
-                add("out_head.weight".into(), vec![v, c], "tok_emb.weight".into(), 0, Op::Same, true);
-            } else {
-                add("out_head.weight".into(), vec![v, c], "out_head.weight".into(), 0, Op::Same, false);
+                // Several names split the tensor by rows into equal parts.
+                let parts = names.len().max(1);
+                let mut shape = t.shape.clone();
+                shape[0] /= parts;
+                let part_len: usize = shape.iter().product();
+                for (k, name) in names.into_iter().enumerate() {
+                    out.push(piece(
+                        name,
+                        shape.clone(),
+                        t.name.clone(),
+                        k * part_len,
+                        Op::Same,
+                        false,
+                    ));
+                }
             }
         }
     }
@@ -693,14 +710,17 @@ fn open_source(path: &Path, heads: Option<usize>) -> Result<Source, ImportError>
         )
     };
     let file = SafetensorsFile::open(&file_path)?;
-    let prefix = if file.contains("transformer.wte.weight") {
-        "transformer."
+    let arch = Arch::Gpt2;
+    let tok_emb = tensor_desc(arch, Role::TokEmb);
+    let hf_tok = |prefix: &str| tok_emb.hf_name(arch, 0, prefix).unwrap_or_default();
+    let prefix = if file.contains(&hf_tok(arch.hf_base_prefix())) {
+        arch.hf_base_prefix()
     } else {
         ""
     };
-    let layout = if file.contains(&format!("{prefix}wte.weight")) {
+    let layout = if file.contains(&hf_tok(prefix)) {
         Layout::HuggingFace
-    } else if file.contains("tok_emb.weight") {
+    } else if file.contains(&tok_emb.book_names(arch, 0).concat()) {
         Layout::Book
     } else {
         let mut sample = file.names();
@@ -721,7 +741,7 @@ fn open_source(path: &Path, heads: Option<usize>) -> Result<Source, ImportError>
         let Some(info) = file.info(&p.external) else {
             return Err(ImportError::MissingTensor {
                 name: p.external.clone(),
-                hint: missing_hint(&p.external, &config, layout),
+                hint: missing_hint(p, &config, layout),
             });
         };
         if info.shape != p.shape {
@@ -729,7 +749,7 @@ fn open_source(path: &Path, heads: Option<usize>) -> Result<Source, ImportError>
                 name: p.external.clone(),
                 expected: p.shape.clone(),
                 found: info.shape.clone(),
-                hint: shape_hint(&p.external, &p.shape, &info.shape, &config, layout),
+                hint: shape_hint(p, &info.shape, &config, layout),
             });
         }
         if !matches!(info.dtype, Dtype::F32 | Dtype::F16 | Dtype::BF16) {
@@ -749,14 +769,15 @@ fn open_source(path: &Path, heads: Option<usize>) -> Result<Source, ImportError>
         if is_ignorable(&name, layout, prefix, &config) {
             ignored.push(name);
         } else {
-            let hint = if name.contains("W_query.bias")
-                || name.contains("W_key.bias")
-                || name.contains("W_value.bias")
-            {
-                Some(Hint::QkvBias)
-            } else {
-                None
+            // A qkv bias in a file whose configuration has none.
+            let with_bias = GptConfig {
+                qkv_bias: true,
+                ..config
             };
+            let hint = self::pieces(&with_bias, layout, prefix)
+                .iter()
+                .any(|p| p.role == Role::QkvBias && p.external == name)
+                .then_some(Hint::QkvBias);
             return Err(ImportError::UnexpectedTensor { name, hint });
         }
     }
@@ -781,70 +802,64 @@ fn open_source(path: &Path, heads: Option<usize>) -> Result<Source, ImportError>
     })
 }
 
-/// Mask buffers (the book's `att.mask`, Hugging Face's `attn.bias` / `attn.masked_bias`) and a
-/// tied head's `lm_head.weight` (transformers ignores it too and uses `wte`).
+/// The description of the tensor with this role.
+fn tensor_desc(arch: Arch, role: Role) -> &'static TensorDesc {
+    arch.description()
+        .iter()
+        .find(|d| d.role == role)
+        .expect("every role used here is described")
+}
+
+/// Mask buffers (the book's `att.mask`, Hugging Face's `attn.bias` / `attn.masked_bias`: the
+/// description's per-block buffers) and a tied head's Hugging Face tensor (transformers ignores
+/// it too and uses the token embedding).
 fn is_ignorable(name: &str, layout: Layout, prefix: &str, cfg: &GptConfig) -> bool {
-    let block_suffix = |rest: &str, suffixes: &[&str]| -> bool {
-        rest.split_once('.').is_some_and(|(n, s)| {
-            n.parse::<usize>().is_ok_and(|n| n < cfg.n_layers) && suffixes.contains(&s)
+    let arch = Arch::Gpt2;
+    let buffer = |block: &dyn Fn(usize) -> String, buffers: &[&str]| {
+        (0..cfg.n_layers).any(|l| {
+            name.strip_prefix(&block(l))
+                .is_some_and(|rest| buffers.contains(&rest))
         })
     };
     match layout {
-        Layout::Book => name
-            .strip_prefix("trf_blocks.")
-            .is_some_and(|rest| block_suffix(rest, &["att.mask"])),
+        Layout::Book => buffer(&|l| arch.book_block_prefix(l), arch.book_block_buffers()),
         Layout::HuggingFace => {
-            (cfg.tied_head && name == "lm_head.weight")
-                || name
-                    .strip_prefix(prefix)
-                    .and_then(|r| r.strip_prefix("h."))
-                    .is_some_and(|rest| block_suffix(rest, &["attn.bias", "attn.masked_bias"]))
+            let head = tensor_desc(arch, Role::Head).hf_name(arch, 0, prefix);
+            (cfg.tied_head && head.as_deref() == Some(name))
+                || buffer(
+                    &|l| format!("{prefix}{}", arch.hf_block_prefix(l)),
+                    arch.hf_block_buffers(),
+                )
         }
     }
 }
 
-fn missing_hint(name: &str, cfg: &GptConfig, layout: Layout) -> Option<Hint> {
-    if name.ends_with("c_attn.bias")
-        || name.ends_with("W_query.bias")
-        || name.ends_with("W_key.bias")
-        || name.ends_with("W_value.bias")
-    {
-        Some(Hint::QkvBias)
-    } else if layout == Layout::HuggingFace && name == "lm_head.weight" && !cfg.tied_head {
-        Some(Hint::UntiedHead)
-    } else {
-        None
+fn missing_hint(piece: &Piece, cfg: &GptConfig, layout: Layout) -> Option<Hint> {
+    match piece.role {
+        Role::QkvBias => Some(Hint::QkvBias),
+        Role::Head if layout == Layout::HuggingFace && !cfg.tied_head => Some(Hint::UntiedHead),
+        _ => None,
     }
 }
 
 /// Explains a shape mismatch. `expected` and `found` differ.
-fn shape_hint(
-    name: &str,
-    expected: &[usize],
-    found: &[usize],
-    cfg: &GptConfig,
-    layout: Layout,
-) -> Hint {
+fn shape_hint(piece: &Piece, found: &[usize], cfg: &GptConfig, layout: Layout) -> Hint {
+    let expected = &piece.shape[..];
     let rows_differ_only = found.len() == 2 && expected.len() == 2 && found[1] == expected[1];
     if found.len() == 2 && expected.len() == 2 && found[0] == expected[1] && found[1] == expected[0]
     {
         Hint::Transposed { layout }
-    } else if (name.ends_with("wpe.weight") || name == "pos_emb.weight") && rows_differ_only {
+    } else if piece.role == Role::PosEmb && rows_differ_only {
         Hint::ContextLength {
             config: cfg.context_length,
             file: found[0],
         }
-    } else if (name.ends_with("wte.weight")
-        || name == "tok_emb.weight"
-        || name == "lm_head.weight"
-        || name == "out_head.weight")
-        && rows_differ_only
-    {
+    } else if matches!(piece.role, Role::TokEmb | Role::Head) && rows_differ_only {
         Hint::Vocabulary {
             config: cfg.vocab_size,
             file: found[0],
         }
-    } else if name.ends_with("c_attn.bias") || name.contains(".att.W_") && name.ends_with(".bias") {
+    } else if piece.role == Role::QkvBias {
         Hint::QkvBias
     } else {
         Hint::Dimensions
@@ -938,8 +953,14 @@ fn book_config(
     file: &SafetensorsFile,
     heads: Option<usize>,
 ) -> Result<GptConfig, ImportError> {
-    let (v, t, c) = embedding_dims(file, "tok_emb.weight", "pos_emb.weight")?;
-    let n_layers = count_blocks(file, |i| format!("trf_blocks.{i}.norm1.scale"));
+    let arch = Arch::Gpt2;
+    let book = |role: Role, layer: usize| tensor_desc(arch, role).book_names(arch, layer);
+    let (v, t, c) = embedding_dims(
+        file,
+        &book(Role::TokEmb, 0).concat(),
+        &book(Role::PosEmb, 0).concat(),
+    )?;
+    let n_layers = count_blocks(file, |i| book(Role::AttnNormScale, i).concat());
     let json_heads = match read_json(config_json)? {
         Some(j) => j
             .get("n_heads")
@@ -953,8 +974,8 @@ fn book_config(
         dim: c,
         n_layers,
         n_heads: resolve_heads(heads, json_heads, c, "a book-layout file")?,
-        qkv_bias: file.contains("trf_blocks.0.att.W_query.bias"),
-        tied_head: !file.contains("out_head.weight"),
+        qkv_bias: book(Role::QkvBias, 0).iter().any(|n| file.contains(n)),
+        tied_head: !file.contains(&book(Role::Head, 0).concat()),
     };
     cfg.validate()
         .map_err(|e| ImportError::Config(e.to_string()))?;
@@ -971,13 +992,15 @@ fn hf_config(
     prefix: &str,
     heads: Option<usize>,
 ) -> Result<GptConfig, ImportError> {
-    let layers_in_file = count_blocks(file, |i| format!("{prefix}h.{i}.ln_1.weight"));
+    let arch = Arch::Gpt2;
+    let hf = |role: Role, layer: usize| {
+        tensor_desc(arch, role)
+            .hf_name(arch, layer, prefix)
+            .unwrap_or_default()
+    };
+    let layers_in_file = count_blocks(file, |i| hf(Role::AttnNormScale, i));
     let Some(json) = read_json(config_json)? else {
-        let (v, t, c) = embedding_dims(
-            file,
-            &format!("{prefix}wte.weight"),
-            &format!("{prefix}wpe.weight"),
-        )?;
+        let (v, t, c) = embedding_dims(file, &hf(Role::TokEmb, 0), &hf(Role::PosEmb, 0))?;
         let cfg = GptConfig {
             vocab_size: v,
             context_length: t,
@@ -985,7 +1008,7 @@ fn hf_config(
             n_layers: layers_in_file,
             n_heads: resolve_heads(heads, None, c, "a Hugging Face file without config.json")?,
             qkv_bias: true,
-            tied_head: !file.contains("lm_head.weight"),
+            tied_head: !file.contains(&hf(Role::Head, 0)),
         };
         cfg.validate()
             .map_err(|e| ImportError::Config(e.to_string()))?;
@@ -1242,30 +1265,37 @@ mod tests {
     fn hints_name_the_likely_cause() {
         let cfg = tiny(true, true);
         let hf = Layout::HuggingFace;
+        let piece = |layout: Layout, name: &str| {
+            pieces(&cfg, layout, "")
+                .into_iter()
+                .find(|p| p.external == name)
+                .unwrap()
+        };
         assert_eq!(
-            shape_hint("h.0.mlp.c_fc.weight", &[8, 32], &[32, 8], &cfg, hf),
+            shape_hint(&piece(hf, "h.0.mlp.c_fc.weight"), &[32, 8], &cfg, hf),
             Hint::Transposed { layout: hf }
         );
         assert_eq!(
-            shape_hint("wpe.weight", &[5, 8], &[1024, 8], &cfg, hf),
+            shape_hint(&piece(hf, "wpe.weight"), &[1024, 8], &cfg, hf),
             Hint::ContextLength {
                 config: 5,
                 file: 1024
             }
         );
         assert_eq!(
-            shape_hint("h.0.attn.c_attn.bias", &[24], &[8], &cfg, hf),
+            shape_hint(&piece(hf, "h.0.attn.c_attn.bias"), &[8], &cfg, hf),
             Hint::QkvBias
         );
         assert_eq!(
-            shape_hint("wte.weight", &[11, 8], &[50257, 8], &cfg, hf),
+            shape_hint(&piece(hf, "wte.weight"), &[50257, 8], &cfg, hf),
             Hint::Vocabulary {
                 config: 11,
                 file: 50257
             }
         );
+        let book = Layout::Book;
         assert_eq!(
-            missing_hint("trf_blocks.1.att.W_key.bias", &cfg, Layout::Book),
+            missing_hint(&piece(book, "trf_blocks.1.att.W_key.bias"), &cfg, book),
             Some(Hint::QkvBias)
         );
     }
