@@ -94,6 +94,8 @@ fn encode(dir: &Path, run: &str, text: &str) -> Vec<u32> {
     checkpoint::load(&dir.join(run), false)
         .unwrap()
         .tokenizer
+        .as_ref()
+        .unwrap()
         .encode_to_vec(text, emberlm_formats::tokenizer::SpecialTokens::AsText)
 }
 

@@ -192,7 +192,10 @@ fn train(
         )));
     }
     let cfg = l.config;
-    let tok = l.tokenizer;
+    let tok = l
+        .text_tokenizer("ember-train finetune classify")
+        .map_err(failed)?
+        .clone();
     if let Some(m) = a.max_length
         && m > cfg.context_length
     {

@@ -45,6 +45,7 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         )));
     }
     let (texts, _) = read_all(&a.data)?;
+    let tok = l.text_tokenizer("ember-train eval").map_err(failed)?;
     let model_ctx = l.config.context_length;
     let t = a
         .context
@@ -60,7 +61,7 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         return Err(CliError::Usage("--batch must be at least 1".into()));
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let (splits, _) = data::load_splits(&refs, &l.tokenizer, 1.0, data::cache_dir().as_deref());
+    let (splits, _) = data::load_splits(&refs, tok, 1.0, data::cache_dir().as_deref());
     let name = a
         .data
         .iter()
@@ -184,7 +185,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
         config: l.config,
         task,
         prompt: None,
-        tokenizer: Some(&l.tokenizer),
+        tokenizer: l.tokenizer.as_ref(),
         provenance,
     };
     let mut offsets = std::collections::HashMap::new();
@@ -283,17 +284,21 @@ fn import_finish(
     con: &mut Console<'_>,
 ) -> Result<Outcome, CliError> {
     let cfg = imp.config;
-    let (tok, kind): (Tokenizer, &str) = match imp.tokenizer {
-        Some(t) => (t, "imported"),
-        None => (Tokenizer::gpt2().clone(), "gpt2"),
+    let gpt2_ids = Tokenizer::gpt2().vocab_size();
+    // Without vocab.json/merges.txt, GPT-2's vocabulary when it fits the model; otherwise the
+    // model works with token ids only (`ember generate --tokens`, `ember score --tokens`).
+    let (tok, kind): (Option<Tokenizer>, &str) = match imp.tokenizer {
+        Some(t) => (Some(t), "imported"),
+        None if cfg.vocab_size >= gpt2_ids => (Some(Tokenizer::gpt2().clone()), "gpt2"),
+        None => (None, checkpoint::NO_TOKENIZER),
     };
-    if tok.vocab_size() > cfg.vocab_size {
+    if let Some(t) = tok.as_ref().filter(|t| t.vocab_size() > cfg.vocab_size) {
         return Err(failed(format!(
             "--from {}: the model has {} token ids but the {kind} tokenizer has {}; put the model's \
              vocab.json and merges.txt beside the weights",
             a.from.display(),
             cfg.vocab_size,
-            tok.vocab_size()
+            t.vocab_size()
         )));
     }
     let state = TrainerState {
@@ -317,14 +322,16 @@ fn import_finish(
         data: Vec::new(),
         tokenizer: TokenizerRef {
             kind: kind.into(),
-            vocab_size: tok.vocab_size(),
-            hash: format!("{:016x}", data::tokenizer_fingerprint(&tok)),
+            vocab_size: tok.as_ref().map_or(0, Tokenizer::vocab_size),
+            hash: tok.as_ref().map_or(String::new(), |t| {
+                format!("{:016x}", data::tokenizer_fingerprint(t))
+            }),
         },
         history: Vec::new(),
         source: Some(imp.weights_path.display().to_string()),
         classifier: None,
     };
-    checkpoint::write_dir_streamed(&a.out, &state, &tok, |model| {
+    checkpoint::write_dir_streamed(&a.out, &state, tok.as_ref(), |model| {
         std::fs::rename(staging, model).map_err(|e| checkpoint::CheckpointError::Io {
             path: model.to_path_buf(),
             reason: e.to_string(),
@@ -343,6 +350,14 @@ fn import_finish(
         cfg.vocab_size,
         cfg.param_count() as f64 / 1e6
     );
+    if tok.is_none() {
+        say!(
+            con,
+            "no tokenizer: vocab.json/merges.txt absent and the vocabulary ({}) is not GPT-2's; \
+             the model works with token ids only (ember generate --tokens, ember score --tokens)",
+            cfg.vocab_size
+        );
+    }
     Ok(Outcome {
         json: json!({
             "out": a.out,

@@ -303,7 +303,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         )));
     }
     let cfg = init.config;
-    let tok = init.tokenizer.clone();
+    let tok = init
+        .text_tokenizer("ember-train finetune instruct")
+        .map_err(failed)?
+        .clone();
     let eot = tok.eot_id().ok_or_else(|| {
         failed(format!(
             "--init {}: the tokenizer has no <|endoftext|> token, which instruction tuning pads and stops with",

@@ -441,14 +441,21 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
             .clone()
             .ok_or_else(|| failed("no hyperparameters"))?;
         (
-            l.tokenizer.clone(),
+            l.text_tokenizer("ember-train pretrain --resume")
+                .map_err(failed)?
+                .clone(),
             l.state.tokenizer.kind.clone(),
             l.config,
             h,
         )
     } else {
         let (tok, kind) = if let Some(l) = &init {
-            (l.tokenizer.clone(), l.state.tokenizer.kind.clone())
+            (
+                l.text_tokenizer("ember-train pretrain --init")
+                    .map_err(failed)?
+                    .clone(),
+                l.state.tokenizer.kind.clone(),
+            )
         } else if let Some(p) = &a.tokenizer {
             let t = checkpoint::read_tokenizer_file(p)
                 .map_err(|e| failed(format!("--tokenizer {e}")))?;
