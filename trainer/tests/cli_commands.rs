@@ -388,3 +388,27 @@ fn import_writes_a_checkpoint_that_trains_exports_and_evaluates() {
         assert_eq!(ck.config.vocab_size, 97);
     }
 }
+
+/// Issue 22, item 9: `eval` is not silent: without a terminal, a status line with the windows
+/// done, the running loss and an ETA after the first batch; `--json` says how many windows.
+#[test]
+fn eval_shows_progress_with_an_eta() {
+    let d = scratch("evalprogress");
+    run_json(&d, &tiny_args(&["--steps", "1", "--out", "run", "--json"]));
+    let text = write_text(&d, "held-out.txt", 50);
+    let out = run(
+        &d,
+        &["eval", "run", "--data", text.to_str().unwrap(), "--json"],
+    );
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("window "))
+        .unwrap_or_else(|| panic!("no status line: {err}"));
+    assert!(line.contains("| loss ") && line.contains("ETA"), "{line}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["interrupted"], false);
+    assert!(j["windows"].as_u64().unwrap() > 0);
+    assert_eq!(j["windows"], j["total_windows"]);
+}

@@ -301,3 +301,72 @@ fn classify_rejects_bad_input_with_one_line() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// Issue 22, item 6: without a terminal a status line (with its ETA) comes after the first step;
+/// the first Ctrl-C says at once that the run is stopping, skips the evaluation of every split,
+/// saves the model so far with its curves, names them, and exits 130.
+#[test]
+fn ctrl_c_saves_the_model_so_far_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let d = scratch("clf-sigint");
+    tiny_lm(&d);
+    write_sms(&d);
+    let mut child = cli_util::KillOnDrop::new(
+        cli_util::cmd(
+            &d,
+            &[
+                "finetune", "classify", "--init", "lm", "--data", "sms.tsv", "--out", "clf",
+                "--epochs", "100000", "--batch", "2", "--json",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = loop {
+        let l = lines
+            .next()
+            .expect("stderr closed before the first step")
+            .unwrap();
+        if l.starts_with("step ") {
+            break l;
+        }
+    };
+    assert!(
+        first.contains("ETA") && first.contains("examples/s"),
+        "{first}"
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let out = child.wait_with_output().unwrap();
+    let text = rest.join("\n");
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("Ctrl-C: stopping"), "{text}");
+    assert!(text.contains("saved the model so far"), "{text}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["interrupted"], true, "{j}");
+    for key in [
+        "model",
+        "checkpoint",
+        "loss_csv",
+        "loss_plot",
+        "metrics_csv",
+    ] {
+        let p = j[key].as_str().unwrap_or_else(|| panic!("{key}: {j}"));
+        assert!(d.join(p).exists(), "{key}: {p}");
+    }
+    assert!(
+        checkpoint::load(&d.join("clf"), false)
+            .unwrap()
+            .state
+            .classifier
+            .is_some()
+    );
+}

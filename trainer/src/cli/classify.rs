@@ -7,6 +7,7 @@
 //! classifier that `ember classify` runs). Ctrl-C stops after the current step and saves both.
 //! There is no `--resume`: a fine-tuning run is short; rerun it.
 
+use super::progress::{Progress, Status};
 use super::{CliError, Console, Outcome, failed, shell_path, signal, usage, with_threads};
 use crate::checkpoint::{self, ClassifierJson, Contents, TrainerState};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -308,7 +309,11 @@ fn train(
         tuner.trainable_params(),
         model.params().len()
     );
+    let existed = out.exists();
     std::fs::create_dir_all(&out).map_err(|e| failed(format!("--out {}: {e}", out.display())))?;
+    if !existed {
+        signal::fresh_dir(out.clone());
+    }
     let classifier = ClassifierJson {
         labels: data.labels.clone(),
         readout: a.readout.clone(),
@@ -326,6 +331,8 @@ fn train(
     let mut train_seconds = 0f64;
     let mut interrupted = false;
     let eval_subset = a.eval_batches * b;
+    let mut progress = Progress::new(con.tty);
+    let loop_t0 = Instant::now();
     'epochs: for epoch in 1..=a.epochs {
         shuffle(&mut train_set, mix64(a.seed ^ epoch));
         // drop_last, as the book's training loader
@@ -334,7 +341,7 @@ fn train(
             let refs: Vec<&Example> = chunk.iter().collect();
             let bt = make_batch(&refs, readout, length, pad);
             model.zero_grad();
-            model
+            let loss = model
                 .forward(
                     &bt.inputs,
                     Some(&bt.targets),
@@ -344,7 +351,7 @@ fn train(
                         seed: mix64(a.seed ^ step),
                     },
                 )
-                .and_then(|_| model.backward())
+                .and_then(|l| model.backward().map(|()| l))
                 .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
             tuner
                 .step(&mut model, a.lr)
@@ -365,12 +372,14 @@ fn train(
                 };
                 let tr = ev(&mut model, &train_set).map_err(|e| failed(e.to_string()))?;
                 let va = ev(&mut model, &val_set).map_err(|e| failed(e.to_string()))?;
-                note!(
-                    con,
-                    "epoch {epoch} step {step}/{total}: train loss {:.3}, val loss {:.3} ({:.1} examples/s)",
-                    tr.loss,
-                    va.loss,
-                    examples_seen as f64 / train_seconds.max(1e-9)
+                progress.line(
+                    con.log,
+                    &format!(
+                        "epoch {epoch} step {step}/{total}: train loss {:.3}, val loss {:.3} ({:.1} examples/s)",
+                        tr.loss,
+                        va.loss,
+                        examples_seen as f64 / train_seconds.max(1e-9)
+                    ),
                 );
                 history.push(LossRow {
                     step,
@@ -381,11 +390,33 @@ fn train(
                     val_loss: va.loss as f32,
                 });
             }
+            progress.update(
+                con.log,
+                &Status {
+                    step,
+                    total,
+                    unit: "step",
+                    epoch: Some(epoch),
+                    loss,
+                    lr: Some(a.lr),
+                    rate: examples_seen as f64 / train_seconds.max(1e-9),
+                    rate_unit: "examples/s",
+                    eta: Status::eta(loop_t0.elapsed().as_secs_f64(), step, total),
+                },
+                step == total,
+            );
             if signal::interrupted() {
                 interrupted = true;
                 break 'epochs;
             }
         }
+        progress.line(
+            con.log,
+            &format!(
+                "epoch {epoch}: loss and accuracy on every split ({} examples)…",
+                train_set.len() + val_set.len() + test_set.len()
+            ),
+        );
         let m = every_split(
             &mut model,
             [&train_set, &val_set, &test_set],
@@ -394,6 +425,7 @@ fn train(
             pad,
             b,
         )?;
+        progress.clear(con.log);
         say!(
             con,
             "epoch {epoch}: accuracy train {:.2}% / val {:.2}% / test {:.2}%; loss {:.3} / {:.3} / {:.3}",
@@ -405,8 +437,14 @@ fn train(
             m[2].loss
         );
         epochs.push(m);
+        if signal::interrupted() {
+            interrupted = step < total;
+            break;
+        }
     }
-    if epochs.is_empty() {
+    progress.finish(con.log);
+    // Ctrl-C skips the (long) evaluation of every split: what is saved is the model so far.
+    if epochs.is_empty() && !interrupted {
         let m = every_split(
             &mut model,
             [&train_set, &val_set, &test_set],
@@ -417,7 +455,13 @@ fn train(
         )?;
         epochs.push(m);
     }
-    let last = *epochs.last().unwrap_or(&[Metrics::default(); 3]);
+    // The metrics of the last evaluated epoch (NaN, i.e. null in JSON, when none was).
+    let nan = Metrics {
+        loss: f64::NAN,
+        accuracy: f64::NAN,
+        count: 0,
+    };
+    let last = *epochs.last().unwrap_or(&[nan; 3]);
 
     // Curves and per-epoch metrics.
     let write = |name: &str, text: String| -> Result<PathBuf, CliError> {
@@ -480,20 +524,44 @@ fn train(
             ("finetune".into(), "classify".into()),
             ("data".into(), data_path.display().to_string()),
             ("trainable".into(), tuner.description().to_string()),
-            ("test_accuracy".into(), last[2].accuracy.to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain((!epochs.is_empty()).then(|| ("test_accuracy".into(), last[2].accuracy.to_string())))
+        .collect(),
     };
     let bytes = export_ember(&model_path, &meta, dtype, &|n| model.param(n))
         .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
+    if interrupted {
+        say!(
+            con,
+            "interrupted at step {step}/{total} ({} of {} epochs evaluated); saved the model so far:\n  \
+             checkpoint: {}\n  model: {} ({:.1} MB, {})\n  loss curve: {} and {}\n  metrics: {}",
+            epochs.len(),
+            a.epochs,
+            ckpt.display(),
+            model_path.display(),
+            bytes as f64 / 1e6,
+            dtype.name(),
+            csv.display(),
+            svg.display(),
+            metrics_csv.display()
+        );
+    } else {
+        say!(
+            con,
+            "final accuracy: train {:.2}%, validation {:.2}%, test {:.2}%\nmodel: {} ({:.1} MB, {})",
+            100.0 * last[0].accuracy,
+            100.0 * last[1].accuracy,
+            100.0 * last[2].accuracy,
+            model_path.display(),
+            bytes as f64 / 1e6,
+            dtype.name(),
+        );
+    }
     say!(
         con,
-        "final accuracy: train {:.2}%, validation {:.2}%, test {:.2}%\nmodel: {} ({:.1} MB, {})\ntry: ember classify {} --text \"...\"",
-        100.0 * last[0].accuracy,
-        100.0 * last[1].accuracy,
-        100.0 * last[2].accuracy,
-        model_path.display(),
-        bytes as f64 / 1e6,
-        dtype.name(),
+        "try: {} classify {} --text \"...\"",
+        super::hint_bin("ember"),
         shell_path(&model_path)
     );
     Ok(Outcome {

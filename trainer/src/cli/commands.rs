@@ -1,6 +1,9 @@
 //! The small commands: `eval`, `tokenizer`, `export`, `import`.
 
-use super::{CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs, failed};
+use super::progress::{Progress, Status};
+use super::{
+    CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs, failed, signal,
+};
 use crate::checkpoint::{self, RngState, TokenizerRef, TrainerState};
 use crate::data::{self, Windows};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -76,6 +79,10 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
     let mut sum = 0f64;
     let mut tokens = 0u64;
     let order: Vec<usize> = (0..w.len()).collect();
+    let total = w.len() as u64;
+    let mut progress = Progress::new(con.tty);
+    let mut done = 0u64;
+    let mut interrupted = false;
     for idx in order.chunks(b) {
         w.fill(idx, &mut x, &mut y);
         let loss = model
@@ -85,19 +92,46 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         let n = (idx.len() * t) as u64;
         sum += loss as f64 * n as f64;
         tokens += n;
+        done += idx.len() as u64;
+        let secs = t0.elapsed().as_secs_f64();
+        progress.update(
+            con.log,
+            &Status {
+                step: done,
+                total,
+                unit: "window",
+                epoch: None,
+                loss: Some((sum / tokens as f64) as f32),
+                lr: None,
+                rate: tokens as f64 / secs.max(1e-9),
+                rate_unit: "tok/s",
+                eta: Status::eta(secs, done, total),
+            },
+            done == total,
+        );
+        if signal::interrupted() && done < total {
+            interrupted = true;
+            break;
+        }
     }
+    progress.finish(con.log);
     let loss = sum / tokens as f64;
     let ppl = loss.exp();
     note!(
         con,
-        "evaluated {} windows of {t} tokens in {:.1}s",
+        "evaluated {done} of {} windows of {t} tokens in {:.1}s",
         w.len(),
         t0.elapsed().as_secs_f64()
     );
     say!(
         con,
-        "{}: loss {loss:.4}, perplexity {ppl:.2} over {tokens} tokens of {name}",
-        l.dir.display()
+        "{}: loss {loss:.4}, perplexity {ppl:.2} over {tokens} tokens of {name}{}",
+        l.dir.display(),
+        if interrupted {
+            format!(" (interrupted: the first {done} of {total} windows)")
+        } else {
+            String::new()
+        }
     );
     Ok(Outcome {
         json: json!({
@@ -106,8 +140,11 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
             "tokens": tokens,
             "checkpoint": l.dir,
             "context": t,
+            "windows": done,
+            "total_windows": total,
+            "interrupted": interrupted,
         }),
-        exit_code: 0,
+        exit_code: if interrupted { 130 } else { 0 },
     })
 }
 

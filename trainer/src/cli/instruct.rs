@@ -395,8 +395,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             out.display()
         )));
     }
+    let existed = out.exists();
     std::fs::create_dir_all(&out)
         .map_err(|e| failed(format!("--out {}: {}", out.display(), data::io_reason(&e))))?;
+    if !existed {
+        signal::fresh_dir(out.clone());
+    }
 
     // 4. Model and optimizer.
     let mut model =
@@ -618,10 +622,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             &Status {
                 step,
                 total,
-                epoch: epoch + 1,
-                loss,
-                lr: s.lr,
-                tokens_per_s: tok_s,
+                unit: "step",
+                epoch: Some(epoch + 1),
+                loss: Some(loss),
+                lr: Some(s.lr),
+                rate: tok_s,
+                rate_unit: "tok/s",
                 eta,
             },
             step == total,
@@ -658,8 +664,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             )?;
             say!(
                 con,
-                "interrupted at step {step}/{total}: checkpoint saved to {}\nexport it with: ember-train export {} --dtype f32 --out model.ember",
+                "interrupted at step {step}/{total}: saved the model so far: checkpoint {} and loss curve {}\nexport it with: {} export {} --dtype f32 --out model.ember",
                 ck.display(),
+                out.join("loss.csv").display(),
+                super::hint_bin("ember-train"),
                 shell_path(&out)
             );
             return Ok(Outcome {
@@ -720,6 +728,8 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     // The responses come from the exported file (what `ember chat` runs), with its own template.
     let responses_path = out.join("responses.json");
     let gen_t0 = Instant::now();
+    // Ctrl-C while generating: the responses so far are written, the run ends with 130.
+    let mut responses_cut: Option<usize> = None;
     let responses = {
         let m = Model::open(&model_path)
             .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
@@ -757,13 +767,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                     fmt_duration(gen_t0.elapsed().as_secs_f64())
                 );
             }
-            if signal::interrupted() {
-                return Err(failed(format!(
-                    "interrupted while generating responses ({} of {} done); the model is saved: {}",
-                    i + 1,
-                    test_items.len(),
-                    model_path.display()
-                )));
+            if signal::interrupted() && done < test_items.len() {
+                responses_cut = Some(done);
+                break;
             }
         }
         out_rows
@@ -775,6 +781,14 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             data::io_reason(&e)
         ))
     })?;
+    if let Some(done) = responses_cut {
+        say!(
+            con,
+            "interrupted while generating responses: saved the {done} of {} done (the model and \
+             checkpoint are complete)",
+            test_items.len()
+        );
+    }
     say!(
         con,
         "responses: {} test entries (greedy, at most {} tokens each) in {}: {}",
@@ -804,7 +818,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         out.join("loss.csv").display(),
         out.join("loss.svg").display()
     );
-    say!(con, "chat with it: ember chat {}", shell_path(&model_path));
+    say!(
+        con,
+        "chat with it: {} chat {}",
+        super::hint_bin("ember"),
+        shell_path(&model_path)
+    );
     Ok(Outcome {
         json: json!({
             "train_loss": finite_or_null(tl),
@@ -827,9 +846,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "loss_plot": out.join("loss.svg"),
             "out_dir": out,
             "split": {"train": train_ex.len(), "val": val_ex.len(), "test": test_ex.len()},
-            "interrupted": false,
+            "interrupted": responses_cut.is_some(),
         }),
-        exit_code: 0,
+        exit_code: if responses_cut.is_some() { 130 } else { 0 },
     })
 }
 

@@ -448,9 +448,75 @@ pub fn shell_path(p: &std::path::Path) -> String {
     }
 }
 
+/// How a hint at the end of a run names the program `name` (`ember`, `ember-train`) so that the
+/// command can be pasted: the bare name when it is on `PATH`; otherwise the running executable's
+/// sibling (a `cargo run` user has `target/release/ember`, not `ember`), relative to the current
+/// directory when it lies below it.
+pub fn hint_bin(name: &str) -> String {
+    hint_bin_in(
+        name,
+        std::env::var_os("PATH").as_deref(),
+        std::env::current_exe().ok().as_deref(),
+        std::env::current_dir().ok().as_deref(),
+    )
+}
+
+fn hint_bin_in(
+    name: &str,
+    path_var: Option<&std::ffi::OsStr>,
+    exe: Option<&std::path::Path>,
+    cwd: Option<&std::path::Path>,
+) -> String {
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let on_path =
+        path_var.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(&file).is_file()));
+    match exe.and_then(std::path::Path::parent) {
+        Some(dir) if !on_path => {
+            let sibling = dir.join(&file);
+            let shown = cwd
+                .and_then(|c| sibling.strip_prefix(c).ok())
+                .map_or(sibling.clone(), std::path::Path::to_path_buf);
+            shell_path(&shown)
+        }
+        _ => name.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_name_a_program_that_runs() {
+        use std::path::Path;
+        let tmp = std::env::temp_dir().join(format!("emberlm-hint-{}", std::process::id()));
+        let bin = tmp.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = Path::new("/work/repo/target/release/ember-train");
+        let cwd = Path::new("/work/repo");
+        // Not on PATH: the sibling, relative to the current directory when below it.
+        let path = std::env::join_paths([&bin]).unwrap();
+        assert_eq!(
+            hint_bin_in("ember", Some(&path), Some(exe), Some(cwd)),
+            "target/release/ember"
+        );
+        assert_eq!(
+            hint_bin_in("ember", None, Some(exe), Some(Path::new("/elsewhere"))),
+            "/work/repo/target/release/ember"
+        );
+        // On PATH: the bare name.
+        std::fs::write(
+            bin.join(format!("ember{}", std::env::consts::EXE_SUFFIX)),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            hint_bin_in("ember", Some(&path), Some(exe), Some(cwd)),
+            "ember"
+        );
+        assert_eq!(hint_bin_in("ember", None, None, None), "ember");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
 
     #[test]
     fn durations_read_well() {

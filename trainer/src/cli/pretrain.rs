@@ -1000,10 +1000,12 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         let status = Status {
             step: cur.step,
             total,
-            epoch: cur.epoch + 1,
-            loss,
-            lr,
-            tokens_per_s: tok_s,
+            unit: "step",
+            epoch: Some(cur.epoch + 1),
+            loss: Some(loss),
+            lr: Some(lr),
+            rate: tok_s,
+            rate_unit: "tok/s",
             eta,
         };
 
@@ -1075,9 +1077,11 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             let ck = last_ckpt.clone().unwrap_or_default();
             say!(
                 con,
-                "interrupted at step {}/{total}: checkpoint saved to {}\nresume with: ember-train pretrain --resume {}",
+                "interrupted at step {}/{total}: saved the model so far: checkpoint {} and loss curve {}\nresume with: {} pretrain --resume {}",
                 cur.step,
                 ck.display(),
+                files.csv.display(),
+                super::hint_bin("ember-train"),
                 shell_path(&files.dir)
             );
             return Ok(Outcome {
