@@ -21,6 +21,14 @@ fn main() {
         }
     };
     let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    if matches!(rest.as_slice(), ["--version"] | ["-V"]) {
+        let _ = writeln!(
+            std::io::stdout(),
+            "ember-train {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
     let args = match Args::from_args(&["ember-train"], &rest) {
         Ok(a) => a,
         Err(early) => match early.status {

@@ -412,3 +412,45 @@ fn eval_shows_progress_with_an_eta() {
     assert!(j["windows"].as_u64().unwrap() > 0);
     assert_eq!(j["windows"], j["total_windows"]);
 }
+
+/// Issue 22, item 7: every command's `--help` opens with a sentence for users (what the command
+/// does), not a developer's rustdoc ("Flags of ...", intra-doc links); `--version` works.
+#[test]
+fn help_of_every_command_is_written_for_users() {
+    let d = scratch("help");
+    let commands: &[&[&str]] = &[
+        &[],
+        &["pretrain"],
+        &["eval"],
+        &["tokenizer"],
+        &["export"],
+        &["import"],
+        &["export-safetensors"],
+        &["finetune"],
+        &["finetune", "classify"],
+        &["finetune", "instruct"],
+    ];
+    for c in commands {
+        let mut args = c.to_vec();
+        args.push("--help");
+        let out = run(&d, &args);
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8(out.stdout).unwrap();
+        for bad in ["Flags of", "[`", "`ember-train pretrain`"] {
+            assert!(!help.contains(bad), "{args:?}: {bad:?} in\n{help}");
+        }
+        // Usage line, blank line, then the description: a capitalised sentence.
+        let desc = help.lines().nth(2).unwrap_or_default();
+        assert!(
+            desc.starts_with(|ch: char| ch.is_ascii_uppercase())
+                || desc.starts_with("ember-train:"),
+            "{args:?}: {desc:?}"
+        );
+    }
+    let out = run(&d, &["--version"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap().trim(),
+        format!("ember-train {}", env!("CARGO_PKG_VERSION"))
+    );
+}

@@ -26,10 +26,10 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Flags of `ember-train finetune classify`.
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "classify")]
-/// fine-tune a classifier on `label<TAB>text` rows (the SMS Spam Collection format) or a CSV with a header
+/// Fine-tune a checkpoint into a classifier on label<TAB>text rows (the SMS Spam Collection
+/// format) or a CSV with a header, and export it as a .ember file for ember classify.
 pub struct ClassifyArgs {
     /// the checkpoint to start from (a run directory or a step directory; e.g. an imported GPT-2)
     #[argh(option)]

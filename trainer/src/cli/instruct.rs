@@ -57,7 +57,8 @@ const EXPLODE_FACTOR: f32 = 3.0;
 
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "instruct")]
-/// instruction fine-tuning on Alpaca-style JSON (instruction, input, output)
+/// Fine-tune a checkpoint to follow instructions from Alpaca-style JSON (instruction, input,
+/// output), and export it as a .ember file for ember chat.
 pub struct InstructArgs {
     /// the checkpoint (directory or step directory) to start from
     #[argh(option)]

@@ -19,8 +19,12 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// ember-train: pretrain GPT-2 models on the CPU, evaluate, train tokenizers, import and export.
+/// ember-train: pretrain GPT-2 models on the CPU, fine-tune them, evaluate, train tokenizers,
+/// import and export.
 #[derive(FromArgs, Debug)]
+#[argh(
+    note = "Run `ember-train <command> --help` for a command's flags, `ember-train --version` for the version."
+)]
 pub struct Args {
     #[argh(subcommand)]
     /// the command
@@ -68,7 +72,8 @@ pub enum Command {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "finetune")]
-/// fine-tune a checkpoint: `classify` (the book's chapter 6) or `instruct` (chapter 7), optionally with LoRA
+/// Fine-tune a checkpoint as a classifier (classify, the book's chapter 6) or an instruction
+/// follower (instruct, chapter 7), optionally with LoRA.
 pub struct FinetuneArgs {
     #[argh(subcommand)]
     /// the fine-tuning mode
@@ -86,11 +91,12 @@ pub enum FinetuneMode {
     Instruct(instruct::InstructArgs),
 }
 
-/// Flags of `ember-train pretrain`. Every value is optional so that the command can tell a flag
-/// the user gave from a default (defaults are applied in [`pretrain`]).
+// Every value is optional so that the command can tell a flag the user gave from a default
+// (defaults are applied in `pretrain`). argh prints the doc comment as the help text.
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "pretrain")]
-/// pretrain a GPT-2 model; with no arguments, the main job: a small model on the built-in corpus
+/// Pretrain a GPT-2 model on text files, or with no arguments the main job: a small model on the
+/// built-in corpus; keeps the checkpoint with the best validation loss.
 pub struct PretrainArgs {
     /// a UTF-8 text file to train on (repeatable: files are joined with <|endoftext|>)
     #[argh(option)]
@@ -202,10 +208,9 @@ pub struct PretrainArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train eval`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "eval")]
-/// loss and perplexity of a checkpoint on text files
+/// Measure a checkpoint's loss and perplexity on text files.
 pub struct EvalArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -227,10 +232,10 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train tokenizer`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "tokenizer")]
-/// train a byte-level BPE tokenizer and write it as a metadata-only .ember file
+/// Train a byte-level BPE tokenizer on text files and write it as a .ember file (for
+/// pretrain --tokenizer).
 pub struct TokenizerArgs {
     /// a UTF-8 text file (repeatable)
     #[argh(option)]
@@ -246,10 +251,9 @@ pub struct TokenizerArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train export`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export")]
-/// export a checkpoint to one .ember model file (f32, f16 or int8)
+/// Export a checkpoint to one .ember model file (f32, f16 or int8) that ember runs.
 pub struct ExportArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -265,10 +269,10 @@ pub struct ExportArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train import`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "import")]
-/// import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint
+/// Import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint; without
+/// vocab.json and merges.txt, GPT-2's tokenizer, or none when the vocabulary is not GPT-2's.
 pub struct ImportArgs {
     /// a .safetensors file or a directory holding model.safetensors (+ config.json, vocab.json, merges.txt)
     #[argh(option)]
@@ -284,12 +288,11 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train export-safetensors`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export-safetensors")]
-/// export a checkpoint for PyTorch: `--layout hf` writes model.safetensors + config.json that
-/// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; `--layout book` writes the book's
-/// GPTModel state-dict names (load_state_dict) and its config as JSON
+/// Export a checkpoint for PyTorch: --layout hf writes model.safetensors and config.json that
+/// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; --layout book writes the book's
+/// GPTModel state-dict names (load_state_dict) and its config as JSON.
 pub struct ExportSafetensorsArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
