@@ -43,6 +43,9 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer.json";
 /// The tokenizer.
 pub const TOKENIZER_FILE: &str = "tokenizer.ember";
+/// `OUT/checkpoints/best`: a pretraining run's checkpoint with the lowest validation loss so
+/// far (no optimizer state: for export and evaluation, not for resuming).
+pub const BEST_DIR: &str = "best";
 /// `trainer.json`'s tokenizer kind of a checkpoint without a tokenizer (no `tokenizer.ember`).
 pub const NO_TOKENIZER: &str = "none";
 

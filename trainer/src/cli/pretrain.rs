@@ -744,6 +744,24 @@ fn write_curves(files: &OutFiles, rows: &[LossRow]) -> Result<(), CliError> {
         .map_err(|e| failed(format!("{}: {}", files.svg.display(), data::io_reason(&e))))
 }
 
+/// The best checkpoint so far: its validation loss and step.
+#[derive(Clone, Copy, Debug)]
+struct Best {
+    val_loss: f32,
+    step: u64,
+}
+
+/// The recorded best checkpoint of a run (its last evaluation), if `dir` holds one.
+fn read_best(dir: &Path) -> Option<Best> {
+    let text = std::fs::read_to_string(dir.join(checkpoint::STATE_FILE)).ok()?;
+    let state: TrainerState = serde_json::from_str(&text).ok()?;
+    let last = state.history.last()?;
+    (last.step == state.step && last.val_loss.is_finite()).then_some(Best {
+        val_loss: last.val_loss,
+        step: state.step,
+    })
+}
+
 /// Training progress that goes into `trainer.json`.
 struct Cursor {
     step: u64,
@@ -893,28 +911,29 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let mut last_sample: Option<(u64, String)> = None;
     let ln_v = (cfg.vocab_size as f32).ln();
 
+    let state_of = |cur: &Cursor, opt: &AdamW| TrainerState {
+        format: checkpoint::FORMAT.into(),
+        version: checkpoint::VERSION,
+        kind: "pretrain".into(),
+        config: cfg.into(),
+        step: cur.step,
+        epoch: cur.epoch,
+        batch_in_epoch: cur.pos,
+        tokens_seen: cur.tokens_seen,
+        first_loss: cur.first_loss,
+        train_seconds: cur.train_seconds,
+        adam_step: Some(opt.step_count()),
+        rng: rng.clone(),
+        hyper: Some(h.clone()),
+        data: data_refs.clone(),
+        tokenizer: tok_ref.clone(),
+        history: cur.history.clone(),
+        source: None,
+        classifier: None,
+    };
+    let shapes = cfg.tensor_shapes();
     let save = |cur: &Cursor, model: &Gpt, opt: &AdamW| -> Result<PathBuf, CliError> {
-        let state = TrainerState {
-            format: checkpoint::FORMAT.into(),
-            version: checkpoint::VERSION,
-            kind: "pretrain".into(),
-            config: cfg.into(),
-            step: cur.step,
-            epoch: cur.epoch,
-            batch_in_epoch: cur.pos,
-            tokens_seen: cur.tokens_seen,
-            first_loss: cur.first_loss,
-            train_seconds: cur.train_seconds,
-            adam_step: Some(opt.step_count()),
-            rng: rng.clone(),
-            hyper: Some(h.clone()),
-            data: data_refs.clone(),
-            tokenizer: tok_ref.clone(),
-            history: cur.history.clone(),
-            source: None,
-            classifier: None,
-        };
-        let shapes = cfg.tensor_shapes();
+        let state = state_of(cur, opt);
         checkpoint::save_run(
             &files.dir,
             &Contents {
@@ -926,6 +945,31 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             },
         )
         .map_err(|e| failed(format!("saving the checkpoint: {e}")))
+    };
+    // The checkpoint with the lowest validation loss (written atomically, without moments): what
+    // a run that overfits should export. A resumed run continues from its recorded best.
+    let best_dir = files.dir.join("checkpoints").join(checkpoint::BEST_DIR);
+    let mut best: Option<Best> = read_best(&best_dir);
+    let mut save_best = |cur: &Cursor, model: &Gpt, opt: &AdamW, vl: f32| -> Result<(), CliError> {
+        if !vl.is_finite() || best.as_ref().is_some_and(|b| vl >= b.val_loss) {
+            return Ok(());
+        }
+        checkpoint::write_dir(
+            &best_dir,
+            &Contents {
+                state: &state_of(cur, opt),
+                shapes: &shapes,
+                params: model.params(),
+                moments: None,
+                tokenizer: &tok,
+            },
+        )
+        .map_err(|e| failed(format!("saving the best checkpoint: {e}")))?;
+        best = Some(Best {
+            val_loss: vl,
+            step: cur.step,
+        });
+        Ok(())
     };
     let diverged = |step: u64, what: String, last: &Option<PathBuf>| {
         failed(format!(
@@ -1038,6 +1082,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 val_loss: vl,
             });
             write_curves(&files, &cur.history)?;
+            save_best(&cur, &model, &opt, vl)?;
             progress.line(
                 con.log,
                 &format!(
@@ -1094,6 +1139,9 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                     "loss_csv": files.csv,
                     "loss_plot": files.svg,
                     "wall_seconds": wall.elapsed().as_secs_f64(),
+                    "best_checkpoint": best.map(|_| &best_dir),
+                    "best_val_loss": best.map(|b| b.val_loss),
+                    "best_step": best.map(|b| b.step),
                 }),
                 exit_code: 130,
             });
@@ -1159,14 +1207,41 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         h.sample_tokens,
         sample_text
     );
-    say!(
-        con,
-        "trained {} steps ({epochs:.2} epochs, {} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, {tok_s:.0} tokens/s",
-        cur.step,
-        cur.tokens_seen,
-        fmt_duration(wall_s)
-    );
+    let already_finished = session_steps == 0;
+    if already_finished {
+        say!(
+            con,
+            "run {out_dir} already finished at step {} of {total} ({epochs:.2} epochs): train loss {tl:.3}, \
+             val loss {vl:.3}; to train further pass --steps M with M greater than {} or --epochs E \
+             with E greater than {}",
+            cur.step,
+            cur.step,
+            epochs.floor()
+        );
+    } else {
+        say!(
+            con,
+            "trained {} steps ({epochs:.2} epochs, {} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, {tok_s:.0} tokens/s",
+            cur.step,
+            cur.tokens_seen,
+            fmt_duration(wall_s)
+        );
+    }
     say!(con, "checkpoint: {}", ckpt.display());
+    let best_step = best.map(|b| b.step);
+    let export_from = match best {
+        Some(b) => {
+            say!(
+                con,
+                "best checkpoint (lowest validation loss): {} (step {}, val loss {:.3})",
+                best_dir.display(),
+                b.step,
+                b.val_loss
+            );
+            shell_path(&best_dir)
+        }
+        None => out_dir.clone(),
+    };
     say!(
         con,
         "loss curve: {} and {}",
@@ -1175,7 +1250,9 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     );
     say!(
         con,
-        "export it and run it:\n  ember-train export {out_dir} --dtype int8 --out model.ember\n  ember generate model.ember --prompt {}",
+        "export it and run it:\n  {} export {export_from} --dtype int8 --out model.ember\n  {} generate model.ember --prompt {}",
+        super::hint_bin("ember-train"),
+        super::hint_bin("ember"),
         shell_quote(&h.prompt)
     );
     Ok(Outcome {
@@ -1196,6 +1273,10 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "parameters": cfg.param_count(),
             "config": checkpoint::ConfigJson::from(cfg),
             "interrupted": false,
+            "best_checkpoint": best.map(|_| &best_dir),
+            "best_val_loss": best.map(|b| b.val_loss),
+            "best_step": best_step,
+            "already_finished": already_finished,
         }),
         exit_code: 0,
     })
