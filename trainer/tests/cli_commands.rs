@@ -454,3 +454,55 @@ fn help_of_every_command_is_written_for_users() {
         format!("ember-train {}", env!("CARGO_PKG_VERSION"))
     );
 }
+
+/// Issue 22, item 12: argh's usage errors are one line with single spaces, pointing at the help
+/// of the command; `--threads 0` is refused by every command that has the flag (exit code 2).
+#[test]
+fn usage_errors_are_one_clean_line_and_threads_0_is_refused() {
+    let d = scratch("usage");
+    let e = run_err(&d, &["export", "run", "--out", "m.ember"], 2);
+    assert_eq!(
+        e,
+        "ember-train: error: Required options not provided: --dtype (see ember-train export --help)"
+    );
+    let e = run_err(&d, &["finetune", "classify", "--bogus"], 2);
+    assert!(!e.contains("  "), "{e}");
+    assert!(
+        e.ends_with("(see ember-train finetune classify --help)"),
+        "{e}"
+    );
+    for args in [
+        &["pretrain", "--threads", "0"][..],
+        &["eval", "run", "--data", "t.txt", "--threads", "0"][..],
+        &[
+            "finetune",
+            "classify",
+            "--init",
+            "run",
+            "--data",
+            "t.tsv",
+            "--out",
+            "o",
+            "--threads",
+            "0",
+        ][..],
+        &[
+            "finetune",
+            "instruct",
+            "--init",
+            "run",
+            "--data",
+            "t.json",
+            "--out",
+            "o",
+            "--threads",
+            "0",
+        ][..],
+    ] {
+        let e = run_err(&d, args, 2);
+        assert!(
+            e.contains("--threads 0: must be at least 1"),
+            "{args:?}: {e}"
+        );
+    }
+}

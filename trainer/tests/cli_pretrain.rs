@@ -393,3 +393,21 @@ fn resuming_a_finished_run_says_how_to_extend_it() {
         (Some(4), Some(false))
     );
 }
+
+/// Issue 22, item 12: the end-of-run hints name programs that run: without `ember` on PATH (a
+/// `cargo run` user), the binaries beside the running `ember-train`.
+#[test]
+fn hints_name_the_binaries_beside_ember_train_when_not_on_path() {
+    let d = scratch("hints");
+    let out = cmd(&d, &tiny_args(&["--steps", "2", "--out", "run"]))
+        .env("PATH", d.join("empty-path"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dir = std::path::Path::new(bin()).parent().unwrap();
+    for name in ["ember-train export", "ember generate"] {
+        let want = format!("{}/{name}", dir.display());
+        assert!(text.contains(&want), "{want:?} not in {text}");
+    }
+}

@@ -162,9 +162,6 @@ pub fn run(a: ClassifyArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         )));
     }
     let threads = a.threads;
-    if threads == Some(0) {
-        return Err(usage("--threads must be at least 1"));
-    }
     with_threads(threads, || {
         train(
             a, con, init, data_path, out, readout, trainable, lora, dtype,
@@ -301,8 +298,8 @@ fn train(
     .map_err(|e| usage(e.to_string()))?;
     note!(
         con,
-        "model: {} layers, dim {}, {} labels; training {}: {} of {} parameters",
-        cfg.n_layers,
+        "model: {}, dim {}, {} labels; training {}: {} of {} parameters",
+        super::count(cfg.n_layers as u64, "layer"),
         cfg.dim,
         k,
         tuner.description(),
@@ -534,10 +531,10 @@ fn train(
     if interrupted {
         say!(
             con,
-            "interrupted at step {step}/{total} ({} of {} epochs evaluated); saved the model so far:\n  \
+            "interrupted at step {step}/{total} ({} of {} evaluated); saved the model so far:\n  \
              checkpoint: {}\n  model: {} ({:.1} MB, {})\n  loss curve: {} and {}\n  metrics: {}",
             epochs.len(),
-            a.epochs,
+            super::count(a.epochs, "epoch"),
             ckpt.display(),
             model_path.display(),
             bytes as f64 / 1e6,

@@ -377,11 +377,11 @@ fn import_finish(
     .map_err(|e| failed(format!("--out {e}")))?;
     say!(
         con,
-        "{}: {:?} layout, {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.1}M parameters), tokenizer {kind}",
+        "{}: {:?} layout, {}, {}, dim {}, context {}, vocabulary {} ({:.1}M parameters), tokenizer {kind}",
         a.out.display(),
         imp.layout,
-        cfg.n_layers,
-        cfg.n_heads,
+        super::count(cfg.n_layers as u64, "layer"),
+        super::count(cfg.n_heads as u64, "head"),
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,

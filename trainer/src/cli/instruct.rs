@@ -16,7 +16,7 @@
 //! Letters: B batch, T the padded length of a batch, V vocabulary.
 
 use super::progress::{Progress, Status};
-use super::{CliError, Console, Outcome, failed, fmt_duration, shell_path, signal, usage};
+use super::{CliError, Console, Outcome, count, failed, fmt_duration, shell_path, signal, usage};
 use crate::checkpoint::{self, Contents, DataRef, RngState, TrainerState};
 use crate::data::{self, mix64};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -419,16 +419,16 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     };
     note!(
         con,
-        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters); training {}: {} trainable parameters; {} threads",
-        cfg.n_layers,
-        cfg.n_heads,
+        "model: {}, {}, dim {}, context {}, vocabulary {} ({:.2}M parameters); training {}: {} trainable parameters; {}",
+        count(cfg.n_layers as u64, "layer"),
+        count(cfg.n_heads as u64, "head"),
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
         cfg.param_count() as f64 / 1e6,
         tuner.description(),
         trainable,
-        threads
+        count(threads as u64, "thread")
     );
     note!(
         con,
@@ -453,8 +453,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     );
     note!(
         con,
-        "training: {} epochs × {steps_per_epoch} steps of batch {b} = {total} steps, lr {:e}, weight decay {}",
-        s.epochs,
+        "training: {} × {} of batch {b} = {}, lr {:e}, weight decay {}",
+        count(s.epochs, "epoch"),
+        count(steps_per_epoch, "step"),
+        count(total, "step"),
         s.lr,
         s.weight_decay
     );
@@ -720,8 +722,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let (tl, vl) = last.map_or((f32::NAN, f32::NAN), |r| (r.train_loss, r.val_loss));
     say!(
         con,
-        "fine-tuned {step} steps ({} epochs, {tokens_seen} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, test loss {test_loss:.3}, {:.0} tokens/s",
-        s.epochs,
+        "fine-tuned {} ({}, {tokens_seen} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, test loss {test_loss:.3}, {:.0} tokens/s",
+        count(step, "step"),
+        count(s.epochs, "epoch"),
         fmt_duration(train_s),
         tokens_seen as f64 / train_s.max(1e-9)
     );

@@ -413,7 +413,9 @@ pub fn with_threads<T: Send>(
 ) -> Result<T, CliError> {
     match threads {
         None => Ok(f()),
-        Some(0) => Err(CliError::Usage("--threads must be at least 1".into())),
+        Some(0) => Err(CliError::Usage(
+            "--threads 0: must be at least 1 (leave --threads out for one thread per core)".into(),
+        )),
         Some(n) => {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -421,6 +423,16 @@ pub fn with_threads<T: Send>(
                 .map_err(|e| CliError::Failed(format!("--threads {n}: {e}")))?;
             Ok(pool.install(f))
         }
+    }
+}
+
+/// `n` and `word`, plural unless `n` is 1: `1 epoch`, `3 epochs`, `2 batches`.
+pub fn count(n: impl Into<u64>, word: &str) -> String {
+    let n: u64 = n.into();
+    match n {
+        1 => format!("1 {word}"),
+        _ if word.ends_with("ch") || word.ends_with('s') => format!("{n} {word}es"),
+        _ => format!("{n} {word}s"),
     }
 }
 
@@ -519,6 +531,14 @@ mod tests {
         );
         assert_eq!(hint_bin_in("ember", None, None, None), "ember");
         let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(1u64, "epoch"), "1 epoch");
+        assert_eq!(count(0u64, "epoch"), "0 epochs");
+        assert_eq!(count(2u32, "batch"), "2 batches");
+        assert_eq!(count(1u32, "batch"), "1 batch");
     }
 
     #[test]

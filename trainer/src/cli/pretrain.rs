@@ -12,8 +12,8 @@
 
 use super::progress::{Progress, Status};
 use super::{
-    CliError, Console, Outcome, PretrainArgs, failed, fmt_duration, sample, shell_path, signal,
-    usage,
+    CliError, Console, Outcome, PretrainArgs, count, failed, fmt_duration, sample, shell_path,
+    signal, usage,
 };
 use crate::adamw::{AdamW, AdamWConfig, DecayPolicy, LrSchedule, clip_grad_norm, grad_norm};
 use crate::checkpoint::{
@@ -865,25 +865,24 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let resumed = cur.step > 0;
     note!(
         con,
-        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters); {} threads",
-        cfg.n_layers,
-        cfg.n_heads,
+        "model: {}, {}, dim {}, context {}, vocabulary {} ({:.2}M parameters); {}",
+        count(cfg.n_layers as u64, "layer"),
+        count(cfg.n_heads as u64, "head"),
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
         cfg.param_count() as f64 / 1e6,
-        threads
+        count(threads as u64, "thread")
     );
     note!(
         con,
-        "data: {data_name}: {} training windows ({} batches of {} per epoch), {} validation windows; \
-         {} steps per epoch, {} steps in all",
-        train.len(),
-        batches_per_epoch,
+        "data: {data_name}: {} ({} of {} per epoch), {}; {} per epoch, {} in all",
+        count(train.len() as u64, "training window"),
+        count(batches_per_epoch as u64, "batch"),
         h.batch,
-        val.len(),
-        steps_per_epoch,
-        h.total_steps
+        count(val.len() as u64, "validation window"),
+        count(steps_per_epoch, "step"),
+        count(h.total_steps, "step")
     );
     if resumed {
         note!(
@@ -1221,8 +1220,8 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     } else {
         say!(
             con,
-            "trained {} steps ({epochs:.2} epochs, {} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, {tok_s:.0} tokens/s",
-            cur.step,
+            "trained {} ({epochs:.2} epochs, {} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, {tok_s:.0} tokens/s",
+            count(cur.step, "step"),
             cur.tokens_seen,
             fmt_duration(wall_s)
         );
