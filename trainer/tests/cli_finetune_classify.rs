@@ -141,6 +141,24 @@ fn classify_trains_exports_and_matches_the_trainer() {
     }
     let metrics = std::fs::read_to_string(dir.join("cls/metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 1 + 3, "{metrics}");
+    // Issue 22, item 11: --json has every epoch's figures, the same as metrics.csv, and the
+    // last one equals the final keys.
+    let per_epoch = j["epoch_metrics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(per_epoch.len(), 3, "{j}");
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    for (line, e) in metrics.lines().skip(1).zip(per_epoch) {
+        for (col, v) in header.iter().zip(line.split(',')) {
+            // (serde_json's float parsing may differ from Rust's in the last bit)
+            let want: f64 = v.parse().unwrap();
+            let got = e[*col].as_f64().unwrap_or_else(|| panic!("{col}: {e}"));
+            assert!((got - want).abs() <= 1e-12 * want.abs(), "{col}: {e}");
+        }
+    }
+    for k in ["train_accuracy", "val_loss", "test_accuracy"] {
+        assert_eq!(per_epoch[2][k], j[k], "{k}");
+    }
 
     // The exported model is a classifier with the labels, the readout and the length.
     let model = Model::open(&dir.join("cls/model.ember")).unwrap();

@@ -589,6 +589,22 @@ fn train(
             "loss_plot": svg,
             "metrics_csv": metrics_csv,
             "wall_seconds": wall.elapsed().as_secs_f64(),
+            // Per epoch (the keys above are the last epoch's): what metrics.csv holds.
+            "epoch_metrics": epochs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    json!({
+                        "epoch": i + 1,
+                        "train_loss": m[0].loss,
+                        "val_loss": m[1].loss,
+                        "test_loss": m[2].loss,
+                        "train_accuracy": m[0].accuracy,
+                        "val_accuracy": m[1].accuracy,
+                        "test_accuracy": m[2].accuracy,
+                    })
+                })
+                .collect::<Vec<_>>(),
         }),
         exit_code: if interrupted { 130 } else { 0 },
     })
