@@ -143,6 +143,12 @@ fn classify_trains_exports_and_matches_the_trainer() {
     assert_eq!(metrics.lines().count(), 1 + 3, "{metrics}");
     // Issue 22, item 11: --json has every epoch's figures, the same as metrics.csv, and the
     // last one equals the final keys.
+    let acc = std::fs::read_to_string(dir.join(j["accuracy_plot"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        acc.matches("<polyline").count(),
+        3,
+        "train, validation and test accuracy"
+    );
     let per_epoch = j["epoch_metrics"]
         .as_array()
         .unwrap_or_else(|| panic!("{j}"));

@@ -16,7 +16,7 @@ use crate::finetune::data::{PAD_ID, read_labelled};
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::layers::dropout::mix64;
 use crate::model::{DropoutRates, Gpt, Mode};
-use crate::plot::{LossRow, to_csv, to_svg};
+use crate::plot::{self, LossRow, to_csv};
 use crate::{note, say};
 use argh::FromArgs;
 use emberlm_formats::ember::write_atomically;
@@ -37,7 +37,7 @@ pub struct ClassifyArgs {
     /// the labelled data: .tsv/.txt as label<TAB>text, .csv with label and text columns
     #[argh(option)]
     pub data: Option<PathBuf>,
-    /// output directory: checkpoints/, model.ember, loss.csv, loss.svg, metrics.csv
+    /// output directory: checkpoints/, model.ember, loss.csv, loss.svg, metrics.csv, accuracy.svg
     #[argh(option)]
     pub out: Option<PathBuf>,
     /// undersample every class to the size of the smallest (the book's balanced dataset)
@@ -468,7 +468,29 @@ fn train(
         Ok(p)
     };
     let csv = write("loss.csv", to_csv(&history))?;
-    let svg = write("loss.svg", to_svg(&history, "classifier fine-tuning"))?;
+    let svg = write(
+        "loss.svg",
+        plot::to_svg_seen(
+            &history,
+            &plot::title("classifier fine-tuning", &plot::model_name(&cfg)),
+            "examples seen",
+        ),
+    )?;
+    let accuracy: Vec<(u64, [f64; 3])> = epochs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i as u64 + 1, [m[0].accuracy, m[1].accuracy, m[2].accuracy]))
+        .collect();
+    let accuracy_svg = write(
+        "accuracy.svg",
+        plot::accuracy_svg(
+            &accuracy,
+            &format!(
+                "Accuracy — classifier fine-tuning ({})",
+                plot::model_name(&cfg)
+            ),
+        ),
+    )?;
     let mut mcsv = String::from(
         "epoch,train_accuracy,val_accuracy,test_accuracy,train_loss,val_loss,test_loss\n",
     );
@@ -588,6 +610,7 @@ fn train(
             "loss_csv": csv,
             "loss_plot": svg,
             "metrics_csv": metrics_csv,
+            "accuracy_plot": accuracy_svg,
             "wall_seconds": wall.elapsed().as_secs_f64(),
             // Per epoch (the keys above are the last epoch's): what metrics.csv holds.
             "epoch_metrics": epochs

@@ -27,9 +27,10 @@ use crate::finetune::instruct::{
 };
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
-use crate::plot::{LossRow, to_csv, to_svg};
+use crate::plot::{self, LossRow, to_csv, to_svg};
 use crate::{note, say};
 use argh::FromArgs;
+use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::write_atomically;
 use emberlm_formats::meta::{PromptTemplate, Task};
 use emberlm_runtime::{Model, Session, SessionOptions};
@@ -251,7 +252,7 @@ fn finite_or_null(v: f32) -> serde_json::Value {
     }
 }
 
-fn write_curves(dir: &Path, rows: &[LossRow]) -> Result<(), CliError> {
+fn write_curves(dir: &Path, rows: &[LossRow], cfg: &GptConfig) -> Result<(), CliError> {
     let csv_path = dir.join("loss.csv");
     let svg_path = dir.join("loss.svg");
     let csv = to_csv(rows);
@@ -259,7 +260,7 @@ fn write_curves(dir: &Path, rows: &[LossRow]) -> Result<(), CliError> {
         .map_err(|e| failed(format!("{}: {}", csv_path.display(), data::io_reason(&e))))?;
     let svg = to_svg(
         rows,
-        &format!("ember-train finetune instruct: loss ({})", dir.display()),
+        &plot::title("instruction fine-tuning", &plot::model_name(cfg)),
     );
     write_atomically(&svg_path, |w| w.write_all(svg.as_bytes()))
         .map_err(|e| failed(format!("{}: {}", svg_path.display(), data::io_reason(&e))))
@@ -503,7 +504,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         train_loss: tl0,
         val_loss: vl0,
     });
-    write_curves(&out, &history)?;
+    write_curves(&out, &history, &cfg)?;
 
     let ckpt_state = |step: u64,
                       epoch: u64,
@@ -610,7 +611,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 train_loss: tl,
                 val_loss: vl,
             });
-            write_curves(&out, &history)?;
+            write_curves(&out, &history, &cfg)?;
             progress.line(
                 con.log,
                 &format!(

@@ -431,7 +431,7 @@ pub fn count(n: impl Into<u64>, word: &str) -> String {
     let n: u64 = n.into();
     match n {
         1 => format!("1 {word}"),
-        _ if word.ends_with("ch") || word.ends_with('s') => format!("{n} {word}es"),
+        _ if word.ends_with("tch") || word.ends_with('s') => format!("{n} {word}es"),
         _ => format!("{n} {word}s"),
     }
 }

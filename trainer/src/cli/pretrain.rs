@@ -22,7 +22,7 @@ use crate::checkpoint::{
 use crate::corpus;
 use crate::data::{self, CacheStatus, DataError, Windows, mix64};
 use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
-use crate::plot::{LossRow, to_csv, to_svg};
+use crate::plot::{self, LossRow, to_csv, to_svg};
 use crate::{note, say};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::write_atomically;
@@ -734,12 +734,11 @@ fn mean_loss(
     Ok((sum / nb as f64) as f32)
 }
 
-fn write_curves(files: &OutFiles, rows: &[LossRow]) -> Result<(), CliError> {
+fn write_curves(files: &OutFiles, rows: &[LossRow], cfg: &GptConfig) -> Result<(), CliError> {
     let csv = to_csv(rows);
     write_atomically(&files.csv, |w| w.write_all(csv.as_bytes()))
         .map_err(|e| failed(format!("{}: {}", files.csv.display(), data::io_reason(&e))))?;
-    let title = format!("ember-train: loss ({})", files.dir.display());
-    let svg = to_svg(rows, &title);
+    let svg = to_svg(rows, &plot::title("pretraining", &plot::model_name(cfg)));
     write_atomically(&files.svg, |w| w.write_all(svg.as_bytes()))
         .map_err(|e| failed(format!("{}: {}", files.svg.display(), data::io_reason(&e))))
 }
@@ -894,7 +893,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         );
     }
     note!(con, "output: {}", files.dir.display());
-    write_curves(&files, &cur.history)?;
+    write_curves(&files, &cur.history, &cfg)?;
 
     let ga = h.grad_accum;
     let (b, total) = (h.batch, h.total_steps);
@@ -1080,7 +1079,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 train_loss: tl,
                 val_loss: vl,
             });
-            write_curves(&files, &cur.history)?;
+            write_curves(&files, &cur.history, &cfg)?;
             save_best(&cur, &model, &opt, vl)?;
             progress.line(
                 con.log,
@@ -1177,7 +1176,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             train_loss: tl,
             val_loss: vl,
         });
-        write_curves(&files, &cur.history)?;
+        write_curves(&files, &cur.history, &cfg)?;
     }
     if last_ckpt.is_none() {
         last_ckpt = Some(save(&cur, &model, &opt)?);
