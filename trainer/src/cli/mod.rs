@@ -125,7 +125,7 @@ pub struct PretrainArgs {
     /// batch size (default 8; 2 with --config, as the book)
     #[argh(option)]
     pub batch: Option<usize>,
-    /// epochs over the training split (default 10, as the book; main job: 8)
+    /// epochs over the training split (default 10, as the book; main job: 2)
     #[argh(option)]
     pub epochs: Option<u64>,
     /// optimizer steps (instead of --epochs)
