@@ -64,15 +64,29 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         return Err(CliError::Usage("--batch must be at least 1".into()));
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let (splits, _) = data::load_splits(&refs, tok, 1.0, data::cache_dir().as_deref());
+    let t_tok = Instant::now();
+    let (splits, cache) = data::load_splits(&refs, tok, 1.0, data::cache_dir().as_deref());
     let name = a
         .data
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" ");
+    let n_tokens = splits.train.len();
     let w = Windows::new(splits.train, t, t, "evaluation")
         .map_err(|e| failed(format!("--data {name}: {e}")))?;
+    note!(
+        con,
+        "data: {} tokens ({})",
+        n_tokens,
+        match cache {
+            data::CacheStatus::Hit(_) => "read from the token cache".to_string(),
+            _ => format!(
+                "tokenized in {}",
+                super::fmt_duration(t_tok.elapsed().as_secs_f64())
+            ),
+        }
+    );
     let mut model = Gpt::from_params(l.config, l.params).map_err(|e| failed(e.to_string()))?;
     let t0 = Instant::now();
     let (mut x, mut y) = (Vec::new(), Vec::new());

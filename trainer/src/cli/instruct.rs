@@ -491,6 +491,11 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
     // The book prints the loss before fine-tuning; it is also the first point of the curve.
     let mut history: Vec<LossRow> = Vec::new();
+    note!(
+        con,
+        "evaluating the model before fine-tuning ({} per split)…",
+        count(s.eval_batches as u64, "batch")
+    );
     let (tl0, vl0) = eval(&mut model, u64::MAX)?;
     note!(
         con,

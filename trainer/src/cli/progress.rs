@@ -68,8 +68,10 @@ impl Status {
         if let Some(lr) = self.lr {
             s.push_str(&format!(" | lr {lr:.2e}"));
         }
+        // A 124M model fine-tunes at a few examples per second: keep a digit there.
+        let digits = usize::from(self.rate < 10.0);
         s.push_str(&format!(
-            " | {:.0} {} | ETA {}",
+            " | {:.digits$} {} | ETA {}",
             self.rate,
             self.rate_unit,
             fmt_duration(self.eta)
@@ -185,6 +187,13 @@ mod tests {
         let text = String::from_utf8(out).unwrap();
         assert!(text.starts_with("\r\x1b[2K[#######-----"), "{text:?}");
         assert!(text.ends_with("ETA 1m10s\n"), "{text:?}");
+    }
+
+    #[test]
+    fn slow_rates_keep_a_decimal() {
+        let mut s = status();
+        s.rate = 2.34;
+        assert!(s.text().contains("| 2.3 examples/s |"), "{}", s.text());
     }
 
     #[test]
