@@ -1098,3 +1098,86 @@ fn a_closed_stdout_is_not_a_panic() {
         );
     }
 }
+
+// ---- ember-train: issue 22 (everyday use) ---------------------------------------------------
+// Kept apart from the tables above so that their edits and these do not collide.
+
+/// `ember-train` rows of issue 22: (command line, exit code, needle). `notok` is a checkpoint
+/// imported without a tokenizer (hf_tiny: vocabulary 97, no vocab.json / merges.txt); `run`'s
+/// `checkpoints/best` has no optimizer state.
+const TRAIN_ISSUE22_CASES: &[(&str, i32, &str)] = &[
+    // A checkpoint without a tokenizer cannot read text.
+    ("eval notok {D}", 1, "has no tokenizer"),
+    ("pretrain --init notok {D} --steps 1", 1, "has no tokenizer"),
+    (
+        "finetune classify --init notok --data rows.tsv --out c1",
+        1,
+        "has no tokenizer",
+    ),
+    (
+        "finetune instruct --init notok --data text.txt --out i1",
+        1,
+        "has no tokenizer",
+    ),
+    // The best checkpoint exports and evaluates but does not resume.
+    (
+        "pretrain --resume run/checkpoints/best",
+        1,
+        "cannot resume training",
+    ),
+    // argh's messages: one line, single spaces, the command's help named.
+    (
+        "export run --out m.ember",
+        2,
+        "Required options not provided: --dtype (see ember-train export --help)",
+    ),
+    (
+        "finetune classify --nope",
+        2,
+        "(see ember-train finetune classify --help)",
+    ),
+    ("--version --json", 2, "Unrecognized argument"),
+    // --threads 0 wherever the flag exists.
+    (
+        "finetune classify --init run --data rows.tsv --out c2 --threads 0",
+        2,
+        "--threads 0: must be at least 1",
+    ),
+    (
+        "finetune instruct --init run --data text.txt --out i2 --threads 0",
+        2,
+        "--threads 0: must be at least 1",
+    ),
+    (
+        "eval run {D} --threads 0",
+        2,
+        "--threads 0: must be at least 1",
+    ),
+];
+
+#[test]
+fn issue_22_train_rows_fail_with_one_clear_line_and_the_right_code() {
+    let fx = Fixtures::new();
+    let dir: &Path = &fx.dir;
+    let hf = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hf_tiny");
+    let o = train(
+        dir,
+        &["import", "--from", hf.to_str().unwrap(), "--out", "notok"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(dir.join("run/checkpoints/best/trainer.json").is_file());
+    let mut failures = Vec::new();
+    for (line, code, needle) in TRAIN_ISSUE22_CASES {
+        let args = words(line);
+        let out = run_limited("ember-train", dir, &args, None);
+        if let Some(p) = check_one_line_error("ember-train", &out, needle) {
+            failures.push(format!("{line}: {p}"));
+        } else if out.status.code() != Some(*code) {
+            failures.push(format!(
+                "{line}: exit code {:?}, want {code}",
+                out.status.code()
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}

@@ -107,6 +107,12 @@ fn check_run(run: &Path, seen: &mut HashMap<String, StepBytes>) -> bool {
         if name == "latest" || name.starts_with('.') {
             continue; // temporaries start with '.', and resolve() refuses such names
         }
+        if name == checkpoint::BEST_DIR {
+            // The best checkpoint so far (no optimizer state) is replaced atomically too.
+            checkpoint::load(&e.path(), false)
+                .unwrap_or_else(|err| panic!("{name} is present but does not load: {err}"));
+            continue;
+        }
         assert!(name.starts_with("step-"), "unexpected entry {name:?}");
         let dir = e.path();
         let l = checkpoint::load(&dir, true)

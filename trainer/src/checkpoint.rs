@@ -8,7 +8,9 @@
 //!     optimizer.safetensors            AdamW moments `m` and `v` (N each), when training
 //!     trainer.json                     step, epoch, position in the epoch, RNG seeds, config,
 //!                                      hyperparameters, data files + fingerprints, loss history
-//!     tokenizer.ember                  the tokenizer (a metadata-only .ember file)
+//!     tokenizer.ember                  the tokenizer (a metadata-only .ember file); absent when
+//!                                      `trainer.json`'s tokenizer kind is `none` (an imported
+//!                                      model without vocab.json/merges.txt: token ids only)
 //! ```
 //! A step directory is written under a temporary name, every file fsynced, then renamed into
 //! place; only then does `latest` move (atomically) and older step directories get removed, so a
@@ -41,6 +43,11 @@ pub const OPTIMIZER_FILE: &str = "optimizer.safetensors";
 pub const STATE_FILE: &str = "trainer.json";
 /// The tokenizer.
 pub const TOKENIZER_FILE: &str = "tokenizer.ember";
+/// `OUT/checkpoints/best`: a pretraining run's checkpoint with the lowest validation loss so
+/// far (no optimizer state: for export and evaluation, not for resuming).
+pub const BEST_DIR: &str = "best";
+/// `trainer.json`'s tokenizer kind of a checkpoint without a tokenizer (no `tokenizer.ember`).
+pub const NO_TOKENIZER: &str = "none";
 
 /// Why a checkpoint could not be read or written. Every variant names the path.
 #[derive(Clone, Debug, PartialEq)]
@@ -205,7 +212,8 @@ pub struct DataRef {
 /// Which tokenizer the run uses (the tokenizer itself is `tokenizer.ember`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenizerRef {
-    /// `gpt2` (OpenAI's vocabulary) or `bpe` (trained by `ember-train`).
+    /// `gpt2` (OpenAI's vocabulary), `bpe` (trained by `ember-train`), `imported` (vocab.json +
+    /// merges.txt) or `none` ([`NO_TOKENIZER`]: token ids only, no `tokenizer.ember`).
     pub kind: String,
     /// Number of ids.
     pub vocab_size: usize,
@@ -328,8 +336,24 @@ pub struct Loaded {
     pub params: Vec<f32>,
     /// AdamW moments (m, v), when asked for and present.
     pub moments: Option<(Vec<f32>, Vec<f32>)>,
-    /// The tokenizer.
-    pub tokenizer: Tokenizer,
+    /// The tokenizer; `None` for a checkpoint imported without one (token ids only).
+    pub tokenizer: Option<Tokenizer>,
+}
+
+impl Loaded {
+    /// The tokenizer of a command that reads or writes text (`what`, e.g. `finetune classify`);
+    /// an error saying how to get one when the checkpoint has none.
+    pub fn text_tokenizer(&self, what: &str) -> Result<&Tokenizer, String> {
+        self.tokenizer.as_ref().ok_or_else(|| {
+            format!(
+                "{}: this checkpoint has no tokenizer (it was imported without vocab.json and \
+                 merges.txt), so `{what}` cannot turn text into tokens; put the model's vocab.json \
+                 and merges.txt beside the weights and import it again, or use the exported model \
+                 with token ids (ember generate --tokens, ember score --tokens)",
+                self.dir.display()
+            )
+        })
+    }
 }
 
 /// The step directory that `path` designates: `path` itself when it holds `trainer.json`;
@@ -436,7 +460,7 @@ fn write_safetensors(
 /// every file fsynced, then renamed into place (an existing `dir` is replaced only once the new
 /// one is complete).
 pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
-    write_dir_with(dir, c.state, c.tokenizer, c.moments, |model| {
+    write_dir_with(dir, c.state, Some(c.tokenizer), c.moments, |model| {
         // Parameters, split into their canonical tensors.
         let mut views = Vec::with_capacity(c.shapes.len());
         let mut off = 0usize;
@@ -465,7 +489,7 @@ pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
 pub fn write_dir_streamed(
     dir: &Path,
     state: &TrainerState,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     write_model: impl FnOnce(&Path) -> Result<(), CheckpointError>,
 ) -> Result<(), CheckpointError> {
     write_dir_with(dir, state, tokenizer, None, write_model)
@@ -474,7 +498,7 @@ pub fn write_dir_streamed(
 fn write_dir_with(
     dir: &Path,
     state: &TrainerState,
-    tokenizer: &Tokenizer,
+    tokenizer: Option<&Tokenizer>,
     moments: Option<(&[f32], &[f32])>,
     write_model: impl FnOnce(&Path) -> Result<(), CheckpointError>,
 ) -> Result<(), CheckpointError> {
@@ -508,7 +532,9 @@ fn write_dir_with(
             ];
             write_safetensors(&opt, views)?;
         }
-        write_tokenizer_file(&tmp.join(TOKENIZER_FILE), tokenizer)?;
+        if let Some(t) = tokenizer {
+            write_tokenizer_file(&tmp.join(TOKENIZER_FILE), t)?;
+        }
         let json = serde_json::to_vec_pretty(state)
             .map_err(|e| corrupt(&tmp.join(STATE_FILE), e.to_string()))?;
         let state_path = tmp.join(STATE_FILE);
@@ -681,13 +707,22 @@ pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError
     } else {
         None
     };
-    let tokenizer = read_tokenizer_file(&dir.join(TOKENIZER_FILE))?;
-    if tokenizer.vocab_size() > config.vocab_size {
+    let tok_path = dir.join(TOKENIZER_FILE);
+    // Only a checkpoint that says it has no tokenizer may lack the file.
+    let tokenizer = if state.tokenizer.kind == NO_TOKENIZER && !tok_path.exists() {
+        None
+    } else {
+        Some(read_tokenizer_file(&tok_path)?)
+    };
+    if let Some(t) = tokenizer
+        .as_ref()
+        .filter(|t| t.vocab_size() > config.vocab_size)
+    {
         return Err(corrupt(
-            &dir.join(TOKENIZER_FILE),
+            &tok_path,
             format!(
                 "the tokenizer has {} ids but the model only {}",
-                tokenizer.vocab_size(),
+                t.vocab_size(),
                 config.vocab_size
             ),
         ));
@@ -794,7 +829,7 @@ mod tests {
         assert_eq!(l.state.step, 9);
         assert_eq!(l.params, params);
         assert_eq!(l.moments, Some((m, v)));
-        assert_eq!(l.tokenizer.to_parts(), tok.to_parts());
+        assert_eq!(l.tokenizer.as_ref().unwrap().to_parts(), tok.to_parts());
         assert_eq!(l.config, cfg);
         // A missing optimizer file is an error only when asked for.
         std::fs::remove_file(want.join(OPTIMIZER_FILE)).unwrap();

@@ -21,6 +21,14 @@ fn main() {
         }
     };
     let rest: Vec<&str> = argv.iter().skip(1).map(String::as_str).collect();
+    if matches!(rest.as_slice(), ["--version"] | ["-V"]) {
+        let _ = writeln!(
+            std::io::stdout(),
+            "ember-train {}",
+            env!("CARGO_PKG_VERSION")
+        );
+        return;
+    }
     let args = match Args::from_args(&["ember-train"], &rest) {
         Ok(a) => a,
         Err(early) => match early.status {
@@ -30,8 +38,28 @@ fn main() {
                 return;
             }
             Err(()) => {
-                let msg = early.output.trim().replace('\n', " ");
-                eprintln!("ember-train: error: {msg} (see ember-train --help)");
+                // argh's messages span lines and pad with spaces ("Required options not
+                // provided:\n    --dtype"): one line, single spaces.
+                let msg = early
+                    .output
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
+                // The help of the command the user was typing: `ember-train finetune classify --help`.
+                const COMMANDS: &[&str] = &[
+                    "pretrain",
+                    "eval",
+                    "tokenizer",
+                    "export",
+                    "import",
+                    "export-safetensors",
+                    "finetune",
+                    "classify",
+                    "instruct",
+                ];
+                let mut help = vec!["ember-train"];
+                help.extend(rest.iter().take_while(|a| COMMANDS.contains(a)).take(2));
+                eprintln!("ember-train: error: {msg} (see {} --help)", help.join(" "));
                 std::process::exit(2);
             }
         },

@@ -94,6 +94,8 @@ fn encode(dir: &Path, run: &str, text: &str) -> Vec<u32> {
     checkpoint::load(&dir.join(run), false)
         .unwrap()
         .tokenizer
+        .as_ref()
+        .unwrap()
         .encode_to_vec(text, emberlm_formats::tokenizer::SpecialTokens::AsText)
 }
 
@@ -139,6 +141,30 @@ fn classify_trains_exports_and_matches_the_trainer() {
     }
     let metrics = std::fs::read_to_string(dir.join("cls/metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 1 + 3, "{metrics}");
+    // Issue 22, item 11: --json has every epoch's figures, the same as metrics.csv, and the
+    // last one equals the final keys.
+    let acc = std::fs::read_to_string(dir.join(j["accuracy_plot"].as_str().unwrap())).unwrap();
+    assert_eq!(
+        acc.matches("<polyline").count(),
+        3,
+        "train, validation and test accuracy"
+    );
+    let per_epoch = j["epoch_metrics"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{j}"));
+    assert_eq!(per_epoch.len(), 3, "{j}");
+    let header: Vec<&str> = metrics.lines().next().unwrap().split(',').collect();
+    for (line, e) in metrics.lines().skip(1).zip(per_epoch) {
+        for (col, v) in header.iter().zip(line.split(',')) {
+            // (serde_json's float parsing may differ from Rust's in the last bit)
+            let want: f64 = v.parse().unwrap();
+            let got = e[*col].as_f64().unwrap_or_else(|| panic!("{col}: {e}"));
+            assert!((got - want).abs() <= 1e-12 * want.abs(), "{col}: {e}");
+        }
+    }
+    for k in ["train_accuracy", "val_loss", "test_accuracy"] {
+        assert_eq!(per_epoch[2][k], j[k], "{k}");
+    }
 
     // The exported model is a classifier with the labels, the readout and the length.
     let model = Model::open(&dir.join("cls/model.ember")).unwrap();
@@ -298,4 +324,73 @@ fn classify_rejects_bad_input_with_one_line() {
         let err = run_err(&dir, args, *code);
         assert!(err.contains(needle), "{args:?}: {err}");
     }
+}
+
+/// Issue 22, item 6: without a terminal a status line (with its ETA) comes after the first step;
+/// the first Ctrl-C says at once that the run is stopping, skips the evaluation of every split,
+/// saves the model so far with its curves, names them, and exits 130.
+#[test]
+fn ctrl_c_saves_the_model_so_far_and_exits_130() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let d = scratch("clf-sigint");
+    tiny_lm(&d);
+    write_sms(&d);
+    let mut child = cli_util::KillOnDrop::new(
+        cli_util::cmd(
+            &d,
+            &[
+                "finetune", "classify", "--init", "lm", "--data", "sms.tsv", "--out", "clf",
+                "--epochs", "100000", "--batch", "2", "--json",
+            ],
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap(),
+    );
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = loop {
+        let l = lines
+            .next()
+            .expect("stderr closed before the first step")
+            .unwrap();
+        if l.starts_with("step ") {
+            break l;
+        }
+    };
+    assert!(
+        first.contains("ETA") && first.contains("examples/s"),
+        "{first}"
+    );
+    let kill = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let rest: Vec<String> = lines.map(|l| l.unwrap()).collect();
+    let out = child.wait_with_output().unwrap();
+    let text = rest.join("\n");
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("Ctrl-C: stopping"), "{text}");
+    assert!(text.contains("saved the model so far"), "{text}");
+    let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(j["interrupted"], true, "{j}");
+    for key in [
+        "model",
+        "checkpoint",
+        "loss_csv",
+        "loss_plot",
+        "metrics_csv",
+    ] {
+        let p = j[key].as_str().unwrap_or_else(|| panic!("{key}: {j}"));
+        assert!(d.join(p).exists(), "{key}: {p}");
+    }
+    assert!(
+        checkpoint::load(&d.join("clf"), false)
+            .unwrap()
+            .state
+            .classifier
+            .is_some()
+    );
 }

@@ -305,3 +305,109 @@ fn divergence_stops_with_the_step_and_keeps_the_last_checkpoint() {
     let ck = emberlm_trainer::checkpoint::load(&d.join("run"), true).unwrap();
     assert!(ck.params.iter().all(|v| v.is_finite()));
 }
+
+/// Issue 22, item 14: the checkpoint with the lowest validation loss is kept as
+/// `checkpoints/best` (it is the evaluation with the minimum of loss.csv, not the last one), the
+/// end-of-run hint exports it, and `--json` names it.
+#[test]
+fn the_best_checkpoint_by_validation_loss_is_kept() {
+    let d = scratch("best");
+    // A high learning rate on a tiny text overfits quickly: the last evaluation is rarely the best.
+    let j = run_json(
+        &d,
+        &tiny_args(&[
+            "--steps",
+            "40",
+            "--eval-every",
+            "2",
+            "--lr",
+            "3e-2",
+            "--out",
+            "run",
+            "--json",
+        ]),
+    );
+    let rows = losses(&d.join("run"));
+    let (min_step, min_val) = rows
+        .iter()
+        .map(|&(s, _, v)| (s, f32::from_bits(v)))
+        .filter(|(_, v)| v.is_finite())
+        .fold((0, f32::INFINITY), |a, b| if b.1 < a.1 { b } else { a });
+    assert_eq!(j["best_step"], min_step, "{j}");
+    let best = j["best_val_loss"].as_f64().unwrap() as f32;
+    assert_eq!(best.to_bits(), min_val.to_bits(), "{j}");
+    let dir = j["best_checkpoint"].as_str().unwrap();
+    assert!(dir.ends_with("checkpoints/best"), "{dir}");
+    let ck = emberlm_trainer::checkpoint::load(&d.join(dir), false).unwrap();
+    assert_eq!(ck.state.step, min_step);
+    assert!(ck.moments.is_none());
+    // The best checkpoint is not a place to resume from (no optimizer state), but exports.
+    run_json(
+        &d,
+        &[
+            "export",
+            dir,
+            "--dtype",
+            "f32",
+            "--out",
+            "best.ember",
+            "--json",
+        ],
+    );
+    // The human summary says which checkpoint to export.
+    let out = run(&d, &["pretrain", "--resume", "run"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("best checkpoint (lowest validation loss): run/checkpoints/best"),
+        "{text}"
+    );
+    assert!(
+        text.contains(" export run/checkpoints/best --dtype"),
+        "{text}"
+    );
+}
+
+/// Issue 22, item 12: resuming a finished run says so and how to extend it (not "0 tokens/s").
+#[test]
+fn resuming_a_finished_run_says_how_to_extend_it() {
+    let d = scratch("finished");
+    run_json(&d, &tiny_args(&["--steps", "3", "--out", "run", "--json"]));
+    let out = run(&d, &["pretrain", "--resume", "run"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("run already finished at step 3 of 3")
+            && text.contains("--steps M with M greater than 3"),
+        "{text}"
+    );
+    assert!(!text.contains("tokens/s"), "{text}");
+    let j = run_json(&d, &["pretrain", "--resume", "run", "--json"]);
+    assert_eq!(j["already_finished"], true);
+    let j = run_json(
+        &d,
+        &["pretrain", "--resume", "run", "--steps", "4", "--json"],
+    );
+    assert_eq!(
+        (j["steps"].as_u64(), j["already_finished"].as_bool()),
+        (Some(4), Some(false))
+    );
+}
+
+/// Issue 22, item 12: the end-of-run hints name programs that run: without `ember` on PATH (a
+/// `cargo run` user), the binaries beside the running `ember-train`.
+#[test]
+fn hints_name_the_binaries_beside_ember_train_when_not_on_path() {
+    let d = scratch("hints");
+    let out = cmd(&d, &tiny_args(&["--steps", "2", "--out", "run"]))
+        .env("PATH", d.join("empty-path"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    let dir = std::path::Path::new(bin()).parent().unwrap();
+    for name in ["ember-train export", "ember generate"] {
+        let want = format!("{}/{name}", dir.display());
+        assert!(text.contains(&want), "{want:?} not in {text}");
+    }
+}

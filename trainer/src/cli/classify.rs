@@ -7,6 +7,7 @@
 //! classifier that `ember classify` runs). Ctrl-C stops after the current step and saves both.
 //! There is no `--resume`: a fine-tuning run is short; rerun it.
 
+use super::progress::{Progress, Status};
 use super::{CliError, Console, Outcome, failed, shell_path, signal, usage, with_threads};
 use crate::checkpoint::{self, ClassifierJson, Contents, TrainerState};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -15,7 +16,7 @@ use crate::finetune::data::{PAD_ID, read_labelled};
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::layers::dropout::mix64;
 use crate::model::{DropoutRates, Gpt, Mode};
-use crate::plot::{LossRow, to_csv, to_svg};
+use crate::plot::{self, LossRow, to_csv};
 use crate::{note, say};
 use argh::FromArgs;
 use emberlm_formats::ember::write_atomically;
@@ -25,10 +26,10 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
-/// Flags of `ember-train finetune classify`.
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "classify")]
-/// fine-tune a classifier on `label<TAB>text` rows (the SMS Spam Collection format) or a CSV with a header
+/// Fine-tune a checkpoint into a classifier on label<TAB>text rows (the SMS Spam Collection
+/// format) or a CSV with a header, and export it as a .ember file for ember classify.
 pub struct ClassifyArgs {
     /// the checkpoint to start from (a run directory or a step directory; e.g. an imported GPT-2)
     #[argh(option)]
@@ -36,7 +37,7 @@ pub struct ClassifyArgs {
     /// the labelled data: .tsv/.txt as label<TAB>text, .csv with label and text columns
     #[argh(option)]
     pub data: Option<PathBuf>,
-    /// output directory: checkpoints/, model.ember, loss.csv, loss.svg, metrics.csv
+    /// output directory: checkpoints/, model.ember, loss.csv, loss.svg, metrics.csv, accuracy.svg
     #[argh(option)]
     pub out: Option<PathBuf>,
     /// undersample every class to the size of the smallest (the book's balanced dataset)
@@ -161,9 +162,6 @@ pub fn run(a: ClassifyArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         )));
     }
     let threads = a.threads;
-    if threads == Some(0) {
-        return Err(usage("--threads must be at least 1"));
-    }
     with_threads(threads, || {
         train(
             a, con, init, data_path, out, readout, trainable, lora, dtype,
@@ -192,7 +190,10 @@ fn train(
         )));
     }
     let cfg = l.config;
-    let tok = l.tokenizer;
+    let tok = l
+        .text_tokenizer("ember-train finetune classify")
+        .map_err(failed)?
+        .clone();
     if let Some(m) = a.max_length
         && m > cfg.context_length
     {
@@ -297,15 +298,19 @@ fn train(
     .map_err(|e| usage(e.to_string()))?;
     note!(
         con,
-        "model: {} layers, dim {}, {} labels; training {}: {} of {} parameters",
-        cfg.n_layers,
+        "model: {}, dim {}, {} labels; training {}: {} of {} parameters",
+        super::count(cfg.n_layers as u64, "layer"),
         cfg.dim,
         k,
         tuner.description(),
         tuner.trainable_params(),
         model.params().len()
     );
+    let existed = out.exists();
     std::fs::create_dir_all(&out).map_err(|e| failed(format!("--out {}: {e}", out.display())))?;
+    if !existed {
+        signal::fresh_dir(out.clone());
+    }
     let classifier = ClassifierJson {
         labels: data.labels.clone(),
         readout: a.readout.clone(),
@@ -323,6 +328,8 @@ fn train(
     let mut train_seconds = 0f64;
     let mut interrupted = false;
     let eval_subset = a.eval_batches * b;
+    let mut progress = Progress::new(con.tty);
+    let loop_t0 = Instant::now();
     'epochs: for epoch in 1..=a.epochs {
         shuffle(&mut train_set, mix64(a.seed ^ epoch));
         // drop_last, as the book's training loader
@@ -331,7 +338,7 @@ fn train(
             let refs: Vec<&Example> = chunk.iter().collect();
             let bt = make_batch(&refs, readout, length, pad);
             model.zero_grad();
-            model
+            let loss = model
                 .forward(
                     &bt.inputs,
                     Some(&bt.targets),
@@ -341,7 +348,7 @@ fn train(
                         seed: mix64(a.seed ^ step),
                     },
                 )
-                .and_then(|_| model.backward())
+                .and_then(|l| model.backward().map(|()| l))
                 .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
             tuner
                 .step(&mut model, a.lr)
@@ -362,12 +369,14 @@ fn train(
                 };
                 let tr = ev(&mut model, &train_set).map_err(|e| failed(e.to_string()))?;
                 let va = ev(&mut model, &val_set).map_err(|e| failed(e.to_string()))?;
-                note!(
-                    con,
-                    "epoch {epoch} step {step}/{total}: train loss {:.3}, val loss {:.3} ({:.1} examples/s)",
-                    tr.loss,
-                    va.loss,
-                    examples_seen as f64 / train_seconds.max(1e-9)
+                progress.line(
+                    con.log,
+                    &format!(
+                        "epoch {epoch} step {step}/{total}: train loss {:.3}, val loss {:.3} ({:.1} examples/s)",
+                        tr.loss,
+                        va.loss,
+                        examples_seen as f64 / train_seconds.max(1e-9)
+                    ),
                 );
                 history.push(LossRow {
                     step,
@@ -378,11 +387,33 @@ fn train(
                     val_loss: va.loss as f32,
                 });
             }
+            progress.update(
+                con.log,
+                &Status {
+                    step,
+                    total,
+                    unit: "step",
+                    epoch: Some(epoch),
+                    loss,
+                    lr: Some(a.lr),
+                    rate: examples_seen as f64 / train_seconds.max(1e-9),
+                    rate_unit: "examples/s",
+                    eta: Status::eta(loop_t0.elapsed().as_secs_f64(), step, total),
+                },
+                step == total,
+            );
             if signal::interrupted() {
                 interrupted = true;
                 break 'epochs;
             }
         }
+        progress.line(
+            con.log,
+            &format!(
+                "epoch {epoch}: loss and accuracy on every split ({} examples)…",
+                train_set.len() + val_set.len() + test_set.len()
+            ),
+        );
         let m = every_split(
             &mut model,
             [&train_set, &val_set, &test_set],
@@ -391,6 +422,7 @@ fn train(
             pad,
             b,
         )?;
+        progress.clear(con.log);
         say!(
             con,
             "epoch {epoch}: accuracy train {:.2}% / val {:.2}% / test {:.2}%; loss {:.3} / {:.3} / {:.3}",
@@ -402,8 +434,14 @@ fn train(
             m[2].loss
         );
         epochs.push(m);
+        if signal::interrupted() {
+            interrupted = step < total;
+            break;
+        }
     }
-    if epochs.is_empty() {
+    progress.finish(con.log);
+    // Ctrl-C skips the (long) evaluation of every split: what is saved is the model so far.
+    if epochs.is_empty() && !interrupted {
         let m = every_split(
             &mut model,
             [&train_set, &val_set, &test_set],
@@ -414,7 +452,13 @@ fn train(
         )?;
         epochs.push(m);
     }
-    let last = *epochs.last().unwrap_or(&[Metrics::default(); 3]);
+    // The metrics of the last evaluated epoch (NaN, i.e. null in JSON, when none was).
+    let nan = Metrics {
+        loss: f64::NAN,
+        accuracy: f64::NAN,
+        count: 0,
+    };
+    let last = *epochs.last().unwrap_or(&[nan; 3]);
 
     // Curves and per-epoch metrics.
     let write = |name: &str, text: String| -> Result<PathBuf, CliError> {
@@ -424,7 +468,29 @@ fn train(
         Ok(p)
     };
     let csv = write("loss.csv", to_csv(&history))?;
-    let svg = write("loss.svg", to_svg(&history, "classifier fine-tuning"))?;
+    let svg = write(
+        "loss.svg",
+        plot::to_svg_seen(
+            &history,
+            &plot::title("classifier fine-tuning", &plot::model_name(&cfg)),
+            "examples seen",
+        ),
+    )?;
+    let accuracy: Vec<(u64, [f64; 3])> = epochs
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i as u64 + 1, [m[0].accuracy, m[1].accuracy, m[2].accuracy]))
+        .collect();
+    let accuracy_svg = write(
+        "accuracy.svg",
+        plot::accuracy_svg(
+            &accuracy,
+            &format!(
+                "Accuracy — classifier fine-tuning ({})",
+                plot::model_name(&cfg)
+            ),
+        ),
+    )?;
     let mut mcsv = String::from(
         "epoch,train_accuracy,val_accuracy,test_accuracy,train_loss,val_loss,test_loss\n",
     );
@@ -477,20 +543,44 @@ fn train(
             ("finetune".into(), "classify".into()),
             ("data".into(), data_path.display().to_string()),
             ("trainable".into(), tuner.description().to_string()),
-            ("test_accuracy".into(), last[2].accuracy.to_string()),
-        ],
+        ]
+        .into_iter()
+        .chain((!epochs.is_empty()).then(|| ("test_accuracy".into(), last[2].accuracy.to_string())))
+        .collect(),
     };
     let bytes = export_ember(&model_path, &meta, dtype, &|n| model.param(n))
         .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
+    if interrupted {
+        say!(
+            con,
+            "interrupted at step {step}/{total} ({} of {} evaluated); saved the model so far:\n  \
+             checkpoint: {}\n  model: {} ({:.1} MB, {})\n  loss curve: {} and {}\n  metrics: {}",
+            epochs.len(),
+            super::count(a.epochs, "epoch"),
+            ckpt.display(),
+            model_path.display(),
+            bytes as f64 / 1e6,
+            dtype.name(),
+            csv.display(),
+            svg.display(),
+            metrics_csv.display()
+        );
+    } else {
+        say!(
+            con,
+            "final accuracy: train {:.2}%, validation {:.2}%, test {:.2}%\nmodel: {} ({:.1} MB, {})",
+            100.0 * last[0].accuracy,
+            100.0 * last[1].accuracy,
+            100.0 * last[2].accuracy,
+            model_path.display(),
+            bytes as f64 / 1e6,
+            dtype.name(),
+        );
+    }
     say!(
         con,
-        "final accuracy: train {:.2}%, validation {:.2}%, test {:.2}%\nmodel: {} ({:.1} MB, {})\ntry: ember classify {} --text \"...\"",
-        100.0 * last[0].accuracy,
-        100.0 * last[1].accuracy,
-        100.0 * last[2].accuracy,
-        model_path.display(),
-        bytes as f64 / 1e6,
-        dtype.name(),
+        "try: {} classify {} --text \"...\"",
+        super::hint_bin("ember"),
         shell_path(&model_path)
     );
     Ok(Outcome {
@@ -520,7 +610,24 @@ fn train(
             "loss_csv": csv,
             "loss_plot": svg,
             "metrics_csv": metrics_csv,
+            "accuracy_plot": accuracy_svg,
             "wall_seconds": wall.elapsed().as_secs_f64(),
+            // Per epoch (the keys above are the last epoch's): what metrics.csv holds.
+            "epoch_metrics": epochs
+                .iter()
+                .enumerate()
+                .map(|(i, m)| {
+                    json!({
+                        "epoch": i + 1,
+                        "train_loss": m[0].loss,
+                        "val_loss": m[1].loss,
+                        "test_loss": m[2].loss,
+                        "train_accuracy": m[0].accuracy,
+                        "val_accuracy": m[1].accuracy,
+                        "test_accuracy": m[2].accuracy,
+                    })
+                })
+                .collect::<Vec<_>>(),
         }),
         exit_code: if interrupted { 130 } else { 0 },
     })

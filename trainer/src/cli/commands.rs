@@ -1,6 +1,9 @@
 //! The small commands: `eval`, `tokenizer`, `export`, `import`.
 
-use super::{CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs, failed};
+use super::progress::{Progress, Status};
+use super::{
+    CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs, failed, signal,
+};
 use crate::checkpoint::{self, RngState, TokenizerRef, TrainerState};
 use crate::data::{self, Windows};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -45,6 +48,7 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         )));
     }
     let (texts, _) = read_all(&a.data)?;
+    let tok = l.text_tokenizer("ember-train eval").map_err(failed)?;
     let model_ctx = l.config.context_length;
     let t = a
         .context
@@ -60,21 +64,39 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         return Err(CliError::Usage("--batch must be at least 1".into()));
     }
     let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let (splits, _) = data::load_splits(&refs, &l.tokenizer, 1.0, data::cache_dir().as_deref());
+    let t_tok = Instant::now();
+    let (splits, cache) = data::load_splits(&refs, tok, 1.0, data::cache_dir().as_deref());
     let name = a
         .data
         .iter()
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" ");
+    let n_tokens = splits.train.len();
     let w = Windows::new(splits.train, t, t, "evaluation")
         .map_err(|e| failed(format!("--data {name}: {e}")))?;
+    note!(
+        con,
+        "data: {} tokens ({})",
+        n_tokens,
+        match cache {
+            data::CacheStatus::Hit(_) => "read from the token cache".to_string(),
+            _ => format!(
+                "tokenized in {}",
+                super::fmt_duration(t_tok.elapsed().as_secs_f64())
+            ),
+        }
+    );
     let mut model = Gpt::from_params(l.config, l.params).map_err(|e| failed(e.to_string()))?;
     let t0 = Instant::now();
     let (mut x, mut y) = (Vec::new(), Vec::new());
     let mut sum = 0f64;
     let mut tokens = 0u64;
     let order: Vec<usize> = (0..w.len()).collect();
+    let total = w.len() as u64;
+    let mut progress = Progress::new(con.tty);
+    let mut done = 0u64;
+    let mut interrupted = false;
     for idx in order.chunks(b) {
         w.fill(idx, &mut x, &mut y);
         let loss = model
@@ -84,19 +106,46 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
         let n = (idx.len() * t) as u64;
         sum += loss as f64 * n as f64;
         tokens += n;
+        done += idx.len() as u64;
+        let secs = t0.elapsed().as_secs_f64();
+        progress.update(
+            con.log,
+            &Status {
+                step: done,
+                total,
+                unit: "window",
+                epoch: None,
+                loss: Some((sum / tokens as f64) as f32),
+                lr: None,
+                rate: tokens as f64 / secs.max(1e-9),
+                rate_unit: "tok/s",
+                eta: Status::eta(secs, done, total),
+            },
+            done == total,
+        );
+        if signal::interrupted() && done < total {
+            interrupted = true;
+            break;
+        }
     }
+    progress.finish(con.log);
     let loss = sum / tokens as f64;
     let ppl = loss.exp();
     note!(
         con,
-        "evaluated {} windows of {t} tokens in {:.1}s",
+        "evaluated {done} of {} windows of {t} tokens in {:.1}s",
         w.len(),
         t0.elapsed().as_secs_f64()
     );
     say!(
         con,
-        "{}: loss {loss:.4}, perplexity {ppl:.2} over {tokens} tokens of {name}",
-        l.dir.display()
+        "{}: loss {loss:.4}, perplexity {ppl:.2} over {tokens} tokens of {name}{}",
+        l.dir.display(),
+        if interrupted {
+            format!(" (interrupted: the first {done} of {total} windows)")
+        } else {
+            String::new()
+        }
     );
     Ok(Outcome {
         json: json!({
@@ -105,8 +154,11 @@ fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
             "tokens": tokens,
             "checkpoint": l.dir,
             "context": t,
+            "windows": done,
+            "total_windows": total,
+            "interrupted": interrupted,
         }),
-        exit_code: 0,
+        exit_code: if interrupted { 130 } else { 0 },
     })
 }
 
@@ -184,7 +236,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
         config: l.config,
         task,
         prompt: None,
-        tokenizer: Some(&l.tokenizer),
+        tokenizer: l.tokenizer.as_ref(),
         provenance,
     };
     let mut offsets = std::collections::HashMap::new();
@@ -283,17 +335,21 @@ fn import_finish(
     con: &mut Console<'_>,
 ) -> Result<Outcome, CliError> {
     let cfg = imp.config;
-    let (tok, kind): (Tokenizer, &str) = match imp.tokenizer {
-        Some(t) => (t, "imported"),
-        None => (Tokenizer::gpt2().clone(), "gpt2"),
+    let gpt2_ids = Tokenizer::gpt2().vocab_size();
+    // Without vocab.json/merges.txt, GPT-2's vocabulary when it fits the model; otherwise the
+    // model works with token ids only (`ember generate --tokens`, `ember score --tokens`).
+    let (tok, kind): (Option<Tokenizer>, &str) = match imp.tokenizer {
+        Some(t) => (Some(t), "imported"),
+        None if cfg.vocab_size >= gpt2_ids => (Some(Tokenizer::gpt2().clone()), "gpt2"),
+        None => (None, checkpoint::NO_TOKENIZER),
     };
-    if tok.vocab_size() > cfg.vocab_size {
+    if let Some(t) = tok.as_ref().filter(|t| t.vocab_size() > cfg.vocab_size) {
         return Err(failed(format!(
             "--from {}: the model has {} token ids but the {kind} tokenizer has {}; put the model's \
              vocab.json and merges.txt beside the weights",
             a.from.display(),
             cfg.vocab_size,
-            tok.vocab_size()
+            t.vocab_size()
         )));
     }
     let state = TrainerState {
@@ -317,14 +373,16 @@ fn import_finish(
         data: Vec::new(),
         tokenizer: TokenizerRef {
             kind: kind.into(),
-            vocab_size: tok.vocab_size(),
-            hash: format!("{:016x}", data::tokenizer_fingerprint(&tok)),
+            vocab_size: tok.as_ref().map_or(0, Tokenizer::vocab_size),
+            hash: tok.as_ref().map_or(String::new(), |t| {
+                format!("{:016x}", data::tokenizer_fingerprint(t))
+            }),
         },
         history: Vec::new(),
         source: Some(imp.weights_path.display().to_string()),
         classifier: None,
     };
-    checkpoint::write_dir_streamed(&a.out, &state, &tok, |model| {
+    checkpoint::write_dir_streamed(&a.out, &state, tok.as_ref(), |model| {
         std::fs::rename(staging, model).map_err(|e| checkpoint::CheckpointError::Io {
             path: model.to_path_buf(),
             reason: e.to_string(),
@@ -333,16 +391,24 @@ fn import_finish(
     .map_err(|e| failed(format!("--out {e}")))?;
     say!(
         con,
-        "{}: {:?} layout, {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.1}M parameters), tokenizer {kind}",
+        "{}: {:?} layout, {}, {}, dim {}, context {}, vocabulary {} ({:.1}M parameters), tokenizer {kind}",
         a.out.display(),
         imp.layout,
-        cfg.n_layers,
-        cfg.n_heads,
+        super::count(cfg.n_layers as u64, "layer"),
+        super::count(cfg.n_heads as u64, "head"),
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
         cfg.param_count() as f64 / 1e6
     );
+    if tok.is_none() {
+        say!(
+            con,
+            "no tokenizer: vocab.json/merges.txt absent and the vocabulary ({}) is not GPT-2's; \
+             the model works with token ids only (ember generate --tokens, ember score --tokens)",
+            cfg.vocab_size
+        );
+    }
     Ok(Outcome {
         json: json!({
             "out": a.out,

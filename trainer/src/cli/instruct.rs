@@ -16,7 +16,7 @@
 //! Letters: B batch, T the padded length of a batch, V vocabulary.
 
 use super::progress::{Progress, Status};
-use super::{CliError, Console, Outcome, failed, fmt_duration, shell_path, signal, usage};
+use super::{CliError, Console, Outcome, count, failed, fmt_duration, shell_path, signal, usage};
 use crate::checkpoint::{self, Contents, DataRef, RngState, TrainerState};
 use crate::data::{self, mix64};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
@@ -27,9 +27,10 @@ use crate::finetune::instruct::{
 };
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
-use crate::plot::{LossRow, to_csv, to_svg};
+use crate::plot::{self, LossRow, to_csv, to_svg};
 use crate::{note, say};
 use argh::FromArgs;
+use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::write_atomically;
 use emberlm_formats::meta::{PromptTemplate, Task};
 use emberlm_runtime::{Model, Session, SessionOptions};
@@ -57,7 +58,8 @@ const EXPLODE_FACTOR: f32 = 3.0;
 
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "instruct")]
-/// instruction fine-tuning on Alpaca-style JSON (instruction, input, output)
+/// Fine-tune a checkpoint to follow instructions from Alpaca-style JSON (instruction, input,
+/// output), and export it as a .ember file for ember chat.
 pub struct InstructArgs {
     /// the checkpoint (directory or step directory) to start from
     #[argh(option)]
@@ -250,7 +252,7 @@ fn finite_or_null(v: f32) -> serde_json::Value {
     }
 }
 
-fn write_curves(dir: &Path, rows: &[LossRow]) -> Result<(), CliError> {
+fn write_curves(dir: &Path, rows: &[LossRow], cfg: &GptConfig) -> Result<(), CliError> {
     let csv_path = dir.join("loss.csv");
     let svg_path = dir.join("loss.svg");
     let csv = to_csv(rows);
@@ -258,7 +260,7 @@ fn write_curves(dir: &Path, rows: &[LossRow]) -> Result<(), CliError> {
         .map_err(|e| failed(format!("{}: {}", csv_path.display(), data::io_reason(&e))))?;
     let svg = to_svg(
         rows,
-        &format!("ember-train finetune instruct: loss ({})", dir.display()),
+        &plot::title("instruction fine-tuning", &plot::model_name(cfg)),
     );
     write_atomically(&svg_path, |w| w.write_all(svg.as_bytes()))
         .map_err(|e| failed(format!("{}: {}", svg_path.display(), data::io_reason(&e))))
@@ -303,7 +305,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         )));
     }
     let cfg = init.config;
-    let tok = init.tokenizer.clone();
+    let tok = init
+        .text_tokenizer("ember-train finetune instruct")
+        .map_err(failed)?
+        .clone();
     let eot = tok.eot_id().ok_or_else(|| {
         failed(format!(
             "--init {}: the tokenizer has no <|endoftext|> token, which instruction tuning pads and stops with",
@@ -392,8 +397,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             out.display()
         )));
     }
+    let existed = out.exists();
     std::fs::create_dir_all(&out)
         .map_err(|e| failed(format!("--out {}: {}", out.display(), data::io_reason(&e))))?;
+    if !existed {
+        signal::fresh_dir(out.clone());
+    }
 
     // 4. Model and optimizer.
     let mut model =
@@ -411,16 +420,16 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     };
     note!(
         con,
-        "model: {} layers, {} heads, dim {}, context {}, vocabulary {} ({:.2}M parameters); training {}: {} trainable parameters; {} threads",
-        cfg.n_layers,
-        cfg.n_heads,
+        "model: {}, {}, dim {}, context {}, vocabulary {} ({:.2}M parameters); training {}: {} trainable parameters; {}",
+        count(cfg.n_layers as u64, "layer"),
+        count(cfg.n_heads as u64, "head"),
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
         cfg.param_count() as f64 / 1e6,
         tuner.description(),
         trainable,
-        threads
+        count(threads as u64, "thread")
     );
     note!(
         con,
@@ -445,8 +454,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     );
     note!(
         con,
-        "training: {} epochs × {steps_per_epoch} steps of batch {b} = {total} steps, lr {:e}, weight decay {}",
-        s.epochs,
+        "training: {} × {} of batch {b} = {}, lr {:e}, weight decay {}",
+        count(s.epochs, "epoch"),
+        count(steps_per_epoch, "step"),
+        count(total, "step"),
         s.lr,
         s.weight_decay
     );
@@ -480,6 +491,11 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
     // The book prints the loss before fine-tuning; it is also the first point of the curve.
     let mut history: Vec<LossRow> = Vec::new();
+    note!(
+        con,
+        "evaluating the model before fine-tuning ({} per split)…",
+        count(s.eval_batches as u64, "batch")
+    );
     let (tl0, vl0) = eval(&mut model, u64::MAX)?;
     note!(
         con,
@@ -493,7 +509,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         train_loss: tl0,
         val_loss: vl0,
     });
-    write_curves(&out, &history)?;
+    write_curves(&out, &history, &cfg)?;
 
     let ckpt_state = |step: u64,
                       epoch: u64,
@@ -600,7 +616,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 train_loss: tl,
                 val_loss: vl,
             });
-            write_curves(&out, &history)?;
+            write_curves(&out, &history, &cfg)?;
             progress.line(
                 con.log,
                 &format!(
@@ -615,10 +631,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             &Status {
                 step,
                 total,
-                epoch: epoch + 1,
-                loss,
-                lr: s.lr,
-                tokens_per_s: tok_s,
+                unit: "step",
+                epoch: Some(epoch + 1),
+                loss: Some(loss),
+                lr: Some(s.lr),
+                rate: tok_s,
+                rate_unit: "tok/s",
                 eta,
             },
             step == total,
@@ -655,8 +673,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             )?;
             say!(
                 con,
-                "interrupted at step {step}/{total}: checkpoint saved to {}\nexport it with: ember-train export {} --dtype f32 --out model.ember",
+                "interrupted at step {step}/{total}: saved the model so far: checkpoint {} and loss curve {}\nexport it with: {} export {} --dtype f32 --out model.ember",
                 ck.display(),
+                out.join("loss.csv").display(),
+                super::hint_bin("ember-train"),
                 shell_path(&out)
             );
             return Ok(Outcome {
@@ -708,8 +728,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let (tl, vl) = last.map_or((f32::NAN, f32::NAN), |r| (r.train_loss, r.val_loss));
     say!(
         con,
-        "fine-tuned {step} steps ({} epochs, {tokens_seen} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, test loss {test_loss:.3}, {:.0} tokens/s",
-        s.epochs,
+        "fine-tuned {} ({}, {tokens_seen} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, test loss {test_loss:.3}, {:.0} tokens/s",
+        count(step, "step"),
+        count(s.epochs, "epoch"),
         fmt_duration(train_s),
         tokens_seen as f64 / train_s.max(1e-9)
     );
@@ -717,6 +738,8 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     // The responses come from the exported file (what `ember chat` runs), with its own template.
     let responses_path = out.join("responses.json");
     let gen_t0 = Instant::now();
+    // Ctrl-C while generating: the responses so far are written, the run ends with 130.
+    let mut responses_cut: Option<usize> = None;
     let responses = {
         let m = Model::open(&model_path)
             .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
@@ -754,13 +777,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                     fmt_duration(gen_t0.elapsed().as_secs_f64())
                 );
             }
-            if signal::interrupted() {
-                return Err(failed(format!(
-                    "interrupted while generating responses ({} of {} done); the model is saved: {}",
-                    i + 1,
-                    test_items.len(),
-                    model_path.display()
-                )));
+            if signal::interrupted() && done < test_items.len() {
+                responses_cut = Some(done);
+                break;
             }
         }
         out_rows
@@ -772,6 +791,14 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             data::io_reason(&e)
         ))
     })?;
+    if let Some(done) = responses_cut {
+        say!(
+            con,
+            "interrupted while generating responses: saved the {done} of {} done (the model and \
+             checkpoint are complete)",
+            test_items.len()
+        );
+    }
     say!(
         con,
         "responses: {} test entries (greedy, at most {} tokens each) in {}: {}",
@@ -801,7 +828,12 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         out.join("loss.csv").display(),
         out.join("loss.svg").display()
     );
-    say!(con, "chat with it: ember chat {}", shell_path(&model_path));
+    say!(
+        con,
+        "chat with it: {} chat {}",
+        super::hint_bin("ember"),
+        shell_path(&model_path)
+    );
     Ok(Outcome {
         json: json!({
             "train_loss": finite_or_null(tl),
@@ -824,9 +856,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "loss_plot": out.join("loss.svg"),
             "out_dir": out,
             "split": {"train": train_ex.len(), "val": val_ex.len(), "test": test_ex.len()},
-            "interrupted": false,
+            "interrupted": responses_cut.is_some(),
         }),
-        exit_code: 0,
+        exit_code: if responses_cut.is_some() { 130 } else { 0 },
     })
 }
 

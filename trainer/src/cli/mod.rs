@@ -19,8 +19,12 @@ use std::fmt;
 use std::io::Write;
 use std::path::PathBuf;
 
-/// ember-train: pretrain GPT-2 models on the CPU, evaluate, train tokenizers, import and export.
+/// ember-train: pretrain GPT-2 models on the CPU, fine-tune them, evaluate, train tokenizers,
+/// import and export.
 #[derive(FromArgs, Debug)]
+#[argh(
+    note = "Run `ember-train <command> --help` for a command's flags, `ember-train --version` for the version."
+)]
 pub struct Args {
     #[argh(subcommand)]
     /// the command
@@ -68,7 +72,8 @@ pub enum Command {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "finetune")]
-/// fine-tune a checkpoint: `classify` (the book's chapter 6) or `instruct` (chapter 7), optionally with LoRA
+/// Fine-tune a checkpoint as a classifier (classify, the book's chapter 6) or an instruction
+/// follower (instruct, chapter 7), optionally with LoRA.
 pub struct FinetuneArgs {
     #[argh(subcommand)]
     /// the fine-tuning mode
@@ -86,11 +91,12 @@ pub enum FinetuneMode {
     Instruct(instruct::InstructArgs),
 }
 
-/// Flags of `ember-train pretrain`. Every value is optional so that the command can tell a flag
-/// the user gave from a default (defaults are applied in [`pretrain`]).
+// Every value is optional so that the command can tell a flag the user gave from a default
+// (defaults are applied in `pretrain`). argh prints the doc comment as the help text.
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "pretrain")]
-/// pretrain a GPT-2 model; with no arguments, the main job: a small model on the built-in corpus
+/// Pretrain a GPT-2 model on text files, or with no arguments the main job: a small model on the
+/// built-in corpus; keeps the checkpoint with the best validation loss.
 pub struct PretrainArgs {
     /// a UTF-8 text file to train on (repeatable: files are joined with <|endoftext|>)
     #[argh(option)]
@@ -119,7 +125,7 @@ pub struct PretrainArgs {
     /// batch size (default 8; 2 with --config, as the book)
     #[argh(option)]
     pub batch: Option<usize>,
-    /// epochs over the training split (default 10, as the book; main job: 8)
+    /// epochs over the training split (default 10, as the book; main job: 2)
     #[argh(option)]
     pub epochs: Option<u64>,
     /// optimizer steps (instead of --epochs)
@@ -202,10 +208,9 @@ pub struct PretrainArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train eval`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "eval")]
-/// loss and perplexity of a checkpoint on text files
+/// Measure a checkpoint's loss and perplexity on text files.
 pub struct EvalArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -227,10 +232,10 @@ pub struct EvalArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train tokenizer`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "tokenizer")]
-/// train a byte-level BPE tokenizer and write it as a metadata-only .ember file
+/// Train a byte-level BPE tokenizer on text files and write it as a .ember file (for
+/// pretrain --tokenizer).
 pub struct TokenizerArgs {
     /// a UTF-8 text file (repeatable)
     #[argh(option)]
@@ -246,10 +251,9 @@ pub struct TokenizerArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train export`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export")]
-/// export a checkpoint to one .ember model file (f32, f16 or int8)
+/// Export a checkpoint to one .ember model file (f32, f16 or int8) that ember runs.
 pub struct ExportArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -265,10 +269,10 @@ pub struct ExportArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train import`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "import")]
-/// import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint
+/// Import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint; without
+/// vocab.json and merges.txt, GPT-2's tokenizer, or none when the vocabulary is not GPT-2's.
 pub struct ImportArgs {
     /// a .safetensors file or a directory holding model.safetensors (+ config.json, vocab.json, merges.txt)
     #[argh(option)]
@@ -284,12 +288,11 @@ pub struct ImportArgs {
     pub json: bool,
 }
 
-/// Flags of `ember-train export-safetensors`.
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export-safetensors")]
-/// export a checkpoint for PyTorch: `--layout hf` writes model.safetensors + config.json that
-/// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; `--layout book` writes the book's
-/// GPTModel state-dict names (load_state_dict) and its config as JSON
+/// Export a checkpoint for PyTorch: --layout hf writes model.safetensors and config.json that
+/// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; --layout book writes the book's
+/// GPTModel state-dict names (load_state_dict) and its config as JSON.
 pub struct ExportSafetensorsArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -410,7 +413,9 @@ pub fn with_threads<T: Send>(
 ) -> Result<T, CliError> {
     match threads {
         None => Ok(f()),
-        Some(0) => Err(CliError::Usage("--threads must be at least 1".into())),
+        Some(0) => Err(CliError::Usage(
+            "--threads 0: must be at least 1 (leave --threads out for one thread per core)".into(),
+        )),
         Some(n) => {
             let pool = rayon::ThreadPoolBuilder::new()
                 .num_threads(n)
@@ -418,6 +423,16 @@ pub fn with_threads<T: Send>(
                 .map_err(|e| CliError::Failed(format!("--threads {n}: {e}")))?;
             Ok(pool.install(f))
         }
+    }
+}
+
+/// `n` and `word`, plural unless `n` is 1: `1 epoch`, `3 epochs`, `2 batches`.
+pub fn count(n: impl Into<u64>, word: &str) -> String {
+    let n: u64 = n.into();
+    match n {
+        1 => format!("1 {word}"),
+        _ if word.ends_with("tch") || word.ends_with('s') => format!("{n} {word}es"),
+        _ => format!("{n} {word}s"),
     }
 }
 
@@ -448,9 +463,83 @@ pub fn shell_path(p: &std::path::Path) -> String {
     }
 }
 
+/// How a hint at the end of a run names the program `name` (`ember`, `ember-train`) so that the
+/// command can be pasted: the bare name when it is on `PATH`; otherwise the running executable's
+/// sibling (a `cargo run` user has `target/release/ember`, not `ember`), relative to the current
+/// directory when it lies below it.
+pub fn hint_bin(name: &str) -> String {
+    hint_bin_in(
+        name,
+        std::env::var_os("PATH").as_deref(),
+        std::env::current_exe().ok().as_deref(),
+        std::env::current_dir().ok().as_deref(),
+    )
+}
+
+fn hint_bin_in(
+    name: &str,
+    path_var: Option<&std::ffi::OsStr>,
+    exe: Option<&std::path::Path>,
+    cwd: Option<&std::path::Path>,
+) -> String {
+    let file = format!("{name}{}", std::env::consts::EXE_SUFFIX);
+    let on_path =
+        path_var.is_some_and(|p| std::env::split_paths(p).any(|d| d.join(&file).is_file()));
+    match exe.and_then(std::path::Path::parent) {
+        Some(dir) if !on_path => {
+            let sibling = dir.join(&file);
+            let shown = cwd
+                .and_then(|c| sibling.strip_prefix(c).ok())
+                .map_or(sibling.clone(), std::path::Path::to_path_buf);
+            shell_path(&shown)
+        }
+        _ => name.to_string(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hints_name_a_program_that_runs() {
+        use std::path::Path;
+        let tmp = std::env::temp_dir().join(format!("emberlm-hint-{}", std::process::id()));
+        let bin = tmp.join("bin");
+        std::fs::create_dir_all(&bin).unwrap();
+        let exe = Path::new("/work/repo/target/release/ember-train");
+        let cwd = Path::new("/work/repo");
+        // Not on PATH: the sibling, relative to the current directory when below it.
+        let path = std::env::join_paths([&bin]).unwrap();
+        assert_eq!(
+            hint_bin_in("ember", Some(&path), Some(exe), Some(cwd)),
+            "target/release/ember"
+        );
+        assert_eq!(
+            hint_bin_in("ember", None, Some(exe), Some(Path::new("/elsewhere"))),
+            "/work/repo/target/release/ember"
+        );
+        // On PATH: the bare name.
+        std::fs::write(
+            bin.join(format!("ember{}", std::env::consts::EXE_SUFFIX)),
+            "",
+        )
+        .unwrap();
+        assert_eq!(
+            hint_bin_in("ember", Some(&path), Some(exe), Some(cwd)),
+            "ember"
+        );
+        assert_eq!(hint_bin_in("ember", None, None, None), "ember");
+        let _ = std::fs::remove_dir_all(&tmp);
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        assert_eq!(count(1u64, "epoch"), "1 epoch");
+        assert_eq!(count(0u64, "epoch"), "0 epochs");
+        assert_eq!(count(2u32, "batch"), "2 batches");
+        assert_eq!(count(1u32, "batch"), "1 batch");
+    }
 
     #[test]
     fn durations_read_well() {
