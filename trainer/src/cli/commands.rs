@@ -1,4 +1,4 @@
-//! The small commands: `eval`, `tokenizer`, `export`, `import`.
+//! The small commands: `eval`, `tokenizer`, `export`, `import`, `export-safetensors`.
 
 use super::progress::{Progress, Status};
 use super::{
