@@ -13,7 +13,7 @@
 mod hostile_util;
 
 use hostile_util::{
-    Scratch, TINY, bin, check_one_line_error, scratch, train_tokenizer, write_text,
+    Scratch, TINY, bin, check_one_line_error, scratch, train_tokenizer, write_random_words,
 };
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -751,7 +751,7 @@ struct Fixtures {
 impl Fixtures {
     fn new() -> Fixtures {
         let dir = scratch("matrix");
-        write_text(&dir.join("text.txt"), 200, 11);
+        write_random_words(&dir.join("text.txt"), 200, 11);
         train_tokenizer(&dir.join("text.txt"), &dir.join("tok.ember"));
         let ok = |o: Output| {
             assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));

@@ -95,18 +95,6 @@ fn hugging_face_124m_names_and_shapes_are_what_save_pretrained_writes() {
     assert_eq!(ours, want);
 }
 
-/// A tiny deterministic generator (xorshift64*), so the test needs no RNG crate.
-struct Rng(u64);
-impl Rng {
-    fn next_f32(&mut self) -> f32 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        let x = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d);
-        ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-    }
-}
-
 /// A fresh, uniquely named directory `emberlm-imp-<name>-*` in the temp directory, removed with
 /// everything in it when the returned guard drops (also when the test panics).
 fn tempdir(name: &str) -> tempfile::TempDir {
@@ -161,7 +149,7 @@ fn canonical_of(hf: &str) -> (String, bool) {
 fn random_gpt2_124m_hugging_face_file_imports_every_tensor() {
     let tmp = tempdir("124m");
     let dir = tmp.path();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = emberlm_testkit::Rng(0x9e37_79b9_7f4a_7c15);
     let mut source: BTreeMap<String, (Vec<usize>, Vec<u8>)> = BTreeMap::new();
     for e in counts()["hf_safetensors_tensors"]["124m"]
         .as_array()
@@ -180,7 +168,7 @@ fn random_gpt2_124m_hugging_face_file_imports_every_tensor() {
             .collect();
         let n: usize = shape.iter().product();
         let bytes = (0..n)
-            .flat_map(|_| half::f16::from_f32(rng.next_f32()).to_le_bytes())
+            .flat_map(|_| half::f16::from_f32(rng.small_f32()).to_le_bytes())
             .collect();
         source.insert(name, (shape, bytes));
     }
@@ -305,7 +293,7 @@ fn import_1558m_peak_rss() {
     let cfg = openai("1558m");
     let shapes = layout_shapes(&cfg, Layout::HuggingFace);
     let t = std::time::Instant::now();
-    let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+    let mut rng = emberlm_testkit::Rng(0x2545_f491_4f6c_dd1d);
     let mut meta = BTreeMap::new();
     meta.insert("format".to_string(), "pt".to_string());
     let src = dir.join("model.safetensors");
@@ -316,7 +304,7 @@ fn import_1558m_peak_rss() {
         while left > 0 {
             let k = left.min(1 << 20);
             buf.clear();
-            buf.extend((0..k).map(|_| rng.next_f32()));
+            buf.extend((0..k).map(|_| rng.small_f32()));
             emberlm_formats::ember::write_f32s(w, &buf)?;
             left -= k;
         }

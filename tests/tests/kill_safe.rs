@@ -17,7 +17,7 @@ mod hostile_util;
 
 use emberlm_formats::ember::{AlignedBytes, EmberFile};
 use emberlm_trainer::checkpoint;
-use hostile_util::{KillOnDrop, Rng, TINY, bin, scratch, train_tokenizer, write_text};
+use hostile_util::{KillOnDrop, Rng, TINY, bin, scratch, train_tokenizer, write_random_words};
 use std::collections::HashMap;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -413,7 +413,7 @@ fn sigkill_during_checkpoints_and_exports_loses_nothing() {
     let t0 = Instant::now();
     let dir = scratch("kill");
     let text = dir.join("text.txt");
-    write_text(&text, 300, 7);
+    write_random_words(&text, 300, 7);
     let tok = dir.join("tok.ember");
     train_tokenizer(&text, &tok);
     let want: usize = std::env::var("EMBER_KILLS")
@@ -439,7 +439,7 @@ fn sigkill_during_checkpoints_and_exports_loses_nothing() {
 fn a_crash_in_the_first_save_does_not_block_a_fresh_run() {
     let dir = scratch("first-save");
     let text = dir.join("text.txt");
-    write_text(&text, 100, 3);
+    write_random_words(&text, 100, 3);
     let tok = dir.join("tok.ember");
     train_tokenizer(&text, &tok);
     let run = dir.join("run");

@@ -19,7 +19,7 @@
 
 mod hostile_util;
 
-use hostile_util::{TINY, bin, scratch, train_tokenizer, write_text};
+use hostile_util::{TINY, bin, scratch, train_tokenizer, write_random_words};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -308,7 +308,7 @@ fn absurd_headers_fail_fast_with_bounded_memory() {
         );
         expect_error("ember", &m, needle, budget, &format!("generate {name}"));
         let text = dir.join("text.txt");
-        write_text(&text, 50, 1);
+        write_random_words(&text, 50, 1);
         let mut args = vec![s(&bin("ember-train")), "pretrain".into()];
         args.extend(TINY.iter().map(|a| a.to_string()));
         args.extend([
@@ -340,7 +340,7 @@ fn absurd_headers_fail_fast_with_bounded_memory() {
 /// A tiny model with its own tokenizer (context 16), made by the real binaries.
 fn tiny_model(dir: &Path) -> PathBuf {
     let text = dir.join("text.txt");
-    write_text(&text, 200, 5);
+    write_random_words(&text, 200, 5);
     let tok = dir.join("tok.ember");
     train_tokenizer(&text, &tok);
     let run = dir.join("run");
@@ -490,7 +490,7 @@ fn long_prompts_are_bounded() {
 fn hundred_megabyte_lines_are_handled_with_bounded_memory() {
     let dir = scratch("lines");
     let text = dir.join("small.txt");
-    write_text(&text, 100, 9);
+    write_random_words(&text, 100, 9);
     let tok = dir.join("tok.ember");
     train_tokenizer(&text, &tok);
     let train = s(&bin("ember-train"));

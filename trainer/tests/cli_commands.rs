@@ -18,7 +18,7 @@ const INT8_MAX_REL: f32 = 3e-2;
 #[test]
 fn tokenizer_command_writes_a_loadable_vocabulary() {
     let d = scratch("tokcmd");
-    let text = write_text(&d, "text.txt", 300);
+    let text = write_sentences(&d, "text.txt", 300);
     let j = run_json(
         &d,
         &[
@@ -91,7 +91,7 @@ fn tokenizer_command_writes_a_loadable_vocabulary() {
 fn eval_reports_loss_perplexity_and_tokens() {
     let d = scratch("evalcmd");
     run_json(&d, &tiny_args(&["--steps", "3", "--out", "run", "--json"]));
-    let text = write_text(&d, "held-out.txt", 50);
+    let text = write_sentences(&d, "held-out.txt", 50);
     let j = run_json(
         &d,
         &["eval", "run", "--data", text.to_str().unwrap(), "--json"],
@@ -295,7 +295,7 @@ fn import_writes_a_checkpoint_that_trains_exports_and_evaluates() {
     // Resuming an import is refused (no optimizer state); --init starts a run from it.
     let e = run_err(&d, &["pretrain", "--resume", "gpt"], 1);
     assert!(e.contains("--init"), "{e}");
-    let text = write_text(&d, "text.txt", 200);
+    let text = write_sentences(&d, "text.txt", 200);
     let j = run_json(
         &d,
         &[
@@ -395,7 +395,7 @@ fn import_writes_a_checkpoint_that_trains_exports_and_evaluates() {
 fn eval_shows_progress_with_an_eta() {
     let d = scratch("evalprogress");
     run_json(&d, &tiny_args(&["--steps", "1", "--out", "run", "--json"]));
-    let text = write_text(&d, "held-out.txt", 50);
+    let text = write_sentences(&d, "held-out.txt", 50);
     let out = run(
         &d,
         &["eval", "run", "--data", text.to_str().unwrap(), "--json"],

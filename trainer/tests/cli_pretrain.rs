@@ -228,7 +228,7 @@ fn bad_data_files_are_one_clear_line() {
 #[test]
 fn bad_settings_are_refused_before_training() {
     let d = scratch("badsettings");
-    let text = write_text(&d, "text.txt", 400);
+    let text = write_sentences(&d, "text.txt", 400);
     let text = text.to_str().unwrap();
     // A batch that cannot fit in memory: said before allocating anything.
     let e = run_err(

@@ -1,7 +1,7 @@
 //! Helpers shared by the `cli_*` tests: run the real `ember-train` binary in a scratch directory.
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
 /// The binary under test.
@@ -10,7 +10,7 @@ pub fn bin() -> &'static str {
 }
 
 #[allow(unused_imports)] // each test binary includes this module and uses part of it
-pub use emberlm_testkit::{KillOnDrop, Scratch};
+pub use emberlm_testkit::{KillOnDrop, Scratch, write_sentences};
 
 /// A fresh, uniquely named scratch directory `emberlm-cli-<name>-*` in the temp directory, removed
 /// when dropped (see [`Scratch`]).
@@ -89,22 +89,4 @@ pub fn tiny_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     v.extend_from_slice(TINY);
     v.extend_from_slice(extra);
     v
-}
-
-/// A text file of `n` short English sentences.
-pub fn write_text(dir: &Path, name: &str, n: usize) -> PathBuf {
-    let words = [
-        "the", "model", "reads", "a", "long", "text", "and", "learns", "every", "word",
-    ];
-    let mut s = String::new();
-    for i in 0..n {
-        for j in 0..8 {
-            s.push_str(words[(i * 7 + j * 3) % words.len()]);
-            s.push(' ');
-        }
-        s.push_str(".\n");
-    }
-    let p = dir.join(name);
-    std::fs::write(&p, s).unwrap();
-    p
 }
