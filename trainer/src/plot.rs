@@ -355,10 +355,24 @@ fn render(c: &Chart<'_>) -> String {
             path.join(" ")
         );
     }
-    // Legend.
+    // Legend: top right, or bottom right when a curve passes where it would sit (rising curves,
+    // such as accuracy).
     let lx = LEFT + pw - 170.0;
+    let rows = c.series.len() as f64;
+    let covers = |top: f64| {
+        c.series.iter().flat_map(|sr| &sr.points).any(|&(x, y)| {
+            let (h, v) = (px(x), py(y));
+            h >= lx - 4.0 && v >= top - 8.0 && v <= top + 18.0 * rows
+        })
+    };
+    let bottom = TOP + ph - 18.0 * rows;
+    let first = if covers(TOP + 14.0) && !covers(bottom) {
+        bottom
+    } else {
+        TOP + 14.0
+    };
     for (i, sr) in c.series.iter().enumerate() {
-        let ly = TOP + 14.0 + 18.0 * i as f64;
+        let ly = first + 18.0 * i as f64;
         let _ = writeln!(
             s,
             r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="3"/><text x="{:.1}" y="{:.1}">{}</text>"#,
@@ -494,6 +508,23 @@ mod tests {
             *ticks.last().unwrap() <= 100.0 && ticks[0] >= 40.0,
             "{ticks:?}"
         );
+    }
+
+    /// The y of the first legend entry's line (the `stroke-width="3"` line).
+    fn legend_y(svg: &str) -> f64 {
+        let at = svg.find(r#"stroke-width="3""#).unwrap();
+        let line = &svg[svg[..at].rfind("<line").unwrap()..at];
+        let y1 = line.split("y1=\"").nth(1).unwrap();
+        y1[..y1.find('"').unwrap()].parse().unwrap()
+    }
+
+    #[test]
+    fn the_legend_moves_off_a_rising_curve() {
+        // Falling losses leave the top right free; rising accuracies fill it.
+        let falling = to_svg(&[row(1, 10.0, 10.5), row(50, 2.0, 3.0)], "t");
+        assert!(legend_y(&falling) < TOP + 40.0, "{}", legend_y(&falling));
+        let rising = accuracy_svg(&[(1, [0.5, 0.6, 0.55]), (5, [0.9, 0.95, 0.97])], "acc");
+        assert!(legend_y(&rising) > H / 2.0, "{}", legend_y(&rising));
     }
 
     #[test]
