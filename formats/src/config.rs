@@ -137,58 +137,11 @@ impl GptConfig {
         }
         Ok(())
     }
-
-    /// Every parameter tensor in canonical order with its shape: [`crate::arch::tensors`] of
-    /// GPT-2's description (names, shapes, order and presence are defined there). Linear weights
-    /// are stored as `[out, in]`; the query, key and value projections are fused into
-    /// `att.qkv` with the query rows first, then key, then value.
-    pub fn tensor_shapes(&self) -> Vec<(String, Vec<usize>)> {
-        self.tensor_shapes_with_classes(None)
-    }
-
-    /// [`GptConfig::tensor_shapes`] of a classifier with `classes` = K outputs: the language-model
-    /// head (if any) is replaced by `out_head.weight` (K, C) and `out_head.bias` (K), last.
-    /// `None` gives the language model's shapes.
-    pub fn tensor_shapes_with_classes(&self, classes: Option<usize>) -> Vec<(String, Vec<usize>)> {
-        crate::arch::tensors(crate::arch::Arch::Gpt2, self, classes)
-            .into_iter()
-            .map(|t| (t.name, t.shape))
-            .collect()
-    }
-
-    /// The total number of parameters (the sum over [`GptConfig::tensor_shapes`]).
-    pub fn param_count(&self) -> usize {
-        self.tensor_shapes()
-            .iter()
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    // The book's parameter counts (BOOK.md ch04), computed by PyTorch's GPTModel, not by this code.
-    #[test]
-    fn parameter_counts_match_the_book() {
-        let expect = [
-            ("124m", 163_009_536usize),
-            ("355m", 406_212_608),
-            ("774m", 838_220_800),
-            ("1558m", 1_637_792_000),
-        ];
-        for (name, total) in expect {
-            let cfg = GptConfig::preset(name).unwrap();
-            assert_eq!(cfg.param_count(), total, "{name}");
-        }
-        let mut cfg = GptConfig::preset("124m").unwrap();
-        cfg.qkv_bias = true;
-        assert_eq!(cfg.param_count(), 163_037_184);
-        cfg.qkv_bias = false;
-        cfg.tied_head = true;
-        assert_eq!(cfg.param_count(), 124_412_160);
-    }
 
     #[test]
     fn validate_names_the_field() {

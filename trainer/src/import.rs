@@ -18,7 +18,7 @@
 //! The mapping between the canonical names and each layout's names is one table, [`pieces`],
 //! used in both directions (import here, export in [`crate::export_safetensors`]).
 
-use crate::export_safetensors::write_safetensors_f32;
+use crate::safetensors_io::write_safetensors_f32;
 use emberlm_formats::arch::{self, Arch, Role, TensorDesc};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::write_f32s;

@@ -13,3 +13,4 @@ pub mod import;
 pub mod layers;
 pub mod model;
 pub mod plot;
+pub mod safetensors_io;
