@@ -582,6 +582,32 @@ impl<S: Split> LayerActs<S> {
     }
 }
 
+/// The activations after the last block: the final norm's output and statistics, the logits,
+/// the per-position losses and the log-sum-exp of each row of logits.
+struct Tail<S> {
+    lnf: S,
+    lnf_mean: S,
+    lnf_rstd: S,
+    logits: S,
+    losses: S,
+    lse: S,
+}
+
+impl<S: Split> Tail<S> {
+    /// Cuts the tail region (from [`ActLayout::tail_start`]) into its named pieces.
+    fn carve(s: S, lay: &ActLayout) -> Self {
+        let [lnf, lnf_mean, lnf_rstd, logits, losses, lse] = carve(s, lay.tail_sizes());
+        Tail {
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            losses,
+            lse,
+        }
+    }
+}
+
 /// Activation storage for one (B, T): allocated on the first forward, grown only when a larger
 /// batch arrives, reused otherwise. Holds the inputs of the last forward for backward.
 #[derive(Debug, Default)]
@@ -1106,7 +1132,14 @@ impl Gpt {
         }
         let (body, tail) = buf.split_at_mut(lay.tail_start());
         let last: &[f32] = &body[body.len() - btc..];
-        let [lnf, lnf_mean, lnf_rstd, logits, losses, lse] = carve(tail, lay.tail_sizes());
+        let Tail {
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            losses,
+            lse,
+        } = Tail::carve(tail, &lay);
         // lnf = final_norm(last residual)
         layernorm::forward(
             lnf,
@@ -1150,15 +1183,15 @@ impl Gpt {
     /// (which reuses their storage for their gradient).
     pub fn logits(&self) -> Option<&[f32]> {
         let st = self.state.as_ref().filter(|s| s.logits_valid)?;
-        let start = st.lay.tail_start() + st.lay.btc() + 2 * st.lay.bt;
-        Some(&self.acts.buf[start..][..st.lay.bt * st.lay.v])
+        let tail = &self.acts.buf[st.lay.tail_start()..st.lay.total];
+        Some(Tail::carve(tail, &st.lay).logits)
     }
 
     /// The per-position losses (B, T) of the last forward with targets (0 at ignored positions).
     pub fn losses(&self) -> Option<&[f32]> {
         let st = self.state.as_ref().filter(|s| s.count.is_some())?;
-        let start = st.lay.tail_start() + st.lay.btc() + 2 * st.lay.bt + st.lay.bt * st.lay.v;
-        Some(&self.acts.buf[start..][..st.lay.bt])
+        let tail = &self.acts.buf[st.lay.tail_start()..st.lay.total];
+        Some(Tail::carve(tail, &st.lay).losses)
     }
 
     /// Gradient of the last forward's mean loss, *accumulated* into the gradient buffer
@@ -1188,7 +1221,14 @@ impl Gpt {
         let targets = &self.acts.targets[..];
         let (body, tail) = self.acts.buf[..lay.total].split_at_mut(lay.tail_start());
         let body: &[f32] = body;
-        let [lnf, lnf_mean, lnf_rstd, logits, _losses, lse] = carve(tail, lay.tail_sizes());
+        let Tail {
+            lnf,
+            lnf_mean,
+            lnf_rstd,
+            logits,
+            lse,
+            ..
+        } = Tail::carve(tail, &lay);
 
         // forward: loss = mean over counted rows of CE(logits)  ⇒  dlogits, in place
         crossentropy::backward(logits, lse, targets, 1.0 / count as f32);
