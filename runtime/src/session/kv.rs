@@ -1,12 +1,13 @@
 //! The KV cache: its layout by head group ([`KvLayout`]), its storage, and a group's attention.
 
+use super::KvDtype;
 use crate::kernels::Kernels;
 use half::f16;
 use std::ops::Range;
-use std::sync::{PoisonError, RwLock, RwLockWriteGuard};
+use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 #[derive(Debug)]
-pub(super) enum KvCache {
+enum KvCache {
     F32(Vec<f32>),
     F16(Vec<f16>),
 }
@@ -14,22 +15,90 @@ pub(super) enum KvCache {
 /// One group of heads' keys and values, (L, T, Hg, D) each (see [`KvLayout`]).
 #[derive(Debug)]
 pub(super) struct GroupKv {
-    pub(super) k: KvCache,
-    pub(super) v: KvCache,
+    k: KvCache,
+    v: KvCache,
 }
 
-/// What decode attention needs: every head group's cache (locked by the crew member working on
-/// that group) and their layout.
-#[derive(Clone, Copy)]
-pub(super) struct KvShared<'s> {
-    pub(super) groups: &'s [RwLock<GroupKv>],
-    pub(super) kv: &'s KvLayout,
+impl GroupKv {
+    /// Stores a position's keys and values (Hg·D each) at element `at` of both caches.
+    pub(super) fn store(&mut self, at: usize, key: &[f32], value: &[f32]) {
+        KvMut::of(&mut self.k).store(at, key);
+        KvMut::of(&mut self.v).store(at, value);
+    }
+
+    /// Causal attention of a group of Hg = `heads` heads: queries q (Hg, D) against the group's
+    /// keys and values from position 0, both (P, Hg, D) from element `from` of their caches;
+    /// `scores` (Hg·P) is scratch; writes out (Hg, D).
+    pub(super) fn attend(
+        &self,
+        k: &Kernels,
+        heads: usize,
+        q: &[f32],
+        from: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let len = scores.len() / heads * q.len(); // P·Hg·D
+        let d = q.len() / heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        match KvRef::of(&self.k) {
+            KvRef::F32(c) => k.group_scores(&c[from..from + len], q, scores, heads),
+            KvRef::F16(c) => k.group_scores_f16(&c[from..from + len], q, scores, heads),
+        }
+        let p = scores.len() / heads;
+        for sj in scores.chunks_exact_mut(p) {
+            sj.iter_mut().for_each(|s| *s *= scale);
+            k.softmax(sj);
+        }
+        match KvRef::of(&self.v) {
+            KvRef::F32(c) => k.group_weighted(scores, &c[from..from + len], out, heads),
+            KvRef::F16(c) => k.group_weighted_f16(scores, &c[from..from + len], out, heads),
+        }
+    }
 }
 
-impl KvShared<'_> {
+/// The KV cache: every head group's keys and values, each group behind its own lock, and their
+/// layout. In decode only the crew member working on a group takes its lock (for writing); in
+/// prefill the leader writes a chunk's keys and values before the members read them.
+#[derive(Debug)]
+pub(super) struct Kv {
+    pub(super) layout: KvLayout,
+    groups: Vec<RwLock<GroupKv>>,
+}
+
+impl Kv {
+    /// A zeroed cache of `dtype` elements ([`KvDtype::Auto`] must be resolved first).
+    pub(super) fn new(layout: KvLayout, dtype: KvDtype) -> Kv {
+        let cache = |len: usize| match dtype {
+            KvDtype::F32 | KvDtype::Auto => KvCache::F32(vec![0.0; len]),
+            // Zeroed memory from the allocator, as `vec![0.0; n]` gets for f32: the pages are
+            // only backed once written, so an unused context costs no resident memory.
+            // (`vec![f16::ZERO; n]` would write every element.)
+            KvDtype::F16 => KvCache::F16(bytemuck::zeroed_vec(len)),
+        };
+        let groups = (0..layout.groups)
+            .map(|g| {
+                let len = layout.group_len(g);
+                RwLock::new(GroupKv {
+                    k: cache(len),
+                    v: cache(len),
+                })
+            })
+            .collect();
+        Kv { layout, groups }
+    }
+
+    /// Group g's cache, locked for writing.
     pub(super) fn write(&self, g: usize) -> RwLockWriteGuard<'_, GroupKv> {
         self.groups[g]
             .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Group g's cache, locked for reading.
+    pub(super) fn read(&self, g: usize) -> RwLockReadGuard<'_, GroupKv> {
+        self.groups[g]
+            .read()
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
@@ -84,20 +153,20 @@ impl KvLayout {
 }
 
 /// A mutable view of (part of) a cache.
-pub(super) enum KvMut<'s> {
+enum KvMut<'s> {
     F32(&'s mut [f32]),
     F16(&'s mut [f16]),
 }
 
 /// A shared view of (part of) a cache.
 #[derive(Clone, Copy)]
-pub(super) enum KvRef<'s> {
+enum KvRef<'s> {
     F32(&'s [f32]),
     F16(&'s [f16]),
 }
 
 impl<'s> KvMut<'s> {
-    pub(super) fn of(c: &'s mut KvCache) -> KvMut<'s> {
+    fn of(c: &'s mut KvCache) -> KvMut<'s> {
         match c {
             KvCache::F32(v) => KvMut::F32(v),
             KvCache::F16(v) => KvMut::F16(v),
@@ -105,7 +174,7 @@ impl<'s> KvMut<'s> {
     }
 
     /// Writes `src` (D) at `at`.
-    pub(super) fn store(&mut self, at: usize, src: &[f32]) {
+    fn store(&mut self, at: usize, src: &[f32]) {
         match self {
             KvMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
             KvMut::F16(v) => {
@@ -118,41 +187,11 @@ impl<'s> KvMut<'s> {
 }
 
 impl<'s> KvRef<'s> {
-    pub(super) fn of(c: &'s KvCache) -> KvRef<'s> {
+    fn of(c: &'s KvCache) -> KvRef<'s> {
         match c {
             KvCache::F32(v) => KvRef::F32(v),
             KvCache::F16(v) => KvRef::F16(v),
         }
-    }
-}
-
-/// Causal attention of a group of Hg = `heads` heads: queries q (Hg, D) against the group's keys
-/// and values from position 0, both (P, Hg, D) from element `from` of their caches; `scores`
-/// (Hg·P) is scratch; writes out (Hg, D).
-pub(super) fn attend_group(
-    k: &Kernels,
-    heads: usize,
-    q: &[f32],
-    (keys, values): (KvRef<'_>, KvRef<'_>),
-    from: usize,
-    scores: &mut [f32],
-    out: &mut [f32],
-) {
-    let len = scores.len() / heads * q.len(); // P·Hg·D
-    let d = q.len() / heads;
-    let scale = 1.0 / (d as f32).sqrt();
-    match keys {
-        KvRef::F32(c) => k.group_scores(&c[from..from + len], q, scores, heads),
-        KvRef::F16(c) => k.group_scores_f16(&c[from..from + len], q, scores, heads),
-    }
-    let p = scores.len() / heads;
-    for sj in scores.chunks_exact_mut(p) {
-        sj.iter_mut().for_each(|s| *s *= scale);
-        k.softmax(sj);
-    }
-    match values {
-        KvRef::F32(c) => k.group_weighted(scores, &c[from..from + len], out, heads),
-        KvRef::F16(c) => k.group_weighted_f16(scores, &c[from..from + len], out, heads),
     }
 }
 

@@ -38,14 +38,13 @@ mod kv;
 mod prefill;
 
 use self::crew::{Crew, MAX_CHUNK_ROWS};
-use self::kv::{GroupKv, KvCache, KvLayout};
+use self::kv::{Kv, KvLayout};
 use crate::error::RuntimeError;
 use crate::kernels::geometry::packed_len;
 use crate::kernels::{Kernels, Q8_BLOCK};
 use crate::model::{Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use std::ops::ControlFlow;
-use std::sync::RwLock;
 
 /// Element type of the KV cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -133,6 +132,16 @@ impl Buffers {
     }
 }
 
+/// What one forward pass (a decode token or a prefill chunk) reads from its session, borrowed for
+/// that pass and shared by every thread working on it; each thread's own buffers go beside it.
+#[derive(Clone, Copy)]
+struct Ctx<'s> {
+    k: Kernels,
+    m: &'s Model<'s>,
+    kv: &'s Kv,
+    crew: &'s Crew,
+}
+
 /// Timing and counts of one [`Session::generate`] call.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct GenerateStats {
@@ -211,8 +220,7 @@ pub struct Session<'m, 'a> {
     kept: Vec<u32>,
     /// The model's end-of-text token ([`Stop::ModelEndOfText`]), looked up once here.
     eot: Option<u32>,
-    kv_groups: Vec<RwLock<GroupKv>>, // keys and values by head group; decode crew members lock one
-    kv: KvLayout,
+    kv: Kv,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
     chunk: Buffers,   // N = prefill_chunk
@@ -290,15 +298,10 @@ impl<'m, 'a> Session<'m, 'a> {
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);
         let g = kernels.threads();
-        let kv = KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads);
-        let kv_dtype = options.kv_dtype.resolve(model);
-        let cache = |cache_len: usize| match kv_dtype {
-            KvDtype::F32 | KvDtype::Auto => KvCache::F32(vec![0.0; cache_len]),
-            // Zeroed memory from the allocator, as `vec![0.0; n]` gets for f32: the pages are
-            // only backed once written, so an unused context costs no resident memory.
-            // (`vec![f16::ZERO; n]` would write every element.)
-            KvDtype::F16 => KvCache::F16(bytemuck::zeroed_vec(cache_len)),
-        };
+        let kv = Kv::new(
+            KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads),
+            options.kv_dtype.resolve(model),
+        );
         let chunk = options.prefill_chunk.min(context);
         Ok(Session {
             model,
@@ -310,19 +313,11 @@ impl<'m, 'a> Session<'m, 'a> {
             tokens: Vec::with_capacity(context),
             kept: Vec::with_capacity(context),
             eot: model.tokenizer().ok().flatten().and_then(|t| t.eot_id()),
-            kv_groups: (0..kv.groups)
-                .map(|i| {
-                    RwLock::new(GroupKv {
-                        k: cache(kv.group_len(i)),
-                        v: cache(kv.group_len(i)),
-                    })
-                })
-                .collect(),
             lanes: (0..g)
-                .map(|_| Buffers::new(1, c, kv.per_group * context))
+                .map(|_| Buffers::new(1, c, kv.layout.per_group * context))
                 .collect(),
+            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c), kv.layout.groups),
             kv,
-            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c), kv.groups),
             chunk: Buffers::new(chunk, c, 0),
             xp: vec![0.0; packed_len(chunk, 4 * c)],
             yt: vec![0.0; chunk * 4 * c],

@@ -2,20 +2,23 @@
 //! in parallel (see the parent module's docs).
 
 use super::crew::fork;
-use super::kv::{GroupKv, KvLayout, KvMut, KvRef, attend_group};
-use super::{Buffers, Session, embed};
+use super::{Buffers, Ctx, Session, embed};
 use crate::kernels::{Epilogue, Kernels};
 use crate::model::Layer;
 use emberlm_formats::config::LAYERNORM_EPS;
-use std::sync::{PoisonError, RwLock, RwLockReadGuard};
 
 impl Session<'_, '_> {
     /// Prefill: N tokens at positions `tokens.len()..`, batched through matrix products.
     pub(super) fn forward_chunk(&mut self, chunk: &[u32]) {
-        let m = self.model;
+        let cx = Ctx {
+            k: self.kernels,
+            m: self.model,
+            kv: &self.kv,
+            crew: &self.crew,
+        };
+        let (k, m) = (&cx.k, cx.m);
         let cfg = *m.config();
         let (c, n, pos0) = (cfg.dim, chunk.len(), self.tokens.len());
-        let k = &self.kernels;
         let b = &mut self.chunk;
         let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
         for (i, &t) in chunk.iter().enumerate() {
@@ -45,21 +48,14 @@ impl Session<'_, '_> {
                 &mut self.yt,
                 ep,
             );
-            let ctx = ChunkAttn {
-                k: *k,
-                kv: &self.kv,
+            let job = ChunkAttn {
+                cx: &cx,
                 l,
                 pos0,
                 qkv: &b.qkv[..n * 3 * c],
             };
-            ctx.store(&mut self.kv_groups);
-            attend_tokens(
-                &ctx,
-                0,
-                &mut self.lanes,
-                &self.kv_groups,
-                &mut b.att[..n * c],
-            );
+            job.store();
+            attend_tokens(&job, 0, &mut self.lanes, &mut b.att[..n * c]);
             let ep = Epilogue {
                 bias: Some(w.proj_b),
                 gelu: false,
@@ -120,7 +116,7 @@ impl Session<'_, '_> {
 
 /// f(a rows, b rows) over the tokens of two (N, C) buffers, split over the session's threads
 /// (each token's row is computed the same way whatever the split).
-pub(super) fn by_tokens(
+fn by_tokens(
     k: &Kernels,
     a: &mut [f32],
     b: &[f32],
@@ -142,7 +138,7 @@ pub(super) fn by_tokens(
 }
 
 /// LayerNorm of each row of x (N, C) into out (N, C).
-pub(super) fn layernorm_rows(
+fn layernorm_rows(
     k: &Kernels,
     x: &[f32],
     (scale, shift): (&[f32], &[f32]),
@@ -155,57 +151,49 @@ pub(super) fn layernorm_rows(
 }
 
 /// One prefill chunk's attention inputs for layer l: qkv (N, 3C) of tokens at pos0 ...
-pub(super) struct ChunkAttn<'s> {
-    pub(super) k: Kernels,
-    pub(super) kv: &'s KvLayout,
-    pub(super) l: usize,
-    pub(super) pos0: usize,
-    pub(super) qkv: &'s [f32],
+struct ChunkAttn<'s> {
+    cx: &'s Ctx<'s>,
+    l: usize,
+    pos0: usize,
+    qkv: &'s [f32],
 }
 
 impl ChunkAttn<'_> {
     /// C, the width of a token's query (or key, or value) row.
-    pub(super) fn dim(&self) -> usize {
-        self.kv.heads * self.kv.d
+    fn dim(&self) -> usize {
+        let kv = &self.cx.kv.layout;
+        kv.heads * kv.d
     }
 
     /// Stores the chunk's keys and values in every group's cache.
-    pub(super) fn store(&self, groups: &mut [RwLock<GroupKv>]) {
-        let (kv, c) = (self.kv, self.dim());
-        for (g, cache) in groups.iter_mut().enumerate() {
-            let cache = cache.get_mut().unwrap_or_else(PoisonError::into_inner);
+    fn store(&self) {
+        let (kv, c) = (&self.cx.kv.layout, self.dim());
+        for g in 0..kv.groups {
+            let mut cache = self.cx.kv.write(g);
             let hs = kv.group(g);
-            let (kc, vc) = (&mut KvMut::of(&mut cache.k), &mut KvMut::of(&mut cache.v));
             for (i, qkv) in self.qkv.chunks_exact(3 * c).enumerate() {
                 let at = kv.at(self.l, self.pos0 + i, hs.len());
-                kc.store(at, &qkv[c + hs.start * kv.d..c + hs.end * kv.d]);
-                vc.store(at, &qkv[2 * c + hs.start * kv.d..2 * c + hs.end * kv.d]);
+                let key = &qkv[c + hs.start * kv.d..c + hs.end * kv.d];
+                let value = &qkv[2 * c + hs.start * kv.d..2 * c + hs.end * kv.d];
+                cache.store(at, key, value);
             }
         }
     }
 
     /// Attention of tokens i0.. of the chunk (one row of `att` (C) each) over every group.
-    pub(super) fn attend(
-        &self,
-        i0: usize,
-        scores: &mut [f32],
-        groups: &[RwLock<GroupKv>],
-        att: &mut [f32],
-    ) {
-        let (kv, c) = (self.kv, self.dim());
-        for (g, cache) in groups.iter().enumerate() {
-            let cache: RwLockReadGuard<'_, GroupKv> =
-                cache.read().unwrap_or_else(PoisonError::into_inner);
+    fn attend(&self, i0: usize, scores: &mut [f32], att: &mut [f32]) {
+        let (kv, c) = (&self.cx.kv.layout, self.dim());
+        for g in 0..kv.groups {
+            let cache = self.cx.kv.read(g);
             let hs = kv.group(g);
             let cols = hs.start * kv.d..hs.end * kv.d;
-            let kvr = (KvRef::of(&cache.k), KvRef::of(&cache.v));
             let from = kv.at(self.l, 0, hs.len());
             for (ii, out) in att.chunks_exact_mut(c).enumerate() {
                 let i = i0 + ii;
                 let q = &self.qkv[i * 3 * c..][cols.clone()];
                 let p = self.pos0 + i + 1;
                 let sc = &mut scores[..hs.len() * p];
-                attend_group(&self.k, hs.len(), q, kvr, from, sc, &mut out[cols.clone()]);
+                cache.attend(&self.cx.k, hs.len(), q, from, sc, &mut out[cols.clone()]);
             }
         }
     }
@@ -215,20 +203,14 @@ impl ChunkAttn<'_> {
 /// holding the chunk's keys and values ([`ChunkAttn::store`]): the tokens are cut into runs of
 /// about equal work (token i attends pos0 + i + 1 positions), one per lane, run in parallel
 /// (rayon), each on its own lane's scores. A token's output does not depend on the cut.
-pub(super) fn attend_tokens(
-    ctx: &ChunkAttn<'_>,
-    i0: usize,
-    lanes: &mut [Buffers],
-    groups: &[RwLock<GroupKv>],
-    att: &mut [f32],
-) {
+fn attend_tokens(job: &ChunkAttn<'_>, i0: usize, lanes: &mut [Buffers], att: &mut [f32]) {
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;
     };
-    let c = ctx.dim();
+    let c = job.dim();
     let n = att.len() / c;
     // This lane's share: 1 / lanes of the remaining positions to attend.
-    let work = |i: usize| ctx.pos0 + i0 + i + 1;
+    let work = |i: usize| job.pos0 + i0 + i + 1;
     let total: usize = (0..n).map(work).sum();
     let target = total / (rest.len() + 1);
     let (mut mine, mut acc) = (0, 0);
@@ -238,11 +220,11 @@ pub(super) fn attend_tokens(
     }
     let (my_att, rest_att) = att.split_at_mut(mine * c);
     if rest.is_empty() || mine == n {
-        ctx.attend(i0, &mut lane.scores, groups, att);
+        job.attend(i0, &mut lane.scores, att);
     } else {
         fork(
-            || ctx.attend(i0, &mut lane.scores, groups, my_att),
-            || attend_tokens(ctx, i0 + mine, rest, groups, rest_att),
+            || job.attend(i0, &mut lane.scores, my_att),
+            || attend_tokens(job, i0 + mine, rest, rest_att),
         );
     }
 }
