@@ -5,8 +5,8 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// A waiting thread spins this many times (with a pause hint) before it starts yielding its core
-/// between checks: a sublayer takes tens of microseconds, and on a shared host the thread being
-/// waited for may need the core.
+/// between checks: the job it waits for is usually a sublayer's short product, but on a shared
+/// host the thread being waited for may need the core.
 const SPINS_BEFORE_YIELD: u32 = 2000;
 
 /// Weight bytes per work chunk at most (chunks also stay under [`MAX_CHUNK_ROWS`] rows and

@@ -109,8 +109,8 @@ impl Kv {
 /// holding its Hg heads' rows. Attending a group at P positions then reads its keys and its
 /// values as two contiguous runs of P·Hg·D elements, which the memory streams of
 /// [`Kernels::group_scores`] and [`Kernels::group_weighted`] follow; one head's (P, D) rows
-/// alone are too short a stream (measured: half the speed, see README § Runtime kernel
-/// decisions).
+/// alone are too short a stream for the prefetchers (README § Runtime kernel decisions, "The KV
+/// cache is stored by groups of 4 heads"; `cargo bench -p emberlm-benches --bench attention`).
 #[derive(Clone, Copy, Debug)]
 pub(super) struct KvLayout {
     pub(super) layers: usize,

@@ -6,31 +6,42 @@
 //! L layers, N tokens in a prefill chunk, G threads (decode crew members), Hg heads of one KV
 //! group (4 for D = 64), P positions attended (0..=pos).
 //!
+//! # Modules
+//! - this one: the public API ([`Session`], its options and statistics) and the buffers a session
+//!   allocates;
+//! - `kv`: the KV cache, its layout by head group and its storage;
+//! - `crew`: the threads that run a decode token together, the seqlock through which they claim
+//!   work, and how a product is cut into chunks;
+//! - `decode`: one token, its leader's vector work and the jobs it opens on the crew;
+//! - `prefill`: a chunk of prompt tokens through batched products, then its attention.
+//!
+//! A forward pass (one token or one prefill chunk) borrows one `Ctx` from its session: kernels,
+//! model, KV cache and crew, shared by every thread; each thread's own buffers go beside it.
+//!
 //! # Threads
 //! Decode runs one token on a *crew* of G threads that stays together for the whole token, so a
 //! token costs one rayon hand-off, not one per matrix. Lane 0's thread leads: it runs the small
-//! vector work (embedding, norms, residuals) and opens each layer's four products as jobs in
-//! [`Crew`]: the input vector is published in a buffer of atomics and the work is cut into chunks
-//! (row ranges, [`Chunks`]) that the leader and the workers (lanes 1..G, spinning between jobs)
-//! claim with a compare-and-swap; outputs come back through a second atomic buffer, biases
-//! added (and GELU applied) by the member that computed the chunk. The first
-//! job of a layer joins the query/key/value product and attention ([`AttnJob`]): its first items
-//! are chunks of the product, each holding a group of heads' rows, and its last items are the
-//! groups' attention, which a member can take as soon as that group's chunk is done: it stores
-//! the group's keys and values in the cache and attends. So a layer needs four hand-offs, not
-//! five, and one member's attention (cache reads) overlaps the other's last weight reads. Each
-//! group's cache sits behind its own `RwLock`, which only the member working on that group
-//! takes in decode (for writing). Claiming is
-//! dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds, and the
-//! last chunks of a product are smaller than the first, so the member that finishes first waits
-//! little.
-//! Every row is computed by the same kernel call on the same chunk whatever G is (one thread runs
-//! the chunks in a loop), so logits are bit-identical for any thread count (a test checks it).
+//! vector work (embedding, norms, residuals) and opens each layer's four products as jobs on the
+//! crew: the input vector is published in a buffer of atomics and the work is cut into chunks
+//! (row ranges) that the leader and the workers (lanes 1..G, spinning between jobs) claim with a
+//! compare-and-swap; outputs come back through a second atomic buffer, biases added (and GELU
+//! applied) by the member that computed the chunk. The first job of a layer joins the
+//! query/key/value product and attention: its first items are chunks of the product, each
+//! holding a group of heads' rows, and its last items are the groups' attention, which a member
+//! can take as soon as that group's chunk is done: it stores the group's keys and values in the
+//! cache and attends. So a layer needs four hand-offs, not five, and one member's attention
+//! (cache reads) overlaps the other's last weight reads. Each group's cache sits behind its own
+//! `RwLock`, which only the member working on that group takes in decode (for writing). Claiming
+//! is dynamic, so a worker that is descheduled on a busy host only costs the chunk it holds, and
+//! the last chunks of a product are smaller than the first, so the member that finishes first
+//! waits little. Every row is computed by the same kernel call on the same chunk whatever G is
+//! (one thread runs the chunks in a loop), so logits are bit-identical for any thread count (a
+//! test checks it). Evidence for the job and chunk shapes: README § Runtime kernel decisions.
 //!
-//! The KV cache is one (L, T, Hg, D) block of keys and one of values per group of Hg heads
-//! ([`KvLayout`]), so attending a group reads two long contiguous runs. Prefill stores a chunk's
-//! keys and values, then its tokens' attention runs in parallel, each member on a run of tokens
-//! (reading every group's cache).
+//! The KV cache is one (L, T, Hg, D) block of keys and one of values per group of Hg heads, so
+//! attending a group reads two long contiguous runs. Prefill stores a chunk's keys and values,
+//! then its tokens' attention runs in parallel, each member on a run of tokens (reading every
+//! group's cache).
 
 mod crew;
 mod decode;
@@ -52,8 +63,9 @@ pub enum KvDtype {
     /// The default: [`KvDtype::F32`] for a model whose matrices are f32, [`KvDtype::F16`] for f16
     /// and int8 ones. Their weights' own rounding is far larger than the cache's, which stays
     /// within the same tested bounds (README § Accuracy contracts); and a decode step reads the
-    /// cache besides the weights: with f32 at 256 positions it is a tenth of a 124M int8 token's
-    /// reads, with f16 half that. (llama.cpp's default cache is f16 too.)
+    /// cache besides the weights, so a smaller cache means fewer bytes per token (compare
+    /// `ember bench --kv f32` with `--kv f16` at a long `--prompt-tokens`). llama.cpp's default
+    /// cache is f16 too.
     Auto,
     /// 4 bytes per element: exact.
     F32,
@@ -510,7 +522,7 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 }
 
-/// x (C) = tok_emb[token] + pos_emb[pos]; `tmp` (C) is scratch.
+/// x (C) = `tok_emb[token] + pos_emb[pos]`; `tmp` (C) is scratch.
 fn embed(m: &Model<'_>, token: u32, pos: usize, x: &mut [f32], tmp: &mut [f32]) {
     m.tok_emb().row(token as usize, x);
     m.pos_emb().row(pos, tmp);
