@@ -1,5 +1,5 @@
 //! How fast decode attention reads a cold KV cache, by cache layout: the evidence behind
-//! `KvLayout` in `runtime/src/session.rs` (keys and values stored by groups of 4 heads).
+//! `KvLayout` in `runtime/src/session/kv.rs` (keys and values stored by groups of 4 heads).
 //!
 //! Run: `cargo bench -p emberlm-benches --bench attention`. One thread, GPT-2 124M's cache
 //! shape (12 layers, 12 heads of D = 64, a 1024-position context, f16). Each pass attends one

@@ -1,6 +1,6 @@
 //! How fast the int8 decode kernel reads cold weights when a product is cut into calls of R rows:
 //! the evidence behind the decode crew's chunk floor (`MIN_CHUNK_BYTES` in
-//! `runtime/src/session.rs`). A call reads its rows as four memory streams (one per quarter),
+//! `runtime/src/session/crew.rs`). A call reads its rows as four memory streams (one per quarter),
 //! and short streams read slowly, so a chunk must not be too small.
 //!
 //! Run: `cargo bench -p emberlm-benches --bench decode_chunks`. One thread; for 768 and 3072

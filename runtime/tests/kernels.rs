@@ -1,11 +1,16 @@
-//! Fast kernels == reference twins (and both == an independent f64 computation), on odd shapes,
-//! tails and big shapes, for every entry point, with 1 thread and (with `parallel`) a 2-thread pool.
+//! Every kernel implementation the host runs ([`Kernels::available`]) == the reference twins (and
+//! both == an independent f64 computation), on odd shapes, tails and big shapes, for every entry
+//! point, with 1 thread and (with `parallel`) a 2-thread pool. The implementations this host cannot
+//! run are named on stderr as skipped.
 
 use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{
     Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, ShapeError, bandwidth, reference,
 };
 use half::f16;
+use std::io::Write;
+use std::panic::RefUnwindSafe;
+use std::sync::Once;
 
 /// Matrix-vector outputs: |fast - reference| and |reference - exact| ≤ this · Σ|w·x|.
 const MATVEC_REL_TOL: f64 = 1e-5;
@@ -17,6 +22,11 @@ const GELU_ABS_TOL: f64 = 2e-6;
 const SOFTMAX_REL_TOL: f64 = 2e-5;
 /// Softmax absolute floor (probabilities far below it are noise for sampling).
 const SOFTMAX_ABS_TOL: f64 = 1e-9;
+/// Softmax over a vocabulary: |Σp - 1| < this (the fast kernels sum in several f32 accumulators).
+const VOCAB_SUM_TOL: f64 = 1e-5;
+/// The same for the reference twin, which sums its V terms in order in one f32 accumulator: that
+/// sum's rounding grows about as √V · 2⁻²⁴, past `VOCAB_SUM_TOL` for V = 50257.
+const VOCAB_SUM_TOL_REFERENCE: f64 = 1e-4;
 /// LayerNorm: |out - exact| ≤ this · (|scale| · |normalized| + |shift| + 1).
 const LAYERNORM_TOL: f64 = 1e-5;
 
@@ -56,19 +66,75 @@ impl Rng {
     }
 }
 
-/// The kernel sets under test: detected fast kernels with 1 thread, and with 2 threads (run inside
-/// a 2-thread pool). Each closure call gets the kernels and runs inside the right pool.
-fn for_each_fast(mut f: impl FnMut(&Kernels) + Send) {
-    let k1 = Kernels::detect().with_threads(1);
-    f(&k1);
+/// Every kernel implementation this host runs ([`Kernels::available`], the reference twins
+/// included), each with 1 thread. The first call names on stderr, past the test harness's output
+/// capture, the implementations that this host skips, so a green run says what it did not test.
+fn implementations() -> Vec<Kernels> {
+    static REPORT: Once = Once::new();
+    let all = Kernels::available();
+    REPORT.call_once(|| {
+        let tested: Vec<&str> = all.iter().map(Kernels::name).collect();
+        let skipped: Vec<&str> = (Kernels::NAMES.iter())
+            .filter(|n| !tested.contains(n))
+            .copied()
+            .collect();
+        let _ = writeln!(
+            std::io::stderr(),
+            "kernels: testing {tested:?} against the reference; SKIPPED (not on this host): \
+             {skipped:?}"
+        );
+    });
+    all.into_iter().map(|k| k.with_threads(1)).collect()
+}
+
+/// Names the kernels under test if a check fails while it is alive.
+struct Naming<'k>(&'k Kernels);
+
+impl Drop for Naming<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!(
+                "(failed with the {} kernels, {} threads)",
+                self.0.name(),
+                self.0.threads()
+            );
+        }
+    }
+}
+
+/// The kernel sets under test: every implementation ([`implementations`]) with 1 thread, and
+/// with 2 threads (run inside a 2-thread pool). Each closure call gets the kernels and runs inside
+/// the right pool.
+fn for_each_kernels(mut f: impl FnMut(&Kernels) + Send) {
+    for k in implementations() {
+        let _naming = Naming(&k);
+        f(&k);
+    }
     #[cfg(feature = "parallel")]
     {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(2)
             .build()
             .unwrap();
-        let k2 = Kernels::detect().with_threads(2);
-        pool.install(|| f(&k2));
+        pool.install(|| {
+            for k in implementations() {
+                let k = k.with_threads(2);
+                let _naming = Naming(&k);
+                f(&k);
+            }
+        });
+    }
+}
+
+/// Asserts that `f` panics, with a message containing `expected`, for every implementation.
+fn panics_for_every_implementation(expected: &str, f: impl Fn(&Kernels) + RefUnwindSafe) {
+    for k in implementations() {
+        let name = k.name();
+        let err = std::panic::catch_unwind(|| f(&k)).expect_err(name);
+        let msg = (err.downcast_ref::<String>().map(String::as_str))
+            .or_else(|| err.downcast_ref::<&str>().copied())
+            .unwrap_or_default();
+        assert!(msg.contains(expected), "{name}: panicked with {msg:?}");
     }
 }
 
@@ -155,13 +221,13 @@ fn matvec_f32_matches_reference_and_f64() {
         .map(|&(r, c)| (rng.vec(r * c, 1.0), rng.vec(c, 2.0)))
         .collect();
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
         for (&(r, c), (w, x)) in shapes.iter().zip(&cases) {
             let (mut y, mut want) = (vec![0f32; r], vec![0f32; r]);
             rk.matvec_f32(w, x, &mut want);
             k.matvec_f32(w, x, &mut y);
             check_matvec(
-                &format!("matvec_f32 {r}x{c} t{}", k.threads()),
+                &format!("matvec_f32 {r}x{c} {} t{}", k.name(), k.threads()),
                 w,
                 x,
                 &y,
@@ -186,14 +252,14 @@ fn matvec_f16_matches_reference_and_f64() {
         .map(|&(r, c)| (rng.vec_f16(r * c), rng.vec(c, 2.0)))
         .collect();
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
         for (&(r, c), (w, x)) in shapes.iter().zip(&cases) {
             let wf = f16s(w);
             let (mut y, mut want) = (vec![0f32; r], vec![0f32; r]);
             rk.matvec_f16(w, x, &mut want);
             k.matvec_f16(w, x, &mut y);
             check_matvec(
-                &format!("matvec_f16 {r}x{c} t{}", k.threads()),
+                &format!("matvec_f16 {r}x{c} {} t{}", k.name(), k.threads()),
                 &wf,
                 x,
                 &y,
@@ -217,7 +283,7 @@ fn matvec_q8_matches_reference_and_f64() {
         .map(|&(r, c)| (rng.q8(r, c), rng.vec(c, 2.0)))
         .collect();
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
         for (&(r, c), ((q, d), x)) in shapes.iter().zip(&cases) {
             let w = Q8Matrix::new(q, d, r, c).unwrap();
             let wf = dequant(q, d, c);
@@ -225,7 +291,7 @@ fn matvec_q8_matches_reference_and_f64() {
             rk.matvec_q8(w, x, &mut want);
             k.matvec_q8(w, x, &mut y);
             check_matvec(
-                &format!("matvec_q8 {r}x{c} t{}", k.threads()),
+                &format!("matvec_q8 {r}x{c} {} t{}", k.name(), k.threads()),
                 &wf,
                 x,
                 &y,
@@ -243,23 +309,24 @@ fn matvec_q8_matches_reference_and_f64() {
 #[test]
 fn quantize_q8_rounds_within_half_a_step() {
     let mut rng = Rng(31);
-    let k = Kernels::detect();
-    for c in [1, 5, 31, 32, 33, 64, 100, 768, 3072] {
-        let mut x = rng.vec(c, 3.0);
-        if c >= 64 {
-            x[32..64].fill(0.0); // an all-zero block
-        }
-        let mut q = vec![0i8; c];
-        let mut d = vec![0f32; c.div_ceil(Q8_BLOCK)];
-        k.quantize_q8(&x, &mut q, &mut d);
-        for (b, xb) in x.chunks(Q8_BLOCK).enumerate() {
-            let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
-            assert_eq!(d[b], amax / 127.0, "c={c} block {b}");
-            for (j, &v) in xb.iter().enumerate() {
-                let qv = q[b * Q8_BLOCK + j];
-                assert!((-127..=127).contains(&qv));
-                let err = (f64::from(v) - f64::from(qv) * f64::from(d[b])).abs();
-                assert!(err <= 0.5001 * f64::from(d[b]), "c={c} [{b},{j}] {v} {qv}");
+    for k in implementations() {
+        for c in [1, 5, 31, 32, 33, 64, 100, 768, 3072] {
+            let mut x = rng.vec(c, 3.0);
+            if c >= 64 {
+                x[32..64].fill(0.0); // an all-zero block
+            }
+            let mut q = vec![0i8; c];
+            let mut d = vec![0f32; c.div_ceil(Q8_BLOCK)];
+            k.quantize_q8(&x, &mut q, &mut d);
+            for (b, xb) in x.chunks(Q8_BLOCK).enumerate() {
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                assert_eq!(d[b], amax / 127.0, "c={c} block {b}");
+                for (j, &v) in xb.iter().enumerate() {
+                    let qv = q[b * Q8_BLOCK + j];
+                    assert!((-127..=127).contains(&qv));
+                    let err = (f64::from(v) - f64::from(qv) * f64::from(d[b])).abs();
+                    assert!(err <= 0.5001 * f64::from(d[b]), "c={c} [{b},{j}] {v} {qv}");
+                }
             }
         }
     }
@@ -268,61 +335,62 @@ fn quantize_q8_rounds_within_half_a_step() {
 #[test]
 fn matvec_q8q8_matches_reference_and_exact_integer_sums() {
     let mut rng = Rng(41);
-    let k = Kernels::detect();
-    for (r, c) in shapes() {
-        let (q, d) = rng.q8(r, c);
-        let w = Q8Matrix::new(&q, &d, r, c).unwrap();
-        let x = rng.vec(c, 2.0);
-        let mut xq = vec![0i8; c];
-        let mut xd = vec![0f32; c.div_ceil(Q8_BLOCK)];
-        k.quantize_q8(&x, &mut xq, &mut xd);
-        for row_start in [0, r / 3] {
-            let n = r - row_start;
-            let mut got = vec![0f32; n];
-            k.matvec_q8q8_rows(w, &xq, &xd, &mut got, row_start);
-            let mut want = vec![0f32; n];
-            reference::matvec_q8q8_rows(w, &xq, &xd, &mut want, row_start);
-            for i in 0..n {
-                // Independent: exact integer block sums, scales in f64.
-                let rr = row_start + i;
-                let (mut exact, mut mag) = (0f64, 0f64);
-                for b in 0..c.div_ceil(Q8_BLOCK) {
-                    let s: i64 = (b * Q8_BLOCK..((b + 1) * Q8_BLOCK).min(c))
-                        .map(|j| i64::from(q[rr * c + j]) * i64::from(xq[j]))
-                        .sum();
-                    let sc =
-                        f64::from(d[rr * c.div_ceil(Q8_BLOCK) + b].to_f32()) * f64::from(xd[b]);
-                    exact += sc * s as f64;
-                    mag += (sc * s as f64).abs();
-                }
-                let bound = MATVEC_REL_TOL * mag + 1e-30;
-                for (what, v) in [("fast", got[i]), ("reference", want[i])] {
-                    assert!(
-                        (f64::from(v) - exact).abs() <= bound,
-                        "{r}x{c} row {rr} {what}: {v} vs {exact}"
-                    );
+    for k in implementations() {
+        for (r, c) in shapes() {
+            let (q, d) = rng.q8(r, c);
+            let w = Q8Matrix::new(&q, &d, r, c).unwrap();
+            let x = rng.vec(c, 2.0);
+            let mut xq = vec![0i8; c];
+            let mut xd = vec![0f32; c.div_ceil(Q8_BLOCK)];
+            k.quantize_q8(&x, &mut xq, &mut xd);
+            for row_start in [0, r / 3] {
+                let n = r - row_start;
+                let mut got = vec![0f32; n];
+                k.matvec_q8q8_rows(w, &xq, &xd, &mut got, row_start);
+                let mut want = vec![0f32; n];
+                reference::matvec_q8q8_rows(w, &xq, &xd, &mut want, row_start);
+                for i in 0..n {
+                    // Independent: exact integer block sums, scales in f64.
+                    let rr = row_start + i;
+                    let (mut exact, mut mag) = (0f64, 0f64);
+                    for b in 0..c.div_ceil(Q8_BLOCK) {
+                        let s: i64 = (b * Q8_BLOCK..((b + 1) * Q8_BLOCK).min(c))
+                            .map(|j| i64::from(q[rr * c + j]) * i64::from(xq[j]))
+                            .sum();
+                        let sc =
+                            f64::from(d[rr * c.div_ceil(Q8_BLOCK) + b].to_f32()) * f64::from(xd[b]);
+                        exact += sc * s as f64;
+                        mag += (sc * s as f64).abs();
+                    }
+                    let bound = MATVEC_REL_TOL * mag + 1e-30;
+                    for (what, v) in [("fast", got[i]), ("reference", want[i])] {
+                        assert!(
+                            (f64::from(v) - exact).abs() <= bound,
+                            "{r}x{c} row {rr} {what}: {v} vs {exact}"
+                        );
+                    }
                 }
             }
-        }
-        // Against the f32-activation product: only the activations' rounding differs.
-        let mut f = vec![0f32; r];
-        k.matvec_q8_rows(w, &x, &mut f, 0);
-        let mut g = vec![0f32; r];
-        k.matvec_q8q8_rows(w, &xq, &xd, &mut g, 0);
-        let deq = dequant(&q, &d, c);
-        for i in 0..r {
-            // |Σ w (x - x̂)| ≤ Σ |w| · xd/2 over each block.
-            let bound: f64 = (0..c)
-                .map(|j| f64::from(deq[i * c + j]).abs() * f64::from(xd[j / Q8_BLOCK]) * 0.5)
-                .sum::<f64>()
-                * 1.001
-                + 1e-6;
-            assert!(
-                (f64::from(f[i]) - f64::from(g[i])).abs() <= bound,
-                "{r}x{c} row {i}: {} vs {}",
-                f[i],
-                g[i]
-            );
+            // Against the f32-activation product: only the activations' rounding differs.
+            let mut f = vec![0f32; r];
+            k.matvec_q8_rows(w, &x, &mut f, 0);
+            let mut g = vec![0f32; r];
+            k.matvec_q8q8_rows(w, &xq, &xd, &mut g, 0);
+            let deq = dequant(&q, &d, c);
+            for i in 0..r {
+                // |Σ w (x - x̂)| ≤ Σ |w| · xd/2 over each block.
+                let bound: f64 = (0..c)
+                    .map(|j| f64::from(deq[i * c + j]).abs() * f64::from(xd[j / Q8_BLOCK]) * 0.5)
+                    .sum::<f64>()
+                    * 1.001
+                    + 1e-6;
+                assert!(
+                    (f64::from(f[i]) - f64::from(g[i])).abs() <= bound,
+                    "{r}x{c} row {i}: {} vs {}",
+                    f[i],
+                    g[i]
+                );
+            }
         }
     }
 }
@@ -343,7 +411,7 @@ fn gpt2_head_shape_all_dtypes() {
     rk.matvec_f16(&wh, &x, &mut want16);
     rk.matvec_q8(w8, &x, &mut want8);
     let (whf, w8f) = (f16s(&wh), dequant(&q, &d, c));
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
         let mut y = vec![0f32; r];
         k.matvec_f32(&wf, &x, &mut y);
         check_matvec("head f32", &wf, &x, &y, &want32, 0);
@@ -361,22 +429,22 @@ fn threaded_results_are_bitwise_identical_to_one_thread() {
     let (w, x) = (rng.vec(r * c, 1.0), rng.vec(c, 1.0));
     let (q, d) = rng.q8(r, c);
     let w8 = Q8Matrix::new(&q, &d, r, c).unwrap();
-    let mut runs = Vec::new();
-    for_each_fast(|k| {
+    let mut first = Vec::new();
+    for_each_kernels(|k| {
         let (mut a, mut b) = (vec![0f32; r], vec![0f32; r]);
         k.matvec_f32(&w, &x, &mut a);
         k.matvec_q8(w8, &x, &mut b);
-        runs.push((a, b));
+        a.extend(b);
+        same_bits_as_first(&mut first, k, a, "matvec_f32 and matvec_q8");
     });
-    for run in &runs[1..] {
-        assert_eq!(run, &runs[0]);
-    }
+    // Every implementation ran with 1 thread and (with `parallel`) 2.
+    assert_eq!(first.len(), implementations().len());
 }
 
 #[test]
 fn zero_width_and_empty_matvec() {
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
         for k in [k, &rk] {
             let mut y = vec![1f32; 5];
             k.matvec_f32(&[], &[], &mut y);
@@ -393,15 +461,17 @@ fn zero_width_and_empty_matvec() {
 }
 
 #[test]
-#[should_panic(expected = "matvec_f32: w must be (R, C)")]
 fn matvec_shape_mismatch_panics_before_touching_memory() {
-    Kernels::detect().matvec_f32(&[0.0; 11], &[0.0; 4], &mut [0.0; 3]);
+    panics_for_every_implementation("matvec_f32: w must be (R, C)", |k| {
+        k.matvec_f32(&[0.0; 11], &[0.0; 4], &mut [0.0; 3])
+    });
 }
 
 #[test]
-#[should_panic(expected = "matvec_f16_rows: rows 2..+2 exceed R = 3")]
 fn rows_past_the_end_panic() {
-    Kernels::detect().matvec_f16_rows(&[f16::ZERO; 12], &[0.0; 4], &mut [0.0; 2], 2);
+    panics_for_every_implementation("matvec_f16_rows: rows 2..+2 exceed R = 3", |k| {
+        k.matvec_f16_rows(&[f16::ZERO; 12], &[0.0; 4], &mut [0.0; 2], 2)
+    });
 }
 
 #[test]
@@ -460,46 +530,47 @@ fn q8_dequantize_row_matches_the_formula() {
 fn matmul_packed_rows_matches_reference_and_f64_for_every_dtype() {
     let mut rng = Rng(11);
     let rk = Kernels::reference();
-    let fk = Kernels::detect();
-    let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
-    for n in [1, 2, 5, 15, 16, 17, 31, 33] {
-        shapes.push((n, 1 + rng.below(40), 1 + rng.below(700)));
-    }
-    shapes.extend([
-        (64, 36, 768),
-        (7, 13, 1025),
-        (20, 6, 32),
-        (3, 100, 1),
-        (48, 24, 1536),
-    ]);
-    for &(n, r, c) in &shapes {
-        let x = rng.vec(n * c, 2.0);
-        let mut xp = vec![f32::NAN; packed_len(n, c)];
-        fk.pack_tokens(&x, c, &mut xp);
-        let weights = ThreeDtypes::new(&mut rng, r, c);
-        for (name, w, wf) in weights.cases() {
-            let mut want = vec![f32::NAN; r * n];
-            rk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut want);
-            let mut got = vec![f32::NAN; r * n];
-            fk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut got);
-            for t in 0..n {
-                let xt = &x[t * c..(t + 1) * c];
-                let row = |v: &[f32]| v[t * r..(t + 1) * r].to_vec();
-                let what = format!("packed {name} n{n} {r}x{c} token {t}");
-                check_matvec(&what, &wf, xt, &row(&got), &row(&want), 0);
-            }
-            // A sub-range starting at an odd row gives the same bits as the whole.
-            let start = r / 3;
-            let p = r - start;
-            let mut part = vec![f32::NAN; p * n];
-            fk.matmul_packed_rows(w, c, &xp, n, start..r, &mut part);
-            for t in 0..n {
-                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
-                assert_eq!(
-                    bits(&part[t * p..(t + 1) * p]),
-                    bits(&got[t * r + start..(t + 1) * r]),
-                    "packed {name} n{n} {r}x{c} token {t}: rows {start}.. differ from the whole"
-                );
+    for fk in implementations() {
+        let mut shapes: Vec<(usize, usize, usize)> = Vec::new();
+        for n in [1, 2, 5, 15, 16, 17, 31, 33] {
+            shapes.push((n, 1 + rng.below(40), 1 + rng.below(700)));
+        }
+        shapes.extend([
+            (64, 36, 768),
+            (7, 13, 1025),
+            (20, 6, 32),
+            (3, 100, 1),
+            (48, 24, 1536),
+        ]);
+        for &(n, r, c) in &shapes {
+            let x = rng.vec(n * c, 2.0);
+            let mut xp = vec![f32::NAN; packed_len(n, c)];
+            fk.pack_tokens(&x, c, &mut xp);
+            let weights = ThreeDtypes::new(&mut rng, r, c);
+            for (name, w, wf) in weights.cases() {
+                let mut want = vec![f32::NAN; r * n];
+                rk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut want);
+                let mut got = vec![f32::NAN; r * n];
+                fk.matmul_packed_rows(w, c, &xp, n, 0..r, &mut got);
+                for t in 0..n {
+                    let xt = &x[t * c..(t + 1) * c];
+                    let row = |v: &[f32]| v[t * r..(t + 1) * r].to_vec();
+                    let what = format!("packed {name} n{n} {r}x{c} token {t}");
+                    check_matvec(&what, &wf, xt, &row(&got), &row(&want), 0);
+                }
+                // A sub-range starting at an odd row gives the same bits as the whole.
+                let start = r / 3;
+                let p = r - start;
+                let mut part = vec![f32::NAN; p * n];
+                fk.matmul_packed_rows(w, c, &xp, n, start..r, &mut part);
+                for t in 0..n {
+                    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&part[t * p..(t + 1) * p]),
+                        bits(&got[t * r + start..(t + 1) * r]),
+                        "packed {name} n{n} {r}x{c} token {t}: rows {start}.. differ from the whole"
+                    );
+                }
             }
         }
     }
@@ -538,14 +609,19 @@ impl ThreeDtypes {
     }
 }
 
-/// Keeps the first result and asserts that every later one has the same bits (results of one
-/// computation with different thread counts).
-fn same_bits_as_first(first: &mut Option<Vec<f32>>, y: Vec<f32>, what: &str) {
-    match first {
-        None => *first = Some(y),
-        Some(f) => assert!(
+/// Keeps each implementation's first result and asserts that its later ones have the same bits
+/// (results of one computation with different thread counts).
+fn same_bits_as_first(
+    first: &mut Vec<(&'static str, Vec<f32>)>,
+    k: &Kernels,
+    y: Vec<f32>,
+    what: &str,
+) {
+    match first.iter().find(|(name, _)| *name == k.name()) {
+        None => first.push((k.name(), y)),
+        Some((name, f)) => assert!(
             f.iter().zip(&y).all(|(a, b)| a.to_bits() == b.to_bits()),
-            "{what}: bits differ between thread counts"
+            "{what}: {name} bits differ between thread counts"
         ),
     }
 }
@@ -584,8 +660,8 @@ fn matmul_matches_reference_and_f64_for_every_dtype_and_thread_count() {
                 &mut scratch,
                 Epilogue::default(),
             );
-            let mut first: Option<Vec<f32>> = None;
-            for_each_fast(|k| {
+            let mut first = Vec::new();
+            for_each_kernels(|k| {
                 let mut y = vec![f32::NAN; n * r];
                 k.matmul(
                     pw,
@@ -598,11 +674,15 @@ fn matmul_matches_reference_and_f64_for_every_dtype_and_thread_count() {
                 );
                 for t in 0..n {
                     let xt = &x[t * c..(t + 1) * c];
-                    let what = format!("matmul {name} n{n} {r}x{c} token {t} t{}", k.threads());
+                    let what = format!(
+                        "matmul {name} n{n} {r}x{c} token {t} {} t{}",
+                        k.name(),
+                        k.threads()
+                    );
                     let row = |v: &[f32]| v[t * r..(t + 1) * r].to_vec();
                     check_matvec(&what, &wf, xt, &row(&y), &row(&want), 0);
                 }
-                same_bits_as_first(&mut first, y, &format!("matmul {name} n{n} {r}x{c}"));
+                same_bits_as_first(&mut first, k, y, &format!("matmul {name} n{n} {r}x{c}"));
             });
         }
     }
@@ -634,8 +714,8 @@ fn matmul_epilogue_adds_the_bias_then_gelu() {
             &mut scratch,
             Epilogue::default(),
         );
-        let mut first: Option<Vec<f32>> = None;
-        for_each_fast(|k| {
+        let mut first = Vec::new();
+        for_each_kernels(|k| {
             for use_gelu in [false, true] {
                 let mut y = vec![f32::NAN; n * r];
                 let ep = Epilogue {
@@ -653,7 +733,7 @@ fn matmul_epilogue_adds_the_bias_then_gelu() {
                     );
                 }
                 if use_gelu {
-                    same_bits_as_first(&mut first, y, name);
+                    same_bits_as_first(&mut first, k, y, name);
                 }
             }
         });
@@ -666,39 +746,40 @@ fn matmul_rows_do_not_depend_on_batch_size() {
     let mut rng = Rng(8);
     let w = ThreeDtypes::new(&mut rng, r, c);
     let x = rng.vec(20 * c, 1.0);
-    let k = Kernels::detect().with_threads(1);
-    let mut xp = vec![0f32; packed_len(20, c)];
-    let mut scratch = vec![0f32; 20 * r];
-    for (name, pw, _) in w.cases() {
-        let mut all = vec![0f32; 20 * r];
-        k.matmul(
-            pw,
-            c,
-            &x,
-            &mut all,
-            &mut xp,
-            &mut scratch,
-            Epilogue::default(),
-        );
-        for n in [1, 2, 3, 7, 16, 17, 19] {
-            let mut part = vec![0f32; n * r];
+    for k in implementations() {
+        let mut xp = vec![0f32; packed_len(20, c)];
+        let mut scratch = vec![0f32; 20 * r];
+        for (name, pw, _) in w.cases() {
+            let mut all = vec![0f32; 20 * r];
             k.matmul(
                 pw,
                 c,
-                &x[..n * c],
-                &mut part,
+                &x,
+                &mut all,
                 &mut xp,
                 &mut scratch,
                 Epilogue::default(),
             );
-            assert_eq!(part, all[..n * r], "{name}: first {n} tokens");
+            for n in [1, 2, 3, 7, 16, 17, 19] {
+                let mut part = vec![0f32; n * r];
+                k.matmul(
+                    pw,
+                    c,
+                    &x[..n * c],
+                    &mut part,
+                    &mut xp,
+                    &mut scratch,
+                    Epilogue::default(),
+                );
+                assert_eq!(part, all[..n * r], "{name}: first {n} tokens");
+            }
         }
     }
 }
 
 #[test]
 fn matmul_empty_shapes() {
-    for k in [Kernels::detect(), Kernels::reference()] {
+    for k in implementations() {
         let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
         // No rows: nothing to write.
         let q8 = Q8Matrix::new(&[], &[], 0, 5).unwrap();
@@ -720,19 +801,20 @@ fn matmul_empty_shapes() {
 }
 
 #[test]
-#[should_panic(expected = "rows of C")]
 fn matmul_with_a_mismatched_weight_panics() {
-    let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
-    let mut y = [0f32; 4];
-    Kernels::detect().matmul(
-        Mat::F32(&[1.0; 15]),
-        5,
-        &[1.0; 10],
-        &mut y,
-        &mut xp,
-        &mut scratch,
-        Epilogue::default(),
-    );
+    panics_for_every_implementation("rows of C", |k| {
+        let (mut xp, mut scratch) = (vec![0f32; 80], vec![0f32; 64]);
+        let mut y = [0f32; 4];
+        k.matmul(
+            Mat::F32(&[1.0; 15]),
+            5,
+            &[1.0; 10],
+            &mut y,
+            &mut xp,
+            &mut scratch,
+            Epilogue::default(),
+        );
+    });
 }
 
 // ------------------------------------------------------------------ small ops
@@ -743,9 +825,10 @@ fn lengths() -> impl Iterator<Item = usize> {
 
 #[test]
 fn dot_and_axpy_match_reference_and_f64() {
-    let mut rng = Rng(9);
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
+        // The same cases for every implementation.
+        let mut rng = Rng(9);
         for n in lengths() {
             let (a, b) = (rng.vec(n, 1.0), rng.vec(n, 3.0));
             let bh: Vec<f16> = b.iter().map(|&v| f16::from_f32(v)).collect();
@@ -808,32 +891,34 @@ fn dot_and_axpy_match_reference_and_f64() {
 #[test]
 fn f16_to_f32_is_exact() {
     let mut rng = Rng(77);
-    let k = Kernels::detect();
-    for n in lengths() {
-        let mut x = rng.vec_f16(n);
-        if n > 3 {
-            // Specials and subnormals convert exactly too.
-            x[0] = f16::INFINITY;
-            x[1] = f16::NEG_INFINITY;
-            x[2] = f16::from_bits(1); // smallest subnormal
-            x[3] = f16::from_bits(0x8000); // -0
-        }
-        let mut got = vec![0f32; n];
-        k.f16_to_f32(&x, &mut got);
-        let mut want = vec![0f32; n];
-        reference::f16_to_f32(&x, &mut want);
-        for i in 0..n {
-            // Independent: f16 bits → f64 by the formula.
-            let b = x[i].to_bits();
-            let (sign, exp, man) = ((b >> 15) as i32, ((b >> 10) & 31) as i32, (b & 1023) as f64);
-            let mag = match exp {
-                0 => man * 2f64.powi(-24),
-                31 => f64::INFINITY,
-                e => (1.0 + man / 1024.0) * 2f64.powi(e - 15),
-            };
-            let exact = if sign == 1 { -mag } else { mag };
-            assert_eq!(got[i].to_bits(), want[i].to_bits(), "n={n} i={i}");
-            assert_eq!(f64::from(want[i]), exact, "n={n} i={i}");
+    for k in implementations() {
+        for n in lengths() {
+            let mut x = rng.vec_f16(n);
+            if n > 3 {
+                // Specials and subnormals convert exactly too.
+                x[0] = f16::INFINITY;
+                x[1] = f16::NEG_INFINITY;
+                x[2] = f16::from_bits(1); // smallest subnormal
+                x[3] = f16::from_bits(0x8000); // -0
+            }
+            let mut got = vec![0f32; n];
+            k.f16_to_f32(&x, &mut got);
+            let mut want = vec![0f32; n];
+            reference::f16_to_f32(&x, &mut want);
+            for i in 0..n {
+                // Independent: f16 bits → f64 by the formula.
+                let b = x[i].to_bits();
+                let (sign, exp, man) =
+                    ((b >> 15) as i32, ((b >> 10) & 31) as i32, (b & 1023) as f64);
+                let mag = match exp {
+                    0 => man * 2f64.powi(-24),
+                    31 => f64::INFINITY,
+                    e => (1.0 + man / 1024.0) * 2f64.powi(e - 15),
+                };
+                let exact = if sign == 1 { -mag } else { mag };
+                assert_eq!(got[i].to_bits(), want[i].to_bits(), "n={n} i={i}");
+                assert_eq!(f64::from(want[i]), exact, "n={n} i={i}");
+            }
         }
     }
 }
@@ -843,7 +928,7 @@ fn group_attention_kernels_match_reference_and_f64() {
     // (P positions, Hg heads, D): odd P (the four-stream kernels' scalar tail), D not a multiple
     // of 8 (the column tail), P = 0, GPT-2's D = 64 with 4 heads at long contexts.
     let mut rng = Rng(55);
-    let kernels = [Kernels::detect(), Kernels::reference()];
+    let kernels = implementations();
     for (p, hg, d) in [
         (0, 2, 8),
         (1, 1, 1),
@@ -919,16 +1004,18 @@ fn group_attention_kernels_match_reference_and_f64() {
 }
 
 #[test]
-#[should_panic(expected = "keys/values must be (P, Hg, D)")]
 fn group_scores_with_mismatched_keys_panic() {
-    let mut s = vec![0f32; 2 * 3];
-    Kernels::detect().group_scores(&[0.0; 2 * 3 * 4 - 1], &[0.0; 2 * 4], &mut s, 2);
+    panics_for_every_implementation("keys/values must be (P, Hg, D)", |k| {
+        let mut s = vec![0f32; 2 * 3];
+        k.group_scores(&[0.0; 2 * 3 * 4 - 1], &[0.0; 2 * 4], &mut s, 2);
+    });
 }
 
 #[test]
 fn add_matches_reference_exactly() {
-    let mut rng = Rng(10);
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
+        // The same cases for every implementation.
+        let mut rng = Rng(10);
         for n in lengths() {
             let (x0, y) = (rng.vec(n, 1.0), rng.vec(n, 1.0));
             let mut x = x0.clone();
@@ -941,9 +1028,10 @@ fn add_matches_reference_exactly() {
 
 #[test]
 fn layernorm_matches_reference_and_f64() {
-    let mut rng = Rng(11);
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
+        // The same cases for every implementation.
+        let mut rng = Rng(11);
         for n in lengths().filter(|&n| n > 0) {
             // An offset mean checks the two-pass variance.
             let x: Vec<f32> = rng.vec(n, 2.0).iter().map(|v| v + 3.0).collect();
@@ -977,7 +1065,7 @@ fn layernorm_matches_reference_and_f64() {
 #[test]
 fn layernorm_known_values() {
     // x = [1, 2, 3, 4]: mean 2.5, biased var 1.25.
-    for k in [Kernels::detect(), Kernels::reference()] {
+    for k in implementations() {
         let mut out = [0f32; 4];
         k.layernorm(&[1.0, 2.0, 3.0, 4.0], &[1.0; 4], &[0.0; 4], &mut out, 0.0);
         let s = 1.25f32.sqrt();
@@ -989,9 +1077,10 @@ fn layernorm_known_values() {
 
 #[test]
 fn gelu_matches_reference_and_known_values() {
-    let mut rng = Rng(12);
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
+        // The same cases for every implementation.
+        let mut rng = Rng(12);
         for n in lengths() {
             let x0 = rng.vec(n, 8.0);
             let (mut x, mut want) = (x0.clone(), x0.clone());
@@ -1024,9 +1113,10 @@ fn gelu_matches_reference_and_known_values() {
 
 #[test]
 fn softmax_matches_f64_and_masks() {
-    let mut rng = Rng(13);
     let rk = Kernels::reference();
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
+        // The same cases for every implementation.
+        let mut rng = Rng(13);
         for n in lengths().filter(|&n| n > 0 && n <= 3072) {
             let x0 = rng.vec(n, 20.0);
             let max = x0
@@ -1076,11 +1166,16 @@ fn softmax_matches_f64_and_masks() {
 fn softmax_over_a_vocabulary_sums_to_one() {
     let mut rng = Rng(14);
     let x0 = rng.vec(50257, 15.0);
-    for_each_fast(|k| {
+    for_each_kernels(|k| {
         let mut x = x0.clone();
         k.softmax(&mut x);
         let s: f64 = x.iter().map(|&v| f64::from(v)).sum();
-        assert!((s - 1.0).abs() < 1e-5, "sum {s}");
+        let tol = if k.is_reference() {
+            VOCAB_SUM_TOL_REFERENCE
+        } else {
+            VOCAB_SUM_TOL
+        };
+        assert!((s - 1.0).abs() < tol, "{}: sum {s}", k.name());
         let i = x0
             .iter()
             .enumerate()
@@ -1117,6 +1212,24 @@ fn kernel_names_and_threads() {
     assert_eq!(d.with_threads(0).threads(), 1);
     let want = if cfg!(feature = "parallel") { 3 } else { 1 };
     assert_eq!(d.with_threads(3).threads(), want);
+}
+
+#[test]
+fn available_lists_the_reference_first_and_detect_last_in_names_order() {
+    let all = Kernels::available();
+    let names: Vec<&str> = all.iter().map(Kernels::name).collect();
+    assert_eq!(names[0], "reference");
+    assert!(all[0].is_reference() && all[1..].iter().all(|k| !k.is_reference()));
+    assert_eq!(names.last().copied(), Some(Kernels::detect().name()));
+    // Each a distinct known name, in the order of `Kernels::NAMES`.
+    let order: Vec<usize> = (names.iter())
+        .map(|n| Kernels::NAMES.iter().position(|m| m == n).expect(n))
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+    assert!(
+        all.iter()
+            .all(|k| k.threads() == Kernels::reference().threads())
+    );
 }
 
 #[test]
@@ -1187,41 +1300,42 @@ fn bandwidth_summary_takes_the_median_pass_and_the_best_chunk() {
 #[test]
 fn quantize_q8_fast_path_gives_the_references_bits() {
     let mut rng = Rng(77);
-    let k = Kernels::detect();
-    let specials = [
-        f32::NAN,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        0.0,
-        -0.0,
-        f32::MIN_POSITIVE,
-        1e-40, // subnormal
-        f32::MAX,
-        -f32::MAX,
-    ];
-    for c in [1, 31, 32, 33, 64, 95, 96, 100, 768, 3072] {
-        for case in 0..12 {
-            let mut x = rng.vec(c, 3.0);
-            match case {
-                0 => {}
-                1 => x.fill(0.0),
-                2 => x.iter_mut().step_by(7).for_each(|v| *v = f32::NAN),
-                3 => x.iter_mut().step_by(5).for_each(|v| *v = f32::INFINITY),
-                4 => x.iter_mut().for_each(|v| *v *= 1e-39),
-                5 => x.iter_mut().for_each(|v| *v *= 1e37),
-                _ => {
-                    let s = specials[case - 3];
-                    x.iter_mut().step_by(3).for_each(|v| *v = s);
+    for k in implementations() {
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            0.0,
+            -0.0,
+            f32::MIN_POSITIVE,
+            1e-40, // subnormal
+            f32::MAX,
+            -f32::MAX,
+        ];
+        for c in [1, 31, 32, 33, 64, 95, 96, 100, 768, 3072] {
+            for case in 0..12 {
+                let mut x = rng.vec(c, 3.0);
+                match case {
+                    0 => {}
+                    1 => x.fill(0.0),
+                    2 => x.iter_mut().step_by(7).for_each(|v| *v = f32::NAN),
+                    3 => x.iter_mut().step_by(5).for_each(|v| *v = f32::INFINITY),
+                    4 => x.iter_mut().for_each(|v| *v *= 1e-39),
+                    5 => x.iter_mut().for_each(|v| *v *= 1e37),
+                    _ => {
+                        let s = specials[case - 3];
+                        x.iter_mut().step_by(3).for_each(|v| *v = s);
+                    }
                 }
+                let nb = c.div_ceil(Q8_BLOCK);
+                let (mut q, mut d) = (vec![0i8; c], vec![0f32; nb]);
+                let (mut qr, mut dr) = (vec![0i8; c], vec![0f32; nb]);
+                k.quantize_q8(&x, &mut q, &mut d);
+                reference::quantize_q8(&x, &mut qr, &mut dr);
+                assert_eq!(q, qr, "c={c} case {case}");
+                let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&d), bits(&dr), "c={c} case {case}");
             }
-            let nb = c.div_ceil(Q8_BLOCK);
-            let (mut q, mut d) = (vec![0i8; c], vec![0f32; nb]);
-            let (mut qr, mut dr) = (vec![0i8; c], vec![0f32; nb]);
-            k.quantize_q8(&x, &mut q, &mut d);
-            reference::quantize_q8(&x, &mut qr, &mut dr);
-            assert_eq!(q, qr, "c={c} case {case}");
-            let bits = |v: &[f32]| v.iter().map(|f| f.to_bits()).collect::<Vec<_>>();
-            assert_eq!(bits(&d), bits(&dr), "c={c} case {case}");
         }
     }
 }

@@ -126,15 +126,14 @@ fn allocations_during(f: impl FnOnce()) -> usize {
 #[test]
 fn kernels_allocate_nothing_after_warm_up() {
     let mut b = Buffers::new();
-    // `Kernels::detect` reads the global pool's size, which starts that pool: wait until each of
-    // its workers has run a job, so none is still initializing (and allocating) while we count.
+    // `Kernels::available` reads the global pool's size, which starts that pool: wait until each
+    // of its workers has run a job, so none is still initializing (and allocating) while we count.
     #[cfg(feature = "parallel")]
     rayon::broadcast(|_| ());
 
-    for k in [
-        Kernels::detect().with_threads(1),
-        Kernels::reference().with_threads(1),
-    ] {
+    // Every implementation this host runs, listed before counting starts.
+    let all = Kernels::available();
+    for k in all.iter().map(|k| k.with_threads(1)) {
         b.run(&k); // warm-up: lazy feature detection, thread-locals
         let n = allocations_during(|| (0..3).for_each(|_| b.run(&k)));
         assert_eq!(n, 0, "{} with 1 thread allocated {n} times", k.name());
@@ -147,10 +146,7 @@ fn kernels_allocate_nothing_after_warm_up() {
             .build()
             .unwrap();
         pool.broadcast(|_| ()); // both workers started
-        for k in [
-            Kernels::detect().with_threads(2),
-            Kernels::reference().with_threads(2),
-        ] {
+        for k in all.iter().map(|k| k.with_threads(2)) {
             // The whole "token" runs inside one install, as the runtime's Session does.
             let n = pool.install(|| {
                 b.run(&k); // warm-up: workers' deques, sleep state

@@ -295,6 +295,31 @@ impl Kernels {
         Self::reference()
     }
 
+    /// The name ([`Kernels::name`]) of every kernel implementation in this crate, on any target:
+    /// the reference twins first, then each architecture's fast path.
+    pub const NAMES: &'static [&'static str] =
+        &["reference", "x86_64-avx2-fma-f16c", "aarch64-neon"];
+
+    /// Every kernel implementation this host can run, in [`Kernels::NAMES`] order (the reference
+    /// twins first; the last is what [`Kernels::detect`] picks), each with the default thread
+    /// count. Tests run each against the reference; the names of [`Kernels::NAMES`] missing here
+    /// are the ones this host skips.
+    pub fn available() -> Vec<Kernels> {
+        let fast: &[Option<Isa>] = &[
+            #[cfg(target_arch = "x86_64")]
+            x86_64::Avx2::detect().map(Isa::Avx2),
+            #[cfg(target_arch = "aarch64")]
+            aarch64::Neon::detect().map(Isa::Neon),
+        ];
+        std::iter::once(Isa::Reference)
+            .chain(fast.iter().flatten().copied())
+            .map(|isa| Kernels {
+                isa,
+                threads: default_threads(),
+            })
+            .collect()
+    }
+
     /// The plain reference twins (any CPU), with the default thread count.
     pub fn reference() -> Self {
         Kernels {

@@ -1,0 +1,466 @@
+//! Decode: one token on the crew (see the parent module's docs). Lane 0's thread leads
+//! ([`Leader`]): it runs the small vector work and opens each layer's products as crew jobs
+//! ([`Which`]); the other lanes' threads run [`worker`] until the token is finished. Every
+//! product's rows are computed chunk by chunk ([`Chunks`]) by the same kernel calls whatever the
+//! crew size, so logits are bit-identical for any thread count.
+
+use super::crew::{Chunks, FinishOnDrop, PoisonOnPanic, fork};
+use super::{Buffers, Ctx, Session, embed};
+use crate::kernels::{Epilogue, Kernels, Q8_BLOCK};
+use crate::model::{Layer, Mat, Model};
+use emberlm_formats::config::LAYERNORM_EPS;
+use std::ops::Range;
+
+impl Session<'_, '_> {
+    /// Decode: one token at position `tokens.len()`: lane 0 leads, the other lanes' threads
+    /// take chunks of its matrix-vector products (see the module docs).
+    pub(super) fn forward_one(&mut self, token: u32) {
+        let pos = self.tokens.len();
+        let cx = Ctx {
+            k: self.kernels,
+            m: self.model,
+            kv: &self.kv,
+            crew: &self.crew,
+        };
+        let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
+        let logits = &mut self.logits;
+        cx.crew.reset();
+        let mut leader = || {
+            let _finish = FinishOnDrop(cx.crew);
+            Leader { cx: &cx, epoch: 0 }.token(lead, logits, token, pos);
+        };
+        if cx.crew.g > 1 && !workers.is_empty() {
+            fork(leader, || run_workers(&cx, 1, workers));
+        } else {
+            leader();
+        }
+        self.tokens.push(token);
+    }
+}
+
+/// Which matrix a job multiplies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Which {
+    /// The query/key/value product and attention, one job ([`AttnJob`]).
+    Qkv,
+    Proj,
+    Fc,
+    Fcp,
+    Head,
+}
+
+impl Which {
+    const ALL: [Which; 5] = [Which::Qkv, Which::Proj, Which::Fc, Which::Fcp, Which::Head];
+
+    fn encode(self, layer: usize) -> u32 {
+        (layer as u32) << 3 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
+    }
+
+    fn decode(code: u32) -> (Which, usize) {
+        (Which::ALL[(code & 7) as usize % 5], (code >> 3) as usize)
+    }
+
+    /// What follows the product, applied to each chunk's rows by the member that computed them
+    /// (elementwise, so the bits do not depend on the chunking): the bias, and GELU after the
+    /// MLP's first product.
+    fn epilogue<'m>(self, m: &'m Model<'_>, layer: usize) -> Epilogue<'m> {
+        let (bias, gelu) = match self {
+            Which::Qkv => (None, false), // per head group, in `AttnJob::project`
+            Which::Head => (m.head().1, false),
+            Which::Proj => (Some(m.layer(layer).proj_b), false),
+            Which::Fc => (Some(m.layer(layer).fc_b), true),
+            Which::Fcp => (Some(m.layer(layer).fcp_b), false),
+        };
+        Epilogue { bias, gelu }
+    }
+
+    fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
+        match self {
+            Which::Head => m.head().0,
+            w => {
+                let l = m.layer(layer);
+                match w {
+                    Which::Qkv => l.qkv_w,
+                    Which::Proj => l.proj_w,
+                    Which::Fc => l.fc_w,
+                    _ => l.fcp_w,
+                }
+            }
+        }
+    }
+}
+
+/// A crew member's scratch: one chunk's output rows (≥ MAX_CHUNK_ROWS, or T attention scores)
+/// and a quantized input; for the fused attention job, one head group's query, key and value
+/// rows (≥ 3C) and its output (≥ Hg·D).
+struct Scratch<'s> {
+    out: &'s mut [f32],
+    xq: &'s mut [i8],
+    xd: &'s mut [f32],
+    rows: &'s mut [f32],
+    tmp: &'s mut [f32],
+}
+
+/// A product's input: x (C) and, for Q8 weights, x quantized (xq (C), xd (NB)); without the
+/// quantized form a Q8 product falls back to f32 activations ([`Kernels::matvec_q8_rows`]).
+#[derive(Clone, Copy)]
+struct Input<'s> {
+    x: &'s [f32],
+    q: Option<(&'s [i8], &'s [f32])>,
+}
+
+impl<'s> Input<'s> {
+    /// Quantizes x into `xq`, `xd` when `w` is Q8 (int8 decode multiplies int8 by int8).
+    fn new(k: &Kernels, w: &Mat<'_>, x: &'s [f32], xq: &'s mut [i8], xd: &'s mut [f32]) -> Self {
+        let q = match w {
+            Mat::Q8(_) => {
+                let (xq, xd) = (&mut xq[..x.len()], &mut xd[..x.len().div_ceil(Q8_BLOCK)]);
+                k.quantize_q8(x, xq, xd);
+                Some((&*xq, &*xd))
+            }
+            _ => None,
+        };
+        Input { x, q }
+    }
+}
+
+/// y = rows `row_start .. row_start + y.len()` of W · x, on the calling thread.
+fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: usize) {
+    match (*w, x.q) {
+        (Mat::F32(w), _) => k.matvec_f32_rows(w, x.x, y, row_start),
+        (Mat::F16(w), _) => k.matvec_f16_rows(w, x.x, y, row_start),
+        (Mat::Q8(w), Some((xq, xd))) => k.matvec_q8q8_rows(w, xq, xd, y, row_start),
+        (Mat::Q8(w), None) => k.matvec_q8_rows(w, x.x, y, row_start),
+    }
+}
+
+/// One matrix-vector job: y (R) = W x (C) and its epilogue, cut into [`Chunks`].
+struct Product<'s> {
+    w: Mat<'s>,
+    ep: Epilogue<'s>,
+    chunks: Chunks,
+    x: Input<'s>,
+}
+
+impl<'s> Product<'s> {
+    /// Job `which` of `layer` on x (quantized into `xq`, `xd` for Q8 weights).
+    fn new(
+        cx: &Ctx<'s>,
+        (which, layer): (Which, usize),
+        x: &'s [f32],
+        xq: &'s mut [i8],
+        xd: &'s mut [f32],
+    ) -> Self {
+        let w = which.mat(cx.m, layer);
+        let (rows, elem) = match w {
+            Mat::F32(w) => (w.len() / x.len().max(1), 4),
+            Mat::F16(w) => (w.len() / x.len().max(1), 2),
+            Mat::Q8(w) => (w.rows(), 1),
+        };
+        Product {
+            w,
+            ep: which.epilogue(cx.m, layer),
+            chunks: Chunks::new(rows, x.len(), elem),
+            x: Input::new(&cx.k, &w, x, xq, xd),
+        }
+    }
+
+    /// Chunk i's rows into y (as long as the chunk), epilogue applied.
+    fn chunk(&self, k: &Kernels, i: usize, y: &mut [f32]) -> Range<usize> {
+        let r = self.chunks.range(i);
+        mat_rows(k, &self.w, self.x, y, r.start);
+        k.epilogue(self.ep, r.clone(), y);
+        r
+    }
+
+    /// Claims and runs chunks of the open job of epoch `epoch` until none is left, each through
+    /// `out` (≥ MAX_CHUNK_ROWS) into the crew's output.
+    fn work(&self, cx: &Ctx<'_>, epoch: u32, out: &mut [f32]) {
+        let n = self.chunks.count() as u32;
+        while let Some(next) = cx.crew.claim(epoch, n) {
+            let i = next as usize;
+            let y = &mut out[..self.chunks.range(i).len()];
+            let r = self.chunk(&cx.k, i, y);
+            cx.crew.put(r.start, y);
+            cx.crew.mark_done();
+        }
+    }
+}
+
+/// Decode's fused query/key/value and attention job of layer l at position pos. Its items are
+/// first `groups()` chunks of the product, chunk i holding the heads of KV group i
+/// ([`super::kv::KvLayout`]): their D rows of each of the three parts, bias included; then one
+/// item per group: store its keys and values in the cache and attend, once its chunk is done.
+/// The cut depends only on the model.
+struct AttnJob<'s> {
+    cx: &'s Ctx<'s>,
+    w: Layer<'s>,
+    l: usize,
+    pos: usize,
+    c: usize,
+    d: usize,
+}
+
+impl<'s> AttnJob<'s> {
+    fn new(cx: &'s Ctx<'s>, l: usize, pos: usize) -> Self {
+        let kv = &cx.kv.layout;
+        AttnJob {
+            cx,
+            w: cx.m.layer(l),
+            l,
+            pos,
+            c: kv.heads * kv.d,
+            d: kv.d,
+        }
+    }
+
+    fn groups(&self) -> usize {
+        self.cx.kv.layout.groups
+    }
+
+    fn items(&self) -> usize {
+        2 * self.groups()
+    }
+
+    /// The product's rows of part p (0 query, 1 key, 2 value) for the heads of group g.
+    fn part(&self, p: usize, g: usize) -> Range<usize> {
+        let hs = self.cx.kv.layout.group(g);
+        p * self.c + hs.start * self.d..p * self.c + hs.end * self.d
+    }
+
+    /// Chunk g of the product: `rows` (3C, laid out as the whole product's output) gets group
+    /// g's rows of each part, bias included.
+    fn project(&self, x: Input<'_>, g: usize, rows: &mut [f32]) {
+        let k = &self.cx.k;
+        for p in 0..3 {
+            let r = self.part(p, g);
+            let y = &mut rows[r.clone()];
+            mat_rows(k, &self.w.qkv_w, x, y, r.start);
+            if let Some(bias) = self.w.qkv_b {
+                k.add(y, &bias[r]);
+            }
+        }
+    }
+
+    /// Group g: stores its keys and values (Hg·D each) at pos, then attends with its queries →
+    /// out (Hg·D). `scores` (≥ Hg·(pos + 1)) is scratch.
+    fn attend(
+        &self,
+        g: usize,
+        (q, key, value): (&[f32], &[f32], &[f32]),
+        scores: &mut [f32],
+        out: &mut [f32],
+    ) {
+        let kv = &self.cx.kv.layout;
+        let hg = kv.group(g).len();
+        let mut cache = self.cx.kv.write(g);
+        cache.store(kv.at(self.l, self.pos, hg), key, value);
+        let scores = &mut scores[..hg * (self.pos + 1)];
+        cache.attend(&self.cx.k, hg, q, kv.at(self.l, 0, hg), scores, out);
+    }
+
+    /// Claims and runs items of the open job of epoch `epoch` until none is left: first the
+    /// query/key/value chunks (rows to the crew's `output[..3C]`), then the groups' attention (to
+    /// `output[3C..4C]`), each group once its chunk is ready. Scratch: scores (≥ Hg·(pos + 1)),
+    /// rows (≥ 3C) and tmp (≥ Hg·D).
+    fn work(
+        &self,
+        x: Input<'_>,
+        epoch: u32,
+        (scores, rows, tmp): (&mut [f32], &mut [f32], &mut [f32]),
+    ) {
+        let (crew, groups) = (self.cx.crew, self.groups());
+        while let Some(next) = crew.claim(epoch, self.items() as u32) {
+            let i = next as usize;
+            if i < groups {
+                self.project(x, i, rows);
+                for p in 0..3 {
+                    let r = self.part(p, i);
+                    crew.put(r.start, &rows[r]);
+                }
+                crew.mark_ready(i);
+            } else {
+                // Claims go in order, so this group's chunk is taken: wait for it to be done.
+                let g = i - groups;
+                crew.wait_ready(g);
+                let n = self.part(0, g).len(); // Hg·D
+                let (qkv, out) = (&mut rows[..3 * n], &mut tmp[..n]);
+                for (p, dst) in qkv.chunks_exact_mut(n).enumerate() {
+                    crew.get(self.part(p, g).start, dst);
+                }
+                let (q, rest) = qkv.split_at(n);
+                let (key, value) = rest.split_at(n);
+                self.attend(g, (q, key, value), scores, out);
+                crew.put(3 * self.c + self.part(0, g).start, out);
+            }
+            crew.mark_done();
+        }
+    }
+}
+
+/// The leader of a decode token: runs everything but the matrix-vector products, which it opens
+/// as crew jobs and shares with the workers. `epoch` counts the token's jobs.
+struct Leader<'c, 's> {
+    cx: &'c Ctx<'s>,
+    epoch: u32,
+}
+
+impl Leader<'_, '_> {
+    /// The token at `pos`: its lane `b`'s buffers, logits (V) out.
+    fn token(&mut self, b: &mut Buffers, logits: &mut [f32], token: u32, pos: usize) {
+        let (k, m) = (&self.cx.k, self.cx.m);
+        embed(m, token, pos, &mut b.x, &mut b.xn);
+        // A fresh scratch borrow of the lane for each product.
+        macro_rules! scratch {
+            () => {
+                &mut Scratch {
+                    out: &mut b.scores,
+                    xq: &mut b.xq,
+                    xd: &mut b.xd,
+                    rows: &mut [],
+                    tmp: &mut [],
+                }
+            };
+        }
+        for l in 0..m.config().n_layers {
+            let w = m.layer(l);
+            k.layernorm(&b.x, w.norm1.0, w.norm1.1, &mut b.xn, LAYERNORM_EPS);
+            let scratch = &mut Scratch {
+                out: &mut b.scores,
+                xq: &mut b.xq,
+                xd: &mut b.xd,
+                rows: &mut b.qkv,
+                tmp: &mut b.out,
+            };
+            self.qkv_attend(l, pos, &b.xn, &mut b.att, scratch);
+            self.matvec((Which::Proj, l), &b.att, &mut b.out, scratch!());
+            k.add(&mut b.x, &b.out);
+            k.layernorm(&b.x, w.norm2.0, w.norm2.1, &mut b.xn, LAYERNORM_EPS);
+            self.matvec((Which::Fc, l), &b.xn, &mut b.ff, scratch!());
+            self.matvec((Which::Fcp, l), &b.ff, &mut b.out, scratch!());
+            k.add(&mut b.x, &b.out);
+        }
+        let (scale, shift) = m.final_norm();
+        k.layernorm(&b.x, scale, shift, &mut b.xn, LAYERNORM_EPS);
+        self.matvec((Which::Head, 0), &b.xn, logits, scratch!());
+    }
+
+    /// y (R) = W x (C) and its epilogue ([`Which::epilogue`]) for job `which` of `layer`, shared
+    /// with the workers; `scratch.out` holds one chunk's output.
+    fn matvec(
+        &mut self,
+        (which, layer): (Which, usize),
+        x: &[f32],
+        y: &mut [f32],
+        scratch: &mut Scratch<'_>,
+    ) {
+        let (cx, k) = (self.cx, &self.cx.k);
+        let job = Product::new(cx, (which, layer), x, scratch.xq, scratch.xd);
+        if cx.crew.g <= 1 {
+            // The same chunks, so every row's sum is computed identically whatever the crew size.
+            for i in 0..job.chunks.count() {
+                job.chunk(k, i, &mut y[job.chunks.range(i)]);
+            }
+            return;
+        }
+        let n = job.chunks.count() as u32;
+        let open = cx.crew.open(&mut self.epoch, which.encode(layer), 0, n, x);
+        job.work(cx, open, scratch.out);
+        cx.crew.wait_done(n);
+        cx.crew.get(0, y);
+    }
+
+    /// The query/key/value product of layer l and attention at position pos as one job,
+    /// xn (C) → att (C), shared with the workers (see [`AttnJob`]). Uses `scratch.out` (≥ Hg·T)
+    /// for scores, `scratch.rows` (≥ 3C) and `scratch.tmp` (≥ Hg·D).
+    fn qkv_attend(
+        &mut self,
+        l: usize,
+        pos: usize,
+        xn: &[f32],
+        att: &mut [f32],
+        scratch: &mut Scratch<'_>,
+    ) {
+        let cx = self.cx;
+        let job = AttnJob::new(cx, l, pos);
+        let input = Input::new(&cx.k, &job.w.qkv_w, xn, scratch.xq, scratch.xd);
+        if cx.crew.g <= 1 {
+            let (scores, rows) = (&mut *scratch.out, &mut *scratch.rows);
+            for g in 0..job.groups() {
+                job.project(input, g, rows);
+            }
+            for g in 0..job.groups() {
+                let part = |p: usize| &rows[job.part(p, g)];
+                let out = &mut att[job.part(0, g)];
+                job.attend(g, (part(0), part(1), part(2)), scores, out);
+            }
+            return;
+        }
+        let n = job.items() as u32;
+        let open = cx
+            .crew
+            .open(&mut self.epoch, Which::Qkv.encode(l), pos as u32, n, xn);
+        let parts = (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
+        job.work(input, open, parts);
+        cx.crew.wait_done(n);
+        cx.crew.get(3 * job.c, att);
+    }
+}
+
+/// Worker: takes chunks of every job the leader opens until the token is finished. `x` (4C)
+/// holds a copy of the input, `scratch` one chunk's output.
+fn worker(cx: &Ctx<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
+    let (crew, cfg) = (cx.crew, cx.m.config());
+    let mut seen = u32::MAX; // last epoch worked on
+    while let Some((epoch, code, n)) = crew.next_job(&mut seen) {
+        let (which, layer) = Which::decode(code);
+        if which != Which::Head && layer >= cfg.n_layers || n == 0 {
+            continue; // a torn read: the job changed under us, no claim will succeed
+        }
+        let cols = match which {
+            Which::Fcp => 4 * cfg.dim,
+            _ => cfg.dim,
+        };
+        let x = &mut x[..cols];
+        crew.load_input(x);
+        if which == Which::Qkv {
+            let pos = crew.arg() as usize;
+            let job = AttnJob::new(cx, layer, pos);
+            if pos >= cx.kv.layout.t || n as usize != job.items() {
+                continue; // a torn read, as above
+            }
+            let input = Input::new(&cx.k, &job.w.qkv_w, x, scratch.xq, scratch.xd);
+            let parts = (&mut *scratch.out, &mut *scratch.rows, &mut *scratch.tmp);
+            job.work(input, epoch, parts);
+            continue;
+        }
+        let job = Product::new(cx, (which, layer), x, scratch.xq, scratch.xd);
+        if job.chunks.count() as u32 != n {
+            continue; // a torn read, as above
+        }
+        job.work(cx, epoch, scratch.out);
+    }
+}
+
+/// Starts workers g.. of the crew (each on its own lane), forked onto other rayon workers.
+fn run_workers(cx: &Ctx<'_>, g: usize, lanes: &mut [Buffers]) {
+    let Some((lane, rest)) = lanes.split_first_mut() else {
+        return;
+    };
+    let mut work = || {
+        let _poison = PoisonOnPanic(cx.crew);
+        let mut scratch = Scratch {
+            out: &mut lane.scores,
+            xq: &mut lane.xq,
+            xd: &mut lane.xd,
+            rows: &mut lane.qkv,
+            tmp: &mut lane.att,
+        };
+        worker(cx, &mut lane.ff, &mut scratch)
+    };
+    if rest.is_empty() || g + 1 >= cx.crew.g {
+        work();
+    } else {
+        fork(work, || run_workers(cx, g + 1, rest));
+    }
+}
