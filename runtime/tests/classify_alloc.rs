@@ -10,35 +10,10 @@ use emberlm_formats::meta::{Readout, Task};
 use emberlm_formats::tokenizer::{TrainOptions, train_bpe};
 use emberlm_runtime::random::write_random_classifier;
 use emberlm_runtime::{Classifier, Model, Session, SessionOptions};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: emberlm_testkit::alloc::Counting = emberlm_testkit::alloc::Counting;
 
 /// Tests in this binary run one at a time so that counts are not mixed.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -97,23 +72,23 @@ fn classify_allocates_nothing_once_warm() {
             // a little with what ran before; a classifier allocation would show in every call.
             let mut n = usize::MAX;
             for _ in 0..3 {
-                let before = ALLOCS.load(Ordering::SeqCst);
+                let before = emberlm_testkit::alloc::allocations();
                 let c = if input.is_empty() {
                     clf.classify_tokens(&ids)
                 } else {
                     clf.classify_text(input)
                 }
                 .unwrap();
-                n = n.min(ALLOCS.load(Ordering::SeqCst) - before);
+                n = n.min(emberlm_testkit::alloc::allocations() - before);
                 seq.clear();
                 seq.extend_from_slice(c.sequence);
             }
             let mut base = usize::MAX;
             for _ in 0..3 {
                 plain.reset();
-                let before = ALLOCS.load(Ordering::SeqCst);
+                let before = emberlm_testkit::alloc::allocations();
                 plain.prefill(&seq).unwrap();
-                base = base.min(ALLOCS.load(Ordering::SeqCst) - before);
+                base = base.min(emberlm_testkit::alloc::allocations() - before);
             }
             assert_eq!(
                 n, base,

@@ -1,43 +1,13 @@
 //! The kernels allocate nothing per call, on one thread and inside a 2-thread rayon pool, once
 //! warmed up. A counting global allocator sees every allocation of every thread of this test
 //! binary, which is why this file holds a single test.
-#![allow(unsafe_code)] // the counting allocator only; it forwards to `System`.
 
 use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix};
 use half::f16;
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: every method forwards to `System` unchanged; counting has no effect on the memory.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.alloc_zeroed(layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as our caller's.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        // SAFETY: same contract as our caller's.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: emberlm_testkit::alloc::Counting = emberlm_testkit::alloc::Counting;
 
 /// Every buffer a decode step and a prefill would use, allocated up front.
 struct Buffers {
@@ -118,9 +88,9 @@ impl Buffers {
 }
 
 fn allocations_during(f: impl FnOnce()) -> usize {
-    let before = ALLOCATIONS.load(Ordering::SeqCst);
+    let before = emberlm_testkit::alloc::allocations();
     f();
-    ALLOCATIONS.load(Ordering::SeqCst) - before
+    emberlm_testkit::alloc::allocations() - before
 }
 
 #[test]

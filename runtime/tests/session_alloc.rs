@@ -5,36 +5,11 @@ use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::DType;
 use emberlm_runtime::random::random_model_bytes;
 use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions};
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::ops::ControlFlow;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
-
-struct Counting;
-
-static ALLOCS: AtomicUsize = AtomicUsize::new(0);
-
-// SAFETY: forwards to the system allocator unchanged; only counts calls.
-#[allow(unsafe_code)]
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.alloc(l) }
-    }
-    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
-        // SAFETY: same contract as the caller's.
-        unsafe { System.dealloc(p, l) }
-    }
-    unsafe fn realloc(&self, p: *mut u8, l: Layout, n: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        // SAFETY: same contract as the caller's.
-        unsafe { System.realloc(p, l, n) }
-    }
-}
 
 #[global_allocator]
-static GLOBAL: Counting = Counting;
+static GLOBAL: emberlm_testkit::alloc::Counting = emberlm_testkit::alloc::Counting;
 
 /// Tests in this binary run one at a time so that counts are not mixed.
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -74,11 +49,11 @@ fn step_allocates_nothing() {
                 // With one thread `step` runs inline; with more, the loop runs inside the pool
                 // (`in_pool`), as `generate` does.
                 let n = s.in_pool(|s| {
-                    let before = ALLOCS.load(Ordering::SeqCst);
+                    let before = emberlm_testkit::alloc::allocations();
                     for t in 0..40u32 {
                         s.step(t * 7 % 300).unwrap();
                     }
-                    ALLOCS.load(Ordering::SeqCst) - before
+                    emberlm_testkit::alloc::allocations() - before
                 });
                 assert_eq!(
                     n, 0,
@@ -127,7 +102,7 @@ fn generate_decode_loop_allocates_nothing() {
         let mut last = 0;
         let stats = s
             .generate(&[1, 2, 3, 4, 5], &sampling, &limits, |_| {
-                let now = ALLOCS.load(Ordering::SeqCst);
+                let now = emberlm_testkit::alloc::allocations();
                 first.get_or_insert(now);
                 last = now;
                 ControlFlow::Continue(())

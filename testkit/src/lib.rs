@@ -1,7 +1,10 @@
 //! Test support shared by the integration tests of every crate: scratch directories that are
 //! removed even when a test panics, spawned children that are killed when a test panics before
 //! waiting for them, the real `ember` and `ember-train` binaries ([`bin`]), a seeded generator
-//! ([`Rng`]) and text corpora made from it. Not part of any shipped crate.
+//! ([`Rng`]), text corpora made from it, and a counting global allocator ([`alloc`]). Not part of
+//! any shipped crate.
+
+pub mod alloc;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Output};
