@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 /// name → (dtype, shape, little-endian bytes)
 type Tensors = BTreeMap<String, (Dtype, Vec<usize>, Vec<u8>)>;
 
+/// The Hugging Face and book fixtures, shared with the cross-crate parity tests in `tests/`.
 fn fixtures() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures")
 }
 
 fn load(path: &Path) -> Tensors {
