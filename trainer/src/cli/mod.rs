@@ -13,6 +13,7 @@ pub mod pretrain;
 pub mod progress;
 pub mod sample;
 pub mod signal;
+pub mod train_loop;
 
 use argh::FromArgs;
 use std::fmt;
