@@ -300,11 +300,7 @@ impl Task for Classify<'_> {
             moments: None,
             tokenizer: self.tok,
         };
-        match to {
-            SaveTo::Run => checkpoint::save_run(self.out, &c),
-            SaveTo::Best(dir) => checkpoint::write_dir(dir, &c).map(|()| dir.to_path_buf()),
-        }
-        .map_err(|e| failed(e.to_string()))
+        to.write(self.out, c).map_err(|e| failed(e.to_string()))
     }
 }
 

@@ -359,16 +359,7 @@ impl Task for Instruct<'_> {
     }
 
     fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
-        let state = TrainerState {
-            step: cur.step,
-            epoch: cur.epoch,
-            batch_in_epoch: cur.pos,
-            tokens_seen: cur.seen,
-            first_loss: cur.first_loss,
-            train_seconds: cur.train_seconds,
-            history: cur.history.clone(),
-            ..self.state.clone()
-        };
+        let state = cur.stamp(&self.state);
         let c = Contents {
             state: &state,
             shapes: &self.shapes,
@@ -376,11 +367,8 @@ impl Task for Instruct<'_> {
             moments: None,
             tokenizer: self.tok,
         };
-        match to {
-            SaveTo::Run => checkpoint::save_run(&self.s.out, &c),
-            SaveTo::Best(dir) => checkpoint::write_dir(dir, &c).map(|()| dir.to_path_buf()),
-        }
-        .map_err(|e| failed(format!("saving the checkpoint: {e}")))
+        to.write(&self.s.out, c)
+            .map_err(|e| failed(format!("saving the checkpoint: {e}")))
     }
 }
 

@@ -705,13 +705,12 @@ struct Pretrain<'a> {
     order: Vec<usize>,
     rng: &'a RngState,
     h: &'a Hyper,
-    cfg: GptConfig,
     x: Vec<u32>,
     y: Vec<i32>,
     opt: AdamW,
     tok: &'a Tokenizer,
-    tok_ref: &'a TokenizerRef,
-    data_refs: &'a [DataRef],
+    /// `trainer.json` without the position.
+    base: TrainerState,
     shapes: Vec<(String, Vec<usize>)>,
     dir: &'a Path,
     threads: usize,
@@ -724,24 +723,8 @@ struct Pretrain<'a> {
 impl Pretrain<'_> {
     fn state(&self, cur: &Cursor) -> TrainerState {
         TrainerState {
-            format: checkpoint::FORMAT.into(),
-            version: checkpoint::VERSION,
-            kind: RunKind::Pretrain,
-            config: self.cfg.into(),
-            step: cur.step,
-            epoch: cur.epoch,
-            batch_in_epoch: cur.pos,
-            tokens_seen: cur.seen,
-            first_loss: cur.first_loss,
-            train_seconds: cur.train_seconds,
             adam_step: Some(self.opt.step_count()),
-            rng: self.rng.clone(),
-            hyper: Some(self.h.clone()),
-            data: self.data_refs.to_vec(),
-            tokenizer: self.tok_ref.clone(),
-            history: cur.history.clone(),
-            source: None,
-            classifier: None,
+            ..cur.stamp(&self.base)
         }
     }
 }
@@ -812,25 +795,22 @@ impl Task for Pretrain<'_> {
 
     fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
         let state = self.state(cur);
-        let mut c = Contents {
+        let c = Contents {
             state: &state,
             shapes: &self.shapes,
             params: model.params(),
             moments: Some((self.opt.m(), self.opt.v())),
             tokenizer: self.tok,
         };
-        match to {
-            SaveTo::Run => checkpoint::save_run(self.dir, &c)
-                .map_err(|e| failed(format!("saving the checkpoint: {e}"))),
-            // The checkpoint with the lowest validation loss (without moments): what a run that
-            // overfits should export.
-            SaveTo::Best(dir) => {
-                c.moments = None;
-                checkpoint::write_dir(dir, &c)
-                    .map_err(|e| failed(format!("saving the best checkpoint: {e}")))?;
-                Ok(dir.to_path_buf())
-            }
-        }
+        // The best checkpoint (the lowest validation loss, without moments): what a run that
+        // overfits should export.
+        let which = if matches!(to, SaveTo::Best(_)) {
+            "the best checkpoint"
+        } else {
+            "the checkpoint"
+        };
+        to.write(self.dir, c)
+            .map_err(|e| failed(format!("saving {which}: {e}")))
     }
 }
 
@@ -970,13 +950,30 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         order: Vec::new(),
         rng: &rng,
         h: &h,
-        cfg,
         x: Vec::with_capacity(b * t),
         y: Vec::with_capacity(b * t),
         opt,
         tok: &tok,
-        tok_ref: &tok_ref,
-        data_refs: &data_refs,
+        base: TrainerState {
+            format: checkpoint::FORMAT.into(),
+            version: checkpoint::VERSION,
+            kind: RunKind::Pretrain,
+            config: cfg.into(),
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            first_loss: None,
+            train_seconds: 0.0,
+            adam_step: None,
+            rng: rng.clone(),
+            hyper: Some(h.clone()),
+            data: data_refs,
+            tokenizer: tok_ref,
+            history: Vec::new(),
+            source: None,
+            classifier: None,
+        },
         shapes: cfg.tensor_shapes(),
         dir: &files.dir,
         threads,

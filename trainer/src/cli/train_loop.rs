@@ -16,7 +16,7 @@
 use super::progress::{Progress, Status};
 use super::{CliError, Console, failed, fmt_duration, signal};
 use crate::adamw::{LrSchedule, clip_grad_norm, grad_norm};
-use crate::checkpoint::{self, TrainerState};
+use crate::checkpoint::{self, Contents, TrainerState};
 use crate::data::{self, mix64};
 use crate::model::Gpt;
 use crate::plot::{LossRow, to_csv, to_svg_seen};
@@ -139,6 +139,20 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// `base` with this position: what `trainer.json` records.
+    pub fn stamp(&self, base: &TrainerState) -> TrainerState {
+        TrainerState {
+            step: self.step,
+            epoch: self.epoch,
+            batch_in_epoch: self.pos,
+            tokens_seen: self.seen,
+            first_loss: self.first_loss,
+            train_seconds: self.train_seconds,
+            history: self.history.clone(),
+            ..base.clone()
+        }
+    }
+
     /// The cursor recorded in a checkpoint.
     pub fn of(st: &TrainerState) -> Cursor {
         Cursor {
@@ -160,6 +174,23 @@ pub enum SaveTo<'a> {
     Run,
     /// The best checkpoint so far, written in place into this directory, without optimizer state.
     Best(&'a Path),
+}
+
+impl SaveTo<'_> {
+    /// Writes `c` as this checkpoint of the run in `run_dir` (the best one without moments).
+    pub fn write(
+        self,
+        run_dir: &Path,
+        c: Contents<'_>,
+    ) -> Result<PathBuf, checkpoint::CheckpointError> {
+        match self {
+            SaveTo::Run => checkpoint::save_run(run_dir, &c),
+            SaveTo::Best(dir) => {
+                let c = Contents { moments: None, ..c };
+                checkpoint::write_dir(dir, &c).map(|()| dir.to_path_buf())
+            }
+        }
+    }
 }
 
 /// What a task supplies to the loop.
