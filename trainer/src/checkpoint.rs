@@ -455,6 +455,37 @@ pub struct TrainerState {
     pub classifier: Option<ClassifierJson>,
 }
 
+impl TrainerState {
+    /// A run of `kind` at step 0: no position, history, hyperparameters, data or source yet.
+    pub fn fresh(
+        kind: RunKind,
+        config: GptConfig,
+        rng: RngState,
+        tokenizer: TokenizerRef,
+    ) -> TrainerState {
+        TrainerState {
+            format: FORMAT.into(),
+            version: VERSION,
+            kind,
+            config: config.into(),
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            first_loss: None,
+            train_seconds: 0.0,
+            adam_step: None,
+            rng,
+            hyper: None,
+            data: Vec::new(),
+            tokenizer,
+            history: Vec::new(),
+            source: None,
+            classifier: None,
+        }
+    }
+}
+
 /// A classifier checkpoint's task, as `trainer.json` records it: the model's head is
 /// `out_head.weight` (K, C) + `out_head.bias` (K) with K = `labels.len()`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

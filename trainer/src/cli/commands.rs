@@ -4,7 +4,7 @@ use super::progress::{Progress, Status};
 use super::{
     CliError, Console, EvalArgs, ExportArgs, ImportArgs, Outcome, TokenizerArgs, failed, signal,
 };
-use crate::checkpoint::{self, RngState, TokenizerRef, TrainerState};
+use crate::checkpoint::{self, RngState, RunKind, TokenizerRef, TrainerState};
 use crate::data::{self, Windows};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::import::import_to_safetensors;
@@ -352,35 +352,21 @@ fn import_finish(
             t.vocab_size()
         )));
     }
+    let rng = RngState {
+        shuffle_seed: 0,
+        dropout_seed: 0,
+        eval_seed: 0,
+    };
+    let tok_ref = TokenizerRef {
+        kind: kind.into(),
+        vocab_size: tok.as_ref().map_or(0, Tokenizer::vocab_size),
+        hash: tok.as_ref().map_or(String::new(), |t| {
+            format!("{:016x}", data::tokenizer_fingerprint(t))
+        }),
+    };
     let state = TrainerState {
-        format: checkpoint::FORMAT.into(),
-        version: checkpoint::VERSION,
-        kind: "import".into(),
-        config: cfg.into(),
-        step: 0,
-        epoch: 0,
-        batch_in_epoch: 0,
-        tokens_seen: 0,
-        first_loss: None,
-        train_seconds: 0.0,
-        adam_step: None,
-        rng: RngState {
-            shuffle_seed: 0,
-            dropout_seed: 0,
-            eval_seed: 0,
-        },
-        hyper: None,
-        data: Vec::new(),
-        tokenizer: TokenizerRef {
-            kind: kind.into(),
-            vocab_size: tok.as_ref().map_or(0, Tokenizer::vocab_size),
-            hash: tok.as_ref().map_or(String::new(), |t| {
-                format!("{:016x}", data::tokenizer_fingerprint(t))
-            }),
-        },
-        history: Vec::new(),
         source: Some(imp.weights_path.display().to_string()),
-        classifier: None,
+        ..TrainerState::fresh(RunKind::Import, cfg, rng, tok_ref)
     };
     checkpoint::write_dir_streamed(&a.out, &state, tok.as_ref(), |model| {
         std::fs::rename(staging, model).map_err(|e| checkpoint::CheckpointError::Io {
