@@ -247,6 +247,184 @@ fn data_error(name: &str, e: DataError) -> CliError {
     }
 }
 
+/// The training text of a run: its files (or the built-in corpus), as read.
+struct RunData {
+    texts: Vec<String>,
+    refs: Vec<DataRef>,
+    /// The built-in corpus (no `--data`).
+    builtin: bool,
+    /// How the data is named in errors (`--data FILE`, `the built-in corpus`).
+    name: String,
+}
+
+/// Reads `--data` (or the resumed run's files, or the built-in corpus); a resumed run's data
+/// must be the same bytes.
+fn read_data(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<RunData, CliError> {
+    let builtin_stored = resume.is_some_and(|l| {
+        l.state
+            .data
+            .first()
+            .is_some_and(|d| d.path.starts_with(corpus::PREFIX))
+    });
+    let builtin = a.data.is_empty() && (resume.is_none() || builtin_stored);
+    let mut texts: Vec<String> = Vec::new();
+    let mut data_refs = Vec::new();
+    if builtin {
+        for (name, text) in corpus::texts() {
+            data_refs.push(DataRef {
+                path: format!("{}{name}", corpus::PREFIX),
+                bytes: text.len() as u64,
+                hash: format!("{:016x}", data::fingerprint(text.as_bytes())),
+            });
+            texts.push(text.to_string());
+        }
+    } else {
+        let paths: Vec<PathBuf> = if !a.data.is_empty() {
+            a.data.clone()
+        } else {
+            let l = resume.ok_or_else(|| usage("no data"))?;
+            l.state
+                .data
+                .iter()
+                .map(|d| PathBuf::from(&d.path))
+                .collect()
+        };
+        for p in &paths {
+            let (t, src) = data::read_text(p).map_err(|e| failed(format!("--data {e}")))?;
+            data_refs.push(DataRef {
+                path: p.display().to_string(),
+                bytes: src.bytes,
+                hash: format!("{:016x}", src.hash),
+            });
+            texts.push(t);
+        }
+    }
+    if let Some(l) = resume {
+        let same = l.state.data.len() == data_refs.len()
+            && l.state
+                .data
+                .iter()
+                .zip(&data_refs)
+                .all(|(x, y)| x.hash == y.hash && x.bytes == y.bytes);
+        if !same {
+            return Err(failed(format!(
+                "--resume: the data differs from the run's ({}); resuming would not reproduce the run \
+                 (pass the original files with --data)",
+                l.state
+                    .data
+                    .iter()
+                    .map(|d| format!("{} {} bytes {}", d.path, d.bytes, d.hash))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let data_name = if builtin {
+        "the built-in corpus".to_string()
+    } else {
+        format!(
+            "--data {}",
+            data_refs
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    Ok(RunData {
+        texts,
+        refs: data_refs,
+        builtin,
+        name: data_name,
+    })
+}
+
+/// The hyperparameters of a new run from the flags and the defaults (the main job's when
+/// `builtin`); `total_steps` is set later.
+fn new_hyper(
+    a: &PretrainArgs,
+    builtin: bool,
+    context: usize,
+    init: InitScheme,
+) -> Result<Hyper, CliError> {
+    let h = Hyper {
+        batch: a.batch.unwrap_or(if a.config.is_some() {
+            PRESET_BATCH
+        } else {
+            DEFAULT_BATCH
+        }),
+        context,
+        stride: a.stride.unwrap_or(if builtin {
+            (context / MAIN_STRIDE_DIVISOR).max(1)
+        } else {
+            context
+        }),
+        lr: a.lr.unwrap_or(if builtin { MAIN_LR } else { DEFAULT_LR }),
+        schedule: match &a.schedule {
+            Some(name) => name.parse().map_err(|e| usage(format!("--schedule {e}")))?,
+            None => Schedule::Constant,
+        },
+        initial_lr: a.initial_lr.unwrap_or(DEFAULT_INITIAL_LR),
+        min_lr: a.min_lr.unwrap_or(DEFAULT_MIN_LR),
+        warmup_steps: a.warmup_steps.unwrap_or(0),
+        weight_decay: a.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+        decay_2d_only: a.decay_2d_only,
+        clip: a.clip,
+        grad_accum: a.grad_accum.unwrap_or(1),
+        dropout: a.dropout.unwrap_or(DEFAULT_DROPOUT),
+        seed: a.seed.unwrap_or(DEFAULT_SEED),
+        eval_every: a.eval_every.unwrap_or(if builtin {
+            MAIN_EVAL_EVERY
+        } else {
+            DEFAULT_EVAL_EVERY
+        }),
+        eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
+        prompt: a
+            .prompt
+            .clone()
+            .unwrap_or_else(|| if builtin { MAIN_PROMPT } else { DEFAULT_PROMPT }.to_string()),
+        sample_tokens: a.sample_tokens.unwrap_or(DEFAULT_SAMPLE_TOKENS),
+        total_steps: 0,
+        init,
+    };
+    validate_numbers(&h)?;
+    Ok(h)
+}
+
+/// The run's directory (`--out`, the resumed run's, or a fresh `runs/…`), created.
+fn create_out_dir(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<PathBuf, CliError> {
+    let out_dir = match (&a.out, resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(l)) => {
+            let root = l
+                .dir
+                .parent()
+                .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+            match root.and_then(Path::parent) {
+                Some(d) => d.to_path_buf(),
+                None => {
+                    return Err(usage(format!(
+                        "--resume {}: not inside a run directory; give --out",
+                        l.dir.display()
+                    )));
+                }
+            }
+        }
+        (None, None) => fresh_run_dir(),
+    };
+    if resume.is_none() && holds_run(&out_dir) {
+        return Err(usage(already_a_run(&out_dir)));
+    }
+    std::fs::create_dir_all(&out_dir).map_err(|e| {
+        failed(format!(
+            "--out {}: {}",
+            out_dir.display(),
+            data::io_reason(&e)
+        ))
+    })?;
+    Ok(out_dir)
+}
+
 fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     if a.epochs.is_some() && a.steps.is_some() {
         return Err(usage("give --epochs or --steps, not both"));
@@ -323,77 +501,12 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     };
 
     // 2. The data.
-    let builtin_stored = resume.as_ref().is_some_and(|l| {
-        l.state
-            .data
-            .first()
-            .is_some_and(|d| d.path.starts_with(corpus::PREFIX))
-    });
-    let builtin = a.data.is_empty() && (resume.is_none() || builtin_stored);
-    let mut texts: Vec<String> = Vec::new();
-    let mut data_refs = Vec::new();
-    if builtin {
-        for (name, text) in corpus::texts() {
-            data_refs.push(DataRef {
-                path: format!("{}{name}", corpus::PREFIX),
-                bytes: text.len() as u64,
-                hash: format!("{:016x}", data::fingerprint(text.as_bytes())),
-            });
-            texts.push(text.to_string());
-        }
-    } else {
-        let paths: Vec<PathBuf> = if !a.data.is_empty() {
-            a.data.clone()
-        } else {
-            let l = resume.as_ref().ok_or_else(|| usage("no data"))?;
-            l.state
-                .data
-                .iter()
-                .map(|d| PathBuf::from(&d.path))
-                .collect()
-        };
-        for p in &paths {
-            let (t, src) = data::read_text(p).map_err(|e| failed(format!("--data {e}")))?;
-            data_refs.push(DataRef {
-                path: p.display().to_string(),
-                bytes: src.bytes,
-                hash: format!("{:016x}", src.hash),
-            });
-            texts.push(t);
-        }
-    }
-    if let Some(l) = &resume {
-        let same = l.state.data.len() == data_refs.len()
-            && l.state
-                .data
-                .iter()
-                .zip(&data_refs)
-                .all(|(x, y)| x.hash == y.hash && x.bytes == y.bytes);
-        if !same {
-            return Err(failed(format!(
-                "--resume: the data differs from the run's ({}); resuming would not reproduce the run \
-                 (pass the original files with --data)",
-                l.state
-                    .data
-                    .iter()
-                    .map(|d| format!("{} {} bytes {}", d.path, d.bytes, d.hash))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    let data_name = if builtin {
-        "the built-in corpus".to_string()
-    } else {
-        format!(
-            "--data {}",
-            data_refs
-                .iter()
-                .map(|d| d.path.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-    };
+    let RunData {
+        texts,
+        refs: data_refs,
+        builtin,
+        name: data_name,
+    } = read_data(a, resume.as_ref())?;
 
     // 3. Tokenizer, configuration and hyperparameters.
     let (tokenizer, tok_kind, cfg, hyper) = if let Some(l) = &resume {
@@ -492,47 +605,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
                 InitScheme::parse_scheme(o).map_err(|e| usage(format!("--init-scheme {e}")))?
             }
         };
-        let h = Hyper {
-            batch: a.batch.unwrap_or(if a.config.is_some() {
-                PRESET_BATCH
-            } else {
-                DEFAULT_BATCH
-            }),
-            context,
-            stride: a.stride.unwrap_or(if builtin {
-                (context / MAIN_STRIDE_DIVISOR).max(1)
-            } else {
-                context
-            }),
-            lr: a.lr.unwrap_or(if builtin { MAIN_LR } else { DEFAULT_LR }),
-            schedule: match &a.schedule {
-                Some(name) => name.parse().map_err(|e| usage(format!("--schedule {e}")))?,
-                None => Schedule::Constant,
-            },
-            initial_lr: a.initial_lr.unwrap_or(DEFAULT_INITIAL_LR),
-            min_lr: a.min_lr.unwrap_or(DEFAULT_MIN_LR),
-            warmup_steps: a.warmup_steps.unwrap_or(0),
-            weight_decay: a.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
-            decay_2d_only: a.decay_2d_only,
-            clip: a.clip,
-            grad_accum: a.grad_accum.unwrap_or(1),
-            dropout: a.dropout.unwrap_or(DEFAULT_DROPOUT),
-            seed: a.seed.unwrap_or(DEFAULT_SEED),
-            eval_every: a.eval_every.unwrap_or(if builtin {
-                MAIN_EVAL_EVERY
-            } else {
-                DEFAULT_EVAL_EVERY
-            }),
-            eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
-            prompt: a
-                .prompt
-                .clone()
-                .unwrap_or_else(|| if builtin { MAIN_PROMPT } else { DEFAULT_PROMPT }.to_string()),
-            sample_tokens: a.sample_tokens.unwrap_or(DEFAULT_SAMPLE_TOKENS),
-            total_steps: 0,
-            init: init_name,
-        };
-        validate_numbers(&h)?;
+        let h = new_hyper(a, builtin, context, init_name)?;
         (tok, kind, cfg, h)
     };
     let mut hyper = hyper;
@@ -617,35 +690,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     };
 
     // 6. The output directory.
-    let out_dir = match (&a.out, &resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(l)) => {
-            let root = l
-                .dir
-                .parent()
-                .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
-            match root.and_then(Path::parent) {
-                Some(d) => d.to_path_buf(),
-                None => {
-                    return Err(usage(format!(
-                        "--resume {}: not inside a run directory; give --out",
-                        l.dir.display()
-                    )));
-                }
-            }
-        }
-        (None, None) => fresh_run_dir(),
-    };
-    if resume.is_none() && holds_run(&out_dir) {
-        return Err(usage(already_a_run(&out_dir)));
-    }
-    std::fs::create_dir_all(&out_dir).map_err(|e| {
-        failed(format!(
-            "--out {}: {}",
-            out_dir.display(),
-            data::io_reason(&e)
-        ))
-    })?;
+    let out_dir = create_out_dir(a, resume.as_ref())?;
     let files = OutFiles {
         csv: out_dir.join("loss.csv"),
         svg: out_dir.join("loss.svg"),
