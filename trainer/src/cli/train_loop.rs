@@ -447,6 +447,199 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::Init;
+    use emberlm_formats::config::GptConfig;
+
+    /// A task that trains nothing: scripted losses, and a record of what the loop asked for.
+    #[derive(Default)]
+    struct Script {
+        /// The loss of every micro-batch, in order (the last repeats).
+        losses: Vec<f32>,
+        calls: usize,
+        epochs_started: Vec<u64>,
+        epochs_ended: Vec<u64>,
+        evaluated_at: Vec<u64>,
+        saved_at: Vec<u64>,
+        best_at: Vec<u64>,
+        seeds: Vec<u64>,
+    }
+
+    impl Task for Script {
+        fn start_epoch(&mut self, epoch: u64) {
+            self.epochs_started.push(epoch);
+        }
+        fn micro_batch(
+            &mut self,
+            _: &mut Gpt,
+            _: usize,
+            seed: u64,
+            _: u64,
+        ) -> Result<(f32, u64), CliError> {
+            let l = self.losses[self.calls.min(self.losses.len() - 1)];
+            self.calls += 1;
+            self.seeds.push(seed);
+            Ok((l, 10))
+        }
+        fn update(&mut self, _: &mut Gpt, _: f32) -> Result<(), String> {
+            Ok(())
+        }
+        fn evaluate(&mut self, _: &mut Gpt, at: u64) -> Result<(f32, f32), CliError> {
+            self.evaluated_at.push(at);
+            // The validation loss falls until step index 4, then rises.
+            Ok((1.0, (at as f32 - 4.0).abs()))
+        }
+        fn end_epoch(
+            &mut self,
+            _: &mut Gpt,
+            epoch: u64,
+            _: &mut Progress,
+            _: &mut Console<'_>,
+        ) -> Result<(), CliError> {
+            self.epochs_ended.push(epoch);
+            Ok(())
+        }
+        fn save(&mut self, _: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+            match to {
+                SaveTo::Run => self.saved_at.push(cur.step),
+                SaveTo::Best(_) => self.best_at.push(cur.step),
+            }
+            Ok(PathBuf::from(format!("step-{}", cur.step)))
+        }
+    }
+
+    fn settings(dir: &Path, total: u64) -> Settings {
+        Settings {
+            total,
+            batches_per_epoch: 6,
+            grad_accum: 2,
+            clip: None,
+            lr: LrSchedule {
+                initial_lr: 1e-3,
+                peak_lr: 1e-3,
+                min_lr: 1e-3,
+                warmup_steps: 0,
+                total_steps: total,
+            },
+            dropout_seed: 5,
+            eval_every: 3,
+            checkpoint_every: Some(4),
+            checkpoint_epochs: true,
+            best_dir: Some(dir.join("best")),
+            chance_loss: Some(2.0),
+            advice: "lower --lr".into(),
+            rate_unit: "tok/s",
+            curves: Curves::in_dir(dir, "t".into(), "tokens seen"),
+        }
+    }
+
+    fn model() -> Gpt {
+        let cfg = GptConfig {
+            vocab_size: 16,
+            context_length: 4,
+            dim: 8,
+            n_layers: 1,
+            n_heads: 2,
+            qkv_bias: false,
+            tied_head: false,
+        };
+        Gpt::new(cfg, Init::TorchDefault, 1).unwrap()
+    }
+
+    #[test]
+    fn one_rule_for_evaluation_epochs_and_checkpoints() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, mut out) = (Vec::new(), Vec::new());
+        let mut con = Console {
+            log: &mut log,
+            out: &mut out,
+            tty: false,
+        };
+        let mut task = Script {
+            losses: vec![1.0],
+            ..Script::default()
+        };
+        let mut cur = Cursor::default();
+        let s = settings(tmp.path(), 10);
+        let ended = run(&mut task, &mut model(), &s, &mut cur, &mut con).unwrap();
+        assert!(!ended.interrupted);
+        // 6 micro-batches of 2 per step: 3 steps per epoch.
+        assert_eq!(task.epochs_started, [0, 1, 2, 3]);
+        assert_eq!(task.epochs_ended, [0, 1, 2]);
+        // done % 3 == 0 (0-based step index), and the last step.
+        assert_eq!(task.evaluated_at, [0, 3, 6, 9]);
+        let steps: Vec<u64> = cur.history.iter().map(|r| r.step).collect();
+        assert_eq!(steps, [1, 4, 7, 10]);
+        // Epoch ends (3, 6, 9), every 4 steps (4, 8) and the end (10).
+        assert_eq!(task.saved_at, [3, 4, 6, 8, 9, 10]);
+        assert_eq!(ended.checkpoint, PathBuf::from("step-10"));
+        // The best checkpoint follows the validation loss down, not up.
+        assert_eq!(task.best_at, [1, 4]);
+        assert_eq!(ended.best.map(|b| b.step), Some(4));
+        assert_eq!((cur.step, cur.seen, ended.session_steps), (10, 200, 10));
+        // Micro-batch k of step s: dropout_seed(run seed, s, k).
+        assert_eq!(task.seeds[3], dropout_seed(5, 1, 1));
+        let csv = std::fs::read_to_string(tmp.path().join("loss.csv")).unwrap();
+        assert_eq!(csv.lines().count(), 5, "{csv}");
+    }
+
+    #[test]
+    fn a_loss_spike_is_divergence_naming_the_last_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (mut log, mut out) = (Vec::new(), Vec::new());
+        let mut con = Console {
+            log: &mut log,
+            out: &mut out,
+            tty: false,
+        };
+        // First loss 3 (limit 9), then fine until the 11th micro-batch (step 6).
+        let mut losses = vec![3.0; 10];
+        losses.push(9.5);
+        let mut task = Script {
+            losses,
+            ..Script::default()
+        };
+        let s = settings(tmp.path(), 10);
+        let e = run(
+            &mut task,
+            &mut model(),
+            &s,
+            &mut Cursor::default(),
+            &mut con,
+        )
+        .unwrap_err();
+        let CliError::Failed(m) = e else {
+            panic!("{e:?}")
+        };
+        assert!(
+            m.starts_with("training diverged at step 6: loss 9.5; lower --lr."),
+            "{m}"
+        );
+        assert!(
+            m.ends_with("The last good checkpoint is intact: step-4"),
+            "{m}"
+        );
+        // Without a chance loss only a non-finite loss is divergence.
+        let mut task = Script {
+            losses: vec![3.0, 90.0, 3.0, f32::NAN],
+            ..Script::default()
+        };
+        let s = Settings {
+            chance_loss: None,
+            ..settings(tmp.path(), 10)
+        };
+        let e = run(
+            &mut task,
+            &mut model(),
+            &s,
+            &mut Cursor::default(),
+            &mut con,
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, CliError::Failed(m) if m.contains("step 2: loss NaN") && m.contains("No checkpoint")),
+            "{e:?}"
+        );
+    }
 
     #[test]
     fn dropout_seeds_differ_per_step_and_micro_batch() {
