@@ -2,8 +2,9 @@
 //!
 //! Flow: load the `--init` checkpoint → read the labelled file (rows skipped are counted by
 //! reason) → optional balancing → seeded 70/10/20 split → tokenize and truncate → replace the
-//! head by one row per label → train the `--trainable` subset or LoRA adapters → per epoch, loss
-//! and accuracy on every split → checkpoint (`DIR/checkpoints`) and `DIR/model.ember` (a
+//! head by one row per label → train the `--trainable` subset or LoRA adapters on the shared loop
+//! (`train_loop.rs`: the loss of `--eval-batches` batches per split after steps 1, 1 + N, …, the
+//! book's `global_step % eval_freq == 0`) → per epoch, loss and accuracy on every split → checkpoint (`DIR/checkpoints`) and `DIR/model.ember` (a
 //! classifier that `ember classify` runs). Ctrl-C stops after the current step and saves both.
 //! There is no `--resume`: a fine-tuning run is short; rerun it.
 

@@ -7,6 +7,8 @@
 //! the mean loss of `--eval-batches` training and validation batches with dropout off; after every
 //! epoch a greedy sample of `--prompt`. Checkpoints at the end of every epoch, every
 //! `--checkpoint-every` steps, at the end, and on Ctrl-C; `--resume` continues bit-for-bit.
+//! The loop is the shared one of `train_loop.rs`; this file resolves the run (`setup`) and
+//! supplies windows, AdamW, samples and checkpoints (`Pretrain`, a `train_loop::Task`).
 //!
 //! Letters: B batch, T window length (context), V vocabulary, N parameters.
 
