@@ -19,6 +19,7 @@
 //!
 //! Letters: N parameters.
 
+use crate::adamw::LrSchedule;
 use crate::data::io_reason;
 use crate::plot::LossRow;
 use emberlm_formats::config::GptConfig;
@@ -164,8 +165,8 @@ pub struct Hyper {
     pub stride: usize,
     /// Peak (or constant) learning rate.
     pub lr: f32,
-    /// `constant` or `cosine`.
-    pub schedule: String,
+    /// The learning-rate schedule (`constant` or `cosine` in `trainer.json`).
+    pub schedule: Schedule,
     /// Cosine: learning rate at step 0 of the warmup.
     pub initial_lr: f32,
     /// Cosine: final learning rate.
@@ -194,8 +195,186 @@ pub struct Hyper {
     pub sample_tokens: usize,
     /// Total optimizer steps of the run.
     pub total_steps: u64,
-    /// Parameter initialisation: `torch` (the book), `gpt2`, or `checkpoint:PATH`.
-    pub init: String,
+    /// Parameter initialisation (`torch`, `gpt2` or `checkpoint:PATH` in `trainer.json`).
+    pub init: InitScheme,
+}
+
+impl Hyper {
+    /// The learning rate of every step: linear warmup from `initial_lr` to `lr`, then constant
+    /// (`min_lr` = `lr`) or cosine decay to `min_lr` at `total_steps` (appendix D).
+    pub fn lr_schedule(&self) -> LrSchedule {
+        LrSchedule {
+            initial_lr: self.initial_lr,
+            peak_lr: self.lr,
+            min_lr: match self.schedule {
+                Schedule::Constant => self.lr,
+                Schedule::Cosine => self.min_lr,
+            },
+            warmup_steps: self.warmup_steps,
+            total_steps: self.total_steps,
+        }
+    }
+}
+
+/// A run setting that `trainer.json` stores as one of a few strings.
+macro_rules! string_enum {
+    ($(#[$m:meta])* $name:ident { $($(#[$vm:meta])* $v:ident = $s:literal),+ $(,)? }) => {
+        $(#[$m])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name {
+            $($(#[$vm])* #[serde(rename = $s)] $v),+
+        }
+
+        impl $name {
+            /// The name `trainer.json` and the command line use.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => $s),+
+                }
+            }
+        }
+
+        impl std::str::FromStr for $name {
+            type Err = String;
+
+            fn from_str(s: &str) -> Result<Self, String> {
+                match s {
+                    $($s => Ok(Self::$v),)+
+                    _ => Err(format!(
+                        "{s:?}: expected {}",
+                        [$($s),+].join(" or ")
+                    )),
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+string_enum! {
+    /// The learning-rate schedule after warmup.
+    Schedule {
+        /// The peak rate until the end.
+        Constant = "constant",
+        /// Cosine decay to the minimum rate (appendix D).
+        Cosine = "cosine",
+    }
+}
+
+/// How a run's parameters were initialised.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", try_from = "String")]
+pub enum InitScheme {
+    /// PyTorch's default layer initialisation (the book): `torch`.
+    Torch,
+    /// GPT-2's N(0, 0.02) with scaled residual projections: `gpt2`.
+    Gpt2,
+    /// The weights of a checkpoint: `checkpoint:PATH`.
+    Checkpoint(String),
+}
+
+impl InitScheme {
+    const CHECKPOINT: &str = "checkpoint:";
+
+    /// The scheme `--init-scheme` names (`torch` or `gpt2`).
+    pub fn parse_scheme(s: &str) -> Result<Self, String> {
+        match s {
+            "torch" => Ok(Self::Torch),
+            "gpt2" => Ok(Self::Gpt2),
+            _ => Err(format!("{s:?}: expected torch or gpt2")),
+        }
+    }
+}
+
+impl From<InitScheme> for String {
+    fn from(i: InitScheme) -> String {
+        match i {
+            InitScheme::Torch => "torch".into(),
+            InitScheme::Gpt2 => "gpt2".into(),
+            InitScheme::Checkpoint(p) => format!("{}{p}", InitScheme::CHECKPOINT),
+        }
+    }
+}
+
+impl TryFrom<String> for InitScheme {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        match s.strip_prefix(Self::CHECKPOINT) {
+            Some(p) => Ok(Self::Checkpoint(p.to_string())),
+            None => Self::parse_scheme(&s),
+        }
+    }
+}
+
+/// What wrote a checkpoint (`trainer.json`'s `kind`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(into = "String", from = "String")]
+pub enum RunKind {
+    /// `ember-train pretrain`: `pretrain`.
+    Pretrain,
+    /// `ember-train import`: `import`.
+    Import,
+    /// `ember-train finetune instruct`: `instruct`.
+    Instruct,
+    /// `ember-train finetune classify`: `finetune-classify`.
+    Classify,
+    /// Any other name (written by another tool or a later build): kept as it is.
+    Other(String),
+}
+
+impl RunKind {
+    /// The name `trainer.json` holds.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::Pretrain => "pretrain",
+            Self::Import => "import",
+            Self::Instruct => "instruct",
+            Self::Classify => "finetune-classify",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl From<RunKind> for String {
+    fn from(k: RunKind) -> String {
+        k.as_str().to_string()
+    }
+}
+
+impl From<String> for RunKind {
+    fn from(s: String) -> Self {
+        match s.as_str() {
+            "pretrain" => Self::Pretrain,
+            "import" => Self::Import,
+            "instruct" => Self::Instruct,
+            "finetune-classify" => Self::Classify,
+            _ => Self::Other(s),
+        }
+    }
+}
+
+impl From<&str> for RunKind {
+    fn from(s: &str) -> Self {
+        Self::from(s.to_string())
+    }
+}
+
+impl PartialEq<&str> for RunKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl fmt::Display for RunKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// A data file the run read.
@@ -241,8 +420,8 @@ pub struct TrainerState {
     pub format: String,
     /// Always [`VERSION`].
     pub version: u32,
-    /// `pretrain` or `import`.
-    pub kind: String,
+    /// What wrote it.
+    pub kind: RunKind,
     /// The model configuration.
     pub config: ConfigJson,
     /// Optimizer steps done.
@@ -274,6 +453,37 @@ pub struct TrainerState {
     /// A fine-tuned classifier's head (absent for a language model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier: Option<ClassifierJson>,
+}
+
+impl TrainerState {
+    /// A run of `kind` at step 0: no position, history, hyperparameters, data or source yet.
+    pub fn fresh(
+        kind: RunKind,
+        config: GptConfig,
+        rng: RngState,
+        tokenizer: TokenizerRef,
+    ) -> TrainerState {
+        TrainerState {
+            format: FORMAT.into(),
+            version: VERSION,
+            kind,
+            config: config.into(),
+            step: 0,
+            epoch: 0,
+            batch_in_epoch: 0,
+            tokens_seen: 0,
+            first_loss: None,
+            train_seconds: 0.0,
+            adam_step: None,
+            rng,
+            hyper: None,
+            data: Vec::new(),
+            tokenizer,
+            history: Vec::new(),
+            source: None,
+            classifier: None,
+        }
+    }
 }
 
 /// A classifier checkpoint's task, as `trainer.json` records it: the model's head is
@@ -782,6 +992,90 @@ mod tests {
             source: None,
             classifier: None,
         }
+    }
+
+    /// `trainer.json` as the trainer wrote it before its settings became enums (a cosine
+    /// pretraining run; a classifier fine-tuned from a `gpt2`-initialised one): the strings
+    /// load as the typed settings and are written back unchanged.
+    #[test]
+    fn trainer_json_with_string_settings_still_loads() {
+        let pretrain = r#"{"format": "emberlm-checkpoint", "version": 1, "kind": "pretrain",
+          "config": {"vocab_size": 50257, "context_length": 32, "dim": 32, "n_layers": 1,
+            "n_heads": 2, "qkv_bias": false, "tied_head": false},
+          "step": 30, "epoch": 3, "batch_in_epoch": 6, "tokens_seen": 15360,
+          "first_loss": 11.017382, "train_seconds": 3.429309103, "adam_step": 30,
+          "rng": {"shuffle_seed": 10010104756840111039, "dropout_seed": 10072659284908886927,
+            "eval_seed": 1695096617979702666},
+          "hyper": {"batch": 8, "context": 32, "stride": 32, "lr": 0.0004, "schedule": "cosine",
+            "initial_lr": 0.00003, "min_lr": 0.000001, "warmup_steps": 5, "weight_decay": 0.1,
+            "decay_2d_only": false, "clip": 1.0, "grad_accum": 2, "dropout": 0.1, "seed": 123,
+            "eval_every": 7, "eval_batches": 5, "prompt": "Every effort moves you",
+            "sample_tokens": 50, "total_steps": 30, "init": "torch"},
+          "data": [{"path": "/work/shared/data/the-verdict.txt", "bytes": 20479,
+            "hash": "9a23f2adcf15be65"}],
+          "tokenizer": {"kind": "gpt2", "vocab_size": 50257, "hash": "7e4f74b727c11fbc"},
+          "history": [{"step": 1, "epoch": 1, "tokens_seen": 512, "lr": 0.00003,
+            "train_loss": 10.977043, "val_loss": 10.99408}],
+          "source": null}"#;
+        let st: TrainerState = serde_json::from_str(pretrain).unwrap();
+        assert_eq!(st.kind, RunKind::Pretrain);
+        let h = st.hyper.as_ref().unwrap();
+        assert_eq!(
+            (h.schedule, &h.init),
+            (Schedule::Cosine, &InitScheme::Torch)
+        );
+        let back: serde_json::Value = serde_json::to_value(&st).unwrap();
+        assert_eq!(back["kind"], "pretrain");
+        assert_eq!(back["hyper"]["schedule"], "cosine");
+        assert_eq!(back["hyper"]["init"], "torch");
+
+        let classify = pretrain
+            .replace(r#""kind": "pretrain""#, r#""kind": "finetune-classify""#)
+            .replace(r#""schedule": "cosine""#, r#""schedule": "constant""#)
+            .replace(r#""init": "torch""#, r#""init": "checkpoint:runs/a b""#);
+        let st: TrainerState = serde_json::from_str(&classify).unwrap();
+        assert_eq!(st.kind, RunKind::Classify);
+        let h = st.hyper.as_ref().unwrap();
+        assert_eq!(h.schedule, Schedule::Constant);
+        assert_eq!(h.init, InitScheme::Checkpoint("runs/a b".into()));
+        let back: serde_json::Value = serde_json::to_value(&st).unwrap();
+        assert_eq!(back["kind"], "finetune-classify");
+        assert_eq!(back["hyper"]["init"], "checkpoint:runs/a b");
+        for (kind, want) in [
+            ("import", RunKind::Import),
+            ("instruct", RunKind::Instruct),
+            ("test", RunKind::Other("test".into())),
+        ] {
+            let st: TrainerState = serde_json::from_str(
+                &pretrain.replace(r#""kind": "pretrain""#, &format!("\"kind\": \"{kind}\"")),
+            )
+            .unwrap();
+            assert_eq!(st.kind, want);
+            assert_eq!(serde_json::to_value(&st).unwrap()["kind"], kind);
+        }
+        // A setting this build does not know is an error naming it, not a silent default.
+        let bad = pretrain.replace(r#""schedule": "cosine""#, r#""schedule": "linear""#);
+        let e = serde_json::from_str::<TrainerState>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("linear"), "{e}");
+        let bad = pretrain.replace(r#""init": "torch""#, r#""init": "xavier""#);
+        let e = serde_json::from_str::<TrainerState>(&bad)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("xavier"), "{e}");
+    }
+
+    #[test]
+    fn constant_schedule_is_the_peak_after_warmup() {
+        let c = LrSchedule {
+            initial_lr: 1e-5,
+            peak_lr: 1e-3,
+            min_lr: 1e-3,
+            warmup_steps: 0,
+            total_steps: 0,
+        };
+        assert_eq!((c.lr(0), c.lr(7), c.lr(1000)), (1e-3, 1e-3, 1e-3));
     }
 
     #[test]

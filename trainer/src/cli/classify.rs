@@ -2,28 +2,32 @@
 //!
 //! Flow: load the `--init` checkpoint → read the labelled file (rows skipped are counted by
 //! reason) → optional balancing → seeded 70/10/20 split → tokenize and truncate → replace the
-//! head by one row per label → train the `--trainable` subset or LoRA adapters → per epoch, loss
-//! and accuracy on every split → checkpoint (`DIR/checkpoints`) and `DIR/model.ember` (a
+//! head by one row per label → train the `--trainable` subset or LoRA adapters on the shared loop
+//! (`train_loop.rs`: the loss of `--eval-batches` batches per split after steps 1, 1 + N, …, the
+//! book's `global_step % eval_freq == 0`) → per epoch, loss and accuracy on every split → checkpoint (`DIR/checkpoints`) and `DIR/model.ember` (a
 //! classifier that `ember classify` runs). Ctrl-C stops after the current step and saves both.
 //! There is no `--resume`: a fine-tuning run is short; rerun it.
 
-use super::progress::{Progress, Status};
+use super::progress::Progress;
+use super::train_loop::{self, Cursor, Curves, SaveTo, Settings, Task};
 use super::{CliError, Console, Outcome, failed, shell_path, signal, usage, with_threads};
-use crate::checkpoint::{self, ClassifierJson, Contents, TrainerState};
+use crate::adamw::LrSchedule;
+use crate::checkpoint::{self, ClassifierJson, Contents, RunKind, TrainerState};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::finetune::classify::{Example, Metrics, balance, evaluate, make_batch, shuffle, split};
 use crate::finetune::data::{PAD_ID, read_labelled};
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::layers::dropout::mix64;
 use crate::model::{DropoutRates, Gpt, Mode};
-use crate::plot::{self, LossRow, to_csv};
+use crate::plot;
 use crate::{note, say};
 use argh::FromArgs;
 use emberlm_formats::ember::write_atomically;
-use emberlm_formats::meta::{Readout, Task};
+use emberlm_formats::meta::{Readout, Task as ModelTask};
+use emberlm_formats::tokenizer::Tokenizer;
 use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens};
 use serde_json::json;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(FromArgs, Debug, Default, Clone)]
@@ -169,6 +173,138 @@ pub fn run(a: ClassifyArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> 
     })?
 }
 
+/// Classifier fine-tuning as a [`train_loop::Task`]: padded batches read at the last position,
+/// the tuner's AdamW, loss and accuracy on every split after every epoch.
+struct Classify<'a> {
+    /// Train, validation, test.
+    sets: [Vec<Example>; 3],
+    seed: u64,
+    batch: usize,
+    /// Examples per split in the periodic loss evaluation.
+    eval_subset: usize,
+    readout: Readout,
+    length: usize,
+    pad: u32,
+    tuner: Tuner,
+    /// Every epoch's metrics on the three splits.
+    epochs: Vec<[Metrics; 3]>,
+    /// `trainer.json` without the position.
+    state: TrainerState,
+    shapes: Vec<(String, Vec<usize>)>,
+    tok: &'a Tokenizer,
+    out: &'a Path,
+}
+
+impl Task for Classify<'_> {
+    fn start_epoch(&mut self, epoch: u64) {
+        shuffle(&mut self.sets[0], mix64(self.seed ^ (epoch + 1)));
+    }
+
+    fn micro_batch(
+        &mut self,
+        model: &mut Gpt,
+        pos: usize,
+        seed: u64,
+        step_no: u64,
+    ) -> Result<(f32, u64), CliError> {
+        let train = &self.sets[0];
+        let start = (pos * self.batch).min(train.len());
+        let refs: Vec<&Example> = train[start..(start + self.batch).min(train.len())]
+            .iter()
+            .collect();
+        let bt = make_batch(&refs, self.readout, self.length, self.pad);
+        let loss = model
+            .forward(
+                &bt.inputs,
+                Some(&bt.targets),
+                bt.batch,
+                bt.len,
+                Mode::Train { seed },
+            )
+            .and_then(|l| model.backward().map(|()| l))
+            .map_err(|e| failed(format!("step {step_no}: {e}")))?;
+        Ok((loss.unwrap_or(f32::NAN), refs.len() as u64))
+    }
+
+    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+        self.tuner.step(model, lr).map_err(|e| e.to_string())
+    }
+
+    fn evaluate(&mut self, model: &mut Gpt, _at: u64) -> Result<(f32, f32), CliError> {
+        let mut ev = |set: &[Example]| {
+            evaluate(
+                model,
+                &set[..set.len().min(self.eval_subset)],
+                self.readout,
+                self.length,
+                self.pad,
+                self.batch,
+            )
+            .map_err(|e| failed(e.to_string()))
+        };
+        let tr = ev(&self.sets[0])?;
+        let va = ev(&self.sets[1])?;
+        Ok((tr.loss as f32, va.loss as f32))
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &mut Gpt,
+        epoch: u64,
+        progress: &mut Progress,
+        con: &mut Console<'_>,
+    ) -> Result<(), CliError> {
+        let epoch = epoch + 1;
+        progress.line(
+            con.log,
+            &format!(
+                "epoch {epoch}: loss and accuracy on every split ({} examples)…",
+                self.sets.iter().map(Vec::len).sum::<usize>()
+            ),
+        );
+        let [tr, va, te] = &self.sets;
+        let m = every_split(
+            model,
+            [tr, va, te],
+            self.readout,
+            self.length,
+            self.pad,
+            self.batch,
+        )?;
+        progress.clear(con.log);
+        say!(
+            con,
+            "epoch {epoch}: accuracy train {:.2}% / val {:.2}% / test {:.2}%; loss {:.3} / {:.3} / {:.3}",
+            100.0 * m[0].accuracy,
+            100.0 * m[1].accuracy,
+            100.0 * m[2].accuracy,
+            m[0].loss,
+            m[1].loss,
+            m[2].loss
+        );
+        self.epochs.push(m);
+        Ok(())
+    }
+
+    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+        let state = TrainerState {
+            step: cur.step,
+            epoch: self.epochs.len() as u64,
+            train_seconds: cur.train_seconds,
+            history: cur.history.clone(),
+            ..self.state.clone()
+        };
+        let c = Contents {
+            state: &state,
+            shapes: &self.shapes,
+            params: model.params(),
+            moments: None,
+            tokenizer: self.tok,
+        };
+        to.write(self.out, c).map_err(|e| failed(e.to_string()))
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 fn train(
     a: ClassifyArgs,
@@ -253,7 +389,7 @@ fn train(
             label: *label,
         });
     }
-    let (mut train_set, val_set, test_set) = split(examples, mix64(a.seed ^ 0x5B1));
+    let (train_set, val_set, test_set) = split(examples, mix64(a.seed ^ 0x5B1));
     if train_set.is_empty() || val_set.is_empty() || test_set.is_empty() {
         return Err(failed(format!(
             "--data {}: {} usable rows is too few for a 70/10/20 split (every split needs a row)",
@@ -286,7 +422,7 @@ fn train(
         .and_then(|m| m.into_classifier(k, mix64(a.seed ^ 0x4EAD)))
         .map_err(|e| failed(format!("model: {e}")))?;
     model.dropout = DropoutRates::uniform(a.dropout);
-    let mut tuner = Tuner::new(
+    let tuner = Tuner::new(
         &mut model,
         &TuneOptions {
             trainable,
@@ -319,139 +455,65 @@ fn train(
     };
 
     let b = a.batch;
+    // drop_last, as the book's training loader (one short batch when the split is smaller
+    // than --batch)
     let steps_per_epoch = (train_set.len() / b).max(1);
     let total = steps_per_epoch as u64 * a.epochs;
-    let mut step = 0u64;
-    let mut history: Vec<LossRow> = Vec::new();
-    let mut epochs: Vec<[Metrics; 3]> = Vec::new();
-    let mut examples_seen = 0u64;
-    let mut train_seconds = 0f64;
-    let mut interrupted = false;
-    let eval_subset = a.eval_batches * b;
-    let mut progress = Progress::new(con.tty);
-    let loop_t0 = Instant::now();
-    'epochs: for epoch in 1..=a.epochs {
-        shuffle(&mut train_set, mix64(a.seed ^ epoch));
-        // drop_last, as the book's training loader
-        for chunk in train_set.chunks_exact(b).take(steps_per_epoch) {
-            let t0 = Instant::now();
-            let refs: Vec<&Example> = chunk.iter().collect();
-            let bt = make_batch(&refs, readout, length, pad);
-            model.zero_grad();
-            let loss = model
-                .forward(
-                    &bt.inputs,
-                    Some(&bt.targets),
-                    bt.batch,
-                    bt.len,
-                    Mode::Train {
-                        seed: mix64(a.seed ^ step),
-                    },
-                )
-                .and_then(|l| model.backward().map(|()| l))
-                .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
-            tuner
-                .step(&mut model, a.lr)
-                .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
-            train_seconds += t0.elapsed().as_secs_f64();
-            step += 1;
-            examples_seen += b as u64;
-            if step % a.eval_every == 0 || step == total {
-                let ev = |m: &mut Gpt, set: &[Example]| {
-                    evaluate(
-                        m,
-                        &set[..set.len().min(eval_subset)],
-                        readout,
-                        length,
-                        pad,
-                        b,
-                    )
-                };
-                let tr = ev(&mut model, &train_set).map_err(|e| failed(e.to_string()))?;
-                let va = ev(&mut model, &val_set).map_err(|e| failed(e.to_string()))?;
-                progress.line(
-                    con.log,
-                    &format!(
-                        "epoch {epoch} step {step}/{total}: train loss {:.3}, val loss {:.3} ({:.1} examples/s)",
-                        tr.loss,
-                        va.loss,
-                        examples_seen as f64 / train_seconds.max(1e-9)
-                    ),
-                );
-                history.push(LossRow {
-                    step,
-                    epoch,
-                    tokens_seen: examples_seen,
-                    lr: a.lr,
-                    train_loss: tr.loss as f32,
-                    val_loss: va.loss as f32,
-                });
-            }
-            progress.update(
-                con.log,
-                &Status {
-                    step,
-                    total,
-                    unit: "step",
-                    epoch: Some(epoch),
-                    loss,
-                    lr: Some(a.lr),
-                    rate: examples_seen as f64 / train_seconds.max(1e-9),
-                    rate_unit: "examples/s",
-                    eta: Status::eta(loop_t0.elapsed().as_secs_f64(), step, total),
-                },
-                step == total,
-            );
-            if signal::interrupted() {
-                interrupted = true;
-                break 'epochs;
-            }
-        }
-        progress.line(
-            con.log,
-            &format!(
-                "epoch {epoch}: loss and accuracy on every split ({} examples)…",
-                train_set.len() + val_set.len() + test_set.len()
-            ),
-        );
-        let m = every_split(
-            &mut model,
-            [&train_set, &val_set, &test_set],
-            readout,
-            length,
-            pad,
-            b,
-        )?;
-        progress.clear(con.log);
-        say!(
-            con,
-            "epoch {epoch}: accuracy train {:.2}% / val {:.2}% / test {:.2}%; loss {:.3} / {:.3} / {:.3}",
-            100.0 * m[0].accuracy,
-            100.0 * m[1].accuracy,
-            100.0 * m[2].accuracy,
-            m[0].loss,
-            m[1].loss,
-            m[2].loss
-        );
-        epochs.push(m);
-        if signal::interrupted() {
-            interrupted = step < total;
-            break;
-        }
-    }
-    progress.finish(con.log);
-    // Ctrl-C skips the (long) evaluation of every split: what is saved is the model so far.
-    if epochs.is_empty() && !interrupted {
-        let m = every_split(
-            &mut model,
-            [&train_set, &val_set, &test_set],
-            readout,
-            length,
-            pad,
-            b,
-        )?;
-        epochs.push(m);
-    }
+    let csv = out.join("loss.csv");
+    let svg = out.join("loss.svg");
+    let settings = Settings {
+        total,
+        batches_per_epoch: steps_per_epoch,
+        grad_accum: 1,
+        clip: None,
+        lr: LrSchedule {
+            initial_lr: a.lr,
+            peak_lr: a.lr,
+            min_lr: a.lr,
+            warmup_steps: 0,
+            total_steps: total,
+        },
+        dropout_seed: mix64(a.seed ^ 2),
+        eval_every: a.eval_every,
+        checkpoint_every: None,
+        checkpoint_epochs: false,
+        best_dir: None,
+        chance_loss: None,
+        advice: format!("lower --lr (now {})", a.lr),
+        rate_unit: "examples/s",
+        curves: Curves::in_dir(
+            &out,
+            plot::title("classifier fine-tuning", &plot::model_name(&cfg)),
+            "examples seen",
+        ),
+    };
+    // The checkpoint: the --init checkpoint's record with this run's head, position and history.
+    let mut state: TrainerState = l.state.clone();
+    state.kind = RunKind::Classify;
+    state.batch_in_epoch = 0;
+    state.adam_step = None;
+    state.classifier = Some(classifier.clone());
+    state.source = Some(l.dir.display().to_string());
+    let mut task = Classify {
+        sets: [train_set, val_set, test_set],
+        seed: a.seed,
+        batch: b,
+        eval_subset: a.eval_batches * b,
+        readout,
+        length,
+        pad,
+        tuner,
+        epochs: Vec::new(),
+        state,
+        shapes: checkpoint::tensor_shapes(&cfg, Some(&classifier)),
+        tok: &tok,
+        out: &out,
+    };
+    let mut cur = Cursor::default();
+    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, con)?;
+    let (interrupted, ckpt, step) = (ended.interrupted, ended.checkpoint, cur.step);
+    let (epochs, tuner) = (task.epochs, task.tuner);
+    let (examples_seen, train_seconds) = (cur.seen, cur.train_seconds);
     // The metrics of the last evaluated epoch (NaN, i.e. null in JSON, when none was).
     let nan = Metrics {
         loss: f64::NAN,
@@ -460,22 +522,13 @@ fn train(
     };
     let last = *epochs.last().unwrap_or(&[nan; 3]);
 
-    // Curves and per-epoch metrics.
+    // Per-epoch metrics.
     let write = |name: &str, text: String| -> Result<PathBuf, CliError> {
         let p = out.join(name);
         write_atomically(&p, |w| w.write_all(text.as_bytes()))
             .map_err(|e| failed(format!("{}: {e}", p.display())))?;
         Ok(p)
     };
-    let csv = write("loss.csv", to_csv(&history))?;
-    let svg = write(
-        "loss.svg",
-        plot::to_svg_seen(
-            &history,
-            &plot::title("classifier fine-tuning", &plot::model_name(&cfg)),
-            "examples seen",
-        ),
-    )?;
     let accuracy: Vec<(u64, [f64; 3])> = epochs
         .iter()
         .enumerate()
@@ -508,30 +561,8 @@ fn train(
     }
     let metrics_csv = write("metrics.csv", mcsv)?;
 
-    // Checkpoint (merged weights) and the deployable model.
-    let mut state: TrainerState = l.state.clone();
-    state.kind = "finetune-classify".into();
-    state.step = step;
-    state.epoch = epochs.len() as u64;
-    state.batch_in_epoch = 0;
-    state.adam_step = None;
-    state.train_seconds = train_seconds;
-    state.history = history.clone();
-    state.classifier = Some(classifier.clone());
-    state.source = Some(l.dir.display().to_string());
-    let shapes = checkpoint::tensor_shapes(&cfg, Some(&classifier));
-    let ckpt = checkpoint::save_run(
-        &out,
-        &Contents {
-            state: &state,
-            shapes: &shapes,
-            params: model.params(),
-            moments: None,
-            tokenizer: &tok,
-        },
-    )
-    .map_err(|e| failed(e.to_string()))?;
-    let task: Task = classifier.task().map_err(failed)?;
+    // The deployable model.
+    let task: ModelTask = classifier.task().map_err(failed)?;
     let model_path = out.join("model.ember");
     let meta = ExportMeta {
         config: cfg,

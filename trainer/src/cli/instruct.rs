@@ -15,27 +15,30 @@
 //!
 //! Letters: B batch, T the padded length of a batch, V vocabulary.
 
-use super::progress::{Progress, Status};
+use super::progress::Progress;
+use super::train_loop::{
+    self, Cursor, Curves, SaveTo, Settings as LoopSettings, Task, finite_or_null, mem_available,
+};
 use super::{CliError, Console, Outcome, count, failed, fmt_duration, shell_path, signal, usage};
-use crate::checkpoint::{self, Contents, DataRef, RngState, TrainerState};
+use crate::adamw::LrSchedule;
+use crate::checkpoint::{self, Contents, DataRef, RngState, RunKind, TrainerState};
 use crate::data::{self, mix64};
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::finetune::data::{Instruction, read_instructions, split_instructions};
 use crate::finetune::instruct::{
-    BatchRule, Response, batch_indices, encode_examples, make_batch, mean_loss, num_batches,
-    respond, write_responses,
+    BatchRule, Example, Response, batch_indices, encode_examples, make_batch, mean_loss,
+    num_batches, respond, write_responses,
 };
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
-use crate::plot::{self, LossRow, to_csv, to_svg};
+use crate::plot::{self, LossRow};
 use crate::{note, say};
 use argh::FromArgs;
-use emberlm_formats::config::GptConfig;
-use emberlm_formats::ember::write_atomically;
-use emberlm_formats::meta::{PromptTemplate, Task};
+use emberlm_formats::meta::{PromptTemplate, Task as ModelTask};
+use emberlm_formats::tokenizer::Tokenizer;
 use emberlm_runtime::{Model, Session, SessionOptions};
 use serde_json::json;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The book's chapter-7 settings.
@@ -53,8 +56,6 @@ const DEFAULT_DROPOUT: f32 = 0.0;
 const EPOCH_SAMPLE_TOKENS: usize = 50;
 /// A progress line every this many generated responses.
 const RESPONSE_NOTE_EVERY: usize = 25;
-/// A step whose loss exceeds this many times max(first loss, ln V) has diverged.
-const EXPLODE_FACTOR: f32 = 3.0;
 
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "instruct")]
@@ -236,41 +237,11 @@ fn tuner(model: &mut Gpt, s: &Settings) -> Result<Tuner, CliError> {
     })
 }
 
-/// `MemAvailable` of /proc/meminfo in bytes (`None` where unknown).
-fn mem_available() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
-}
-
-fn finite_or_null(v: f32) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        serde_json::Value::Null
-    }
-}
-
-fn write_curves(dir: &Path, rows: &[LossRow], cfg: &GptConfig) -> Result<(), CliError> {
-    let csv_path = dir.join("loss.csv");
-    let svg_path = dir.join("loss.svg");
-    let csv = to_csv(rows);
-    write_atomically(&csv_path, |w| w.write_all(csv.as_bytes()))
-        .map_err(|e| failed(format!("{}: {}", csv_path.display(), data::io_reason(&e))))?;
-    let svg = to_svg(
-        rows,
-        &plot::title("instruction fine-tuning", &plot::model_name(cfg)),
-    );
-    write_atomically(&svg_path, |w| w.write_all(svg.as_bytes()))
-        .map_err(|e| failed(format!("{}: {}", svg_path.display(), data::io_reason(&e))))
-}
-
 /// The greedy response of the training model to `item` (an in-memory f32 copy run by the
 /// runtime).
 fn sample_response(
     model: &Gpt,
-    tok: &emberlm_formats::tokenizer::Tokenizer,
+    tok: &Tokenizer,
     item: &Instruction,
     eot: u32,
     threads: usize,
@@ -287,6 +258,118 @@ fn sample_response(
     .map_err(|e| e.to_string())?;
     let prompt = PromptTemplate::alpaca().render(&item.instruction, &item.input);
     respond(&mut s, tok, &prompt, eot, EPOCH_SAMPLE_TOKENS).map_err(|e| e.to_string())
+}
+
+/// Instruction tuning as a [`train_loop::Task`]: Alpaca batches padded to their longest
+/// example, the tuner's AdamW, the response to a validation example after every epoch.
+struct Instruct<'a> {
+    train_ex: &'a [Example],
+    val_ex: &'a [Example],
+    val_order: Vec<usize>,
+    order: Vec<usize>,
+    rng: &'a RngState,
+    rule: &'a BatchRule,
+    s: &'a Settings,
+    tuner: Tuner,
+    tok: &'a Tokenizer,
+    eot: u32,
+    threads: usize,
+    /// The example answered after every epoch.
+    sample_item: Option<&'a Instruction>,
+    /// `trainer.json` without the position.
+    state: TrainerState,
+    shapes: Vec<(String, Vec<usize>)>,
+}
+
+impl Task for Instruct<'_> {
+    fn start_epoch(&mut self, epoch: u64) {
+        self.order = data::epoch_order(self.train_ex.len(), self.rng.shuffle_seed, epoch);
+    }
+
+    fn micro_batch(
+        &mut self,
+        model: &mut Gpt,
+        pos: usize,
+        seed: u64,
+        step_no: u64,
+    ) -> Result<(f32, u64), CliError> {
+        let idx = batch_indices(&self.order, pos, self.s.batch);
+        let batch = make_batch(self.train_ex, idx, self.rule);
+        let loss = match model.forward(
+            &batch.inputs,
+            Some(&batch.targets),
+            batch.batch,
+            batch.len,
+            Mode::Train { seed },
+        ) {
+            Ok(l) => l.unwrap_or(f32::NAN),
+            // Only possible with --mask-prompt and a --max-length that cuts every response.
+            Err(crate::model::ModelError::NoTargets) => {
+                return Err(failed(format!(
+                    "step {step_no}: every target of the batch is masked (--mask-prompt with --max-length {} \
+                     cuts off the responses); raise --max-length",
+                    self.rule.max_len
+                )));
+            }
+            Err(e) => return Err(failed(format!("step {step_no}: {e}"))),
+        };
+        if loss.is_finite() {
+            model
+                .backward()
+                .map_err(|e| failed(format!("step {step_no}: {e}")))?;
+        }
+        Ok((loss, (batch.batch * batch.len) as u64))
+    }
+
+    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+        self.tuner.step(model, lr).map_err(|e| e.to_string())
+    }
+
+    fn evaluate(&mut self, model: &mut Gpt, at: u64) -> Result<(f32, f32), CliError> {
+        let (b, n) = (self.s.batch, Some(self.s.eval_batches));
+        let order = data::epoch_order(self.train_ex.len(), self.rng.eval_seed, at);
+        let tl = mean_loss(model, self.train_ex, &order, b, n, true, self.rule)
+            .map_err(|e| failed(format!("evaluation: {e}")))?;
+        let vl = mean_loss(model, self.val_ex, &self.val_order, b, n, false, self.rule)
+            .map_err(|e| failed(format!("evaluation: {e}")))?;
+        Ok((tl, vl))
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &mut Gpt,
+        epoch: u64,
+        progress: &mut Progress,
+        con: &mut Console<'_>,
+    ) -> Result<(), CliError> {
+        if let Some(item) = self.sample_item {
+            let text = sample_response(model, self.tok, item, self.eot, self.threads)
+                .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
+            progress.line(
+                con.log,
+                &format!(
+                    "epoch {} response to {:?}: {}",
+                    epoch + 1,
+                    item.instruction,
+                    text.replace('\n', " ")
+                ),
+            );
+        }
+        Ok(())
+    }
+
+    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+        let state = cur.stamp(&self.state);
+        let c = Contents {
+            state: &state,
+            shapes: &self.shapes,
+            params: model.params(),
+            moments: None,
+            tokenizer: self.tok,
+        };
+        to.write(&self.s.out, c)
+            .map_err(|e| failed(format!("saving the checkpoint: {e}")))
+    }
 }
 
 fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
@@ -411,7 +494,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     model
         .reserve(b, t_max)
         .map_err(|e| failed(format!("model: {e}")))?;
-    let mut tuner = tuner(&mut model, &s)?;
+    let tuner = tuner(&mut model, &s)?;
     let trainable = tuner.trainable_params();
     let rng = RngState {
         shuffle_seed: mix64(s.seed ^ 1),
@@ -463,45 +546,45 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     );
     note!(con, "output: {}", out.display());
 
-    let val_order: Vec<usize> = (0..val_ex.len()).collect();
-    let eval = |model: &mut Gpt, at: u64| -> Result<(f32, f32), CliError> {
-        let order = data::epoch_order(train_ex.len(), rng.eval_seed, at);
-        let tl = mean_loss(
-            model,
-            &train_ex,
-            &order,
-            b,
-            Some(s.eval_batches),
-            true,
-            &rule,
-        )
-        .map_err(|e| failed(format!("evaluation: {e}")))?;
-        let vl = mean_loss(
-            model,
-            &val_ex,
-            &val_order,
-            b,
-            Some(s.eval_batches),
-            false,
-            &rule,
-        )
-        .map_err(|e| failed(format!("evaluation: {e}")))?;
-        Ok((tl, vl))
+    let mut task = Instruct {
+        train_ex: &train_ex,
+        val_ex: &val_ex,
+        val_order: (0..val_ex.len()).collect(),
+        order: Vec::new(),
+        rng: &rng,
+        rule: &rule,
+        s: &s,
+        tuner,
+        tok: &tok,
+        eot,
+        threads,
+        sample_item: val_items.first().or(train_items.first()),
+        state: TrainerState {
+            data: vec![data_ref.clone()],
+            source: Some(s.init.display().to_string()),
+            ..TrainerState::fresh(
+                RunKind::Instruct,
+                cfg,
+                rng.clone(),
+                init.state.tokenizer.clone(),
+            )
+        },
+        shapes: cfg.tensor_shapes(),
     };
 
     // The book prints the loss before fine-tuning; it is also the first point of the curve.
-    let mut history: Vec<LossRow> = Vec::new();
     note!(
         con,
         "evaluating the model before fine-tuning ({} per split)…",
         count(s.eval_batches as u64, "batch")
     );
-    let (tl0, vl0) = eval(&mut model, u64::MAX)?;
+    let (tl0, vl0) = task.evaluate(&mut model, u64::MAX)?;
     note!(
         con,
         "before fine-tuning: train loss {tl0:.3} | val loss {vl0:.3}"
     );
-    history.push(LossRow {
+    let mut cur = Cursor::default();
+    cur.history.push(LossRow {
         step: 0,
         epoch: 1,
         tokens_seen: 0,
@@ -509,198 +592,64 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         train_loss: tl0,
         val_loss: vl0,
     });
-    write_curves(&out, &history, &cfg)?;
-
-    let ckpt_state = |step: u64,
-                      epoch: u64,
-                      pos: usize,
-                      tokens: u64,
-                      first_loss: Option<f32>,
-                      secs: f64,
-                      history: &[LossRow]| TrainerState {
-        format: checkpoint::FORMAT.into(),
-        version: checkpoint::VERSION,
-        kind: "instruct".into(),
-        config: cfg.into(),
-        step,
-        epoch,
-        batch_in_epoch: pos,
-        tokens_seen: tokens,
-        first_loss,
-        train_seconds: secs,
-        adam_step: None,
-        rng: rng.clone(),
-        hyper: None,
-        data: vec![data_ref.clone()],
-        tokenizer: init.state.tokenizer.clone(),
-        history: history.to_vec(),
-        source: Some(s.init.display().to_string()),
-        classifier: None,
-    };
-    let shapes = cfg.tensor_shapes();
-    let save = |model: &Gpt, state: &TrainerState| -> Result<PathBuf, CliError> {
-        checkpoint::save_run(
-            &out,
-            &Contents {
-                state,
-                shapes: &shapes,
-                params: model.params(),
-                moments: None,
-                tokenizer: &tok,
-            },
-        )
-        .map_err(|e| failed(format!("saving the checkpoint: {e}")))
-    };
 
     // 5. The loop.
-    let mut progress = Progress::new(con.tty);
-    let (mut step, mut epoch, mut pos) = (0u64, 0u64, 0usize);
-    let mut order = data::epoch_order(train_ex.len(), rng.shuffle_seed, epoch);
-    let (mut tokens_seen, mut train_s) = (0u64, 0f64);
-    let mut first_loss: Option<f32> = None;
-    let ln_v = (cfg.vocab_size as f32).ln();
-    let loop_t0 = Instant::now();
-    while step < total {
-        let t0 = Instant::now();
-        let batch = make_batch(&train_ex, batch_indices(&order, pos, b), &rule);
-        let seed = mix64(rng.dropout_seed ^ mix64(step));
-        model.zero_grad();
-        let loss = match model.forward(
-            &batch.inputs,
-            Some(&batch.targets),
-            batch.batch,
-            batch.len,
-            Mode::Train { seed },
-        ) {
-            Ok(l) => l.unwrap_or(f32::NAN),
-            // Only possible with --mask-prompt and a --max-length that cuts every response.
-            Err(crate::model::ModelError::NoTargets) => {
-                return Err(failed(format!(
-                    "step {}: every target of the batch is masked (--mask-prompt with --max-length {max_len} \
-                     cuts off the responses); raise --max-length",
-                    step + 1
-                )));
-            }
-            Err(e) => return Err(failed(format!("step {}: {e}", step + 1))),
-        };
-        let limit = EXPLODE_FACTOR * first_loss.unwrap_or(ln_v).max(ln_v);
-        if !loss.is_finite() || loss > limit {
-            return Err(failed(format!(
-                "training diverged at step {}: loss {loss}; lower --lr (now {})",
-                step + 1,
-                s.lr
-            )));
-        }
-        model
-            .backward()
-            .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
-        tuner
-            .step(&mut model, s.lr)
-            .map_err(|e| failed(format!("step {}: {e}", step + 1)))?;
-        let dt = t0.elapsed().as_secs_f64();
-        train_s += dt;
-        tokens_seen += (batch.batch * batch.len) as u64;
-        first_loss.get_or_insert(loss);
-        let done = step; // the book's global_step
-        step += 1;
-        pos += 1;
-        let tok_s = tokens_seen as f64 / train_s.max(1e-9);
-        let eta = loop_t0.elapsed().as_secs_f64() / step as f64 * (total - step) as f64;
-        if done % s.eval_every == 0 || step == total {
-            let (tl, vl) = eval(&mut model, done)?;
-            history.push(LossRow {
-                step,
-                epoch: epoch + 1,
-                tokens_seen,
-                lr: s.lr,
-                train_loss: tl,
-                val_loss: vl,
-            });
-            write_curves(&out, &history, &cfg)?;
-            progress.line(
-                con.log,
-                &format!(
-                    "step {step}/{total} | epoch {} | train loss {tl:.3} | val loss {vl:.3} | {tok_s:.0} tok/s | ETA {}",
-                    epoch + 1,
-                    fmt_duration(eta)
-                ),
-            );
-        }
-        progress.update(
-            con.log,
-            &Status {
-                step,
-                total,
-                unit: "step",
-                epoch: Some(epoch + 1),
-                loss: Some(loss),
-                lr: Some(s.lr),
-                rate: tok_s,
-                rate_unit: "tok/s",
-                eta,
-            },
-            step == total,
+    let settings = LoopSettings {
+        total,
+        batches_per_epoch: steps_per_epoch as usize,
+        grad_accum: 1,
+        clip: None,
+        lr: LrSchedule {
+            initial_lr: s.lr,
+            peak_lr: s.lr,
+            min_lr: s.lr,
+            warmup_steps: 0,
+            total_steps: total,
+        },
+        dropout_seed: rng.dropout_seed,
+        eval_every: s.eval_every,
+        checkpoint_every: None,
+        checkpoint_epochs: true,
+        best_dir: None,
+        chance_loss: Some((cfg.vocab_size as f32).ln()),
+        advice: format!("lower --lr (now {})", s.lr),
+        rate_unit: "tok/s",
+        curves: Curves::in_dir(
+            &out,
+            plot::title("instruction fine-tuning", &plot::model_name(&cfg)),
+            "tokens seen",
+        ),
+    };
+    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, con)?;
+    let step = cur.step;
+    let (tokens_seen, train_s) = (cur.seen, cur.train_seconds);
+    let ckpt = ended.checkpoint;
+    if ended.interrupted {
+        say!(
+            con,
+            "interrupted at step {step}/{total}: saved the model so far: checkpoint {} and loss curve {}\nexport it with: {} export {} --dtype f32 --out model.ember",
+            ckpt.display(),
+            out.join("loss.csv").display(),
+            super::hint_bin("ember-train"),
+            shell_path(&out)
         );
-        if pos as u64 == steps_per_epoch {
-            if let Some(item) = val_items.first().or(train_items.first()) {
-                let text = sample_response(&model, &tok, item, eot, threads)
-                    .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
-                progress.line(
-                    con.log,
-                    &format!(
-                        "epoch {} response to {:?}: {}",
-                        epoch + 1,
-                        item.instruction,
-                        text.replace('\n', " ")
-                    ),
-                );
-            }
-            epoch += 1;
-            pos = 0;
-            order = data::epoch_order(train_ex.len(), rng.shuffle_seed, epoch);
-            if step < total {
-                save(
-                    &model,
-                    &ckpt_state(step, epoch, pos, tokens_seen, first_loss, train_s, &history),
-                )?;
-            }
-        }
-        if signal::interrupted() && step < total {
-            progress.finish(con.log);
-            let ck = save(
-                &model,
-                &ckpt_state(step, epoch, pos, tokens_seen, first_loss, train_s, &history),
-            )?;
-            say!(
-                con,
-                "interrupted at step {step}/{total}: saved the model so far: checkpoint {} and loss curve {}\nexport it with: {} export {} --dtype f32 --out model.ember",
-                ck.display(),
-                out.join("loss.csv").display(),
-                super::hint_bin("ember-train"),
-                shell_path(&out)
-            );
-            return Ok(Outcome {
-                json: json!({
-                    "interrupted": true,
-                    "steps": step,
-                    "total_steps": total,
-                    "out_dir": out,
-                    "checkpoint": ck,
-                    "loss_csv": out.join("loss.csv"),
-                    "loss_plot": out.join("loss.svg"),
-                    "wall_seconds": wall.elapsed().as_secs_f64(),
-                }),
-                exit_code: 130,
-            });
-        }
+        return Ok(Outcome {
+            json: json!({
+                "interrupted": true,
+                "steps": step,
+                "total_steps": total,
+                "out_dir": out,
+                "checkpoint": ckpt,
+                "loss_csv": out.join("loss.csv"),
+                "loss_plot": out.join("loss.svg"),
+                "wall_seconds": wall.elapsed().as_secs_f64(),
+            }),
+            exit_code: 130,
+        });
     }
-    progress.finish(con.log);
+    let history = cur.history;
 
-    // 6. Checkpoint, export, test loss, responses.
-    let ckpt = save(
-        &model,
-        &ckpt_state(step, epoch, pos, tokens_seen, first_loss, train_s, &history),
-    )?;
+    // 6. Export, test loss, responses.
     let model_path = out.join("model.ember");
     let provenance = vec![
         ("source".to_string(), s.init.display().to_string()),
@@ -714,7 +663,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     ];
     let meta = ExportMeta {
         config: cfg,
-        task: Task::LanguageModel,
+        task: ModelTask::LanguageModel,
         prompt: Some(template.clone()),
         tokenizer: Some(&tok),
         provenance,

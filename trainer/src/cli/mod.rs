@@ -7,12 +7,17 @@
 //! returned [`Outcome::json`] as ONE object on stdout.
 
 pub mod classify;
-pub mod commands;
+pub mod eval;
+pub mod export;
+pub mod export_safetensors;
+pub mod import;
 pub mod instruct;
 pub mod pretrain;
 pub mod progress;
 pub mod sample;
 pub mod signal;
+pub mod tokenizer;
+pub mod train_loop;
 
 use argh::FromArgs;
 use std::fmt;
@@ -394,11 +399,11 @@ pub struct Outcome {
 pub fn run(args: Args, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     match args.command {
         Command::Pretrain(a) => pretrain::run(a, con),
-        Command::Eval(a) => commands::eval(a, con),
-        Command::Tokenizer(a) => commands::tokenizer(a, con),
-        Command::Export(a) => commands::export(a, con),
-        Command::Import(a) => commands::import(a, con),
-        Command::ExportSafetensors(a) => commands::export_safetensors(a, con),
+        Command::Eval(a) => eval::eval(a, con),
+        Command::Tokenizer(a) => tokenizer::tokenizer(a, con),
+        Command::Export(a) => export::export(a, con),
+        Command::Import(a) => import::import(a, con),
+        Command::ExportSafetensors(a) => export_safetensors::export_safetensors(a, con),
         Command::Finetune(f) => match f.mode {
             FinetuneMode::Classify(a) => classify::run(a, con),
             FinetuneMode::Instruct(a) => instruct::run(a, con),

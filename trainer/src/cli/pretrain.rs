@@ -7,25 +7,30 @@
 //! the mean loss of `--eval-batches` training and validation batches with dropout off; after every
 //! epoch a greedy sample of `--prompt`. Checkpoints at the end of every epoch, every
 //! `--checkpoint-every` steps, at the end, and on Ctrl-C; `--resume` continues bit-for-bit.
+//! The loop is the shared one of `train_loop.rs`; this file resolves the run (`setup`) and
+//! supplies windows, AdamW, samples and checkpoints (`Pretrain`, a `train_loop::Task`).
 //!
 //! Letters: B batch, T window length (context), V vocabulary, N parameters.
 
-use super::progress::{Progress, Status};
+use super::progress::Progress;
+use super::train_loop::{
+    self, Cursor, Curves, SaveTo, Settings, Task, finite_or_null, mem_available,
+};
 use super::{
     CliError, Console, Outcome, PretrainArgs, count, failed, fmt_duration, sample, shell_path,
-    signal, usage,
+    usage,
 };
-use crate::adamw::{AdamW, AdamWConfig, DecayPolicy, LrSchedule, clip_grad_norm, grad_norm};
+use crate::adamw::{AdamW, AdamWConfig, DecayPolicy};
 use crate::checkpoint::{
-    self, Contents, DataRef, Hyper, Loaded, RngState, TokenizerRef, TrainerState,
+    self, Contents, DataRef, Hyper, InitScheme, Loaded, RngState, RunKind, Schedule, TokenizerRef,
+    TrainerState,
 };
 use crate::corpus;
 use crate::data::{self, CacheStatus, DataError, Windows, mix64};
 use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
-use crate::plot::{self, LossRow, to_csv, to_svg};
+use crate::plot;
 use crate::{note, say};
 use emberlm_formats::config::GptConfig;
-use emberlm_formats::ember::write_atomically;
 use emberlm_formats::tokenizer::{Tokenizer, TrainOptions, train_bpe};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -65,9 +70,6 @@ const MAIN_PROMPT: &str = "The trainer";
 const MAIN_EPOCHS: u64 = 2;
 const MAIN_LR: f32 = 1e-3;
 const MAIN_EVAL_EVERY: u64 = 25;
-
-/// A step whose loss exceeds this many times max(first loss, ln V) has diverged.
-const EXPLODE_FACTOR: f32 = 3.0;
 
 /// Where a run's files go.
 #[derive(Debug)]
@@ -182,46 +184,7 @@ fn validate_numbers(h: &Hyper) -> Result<(), CliError> {
     if h.eval_every == 0 {
         return Err(usage("--eval-every must be at least 1"));
     }
-    if h.schedule != "constant" && h.schedule != "cosine" {
-        return Err(usage(format!(
-            "--schedule {:?}: expected constant or cosine",
-            h.schedule
-        )));
-    }
     Ok(())
-}
-
-/// The learning rate of step `s` (from 0): linear warmup from `initial_lr`, then constant or
-/// cosine decay to `min_lr` at `total_steps` (appendix D).
-fn lr_at(h: &Hyper, s: u64) -> f32 {
-    if h.schedule == "cosine" {
-        LrSchedule {
-            initial_lr: h.initial_lr,
-            peak_lr: h.lr,
-            min_lr: h.min_lr,
-            warmup_steps: h.warmup_steps,
-            total_steps: h.total_steps,
-        }
-        .lr(s)
-    } else if s < h.warmup_steps {
-        let (i, p) = (h.initial_lr as f64, h.lr as f64);
-        (i + s as f64 * (p - i) / h.warmup_steps as f64) as f32
-    } else {
-        h.lr
-    }
-}
-
-/// The dropout seed of micro-batch `micro` of step `step`.
-fn dropout_seed(rng: &RngState, step: u64, micro: usize) -> u64 {
-    mix64(rng.dropout_seed ^ mix64(step.wrapping_mul(0x1_0000).wrapping_add(micro as u64)))
-}
-
-/// `MemAvailable` of /proc/meminfo in bytes (`None` where unknown).
-fn mem_available() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    kb.checked_mul(1024)
 }
 
 fn gib(b: u64) -> String {
@@ -286,6 +249,184 @@ fn data_error(name: &str, e: DataError) -> CliError {
     }
 }
 
+/// The training text of a run: its files (or the built-in corpus), as read.
+struct RunData {
+    texts: Vec<String>,
+    refs: Vec<DataRef>,
+    /// The built-in corpus (no `--data`).
+    builtin: bool,
+    /// How the data is named in errors (`--data FILE`, `the built-in corpus`).
+    name: String,
+}
+
+/// Reads `--data` (or the resumed run's files, or the built-in corpus); a resumed run's data
+/// must be the same bytes.
+fn read_data(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<RunData, CliError> {
+    let builtin_stored = resume.is_some_and(|l| {
+        l.state
+            .data
+            .first()
+            .is_some_and(|d| d.path.starts_with(corpus::PREFIX))
+    });
+    let builtin = a.data.is_empty() && (resume.is_none() || builtin_stored);
+    let mut texts: Vec<String> = Vec::new();
+    let mut data_refs = Vec::new();
+    if builtin {
+        for (name, text) in corpus::texts() {
+            data_refs.push(DataRef {
+                path: format!("{}{name}", corpus::PREFIX),
+                bytes: text.len() as u64,
+                hash: format!("{:016x}", data::fingerprint(text.as_bytes())),
+            });
+            texts.push(text.to_string());
+        }
+    } else {
+        let paths: Vec<PathBuf> = if !a.data.is_empty() {
+            a.data.clone()
+        } else {
+            let l = resume.ok_or_else(|| usage("no data"))?;
+            l.state
+                .data
+                .iter()
+                .map(|d| PathBuf::from(&d.path))
+                .collect()
+        };
+        for p in &paths {
+            let (t, src) = data::read_text(p).map_err(|e| failed(format!("--data {e}")))?;
+            data_refs.push(DataRef {
+                path: p.display().to_string(),
+                bytes: src.bytes,
+                hash: format!("{:016x}", src.hash),
+            });
+            texts.push(t);
+        }
+    }
+    if let Some(l) = resume {
+        let same = l.state.data.len() == data_refs.len()
+            && l.state
+                .data
+                .iter()
+                .zip(&data_refs)
+                .all(|(x, y)| x.hash == y.hash && x.bytes == y.bytes);
+        if !same {
+            return Err(failed(format!(
+                "--resume: the data differs from the run's ({}); resuming would not reproduce the run \
+                 (pass the original files with --data)",
+                l.state
+                    .data
+                    .iter()
+                    .map(|d| format!("{} {} bytes {}", d.path, d.bytes, d.hash))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+    }
+    let data_name = if builtin {
+        "the built-in corpus".to_string()
+    } else {
+        format!(
+            "--data {}",
+            data_refs
+                .iter()
+                .map(|d| d.path.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        )
+    };
+    Ok(RunData {
+        texts,
+        refs: data_refs,
+        builtin,
+        name: data_name,
+    })
+}
+
+/// The hyperparameters of a new run from the flags and the defaults (the main job's when
+/// `builtin`); `total_steps` is set later.
+fn new_hyper(
+    a: &PretrainArgs,
+    builtin: bool,
+    context: usize,
+    init: InitScheme,
+) -> Result<Hyper, CliError> {
+    let h = Hyper {
+        batch: a.batch.unwrap_or(if a.config.is_some() {
+            PRESET_BATCH
+        } else {
+            DEFAULT_BATCH
+        }),
+        context,
+        stride: a.stride.unwrap_or(if builtin {
+            (context / MAIN_STRIDE_DIVISOR).max(1)
+        } else {
+            context
+        }),
+        lr: a.lr.unwrap_or(if builtin { MAIN_LR } else { DEFAULT_LR }),
+        schedule: match &a.schedule {
+            Some(name) => name.parse().map_err(|e| usage(format!("--schedule {e}")))?,
+            None => Schedule::Constant,
+        },
+        initial_lr: a.initial_lr.unwrap_or(DEFAULT_INITIAL_LR),
+        min_lr: a.min_lr.unwrap_or(DEFAULT_MIN_LR),
+        warmup_steps: a.warmup_steps.unwrap_or(0),
+        weight_decay: a.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
+        decay_2d_only: a.decay_2d_only,
+        clip: a.clip,
+        grad_accum: a.grad_accum.unwrap_or(1),
+        dropout: a.dropout.unwrap_or(DEFAULT_DROPOUT),
+        seed: a.seed.unwrap_or(DEFAULT_SEED),
+        eval_every: a.eval_every.unwrap_or(if builtin {
+            MAIN_EVAL_EVERY
+        } else {
+            DEFAULT_EVAL_EVERY
+        }),
+        eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
+        prompt: a
+            .prompt
+            .clone()
+            .unwrap_or_else(|| if builtin { MAIN_PROMPT } else { DEFAULT_PROMPT }.to_string()),
+        sample_tokens: a.sample_tokens.unwrap_or(DEFAULT_SAMPLE_TOKENS),
+        total_steps: 0,
+        init,
+    };
+    validate_numbers(&h)?;
+    Ok(h)
+}
+
+/// The run's directory (`--out`, the resumed run's, or a fresh `runs/…`), created.
+fn create_out_dir(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<PathBuf, CliError> {
+    let out_dir = match (&a.out, resume) {
+        (Some(o), _) => o.clone(),
+        (None, Some(l)) => {
+            let root = l
+                .dir
+                .parent()
+                .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
+            match root.and_then(Path::parent) {
+                Some(d) => d.to_path_buf(),
+                None => {
+                    return Err(usage(format!(
+                        "--resume {}: not inside a run directory; give --out",
+                        l.dir.display()
+                    )));
+                }
+            }
+        }
+        (None, None) => fresh_run_dir(),
+    };
+    if resume.is_none() && holds_run(&out_dir) {
+        return Err(usage(already_a_run(&out_dir)));
+    }
+    std::fs::create_dir_all(&out_dir).map_err(|e| {
+        failed(format!(
+            "--out {}: {}",
+            out_dir.display(),
+            data::io_reason(&e)
+        ))
+    })?;
+    Ok(out_dir)
+}
+
 fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     if a.epochs.is_some() && a.steps.is_some() {
         return Err(usage("give --epochs or --steps, not both"));
@@ -330,7 +471,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
                     "--resume {}: this checkpoint was not written by a training run (kind {:?}); \
                      use --init to start from its weights",
                     p.display(),
-                    l.state.kind
+                    l.state.kind.as_str()
                 )));
             }
             Some(l)
@@ -362,77 +503,12 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     };
 
     // 2. The data.
-    let builtin_stored = resume.as_ref().is_some_and(|l| {
-        l.state
-            .data
-            .first()
-            .is_some_and(|d| d.path.starts_with(corpus::PREFIX))
-    });
-    let builtin = a.data.is_empty() && (resume.is_none() || builtin_stored);
-    let mut texts: Vec<String> = Vec::new();
-    let mut data_refs = Vec::new();
-    if builtin {
-        for (name, text) in corpus::texts() {
-            data_refs.push(DataRef {
-                path: format!("{}{name}", corpus::PREFIX),
-                bytes: text.len() as u64,
-                hash: format!("{:016x}", data::fingerprint(text.as_bytes())),
-            });
-            texts.push(text.to_string());
-        }
-    } else {
-        let paths: Vec<PathBuf> = if !a.data.is_empty() {
-            a.data.clone()
-        } else {
-            let l = resume.as_ref().ok_or_else(|| usage("no data"))?;
-            l.state
-                .data
-                .iter()
-                .map(|d| PathBuf::from(&d.path))
-                .collect()
-        };
-        for p in &paths {
-            let (t, src) = data::read_text(p).map_err(|e| failed(format!("--data {e}")))?;
-            data_refs.push(DataRef {
-                path: p.display().to_string(),
-                bytes: src.bytes,
-                hash: format!("{:016x}", src.hash),
-            });
-            texts.push(t);
-        }
-    }
-    if let Some(l) = &resume {
-        let same = l.state.data.len() == data_refs.len()
-            && l.state
-                .data
-                .iter()
-                .zip(&data_refs)
-                .all(|(x, y)| x.hash == y.hash && x.bytes == y.bytes);
-        if !same {
-            return Err(failed(format!(
-                "--resume: the data differs from the run's ({}); resuming would not reproduce the run \
-                 (pass the original files with --data)",
-                l.state
-                    .data
-                    .iter()
-                    .map(|d| format!("{} {} bytes {}", d.path, d.bytes, d.hash))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-    }
-    let data_name = if builtin {
-        "the built-in corpus".to_string()
-    } else {
-        format!(
-            "--data {}",
-            data_refs
-                .iter()
-                .map(|d| d.path.as_str())
-                .collect::<Vec<_>>()
-                .join(" ")
-        )
-    };
+    let RunData {
+        texts,
+        refs: data_refs,
+        builtin,
+        name: data_name,
+    } = read_data(a, resume.as_ref())?;
 
     // 3. Tokenizer, configuration and hyperparameters.
     let (tokenizer, tok_kind, cfg, hyper) = if let Some(l) = &resume {
@@ -525,53 +601,13 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
             )));
         }
         let init_name = match (&a.init, a.init_scheme.as_deref()) {
-            (Some(p), _) => format!("checkpoint:{}", p.display()),
-            (None, None | Some("torch")) => "torch".to_string(),
-            (None, Some("gpt2")) => "gpt2".to_string(),
+            (Some(p), _) => InitScheme::Checkpoint(p.display().to_string()),
+            (None, None) => InitScheme::Torch,
             (None, Some(o)) => {
-                return Err(usage(format!(
-                    "--init-scheme {o:?}: expected torch or gpt2"
-                )));
+                InitScheme::parse_scheme(o).map_err(|e| usage(format!("--init-scheme {e}")))?
             }
         };
-        let h = Hyper {
-            batch: a.batch.unwrap_or(if a.config.is_some() {
-                PRESET_BATCH
-            } else {
-                DEFAULT_BATCH
-            }),
-            context,
-            stride: a.stride.unwrap_or(if builtin {
-                (context / MAIN_STRIDE_DIVISOR).max(1)
-            } else {
-                context
-            }),
-            lr: a.lr.unwrap_or(if builtin { MAIN_LR } else { DEFAULT_LR }),
-            schedule: a.schedule.clone().unwrap_or_else(|| "constant".into()),
-            initial_lr: a.initial_lr.unwrap_or(DEFAULT_INITIAL_LR),
-            min_lr: a.min_lr.unwrap_or(DEFAULT_MIN_LR),
-            warmup_steps: a.warmup_steps.unwrap_or(0),
-            weight_decay: a.weight_decay.unwrap_or(DEFAULT_WEIGHT_DECAY),
-            decay_2d_only: a.decay_2d_only,
-            clip: a.clip,
-            grad_accum: a.grad_accum.unwrap_or(1),
-            dropout: a.dropout.unwrap_or(DEFAULT_DROPOUT),
-            seed: a.seed.unwrap_or(DEFAULT_SEED),
-            eval_every: a.eval_every.unwrap_or(if builtin {
-                MAIN_EVAL_EVERY
-            } else {
-                DEFAULT_EVAL_EVERY
-            }),
-            eval_batches: a.eval_batches.unwrap_or(DEFAULT_EVAL_BATCHES),
-            prompt: a
-                .prompt
-                .clone()
-                .unwrap_or_else(|| if builtin { MAIN_PROMPT } else { DEFAULT_PROMPT }.to_string()),
-            sample_tokens: a.sample_tokens.unwrap_or(DEFAULT_SAMPLE_TOKENS),
-            total_steps: 0,
-            init: init_name,
-        };
-        validate_numbers(&h)?;
+        let h = new_hyper(a, builtin, context, init_name)?;
         (tok, kind, cfg, h)
     };
     let mut hyper = hyper;
@@ -656,35 +692,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     };
 
     // 6. The output directory.
-    let out_dir = match (&a.out, &resume) {
-        (Some(o), _) => o.clone(),
-        (None, Some(l)) => {
-            let root = l
-                .dir
-                .parent()
-                .filter(|p| p.file_name().is_some_and(|n| n == "checkpoints"));
-            match root.and_then(Path::parent) {
-                Some(d) => d.to_path_buf(),
-                None => {
-                    return Err(usage(format!(
-                        "--resume {}: not inside a run directory; give --out",
-                        l.dir.display()
-                    )));
-                }
-            }
-        }
-        (None, None) => fresh_run_dir(),
-    };
-    if resume.is_none() && holds_run(&out_dir) {
-        return Err(usage(already_a_run(&out_dir)));
-    }
-    std::fs::create_dir_all(&out_dir).map_err(|e| {
-        failed(format!(
-            "--out {}: {}",
-            out_dir.display(),
-            data::io_reason(&e)
-        ))
-    })?;
+    let out_dir = create_out_dir(a, resume.as_ref())?;
     let files = OutFiles {
         csv: out_dir.join("loss.csv"),
         svg: out_dir.join("loss.svg"),
@@ -735,42 +743,122 @@ fn mean_loss(
     Ok((sum / nb as f64) as f32)
 }
 
-fn write_curves(files: &OutFiles, rows: &[LossRow], cfg: &GptConfig) -> Result<(), CliError> {
-    let csv = to_csv(rows);
-    write_atomically(&files.csv, |w| w.write_all(csv.as_bytes()))
-        .map_err(|e| failed(format!("{}: {}", files.csv.display(), data::io_reason(&e))))?;
-    let svg = to_svg(rows, &plot::title("pretraining", &plot::model_name(cfg)));
-    write_atomically(&files.svg, |w| w.write_all(svg.as_bytes()))
-        .map_err(|e| failed(format!("{}: {}", files.svg.display(), data::io_reason(&e))))
-}
-
-/// The best checkpoint so far: its validation loss and step.
-#[derive(Clone, Copy, Debug)]
-struct Best {
-    val_loss: f32,
+/// Pretraining as a [`train_loop::Task`]: sliding windows, AdamW with its moments, a greedy
+/// sample after every epoch, checkpoints that resume bit-for-bit.
+struct Pretrain<'a> {
+    train: &'a Windows,
+    val: &'a Windows,
+    val_order: Vec<usize>,
+    order: Vec<usize>,
+    rng: &'a RngState,
+    h: &'a Hyper,
+    x: Vec<u32>,
+    y: Vec<i32>,
+    opt: AdamW,
+    tok: &'a Tokenizer,
+    /// `trainer.json` without the position.
+    base: TrainerState,
+    shapes: Vec<(String, Vec<usize>)>,
+    dir: &'a Path,
+    threads: usize,
+    /// The last epoch's sample and the step it was taken at.
+    last_sample: Option<(u64, String)>,
+    /// The step the loop is at (for the sample's step).
     step: u64,
 }
 
-/// The recorded best checkpoint of a run (its last evaluation), if `dir` holds one.
-fn read_best(dir: &Path) -> Option<Best> {
-    let text = std::fs::read_to_string(dir.join(checkpoint::STATE_FILE)).ok()?;
-    let state: TrainerState = serde_json::from_str(&text).ok()?;
-    let last = state.history.last()?;
-    (last.step == state.step && last.val_loss.is_finite()).then_some(Best {
-        val_loss: last.val_loss,
-        step: state.step,
-    })
+impl Pretrain<'_> {
+    fn state(&self, cur: &Cursor) -> TrainerState {
+        TrainerState {
+            adam_step: Some(self.opt.step_count()),
+            ..cur.stamp(&self.base)
+        }
+    }
 }
 
-/// Training progress that goes into `trainer.json`.
-struct Cursor {
-    step: u64,
-    epoch: u64,
-    pos: usize,
-    tokens_seen: u64,
-    first_loss: Option<f32>,
-    train_seconds: f64,
-    history: Vec<LossRow>,
+impl Task for Pretrain<'_> {
+    fn start_epoch(&mut self, epoch: u64) {
+        self.order = data::epoch_order(self.train.len(), self.rng.shuffle_seed, epoch);
+    }
+
+    fn micro_batch(
+        &mut self,
+        model: &mut Gpt,
+        pos: usize,
+        seed: u64,
+        step_no: u64,
+    ) -> Result<(f32, u64), CliError> {
+        let (b, t) = (self.h.batch, self.h.context);
+        self.train.fill(
+            &self.order[pos * b..(pos + 1) * b],
+            &mut self.x,
+            &mut self.y,
+        );
+        let loss = model
+            .forward(&self.x, Some(&self.y), b, t, Mode::Train { seed })
+            .map_err(|e| failed(format!("step {step_no}: {e}")))?
+            .unwrap_or(f32::NAN);
+        if loss.is_finite() {
+            model
+                .backward()
+                .map_err(|e| failed(format!("step {step_no}: {e}")))?;
+        }
+        self.step = step_no;
+        Ok((loss, (b * t) as u64))
+    }
+
+    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+        let (p, g) = model.params_and_grads();
+        self.opt.step(p, g, lr).map_err(|e| e.to_string())
+    }
+
+    fn evaluate(&mut self, model: &mut Gpt, at: u64) -> Result<(f32, f32), CliError> {
+        let (b, n) = (self.h.batch, self.h.eval_batches);
+        let eval_order = data::epoch_order(self.train.len(), self.rng.eval_seed, at);
+        let xy = (&mut self.x, &mut self.y);
+        let tl = mean_loss(model, self.train, &eval_order, b, n, true, xy)?;
+        let xy = (&mut self.x, &mut self.y);
+        let vl = mean_loss(model, self.val, &self.val_order, b, n, false, xy)?;
+        Ok((tl, vl))
+    }
+
+    fn end_epoch(
+        &mut self,
+        model: &mut Gpt,
+        epoch: u64,
+        progress: &mut Progress,
+        con: &mut Console<'_>,
+    ) -> Result<(), CliError> {
+        let h = self.h;
+        let text = sample::greedy(model, self.tok, &h.prompt, h.sample_tokens, self.threads)
+            .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
+        progress.line(
+            con.log,
+            &format!("epoch {} sample: {}", epoch + 1, text.replace('\n', " ")),
+        );
+        self.last_sample = Some((self.step, text));
+        Ok(())
+    }
+
+    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+        let state = self.state(cur);
+        let c = Contents {
+            state: &state,
+            shapes: &self.shapes,
+            params: model.params(),
+            moments: Some((self.opt.m(), self.opt.v())),
+            tokenizer: self.tok,
+        };
+        // The best checkpoint (the lowest validation loss, without moments): what a run that
+        // overfits should export.
+        let which = if matches!(to, SaveTo::Best(_)) {
+            "the best checkpoint"
+        } else {
+            "the checkpoint"
+        };
+        to.write(self.dir, c)
+            .map_err(|e| failed(format!("saving {which}: {e}")))
+    }
 }
 
 fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
@@ -799,19 +887,12 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         Some(l) => {
             let model =
                 Gpt::from_params(cfg, l.params).map_err(|e| failed(format!("--resume: {e}")))?;
+            let cur = Cursor::of(&l.state);
             let st = l.state;
             (
                 model,
                 st.rng,
-                Cursor {
-                    step: st.step,
-                    epoch: st.epoch,
-                    pos: st.batch_in_epoch,
-                    tokens_seen: st.tokens_seen,
-                    first_loss: st.first_loss,
-                    train_seconds: st.train_seconds,
-                    history: st.history,
-                },
+                cur,
                 Some((st.adam_step.unwrap_or(st.step), l.moments)),
             )
         }
@@ -819,7 +900,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             let model = match init_params {
                 Some(p) => Gpt::from_params(cfg, p).map_err(|e| failed(format!("--init: {e}")))?,
                 None => {
-                    let scheme = if h.init == "gpt2" {
+                    let scheme = if h.init == InitScheme::Gpt2 {
                         Init::Gpt2
                     } else {
                         Init::TorchDefault
@@ -832,16 +913,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 dropout_seed: mix64(h.seed ^ 2),
                 eval_seed: mix64(h.seed ^ 3),
             };
-            let cur = Cursor {
-                step: 0,
-                epoch: 0,
-                pos: 0,
-                tokens_seen: 0,
-                first_loss: None,
-                train_seconds: 0.0,
-                history: Vec::new(),
-            };
-            (model, rng, cur, None)
+            (model, rng, Cursor::default(), None)
         }
     };
     model.dropout = DropoutRates::uniform(h.dropout);
@@ -894,308 +966,92 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         );
     }
     note!(con, "output: {}", files.dir.display());
-    write_curves(&files, &cur.history, &cfg)?;
 
-    let ga = h.grad_accum;
     let (b, total) = (h.batch, h.total_steps);
-    let step_tokens = (ga * b * t) as u64;
-    let mut order = data::epoch_order(train.len(), rng.shuffle_seed, cur.epoch);
-    let val_order: Vec<usize> = (0..val.len()).collect();
-    let (mut x, mut y) = (Vec::with_capacity(b * t), Vec::with_capacity(b * t));
-    let mut progress = Progress::new(con.tty);
-    let session_t0 = Instant::now();
-    let session_step0 = cur.step;
-    let mut session_train_s = 0f64;
-    let mut last_ckpt: Option<PathBuf> = None;
-    let mut last_sample: Option<(u64, String)> = None;
-    let ln_v = (cfg.vocab_size as f32).ln();
-
-    let state_of = |cur: &Cursor, opt: &AdamW| TrainerState {
-        format: checkpoint::FORMAT.into(),
-        version: checkpoint::VERSION,
-        kind: "pretrain".into(),
-        config: cfg.into(),
-        step: cur.step,
-        epoch: cur.epoch,
-        batch_in_epoch: cur.pos,
-        tokens_seen: cur.tokens_seen,
-        first_loss: cur.first_loss,
-        train_seconds: cur.train_seconds,
-        adam_step: Some(opt.step_count()),
-        rng: rng.clone(),
-        hyper: Some(h.clone()),
-        data: data_refs.clone(),
-        tokenizer: tok_ref.clone(),
-        history: cur.history.clone(),
-        source: None,
-        classifier: None,
-    };
-    let shapes = cfg.tensor_shapes();
-    let save = |cur: &Cursor, model: &Gpt, opt: &AdamW| -> Result<PathBuf, CliError> {
-        let state = state_of(cur, opt);
-        checkpoint::save_run(
-            &files.dir,
-            &Contents {
-                state: &state,
-                shapes: &shapes,
-                params: model.params(),
-                moments: Some((opt.m(), opt.v())),
-                tokenizer: &tok,
-            },
-        )
-        .map_err(|e| failed(format!("saving the checkpoint: {e}")))
-    };
-    // The checkpoint with the lowest validation loss (written atomically, without moments): what
-    // a run that overfits should export. A resumed run continues from its recorded best.
     let best_dir = files.dir.join("checkpoints").join(checkpoint::BEST_DIR);
-    let mut best: Option<Best> = read_best(&best_dir);
-    let mut save_best = |cur: &Cursor, model: &Gpt, opt: &AdamW, vl: f32| -> Result<(), CliError> {
-        if !vl.is_finite() || best.as_ref().is_some_and(|b| vl >= b.val_loss) {
-            return Ok(());
-        }
-        checkpoint::write_dir(
-            &best_dir,
-            &Contents {
-                state: &state_of(cur, opt),
-                shapes: &shapes,
-                params: model.params(),
-                moments: None,
-                tokenizer: &tok,
-            },
-        )
-        .map_err(|e| failed(format!("saving the best checkpoint: {e}")))?;
-        best = Some(Best {
-            val_loss: vl,
-            step: cur.step,
-        });
-        Ok(())
+    let settings = Settings {
+        total,
+        batches_per_epoch,
+        grad_accum: h.grad_accum,
+        clip: h.clip,
+        lr: h.lr_schedule(),
+        dropout_seed: rng.dropout_seed,
+        eval_every: h.eval_every,
+        checkpoint_every: a.checkpoint_every,
+        checkpoint_epochs: true,
+        best_dir: Some(best_dir.clone()),
+        chance_loss: Some((cfg.vocab_size as f32).ln()),
+        advice: format!("lower --lr (now {}) or add --clip 1.0", h.lr),
+        rate_unit: "tok/s",
+        curves: Curves {
+            csv: files.csv.clone(),
+            svg: files.svg.clone(),
+            title: plot::title("pretraining", &plot::model_name(&cfg)),
+            seen: "tokens seen",
+        },
     };
-    let diverged = |step: u64, what: String, last: &Option<PathBuf>| {
-        failed(format!(
-            "training diverged at step {step}: {what}; lower --lr (now {}) or add --clip 1.0. {}",
-            h.lr,
-            match last {
-                Some(p) => format!("The last good checkpoint is intact: {}", p.display()),
-                None => "No checkpoint had been written yet.".to_string(),
-            }
-        ))
+    let mut task = Pretrain {
+        train: &train,
+        val: &val,
+        val_order: (0..val.len()).collect(),
+        order: Vec::new(),
+        rng: &rng,
+        h: &h,
+        x: Vec::with_capacity(b * t),
+        y: Vec::with_capacity(b * t),
+        opt,
+        tok: &tok,
+        base: TrainerState {
+            hyper: Some(h.clone()),
+            data: data_refs,
+            ..TrainerState::fresh(RunKind::Pretrain, cfg, rng.clone(), tok_ref)
+        },
+        shapes: cfg.tensor_shapes(),
+        dir: &files.dir,
+        threads,
+        last_sample: None,
+        step: cur.step,
     };
-
-    while cur.step < total {
-        if cur.pos + ga > batches_per_epoch {
-            cur.epoch += 1;
-            cur.pos = 0;
-            order = data::epoch_order(train.len(), rng.shuffle_seed, cur.epoch);
-        }
-        let t0 = Instant::now();
-        let step_no = cur.step + 1;
-        model.zero_grad();
-        let mut loss_sum = 0f64;
-        for micro in 0..ga {
-            let idx = &order[cur.pos * b..(cur.pos + 1) * b];
-            train.fill(idx, &mut x, &mut y);
-            let seed = dropout_seed(&rng, cur.step, micro);
-            let loss = model
-                .forward(&x, Some(&y), b, t, Mode::Train { seed })
-                .map_err(|e| failed(format!("step {step_no}: {e}")))?
-                .unwrap_or(f32::NAN);
-            let limit = EXPLODE_FACTOR * cur.first_loss.unwrap_or(ln_v).max(ln_v);
-            if !loss.is_finite() || loss > limit {
-                return Err(diverged(step_no, format!("loss {loss}"), &last_ckpt));
-            }
-            model
-                .backward()
-                .map_err(|e| failed(format!("step {step_no}: {e}")))?;
-            loss_sum += loss as f64;
-            cur.pos += 1;
-        }
-        let loss = (loss_sum / ga as f64) as f32;
-        if ga > 1 {
-            let scale = 1.0 / ga as f32;
-            model.grads_mut().iter_mut().for_each(|g| *g *= scale);
-        }
-        let norm = match h.clip {
-            Some(c) => clip_grad_norm(model.grads_mut(), c),
-            None => grad_norm(model.grads()),
-        };
-        if !norm.is_finite() {
-            return Err(diverged(
-                step_no,
-                format!("gradient norm {norm}"),
-                &last_ckpt,
-            ));
-        }
-        let lr = lr_at(&h, cur.step);
-        let (p, g) = model.params_and_grads();
-        opt.step(p, g, lr)
-            .map_err(|e| failed(format!("step {step_no}: {e}")))?;
-        let dt = t0.elapsed().as_secs_f64();
-        cur.train_seconds += dt;
-        session_train_s += dt;
-        cur.tokens_seen += step_tokens;
-        cur.first_loss.get_or_insert(loss);
-        let done = cur.step; // 0-based index of the step just taken (the book's global_step)
-        cur.step += 1;
-        let session_steps = cur.step - session_step0;
-        let tok_s = (session_steps * step_tokens) as f64 / session_train_s.max(1e-9);
-        let eta =
-            session_t0.elapsed().as_secs_f64() / session_steps as f64 * (total - cur.step) as f64;
-        let status = Status {
-            step: cur.step,
-            total,
-            unit: "step",
-            epoch: Some(cur.epoch + 1),
-            loss: Some(loss),
-            lr: Some(lr),
-            rate: tok_s,
-            rate_unit: "tok/s",
-            eta,
-        };
-
-        if done % h.eval_every == 0 || cur.step == total {
-            let eval_order = data::epoch_order(train.len(), rng.eval_seed, done);
-            let tl = mean_loss(
-                &mut model,
-                &train,
-                &eval_order,
-                b,
-                h.eval_batches,
-                true,
-                (&mut x, &mut y),
-            )?;
-            let vl = mean_loss(
-                &mut model,
-                &val,
-                &val_order,
-                b,
-                h.eval_batches,
-                false,
-                (&mut x, &mut y),
-            )?;
-            cur.history.push(LossRow {
-                step: cur.step,
-                epoch: cur.epoch + 1,
-                tokens_seen: cur.tokens_seen,
-                lr,
-                train_loss: tl,
-                val_loss: vl,
-            });
-            write_curves(&files, &cur.history, &cfg)?;
-            save_best(&cur, &model, &opt, vl)?;
-            progress.line(
-                con.log,
-                &format!(
-                    "step {}/{total} | epoch {} | train loss {tl:.3} | val loss {vl:.3} | lr {lr:.2e} | {tok_s:.0} tok/s | ETA {}",
-                    cur.step,
-                    cur.epoch + 1,
-                    fmt_duration(eta)
-                ),
-            );
-        }
-        progress.update(con.log, &status, cur.step == total);
-
-        let epoch_end = cur.pos + ga > batches_per_epoch;
-        if epoch_end {
-            let text = sample::greedy(&model, &tok, &h.prompt, h.sample_tokens, threads)
-                .map_err(|e| failed(format!("sample after epoch {}: {e}", cur.epoch + 1)))?;
-            progress.line(
-                con.log,
-                &format!(
-                    "epoch {} sample: {}",
-                    cur.epoch + 1,
-                    text.replace('\n', " ")
-                ),
-            );
-            last_sample = Some((cur.step, text));
-            cur.epoch += 1;
-            cur.pos = 0;
-            order = data::epoch_order(train.len(), rng.shuffle_seed, cur.epoch);
-        }
-        let interrupted = signal::interrupted();
-        let periodic = a.checkpoint_every.is_some_and(|n| cur.step % n == 0);
-        if epoch_end || periodic || cur.step == total || interrupted {
-            last_ckpt = Some(save(&cur, &model, &opt)?);
-        }
-        if interrupted && cur.step < total {
-            progress.finish(con.log);
-            let ck = last_ckpt.clone().unwrap_or_default();
-            say!(
-                con,
-                "interrupted at step {}/{total}: saved the model so far: checkpoint {} and loss curve {}\nresume with: {} pretrain --resume {}",
-                cur.step,
-                ck.display(),
-                files.csv.display(),
-                super::hint_bin("ember-train"),
-                shell_path(&files.dir)
-            );
-            return Ok(Outcome {
-                json: json!({
-                    "interrupted": true,
-                    "steps": cur.step,
-                    "total_steps": total,
-                    "out_dir": files.dir,
-                    "checkpoint": ck,
-                    "loss_csv": files.csv,
-                    "loss_plot": files.svg,
-                    "wall_seconds": wall.elapsed().as_secs_f64(),
-                    "best_checkpoint": best.map(|_| &best_dir),
-                    "best_val_loss": best.map(|b| b.val_loss),
-                    "best_step": best.map(|b| b.step),
-                }),
-                exit_code: 130,
-            });
-        }
-    }
-    progress.finish(con.log);
-
-    // Nothing ran (resumed a finished run): evaluate and save once so the summary is complete.
-    if cur.history.last().is_none_or(|r| r.step != cur.step) {
-        let eval_order = data::epoch_order(train.len(), rng.eval_seed, cur.step);
-        let tl = mean_loss(
-            &mut model,
-            &train,
-            &eval_order,
-            b,
-            h.eval_batches,
-            true,
-            (&mut x, &mut y),
-        )?;
-        let vl = mean_loss(
-            &mut model,
-            &val,
-            &val_order,
-            b,
-            h.eval_batches,
-            false,
-            (&mut x, &mut y),
-        )?;
-        cur.history.push(LossRow {
-            step: cur.step,
-            epoch: cur.epoch.max(1),
-            tokens_seen: cur.tokens_seen,
-            lr: lr_at(&h, cur.step.saturating_sub(1)),
-            train_loss: tl,
-            val_loss: vl,
+    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, con)?;
+    let best = ended.best;
+    if ended.interrupted {
+        let ck = ended.checkpoint;
+        say!(
+            con,
+            "interrupted at step {}/{total}: saved the model so far: checkpoint {} and loss curve {}\nresume with: {} pretrain --resume {}",
+            cur.step,
+            ck.display(),
+            files.csv.display(),
+            super::hint_bin("ember-train"),
+            shell_path(&files.dir)
+        );
+        return Ok(Outcome {
+            json: json!({
+                "interrupted": true,
+                "steps": cur.step,
+                "total_steps": total,
+                "out_dir": files.dir,
+                "checkpoint": ck,
+                "loss_csv": files.csv,
+                "loss_plot": files.svg,
+                "wall_seconds": wall.elapsed().as_secs_f64(),
+                "best_checkpoint": best.map(|_| &best_dir),
+                "best_val_loss": best.map(|b| b.val_loss),
+                "best_step": best.map(|b| b.step),
+            }),
+            exit_code: 130,
         });
-        write_curves(&files, &cur.history, &cfg)?;
     }
-    if last_ckpt.is_none() {
-        last_ckpt = Some(save(&cur, &model, &opt)?);
-    }
-    let sample_text = match last_sample {
+    let sample_text = match task.last_sample.take() {
         Some((s, text)) if s == cur.step => text,
         _ => sample::greedy(&model, &tok, &h.prompt, h.sample_tokens, threads)
             .map_err(|e| failed(format!("final sample: {e}")))?,
     };
     let last = cur.history.last().copied();
     let (tl, vl) = last.map_or((f32::NAN, f32::NAN), |r| (r.train_loss, r.val_loss));
-    let session_steps = cur.step - session_step0;
-    let tok_s = if session_train_s > 0.0 {
-        (session_steps * step_tokens) as f64 / session_train_s
-    } else {
-        0.0
-    };
-    let ckpt = last_ckpt.unwrap_or_default();
+    let session_steps = ended.session_steps;
+    let tok_s = ended.rate;
+    let ckpt = ended.checkpoint;
     let wall_s = wall.elapsed().as_secs_f64();
     let epochs = cur.step as f64 / steps_per_epoch as f64;
     let out_dir = shell_path(&files.dir);
@@ -1222,7 +1078,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             con,
             "trained {} ({epochs:.2} epochs, {} tokens) in {}: train loss {tl:.3}, val loss {vl:.3}, {tok_s:.0} tokens/s",
             count(cur.step, "step"),
-            cur.tokens_seen,
+            cur.seen,
             fmt_duration(wall_s)
         );
     }
@@ -1261,7 +1117,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "tokens_per_s": tok_s,
             "steps": cur.step,
             "epochs": epochs,
-            "tokens_seen": cur.tokens_seen,
+            "tokens_seen": cur.seen,
             "wall_seconds": wall_s,
             "train_seconds": cur.train_seconds,
             "out_dir": files.dir,
@@ -1281,14 +1137,6 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     })
 }
 
-fn finite_or_null(v: f32) -> serde_json::Value {
-    if v.is_finite() {
-        json!(v)
-    } else {
-        serde_json::Value::Null
-    }
-}
-
 /// `s` quoted for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
@@ -1304,7 +1152,7 @@ mod tests {
             context: 4,
             stride: 4,
             lr: 1e-3,
-            schedule: schedule.into(),
+            schedule: schedule.parse().unwrap(),
             initial_lr: 1e-5,
             min_lr: 1e-5,
             warmup_steps: 27,
@@ -1319,7 +1167,7 @@ mod tests {
             prompt: String::new(),
             sample_tokens: 1,
             total_steps: 135,
-            init: "torch".into(),
+            init: InitScheme::Torch,
         }
     }
 
@@ -1327,18 +1175,24 @@ mod tests {
     fn schedules_follow_appendix_d() {
         let c = hyper("cosine");
         // Warmup: 1e-5 + s·(1e-3 − 1e-5)/27.
-        assert!((lr_at(&c, 0) - 1e-5).abs() < 1e-12);
+        assert!((c.lr_schedule().lr(0) - 1e-5).abs() < 1e-12);
         let want = 1e-5 + 13.0 * (1e-3 - 1e-5) / 27.0;
-        assert!((lr_at(&c, 13) as f64 - want).abs() < 1e-9);
-        assert!((lr_at(&c, 27) - 1e-3).abs() < 1e-9, "peak after warmup");
-        assert!((lr_at(&c, 135) - 1e-5).abs() < 1e-9, "min at the end");
+        assert!((c.lr_schedule().lr(13) as f64 - want).abs() < 1e-9);
+        assert!(
+            (c.lr_schedule().lr(27) - 1e-3).abs() < 1e-9,
+            "peak after warmup"
+        );
+        assert!(
+            (c.lr_schedule().lr(135) - 1e-5).abs() < 1e-9,
+            "min at the end"
+        );
         let k = hyper("constant");
-        assert!((lr_at(&k, 0) - 1e-5).abs() < 1e-12);
-        assert_eq!(lr_at(&k, 27), 1e-3);
-        assert_eq!(lr_at(&k, 1000), 1e-3);
+        assert!((k.lr_schedule().lr(0) - 1e-5).abs() < 1e-12);
+        assert_eq!(k.lr_schedule().lr(27), 1e-3);
+        assert_eq!(k.lr_schedule().lr(1000), 1e-3);
         let mut none = hyper("constant");
         none.warmup_steps = 0;
-        assert_eq!(lr_at(&none, 0), 1e-3);
+        assert_eq!(none.lr_schedule().lr(0), 1e-3);
     }
 
     #[test]
@@ -1346,10 +1200,11 @@ mod tests {
         let mut h = hyper("constant");
         h.lr = f32::NAN;
         assert!(matches!(validate_numbers(&h), Err(CliError::Usage(m)) if m.contains("--lr")));
-        let mut h = hyper("linear");
-        h.lr = 1e-3;
+        // --schedule is parsed into the typed setting: an unknown name never reaches a run.
         assert!(
-            matches!(validate_numbers(&h), Err(CliError::Usage(m)) if m.contains("--schedule"))
+            "linear"
+                .parse::<Schedule>()
+                .is_err_and(|m| m.contains("linear"))
         );
         let mut h = hyper("constant");
         h.dropout = 1.0;

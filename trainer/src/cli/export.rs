@@ -1,0 +1,72 @@
+//! `ember-train export`: a checkpoint as a `.ember` file (f32, f16 or int8).
+
+use super::{CliError, Console, ExportArgs, Outcome, failed};
+use crate::checkpoint;
+use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::{note, say};
+use emberlm_formats::meta::Task;
+use serde_json::json;
+use std::time::Instant;
+
+/// `ember-train export CKPT --dtype f32|f16|int8 --out MODEL.ember`.
+pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    let dtype: ExportDtype = a
+        .dtype
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--dtype: {e}")))?;
+    let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
+    let mut provenance = vec![
+        ("source".to_string(), l.dir.display().to_string()),
+        ("steps".to_string(), l.state.step.to_string()),
+        ("tokens_seen".to_string(), l.state.tokens_seen.to_string()),
+    ];
+    if !l.state.data.is_empty() {
+        let d: Vec<String> = l
+            .state
+            .data
+            .iter()
+            .map(|d| format!("{} ({})", d.path, d.hash))
+            .collect();
+        provenance.push(("data".to_string(), d.join(", ")));
+    }
+    if let Some(r) = l.state.history.last() {
+        provenance.push(("val_loss".to_string(), r.val_loss.to_string()));
+    }
+    let task = match &l.state.classifier {
+        Some(c) => c.task().map_err(failed)?,
+        None => Task::LanguageModel,
+    };
+    let meta = ExportMeta {
+        config: l.config,
+        task,
+        prompt: None,
+        tokenizer: l.tokenizer.as_ref(),
+        provenance,
+    };
+    let mut offsets = std::collections::HashMap::new();
+    let mut off = 0usize;
+    for (name, shape) in checkpoint::tensor_shapes(&l.config, l.state.classifier.as_ref()) {
+        let n: usize = shape.iter().product();
+        offsets.insert(name, off..off + n);
+        off += n;
+    }
+    let params = &l.params;
+    let t0 = Instant::now();
+    let bytes = export_ember(&a.out, &meta, dtype, &|n| {
+        offsets.get(n).and_then(|r| params.get(r.clone()))
+    })
+    .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+    say!(
+        con,
+        "{}: {} bytes ({:.1} MB, {})",
+        a.out.display(),
+        bytes,
+        bytes as f64 / 1e6,
+        dtype.name()
+    );
+    Ok(Outcome {
+        json: json!({"out": a.out, "bytes": bytes, "dtype": dtype.name()}),
+        exit_code: 0,
+    })
+}

@@ -1,0 +1,79 @@
+//! `ember-train export-safetensors`: a checkpoint as Hugging Face or book-layout safetensors.
+
+use super::{CliError, Console, Outcome, failed};
+use crate::checkpoint::{self, TrainerState};
+use crate::{note, say};
+use serde_json::json;
+use std::time::Instant;
+
+/// `ember-train export-safetensors CKPT --layout hf|book --out DIR`.
+pub fn export_safetensors(
+    a: super::ExportSafetensorsArgs,
+    con: &mut Console<'_>,
+) -> Result<Outcome, CliError> {
+    let layout: crate::import::Layout = a
+        .layout
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--layout: {e}")))?;
+    let dir = checkpoint::resolve(&a.checkpoint).map_err(|e| failed(e.to_string()))?;
+    let state_path = dir.join(checkpoint::STATE_FILE);
+    let state: TrainerState = std::fs::read(&state_path)
+        .map_err(|e| e.to_string())
+        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
+        .map_err(|e| failed(format!("{}: {e}", state_path.display())))?;
+    let cfg = emberlm_formats::config::GptConfig::from(state.config);
+    cfg.validate()
+        .map_err(|e| failed(format!("{}: {e}", state_path.display())))?;
+    let t0 = Instant::now();
+    let summary = crate::export_safetensors::export_safetensors_from_file(
+        &dir.join(checkpoint::MODEL_FILE),
+        Some(&cfg),
+        layout,
+        &a.out,
+    )
+    .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    // The tokenizer travels too (vocab.json + merges.txt), when the checkpoint has one.
+    let tok_path = dir.join(checkpoint::TOKENIZER_FILE);
+    let tok_files = if tok_path.is_file() {
+        let tok = checkpoint::read_tokenizer_file(&tok_path).map_err(|e| failed(e.to_string()))?;
+        let files = crate::export_safetensors::write_tokenizer_files(&tok, &a.out)
+            .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+        if files.is_none() {
+            note!(
+                con,
+                "{}: this vocabulary cannot be written as merges; no vocab.json / merges.txt",
+                tok_path.display()
+            );
+        }
+        files
+    } else {
+        None
+    };
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+    say!(
+        con,
+        "{}: {} tensors, {} bytes ({} layout); load it with {}",
+        summary.model_file.display(),
+        summary.tensors,
+        summary.bytes,
+        layout.name(),
+        match layout {
+            crate::import::Layout::HuggingFace => "GPT2LMHeadModel.from_pretrained(DIR)",
+            crate::import::Layout::Book =>
+                "GPTModel(cfg).load_state_dict(load_file(...), strict=False)",
+        }
+    );
+    Ok(Outcome {
+        json: json!({
+            "out": a.out,
+            "layout": layout.name(),
+            "model_file": summary.model_file,
+            "config_file": summary.config_file,
+            "vocab_file": tok_files.as_ref().map(|f| &f.0),
+            "merges_file": tok_files.as_ref().map(|f| &f.1),
+            "tensors": summary.tensors,
+            "bytes": summary.bytes,
+        }),
+        exit_code: 0,
+    })
+}
