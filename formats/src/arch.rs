@@ -9,7 +9,7 @@
 //! Letters used in shapes ([`Dim`]): V vocabulary size, T context length, C embedding dim,
 //! K classes of a classifier head.
 
-use crate::config::GptConfig;
+use crate::config::{GptConfig, ModelConfig};
 
 /// A model family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,44 +17,79 @@ pub enum Arch {
     /// GPT-2 as in the book: learned position embeddings, pre-LayerNorm blocks, fused q/k/v,
     /// GELU MLP of 4C.
     Gpt2,
+    /// Llama 2/3.x, SmolLM2, TinyLlama: RMSNorm, RoPE, grouped-query attention, SwiGLU, no biases.
+    Llama,
+    /// Qwen2 and Qwen2.5: Llama with query/key/value biases.
+    Qwen2,
+    /// Qwen3: Llama with a per-head RMSNorm on queries and keys and a free head dim.
+    Qwen3,
+    /// Gemma 3 (text): GeGLU, four norms per block, query/key norms, embeddings × √C,
+    /// sliding-window layers between global ones.
+    Gemma3,
 }
 
 impl Arch {
+    /// Every family, in the order `--help` lists them.
+    pub const ALL: [Arch; 5] = [
+        Arch::Gpt2,
+        Arch::Llama,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Gemma3,
+    ];
+
+    /// The name in `.ember` files (`general.architecture`, the prefix of the configuration keys);
+    /// Hugging Face's `model_type` for the new families.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    /// The family named `name` (as [`Arch::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// Hugging Face's prefix of block `layer`'s tensor names.
     pub fn hf_block_prefix(self, layer: usize) -> String {
         match self {
             Arch::Gpt2 => format!("h.{layer}."),
+            _ => format!("layers.{layer}."),
         }
     }
 
-    /// The prefix that Hugging Face's `*LMHeadModel` files put before every name of the base model
-    /// (files of the base model alone have none); [`HfName::root`] names never have it.
+    /// The prefix that Hugging Face's `*LMHeadModel` / `*ForCausalLM` files put before every name
+    /// of the base model (files of the base model alone have none); [`HfName::root`] names never
+    /// have it.
     pub fn hf_base_prefix(self) -> &'static str {
         match self {
             Arch::Gpt2 => "transformer.",
+            _ => "model.",
         }
     }
 
-    /// Per-block buffers that Hugging Face files may hold besides weights (attention masks):
-    /// names after the block prefix.
+    /// Per-block buffers that Hugging Face files may hold besides weights (attention masks,
+    /// rotary tables): names after the block prefix.
     pub fn hf_block_buffers(self) -> &'static [&'static str] {
         match self {
             Arch::Gpt2 => &["attn.bias", "attn.masked_bias"],
+            _ => &["self_attn.rotary_emb.inv_freq"],
         }
     }
 
     /// The book's prefix of block `layer`'s tensor names.
     pub fn book_block_prefix(self, layer: usize) -> String {
-        match self {
-            Arch::Gpt2 => format!("trf_blocks.{layer}."),
-        }
+        format!("trf_blocks.{layer}.")
     }
 
     /// Per-block buffers of the book's files (its causal mask): names after the block prefix.
     pub fn book_block_buffers(self) -> &'static [&'static str] {
-        match self {
-            Arch::Gpt2 => &["att.mask"],
-        }
+        &["att.mask"]
     }
 
     /// The architecture's tensors, in canonical order (the order of the trainer's flat buffer and
@@ -62,6 +97,8 @@ impl Arch {
     pub fn description(self) -> &'static [TensorDesc] {
         match self {
             Arch::Gpt2 => GPT2,
+            Arch::Llama | Arch::Qwen2 | Arch::Qwen3 => LLAMA,
+            Arch::Gemma3 => GEMMA3,
         }
     }
 }
@@ -79,6 +116,28 @@ pub enum Role {
     AttnNormShift,
     /// Fused query, key, value projection (3C, C): query rows, then key, then value.
     Qkv,
+    /// Query projection (H·D, C).
+    Q,
+    /// Its bias (H·D).
+    QBias,
+    /// Key projection (Hkv·D, C).
+    K,
+    /// Its bias (Hkv·D).
+    KBias,
+    /// Value projection (Hkv·D, C).
+    V,
+    /// Its bias (Hkv·D).
+    VBias,
+    /// RMSNorm scale over each query head (D).
+    QNorm,
+    /// RMSNorm scale over each key head (D).
+    KNorm,
+    /// The norm of the attention's output, before the residual add (C).
+    AttnPostNorm,
+    /// The gate of a gated MLP (F, C).
+    MlpGate,
+    /// The norm of the MLP's output, before the residual add (C).
+    MlpPostNorm,
     /// Its bias (3C).
     QkvBias,
     /// Attention output projection (C, C).
@@ -89,7 +148,7 @@ pub enum Role {
     MlpNormScale,
     /// The norm before the MLP: shift (C).
     MlpNormShift,
-    /// MLP expansion (4C, C).
+    /// MLP expansion (4C, C; F, C in gated MLPs).
     MlpUp,
     /// Its bias (4C).
     MlpUpBias,
@@ -112,7 +171,13 @@ impl Role {
     pub fn is_norm_scale(self) -> bool {
         matches!(
             self,
-            Role::AttnNormScale | Role::MlpNormScale | Role::FinalNormScale
+            Role::AttnNormScale
+                | Role::MlpNormScale
+                | Role::FinalNormScale
+                | Role::QNorm
+                | Role::KNorm
+                | Role::AttnPostNorm
+                | Role::MlpPostNorm
         )
     }
 
@@ -139,6 +204,9 @@ impl Role {
     pub fn weight_of_bias(self) -> Option<Role> {
         match self {
             Role::QkvBias => Some(Role::Qkv),
+            Role::QBias => Some(Role::Q),
+            Role::KBias => Some(Role::K),
+            Role::VBias => Some(Role::V),
             Role::AttnOutBias => Some(Role::AttnOut),
             Role::MlpUpBias => Some(Role::MlpUp),
             Role::MlpDownBias => Some(Role::MlpDown),
@@ -159,6 +227,14 @@ pub enum Dim {
     Dim(usize),
     /// The head's outputs: V for a language model, K for a classifier.
     Outputs,
+    /// H·D: all query heads.
+    QDim,
+    /// Hkv·D: all key (or value) heads.
+    KvDim,
+    /// D: one head.
+    HeadDim,
+    /// F: a gated MLP's hidden units.
+    Ffn,
 }
 
 /// Whether a tensor exists for a given configuration.
@@ -172,6 +248,10 @@ pub enum When {
     OwnHead,
     /// Classifiers only.
     Classifier,
+    /// When the configuration has query/key norms.
+    QkNorm,
+    /// When the configuration has norms after attention and after the MLP.
+    PostNorms,
 }
 
 /// Whether a tensor belongs to the model or to each block.
@@ -196,6 +276,9 @@ pub struct HfName {
     /// Outside the base model (the language-model head): never takes
     /// [`Arch::hf_base_prefix`].
     pub root: bool,
+    /// A Gemma norm scale, applied as (1 + w): ember stores 1 + w (added in f32 at conversion),
+    /// so every family's RMSNorm multiplies by the stored scale.
+    pub plus_one: bool,
 }
 
 /// One tensor of an architecture.
@@ -225,17 +308,19 @@ impl TensorDesc {
     }
 
     /// Whether the tensor exists for `cfg` (a classifier with `classes` outputs when `Some`).
-    pub fn present(&self, cfg: &GptConfig, classes: Option<usize>) -> bool {
+    pub fn present(&self, cfg: &ModelConfig, classes: Option<usize>) -> bool {
         match self.when {
             When::Always => true,
             When::QkvBias => cfg.qkv_bias,
             When::OwnHead => classes.is_some() || !cfg.tied_head,
             When::Classifier => classes.is_some(),
+            When::QkNorm => cfg.qk_norm,
+            When::PostNorms => cfg.post_norms,
         }
     }
 
     /// The concrete shape for `cfg`.
-    pub fn dims(&self, cfg: &GptConfig, classes: Option<usize>) -> Vec<usize> {
+    pub fn dims(&self, cfg: &ModelConfig, classes: Option<usize>) -> Vec<usize> {
         self.shape
             .iter()
             .map(|d| match *d {
@@ -243,6 +328,10 @@ impl TensorDesc {
                 Dim::Context => cfg.context_length,
                 Dim::Dim(n) => n * cfg.dim,
                 Dim::Outputs => classes.unwrap_or(cfg.vocab_size),
+                Dim::QDim => cfg.q_dim(),
+                Dim::KvDim => cfg.kv_dim(),
+                Dim::HeadDim => cfg.head_dim,
+                Dim::Ffn => cfg.ffn_dim,
             })
             .collect()
     }
@@ -308,8 +397,8 @@ impl Tensor {
 /// blocks in description order, then each block's, then the rest. A classifier (`classes` =
 /// `Some(K)`) has a (K, C) head and a (K) bias, last, whether or not the language model's head
 /// was tied.
-pub fn tensors(arch: Arch, cfg: &GptConfig, classes: Option<usize>) -> Vec<Tensor> {
-    described(arch, cfg, classes)
+pub fn tensors(cfg: &ModelConfig, classes: Option<usize>) -> Vec<Tensor> {
+    described(cfg, classes)
         .into_iter()
         .filter_map(|(t, present)| present.then_some(t))
         .collect()
@@ -318,8 +407,8 @@ pub fn tensors(arch: Arch, cfg: &GptConfig, classes: Option<usize>) -> Vec<Tenso
 /// Every tensor the description has for `cfg`, present or not, in [`tensors`]' order, each with
 /// whether `cfg` has it (layouts that always hold a tensor, such as Hugging Face's GPT-2
 /// `c_attn.bias`, write the absent ones as zeros).
-pub fn described(arch: Arch, cfg: &GptConfig, classes: Option<usize>) -> Vec<(Tensor, bool)> {
-    let desc = arch.description();
+pub fn described(cfg: &ModelConfig, classes: Option<usize>) -> Vec<(Tensor, bool)> {
+    let desc = cfg.arch.description();
     // The block's tensors sit where the first per-block tensor sits in the description.
     let first_block = desc
         .iter()
@@ -366,7 +455,7 @@ impl GptConfig {
     /// head (if any) is replaced by `out_head.weight` (K, C) and `out_head.bias` (K), last.
     /// `None` gives the language model's shapes.
     pub fn tensor_shapes_with_classes(&self, classes: Option<usize>) -> Vec<(String, Vec<usize>)> {
-        tensors(Arch::Gpt2, self, classes)
+        tensors(&ModelConfig::from(*self), classes)
             .into_iter()
             .map(|t| (t.name, t.shape))
             .collect()
@@ -394,6 +483,7 @@ const fn hf(name: &'static str) -> Option<HfName> {
         transposed: false,
         always: false,
         root: false,
+        plus_one: false,
     })
 }
 
@@ -404,6 +494,7 @@ const fn hf_t(name: &'static str) -> Option<HfName> {
         transposed: true,
         always: false,
         root: false,
+        plus_one: false,
     })
 }
 
@@ -472,6 +563,7 @@ const GPT2: &[TensorDesc] = &[
             transposed: false,
             always: true,
             root: false,
+            plus_one: false,
         }),
         book: &["att.W_query.bias", "att.W_key.bias", "att.W_value.bias"],
     },
@@ -576,6 +668,7 @@ const GPT2: &[TensorDesc] = &[
             transposed: false,
             always: false,
             root: true,
+            plus_one: false,
         }),
         book: &["out_head.weight"],
     },
@@ -587,6 +680,353 @@ const GPT2: &[TensorDesc] = &[
         when: When::Classifier,
         hf: None,
         book: &["out_head.bias"],
+    },
+];
+
+/// A Hugging Face norm scale that Gemma applies as (1 + w) (see [`HfName::plus_one`]).
+const fn hf1(name: &'static str) -> Option<HfName> {
+    Some(HfName {
+        name,
+        transposed: false,
+        always: false,
+        root: false,
+        plus_one: true,
+    })
+}
+
+/// The language-model head of `*ForCausalLM` files: outside the base model.
+const fn hf_root(name: &'static str) -> Option<HfName> {
+    Some(HfName {
+        name,
+        transposed: false,
+        always: false,
+        root: true,
+        plus_one: false,
+    })
+}
+
+/// Llama, Qwen2 and Qwen3 (Hugging Face's `LlamaForCausalLM` naming: `model.layers.{i}.`, the head
+/// `lm_head.weight`). Norms are RMSNorm scales only; q/k/v biases for Qwen2, q/k norms for Qwen3.
+const LLAMA: &[TensorDesc] = &[
+    TensorDesc {
+        role: Role::TokEmb,
+        scope: Scope::Model,
+        name: "tok_emb.weight",
+        shape: &[Dim::Vocab, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("embed_tokens.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::AttnNormScale,
+        scope: Scope::Block,
+        name: "attn_norm.weight",
+        shape: C1,
+        when: When::Always,
+        hf: hf("input_layernorm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::Q,
+        scope: Scope::Block,
+        name: "attn.q.weight",
+        shape: &[Dim::QDim, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("self_attn.q_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::QBias,
+        scope: Scope::Block,
+        name: "attn.q.bias",
+        shape: &[Dim::QDim],
+        when: When::QkvBias,
+        hf: hf("self_attn.q_proj.bias"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::K,
+        scope: Scope::Block,
+        name: "attn.k.weight",
+        shape: &[Dim::KvDim, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("self_attn.k_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::KBias,
+        scope: Scope::Block,
+        name: "attn.k.bias",
+        shape: &[Dim::KvDim],
+        when: When::QkvBias,
+        hf: hf("self_attn.k_proj.bias"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::V,
+        scope: Scope::Block,
+        name: "attn.v.weight",
+        shape: &[Dim::KvDim, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("self_attn.v_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::VBias,
+        scope: Scope::Block,
+        name: "attn.v.bias",
+        shape: &[Dim::KvDim],
+        when: When::QkvBias,
+        hf: hf("self_attn.v_proj.bias"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::QNorm,
+        scope: Scope::Block,
+        name: "attn.q_norm.weight",
+        shape: &[Dim::HeadDim],
+        when: When::QkNorm,
+        hf: hf("self_attn.q_norm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::KNorm,
+        scope: Scope::Block,
+        name: "attn.k_norm.weight",
+        shape: &[Dim::HeadDim],
+        when: When::QkNorm,
+        hf: hf("self_attn.k_norm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::AttnOut,
+        scope: Scope::Block,
+        name: "attn.out.weight",
+        shape: &[Dim::Dim(1), Dim::QDim],
+        when: When::Always,
+        hf: hf("self_attn.o_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpNormScale,
+        scope: Scope::Block,
+        name: "mlp_norm.weight",
+        shape: C1,
+        when: When::Always,
+        hf: hf("post_attention_layernorm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpGate,
+        scope: Scope::Block,
+        name: "mlp.gate.weight",
+        shape: &[Dim::Ffn, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("mlp.gate_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpUp,
+        scope: Scope::Block,
+        name: "mlp.up.weight",
+        shape: &[Dim::Ffn, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("mlp.up_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpDown,
+        scope: Scope::Block,
+        name: "mlp.down.weight",
+        shape: &[Dim::Dim(1), Dim::Ffn],
+        when: When::Always,
+        hf: hf("mlp.down_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::FinalNormScale,
+        scope: Scope::Model,
+        name: "final_norm.weight",
+        shape: C1,
+        when: When::Always,
+        hf: hf("norm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::Head,
+        scope: Scope::Model,
+        name: "head.weight",
+        shape: &[Dim::Outputs, Dim::Dim(1)],
+        when: When::OwnHead,
+        hf: hf_root("lm_head.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::HeadBias,
+        scope: Scope::Model,
+        name: "head.bias",
+        shape: &[Dim::Outputs],
+        when: When::Classifier,
+        hf: None,
+        book: &[],
+    },
+];
+
+/// Gemma 3 (text): as [`LLAMA`] without biases, with norms after attention and after the MLP, and
+/// every norm stored as 1 + w.
+const GEMMA3: &[TensorDesc] = &[
+    TensorDesc {
+        role: Role::TokEmb,
+        scope: Scope::Model,
+        name: "tok_emb.weight",
+        shape: &[Dim::Vocab, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("embed_tokens.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::AttnNormScale,
+        scope: Scope::Block,
+        name: "attn_norm.weight",
+        shape: C1,
+        when: When::Always,
+        hf: hf1("input_layernorm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::Q,
+        scope: Scope::Block,
+        name: "attn.q.weight",
+        shape: &[Dim::QDim, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("self_attn.q_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::K,
+        scope: Scope::Block,
+        name: "attn.k.weight",
+        shape: &[Dim::KvDim, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("self_attn.k_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::V,
+        scope: Scope::Block,
+        name: "attn.v.weight",
+        shape: &[Dim::KvDim, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("self_attn.v_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::QNorm,
+        scope: Scope::Block,
+        name: "attn.q_norm.weight",
+        shape: &[Dim::HeadDim],
+        when: When::QkNorm,
+        hf: hf1("self_attn.q_norm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::KNorm,
+        scope: Scope::Block,
+        name: "attn.k_norm.weight",
+        shape: &[Dim::HeadDim],
+        when: When::QkNorm,
+        hf: hf1("self_attn.k_norm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::AttnOut,
+        scope: Scope::Block,
+        name: "attn.out.weight",
+        shape: &[Dim::Dim(1), Dim::QDim],
+        when: When::Always,
+        hf: hf("self_attn.o_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::AttnPostNorm,
+        scope: Scope::Block,
+        name: "attn_post_norm.weight",
+        shape: C1,
+        when: When::PostNorms,
+        hf: hf1("post_attention_layernorm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpNormScale,
+        scope: Scope::Block,
+        name: "mlp_norm.weight",
+        shape: C1,
+        when: When::Always,
+        hf: hf1("pre_feedforward_layernorm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpGate,
+        scope: Scope::Block,
+        name: "mlp.gate.weight",
+        shape: &[Dim::Ffn, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("mlp.gate_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpUp,
+        scope: Scope::Block,
+        name: "mlp.up.weight",
+        shape: &[Dim::Ffn, Dim::Dim(1)],
+        when: When::Always,
+        hf: hf("mlp.up_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpDown,
+        scope: Scope::Block,
+        name: "mlp.down.weight",
+        shape: &[Dim::Dim(1), Dim::Ffn],
+        when: When::Always,
+        hf: hf("mlp.down_proj.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::MlpPostNorm,
+        scope: Scope::Block,
+        name: "mlp_post_norm.weight",
+        shape: C1,
+        when: When::PostNorms,
+        hf: hf1("post_feedforward_layernorm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::FinalNormScale,
+        scope: Scope::Model,
+        name: "final_norm.weight",
+        shape: C1,
+        when: When::Always,
+        hf: hf1("norm.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::Head,
+        scope: Scope::Model,
+        name: "head.weight",
+        shape: &[Dim::Outputs, Dim::Dim(1)],
+        when: When::OwnHead,
+        hf: hf_root("lm_head.weight"),
+        book: &[],
+    },
+    TensorDesc {
+        role: Role::HeadBias,
+        scope: Scope::Model,
+        name: "head.bias",
+        shape: &[Dim::Outputs],
+        when: When::Classifier,
+        hf: None,
+        book: &[],
     },
 ];
 
@@ -637,9 +1077,9 @@ mod tests {
     fn classifier_head_replaces_the_language_model_head() {
         let mut cfg = GptConfig::preset("124m").unwrap();
         cfg.tied_head = true;
-        let lm = tensors(Arch::Gpt2, &cfg, None);
+        let lm = tensors(&cfg.into(), None);
         assert!(find(&lm, Role::Head, None).is_none());
-        let cl = tensors(Arch::Gpt2, &cfg, Some(2));
+        let cl = tensors(&cfg.into(), Some(2));
         let n = cl.len();
         assert_eq!(cl[n - 2].name, "out_head.weight");
         assert_eq!(cl[n - 2].shape, vec![2, 768]);
@@ -649,5 +1089,46 @@ mod tests {
             find(&cl, Role::Qkv, Some(11)).unwrap().name,
             "blocks.11.att.qkv.weight"
         );
+    }
+
+    // Published parameter totals of the real models (Hugging Face's safetensors metadata /
+    // model cards), not computed by this code: the descriptions give every tensor its shape.
+    #[test]
+    fn parameter_counts_match_published_models() {
+        for (name, total) in [
+            ("smollm2-135m", 134_515_008usize),
+            ("qwen3-0.6b", 596_049_920),
+            ("llama3.2-1b", 1_235_814_400),
+            ("gemma3-270m", 268_098_176),
+        ] {
+            let cfg = ModelConfig::preset(name).unwrap();
+            cfg.validate().unwrap();
+            let n: usize = tensors(&cfg, None).iter().map(|t| t.len()).sum();
+            assert_eq!(n, total, "{name}");
+        }
+    }
+
+    #[test]
+    fn family_descriptions_name_hugging_face_tensors() {
+        let cfg = ModelConfig::preset("qwen2.5-0.5b").unwrap();
+        let names: Vec<String> = tensors(&cfg, None)
+            .iter()
+            .filter_map(|t| {
+                t.desc
+                    .hf_name(cfg.arch, t.layer.unwrap_or(0), cfg.arch.hf_base_prefix())
+            })
+            .collect();
+        assert!(names.contains(&"model.layers.3.self_attn.k_proj.bias".to_string()));
+        assert!(names.contains(&"model.norm.weight".to_string()));
+        assert!(
+            !names.iter().any(|n| n.contains("q_norm")),
+            "qwen2 has no q_norm"
+        );
+        let gemma = ModelConfig::preset("gemma3-270m").unwrap();
+        let t = tensors(&gemma, None);
+        let post = find(&t, Role::MlpPostNorm, Some(17)).unwrap();
+        assert_eq!(post.name, "blocks.17.mlp_post_norm.weight");
+        assert!(post.desc.hf.unwrap().plus_one);
+        assert!(gemma.is_local(0) && gemma.is_local(4) && !gemma.is_local(5));
     }
 }

@@ -1,7 +1,11 @@
 //! The metadata conventions of an emberlm model file: which keys hold the configuration, the task,
 //! the prompt template and the provenance (see FORMAT.md, "Metadata keys").
 
-use crate::config::{GptConfig, LAYERNORM_EPS, MAX_CONTEXT, MAX_DIM, MAX_LAYERS, MAX_VOCAB};
+use crate::arch::Arch;
+use crate::config::{
+    GptConfig, LAYERNORM_EPS, MAX_CONTEXT, MAX_DIM, MAX_HEADS, MAX_LAYERS, MAX_VOCAB, Mlp,
+    ModelConfig, Norm, Rope, RopeScaling, Sliding,
+};
 use crate::ember::{Array, EmberWriter, FormatError, Header, Value};
 use crate::tokenizer::{Tokenizer, TokenizerParts};
 
@@ -60,6 +64,170 @@ pub fn get_config(h: &Header) -> Result<GptConfig, FormatError> {
             });
         }
     }
+    Ok(cfg)
+}
+
+/// Writes any family's configuration: GPT-2 as [`put_config`] (the `gpt2.*` keys, unchanged), the
+/// others under their own prefix (`llama.*`, `qwen2.*`, `qwen3.*`, `gemma3.*`; FORMAT.md lists
+/// the keys).
+pub fn put_model_config(w: &mut EmberWriter, cfg: &ModelConfig) -> Result<(), FormatError> {
+    if let Some(g) = cfg.gpt2() {
+        return put_config(w, &g);
+    }
+    let p = cfg.arch.name();
+    let u = |n: usize| Value::U64(n as u64);
+    w.set("general.architecture", Value::Str(p.into()))?;
+    w.set(&format!("{p}.vocab_size"), u(cfg.vocab_size))?;
+    w.set(&format!("{p}.context_length"), u(cfg.context_length))?;
+    w.set(&format!("{p}.dim"), u(cfg.dim))?;
+    w.set(&format!("{p}.n_layers"), u(cfg.n_layers))?;
+    w.set(&format!("{p}.n_heads"), u(cfg.n_heads))?;
+    w.set(&format!("{p}.n_kv_heads"), u(cfg.n_kv_heads))?;
+    w.set(&format!("{p}.head_dim"), u(cfg.head_dim))?;
+    w.set(&format!("{p}.ffn_dim"), u(cfg.ffn_dim))?;
+    w.set(&format!("{p}.norm_eps"), Value::F32(cfg.norm_eps))?;
+    let mlp = match cfg.mlp {
+        Mlp::Gelu => "gelu",
+        Mlp::SwiGlu => "swiglu",
+        Mlp::GeGlu => "geglu",
+    };
+    w.set(&format!("{p}.mlp"), Value::Str(mlp.into()))?;
+    w.set(&format!("{p}.qkv_bias"), Value::Bool(cfg.qkv_bias))?;
+    w.set(&format!("{p}.qk_norm"), Value::Bool(cfg.qk_norm))?;
+    w.set(&format!("{p}.post_norms"), Value::Bool(cfg.post_norms))?;
+    w.set(&format!("{p}.tied_head"), Value::Bool(cfg.tied_head))?;
+    w.set(&format!("{p}.embed_scale"), Value::F32(cfg.embed_scale))?;
+    w.set(&format!("{p}.query_scale"), Value::F32(cfg.query_scale))?;
+    if let Some(r) = cfg.rope {
+        w.set(&format!("{p}.rope.theta"), Value::F32(r.theta))?;
+        w.set(&format!("{p}.rope.local_theta"), Value::F32(r.local_theta))?;
+        let (kind, factor) = match r.scaling {
+            RopeScaling::None => ("none", None),
+            RopeScaling::Linear { factor } => ("linear", Some(factor)),
+            RopeScaling::Llama3 { factor, .. } => ("llama3", Some(factor)),
+        };
+        w.set(&format!("{p}.rope.scaling"), Value::Str(kind.into()))?;
+        if let Some(f) = factor {
+            w.set(&format!("{p}.rope.factor"), Value::F32(f))?;
+        }
+        if let RopeScaling::Llama3 {
+            low_freq_factor,
+            high_freq_factor,
+            original_context,
+            ..
+        } = r.scaling
+        {
+            w.set(
+                &format!("{p}.rope.low_freq_factor"),
+                Value::F32(low_freq_factor),
+            )?;
+            w.set(
+                &format!("{p}.rope.high_freq_factor"),
+                Value::F32(high_freq_factor),
+            )?;
+            w.set(&format!("{p}.rope.original_context"), u(original_context))?;
+        }
+    }
+    if let Some(s) = cfg.sliding {
+        w.set(&format!("{p}.sliding_window"), u(s.window))?;
+        w.set(&format!("{p}.sliding_every"), u(s.every))?;
+    }
+    Ok(())
+}
+
+/// Reads and validates any family's configuration (see [`put_model_config`]).
+pub fn get_model_config(h: &Header) -> Result<ModelConfig, FormatError> {
+    let name = h.require_str("general.architecture")?;
+    let arch = Arch::from_name(name).ok_or_else(|| FormatError::WrongType {
+        key: "general.architecture".into(),
+        expected: "one of gpt2, llama, qwen2, qwen3, gemma3",
+        found: format!("{name:?}"),
+    })?;
+    if arch == Arch::Gpt2 {
+        return get_config(h).map(ModelConfig::from);
+    }
+    let p = arch.name();
+    let k = |key: &str| format!("{p}.{key}");
+    let count = |key: &str, max: usize| h.require_count(&k(key), max);
+    let bool_ = |key: &str| h.require_bool(&k(key));
+    let float = |key: &str| -> Result<f32, FormatError> {
+        let v = h.require(&k(key))?;
+        v.as_f64()
+            .map(|x| x as f32)
+            .ok_or_else(|| FormatError::WrongType {
+                key: k(key),
+                expected: "a float",
+                found: v.type_name().into(),
+            })
+    };
+    let mlp = match h.require_str(&k("mlp"))? {
+        "swiglu" => Mlp::SwiGlu,
+        "geglu" => Mlp::GeGlu,
+        other => {
+            return Err(FormatError::WrongType {
+                key: k("mlp"),
+                expected: "\"swiglu\" or \"geglu\"",
+                found: format!("{other:?}"),
+            });
+        }
+    };
+    let scaling = match h.require_str(&k("rope.scaling"))? {
+        "none" => RopeScaling::None,
+        "linear" => RopeScaling::Linear {
+            factor: float("rope.factor")?,
+        },
+        "llama3" => RopeScaling::Llama3 {
+            factor: float("rope.factor")?,
+            low_freq_factor: float("rope.low_freq_factor")?,
+            high_freq_factor: float("rope.high_freq_factor")?,
+            original_context: count("rope.original_context", MAX_CONTEXT)?,
+        },
+        other => {
+            return Err(FormatError::WrongType {
+                key: k("rope.scaling"),
+                expected: "\"none\", \"linear\" or \"llama3\"",
+                found: format!("{other:?}"),
+            });
+        }
+    };
+    let sliding = match h.get(&k("sliding_window")) {
+        None => None,
+        Some(_) => Some(Sliding {
+            window: count("sliding_window", MAX_CONTEXT)?,
+            every: count("sliding_every", MAX_LAYERS)?,
+        }),
+    };
+    let cfg = ModelConfig {
+        arch,
+        vocab_size: count("vocab_size", MAX_VOCAB)?,
+        context_length: count("context_length", MAX_CONTEXT)?,
+        dim: count("dim", MAX_DIM)?,
+        n_layers: count("n_layers", MAX_LAYERS)?,
+        n_heads: count("n_heads", MAX_HEADS)?,
+        n_kv_heads: count("n_kv_heads", MAX_HEADS)?,
+        head_dim: count("head_dim", MAX_DIM)?,
+        ffn_dim: count("ffn_dim", 4 * MAX_DIM)?,
+        norm: Norm::RmsNorm,
+        norm_eps: float("norm_eps")?,
+        mlp,
+        rope: Some(Rope {
+            theta: float("rope.theta")?,
+            local_theta: float("rope.local_theta")?,
+            scaling,
+        }),
+        qkv_bias: bool_("qkv_bias")?,
+        qk_norm: bool_("qk_norm")?,
+        post_norms: bool_("post_norms")?,
+        tied_head: bool_("tied_head")?,
+        embed_scale: float("embed_scale")?,
+        query_scale: float("query_scale")?,
+        sliding,
+    };
+    cfg.validate().map_err(|e| FormatError::WrongType {
+        key: format!("{p}.*"),
+        expected: "a consistent configuration",
+        found: e.to_string(),
+    })?;
     Ok(cfg)
 }
 
@@ -385,6 +553,48 @@ mod tests {
             p.render("Name a color.", ""),
             "Below is an instruction that describes a task. Write a response that appropriately \
              completes the request.\n\n### Instruction:\nName a color.\n\n### Response:\n"
+        );
+    }
+
+    #[test]
+    fn every_preset_round_trips_and_gpt2_keeps_its_keys() {
+        for name in ModelConfig::PRESETS {
+            let cfg = ModelConfig::preset(name).unwrap();
+            let mut w = EmberWriter::new();
+            put_model_config(&mut w, &cfg).unwrap();
+            let h = header_of(&w);
+            assert_eq!(get_model_config(&h).unwrap(), cfg, "{name}");
+            let prefix = format!("{}.", cfg.arch.name());
+            assert!(
+                h.metadata
+                    .iter()
+                    .all(|(k, _)| k.starts_with(&prefix) || k.starts_with("general.")),
+                "{name}"
+            );
+        }
+        // A GPT-2 configuration is written with exactly the keys put_config writes.
+        let g = GptConfig::preset("124m").unwrap();
+        let (mut a, mut b) = (EmberWriter::new(), EmberWriter::new());
+        put_config(&mut a, &g).unwrap();
+        put_model_config(&mut b, &ModelConfig::from(g)).unwrap();
+        assert_eq!(a.header_bytes(), b.header_bytes());
+    }
+
+    #[test]
+    fn a_bad_family_configuration_names_the_key() {
+        let mut cfg = ModelConfig::preset("qwen3-0.6b").unwrap();
+        cfg.n_kv_heads = 3;
+        let mut w = EmberWriter::new();
+        put_model_config(&mut w, &cfg).unwrap();
+        let e = get_model_config(&header_of(&w)).unwrap_err().to_string();
+        assert!(e.contains("qwen3.n_kv_heads"), "{e}");
+        let mut w = EmberWriter::new();
+        w.set("general.architecture", Value::Str("mixtral".into()))
+            .unwrap();
+        let e = get_model_config(&header_of(&w)).unwrap_err().to_string();
+        assert!(
+            e.contains("general.architecture") && e.contains("mixtral"),
+            "{e}"
         );
     }
 }

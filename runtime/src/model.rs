@@ -5,7 +5,7 @@
 
 use crate::error::RuntimeError;
 use crate::kernels::{Kernels, Q8Matrix};
-use emberlm_formats::arch::{self, Arch, Role};
+use emberlm_formats::arch::{self, Role};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{DType, EmberFile, FormatError, Header, TensorData, TensorEntry};
 use emberlm_formats::meta::{self, PromptTemplate, Task};
@@ -145,7 +145,7 @@ impl<'a> Model<'a> {
             Task::LanguageModel => None,
             Task::Classifier { labels, .. } => Some(labels.len()),
         };
-        let described = arch::tensors(Arch::Gpt2, &config, classes);
+        let described = arch::tensors(&config.into(), classes);
         // The slot of the tensor with this role, checked against the description's shape; vectors
         // (norms, biases) must be f32.
         let find = |role: Role, layer: Option<usize>| -> Result<Slot, RuntimeError> {

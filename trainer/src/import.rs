@@ -575,7 +575,7 @@ pub struct Piece {
 /// head (a copy of the token embedding when tied) and never its mask buffers.
 pub fn pieces(cfg: &GptConfig, layout: Layout, prefix: &str) -> Vec<Piece> {
     let arch = Arch::Gpt2;
-    let described = arch::described(arch, cfg, None);
+    let described = arch::described(&(*cfg).into(), None);
     let tok_emb = described
         .iter()
         .find(|(t, _)| t.desc.role == Role::TokEmb)

@@ -27,7 +27,7 @@ use crate::layers::attention::{self, Dims};
 use crate::layers::crossentropy::{self, IGNORE_INDEX};
 use crate::layers::dropout::{self, Dropout, mix64};
 use crate::layers::{encoder, gelu, layernorm, matmul, residual};
-use emberlm_formats::arch::{self, Arch, Role};
+use emberlm_formats::arch::{self, Role};
 use emberlm_formats::config::{ConfigError, GptConfig};
 use rayon::prelude::*;
 use std::fmt;
@@ -330,7 +330,7 @@ pub struct Tensors<S> {
 /// ([`emberlm_formats::arch`]).
 pub fn tensor_layout(cfg: &GptConfig, classes: Option<usize>) -> Vec<TensorInfo> {
     let mut offset = 0;
-    arch::tensors(Arch::Gpt2, cfg, classes)
+    arch::tensors(&(*cfg).into(), classes)
         .into_iter()
         .map(|t| {
             let len = t.len();
