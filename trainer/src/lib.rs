@@ -9,6 +9,7 @@ pub mod export;
 pub mod export_safetensors;
 pub mod finetune;
 pub mod gemm;
+pub mod hf;
 pub mod import;
 pub mod layers;
 pub mod model;

@@ -258,9 +258,12 @@ pub struct TokenizerArgs {
 
 #[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export")]
-/// Export a checkpoint to one .ember model file (f32, f16 or int8) that ember runs.
+/// Export a checkpoint, or a Hugging Face model directory (Llama 3.x, SmolLM2, Qwen2.5, Qwen3,
+/// Gemma 3, GPT-2: config.json + model.safetensors or sharded weights), to one .ember model file
+/// (f32, f16 or int8) that ember runs.
 pub struct ExportArgs {
-    /// the checkpoint (a run directory, checkpoints/ directory or step directory)
+    /// the checkpoint (a run directory, checkpoints/ directory or step directory) or a Hugging
+    /// Face model directory
     #[argh(positional)]
     pub checkpoint: PathBuf,
     /// weight dtype: f32, f16 or int8
