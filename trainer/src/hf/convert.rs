@@ -1,16 +1,21 @@
-//! A Hugging Face model directory → one `.ember` file, streamed tensor by tensor: each tensor is
-//! read from its shard (F32, F16 or BF16), converted to f32, given Gemma's +1 where the
-//! description says so, encoded in the export dtype and written; nothing else is held. Peak memory
-//! is about the largest tensor in f32 plus its encoded copy (for Llama-3.2-1B's embedding,
-//! 128256 × 2048: 1.05 GB + 0.53 GB in f16), far below the model's f32 size (4.9 GB).
+//! A Hugging Face model directory → one `.ember` file, streamed: each tensor is read from its
+//! shard (F32, F16 or BF16) in chunks of whole rows (at most [`CHUNK_VALUES`] values), converted
+//! to f32, given Gemma's +1 where the description says so, encoded in the export dtype and
+//! written. Only a chunk (16 MiB of f32) and an int8 tensor's scales (1/16 of its quants) are held,
+//! so peak memory does not grow with the model (README § Hugging Face models gives the figure).
 
 use super::ConvertError;
 use super::dir::HfDir;
-use crate::export::{ExportDtype, encode_tensor};
+use crate::export::{ExportDtype, ExportError};
+use crate::import::SafetensorsFile;
 use emberlm_formats::arch::{self, Tensor};
 use emberlm_formats::config::ModelConfig;
-use emberlm_formats::ember::{DType, EmberWriter, FormatError, Value};
+use emberlm_formats::ember::{
+    DType, EmberWriter, FormatError, TensorEntry, Value, write_f16s, write_f32s, write_q8_tail,
+};
 use emberlm_formats::meta::{self, Task};
+use emberlm_formats::quant::{self, QuantError};
+use half::f16;
 use std::path::Path;
 
 /// Where the base model's tensors live in the files: `model.` for `*ForCausalLM`, nothing for a
@@ -155,36 +160,26 @@ pub fn convert(
         w.add_tensor(&t.name, dt, &t.shape)?;
     }
     let mut failure: Option<ConvertError> = None;
-    let mut quant_error = None;
     let result = w.write_file(out, |i, entry, sink| {
         let (t, name) = &planned[i];
-        let read = hf
-            .file(name)
-            .ok_or_else(|| ConvertError::MissingTensor {
+        let plus_one = t.desc.hf.is_some_and(|h| h.plus_one);
+        let streamed = match hf.file(name) {
+            Some(file) => stream_tensor(file, name, entry, plus_one, sink, CHUNK_VALUES),
+            None => Err(ConvertError::MissingTensor {
                 name: name.clone(),
                 why: "vanished".into(),
-            })
-            .and_then(|f| f.read_f32(name).map_err(ConvertError::Import));
-        let mut x = match read {
-            Ok(x) => x,
-            Err(e) => {
-                let msg = e.to_string();
-                failure = Some(e);
-                return Err(std::io::Error::other(msg));
-            }
+            }),
         };
-        if t.desc.hf.is_some_and(|h| h.plus_one) {
-            for v in &mut x {
-                *v += 1.0;
-            }
-        }
-        encode_tensor(entry, &x, sink, &mut quant_error)
+        streamed.map_err(|e| {
+            let msg = e.to_string();
+            failure = Some(e);
+            std::io::Error::other(msg)
+        })
     });
-    let bytes = match (result, failure, quant_error) {
-        (Ok(b), _, _) => b,
-        (Err(_), Some(e), _) => return Err(e),
-        (Err(_), None, Some(q)) => return Err(ConvertError::Export(q)),
-        (Err(e), None, None) => return Err(ConvertError::Format(e)),
+    let bytes = match (result, failure) {
+        (Ok(b), _) => b,
+        (Err(_), Some(e)) => return Err(e),
+        (Err(e), None) => return Err(ConvertError::Format(e)),
     };
     Ok(Converted {
         config: cfg,
@@ -192,4 +187,114 @@ pub fn convert(
         tensors: planned.len(),
         ignored,
     })
+}
+
+/// Values read, converted and encoded at a time (16 MiB of f32).
+pub const CHUNK_VALUES: usize = 1 << 22;
+
+/// Writes tensor `name` of `file` in `entry`'s dtype, whole rows at a time (about
+/// `chunk_values` values, at least one row).
+fn stream_tensor(
+    file: &SafetensorsFile,
+    name: &str,
+    entry: &TensorEntry,
+    plus_one: bool,
+    out: &mut dyn std::io::Write,
+    chunk_values: usize,
+) -> Result<(), ConvertError> {
+    let cols = (*entry.shape.last().unwrap_or(&1) as usize).max(1);
+    let rows = entry.numel() as usize / cols;
+    let step = (chunk_values / cols).max(1);
+    let io = |e: std::io::Error| ConvertError::Io {
+        path: name.to_string(),
+        message: e.to_string(),
+    };
+    let quant = |e: QuantError, offset: usize| {
+        let error = match e {
+            QuantError::NonFinite { index, value } => QuantError::NonFinite {
+                index: index + offset,
+                value,
+            },
+            QuantError::OutOfRange { index, value } => QuantError::OutOfRange {
+                index: index + offset,
+                value,
+            },
+            other => other,
+        };
+        ConvertError::Export(ExportError::Quant {
+            tensor: entry.name.clone(),
+            error,
+        })
+    };
+    let mut x = Vec::new();
+    let mut half = Vec::new();
+    let mut quants = Vec::new();
+    let mut scales: Vec<f16> = Vec::new();
+    let nb = quant::q8_blocks_per_row(cols);
+    for r0 in (0..rows).step_by(step) {
+        let n = step.min(rows - r0) * cols;
+        x.resize(n, 0.0);
+        file.read_f32_range(name, r0 * cols, &mut x)
+            .map_err(ConvertError::Import)?;
+        if plus_one {
+            x.iter_mut().for_each(|v| *v += 1.0);
+        }
+        match entry.dtype {
+            DType::F32 => write_f32s(out, &x).map_err(io)?,
+            DType::F16 => {
+                half.resize(n, f16::ZERO);
+                quant::quantize_f16(&x, &mut half).map_err(|e| quant(e, r0 * cols))?;
+                write_f16s(out, &half).map_err(io)?;
+            }
+            DType::Q8 => {
+                quants.resize(n, 0i8);
+                let s0 = scales.len();
+                scales.resize(s0 + n / cols * nb, f16::ZERO);
+                quant::quantize_q8(&x, cols, &mut quants, &mut scales[s0..])
+                    .map_err(|e| quant(e, r0 * cols))?;
+                out.write_all(bytemuck::cast_slice(&quants)).map_err(io)?;
+            }
+        }
+    }
+    if entry.dtype == DType::Q8 {
+        write_q8_tail(out, rows * cols, &scales).map_err(io)?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::export::encode_tensor;
+    use crate::safetensors_io::write_safetensors_f32;
+    use std::collections::BTreeMap;
+
+    /// Streaming in chunks of a few rows writes the same bytes as encoding the whole tensor.
+    #[test]
+    fn chunks_write_what_the_whole_tensor_writes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("t.safetensors");
+        let (rows, cols) = (13, 70);
+        let x: Vec<f32> = (0..rows * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) * 0.013)
+            .collect();
+        let shapes = vec![("w".to_string(), vec![rows, cols])];
+        write_safetensors_f32(&path, &BTreeMap::new(), &shapes, |_, w| {
+            x.iter().try_for_each(|v| w.write_all(&v.to_le_bytes()))
+        })
+        .unwrap();
+        let file = SafetensorsFile::open(&path).unwrap();
+        for dtype in [DType::F32, DType::F16, DType::Q8] {
+            let mut w = EmberWriter::new();
+            w.add_tensor("w", dtype, &[rows, cols]).unwrap();
+            let entry = w.tensors()[0].clone();
+            let mut whole = Vec::new();
+            encode_tensor(&entry, &x, &mut whole, &mut None).unwrap();
+            for chunk in [1, 3 * cols, 5 * cols + 1, 1 << 20] {
+                let mut streamed = Vec::new();
+                stream_tensor(&file, "w", &entry, false, &mut streamed, chunk).unwrap();
+                assert_eq!(streamed, whole, "{dtype:?} chunk {chunk}");
+            }
+        }
+    }
 }
