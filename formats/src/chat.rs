@@ -20,8 +20,8 @@
 //!   `nextitem`), `messages[::-1]` and the other Jinja built-ins minijinja has.
 //! - `raise_exception(msg)` stops rendering with [`ChatError::Template`] carrying `msg`.
 //! - `tojson` is transformers' filter: `json.dumps(x, ensure_ascii=False, indent=None,
-//!   separators=None, sort_keys=False)` with the same arguments, no HTML escaping; maps keep
-//!   insertion order as Python dicts do.
+//!   separators=None, sort_keys=False)` with the same arguments (an `indent` above 64 counts as
+//!   64), no HTML escaping; maps keep insertion order as Python dicts do.
 //! - `strftime_now(fmt)`: the current time formatted by `strftime`, in **UTC** (transformers uses
 //!   the machine's local time); [`ChatOptions::now`] fixes the clock.
 //! - Python string methods through pycompat: `strip`, `lstrip`, `rstrip`, `split`, `startswith`,
@@ -356,9 +356,13 @@ impl ChatTemplate {
 }
 
 fn syntax_error(e: &Error) -> ChatError {
+    let message = match (e.kind(), e.detail()) {
+        (ErrorKind::SyntaxError, Some(d)) => d.to_string(),
+        _ => describe(e),
+    };
     ChatError::Syntax {
         line: e.line(),
-        message: describe(e),
+        message,
     }
 }
 

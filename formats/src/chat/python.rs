@@ -33,6 +33,7 @@ pub(super) fn tojson(value: &Value, args: Rest<Value>, kwargs: Kwargs) -> Result
         ValueKind::Undefined | ValueKind::None => None,
         ValueKind::String => Some(indent.as_str().unwrap_or_default().to_string()),
         ValueKind::Number if indent.is_integer() => {
+            // Python has no upper bound; 64 keeps `indent × depth` small before fuel sees it.
             let n = indent.as_i64().unwrap_or(0).clamp(0, 64);
             Some(" ".repeat(n as usize))
         }
