@@ -422,6 +422,76 @@ pub fn get_prompt(h: &Header) -> Result<Option<PromptTemplate>, FormatError> {
     }))
 }
 
+/// The special tokens a chat template reads, named as transformers passes them to it. A token
+/// that is `None` is not defined in the template (Jinja's `undefined`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecialStrings {
+    /// `bos_token`, e.g. `<|begin_of_text|>` (Llama 3), `<bos>` (Gemma).
+    pub bos_token: Option<String>,
+    /// `eos_token`, e.g. `<|im_end|>` (Qwen2.5), `<eos>` (Gemma).
+    pub eos_token: Option<String>,
+    /// `pad_token`.
+    pub pad_token: Option<String>,
+    /// `unk_token`.
+    pub unk_token: Option<String>,
+}
+
+/// A model's chat template as the file stores it: Jinja source, rendered by the `chat` module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatTemplateSource {
+    /// The Jinja source, exactly as Hugging Face ships it.
+    pub source: String,
+    /// The special tokens the template is rendered with.
+    pub special: SpecialStrings,
+}
+
+const CHAT_SPECIAL_KEYS: [&str; 4] = [
+    "chat.bos_token",
+    "chat.eos_token",
+    "chat.pad_token",
+    "chat.unk_token",
+];
+
+/// Writes `chat.template` and each special token that is set (`chat.bos_token`, ...).
+pub fn put_chat_template(w: &mut EmberWriter, c: &ChatTemplateSource) -> Result<(), FormatError> {
+    w.set("chat.template", Value::Str(c.source.clone()))?;
+    let s = &c.special;
+    for (key, v) in
+        CHAT_SPECIAL_KEYS
+            .iter()
+            .zip([&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token])
+    {
+        if let Some(v) = v {
+            w.set(key, Value::Str(v.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the chat template, if the file has one.
+pub fn get_chat_template(h: &Header) -> Result<Option<ChatTemplateSource>, FormatError> {
+    if h.get("chat.template").is_none() {
+        return Ok(None);
+    }
+    let source = h.require_str("chat.template")?.to_string();
+    let mut tokens = [None, None, None, None];
+    for (slot, key) in tokens.iter_mut().zip(CHAT_SPECIAL_KEYS) {
+        if h.get(key).is_some() {
+            *slot = Some(h.require_str(key)?.to_string());
+        }
+    }
+    let [bos_token, eos_token, pad_token, unk_token] = tokens;
+    Ok(Some(ChatTemplateSource {
+        source,
+        special: SpecialStrings {
+            bos_token,
+            eos_token,
+            pad_token,
+            unk_token,
+        },
+    }))
+}
+
 /// Writes the tokenizer (`tokenizer.*`): its whole vocabulary, so the file needs nothing else.
 pub fn put_tokenizer(w: &mut EmberWriter, tok: &Tokenizer) -> Result<(), FormatError> {
     let parts = tok.to_parts();
@@ -518,6 +588,41 @@ mod tests {
         assert_eq!(get_config(&h).unwrap(), cfg);
         assert_eq!(get_task(&h).unwrap(), task);
         assert_eq!(get_prompt(&h).unwrap(), Some(PromptTemplate::alpaca()));
+    }
+
+    #[test]
+    fn chat_template_round_trips_and_is_optional() {
+        let chat = ChatTemplateSource {
+            source: "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}".into(),
+            special: SpecialStrings {
+                bos_token: Some("<|begin_of_text|>".into()),
+                eos_token: Some("<|eot_id|>".into()),
+                ..SpecialStrings::default()
+            },
+        };
+        let mut w = EmberWriter::new();
+        put_chat_template(&mut w, &chat).unwrap();
+        let mut h = header_of(&w);
+        assert_eq!(get_chat_template(&h).unwrap(), Some(chat));
+        assert!(h.get("chat.pad_token").is_none());
+
+        h.metadata.retain(|(k, _)| k != "chat.template");
+        assert_eq!(get_chat_template(&h).unwrap(), None);
+        assert_eq!(
+            get_chat_template(&header_of(&EmberWriter::new())).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn chat_token_of_the_wrong_type_names_the_key() {
+        let mut w = EmberWriter::new();
+        w.set("chat.template", Value::Str("x".into())).unwrap();
+        w.set("chat.eos_token", Value::U32(2)).unwrap();
+        assert!(matches!(
+            get_chat_template(&header_of(&w)),
+            Err(FormatError::WrongType { key, .. }) if key == "chat.eos_token"
+        ));
     }
 
     #[test]
