@@ -231,6 +231,58 @@ pub fn get_model_config(h: &Header) -> Result<ModelConfig, FormatError> {
     Ok(cfg)
 }
 
+/// The tokens that frame a reply (Hugging Face's `generation_config.json`): `generation.eos_ids`
+/// end a reply (Llama 3 and Qwen list several), `generation.bos_id` starts a prompt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Ids that end a reply.
+    pub eos_ids: Vec<u32>,
+    /// The id a prompt starts with.
+    pub bos_id: Option<u32>,
+}
+
+/// Writes `generation.eos_ids` (when any) and `generation.bos_id` (when set).
+pub fn put_generation(w: &mut EmberWriter, g: &Generation) -> Result<(), FormatError> {
+    if !g.eos_ids.is_empty() {
+        w.set(
+            "generation.eos_ids",
+            Value::Array(Array::U32(g.eos_ids.clone())),
+        )?;
+    }
+    if let Some(b) = g.bos_id {
+        w.set("generation.bos_id", Value::U32(b))?;
+    }
+    Ok(())
+}
+
+/// Reads the `generation.*` keys; ids must be below `vocab_size`.
+pub fn get_generation(h: &Header, vocab_size: usize) -> Result<Generation, FormatError> {
+    let bad = |key: &str, found: String| FormatError::WrongType {
+        key: key.into(),
+        expected: "token ids below the vocabulary size",
+        found,
+    };
+    let eos_ids = match h.get("generation.eos_ids") {
+        None => Vec::new(),
+        Some(Value::Array(Array::U32(a))) => a.clone(),
+        Some(v) => return Err(bad("generation.eos_ids", v.type_name().into())),
+    };
+    if let Some(id) = eos_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        return Err(bad("generation.eos_ids", id.to_string()));
+    }
+    let bos_id = match h.get("generation.bos_id") {
+        None => None,
+        Some(_) => {
+            let id = h.require_u64("generation.bos_id")?;
+            if id >= vocab_size as u64 {
+                return Err(bad("generation.bos_id", id.to_string()));
+            }
+            Some(id as u32)
+        }
+    };
+    Ok(Generation { eos_ids, bos_id })
+}
+
 /// Where a classifier reads its logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readout {
@@ -700,6 +752,24 @@ mod tests {
         assert!(
             e.contains("general.architecture") && e.contains("mixtral"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn generation_ids_round_trip_and_are_bounded() {
+        let g = Generation {
+            eos_ids: vec![7, 9],
+            bos_id: Some(1),
+        };
+        let mut w = EmberWriter::new();
+        put_generation(&mut w, &g).unwrap();
+        let h = header_of(&w);
+        assert_eq!(get_generation(&h, 10).unwrap(), g);
+        let e = get_generation(&h, 9).unwrap_err().to_string();
+        assert!(e.contains("generation.eos_ids") && e.contains('9'), "{e}");
+        assert_eq!(
+            get_generation(&header_of(&EmberWriter::new()), 1).unwrap(),
+            Generation::default()
         );
     }
 }

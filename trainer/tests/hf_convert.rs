@@ -255,3 +255,45 @@ fn damaged_directories_give_typed_errors() {
     std::fs::write(d.join("config.json"), "{\"model_type\": \"gemma3_text\", ").unwrap();
     assert!(matches!(convert_err(&d), ConvertError::Json { .. }));
 }
+
+#[test]
+fn chat_template_and_end_of_reply_tokens_travel_into_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = copy_fixture("qwen2", tmp.path());
+    let chatml = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
+                  {% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    let tc = serde_json::json!({
+        "chat_template": chatml,
+        "eos_token": {"content": "<|im_end|>", "special": true},
+        "pad_token": "<|endoftext|>",
+    });
+    std::fs::write(d.join("tokenizer_config.json"), tc.to_string()).unwrap();
+    std::fs::write(
+        d.join("generation_config.json"),
+        r#"{"eos_token_id": [3, 7], "bos_token_id": 1}"#,
+    )
+    .unwrap();
+    let out = tmp.path().join("q.ember");
+    hf::convert(
+        &HfDir::open(&d).unwrap(),
+        ExportDtype::F16,
+        &out,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    let map = MappedFile::open(&out).unwrap();
+    let h = EmberFile::parse(map.bytes()).unwrap().header;
+    let chat = meta::get_chat_template(&h).unwrap().unwrap();
+    assert_eq!(chat.source, chatml);
+    assert_eq!(chat.special.eos_token.as_deref(), Some("<|im_end|>"));
+    assert_eq!(chat.special.pad_token.as_deref(), Some("<|endoftext|>"));
+    let g = meta::get_generation(&h, 101).unwrap();
+    assert_eq!((g.eos_ids, g.bos_id), (vec![3, 7], Some(1)));
+
+    // A template that does not compile, and an id beyond the vocabulary, are refused.
+    std::fs::write(d.join("chat_template.jinja"), "{% for m in messages %}").unwrap();
+    assert!(convert_err(&d).to_string().contains("chat_template"));
+    std::fs::remove_file(d.join("chat_template.jinja")).unwrap();
+    std::fs::write(d.join("generation_config.json"), r#"{"eos_token_id": 101}"#).unwrap();
+    assert!(convert_err(&d).to_string().contains("101"));
+}

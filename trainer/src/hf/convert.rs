@@ -103,8 +103,9 @@ fn plan(hf: &HfDir) -> Result<(Plan, Vec<String>), ConvertError> {
     Ok((planned, ignored))
 }
 
-/// Converts `hf` into `out` (written atomically) with matrices in `dtype`. `extra` adds metadata
-/// (tokenizer, chat template, provenance) before the tensors are written.
+/// Converts `hf` into `out` (written atomically) with matrices in `dtype`, with the directory's
+/// chat template and end-of-reply tokens ([`super::extras`]). `extra` adds more metadata (the
+/// tokenizer, provenance) before the tensors are written.
 pub fn convert(
     hf: &HfDir,
     dtype: ExportDtype,
@@ -145,6 +146,17 @@ pub fn convert(
             hf.dir.display(),
             hf.model_type
         )),
+    )?;
+    let extras = super::extras::read(&hf.dir, cfg.vocab_size)?;
+    if let Some(chat) = &extras.chat {
+        meta::put_chat_template(&mut w, chat)?;
+    }
+    meta::put_generation(
+        &mut w,
+        &meta::Generation {
+            eos_ids: extras.eos_ids.clone(),
+            bos_id: extras.bos_id,
+        },
     )?;
     extra(&mut w)?;
     for (t, _) in &planned {

@@ -6,6 +6,7 @@
 pub mod config;
 pub mod convert;
 pub mod dir;
+pub mod extras;
 
 use crate::export::ExportError;
 use crate::import::ImportError;
