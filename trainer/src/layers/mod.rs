@@ -19,6 +19,7 @@ pub mod dropout;
 pub mod encoder;
 pub mod gelu;
 pub mod glu;
+pub mod gqa;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
