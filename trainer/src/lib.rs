@@ -7,6 +7,7 @@ pub mod corpus;
 pub mod data;
 pub mod export;
 pub mod export_safetensors;
+pub mod family;
 pub mod finetune;
 pub mod gemm;
 pub mod hf;
