@@ -274,6 +274,39 @@ fn stream_tensor(
     Ok(())
 }
 
+/// Every tensor of the model in f32, in file order, as (ember name, Hugging Face name, values),
+/// with Gemma's +1 applied (the training path's import: [`crate::family::Layout`] has the same
+/// order).
+pub fn read_all_f32(hf: &HfDir) -> Result<Vec<(String, String, Vec<f32>)>, ConvertError> {
+    let (planned, _) = plan(hf)?;
+    let mut out = Vec::with_capacity(planned.len());
+    for (t, name) in planned {
+        let file = hf.file(&name).ok_or_else(|| ConvertError::MissingTensor {
+            name: name.clone(),
+            why: format!("needed for {}", t.name),
+        })?;
+        let info = file
+            .info(&name)
+            .ok_or_else(|| ConvertError::MissingTensor {
+                name: name.clone(),
+                why: "listed but absent".into(),
+            })?;
+        if info.shape != t.shape {
+            return Err(ConvertError::Shape {
+                name,
+                expected: t.shape.clone(),
+                found: info.shape.clone(),
+            });
+        }
+        let mut x = file.read_f32(&name).map_err(ConvertError::Import)?;
+        if t.desc.hf.is_some_and(|h| h.plus_one) {
+            x.iter_mut().for_each(|v| *v += 1.0);
+        }
+        out.push((t.name, name, x));
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,37 +342,4 @@ mod tests {
             }
         }
     }
-}
-
-/// Every tensor of the model in f32, in file order, as (ember name, Hugging Face name, values),
-/// with Gemma's +1 applied (the training path's import: [`crate::family::Layout`] has the same
-/// order).
-pub fn read_all_f32(hf: &HfDir) -> Result<Vec<(String, String, Vec<f32>)>, ConvertError> {
-    let (planned, _) = plan(hf)?;
-    let mut out = Vec::with_capacity(planned.len());
-    for (t, name) in planned {
-        let file = hf.file(&name).ok_or_else(|| ConvertError::MissingTensor {
-            name: name.clone(),
-            why: format!("needed for {}", t.name),
-        })?;
-        let info = file
-            .info(&name)
-            .ok_or_else(|| ConvertError::MissingTensor {
-                name: name.clone(),
-                why: "listed but absent".into(),
-            })?;
-        if info.shape != t.shape {
-            return Err(ConvertError::Shape {
-                name,
-                expected: t.shape.clone(),
-                found: info.shape.clone(),
-            });
-        }
-        let mut x = file.read_f32(&name).map_err(ConvertError::Import)?;
-        if t.desc.hf.is_some_and(|h| h.plus_one) {
-            x.iter_mut().for_each(|v| *v += 1.0);
-        }
-        out.push((t.name, name, x));
-    }
-    Ok(out)
 }
