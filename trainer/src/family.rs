@@ -10,6 +10,7 @@
 //! Letters: B batch, T time, N = B·T rows, C channels, H/Hkv query/key-value heads, D head size,
 //! Q = H·D, K = Hkv·D, F MLP hidden units, V vocabulary.
 
+use crate::adamw::{DecayMask, DecayPolicy};
 use crate::layers::crossentropy::{self, IGNORE_INDEX};
 use crate::layers::glu::{self, Gate};
 use crate::layers::{gqa, matmul, rmsnorm, rope};
@@ -26,6 +27,8 @@ pub struct Layout {
     ranges: HashMap<(Role, Option<usize>), Range<usize>>,
     /// Every tensor's ember name and range, in file order.
     pub tensors: Vec<(String, Range<usize>)>,
+    /// The ranges of the matrices (2-D tensors), in order.
+    matrices: Vec<Range<usize>>,
     /// Total parameters.
     pub len: usize,
 }
@@ -35,10 +38,14 @@ impl Layout {
     pub fn new(cfg: &ModelConfig) -> Layout {
         let mut ranges = HashMap::new();
         let mut tensors = Vec::new();
+        let mut matrices = Vec::new();
         let mut off = 0;
         for t in arch::tensors(cfg, None) {
             let r = off..off + t.len();
             off += t.len();
+            if t.shape.len() == 2 {
+                matrices.push(r.clone());
+            }
             ranges.insert((t.desc.role, t.layer), r.clone());
             tensors.push((t.name, r));
         }
@@ -46,7 +53,19 @@ impl Layout {
             cfg: *cfg,
             ranges,
             tensors,
+            matrices,
             len: off,
+        }
+    }
+
+    /// The parameters that receive weight decay under `policy`. Prefer
+    /// [`DecayPolicy::MatricesOnly`]: norm scales are stored as the runtime uses them (Gemma's
+    /// 1 + w), so decaying them all would pull Gemma's scales to 0 instead of its w.
+    pub fn decay_mask(&self, policy: DecayPolicy) -> DecayMask {
+        match policy {
+            DecayPolicy::All => DecayMask::all(self.len),
+            DecayPolicy::MatricesOnly => DecayMask::from_ranges(self.len, &self.matrices)
+                .unwrap_or_else(|_| DecayMask::all(self.len)),
         }
     }
 

@@ -3,6 +3,7 @@
 //! parameter (trainer/tests/fixtures/family_grads, made by make_grads.py with transformers'
 //! autograd, eager attention).
 
+use emberlm_trainer::adamw::{AdamW, AdamWConfig, DecayPolicy};
 use emberlm_trainer::family::{Layout, forward_backward};
 use emberlm_trainer::hf::{HfDir, convert::read_all_f32};
 use safetensors::SafeTensors;
@@ -108,6 +109,69 @@ fn loss_logits_and_every_gradient_match_transformers() {
             checked += 1;
         }
         // Every parameter transformers has (the tied head is the embedding) was compared.
-        assert_eq!(checked, want.names().len() - 1, "{family}");
+        assert_eq!(checked * 2, want.names().len() - 1, "{family}");
+
+        // Five AdamW steps on the same batch (matrices decayed), as torch.optim.AdamW.
+        let cfg = AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+        };
+        let lr = 1e-3f32;
+        let mut opt = AdamW::new(cfg, layout.decay_mask(DecayPolicy::MatricesOnly));
+        let mut p = params.clone();
+        let want_losses: Vec<f64> = meta["adamw_losses"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        for (i, want) in want_losses.iter().enumerate() {
+            let mut g = vec![0.0f32; layout.len];
+            let s = forward_backward(&layout, &p, &mut g, &tokens, &targets, b);
+            assert!(
+                (s.loss - want).abs() <= 2e-5 * want,
+                "{family}: loss before step {i}: {} vs {want}",
+                s.loss
+            );
+            opt.step(&mut p, &g, lr).unwrap();
+        }
+        let after = forward_backward(
+            &layout,
+            &p,
+            &mut vec![0.0; layout.len],
+            &tokens,
+            &targets,
+            b,
+        )
+        .loss;
+        let want_after = meta["adamw_loss_after"].as_f64().unwrap();
+        assert!(
+            (after - want_after).abs() <= 2e-5 * want_after,
+            "{family}: loss after {after} vs {want_after}"
+        );
+        for ((name, hf_name, _), (_, range)) in tensors.iter().zip(&layout.tensors) {
+            let w = f32s(&want.tensor(&format!("final.{hf_name}")).unwrap());
+            let g0 = f32s(&want.tensor(hf_name).unwrap());
+            // Gemma's stored scales are 1 + w.
+            let plus = if family == "gemma3" && name.contains("norm") {
+                1.0
+            } else {
+                0.0
+            };
+            let big = g0.iter().fold(0f32, |m, v| m.max(v.abs()));
+            for (i, ((&got, &x), &g)) in p[range.clone()].iter().zip(&w).zip(&g0).enumerate() {
+                // Adam steps by lr·m/√v: a gradient known to ±e (the gradient check's bound,
+                // GRAD_ATOL·max|grad|) moves each step by up to lr·e/|g|, a whole lr where g ~ e.
+                let e = GRAD_ATOL * big;
+                let tol = 2e-5 + 5.0 * lr * (e / g.abs().max(1e-30)).min(1.0);
+                assert!(
+                    (got - (x + plus)).abs() <= tol,
+                    "{family} {name}[{i}] after 5 steps: {got} vs {} (first gradient {g})",
+                    x + plus
+                );
+            }
+        }
     }
 }
