@@ -105,6 +105,10 @@ fn export_hf(
         return finish(a, con, dtype, bytes, "gpt2", t0);
     }
     let dir = hf::HfDir::open(&a.checkpoint).map_err(|e| failed(e.to_string()))?;
+    let done = hf::convert(&dir, dtype, &a.out, &mut |_| Ok(())).map_err(|e| match e {
+        hf::ConvertError::Format(e) => failed(format!("--out {}: {e}", a.out.display())),
+        e => failed(e.to_string()),
+    })?;
     note!(
         con,
         "{}: {} ({} layers, dim {}, {} weight file{})",
@@ -115,8 +119,6 @@ fn export_hf(
         dir.shard_count(),
         if dir.shard_count() == 1 { "" } else { "s" }
     );
-    let done = hf::convert(&dir, dtype, &a.out, &mut |_| Ok(()))
-        .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
     for i in &done.ignored {
         note!(con, "left out: {i}");
     }
