@@ -16,3 +16,4 @@ pub mod layers;
 pub mod model;
 pub mod plot;
 pub mod safetensors_io;
+pub mod shards;
