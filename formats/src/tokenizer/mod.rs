@@ -19,8 +19,13 @@
 //! buffers have grown to the largest input seen.
 
 mod bpe;
+#[cfg(feature = "hf")]
+mod hf;
+mod hf_encode;
+mod hf_model;
 mod load;
 mod pretok;
+mod pretok_llama3;
 mod stream;
 mod train;
 mod unicode_tables;
@@ -31,6 +36,7 @@ use std::fmt;
 
 use bpe::{NONE, Node, Part, RankMap, Ranks};
 
+pub use hf_model::{HfModelKind, HfParts, HfPreTokenizer, MAX_MERGES, MAX_POST_IDS, Prepend};
 pub use pretok::{Pieces, pieces};
 pub use stream::StreamDecoder;
 pub use train::{TrainOptions, train_bpe};
@@ -134,6 +140,20 @@ pub enum TokenizerError {
         /// What is wrong.
         detail: &'static str,
     },
+    /// A Hugging Face `tokenizer.json` is not valid JSON, or a field has the wrong shape.
+    HfJson {
+        /// The field at fault (a dotted path such as `model.merges[3]`), or empty for syntax.
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A Hugging Face `tokenizer.json` uses a component or setting emberlm does not implement.
+    HfUnsupported {
+        /// The field (a dotted path such as `pre_tokenizer.pretokenizers[0].pattern.Regex`).
+        field: String,
+        /// The value found there.
+        value: String,
+    },
     /// [`train_bpe`] was asked for a vocabulary size outside `min..=max`.
     TrainVocabSize {
         /// The size asked for.
@@ -174,6 +194,12 @@ impl fmt::Display for TokenizerError {
                 index,
                 detail,
             } => write!(f, "tokenizer.{field}[{index}]: {detail}"),
+            TokenizerError::HfJson { field, detail } => {
+                write!(f, "tokenizer.json: {field}: {detail}")
+            }
+            TokenizerError::HfUnsupported { field, value } => {
+                write!(f, "tokenizer.json: {field}: unsupported: {value}")
+            }
             TokenizerError::TrainVocabSize {
                 requested,
                 min,
@@ -192,6 +218,8 @@ pub struct EncodeScratch {
     nodes: Vec<Node>,
     heap: BinaryHeap<Reverse<u64>>,
     next_special: Vec<usize>,
+    syms: Vec<hf_model::Sym>,
+    norm: String,
 }
 
 impl EncodeScratch {
@@ -215,6 +243,8 @@ pub struct Tokenizer {
     /// Token of each single byte.
     byte_tok: [u32; 256],
     max_token_len: usize,
+    /// Hugging Face model settings (`None`: tiktoken-style, rank == id).
+    hf: Option<Box<hf_model::HfModel>>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -230,6 +260,26 @@ impl fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Builds a tokenizer from compact parts, validating all of them (see [`TokenizerParts`]).
     pub fn from_parts(parts: TokenizerParts) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::build(parts, None)
+    }
+
+    /// Builds a Hugging Face BPE tokenizer (merge ranks separate from ids, see [`HfParts`]) from
+    /// its vocabulary and added tokens (`parts`, whose special tokens are all the added tokens)
+    /// and its settings, validating both. A SentencePiece-style vocabulary need not hold every
+    /// byte value as a token.
+    pub fn from_hf_parts(parts: TokenizerParts, hf: HfParts) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::build(parts, Some(hf))
+    }
+
+    /// The Hugging Face settings of this tokenizer (`None` for a tiktoken-style vocabulary).
+    pub fn hf_parts(&self) -> Option<&HfParts> {
+        self.hf.as_ref().map(|m| &m.parts)
+    }
+
+    fn build(parts: TokenizerParts, hf: Option<HfParts>) -> Result<Tokenizer, TokenizerError> {
+        let needs_all_bytes = hf
+            .as_ref()
+            .is_none_or(|h| h.model == HfModelKind::ByteLevel);
         let TokenizerParts {
             tokens,
             token_ends,
@@ -316,7 +366,9 @@ impl Tokenizer {
             }
         }
         if let Some(b) = byte_tok.iter().position(|&t| t == NONE) {
-            return Err(err("tokens", b, "this byte value is not a token"));
+            if needs_all_bytes {
+                return Err(err("tokens", b, "this byte value is not a token"));
+            }
         }
         // The map must hold ordinary tokens only: rebuild it without the specials (they were
         // inserted above only to detect duplicates across all ids).
@@ -329,6 +381,17 @@ impl Tokenizer {
                 });
             }
         }
+        let hf = match hf {
+            None => None,
+            Some(h) => Some(Box::new(hf_model::build(
+                h,
+                n,
+                &map,
+                &tokens,
+                &token_ends,
+                |id| token_slice(&tokens, &token_ends, id),
+            )?)),
+        };
         Ok(Tokenizer {
             bytes: tokens,
             ends: token_ends,
@@ -338,6 +401,7 @@ impl Tokenizer {
             pair,
             byte_tok,
             max_token_len,
+            hf,
         })
     }
 
@@ -475,17 +539,38 @@ impl Tokenizer {
                 }
             }
             let Some((start, len, id)) = best else {
-                self.encode_ordinary(text.get(pos..).unwrap_or_default(), scratch, out);
+                self.encode_segment(text, pos, text.len(), scratch, out);
                 return;
             };
-            self.encode_ordinary(text.get(pos..start).unwrap_or_default(), scratch, out);
+            self.encode_segment(text, pos, start, scratch, out);
             out.push(id);
             pos = start + len;
         }
     }
 
+    /// Encodes `text[start..end]`, a segment between special tokens.
+    #[inline]
+    fn encode_segment(
+        &self,
+        text: &str,
+        start: usize,
+        end: usize,
+        scratch: &mut EncodeScratch,
+        out: &mut Vec<u32>,
+    ) {
+        let seg = text.get(start..end).unwrap_or_default();
+        match &self.hf {
+            None => self.encode_ordinary(seg, scratch, out),
+            Some(hf) => self.encode_hf_segment(hf, seg, start == 0, scratch, out),
+        }
+    }
+
     /// Appends the tokens of `text` to `out`, special token names being ordinary text.
     pub fn encode_ordinary(&self, text: &str, scratch: &mut EncodeScratch, out: &mut Vec<u32>) {
+        if let Some(hf) = &self.hf {
+            self.encode_hf_segment(hf, text, true, scratch, out);
+            return;
+        }
         let b = text.as_bytes();
         let ranks = Ranks {
             map: &self.map,
@@ -535,6 +620,9 @@ impl Tokenizer {
     /// valid UTF-8 (use `String::from_utf8_lossy` or a [`StreamDecoder`]). On an unknown id,
     /// returns the error and leaves `out` with the bytes of the ids before it.
     pub fn decode(&self, ids: &[u32], out: &mut Vec<u8>) -> Result<(), TokenizerError> {
+        if let Some(hf) = &self.hf {
+            return self.decode_hf(hf, ids, out);
+        }
         for &id in ids {
             let t = self.token_bytes(id).ok_or(TokenizerError::UnknownId {
                 id,
@@ -547,6 +635,9 @@ impl Tokenizer {
 
     /// Convenience: `decode` into a new string, invalid UTF-8 replaced by U+FFFD.
     pub fn decode_to_string(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        if let Some(hf) = &self.hf {
+            return self.decode_hf_to_string(hf, ids);
+        }
         let mut out = Vec::new();
         self.decode(ids, &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())

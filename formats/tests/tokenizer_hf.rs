@@ -1,0 +1,199 @@
+//! Golden tests of Hugging Face `tokenizer.json` loading against the `tokenizers` library.
+//!
+//! The fixtures (`fixtures/hf_tokenizers/`) are small tokenizers trained by `make_fixtures.py`
+//! with `tokenizers`, one per kind (GPT-2-style byte-level, Llama-3-style, Qwen2-style,
+//! SentencePiece-style with byte fallback), and `cases.json`: for several hundred strings, the ids
+//! `tokenizers` gives without and with special tokens and the decoded text of both.
+
+use emberlm_formats::tokenizer::{
+    EncodeScratch, HfModelKind, HfPreTokenizer, SpecialTokens, StreamDecoder, Tokenizer,
+    TokenizerError,
+};
+use serde_json::Value;
+
+const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf_tokenizers");
+const KINDS: [&str; 4] = ["gpt2", "llama3", "qwen2", "spm"];
+
+fn load(kind: &str) -> Tokenizer {
+    Tokenizer::from_hf_json_file(format!("{DIR}/{kind}.json"))
+        .unwrap_or_else(|e| panic!("{kind}: {e}"))
+}
+
+fn cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(format!("{DIR}/cases.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().unwrap().clone()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+fn check_kind(kind: &str) {
+    let tok = load(kind);
+    let mut scratch = EncodeScratch::new();
+    let mut failures = Vec::new();
+    let all = cases();
+    for case in &all {
+        let text = case["text"].as_str().unwrap();
+        let want = &case[kind];
+        let mut got = Vec::new();
+        tok.encode(text, SpecialTokens::Allow, &mut scratch, &mut got);
+        let mut got_post = Vec::new();
+        tok.encode_with_post(text, &mut scratch, &mut got_post);
+        let dec = tok.decode_to_string(&got).unwrap();
+        let dec_post = tok.decode_to_string(&got_post).unwrap();
+        let mut streamed = String::new();
+        let mut sd = StreamDecoder::new(&tok);
+        for &id in &got_post {
+            streamed.push_str(sd.push(id).unwrap());
+        }
+        streamed.push_str(sd.finish());
+        let ok = got == ids(&want["ids"])
+            && got_post == ids(&want["ids_special"])
+            && dec == want["decoded"].as_str().unwrap()
+            && dec_post == want["decoded_special"].as_str().unwrap()
+            && (streamed == dec_post || dec_post.contains('\u{FFFD}'));
+        if !ok {
+            failures.push(format!(
+                "{text:?}\n  ids  {got:?}\n  want {}\n  post {got_post:?}\n  want {}\n  dec {dec:?} / {}\n  dec_post {dec_post:?} / {}\n  streamed {streamed:?}",
+                want["ids"], want["ids_special"], want["decoded"], want["decoded_special"]
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{kind}: {} of {} cases differ from tokenizers:\n{}",
+        failures.len(),
+        all.len(),
+        failures[..failures.len().min(8)].join("\n")
+    );
+}
+
+#[test]
+fn gpt2_style_matches_tokenizers() {
+    check_kind("gpt2");
+}
+
+#[test]
+fn llama3_style_matches_tokenizers() {
+    check_kind("llama3");
+}
+
+#[test]
+fn qwen2_style_matches_tokenizers() {
+    check_kind("qwen2");
+}
+
+#[test]
+fn sentencepiece_style_matches_tokenizers() {
+    check_kind("spm");
+}
+
+#[test]
+fn fixtures_load_as_the_expected_kinds() {
+    let kinds: Vec<_> = KINDS
+        .iter()
+        .map(|k| {
+            let p = load(k).hf_parts().unwrap().clone();
+            (p.model, p.pretokenizer)
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            (HfModelKind::ByteLevel, HfPreTokenizer::Gpt2),
+            (HfModelKind::ByteLevel, HfPreTokenizer::Llama3),
+            (HfModelKind::ByteLevel, HfPreTokenizer::Qwen2),
+            (HfModelKind::SentencePiece, HfPreTokenizer::Whole),
+        ]
+    );
+    let l3 = load("llama3");
+    assert_eq!(l3.bos_ids(), [l3.special_id("<|begin_of_text|>").unwrap()]);
+    assert!(l3.hf_parts().unwrap().ignore_merges);
+    let spm = load("spm");
+    assert_eq!(spm.bos_ids(), [1]);
+    assert!(spm.hf_parts().unwrap().byte_fallback);
+}
+
+fn edited(kind: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+    let text = std::fs::read_to_string(format!("{DIR}/{kind}.json")).unwrap();
+    let mut v: Value = serde_json::from_str(&text).unwrap();
+    edit(&mut v);
+    serde_json::to_vec(&v).unwrap()
+}
+
+#[test]
+fn unsupported_and_malformed_files_give_typed_errors() {
+    let unknown_regex = edited("llama3", |v| {
+        v["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{L}+|\\s+".into();
+    });
+    assert_eq!(
+        Tokenizer::from_hf_json(&unknown_regex).unwrap_err(),
+        TokenizerError::HfUnsupported {
+            field: "pre_tokenizer.pretokenizers[0].pattern".into(),
+            value: r#"{"Regex":"\\p{L}+|\\s+"}"#.into(),
+        }
+    );
+    let wordpiece = edited("gpt2", |v| v["model"]["type"] = "WordPiece".into());
+    assert_eq!(
+        Tokenizer::from_hf_json(&wordpiece).unwrap_err(),
+        TokenizerError::HfUnsupported {
+            field: "model.type".into(),
+            value: "\"WordPiece\"".into(),
+        }
+    );
+    assert!(matches!(
+        Tokenizer::from_hf_json(b"{\"model\": [1, 2"),
+        Err(TokenizerError::HfJson { field, .. }) if field.is_empty()
+    ));
+    assert!(matches!(
+        Tokenizer::from_hf_json(b"\0\0\0"),
+        Err(TokenizerError::HfJson { .. })
+    ));
+    let bad_merge = edited("gpt2", |v| v["model"]["merges"][0] = "nope zzz".into());
+    assert_eq!(
+        Tokenizer::from_hf_json(&bad_merge).unwrap_err(),
+        TokenizerError::HfJson {
+            field: "model.merges[0]".into(),
+            detail: "\"nope\" is not in the vocabulary".into(),
+        }
+    );
+    let gap = edited("spm", |v| {
+        v["model"]["vocab"]
+            .as_object_mut()
+            .unwrap()
+            .remove("<0x41>");
+    });
+    assert_eq!(
+        Tokenizer::from_hf_json(&gap).unwrap_err(),
+        TokenizerError::HfJson {
+            field: "model.vocab".into(),
+            detail: "no token has id 68".into(),
+        }
+    );
+}
+
+#[test]
+fn garbage_never_panics() {
+    let good = std::fs::read(format!("{DIR}/llama3.json")).unwrap();
+    let mut state = 0x9E37_79B9_7F4A_7C15u64;
+    for _ in 0..300 {
+        let mut b = good.clone();
+        for _ in 0..4 {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let i = (state as usize) % b.len();
+            b[i] = (state >> 40) as u8;
+        }
+        if let Ok(t) = Tokenizer::from_hf_json(&b) {
+            let ids = t.encode_to_vec("Hello DON'T 123 \u{1F600}", SpecialTokens::Allow);
+            let _ = t.decode_to_string(&ids);
+        }
+    }
+}
