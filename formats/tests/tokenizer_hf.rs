@@ -5,11 +5,13 @@
 //! SentencePiece-style with byte fallback), and `cases.json`: for several hundred strings, the ids
 //! `tokenizers` gives without and with special tokens and the decoded text of both.
 
+use emberlm_formats::ember::{AlignedBytes, Array, EmberFile, EmberWriter, FormatError, Value};
+use emberlm_formats::meta::{get_tokenizer, put_tokenizer};
 use emberlm_formats::tokenizer::{
     EncodeScratch, HfModelKind, HfPreTokenizer, SpecialTokens, StreamDecoder, Tokenizer,
     TokenizerError,
 };
-use serde_json::Value;
+use serde_json::Value as Json;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf_tokenizers");
 const KINDS: [&str; 4] = ["gpt2", "llama3", "qwen2", "spm"];
@@ -19,13 +21,13 @@ fn load(kind: &str) -> Tokenizer {
         .unwrap_or_else(|e| panic!("{kind}: {e}"))
 }
 
-fn cases() -> Vec<Value> {
+fn cases() -> Vec<Json> {
     let text = std::fs::read_to_string(format!("{DIR}/cases.json")).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
+    let v: Json = serde_json::from_str(&text).unwrap();
     v["cases"].as_array().unwrap().clone()
 }
 
-fn ids(v: &Value) -> Vec<u32> {
+fn ids(v: &Json) -> Vec<u32> {
     v.as_array()
         .unwrap()
         .iter()
@@ -120,9 +122,9 @@ fn fixtures_load_as_the_expected_kinds() {
     assert!(spm.hf_parts().unwrap().byte_fallback);
 }
 
-fn edited(kind: &str, edit: impl FnOnce(&mut Value)) -> Vec<u8> {
+fn edited(kind: &str, edit: impl FnOnce(&mut Json)) -> Vec<u8> {
     let text = std::fs::read_to_string(format!("{DIR}/{kind}.json")).unwrap();
-    let mut v: Value = serde_json::from_str(&text).unwrap();
+    let mut v: Json = serde_json::from_str(&text).unwrap();
     edit(&mut v);
     serde_json::to_vec(&v).unwrap()
 }
@@ -196,4 +198,98 @@ fn garbage_never_panics() {
             let _ = t.decode_to_string(&ids);
         }
     }
+}
+
+fn ember_round_trip(tok: &Tokenizer) -> Result<Option<Tokenizer>, FormatError> {
+    let mut w = EmberWriter::new();
+    put_tokenizer(&mut w, tok).unwrap();
+    let bytes = AlignedBytes::copy_from(&w.to_vec(|_, _, _| Ok(())).unwrap());
+    let file = EmberFile::parse(&bytes).unwrap();
+    get_tokenizer(&file.header)
+}
+
+#[test]
+fn every_kind_round_trips_through_ember_metadata() {
+    let all = cases();
+    for kind in KINDS {
+        let tok = load(kind);
+        let back = ember_round_trip(&tok).unwrap().unwrap();
+        assert_eq!(back.hf_parts(), tok.hf_parts(), "{kind}");
+        assert_eq!(back.to_parts(), tok.to_parts(), "{kind}");
+        for case in &all {
+            let text = case["text"].as_str().unwrap();
+            let mut a = Vec::new();
+            tok.encode_with_post(text, &mut EncodeScratch::new(), &mut a);
+            let mut b = Vec::new();
+            back.encode_with_post(text, &mut EncodeScratch::new(), &mut b);
+            assert_eq!(a, b, "{kind}: {text:?}");
+        }
+    }
+    // A GPT-2 vocabulary still writes the original kind.
+    let mut w = EmberWriter::new();
+    put_tokenizer(&mut w, Tokenizer::gpt2()).unwrap();
+    let bytes = AlignedBytes::copy_from(&w.to_vec(|_, _, _| Ok(())).unwrap());
+    let file = EmberFile::parse(&bytes).unwrap();
+    assert_eq!(
+        file.header.get("tokenizer.kind"),
+        Some(&Value::Str("bpe-bytes".into()))
+    );
+    assert!(file.header.get("tokenizer.merges").is_none());
+}
+
+#[test]
+fn hostile_ember_tokenizer_keys_give_typed_errors() {
+    let tok = load("spm");
+    let mut w = EmberWriter::new();
+    put_tokenizer(&mut w, &tok).unwrap();
+    let bytes = AlignedBytes::copy_from(&w.to_vec(|_, _, _| Ok(())).unwrap());
+    let good = EmberFile::parse(&bytes).unwrap().header;
+    let with = |key: &str, v: Value| {
+        let mut h = good.clone();
+        for (k, old) in h.metadata.iter_mut() {
+            if k == key {
+                *old = v.clone();
+            }
+        }
+        get_tokenizer(&h).map(|_| ())
+    };
+    let expect_key = |r: Result<(), FormatError>, key: &str| match r {
+        Err(FormatError::WrongType { key: k, .. }) => assert_eq!(k, key),
+        other => panic!("{key}: {other:?}"),
+    };
+    expect_key(
+        with("tokenizer.merges", Value::Array(Array::U32(vec![1, 2, 3]))),
+        "tokenizer.merges",
+    );
+    expect_key(
+        with("tokenizer.merges", Value::Array(Array::U32(vec![1, 99999]))),
+        "tokenizer.tokens",
+    );
+    expect_key(
+        with("tokenizer.pretokenizer", Value::Str("bert".into())),
+        "tokenizer.pretokenizer",
+    );
+    expect_key(
+        with(
+            "tokenizer.post_prefix",
+            Value::Array(Array::U32(vec![1 << 30])),
+        ),
+        "tokenizer.tokens",
+    );
+    expect_key(
+        with("tokenizer.unk_id", Value::Array(Array::U32(vec![0, 1]))),
+        "tokenizer.unk_id",
+    );
+    expect_key(
+        with("tokenizer.kind", Value::Str("wordpiece".into())),
+        "tokenizer.kind",
+    );
+    let mut h = good.clone();
+    h.metadata.retain(|(k, _)| k != "tokenizer.nfc");
+    assert_eq!(
+        get_tokenizer(&h).map(|_| ()),
+        Err(FormatError::MissingKey {
+            key: "tokenizer.nfc".into()
+        })
+    );
 }
