@@ -8,13 +8,13 @@
 use emberlm_formats::ember::{AlignedBytes, Array, EmberFile, EmberWriter, FormatError, Value};
 use emberlm_formats::meta::{get_tokenizer, put_tokenizer};
 use emberlm_formats::tokenizer::{
-    EncodeScratch, HfModelKind, HfPreTokenizer, SpecialTokens, StreamDecoder, Tokenizer,
+    EncodeScratch, HfModelKind, HfPreTokenizer, Prepend, SpecialTokens, StreamDecoder, Tokenizer,
     TokenizerError,
 };
 use serde_json::Value as Json;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf_tokenizers");
-const KINDS: [&str; 4] = ["gpt2", "llama3", "qwen2", "spm"];
+const KINDS: [&str; 6] = ["gpt2", "llama3", "qwen2", "spm", "spm_metaspace", "smollm2"];
 
 fn load(kind: &str) -> Tokenizer {
     Tokenizer::from_hf_json_file(format!("{DIR}/{kind}.json"))
@@ -97,6 +97,16 @@ fn sentencepiece_style_matches_tokenizers() {
 }
 
 #[test]
+fn sentencepiece_metaspace_style_matches_tokenizers() {
+    check_kind("spm_metaspace");
+}
+
+#[test]
+fn smollm2_style_matches_tokenizers() {
+    check_kind("smollm2");
+}
+
+#[test]
 fn fixtures_load_as_the_expected_kinds() {
     let kinds: Vec<_> = KINDS
         .iter()
@@ -112,6 +122,8 @@ fn fixtures_load_as_the_expected_kinds() {
             (HfModelKind::ByteLevel, HfPreTokenizer::Llama3),
             (HfModelKind::ByteLevel, HfPreTokenizer::Qwen2),
             (HfModelKind::SentencePiece, HfPreTokenizer::Whole),
+            (HfModelKind::SentencePiece, HfPreTokenizer::Whole),
+            (HfModelKind::ByteLevel, HfPreTokenizer::Gpt2Digits),
         ]
     );
     let l3 = load("llama3");
@@ -119,6 +131,10 @@ fn fixtures_load_as_the_expected_kinds() {
     assert!(l3.hf_parts().unwrap().ignore_merges);
     let spm = load("spm");
     assert_eq!(spm.bos_ids(), [1]);
+    assert_eq!(
+        load("spm_metaspace").hf_parts().unwrap().prepend,
+        Prepend::MetaspaceFirst
+    );
     assert!(spm.hf_parts().unwrap().byte_fallback);
 }
 

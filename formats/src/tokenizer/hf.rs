@@ -10,7 +10,8 @@
 //! - normalizer: none, `NFC`, `Replace(" " -> "▁")`, `Prepend("▁")`, or a `Sequence` of those.
 //! - pre-tokenizer: `ByteLevel` (with GPT-2's regex or none), a `Sequence` of a `Split` with one
 //!   of the known regexes (GPT-2, Llama 3, Qwen2; matched by exact string, behaviour Isolated)
-//!   and `ByteLevel` without regex, `Metaspace` (`split: false`), or none.
+//!   and `ByteLevel` without regex, a `Sequence` of `Digits` (`individual_digits`) and
+//!   `ByteLevel` with regex (SmolLM2), `Metaspace` (`split: false`), or none.
 //! - post-processor: none, `ByteLevel`, `TemplateProcessing` (its `single` template: special
 //!   tokens before and after `$A`), `RobertaProcessing` / `BertProcessing`, or a `Sequence`.
 //! - decoder: `ByteLevel`, `Metaspace`, or a `Sequence` of `Replace("▁" -> " ")`,
@@ -309,6 +310,19 @@ fn pre_tokenizer(
             };
             let f0 = "pre_tokenizer.pretokenizers[0]";
             let f1 = "pre_tokenizer.pretokenizers[1]";
+            if type_of(split, f0)? == "Digits" && type_of(bl, f1)? == "ByteLevel" {
+                // SmolLM2.
+                let (prefix, regex) = byte_level(bl, f1)?;
+                if !regex || !flag(split, "individual_digits", false, f0)? {
+                    return Err(unsupported(field, v));
+                }
+                return Ok((
+                    HfModelKind::ByteLevel,
+                    HfPreTokenizer::Gpt2Digits,
+                    prefix,
+                    None,
+                ));
+            }
             if type_of(split, f0)? != "Split" || type_of(bl, f1)? != "ByteLevel" {
                 return Err(unsupported(field, v));
             }

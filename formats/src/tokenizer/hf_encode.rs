@@ -10,8 +10,8 @@
 use unicode_normalization::{IsNormalized, UnicodeNormalization, is_nfc_quick};
 
 use super::bpe::NONE;
-use super::hf_model::{self, HfModel, HfModelKind, Prepend, Sym};
-use super::{EncodeScratch, SpecialTokens, Tokenizer, TokenizerError};
+use super::hf_model::{self, HfModel, HfModelKind, HfPreTokenizer, Prepend, Sym};
+use super::{EncodeScratch, SpecialTokens, Tokenizer, TokenizerError, pretok};
 
 /// `▁` (U+2581), SentencePiece's space.
 const META: char = '\u{2581}';
@@ -75,17 +75,51 @@ impl Tokenizer {
         } else if p.add_prefix_space && !norm.starts_with(' ') {
             norm.insert(0, ' ');
         }
+        if p.pretokenizer == HfPreTokenizer::Gpt2Digits {
+            // Each number character alone, then the regex on each stretch between them.
+            let b = norm.as_bytes();
+            let mut i = 0;
+            while i < b.len() {
+                let (class, len) = pretok::char_at(b, i);
+                let mut j = i + len;
+                if class != pretok::NUMBER {
+                    while j < b.len() {
+                        let (c, l) = pretok::char_at(b, j);
+                        if c == pretok::NUMBER {
+                            break;
+                        }
+                        j += l;
+                    }
+                }
+                let stretch = norm.get(i..j).unwrap_or_default();
+                self.encode_pretokens(hf, stretch, scratch, out);
+                i = j;
+            }
+        } else {
+            self.encode_pretokens(hf, &norm, scratch, out);
+        }
+        scratch.norm = norm;
+    }
+
+    /// Splits `text` (normalized) into pre-tokens and merges each.
+    fn encode_pretokens(
+        &self,
+        hf: &HfModel,
+        text: &str,
+        scratch: &mut EncodeScratch,
+        out: &mut Vec<u32>,
+    ) {
+        let p = &hf.parts;
         let mut i = 0;
-        while i < norm.len() {
-            let e = hf_model::pretoken_end(p.pretokenizer, &norm, i);
-            let piece = norm.get(i..e).unwrap_or_default();
+        while i < text.len() {
+            let e = hf_model::pretoken_end(p.pretokenizer, text, i);
+            let piece = text.get(i..e).unwrap_or_default();
             i = e.max(i + 1);
             match p.model {
                 HfModelKind::ByteLevel => self.encode_bytes_piece(hf, piece, scratch, out),
                 HfModelKind::SentencePiece => self.encode_spm_piece(hf, piece, scratch, out),
             }
         }
-        scratch.norm = norm;
     }
 
     fn encode_bytes_piece(

@@ -53,6 +53,9 @@ pub enum HfPreTokenizer {
     Llama3,
     /// Qwen2's split regex (one number per piece).
     Qwen2,
+    /// SmolLM2: every number character alone (`Digits` with `individual_digits`), then GPT-2's
+    /// regex on the text between them.
+    Gpt2Digits,
 }
 
 impl HfPreTokenizer {
@@ -63,14 +66,21 @@ impl HfPreTokenizer {
             HfPreTokenizer::Gpt2 => "gpt2",
             HfPreTokenizer::Llama3 => "llama3",
             HfPreTokenizer::Qwen2 => "qwen2",
+            HfPreTokenizer::Gpt2Digits => "gpt2-digits",
         }
     }
 
     /// Inverse of [`HfPreTokenizer::name`].
     pub fn from_name(s: &str) -> Option<Self> {
-        [Self::Whole, Self::Gpt2, Self::Llama3, Self::Qwen2]
-            .into_iter()
-            .find(|p| p.name() == s)
+        [
+            Self::Whole,
+            Self::Gpt2,
+            Self::Llama3,
+            Self::Qwen2,
+            Self::Gpt2Digits,
+        ]
+        .into_iter()
+        .find(|p| p.name() == s)
     }
 }
 
@@ -302,12 +312,14 @@ pub(crate) fn merge(
     }
 }
 
-/// End of the pre-token starting at `i` of `text` (`i < text.len()`).
+/// End of the pre-token starting at `i` of `text` (`i < text.len()`). For
+/// [`HfPreTokenizer::Gpt2Digits`], `text` must hold no number character after `i` (the caller
+/// cuts the numbers out first).
 #[inline]
 pub(crate) fn pretoken_end(p: HfPreTokenizer, text: &str, i: usize) -> usize {
     match p {
         HfPreTokenizer::Whole => text.len(),
-        HfPreTokenizer::Gpt2 => pretok::piece_end(text, i),
+        HfPreTokenizer::Gpt2 | HfPreTokenizer::Gpt2Digits => pretok::piece_end(text, i),
         HfPreTokenizer::Llama3 => pretok_llama3::piece_end(text, i, 3),
         HfPreTokenizer::Qwen2 => pretok_llama3::piece_end(text, i, 1),
     }
