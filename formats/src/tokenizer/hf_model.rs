@@ -70,6 +70,36 @@ impl HfPreTokenizer {
         }
     }
 
+    /// The pre-tokens of an already normalized `text` (they concatenate to it). A convenience
+    /// for tests and tools; the encoder walks the same boundaries without collecting them.
+    pub fn split(self, text: &str) -> Vec<&str> {
+        let mut out = Vec::new();
+        let b = text.as_bytes();
+        let mut start = 0;
+        while start < b.len() {
+            // Gpt2Digits: cut at every number character first.
+            let mut stop = b.len();
+            if self == HfPreTokenizer::Gpt2Digits {
+                let (class, len) = pretok::char_at(b, start);
+                stop = start + len;
+                if class != pretok::NUMBER {
+                    while stop < b.len() && pretok::char_at(b, stop).0 != pretok::NUMBER {
+                        stop += pretok::char_at(b, stop).1;
+                    }
+                }
+            }
+            let stretch = text.get(start..stop).unwrap_or_default();
+            let mut i = 0;
+            while i < stretch.len() {
+                let e = pretoken_end(self, stretch, i).max(i + 1);
+                out.push(stretch.get(i..e).unwrap_or_default());
+                i = e;
+            }
+            start = stop;
+        }
+        out
+    }
+
     /// Inverse of [`HfPreTokenizer::name`].
     pub fn from_name(s: &str) -> Option<Self> {
         [
