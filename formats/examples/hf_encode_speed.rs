@@ -1,6 +1,7 @@
 //! Encode throughput of a Hugging Face `tokenizer.json` on a text file (one thread).
 //!
-//! `cargo run --release -p emberlm-formats --features hf --example hf_encode_speed -- TOKENIZER_JSON TEXT`
+//! `cargo run --release -p emberlm-formats --features hf,gpt2 --example hf_encode_speed -- TOKENIZER_JSON TEXT`
+//! (`TOKENIZER_JSON` = `gpt2` for the embedded GPT-2 vocabulary).
 //!
 //! Prints the token count and MB/s (best of five runs); compare with `tokenizers` in Python on
 //! the same file (`TOKENIZERS_PARALLELISM=false`, `tok.encode(text)`), measured in the same run.
@@ -15,7 +16,13 @@ fn main() {
         eprintln!("usage: hf_encode_speed TOKENIZER_JSON TEXT");
         std::process::exit(2);
     };
-    let tok = match Tokenizer::from_hf_json_file(json) {
+    // `gpt2`: the embedded tiktoken-style GPT-2 vocabulary (the unchanged fast path).
+    let loaded = if json == "gpt2" {
+        Ok(Tokenizer::gpt2().clone())
+    } else {
+        Tokenizer::from_hf_json_file(json)
+    };
+    let tok = match loaded {
         Ok(t) => t,
         Err(e) => {
             eprintln!("{e}");

@@ -1,4 +1,5 @@
-//! GPT-2 byte-level BPE: encode, decode, streaming decode, loading and training.
+//! Byte-level BPE (GPT-2, and Hugging Face BPE files): encode, decode, streaming decode, loading
+//! and training.
 //!
 //! The model is tiktoken's: a vocabulary of byte strings whose id is also its merge rank. Text is
 //! split into pieces by GPT-2's pre-tokenizer ([`pieces`], written by hand, exact against
@@ -14,6 +15,11 @@
 //!   metadata (validated: untrusted input gives a [`TokenizerError`], never a panic).
 //! - [`train_bpe`]: train a vocabulary on texts.
 //! - [`StreamDecoder`]: token-by-token decoding that never splits a UTF-8 character.
+//! - [`Tokenizer::from_hf_json`] (feature `hf`): a Hugging Face `tokenizer.json` with a BPE model
+//!   (GPT-2, SmolLM2, Llama 3, Qwen2/2.5/3 byte-level; Llama 2 / Gemma SentencePiece-style with
+//!   byte fallback), exact against the `tokenizers` library. Its merges are ranked by their
+//!   position in the file, not by id ([`HfParts`], `hf_model.rs`); the GPT-2 path above is
+//!   untouched by it. [`Tokenizer::encode_with_post`] adds the post-processor's BOS/EOS.
 //!
 //! Encoding into a reused `Vec<u32>` with a reused [`EncodeScratch`] allocates nothing once the
 //! buffers have grown to the largest input seen.
@@ -618,7 +624,9 @@ impl Tokenizer {
 
     /// Appends the bytes of `ids` to `out` (special tokens as their names). The bytes need not be
     /// valid UTF-8 (use `String::from_utf8_lossy` or a [`StreamDecoder`]). On an unknown id,
-    /// returns the error and leaves `out` with the bytes of the ids before it.
+    /// returns the error and leaves `out` with the bytes of the ids before it. A SentencePiece-style
+    /// tokenizer writes `▁` as a space, `<0xNN>` tokens as their byte, and drops the first space
+    /// of the text when its decoder says so.
     pub fn decode(&self, ids: &[u32], out: &mut Vec<u8>) -> Result<(), TokenizerError> {
         if let Some(hf) = &self.hf {
             return self.decode_hf(hf, ids, out);
@@ -633,7 +641,9 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// Convenience: `decode` into a new string, invalid UTF-8 replaced by U+FFFD.
+    /// Convenience: `decode` into a new string, invalid UTF-8 replaced by U+FFFD (for a
+    /// SentencePiece-style tokenizer, exactly as `tokenizers`' `ByteFallback` decoder does: one
+    /// U+FFFD per byte of an invalid run of `<0xNN>` tokens).
     pub fn decode_to_string(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         if let Some(hf) = &self.hf {
             return self.decode_hf_to_string(hf, ids);
