@@ -437,3 +437,65 @@ pub(crate) fn build<'a>(
         byte_of,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    /// Slow twin of [`merge`]: a full rescan per merge for the pair of lowest (rank, position).
+    fn reference_merge(pairs: &HashMap<(u32, u32), (u32, u32)>, toks: &[u32]) -> Vec<u32> {
+        let mut t = toks.to_vec();
+        loop {
+            let best = (0..t.len().saturating_sub(1))
+                .filter_map(|i| pairs.get(&(t[i], t[i + 1])).map(|&(r, m)| (r, i, m)))
+                .min();
+            let Some((_, i, m)) = best else { break };
+            t[i] = m;
+            t.remove(i + 1);
+        }
+        t
+    }
+
+    #[test]
+    fn heap_merge_equals_the_reference_on_random_words() {
+        let mut state = 0x1234_5678_9ABC_DEF1u64;
+        let mut next = |n: u64| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n) as u32
+        };
+        for round in 0..200 {
+            // Symbols 0..6, merged ids 10.. ; random pairs with distinct ranks.
+            let mut map = HashMap::new();
+            let mut pairs = PairMap::with_capacity(64);
+            let mut rank = 0;
+            for _ in 0..30 {
+                let (a, b) = (next(6 + round % 20), next(6 + round % 20));
+                if let std::collections::hash_map::Entry::Vacant(e) = map.entry((a, b)) {
+                    let merged = 6 + next(20);
+                    e.insert((rank, merged));
+                    pairs.insert(a, b, rank, merged);
+                    rank += 1;
+                }
+            }
+            for _ in 0..20 {
+                let len = 1 + next(40) as usize;
+                let toks: Vec<u32> = (0..len).map(|_| next(6)).collect();
+                let mut syms: Vec<Sym> = toks.iter().map(|&t| Sym::new(t)).collect();
+                let mut out = Vec::new();
+                merge(&pairs, &mut syms, &mut BinaryHeap::new(), &mut out);
+                assert_eq!(out, reference_merge(&map, &toks), "{toks:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn byte_token_names_parse() {
+        assert_eq!(byte_token_value(b"<0x0A>"), Some(10));
+        assert_eq!(byte_token_value(b"<0xff>"), Some(255));
+        assert_eq!(byte_token_value(b"<0xG0>"), None);
+        assert_eq!(byte_token_value(b"<0x0A"), None);
+    }
+}
