@@ -17,16 +17,19 @@ fn main() {
         std::process::exit(2);
     };
     // `gpt2`: the embedded tiktoken-style GPT-2 vocabulary (the unchanged fast path).
-    let loaded = if json == "gpt2" {
-        Ok(Tokenizer::gpt2().clone())
+    let owned;
+    let tok: &Tokenizer = if json == "gpt2" {
+        Tokenizer::gpt2()
     } else {
-        Tokenizer::from_hf_json_file(json)
-    };
-    let tok = match loaded {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(1);
+        match Tokenizer::from_hf_json_file(json) {
+            Ok(t) => {
+                owned = t;
+                &owned
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
         }
     };
     let text = match std::fs::read_to_string(text) {

@@ -48,7 +48,7 @@ fn class_non_ascii(cp: u32) -> u8 {
 
 /// Decodes the character starting at `i` of valid UTF-8 `b` (`i` on a character boundary,
 /// `i < b.len()`): returns (class, byte length).
-#[inline]
+#[inline(always)]
 pub(crate) fn char_at(b: &[u8], i: usize) -> (u8, usize) {
     let b0 = b[i];
     if b0 < 0x80 {
@@ -70,7 +70,7 @@ pub(crate) fn char_at(b: &[u8], i: usize) -> (u8, usize) {
 }
 
 /// Index just past the maximal run of characters of `class` starting at `i`.
-#[inline]
+#[inline(always)]
 pub(crate) fn run_end(b: &[u8], mut i: usize, class: u8) -> usize {
     while i < b.len() {
         let b0 = b[i];
