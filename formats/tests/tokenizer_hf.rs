@@ -2,7 +2,8 @@
 //!
 //! The fixtures (`fixtures/hf_tokenizers/`) are small tokenizers trained by `make_fixtures.py`
 //! with `tokenizers`, one per kind (GPT-2-style byte-level, Llama-3-style, Qwen2-style,
-//! SentencePiece-style with byte fallback), and `cases.json`: for several hundred strings, the ids
+//! SmolLM2-style, and SentencePiece-style with byte fallback as Llama 2 writes it with a
+//! normalizer or with Metaspace, and as Gemma writes it), and `cases.json`: for several hundred strings, the ids
 //! `tokenizers` gives without and with special tokens and the decoded text of both.
 
 use emberlm_formats::ember::{AlignedBytes, Array, EmberFile, EmberWriter, FormatError, Value};
@@ -14,7 +15,15 @@ use emberlm_formats::tokenizer::{
 use serde_json::Value as Json;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf_tokenizers");
-const KINDS: [&str; 6] = ["gpt2", "llama3", "qwen2", "spm", "spm_metaspace", "smollm2"];
+const KINDS: [&str; 7] = [
+    "gpt2",
+    "llama3",
+    "qwen2",
+    "spm",
+    "spm_metaspace",
+    "smollm2",
+    "gemma",
+];
 
 fn load(kind: &str) -> Tokenizer {
     Tokenizer::from_hf_json_file(format!("{DIR}/{kind}.json"))
@@ -102,6 +111,11 @@ fn sentencepiece_metaspace_style_matches_tokenizers() {
 }
 
 #[test]
+fn gemma_style_matches_tokenizers() {
+    check_kind("gemma");
+}
+
+#[test]
 fn smollm2_style_matches_tokenizers() {
     check_kind("smollm2");
 }
@@ -124,6 +138,7 @@ fn fixtures_load_as_the_expected_kinds() {
             (HfModelKind::SentencePiece, HfPreTokenizer::Whole),
             (HfModelKind::SentencePiece, HfPreTokenizer::Whole),
             (HfModelKind::ByteLevel, HfPreTokenizer::Gpt2Digits),
+            (HfModelKind::SentencePiece, HfPreTokenizer::Whole),
         ]
     );
     let l3 = load("llama3");
