@@ -121,6 +121,25 @@ fn smollm2_style_matches_tokenizers() {
 }
 
 #[test]
+fn decoding_arbitrary_ids_matches_tokenizers() {
+    let text = std::fs::read_to_string(format!("{DIR}/cases.json")).unwrap();
+    let v: Json = serde_json::from_str(&text).unwrap();
+    for kind in KINDS {
+        let tok = load(kind);
+        let picks = v["decode_cases"][kind].as_array().unwrap();
+        assert!(picks.len() >= 50, "{kind}");
+        for p in picks {
+            let ids = ids(&p["ids"]);
+            assert_eq!(
+                tok.decode_to_string(&ids).unwrap(),
+                p["decoded"].as_str().unwrap(),
+                "{kind}: {ids:?}"
+            );
+        }
+    }
+}
+
+#[test]
 fn fixtures_load_as_the_expected_kinds() {
     let kinds: Vec<_> = KINDS
         .iter()
