@@ -38,6 +38,36 @@ impl Tokenizer {
         self.hf.as_ref().map_or(&[], |h| &h.parts.post_prefix)
     }
 
+    /// Cuts the added tokens out of `text` (leftmost, then longest, as `tokenizers`' added
+    /// vocabulary does) and encodes the segments between them.
+    pub(super) fn encode_hf(
+        &self,
+        hf: &HfModel,
+        text: &str,
+        scratch: &mut EncodeScratch,
+        out: &mut Vec<u32>,
+    ) {
+        let b = text.as_bytes();
+        let mut seg_start = 0;
+        let mut i = 0;
+        'scan: while i < b.len() {
+            // Names start with a UTF-8 lead byte, so matches start on character boundaries.
+            for (name, id) in &hf.added_by_first[b[i] as usize] {
+                if b[i..].starts_with(name) {
+                    let seg = text.get(seg_start..i).unwrap_or_default();
+                    self.encode_hf_segment(hf, seg, seg_start == 0, scratch, out);
+                    out.push(*id);
+                    i += name.len();
+                    seg_start = i;
+                    continue 'scan;
+                }
+            }
+            i += 1;
+        }
+        let seg = text.get(seg_start..).unwrap_or_default();
+        self.encode_hf_segment(hf, seg, seg_start == 0, scratch, out);
+    }
+
     /// Normalizes, pre-tokenizes and merges one segment between added tokens. `at_start`: the
     /// segment begins the text (Metaspace `prepend_scheme: "first"`).
     pub(super) fn encode_hf_segment(

@@ -199,6 +199,9 @@ pub(crate) struct HfModel {
     pub(crate) byte_fallback_tok: [u32; 256],
     /// For each id: the byte it stands for if it is a `<0xNN>` token, else 256 (decoding).
     pub(crate) byte_of: Vec<u16>,
+    /// Added tokens by first byte, longest first, as (name, id): a text is scanned once, and
+    /// only at bytes that start some added token (`<` for most models) are names compared.
+    pub(crate) added_by_first: Vec<Vec<(Box<[u8]>, u32)>>,
 }
 
 /// Open-addressing map (left id, right id) -> (rank, merged id).
@@ -375,6 +378,7 @@ pub(crate) fn byte_token_value(t: &[u8]) -> Option<u8> {
 /// an id's bytes, `map` the ordinary tokens, `n` ids).
 pub(crate) fn build<'a>(
     parts: HfParts,
+    added: impl Iterator<Item = (&'a str, u32)>,
     n: usize,
     map: &RankMap,
     bytes: &[u8],
@@ -430,11 +434,21 @@ pub(crate) fn build<'a>(
             }
         }
     }
+    let mut added_by_first: Vec<Vec<(Box<[u8]>, u32)>> = vec![Vec::new(); 256];
+    for (name, id) in added {
+        if let Some(&b0) = name.as_bytes().first() {
+            added_by_first[b0 as usize].push((name.as_bytes().into(), id));
+        }
+    }
+    for list in &mut added_by_first {
+        list.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+    }
     Ok(HfModel {
         parts,
         pairs,
         byte_fallback_tok,
         byte_of,
+        added_by_first,
     })
 }
 

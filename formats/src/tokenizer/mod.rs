@@ -391,6 +391,10 @@ impl Tokenizer {
             None => None,
             Some(h) => Some(Box::new(hf_model::build(
                 h,
+                special_names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(special_ids.iter().copied()),
                 n,
                 &map,
                 &tokens,
@@ -512,6 +516,10 @@ impl Tokenizer {
     ) {
         if special == SpecialTokens::AsText || self.special_ids.is_empty() {
             self.encode_ordinary(text, scratch, out);
+            return;
+        }
+        if let Some(hf) = &self.hf {
+            self.encode_hf(hf, text, scratch, out);
             return;
         }
         let find = |from: usize, name: &str| {
