@@ -93,10 +93,15 @@ impl Tokenizer {
     /// Loads a Hugging Face `tokenizer.json` (see the module doc for what is supported).
     pub fn from_hf_json_file(path: impl AsRef<Path>) -> Result<Tokenizer, TokenizerError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|e| TokenizerError::Io {
+        let io = |e: std::io::Error| TokenizerError::Io {
             path: path.display().to_string(),
             kind: e.kind(),
-        })?;
+        };
+        // Refuse a huge file before reading it.
+        if std::fs::metadata(path).map_err(io)?.len() > MAX_JSON_BYTES as u64 {
+            return Err(bad("", format!("larger than {MAX_JSON_BYTES} bytes")));
+        }
+        let bytes = std::fs::read(path).map_err(io)?;
         Tokenizer::from_hf_json(&bytes)
     }
 

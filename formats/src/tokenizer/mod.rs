@@ -42,6 +42,8 @@ use std::fmt;
 
 use bpe::{NONE, Node, Part, RankMap, Ranks};
 
+#[cfg(feature = "hf")]
+pub use hf::MAX_JSON_BYTES;
 pub use hf_model::{HfModelKind, HfParts, HfPreTokenizer, MAX_MERGES, MAX_POST_IDS, Prepend};
 pub use pretok::{Pieces, pieces};
 pub use stream::StreamDecoder;
@@ -75,7 +77,7 @@ pub enum SpecialTokens {
 /// Contract checked by [`Tokenizer::from_parts`]: `token_ends` is strictly increasing (no empty
 /// token), its last value is `tokens.len()`; at most [`MAX_VOCAB_SIZE`] ids and tokens of at most
 /// [`MAX_TOKEN_BYTES`]; no two ids have the same bytes; every single byte 0..=255 is an ordinary
-/// (non-special) token; `special_names` and `special_ids` have equal lengths, the ids are in
+/// (non-special) token (not required of a SentencePiece-style [`HfParts`] tokenizer); `special_names` and `special_ids` have equal lengths, the ids are in
 /// range and distinct, and the bytes stored for a special id are its name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenizerParts {
