@@ -343,3 +343,24 @@ fn hostile_ember_tokenizer_keys_give_typed_errors() {
         })
     );
 }
+
+/// ByteLevel `add_prefix_space: true` (RoBERTa-style): every segment between added tokens that
+/// does not start with a space gets one. Expected pieces from `tokenizers` 0.23.3 on this file.
+#[test]
+fn add_prefix_space_applies_per_segment() {
+    let json = edited("gpt2", |v| {
+        v["pre_tokenizer"]["add_prefix_space"] = true.into()
+    });
+    let tok = Tokenizer::from_hf_json(&json).unwrap();
+    let pieces = |s: &str| -> Vec<String> {
+        tok.encode_to_vec(s, SpecialTokens::Allow)
+            .iter()
+            .map(|&id| tok.decode_to_string(&[id]).unwrap())
+            .collect()
+    };
+    assert_eq!(pieces("a<|endoftext|>b"), [" a", "<|endoftext|>", " b"]);
+    assert_eq!(pieces("hello"), [" he", "ll", "o"]);
+    assert_eq!(pieces(" hello"), [" he", "ll", "o"]);
+    assert_eq!(pieces("<|endoftext|> x"), ["<|endoftext|>", " ", "x"]);
+    assert!(pieces("").is_empty());
+}

@@ -14,6 +14,7 @@
 //!   `ByteLevel` with regex (SmolLM2), `Metaspace` (`split: false`), or none.
 //! - post-processor: none, `ByteLevel`, `TemplateProcessing` (its `single` template: special
 //!   tokens before and after `$A`), `RobertaProcessing` / `BertProcessing`, or a `Sequence`.
+//! - `trim_offsets` (ByteLevel) only changes offsets, which emberlm does not produce: ignored.
 //! - decoder: `ByteLevel`, `Metaspace`, or a `Sequence` of `Replace("▁" -> " ")`,
 //!   `ByteFallback`, `Fuse`, `Strip(" ", start <= 1, stop 0)`.
 //! - added tokens: split out of the raw text before normalization (leftmost, then longest), all
