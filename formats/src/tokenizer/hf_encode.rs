@@ -84,26 +84,39 @@ impl Tokenizer {
         let p = &hf.parts;
         let mut norm = std::mem::take(&mut scratch.norm);
         norm.clear();
-        if p.nfc && is_nfc_quick(seg.chars()) != IsNormalized::Yes {
-            norm.extend(seg.nfc());
-        } else {
-            norm.push_str(seg);
-        }
+        let needs_nfc = p.nfc && is_nfc_quick(seg.chars()) != IsNormalized::Yes;
         if p.model == HfModelKind::SentencePiece {
+            // No real SentencePiece file asks for NFC; when one does, this allocates.
+            let nfc_owned: String;
+            let src = if needs_nfc {
+                nfc_owned = seg.nfc().collect();
+                nfc_owned.as_str()
+            } else {
+                seg
+            };
             let prepend = match p.prepend {
                 Prepend::Never => false,
                 Prepend::Always => true,
-                Prepend::MetaspaceFirst => at_start && !norm.starts_with([' ', META]),
-                Prepend::MetaspaceAlways => !norm.starts_with([' ', META]),
+                Prepend::MetaspaceFirst => at_start && !src.starts_with([' ', META]),
+                Prepend::MetaspaceAlways => !src.starts_with([' ', META]),
             };
             if prepend {
-                norm.insert(0, META);
+                norm.push(META);
             }
-            if p.replace_space && norm.contains(' ') {
-                norm = norm.replace(' ', "\u{2581}");
+            if p.replace_space {
+                norm.extend(src.chars().map(|c| if c == ' ' { META } else { c }));
+            } else {
+                norm.push_str(src);
             }
-        } else if p.add_prefix_space && !norm.starts_with(' ') {
-            norm.insert(0, ' ');
+        } else {
+            if needs_nfc {
+                norm.extend(seg.nfc());
+            } else {
+                norm.push_str(seg);
+            }
+            if p.add_prefix_space && !norm.starts_with(' ') {
+                norm.insert(0, ' ');
+            }
         }
         if p.pretokenizer == HfPreTokenizer::Gpt2Digits {
             // Each number character alone, then the regex on each stretch between them.
