@@ -318,6 +318,10 @@ fn put_hf(w: &mut EmberWriter, h: &HfParts) -> Result<(), FormatError> {
         "tokenizer.strip_leading_space",
         Value::Bool(h.strip_leading_space),
     )?;
+    w.set(
+        "tokenizer.added_nonspecial",
+        Value::Array(Array::U32(h.nonspecial.clone())),
+    )?;
     Ok(())
 }
 
@@ -389,6 +393,7 @@ fn get_hf(h: &Header) -> Result<HfParts, FormatError> {
         post_prefix: u32s("tokenizer.post_prefix")?.clone(),
         post_suffix: u32s("tokenizer.post_suffix")?.clone(),
         strip_leading_space: h.require_bool("tokenizer.strip_leading_space")?,
+        nonspecial: u32s("tokenizer.added_nonspecial")?.clone(),
     })
 }
 

@@ -364,3 +364,21 @@ fn add_prefix_space_applies_per_segment() {
     assert_eq!(pieces("<|endoftext|> x"), ["<|endoftext|>", " ", "x"]);
     assert!(pieces("").is_empty());
 }
+
+/// An added token with `special: false` is still cut out of the text, is not special, and keeps
+/// that through `.ember`.
+#[test]
+fn nonspecial_added_tokens_are_split_but_not_special() {
+    let json = edited("qwen2", |v| v["added_tokens"][1]["special"] = false.into());
+    let tok = Tokenizer::from_hf_json(&json).unwrap();
+    let id = tok.special_id("<|im_start|>").unwrap();
+    assert!(!tok.is_special(id));
+    assert!(tok.is_special(tok.special_id("<|im_end|>").unwrap()));
+    assert_eq!(
+        tok.encode_to_vec("<|im_start|>", SpecialTokens::Allow),
+        [id]
+    );
+    let back = ember_round_trip(&tok).unwrap().unwrap();
+    assert_eq!(back.hf_parts().unwrap().nonspecial, [id]);
+    assert!(!back.is_special(id));
+}

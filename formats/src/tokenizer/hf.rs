@@ -18,7 +18,8 @@
 //! - decoder: `ByteLevel`, `Metaspace`, or a `Sequence` of `Replace("▁" -> " ")`,
 //!   `ByteFallback`, `Fuse`, `Strip(" ", start <= 1, stop 0)`.
 //! - added tokens: split out of the raw text before normalization (leftmost, then longest), all
-//!   of them stored as special tokens; `lstrip`, `rstrip` and `single_word` are not implemented
+//!   of them stored as special tokens, those with `special: false` listed in
+//!   [`HfParts::nonspecial`]; `lstrip`, `rstrip` and `single_word` are not implemented
 //!   and refused when set. `normalized: true` tokens are matched on the raw text too (the same
 //!   unless the normalizer changes them).
 
@@ -187,6 +188,7 @@ impl Tokenizer {
             by_str.insert(key.as_str(), id as u32);
         }
         let mut specials: Vec<(String, u32)> = Vec::new();
+        let mut nonspecial = Vec::new();
         for (k, a) in added.iter().enumerate() {
             let field = format!("added_tokens[{k}]");
             let id = a
@@ -204,6 +206,9 @@ impl Tokenizer {
             }
             put(id, content.as_bytes().to_vec(), &field, true)?;
             specials.push((content.to_string(), id as u32));
+            if !flag(a, "special", false, &field)? {
+                nonspecial.push(id as u32);
+            }
         }
         let mut parts = TokenizerParts::default();
         for (id, slot) in slots.iter().enumerate() {
@@ -275,6 +280,7 @@ impl Tokenizer {
             post_prefix,
             post_suffix,
             strip_leading_space,
+            nonspecial,
         };
         Tokenizer::from_hf_parts(parts, hf)
     }

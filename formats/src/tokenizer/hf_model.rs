@@ -188,6 +188,9 @@ pub struct HfParts {
     pub post_suffix: Vec<u32>,
     /// The decoder drops one leading space of the decoded text (SentencePiece `Strip`).
     pub strip_leading_space: bool,
+    /// Added tokens whose `special` is false (e.g. Qwen2.5's `<tool_call>`): cut out of the text
+    /// like the others, but not special for [`super::Tokenizer::is_special`].
+    pub nonspecial: Vec<u32>,
 }
 
 /// Lookup structures built from [`HfParts`].
@@ -418,6 +421,9 @@ pub(crate) fn build<'a>(
         if let Some(k) = ids.iter().position(|&id| id as usize >= n) {
             return Err(err(field, k, "id out of range"));
         }
+    }
+    if let Some(k) = parts.nonspecial.iter().position(|&id| id as usize >= n) {
+        return Err(err("nonspecial", k, "id out of range"));
     }
     if parts.unk_id.is_some_and(|id| id as usize >= n) {
         return Err(err("unk_id", 0, "id out of range"));

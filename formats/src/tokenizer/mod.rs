@@ -494,9 +494,14 @@ impl Tokenizer {
         self.special_id(ENDOFTEXT)
     }
 
-    /// Whether `id` is a special token.
+    /// Whether `id` is a special token (for a Hugging Face tokenizer: an added token marked
+    /// `special`).
     pub fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)
+            && !self
+                .hf
+                .as_ref()
+                .is_some_and(|h| h.parts.nonspecial.contains(&id))
     }
 
     /// The special tokens as (name, id) pairs.
