@@ -77,8 +77,9 @@ pub enum SpecialTokens {
 /// Contract checked by [`Tokenizer::from_parts`]: `token_ends` is strictly increasing (no empty
 /// token), its last value is `tokens.len()`; at most [`MAX_VOCAB_SIZE`] ids and tokens of at most
 /// [`MAX_TOKEN_BYTES`]; no two ids have the same bytes; every single byte 0..=255 is an ordinary
-/// (non-special) token (not required of a SentencePiece-style [`HfParts`] tokenizer); `special_names` and `special_ids` have equal lengths, the ids are in
-/// range and distinct, and the bytes stored for a special id are its name.
+/// (non-special) token (not required of a SentencePiece-style [`HfParts`] tokenizer);
+/// `special_names` and `special_ids` have equal lengths, the ids are in range and distinct, and
+/// the bytes stored for a special id are its name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenizerParts {
     /// All token byte strings concatenated, in id order.
@@ -560,29 +561,12 @@ impl Tokenizer {
                 }
             }
             let Some((start, len, id)) = best else {
-                self.encode_segment(text, pos, text.len(), scratch, out);
+                self.encode_ordinary(text.get(pos..).unwrap_or_default(), scratch, out);
                 return;
             };
-            self.encode_segment(text, pos, start, scratch, out);
+            self.encode_ordinary(text.get(pos..start).unwrap_or_default(), scratch, out);
             out.push(id);
             pos = start + len;
-        }
-    }
-
-    /// Encodes `text[start..end]`, a segment between special tokens.
-    #[inline]
-    fn encode_segment(
-        &self,
-        text: &str,
-        start: usize,
-        end: usize,
-        scratch: &mut EncodeScratch,
-        out: &mut Vec<u32>,
-    ) {
-        let seg = text.get(start..end).unwrap_or_default();
-        match &self.hf {
-            None => self.encode_ordinary(seg, scratch, out),
-            Some(hf) => self.encode_hf_segment(hf, seg, start == 0, scratch, out),
         }
     }
 
