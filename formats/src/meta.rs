@@ -322,6 +322,14 @@ fn put_hf(w: &mut EmberWriter, h: &HfParts) -> Result<(), FormatError> {
         "tokenizer.added_nonspecial",
         Value::Array(Array::U32(h.nonspecial.clone())),
     )?;
+    w.set(
+        "tokenizer.added_lstrip",
+        Value::Array(Array::U32(h.lstrip.clone())),
+    )?;
+    w.set(
+        "tokenizer.added_rstrip",
+        Value::Array(Array::U32(h.rstrip.clone())),
+    )?;
     Ok(())
 }
 
@@ -394,6 +402,8 @@ fn get_hf(h: &Header) -> Result<HfParts, FormatError> {
         post_suffix: u32s("tokenizer.post_suffix")?.clone(),
         strip_leading_space: h.require_bool("tokenizer.strip_leading_space")?,
         nonspecial: u32s("tokenizer.added_nonspecial")?.clone(),
+        lstrip: u32s("tokenizer.added_lstrip")?.clone(),
+        rstrip: u32s("tokenizer.added_rstrip")?.clone(),
     })
 }
 

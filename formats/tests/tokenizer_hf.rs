@@ -207,6 +207,16 @@ fn unsupported_and_malformed_files_give_typed_errors() {
         Tokenizer::from_hf_json(b"\0\0\0"),
         Err(TokenizerError::HfJson { .. })
     ));
+    let single_word = edited("gpt2", |v| {
+        v["added_tokens"][0]["single_word"] = true.into()
+    });
+    assert_eq!(
+        Tokenizer::from_hf_json(&single_word).unwrap_err(),
+        TokenizerError::HfUnsupported {
+            field: "added_tokens[0].single_word".into(),
+            value: "true".into(),
+        }
+    );
     let bad_merge = edited("gpt2", |v| v["model"]["merges"][0] = "nope zzz".into());
     assert_eq!(
         Tokenizer::from_hf_json(&bad_merge).unwrap_err(),

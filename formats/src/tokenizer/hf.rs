@@ -19,9 +19,10 @@
 //!   `ByteFallback`, `Fuse`, `Strip(" ", start <= 1, stop 0)`.
 //! - added tokens: split out of the raw text before normalization (leftmost, then longest), all
 //!   of them stored as special tokens, those with `special: false` listed in
-//!   [`HfParts::nonspecial`]; `lstrip`, `rstrip` and `single_word` are not implemented
-//!   and refused when set. `normalized: true` tokens are matched on the raw text too (the same
-//!   unless the normalizer changes them).
+//!   [`HfParts::nonspecial`]; `lstrip` / `rstrip` take the white space before / after a match
+//!   into it. `single_word` is refused (its word boundary is the regex `\w`, Unicode tables
+//!   emberlm does not carry). `normalized: true` tokens are matched on the raw text too (the
+//!   same unless the normalizer changes them).
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -189,6 +190,7 @@ impl Tokenizer {
         }
         let mut specials: Vec<(String, u32)> = Vec::new();
         let mut nonspecial = Vec::new();
+        let (mut lstrip, mut rstrip) = (Vec::new(), Vec::new());
         for (k, a) in added.iter().enumerate() {
             let field = format!("added_tokens[{k}]");
             let id = a
@@ -199,13 +201,20 @@ impl Tokenizer {
                 a.get("content").unwrap_or(&Value::Null),
                 &format!("{field}.content"),
             )?;
-            for key in ["lstrip", "rstrip", "single_word"] {
-                if flag(a, key, false, &field)? {
-                    return Err(unsupported(format!("{field}.{key}"), &Value::Bool(true)));
-                }
+            if flag(a, "single_word", false, &field)? {
+                return Err(unsupported(
+                    format!("{field}.single_word"),
+                    &Value::Bool(true),
+                ));
             }
             put(id, content.as_bytes().to_vec(), &field, true)?;
             specials.push((content.to_string(), id as u32));
+            if flag(a, "lstrip", false, &field)? {
+                lstrip.push(id as u32);
+            }
+            if flag(a, "rstrip", false, &field)? {
+                rstrip.push(id as u32);
+            }
             if !flag(a, "special", false, &field)? {
                 nonspecial.push(id as u32);
             }
@@ -281,6 +290,8 @@ impl Tokenizer {
             post_suffix,
             strip_leading_space,
             nonspecial,
+            lstrip,
+            rstrip,
         };
         Tokenizer::from_hf_parts(parts, hf)
     }

@@ -52,13 +52,24 @@ impl Tokenizer {
         let mut i = 0;
         'scan: while i < b.len() {
             // Names start with a UTF-8 lead byte, so matches start on character boundaries.
-            for (name, id) in &hf.added_by_first[b[i] as usize] {
-                if b[i..].starts_with(name) {
-                    let seg = text.get(seg_start..i).unwrap_or_default();
+            for m in &hf.added_by_first[b[i] as usize] {
+                if b[i..].starts_with(&m.name) {
+                    let mut start = i;
+                    let mut stop = i + m.name.len();
+                    if m.lstrip {
+                        // White space already taken by the previous match stays there.
+                        let before = text.get(seg_start..start).unwrap_or_default();
+                        start -= before.len() - before.trim_end().len();
+                    }
+                    if m.rstrip {
+                        let after = text.get(stop..).unwrap_or_default();
+                        stop += after.len() - after.trim_start().len();
+                    }
+                    let seg = text.get(seg_start..start).unwrap_or_default();
                     self.encode_hf_segment(hf, seg, seg_start == 0, scratch, out);
-                    out.push(*id);
-                    i += name.len();
-                    seg_start = i;
+                    out.push(m.id);
+                    i = stop;
+                    seg_start = stop;
                     continue 'scan;
                 }
             }

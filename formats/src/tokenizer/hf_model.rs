@@ -191,6 +191,10 @@ pub struct HfParts {
     /// Added tokens whose `special` is false (e.g. Qwen2.5's `<tool_call>`): cut out of the text
     /// like the others, but not special for [`super::Tokenizer::is_special`].
     pub nonspecial: Vec<u32>,
+    /// Added tokens that take the white space before them into their match (`lstrip`).
+    pub lstrip: Vec<u32>,
+    /// Added tokens that take the white space after them into their match (`rstrip`).
+    pub rstrip: Vec<u32>,
 }
 
 /// Lookup structures built from [`HfParts`].
@@ -204,7 +208,16 @@ pub(crate) struct HfModel {
     pub(crate) byte_of: Vec<u16>,
     /// Added tokens by first byte, longest first, as (name, id): a text is scanned once, and
     /// only at bytes that start some added token (`<` for most models) are names compared.
-    pub(crate) added_by_first: Vec<Vec<(Box<[u8]>, u32)>>,
+    pub(crate) added_by_first: Vec<Vec<AddedMatch>>,
+}
+
+/// An added token as the text scanner sees it.
+#[derive(Debug, Clone)]
+pub(crate) struct AddedMatch {
+    pub(crate) name: Box<[u8]>,
+    pub(crate) id: u32,
+    pub(crate) lstrip: bool,
+    pub(crate) rstrip: bool,
 }
 
 /// Open-addressing map (left id, right id) -> (rank, merged id).
@@ -440,14 +453,24 @@ pub(crate) fn build<'a>(
             }
         }
     }
-    let mut added_by_first: Vec<Vec<(Box<[u8]>, u32)>> = vec![Vec::new(); 256];
+    for (field, ids) in [("lstrip", &parts.lstrip), ("rstrip", &parts.rstrip)] {
+        if let Some(k) = ids.iter().position(|&id| id as usize >= n) {
+            return Err(err(field, k, "id out of range"));
+        }
+    }
+    let mut added_by_first: Vec<Vec<AddedMatch>> = vec![Vec::new(); 256];
     for (name, id) in added {
         if let Some(&b0) = name.as_bytes().first() {
-            added_by_first[b0 as usize].push((name.as_bytes().into(), id));
+            added_by_first[b0 as usize].push(AddedMatch {
+                name: name.as_bytes().into(),
+                id,
+                lstrip: parts.lstrip.contains(&id),
+                rstrip: parts.rstrip.contains(&id),
+            });
         }
     }
     for list in &mut added_by_first {
-        list.sort_by_key(|(name, _)| std::cmp::Reverse(name.len()));
+        list.sort_by_key(|m| std::cmp::Reverse(m.name.len()));
     }
     Ok(HfModel {
         parts,
