@@ -189,7 +189,7 @@ impl Tokenizer {
             return;
         }
         if hf.parts.ignore_merges {
-            let id = self.map.get(b, &self.bytes, &self.ends);
+            let id = self.map.get_outlined(b, &self.bytes, &self.ends);
             if id != NONE {
                 out.push(id);
                 return;
@@ -211,7 +211,9 @@ impl Tokenizer {
     ) {
         let p = &hf.parts;
         if p.ignore_merges {
-            let id = self.map.get(piece.as_bytes(), &self.bytes, &self.ends);
+            let id = self
+                .map
+                .get_outlined(piece.as_bytes(), &self.bytes, &self.ends);
             if id != NONE {
                 out.push(id);
                 return;
@@ -222,7 +224,7 @@ impl Tokenizer {
         let mut buf = [0u8; 4];
         for c in piece.chars() {
             let cb = c.encode_utf8(&mut buf).as_bytes();
-            let id = self.map.get(cb, &self.bytes, &self.ends);
+            let id = self.map.get_outlined(cb, &self.bytes, &self.ends);
             if id != NONE {
                 scratch.syms.push(Sym::new(id));
                 last_unk = false;

@@ -368,7 +368,7 @@ pub(crate) fn merge(
 pub(crate) fn pretoken_end(p: HfPreTokenizer, text: &str, i: usize) -> usize {
     match p {
         HfPreTokenizer::Whole => text.len(),
-        HfPreTokenizer::Gpt2 | HfPreTokenizer::Gpt2Digits => pretok::piece_end(text, i),
+        HfPreTokenizer::Gpt2 | HfPreTokenizer::Gpt2Digits => pretok::piece_end_outlined(text, i),
         HfPreTokenizer::Llama3 => pretok_llama3::piece_end(text, i, 3),
         HfPreTokenizer::Qwen2 => pretok_llama3::piece_end(text, i, 1),
     }
@@ -418,7 +418,7 @@ pub(crate) fn build<'a>(
         joined.clear();
         joined.extend_from_slice(ta);
         joined.extend_from_slice(tb);
-        let merged = map.get(&joined, bytes, ends);
+        let merged = map.get_outlined(&joined, bytes, ends);
         if merged == NONE {
             return Err(err("merges", rank, "merge result is not an ordinary token"));
         }
