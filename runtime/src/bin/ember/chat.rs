@@ -5,8 +5,10 @@ use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(FromArgs, Debug)]
-/// Chat with an instruction-tuned model: each line you type is wrapped in the model's prompt
-/// template (sent as plain text when it has none) and the conversation stays in the context.
+/// Chat with an instruction-tuned model: each line you type is wrapped in the model's chat
+/// template (a Hugging Face model's own, rendered as transformers does, with answers ending at its
+/// end-of-turn tokens) or prompt template (sent as plain text when it has neither), and the
+/// conversation stays in the context.
 /// When the next turn (your line, and room for the answer: --max-tokens, at most half the context)
 /// does not fit, the oldest turns are dropped (a note says so on stderr) and the rest is read
 /// again; an answer that reaches the end of the context stops there. --system TEXT opens the
@@ -86,6 +88,7 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
     }
     let tok = tokenizer_of(&model)?.ok_or("this model file has no tokenizer, so it cannot chat")?;
     let template = model.prompt_template().cloned();
+    let mut templated = super::chat_template::load(&model, tok, a.system.clone())?;
     let sampling = Sampling {
         temperature: a.temperature,
         top_k: a.top_k,
@@ -108,6 +111,8 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
     let mut scratch = EncodeScratch::new();
     let system: Vec<u32> = match &a.system {
         Some(s) if s.is_empty() => return Err(usage("--system is empty")),
+        // A chat template places the system message itself.
+        Some(_) if templated.is_some() => Vec::new(),
         Some(s) => {
             let mut ids = Vec::new();
             tok.encode(
@@ -137,7 +142,7 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
         .max(1 << 16);
     // Notices and the "> " prompt only for a person at a terminal: piped input gets clean stderr.
     let interactive = stdin.is_terminal();
-    if interactive && template.is_none() {
+    if interactive && template.is_none() && templated.is_none() {
         eprintln!("(this model has no prompt template: your lines are continued as plain text)");
     }
     if interactive {
@@ -183,6 +188,9 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
             }
             "/reset" => {
                 session.reset();
+                if let Some(t) = &mut templated {
+                    t.reset();
+                }
                 turn_lens.clear();
                 transcript.clear();
                 eprintln!("(the conversation is forgotten)");
@@ -202,55 +210,89 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
             }
             _ => {}
         }
-        let prompt = match &template {
-            Some(t) => t.render(msg, ""),
-            None => msg.to_string(),
-        };
-        ids.clear();
-        tok.encode(&prompt, SpecialTokens::AsText, &mut scratch, &mut ids);
-        if system.len() + ids.len() >= context {
-            eprintln!(
-                "(that line is {} tokens: with the answer it cannot fit in the context of \
-                 {context} tokens; shorten it)",
-                ids.len()
-            );
-            continue;
-        }
-        // Drop the oldest turns until this one fits with room for its answer.
-        let mut dropped = 0;
-        let mut dropped_tokens = 0;
-        let held = |dropped_tokens: usize| session.position() - dropped_tokens;
-        while !turn_lens.is_empty() && held(dropped_tokens) + ids.len() + reserve > context {
-            dropped_tokens += turn_lens.pop_front().unwrap_or(0);
-            dropped += 1;
-        }
-        feed.clear();
-        if session.position() == 0 || dropped > 0 {
-            feed.extend_from_slice(&system);
-            let kept = session
-                .tokens()
-                .get(system.len() + dropped_tokens..)
-                .unwrap_or(&[]);
-            feed.extend_from_slice(kept);
-            session.reset();
-            if dropped > 0 {
-                eprintln!("(dropped the oldest turns to fit the context of {context} tokens)");
+        let (before, dropped) = match &mut templated {
+            Some(t) => match t.prepare(&mut session, msg, reserve, tok, &mut scratch, &mut feed)? {
+                Ok(dropped) => {
+                    ids.clear();
+                    ids.extend_from_slice(&feed);
+                    if dropped > 0 {
+                        eprintln!(
+                            "(dropped the oldest turns to fit the context of {context} tokens)"
+                        );
+                    }
+                    (session.position(), dropped)
+                }
+                Err(note) => {
+                    eprintln!("{note}");
+                    continue;
+                }
+            },
+            None => {
+                let prompt = match &template {
+                    Some(t) => t.render(msg, ""),
+                    None => msg.to_string(),
+                };
+                ids.clear();
+                tok.encode(&prompt, SpecialTokens::AsText, &mut scratch, &mut ids);
+                if system.len() + ids.len() >= context {
+                    eprintln!(
+                        "(that line is {} tokens: with the answer it cannot fit in the context of \
+                     {context} tokens; shorten it)",
+                        ids.len()
+                    );
+                    continue;
+                }
+                // Drop the oldest turns until this one fits with room for its answer.
+                let mut dropped = 0;
+                let mut dropped_tokens = 0;
+                let held = |dropped_tokens: usize| session.position() - dropped_tokens;
+                while !turn_lens.is_empty() && held(dropped_tokens) + ids.len() + reserve > context
+                {
+                    dropped_tokens += turn_lens.pop_front().unwrap_or(0);
+                    dropped += 1;
+                }
+                feed.clear();
+                if session.position() == 0 || dropped > 0 {
+                    feed.extend_from_slice(&system);
+                    let kept = session
+                        .tokens()
+                        .get(system.len() + dropped_tokens..)
+                        .unwrap_or(&[]);
+                    feed.extend_from_slice(kept);
+                    session.reset();
+                    if dropped > 0 {
+                        eprintln!(
+                            "(dropped the oldest turns to fit the context of {context} tokens)"
+                        );
+                    }
+                }
+                let before = session.position() + feed.len();
+                feed.extend_from_slice(&ids);
+                (before, dropped)
             }
-        }
-        let before = session.position() + feed.len();
-        feed.extend_from_slice(&ids);
+        };
         let limits = GenerateOptions {
             // Never past the end of the context: the answer stops there instead of failing.
             max_tokens: a.max_tokens.min(context - session.position() - feed.len()),
-            stop: Stop::ModelEndOfText,
+            stop: if templated.is_some() {
+                Stop::None
+            } else {
+                Stop::ModelEndOfText
+            },
             slide: false,
         };
+        let eos: &[u32] = templated.as_ref().map_or(&[], |t| &t.eos);
+        let mut hit_eos = false;
         stream.clear();
         let mut tokens = Vec::new();
         let mut write_error = None;
         INTERRUPTED.store(false, Ordering::SeqCst);
         ANSWERING.store(true, Ordering::SeqCst);
         let result = session.generate(&feed, &sampling, &limits, |t| {
+            if eos.contains(&t) {
+                hit_eos = true;
+                return ControlFlow::Break(());
+            }
             tokens.push(t);
             if let Err(e) = stream.push(t) {
                 write_error = Some(e);
@@ -268,15 +310,22 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
             stdout_failed(&e);
         }
         let stats = result.map_err(|e| e.to_string())?;
-        // Keep the answer's end token in the cache so the next turn follows a finished answer.
-        if let Some(eot) = tok.eot_id() {
-            if session.position() < context {
-                session.step(eot).map_err(|e| e.to_string())?;
+        match &mut templated {
+            // The next turn re-renders the conversation with this answer in it.
+            Some(t) => t.answered(&stream.text),
+            // Keep the answer's end token in the cache so the next turn follows a finished answer.
+            None => {
+                if let Some(eot) = tok.eot_id() {
+                    if session.position() < context {
+                        session.step(eot).map_err(|e| e.to_string())?;
+                    }
+                }
+                turn_lens.push_back(session.position() - before);
             }
         }
-        turn_lens.push_back(session.position() - before);
         let stop = match stats.stop {
             _ if interrupted => "interrupted",
+            _ if hit_eos => "eos",
             StopReason::EndOfText => "eos",
             StopReason::MaxTokens => "length",
             StopReason::Callback => "stop",

@@ -67,6 +67,7 @@ enum Command {
 
 mod bench;
 mod chat;
+mod chat_template;
 mod classify;
 mod generate;
 mod inspect;
