@@ -34,6 +34,8 @@ REWRITES = [
     # No GPT-2 weights can be downloaded here: a tiny GPT-2 with OpenAI's vocabulary, pretrained
     # for a few steps and written in Hugging Face's layout by export-safetensors, stands in.
     ("GPT-2 directory", r"path/to/gpt2", "$README_GPT2_DIR"),
+    # Nor Qwen3: the tiny Qwen3 that transformers made for the parity tests stands in.
+    ("Qwen3 directory", r"path/to/Qwen3-0\.6B", "tests/fixtures/families/qwen3"),
     # A text in "my language": tinyshakespeare.
     ("tokenizer corpus", r"my-language\.txt", "$EMBER_DATA/tinyshakespeare.txt"),
     # Chat reads a person's lines from stdin: give it one question.

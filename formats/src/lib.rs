@@ -1,6 +1,7 @@
 //! emberlm-formats: the bytes that move between emberlm's parts.
 //!
 //! - [`arch`]: each model architecture described once (tensor roles, shapes, names in every layout).
+//! - `chat` (feature `chat`): a model's Jinja chat template rendered as transformers renders it.
 //! - [`config`]: the GPT-2 configuration.
 //! - [`ember`]: the `.ember` model file (spec in `formats/FORMAT.md`): a zero-copy reader over
 //!   `&[u8]` or a memory map, and a deterministic, atomic, streaming writer.
@@ -9,6 +10,8 @@
 //! - [`tokenizer`]: GPT-2 byte-level BPE (tiktoken-exact), streaming decode, and BPE training.
 
 pub mod arch;
+#[cfg(feature = "chat")]
+pub mod chat;
 pub mod config;
 pub mod ember;
 pub mod meta;

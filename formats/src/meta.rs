@@ -231,6 +231,58 @@ pub fn get_model_config(h: &Header) -> Result<ModelConfig, FormatError> {
     Ok(cfg)
 }
 
+/// The tokens that frame a reply (Hugging Face's `generation_config.json`): `generation.eos_ids`
+/// end a reply (Llama 3 and Qwen list several), `generation.bos_id` starts a prompt.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Generation {
+    /// Ids that end a reply.
+    pub eos_ids: Vec<u32>,
+    /// The id a prompt starts with.
+    pub bos_id: Option<u32>,
+}
+
+/// Writes `generation.eos_ids` (when any) and `generation.bos_id` (when set).
+pub fn put_generation(w: &mut EmberWriter, g: &Generation) -> Result<(), FormatError> {
+    if !g.eos_ids.is_empty() {
+        w.set(
+            "generation.eos_ids",
+            Value::Array(Array::U32(g.eos_ids.clone())),
+        )?;
+    }
+    if let Some(b) = g.bos_id {
+        w.set("generation.bos_id", Value::U32(b))?;
+    }
+    Ok(())
+}
+
+/// Reads the `generation.*` keys; ids must be below `vocab_size`.
+pub fn get_generation(h: &Header, vocab_size: usize) -> Result<Generation, FormatError> {
+    let bad = |key: &str, found: String| FormatError::WrongType {
+        key: key.into(),
+        expected: "token ids below the vocabulary size",
+        found,
+    };
+    let eos_ids = match h.get("generation.eos_ids") {
+        None => Vec::new(),
+        Some(Value::Array(Array::U32(a))) => a.clone(),
+        Some(v) => return Err(bad("generation.eos_ids", v.type_name().into())),
+    };
+    if let Some(id) = eos_ids.iter().find(|&&id| id as usize >= vocab_size) {
+        return Err(bad("generation.eos_ids", id.to_string()));
+    }
+    let bos_id = match h.get("generation.bos_id") {
+        None => None,
+        Some(_) => {
+            let id = h.require_u64("generation.bos_id")?;
+            if id >= vocab_size as u64 {
+                return Err(bad("generation.bos_id", id.to_string()));
+            }
+            Some(id as u32)
+        }
+    };
+    Ok(Generation { eos_ids, bos_id })
+}
+
 /// Where a classifier reads its logits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Readout {
@@ -422,6 +474,76 @@ pub fn get_prompt(h: &Header) -> Result<Option<PromptTemplate>, FormatError> {
     }))
 }
 
+/// The special tokens a chat template reads, named as transformers passes them to it. A token
+/// that is `None` is not defined in the template (Jinja's `undefined`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SpecialStrings {
+    /// `bos_token`, e.g. `<|begin_of_text|>` (Llama 3), `<bos>` (Gemma).
+    pub bos_token: Option<String>,
+    /// `eos_token`, e.g. `<|im_end|>` (Qwen2.5), `<eos>` (Gemma).
+    pub eos_token: Option<String>,
+    /// `pad_token`.
+    pub pad_token: Option<String>,
+    /// `unk_token`.
+    pub unk_token: Option<String>,
+}
+
+/// A model's chat template as the file stores it: Jinja source, rendered by the `chat` module.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatTemplateSource {
+    /// The Jinja source, exactly as Hugging Face ships it.
+    pub source: String,
+    /// The special tokens the template is rendered with.
+    pub special: SpecialStrings,
+}
+
+const CHAT_SPECIAL_KEYS: [&str; 4] = [
+    "chat.bos_token",
+    "chat.eos_token",
+    "chat.pad_token",
+    "chat.unk_token",
+];
+
+/// Writes `chat.template` and each special token that is set (`chat.bos_token`, ...).
+pub fn put_chat_template(w: &mut EmberWriter, c: &ChatTemplateSource) -> Result<(), FormatError> {
+    w.set("chat.template", Value::Str(c.source.clone()))?;
+    let s = &c.special;
+    for (key, v) in
+        CHAT_SPECIAL_KEYS
+            .iter()
+            .zip([&s.bos_token, &s.eos_token, &s.pad_token, &s.unk_token])
+    {
+        if let Some(v) = v {
+            w.set(key, Value::Str(v.clone()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads the chat template, if the file has one.
+pub fn get_chat_template(h: &Header) -> Result<Option<ChatTemplateSource>, FormatError> {
+    if h.get("chat.template").is_none() {
+        return Ok(None);
+    }
+    let source = h.require_str("chat.template")?.to_string();
+    let mut tokens = [None, None, None, None];
+    for (slot, key) in tokens.iter_mut().zip(CHAT_SPECIAL_KEYS) {
+        if h.get(key).is_some() {
+            *slot = Some(h.require_str(key)?.to_string());
+        }
+    }
+    let [bos_token, eos_token, pad_token, unk_token] = tokens;
+    Ok(Some(ChatTemplateSource {
+        source,
+        special: SpecialStrings {
+            bos_token,
+            eos_token,
+            pad_token,
+            unk_token,
+        },
+    }))
+}
+
 /// Writes the tokenizer (`tokenizer.*`): its whole vocabulary, so the file needs nothing else.
 pub fn put_tokenizer(w: &mut EmberWriter, tok: &Tokenizer) -> Result<(), FormatError> {
     let parts = tok.to_parts();
@@ -521,6 +643,41 @@ mod tests {
     }
 
     #[test]
+    fn chat_template_round_trips_and_is_optional() {
+        let chat = ChatTemplateSource {
+            source: "{{ bos_token }}{% for m in messages %}{{ m.content }}{% endfor %}".into(),
+            special: SpecialStrings {
+                bos_token: Some("<|begin_of_text|>".into()),
+                eos_token: Some("<|eot_id|>".into()),
+                ..SpecialStrings::default()
+            },
+        };
+        let mut w = EmberWriter::new();
+        put_chat_template(&mut w, &chat).unwrap();
+        let mut h = header_of(&w);
+        assert_eq!(get_chat_template(&h).unwrap(), Some(chat));
+        assert!(h.get("chat.pad_token").is_none());
+
+        h.metadata.retain(|(k, _)| k != "chat.template");
+        assert_eq!(get_chat_template(&h).unwrap(), None);
+        assert_eq!(
+            get_chat_template(&header_of(&EmberWriter::new())).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn chat_token_of_the_wrong_type_names_the_key() {
+        let mut w = EmberWriter::new();
+        w.set("chat.template", Value::Str("x".into())).unwrap();
+        w.set("chat.eos_token", Value::U32(2)).unwrap();
+        assert!(matches!(
+            get_chat_template(&header_of(&w)),
+            Err(FormatError::WrongType { key, .. }) if key == "chat.eos_token"
+        ));
+    }
+
+    #[test]
     fn bad_config_names_the_key() {
         let mut w = EmberWriter::new();
         put_config(&mut w, &GptConfig::preset("124m").unwrap()).unwrap();
@@ -595,6 +752,24 @@ mod tests {
         assert!(
             e.contains("general.architecture") && e.contains("mixtral"),
             "{e}"
+        );
+    }
+
+    #[test]
+    fn generation_ids_round_trip_and_are_bounded() {
+        let g = Generation {
+            eos_ids: vec![7, 9],
+            bos_id: Some(1),
+        };
+        let mut w = EmberWriter::new();
+        put_generation(&mut w, &g).unwrap();
+        let h = header_of(&w);
+        assert_eq!(get_generation(&h, 10).unwrap(), g);
+        let e = get_generation(&h, 9).unwrap_err().to_string();
+        assert!(e.contains("generation.eos_ids") && e.contains('9'), "{e}");
+        assert_eq!(
+            get_generation(&header_of(&EmberWriter::new()), 1).unwrap(),
+            Generation::default()
         );
     }
 }

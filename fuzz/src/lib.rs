@@ -14,6 +14,7 @@ pub mod bpe_reference;
 pub mod dataset_readers;
 pub mod ember_reader;
 pub mod hf_config;
+pub mod hf_family;
 pub mod input;
 pub mod kernels;
 pub mod safetensors_import;
@@ -28,10 +29,11 @@ pub mod tokenizer_parts;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 9] = [
+pub const TARGETS: [Target; 10] = [
     ("ember_reader", ember_reader::run),
     ("safetensors_import", safetensors_import::run),
     ("hf_config", hf_config::run),
+    ("hf_family", hf_family::run),
     ("tokenizer_encode", tokenizer_encode::run),
     ("tokenizer_decode", tokenizer_decode::run),
     ("tokenizer_parts", tokenizer_parts::run),

@@ -194,6 +194,37 @@ pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     let _ = std::fs::remove_dir_all(&dir);
 
+    // hf_family: the tiny Qwen3's config, a Gemma 3 and a Llama 3 config, and a valid index.
+    let family = super::hf_family::CONFIG;
+    out.push((
+        "hf_family",
+        "qwen3.json".into(),
+        [b"\0", family.as_bytes()].concat(),
+    ));
+    let gemma = family
+        .replace("\"qwen3\"", "\"gemma3_text\"")
+        .replace("\"hidden_act\": \"silu\"", "\"hidden_activation\": \"gelu_pytorch_tanh\", \"sliding_window\": 4, \"query_pre_attn_scalar\": 8, \"layer_types\": [\"full_attention\"]");
+    out.push((
+        "hf_family",
+        "gemma3.json".into(),
+        [b"\0", gemma.as_bytes()].concat(),
+    ));
+    let llama = family.replace("\"qwen3\"", "\"llama\"").replace(
+        "\"rope_theta\": 10000",
+        "\"rope_parameters\": {\"rope_type\": \"llama3\", \"rope_theta\": 500000.0, \"factor\": 8.0, \"low_freq_factor\": 1.0, \"high_freq_factor\": 4.0, \"original_max_position_embeddings\": 8}",
+    );
+    out.push((
+        "hf_family",
+        "llama3.json".into(),
+        [b"\0", llama.as_bytes()].concat(),
+    ));
+    let index = super::hf_family::valid_index();
+    out.push((
+        "hf_family",
+        "index.json".into(),
+        [b"\x01", index.as_bytes()].concat(),
+    ));
+
     // tokenizer_encode.
     let texts: [(&str, &[u8]); 6] = [
         ("english", b"Hello, world! It's 2024 and we'll see what they've done.\n\n  Indented   text\t\ttabs"),

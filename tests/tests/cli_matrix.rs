@@ -259,6 +259,37 @@ const TRAIN_CASES: &[(&str, &str)] = &[
     ("export run --dtype f32 --out nodir/x.ember", "no such file"),
     ("export run --dtype f32", "--out"),
     ("export run --out x.ember", "--dtype"),
+    // export of a Hugging Face directory (copies of the tiny Qwen3 fixture, each damaged once)
+    (
+        "export hf-garbage-config --dtype f16 --out x.ember",
+        "config.json",
+    ),
+    (
+        "export hf-unknown-type --dtype f16 --out x.ember",
+        "\"mixtral\" is not supported",
+    ),
+    ("export hf-moe --dtype f16 --out x.ember", "num_experts"),
+    ("export hf-yarn --dtype f16 --out x.ember", "rope_type"),
+    (
+        "export hf-escaping-index --dtype f16 --out x.ember",
+        "not a file name inside",
+    ),
+    (
+        "export hf-missing-shard --dtype f16 --out x.ember",
+        "no such file",
+    ),
+    (
+        "export hf-truncated --dtype f16 --out x.ember",
+        "model.safetensors",
+    ),
+    (
+        "export hf-bad-template --dtype f16 --out x.ember",
+        "chat_template",
+    ),
+    (
+        "export hf-wrong-shape --dtype f16 --out x.ember",
+        "config.json implies",
+    ),
     // import
     ("import --from nope --out imp", "no such file"),
     ("import --from dir --out imp", "model.safetensors"),
@@ -806,8 +837,62 @@ impl Fixtures {
         }
         std::fs::write(broken.join("model.safetensors"), &st[..st.len() / 2]).unwrap();
         std::fs::write(dir.join("broken-run/checkpoints/latest"), "step-00000001\n").unwrap();
+        hf_dirs(&dir);
         Fixtures { dir }
     }
+}
+
+/// Copies of the tiny Hugging Face Qwen3 (tests/fixtures/families/qwen3), each damaged in one
+/// way, for the `export HF_DIR` rows.
+fn hf_dirs(dir: &Path) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families/qwen3");
+    let copy = |name: &str| -> PathBuf {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        for e in std::fs::read_dir(&src).unwrap().flatten() {
+            std::fs::copy(e.path(), d.join(e.file_name())).unwrap();
+        }
+        d
+    };
+    let config = std::fs::read_to_string(src.join("config.json")).unwrap();
+    let edit = |name: &str, from: &str, to: &str| {
+        assert!(config.contains(from), "{from}");
+        std::fs::write(copy(name).join("config.json"), config.replacen(from, to, 1)).unwrap();
+    };
+    std::fs::write(
+        copy("hf-garbage-config").join("config.json"),
+        "{\"model_type\": ",
+    )
+    .unwrap();
+    edit("hf-unknown-type", "\"qwen3\"", "\"mixtral\"");
+    edit("hf-moe", "\"head_dim\"", "\"num_experts\": 8, \"head_dim\"");
+    edit(
+        "hf-yarn",
+        "\"rope_type\": \"default\"",
+        "\"rope_type\": \"yarn\", \"factor\": 4.0",
+    );
+    edit(
+        "hf-wrong-shape",
+        "\"intermediate_size\": 80",
+        "\"intermediate_size\": 96",
+    );
+    let index = |name: &str, shard: &str| {
+        let d = copy(name);
+        std::fs::remove_file(d.join("model.safetensors")).unwrap();
+        let text = format!("{{\"weight_map\": {{\"model.embed_tokens.weight\": \"{shard}\"}}}}");
+        std::fs::write(d.join("model.safetensors.index.json"), text).unwrap();
+    };
+    index("hf-escaping-index", "../model.safetensors");
+    index("hf-missing-shard", "model-00001-of-00002.safetensors");
+    let d = copy("hf-truncated");
+    let st = std::fs::read(d.join("model.safetensors")).unwrap();
+    std::fs::write(d.join("model.safetensors"), &st[..st.len() - 64]).unwrap();
+    let d = copy("hf-bad-template");
+    std::fs::write(
+        d.join("tokenizer_config.json"),
+        "{\"chat_template\": \"{% for m in messages %}{{ m.content \"}",
+    )
+    .unwrap();
 }
 
 /// The step directory `run/checkpoints/latest` names.

@@ -93,6 +93,7 @@ target_tests!(
     ember_reader,
     safetensors_import,
     hf_config,
+    hf_family,
     tokenizer_encode,
     tokenizer_decode,
     tokenizer_parts,

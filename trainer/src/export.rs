@@ -186,34 +186,44 @@ pub fn export_ember<'t>(
     // Quantization errors surface from inside the fill callback: keep the typed error here.
     let mut quant_error = None;
     let result = w.write_file(path, |i, entry, out| {
-        let x = sources[i];
-        let fail = |e: QuantError, slot: &mut Option<ExportError>| {
-            *slot = Some(ExportError::Quant {
-                tensor: entry.name.clone(),
-                error: e.clone(),
-            });
-            std::io::Error::other(e.to_string())
-        };
-        match entry.dtype {
-            DType::F32 => write_f32s(out, x),
-            DType::F16 => {
-                let mut h = vec![f16::ZERO; x.len()];
-                quant::quantize_f16(x, &mut h).map_err(|e| fail(e, &mut quant_error))?;
-                write_f16s(out, &h)
-            }
-            DType::Q8 => {
-                let cols = *entry.shape.last().unwrap_or(&1) as usize;
-                let rows = x.len().checked_div(cols).unwrap_or(0);
-                let mut q = vec![0i8; x.len()];
-                let mut s = vec![f16::ZERO; rows * quant::q8_blocks_per_row(cols)];
-                quant::quantize_q8(x, cols, &mut q, &mut s)
-                    .map_err(|e| fail(e, &mut quant_error))?;
-                write_q8(out, &q, &s)
-            }
-        }
+        encode_tensor(entry, sources[i], out, &mut quant_error)
     });
     match (result, quant_error) {
         (Err(_), Some(e)) => Err(e),
         (r, _) => Ok(r?),
+    }
+}
+
+/// Writes `x` (a tensor's f32 values in canonical layout) in `entry`'s dtype. A quantization
+/// failure is stored in `quant_error` (typed, naming the tensor) and returned as an I/O error so
+/// that the writer stops; [`emberlm_formats::ember::EmberWriter::write_file`] callbacks use it.
+pub fn encode_tensor(
+    entry: &emberlm_formats::ember::TensorEntry,
+    x: &[f32],
+    out: &mut dyn std::io::Write,
+    quant_error: &mut Option<ExportError>,
+) -> std::io::Result<()> {
+    let mut fail = |e: QuantError| {
+        *quant_error = Some(ExportError::Quant {
+            tensor: entry.name.clone(),
+            error: e.clone(),
+        });
+        std::io::Error::other(e.to_string())
+    };
+    match entry.dtype {
+        DType::F32 => write_f32s(out, x),
+        DType::F16 => {
+            let mut h = vec![f16::ZERO; x.len()];
+            quant::quantize_f16(x, &mut h).map_err(&mut fail)?;
+            write_f16s(out, &h)
+        }
+        DType::Q8 => {
+            let cols = *entry.shape.last().unwrap_or(&1) as usize;
+            let rows = x.len().checked_div(cols).unwrap_or(0);
+            let mut q = vec![0i8; x.len()];
+            let mut s = vec![f16::ZERO; rows * quant::q8_blocks_per_row(cols)];
+            quant::quantize_q8(x, cols, &mut q, &mut s).map_err(&mut fail)?;
+            write_q8(out, &q, &s)
+        }
     }
 }

@@ -342,7 +342,13 @@ pub fn write_f16s(w: &mut dyn Write, values: &[f16]) -> io::Result<()> {
 /// Writes a Q8 tensor's data: quants, zero padding to a multiple of 64, scales.
 pub fn write_q8(w: &mut dyn Write, quants: &[i8], scales: &[f16]) -> io::Result<()> {
     w.write_all(bytemuck::cast_slice(quants))?;
-    let pad = align_up(quants.len() as u64).unwrap_or(0) - quants.len() as u64;
+    write_q8_tail(w, quants.len(), scales)
+}
+
+/// The end of a Q8 tensor whose `n_quants` quants were already written (streamed in pieces):
+/// the zero padding, then the scales ([`write_q8`] = quants + this).
+pub fn write_q8_tail(w: &mut dyn Write, n_quants: usize, scales: &[f16]) -> io::Result<()> {
+    let pad = align_up(n_quants as u64).unwrap_or(0) - n_quants as u64;
     w.write_all(&[0u8; 64][..pad as usize])?;
     write_f16s(w, scales)
 }

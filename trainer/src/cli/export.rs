@@ -1,8 +1,9 @@
-//! `ember-train export`: a checkpoint as a `.ember` file (f32, f16 or int8).
+//! `ember-train export`: a checkpoint, or a Hugging Face model directory, as a `.ember` file
+//! (f32, f16 or int8).
 
 use super::{CliError, Console, ExportArgs, Outcome, failed};
-use crate::checkpoint;
 use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::{checkpoint, hf, import};
 use crate::{note, say};
 use emberlm_formats::meta::Task;
 use serde_json::json;
@@ -14,6 +15,9 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
         .dtype
         .parse()
         .map_err(|e| CliError::Usage(format!("--dtype: {e}")))?;
+    if hf::is_hf_dir(&a.checkpoint) {
+        return export_hf(&a, dtype, con);
+    }
     let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
     let mut provenance = vec![
         ("source".to_string(), l.dir.display().to_string()),
@@ -67,6 +71,79 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
     );
     Ok(Outcome {
         json: json!({"out": a.out, "bytes": bytes, "dtype": dtype.name()}),
+        exit_code: 0,
+    })
+}
+
+/// A Hugging Face directory: GPT-2 through the importer (in memory, as `import` + `export` would),
+/// the other families streamed tensor by tensor ([`hf::convert`]).
+fn export_hf(
+    a: &ExportArgs,
+    dtype: ExportDtype,
+    con: &mut Console<'_>,
+) -> Result<Outcome, CliError> {
+    let t0 = Instant::now();
+    let cfg_json = hf::dir::read_json(&a.checkpoint.join("config.json"), 1 << 20)
+        .map_err(|e| failed(e.to_string()))?;
+    if cfg_json.get("model_type").and_then(|v| v.as_str()) == Some("gpt2") {
+        let imp =
+            import::import_safetensors(&a.checkpoint, None).map_err(|e| failed(e.to_string()))?;
+        let meta = ExportMeta {
+            config: imp.config,
+            task: Task::LanguageModel,
+            prompt: None,
+            tokenizer: imp.tokenizer.as_ref(),
+            provenance: vec![(
+                "source".to_string(),
+                format!("{} (Hugging Face gpt2)", imp.weights_path.display()),
+            )],
+        };
+        let bytes = export_ember(&a.out, &meta, dtype, &|n| {
+            imp.tensors.get(n).map(Vec::as_slice)
+        })
+        .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+        return finish(a, con, dtype, bytes, "gpt2", t0);
+    }
+    let dir = hf::HfDir::open(&a.checkpoint).map_err(|e| failed(e.to_string()))?;
+    let done = hf::convert(&dir, dtype, &a.out, &mut |_| Ok(())).map_err(|e| match e {
+        hf::ConvertError::Format(e) => failed(format!("--out {}: {e}", a.out.display())),
+        e => failed(e.to_string()),
+    })?;
+    note!(
+        con,
+        "{}: {} ({} layers, dim {}, {} weight file{})",
+        a.checkpoint.display(),
+        dir.config.arch.name(),
+        dir.config.n_layers,
+        dir.config.dim,
+        dir.shard_count(),
+        if dir.shard_count() == 1 { "" } else { "s" }
+    );
+    for i in &done.ignored {
+        note!(con, "left out: {i}");
+    }
+    finish(a, con, dtype, done.bytes, done.config.arch.name(), t0)
+}
+
+fn finish(
+    a: &ExportArgs,
+    con: &mut Console<'_>,
+    dtype: ExportDtype,
+    bytes: u64,
+    arch: &str,
+    t0: Instant,
+) -> Result<Outcome, CliError> {
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+    say!(
+        con,
+        "{}: {} bytes ({:.1} MB, {}, {arch})",
+        a.out.display(),
+        bytes,
+        bytes as f64 / 1e6,
+        dtype.name()
+    );
+    Ok(Outcome {
+        json: json!({"out": a.out, "bytes": bytes, "dtype": dtype.name(), "arch": arch}),
         exit_code: 0,
     })
 }

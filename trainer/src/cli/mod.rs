@@ -12,6 +12,7 @@ pub mod export;
 pub mod export_safetensors;
 pub mod import;
 pub mod instruct;
+pub mod prepare;
 pub mod pretrain;
 pub mod progress;
 pub mod sample;
@@ -46,6 +47,7 @@ impl Args {
             Command::Export(a) => a.json,
             Command::Import(a) => a.json,
             Command::ExportSafetensors(a) => a.json,
+            Command::Prepare(a) => a.json,
             Command::Finetune(f) => match &f.mode {
                 FinetuneMode::Classify(a) => a.json,
                 FinetuneMode::Instruct(a) => a.json,
@@ -71,6 +73,8 @@ pub enum Command {
     Import(ImportArgs),
     /// Checkpoint → safetensors (Hugging Face or the book's names).
     ExportSafetensors(ExportSafetensorsArgs),
+    /// Text → token shards.
+    Prepare(PrepareArgs),
     /// Fine-tuning: a classifier or an instruction follower.
     Finetune(FinetuneArgs),
 }
@@ -257,10 +261,42 @@ pub struct TokenizerArgs {
 }
 
 #[derive(FromArgs, Debug)]
+#[argh(subcommand, name = "prepare")]
+/// Tokenize text files (any amount: many files, gigabytes) into a directory of token shards and a
+/// manifest, in parallel and streamed, for training on corpora larger than memory. Each file is a
+/// document; the last --val-fraction of each goes to the validation shards.
+pub struct PrepareArgs {
+    /// a text file or a directory of them (repeatable; directories are read recursively)
+    #[argh(option)]
+    pub data: Vec<PathBuf>,
+    /// the directory to create
+    #[argh(option)]
+    pub out: PathBuf,
+    /// the tokenizer (.ember model or tokenizer file; default GPT-2's)
+    #[argh(option)]
+    pub tokenizer: Option<PathBuf>,
+    /// the fraction of each document for validation, from its end (default 0.1)
+    #[argh(option)]
+    pub val_fraction: Option<f64>,
+    /// tokens per shard (default 100,000,000)
+    #[argh(option)]
+    pub shard_tokens: Option<u64>,
+    /// worker threads (default: one per core)
+    #[argh(option)]
+    pub threads: Option<usize>,
+    /// print one JSON object on stdout at the end
+    #[argh(switch)]
+    pub json: bool,
+}
+
+#[derive(FromArgs, Debug)]
 #[argh(subcommand, name = "export")]
-/// Export a checkpoint to one .ember model file (f32, f16 or int8) that ember runs.
+/// Export a checkpoint, or a Hugging Face model directory (Llama 3.x, SmolLM2, Qwen2.5, Qwen3,
+/// Gemma 3, GPT-2: config.json + model.safetensors or sharded weights), to one .ember model file
+/// (f32, f16 or int8) that ember runs.
 pub struct ExportArgs {
-    /// the checkpoint (a run directory, checkpoints/ directory or step directory)
+    /// the checkpoint (a run directory, checkpoints/ directory or step directory) or a Hugging
+    /// Face model directory
     #[argh(positional)]
     pub checkpoint: PathBuf,
     /// weight dtype: f32, f16 or int8
@@ -404,6 +440,7 @@ pub fn run(args: Args, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         Command::Export(a) => export::export(a, con),
         Command::Import(a) => import::import(a, con),
         Command::ExportSafetensors(a) => export_safetensors::export_safetensors(a, con),
+        Command::Prepare(a) => prepare::prepare(a, con),
         Command::Finetune(f) => match f.mode {
             FinetuneMode::Classify(a) => classify::run(a, con),
             FinetuneMode::Instruct(a) => instruct::run(a, con),

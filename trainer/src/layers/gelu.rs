@@ -16,6 +16,24 @@ const K: f32 = 0.797_884_6;
 /// The cubic coefficient.
 const A: f32 = 0.044_715;
 
+/// gelu(x).
+#[inline]
+pub fn gelu_scalar(x: f32) -> f32 {
+    let u = K * (x + A * x * x * x);
+    x / (1.0 + simd::exp(-2.0 * u))
+}
+
+/// gelu'(x).
+#[inline]
+pub fn gelu_grad_scalar(x: f32) -> f32 {
+    // forward: o = x·s with s = σ(2u), u = k(x + a x³)
+    // ⇒ do/dx = s + x·s' ; s' = 2·s(1−s)·du/dx ; du/dx = k(1 + 3a x²)
+    let u = K * (x + A * x * x * x);
+    let s = 1.0 / (1.0 + simd::exp(-2.0 * u));
+    let du = K * (1.0 + 3.0 * A * x * x);
+    s + x * 2.0 * s * (1.0 - s) * du
+}
+
 /// out (N) = gelu(inp (N)). Overwrites `out`.
 pub fn forward(out: &mut [f32], inp: &[f32]) {
     assert_eq!(out.len(), inp.len());
@@ -23,8 +41,7 @@ pub fn forward(out: &mut [f32], inp: &[f32]) {
         .zip(inp.par_chunks(CHUNK))
         .for_each(|(o, x)| {
             for (o, &x) in o.iter_mut().zip(x) {
-                let u = K * (x + A * x * x * x);
-                *o = x / (1.0 + simd::exp(-2.0 * u));
+                *o = gelu_scalar(x);
             }
         });
 }
@@ -36,12 +53,7 @@ pub fn backward(d: &mut [f32], inp: &[f32]) {
         .zip(inp.par_chunks(CHUNK))
         .for_each(|(d, x)| {
             for (d, &x) in d.iter_mut().zip(x) {
-                // forward: o = x·s with s = σ(2u), u = k(x + a x³)
-                // ⇒ do/dx = s + x·s' ; s' = 2·s(1−s)·du/dx ; du/dx = k(1 + 3a x²)
-                let u = K * (x + A * x * x * x);
-                let s = 1.0 / (1.0 + simd::exp(-2.0 * u));
-                let du = K * (1.0 + 3.0 * A * x * x);
-                *d *= s + x * 2.0 * s * (1.0 - s) * du;
+                *d *= gelu_grad_scalar(x);
             }
         });
 }

@@ -1,4 +1,4 @@
-//! The GPT-2 layers, one file each, `forward` directly above `backward` (llm.c's `train_gpt2.c`
+//! The layers of GPT-2 and of the modern families (RMSNorm, RoPE, gated MLPs), one file each, `forward` directly above `backward` (llm.c's `train_gpt2.c`
 //! shape). Every backward comment cites the forward line it differentiates.
 //!
 //! Conventions shared by every layer:
@@ -18,9 +18,13 @@ pub mod crossentropy;
 pub mod dropout;
 pub mod encoder;
 pub mod gelu;
+pub mod glu;
+pub mod gqa;
 pub mod layernorm;
 pub mod matmul;
 pub mod residual;
+pub mod rmsnorm;
+pub mod rope;
 pub(crate) mod simd;
 
 #[cfg(test)]

@@ -1,0 +1,511 @@
+//! Training forward and backward of the modern families (Llama, Qwen2, Qwen3, Gemma 3) on a flat
+//! f32 parameter buffer laid out by the architecture's description ([`arch::tensors`]): every
+//! layer of `layers/` (RMSNorm, RoPE, grouped-query attention with sliding windows, SwiGLU/GeGLU),
+//! q/k/v biases, query/key norms, Gemma's post-norms and embedding scale, tied or untied heads.
+//! No dropout (these families train without it).
+//!
+//! Norm scales are stored as the runtime and `.ember` files store them (Gemma's 1 + w), so the
+//! gradient of a stored scale is the gradient of Hugging Face's w.
+//!
+//! Letters: B batch, T time, N = B·T rows, C channels, H/Hkv query/key-value heads, D head size,
+//! Q = H·D, K = Hkv·D, F MLP hidden units, V vocabulary.
+
+use crate::adamw::{DecayMask, DecayPolicy};
+use crate::layers::crossentropy::{self, IGNORE_INDEX};
+use crate::layers::glu::{self, Gate};
+use crate::layers::{gqa, matmul, rmsnorm, rope};
+use emberlm_formats::arch::{self, Role};
+use emberlm_formats::config::{Mlp, ModelConfig};
+use std::collections::HashMap;
+use std::ops::Range;
+
+/// Where each tensor lives in the flat buffer.
+#[derive(Clone, Debug)]
+pub struct Layout {
+    /// The configuration.
+    pub cfg: ModelConfig,
+    ranges: HashMap<(Role, Option<usize>), Range<usize>>,
+    /// Every tensor's ember name and range, in file order.
+    pub tensors: Vec<(String, Range<usize>)>,
+    /// The ranges of the matrices (2-D tensors), in order.
+    matrices: Vec<Range<usize>>,
+    /// Total parameters.
+    pub len: usize,
+}
+
+impl Layout {
+    /// The layout of `cfg`'s language model.
+    pub fn new(cfg: &ModelConfig) -> Layout {
+        let mut ranges = HashMap::new();
+        let mut tensors = Vec::new();
+        let mut matrices = Vec::new();
+        let mut off = 0;
+        for t in arch::tensors(cfg, None) {
+            let r = off..off + t.len();
+            off += t.len();
+            if t.shape.len() == 2 {
+                matrices.push(r.clone());
+            }
+            ranges.insert((t.desc.role, t.layer), r.clone());
+            tensors.push((t.name, r));
+        }
+        Layout {
+            cfg: *cfg,
+            ranges,
+            tensors,
+            matrices,
+            len: off,
+        }
+    }
+
+    /// The parameters that receive weight decay under `policy`. Prefer
+    /// [`DecayPolicy::MatricesOnly`]: norm scales are stored as the runtime uses them (Gemma's
+    /// 1 + w), so decaying them all would pull Gemma's scales to 0 instead of its w.
+    pub fn decay_mask(&self, policy: DecayPolicy) -> DecayMask {
+        match policy {
+            DecayPolicy::All => DecayMask::all(self.len),
+            DecayPolicy::MatricesOnly => DecayMask::from_ranges(self.len, &self.matrices)
+                .unwrap_or_else(|_| DecayMask::all(self.len)),
+        }
+    }
+
+    fn get<'p>(&self, p: &'p [f32], role: Role, layer: Option<usize>) -> Option<&'p [f32]> {
+        self.ranges.get(&(role, layer)).map(|r| &p[r.clone()])
+    }
+
+    fn need<'p>(&self, p: &'p [f32], role: Role, layer: Option<usize>) -> &'p [f32] {
+        self.get(p, role, layer)
+            .unwrap_or_else(|| panic!("{role:?} of layer {layer:?} is in the description"))
+    }
+
+    fn range(&self, role: Role, layer: Option<usize>) -> Option<Range<usize>> {
+        self.ranges.get(&(role, layer)).cloned()
+    }
+}
+
+/// A layer's saved activations.
+#[derive(Default)]
+struct Saved {
+    x: Vec<f32>,
+    xn1: Vec<f32>,
+    rstd1: Vec<f32>,
+    qraw: Vec<f32>,
+    kraw: Vec<f32>,
+    qrstd: Vec<f32>,
+    krstd: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    att: Vec<f32>,
+    ao: Vec<f32>,
+    proj: Vec<f32>,
+    prstd1: Vec<f32>,
+    xm: Vec<f32>,
+    xn2: Vec<f32>,
+    rstd2: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+    h: Vec<f32>,
+    down: Vec<f32>,
+    prstd2: Vec<f32>,
+}
+
+/// The result of [`forward_backward`].
+#[derive(Debug)]
+pub struct Step {
+    /// Mean cross-entropy over the non-ignored targets.
+    pub loss: f64,
+    /// Logits (N, V), before the loss.
+    pub logits: Vec<f32>,
+}
+
+fn gate_of(cfg: &ModelConfig) -> Gate {
+    match cfg.mlp {
+        Mlp::GeGlu => Gate::GeluTanh,
+        _ => Gate::Silu,
+    }
+}
+
+/// RMSNorm over each head's D values (query/key norms): rows of D.
+fn head_norm(out: &mut [f32], rstd: &mut Vec<f32>, inp: &[f32], scale: &[f32], eps: f32) {
+    rstd.resize(inp.len() / scale.len(), 0.0);
+    rmsnorm::forward(out, rstd, inp, scale, eps);
+}
+
+/// Two disjoint ranges of `buf`, mutably.
+fn two_mut(buf: &mut [f32], a: Range<usize>, b: Range<usize>) -> (&mut [f32], &mut [f32]) {
+    assert!(a.end <= b.start || b.end <= a.start, "disjoint ranges");
+    if a.start < b.start {
+        let (x, y) = buf.split_at_mut(b.start);
+        (&mut x[a], &mut y[..b.len()])
+    } else {
+        let (x, y) = buf.split_at_mut(a.start);
+        (&mut y[..a.len()], &mut x[b])
+    }
+}
+
+/// Loss of `tokens` (B, T) against `targets` (B, T; [`IGNORE_INDEX`] skips a position), and the
+/// gradients of every parameter *added* to `grads` (same layout as `params`).
+pub fn forward_backward(
+    layout: &Layout,
+    params: &[f32],
+    grads: &mut [f32],
+    tokens: &[u32],
+    targets: &[i32],
+    b: usize,
+) -> Step {
+    let cfg = &layout.cfg;
+    let n = tokens.len();
+    let t = n / b;
+    assert!(
+        n == b * t && targets.len() == n && params.len() == layout.len && grads.len() == layout.len
+    );
+    let (c, d, hq, hk) = (cfg.dim, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+    let (qd, kd, f, v) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
+    let eps = cfg.norm_eps;
+    let rope_cfg = cfg.rope.expect("the modern families use rotary positions");
+    let tables = |local: bool| rope::tables(t, &rope_cfg.inv_freq(d, local));
+    let (global_cos, global_sin) = tables(false);
+    let (local_cos, local_sin) = tables(true);
+    let p = |role, l| layout.need(params, role, l);
+    let opt = |role, l| layout.get(params, role, l);
+
+    // Embedding × scale.
+    let wte = p(Role::TokEmb, None);
+    let mut x = vec![0.0f32; n * c];
+    for (row, &tok) in x.chunks_exact_mut(c).zip(tokens) {
+        for (o, &e) in row.iter_mut().zip(&wte[tok as usize * c..][..c]) {
+            *o = e * cfg.embed_scale;
+        }
+    }
+    let mut saved: Vec<Saved> = Vec::with_capacity(cfg.n_layers);
+    for l in 0..cfg.n_layers {
+        let ly = Some(l);
+        let local = cfg.is_local(l);
+        let (cos, sin) = if local {
+            (&local_cos, &local_sin)
+        } else {
+            (&global_cos, &global_sin)
+        };
+        let mut s = Saved {
+            x,
+            ..Saved::default()
+        };
+        s.xn1 = vec![0.0; n * c];
+        s.rstd1 = vec![0.0; n];
+        rmsnorm::forward(
+            &mut s.xn1,
+            &mut s.rstd1,
+            &s.x,
+            p(Role::AttnNormScale, ly),
+            eps,
+        );
+        s.qraw = vec![0.0; n * qd];
+        s.kraw = vec![0.0; n * kd];
+        s.v = vec![0.0; n * kd];
+        matmul::forward(&mut s.qraw, &s.xn1, p(Role::Q, ly), opt(Role::QBias, ly), c);
+        matmul::forward(&mut s.kraw, &s.xn1, p(Role::K, ly), opt(Role::KBias, ly), c);
+        matmul::forward(&mut s.v, &s.xn1, p(Role::V, ly), opt(Role::VBias, ly), c);
+        if cfg.qk_norm {
+            s.q = vec![0.0; n * qd];
+            s.k = vec![0.0; n * kd];
+            head_norm(&mut s.q, &mut s.qrstd, &s.qraw, p(Role::QNorm, ly), eps);
+            head_norm(&mut s.k, &mut s.krstd, &s.kraw, p(Role::KNorm, ly), eps);
+        } else {
+            s.q = s.qraw.clone();
+            s.k = s.kraw.clone();
+        }
+        rope::forward(&mut s.q, t, hq, cos, sin);
+        rope::forward(&mut s.k, t, hk, cos, sin);
+        let dims = gqa::Dims {
+            b,
+            t,
+            h: hq,
+            kv: hk,
+            d,
+            scale: cfg.query_scale,
+            window: if local {
+                cfg.sliding.map(|w| w.window)
+            } else {
+                None
+            },
+        };
+        s.att = vec![0.0; b * hq * t * t];
+        s.ao = vec![0.0; n * qd];
+        gqa::forward(&mut s.ao, &mut s.att, &s.q, &s.k, &s.v, dims);
+        s.proj = vec![0.0; n * c];
+        matmul::forward(&mut s.proj, &s.ao, p(Role::AttnOut, ly), None, qd);
+        let mut branch = s.proj.clone();
+        if cfg.post_norms {
+            s.prstd1 = vec![0.0; n];
+            rmsnorm::forward(
+                &mut branch,
+                &mut s.prstd1,
+                &s.proj,
+                p(Role::AttnPostNorm, ly),
+                eps,
+            );
+        }
+        s.xm = s.x.iter().zip(&branch).map(|(a, b)| a + b).collect();
+        s.xn2 = vec![0.0; n * c];
+        s.rstd2 = vec![0.0; n];
+        rmsnorm::forward(
+            &mut s.xn2,
+            &mut s.rstd2,
+            &s.xm,
+            p(Role::MlpNormScale, ly),
+            eps,
+        );
+        s.gate = vec![0.0; n * f];
+        s.up = vec![0.0; n * f];
+        s.h = vec![0.0; n * f];
+        matmul::forward(&mut s.gate, &s.xn2, p(Role::MlpGate, ly), None, c);
+        matmul::forward(&mut s.up, &s.xn2, p(Role::MlpUp, ly), None, c);
+        glu::forward(&mut s.h, &s.gate, &s.up, gate_of(cfg));
+        s.down = vec![0.0; n * c];
+        matmul::forward(&mut s.down, &s.h, p(Role::MlpDown, ly), None, f);
+        let mut branch = s.down.clone();
+        if cfg.post_norms {
+            s.prstd2 = vec![0.0; n];
+            rmsnorm::forward(
+                &mut branch,
+                &mut s.prstd2,
+                &s.down,
+                p(Role::MlpPostNorm, ly),
+                eps,
+            );
+        }
+        x = s.xm.iter().zip(&branch).map(|(a, b)| a + b).collect();
+        saved.push(s);
+    }
+    let mut xf = vec![0.0f32; n * c];
+    let mut rstdf = vec![0.0f32; n];
+    rmsnorm::forward(&mut xf, &mut rstdf, &x, p(Role::FinalNormScale, None), eps);
+    let head_role = if layout.range(Role::Head, None).is_some() {
+        Role::Head
+    } else {
+        Role::TokEmb
+    };
+    let whead = p(head_role, None);
+    let mut logits = vec![0.0f32; n * v];
+    matmul::forward(&mut logits, &xf, whead, None, c);
+    let out_logits = logits.clone();
+    let mut losses = vec![0.0f32; n];
+    let mut lse = vec![0.0f32; n];
+    let (total, count) = crossentropy::forward(&mut losses, &mut lse, &logits, targets);
+    let loss = total / count.max(1) as f64;
+
+    // ---- backward ----
+    let g_of = |role, l| layout.range(role, l);
+    crossentropy::backward(&mut logits, &lse, targets, 1.0 / count.max(1) as f32);
+    let mut dxf = vec![0.0f32; n * c];
+    {
+        let r = g_of(head_role, None).expect("head");
+        matmul::backward(&mut dxf, &mut grads[r], None, &logits, &xf, whead, c);
+    }
+    let mut dx = vec![0.0f32; n * c];
+    {
+        let r = g_of(Role::FinalNormScale, None).expect("final norm");
+        rmsnorm::backward(
+            &mut dx,
+            &mut grads[r],
+            &dxf,
+            &x,
+            p(Role::FinalNormScale, None),
+            &rstdf,
+        );
+    }
+    for l in (0..cfg.n_layers).rev() {
+        let ly = Some(l);
+        let local = cfg.is_local(l);
+        let (cos, sin) = if local {
+            (&local_cos, &local_sin)
+        } else {
+            (&global_cos, &global_sin)
+        };
+        let s = &saved[l];
+        // x_out = xm + post2(down): dxm = dx, dbranch = dx.
+        let mut ddown = vec![0.0f32; n * c];
+        if cfg.post_norms {
+            let r = g_of(Role::MlpPostNorm, ly).expect("post norm");
+            rmsnorm::backward(
+                &mut ddown,
+                &mut grads[r],
+                &dx,
+                &s.down,
+                p(Role::MlpPostNorm, ly),
+                &s.prstd2,
+            );
+        } else {
+            ddown.copy_from_slice(&dx);
+        }
+        let mut dh = vec![0.0f32; n * f];
+        let r = g_of(Role::MlpDown, ly).expect("down");
+        matmul::backward(
+            &mut dh,
+            &mut grads[r],
+            None,
+            &ddown,
+            &s.h,
+            p(Role::MlpDown, ly),
+            f,
+        );
+        let (mut dgate, mut dup) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
+        glu::backward(&mut dgate, &mut dup, &dh, &s.gate, &s.up, gate_of(cfg));
+        let mut dxn2 = vec![0.0f32; n * c];
+        let mut tmp = vec![0.0f32; n * c];
+        let r = g_of(Role::MlpGate, ly).expect("gate");
+        matmul::backward(
+            &mut dxn2,
+            &mut grads[r],
+            None,
+            &dgate,
+            &s.xn2,
+            p(Role::MlpGate, ly),
+            c,
+        );
+        let r = g_of(Role::MlpUp, ly).expect("up");
+        matmul::backward(
+            &mut tmp,
+            &mut grads[r],
+            None,
+            &dup,
+            &s.xn2,
+            p(Role::MlpUp, ly),
+            c,
+        );
+        dxn2.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
+        let mut dxm = dx.clone();
+        let r = g_of(Role::MlpNormScale, ly).expect("mlp norm");
+        rmsnorm::backward(
+            &mut dxm,
+            &mut grads[r],
+            &dxn2,
+            &s.xm,
+            p(Role::MlpNormScale, ly),
+            &s.rstd2,
+        );
+        // xm = x + post1(proj).
+        let mut dproj = vec![0.0f32; n * c];
+        if cfg.post_norms {
+            let r = g_of(Role::AttnPostNorm, ly).expect("post norm");
+            rmsnorm::backward(
+                &mut dproj,
+                &mut grads[r],
+                &dxm,
+                &s.proj,
+                p(Role::AttnPostNorm, ly),
+                &s.prstd1,
+            );
+        } else {
+            dproj.copy_from_slice(&dxm);
+        }
+        let mut dao = vec![0.0f32; n * qd];
+        let r = g_of(Role::AttnOut, ly).expect("out");
+        matmul::backward(
+            &mut dao,
+            &mut grads[r],
+            None,
+            &dproj,
+            &s.ao,
+            p(Role::AttnOut, ly),
+            qd,
+        );
+        let dims = gqa::Dims {
+            b,
+            t,
+            h: hq,
+            kv: hk,
+            d,
+            scale: cfg.query_scale,
+            window: if local {
+                cfg.sliding.map(|w| w.window)
+            } else {
+                None
+            },
+        };
+        let (mut dq, mut dk, mut dv) = (
+            vec![0.0f32; n * qd],
+            vec![0.0f32; n * kd],
+            vec![0.0f32; n * kd],
+        );
+        gqa::backward(
+            &mut dq, &mut dk, &mut dv, &dao, &s.att, &s.q, &s.k, &s.v, dims,
+        );
+        rope::backward(&mut dq, t, hq, cos, sin);
+        rope::backward(&mut dk, t, hk, cos, sin);
+        if cfg.qk_norm {
+            let (mut dqr, mut dkr) = (vec![0.0f32; n * qd], vec![0.0f32; n * kd]);
+            let r = g_of(Role::QNorm, ly).expect("q norm");
+            rmsnorm::backward(
+                &mut dqr,
+                &mut grads[r],
+                &dq,
+                &s.qraw,
+                p(Role::QNorm, ly),
+                &s.qrstd,
+            );
+            let r = g_of(Role::KNorm, ly).expect("k norm");
+            rmsnorm::backward(
+                &mut dkr,
+                &mut grads[r],
+                &dk,
+                &s.kraw,
+                p(Role::KNorm, ly),
+                &s.krstd,
+            );
+            dq = dqr;
+            dk = dkr;
+        }
+        let mut dxn1 = vec![0.0f32; n * c];
+        let mut tmp = vec![0.0f32; n * c];
+        for (role, bias, dout, first) in [
+            (Role::Q, Role::QBias, &dq, true),
+            (Role::K, Role::KBias, &dk, false),
+            (Role::V, Role::VBias, &dv, false),
+        ] {
+            let wr = g_of(role, ly).expect("projection");
+            let target: &mut Vec<f32> = if first { &mut dxn1 } else { &mut tmp };
+            match g_of(bias, ly) {
+                Some(br) => {
+                    let (gw, gb) = two_mut(grads, wr, br);
+                    matmul::backward(target, gw, Some(gb), dout, &s.xn1, p(role, ly), c);
+                }
+                None => {
+                    matmul::backward(target, &mut grads[wr], None, dout, &s.xn1, p(role, ly), c)
+                }
+            }
+            if !first {
+                dxn1.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += b);
+            }
+        }
+        let mut dxin = dxm;
+        let r = g_of(Role::AttnNormScale, ly).expect("attn norm");
+        rmsnorm::backward(
+            &mut dxin,
+            &mut grads[r],
+            &dxn1,
+            &s.x,
+            p(Role::AttnNormScale, ly),
+            &s.rstd1,
+        );
+        dx = dxin;
+    }
+    // x0 = wte[tok]·scale.
+    let r = g_of(Role::TokEmb, None).expect("embedding");
+    let dwte = &mut grads[r];
+    for (row, &tok) in dx.chunks_exact(c).zip(tokens) {
+        for (g, &dv) in dwte[tok as usize * c..][..c].iter_mut().zip(row) {
+            *g += dv * cfg.embed_scale;
+        }
+    }
+    debug_assert!(
+        targets
+            .iter()
+            .all(|&t| t == IGNORE_INDEX || (t as usize) < v)
+    );
+    Step {
+        loss,
+        logits: out_logits,
+    }
+}

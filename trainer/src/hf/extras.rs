@@ -1,0 +1,145 @@
+//! What a Hugging Face directory says besides the weights: the chat template
+//! (`tokenizer_config.json`'s `chat_template`, or `chat_template.jinja`), the special tokens it is
+//! rendered with, and the tokens that end a reply (`generation_config.json`'s `eos_token_id`, a
+//! number or a list, else config.json's). Every file is optional; a present one must be valid.
+
+use super::ConvertError;
+use super::dir::read_json;
+use emberlm_formats::chat::ChatTemplate;
+use emberlm_formats::meta::{ChatTemplateSource, SpecialStrings};
+use serde_json::Value;
+use std::path::Path;
+
+/// Largest `tokenizer_config.json` / `chat_template.jinja` accepted (real ones are under 1 MiB,
+/// their added-token tables included).
+const MAX_BYTES: u64 = 32 << 20;
+
+/// The directory's chat template and end-of-reply tokens.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Extras {
+    /// The chat template with its special tokens.
+    pub chat: Option<ChatTemplateSource>,
+    /// Ids that end a reply (`generation_config.json`), in the file's order.
+    pub eos_ids: Vec<u32>,
+    /// The id a prompt starts with, where the model has one.
+    pub bos_id: Option<u32>,
+}
+
+/// A special token's text: a string, or an added-token object `{"content": ...}`.
+fn token_text(v: Option<&Value>) -> Option<String> {
+    match v? {
+        Value::String(s) => Some(s.clone()),
+        Value::Object(o) => o.get("content")?.as_str().map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Ids from a number or a list of numbers; `what` names the field for errors.
+fn ids(v: Option<&Value>, path: &Path, what: &str) -> Result<Vec<u32>, ConvertError> {
+    let bad = || ConvertError::Json {
+        path: path.display().to_string(),
+        message: format!("{what} is not a token id or a list of ids"),
+    };
+    let one = |v: &Value| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(bad)
+    };
+    match v {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(a)) => a.iter().map(one).collect(),
+        Some(v) => Ok(vec![one(v)?]),
+    }
+}
+
+/// Reads the optional files of `dir`. `vocab_size` bounds the ids.
+pub fn read(dir: &Path, vocab_size: usize) -> Result<Extras, ConvertError> {
+    let mut extras = Extras::default();
+    let tc_path = dir.join("tokenizer_config.json");
+    let tc = if tc_path.is_file() {
+        Some(read_json(&tc_path, MAX_BYTES)?)
+    } else {
+        None
+    };
+    let jinja_path = dir.join("chat_template.jinja");
+    let source = if jinja_path.is_file() {
+        let len = std::fs::metadata(&jinja_path).map(|m| m.len()).unwrap_or(0);
+        if len > MAX_BYTES {
+            return Err(ConvertError::Json {
+                path: jinja_path.display().to_string(),
+                message: format!("{len} bytes is above the cap of {MAX_BYTES}"),
+            });
+        }
+        Some(
+            std::fs::read_to_string(&jinja_path).map_err(|e| ConvertError::Io {
+                path: jinja_path.display().to_string(),
+                message: e.to_string(),
+            })?,
+        )
+    } else {
+        match tc.as_ref().and_then(|t| t.get("chat_template")) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            // Several named templates: the one called "default" is what transformers applies.
+            Some(Value::Array(list)) => list
+                .iter()
+                .find(|t| t.get("name").and_then(Value::as_str) == Some("default"))
+                .and_then(|t| t.get("template")?.as_str().map(str::to_string)),
+            Some(_) => {
+                return Err(ConvertError::Json {
+                    path: tc_path.display().to_string(),
+                    message: "chat_template is not a string or a list of named templates".into(),
+                });
+            }
+        }
+    };
+    if let Some(source) = source {
+        let tok = |k: &str| token_text(tc.as_ref().and_then(|t| t.get(k)));
+        let special = SpecialStrings {
+            bos_token: tok("bos_token"),
+            eos_token: tok("eos_token"),
+            pad_token: tok("pad_token"),
+            unk_token: tok("unk_token"),
+        };
+        // Refuse a template that does not compile now rather than at the first chat.
+        ChatTemplate::new(&source, special.clone()).map_err(|e| ConvertError::Json {
+            path: tc_path.display().to_string(),
+            message: format!("chat_template: {e}"),
+        })?;
+        extras.chat = Some(ChatTemplateSource { source, special });
+    }
+    let gen_path = dir.join("generation_config.json");
+    let cfg_path = dir.join("config.json");
+    let generation = if gen_path.is_file() {
+        Some(read_json(&gen_path, 1 << 20)?)
+    } else {
+        None
+    };
+    let config = read_json(&cfg_path, 1 << 20)?;
+    let pick = |k: &str| {
+        generation
+            .as_ref()
+            .and_then(|g| g.get(k))
+            .filter(|v| !v.is_null())
+            .map(|v| (v, gen_path.as_path()))
+            .or_else(|| config.get(k).map(|v| (v, cfg_path.as_path())))
+    };
+    if let Some((v, p)) = pick("eos_token_id") {
+        extras.eos_ids = ids(Some(v), p, "eos_token_id")?;
+    }
+    if let Some((v, p)) = pick("bos_token_id") {
+        extras.bos_id = ids(Some(v), p, "bos_token_id")?.first().copied();
+    }
+    let out_of_range = extras
+        .eos_ids
+        .iter()
+        .chain(&extras.bos_id)
+        .find(|&&id| id as usize >= vocab_size);
+    if let Some(id) = out_of_range {
+        return Err(ConvertError::Json {
+            path: gen_path.display().to_string(),
+            message: format!("token id {id} is outside the vocabulary of {vocab_size}"),
+        });
+    }
+    Ok(extras)
+}
