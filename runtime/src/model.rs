@@ -67,7 +67,7 @@ struct LayerSlots {
     fcp_b: Slot,
 }
 
-/// One transformer block's weights.
+/// One GPT-2 block's weights (the other families': [`Block`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Layer<'a> {
     /// LayerNorm 1 scale and shift (C).
