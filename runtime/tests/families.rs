@@ -12,14 +12,16 @@ use emberlm_runtime::{KvDtype, Model, Session, SessionOptions};
 
 /// Same as `session.rs`: batched prefill vs one token at a time, relative to the largest |logit|.
 const PREFILL_REL_TOL: f32 = 1e-4;
-/// Same as `session.rs`: Q8 decode quantizes activations, prefill does not.
-const Q8_DECODE_REL_TOL: f32 = 3e-2;
+/// Q8 decode quantizes activations, prefill does not. `session.rs` allows 3e-2 for GPT-2; on
+/// these random families the difference reaches 3.1e-2 (Gemma 3, D = 256, after 20 tokens), so
+/// 5e-2 here.
+const Q8_DECODE_REL_TOL: f32 = 5e-2;
 /// The f32 fast path (f32 weights, f32 cache) against the f64 forward, relative to the largest
 /// |logit|: f32 rounding through a few layers.
 const F64_REL_TOL: f64 = 2e-4;
 
-/// Tiny shapes of every family: several key/value groups, GQA, a sliding window shorter than the
-/// test sequences (Gemma: window 5, every 2nd layer global), an untied head for Llama.
+/// Tiny shapes of every family: GQA, several cache groups (Llama, Gemma: decode's attention is
+/// a crew job), one (Qwen), a sliding window shorter than the test sequences (Gemma: window 5, every 2nd layer global), an untied head for Llama.
 fn tiny(name: &str) -> ModelConfig {
     let mut cfg = ModelConfig::preset(name).unwrap();
     cfg.vocab_size = 97;
@@ -29,7 +31,8 @@ fn tiny(name: &str) -> ModelConfig {
     cfg.ffn_dim = 96;
     match name {
         "gemma3-270m" => {
-            (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) = (4, 2, 32);
+            // D = 256: one key/value head per cache group, two groups.
+            (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) = (4, 2, 256);
             cfg.embed_scale = 8.0;
             cfg.query_scale = 1.0 / 24f32.sqrt();
             cfg.sliding = Some(Sliding {
@@ -38,6 +41,11 @@ fn tiny(name: &str) -> ModelConfig {
             });
         }
         "qwen3-0.6b" => (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) = (4, 2, 48),
+        // Two cache groups of two key/value heads, each serving two query heads.
+        "llama3.2-1b" => {
+            (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) = (8, 4, 128);
+            cfg.query_scale = 1.0 / 128f32.sqrt();
+        }
         _ => {
             (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim) = (8, 2, 8);
             cfg.query_scale = 1.0 / 8f32.sqrt();
@@ -142,7 +150,11 @@ fn prefill_equals_stepwise_for_every_dtype_and_thread_count() {
                     );
                     let x = a.step(7).unwrap().to_vec();
                     let y = b.step(7).unwrap().to_vec();
-                    assert!(rel_err(&x, &y) <= tol, "{name} {dtype:?}: next step");
+                    let e = rel_err(&x, &y);
+                    assert!(
+                        e <= tol,
+                        "{name} {dtype:?} threads={threads} chunk={chunk}: next step {e}"
+                    );
                 }
             }
         }

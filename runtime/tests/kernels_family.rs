@@ -4,9 +4,11 @@
 
 use emberlm_runtime::kernels::Kernels;
 
-/// RMSNorm, RoPE and SiLU·up: every set runs the reference twin today; a fast twin must stay
-/// within this of the f64 value (relative, floor 1).
+/// RMSNorm and RoPE: every set runs the reference twin today; a fast twin must stay within this
+/// of the f64 value (relative, floor 1).
 const ELEMENTWISE_TOL: f64 = 2e-6;
+/// SiLU·up: the AVX2 set uses a polynomial exp, as its GELU (relative to max(|g·u|, 1)).
+const SILU_MUL_TOL: f64 = 4e-6;
 /// GELU·up: the fast sets' GELU uses a polynomial exp (`GELU_ABS_TOL` in kernels.rs), times |up|.
 const GELU_MUL_TOL: f64 = 4e-6;
 
@@ -67,12 +69,7 @@ fn family_kernels_match_reference_and_f64() {
             for i in 0..n {
                 let gv = f64::from(g0[i]);
                 let exact = gv / (1.0 + (-gv).exp()) * f64::from(u[i]);
-                close(
-                    &format!("{name} silu_mul n{n}"),
-                    g[i],
-                    exact,
-                    ELEMENTWISE_TOL,
-                );
+                close(&format!("{name} silu_mul n{n}"), g[i], exact, SILU_MUL_TOL);
             }
             let mut g = g0.clone();
             k.gelu_mul(&mut g, &u);

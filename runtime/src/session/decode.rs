@@ -68,10 +68,12 @@ pub(super) enum Which {
     GateUp,
     /// Its down projection.
     Down,
+    /// Its attention, one item per key/value group ([`super::family`]).
+    Attn,
 }
 
 impl Which {
-    const ALL: [Which; 11] = [
+    const ALL: [Which; 12] = [
         Which::Qkv,
         Which::Proj,
         Which::Fc,
@@ -83,9 +85,10 @@ impl Which {
         Which::Out,
         Which::GateUp,
         Which::Down,
+        Which::Attn,
     ];
 
-    fn encode(self, layer: usize) -> u32 {
+    pub(super) fn encode(self, layer: usize) -> u32 {
         (layer as u32) << 4 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
     }
 
@@ -101,7 +104,7 @@ impl Which {
         let cfg = m.config();
         match self {
             Which::Fcp => 4 * cfg.dim,
-            Which::Out => cfg.q_dim(),
+            Which::Out | Which::Attn => cfg.q_dim(),
             Which::Down => cfg.ffn_dim,
             _ => cfg.dim,
         }
@@ -120,7 +123,7 @@ impl Which {
             Which::Q => (m.block(layer).q_bias, false),
             Which::K => (m.block(layer).k_bias, false),
             Which::V => (m.block(layer).v_bias, false),
-            Which::Out | Which::GateUp | Which::Down => (None, false),
+            Which::Out | Which::GateUp | Which::Down | Which::Attn => (None, false),
         };
         Epilogue { bias, gelu }
     }
@@ -133,7 +136,7 @@ impl Which {
             Which::V => m.block(layer).v,
             Which::Out => m.block(layer).out,
             Which::GateUp => m.block(layer).gate,
-            Which::Down => m.block(layer).down,
+            Which::Down | Which::Attn => m.block(layer).down,
             w => {
                 let l = m.layer(layer);
                 match w {
@@ -157,6 +160,8 @@ pub(super) struct Scratch<'s> {
     pub(super) rows: &'s mut [f32],
     pub(super) tmp: &'s mut [f32],
     pub(super) up: &'s mut [f32],
+    /// (2·Hkv·D) a family's gathered queries and outputs of one KV group.
+    pub(super) gqa: &'s mut [f32],
 }
 
 /// A product's input: x (C) and, for Q8 weights, x quantized (xq (C), xd (NB)); without the
@@ -392,6 +397,7 @@ impl Leader<'_, '_> {
                     rows: &mut [],
                     tmp: &mut [],
                     up: &mut [],
+                    gqa: &mut [],
                 }
             };
         }
@@ -405,6 +411,7 @@ impl Leader<'_, '_> {
                 rows: &mut b.qkv,
                 tmp: &mut b.out,
                 up: &mut [],
+                gqa: &mut [],
             };
             self.qkv_attend(l, pos, &b.xn, &mut b.att, scratch);
             self.matvec((Which::Proj, l), &b.att, &mut b.out, scratch!());
@@ -498,6 +505,10 @@ fn worker(cx: &Ctx<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
         let cols = which.cols(cx.m);
         let x = &mut x[..cols];
         crew.load_input(x);
+        if which == Which::Attn {
+            super::family::attend_work(cx, (layer, crew.arg() as usize), (epoch, n), x, scratch);
+            continue;
+        }
         if which == Which::Qkv {
             let pos = crew.arg() as usize;
             let job = AttnJob::new(cx, layer, pos);
@@ -531,6 +542,7 @@ fn run_workers(cx: &Ctx<'_>, g: usize, lanes: &mut [Buffers]) {
             rows: &mut lane.qkv,
             tmp: &mut lane.att,
             up: &mut lane.up,
+            gqa: &mut lane.gqa,
         };
         worker(cx, &mut lane.ff, &mut scratch)
     };

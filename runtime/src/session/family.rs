@@ -9,9 +9,10 @@
 //! x += post(mlp(norm(x))), every norm an RMSNorm in f32, `post` Gemma's extra norms (identity
 //! otherwise). Decisions:
 //! - the query, key and value products are three crew jobs (bias in each chunk's epilogue); the
-//!   leader then normalises (QK-norm) and rotates (RoPE, tables from the session) each head,
-//!   stores keys and values, and attends alone: at the contexts decode runs at, attention is a
-//!   small part of a token next to the weights, and one thread keeps its bits fixed;
+//!   leader then normalises (QK-norm) and rotates (RoPE, tables from the session) each head and
+//!   stores keys and values; attention is one more crew job, one item per key/value group
+//!   (whoever takes a group computes it with the same calls, so the bits do not depend on the
+//!   crew);
 //! - gate and up are one crew job ([`super::decode::Which::GateUp`]): the member that computes a
 //!   chunk's gate rows computes the same chunk's up rows and combines them (SiLU or GELU-tanh of
 //!   the gate, times up), so the MLP's hidden row needs no extra hand-off;
@@ -48,6 +49,7 @@ impl Leader<'_, '_> {
                     rows: &mut [],
                     tmp: &mut [],
                     up: &mut b.up,
+                    gqa: &mut [],
                 }
             };
         }
@@ -63,7 +65,7 @@ impl Leader<'_, '_> {
             norm_rotate(cx, &w, l, pos, q, key, &mut b.gqa);
             store_token(cx, l, pos, key, value);
             let att = &mut b.att[..qd];
-            attend_token(cx, l, pos, q, att, &mut b.scores, &mut b.gqa);
+            self.attend((l, pos), q, att, (&mut b.scores, &mut b.gqa));
             self.matvec((Which::Out, l), att, &mut b.out, scratch!());
             residual(cx, w.attn_post_norm, &mut b.x, &mut b.out, &mut b.xn);
             k.rmsnorm(&b.x, w.mlp_norm, &mut b.xn, eps);
@@ -74,6 +76,77 @@ impl Leader<'_, '_> {
         k.rmsnorm(&b.x, m.final_norm().0, &mut b.xn, eps);
         self.matvec((Which::Head, 0), &b.xn, logits, scratch!());
     }
+}
+
+impl Leader<'_, '_> {
+    /// Attention of the token at `pos` in layer l, q (H·D) → att (H·D), its keys and values
+    /// stored: one crew job whose items are the key/value groups (each group's query heads are
+    /// consecutive rows of att), so the members share the cache reads. A group's rows are
+    /// computed by the same calls whoever takes it. `scratch`: scores (≥ Hg·P) and gqa.
+    fn attend(
+        &mut self,
+        (l, pos): (usize, usize),
+        q: &[f32],
+        att: &mut [f32],
+        (scores, gqa): (&mut [f32], &mut [f32]),
+    ) {
+        let cx = self.cx;
+        let groups = cx.kv.layout.groups;
+        if cx.crew.g <= 1 || groups == 1 {
+            return attend_token(cx, l, pos, q, att, scores, gqa);
+        }
+        let n = groups as u32;
+        let open = cx
+            .crew
+            .open(&mut self.epoch, Which::Attn.encode(l), pos as u32, n, q);
+        while let Some(g) = cx.crew.claim(open, n) {
+            let rows = group_rows(cx, g as usize);
+            attend_group(
+                cx,
+                (l, pos),
+                g as usize,
+                q,
+                &mut att[rows.clone()],
+                scores,
+                gqa,
+            );
+            cx.crew.put(rows.start, &att[rows]);
+            cx.crew.mark_done();
+        }
+        cx.crew.wait_done(n);
+        cx.crew.get(0, att);
+    }
+}
+
+/// A worker's share of an attention job ([`Which::Attn`]) of layer l at `pos`: q (H·D) is the
+/// job's input; each group's rows go through `scratch.tmp` (≥ H·D) into the crew's output.
+pub(super) fn attend_work(
+    cx: &Ctx<'_>,
+    (l, pos): (usize, usize),
+    (epoch, n): (u32, u32),
+    q: &[f32],
+    scratch: &mut Scratch<'_>,
+) {
+    if pos >= cx.kv.layout.t || n as usize != cx.kv.layout.groups {
+        return; // a torn read: the job changed under us, no claim will succeed
+    }
+    while let Some(g) = cx.crew.claim(epoch, n) {
+        let rows = group_rows(cx, g as usize);
+        let out = &mut scratch.tmp[..rows.len()];
+        attend_group(cx, (l, pos), g as usize, q, out, scratch.out, scratch.gqa);
+        cx.crew.put(rows.start, out);
+        cx.crew.mark_done();
+    }
+}
+
+/// The rows of H·D that the query heads of key/value group g fill (consecutive: query head h
+/// reads key/value head h / (H / Hkv)).
+fn group_rows(cx: &Ctx<'_>, g: usize) -> std::ops::Range<usize> {
+    let cfg = cx.m.config();
+    let kv = &cx.kv.layout;
+    let rep = cfg.n_heads / cfg.n_kv_heads;
+    let hs = kv.group(g);
+    hs.start * rep * kv.d..hs.end * rep * kv.d
 }
 
 /// x (C) += out (C), after Gemma's post norm of `out` when the block has one; `tmp` (C) scratch.
@@ -149,27 +222,43 @@ pub(super) fn attend_token(
     scores: &mut [f32],
     gqa: &mut [f32],
 ) {
+    for g in 0..cx.kv.layout.groups {
+        let rows = group_rows(cx, g);
+        attend_group(cx, (l, pos), g, q, &mut out[rows], scores, gqa);
+    }
+}
+
+/// Key/value group g's part of [`attend_token`]: its query heads' outputs → out (their
+/// consecutive rows, [`group_rows`]).
+fn attend_group(
+    cx: &Ctx<'_>,
+    (l, pos): (usize, usize),
+    g: usize,
+    q: &[f32],
+    out: &mut [f32],
+    scores: &mut [f32],
+    gqa: &mut [f32],
+) {
     let cfg = cx.m.config();
     let kv = &cx.kv.layout;
     let (d, rep) = (kv.d, cfg.n_heads / cfg.n_kv_heads);
     let start = window_start(cx, l, pos);
     let p = pos + 1 - start;
-    for g in 0..kv.groups {
-        let hs = kv.group(g);
-        let hg = hs.len();
-        let cache = cx.kv.read(g);
-        let from = kv.at(l, start, hg);
-        let (qg, og) = gqa.split_at_mut(hg * d);
-        let og = &mut og[..hg * d];
-        for r in 0..rep {
-            for (j, h) in hs.clone().enumerate() {
-                qg[j * d..(j + 1) * d].copy_from_slice(&q[(h * rep + r) * d..][..d]);
-            }
-            let sc = &mut scores[..hg * p];
-            cache.attend_scaled(&cx.k, hg, qg, from, sc, og, cfg.query_scale);
-            for (j, h) in hs.clone().enumerate() {
-                out[(h * rep + r) * d..][..d].copy_from_slice(&og[j * d..(j + 1) * d]);
-            }
+    let hs = kv.group(g);
+    let hg = hs.len();
+    let base = hs.start * rep * d; // out's first row in H·D
+    let cache = cx.kv.read(g);
+    let from = kv.at(l, start, hg);
+    let (qg, og) = gqa.split_at_mut(hg * d);
+    let og = &mut og[..hg * d];
+    for r in 0..rep {
+        for (j, h) in hs.clone().enumerate() {
+            qg[j * d..(j + 1) * d].copy_from_slice(&q[(h * rep + r) * d..][..d]);
+        }
+        let sc = &mut scores[..hg * p];
+        cache.attend_scaled(&cx.k, hg, qg, from, sc, og, cfg.query_scale);
+        for (j, h) in hs.clone().enumerate() {
+            out[(h * rep + r) * d - base..][..d].copy_from_slice(&og[j * d..(j + 1) * d]);
         }
     }
 }

@@ -213,7 +213,7 @@ fn family_line(cfg: &ModelConfig) -> String {
         )
     });
     let sliding = cfg.sliding.map_or("none".to_string(), |s| {
-        format!("window {} (every {}th layer global)", s.window, s.every)
+        format!("window {}, every {}-th layer global", s.window, s.every)
     });
     format!(
         "{}: {} layers, {} heads ({} key/value), head dim {}, dim {}, ffn {}, context {}, \
