@@ -13,7 +13,9 @@
 //! - `crew`: the threads that run a decode token together, the seqlock through which they claim
 //!   work, and how a product is cut into chunks;
 //! - `decode`: one token, its leader's vector work and the jobs it opens on the crew;
-//! - `prefill`: a chunk of prompt tokens through batched products, then its attention.
+//! - `prefill`: a chunk of prompt tokens through batched products, then its attention;
+//! - `family`, `family_prefill`, `rope`: the same for the Llama-style families (Llama 3.x /
+//!   SmolLM2, Qwen2.5, Qwen3, Gemma 3) on the same crew and cache, with rotary tables built here.
 //!
 //! A forward pass (one token or one prefill chunk) borrows one `Ctx` from its session: kernels,
 //! model, KV cache and crew, shared by every thread; each thread's own buffers go beside it.
