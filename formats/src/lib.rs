@@ -7,7 +7,8 @@
 //!   `&[u8]` or a memory map, and a deterministic, atomic, streaming writer.
 //! - [`quant`]: f16 and int8 (blocks of 32 with an f16 scale) reference quantizers, shared by the
 //!   trainer's export and the runtime's kernels.
-//! - [`tokenizer`]: GPT-2 byte-level BPE (tiktoken-exact), streaming decode, and BPE training.
+//! - [`tokenizer`]: GPT-2 byte-level BPE (tiktoken-exact), Hugging Face `tokenizer.json` BPE
+//!   (exact against `tokenizers`), streaming decode, and BPE training.
 
 pub mod arch;
 #[cfg(feature = "chat")]

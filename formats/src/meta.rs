@@ -7,7 +7,9 @@ use crate::config::{
     ModelConfig, Norm, Rope, RopeScaling, Sliding,
 };
 use crate::ember::{Array, EmberWriter, FormatError, Header, Value};
-use crate::tokenizer::{Tokenizer, TokenizerParts};
+use crate::tokenizer::{
+    HfModelKind, HfParts, HfPreTokenizer, MAX_MERGES, Prepend, Tokenizer, TokenizerParts,
+};
 
 /// The value of `general.architecture` for every model emberlm writes.
 pub const ARCHITECTURE: &str = "gpt2";
@@ -545,9 +547,16 @@ pub fn get_chat_template(h: &Header) -> Result<Option<ChatTemplateSource>, Forma
 }
 
 /// Writes the tokenizer (`tokenizer.*`): its whole vocabulary, so the file needs nothing else.
+/// A tiktoken-style vocabulary is `tokenizer.kind = "bpe-bytes"` (unchanged since the first
+/// files); a Hugging Face BPE tokenizer is `"hf-bpe"` with the extra keys of FORMAT.md.
 pub fn put_tokenizer(w: &mut EmberWriter, tok: &Tokenizer) -> Result<(), FormatError> {
     let parts = tok.to_parts();
-    w.set("tokenizer.kind", Value::Str("bpe-bytes".into()))?;
+    match tok.hf_parts() {
+        None => {
+            w.set("tokenizer.kind", Value::Str("bpe-bytes".into()))?;
+        }
+        Some(h) => put_hf(w, h)?,
+    }
     w.set("tokenizer.tokens", Value::Bytes(parts.tokens))?;
     w.set(
         "tokenizer.token_ends",
@@ -564,19 +573,147 @@ pub fn put_tokenizer(w: &mut EmberWriter, tok: &Tokenizer) -> Result<(), FormatE
     Ok(())
 }
 
+fn put_hf(w: &mut EmberWriter, h: &HfParts) -> Result<(), FormatError> {
+    let model = match h.model {
+        HfModelKind::ByteLevel => "byte-level",
+        HfModelKind::SentencePiece => "sentencepiece",
+    };
+    let str_ = |s: &str| Value::Str(s.into());
+    w.set("tokenizer.kind", str_("hf-bpe"))?;
+    w.set("tokenizer.model", str_(model))?;
+    w.set("tokenizer.pretokenizer", str_(h.pretokenizer.name()))?;
+    w.set(
+        "tokenizer.add_prefix_space",
+        Value::Bool(h.add_prefix_space),
+    )?;
+    w.set("tokenizer.nfc", Value::Bool(h.nfc))?;
+    w.set("tokenizer.replace_space", Value::Bool(h.replace_space))?;
+    w.set("tokenizer.prepend", str_(h.prepend.name()))?;
+    let merges = h.merges.iter().flatten().copied().collect();
+    w.set("tokenizer.merges", Value::Array(Array::U32(merges)))?;
+    w.set("tokenizer.ignore_merges", Value::Bool(h.ignore_merges))?;
+    w.set("tokenizer.byte_fallback", Value::Bool(h.byte_fallback))?;
+    w.set("tokenizer.fuse_unk", Value::Bool(h.fuse_unk))?;
+    let unk = h.unk_id.into_iter().collect();
+    w.set("tokenizer.unk_id", Value::Array(Array::U32(unk)))?;
+    w.set(
+        "tokenizer.post_prefix",
+        Value::Array(Array::U32(h.post_prefix.clone())),
+    )?;
+    w.set(
+        "tokenizer.post_suffix",
+        Value::Array(Array::U32(h.post_suffix.clone())),
+    )?;
+    w.set(
+        "tokenizer.strip_leading_space",
+        Value::Bool(h.strip_leading_space),
+    )?;
+    w.set(
+        "tokenizer.added_nonspecial",
+        Value::Array(Array::U32(h.nonspecial.clone())),
+    )?;
+    w.set(
+        "tokenizer.added_lstrip",
+        Value::Array(Array::U32(h.lstrip.clone())),
+    )?;
+    w.set(
+        "tokenizer.added_rstrip",
+        Value::Array(Array::U32(h.rstrip.clone())),
+    )?;
+    Ok(())
+}
+
+fn get_hf(h: &Header) -> Result<HfParts, FormatError> {
+    let bad = |key: &str, expected: &'static str, found: String| FormatError::WrongType {
+        key: key.into(),
+        expected,
+        found,
+    };
+    let u32s = |key: &str| match h.require(key)? {
+        Value::Array(Array::U32(a)) => Ok(a),
+        v => Err(bad(key, "an array of u32", v.type_name().into())),
+    };
+    let model = match h.require_str("tokenizer.model")? {
+        "byte-level" => HfModelKind::ByteLevel,
+        "sentencepiece" => HfModelKind::SentencePiece,
+        s => {
+            return Err(bad(
+                "tokenizer.model",
+                "\"byte-level\" or \"sentencepiece\"",
+                format!("{s:?}"),
+            ));
+        }
+    };
+    let pre = h.require_str("tokenizer.pretokenizer")?;
+    let pretokenizer = HfPreTokenizer::from_name(pre).ok_or_else(|| {
+        bad(
+            "tokenizer.pretokenizer",
+            "\"whole\", \"gpt2\", \"llama3\" or \"qwen2\"",
+            format!("{pre:?}"),
+        )
+    })?;
+    let prep = h.require_str("tokenizer.prepend")?;
+    let prepend = Prepend::from_name(prep).ok_or_else(|| {
+        bad(
+            "tokenizer.prepend",
+            "\"never\", \"always\", \"metaspace-first\" or \"metaspace-always\"",
+            format!("{prep:?}"),
+        )
+    })?;
+    let flat = u32s("tokenizer.merges")?;
+    if flat.len() % 2 != 0 || flat.len() / 2 > MAX_MERGES {
+        return Err(bad(
+            "tokenizer.merges",
+            "an even number of ids, at most 2 * MAX_MERGES",
+            format!("{} ids", flat.len()),
+        ));
+    }
+    let unk = u32s("tokenizer.unk_id")?;
+    if unk.len() > 1 {
+        return Err(bad(
+            "tokenizer.unk_id",
+            "zero or one id",
+            format!("{} ids", unk.len()),
+        ));
+    }
+    Ok(HfParts {
+        model,
+        pretokenizer,
+        add_prefix_space: h.require_bool("tokenizer.add_prefix_space")?,
+        nfc: h.require_bool("tokenizer.nfc")?,
+        replace_space: h.require_bool("tokenizer.replace_space")?,
+        prepend,
+        merges: flat.chunks_exact(2).map(|p| [p[0], p[1]]).collect(),
+        ignore_merges: h.require_bool("tokenizer.ignore_merges")?,
+        byte_fallback: h.require_bool("tokenizer.byte_fallback")?,
+        fuse_unk: h.require_bool("tokenizer.fuse_unk")?,
+        unk_id: unk.first().copied(),
+        post_prefix: u32s("tokenizer.post_prefix")?.clone(),
+        post_suffix: u32s("tokenizer.post_suffix")?.clone(),
+        strip_leading_space: h.require_bool("tokenizer.strip_leading_space")?,
+        nonspecial: u32s("tokenizer.added_nonspecial")?.clone(),
+        lstrip: u32s("tokenizer.added_lstrip")?.clone(),
+        rstrip: u32s("tokenizer.added_rstrip")?.clone(),
+    })
+}
+
 /// Reads and validates the tokenizer, if the file has one.
 pub fn get_tokenizer(h: &Header) -> Result<Option<Tokenizer>, FormatError> {
     if h.get("tokenizer.kind").is_none() {
         return Ok(None);
     }
     let kind = h.require_str("tokenizer.kind")?;
-    if kind != "bpe-bytes" {
-        return Err(FormatError::WrongType {
-            key: "tokenizer.kind".into(),
-            expected: "\"bpe-bytes\"",
-            found: format!("{kind:?}"),
-        });
-    }
+    let hf = match kind {
+        "bpe-bytes" => None,
+        "hf-bpe" => Some(get_hf(h)?),
+        _ => {
+            return Err(FormatError::WrongType {
+                key: "tokenizer.kind".into(),
+                expected: "\"bpe-bytes\" or \"hf-bpe\"",
+                found: format!("{kind:?}"),
+            });
+        }
+    };
     let wrong = |key: &str, expected: &'static str, v: &Value| FormatError::WrongType {
         key: key.into(),
         expected,
@@ -602,13 +739,16 @@ pub fn get_tokenizer(h: &Header) -> Result<Option<Tokenizer>, FormatError> {
         special_names,
         special_ids,
     };
-    Tokenizer::from_parts(parts)
-        .map(Some)
-        .map_err(|e| FormatError::WrongType {
-            key: "tokenizer.tokens".into(),
-            expected: "a valid byte-level BPE vocabulary",
-            found: e.to_string(),
-        })
+    match hf {
+        None => Tokenizer::from_parts(parts),
+        Some(hf) => Tokenizer::from_hf_parts(parts, hf),
+    }
+    .map(Some)
+    .map_err(|e| FormatError::WrongType {
+        key: "tokenizer.tokens".into(),
+        expected: "a valid byte-level BPE vocabulary",
+        found: e.to_string(),
+    })
 }
 
 #[cfg(test)]

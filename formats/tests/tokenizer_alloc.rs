@@ -12,6 +12,50 @@ fn allocations() -> usize {
     emberlm_testkit::alloc::thread_allocations()
 }
 
+/// The same for Hugging Face tokenizers (Llama-3-style byte-level with BOS, SentencePiece-style
+/// with byte fallback).
+#[test]
+fn hf_encode_and_stream_decode_allocate_nothing_after_warm_up() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/hf_tokenizers");
+    let texts = [
+        "Hello, do you like tea? <|begin_of_text|> In the sunlit <s> terraces 12345.",
+        "日本語のテキスト, emoji 👨\u{200d}👩\u{200d}👧 and e\u{301} — it's, they'LL, we've",
+        "  indented\n\n\tcode(x) = y + 1;  \r\n",
+    ];
+    for kind in ["llama3", "spm", "qwen2", "smollm2"] {
+        let tok = Tokenizer::from_hf_json_file(format!("{dir}/{kind}.json")).unwrap();
+        let mut scratch = EncodeScratch::new();
+        let mut ids = Vec::new();
+        let mut all_ids = Vec::new();
+        for text in &texts {
+            tok.encode_with_post(text, &mut scratch, &mut all_ids);
+            tok.encode(text, SpecialTokens::AsText, &mut scratch, &mut ids);
+        }
+        let mut dec = StreamDecoder::new(&tok);
+        let before = allocations();
+        let mut n_tokens = 0;
+        for _ in 0..10 {
+            for text in &texts {
+                ids.clear();
+                tok.encode_with_post(text, &mut scratch, &mut ids);
+                n_tokens += ids.len();
+                ids.clear();
+                tok.encode(text, SpecialTokens::AsText, &mut scratch, &mut ids);
+            }
+            for &id in &all_ids {
+                dec.push(id).unwrap();
+            }
+            dec.finish();
+        }
+        assert!(n_tokens > 100, "{kind}");
+        assert_eq!(
+            allocations() - before,
+            0,
+            "{kind}: allocations after warm-up"
+        );
+    }
+}
+
 #[test]
 fn encode_and_stream_decode_allocate_nothing_after_warm_up() {
     let tok = Tokenizer::gpt2();

@@ -7,7 +7,7 @@ mod hostile_util;
 
 use emberlm_formats::tokenizer::{SpecialTokens, Tokenizer};
 use emberlm_trainer::shards::{Shard, read_manifest};
-use hostile_util::{bin, scratch};
+use hostile_util::{bin, scratch, write_random_words};
 use std::path::Path;
 use std::process::Command;
 
@@ -133,4 +133,109 @@ fn bad_input_is_refused_and_leaves_nothing() {
         .filter(|e| e.file_name().to_string_lossy().contains(".prepare-"))
         .collect();
     assert!(hidden.is_empty(), "a temporary directory was left behind");
+}
+
+/// `pretrain --data DIR` trains on the shards; a run stopped after 3 steps and resumed to 6 ends
+/// with the same weights, bit for bit, as 6 steps in one go (the shuffle is computed, not stored).
+#[test]
+fn pretraining_on_shards_resumes_bit_for_bit() {
+    let dir = scratch("prepare-train");
+    let d: &Path = &dir;
+    write_random_words(&d.join("text.txt"), 400, 5);
+    let ok = |args: &[&str]| {
+        let o = Command::new(bin("ember-train"))
+            .current_dir(d)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+    };
+    ok(&[
+        "prepare",
+        "--data",
+        "text.txt",
+        "--out",
+        "shards",
+        "--shard-tokens",
+        "500",
+    ]);
+    let run = |out: &str, steps: &str| {
+        ok(&[
+            "pretrain",
+            "--data",
+            "shards",
+            "--layers",
+            "1",
+            "--heads",
+            "2",
+            "--dim",
+            "16",
+            "--context",
+            "16",
+            "--batch",
+            "4",
+            "--threads",
+            "1",
+            "--steps",
+            steps,
+            "--out",
+            out,
+        ]);
+    };
+    run("whole", "6");
+    run("halves", "3");
+    ok(&[
+        "pretrain",
+        "--resume",
+        "halves",
+        "--steps",
+        "6",
+        "--threads",
+        "1",
+    ]);
+    let weights = |run: &str| {
+        std::fs::read(
+            d.join(run)
+                .join("checkpoints/step-00000006/model.safetensors"),
+        )
+        .unwrap()
+    };
+    assert_eq!(weights("whole"), weights("halves"));
+    // The shards were tokenized with GPT-2's tokenizer: another one is refused by name.
+    std::fs::write(
+        d.join("small.txt"),
+        "a b c d e f g h i j k l m n o p q r s t u v w x y z\n".repeat(20),
+    )
+    .unwrap();
+    ok(&[
+        "tokenizer",
+        "--data",
+        "small.txt",
+        "--vocab-size",
+        "300",
+        "--out",
+        "tok.ember",
+    ]);
+    let o = Command::new(bin("ember-train"))
+        .current_dir(d)
+        .args([
+            "pretrain",
+            "--data",
+            "shards",
+            "--tokenizer",
+            "tok.ember",
+            "--steps",
+            "1",
+            "--out",
+            "x",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("another tokenizer"), "{err}");
 }

@@ -343,13 +343,78 @@ pub fn window_starts(n_tokens: usize, context: usize, stride: usize) -> Vec<usiz
     (0..n_tokens - context).step_by(stride).collect()
 }
 
-/// One split as windows over its ids.
-#[derive(Clone, Debug)]
+/// A split's token ids: in memory, or a run of memory-mapped shards ([`crate::shards`]) read on
+/// demand, so that a corpus of any size costs no memory.
+#[derive(Debug)]
+pub enum Ids {
+    /// Held in memory.
+    Memory(Vec<u32>),
+    /// Shards, in order, with the global index of each one's first token.
+    Shards(Vec<(u64, crate::shards::Shard)>),
+}
+
+impl Ids {
+    /// The shards of `infos` in `dir`, mapped and checked against the manifest.
+    pub fn open_shards(
+        dir: &Path,
+        infos: &[crate::shards::ShardInfo],
+        width: crate::shards::Width,
+    ) -> Result<Ids, crate::shards::ShardError> {
+        let mut at = 0u64;
+        let mut v = Vec::with_capacity(infos.len());
+        for s in infos {
+            v.push((
+                at,
+                crate::shards::Shard::open(&dir.join(&s.file), width, s.tokens)?,
+            ));
+            at += s.tokens;
+        }
+        Ok(Ids::Shards(v))
+    }
+
+    /// N.
+    pub fn len(&self) -> usize {
+        match self {
+            Ids::Memory(v) => v.len(),
+            Ids::Shards(v) => v.last().map_or(0, |(at, s)| *at as usize + s.len()),
+        }
+    }
+
+    /// Whether there are no ids.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Appends ids [start, start + n) to `out`, mapped by `f`.
+    fn extend<T>(&self, start: usize, n: usize, out: &mut Vec<T>, f: impl Fn(u32) -> T) {
+        match self {
+            Ids::Memory(v) => out.extend(v[start..start + n].iter().map(|&x| f(x))),
+            Ids::Shards(v) => {
+                let mut i = start;
+                while i < start + n {
+                    // The shard holding token i: the last one starting at or before it.
+                    let k = v.partition_point(|(at, _)| *at as usize <= i) - 1;
+                    let (at, shard) = &v[k];
+                    let local = i - *at as usize;
+                    let take = (shard.len() - local).min(start + n - i);
+                    out.extend((local..local + take).map(|j| f(shard.get(j))));
+                    i += take;
+                }
+            }
+        }
+    }
+}
+
+/// One split as windows over its ids: window w starts at w·stride (the book's
+/// `range(0, N − T, S)`), computed rather than listed so that memory does not grow with N.
+#[derive(Debug)]
 pub struct Windows {
     /// The split's ids (N).
-    pub ids: Vec<u32>,
-    /// Start of every window (W).
-    pub starts: Vec<usize>,
+    pub ids: Ids,
+    /// Number of windows (W).
+    count: usize,
+    /// S.
+    pub stride: usize,
     /// T.
     pub context: usize,
 }
@@ -363,29 +428,50 @@ impl Windows {
         stride: usize,
         split: &'static str,
     ) -> Result<Windows, DataError> {
-        let starts = window_starts(ids.len(), context, stride);
-        if starts.is_empty() {
+        Windows::over(Ids::Memory(ids), context, stride, split)
+    }
+
+    /// [`Windows::new`] over any [`Ids`].
+    pub fn over(
+        ids: Ids,
+        context: usize,
+        stride: usize,
+        split: &'static str,
+    ) -> Result<Windows, DataError> {
+        let n = ids.len();
+        let count = if n <= context || stride == 0 {
+            0
+        } else {
+            (n - context).div_ceil(stride)
+        };
+        if count == 0 {
             return Err(DataError::TooShort {
                 split,
-                tokens: ids.len(),
+                tokens: n,
                 context,
             });
         }
         Ok(Windows {
             ids,
-            starts,
+            count,
+            stride,
             context,
         })
     }
 
     /// W.
     pub fn len(&self) -> usize {
-        self.starts.len()
+        self.count
     }
 
     /// Whether there are no windows.
     pub fn is_empty(&self) -> bool {
-        self.starts.is_empty()
+        self.count == 0
+    }
+
+    /// Where window `w` starts.
+    pub fn start(&self, w: usize) -> usize {
+        w * self.stride
     }
 
     /// Number of batches of `b` windows: ⌊W / B⌋ with `drop_last`, else ⌈W / B⌉.
@@ -405,9 +491,9 @@ impl Windows {
         x.clear();
         y.clear();
         for &w in which {
-            let s = self.starts[w];
-            x.extend_from_slice(&self.ids[s..s + t]);
-            y.extend(self.ids[s + 1..s + t + 1].iter().map(|&v| v as i32));
+            let s = self.start(w);
+            self.ids.extend(s, t, x, |v| v);
+            self.ids.extend(s + 1, t, y, |v| v as i32);
         }
     }
 }
@@ -447,9 +533,102 @@ pub fn epoch_order(n: usize, seed: u64, epoch: u64) -> Vec<usize> {
     order
 }
 
+/// A shuffle of 0..n computed one index at a time (constant memory, any position at once): a
+/// four-round Feistel network over the smallest power-of-four square covering n, walked in cycles
+/// until the result falls in range (a bijection of 0..n). Corpora of token shards use it, so that
+/// neither memory nor resuming depends on the number of windows; in-memory corpora keep
+/// [`epoch_order`] (their runs stay as they were).
+#[derive(Clone, Copy, Debug)]
+pub struct Shuffle {
+    n: u64,
+    half_bits: u32,
+    keys: [u64; 4],
+}
+
+impl Shuffle {
+    /// The shuffle of epoch `epoch` with `seed`.
+    pub fn new(n: usize, seed: u64, epoch: u64) -> Shuffle {
+        let n = n as u64;
+        let bits = (64 - n.saturating_sub(1).leading_zeros()).max(2);
+        let half_bits = bits.div_ceil(2);
+        let base = mix64(seed ^ 0x4645_4953_5445_4C21) ^ mix64(epoch.wrapping_add(1));
+        let keys = [1u64, 2, 3, 4].map(|r| mix64(base.wrapping_add(r)));
+        Shuffle { n, half_bits, keys }
+    }
+
+    /// The `i`-th index of the shuffled order (i < n).
+    pub fn get(&self, i: usize) -> usize {
+        let mask = (1u64 << self.half_bits) - 1;
+        let mut x = i as u64;
+        loop {
+            let (mut l, mut r) = (x >> self.half_bits, x & mask);
+            for k in self.keys {
+                let f = mix64(r ^ k) & mask;
+                (l, r) = (r, l ^ f);
+            }
+            x = (l << self.half_bits) | r;
+            if x < self.n {
+                return x as usize;
+            }
+        }
+    }
+}
+
+/// The order in which an epoch visits the windows.
+#[derive(Clone, Debug)]
+pub enum Order {
+    /// In the listed order ([`epoch_order`]: in-memory corpora).
+    Listed(Vec<usize>),
+    /// Computed one index at a time ([`Shuffle`]: shard corpora).
+    Shuffled(Shuffle),
+    /// 0, 1, 2, … (validation).
+    Identity,
+}
+
+impl Order {
+    /// The epoch-`epoch` shuffle of `n` windows with `seed`: listed for in-memory corpora,
+    /// computed for shard corpora (`computed`).
+    pub fn shuffle(n: usize, seed: u64, epoch: u64, computed: bool) -> Order {
+        if computed {
+            Order::Shuffled(Shuffle::new(n, seed, epoch))
+        } else {
+            Order::Listed(epoch_order(n, seed, epoch))
+        }
+    }
+
+    /// Positions `from..to` of the order, into `out` (cleared first).
+    pub fn indices<'o>(&self, from: usize, to: usize, out: &'o mut Vec<usize>) -> &'o [usize] {
+        out.clear();
+        match self {
+            Order::Listed(v) => out.extend_from_slice(&v[from..to.min(v.len())]),
+            Order::Shuffled(s) => out.extend((from..to).map(|i| s.get(i))),
+            Order::Identity => out.extend(from..to),
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shuffles_are_permutations_that_differ_by_epoch() {
+        for n in [1usize, 2, 3, 17, 1000, 4097] {
+            let s = Shuffle::new(n, 7, 0);
+            let mut seen = vec![false; n];
+            for i in 0..n {
+                let j = s.get(i);
+                assert!(!seen[j], "n {n}: {j} twice");
+                seen[j] = true;
+            }
+        }
+        let (a, b) = (Shuffle::new(1000, 7, 0), Shuffle::new(1000, 7, 1));
+        let same = (0..1000).filter(|&i| a.get(i) == b.get(i)).count();
+        assert!(same < 20, "{same}");
+        let moved = (0..1000).filter(|&i| a.get(i) != i).count();
+        assert!(moved > 950, "{moved}");
+    }
 
     fn data_dir() -> Option<PathBuf> {
         match std::env::var_os("EMBER_DATA") {

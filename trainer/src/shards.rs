@@ -175,14 +175,12 @@ impl ShardWriter {
             let (now, later) = tokens.split_at(room.min(tokens.len()));
             match self.width {
                 Width::U16 => {
-                    for &t in now {
-                        w.write_all(&(t as u16).to_le_bytes())?;
-                    }
+                    let narrow: Vec<u16> = now.iter().map(|&t| (t as u16).to_le()).collect();
+                    w.write_all(bytemuck::cast_slice(&narrow))?;
                 }
                 Width::U32 => {
-                    for &t in now {
-                        w.write_all(&t.to_le_bytes())?;
-                    }
+                    let wide: Vec<u32> = now.iter().map(|&t| t.to_le()).collect();
+                    w.write_all(bytemuck::cast_slice(&wide))?;
                 }
             }
             *count += now.len() as u64;

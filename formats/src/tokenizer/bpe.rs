@@ -100,6 +100,13 @@ impl RankMap {
         }
     }
 
+    /// [`RankMap::get`] for the Hugging Face paths, never inlined, so that the GPT-2 encode loop
+    /// keeps the code generation it was tuned with.
+    #[inline(never)]
+    pub(crate) fn get_outlined(&self, key: &[u8], bytes: &[u8], ends: &[u32]) -> u32 {
+        self.get(key, bytes, ends)
+    }
+
     /// The id of the token whose bytes are `key`.
     #[inline]
     pub(crate) fn get(&self, key: &[u8], bytes: &[u8], ends: &[u32]) -> u32 {

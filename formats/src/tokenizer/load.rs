@@ -252,7 +252,7 @@ fn byte_to_char(b: u8) -> char {
 }
 
 /// Decodes an alphabet string to bytes; `Err(c)` names the first character outside it.
-fn from_alphabet(s: &str) -> Result<Vec<u8>, char> {
+pub(super) fn from_alphabet(s: &str) -> Result<Vec<u8>, char> {
     // Memoised inverse table: char_to_byte is slow, and a vocabulary has ~300k characters.
     thread_local! {
         static INV: [i16; 0x144] = {

@@ -1,4 +1,5 @@
-//! GPT-2 byte-level BPE: encode, decode, streaming decode, loading and training.
+//! Byte-level BPE (GPT-2, and Hugging Face BPE files): encode, decode, streaming decode, loading
+//! and training.
 //!
 //! The model is tiktoken's: a vocabulary of byte strings whose id is also its merge rank. Text is
 //! split into pieces by GPT-2's pre-tokenizer ([`pieces`], written by hand, exact against
@@ -14,13 +15,23 @@
 //!   metadata (validated: untrusted input gives a [`TokenizerError`], never a panic).
 //! - [`train_bpe`]: train a vocabulary on texts.
 //! - [`StreamDecoder`]: token-by-token decoding that never splits a UTF-8 character.
+//! - [`Tokenizer::from_hf_json`] (feature `hf`): a Hugging Face `tokenizer.json` with a BPE model
+//!   (GPT-2, SmolLM2, Llama 3, Qwen2/2.5/3 byte-level; Llama 2 / Gemma SentencePiece-style with
+//!   byte fallback), exact against the `tokenizers` library. Its merges are ranked by their
+//!   position in the file, not by id ([`HfParts`], `hf_model.rs`); the GPT-2 path above is
+//!   untouched by it. [`Tokenizer::encode_with_post`] adds the post-processor's BOS/EOS.
 //!
 //! Encoding into a reused `Vec<u32>` with a reused [`EncodeScratch`] allocates nothing once the
 //! buffers have grown to the largest input seen.
 
 mod bpe;
+#[cfg(feature = "hf")]
+mod hf;
+mod hf_encode;
+mod hf_model;
 mod load;
 mod pretok;
+mod pretok_llama3;
 mod stream;
 mod train;
 mod unicode_tables;
@@ -31,6 +42,9 @@ use std::fmt;
 
 use bpe::{NONE, Node, Part, RankMap, Ranks};
 
+#[cfg(feature = "hf")]
+pub use hf::MAX_JSON_BYTES;
+pub use hf_model::{HfModelKind, HfParts, HfPreTokenizer, MAX_MERGES, MAX_POST_IDS, Prepend};
 pub use pretok::{Pieces, pieces};
 pub use stream::StreamDecoder;
 pub use train::{TrainOptions, train_bpe};
@@ -63,8 +77,9 @@ pub enum SpecialTokens {
 /// Contract checked by [`Tokenizer::from_parts`]: `token_ends` is strictly increasing (no empty
 /// token), its last value is `tokens.len()`; at most [`MAX_VOCAB_SIZE`] ids and tokens of at most
 /// [`MAX_TOKEN_BYTES`]; no two ids have the same bytes; every single byte 0..=255 is an ordinary
-/// (non-special) token; `special_names` and `special_ids` have equal lengths, the ids are in
-/// range and distinct, and the bytes stored for a special id are its name.
+/// (non-special) token (not required of a SentencePiece-style [`HfParts`] tokenizer);
+/// `special_names` and `special_ids` have equal lengths, the ids are in range and distinct, and
+/// the bytes stored for a special id are its name.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TokenizerParts {
     /// All token byte strings concatenated, in id order.
@@ -134,6 +149,20 @@ pub enum TokenizerError {
         /// What is wrong.
         detail: &'static str,
     },
+    /// A Hugging Face `tokenizer.json` is not valid JSON, or a field has the wrong shape.
+    HfJson {
+        /// The field at fault (a dotted path such as `model.merges[3]`), or empty for syntax.
+        field: String,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A Hugging Face `tokenizer.json` uses a component or setting emberlm does not implement.
+    HfUnsupported {
+        /// The field (a dotted path such as `pre_tokenizer.pretokenizers[0].pattern.Regex`).
+        field: String,
+        /// The value found there.
+        value: String,
+    },
     /// [`train_bpe`] was asked for a vocabulary size outside `min..=max`.
     TrainVocabSize {
         /// The size asked for.
@@ -174,6 +203,12 @@ impl fmt::Display for TokenizerError {
                 index,
                 detail,
             } => write!(f, "tokenizer.{field}[{index}]: {detail}"),
+            TokenizerError::HfJson { field, detail } => {
+                write!(f, "tokenizer.json: {field}: {detail}")
+            }
+            TokenizerError::HfUnsupported { field, value } => {
+                write!(f, "tokenizer.json: {field}: unsupported: {value}")
+            }
             TokenizerError::TrainVocabSize {
                 requested,
                 min,
@@ -192,6 +227,8 @@ pub struct EncodeScratch {
     nodes: Vec<Node>,
     heap: BinaryHeap<Reverse<u64>>,
     next_special: Vec<usize>,
+    syms: Vec<hf_model::Sym>,
+    norm: String,
 }
 
 impl EncodeScratch {
@@ -215,6 +252,8 @@ pub struct Tokenizer {
     /// Token of each single byte.
     byte_tok: [u32; 256],
     max_token_len: usize,
+    /// Hugging Face model settings (`None`: tiktoken-style, rank == id).
+    hf: Option<Box<hf_model::HfModel>>,
 }
 
 impl fmt::Debug for Tokenizer {
@@ -230,6 +269,26 @@ impl fmt::Debug for Tokenizer {
 impl Tokenizer {
     /// Builds a tokenizer from compact parts, validating all of them (see [`TokenizerParts`]).
     pub fn from_parts(parts: TokenizerParts) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::build(parts, None)
+    }
+
+    /// Builds a Hugging Face BPE tokenizer (merge ranks separate from ids, see [`HfParts`]) from
+    /// its vocabulary and added tokens (`parts`, whose special tokens are all the added tokens)
+    /// and its settings, validating both. A SentencePiece-style vocabulary need not hold every
+    /// byte value as a token.
+    pub fn from_hf_parts(parts: TokenizerParts, hf: HfParts) -> Result<Tokenizer, TokenizerError> {
+        Tokenizer::build(parts, Some(hf))
+    }
+
+    /// The Hugging Face settings of this tokenizer (`None` for a tiktoken-style vocabulary).
+    pub fn hf_parts(&self) -> Option<&HfParts> {
+        self.hf.as_ref().map(|m| &m.parts)
+    }
+
+    fn build(parts: TokenizerParts, hf: Option<HfParts>) -> Result<Tokenizer, TokenizerError> {
+        let needs_all_bytes = hf
+            .as_ref()
+            .is_none_or(|h| h.model == HfModelKind::ByteLevel);
         let TokenizerParts {
             tokens,
             token_ends,
@@ -316,7 +375,9 @@ impl Tokenizer {
             }
         }
         if let Some(b) = byte_tok.iter().position(|&t| t == NONE) {
-            return Err(err("tokens", b, "this byte value is not a token"));
+            if needs_all_bytes {
+                return Err(err("tokens", b, "this byte value is not a token"));
+            }
         }
         // The map must hold ordinary tokens only: rebuild it without the specials (they were
         // inserted above only to detect duplicates across all ids).
@@ -329,6 +390,21 @@ impl Tokenizer {
                 });
             }
         }
+        let hf = match hf {
+            None => None,
+            Some(h) => Some(Box::new(hf_model::build(
+                h,
+                special_names
+                    .iter()
+                    .map(String::as_str)
+                    .zip(special_ids.iter().copied()),
+                n,
+                &map,
+                &tokens,
+                &token_ends,
+                |id| token_slice(&tokens, &token_ends, id),
+            )?)),
+        };
         Ok(Tokenizer {
             bytes: tokens,
             ends: token_ends,
@@ -338,6 +414,7 @@ impl Tokenizer {
             pair,
             byte_tok,
             max_token_len,
+            hf,
         })
     }
 
@@ -418,9 +495,14 @@ impl Tokenizer {
         self.special_id(ENDOFTEXT)
     }
 
-    /// Whether `id` is a special token.
+    /// Whether `id` is a special token (for a Hugging Face tokenizer: an added token marked
+    /// `special`).
     pub fn is_special(&self, id: u32) -> bool {
         self.special_ids.contains(&id)
+            && !self
+                .hf
+                .as_ref()
+                .is_some_and(|h| h.parts.nonspecial.contains(&id))
     }
 
     /// The special tokens as (name, id) pairs.
@@ -442,6 +524,10 @@ impl Tokenizer {
     ) {
         if special == SpecialTokens::AsText || self.special_ids.is_empty() {
             self.encode_ordinary(text, scratch, out);
+            return;
+        }
+        if let Some(hf) = &self.hf {
+            self.encode_hf(hf, text, scratch, out);
             return;
         }
         let find = |from: usize, name: &str| {
@@ -486,6 +572,10 @@ impl Tokenizer {
 
     /// Appends the tokens of `text` to `out`, special token names being ordinary text.
     pub fn encode_ordinary(&self, text: &str, scratch: &mut EncodeScratch, out: &mut Vec<u32>) {
+        if let Some(hf) = &self.hf {
+            self.encode_hf_segment(hf, text, true, scratch, out);
+            return;
+        }
         let b = text.as_bytes();
         let ranks = Ranks {
             map: &self.map,
@@ -533,8 +623,13 @@ impl Tokenizer {
 
     /// Appends the bytes of `ids` to `out` (special tokens as their names). The bytes need not be
     /// valid UTF-8 (use `String::from_utf8_lossy` or a [`StreamDecoder`]). On an unknown id,
-    /// returns the error and leaves `out` with the bytes of the ids before it.
+    /// returns the error and leaves `out` with the bytes of the ids before it. A SentencePiece-style
+    /// tokenizer writes `▁` as a space, `<0xNN>` tokens as their byte, and drops the first space
+    /// of the text when its decoder says so.
     pub fn decode(&self, ids: &[u32], out: &mut Vec<u8>) -> Result<(), TokenizerError> {
+        if let Some(hf) = &self.hf {
+            return self.decode_hf(hf, ids, out);
+        }
         for &id in ids {
             let t = self.token_bytes(id).ok_or(TokenizerError::UnknownId {
                 id,
@@ -545,8 +640,13 @@ impl Tokenizer {
         Ok(())
     }
 
-    /// Convenience: `decode` into a new string, invalid UTF-8 replaced by U+FFFD.
+    /// Convenience: `decode` into a new string, invalid UTF-8 replaced by U+FFFD (for a
+    /// SentencePiece-style tokenizer, exactly as `tokenizers`' `ByteFallback` decoder does: one
+    /// U+FFFD per byte of an invalid run of `<0xNN>` tokens).
     pub fn decode_to_string(&self, ids: &[u32]) -> Result<String, TokenizerError> {
+        if let Some(hf) = &self.hf {
+            return self.decode_hf_to_string(hf, ids);
+        }
         let mut out = Vec::new();
         self.decode(ids, &mut out)?;
         Ok(String::from_utf8_lossy(&out).into_owned())

@@ -22,6 +22,9 @@ pub struct StreamDecoder<'t> {
     work: Vec<u8>,
     /// Text returned by the last call.
     out: String,
+    /// No text has come out of this stream yet (the SentencePiece `Strip` decoder drops the
+    /// first space of the text).
+    at_start: bool,
 }
 
 impl<'t> StreamDecoder<'t> {
@@ -35,20 +38,17 @@ impl<'t> StreamDecoder<'t> {
             work: Vec::with_capacity(work),
             // Every byte becomes at most 3 bytes of text (U+FFFD is 3 bytes).
             out: String::with_capacity(3 * work),
+            at_start: true,
         }
     }
 
     /// Decodes one more token and returns the text it completes (possibly empty). On an unknown
     /// id, returns the error and keeps its state (the id is skipped).
     pub fn push(&mut self, id: u32) -> Result<&str, TokenizerError> {
-        let t = self.tok.token_bytes(id).ok_or(TokenizerError::UnknownId {
-            id,
-            vocab_size: self.tok.vocab_size(),
-        })?;
         self.work.clear();
         self.work
             .extend_from_slice(&self.pending[..self.pending_len]);
-        self.work.extend_from_slice(t);
+        self.tok.append_token_text(id, &mut self.work)?;
         self.pending_len = 0;
         self.out.clear();
         let mut rest = &self.work[..];
@@ -79,6 +79,12 @@ impl<'t> StreamDecoder<'t> {
                 }
             }
         }
+        if self.at_start && !self.out.is_empty() {
+            self.at_start = false;
+            if self.tok.strips_leading_space() && self.out.starts_with(' ') {
+                self.out.remove(0);
+            }
+        }
         Ok(&self.out)
     }
 
@@ -90,12 +96,14 @@ impl<'t> StreamDecoder<'t> {
             self.out.push(char::REPLACEMENT_CHARACTER);
             self.pending_len = 0;
         }
+        self.at_start = true;
         &self.out
     }
 
     /// Drops held-back bytes without emitting them (e.g. when a generation is abandoned).
     pub fn reset(&mut self) {
         self.pending_len = 0;
+        self.at_start = true;
     }
 
     /// Whether bytes of an incomplete character are held back.

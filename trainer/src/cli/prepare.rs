@@ -108,20 +108,27 @@ impl Pieces {
         })
     }
 
+    /// Reads up to [`PIECE`] more bytes into the buffer.
+    fn fill(&mut self) -> Result<(), CliError> {
+        let len = self.buf.len();
+        self.buf.resize(len + PIECE, 0);
+        let n = self
+            .file
+            .read(&mut self.buf[len..])
+            .map_err(|e| failed(format!("--data {}: {e}", self.path.display())))?;
+        self.buf.truncate(len + n);
+        if n == 0 {
+            self.eof = true;
+        }
+        Ok(())
+    }
+
     /// The next piece and whether it lies in the validation part; `None` at the end.
     fn next(&mut self) -> Result<Option<(String, bool)>, CliError> {
         let val = self.offset >= self.split;
         // Read until the buffer holds a piece (or the file ends).
         while !self.eof && self.buf.len() < PIECE + 1 {
-            let mut chunk = vec![0u8; PIECE];
-            let n = self
-                .file
-                .read(&mut chunk)
-                .map_err(|e| failed(format!("--data {}: {e}", self.path.display())))?;
-            if n == 0 {
-                self.eof = true;
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
+            self.fill()?;
         }
         if self.buf.is_empty() {
             return Ok(None);
@@ -151,15 +158,7 @@ impl Pieces {
                     }
                     break;
                 }
-                let mut chunk = vec![0u8; PIECE];
-                let n = self
-                    .file
-                    .read(&mut chunk)
-                    .map_err(|e| failed(format!("--data {}: {e}", self.path.display())))?;
-                if n == 0 {
-                    self.eof = true;
-                }
-                self.buf.extend_from_slice(&chunk[..n]);
+                self.fill()?;
             }
         }
         let rest = self.buf.split_off(end);
@@ -312,8 +311,8 @@ fn write_corpus(
                 progress.finish(con.log);
                 return Ok(None);
             }
-            let mut batch = Vec::with_capacity(2 * threads);
-            while batch.len() < 2 * threads {
+            let mut batch = Vec::with_capacity(4 * threads);
+            while batch.len() < 4 * threads {
                 match pieces.next()? {
                     Some(p) => batch.push(p),
                     None => break,

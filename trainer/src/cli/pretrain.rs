@@ -26,9 +26,10 @@ use crate::checkpoint::{
     TrainerState,
 };
 use crate::corpus;
-use crate::data::{self, CacheStatus, DataError, Windows, mix64};
+use crate::data::{self, CacheStatus, DataError, Order, Windows, mix64};
 use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
 use crate::plot;
+use crate::shards::{self, Manifest};
 use crate::{note, say};
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::tokenizer::{Tokenizer, TrainOptions, train_bpe};
@@ -252,6 +253,8 @@ fn data_error(name: &str, e: DataError) -> CliError {
 /// The training text of a run: its files (or the built-in corpus), as read.
 struct RunData {
     texts: Vec<String>,
+    /// A directory of token shards (`ember-train prepare`) instead of texts.
+    shards: Option<(PathBuf, Manifest)>,
     refs: Vec<DataRef>,
     /// The built-in corpus (no `--data`).
     builtin: bool,
@@ -271,7 +274,34 @@ fn read_data(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<RunData, CliEr
     let builtin = a.data.is_empty() && (resume.is_none() || builtin_stored);
     let mut texts: Vec<String> = Vec::new();
     let mut data_refs = Vec::new();
-    if builtin {
+    let mut shards = None;
+    let stored_dir = resume
+        .and_then(|l| l.state.data.first())
+        .map(|d| PathBuf::from(&d.path))
+        .filter(|p| a.data.is_empty() && p.is_dir());
+    let shard_dir = match (a.data.as_slice(), &stored_dir) {
+        ([one], _) if one.is_dir() => Some(one.clone()),
+        ([], Some(d)) => Some(d.clone()),
+        _ => None,
+    };
+    if let Some(dir) = shard_dir {
+        if !dir.join("manifest.json").exists() {
+            return Err(failed(format!(
+                "--data {}: is a directory without manifest.json (give text files, or a directory \
+                 of token shards made by `ember-train prepare`)",
+                dir.display()
+            )));
+        }
+        let m = shards::read_manifest(&dir).map_err(|e| failed(format!("--data {e}")))?;
+        let manifest = std::fs::read(dir.join("manifest.json"))
+            .map_err(|e| failed(format!("--data {}: {e}", dir.display())))?;
+        data_refs.push(DataRef {
+            path: dir.display().to_string(),
+            bytes: m.train_tokens() + m.val_tokens(),
+            hash: format!("{:016x}", data::fingerprint(&manifest)),
+        });
+        shards = Some((dir, m));
+    } else if builtin {
         for (name, text) in corpus::texts() {
             data_refs.push(DataRef {
                 path: format!("{}{name}", corpus::PREFIX),
@@ -335,6 +365,7 @@ fn read_data(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<RunData, CliEr
     };
     Ok(RunData {
         texts,
+        shards,
         refs: data_refs,
         builtin,
         name: data_name,
@@ -505,6 +536,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     // 2. The data.
     let RunData {
         texts,
+        shards: shard_data,
         refs: data_refs,
         builtin,
         name: data_name,
@@ -616,6 +648,17 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
         vocab_size: tokenizer.vocab_size(),
         hash: format!("{:016x}", data::tokenizer_fingerprint(&tokenizer)),
     };
+    if let Some((dir, m)) = &shard_data {
+        if m.tokenizer_fingerprint != tok_ref.hash {
+            return Err(failed(format!(
+                "--data {}: the shards were tokenized with another tokenizer (fingerprint {}, this \
+                 run's is {}): pass the --tokenizer that `ember-train prepare` used",
+                dir.display(),
+                m.tokenizer_fingerprint,
+                tok_ref.hash
+            )));
+        }
+    }
 
     // 4. Memory, before any large allocation: training state plus the sampler's model copy.
     let need = memory_estimate(&cfg, hyper.batch, hyper.context)
@@ -636,42 +679,27 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     }
 
     // 5. Tokens and windows.
-    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
-    let t0 = Instant::now();
-    let (splits, status) = data::load_splits(
-        &refs,
-        &tokenizer,
-        data::TRAIN_RATIO,
-        data::cache_dir().as_deref(),
-    );
-    match status {
-        CacheStatus::Hit(p) => note!(
-            con,
-            "data: {} + {} tokens read from the cache {} (not re-tokenized)",
-            splits.train.len(),
-            splits.val.len(),
-            p.display()
-        ),
-        CacheStatus::Stored(p) => note!(
-            con,
-            "data: tokenized {} + {} tokens in {}; cached in {}",
-            splits.train.len(),
-            splits.val.len(),
-            fmt_duration(t0.elapsed().as_secs_f64()),
-            p.display()
-        ),
-        CacheStatus::Unavailable(why) => note!(
-            con,
-            "data: tokenized {} + {} tokens (not cached: {why})",
-            splits.train.len(),
-            splits.val.len()
-        ),
-    }
     let t = hyper.context;
-    let train = Windows::new(splits.train, t, hyper.stride, "training")
-        .map_err(|e| data_error(&data_name, e))?;
-    let val = Windows::new(splits.val, t, hyper.stride, "validation")
-        .map_err(|e| data_error(&data_name, e))?;
+    let (train, val) = match &shard_data {
+        Some((dir, m)) => {
+            let open = |infos: &[shards::ShardInfo], split| {
+                let ids = data::Ids::open_shards(dir, infos, m.width)
+                    .map_err(|e| failed(format!("--data {e}")))?;
+                Windows::over(ids, t, hyper.stride, split).map_err(|e| data_error(&data_name, e))
+            };
+            let (train, val) = (open(&m.train, "training")?, open(&m.val, "validation")?);
+            note!(
+                con,
+                "data: {} + {} tokens in {} shards of {} (memory-mapped)",
+                m.train_tokens(),
+                m.val_tokens(),
+                m.train.len() + m.val.len(),
+                dir.display()
+            );
+            (train, val)
+        }
+        None => text_windows(&texts, &tokenizer, &hyper, &data_name, con)?,
+    };
     let batches_per_epoch = train.num_batches(hyper.batch, true);
     let steps_per_epoch = (batches_per_epoch / hyper.grad_accum) as u64;
     if steps_per_epoch == 0 {
@@ -716,12 +744,59 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     })
 }
 
+/// The windows of an in-memory corpus: tokenized (or read from the token cache) and split.
+fn text_windows(
+    texts: &[String],
+    tokenizer: &Tokenizer,
+    hyper: &Hyper,
+    data_name: &str,
+    con: &mut Console<'_>,
+) -> Result<(Windows, Windows), CliError> {
+    let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+    let t0 = Instant::now();
+    let (splits, status) = data::load_splits(
+        &refs,
+        tokenizer,
+        data::TRAIN_RATIO,
+        data::cache_dir().as_deref(),
+    );
+    match status {
+        CacheStatus::Hit(p) => note!(
+            con,
+            "data: {} + {} tokens read from the cache {} (not re-tokenized)",
+            splits.train.len(),
+            splits.val.len(),
+            p.display()
+        ),
+        CacheStatus::Stored(p) => note!(
+            con,
+            "data: tokenized {} + {} tokens in {}; cached in {}",
+            splits.train.len(),
+            splits.val.len(),
+            fmt_duration(t0.elapsed().as_secs_f64()),
+            p.display()
+        ),
+        CacheStatus::Unavailable(why) => note!(
+            con,
+            "data: tokenized {} + {} tokens (not cached: {why})",
+            splits.train.len(),
+            splits.val.len()
+        ),
+    }
+    let t = hyper.context;
+    let train = Windows::new(splits.train, t, hyper.stride, "training")
+        .map_err(|e| data_error(data_name, e))?;
+    let val = Windows::new(splits.val, t, hyper.stride, "validation")
+        .map_err(|e| data_error(data_name, e))?;
+    Ok((train, val))
+}
+
 /// Mean of the per-batch mean losses over the first `max_batches` batches of `w` in `order`
 /// (the book's `calc_loss_loader`); NaN when there is no batch.
 fn mean_loss(
     model: &mut Gpt,
     w: &Windows,
-    order: &[usize],
+    order: &Order,
     b: usize,
     max_batches: usize,
     drop_last: bool,
@@ -732,8 +807,9 @@ fn mean_loss(
         return Ok(f32::NAN);
     }
     let mut sum = 0f64;
+    let mut buf = Vec::with_capacity(b);
     for i in 0..nb {
-        let idx = &order[i * b..((i + 1) * b).min(order.len())];
+        let idx = order.indices(i * b, ((i + 1) * b).min(w.len()), &mut buf);
         w.fill(idx, x, y);
         let l = model
             .forward(x, Some(y), idx.len(), w.context, Mode::Eval)
@@ -748,8 +824,11 @@ fn mean_loss(
 struct Pretrain<'a> {
     train: &'a Windows,
     val: &'a Windows,
-    val_order: Vec<usize>,
-    order: Vec<usize>,
+    val_order: Order,
+    order: Order,
+    /// The corpus is token shards: shuffles are computed, not listed ([`data::Shuffle`]).
+    computed: bool,
+    batch_idx: Vec<usize>,
     rng: &'a RngState,
     h: &'a Hyper,
     x: Vec<u32>,
@@ -778,7 +857,12 @@ impl Pretrain<'_> {
 
 impl Task for Pretrain<'_> {
     fn start_epoch(&mut self, epoch: u64) {
-        self.order = data::epoch_order(self.train.len(), self.rng.shuffle_seed, epoch);
+        self.order = Order::shuffle(
+            self.train.len(),
+            self.rng.shuffle_seed,
+            epoch,
+            self.computed,
+        );
     }
 
     fn micro_batch(
@@ -789,11 +873,10 @@ impl Task for Pretrain<'_> {
         step_no: u64,
     ) -> Result<(f32, u64), CliError> {
         let (b, t) = (self.h.batch, self.h.context);
-        self.train.fill(
-            &self.order[pos * b..(pos + 1) * b],
-            &mut self.x,
-            &mut self.y,
-        );
+        let idx = self
+            .order
+            .indices(pos * b, (pos + 1) * b, &mut self.batch_idx);
+        self.train.fill(idx, &mut self.x, &mut self.y);
         let loss = model
             .forward(&self.x, Some(&self.y), b, t, Mode::Train { seed })
             .map_err(|e| failed(format!("step {step_no}: {e}")))?
@@ -814,7 +897,7 @@ impl Task for Pretrain<'_> {
 
     fn evaluate(&mut self, model: &mut Gpt, at: u64) -> Result<(f32, f32), CliError> {
         let (b, n) = (self.h.batch, self.h.eval_batches);
-        let eval_order = data::epoch_order(self.train.len(), self.rng.eval_seed, at);
+        let eval_order = Order::shuffle(self.train.len(), self.rng.eval_seed, at, self.computed);
         let xy = (&mut self.x, &mut self.y);
         let tl = mean_loss(model, self.train, &eval_order, b, n, true, xy)?;
         let xy = (&mut self.x, &mut self.y);
@@ -993,8 +1076,10 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let mut task = Pretrain {
         train: &train,
         val: &val,
-        val_order: (0..val.len()).collect(),
-        order: Vec::new(),
+        val_order: Order::Identity,
+        order: Order::Identity,
+        computed: matches!(train.ids, data::Ids::Shards(_)),
+        batch_idx: Vec::with_capacity(b),
         rng: &rng,
         h: &h,
         x: Vec::with_capacity(b * t),
