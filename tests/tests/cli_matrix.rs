@@ -35,7 +35,10 @@ fn tiny() -> String {
 const TRAIN_CASES: &[(&str, &str)] = &[
     // pretrain: data files
     ("pretrain {T} --data nope.txt", "nope.txt: no such file"),
-    ("pretrain {T} --data dir", "dir: is a directory without manifest.json"),
+    (
+        "pretrain {T} --data dir",
+        "dir: is a directory without manifest.json",
+    ),
     (
         "pretrain {T} --data empty.txt",
         "empty.txt: the file is empty",
