@@ -36,6 +36,8 @@ REWRITES = [
     ("GPT-2 directory", r"path/to/gpt2", "$README_GPT2_DIR"),
     # Nor Qwen3: the tiny Qwen3 that transformers made for the parity tests stands in.
     ("Qwen3 directory", r"path/to/Qwen3-0\.6B", "tests/fixtures/families/qwen3"),
+    # A Llama 3 tokenizer.json: the small one the formats tests trained with `tokenizers`.
+    ("Llama 3 tokenizer", r"path/to/Llama-3\.2-1B/tokenizer\.json", "formats/tests/fixtures/hf_tokenizers/llama3.json"),
     # A text in "my language": tinyshakespeare.
     ("tokenizer corpus", r"my-language\.txt", "$EMBER_DATA/tinyshakespeare.txt"),
     # Chat reads a person's lines from stdin: give it one question.

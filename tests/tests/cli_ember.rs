@@ -817,3 +817,52 @@ fn chat_from_a_pipe_never_dead_ends() {
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(unknown command /frobnicate"));
 }
+
+/// `ember tokenize` with a Hugging Face tokenizer.json (the formats crate's fixtures, made by the
+/// `tokenizers` library) gives `tokenizers`' ids, with `--bos` those of `add_special_tokens=True`;
+/// the text comes through `--file -`, so NUL bytes and newlines travel too.
+#[test]
+fn tokenize_reads_tokenizer_json_and_text_from_stdin() {
+    use std::io::Write;
+    let fixtures =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../formats/tests/fixtures/hf_tokenizers");
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixtures.join("cases.json")).unwrap())
+            .unwrap();
+    let mut checked = 0;
+    for kind in ["llama3", "spm"] {
+        let json = fixtures.join(format!("{kind}.json"));
+        for case in cases["cases"].as_array().unwrap().iter().step_by(23) {
+            let text = case["text"].as_str().unwrap();
+            if text.is_empty() {
+                continue;
+            }
+            for (bos, key) in [(false, "ids"), (true, "ids_special")] {
+                let mut c = Command::new(ember());
+                c.arg("tokenize").arg(&json).args(["--file", "-", "--json"]);
+                if bos {
+                    c.arg("--bos");
+                }
+                let mut child = c
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(text.as_bytes())
+                    .unwrap();
+                let out = child.wait_with_output().unwrap();
+                let got = ids(&ok_json(&out)["tokens"]);
+                assert_eq!(got, ids(&case[kind][key]), "{kind} {key} {text:?}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 40, "{checked}");
+    let out = run(&["tokenize", "--text", "a", "--file", "x"]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -297,3 +297,50 @@ fn chat_template_and_end_of_reply_tokens_travel_into_the_file() {
     std::fs::write(d.join("generation_config.json"), r#"{"eos_token_id": 101}"#).unwrap();
     assert!(convert_err(&d).to_string().contains("101"));
 }
+
+/// `tokenizer.json` travels into the file (a tokenizer of 1003 ids on the tiny Qwen2 with its
+/// embedding grown to 1003 rows, as real checkpoints pad their vocabulary); one with more ids than
+/// the model is refused.
+#[test]
+fn tokenizer_json_travels_into_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = copy_fixture("qwen2", tmp.path());
+    let tok_src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../formats/tests/fixtures/hf_tokenizers/qwen2.json");
+    std::fs::copy(&tok_src, d.join("tokenizer.json")).unwrap();
+    assert!(
+        convert_err(&d)
+            .to_string()
+            .contains("more than the model's vocabulary of 101")
+    );
+    rewrite(&d, |m| {
+        let (shape, v) = m.get_mut("model.embed_tokens.weight").unwrap();
+        shape[0] = 1003;
+        v.resize(1003 * shape[1], 0.01);
+    });
+    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
+    std::fs::write(
+        d.join("config.json"),
+        cfg.replace("\"vocab_size\": 101", "\"vocab_size\": 1003"),
+    )
+    .unwrap();
+    let out = tmp.path().join("q.ember");
+    hf::convert(
+        &HfDir::open(&d).unwrap(),
+        ExportDtype::F32,
+        &out,
+        &mut |_| Ok(()),
+    )
+    .unwrap();
+    let map = MappedFile::open(&out).unwrap();
+    let h = EmberFile::parse(map.bytes()).unwrap().header;
+    let stored = meta::get_tokenizer(&h).unwrap().unwrap();
+    let direct = emberlm_formats::tokenizer::Tokenizer::from_hf_json_file(&tok_src).unwrap();
+    let text = "Hello, world! 1234 naïve   spaces\n日本";
+    let special = emberlm_formats::tokenizer::SpecialTokens::Allow;
+    assert_eq!(
+        stored.encode_to_vec(text, special),
+        direct.encode_to_vec(text, special)
+    );
+    assert_eq!(stored.vocab_size(), direct.vocab_size());
+}

@@ -104,8 +104,8 @@ fn plan(hf: &HfDir) -> Result<(Plan, Vec<String>), ConvertError> {
 }
 
 /// Converts `hf` into `out` (written atomically) with matrices in `dtype`, with the directory's
-/// chat template and end-of-reply tokens ([`super::extras`]). `extra` adds more metadata (the
-/// tokenizer, provenance) before the tensors are written.
+/// tokenizer, chat template and end-of-reply tokens ([`super::extras`]). `extra` adds more
+/// metadata before the tensors are written.
 pub fn convert(
     hf: &HfDir,
     dtype: ExportDtype,
@@ -148,6 +148,9 @@ pub fn convert(
         )),
     )?;
     let extras = super::extras::read(&hf.dir, cfg.vocab_size)?;
+    if let Some(tok) = &extras.tokenizer {
+        meta::put_tokenizer(&mut w, tok)?;
+    }
     if let Some(chat) = &extras.chat {
         meta::put_chat_template(&mut w, chat)?;
     }

@@ -1,4 +1,5 @@
-//! What a Hugging Face directory says besides the weights: the chat template
+//! What a Hugging Face directory says besides the weights: the tokenizer (`tokenizer.json`, no
+//! more ids than the model's vocabulary, which may be padded beyond it), the chat template
 //! (`tokenizer_config.json`'s `chat_template`, or `chat_template.jinja`), the special tokens it is
 //! rendered with, and the tokens that end a reply (`generation_config.json`'s `eos_token_id`, a
 //! number or a list, else config.json's). Every file is optional; a present one must be valid.
@@ -7,6 +8,7 @@ use super::ConvertError;
 use super::dir::read_json;
 use emberlm_formats::chat::ChatTemplate;
 use emberlm_formats::meta::{ChatTemplateSource, SpecialStrings};
+use emberlm_formats::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::Path;
 
@@ -14,9 +16,11 @@ use std::path::Path;
 /// their added-token tables included).
 const MAX_BYTES: u64 = 32 << 20;
 
-/// The directory's chat template and end-of-reply tokens.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// The directory's tokenizer, chat template and end-of-reply tokens.
+#[derive(Clone, Debug, Default)]
 pub struct Extras {
+    /// `tokenizer.json`, when present.
+    pub tokenizer: Option<Tokenizer>,
     /// The chat template with its special tokens.
     pub chat: Option<ChatTemplateSource>,
     /// Ids that end a reply (`generation_config.json`), in the file's order.
@@ -55,6 +59,23 @@ fn ids(v: Option<&Value>, path: &Path, what: &str) -> Result<Vec<u32>, ConvertEr
 /// Reads the optional files of `dir`. `vocab_size` bounds the ids.
 pub fn read(dir: &Path, vocab_size: usize) -> Result<Extras, ConvertError> {
     let mut extras = Extras::default();
+    let tok_path = dir.join("tokenizer.json");
+    if tok_path.is_file() {
+        let tok = Tokenizer::from_hf_json_file(&tok_path).map_err(|e| ConvertError::Json {
+            path: tok_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+        if tok.vocab_size() > vocab_size {
+            return Err(ConvertError::Json {
+                path: tok_path.display().to_string(),
+                message: format!(
+                    "{} token ids, more than the model's vocabulary of {vocab_size}",
+                    tok.vocab_size()
+                ),
+            });
+        }
+        extras.tokenizer = Some(tok);
+    }
     let tc_path = dir.join("tokenizer_config.json");
     let tc = if tc_path.is_file() {
         Some(read_json(&tc_path, MAX_BYTES)?)
