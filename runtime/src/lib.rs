@@ -1,4 +1,5 @@
-//! emberlm-runtime: run `.ember` GPT-2 models with a KV cache and allocation-free decoding.
+//! emberlm-runtime: run `.ember` models (GPT-2, Llama 3.x / SmolLM2, Qwen2.5, Qwen3, Gemma 3) with a
+//! KV cache and allocation-free decoding.
 
 pub mod classify;
 pub mod error;

@@ -1,12 +1,19 @@
 //! A loaded model: the validated header and typed views of every weight, read in place from a
 //! memory map or a borrowed byte slice. Loading copies and converts no tensor data.
 //!
-//! Letters: V vocabulary, T context, C embedding dim, L layers, H heads, K classes.
+//! Letters: V vocabulary, T context, C embedding dim, L layers, H heads, K classes, Hkv key/value
+//! heads, D head dim, F a gated MLP's hidden units.
+//!
+//! Every family loads through [`meta::get_model_config`]: GPT-2 blocks resolve into [`Layer`]
+//! (fused q/k/v, LayerNorm with shifts, biases), the other families' into [`Block`] (separate
+//! q/k/v, RMSNorm scales, optional biases, q/k norms and post norms, gate/up/down). Which tensors
+//! a block has comes from the family's description (`arch::tensors`), never from names here.
 
 use crate::error::RuntimeError;
 use crate::kernels::{Kernels, Q8Matrix};
+use emberlm_formats::arch::Arch;
 use emberlm_formats::arch::{self, Role};
-use emberlm_formats::config::GptConfig;
+use emberlm_formats::config::ModelConfig;
 use emberlm_formats::ember::{DType, EmberFile, FormatError, Header, TensorData, TensorEntry};
 use emberlm_formats::meta::{self, PromptTemplate, Task};
 use emberlm_formats::tokenizer::Tokenizer;
@@ -60,7 +67,7 @@ struct LayerSlots {
     fcp_b: Slot,
 }
 
-/// One transformer block's weights.
+/// One GPT-2 block's weights (the other families': [`Block`]).
 #[derive(Clone, Copy, Debug)]
 pub struct Layer<'a> {
     /// LayerNorm 1 scale and shift (C).
@@ -85,6 +92,64 @@ pub struct Layer<'a> {
     pub fcp_b: &'a [f32],
 }
 
+#[derive(Clone, Copy, Debug)]
+struct BlockSlots {
+    attn_norm: Slot,
+    q: Slot,
+    k: Slot,
+    v: Slot,
+    q_bias: Option<Slot>,
+    k_bias: Option<Slot>,
+    v_bias: Option<Slot>,
+    q_norm: Option<Slot>,
+    k_norm: Option<Slot>,
+    out: Slot,
+    attn_post_norm: Option<Slot>,
+    mlp_norm: Slot,
+    gate: Slot,
+    up: Slot,
+    down: Slot,
+    mlp_post_norm: Option<Slot>,
+}
+
+/// One block of a Llama-style family (Llama, Qwen2, Qwen3, Gemma 3). Norms are RMSNorm scales
+/// (Gemma's 1 + w already added in the file).
+#[derive(Clone, Copy, Debug)]
+pub struct Block<'a> {
+    /// The norm before attention (C).
+    pub attn_norm: &'a [f32],
+    /// Query projection (H·D, C).
+    pub q: Mat<'a>,
+    /// Key projection (Hkv·D, C).
+    pub k: Mat<'a>,
+    /// Value projection (Hkv·D, C).
+    pub v: Mat<'a>,
+    /// Query bias (H·D) (Qwen2).
+    pub q_bias: Option<&'a [f32]>,
+    /// Key bias (Hkv·D) (Qwen2).
+    pub k_bias: Option<&'a [f32]>,
+    /// Value bias (Hkv·D) (Qwen2).
+    pub v_bias: Option<&'a [f32]>,
+    /// Per-head query norm scale (D) (Qwen3, Gemma 3).
+    pub q_norm: Option<&'a [f32]>,
+    /// Per-head key norm scale (D) (Qwen3, Gemma 3).
+    pub k_norm: Option<&'a [f32]>,
+    /// Attention output projection (C, H·D).
+    pub out: Mat<'a>,
+    /// Norm of the attention output before the residual add (C) (Gemma 3).
+    pub attn_post_norm: Option<&'a [f32]>,
+    /// The norm before the MLP (C).
+    pub mlp_norm: &'a [f32],
+    /// Gate projection (F, C).
+    pub gate: Mat<'a>,
+    /// Up projection (F, C).
+    pub up: Mat<'a>,
+    /// Down projection (C, F).
+    pub down: Mat<'a>,
+    /// Norm of the MLP output before the residual add (C) (Gemma 3).
+    pub mlp_post_norm: Option<&'a [f32]>,
+}
+
 enum Storage<'a> {
     #[cfg(feature = "mmap")]
     Mapped(emberlm_formats::ember::MappedFile),
@@ -97,13 +162,16 @@ enum Storage<'a> {
 pub struct Model<'a> {
     storage: Storage<'a>,
     header: Header,
-    config: GptConfig,
+    config: ModelConfig,
     task: Task,
     prompt: Option<PromptTemplate>,
     tok_emb: Slot,
-    pos_emb: Slot,
+    pos_emb: Option<Slot>,
+    /// GPT-2's blocks (empty for the other families).
     layers: Vec<LayerSlots>,
-    final_norm: (Slot, Slot),
+    /// The other families' blocks (empty for GPT-2).
+    blocks: Vec<BlockSlots>,
+    final_norm: (Slot, Option<Slot>),
     head_w: Slot,
     head_b: Option<Slot>,
     tokenizer: std::sync::OnceLock<Result<Option<Tokenizer>, FormatError>>,
@@ -138,14 +206,14 @@ impl<'a> Model<'a> {
     }
 
     fn build(storage: Storage<'a>, header: Header) -> Result<Model<'a>, RuntimeError> {
-        let config = meta::get_config(&header)?;
+        let config = meta::get_model_config(&header)?;
         let task = meta::get_task(&header)?;
         let prompt = meta::get_prompt(&header)?;
         let classes = match &task {
             Task::LanguageModel => None,
             Task::Classifier { labels, .. } => Some(labels.len()),
         };
-        let described = arch::tensors(&config.into(), classes);
+        let described = arch::tensors(&config, classes);
         // The slot of the tensor with this role, checked against the description's shape; vectors
         // (norms, biases) must be f32.
         let find = |role: Role, layer: Option<usize>| -> Result<Slot, RuntimeError> {
@@ -192,10 +260,37 @@ impl<'a> Model<'a> {
             None => Ok(None),
         };
         let tok_emb = find(Role::TokEmb, None)?;
-        let pos_emb = find(Role::PosEmb, None)?;
-        let mut layers = Vec::with_capacity(config.n_layers);
+        let gpt2 = config.arch == Arch::Gpt2;
+        let pos_emb = if gpt2 {
+            Some(find(Role::PosEmb, None)?)
+        } else {
+            None
+        };
+        let mut layers = Vec::new();
+        let mut blocks = Vec::new();
         for i in 0..config.n_layers {
             let l = Some(i);
+            if !gpt2 {
+                blocks.push(BlockSlots {
+                    attn_norm: find(Role::AttnNormScale, l)?,
+                    q: find(Role::Q, l)?,
+                    k: find(Role::K, l)?,
+                    v: find(Role::V, l)?,
+                    q_bias: optional(Role::QBias, l)?,
+                    k_bias: optional(Role::KBias, l)?,
+                    v_bias: optional(Role::VBias, l)?,
+                    q_norm: optional(Role::QNorm, l)?,
+                    k_norm: optional(Role::KNorm, l)?,
+                    out: find(Role::AttnOut, l)?,
+                    attn_post_norm: optional(Role::AttnPostNorm, l)?,
+                    mlp_norm: find(Role::MlpNormScale, l)?,
+                    gate: find(Role::MlpGate, l)?,
+                    up: find(Role::MlpUp, l)?,
+                    down: find(Role::MlpDown, l)?,
+                    mlp_post_norm: optional(Role::MlpPostNorm, l)?,
+                });
+                continue;
+            }
             layers.push(LayerSlots {
                 norm1: (find(Role::AttnNormScale, l)?, find(Role::AttnNormShift, l)?),
                 qkv_w: find(Role::Qkv, l)?,
@@ -211,7 +306,7 @@ impl<'a> Model<'a> {
         }
         let final_norm = (
             find(Role::FinalNormScale, None)?,
-            find(Role::FinalNormShift, None)?,
+            optional(Role::FinalNormShift, None)?,
         );
         // A tied language-model head reads the token embedding.
         let head_w = optional(Role::Head, None)?.unwrap_or(tok_emb);
@@ -225,6 +320,7 @@ impl<'a> Model<'a> {
             tok_emb,
             pos_emb,
             layers,
+            blocks,
             final_norm,
             head_w,
             head_b,
@@ -276,8 +372,8 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// The configuration.
-    pub fn config(&self) -> &GptConfig {
+    /// The configuration (any family; GPT-2's fields keep their names).
+    pub fn config(&self) -> &ModelConfig {
         &self.config
     }
 
@@ -318,12 +414,47 @@ impl<'a> Model<'a> {
         self.mat(self.tok_emb)
     }
 
-    /// Position embedding (T, C).
-    pub fn pos_emb(&self) -> Mat<'_> {
-        self.mat(self.pos_emb)
+    /// Position embedding (T, C): GPT-2 only (the other families rotate queries and keys).
+    pub fn pos_emb(&self) -> Option<Mat<'_>> {
+        self.pos_emb.map(|s| self.mat(s))
     }
 
-    /// Block `i`'s weights.
+    /// Whether this is a GPT-2 model ([`Model::layer`]) or another family ([`Model::block`]).
+    pub fn is_gpt2(&self) -> bool {
+        self.config.arch == Arch::Gpt2
+    }
+
+    /// Block `i`'s weights, for a Llama-style family.
+    ///
+    /// # Panics
+    /// If `i >= L` or the model is GPT-2 ([`Model::is_gpt2`]; use [`Model::layer`]).
+    pub fn block(&self, i: usize) -> Block<'_> {
+        let s = &self.blocks[i];
+        let v = |o: Option<Slot>| o.map(|b| self.vector(b));
+        Block {
+            attn_norm: self.vector(s.attn_norm),
+            q: self.mat(s.q),
+            k: self.mat(s.k),
+            v: self.mat(s.v),
+            q_bias: v(s.q_bias),
+            k_bias: v(s.k_bias),
+            v_bias: v(s.v_bias),
+            q_norm: v(s.q_norm),
+            k_norm: v(s.k_norm),
+            out: self.mat(s.out),
+            attn_post_norm: v(s.attn_post_norm),
+            mlp_norm: self.vector(s.mlp_norm),
+            gate: self.mat(s.gate),
+            up: self.mat(s.up),
+            down: self.mat(s.down),
+            mlp_post_norm: v(s.mlp_post_norm),
+        }
+    }
+
+    /// GPT-2 block `i`'s weights.
+    ///
+    /// # Panics
+    /// If `i >= L` or the model is not GPT-2 ([`Model::is_gpt2`]; use [`Model::block`]).
     pub fn layer(&self, i: usize) -> Layer<'_> {
         let s = &self.layers[i];
         Layer {
@@ -340,11 +471,11 @@ impl<'a> Model<'a> {
         }
     }
 
-    /// Final LayerNorm scale and shift (C).
+    /// Final norm scale and shift (C); the shift is empty for RMSNorm families.
     pub fn final_norm(&self) -> (&[f32], &[f32]) {
         (
             self.vector(self.final_norm.0),
-            self.vector(self.final_norm.1),
+            self.final_norm.1.map_or(&[][..], |s| self.vector(s)),
         )
     }
 
@@ -372,8 +503,19 @@ impl<'a> Model<'a> {
             .layers
             .iter()
             .map(|l| matrix(l.qkv_w) + matrix(l.proj_w) + matrix(l.fc_w) + matrix(l.fcp_w))
-            .sum();
-        let (t, c) = (tokens as f64, self.config.dim as f64);
+            .sum::<f64>()
+            + self
+                .blocks
+                .iter()
+                .map(|b| {
+                    [b.q, b.k, b.v, b.out, b.gate, b.up, b.down]
+                        .map(matrix)
+                        .iter()
+                        .sum::<f64>()
+                })
+                .sum::<f64>();
+        // Attention: 4·H·D per cached position (= 4·C for GPT-2); sliding windows left out.
+        let (t, c) = (tokens as f64, self.config.q_dim() as f64);
         let attention = self.layers.len() as f64 * 4.0 * c * t * (t + 1.0) / 2.0;
         per_token * t + attention + matrix(self.head_w)
     }
@@ -392,9 +534,34 @@ impl<'a> Model<'a> {
             total += size(l.norm1.0) + size(l.norm1.1) + size(l.norm2.0) + size(l.norm2.1);
             total += l.qkv_b.map_or(0, size);
         }
+        for b in &self.blocks {
+            let vectors = [b.q_bias, b.k_bias, b.v_bias, b.q_norm, b.k_norm];
+            let post = [b.attn_post_norm, b.mlp_post_norm];
+            for s in [
+                b.attn_norm,
+                b.q,
+                b.k,
+                b.v,
+                b.out,
+                b.mlp_norm,
+                b.gate,
+                b.up,
+                b.down,
+            ] {
+                total += size(s);
+            }
+            total += vectors
+                .iter()
+                .chain(&post)
+                .flatten()
+                .map(|&s| size(s))
+                .sum::<u64>();
+        }
         total += size(self.head_w);
         total += size(self.tok_emb) / self.tok_emb.rows.max(1) as u64;
-        total += size(self.pos_emb) / self.pos_emb.rows.max(1) as u64;
+        if let Some(p) = self.pos_emb {
+            total += size(p) / p.rows.max(1) as u64;
+        }
         total
     }
 }

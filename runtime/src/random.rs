@@ -1,7 +1,12 @@
 //! Models with random weights, for tests, benchmarks and `ember bench --random` (no file needed).
+//!
+//! Every function takes any family's configuration: a [`emberlm_formats::config::GptConfig`] (or a GPT-2
+//! [`ModelConfig`]) writes the same file as before, the other families are written with
+//! [`meta::put_model_config`] and the tensor list of their description ([`arch::tensors`]).
 
 use crate::sampler::Rng;
-use emberlm_formats::config::GptConfig;
+use emberlm_formats::arch;
+use emberlm_formats::config::ModelConfig;
 use emberlm_formats::ember::{
     AlignedBytes, DType, EmberWriter, FormatError, TensorEntry, write_f16s, write_f32s,
 };
@@ -12,12 +17,21 @@ use half::f16;
 use std::io::{self, Write};
 use std::path::Path;
 
+/// A configuration of any family (`GptConfig` or [`ModelConfig`]).
+pub trait AnyConfig: Copy + Into<ModelConfig> {}
+impl<T: Copy + Into<ModelConfig>> AnyConfig for T {}
+
 fn writer(
-    cfg: &GptConfig,
+    cfg: &impl AnyConfig,
     task: &Task,
     dtype: DType,
     tokenizer: Option<&Tokenizer>,
 ) -> Result<EmberWriter, FormatError> {
+    let model: ModelConfig = (*cfg).into();
+    let Some(cfg) = model.gpt2() else {
+        return family_writer(&model, task, dtype, tokenizer);
+    };
+    let cfg = &cfg;
     let mut w = EmberWriter::new();
     meta::put_config(&mut w, cfg)?;
     meta::put_task(&mut w, task)?;
@@ -42,13 +56,47 @@ fn writer(
     Ok(w)
 }
 
-/// Fills one tensor: LayerNorm scales near 1, everything else uniform in ±0.05 (about GPT-2's
+/// A Llama-style family's writer: its configuration keys and every tensor of its description
+/// (a classifier's head as [`arch::tensors`] gives it).
+fn family_writer(
+    cfg: &ModelConfig,
+    task: &Task,
+    dtype: DType,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<EmberWriter, FormatError> {
+    let mut w = EmberWriter::new();
+    meta::put_model_config(&mut w, cfg)?;
+    meta::put_task(&mut w, task)?;
+    if let Some(t) = tokenizer {
+        meta::put_tokenizer(&mut w, t)?;
+    }
+    w.set(
+        "provenance.source",
+        emberlm_formats::ember::Value::Str("random weights".into()),
+    )?;
+    let classes = match task {
+        Task::LanguageModel => None,
+        Task::Classifier { labels, .. } => Some(labels.len()),
+    };
+    for t in arch::tensors(cfg, classes) {
+        let dt = if t.desc.is_matrix() {
+            dtype
+        } else {
+            DType::F32
+        };
+        w.add_tensor(&t.name, dt, &t.shape)?;
+    }
+    Ok(w)
+}
+
+/// Fills one tensor: norm scales (`*.scale`, `*norm.weight`) near 1, everything else uniform in ±0.05 (about GPT-2's
 /// N(0, 0.02) spread), quantized to the entry's dtype. Generates a few rows at a time, so building
 /// a large model needs little memory.
 fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
     let cols = (*e.shape.last().unwrap_or(&1) as usize).max(1);
     let rows = e.numel() as usize / cols;
-    let base = if e.name.ends_with(".scale") { 1.0 } else { 0.0 };
+    let norm = e.name.ends_with(".scale") || e.name.ends_with("norm.weight");
+    let base = if norm { 1.0 } else { 0.0 };
     let chunk_rows = (65536 / cols).max(1);
     let nb = quant::q8_blocks_per_row(cols);
     let mut scales = Vec::new();
@@ -86,7 +134,7 @@ fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
 /// Writes a random model file (atomically); returns its size.
 pub fn write_random_model(
     path: &Path,
-    cfg: &GptConfig,
+    cfg: &impl AnyConfig,
     dtype: DType,
     seed: u64,
     tokenizer: Option<&Tokenizer>,
@@ -98,7 +146,7 @@ pub fn write_random_model(
 
 /// A random model in memory, aligned for [`crate::Model::from_bytes`].
 pub fn random_model_bytes(
-    cfg: &GptConfig,
+    cfg: &impl AnyConfig,
     dtype: DType,
     seed: u64,
 ) -> Result<AlignedBytes, FormatError> {
@@ -112,7 +160,7 @@ pub fn random_model_bytes(
 /// A random language model in memory that holds `tokenizer`, aligned for
 /// [`crate::Model::from_bytes`]: text in, text out, with no file (examples, tests).
 pub fn random_model_bytes_with_tokenizer(
-    cfg: &GptConfig,
+    cfg: &impl AnyConfig,
     dtype: DType,
     seed: u64,
     tokenizer: &Tokenizer,
@@ -129,7 +177,7 @@ pub fn random_model_bytes_with_tokenizer(
 /// readout, pad id and length are the task's.
 pub fn write_random_classifier(
     path: &Path,
-    cfg: &GptConfig,
+    cfg: &impl AnyConfig,
     task: &Task,
     dtype: DType,
     seed: u64,
@@ -143,7 +191,7 @@ pub fn write_random_classifier(
 /// A random model for `task` in memory, aligned for [`crate::Model::from_bytes`] (see
 /// [`write_random_classifier`]).
 pub fn random_classifier_bytes(
-    cfg: &GptConfig,
+    cfg: &impl AnyConfig,
     task: &Task,
     dtype: DType,
     seed: u64,

@@ -116,3 +116,70 @@ fn generate_decode_loop_allocates_nothing() {
         );
     }
 }
+
+/// Tiny Llama-style models: Qwen3 (QK-norm, GQA) and Gemma 3 (sliding window of 6, post norms,
+/// GeGLU), so every family-only path runs.
+fn tiny_families() -> Vec<emberlm_formats::config::ModelConfig> {
+    ["qwen3-0.6b", "gemma3-270m", "qwen2.5-0.5b"]
+        .iter()
+        .map(|name| {
+            let mut cfg = emberlm_formats::config::ModelConfig::preset(name).unwrap();
+            (cfg.vocab_size, cfg.context_length, cfg.dim, cfg.n_layers) = (300, 64, 64, 2);
+            (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim) = (4, 2, 16, 96);
+            if let Some(s) = cfg.sliding.as_mut() {
+                (s.window, s.every) = (6, 2);
+            }
+            cfg
+        })
+        .collect()
+}
+
+#[test]
+fn family_step_and_generate_allocate_nothing() {
+    let _g = SERIAL.lock().unwrap();
+    for cfg in tiny_families() {
+        for dtype in [DType::F16, DType::Q8] {
+            let bytes = random_model_bytes(&cfg, dtype, 3).unwrap();
+            let model = Model::from_bytes(&bytes).unwrap();
+            for threads in [1, 2] {
+                let opts = SessionOptions {
+                    threads,
+                    context: Some(48),
+                    ..SessionOptions::default()
+                };
+                let mut s = Session::new(&model, &opts).unwrap();
+                s.prefill(&[1, 2, 3, 4, 5]).unwrap();
+                for t in 0..4 {
+                    s.step(t).unwrap();
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                let n = s.in_pool(|s| {
+                    let before = emberlm_testkit::alloc::allocations();
+                    for t in 0..30u32 {
+                        s.step(t * 7 % 300).unwrap();
+                    }
+                    emberlm_testkit::alloc::allocations() - before
+                });
+                let arch = cfg.arch.name();
+                assert_eq!(n, 0, "{arch} {dtype:?} threads={threads}: {n} allocations");
+                // And generate, sliding past the context of 48.
+                s.reset();
+                let limits = GenerateOptions {
+                    max_tokens: 60,
+                    ..GenerateOptions::default()
+                };
+                let mut first = None;
+                let mut last = 0;
+                s.generate(&[1, 2, 3], &Sampling::default(), &limits, |_| {
+                    let now = emberlm_testkit::alloc::allocations();
+                    first.get_or_insert(now);
+                    last = now;
+                    ControlFlow::Continue(())
+                })
+                .unwrap();
+                let n = last - first.unwrap();
+                assert_eq!(n, 0, "{arch} {dtype:?} threads={threads}: generate: {n}");
+            }
+        }
+    }
+}

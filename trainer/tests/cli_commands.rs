@@ -189,7 +189,7 @@ fn export_of_every_dtype_matches_the_trainer_logits() {
         assert_eq!(bytes, std::fs::metadata(d.join(&file)).unwrap().len());
         sizes.push(bytes);
         let model = Model::open(&d.join(&file)).unwrap();
-        assert_eq!(*model.config(), cfg);
+        assert_eq!(*model.config(), cfg.into());
         let tok = model
             .tokenizer()
             .unwrap()

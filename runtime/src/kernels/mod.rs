@@ -854,6 +854,61 @@ impl Kernels {
         }
     }
 
+    /// out (L) = x · w / √(mean(x²) + eps): RMSNorm. Every kernel set runs the reference twin:
+    /// it is O(C) per token against O(C²) weights and does not show in a decode profile.
+    ///
+    /// # Panics
+    /// If `w` or `out` is not as long as `x`, or `x` is empty.
+    pub fn rmsnorm(&self, x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
+        assert!(!x.is_empty(), "rmsnorm: x is empty");
+        assert_eq!(w.len(), x.len(), "rmsnorm: scale length");
+        assert_eq!(out.len(), x.len(), "rmsnorm: out length");
+        reference::rmsnorm(x, w, out, eps)
+    }
+
+    /// RMSNorm of x (L) in place (a query or key head), through a copy in `tmp` (≥ L).
+    pub fn rmsnorm_in_place(&self, x: &mut [f32], w: &[f32], tmp: &mut [f32], eps: f32) {
+        let tmp = &mut tmp[..x.len()];
+        tmp.copy_from_slice(x);
+        self.rmsnorm(tmp, w, x, eps);
+    }
+
+    /// Rotary embedding of one head x (D) with its position's table row cos, sin (D/2), in place
+    /// (rotate-half pairs (i, i + D/2)); the reference twin on every kernel set (O(H·D) per token).
+    ///
+    /// # Panics
+    /// If D is odd or cos, sin are not D/2 long.
+    pub fn rope(&self, x: &mut [f32], cos: &[f32], sin: &[f32]) {
+        assert_eq!(x.len() % 2, 0, "rope: odd head dim");
+        assert_eq!(cos.len(), x.len() / 2, "rope: cos length");
+        assert_eq!(sin.len(), x.len() / 2, "rope: sin length");
+        reference::rope(x, cos, sin)
+    }
+
+    /// g (L) ← SiLU(g) · u (SwiGLU): AVX2 with GELU's polynomial exp (it shows in a prefill
+    /// profile: one exp per hidden unit per token); the reference twin elsewhere.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn silu_mul(&self, g: &mut [f32], u: &[f32]) {
+        assert_eq!(g.len(), u.len(), "silu_mul: lengths differ");
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => x86_64::silu_mul(t, g, u),
+            _ => reference::silu_mul(g, u),
+        }
+    }
+
+    /// g (L) ← GELU_tanh(g) · u (GeGLU): this set's [`Kernels::gelu_tanh`], then the product.
+    ///
+    /// # Panics
+    /// If the lengths differ.
+    pub fn gelu_mul(&self, g: &mut [f32], u: &[f32]) {
+        assert_eq!(g.len(), u.len(), "gelu_mul: lengths differ");
+        self.gelu_tanh(g);
+        reference::mul(g, u)
+    }
+
     /// out (L) = x (L) converted from f16 (exact: every f16 is an f32), e.g. a tile of f16
     /// weights for the f32 prefill gemm. aarch64 uses the reference twin.
     ///

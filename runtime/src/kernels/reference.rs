@@ -227,3 +227,47 @@ pub fn add(x: &mut [f32], y: &[f32]) {
         *x += y;
     }
 }
+
+/// out (L) = x · w / √(mean(x²) + eps): RMSNorm (Llama, Qwen, Gemma; Gemma's 1 + w is stored).
+/// The mean of squares accumulates in f64 (one rounding to f32), so it is the f32 value of the
+/// exact mean whatever the order a fast twin would sum in.
+pub fn rmsnorm(x: &[f32], w: &[f32], out: &mut [f32], eps: f32) {
+    let ms = x.iter().map(|&v| f64::from(v) * f64::from(v)).sum::<f64>() / x.len() as f64;
+    let rstd = 1.0 / (ms as f32 + eps).sqrt();
+    for ((o, &v), &s) in out.iter_mut().zip(x).zip(w) {
+        *o = v * rstd * s;
+    }
+}
+
+/// Rotary position embedding of one head x (D), rotate-half convention (pairs (i, i + D/2), as
+/// Hugging Face's `rotate_half`): `x[i] ← x[i]·cos[i] − x[i+D/2]·sin[i]`,
+/// `x[i+D/2] ← x[i+D/2]·cos[i] + x[i]·sin[i]`, with cos, sin (D/2) the position's table row.
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let h = x.len() / 2;
+    let (a, b) = x.split_at_mut(h);
+    for i in 0..h {
+        let (x1, x2) = (a[i], b[i]);
+        a[i] = x1 * cos[i] - x2 * sin[i];
+        b[i] = x2 * cos[i] + x1 * sin[i];
+    }
+}
+
+/// g (L) ← SiLU(g) · u = g / (1 + exp(−g)) · u: SwiGLU's gate applied to the up projection.
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (g, &u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
+/// g (L) ← GELU_tanh(g) · u: GeGLU (Gemma's `gelu_pytorch_tanh`).
+pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    gelu_tanh(g);
+    mul(g, u);
+}
+
+/// x (L) ← x · y, elementwise.
+pub fn mul(x: &mut [f32], y: &[f32]) {
+    for (x, &y) in x.iter_mut().zip(y) {
+        *x *= y;
+    }
+}

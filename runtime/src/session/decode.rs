@@ -8,7 +8,7 @@ use super::crew::{Chunks, FinishOnDrop, PoisonOnPanic, fork};
 use super::{Buffers, Ctx, Session, embed};
 use crate::kernels::{Epilogue, Kernels, Q8_BLOCK};
 use crate::model::{Layer, Mat, Model};
-use emberlm_formats::config::LAYERNORM_EPS;
+use emberlm_formats::config::{LAYERNORM_EPS, Mlp};
 use std::ops::Range;
 
 impl Session<'_, '_> {
@@ -21,13 +21,20 @@ impl Session<'_, '_> {
             m: self.model,
             kv: &self.kv,
             crew: &self.crew,
+            rope: &self.rope,
         };
         let (lead, workers) = self.lanes.split_first_mut().expect("at least one lane");
         let logits = &mut self.logits;
         cx.crew.reset();
+        let gpt2 = cx.m.is_gpt2();
         let mut leader = || {
             let _finish = FinishOnDrop(cx.crew);
-            Leader { cx: &cx, epoch: 0 }.token(lead, logits, token, pos);
+            let mut leader = Leader { cx: &cx, epoch: 0 };
+            if gpt2 {
+                leader.token(lead, logits, token, pos);
+            } else {
+                leader.family_token(lead, logits, token, pos);
+            }
         };
         if cx.crew.g > 1 && !workers.is_empty() {
             fork(leader, || run_workers(&cx, 1, workers));
@@ -38,26 +45,69 @@ impl Session<'_, '_> {
     }
 }
 
-/// Which matrix a job multiplies.
+/// Which matrix a job multiplies: GPT-2's (`Qkv` to `Fcp`), the other families' (`Q` to
+/// `Down`), or the head.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Which {
+pub(super) enum Which {
     /// The query/key/value product and attention, one job ([`AttnJob`]).
     Qkv,
     Proj,
     Fc,
     Fcp,
     Head,
+    /// A family block's query projection (bias included).
+    Q,
+    /// Its key projection.
+    K,
+    /// Its value projection.
+    V,
+    /// Its attention output projection.
+    Out,
+    /// Its gate and up projections as one job: each chunk's gate and up rows, combined by the
+    /// member that computed them (SiLU or GELU of the gate times the up).
+    GateUp,
+    /// Its down projection.
+    Down,
+    /// Its attention, one item per key/value group ([`super::family`]).
+    Attn,
 }
 
 impl Which {
-    const ALL: [Which; 5] = [Which::Qkv, Which::Proj, Which::Fc, Which::Fcp, Which::Head];
+    const ALL: [Which; 12] = [
+        Which::Qkv,
+        Which::Proj,
+        Which::Fc,
+        Which::Fcp,
+        Which::Head,
+        Which::Q,
+        Which::K,
+        Which::V,
+        Which::Out,
+        Which::GateUp,
+        Which::Down,
+        Which::Attn,
+    ];
 
-    fn encode(self, layer: usize) -> u32 {
-        (layer as u32) << 3 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
+    pub(super) fn encode(self, layer: usize) -> u32 {
+        (layer as u32) << 4 | Which::ALL.iter().position(|&w| w == self).unwrap_or(0) as u32
     }
 
     fn decode(code: u32) -> (Which, usize) {
-        (Which::ALL[(code & 7) as usize % 5], (code >> 3) as usize)
+        (
+            Which::ALL[(code & 15) as usize % Which::ALL.len()],
+            (code >> 4) as usize,
+        )
+    }
+
+    /// The product's input width (columns).
+    fn cols(self, m: &Model<'_>) -> usize {
+        let cfg = m.config();
+        match self {
+            Which::Fcp => 4 * cfg.dim,
+            Which::Out | Which::Attn => cfg.q_dim(),
+            Which::Down => cfg.ffn_dim,
+            _ => cfg.dim,
+        }
     }
 
     /// What follows the product, applied to each chunk's rows by the member that computed them
@@ -70,6 +120,10 @@ impl Which {
             Which::Proj => (Some(m.layer(layer).proj_b), false),
             Which::Fc => (Some(m.layer(layer).fc_b), true),
             Which::Fcp => (Some(m.layer(layer).fcp_b), false),
+            Which::Q => (m.block(layer).q_bias, false),
+            Which::K => (m.block(layer).k_bias, false),
+            Which::V => (m.block(layer).v_bias, false),
+            Which::Out | Which::GateUp | Which::Down | Which::Attn => (None, false),
         };
         Epilogue { bias, gelu }
     }
@@ -77,6 +131,12 @@ impl Which {
     fn mat<'m>(self, m: &'m Model<'_>, layer: usize) -> Mat<'m> {
         match self {
             Which::Head => m.head().0,
+            Which::Q => m.block(layer).q,
+            Which::K => m.block(layer).k,
+            Which::V => m.block(layer).v,
+            Which::Out => m.block(layer).out,
+            Which::GateUp => m.block(layer).gate,
+            Which::Down | Which::Attn => m.block(layer).down,
             w => {
                 let l = m.layer(layer);
                 match w {
@@ -92,13 +152,16 @@ impl Which {
 
 /// A crew member's scratch: one chunk's output rows (≥ MAX_CHUNK_ROWS, or T attention scores)
 /// and a quantized input; for the fused attention job, one head group's query, key and value
-/// rows (≥ 3C) and its output (≥ Hg·D).
-struct Scratch<'s> {
-    out: &'s mut [f32],
-    xq: &'s mut [i8],
-    xd: &'s mut [f32],
-    rows: &'s mut [f32],
-    tmp: &'s mut [f32],
+/// rows (≥ 3C) and its output (≥ Hg·D); for a gated MLP job, one chunk's up rows (`up`).
+pub(super) struct Scratch<'s> {
+    pub(super) out: &'s mut [f32],
+    pub(super) xq: &'s mut [i8],
+    pub(super) xd: &'s mut [f32],
+    pub(super) rows: &'s mut [f32],
+    pub(super) tmp: &'s mut [f32],
+    pub(super) up: &'s mut [f32],
+    /// (2·Hkv·D) a family's gathered queries and outputs of one KV group.
+    pub(super) gqa: &'s mut [f32],
 }
 
 /// A product's input: x (C) and, for Q8 weights, x quantized (xq (C), xd (NB)); without the
@@ -134,9 +197,12 @@ fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: us
     }
 }
 
-/// One matrix-vector job: y (R) = W x (C) and its epilogue, cut into [`Chunks`].
+/// One matrix-vector job: y (R) = W x (C) and its epilogue, cut into [`Chunks`]. A gated MLP's
+/// job ([`Which::GateUp`]) also holds the up projection `up` and its activation: each chunk's
+/// rows are act(gate rows) · (up rows).
 struct Product<'s> {
     w: Mat<'s>,
+    up: Option<(Mat<'s>, Mlp)>,
     ep: Epilogue<'s>,
     chunks: Chunks,
     x: Input<'s>,
@@ -157,30 +223,41 @@ impl<'s> Product<'s> {
             Mat::F16(w) => (w.len() / x.len().max(1), 2),
             Mat::Q8(w) => (w.rows(), 1),
         };
+        let up = (which == Which::GateUp).then(|| (cx.m.block(layer).up, cx.m.config().mlp));
         Product {
             w,
+            up,
             ep: which.epilogue(cx.m, layer),
             chunks: Chunks::new(rows, x.len(), elem),
             x: Input::new(&cx.k, &w, x, xq, xd),
         }
     }
 
-    /// Chunk i's rows into y (as long as the chunk), epilogue applied.
-    fn chunk(&self, k: &Kernels, i: usize, y: &mut [f32]) -> Range<usize> {
+    /// Chunk i's rows into y (as long as the chunk), epilogue applied; `up` (≥ the chunk) is
+    /// scratch for a gated job's up rows.
+    fn chunk(&self, k: &Kernels, i: usize, y: &mut [f32], up: &mut [f32]) -> Range<usize> {
         let r = self.chunks.range(i);
         mat_rows(k, &self.w, self.x, y, r.start);
         k.epilogue(self.ep, r.clone(), y);
+        if let Some((w, act)) = self.up {
+            let u = &mut up[..y.len()];
+            mat_rows(k, &w, self.x, u, r.start);
+            match act {
+                Mlp::GeGlu => k.gelu_mul(y, u),
+                _ => k.silu_mul(y, u),
+            }
+        }
         r
     }
 
     /// Claims and runs chunks of the open job of epoch `epoch` until none is left, each through
-    /// `out` (≥ MAX_CHUNK_ROWS) into the crew's output.
-    fn work(&self, cx: &Ctx<'_>, epoch: u32, out: &mut [f32]) {
+    /// `out` (≥ MAX_CHUNK_ROWS) into the crew's output (`up`: see [`Product::chunk`]).
+    fn work(&self, cx: &Ctx<'_>, epoch: u32, out: &mut [f32], up: &mut [f32]) {
         let n = self.chunks.count() as u32;
         while let Some(next) = cx.crew.claim(epoch, n) {
             let i = next as usize;
             let y = &mut out[..self.chunks.range(i).len()];
-            let r = self.chunk(&cx.k, i, y);
+            let r = self.chunk(&cx.k, i, y, up);
             cx.crew.put(r.start, y);
             cx.crew.mark_done();
         }
@@ -300,9 +377,9 @@ impl<'s> AttnJob<'s> {
 
 /// The leader of a decode token: runs everything but the matrix-vector products, which it opens
 /// as crew jobs and shares with the workers. `epoch` counts the token's jobs.
-struct Leader<'c, 's> {
-    cx: &'c Ctx<'s>,
-    epoch: u32,
+pub(super) struct Leader<'c, 's> {
+    pub(super) cx: &'c Ctx<'s>,
+    pub(super) epoch: u32,
 }
 
 impl Leader<'_, '_> {
@@ -319,6 +396,8 @@ impl Leader<'_, '_> {
                     xd: &mut b.xd,
                     rows: &mut [],
                     tmp: &mut [],
+                    up: &mut [],
+                    gqa: &mut [],
                 }
             };
         }
@@ -331,6 +410,8 @@ impl Leader<'_, '_> {
                 xd: &mut b.xd,
                 rows: &mut b.qkv,
                 tmp: &mut b.out,
+                up: &mut [],
+                gqa: &mut [],
             };
             self.qkv_attend(l, pos, &b.xn, &mut b.att, scratch);
             self.matvec((Which::Proj, l), &b.att, &mut b.out, scratch!());
@@ -347,7 +428,7 @@ impl Leader<'_, '_> {
 
     /// y (R) = W x (C) and its epilogue ([`Which::epilogue`]) for job `which` of `layer`, shared
     /// with the workers; `scratch.out` holds one chunk's output.
-    fn matvec(
+    pub(super) fn matvec(
         &mut self,
         (which, layer): (Which, usize),
         x: &[f32],
@@ -359,13 +440,13 @@ impl Leader<'_, '_> {
         if cx.crew.g <= 1 {
             // The same chunks, so every row's sum is computed identically whatever the crew size.
             for i in 0..job.chunks.count() {
-                job.chunk(k, i, &mut y[job.chunks.range(i)]);
+                job.chunk(k, i, &mut y[job.chunks.range(i)], scratch.up);
             }
             return;
         }
         let n = job.chunks.count() as u32;
         let open = cx.crew.open(&mut self.epoch, which.encode(layer), 0, n, x);
-        job.work(cx, open, scratch.out);
+        job.work(cx, open, scratch.out, scratch.up);
         cx.crew.wait_done(n);
         cx.crew.get(0, y);
     }
@@ -417,12 +498,17 @@ fn worker(cx: &Ctx<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
         if which != Which::Head && layer >= cfg.n_layers || n == 0 {
             continue; // a torn read: the job changed under us, no claim will succeed
         }
-        let cols = match which {
-            Which::Fcp => 4 * cfg.dim,
-            _ => cfg.dim,
-        };
+        let gpt2_job = matches!(which, Which::Qkv | Which::Proj | Which::Fc | Which::Fcp);
+        if which != Which::Head && gpt2_job != cx.m.is_gpt2() {
+            continue; // a torn read: another family's job code
+        }
+        let cols = which.cols(cx.m);
         let x = &mut x[..cols];
         crew.load_input(x);
+        if which == Which::Attn {
+            super::family::attend_work(cx, (layer, crew.arg() as usize), (epoch, n), x, scratch);
+            continue;
+        }
         if which == Which::Qkv {
             let pos = crew.arg() as usize;
             let job = AttnJob::new(cx, layer, pos);
@@ -438,7 +524,7 @@ fn worker(cx: &Ctx<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
         if job.chunks.count() as u32 != n {
             continue; // a torn read, as above
         }
-        job.work(cx, epoch, scratch.out);
+        job.work(cx, epoch, scratch.out, scratch.up);
     }
 }
 
@@ -455,6 +541,8 @@ fn run_workers(cx: &Ctx<'_>, g: usize, lanes: &mut [Buffers]) {
             xd: &mut lane.xd,
             rows: &mut lane.qkv,
             tmp: &mut lane.att,
+            up: &mut lane.up,
+            gqa: &mut lane.gqa,
         };
         worker(cx, &mut lane.ff, &mut scratch)
     };

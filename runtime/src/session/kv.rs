@@ -38,9 +38,25 @@ impl GroupKv {
         scores: &mut [f32],
         out: &mut [f32],
     ) {
-        let len = scores.len() / heads * q.len(); // P·Hg·D
         let d = q.len() / heads;
-        let scale = 1.0 / (d as f32).sqrt();
+        self.attend_scaled(k, heads, q, from, scores, out, 1.0 / (d as f32).sqrt());
+    }
+
+    /// [`GroupKv::attend`] with the scores multiplied by `scale` (a family's `query_scale`),
+    /// over the P = `scores.len() / heads` positions from element `from` (a sliding window
+    /// starts later than position 0).
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn attend_scaled(
+        &self,
+        k: &Kernels,
+        heads: usize,
+        q: &[f32],
+        from: usize,
+        scores: &mut [f32],
+        out: &mut [f32],
+        scale: f32,
+    ) {
+        let len = scores.len() / heads * q.len(); // P·Hg·D
         match KvRef::of(&self.k) {
             KvRef::F32(c) => k.group_scores(&c[from..from + len], q, scores, heads),
             KvRef::F16(c) => k.group_scores_f16(&c[from..from + len], q, scores, heads),

@@ -13,7 +13,9 @@
 //! - `crew`: the threads that run a decode token together, the seqlock through which they claim
 //!   work, and how a product is cut into chunks;
 //! - `decode`: one token, its leader's vector work and the jobs it opens on the crew;
-//! - `prefill`: a chunk of prompt tokens through batched products, then its attention.
+//! - `prefill`: a chunk of prompt tokens through batched products, then its attention;
+//! - `family`, `family_prefill`, `rope`: the same for the Llama-style families (Llama 3.x /
+//!   SmolLM2, Qwen2.5, Qwen3, Gemma 3) on the same crew and cache, with rotary tables built here.
 //!
 //! A forward pass (one token or one prefill chunk) borrows one `Ctx` from its session: kernels,
 //! model, KV cache and crew, shared by every thread; each thread's own buffers go beside it.
@@ -45,11 +47,15 @@
 
 mod crew;
 mod decode;
+mod family;
+mod family_prefill;
 mod kv;
 mod prefill;
+mod rope;
 
 use self::crew::{Crew, MAX_CHUNK_ROWS};
 use self::kv::{Kv, KvLayout};
+use self::rope::RopeTables;
 use crate::error::RuntimeError;
 use crate::kernels::geometry::packed_len;
 use crate::kernels::{Kernels, Q8_BLOCK};
@@ -114,32 +120,78 @@ impl Default for SessionOptions {
     }
 }
 
+/// Per-token widths of the activation buffers, for any family (GPT-2: Wqkv = 3C, Wa = C,
+/// Wf = 4C, no up rows).
+#[derive(Clone, Copy, Debug)]
+struct Widths {
+    c: usize,
+    /// Wqkv: a token's query, key and value rows (3C; H·D + 2·Hkv·D).
+    qkv: usize,
+    /// Wa: a token's attention output (C; H·D).
+    att: usize,
+    /// Wf: the MLP's hidden row and the widest product input (4C; max(F, H·D, C)).
+    ff: usize,
+    /// A gated MLP's up rows (0 for GPT-2; F).
+    up: usize,
+    /// Hkv·D: a family's key (or value) row.
+    kv: usize,
+}
+
+impl Widths {
+    fn of(m: &Model<'_>) -> Widths {
+        let cfg = m.config();
+        let c = cfg.dim;
+        if m.is_gpt2() {
+            return Widths {
+                c,
+                qkv: 3 * c,
+                att: c,
+                ff: 4 * c,
+                up: 0,
+                kv: c,
+            };
+        }
+        Widths {
+            c,
+            qkv: cfg.q_dim() + 2 * cfg.kv_dim(),
+            att: cfg.q_dim().max(c),
+            ff: cfg.ffn_dim.max(cfg.q_dim()).max(c),
+            up: cfg.ffn_dim,
+            kv: cfg.kv_dim(),
+        }
+    }
+}
+
 /// Activation buffers for one token (decode) or one chunk of N tokens (prefill).
 #[derive(Debug)]
 struct Buffers {
     x: Vec<f32>,      // (N, C) residual stream
     xn: Vec<f32>,     // (N, C) normalised input of a sublayer
-    qkv: Vec<f32>,    // (N, 3C)
-    att: Vec<f32>,    // (N, C) attention output before the projection
-    ff: Vec<f32>,     // (N, 4C)
+    qkv: Vec<f32>,    // (N, Wqkv)
+    att: Vec<f32>,    // (N, Wa) attention output before the projection
+    ff: Vec<f32>,     // (N, Wf)
+    up: Vec<f32>,     // (N, F) a gated MLP's up rows (families only)
     out: Vec<f32>,    // (N, C) sublayer output
     scores: Vec<f32>, // (Hg·T) attention weights of a head group, or one chunk's rows (lanes only)
-    xq: Vec<i8>,      // (4C) a Q8 product's input quantized (decode lanes only)
-    xd: Vec<f32>,     // (4C / 32) its block scales
+    xq: Vec<i8>,      // (Wf) a Q8 product's input quantized (decode lanes only)
+    xd: Vec<f32>,     // (Wf / 32) its block scales
+    gqa: Vec<f32>,    // (2·Hkv·D) a family's gathered queries and outputs of one KV group
 }
 
 impl Buffers {
-    fn new(n: usize, c: usize, t: usize) -> Buffers {
+    fn new(n: usize, w: Widths, t: usize) -> Buffers {
         Buffers {
-            x: vec![0.0; n * c],
-            xn: vec![0.0; n * c],
-            qkv: vec![0.0; n * 3 * c],
-            att: vec![0.0; n * c],
-            ff: vec![0.0; n * 4 * c],
-            out: vec![0.0; n * c],
+            x: vec![0.0; n * w.c],
+            xn: vec![0.0; n * w.c],
+            qkv: vec![0.0; n * w.qkv],
+            att: vec![0.0; n * w.att],
+            ff: vec![0.0; n * w.ff],
+            up: vec![0.0; n * w.up],
+            out: vec![0.0; n * w.c],
             scores: vec![0.0; t.max(MAX_CHUNK_ROWS)],
-            xq: vec![0; 4 * c],
-            xd: vec![0.0; (4 * c).div_ceil(Q8_BLOCK)],
+            xq: vec![0; w.ff],
+            xd: vec![0.0; w.ff.div_ceil(Q8_BLOCK)],
+            gqa: vec![0.0; if w.up > 0 { 2 * w.kv } else { 0 }],
         }
     }
 }
@@ -152,6 +204,7 @@ struct Ctx<'s> {
     m: &'s Model<'s>,
     kv: &'s Kv,
     crew: &'s Crew,
+    rope: &'s RopeTables,
 }
 
 /// Timing and counts of one [`Session::generate`] call.
@@ -233,11 +286,13 @@ pub struct Session<'m, 'a> {
     /// The model's end-of-text token ([`Stop::ModelEndOfText`]), looked up once here.
     eot: Option<u32>,
     kv: Kv,
+    /// Rotary cos/sin tables for every position of the context (empty for GPT-2).
+    rope: RopeTables,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
     chunk: Buffers,   // N = prefill_chunk
-    xp: Vec<f32>,     // a prefill product's input X (N, 4C) packed for the microkernel
-    yt: Vec<f32>,     // (N, 4C) a prefill product's output, one (N, P_g) block per thread
+    xp: Vec<f32>,     // a prefill product's input X (N, Wf) packed for the microkernel
+    yt: Vec<f32>, // (N, max(Wf, Wqkv)) a prefill product's output, one (N, P_g) block per thread
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
 }
@@ -310,11 +365,15 @@ impl<'m, 'a> Session<'m, 'a> {
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);
         let g = kernels.threads();
-        let kv = Kv::new(
-            KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads),
-            options.kv_dtype.resolve(model),
-        );
+        // The cache holds key/value heads only (Hkv = H for GPT-2), D wide.
+        let layout = if model.is_gpt2() {
+            KvLayout::new(l, cfg.n_heads, context, c / cfg.n_heads)
+        } else {
+            KvLayout::new(l, cfg.n_kv_heads, context, cfg.head_dim)
+        };
+        let kv = Kv::new(layout, options.kv_dtype.resolve(model));
         let chunk = options.prefill_chunk.min(context);
+        let w = Widths::of(model);
         Ok(Session {
             model,
             kernels,
@@ -326,13 +385,14 @@ impl<'m, 'a> Session<'m, 'a> {
             kept: Vec::with_capacity(context),
             eot: model.tokenizer().ok().flatten().and_then(|t| t.eot_id()),
             lanes: (0..g)
-                .map(|_| Buffers::new(1, c, kv.layout.per_group * context))
+                .map(|_| Buffers::new(1, w, kv.layout.per_group * context))
                 .collect(),
-            crew: Crew::new(g, 4 * c, model.n_outputs().max(4 * c), kv.layout.groups),
+            crew: Crew::new(g, w.ff, model.n_outputs().max(w.ff), kv.layout.groups),
+            rope: RopeTables::new(cfg, context),
             kv,
-            chunk: Buffers::new(chunk, c, 0),
-            xp: vec![0.0; packed_len(chunk, 4 * c)],
-            yt: vec![0.0; chunk * 4 * c],
+            chunk: Buffers::new(chunk, w, 0),
+            xp: vec![0.0; packed_len(chunk, w.ff)],
+            yt: vec![0.0; chunk * w.ff.max(w.qkv)],
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })
@@ -522,11 +582,22 @@ impl<'m, 'a> Session<'m, 'a> {
     }
 }
 
-/// x (C) = `tok_emb[token] + pos_emb[pos]`; `tmp` (C) is scratch.
+/// x (C) = `tok_emb[token] + pos_emb[pos]` (GPT-2), or `tok_emb[token] · embed_scale` (the
+/// other families; the product in f32, as Gemma's scaled embedding); `tmp` (C) is scratch.
 fn embed(m: &Model<'_>, token: u32, pos: usize, x: &mut [f32], tmp: &mut [f32]) {
     m.tok_emb().row(token as usize, x);
-    m.pos_emb().row(pos, tmp);
-    for (a, b) in x.iter_mut().zip(tmp.iter()) {
-        *a += *b;
+    match m.pos_emb() {
+        Some(p) => {
+            p.row(pos, tmp);
+            for (a, b) in x.iter_mut().zip(tmp.iter()) {
+                *a += *b;
+            }
+        }
+        None => {
+            let s = m.config().embed_scale;
+            if s != 1.0 {
+                x.iter_mut().for_each(|v| *v *= s);
+            }
+        }
     }
 }

@@ -10,11 +10,15 @@ use emberlm_formats::config::LAYERNORM_EPS;
 impl Session<'_, '_> {
     /// Prefill: N tokens at positions `tokens.len()..`, batched through matrix products.
     pub(super) fn forward_chunk(&mut self, chunk: &[u32]) {
+        if !self.model.is_gpt2() {
+            return self.family_chunk(chunk);
+        }
         let cx = Ctx {
             k: self.kernels,
             m: self.model,
             kv: &self.kv,
             crew: &self.crew,
+            rope: &self.rope,
         };
         let (k, m) = (&cx.k, cx.m);
         let cfg = *m.config();
@@ -116,7 +120,7 @@ impl Session<'_, '_> {
 
 /// f(a rows, b rows) over the tokens of two (N, C) buffers, split over the session's threads
 /// (each token's row is computed the same way whatever the split).
-fn by_tokens(
+pub(super) fn by_tokens(
     k: &Kernels,
     a: &mut [f32],
     b: &[f32],

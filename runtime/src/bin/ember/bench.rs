@@ -12,7 +12,8 @@ pub(crate) struct BenchArgs {
     /// the model file (.ember)
     #[argh(positional)]
     model: Option<PathBuf>,
-    /// benchmark a random model of this size instead: 124m, 355m, 774m or 1558m
+    /// benchmark a random model of this size instead: 124m, 355m, 774m, 1558m, or a preset
+    /// (gpt2-124m, smollm2-135m, smollm2-360m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, gemma3-270m)
     #[argh(option)]
     random: Option<String>,
     /// dtype of the random model: f32, f16 or int8 (default int8)
@@ -69,16 +70,25 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
         (None, None) => {
             return Err(usage(
                 "give a model file, or --random SIZE to build one with random weights \
-                 (SIZE: 124m, 355m, 774m or 1558m)",
+                 (SIZE: 124m, 355m, 774m, 1558m, or a preset: gpt2-124m, smollm2-135m, \
+                 smollm2-360m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, gemma3-270m)",
             ));
         }
         (None, Some(size)) => {
             let size = size.clone();
-            let cfg = GptConfig {
-                tied_head: true,
-                qkv_bias: true,
-                ..GptConfig::preset(&size)
-                    .map_err(|e| usage(format!("--random: {e} (sizes: 124m, 355m, 774m, 1558m)")))?
+            // A family preset by its name, else GPT-2 by the book's size names.
+            let cfg = match ModelConfig::preset(&size) {
+                Ok(cfg) => cfg,
+                Err(_) => ModelConfig::from(GptConfig {
+                    tied_head: true,
+                    qkv_bias: true,
+                    ..GptConfig::preset(&size).map_err(|e| {
+                        usage(format!(
+                            "--random: {e} (sizes: 124m, 355m, 774m, 1558m, or one of {})",
+                            ModelConfig::PRESETS.join(", ")
+                        ))
+                    })?
+                }),
             };
             let dtype = match a.dtype.as_str() {
                 "f32" => DType::F32,
@@ -124,9 +134,12 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     // The cache type as used (`auto` resolved), for the report.
     let kv = kv_dtype(&a.kv)?.resolve(&model);
     let kv_name = if kv == KvDtype::F16 { "f16" } else { "f32" };
+    // The cache holds the bench's tokens only, not the model's context (32k–131k positions for
+    // today's families).
     let opts = SessionOptions {
         threads,
         kv_dtype: kv,
+        context: Some(a.prompt_tokens + a.gen_tokens),
         ..SessionOptions::default()
     };
     let mut session = Session::new(&model, &opts).map_err(|e| e.to_string())?;

@@ -135,6 +135,8 @@ pub(crate) fn inspect(a: InspectArgs) -> Result<()> {
             .collect();
         let j = serde_json::json!({
             "kind": "model",
+            "family": cfg.arch.name(),
+            "config": config_json(cfg),
             "file_bytes": model.file_size(),
             "parameters": weights,
             "bytes_per_token": model.bytes_per_token(),
@@ -146,16 +148,20 @@ pub(crate) fn inspect(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("{}", a.model.display());
-    println!(
-        "  GPT-2: {} layers, {} heads, dim {}, context {}, vocabulary {}, qkv bias {}, tied head {}",
-        cfg.n_layers,
-        cfg.n_heads,
-        cfg.dim,
-        cfg.context_length,
-        cfg.vocab_size,
-        cfg.qkv_bias,
-        cfg.tied_head
-    );
+    if !model.is_gpt2() {
+        println!("  {}", family_line(cfg));
+    } else {
+        println!(
+            "  GPT-2: {} layers, {} heads, dim {}, context {}, vocabulary {}, qkv bias {}, tied head {}",
+            cfg.n_layers,
+            cfg.n_heads,
+            cfg.dim,
+            cfg.context_length,
+            cfg.vocab_size,
+            cfg.qkv_bias,
+            cfg.tied_head
+        );
+    }
     if let Task::Classifier {
         labels,
         readout,
@@ -196,4 +202,68 @@ pub(crate) fn inspect(a: InspectArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// The family and its settings on one line (`ember inspect`, text).
+fn family_line(cfg: &ModelConfig) -> String {
+    let rope = cfg.rope.map_or("none".to_string(), |r| {
+        format!(
+            "θ {} (local {}), scaling {:?}",
+            r.theta, r.local_theta, r.scaling
+        )
+    });
+    let sliding = cfg.sliding.map_or("none".to_string(), |s| {
+        format!("window {}, every {}-th layer global", s.window, s.every)
+    });
+    format!(
+        "{}: {} layers, {} heads ({} key/value), head dim {}, dim {}, ffn {}, context {}, \
+         vocabulary {}, mlp {:?}, norm eps {}, rope {rope}, sliding {sliding}, qkv bias {}, \
+         qk norm {}, post norms {}, tied head {}, embed scale {}, query scale {}",
+        cfg.arch.name(),
+        cfg.n_layers,
+        cfg.n_heads,
+        cfg.n_kv_heads,
+        cfg.head_dim,
+        cfg.dim,
+        cfg.ffn_dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        cfg.mlp,
+        cfg.norm_eps,
+        cfg.qkv_bias,
+        cfg.qk_norm,
+        cfg.post_norms,
+        cfg.tied_head,
+        cfg.embed_scale,
+        cfg.query_scale
+    )
+}
+
+/// Every setting of the configuration, for `ember inspect --json` (`config`).
+fn config_json(cfg: &ModelConfig) -> serde_json::Value {
+    serde_json::json!({
+        "vocab_size": cfg.vocab_size,
+        "context_length": cfg.context_length,
+        "dim": cfg.dim,
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "ffn_dim": cfg.ffn_dim,
+        "norm": format!("{:?}", cfg.norm),
+        "norm_eps": cfg.norm_eps,
+        "mlp": format!("{:?}", cfg.mlp),
+        "rope": cfg.rope.map(|r| serde_json::json!({
+            "theta": r.theta,
+            "local_theta": r.local_theta,
+            "scaling": format!("{:?}", r.scaling),
+        })),
+        "qkv_bias": cfg.qkv_bias,
+        "qk_norm": cfg.qk_norm,
+        "post_norms": cfg.post_norms,
+        "tied_head": cfg.tied_head,
+        "embed_scale": cfg.embed_scale,
+        "query_scale": cfg.query_scale,
+        "sliding": cfg.sliding.map(|s| serde_json::json!({"window": s.window, "every": s.every})),
+    })
 }

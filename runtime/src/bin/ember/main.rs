@@ -7,7 +7,7 @@
 //! handler). `--help` on any command explains it; one file per command.
 
 use argh::FromArgs;
-use emberlm_formats::config::GptConfig;
+use emberlm_formats::config::{GptConfig, ModelConfig};
 use emberlm_formats::ember::{Array, DType, Value};
 use emberlm_formats::meta::{Readout, Task};
 use emberlm_formats::tokenizer::{EncodeScratch, SpecialTokens, StreamDecoder, Tokenizer};

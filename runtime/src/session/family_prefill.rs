@@ -1,0 +1,189 @@
+//! Prefill of the Llama-style families: a chunk of N prompt tokens through batched products
+//! (each weight converted once per chunk), per-token QK-norm and RoPE, then the tokens'
+//! attention in parallel, one run of tokens per lane (see [`super::family`] for the block and
+//! its decisions).
+//!
+//! Letters as in [`super::family`]; N tokens in the chunk.
+
+use super::crew::fork;
+use super::family::{attend_token, norm_rotate, store_token};
+use super::prefill::by_tokens;
+use super::{Buffers, Ctx, Session, embed};
+use crate::kernels::{Epilogue, Kernels};
+use emberlm_formats::config::Mlp;
+
+impl Session<'_, '_> {
+    /// Prefill of N tokens at positions `tokens.len()..` for a Llama-style model.
+    pub(super) fn family_chunk(&mut self, chunk: &[u32]) {
+        let cx = Ctx {
+            k: self.kernels,
+            m: self.model,
+            kv: &self.kv,
+            crew: &self.crew,
+            rope: &self.rope,
+        };
+        let (k, m) = (&cx.k, cx.m);
+        let cfg = *m.config();
+        let (c, n, pos0) = (cfg.dim, chunk.len(), self.tokens.len());
+        let (qd, kvd, f, eps) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.norm_eps);
+        let b = &mut self.chunk;
+        let (xp, yt) = (&mut self.xp, &mut self.yt);
+        for (i, &t) in chunk.iter().enumerate() {
+            let r = i * c..(i + 1) * c;
+            embed(m, t, pos0 + i, &mut b.x[r.clone()], &mut b.xn[r]);
+        }
+        let rms = |x: &[f32], scale: &[f32], out: &mut [f32]| {
+            for (xr, or) in x.chunks_exact(c).zip(out.chunks_exact_mut(c)) {
+                k.rmsnorm(xr, scale, or, eps);
+            }
+        };
+        for l in 0..cfg.n_layers {
+            let w = m.block(l);
+            let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
+            by_tokens(k, xn, x, c, |o, x| rms(x, w.attn_norm, o));
+            let (q, rest) = b.qkv[..n * (qd + 2 * kvd)].split_at_mut(n * qd);
+            let (key, value) = rest.split_at_mut(n * kvd);
+            for (wm, bias, y) in [(w.q, w.q_bias, &mut *q), (w.k, w.k_bias, &mut *key)] {
+                let ep = Epilogue { bias, gelu: false };
+                k.matmul(wm, c, xn, y, xp, yt, ep);
+            }
+            let ep = Epilogue {
+                bias: w.v_bias,
+                gelu: false,
+            };
+            k.matmul(w.v, c, xn, value, xp, yt, ep);
+            let rows = q.chunks_exact_mut(qd).zip(key.chunks_exact_mut(kvd));
+            for (i, (qi, ki)) in rows.enumerate() {
+                norm_rotate(&cx, &w, l, pos0 + i, qi, ki, &mut b.gqa);
+            }
+            let rows = key.chunks_exact(kvd).zip(value.chunks_exact(kvd));
+            for (i, (ki, vi)) in rows.enumerate() {
+                store_token(&cx, l, pos0 + i, ki, vi);
+            }
+            let job = Tokens {
+                cx: &cx,
+                l,
+                pos0,
+                q,
+            };
+            attend_runs(&job, 0, &mut self.lanes, &mut b.att[..n * qd]);
+            let none = Epilogue::default();
+            k.matmul(
+                w.out,
+                qd,
+                &b.att[..n * qd],
+                &mut b.out[..n * c],
+                xp,
+                yt,
+                none,
+            );
+            residual_rows(k, (c, eps), w.attn_post_norm, b, n);
+            let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
+            by_tokens(k, xn, x, c, |o, x| rms(x, w.mlp_norm, o));
+            let (gate, up) = (&mut b.ff[..n * f], &mut b.up[..n * f]);
+            k.matmul(w.gate, c, xn, gate, xp, yt, none);
+            k.matmul(w.up, c, xn, up, xp, yt, none);
+            // Row by row, so every token's row gets the same kernel calls whatever the split.
+            by_tokens(k, gate, up, f, |g, u| {
+                for (gr, ur) in g.chunks_exact_mut(f).zip(u.chunks_exact(f)) {
+                    match cfg.mlp {
+                        Mlp::GeGlu => k.gelu_mul(gr, ur),
+                        _ => k.silu_mul(gr, ur),
+                    }
+                }
+            });
+            k.matmul(w.down, f, gate, &mut b.out[..n * c], xp, yt, none);
+            residual_rows(k, (c, eps), w.mlp_post_norm, b, n);
+        }
+        // Logits for the last position only.
+        let last = &b.x[(n - 1) * c..n * c];
+        k.rmsnorm(last, m.final_norm().0, &mut b.xn[..c], eps);
+        let (head, bias) = m.head();
+        head.matvec(k, &b.xn[..c], &mut self.logits);
+        if let Some(bias) = bias {
+            k.add(&mut self.logits, bias);
+        }
+        self.tokens.extend_from_slice(chunk);
+    }
+}
+
+/// x (N, C) += post(out (N, C)): Gemma's post norm of each row first when `post` is set (into
+/// `xn`, which is free at this point of the block).
+fn residual_rows(
+    k: &Kernels,
+    (c, eps): (usize, f32),
+    post: Option<&[f32]>,
+    b: &mut Buffers,
+    n: usize,
+) {
+    let (x, xn, out) = (&mut b.x[..n * c], &mut b.xn[..n * c], &b.out[..n * c]);
+    let add = match post {
+        Some(scale) => {
+            by_tokens(k, xn, out, c, |o, y| {
+                for (yr, or) in y.chunks_exact(c).zip(o.chunks_exact_mut(c)) {
+                    k.rmsnorm(yr, scale, or, eps);
+                }
+            });
+            &*xn
+        }
+        None => out,
+    };
+    by_tokens(k, x, add, c, |x, o| k.add(x, o));
+}
+
+/// One chunk's queries (N, H·D), normalised and rotated, for layer l; tokens at pos0...
+struct Tokens<'s> {
+    cx: &'s Ctx<'s>,
+    l: usize,
+    pos0: usize,
+    q: &'s [f32],
+}
+
+impl Tokens<'_> {
+    /// Attention of tokens i0.. (one (H·D) row of `att` each) on one lane's scratch.
+    fn attend(&self, i0: usize, lane: &mut Buffers, att: &mut [f32]) {
+        let qd = self.cx.m.config().q_dim();
+        for (ii, out) in att.chunks_exact_mut(qd).enumerate() {
+            let i = i0 + ii;
+            let q = &self.q[i * qd..(i + 1) * qd];
+            let pos = self.pos0 + i;
+            attend_token(
+                self.cx,
+                self.l,
+                pos,
+                q,
+                out,
+                &mut lane.scores,
+                &mut lane.gqa,
+            );
+        }
+    }
+}
+
+/// The chunk's attention, tokens i0.. (`att` holds their rows): cut into runs of about equal
+/// work (token i attends up to pos0 + i + 1 positions), one per lane, run in parallel. A token's
+/// output does not depend on the cut.
+fn attend_runs(job: &Tokens<'_>, i0: usize, lanes: &mut [Buffers], att: &mut [f32]) {
+    let Some((lane, rest)) = lanes.split_first_mut() else {
+        return;
+    };
+    let qd = job.cx.m.config().q_dim();
+    let n = att.len() / qd;
+    let work = |i: usize| job.pos0 + i0 + i + 1;
+    let total: usize = (0..n).map(work).sum();
+    let target = total / (rest.len() + 1);
+    let (mut mine, mut acc) = (0, 0);
+    while mine < n && (acc < target || mine == 0) {
+        acc += work(mine);
+        mine += 1;
+    }
+    let (my_att, rest_att) = att.split_at_mut(mine * qd);
+    if rest.is_empty() || mine == n {
+        job.attend(i0, lane, att);
+    } else {
+        fork(
+            || job.attend(i0, lane, my_att),
+            || attend_runs(job, i0 + mine, rest, rest_att),
+        );
+    }
+}
