@@ -11,10 +11,12 @@ use std::path::{Path, PathBuf};
 
 /// f32 weights: logits relative to the largest |logit| (the bound).
 const F32_REL_TOL: f32 = 1e-5;
-/// f16 weights: loss within this of transformers' (README § Accuracy contracts).
-const F16_LOSS_TOL: f64 = 2e-3;
-/// int8 weights: loss within this.
-const INT8_LOSS_TOL: f64 = 2e-2;
+/// f16 weights: loss within this fraction of transformers' (README § Accuracy contracts). The
+/// bounds are relative here: these random models' losses (4.6 to 18.9) scale every error, where
+/// GPT-2's fixture has one loss and absolute bounds.
+const F16_LOSS_RTOL: f64 = 2e-4;
+/// int8 weights: loss within this fraction.
+const INT8_LOSS_RTOL: f64 = 3e-3;
 
 const FAMILIES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
@@ -177,8 +179,8 @@ fn f16_and_int8_exports_stay_within_their_loss_bounds() {
     for name in FAMILIES {
         let e = expected(name);
         for (dtype, tol) in [
-            (ExportDtype::F16, F16_LOSS_TOL),
-            (ExportDtype::Int8, INT8_LOSS_TOL),
+            (ExportDtype::F16, F16_LOSS_RTOL),
+            (ExportDtype::Int8, INT8_LOSS_RTOL),
         ] {
             let model = Model::open(&convert(name, dtype, tmp.path())).unwrap();
             for kv_dtype in [KvDtype::F32, KvDtype::F16] {
@@ -189,7 +191,7 @@ fn f16_and_int8_exports_stay_within_their_loss_bounds() {
                 };
                 let l = loss(&stepwise_logits(&model, &e.tokens, &opts), &e.tokens);
                 assert!(
-                    (l - e.loss).abs() <= tol,
+                    (l - e.loss).abs() <= tol * e.loss,
                     "{name} {dtype:?} kv {kv_dtype:?}: loss {l} vs {}",
                     e.loss
                 );
