@@ -334,7 +334,7 @@ pub(crate) fn chat(a: ChatArgs) -> Result<()> {
             let j = serde_json::json!({
                 "text": stream.text,
                 "tokens": tokens,
-                "generated_tokens": stats.generated_tokens,
+                "generated_tokens": stats.generated_tokens - usize::from(hit_eos),
                 "prompt_tokens": ids.len(),
                 "context_tokens": session.position(),
                 "dropped_turns": dropped,
