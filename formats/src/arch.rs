@@ -11,50 +11,9 @@
 
 use crate::config::{GptConfig, ModelConfig};
 
-/// A model family.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Arch {
-    /// GPT-2 as in the book: learned position embeddings, pre-LayerNorm blocks, fused q/k/v,
-    /// GELU MLP of 4C.
-    Gpt2,
-    /// Llama 2/3.x, SmolLM2, TinyLlama: RMSNorm, RoPE, grouped-query attention, SwiGLU, no biases.
-    Llama,
-    /// Qwen2 and Qwen2.5: Llama with query/key/value biases.
-    Qwen2,
-    /// Qwen3: Llama with a per-head RMSNorm on queries and keys and a free head dim.
-    Qwen3,
-    /// Gemma 3 (text): GeGLU, four norms per block, query/key norms, embeddings × √C,
-    /// sliding-window layers between global ones.
-    Gemma3,
-}
+pub use crate::config::Arch;
 
 impl Arch {
-    /// Every family, in the order `--help` lists them.
-    pub const ALL: [Arch; 5] = [
-        Arch::Gpt2,
-        Arch::Llama,
-        Arch::Qwen2,
-        Arch::Qwen3,
-        Arch::Gemma3,
-    ];
-
-    /// The name in `.ember` files (`general.architecture`, the prefix of the configuration keys);
-    /// Hugging Face's `model_type` for the new families.
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::Gpt2 => "gpt2",
-            Arch::Llama => "llama",
-            Arch::Qwen2 => "qwen2",
-            Arch::Qwen3 => "qwen3",
-            Arch::Gemma3 => "gemma3",
-        }
-    }
-
-    /// The family named `name` (as [`Arch::name`] gives it).
-    pub fn from_name(name: &str) -> Option<Arch> {
-        Arch::ALL.into_iter().find(|a| a.name() == name)
-    }
-
     /// Hugging Face's prefix of block `layer`'s tensor names.
     pub fn hf_block_prefix(self, layer: usize) -> String {
         match self {

@@ -148,6 +148,51 @@ impl GptConfig {
     }
 }
 
+/// A model family.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Arch {
+    /// GPT-2 as in the book: learned position embeddings, pre-LayerNorm blocks, fused q/k/v,
+    /// GELU MLP of 4C.
+    Gpt2,
+    /// Llama 2/3.x, SmolLM2, TinyLlama: RMSNorm, RoPE, grouped-query attention, SwiGLU, no biases.
+    Llama,
+    /// Qwen2 and Qwen2.5: Llama with query/key/value biases.
+    Qwen2,
+    /// Qwen3: Llama with a per-head RMSNorm on queries and keys and a free head dim.
+    Qwen3,
+    /// Gemma 3 (text): GeGLU, four norms per block, query/key norms, embeddings × √C,
+    /// sliding-window layers between global ones.
+    Gemma3,
+}
+
+impl Arch {
+    /// Every family, in the order `--help` lists them.
+    pub const ALL: [Arch; 5] = [
+        Arch::Gpt2,
+        Arch::Llama,
+        Arch::Qwen2,
+        Arch::Qwen3,
+        Arch::Gemma3,
+    ];
+
+    /// The name in `.ember` files (`general.architecture`, the prefix of the configuration keys);
+    /// Hugging Face's `model_type` for the new families.
+    pub fn name(self) -> &'static str {
+        match self {
+            Arch::Gpt2 => "gpt2",
+            Arch::Llama => "llama",
+            Arch::Qwen2 => "qwen2",
+            Arch::Qwen3 => "qwen3",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+
+    /// The family named `name` (as [`Arch::name`] gives it).
+    pub fn from_name(name: &str) -> Option<Arch> {
+        Arch::ALL.into_iter().find(|a| a.name() == name)
+    }
+}
+
 /// RMSNorm epsilon when a configuration does not say (Llama's default).
 pub const RMSNORM_EPS: f32 = 1e-6;
 
@@ -265,7 +310,7 @@ impl RopeScaling {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ModelConfig {
     /// The family (and so the tensor description).
-    pub arch: crate::arch::Arch,
+    pub arch: Arch,
     /// V.
     pub vocab_size: usize,
     /// T: the longest sequence the model runs (position table or the configured maximum).
@@ -377,7 +422,7 @@ impl ModelConfig {
                 "rotary positions need an even head_dim".into(),
             ));
         }
-        if self.rope.is_none() && self.arch != crate::arch::Arch::Gpt2 {
+        if self.rope.is_none() && self.arch != Arch::Gpt2 {
             return Err(bad("rope", "this family needs rotary positions".into()));
         }
         let positive = |x: f32| x.is_finite() && x > 0.0;
@@ -448,7 +493,6 @@ impl ModelConfig {
     /// The shapes and settings of a published model, from its Hugging Face `config.json` (for
     /// benchmarks on random weights and for training at a real size).
     pub fn preset(name: &str) -> Result<ModelConfig, ConfigError> {
-        use crate::arch::Arch;
         let llama = |arch, v, t, c, l, h, kv, d, f, theta, eps| ModelConfig {
             arch,
             vocab_size: v,
@@ -585,7 +629,7 @@ impl From<GptConfig> for ModelConfig {
     fn from(g: GptConfig) -> ModelConfig {
         let head_dim = g.dim / g.n_heads.max(1);
         ModelConfig {
-            arch: crate::arch::Arch::Gpt2,
+            arch: Arch::Gpt2,
             vocab_size: g.vocab_size,
             context_length: g.context_length,
             dim: g.dim,

@@ -68,7 +68,7 @@ pub(super) enum Which {
     GateUp,
     /// Its down projection.
     Down,
-    /// Its attention, one item per key/value group ([`super::family`]).
+    /// Its attention, one item per key/value group ([`super::gqa::attend_work`]).
     Attn,
 }
 
@@ -506,7 +506,8 @@ fn worker(cx: &Ctx<'_>, x: &mut [f32], scratch: &mut Scratch<'_>) {
         let x = &mut x[..cols];
         crew.load_input(x);
         if which == Which::Attn {
-            super::family::attend_work(cx, (layer, crew.arg() as usize), (epoch, n), x, scratch);
+            let bufs = (&mut *scratch.tmp, &mut *scratch.out, &mut *scratch.gqa);
+            super::gqa::attend_work(cx, (layer, crew.arg() as usize), (epoch, n), x, bufs);
             continue;
         }
         if which == Which::Qkv {

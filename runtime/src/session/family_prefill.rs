@@ -6,7 +6,7 @@
 //! Letters as in [`super::family`]; N tokens in the chunk.
 
 use super::crew::fork;
-use super::family::{attend_token, norm_rotate, store_token};
+use super::gqa::{attend_token, norm_rotate, store_token};
 use super::prefill::by_tokens;
 use super::{Buffers, Ctx, Session, embed};
 use crate::kernels::{Epilogue, Kernels};

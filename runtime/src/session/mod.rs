@@ -49,6 +49,7 @@ mod crew;
 mod decode;
 mod family;
 mod family_prefill;
+mod gqa;
 mod kv;
 mod prefill;
 mod rope;
