@@ -52,7 +52,11 @@ fn tokenizer_for(path: &Option<PathBuf>) -> Result<std::borrow::Cow<'static, Tok
     };
     // A Hugging Face tokenizer.json, or a model directory holding one.
     let json = if p.is_dir() {
-        Some(p.join("tokenizer.json"))
+        let j = p.join("tokenizer.json");
+        if !j.is_file() {
+            return Err(format!("{}: is a directory without a tokenizer.json", p.display()).into());
+        }
+        Some(j)
     } else if p.extension().is_some_and(|e| e == "json") {
         Some(p.clone())
     } else {
