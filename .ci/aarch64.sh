@@ -59,9 +59,9 @@ export PROPTEST_CASES="${PROPTEST_CASES:-32}"
 set -e
 echo "aarch64: cargo test -p emberlm-runtime --no-default-features --lib --target $TARGET"
 cargo test -p emberlm-runtime --no-default-features --lib --target "$TARGET"
-echo "aarch64: kernel integration tests (threads via rayon)"
+echo "aarch64: kernel and model-family integration tests (threads via rayon)"
 cargo test -p emberlm-runtime --no-default-features --features parallel --target "$TARGET" \
-    --test kernels --test kernels_alloc
+    --test kernels --test kernels_alloc --test kernels_family --test families
 set +e
 
 echo "aarch64: all tests passed under qemu-aarch64 -cpu cortex-a72 in $(( $(date +%s) - START )) s"

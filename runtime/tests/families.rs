@@ -10,8 +10,11 @@ use emberlm_runtime::model::Mat;
 use emberlm_runtime::random::random_model_bytes;
 use emberlm_runtime::{KvDtype, Model, Session, SessionOptions};
 
-/// Same as `session.rs`: batched prefill vs one token at a time, relative to the largest |logit|.
-const PREFILL_REL_TOL: f32 = 1e-4;
+/// Batched prefill vs one token at a time, relative to the largest |logit|: `session.rs` allows
+/// 1e-4 for GPT-2; Gemma 3's √C embedding scale and post-norms amplify the different summation
+/// orders of the prefill panel and the decode kernels, to 1.8e-4 with NEON (f16 weights, under
+/// qemu in CI), so 3e-4 here.
+const PREFILL_REL_TOL: f32 = 3e-4;
 /// Q8 decode quantizes activations, prefill does not. `session.rs` allows 3e-2 for GPT-2; on
 /// these random families the difference reaches 3.1e-2 (Gemma 3, D = 256, after 20 tokens), so
 /// 5e-2 here.
