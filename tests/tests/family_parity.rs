@@ -6,6 +6,7 @@
 use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions, Stop};
 use emberlm_trainer::export::ExportDtype;
 use emberlm_trainer::hf::{self, HfDir};
+use parity_util::{Expected, loss, max_rel_err, stepwise_logits, tempdir};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
 
@@ -18,15 +19,9 @@ const F16_LOSS_RTOL: f64 = 2e-4;
 /// int8 weights: loss within this fraction.
 const INT8_LOSS_RTOL: f64 = 3e-3;
 
-const FAMILIES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
+mod parity_util;
 
-struct Expected {
-    tokens: Vec<u32>,
-    loss: f64,
-    logits: Vec<Vec<f32>>,
-    greedy_prompt: Vec<u32>,
-    greedy_tokens: Vec<u32>,
-}
+const FAMILIES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -34,82 +29,11 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-fn expected(name: &str) -> Expected {
-    let text = std::fs::read_to_string(fixture(name).join("expected.json")).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| {
-        j[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    Expected {
-        tokens: ids("tokens"),
-        loss: j["loss"].as_f64().unwrap(),
-        logits: j["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect(),
-        greedy_prompt: ids("greedy_prompt"),
-        greedy_tokens: ids("greedy_tokens"),
-    }
-}
-
 fn convert(name: &str, dtype: ExportDtype, dir: &Path) -> PathBuf {
     let hf = HfDir::open(&fixture(name)).unwrap();
     let out = dir.join(format!("{name}-{}.ember", dtype.name()));
     hf::convert(&hf, dtype, &out, &mut |_| Ok(())).unwrap();
     out
-}
-
-fn tempdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("emberlm-{name}-"))
-        .tempdir()
-        .unwrap()
-}
-
-/// Logits at every position, fed one token at a time.
-fn stepwise_logits(model: &Model<'_>, tokens: &[u32], opts: &SessionOptions) -> Vec<Vec<f32>> {
-    let mut s = Session::new(model, opts).unwrap();
-    tokens
-        .iter()
-        .map(|&t| s.step(t).unwrap().to_vec())
-        .collect()
-}
-
-fn loss(logits: &[Vec<f32>], tokens: &[u32]) -> f64 {
-    let mut total = 0.0;
-    for (row, &target) in logits.iter().zip(&tokens[1..]) {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
-        total += lse - row[target as usize] as f64;
-    }
-    total / (tokens.len() - 1) as f64
-}
-
-fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    let scale = b.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
 }
 
 /// Every kernel set and thread count: logits, loss, prefill and greedy tokens as transformers.
@@ -159,7 +83,7 @@ fn f32_weights_match_transformers_for_every_family() {
     let tmp = tempdir("families-f32");
     for name in FAMILIES {
         let model = Model::open(&convert(name, ExportDtype::F32, tmp.path())).unwrap();
-        check_exact(name, &model, &expected(name));
+        check_exact(name, &model, &parity_util::expected(&fixture(name)));
     }
 }
 
@@ -169,7 +93,7 @@ fn bf16_weights_match_transformers_for_every_family() {
     for name in FAMILIES {
         let bf16 = format!("{name}-bf16");
         let model = Model::open(&convert(&bf16, ExportDtype::F32, tmp.path())).unwrap();
-        check_exact(&bf16, &model, &expected(&bf16));
+        check_exact(&bf16, &model, &parity_util::expected(&fixture(&bf16)));
     }
 }
 
@@ -177,7 +101,7 @@ fn bf16_weights_match_transformers_for_every_family() {
 fn f16_and_int8_exports_stay_within_their_loss_bounds() {
     let tmp = tempdir("families-quant");
     for name in FAMILIES {
-        let e = expected(name);
+        let e = parity_util::expected(&fixture(name));
         for (dtype, tol) in [
             (ExportDtype::F16, F16_LOSS_RTOL),
             (ExportDtype::Int8, INT8_LOSS_RTOL),

@@ -5,8 +5,11 @@ use emberlm_formats::meta::Task;
 use emberlm_runtime::{GenerateOptions, KvDtype, Model, Sampling, Session, SessionOptions, Stop};
 use emberlm_trainer::export::{ExportDtype, ExportMeta, export_ember};
 use emberlm_trainer::import::{Layout, import_safetensors};
+use parity_util::{Expected, loss, max_rel_err, stepwise_logits, tempdir};
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
+
+mod parity_util;
 
 /// f32 export: logits relative to the largest |logit| (the bound).
 const F32_REL_TOL: f32 = 1e-5;
@@ -15,46 +18,12 @@ const F16_LOSS_TOL: f64 = 2e-3;
 /// int8 weights: loss within this.
 const INT8_LOSS_TOL: f64 = 2e-2;
 
-struct Expected {
-    tokens: Vec<u32>,
-    loss: f64,
-    logits: Vec<Vec<f32>>,
-    greedy_prompt: Vec<u32>,
-    greedy_tokens: Vec<u32>,
-}
-
 fn fixture_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/hf_tiny")
 }
 
 fn expected() -> Expected {
-    let text = std::fs::read_to_string(fixture_dir().join("expected.json")).unwrap();
-    let j: serde_json::Value = serde_json::from_str(&text).unwrap();
-    let ids = |k: &str| {
-        j[k].as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect()
-    };
-    Expected {
-        tokens: ids("tokens"),
-        loss: j["loss"].as_f64().unwrap(),
-        logits: j["logits"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|r| {
-                r.as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|v| v.as_f64().unwrap() as f32)
-                    .collect()
-            })
-            .collect(),
-        greedy_prompt: ids("greedy_prompt"),
-        greedy_tokens: ids("greedy_tokens"),
-    }
+    parity_util::expected(&fixture_dir())
 }
 
 fn export(dtype: ExportDtype, dir: &Path) -> PathBuf {
@@ -76,49 +45,6 @@ fn export(dtype: ExportDtype, dir: &Path) -> PathBuf {
     })
     .unwrap();
     path
-}
-
-/// A fresh, uniquely named directory `emberlm-<name>-*` in the temp directory, removed with
-/// everything in it when the returned guard drops (also when the test panics).
-fn tempdir(name: &str) -> tempfile::TempDir {
-    tempfile::Builder::new()
-        .prefix(&format!("emberlm-{name}-"))
-        .tempdir()
-        .unwrap()
-}
-
-/// Logits at every position, fed one token at a time.
-fn stepwise_logits(model: &Model<'_>, tokens: &[u32], opts: &SessionOptions) -> Vec<Vec<f32>> {
-    let mut s = Session::new(model, opts).unwrap();
-    tokens
-        .iter()
-        .map(|&t| s.step(t).unwrap().to_vec())
-        .collect()
-}
-
-fn loss(logits: &[Vec<f32>], tokens: &[u32]) -> f64 {
-    let mut total = 0.0;
-    for (row, &target) in logits.iter().zip(&tokens[1..]) {
-        let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max) as f64;
-        let lse = row
-            .iter()
-            .map(|&v| (v as f64 - max).exp())
-            .sum::<f64>()
-            .ln()
-            + max;
-        total += lse - row[target as usize] as f64;
-    }
-    total / (tokens.len() - 1) as f64
-}
-
-fn max_rel_err(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
-    let scale = b.iter().flatten().fold(0f32, |m, v| m.max(v.abs()));
-    a.iter()
-        .flatten()
-        .zip(b.iter().flatten())
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0, f32::max)
-        / scale
 }
 
 #[test]

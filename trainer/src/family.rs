@@ -167,6 +167,25 @@ pub fn forward_backward(
     let tables = |local: bool| rope::tables(t, &rope_cfg.inv_freq(d, local));
     let (global_cos, global_sin) = tables(false);
     let (local_cos, local_sin) = tables(true);
+    // Layer l's rotary table (local or global) and attention shape (a window on local layers).
+    let layer_attn = |l: usize| {
+        let local = cfg.is_local(l);
+        let (cos, sin) = if local {
+            (&local_cos, &local_sin)
+        } else {
+            (&global_cos, &global_sin)
+        };
+        let dims = gqa::Dims {
+            b,
+            t,
+            h: hq,
+            kv: hk,
+            d,
+            scale: cfg.query_scale,
+            window: cfg.sliding.filter(|_| local).map(|w| w.window),
+        };
+        (cos, sin, dims)
+    };
     let p = |role, l| layout.need(params, role, l);
     let opt = |role, l| layout.get(params, role, l);
 
@@ -181,12 +200,7 @@ pub fn forward_backward(
     let mut saved: Vec<Saved> = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let ly = Some(l);
-        let local = cfg.is_local(l);
-        let (cos, sin) = if local {
-            (&local_cos, &local_sin)
-        } else {
-            (&global_cos, &global_sin)
-        };
+        let (cos, sin, dims) = layer_attn(l);
         let mut s = Saved {
             x,
             ..Saved::default()
@@ -217,19 +231,6 @@ pub fn forward_backward(
         }
         rope::forward(&mut s.q, t, hq, cos, sin);
         rope::forward(&mut s.k, t, hk, cos, sin);
-        let dims = gqa::Dims {
-            b,
-            t,
-            h: hq,
-            kv: hk,
-            d,
-            scale: cfg.query_scale,
-            window: if local {
-                cfg.sliding.map(|w| w.window)
-            } else {
-                None
-            },
-        };
         s.att = vec![0.0; b * hq * t * t];
         s.ao = vec![0.0; n * qd];
         gqa::forward(&mut s.ao, &mut s.att, &s.q, &s.k, &s.v, dims);
@@ -317,12 +318,7 @@ pub fn forward_backward(
     }
     for l in (0..cfg.n_layers).rev() {
         let ly = Some(l);
-        let local = cfg.is_local(l);
-        let (cos, sin) = if local {
-            (&local_cos, &local_sin)
-        } else {
-            (&global_cos, &global_sin)
-        };
+        let (cos, sin, dims) = layer_attn(l);
         let s = &saved[l];
         // x_out = xm + post2(down): dxm = dx, dbranch = dx.
         let mut ddown = vec![0.0f32; n * c];
@@ -411,19 +407,6 @@ pub fn forward_backward(
             p(Role::AttnOut, ly),
             qd,
         );
-        let dims = gqa::Dims {
-            b,
-            t,
-            h: hq,
-            kv: hk,
-            d,
-            scale: cfg.query_scale,
-            window: if local {
-                cfg.sliding.map(|w| w.window)
-            } else {
-                None
-            },
-        };
         let (mut dq, mut dk, mut dv) = (
             vec![0.0f32; n * qd],
             vec![0.0f32; n * kd],

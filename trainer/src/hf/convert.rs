@@ -115,21 +115,7 @@ pub fn convert(
     let cfg = hf.config;
     let (planned, ignored) = plan(hf)?;
     for (t, name) in &planned {
-        let file = hf.file(name).ok_or_else(|| ConvertError::MissingTensor {
-            name: name.clone(),
-            why: format!("needed for {} (see config.json)", t.name),
-        })?;
-        let info = file.info(name).ok_or_else(|| ConvertError::MissingTensor {
-            name: name.clone(),
-            why: "listed but absent".into(),
-        })?;
-        if info.shape != t.shape {
-            return Err(ConvertError::Shape {
-                name: name.clone(),
-                expected: t.shape.clone(),
-                found: info.shape.clone(),
-            });
-        }
+        source(hf, t, name)?;
     }
     let mut w = EmberWriter::new();
     meta::put_model_config(&mut w, &cfg)?;
@@ -147,7 +133,7 @@ pub fn convert(
             hf.model_type
         )),
     )?;
-    let extras = super::extras::read(&hf.dir, cfg.vocab_size)?;
+    let extras = super::extras::read(hf)?;
     if let Some(tok) = &extras.tokenizer {
         meta::put_tokenizer(&mut w, tok)?;
     }
@@ -277,6 +263,28 @@ fn stream_tensor(
     Ok(())
 }
 
+/// The shard holding `name`, checked to hold it with the shape the description gives `t`.
+fn source<'h>(hf: &'h HfDir, t: &Tensor, name: &str) -> Result<&'h SafetensorsFile, ConvertError> {
+    let missing = |why: String| ConvertError::MissingTensor {
+        name: name.to_string(),
+        why,
+    };
+    let file = hf
+        .file(name)
+        .ok_or_else(|| missing(format!("needed for {} (see config.json)", t.name)))?;
+    let info = file
+        .info(name)
+        .ok_or_else(|| missing("listed but absent".into()))?;
+    if info.shape != t.shape {
+        return Err(ConvertError::Shape {
+            name: name.to_string(),
+            expected: t.shape.clone(),
+            found: info.shape.clone(),
+        });
+    }
+    Ok(file)
+}
+
 /// Every tensor of the model in f32, in file order, as (ember name, Hugging Face name, values),
 /// with Gemma's +1 applied (the training path's import: [`crate::family::Layout`] has the same
 /// order).
@@ -284,24 +292,9 @@ pub fn read_all_f32(hf: &HfDir) -> Result<Vec<(String, String, Vec<f32>)>, Conve
     let (planned, _) = plan(hf)?;
     let mut out = Vec::with_capacity(planned.len());
     for (t, name) in planned {
-        let file = hf.file(&name).ok_or_else(|| ConvertError::MissingTensor {
-            name: name.clone(),
-            why: format!("needed for {}", t.name),
-        })?;
-        let info = file
-            .info(&name)
-            .ok_or_else(|| ConvertError::MissingTensor {
-                name: name.clone(),
-                why: "listed but absent".into(),
-            })?;
-        if info.shape != t.shape {
-            return Err(ConvertError::Shape {
-                name,
-                expected: t.shape.clone(),
-                found: info.shape.clone(),
-            });
-        }
-        let mut x = file.read_f32(&name).map_err(ConvertError::Import)?;
+        let mut x = source(hf, &t, &name)?
+            .read_f32(&name)
+            .map_err(ConvertError::Import)?;
         if t.desc.hf.is_some_and(|h| h.plus_one) {
             x.iter_mut().for_each(|v| *v += 1.0);
         }

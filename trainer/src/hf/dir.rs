@@ -23,6 +23,8 @@ pub struct HfDir {
     pub config: ModelConfig,
     /// `config.json`'s `model_type`.
     pub model_type: String,
+    /// `config.json` as read (other readers of the directory look things up in it).
+    pub config_json: serde_json::Value,
     shards: Vec<SafetensorsFile>,
     /// Tensor name → shard index.
     where_is: BTreeMap<String, usize>,
@@ -127,6 +129,7 @@ impl HfDir {
             dir: dir.to_path_buf(),
             config,
             model_type,
+            config_json: json,
             shards,
             where_is,
         })

@@ -5,7 +5,7 @@
 //! number or a list, else config.json's). Every file is optional; a present one must be valid.
 
 use super::ConvertError;
-use super::dir::read_json;
+use super::dir::{HfDir, read_json};
 use emberlm_formats::chat::ChatTemplate;
 use emberlm_formats::meta::{ChatTemplateSource, SpecialStrings};
 use emberlm_formats::tokenizer::Tokenizer;
@@ -56,8 +56,9 @@ fn ids(v: Option<&Value>, path: &Path, what: &str) -> Result<Vec<u32>, ConvertEr
     }
 }
 
-/// Reads the optional files of `dir`. `vocab_size` bounds the ids.
-pub fn read(dir: &Path, vocab_size: usize) -> Result<Extras, ConvertError> {
+/// Reads the optional files of `hf`'s directory; its vocabulary bounds the ids.
+pub fn read(hf: &HfDir) -> Result<Extras, ConvertError> {
+    let (dir, vocab_size) = (hf.dir.as_path(), hf.config.vocab_size);
     let mut extras = Extras::default();
     let tok_path = dir.join("tokenizer.json");
     if tok_path.is_file() {
@@ -136,7 +137,7 @@ pub fn read(dir: &Path, vocab_size: usize) -> Result<Extras, ConvertError> {
     } else {
         None
     };
-    let config = read_json(&cfg_path, 1 << 20)?;
+    let config = &hf.config_json;
     let pick = |k: &str| {
         generation
             .as_ref()
