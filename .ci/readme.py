@@ -42,6 +42,8 @@ REWRITES = [
     ("tokenizer corpus", r"my-language\.txt", "$EMBER_DATA/tinyshakespeare.txt"),
     # Chat reads a person's lines from stdin: give it one question.
     ("chat input", r"^(\$T/ember chat .*)$", r"printf 'What is the capital of France?\\n' | \1"),
+    # CI runs as root, which Open MPI refuses unless told.
+    ("mpirun as root", r"^mpirun -np", "mpirun --allow-run-as-root -np"),
     # Criterion benchmarks run for minutes each: CI compiles them.
     ("benches compiled", r"^(cargo bench -p emberlm-benches --bench \S+)", r"\1 --no-run"),
 ]

@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod cli;
 pub mod corpus;
 pub mod data;
+pub mod dist;
 pub mod export;
 pub mod export_safetensors;
 pub mod family;

@@ -7,6 +7,7 @@
 
 use argh::FromArgs;
 use emberlm_trainer::cli::{self, Args, Console, signal};
+use emberlm_trainer::dist::{self, Comm, Single};
 use std::io::{IsTerminal, Write};
 
 fn main() {
@@ -68,26 +69,48 @@ fn main() {
         eprintln!("ember-train: warning: {e}");
     }
     let json = args.json();
+    let group = match Group::join() {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("ember-train: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let comm = group.comm();
+    // Under mpirun only rank 0 prints (errors excepted) and writes.
+    let lead = comm.leads();
     let mut stderr = std::io::stderr();
     let tty = stderr.is_terminal();
     let mut stdout = std::io::stdout();
     let mut err2 = std::io::stderr();
-    let out: &mut (dyn Write + Send) = if json { &mut err2 } else { &mut stdout };
-    let mut con = Console {
-        log: &mut stderr,
-        out,
-        tty,
+    let (mut sink1, mut sink2) = (std::io::sink(), std::io::sink());
+    let (log, out): (&mut (dyn Write + Send), &mut (dyn Write + Send)) = match (lead, json) {
+        (false, _) => (&mut sink1, &mut sink2),
+        (true, true) => (&mut stderr, &mut err2),
+        (true, false) => (&mut stderr, &mut stdout),
     };
-    match cli::run(args, &mut con) {
+    let mut con = Console { log, out, tty };
+    let result = cli::run(args, &mut con, comm);
+    match result {
         Ok(outcome) => {
-            if json {
+            if json && lead {
                 let _ = writeln!(std::io::stdout(), "{}", outcome.json);
             }
             let _ = std::io::stdout().flush();
+            // MPI ends (MPI_Finalize) before the process does (nothing to end without MPI).
+            #[allow(clippy::drop_non_drop)]
+            drop(group);
             std::process::exit(outcome.exit_code);
         }
         Err(e) => {
-            eprintln!("ember-train: error: {e}");
+            let who = if comm.size() > 1 {
+                format!(" (rank {} of {})", comm.rank(), comm.size())
+            } else {
+                String::new()
+            };
+            eprintln!("ember-train: error{who}: {e}");
+            // One rank's error ends every rank (the others may be waiting on it).
+            group.abort(e.exit_code());
             if json {
                 // Scripts reading stdout get one object in every case.
                 let _ = writeln!(
@@ -97,6 +120,52 @@ fn main() {
                 );
             }
             std::process::exit(e.exit_code());
+        }
+    }
+}
+
+/// The processes this one trains with: itself alone, or MPI's world under `mpirun`.
+enum Group {
+    Single(Single),
+    #[cfg(feature = "mpi")]
+    Mpi(dist::Mpi),
+}
+
+impl Group {
+    /// MPI's world when `mpirun` started several ranks (feature `mpi`), else this process.
+    fn join() -> Result<Group, String> {
+        let ranks = dist::launched_ranks().unwrap_or(1);
+        if ranks <= 1 {
+            return Ok(Group::Single(Single));
+        }
+        #[cfg(feature = "mpi")]
+        {
+            dist::Mpi::init().map(Group::Mpi)
+        }
+        #[cfg(not(feature = "mpi"))]
+        Err(format!(
+            "started by mpirun as one of {ranks} ranks, but this ember-train was built without \
+             MPI: build it with `cargo build --release -p emberlm-trainer --features mpi` \
+             (needs an MPI library and libclang), or run it without mpirun"
+        ))
+    }
+
+    fn comm(&self) -> &dyn Comm {
+        match self {
+            Group::Single(s) => s,
+            #[cfg(feature = "mpi")]
+            Group::Mpi(m) => m,
+        }
+    }
+
+    /// Ends every rank with `code` (MPI_Abort); nothing for one process.
+    fn abort(&self, code: i32) {
+        match self {
+            Group::Single(_) => {
+                let _ = code;
+            }
+            #[cfg(feature = "mpi")]
+            Group::Mpi(m) => m.abort(code),
         }
     }
 }

@@ -13,6 +13,7 @@ use super::train_loop::{self, Cursor, Curves, SaveTo, Settings, Task};
 use super::{CliError, Console, Outcome, failed, shell_path, signal, usage, with_threads};
 use crate::adamw::LrSchedule;
 use crate::checkpoint::{self, ClassifierJson, Contents, RunKind, TrainerState};
+use crate::dist::Single;
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::finetune::classify::{Example, Metrics, balance, evaluate, make_batch, shuffle, split};
 use crate::finetune::data::{PAD_ID, read_labelled};
@@ -510,7 +511,7 @@ fn train(
         out: &out,
     };
     let mut cur = Cursor::default();
-    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, con)?;
+    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, &Single, con)?;
     let (interrupted, ckpt, step) = (ended.interrupted, ended.checkpoint, cur.step);
     let (epochs, tuner) = (task.epochs, task.tuner);
     let (examples_seen, train_seconds) = (cur.seen, cur.train_seconds);

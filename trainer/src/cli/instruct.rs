@@ -23,6 +23,7 @@ use super::{CliError, Console, Outcome, count, failed, fmt_duration, shell_path,
 use crate::adamw::LrSchedule;
 use crate::checkpoint::{self, Contents, DataRef, RngState, RunKind, TrainerState};
 use crate::data::{self, mix64};
+use crate::dist::Single;
 use crate::export::{ExportDtype, ExportMeta, export_ember};
 use crate::finetune::data::{Instruction, read_instructions, split_instructions};
 use crate::finetune::instruct::{
@@ -620,7 +621,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "tokens seen",
         ),
     };
-    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, con)?;
+    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, &Single, con)?;
     let step = cur.step;
     let (tokens_seen, train_s) = (cur.seen, cur.train_seconds);
     let ckpt = ended.checkpoint;

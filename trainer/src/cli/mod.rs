@@ -20,6 +20,7 @@ pub mod signal;
 pub mod tokenizer;
 pub mod train_loop;
 
+use crate::dist::Comm;
 use argh::FromArgs;
 use std::fmt;
 use std::io::Write;
@@ -432,9 +433,18 @@ pub struct Outcome {
 }
 
 /// Runs a parsed command.
-pub fn run(args: Args, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+/// Runs a command; `comm` is the group of processes this one belongs to (`mpirun`), of size 1
+/// otherwise. Only `pretrain` runs on several.
+pub fn run(args: Args, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outcome, CliError> {
+    if comm.size() > 1 && !matches!(args.command, Command::Pretrain(_)) {
+        return Err(usage(format!(
+            "started as {} ranks (mpirun), but only `pretrain` trains on several processes; run \
+             this command without mpirun",
+            comm.size()
+        )));
+    }
     match args.command {
-        Command::Pretrain(a) => pretrain::run(a, con),
+        Command::Pretrain(a) => pretrain::run(a, con, comm),
         Command::Eval(a) => eval::eval(a, con),
         Command::Tokenizer(a) => tokenizer::tokenizer(a, con),
         Command::Export(a) => export::export(a, con),

@@ -27,6 +27,7 @@ use crate::checkpoint::{
 };
 use crate::corpus;
 use crate::data::{self, CacheStatus, DataError, Order, Windows, mix64};
+use crate::dist::{self, Comm, Single};
 use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
 use crate::plot;
 use crate::shards::{self, Manifest};
@@ -81,9 +82,25 @@ struct OutFiles {
 }
 
 /// Runs `ember-train pretrain`.
-pub fn run(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+pub fn run(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outcome, CliError> {
     let threads = a.threads;
-    super::with_threads(threads, || train(a, con))?
+    if comm.size() == 1 {
+        return super::with_threads(threads, || train(a, con, &Single))?;
+    }
+    // Several ranks: MPI is called from this thread only (the one that initialized it), so the
+    // training threads are rayon's global pool, sized here before anything uses it.
+    if let Some(n) = threads {
+        if n == 0 {
+            return Err(usage(
+                "--threads 0: must be at least 1 (leave --threads out for one thread per core)",
+            ));
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .map_err(|e| failed(format!("--threads {n}: {e}")))?;
+    }
+    train(a, con, comm)
 }
 
 /// Whether `out_dir` holds a training run. A run exists once `checkpoints/latest` does: a
@@ -425,7 +442,12 @@ fn new_hyper(
 }
 
 /// The run's directory (`--out`, the resumed run's, or a fresh `runs/…`), created.
-fn create_out_dir(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<PathBuf, CliError> {
+/// The run's directory, created by the leading rank (`lead`) only.
+fn create_out_dir(
+    a: &PretrainArgs,
+    resume: Option<&Loaded>,
+    lead: bool,
+) -> Result<PathBuf, CliError> {
     let out_dir = match (&a.out, resume) {
         (Some(o), _) => o.clone(),
         (None, Some(l)) => {
@@ -448,6 +470,9 @@ fn create_out_dir(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<PathBuf, 
     if resume.is_none() && holds_run(&out_dir) {
         return Err(usage(already_a_run(&out_dir)));
     }
+    if !lead {
+        return Ok(out_dir);
+    }
     std::fs::create_dir_all(&out_dir).map_err(|e| {
         failed(format!(
             "--out {}: {}",
@@ -458,7 +483,7 @@ fn create_out_dir(a: &PretrainArgs, resume: Option<&Loaded>) -> Result<PathBuf, 
     Ok(out_dir)
 }
 
-fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
+fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, CliError> {
     if a.epochs.is_some() && a.steps.is_some() {
         return Err(usage("give --epochs or --steps, not both"));
     }
@@ -720,7 +745,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>) -> Result<Setup, CliError> {
     };
 
     // 6. The output directory.
-    let out_dir = create_out_dir(a, resume.as_ref())?;
+    let out_dir = create_out_dir(a, resume.as_ref(), lead)?;
     let files = OutFiles {
         csv: out_dir.join("loss.csv"),
         svg: out_dir.join("loss.svg"),
@@ -944,9 +969,9 @@ impl Task for Pretrain<'_> {
     }
 }
 
-fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outcome, CliError> {
     let wall = Instant::now();
-    let s = setup(&a, con)?;
+    let s = setup(&a, con, comm.leads())?;
     let Setup {
         cfg,
         hyper: h,
@@ -964,6 +989,9 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     } = s;
     let t = h.context;
     let threads = rayon::current_num_threads();
+    if let Some(why) = dist::check_split(comm.size(), h.grad_accum) {
+        return Err(usage(why));
+    }
 
     // Model and optimizer.
     let (mut model, rng, mut cur, mut opt_state) = match resume {
@@ -1049,6 +1077,16 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         );
     }
     note!(con, "output: {}", files.dir.display());
+    if comm.size() > 1 {
+        note!(
+            con,
+            "data parallel: {} ranks, {} of the {} per step each; gradients summed in a fixed tree \
+             (bit-identical to one process)",
+            comm.size(),
+            count((h.grad_accum / comm.size()) as u64, "micro-batch"),
+            h.grad_accum
+        );
+    }
 
     let (b, total) = (h.batch, h.total_steps);
     let best_dir = files.dir.join("checkpoints").join(checkpoint::BEST_DIR);
@@ -1097,8 +1135,19 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         last_sample: None,
         step: cur.step,
     };
-    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, con)?;
+    let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, comm, con)?;
     let best = ended.best;
+    let ranks = json!({
+        "ranks": comm.size(),
+        "comm_seconds": ended.comm_seconds,
+    });
+    if !comm.leads() {
+        // The leading rank reports, samples and writes; the others are done.
+        return Ok(Outcome {
+            json: ranks,
+            exit_code: if ended.interrupted { 130 } else { 0 },
+        });
+    }
     if ended.interrupted {
         let ck = ended.checkpoint;
         say!(
@@ -1123,6 +1172,8 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 "best_checkpoint": best.map(|_| &best_dir),
                 "best_val_loss": best.map(|b| b.val_loss),
                 "best_step": best.map(|b| b.step),
+                "ranks": ranks["ranks"],
+                "comm_seconds": ranks["comm_seconds"],
             }),
             exit_code: 130,
         });
@@ -1217,6 +1268,8 @@ fn train(a: PretrainArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "best_val_loss": best.map(|b| b.val_loss),
             "best_step": best_step,
             "already_finished": already_finished,
+            "ranks": ranks["ranks"],
+            "comm_seconds": ranks["comm_seconds"],
         }),
         exit_code: 0,
     })

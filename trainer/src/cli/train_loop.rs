@@ -18,6 +18,7 @@ use super::{CliError, Console, failed, fmt_duration, signal};
 use crate::adamw::{LrSchedule, clip_grad_norm, grad_norm};
 use crate::checkpoint::{self, Contents, TrainerState};
 use crate::data::{self, mix64};
+use crate::dist::{self, Comm, Reducer};
 use crate::model::Gpt;
 use crate::plot::{LossRow, to_csv, to_svg_seen};
 use emberlm_formats::ember::write_atomically;
@@ -257,6 +258,8 @@ pub struct Ended {
     pub session_steps: u64,
     /// Units per second of training in this session (0 when no step ran).
     pub rate: f64,
+    /// Seconds this rank spent combining gradients with the other ranks (0 for one process).
+    pub comm_seconds: f64,
 }
 
 /// Trains `model` from `cur` to `s.total` steps.
@@ -265,10 +268,23 @@ pub fn run(
     model: &mut Gpt,
     s: &Settings,
     cur: &mut Cursor,
+    comm: &dyn Comm,
     con: &mut Console<'_>,
 ) -> Result<Ended, CliError> {
     let (ga, bpe, total) = (s.grad_accum, s.batches_per_epoch, s.total);
-    s.curves.write(&cur.history)?;
+    if let Some(why) = dist::check_split(comm.size(), ga) {
+        return Err(failed(why));
+    }
+    dist::check_same_start(comm, model.params()).map_err(failed)?;
+    let lead = comm.leads();
+    let mine = dist::share(comm.rank(), comm.size(), ga);
+    let mut reducer = Reducer::default();
+    // Per rank: (loss, units) of each of its micro-batches, then its Ctrl-C flag.
+    let mut info = vec![0f64; 2 * mine.len() + 1];
+    let mut all = vec![0f64; info.len() * comm.size()];
+    if lead {
+        s.curves.write(&cur.history)?;
+    }
     task.start_epoch(cur.epoch);
     let mut progress = Progress::new(con.tty);
     let session_t0 = Instant::now();
@@ -296,21 +312,35 @@ pub fn run(
         }
         let t0 = Instant::now();
         let step_no = cur.step + 1;
-        model.zero_grad();
-        let (mut loss_sum, mut seen) = (0f64, 0u64);
-        for micro in 0..ga {
-            let seed = dropout_seed(s.dropout_seed, cur.step, micro);
-            let (loss, n) = task.micro_batch(model, cur.pos, seed, step_no)?;
-            let limit = s.chance_loss.map_or(f32::INFINITY, |c| {
-                EXPLODE_FACTOR * cur.first_loss.unwrap_or(c).max(c)
-            });
-            if !loss.is_finite() || loss > limit {
-                return Err(diverged(step_no, format!("loss {loss}"), &last_ckpt));
+        // The step's gradient: this rank's micro-batches, summed with the other ranks' by the
+        // fixed tree of `dist` (one process: the same tree).
+        let (pos0, step0) = (cur.pos, cur.step);
+        reducer.step(comm, ga, model, Gpt::grads_mut, |micro, model| {
+            let seed = dropout_seed(s.dropout_seed, step0, micro);
+            let (loss, n) = task.micro_batch(model, pos0 + micro, seed, step_no)?;
+            let i = 2 * (micro - mine.start);
+            info[i] = loss as f64;
+            info[i + 1] = n as f64;
+            Ok::<(), CliError>(())
+        })?;
+        info[2 * mine.len()] = if signal::interrupted() { 1.0 } else { 0.0 };
+        comm.all_gather(&info, &mut all);
+        let (mut loss_sum, mut seen, mut interrupted) = (0f64, 0u64, false);
+        for rank in all.chunks_exact(info.len()) {
+            for mb in rank[..2 * mine.len()].chunks_exact(2) {
+                let loss = mb[0] as f32;
+                let limit = s.chance_loss.map_or(f32::INFINITY, |c| {
+                    EXPLODE_FACTOR * cur.first_loss.unwrap_or(c).max(c)
+                });
+                if !loss.is_finite() || loss > limit {
+                    return Err(diverged(step_no, format!("loss {loss}"), &last_ckpt));
+                }
+                loss_sum += mb[0];
+                seen += mb[1] as u64;
             }
-            loss_sum += loss as f64;
-            seen += n;
-            cur.pos += 1;
+            interrupted |= rank[2 * mine.len()] != 0.0;
         }
+        cur.pos += ga;
         let loss = (loss_sum / ga as f64) as f32;
         if ga > 1 {
             let scale = 1.0 / ga as f32;
@@ -342,7 +372,7 @@ pub fn run(
         let eta =
             session_t0.elapsed().as_secs_f64() / session_steps as f64 * (total - cur.step) as f64;
 
-        if done % s.eval_every == 0 || cur.step == total {
+        if lead && (done % s.eval_every == 0 || cur.step == total) {
             let (tl, vl) = task.evaluate(model, done)?;
             cur.history.push(LossRow {
                 step: cur.step,
@@ -385,18 +415,23 @@ pub fn run(
             rate_unit: s.rate_unit,
             eta,
         };
-        progress.update(con.log, &status, cur.step == total);
+        if lead {
+            progress.update(con.log, &status, cur.step == total);
+        }
 
         let epoch_end = cur.pos + ga > bpe;
         if epoch_end {
-            task.end_epoch(model, cur.epoch, &mut progress, con)?;
+            if lead {
+                task.end_epoch(model, cur.epoch, &mut progress, con)?;
+            }
             cur.epoch += 1;
             cur.pos = 0;
             task.start_epoch(cur.epoch);
         }
-        let interrupted = signal::interrupted();
         let periodic = s.checkpoint_every.is_some_and(|n| cur.step % n == 0);
-        if (epoch_end && s.checkpoint_epochs) || periodic || cur.step == total || interrupted {
+        if lead
+            && ((epoch_end && s.checkpoint_epochs) || periodic || cur.step == total || interrupted)
+        {
             last_ckpt = Some(task.save(model, cur, SaveTo::Run)?);
         }
         if interrupted && cur.step < total {
@@ -407,6 +442,7 @@ pub fn run(
                 best,
                 session_steps,
                 rate: rate(cur.seen, session_train_s),
+                comm_seconds: reducer.comm_seconds,
             });
         }
     }
@@ -414,7 +450,7 @@ pub fn run(
 
     // Nothing ran (a resumed run that had finished): evaluate and save once so the summary is
     // complete.
-    if cur.history.last().is_none_or(|r| r.step != cur.step) {
+    if lead && cur.history.last().is_none_or(|r| r.step != cur.step) {
         let (tl, vl) = task.evaluate(model, cur.step)?;
         cur.history.push(LossRow {
             step: cur.step,
@@ -428,7 +464,8 @@ pub fn run(
     }
     let checkpoint = match last_ckpt {
         Some(p) => p,
-        None => task.save(model, cur, SaveTo::Run)?,
+        None if lead => task.save(model, cur, SaveTo::Run)?,
+        None => PathBuf::new(),
     };
     let session_steps = cur.step - session_step0;
     Ok(Ended {
@@ -441,12 +478,14 @@ pub fn run(
         } else {
             0.0
         },
+        comm_seconds: reducer.comm_seconds,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dist::Single;
     use crate::model::Init;
     use emberlm_formats::config::GptConfig;
 
@@ -560,7 +599,7 @@ mod tests {
         };
         let mut cur = Cursor::default();
         let s = settings(tmp.path(), 10);
-        let ended = run(&mut task, &mut model(), &s, &mut cur, &mut con).unwrap();
+        let ended = run(&mut task, &mut model(), &s, &mut cur, &Single, &mut con).unwrap();
         assert!(!ended.interrupted);
         // 6 micro-batches of 2 per step: 3 steps per epoch.
         assert_eq!(task.epochs_started, [0, 1, 2, 3]);
@@ -604,6 +643,7 @@ mod tests {
             &mut model(),
             &s,
             &mut Cursor::default(),
+            &Single,
             &mut con,
         )
         .unwrap_err();
@@ -632,6 +672,7 @@ mod tests {
             &mut model(),
             &s,
             &mut Cursor::default(),
+            &Single,
             &mut con,
         )
         .unwrap_err();
