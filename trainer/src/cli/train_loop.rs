@@ -485,7 +485,7 @@ pub fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dist::Single;
+    use crate::dist::{Comm, Single};
     use crate::model::Init;
     use emberlm_formats::config::GptConfig;
 
@@ -691,5 +691,137 @@ mod tests {
             }
         }
         assert_ne!(dropout_seed(7, 0, 0), dropout_seed(8, 0, 0));
+    }
+
+    /// Real training: micro-batch `pos` is fixed token windows made from `pos`, dropout on,
+    /// AdamW updates.
+    struct Real {
+        opt: crate::adamw::AdamW,
+    }
+
+    impl Task for Real {
+        fn start_epoch(&mut self, _: u64) {}
+        fn micro_batch(
+            &mut self,
+            model: &mut Gpt,
+            pos: usize,
+            seed: u64,
+            _: u64,
+        ) -> Result<(f32, u64), CliError> {
+            let x: Vec<u32> = (0..8).map(|i| ((pos * 5 + i * 3) % 16) as u32).collect();
+            let y: Vec<i32> = x.iter().map(|&t| ((t + 1) % 16) as i32).collect();
+            let loss = model
+                .forward(&x, Some(&y), 2, 4, crate::model::Mode::Train { seed })
+                .unwrap()
+                .unwrap();
+            model.backward().unwrap();
+            Ok((loss, 8))
+        }
+        fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+            let (p, g) = model.params_and_grads();
+            self.opt.step(p, g, lr).map_err(|e| e.to_string())
+        }
+        fn evaluate(&mut self, _: &mut Gpt, _: u64) -> Result<(f32, f32), CliError> {
+            Ok((1.0, 1.0))
+        }
+        fn end_epoch(
+            &mut self,
+            _: &mut Gpt,
+            _: u64,
+            _: &mut Progress,
+            _: &mut Console<'_>,
+        ) -> Result<(), CliError> {
+            Ok(())
+        }
+        fn save(&mut self, _: &Gpt, cur: &Cursor, _: SaveTo<'_>) -> Result<PathBuf, CliError> {
+            Ok(PathBuf::from(format!("step-{}", cur.step)))
+        }
+    }
+
+    /// Trains 6 steps of `ga` micro-batches on `comm`; the final weights.
+    fn train_on(comm: &dyn Comm, ga: usize, dir: &Path) -> Vec<f32> {
+        let mut m = model();
+        m.dropout = crate::model::DropoutRates::uniform(0.1);
+        let mut task = Real {
+            opt: crate::adamw::AdamW::new(
+                crate::adamw::AdamWConfig::default(),
+                m.decay_mask(crate::adamw::DecayPolicy::All),
+            ),
+        };
+        let mut s = settings(dir, 6);
+        s.grad_accum = ga;
+        s.batches_per_epoch = 12;
+        s.chance_loss = None;
+        let (mut log, mut out) = (std::io::sink(), std::io::sink());
+        let mut con = Console {
+            log: &mut log,
+            out: &mut out,
+            tty: false,
+        };
+        run(
+            &mut task,
+            &mut m,
+            &s,
+            &mut Cursor::default(),
+            comm,
+            &mut con,
+        )
+        .unwrap();
+        m.params().to_vec()
+    }
+
+    /// Fails if a rank computed another micro-batch, another dropout mask, or summed in
+    /// another order than one process (a mutation of the micro-batch's seed index fails it).
+    #[test]
+    fn ranks_train_the_same_weights_as_one_process_bit_for_bit() {
+        for (ranks, ga) in [(2, 2), (2, 4), (4, 4)] {
+            let tmp = tempfile::tempdir().unwrap();
+            let one = train_on(&Single, ga, tmp.path());
+            let group = crate::dist::threads::group(ranks);
+            let dirs: Vec<_> = (0..ranks).map(|_| tempfile::tempdir().unwrap()).collect();
+            let all: Vec<Vec<f32>> = std::thread::scope(|sc| {
+                let hs: Vec<_> = group
+                    .iter()
+                    .zip(&dirs)
+                    .map(|(c, d)| sc.spawn(move || train_on(c, ga, d.path())))
+                    .collect();
+                hs.into_iter().map(|h| h.join().unwrap()).collect()
+            });
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for (r, w) in all.iter().enumerate() {
+                assert_eq!(bits(w), bits(&one), "{ranks} ranks, ga {ga}: rank {r}");
+            }
+            // Only rank 0 wrote the curves.
+            assert!(dirs[0].path().join("loss.csv").exists());
+            assert!(!dirs[1].path().join("loss.csv").exists());
+        }
+    }
+
+    #[test]
+    fn ranks_that_cannot_share_the_micro_batches_are_refused() {
+        let group = crate::dist::threads::group(2);
+        let tmp = tempfile::tempdir().unwrap();
+        let mut task = Script {
+            losses: vec![1.0],
+            ..Script::default()
+        };
+        let mut s = settings(tmp.path(), 2);
+        s.grad_accum = 3;
+        let (mut log, mut out) = (std::io::sink(), std::io::sink());
+        let mut con = Console {
+            log: &mut log,
+            out: &mut out,
+            tty: false,
+        };
+        let e = run(
+            &mut task,
+            &mut model(),
+            &s,
+            &mut Cursor::default(),
+            &group[0],
+            &mut con,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("power of two"), "{e}");
     }
 }
