@@ -492,3 +492,190 @@ pub fn forward_backward(
         logits: out_logits,
     }
 }
+
+/// A model of one of the modern families being trained: its layout, flat parameters and
+/// gradients (the same layout), and the scratch gradients of an evaluation.
+#[derive(Debug)]
+pub struct FamilyModel {
+    /// Where each tensor lives.
+    pub layout: Layout,
+    params: Vec<f32>,
+    grads: Vec<f32>,
+    scratch: Vec<f32>,
+}
+
+/// Whether a tensor of this role is a norm scale (stored as the runtime uses it: 1 + w for
+/// Gemma, w elsewhere; 1 either way at initialisation).
+fn is_norm_scale(role: Role) -> bool {
+    matches!(
+        role,
+        Role::AttnNormScale
+            | Role::MlpNormScale
+            | Role::FinalNormScale
+            | Role::QNorm
+            | Role::KNorm
+            | Role::AttnPostNorm
+            | Role::MlpPostNorm
+    )
+}
+
+impl FamilyModel {
+    /// A fresh model of `cfg` initialised as Hugging Face transformers initialises these
+    /// families: every matrix (embedding and projections) N(0, 0.02²) (`initializer_range`),
+    /// biases 0, norm scales 1 (Gemma's w = 0). Reproducible from `seed`.
+    pub fn new(cfg: &ModelConfig, seed: u64) -> Result<FamilyModel, String> {
+        if cfg.rope.is_none() {
+            return Err(format!("{:?} is not a rotary family", cfg.arch));
+        }
+        let layout = Layout::new(cfg);
+        let mut params = vec![0.0f32; layout.len];
+        for (i, t) in arch::tensors(cfg, None).iter().enumerate() {
+            let r = layout
+                .range(t.desc.role, t.layer)
+                .expect("the layout holds every tensor");
+            let dst = &mut params[r];
+            if t.shape.len() == 2 {
+                let key = crate::data::mix64(seed ^ crate::data::mix64(i as u64 + 1));
+                crate::model::fill_normal(dst, 0.02, key);
+            } else if is_norm_scale(t.desc.role) {
+                dst.fill(1.0);
+            }
+        }
+        Ok(FamilyModel {
+            layout,
+            params,
+            grads: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// A model of `cfg` holding `params` (in the layout's order).
+    pub fn from_params(cfg: &ModelConfig, params: Vec<f32>) -> Result<FamilyModel, String> {
+        let layout = Layout::new(cfg);
+        if params.len() != layout.len {
+            return Err(format!(
+                "{} parameters given, the configuration has {}",
+                params.len(),
+                layout.len
+            ));
+        }
+        Ok(FamilyModel {
+            layout,
+            params,
+            grads: Vec::new(),
+            scratch: Vec::new(),
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &ModelConfig {
+        &self.layout.cfg
+    }
+
+    /// The flat parameters.
+    pub fn params(&self) -> &[f32] {
+        &self.params
+    }
+
+    /// The flat gradients (allocated on first use).
+    pub fn grads_mut(&mut self) -> &mut [f32] {
+        if self.grads.len() != self.params.len() {
+            self.grads = vec![0.0; self.params.len()];
+        }
+        &mut self.grads
+    }
+
+    /// Parameters (writable) and gradients together, for the optimizer.
+    pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        self.grads_mut();
+        (&mut self.params, &self.grads)
+    }
+
+    /// Forward and backward of a (B, T) batch: the mean loss; gradients added to the model's.
+    pub fn train_batch(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
+        self.grads_mut();
+        forward_backward(
+            &self.layout,
+            &self.params,
+            &mut self.grads,
+            tokens,
+            targets,
+            b,
+        )
+        .loss
+    }
+
+    /// The mean loss of a (B, T) batch, gradients untouched. (It runs the backward pass into a
+    /// scratch buffer: evaluation costs a training step.)
+    pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
+        self.scratch.resize(self.params.len(), 0.0);
+        forward_backward(
+            &self.layout,
+            &self.params,
+            &mut self.scratch,
+            tokens,
+            targets,
+            b,
+        )
+        .loss
+    }
+
+    /// Every tensor's ember name, shape and values, in file order.
+    pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
+        arch::tensors(&self.layout.cfg, None)
+            .into_iter()
+            .zip(&self.layout.tensors)
+            .map(|(t, (name, r))| (name.clone(), t.shape.clone(), &self.params[r.clone()]))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod model_tests {
+    use super::*;
+
+    fn tiny() -> ModelConfig {
+        let mut c = ModelConfig::preset("smollm2-135m").unwrap();
+        c.vocab_size = 64;
+        c.context_length = 16;
+        c.dim = 16;
+        c.n_layers = 2;
+        c.n_heads = 4;
+        c.n_kv_heads = 2;
+        c.head_dim = 4;
+        c.ffn_dim = 24;
+        c
+    }
+
+    #[test]
+    fn fresh_models_start_at_chance_and_learn() {
+        let cfg = tiny();
+        let mut m = FamilyModel::new(&cfg, 7).unwrap();
+        let x: Vec<u32> = (0..32).map(|i| (i * 7 % 64) as u32).collect();
+        let y: Vec<i32> = x.iter().map(|&t| ((t + 1) % 64) as i32).collect();
+        let l0 = m.loss(&x, &y, 2);
+        // N(0, 0.02) weights: logits near 0, so the loss is near ln V.
+        assert!((l0 - (64f64).ln()).abs() < 0.05, "{l0}");
+        let mut opt = crate::adamw::AdamW::new(
+            crate::adamw::AdamWConfig::default(),
+            m.layout.decay_mask(DecayPolicy::MatricesOnly),
+        );
+        for _ in 0..30 {
+            m.grads_mut().fill(0.0);
+            m.train_batch(&x, &y, 2);
+            let (p, g) = m.params_and_grads();
+            opt.step(p, g, 1e-2).unwrap();
+        }
+        let l1 = m.loss(&x, &y, 2);
+        assert!(l1 < 0.5 * l0, "{l0} -> {l1}");
+        // Seeded: the same seed, the same weights; another, others.
+        assert_eq!(
+            FamilyModel::new(&cfg, 7).unwrap().params(),
+            FamilyModel::new(&cfg, 7).unwrap().params()
+        );
+        assert_ne!(
+            FamilyModel::new(&cfg, 8).unwrap().params(),
+            FamilyModel::new(&cfg, 7).unwrap().params()
+        );
+    }
+}

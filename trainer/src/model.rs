@@ -1377,7 +1377,7 @@ fn weight_fan_in(tensors: &[TensorInfo], role: Role) -> usize {
 
 /// Fills `dst` with N(0, std²) draws; elements 2j and 2j+1 depend only on (key, j) (Box–Muller
 /// on two counter-based uniforms gives the pair), so the fill is parallel and reproducible.
-fn fill_normal(dst: &mut [f32], std: f32, key: u64) {
+pub(crate) fn fill_normal(dst: &mut [f32], std: f32, key: u64) {
     const CHUNK: usize = 1 << 14; // even, so pairs never straddle chunks
     dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
         for (j, pair) in d.chunks_mut(2).enumerate() {

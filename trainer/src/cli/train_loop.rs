@@ -194,8 +194,35 @@ impl SaveTo<'_> {
     }
 }
 
-/// What a task supplies to the loop.
-pub trait Task {
+/// What the loop needs of a model: its flat parameters and gradients (GPT-2's [`Gpt`], the
+/// modern families' [`crate::family::FamilyModel`]).
+pub trait Trainable {
+    /// The flat parameter buffer.
+    fn params(&self) -> &[f32];
+    /// The flat gradient buffer (same layout), writable.
+    fn grads_mut(&mut self) -> &mut [f32];
+}
+
+impl Trainable for Gpt {
+    fn params(&self) -> &[f32] {
+        Gpt::params(self)
+    }
+    fn grads_mut(&mut self) -> &mut [f32] {
+        Gpt::grads_mut(self)
+    }
+}
+
+impl Trainable for crate::family::FamilyModel {
+    fn params(&self) -> &[f32] {
+        crate::family::FamilyModel::params(self)
+    }
+    fn grads_mut(&mut self) -> &mut [f32] {
+        crate::family::FamilyModel::grads_mut(self)
+    }
+}
+
+/// What a task supplies to the loop, for a model of type `M`.
+pub trait Task<M: Trainable = Gpt> {
     /// Epoch `epoch` (from 0) begins (also when the loop starts in it): shuffle.
     fn start_epoch(&mut self, epoch: u64);
     /// Forward and backward of micro-batch `pos` of the epoch with dropout seed `seed`, in step
@@ -203,26 +230,26 @@ pub trait Task {
     /// there is none) and the units it trained on.
     fn micro_batch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut M,
         pos: usize,
         seed: u64,
         step_no: u64,
     ) -> Result<(f32, u64), CliError>;
     /// The optimizer's update with learning rate `lr` (the gradients are final).
-    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String>;
+    fn update(&mut self, model: &mut M, lr: f32) -> Result<(), String>;
     /// The (train, validation) loss with dropout off; `at` is the 0-based index of the step just
     /// taken (seeds the choice of training batches).
-    fn evaluate(&mut self, model: &mut Gpt, at: u64) -> Result<(f32, f32), CliError>;
+    fn evaluate(&mut self, model: &mut M, at: u64) -> Result<(f32, f32), CliError>;
     /// After the last batch of epoch `epoch` (from 0): a sample, metrics.
     fn end_epoch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut M,
         epoch: u64,
         progress: &mut Progress,
         con: &mut Console<'_>,
     ) -> Result<(), CliError>;
     /// Writes a checkpoint of `model` at `cur`; returns its directory.
-    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError>;
+    fn save(&mut self, model: &M, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError>;
 }
 
 /// The best checkpoint so far: its validation loss and step.
@@ -263,9 +290,9 @@ pub struct Ended {
 }
 
 /// Trains `model` from `cur` to `s.total` steps.
-pub fn run(
-    task: &mut dyn Task,
-    model: &mut Gpt,
+pub fn run<M: Trainable>(
+    task: &mut dyn Task<M>,
+    model: &mut M,
     s: &Settings,
     cur: &mut Cursor,
     comm: &dyn Comm,
@@ -315,7 +342,7 @@ pub fn run(
         // The step's gradient: this rank's micro-batches, summed with the other ranks' by the
         // fixed tree of `dist` (one process: the same tree).
         let (pos0, step0) = (cur.pos, cur.step);
-        reducer.step(comm, ga, model, Gpt::grads_mut, |micro, model| {
+        reducer.step(comm, ga, model, M::grads_mut, |micro, model| {
             let seed = dropout_seed(s.dropout_seed, step0, micro);
             let (loss, n) = task.micro_batch(model, pos0 + micro, seed, step_no)?;
             let i = 2 * (micro - mine.start);
@@ -348,7 +375,7 @@ pub fn run(
         }
         let norm = match s.clip {
             Some(c) => clip_grad_norm(model.grads_mut(), c),
-            None => grad_norm(model.grads()),
+            None => grad_norm(model.grads_mut()),
         };
         if !norm.is_finite() {
             return Err(diverged(
