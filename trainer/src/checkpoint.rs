@@ -107,6 +107,100 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> CheckpointError {
     }
 }
 
+/// A model of the modern families (Llama, Qwen2, Qwen3, Gemma 3) trained from scratch, as
+/// `trainer.json` records it: the architecture and the shape; everything else (norm ε, rotary
+/// scaling, Gemma's sliding window and scales) follows from the architecture by
+/// [`FamilyJson::config`]. A checkpoint with this field holds that model, not a GPT-2.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FamilyJson {
+    /// `llama`, `qwen2`, `qwen3` or `gemma3`.
+    pub arch: String,
+    /// V.
+    pub vocab_size: usize,
+    /// T (the rotary tables' length).
+    pub context_length: usize,
+    /// C.
+    pub dim: usize,
+    /// L.
+    pub n_layers: usize,
+    /// H.
+    pub n_heads: usize,
+    /// Hkv.
+    pub n_kv_heads: usize,
+    /// D.
+    pub head_dim: usize,
+    /// F.
+    pub ffn_dim: usize,
+    /// Rotary base.
+    pub rope_theta: f32,
+    /// Whether the head is the token embedding.
+    pub tied_head: bool,
+}
+
+impl FamilyJson {
+    /// The preset whose architecture details a from-scratch model of `arch` takes.
+    pub fn base_preset(arch: &str) -> Option<&'static str> {
+        Some(match arch {
+            "llama" => "smollm2-135m",
+            "qwen2" => "qwen2.5-0.5b",
+            "qwen3" => "qwen3-0.6b",
+            "gemma3" => "gemma3-270m",
+            _ => return None,
+        })
+    }
+
+    /// The full configuration: the architecture's base preset ([`Self::base_preset`]) with this
+    /// shape; Gemma's embedding scale √C and every family's query scale 1/√D follow the shape.
+    pub fn config(&self) -> Result<emberlm_formats::config::ModelConfig, String> {
+        use emberlm_formats::config::ModelConfig;
+        let base = Self::base_preset(&self.arch).ok_or_else(|| {
+            format!(
+                "unknown architecture {:?} (llama, qwen2, qwen3, gemma3)",
+                self.arch
+            )
+        })?;
+        let mut c = ModelConfig::preset(base).map_err(|e| e.to_string())?;
+        c.vocab_size = self.vocab_size;
+        c.context_length = self.context_length;
+        c.dim = self.dim;
+        c.n_layers = self.n_layers;
+        c.n_heads = self.n_heads;
+        c.n_kv_heads = self.n_kv_heads;
+        c.head_dim = self.head_dim;
+        c.ffn_dim = self.ffn_dim;
+        c.tied_head = self.tied_head;
+        if let Some(r) = c.rope.as_mut() {
+            r.theta = self.rope_theta;
+        }
+        if c.arch == emberlm_formats::config::Arch::Gemma3 {
+            c.embed_scale = (self.dim as f32).sqrt();
+            if let Some(w) = c.sliding.as_mut() {
+                w.window = w.window.min(self.context_length.max(1));
+            }
+        }
+        c.query_scale = 1.0 / (self.head_dim as f32).sqrt();
+        c.validate().map_err(|e| e.to_string())?;
+        Ok(c)
+    }
+
+    /// The shape of `c` (its architecture's name and the fields above).
+    pub fn of(c: &emberlm_formats::config::ModelConfig) -> FamilyJson {
+        FamilyJson {
+            arch: c.arch.name().to_string(),
+            vocab_size: c.vocab_size,
+            context_length: c.context_length,
+            dim: c.dim,
+            n_layers: c.n_layers,
+            n_heads: c.n_heads,
+            n_kv_heads: c.n_kv_heads,
+            head_dim: c.head_dim,
+            ffn_dim: c.ffn_dim,
+            rope_theta: c.rope.map_or(0.0, |r| r.theta),
+            tied_head: c.tied_head,
+        }
+    }
+}
+
 /// [`GptConfig`] as stored in `trainer.json`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ConfigJson {
@@ -453,6 +547,10 @@ pub struct TrainerState {
     /// A fine-tuned classifier's head (absent for a language model).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub classifier: Option<ClassifierJson>,
+    /// A model of the modern families (absent for GPT-2; `config` then holds its vocabulary,
+    /// context, width, layers and heads for tools that only read those).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub family: Option<FamilyJson>,
 }
 
 impl TrainerState {
@@ -482,6 +580,7 @@ impl TrainerState {
             history: Vec::new(),
             source: None,
             classifier: None,
+            family: None,
         }
     }
 }
@@ -540,8 +639,10 @@ pub struct Loaded {
     pub dir: PathBuf,
     /// `trainer.json`.
     pub state: TrainerState,
-    /// The validated configuration.
+    /// The validated configuration (for a family checkpoint, only its common fields).
     pub config: GptConfig,
+    /// The configuration of a modern-family model (Llama, Qwen, Gemma 3); `None` for GPT-2.
+    pub family: Option<emberlm_formats::config::ModelConfig>,
     /// Parameters (N), canonical order.
     pub params: Vec<f32>,
     /// AdamW moments (m, v), when asked for and present.
@@ -551,6 +652,20 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// An error for commands that read GPT-2 checkpoints only (`what`), when this one holds a
+    /// model of the modern families.
+    pub fn gpt2_only(&self, what: &str) -> Result<(), String> {
+        match &self.family {
+            None => Ok(()),
+            Some(c) => Err(format!(
+                "{what}: {} holds a {} model; {what} reads GPT-2 checkpoints only (export it \
+                 with `ember-train export`, or resume it with `pretrain --resume`)",
+                self.dir.display(),
+                c.arch.name()
+            )),
+        }
+    }
+
     /// The tokenizer of a command that reads or writes text (`what`, e.g. `finetune classify`);
     /// an error saying how to get one when the checkpoint has none.
     pub fn text_tokenizer(&self, what: &str) -> Result<&Tokenizer, String> {
@@ -890,14 +1005,29 @@ pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError
         ));
     }
     let config = GptConfig::from(state.config);
-    config
-        .validate()
-        .map_err(|e| corrupt(&state_path, format!("config: {e}")))?;
+    let family = match &state.family {
+        Some(f) => Some(
+            f.config()
+                .map_err(|e| corrupt(&state_path, format!("family: {e}")))?,
+        ),
+        None => {
+            config
+                .validate()
+                .map_err(|e| corrupt(&state_path, format!("config: {e}")))?;
+            None
+        }
+    };
     if let Some(c) = &state.classifier {
         c.task()
             .map_err(|e| corrupt(&state_path, format!("classifier: {e}")))?;
     }
-    let shapes = tensor_shapes(&config, state.classifier.as_ref());
+    let shapes = match &family {
+        Some(c) => emberlm_formats::arch::tensors(c, None)
+            .into_iter()
+            .map(|t| (t.name, t.shape))
+            .collect(),
+        None => tensor_shapes(&config, state.classifier.as_ref()),
+    };
     let params = read_flat(&dir.join(MODEL_FILE), &shapes)?;
     let moments = if with_optimizer {
         let opt = dir.join(OPTIMIZER_FILE);
@@ -941,6 +1071,7 @@ pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError
         dir,
         state,
         config,
+        family,
         params,
         moments,
         tokenizer,

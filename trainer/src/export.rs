@@ -227,3 +227,56 @@ pub fn encode_tensor(
         }
     }
 }
+
+/// Writes a model of the modern families (`cfg`, its tensors in file order as
+/// [`crate::family::FamilyModel::tensors`] gives them) to `path` atomically: matrices in
+/// `dtype`, vectors in f32, with the tokenizer and provenance. Returns the file size.
+pub fn export_family_ember(
+    path: &Path,
+    cfg: &emberlm_formats::config::ModelConfig,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    tokenizer: Option<&emberlm_formats::tokenizer::Tokenizer>,
+    dtype: ExportDtype,
+    provenance: &[(String, String)],
+) -> Result<u64, ExportError> {
+    let mut w = EmberWriter::new();
+    meta::put_model_config(&mut w, cfg)?;
+    meta::put_task(&mut w, &Task::LanguageModel)?;
+    if let Some(t) = tokenizer {
+        meta::put_tokenizer(&mut w, t)?;
+    }
+    w.set("provenance.dtype", Value::Str(dtype.name().into()))?;
+    w.set(
+        "provenance.trainer",
+        Value::Str(format!("ember-train {}", env!("CARGO_PKG_VERSION"))),
+    )?;
+    for (k, v) in provenance {
+        if k != "dtype" && k != "trainer" {
+            w.set(&format!("provenance.{k}"), Value::Str(v.clone()))?;
+        }
+    }
+    for (name, shape, data) in tensors {
+        let numel: usize = shape.iter().product();
+        if data.len() != numel {
+            return Err(ExportError::WrongSize {
+                tensor: name.clone(),
+                expected: numel,
+                found: data.len(),
+            });
+        }
+        let dt = if shape.len() == 2 {
+            dtype.dtype()
+        } else {
+            DType::F32
+        };
+        w.add_tensor(name, dt, shape)?;
+    }
+    let mut quant_error = None;
+    let result = w.write_file(path, |i, entry, out| {
+        encode_tensor(entry, tensors[i].2, out, &mut quant_error)
+    });
+    match (result, quant_error) {
+        (Err(_), Some(e)) => Err(e),
+        (r, _) => Ok(r?),
+    }
+}

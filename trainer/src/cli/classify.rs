@@ -320,6 +320,7 @@ fn train(
 ) -> Result<Outcome, CliError> {
     let wall = Instant::now();
     let l = checkpoint::load(&init, false).map_err(|e| failed(format!("--init: {e}")))?;
+    l.gpt2_only("finetune classify --init").map_err(failed)?;
     if l.state.classifier.is_some() {
         return Err(failed(format!(
             "--init {}: is already a classifier; start from a language-model checkpoint",

@@ -35,6 +35,7 @@ pub fn eval(a: EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
 fn eval_inner(a: &EvalArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
+    l.gpt2_only("eval").map_err(failed)?;
     if l.state.classifier.is_some() {
         return Err(failed(format!(
             "{}: is a classifier (its accuracy is printed by `ember-train finetune classify`; run it with `ember classify`)",

@@ -36,6 +36,35 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
     if let Some(r) = l.state.history.last() {
         provenance.push(("val_loss".to_string(), r.val_loss.to_string()));
     }
+    if let Some(fc) = &l.family {
+        // A model of the modern families trained here: its tensors in file order.
+        let model = crate::family::FamilyModel::from_params(fc, l.params.clone())
+            .map_err(|e| failed(format!("{}: {e}", l.dir.display())))?;
+        let t0 = Instant::now();
+        let bytes = crate::export::export_family_ember(
+            &a.out,
+            fc,
+            &model.tensors(),
+            l.tokenizer.as_ref(),
+            dtype,
+            &provenance,
+        )
+        .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+        note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+        say!(
+            con,
+            "{}: {} bytes ({:.1} MB, {}, {})",
+            a.out.display(),
+            bytes,
+            bytes as f64 / 1e6,
+            fc.arch.name(),
+            dtype.name()
+        );
+        return Ok(Outcome {
+            json: json!({"out": a.out, "bytes": bytes, "dtype": dtype.name(), "arch": fc.arch.name()}),
+            exit_code: 0,
+        });
+    }
     let task = match &l.state.classifier {
         Some(c) => c.task().map_err(failed)?,
         None => Task::LanguageModel,

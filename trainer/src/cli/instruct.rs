@@ -380,6 +380,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
     // 1. The model, its tokenizer and the data.
     let init = checkpoint::load(&s.init, false).map_err(|e| failed(format!("--init {e}")))?;
+    init.gpt2_only("finetune instruct --init").map_err(failed)?;
     if let Some(c) = &init.state.classifier {
         return Err(failed(format!(
             "--init {}: a classifier checkpoint (labels {:?}); instruction tuning starts from a \

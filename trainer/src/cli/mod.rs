@@ -111,15 +111,37 @@ pub struct PretrainArgs {
     /// a UTF-8 text file to train on (repeatable: files are joined with <|endoftext|>)
     #[argh(option)]
     pub data: Vec<PathBuf>,
-    /// model preset: 124m, 355m, 774m or 1558m (vocabulary 50257, context 1024)
+    /// model preset: 124m, 355m, 774m or 1558m (GPT-2: vocabulary 50257, context 1024), or
+    /// the modern families' real sizes smollm2-135m, smollm2-360m, qwen2.5-0.5b, qwen3-0.6b,
+    /// llama3.2-1b, gemma3-270m (which set --arch; their vocabulary becomes the tokenizer's)
     #[argh(option)]
     pub config: Option<String>,
+    /// architecture: gpt2 (default), llama (Llama 3 / SmolLM2: RMSNorm, RoPE, SwiGLU,
+    /// grouped-query attention), qwen2 (llama with q/k/v biases), qwen3 (llama with q/k norms),
+    /// gemma3 (GeGLU, four norms per block, sliding-window layers)
+    #[argh(option)]
+    pub arch: Option<String>,
     /// number of transformer blocks (default 4)
     #[argh(option)]
     pub layers: Option<usize>,
     /// attention heads (default 4)
     #[argh(option)]
     pub heads: Option<usize>,
+    /// key/value heads of grouped-query attention (modern families; default: --heads / 2 when
+    /// even, else --heads)
+    #[argh(option)]
+    pub kv_heads: Option<usize>,
+    /// MLP hidden units (modern families; default 8/3 × --dim rounded up to a multiple of 64,
+    /// as Llama)
+    #[argh(option)]
+    pub ffn_dim: Option<usize>,
+    /// size of each attention head (modern families; default --dim / --heads)
+    #[argh(option)]
+    pub head_dim: Option<usize>,
+    /// rotary base θ (modern families; default the architecture's: 100000 llama, 1000000 qwen,
+    /// 1000000 gemma3)
+    #[argh(option)]
+    pub rope_theta: Option<f32>,
     /// embedding dimension (default 128)
     #[argh(option)]
     pub dim: Option<usize>,

@@ -14,7 +14,7 @@
 
 use super::progress::Progress;
 use super::train_loop::{
-    self, Cursor, Curves, SaveTo, Settings, Task, finite_or_null, mem_available,
+    self, Cursor, Curves, SaveTo, Settings, Task, Trainable, finite_or_null, mem_available,
 };
 use super::{
     CliError, Console, Outcome, PretrainArgs, count, failed, fmt_duration, sample, shell_path,
@@ -22,17 +22,18 @@ use super::{
 };
 use crate::adamw::{AdamW, AdamWConfig, DecayPolicy};
 use crate::checkpoint::{
-    self, Contents, DataRef, Hyper, InitScheme, Loaded, RngState, RunKind, Schedule, TokenizerRef,
-    TrainerState,
+    self, Contents, DataRef, FamilyJson, Hyper, InitScheme, Loaded, RngState, RunKind, Schedule,
+    TokenizerRef, TrainerState,
 };
 use crate::corpus;
 use crate::data::{self, CacheStatus, DataError, Order, Windows, mix64};
 use crate::dist::{self, Comm, Single};
+use crate::family::FamilyModel;
 use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
 use crate::plot;
 use crate::shards::{self, Manifest};
 use crate::{note, say};
-use emberlm_formats::config::GptConfig;
+use emberlm_formats::config::{GptConfig, ModelConfig};
 use emberlm_formats::tokenizer::{Tokenizer, TrainOptions, train_bpe};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -72,6 +73,186 @@ const MAIN_PROMPT: &str = "The trainer";
 const MAIN_EPOCHS: u64 = 2;
 const MAIN_LR: f32 = 1e-3;
 const MAIN_EVAL_EVERY: u64 = 25;
+
+/// The configuration of a fresh model of the modern families from the flags (`--arch` other
+/// than gpt2, or a family preset in `--config`); `None` for GPT-2. The vocabulary is the
+/// tokenizer's (or `--vocab`); the context defaults to 64 without a preset and to
+/// min(preset's, 1024) with one.
+fn family_config(
+    a: &PretrainArgs,
+    tok: &Tokenizer,
+    builtin: bool,
+) -> Result<Option<ModelConfig>, CliError> {
+    let preset = match &a.config {
+        Some(name) if GptConfig::preset(name).is_err() => {
+            Some(ModelConfig::preset(name).map_err(|_| {
+                usage(format!(
+                    "--config {name}: unknown preset (GPT-2: 124m, 355m, 774m, 1558m; modern \
+                     families: smollm2-135m, smollm2-360m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, \
+                     gemma3-270m)"
+                ))
+            })?)
+        }
+        _ => None,
+    };
+    let arch = match (a.arch.as_deref(), &preset) {
+        (None | Some("gpt2"), None) => {
+            for (given, name) in [
+                (a.kv_heads.is_some(), "--kv-heads"),
+                (a.ffn_dim.is_some(), "--ffn-dim"),
+                (a.head_dim.is_some(), "--head-dim"),
+                (a.rope_theta.is_some(), "--rope-theta"),
+            ] {
+                if given {
+                    return Err(usage(format!(
+                        "{name} shapes the modern families: give --arch llama, qwen2, qwen3 or \
+                         gemma3"
+                    )));
+                }
+            }
+            return Ok(None);
+        }
+        (Some("gpt2"), Some(p)) => {
+            return Err(usage(format!(
+                "--arch gpt2 with a {} preset: leave --arch out, or pick a GPT-2 preset",
+                p.arch.name()
+            )));
+        }
+        (None, Some(p)) => p.arch.name().to_string(),
+        (Some(x), p) => {
+            if FamilyJson::base_preset(x).is_none() {
+                return Err(usage(format!(
+                    "--arch {x}: unknown architecture (gpt2, llama, qwen2, qwen3, gemma3)"
+                )));
+            }
+            if let Some(p) = p.filter(|p| p.arch.name() != x) {
+                return Err(usage(format!(
+                    "--arch {x} with --config {}: that preset is a {} model",
+                    a.config.as_deref().unwrap_or(""),
+                    p.arch.name()
+                )));
+            }
+            x.to_string()
+        }
+    };
+    for (given, name, why) in [
+        (
+            a.qkv_bias,
+            "--qkv-bias",
+            "the architecture decides (qwen2 has them)",
+        ),
+        (
+            a.init_scheme.is_some(),
+            "--init-scheme",
+            "the modern families start as transformers initialises them (N(0, 0.02))",
+        ),
+        (
+            a.dropout.is_some_and(|d| d != 0.0),
+            "--dropout",
+            "the modern families train without dropout",
+        ),
+    ] {
+        if given {
+            return Err(usage(format!(
+                "{name} does not apply to --arch {arch}: {why}"
+            )));
+        }
+    }
+    let base = match &preset {
+        Some(p) => *p,
+        None => ModelConfig::preset(FamilyJson::base_preset(&arch).expect("checked"))
+            .map_err(|e| failed(e.to_string()))?,
+    };
+    let dim = a.dim.unwrap_or(if preset.is_some() {
+        base.dim
+    } else {
+        DEFAULT_DIM
+    });
+    let heads = a.heads.unwrap_or(if preset.is_some() {
+        base.n_heads
+    } else {
+        DEFAULT_HEADS
+    });
+    let head_dim = a.head_dim.unwrap_or(
+        if preset.is_some() && a.dim.is_none() && a.heads.is_none() {
+            base.head_dim
+        } else {
+            dim / heads.max(1)
+        },
+    );
+    let kv_heads = a
+        .kv_heads
+        .unwrap_or(if preset.is_some() && a.heads.is_none() {
+            base.n_kv_heads
+        } else if heads % 2 == 0 {
+            heads / 2
+        } else {
+            heads
+        });
+    let ffn_dim = a.ffn_dim.unwrap_or(if preset.is_some() && a.dim.is_none() {
+        base.ffn_dim
+    } else {
+        (8 * dim).div_ceil(3).div_ceil(64) * 64
+    });
+    let vocab = match a.vocab {
+        Some(v) if !builtin => {
+            if v < tok.vocab_size() {
+                return Err(usage(format!(
+                    "--vocab {v} is smaller than the tokenizer's {} ids",
+                    tok.vocab_size()
+                )));
+            }
+            v
+        }
+        _ => tok.vocab_size(),
+    };
+    let shape = FamilyJson {
+        arch: arch.clone(),
+        vocab_size: vocab,
+        context_length: a.context.unwrap_or(if preset.is_some() {
+            base.context_length.min(1024)
+        } else {
+            DEFAULT_CONTEXT
+        }),
+        dim,
+        n_layers: a.layers.unwrap_or(if preset.is_some() {
+            base.n_layers
+        } else {
+            DEFAULT_LAYERS
+        }),
+        n_heads: heads,
+        n_kv_heads: kv_heads,
+        head_dim,
+        ffn_dim,
+        rope_theta: a
+            .rope_theta
+            .unwrap_or(base.rope.map_or(10_000.0, |r| r.theta)),
+        tied_head: a.tied_head || base.tied_head,
+    };
+    if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+        return Err(usage(format!(
+            "--heads {heads} --kv-heads {kv_heads}: the query heads must be a positive multiple \
+             of the key/value heads"
+        )));
+    }
+    if head_dim == 0 || head_dim % 2 != 0 {
+        return Err(usage(format!(
+            "--head-dim {head_dim}: rotary embeddings need an even, positive head size"
+        )));
+    }
+    shape
+        .config()
+        .map(Some)
+        .map_err(|e| usage(format!("model configuration (--arch {arch}): {e}")))
+}
+
+/// The number of parameters of a model of the modern families.
+fn family_params(c: &ModelConfig) -> usize {
+    emberlm_formats::arch::tensors(c, None)
+        .iter()
+        .map(|t| t.len())
+        .sum()
+}
 
 /// Where a run's files go.
 #[derive(Debug)]
@@ -154,6 +335,11 @@ fn fixed_flags_given(a: &PretrainArgs) -> Vec<&'static str> {
     chk(a.sample_tokens.is_some(), "--sample-tokens");
     chk(a.tokenizer.is_some(), "--tokenizer");
     chk(a.init.is_some(), "--init");
+    chk(a.arch.is_some(), "--arch");
+    chk(a.kv_heads.is_some(), "--kv-heads");
+    chk(a.ffn_dim.is_some(), "--ffn-dim");
+    chk(a.head_dim.is_some(), "--head-dim");
+    chk(a.rope_theta.is_some(), "--rope-theta");
     v
 }
 
@@ -242,7 +428,10 @@ fn fresh_run_dir() -> PathBuf {
 
 /// Everything the training loop needs, resolved from the flags or the checkpoint.
 struct Setup {
+    /// GPT-2's configuration; for a model of the modern families, its common fields.
     cfg: GptConfig,
+    /// The configuration of a model of the modern families (`--arch llama|qwen2|qwen3|gemma3`).
+    family: Option<ModelConfig>,
     hyper: Hyper,
     tokenizer: Tokenizer,
     tok_ref: TokenizerRef,
@@ -546,6 +735,11 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
                 (a.tied_head, "--tied-head"),
                 (a.tokenizer.is_some(), "--tokenizer"),
                 (a.init_scheme.is_some(), "--init-scheme"),
+                (a.arch.is_some(), "--arch"),
+                (a.kv_heads.is_some(), "--kv-heads"),
+                (a.ffn_dim.is_some(), "--ffn-dim"),
+                (a.head_dim.is_some(), "--head-dim"),
+                (a.rope_theta.is_some(), "--rope-theta"),
             ] {
                 if given {
                     return Err(usage(format!(
@@ -553,7 +747,9 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
                     )));
                 }
             }
-            Some(checkpoint::load(p, false).map_err(|e| failed(format!("--init {e}")))?)
+            let l = checkpoint::load(p, false).map_err(|e| failed(format!("--init {e}")))?;
+            l.gpt2_only("pretrain --init").map_err(failed)?;
+            Some(l)
         }
         None => None,
     };
@@ -568,7 +764,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
     } = read_data(a, resume.as_ref())?;
 
     // 3. Tokenizer, configuration and hyperparameters.
-    let (tokenizer, tok_kind, cfg, hyper) = if let Some(l) = &resume {
+    let (tokenizer, tok_kind, cfg, family, hyper) = if let Some(l) = &resume {
         let h = l
             .state
             .hyper
@@ -580,6 +776,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
                 .clone(),
             l.state.tokenizer.kind.clone(),
             l.config,
+            l.family,
             h,
         )
     } else {
@@ -610,8 +807,19 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
         } else {
             (Tokenizer::gpt2().clone(), "gpt2".to_string())
         };
+        let family = family_config(a, &tok, builtin)?;
         let cfg = if let Some(l) = &init {
             l.config
+        } else if let Some(f) = &family {
+            GptConfig {
+                vocab_size: f.vocab_size,
+                context_length: f.context_length,
+                dim: f.dim,
+                n_layers: f.n_layers,
+                n_heads: f.n_heads,
+                qkv_bias: false,
+                tied_head: f.tied_head,
+            }
         } else {
             let mut cfg = match &a.config {
                 Some(name) => {
@@ -665,7 +873,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
             }
         };
         let h = new_hyper(a, builtin, context, init_name)?;
-        (tok, kind, cfg, h)
+        (tok, kind, cfg, family, h)
     };
     let mut hyper = hyper;
     let tok_ref = TokenizerRef {
@@ -686,8 +894,12 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
     }
 
     // 4. Memory, before any large allocation: training state plus the sampler's model copy.
-    let need = memory_estimate(&cfg, hyper.batch, hyper.context)
-        .saturating_add((cfg.param_count() as u64).saturating_mul(8));
+    let need = match &family {
+        // Parameters, gradients, two moments, the sampler's copy and a scratch gradient.
+        Some(f) => (family_params(f) as u64).saturating_mul(24),
+        None => memory_estimate(&cfg, hyper.batch, hyper.context)
+            .saturating_add((cfg.param_count() as u64).saturating_mul(8)),
+    };
     if let Some(avail) = mem_available() {
         if need > avail {
             return Err(failed(format!(
@@ -754,6 +966,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
     let init_params = init.map(|l| l.params);
     Ok(Setup {
         cfg,
+        family,
         hyper,
         tokenizer,
         tok_ref,
@@ -819,7 +1032,7 @@ fn text_windows(
 /// Mean of the per-batch mean losses over the first `max_batches` batches of `w` in `order`
 /// (the book's `calc_loss_loader`); NaN when there is no batch.
 fn mean_loss(
-    model: &mut Gpt,
+    model: &mut Net,
     w: &Windows,
     order: &Order,
     b: usize,
@@ -837,11 +1050,88 @@ fn mean_loss(
         let idx = order.indices(i * b, ((i + 1) * b).min(w.len()), &mut buf);
         w.fill(idx, x, y);
         let l = model
-            .forward(x, Some(y), idx.len(), w.context, Mode::Eval)
+            .eval_loss(x, y, (idx.len(), w.context))
             .map_err(|e| failed(format!("evaluation: {e}")))?;
-        sum += l.unwrap_or(f32::NAN) as f64;
+        sum += l as f64;
     }
     Ok((sum / nb as f64) as f32)
+}
+
+/// The model being pretrained: GPT-2, or one of the modern families.
+enum Net {
+    Gpt(Gpt),
+    Family(FamilyModel),
+}
+
+impl Trainable for Net {
+    fn params(&self) -> &[f32] {
+        match self {
+            Net::Gpt(m) => m.params(),
+            Net::Family(m) => m.params(),
+        }
+    }
+    fn grads_mut(&mut self) -> &mut [f32] {
+        match self {
+            Net::Gpt(m) => m.grads_mut(),
+            Net::Family(m) => m.grads_mut(),
+        }
+    }
+}
+
+impl Net {
+    /// Forward and backward of a (b, t) batch (dropout seeded by `seed` for GPT-2); the loss.
+    fn train_batch(
+        &mut self,
+        x: &[u32],
+        y: &[i32],
+        (b, t): (usize, usize),
+        seed: u64,
+    ) -> Result<f32, String> {
+        match self {
+            Net::Gpt(m) => {
+                let loss = m
+                    .forward(x, Some(y), b, t, Mode::Train { seed })
+                    .map_err(|e| e.to_string())?
+                    .unwrap_or(f32::NAN);
+                if loss.is_finite() {
+                    m.backward().map_err(|e| e.to_string())?;
+                }
+                Ok(loss)
+            }
+            Net::Family(m) => Ok(m.train_batch(x, y, b) as f32),
+        }
+    }
+
+    /// The loss of a (b, t) batch, nothing trained.
+    fn eval_loss(&mut self, x: &[u32], y: &[i32], (b, t): (usize, usize)) -> Result<f32, String> {
+        match self {
+            Net::Gpt(m) => m
+                .forward(x, Some(y), b, t, Mode::Eval)
+                .map(|l| l.unwrap_or(f32::NAN))
+                .map_err(|e| e.to_string()),
+            Net::Family(m) => Ok(m.loss(x, y, b) as f32),
+        }
+    }
+
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        match self {
+            Net::Gpt(m) => m.params_and_grads(),
+            Net::Family(m) => m.params_and_grads(),
+        }
+    }
+
+    fn greedy(
+        &self,
+        tok: &Tokenizer,
+        prompt: &str,
+        n: usize,
+        threads: usize,
+    ) -> Result<String, String> {
+        match self {
+            Net::Gpt(m) => sample::greedy(m, tok, prompt, n, threads),
+            Net::Family(m) => sample::greedy_family(m, tok, prompt, n, threads),
+        }
+    }
 }
 
 /// Pretraining as a [`train_loop::Task`]: sliding windows, AdamW with its moments, a greedy
@@ -880,7 +1170,7 @@ impl Pretrain<'_> {
     }
 }
 
-impl Task for Pretrain<'_> {
+impl Task<Net> for Pretrain<'_> {
     fn start_epoch(&mut self, epoch: u64) {
         self.order = Order::shuffle(
             self.train.len(),
@@ -892,7 +1182,7 @@ impl Task for Pretrain<'_> {
 
     fn micro_batch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut Net,
         pos: usize,
         seed: u64,
         step_no: u64,
@@ -903,24 +1193,18 @@ impl Task for Pretrain<'_> {
             .indices(pos * b, (pos + 1) * b, &mut self.batch_idx);
         self.train.fill(idx, &mut self.x, &mut self.y);
         let loss = model
-            .forward(&self.x, Some(&self.y), b, t, Mode::Train { seed })
-            .map_err(|e| failed(format!("step {step_no}: {e}")))?
-            .unwrap_or(f32::NAN);
-        if loss.is_finite() {
-            model
-                .backward()
-                .map_err(|e| failed(format!("step {step_no}: {e}")))?;
-        }
+            .train_batch(&self.x, &self.y, (b, t), seed)
+            .map_err(|e| failed(format!("step {step_no}: {e}")))?;
         self.step = step_no;
         Ok((loss, (b * t) as u64))
     }
 
-    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+    fn update(&mut self, model: &mut Net, lr: f32) -> Result<(), String> {
         let (p, g) = model.params_and_grads();
         self.opt.step(p, g, lr).map_err(|e| e.to_string())
     }
 
-    fn evaluate(&mut self, model: &mut Gpt, at: u64) -> Result<(f32, f32), CliError> {
+    fn evaluate(&mut self, model: &mut Net, at: u64) -> Result<(f32, f32), CliError> {
         let (b, n) = (self.h.batch, self.h.eval_batches);
         let eval_order = Order::shuffle(self.train.len(), self.rng.eval_seed, at, self.computed);
         let xy = (&mut self.x, &mut self.y);
@@ -932,13 +1216,14 @@ impl Task for Pretrain<'_> {
 
     fn end_epoch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut Net,
         epoch: u64,
         progress: &mut Progress,
         con: &mut Console<'_>,
     ) -> Result<(), CliError> {
         let h = self.h;
-        let text = sample::greedy(model, self.tok, &h.prompt, h.sample_tokens, self.threads)
+        let text = model
+            .greedy(self.tok, &h.prompt, h.sample_tokens, self.threads)
             .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
         progress.line(
             con.log,
@@ -948,7 +1233,7 @@ impl Task for Pretrain<'_> {
         Ok(())
     }
 
-    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+    fn save(&mut self, model: &Net, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
         let state = self.state(cur);
         let c = Contents {
             state: &state,
@@ -974,6 +1259,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
     let s = setup(&a, con, comm.leads())?;
     let Setup {
         cfg,
+        family,
         hyper: h,
         tokenizer: tok,
         tok_ref,
@@ -994,10 +1280,25 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
     }
 
     // Model and optimizer.
+    let build = |params: Option<Vec<f32>>, what: &str| -> Result<Net, CliError> {
+        let fail = |e: String| failed(format!("{what}{e}"));
+        Ok(match (&family, params) {
+            (Some(f), Some(p)) => Net::Family(FamilyModel::from_params(f, p).map_err(fail)?),
+            (Some(f), None) => Net::Family(FamilyModel::new(f, h.seed).map_err(fail)?),
+            (None, Some(p)) => Net::Gpt(Gpt::from_params(cfg, p).map_err(|e| fail(e.to_string()))?),
+            (None, None) => {
+                let scheme = if h.init == InitScheme::Gpt2 {
+                    Init::Gpt2
+                } else {
+                    Init::TorchDefault
+                };
+                Net::Gpt(Gpt::new(cfg, scheme, h.seed).map_err(|e| fail(e.to_string()))?)
+            }
+        })
+    };
     let (mut model, rng, mut cur, mut opt_state) = match resume {
         Some(l) => {
-            let model =
-                Gpt::from_params(cfg, l.params).map_err(|e| failed(format!("--resume: {e}")))?;
+            let model = build(Some(l.params), "--resume: ")?;
             let cur = Cursor::of(&l.state);
             let st = l.state;
             (
@@ -1008,17 +1309,12 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
             )
         }
         None => {
-            let model = match init_params {
-                Some(p) => Gpt::from_params(cfg, p).map_err(|e| failed(format!("--init: {e}")))?,
-                None => {
-                    let scheme = if h.init == InitScheme::Gpt2 {
-                        Init::Gpt2
-                    } else {
-                        Init::TorchDefault
-                    };
-                    Gpt::new(cfg, scheme, h.seed).map_err(|e| failed(format!("model: {e}")))?
-                }
+            let what = if init_params.is_some() {
+                "--init: "
+            } else {
+                "model: "
             };
+            let model = build(init_params, what)?;
             let rng = RngState {
                 shuffle_seed: mix64(h.seed ^ 1),
                 dropout_seed: mix64(h.seed ^ 2),
@@ -1027,18 +1323,25 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
             (model, rng, Cursor::default(), None)
         }
     };
-    model.dropout = DropoutRates::uniform(h.dropout);
     let policy = if h.decay_2d_only {
         DecayPolicy::MatricesOnly
     } else {
         DecayPolicy::All
+    };
+    let decay_mask = match &mut model {
+        Net::Gpt(m) => {
+            m.dropout = DropoutRates::uniform(h.dropout);
+            m.decay_mask(policy)
+        }
+        // Norm scales are stored as 1 + w for Gemma: decaying them would pull them to 0.
+        Net::Family(m) => m.layout.decay_mask(DecayPolicy::MatricesOnly),
     };
     let mut opt = AdamW::new(
         AdamWConfig {
             weight_decay: h.weight_decay,
             ..AdamWConfig::default()
         },
-        model.decay_mask(policy),
+        decay_mask,
     );
     if let Some((adam_step, Some((m, v)))) = opt_state.take() {
         opt.restore(adam_step, &m, &v)
@@ -1046,15 +1349,29 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
     }
 
     let resumed = cur.step > 0;
+    let n_params = match &family {
+        Some(f) => family_params(f),
+        None => cfg.param_count(),
+    };
+    let arch_note = match &family {
+        Some(f) => format!(
+            "{} ({} key/value heads, head size {}, MLP {}), ",
+            f.arch.name(),
+            f.n_kv_heads,
+            f.head_dim,
+            f.ffn_dim
+        ),
+        None => String::new(),
+    };
     note!(
         con,
-        "model: {}, {}, dim {}, context {}, vocabulary {} ({:.2}M parameters); {}",
+        "model: {arch_note}{}, {}, dim {}, context {}, vocabulary {} ({:.2}M parameters); {}",
         count(cfg.n_layers as u64, "layer"),
         count(cfg.n_heads as u64, "head"),
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
-        cfg.param_count() as f64 / 1e6,
+        n_params as f64 / 1e6,
         count(threads as u64, "thread")
     );
     note!(
@@ -1127,9 +1444,16 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
         base: TrainerState {
             hyper: Some(h.clone()),
             data: data_refs,
+            family: family.as_ref().map(FamilyJson::of),
             ..TrainerState::fresh(RunKind::Pretrain, cfg, rng.clone(), tok_ref)
         },
-        shapes: cfg.tensor_shapes(),
+        shapes: match &family {
+            Some(f) => emberlm_formats::arch::tensors(f, None)
+                .into_iter()
+                .map(|t| (t.name, t.shape))
+                .collect(),
+            None => cfg.tensor_shapes(),
+        },
         dir: &files.dir,
         threads,
         last_sample: None,
@@ -1180,7 +1504,8 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
     }
     let sample_text = match task.last_sample.take() {
         Some((s, text)) if s == cur.step => text,
-        _ => sample::greedy(&model, &tok, &h.prompt, h.sample_tokens, threads)
+        _ => model
+            .greedy(&tok, &h.prompt, h.sample_tokens, threads)
             .map_err(|e| failed(format!("final sample: {e}")))?,
     };
     let last = cur.history.last().copied();
@@ -1261,7 +1586,8 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
             "loss_csv": files.csv,
             "loss_plot": files.svg,
             "sample": sample_text,
-            "parameters": cfg.param_count(),
+            "parameters": n_params,
+            "arch": family.map_or("gpt2", |f| f.arch.name()),
             "config": checkpoint::ConfigJson::from(cfg),
             "interrupted": false,
             "best_checkpoint": best.map(|_| &best_dir),

@@ -2,6 +2,7 @@
 //! run by the runtime (`emberlm_runtime::Session`, KV cache), greedy as the book's
 //! `generate_text_simple`.
 
+use crate::family::FamilyModel;
 use crate::model::Gpt;
 use emberlm_formats::ember::{AlignedBytes, DType, EmberWriter, write_f32s};
 use emberlm_formats::meta::{self, Task};
@@ -37,9 +38,46 @@ pub fn greedy(
     n: usize,
     threads: usize,
 ) -> Result<String, String> {
-    let bytes = ember_bytes(model)?;
-    let m = Model::from_bytes(&bytes).map_err(|e| e.to_string())?;
-    let ctx = model.config().context_length;
+    greedy_from(&ember_bytes(model)?, tok, prompt, n, threads)
+}
+
+/// A model of the modern families as an f32 `.ember` file in memory.
+pub fn family_ember_bytes(model: &FamilyModel) -> Result<AlignedBytes, String> {
+    let mut w = EmberWriter::new();
+    meta::put_model_config(&mut w, model.config()).map_err(|e| e.to_string())?;
+    meta::put_task(&mut w, &Task::LanguageModel).map_err(|e| e.to_string())?;
+    let tensors = model.tensors();
+    for (name, shape, _) in &tensors {
+        w.add_tensor(name, DType::F32, shape)
+            .map_err(|e| e.to_string())?;
+    }
+    let bytes = w
+        .to_vec(|i, _, out| write_f32s(out, tensors[i].2))
+        .map_err(|e| e.to_string())?;
+    Ok(AlignedBytes::copy_from(&bytes))
+}
+
+/// [`greedy`] for a model of the modern families.
+pub fn greedy_family(
+    model: &FamilyModel,
+    tok: &Tokenizer,
+    prompt: &str,
+    n: usize,
+    threads: usize,
+) -> Result<String, String> {
+    greedy_from(&family_ember_bytes(model)?, tok, prompt, n, threads)
+}
+
+/// [`greedy`] on a model given as `.ember` bytes.
+fn greedy_from(
+    bytes: &AlignedBytes,
+    tok: &Tokenizer,
+    prompt: &str,
+    n: usize,
+    threads: usize,
+) -> Result<String, String> {
+    let m = Model::from_bytes(bytes).map_err(|e| e.to_string())?;
+    let ctx = m.config().context_length;
     let mut ids = tok.encode_to_vec(prompt, SpecialTokens::Allow);
     if ids.is_empty() {
         ids.push(tok.eot_id().unwrap_or(0));
