@@ -110,6 +110,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         history: vec![],
         source: None,
         classifier: None,
+        family: None,
     };
     let ck = dir.join("init");
     checkpoint::write_dir(

@@ -1122,6 +1122,7 @@ mod tests {
             history: vec![],
             source: None,
             classifier: None,
+            family: None,
         }
     }
 

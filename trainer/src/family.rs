@@ -154,11 +154,37 @@ pub fn forward_backward(
     targets: &[i32],
     b: usize,
 ) -> Step {
+    run(layout, params, Some(grads), tokens, targets, b)
+}
+
+/// The loss (and logits) of `tokens` against `targets` as [`forward_backward`] computes them,
+/// without the backward pass.
+pub fn forward_loss(
+    layout: &Layout,
+    params: &[f32],
+    tokens: &[u32],
+    targets: &[i32],
+    b: usize,
+) -> Step {
+    run(layout, params, None, tokens, targets, b)
+}
+
+fn run(
+    layout: &Layout,
+    params: &[f32],
+    grads: Option<&mut [f32]>,
+    tokens: &[u32],
+    targets: &[i32],
+    b: usize,
+) -> Step {
     let cfg = &layout.cfg;
     let n = tokens.len();
     let t = n / b;
     assert!(
-        n == b * t && targets.len() == n && params.len() == layout.len && grads.len() == layout.len
+        n == b * t
+            && targets.len() == n
+            && params.len() == layout.len
+            && grads.as_ref().is_none_or(|g| g.len() == layout.len)
     );
     let (c, d, hq, hk) = (cfg.dim, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     let (qd, kd, f, v) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
@@ -295,6 +321,12 @@ pub fn forward_backward(
     let mut lse = vec![0.0f32; n];
     let (total, count) = crossentropy::forward(&mut losses, &mut lse, &logits, targets);
     let loss = total / count.max(1) as f64;
+    let Some(grads) = grads else {
+        return Step {
+            loss,
+            logits: out_logits,
+        };
+    };
 
     // ---- backward ----
     let g_of = |role, l| layout.range(role, l);
@@ -494,14 +526,13 @@ pub fn forward_backward(
 }
 
 /// A model of one of the modern families being trained: its layout, flat parameters and
-/// gradients (the same layout), and the scratch gradients of an evaluation.
+/// gradients (the same layout).
 #[derive(Debug)]
 pub struct FamilyModel {
     /// Where each tensor lives.
     pub layout: Layout,
     params: Vec<f32>,
     grads: Vec<f32>,
-    scratch: Vec<f32>,
 }
 
 /// Whether a tensor of this role is a norm scale (stored as the runtime uses it: 1 + w for
@@ -545,7 +576,6 @@ impl FamilyModel {
             layout,
             params,
             grads: Vec::new(),
-            scratch: Vec::new(),
         })
     }
 
@@ -563,7 +593,6 @@ impl FamilyModel {
             layout,
             params,
             grads: Vec::new(),
-            scratch: Vec::new(),
         })
     }
 
@@ -605,19 +634,9 @@ impl FamilyModel {
         .loss
     }
 
-    /// The mean loss of a (B, T) batch, gradients untouched. (It runs the backward pass into a
-    /// scratch buffer: evaluation costs a training step.)
+    /// The mean loss of a (B, T) batch, gradients untouched (forward only).
     pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
-        self.scratch.resize(self.params.len(), 0.0);
-        forward_backward(
-            &self.layout,
-            &self.params,
-            &mut self.scratch,
-            tokens,
-            targets,
-            b,
-        )
-        .loss
+        forward_loss(&self.layout, &self.params, tokens, targets, b).loss
     }
 
     /// Every tensor's ember name, shape and values, in file order.
@@ -654,6 +673,10 @@ mod model_tests {
         let x: Vec<u32> = (0..32).map(|i| (i * 7 % 64) as u32).collect();
         let y: Vec<i32> = x.iter().map(|&t| ((t + 1) % 64) as i32).collect();
         let l0 = m.loss(&x, &y, 2);
+        // The forward-only loss is the training pass's, bit for bit.
+        let mut g = vec![0.0; m.layout.len];
+        let fb = forward_backward(&m.layout, m.params(), &mut g, &x, &y, 2).loss;
+        assert_eq!(l0.to_bits(), fb.to_bits());
         // N(0, 0.02) weights: logits near 0, so the loss is near ln V.
         assert!((l0 - (64f64).ln()).abs() < 0.05, "{l0}");
         let mut opt = crate::adamw::AdamW::new(

@@ -105,8 +105,10 @@ pub enum FinetuneMode {
 // (defaults are applied in `pretrain`). argh prints the doc comment as the help text.
 #[derive(FromArgs, Debug, Default, Clone)]
 #[argh(subcommand, name = "pretrain")]
-/// Pretrain a GPT-2 model on text files, or with no arguments the main job: a small model on the
-/// built-in corpus; keeps the checkpoint with the best validation loss.
+/// Pretrain a GPT-2 model (or, with --arch, a Llama/Qwen/Gemma 3-style one) on text files or token
+/// shards, or with no arguments the main job: a small model on the built-in corpus; keeps the
+/// checkpoint with the best validation loss. Under mpirun (built with --features mpi), the ranks
+/// share every global batch.
 pub struct PretrainArgs {
     /// a UTF-8 text file to train on (repeatable: files are joined with <|endoftext|>)
     #[argh(option)]
