@@ -22,7 +22,9 @@
 use crate::adamw::LrSchedule;
 use crate::data::io_reason;
 use crate::plot::LossRow;
-use emberlm_formats::config::GptConfig;
+use emberlm_formats::config::{
+    Arch, GptConfig, Mlp, ModelConfig, Norm, Rope, RopeScaling, Sliding,
+};
 use emberlm_formats::ember::{EmberWriter, MappedFile, parse_header, write_atomically};
 use emberlm_formats::meta;
 use emberlm_formats::tokenizer::Tokenizer;
@@ -107,17 +109,16 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> CheckpointError {
     }
 }
 
-/// A model of the modern families (Llama, Qwen2, Qwen3, Gemma 3) trained from scratch, as
-/// `trainer.json` records it: the architecture and the shape; everything else (norm ε, rotary
-/// scaling, Gemma's sliding window and scales) follows from the architecture by
-/// [`FamilyJson::config`]. A checkpoint with this field holds that model, not a GPT-2.
+/// A model of the modern families (Llama, Qwen2, Qwen3, Gemma 3), as `trainer.json` records it:
+/// every field of its [`ModelConfig`] (f32 values print in the shortest form that reads back to
+/// the same bits). A checkpoint with this field holds that model, not a GPT-2.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FamilyJson {
     /// `llama`, `qwen2`, `qwen3` or `gemma3`.
     pub arch: String,
     /// V.
     pub vocab_size: usize,
-    /// T (the rotary tables' length).
+    /// T.
     pub context_length: usize,
     /// C.
     pub dim: usize,
@@ -131,10 +132,54 @@ pub struct FamilyJson {
     pub head_dim: usize,
     /// F.
     pub ffn_dim: usize,
-    /// Rotary base.
+    /// RMSNorm's ε.
+    pub norm_eps: f32,
+    /// `swiglu` or `geglu`.
+    pub mlp: String,
+    /// Rotary base of the global layers.
     pub rope_theta: f32,
+    /// Rotary base of the sliding-window layers.
+    pub rope_local_theta: f32,
+    /// Rotary frequency scaling of the global layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScalingJson>,
+    /// Query/key/value biases.
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm of queries and keys.
+    pub qk_norm: bool,
+    /// Gemma's norms after attention and MLP.
+    pub post_norms: bool,
     /// Whether the head is the token embedding.
     pub tied_head: bool,
+    /// Embedding multiplier (Gemma: √C).
+    pub embed_scale: f32,
+    /// Attention logit scale.
+    pub query_scale: f32,
+    /// Sliding-window layers: (window, every): layer l is local unless (l + 1) % every == 0.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding: Option<(usize, usize)>,
+}
+
+/// [`RopeScaling`] in `trainer.json`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum RopeScalingJson {
+    /// Positions divided by `factor`.
+    Linear {
+        /// The divisor.
+        factor: f32,
+    },
+    /// Llama 3's frequency-dependent scaling.
+    Llama3 {
+        /// The divisor of low frequencies.
+        factor: f32,
+        /// Low-frequency bound.
+        low_freq_factor: f32,
+        /// High-frequency bound.
+        high_freq_factor: f32,
+        /// The context the model was trained at.
+        original_context: usize,
+    },
 }
 
 impl FamilyJson {
@@ -149,43 +194,72 @@ impl FamilyJson {
         })
     }
 
-    /// The full configuration: the architecture's base preset ([`Self::base_preset`]) with this
-    /// shape; Gemma's embedding scale √C and every family's query scale 1/√D follow the shape.
-    pub fn config(&self) -> Result<emberlm_formats::config::ModelConfig, String> {
-        use emberlm_formats::config::ModelConfig;
-        let base = Self::base_preset(&self.arch).ok_or_else(|| {
-            format!(
-                "unknown architecture {:?} (llama, qwen2, qwen3, gemma3)",
-                self.arch
-            )
-        })?;
-        let mut c = ModelConfig::preset(base).map_err(|e| e.to_string())?;
-        c.vocab_size = self.vocab_size;
-        c.context_length = self.context_length;
-        c.dim = self.dim;
-        c.n_layers = self.n_layers;
-        c.n_heads = self.n_heads;
-        c.n_kv_heads = self.n_kv_heads;
-        c.head_dim = self.head_dim;
-        c.ffn_dim = self.ffn_dim;
-        c.tied_head = self.tied_head;
-        if let Some(r) = c.rope.as_mut() {
-            r.theta = self.rope_theta;
-        }
-        if c.arch == emberlm_formats::config::Arch::Gemma3 {
-            c.embed_scale = (self.dim as f32).sqrt();
-            if let Some(w) = c.sliding.as_mut() {
-                w.window = w.window.min(self.context_length.max(1));
-            }
-        }
-        c.query_scale = 1.0 / (self.head_dim as f32).sqrt();
+    /// The configuration, validated.
+    pub fn config(&self) -> Result<ModelConfig, String> {
+        let arch = Arch::from_name(&self.arch)
+            .filter(|a| *a != Arch::Gpt2)
+            .ok_or_else(|| format!("unknown architecture {:?}", self.arch))?;
+        let mlp = match self.mlp.as_str() {
+            "swiglu" => Mlp::SwiGlu,
+            "geglu" => Mlp::GeGlu,
+            m => return Err(format!("unknown mlp {m:?}")),
+        };
+        let scaling = match self.rope_scaling {
+            None => RopeScaling::None,
+            Some(RopeScalingJson::Linear { factor }) => RopeScaling::Linear { factor },
+            Some(RopeScalingJson::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            }) => RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_context,
+            },
+        };
+        let c = ModelConfig {
+            arch,
+            vocab_size: self.vocab_size,
+            context_length: self.context_length,
+            dim: self.dim,
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+            ffn_dim: self.ffn_dim,
+            norm: Norm::RmsNorm,
+            norm_eps: self.norm_eps,
+            mlp,
+            rope: Some(Rope {
+                theta: self.rope_theta,
+                local_theta: self.rope_local_theta,
+                scaling,
+            }),
+            qkv_bias: self.qkv_bias,
+            qk_norm: self.qk_norm,
+            post_norms: self.post_norms,
+            tied_head: self.tied_head,
+            embed_scale: self.embed_scale,
+            query_scale: self.query_scale,
+            sliding: self
+                .sliding
+                .map(|(window, every)| Sliding { window, every }),
+        };
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)
     }
 
-    /// The shape of `c` (its architecture's name and the fields above).
-    pub fn of(c: &emberlm_formats::config::ModelConfig) -> FamilyJson {
-        FamilyJson {
+    /// `c` as recorded (`None` for GPT-2 or a model without rotary positions).
+    pub fn of(c: &ModelConfig) -> Option<FamilyJson> {
+        let rope = c.rope?;
+        let mlp = match c.mlp {
+            Mlp::SwiGlu => "swiglu",
+            Mlp::GeGlu => "geglu",
+            Mlp::Gelu => return None,
+        };
+        Some(FamilyJson {
             arch: c.arch.name().to_string(),
             vocab_size: c.vocab_size,
             context_length: c.context_length,
@@ -195,9 +269,33 @@ impl FamilyJson {
             n_kv_heads: c.n_kv_heads,
             head_dim: c.head_dim,
             ffn_dim: c.ffn_dim,
-            rope_theta: c.rope.map_or(0.0, |r| r.theta),
+            norm_eps: c.norm_eps,
+            mlp: mlp.to_string(),
+            rope_theta: rope.theta,
+            rope_local_theta: rope.local_theta,
+            rope_scaling: match rope.scaling {
+                RopeScaling::None => None,
+                RopeScaling::Linear { factor } => Some(RopeScalingJson::Linear { factor }),
+                RopeScaling::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_context,
+                } => Some(RopeScalingJson::Llama3 {
+                    factor,
+                    low_freq_factor,
+                    high_freq_factor,
+                    original_context,
+                }),
+            },
+            qkv_bias: c.qkv_bias,
+            qk_norm: c.qk_norm,
+            post_norms: c.post_norms,
             tied_head: c.tied_head,
-        }
+            embed_scale: c.embed_scale,
+            query_scale: c.query_scale,
+            sliding: c.sliding.map(|w| (w.window, w.every)),
+        })
     }
 }
 
@@ -642,7 +740,7 @@ pub struct Loaded {
     /// The validated configuration (for a family checkpoint, only its common fields).
     pub config: GptConfig,
     /// The configuration of a modern-family model (Llama, Qwen, Gemma 3); `None` for GPT-2.
-    pub family: Option<emberlm_formats::config::ModelConfig>,
+    pub family: Option<ModelConfig>,
     /// Parameters (N), canonical order.
     pub params: Vec<f32>,
     /// AdamW moments (m, v), when asked for and present.
@@ -1311,5 +1409,30 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, ["ckpt"]);
+    }
+
+    #[test]
+    fn family_configs_survive_trainer_json_exactly() {
+        for name in [
+            "smollm2-135m",
+            "smollm2-360m",
+            "qwen2.5-0.5b",
+            "qwen3-0.6b",
+            "llama3.2-1b",
+            "gemma3-270m",
+        ] {
+            let c = ModelConfig::preset(name).unwrap();
+            let j = FamilyJson::of(&c).unwrap();
+            let text = serde_json::to_string(&j).unwrap();
+            let back: FamilyJson = serde_json::from_str(&text).unwrap();
+            assert_eq!(back.config().unwrap(), c, "{name}: {text}");
+        }
+        // Llama 3.2's frequency scaling is what this preset adds over SmolLM2: it must travel.
+        let l = FamilyJson::of(&ModelConfig::preset("llama3.2-1b").unwrap()).unwrap();
+        assert!(matches!(
+            l.rope_scaling,
+            Some(RopeScalingJson::Llama3 { .. })
+        ));
+        assert!(FamilyJson::of(&ModelConfig::preset("gpt2-124m").unwrap()).is_none());
     }
 }

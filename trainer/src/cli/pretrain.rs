@@ -206,29 +206,6 @@ fn family_config(
         }
         _ => tok.vocab_size(),
     };
-    let shape = FamilyJson {
-        arch: arch.clone(),
-        vocab_size: vocab,
-        context_length: a.context.unwrap_or(if preset.is_some() {
-            base.context_length.min(1024)
-        } else {
-            DEFAULT_CONTEXT
-        }),
-        dim,
-        n_layers: a.layers.unwrap_or(if preset.is_some() {
-            base.n_layers
-        } else {
-            DEFAULT_LAYERS
-        }),
-        n_heads: heads,
-        n_kv_heads: kv_heads,
-        head_dim,
-        ffn_dim,
-        rope_theta: a
-            .rope_theta
-            .unwrap_or(base.rope.map_or(10_000.0, |r| r.theta)),
-        tied_head: a.tied_head || base.tied_head,
-    };
     if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
         return Err(usage(format!(
             "--heads {heads} --kv-heads {kv_heads}: the query heads must be a positive multiple \
@@ -240,10 +217,39 @@ fn family_config(
             "--head-dim {head_dim}: rotary embeddings need an even, positive head size"
         )));
     }
-    shape
-        .config()
-        .map(Some)
-        .map_err(|e| usage(format!("model configuration (--arch {arch}): {e}")))
+    // The base's architecture details with this shape; Gemma's embedding scale √C, every
+    // family's query scale 1/√D and Gemma's window (at most the context) follow the shape.
+    let mut c = base;
+    c.vocab_size = vocab;
+    c.context_length = a.context.unwrap_or(if preset.is_some() {
+        base.context_length.min(1024)
+    } else {
+        DEFAULT_CONTEXT
+    });
+    c.dim = dim;
+    c.n_layers = a.layers.unwrap_or(if preset.is_some() {
+        base.n_layers
+    } else {
+        DEFAULT_LAYERS
+    });
+    c.n_heads = heads;
+    c.n_kv_heads = kv_heads;
+    c.head_dim = head_dim;
+    c.ffn_dim = ffn_dim;
+    c.tied_head = a.tied_head || base.tied_head;
+    if let (Some(r), Some(theta)) = (c.rope.as_mut(), a.rope_theta) {
+        r.theta = theta;
+    }
+    if c.arch == emberlm_formats::config::Arch::Gemma3 {
+        c.embed_scale = (dim as f32).sqrt();
+        if let Some(w) = c.sliding.as_mut() {
+            w.window = w.window.min(c.context_length.max(1));
+        }
+    }
+    c.query_scale = 1.0 / (head_dim as f32).sqrt();
+    c.validate()
+        .map_err(|e| usage(format!("model configuration (--arch {arch}): {e}")))?;
+    Ok(Some(c))
 }
 
 /// The number of parameters of a model of the modern families.
@@ -1444,7 +1450,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
         base: TrainerState {
             hyper: Some(h.clone()),
             data: data_refs,
-            family: family.as_ref().map(FamilyJson::of),
+            family: family.as_ref().and_then(FamilyJson::of),
             ..TrainerState::fresh(RunKind::Pretrain, cfg, rng.clone(), tok_ref)
         },
         shapes: match &family {
