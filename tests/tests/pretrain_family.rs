@@ -200,3 +200,120 @@ fn flags_that_do_not_fit_the_architecture_are_usage_errors() {
         }
     }
 }
+
+/// `ember score --tokens` of a model: its log-probabilities, as printed.
+fn score(ember: &Path) -> String {
+    let o = Command::new(bin("ember"))
+        .arg("score")
+        .arg(ember)
+        .args(["--tokens", "1,5,7,9,11,3,4,60,2,17,33", "--json"])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let j: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    j["logprobs"].to_string()
+}
+
+#[test]
+fn imported_families_export_the_same_model_as_their_directory() {
+    let dir = scratch("import-family");
+    let d: &Path = &dir;
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families");
+    for fam in ["llama", "qwen2", "qwen3", "gemma3", "gemma3-bf16"] {
+        let hf = fixtures.join(fam);
+        let ck = d.join(format!("{fam}-ck"));
+        let run = |args: &[&std::ffi::OsStr]| {
+            let o = Command::new(bin("ember-train"))
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "{fam}: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        };
+        run(&[
+            "import".as_ref(),
+            "--from".as_ref(),
+            hf.as_os_str(),
+            "--out".as_ref(),
+            ck.as_os_str(),
+        ]);
+        let (direct, via) = (
+            d.join(format!("{fam}.ember")),
+            d.join(format!("{fam}-ck.ember")),
+        );
+        for (src, out) in [(&hf, &direct), (&ck, &via)] {
+            run(&[
+                "export".as_ref(),
+                src.as_os_str(),
+                "--dtype".as_ref(),
+                "f32".as_ref(),
+                "--out".as_ref(),
+                out.as_os_str(),
+            ]);
+        }
+        assert_eq!(score(&direct), score(&via), "{fam}");
+    }
+}
+
+#[test]
+fn a_family_checkpoint_continues_training_with_init() {
+    let dir = scratch("pretrain-family-init");
+    let d: &Path = &dir;
+    corpus(d);
+    let mut args = vec!["--arch", "qwen3", "--steps", "20"];
+    args.extend_from_slice(SHAPE);
+    let first = json_of(&pretrain(
+        &args,
+        &[
+            Path::new("--data"),
+            &d.join("text.txt"),
+            Path::new("--tokenizer"),
+            &d.join("tok.ember"),
+            Path::new("--out"),
+            &d.join("a"),
+        ],
+    ));
+    let o = Command::new(bin("ember-train"))
+        .args(["pretrain", "--init"])
+        .arg(d.join("a/checkpoints/step-00000020"))
+        .args(["--data"])
+        .arg(d.join("text.txt"))
+        .args([
+            "--steps",
+            "20",
+            "--context",
+            "16",
+            "--batch",
+            "4",
+            "--lr",
+            "3e-3",
+        ])
+        .args([
+            "--eval-every",
+            "1000",
+            "--sample-tokens",
+            "0",
+            "--json",
+            "--out",
+        ])
+        .arg(d.join("b"))
+        .output()
+        .unwrap();
+    let second = json_of(&o);
+    assert_eq!(second["arch"], "qwen3");
+    // It starts where the first run ended, not from scratch.
+    let state: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(d.join("b/checkpoints/step-00000020/trainer.json")).unwrap(),
+    )
+    .unwrap();
+    let start = state["first_loss"].as_f64().unwrap();
+    let end_of_first = first["train_loss"].as_f64().unwrap();
+    assert!(start < 300f64.ln() - 0.5, "{start}");
+    assert!(
+        (start - end_of_first).abs() < 0.5,
+        "{start} vs {end_of_first}"
+    );
+}

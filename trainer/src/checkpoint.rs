@@ -883,7 +883,17 @@ fn write_safetensors(
 /// every file fsynced, then renamed into place (an existing `dir` is replaced only once the new
 /// one is complete).
 pub fn write_dir(dir: &Path, c: &Contents<'_>) -> Result<(), CheckpointError> {
-    write_dir_with(dir, c.state, Some(c.tokenizer), c.moments, |model| {
+    write_dir_parts(dir, c, Some(c.tokenizer))
+}
+
+/// [`write_dir`] with an optional tokenizer (`c.tokenizer` is then ignored): a model imported
+/// without one works with token ids only.
+pub fn write_dir_parts(
+    dir: &Path,
+    c: &Contents<'_>,
+    tokenizer: Option<&Tokenizer>,
+) -> Result<(), CheckpointError> {
+    write_dir_with(dir, c.state, tokenizer, c.moments, |model| {
         // Parameters, split into their canonical tensors.
         let mut views = Vec::with_capacity(c.shapes.len());
         let mut off = 0usize;

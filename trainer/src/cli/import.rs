@@ -42,6 +42,13 @@ pub fn import(a: ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
             )));
         }
     }
+    if crate::hf::is_hf_dir(&a.from) {
+        let cfg_json = crate::hf::dir::read_json(&a.from.join("config.json"), 1 << 20)
+            .map_err(|e| failed(e.to_string()))?;
+        if cfg_json.get("model_type").and_then(|v| v.as_str()) != Some("gpt2") {
+            return import_family(&a, con);
+        }
+    }
     // Stream the weights, one tensor at a time, into a staging file beside the checkpoint (so a
     // 6 GB model is never held in memory), then move it into the new checkpoint directory.
     let parent = match a.out.parent() {
@@ -142,6 +149,114 @@ fn import_finish(
             "layout": format!("{:?}", imp.layout),
             "parameters": cfg.param_count(),
             "config": checkpoint::ConfigJson::from(cfg),
+            "tokenizer": kind,
+        }),
+        exit_code: 0,
+    })
+}
+
+/// A Hugging Face directory of the modern families (Llama, Qwen2, Qwen3, Gemma 3) as a
+/// checkpoint: every tensor in f32 (Gemma's norm scales stored as 1 + w, as the runtime and the
+/// trainer use them), the whole configuration in `trainer.json`, the directory's
+/// `tokenizer.json` when there is one. The model is held in memory once (4 bytes a parameter).
+fn import_family(a: &ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
+    use crate::hf;
+    let from = |e: hf::ConvertError| failed(format!("--from {}: {e}", a.from.display()));
+    let dir = hf::HfDir::open(&a.from).map_err(|e| failed(e.to_string()))?;
+    let cfg = dir.config;
+    let family = checkpoint::FamilyJson::of(&cfg).ok_or_else(|| {
+        failed(format!(
+            "--from {}: {} is not a rotary family",
+            a.from.display(),
+            cfg.arch.name()
+        ))
+    })?;
+    let extras = hf::extras::read(&dir).map_err(from)?;
+    let tensors = hf::convert::read_all_f32(&dir).map_err(from)?;
+    let shapes: Vec<(String, Vec<usize>)> = emberlm_formats::arch::tensors(&cfg, None)
+        .into_iter()
+        .map(|t| (t.name, t.shape))
+        .collect();
+    let mut params = Vec::with_capacity(
+        shapes
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum(),
+    );
+    for ((name, _, x), (want, _)) in tensors.iter().zip(&shapes) {
+        if name != want {
+            return Err(failed(format!(
+                "--from {}: tensor {name} where {want} was expected",
+                a.from.display()
+            )));
+        }
+        params.extend_from_slice(x);
+    }
+    drop(tensors);
+    let tok = extras.tokenizer;
+    let kind = if tok.is_some() {
+        "imported"
+    } else {
+        checkpoint::NO_TOKENIZER
+    };
+    let tok_ref = TokenizerRef {
+        kind: kind.into(),
+        vocab_size: tok.as_ref().map_or(0, Tokenizer::vocab_size),
+        hash: tok.as_ref().map_or(String::new(), |t| {
+            format!("{:016x}", data::tokenizer_fingerprint(t))
+        }),
+    };
+    let rng = RngState {
+        shuffle_seed: 0,
+        dropout_seed: 0,
+        eval_seed: 0,
+    };
+    let gpt_view = emberlm_formats::config::GptConfig {
+        vocab_size: cfg.vocab_size,
+        context_length: cfg.context_length,
+        dim: cfg.dim,
+        n_layers: cfg.n_layers,
+        n_heads: cfg.n_heads,
+        qkv_bias: cfg.qkv_bias,
+        tied_head: cfg.tied_head,
+    };
+    let state = TrainerState {
+        source: Some(format!(
+            "{} (Hugging Face {})",
+            a.from.display(),
+            dir.model_type
+        )),
+        family: Some(family),
+        ..TrainerState::fresh(RunKind::Import, gpt_view, rng, tok_ref)
+    };
+    let placeholder = Tokenizer::gpt2();
+    let c = checkpoint::Contents {
+        state: &state,
+        shapes: &shapes,
+        params: &params,
+        moments: None,
+        tokenizer: tok.as_ref().unwrap_or(placeholder),
+    };
+    checkpoint::write_dir_parts(&a.out, &c, tok.as_ref())
+        .map_err(|e| failed(format!("--out {e}")))?;
+    say!(
+        con,
+        "{}: {} ({}, {}, dim {}, context {}, vocabulary {}; {:.1}M parameters), tokenizer {kind}",
+        a.out.display(),
+        cfg.arch.name(),
+        super::count(cfg.n_layers as u64, "layer"),
+        super::count(cfg.n_heads as u64, "head"),
+        cfg.dim,
+        cfg.context_length,
+        cfg.vocab_size,
+        params.len() as f64 / 1e6
+    );
+    Ok(Outcome {
+        json: json!({
+            "out": a.out,
+            "layout": "hf",
+            "arch": cfg.arch.name(),
+            "parameters": params.len(),
             "tokenizer": kind,
         }),
         exit_code: 0,

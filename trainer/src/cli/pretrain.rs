@@ -753,9 +753,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
                     )));
                 }
             }
-            let l = checkpoint::load(p, false).map_err(|e| failed(format!("--init {e}")))?;
-            l.gpt2_only("pretrain --init").map_err(failed)?;
-            Some(l)
+            Some(checkpoint::load(p, false).map_err(|e| failed(format!("--init {e}")))?)
         }
         None => None,
     };
@@ -813,7 +811,10 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
         } else {
             (Tokenizer::gpt2().clone(), "gpt2".to_string())
         };
-        let family = family_config(a, &tok, builtin)?;
+        let family = match &init {
+            Some(l) => l.family,
+            None => family_config(a, &tok, builtin)?,
+        };
         let cfg = if let Some(l) = &init {
             l.config
         } else if let Some(f) = &family {
