@@ -536,8 +536,9 @@ mod tests {
             parse_head(&vec![b'a'; MAX_HEAD_BYTES + 1])
                 .unwrap_err()
                 .status,
-            400
+            413
         );
+        assert_eq!(parse_head(b"\x00\x01 x\r\n\r\n").unwrap_err().status, 400);
         let long = [b"GET / HTTP/1.1\r\nX: ".as_slice(), &[b'a'; MAX_HEAD_BYTES]].concat();
         assert_eq!(parse_head(&long).unwrap_err().status, 413);
     }
