@@ -16,7 +16,11 @@ mod request;
 use request::{ApiError, MAX_BODY_BYTES, MAX_TOP_LOGPROBS, Params};
 
 fn check_error(e: &ApiError) {
-    assert!(matches!(e.status, 400 | 404 | 411 | 413), "status {}", e.status);
+    assert!(
+        matches!(e.status, 400 | 404 | 411 | 413),
+        "status {}",
+        e.status
+    );
     let v: serde_json::Value = serde_json::from_str(&e.body()).expect("error body is JSON");
     assert!(v["error"]["message"].is_string());
 }

@@ -607,3 +607,46 @@ fn sigterm_drains_running_requests_then_exits() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+#[test]
+fn json_object_answers_are_json() {
+    let s = start(&[]);
+    let a = s.addr.as_str();
+    let mut stops = 0;
+    for seed in 0..6u64 {
+        let r = post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Give me JSON."}],
+                    "response_format": {"type": "json_object"}, "max_tokens": 60,
+                    "temperature": 1.0, "seed": seed}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        match v["choices"][0]["finish_reason"].as_str().unwrap() {
+            // Closed: one JSON object, nothing after it.
+            "stop" => {
+                stops += 1;
+                let parsed: Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+                assert!(parsed.is_object(), "{text:?}");
+            }
+            // Cut by max_tokens: still a prefix of JSON (serde_json only misses the end).
+            _ => {
+                let e = serde_json::from_str::<Value>(text).unwrap_err();
+                assert!(e.is_eof(), "seed {seed}: {e}: {text:?}");
+                assert!(text.trim_start().starts_with('{'), "{text:?}");
+            }
+        }
+    }
+    eprintln!("{stops} of 6 answers closed their object within 60 tokens");
+    let r = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {}}}),
+    );
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["param"], "response_format");
+}

@@ -266,6 +266,13 @@ impl<'m, 'a> Batch<'m, 'a> {
     /// one chunk of its prompt, and samples its first token if that was the last chunk.
     /// Returns the step's events (empty when no slot is busy). Allocates nothing.
     pub fn step(&mut self) -> &[Event] {
+        self.step_masked(&mut |_, _| {})
+    }
+
+    /// [`Batch::step`], with `mask(slot, logits)` called on each slot's logits (V) before its
+    /// token is sampled: a constraint sets the logits of forbidden tokens to −∞ (structured
+    /// output). [`Batch::logits`] then returns the masked logits.
+    pub fn step_masked(&mut self, mask: &mut dyn FnMut(usize, &mut [f32])) -> &[Event] {
         self.events.clear();
         self.active.clear();
         for (i, slot) in self.slots.iter_mut().enumerate() {
@@ -285,6 +292,7 @@ impl<'m, 'a> Batch<'m, 'a> {
             self.in_pool(|b| b.decode());
             for &i in &self.active {
                 let slot = &mut self.slots[i];
+                mask(i, &mut slot.s.logits);
                 let t = slot
                     .s
                     .sampler
@@ -312,6 +320,7 @@ impl<'m, 'a> Batch<'m, 'a> {
             if end < slot.prompt.len() {
                 slot.state = State::Prefill { done: end };
             } else {
+                mask(i, &mut slot.s.logits);
                 let t = slot
                     .s
                     .sampler

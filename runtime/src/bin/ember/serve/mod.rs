@@ -27,7 +27,9 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
+mod json_mask;
 pub(crate) mod request;
+use json_mask::Json;
 use request::{ApiError, Head, Params, Prompt};
 
 #[derive(FromArgs, Debug)]
@@ -91,6 +93,8 @@ struct Job {
     max_tokens: usize,
     eos: Arc<[u32]>,
     top_logprobs: Option<usize>,
+    /// Constrained to a JSON object (`response_format`).
+    json: bool,
     tx: Sender<Msg>,
     cancel: Arc<AtomicBool>,
 }
@@ -121,6 +125,8 @@ struct Shared<'m> {
     chat_eos: Arc<[u32]>,
     text_eos: Arc<[u32]>,
     name: String,
+    /// Each token's text, for the JSON mask (`None`: special, or not whole characters).
+    texts: Vec<Option<String>>,
     api_key: Option<String>,
     context: usize,
     slots: usize,
@@ -182,6 +188,12 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         chat_eos: chat_eos.into(),
         text_eos: tok.eot_id().into_iter().collect::<Vec<_>>().into(),
         name,
+        texts: (0..model.n_outputs() as u32)
+            .map(|id| {
+                let bytes = tok.token_bytes(id).filter(|_| !tok.is_special(id))?;
+                String::from_utf8(bytes.to_vec()).ok()
+            })
+            .collect(),
         api_key: a.api_key.clone(),
         context,
         slots: a.parallel,
@@ -243,7 +255,10 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
 /// The engine: admits queued jobs into free slots, steps the batch, hands out tokens; returns
 /// once shut down with nothing running or queued.
 fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
-    let mut running: Vec<Option<(Job, usize)>> = (0..sh.slots).map(|_| None).collect();
+    // Per slot: its job, tokens generated, and its JSON state when constrained.
+    let mut running: Vec<Option<(Job, usize, Option<Json>)>> =
+        (0..sh.slots).map(|_| None).collect();
+    let mut scratch = Json::new();
     let mut leaving = Vec::with_capacity(sh.slots);
     let mut events = Vec::with_capacity(sh.slots);
     loop {
@@ -255,7 +270,10 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
                     continue;
                 }
                 match batch.join(&job.prompt, &job.sampling) {
-                    Ok(Some(slot)) => running[slot] = Some((job, 0)),
+                    Ok(Some(slot)) => {
+                        let json = job.json.then(Json::new);
+                        running[slot] = Some((job, 0, json));
+                    }
                     Ok(None) => {
                         q.push_front(job);
                         break;
@@ -278,7 +296,7 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
         }
         for (slot, r) in running.iter_mut().enumerate() {
             if r.as_ref()
-                .is_some_and(|(j, _)| j.cancel.load(Ordering::SeqCst))
+                .is_some_and(|(j, _, _)| j.cancel.load(Ordering::SeqCst))
             {
                 batch.leave(slot);
                 *r = None;
@@ -290,11 +308,21 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
             continue;
         }
         events.clear();
-        events.extend_from_slice(batch.step());
+        let running_ref = &running;
+        events.extend_from_slice(batch.step_masked(&mut |slot, logits| {
+            if let Some((job, _, Some(state))) = &running_ref[slot] {
+                json_mask::mask(state, &sh.texts, logits, &mut scratch);
+                for &e in job.eos.iter() {
+                    if let Some(l) = logits.get_mut(e as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
+        }));
         sh.metrics.steps.fetch_add(1, Ordering::Relaxed);
         leaving.clear();
         for e in &events {
-            let Some((job, generated)) = running[e.slot].as_mut() else {
+            let Some((job, generated, json)) = running[e.slot].as_mut() else {
                 continue;
             };
             let done = match e.next {
@@ -306,8 +334,15 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
                         .map(|n| logprob(batch.logits(e.slot), id, n));
                     *generated += 1;
                     sh.metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
+                    let closed = json.as_mut().is_some_and(|j| {
+                        let text = sh.texts.get(id as usize).and_then(|t| t.as_deref());
+                        // The mask allowed only tokens that keep the prefix valid.
+                        j.feed(text.unwrap_or("")) && j.done()
+                    });
                     if job.tx.send(Msg::Token { id, logprob }).is_err() {
                         Some("cancelled")
+                    } else if closed {
+                        Some("stop")
                     } else if *generated >= job.max_tokens {
                         Some("length")
                     } else {
@@ -562,6 +597,7 @@ fn complete(
             sh.text_eos.clone()
         },
         top_logprobs: p.logprobs,
+        json: p.json_object,
         tx,
         cancel: cancel.clone(),
     };

@@ -166,6 +166,8 @@ pub struct Params {
     pub stop: Vec<String>,
     /// Log-probabilities of the chosen tokens and this many alternatives each (`None`: none).
     pub logprobs: Option<usize>,
+    /// `response_format: {"type": "json_object"}`: the answer is one JSON object.
+    pub json_object: bool,
 }
 
 /// Parses a `/v1/chat/completions` body.
@@ -320,16 +322,31 @@ fn common(obj: &Map<String, Value>) -> Result<Params, ApiError> {
             return Err(ApiError::field("best_of", "only `best_of: 1` is supported"));
         }
     }
-    match obj.get("response_format") {
-        None | Some(Value::Null) => {}
-        Some(Value::Object(f)) if f.get("type") == Some(&Value::String("text".into())) => {}
+    let json_object = match obj.get("response_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
+            Some("text") => false,
+            Some("json_object") => true,
+            Some("json_schema") => {
+                return Err(ApiError::field(
+                    "response_format",
+                    "`json_schema` is not supported yet; `json_object` is",
+                ));
+            }
+            _ => {
+                return Err(ApiError::field(
+                    "response_format",
+                    "`response_format.type` must be \"text\" or \"json_object\"",
+                ));
+            }
+        },
         Some(_) => {
             return Err(ApiError::field(
                 "response_format",
-                "only `{\"type\": \"text\"}` is supported",
+                "`response_format` must be an object",
             ));
         }
-    }
+    };
     let temperature = number(obj, "temperature", 0.0, 2.0)?.unwrap_or(1.0);
     let top_p = number(obj, "top_p", 0.0, 1.0)?;
     if top_p == Some(0.0) {
@@ -396,6 +413,7 @@ fn common(obj: &Map<String, Value>) -> Result<Params, ApiError> {
         seed,
         stop,
         logprobs: None,
+        json_object,
     })
 }
 
