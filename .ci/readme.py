@@ -44,6 +44,10 @@ REWRITES = [
     ("chat input", r"^(\$T/ember chat .*)$", r"printf 'What is the capital of France?\\n' | \1"),
     # CI runs as root, which Open MPI refuses unless told.
     ("mpirun as root", r"^mpirun -np", "mpirun --allow-run-as-root -np"),
+    # A server runs until stopped: the README starts it in the background; wait until it answers
+    # before the next command speaks to it (the README's `kill $!` then stops it).
+    ("serve in the background", r"^(\$T/ember serve .*) &$",
+     r"\1 & for i in $(seq 150); do curl -sf http://127.0.0.1:8080/health > /dev/null && break; sleep 0.2; done"),
     # Criterion benchmarks run for minutes each: CI compiles them.
     ("benches compiled", r"^(cargo bench -p emberlm-benches --bench \S+)", r"\1 --no-run"),
 ]

@@ -19,6 +19,7 @@ pub mod input;
 pub mod kernels;
 pub mod safetensors_import;
 pub mod seeds;
+pub mod serve_request;
 pub mod session;
 pub mod tokenizer_decode;
 pub mod tokenizer_encode;
@@ -29,7 +30,7 @@ pub mod tokenizer_parts;
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 10] = [
+pub const TARGETS: [Target; 11] = [
     ("ember_reader", ember_reader::run),
     ("safetensors_import", safetensors_import::run),
     ("hf_config", hf_config::run),
@@ -40,4 +41,5 @@ pub const TARGETS: [Target; 10] = [
     ("dataset_readers", dataset_readers::run),
     ("session", session::run),
     ("kernels", kernels::run),
+    ("serve_request", serve_request::run),
 ];

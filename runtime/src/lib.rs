@@ -14,5 +14,6 @@ pub use error::RuntimeError;
 pub use model::Model;
 pub use sampler::Sampling;
 pub use session::{
-    GenerateOptions, GenerateStats, KvDtype, Session, SessionOptions, Stop, StopReason,
+    Batch, BatchOptions, Event, GenerateOptions, GenerateStats, KvDtype, Next, Session,
+    SessionOptions, Stop, StopReason,
 };

@@ -100,6 +100,7 @@ target_tests!(
     dataset_readers,
     session,
     kernels,
+    serve_request,
 );
 
 /// Rewrites `fuzz/seeds/<target>/` from `fuzz/src/seeds.rs` (except `ember_reader`, whose seeds

@@ -15,7 +15,8 @@
 //! - `decode`: one token, its leader's vector work and the jobs it opens on the crew;
 //! - `prefill`: a chunk of prompt tokens through batched products, then its attention;
 //! - `family`, `family_prefill`, `rope`: the same for the Llama-style families (Llama 3.x /
-//!   SmolLM2, Qwen2.5, Qwen3, Gemma 3) on the same crew and cache, with rotary tables built here.
+//!   SmolLM2, Qwen2.5, Qwen3, Gemma 3) on the same crew and cache, with rotary tables built here;
+//! - `batch`: B sessions decoded together, one pass over the weights per step ([`Batch`]).
 //!
 //! A forward pass (one token or one prefill chunk) borrows one `Ctx` from its session: kernels,
 //! model, KV cache and crew, shared by every thread; each thread's own buffers go beside it.
@@ -45,6 +46,7 @@
 //! then its tokens' attention runs in parallel, each member on a run of tokens (reading every
 //! group's cache).
 
+mod batch;
 mod crew;
 mod decode;
 mod family;
@@ -54,6 +56,7 @@ mod kv;
 mod prefill;
 mod rope;
 
+pub use self::batch::{Batch, BatchOptions, Event, Next};
 use self::crew::{Crew, MAX_CHUNK_ROWS};
 use self::kv::{Kv, KvLayout};
 use self::rope::RopeTables;

@@ -32,6 +32,14 @@ pub(crate) struct BenchArgs {
     /// f16 for f16 and int8 ones)
     #[argh(option, default = "String::from(\"auto\")")]
     kv: String,
+    /// measure batched decoding instead: aggregate decode tokens/s with B sequences decoded
+    /// together (`Batch`), for each B of this comma-separated list (e.g. 1,2,4,8,16), in
+    /// alternating passes, beside a lone `Session`'s
+    #[argh(option)]
+    batch: Option<String>,
+    /// passes over the --batch list (default 3; the median is reported)
+    #[argh(option, default = "3")]
+    passes: usize,
     /// print one JSON object (prefill_tokens_per_s, decode_tokens_per_s, load_ms, peak_rss_bytes, ...)
     #[argh(switch)]
     json: bool,
@@ -112,7 +120,10 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
             p
         }
     };
-    let result = bench_file(&path, &a, threads);
+    let result = match &a.batch {
+        Some(list) => bench_batch(&path, &a, threads, list),
+        None => bench_file(&path, &a, threads),
+    };
     if let Some(p) = temp {
         std::fs::remove_file(p).ok();
     }
@@ -283,4 +294,150 @@ fn greedy(session: &mut Session<'_, '_>, mut next: u32, n: usize) -> Result<u32>
         next = argmax(session.step(next).map_err(|e| e.to_string())?) as u32;
     }
     Ok(next)
+}
+
+/// `ember bench --batch 1,2,4,8`: for each B, B sequences (different prompts of
+/// --prompt-tokens) prefilled, then --gen-tokens greedy steps of all of them timed; aggregate
+/// tokens/s = B · gen-tokens / time. A lone `Session` decodes the same way as the baseline, and
+/// every B runs once per pass, the passes alternating; medians are reported.
+fn bench_batch(path: &Path, a: &BenchArgs, threads: usize, list: &str) -> Result<()> {
+    let sizes = list
+        .split(',')
+        .map(|b| match b.trim().parse::<usize>() {
+            Ok(n) if (1..=256).contains(&n) => Ok(n),
+            _ => Err(usage(format!("--batch: {b:?} must be a number in 1..=256"))),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if a.passes == 0 {
+        return Err(usage("--passes must be at least 1"));
+    }
+    let model = open(path)?;
+    let cfg = *model.config();
+    if a.prompt_tokens + a.gen_tokens + 1 > cfg.context_length {
+        return Err(usage(format!(
+            "--prompt-tokens + --gen-tokens = {} exceeds the model's context of {}",
+            a.prompt_tokens + a.gen_tokens,
+            cfg.context_length
+        )));
+    }
+    let session = SessionOptions {
+        threads,
+        kv_dtype: kv_dtype(&a.kv)?,
+        context: Some(a.prompt_tokens + a.gen_tokens + 1),
+        ..SessionOptions::default()
+    };
+    let mut state = 12345u64;
+    let mut prompt = |_| -> Vec<u32> {
+        (0..a.prompt_tokens)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((state >> 33) % cfg.vocab_size as u64) as u32
+            })
+            .collect()
+    };
+    let max_b = sizes.iter().copied().max().unwrap_or(1);
+    let prompts: Vec<Vec<u32>> = (0..max_b).map(&mut prompt).collect();
+    let mut lone = Session::new(&model, &session).map_err(|e| e.to_string())?;
+    let mut batches = sizes
+        .iter()
+        .map(|&b| {
+            let o = emberlm_runtime::BatchOptions {
+                slots: b,
+                session: session.clone(),
+            };
+            emberlm_runtime::Batch::new(&model, &o).map_err(|e| e.to_string().into())
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let greedy_sampling = emberlm_runtime::Sampling::default();
+    let mut lone_tps = vec![];
+    let mut tps = vec![vec![]; sizes.len()];
+    for pass in 0..a.passes + 1 {
+        // Pass 0 warms up (pages in the weights and caches) and is not counted.
+        lone.reset();
+        let first = argmax(lone.prefill(&prompts[0]).map_err(|e| e.to_string())?) as u32;
+        let t = Instant::now();
+        greedy(&mut lone, first, a.gen_tokens)?;
+        if pass > 0 {
+            lone_tps.push(a.gen_tokens as f64 / t.elapsed().as_secs_f64());
+        }
+        for (i, batch) in batches.iter_mut().enumerate() {
+            let b = batch.slots();
+            for p in &prompts[..b] {
+                batch
+                    .join(p, &greedy_sampling)
+                    .map_err(|e| e.to_string())?
+                    .ok_or("no free slot")?;
+            }
+            // Prefill: one chunk per step, until every slot has its first token.
+            let mut started = 0;
+            while started < b {
+                started += batch.step().len();
+            }
+            let t = Instant::now();
+            let tokens = batch.in_pool(|batch| {
+                let mut n = 0;
+                for _ in 0..a.gen_tokens {
+                    n += batch.step().len();
+                }
+                n
+            });
+            let s = t.elapsed().as_secs_f64();
+            for slot in 0..b {
+                batch.leave(slot);
+            }
+            if pass > 0 {
+                tps[i].push(tokens as f64 / s);
+            }
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let lone_med = median(&mut lone_tps);
+    let rows: Vec<(usize, f64)> = sizes
+        .iter()
+        .zip(tps.iter_mut())
+        .map(|(&b, v)| (b, median(v)))
+        .collect();
+    if a.json {
+        let j = serde_json::json!({
+            "model": path.display().to_string(),
+            "threads": threads,
+            "kernels": lone.kernels().name(),
+            "prompt_tokens": a.prompt_tokens,
+            "gen_tokens": a.gen_tokens,
+            "passes": a.passes,
+            "session_decode_tokens_per_s": lone_med,
+            "batch": rows.iter().map(|&(b, t)| serde_json::json!({
+                "sequences": b,
+                "aggregate_decode_tokens_per_s": t,
+                "per_sequence_tokens_per_s": t / b as f64,
+                "vs_session": t / lone_med,
+            })).collect::<Vec<_>>(),
+        });
+        println!("{j}");
+    } else {
+        println!(
+            "model      {} , {threads} threads, {} kernels; {} prompt + {} generated tokens per \
+             sequence; medians of {} alternating passes",
+            path.display(),
+            lone.kernels().name(),
+            a.prompt_tokens,
+            a.gen_tokens,
+            a.passes
+        );
+        println!("session    {lone_med:.1} tokens/s (one sequence, Session::step)");
+        println!("sequences  aggregate tokens/s  per sequence  vs session");
+        for (b, t) in rows {
+            println!(
+                "{b:>9}  {t:>18.1}  {:>12.1}  {:>9.2}x",
+                t / b as f64,
+                t / lone_med
+            );
+        }
+    }
+    Ok(())
 }

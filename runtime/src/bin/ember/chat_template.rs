@@ -12,7 +12,7 @@ use emberlm_runtime::{Model, Session};
 
 /// The templated conversation.
 pub(crate) struct Templated {
-    template: ChatTemplate,
+    pub(crate) template: ChatTemplate,
     system: Option<String>,
     /// User and assistant messages, oldest first (pairs; the last may be a lone user message).
     messages: Vec<Message>,

@@ -1,4 +1,5 @@
-//! `ember`: run `.ember` models — generate, chat, score, classify, inspect, bench, tokenize, detokenize.
+//! `ember`: run `.ember` models — generate, chat, score, classify, inspect, bench, tokenize, detokenize,
+//! serve.
 //!
 //! Errors print one line, `ember: error: …`, and exit with code 2 for usage errors and 1 for
 //! failures (with `--json`, also one `{"error", "exit_code"}` object on stdout); only `main`
@@ -63,6 +64,7 @@ enum Command {
     Bench(BenchArgs),
     Tokenize(TokenizeArgs),
     Detokenize(DetokenizeArgs),
+    Serve(ServeArgs),
 }
 
 mod bench;
@@ -72,6 +74,7 @@ mod classify;
 mod generate;
 mod inspect;
 mod score;
+mod serve;
 mod stream;
 mod tokenize;
 
@@ -81,6 +84,7 @@ use classify::ClassifyArgs;
 use generate::GenerateArgs;
 use inspect::InspectArgs;
 use score::ScoreArgs;
+use serve::ServeArgs;
 use stream::TextStream;
 use tokenize::{DetokenizeArgs, TokenizeArgs};
 
@@ -110,6 +114,7 @@ fn main() {
         Command::Bench(a) => bench::bench(a),
         Command::Tokenize(a) => tokenize::tokenize(a),
         Command::Detokenize(a) => tokenize::detokenize(a),
+        Command::Serve(a) => serve::serve(a),
     };
     if let Err(e) = result {
         exit_with(&e, json);

@@ -1,0 +1,54 @@
+//! `ember serve`'s request parser: an HTTP/1.1 request head and the JSON body of a completion
+//! request, from untrusted bytes. The parser's own file (runtime/src/bin/ember/serve/request.rs,
+//! part of the `ember` binary) is compiled in here by path.
+//!
+//! Input: the bytes a client sends (head, then body); also parsed as a bare chat body and a bare
+//! completion body.
+//!
+//! Properties: no panic; an accepted head lies within the input and declares at most
+//! `MAX_BODY_BYTES`; an error's status is one the server answers (400, 411, 413) and its body
+//! is a JSON object with `error.message`; accepted parameters are within their documented ranges.
+
+#[path = "../../runtime/src/bin/ember/serve/request.rs"]
+#[allow(dead_code)]
+mod request;
+
+use request::{ApiError, MAX_BODY_BYTES, MAX_TOP_LOGPROBS, Params};
+
+fn check_error(e: &ApiError) {
+    assert!(
+        matches!(e.status, 400 | 404 | 411 | 413),
+        "status {}",
+        e.status
+    );
+    let v: serde_json::Value = serde_json::from_str(&e.body()).expect("error body is JSON");
+    assert!(v["error"]["message"].is_string());
+}
+
+fn check_params(p: &Params) {
+    assert!((0.0..=2.0).contains(&p.temperature));
+    assert!(p.top_p.is_none_or(|t| t > 0.0 && t <= 1.0));
+    assert!(p.max_tokens != Some(0));
+    assert!(p.stop.len() <= 4 && p.stop.iter().all(|s| !s.is_empty()));
+    assert!(p.logprobs.is_none_or(|n| n <= MAX_TOP_LOGPROBS));
+}
+
+pub fn run(data: &[u8]) {
+    match request::parse_request(data) {
+        Ok(Some((head, params))) => {
+            assert!(head.len <= data.len());
+            assert!(head.content_length <= MAX_BODY_BYTES);
+            if let Some(p) = params {
+                check_params(&p);
+            }
+        }
+        Ok(None) => {}
+        Err(e) => check_error(&e),
+    }
+    for parse in [request::parse_chat, request::parse_completion] {
+        match parse(data) {
+            Ok(p) => check_params(&p),
+            Err(e) => check_error(&e),
+        }
+    }
+}
