@@ -262,3 +262,72 @@ fn bad_inputs_are_named() {
         assert_eq!(err.lines().count(), 1, "{argv:?}: {err}");
     }
 }
+
+/// `--dtype int4`: 4-bit matrices, the embeddings and head at int8, `--keep-f16` names at f16 (a
+/// whole name or the part after blocks.N.), recorded per tensor; the file runs, and its KL against
+/// the f32 export is small but not zero. An unknown `--keep-f16` name is an error naming it.
+#[test]
+fn int4_export_records_each_tensors_dtype_and_stays_close_to_f32() {
+    use emberlm_formats::ember::{DType, parse_header};
+    use emberlm_trainer::export::export_ember_keep;
+    let tmp = tempfile::tempdir().unwrap();
+    let m = export(tmp.path(), "tiny.ember", 1.0);
+    let imp = import_safetensors(&fixture_dir(), None).unwrap();
+    let meta = ExportMeta {
+        config: imp.config,
+        task: Task::LanguageModel,
+        prompt: None,
+        tokenizer: None,
+        provenance: vec![],
+    };
+    let path = tmp.path().join("int4.ember");
+    let keep = [
+        "ff.proj.weight".to_string(),
+        "blocks.1.att.qkv.weight".to_string(),
+    ];
+    export_ember_keep(&path, &meta, ExportDtype::Int4, &keep, &|n| {
+        imp.tensors.get(n).map(|v| v.as_slice())
+    })
+    .unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let h = parse_header(&bytes).unwrap();
+    let dtype = |n: &str| h.tensor(n).unwrap().dtype;
+    assert_eq!(dtype("tok_emb.weight"), DType::Q8);
+    assert_eq!(dtype("pos_emb.weight"), DType::Q8);
+    assert_eq!(dtype("blocks.0.att.qkv.weight"), DType::Q4);
+    assert_eq!(dtype("blocks.1.att.qkv.weight"), DType::F16);
+    assert_eq!(dtype("blocks.0.ff.proj.weight"), DType::F16);
+    assert_eq!(dtype("blocks.1.ff.fc.weight"), DType::Q4);
+    assert_eq!(dtype("blocks.0.ff.proj.bias"), DType::F32);
+
+    let e = expected();
+    let (ids, ctx) = (tokens(&e), e["context"].to_string());
+    let p = path.to_str().unwrap();
+    let j = ok_json(&run(&[
+        "perplexity",
+        p,
+        "--tokens",
+        &ids,
+        "--context",
+        &ctx,
+        "--kl-base",
+        &m,
+        "--json",
+    ]));
+    let kl = j["kl_mean"].as_f64().unwrap();
+    assert!(kl > 0.0 && kl < 0.05, "int4 KL against f32: {kl}");
+
+    let err = export_ember_keep(
+        &tmp.path().join("x.ember"),
+        &meta,
+        ExportDtype::Int4,
+        &["ff.nope.weight".to_string()],
+        &|n| imp.tensors.get(n).map(|v| v.as_slice()),
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("\"ff.nope.weight\" matches no weight matrix"),
+        "{err}"
+    );
+}
