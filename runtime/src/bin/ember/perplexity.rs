@@ -12,7 +12,8 @@ use super::*;
 /// context/2 ..= context-2 of the window predict the tokens after them, so each window scores
 /// context - 1 - context/2 tokens. Perplexity = exp(mean negative log-likelihood).
 /// With --stride S, Hugging Face's strided rule instead (as `ember score`): windows of --context
-/// tokens start S tokens apart and every token after the first is scored once.
+/// tokens start S tokens apart and every token after the first is scored once (with S = context
+/// the windows do not overlap and each window's first token is not scored, as in that rule).
 /// --kl-base BASE.ember runs BASE on the same windows and reports KL(base || model) of the
 /// next-token distributions over the scored positions (mean and 99th percentile, the percentile
 /// interpolated as llama.cpp does) and how often both models' top-1 tokens agree.
@@ -70,7 +71,8 @@ fn llama_windows(n: usize, t: usize, bos: Option<u32>) -> Vec<Window> {
 }
 
 /// The windows of Hugging Face's strided rule: every token after the first is scored once, from
-/// at least `t - stride` tokens before it (the first window: from all before it).
+/// at least `t - stride` tokens before it (the first window: from all before it); with
+/// `stride == t`, each window's first token is not scored.
 fn strided_windows(n: usize, t: usize, stride: usize) -> Vec<Window> {
     let mut v = Vec::new();
     let (mut start, mut scored) = (0, 0);
@@ -338,11 +340,16 @@ mod tests {
 
     #[test]
     fn strided_rule_scores_every_token_once() {
-        for (n, t, s) in [(20, 8, 3), (20, 8, 8), (5, 8, 4), (17, 4, 1)] {
+        for (n, t, s) in [(20, 8, 3), (20, 8, 7), (5, 8, 4), (17, 4, 1)] {
             let w = strided_windows(n, t, s);
             let scored: usize = w.iter().map(|w| w.end - w.start - 1 - w.first).sum();
             assert_eq!(scored, n - 1, "n {n} t {t} s {s}");
         }
+        // Stride = context: windows do not overlap, and (as in Hugging Face's loop) the first
+        // token of each window has nothing before it in its window.
+        let w = strided_windows(20, 8, 8);
+        let scored: usize = w.iter().map(|w| w.end - w.start - 1 - w.first).sum();
+        assert_eq!((w.len(), scored), (3, 17));
     }
 
     #[test]
