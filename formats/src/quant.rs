@@ -147,6 +147,187 @@ pub fn dequantize_q8(
     Ok(())
 }
 
+// ------------------------------------------------------------------------------------------- Q4
+
+/// Elements per Q4 block (along the last dimension).
+pub const Q4_BLOCK: usize = 32;
+
+/// Bytes of nibbles per Q4 block: byte `k` holds element `k` in its low nibble and element
+/// `k + 16` in its high nibble.
+pub const Q4_BLOCK_BYTES: usize = Q4_BLOCK / 2;
+
+/// The 16 levels of a Q4 weight (ascending): nibble `i` stands for `Q4_CODEBOOK[i] × d`. A
+/// non-linear codebook fitted by Lloyd's algorithm to the blocks of a trained GPT-2's matrices,
+/// each block scaled so that its largest |x| sits on −127 (`formats/tools/q4_schemes.py`; see
+/// FORMAT.md §5 and the README's measurements).
+pub const Q4_CODEBOOK: [i8; 16] = [
+    -127, -104, -84, -66, -50, -35, -21, -8, 5, 18, 31, 45, 61, 77, 95, 115,
+];
+
+/// Scale candidates tried per block on each side: the block's largest-|x| element `m` mapped onto
+/// the lowest or the highest level times `1 + k / 32`, `k` in `-Q4_STEPS..=Q4_STEPS`.
+const Q4_STEPS: i32 = 6;
+
+/// Whether an int4 export stores matrix `name` as Q8 instead: the embeddings and the output
+/// heads (`tok_emb.weight`, `pos_emb.weight`, `out_head.weight`, `head.weight`), which measured
+/// better at int8 (README, "4-bit weights").
+pub fn int4_keeps_q8(name: &str) -> bool {
+    matches!(
+        name,
+        "tok_emb.weight" | "pos_emb.weight" | "out_head.weight" | "head.weight"
+    )
+}
+
+/// NB: Q4 blocks per row of `cols` elements (the last one padded with zero nibbles).
+pub fn q4_blocks_per_row(cols: usize) -> usize {
+    cols.div_ceil(Q4_BLOCK)
+}
+
+/// The nibble whose level is nearest to `v` (the lower one on a tie).
+fn q4_nearest(v: f32) -> u8 {
+    let mut best = 0u8;
+    let mut err = f32::INFINITY;
+    for (i, &l) in Q4_CODEBOOK.iter().enumerate() {
+        let e = (v - l as f32).abs();
+        if e < err {
+            err = e;
+            best = i as u8;
+        }
+    }
+    best
+}
+
+/// The nibbles of `block` for the scale `d` into `idx`, and the squared error Σ (x − level × d)².
+fn q4_assign(block: &[f32], d: f32, idx: &mut [u8; Q4_BLOCK]) -> f32 {
+    let mut err = 0f32;
+    for (i, &x) in block.iter().enumerate() {
+        let q = if d == 0.0 { 0 } else { q4_nearest(x / d) };
+        idx[i] = q;
+        let e = x - Q4_CODEBOOK[q as usize] as f32 * d;
+        err += e * e;
+    }
+    err
+}
+
+/// Quantizes `x` (R, C) into `quants` (R, NB × 16 bytes) and `scales` (R, NB). Per block, in f32
+/// arithmetic: `m` = the first element of largest |x|; for each candidate `d = f16(m / (L × (1 +
+/// k/32)))`, L the lowest or the highest level and k in −6..=6 (lowest level first, k ascending),
+/// every element takes the nibble of the level nearest to `x / d` (the lower on a tie); the
+/// candidate with the smallest Σ (x − level × d)² wins (the first on a tie); then one least-squares
+/// rescale `d' = f16(Σ x·level / Σ level²)` with those nibbles is tried the same way and kept if
+/// strictly better. An all-zero block has `d = 0` and zero nibbles; so do padding nibbles.
+pub fn quantize_q4(
+    x: &[f32],
+    cols: usize,
+    quants: &mut [u8],
+    scales: &mut [f16],
+) -> Result<(), QuantError> {
+    let rows = x.len().checked_div(cols).unwrap_or(0);
+    let nb = q4_blocks_per_row(cols);
+    check_len("input", rows * cols, x.len())?;
+    check_len("quants", rows * nb * Q4_BLOCK_BYTES, quants.len())?;
+    check_len("scales", rows * nb, scales.len())?;
+    for (i, &v) in x.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(QuantError::NonFinite { index: i, value: v });
+        }
+    }
+    let (lo, hi) = (Q4_CODEBOOK[0] as f32, Q4_CODEBOOK[15] as f32);
+    let mut idx = [0u8; Q4_BLOCK];
+    let mut best_idx = [0u8; Q4_BLOCK];
+    for r in 0..rows {
+        for b in 0..nb {
+            let start = r * cols + b * Q4_BLOCK;
+            let end = (start + Q4_BLOCK).min((r + 1) * cols);
+            let block = &x[start..end];
+            let m = block
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let mut best = (f32::INFINITY, f16::ZERO);
+            best_idx.fill(0);
+            if m != 0.0 {
+                let mut try_d = |d: f16, best: &mut (f32, f16), best_idx: &mut [u8; Q4_BLOCK]| {
+                    let err = q4_assign(block, d.to_f32(), &mut idx);
+                    if err < best.0 {
+                        *best = (err, d);
+                        best_idx.copy_from_slice(&idx);
+                    }
+                };
+                for l in [lo, hi] {
+                    for k in -Q4_STEPS..=Q4_STEPS {
+                        let d = f16::from_f32(m / (l * (1.0 + k as f32 / 32.0)));
+                        if !d.is_finite() {
+                            return Err(QuantError::OutOfRange {
+                                index: start,
+                                value: m,
+                            });
+                        }
+                        try_d(d, &mut best, &mut best_idx);
+                    }
+                }
+                let (mut sxl, mut sll) = (0f32, 0f32);
+                for (&v, &q) in block.iter().zip(&best_idx) {
+                    let l = Q4_CODEBOOK[q as usize] as f32;
+                    sxl += v * l;
+                    sll += l * l;
+                }
+                if sll > 0.0 {
+                    let d = f16::from_f32(sxl / sll);
+                    if d.is_finite() {
+                        try_d(d, &mut best, &mut best_idx);
+                    }
+                }
+            }
+            scales[r * nb + b] = best.1;
+            let out = &mut quants[(r * nb + b) * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+            for (k, o) in out.iter_mut().enumerate() {
+                *o = best_idx[k] | (best_idx[k + Q4_BLOCK_BYTES] << 4);
+            }
+            // Padding nibbles (past the row's end) are zero.
+            let len = end - start;
+            for (k, o) in out.iter_mut().enumerate() {
+                if k >= len {
+                    *o &= 0xF0;
+                }
+                if k + Q4_BLOCK_BYTES >= len {
+                    *o &= 0x0F;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Element `k` (0..32) of a Q4 block's 16 bytes: its nibble.
+pub fn q4_nibble(block: &[u8], k: usize) -> u8 {
+    if k < Q4_BLOCK_BYTES {
+        block[k] & 0x0F
+    } else {
+        block[k - Q4_BLOCK_BYTES] >> 4
+    }
+}
+
+/// Expands `quants` (R, NB × 16 bytes) and `scales` (R, NB) of a (R, C) matrix into `out` (R, C).
+pub fn dequantize_q4(
+    quants: &[u8],
+    scales: &[f16],
+    cols: usize,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let rows = out.len().checked_div(cols).unwrap_or(0);
+    let nb = q4_blocks_per_row(cols);
+    check_len("output", rows * cols, out.len())?;
+    check_len("quants", rows * nb * Q4_BLOCK_BYTES, quants.len())?;
+    check_len("scales", rows * nb, scales.len())?;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (r, c) = (i / cols.max(1), i % cols.max(1));
+        let (b, k) = (c / Q4_BLOCK, c % Q4_BLOCK);
+        let block = &quants[(r * nb + b) * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+        *o = Q4_CODEBOOK[q4_nibble(block, k) as usize] as f32 * scales[r * nb + b].to_f32();
+    }
+    Ok(())
+}
+
 /// Rounds `x` to f16 into `out`; fails on non-finite or out-of-range values.
 pub fn quantize_f16(x: &[f32], out: &mut [f16]) -> Result<(), QuantError> {
     check_len("output", x.len(), out.len())?;
@@ -243,6 +424,114 @@ mod tests {
                 prop_assert_eq!(again.to_bits(), h.to_bits());
             }
         }
+    }
+
+    fn q4_roundtrip(x: &[f32], cols: usize) -> (Vec<f32>, Vec<f16>, Vec<u8>) {
+        let rows = x.len() / cols;
+        let nb = q4_blocks_per_row(cols);
+        let mut q = vec![0u8; rows * nb * Q4_BLOCK_BYTES];
+        let mut s = vec![f16::ZERO; rows * nb];
+        quantize_q4(x, cols, &mut q, &mut s).unwrap();
+        let mut out = vec![0f32; x.len()];
+        dequantize_q4(&q, &s, cols, &mut out).unwrap();
+        (out, s, q)
+    }
+
+    /// Σ (x − level × d)² of one block with the plain scale d = f16(m / lowest level), every
+    /// element on its nearest level: the quantizer's first candidate, computed independently.
+    fn q4_plain_sse(block: &[f32]) -> (f32, f32) {
+        let m = block
+            .iter()
+            .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+        let d = f16::from_f32(m / Q4_CODEBOOK[0] as f32).to_f32();
+        let sse = block
+            .iter()
+            .map(|&x| {
+                let e = Q4_CODEBOOK
+                    .iter()
+                    .map(|&l| (x - l as f32 * d).abs())
+                    .fold(f32::INFINITY, f32::min);
+                e * e
+            })
+            .sum();
+        (sse, d)
+    }
+
+    proptest! {
+        // Each block's error is at most that of the plain scale (the first candidate), and every
+        // element of the plain grid is within half the widest gap between levels (or the distance
+        // from the top level to |m|, the asymmetric end) of the scale.
+        #[test]
+        fn q4_error_is_bounded(
+            rows in 1usize..4, cols in 1usize..100, scale in 1e-4f32..1e3,
+            seed in any::<u64>(),
+        ) {
+            let mut state = seed | 1;
+            let x: Vec<f32> = (0..rows * cols).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            }).collect();
+            let (y, _, _) = q4_roundtrip(&x, cols);
+            let gap = Q4_CODEBOOK.windows(2).map(|w| (w[1] - w[0]) as f32).fold(0f32, f32::max);
+            let top = (-(Q4_CODEBOOK[0] as f32) - Q4_CODEBOOK[15] as f32).max(gap / 2.0);
+            for r in 0..rows {
+                for b in 0..q4_blocks_per_row(cols) {
+                    let lo = r * cols + b * Q4_BLOCK;
+                    let hi = (lo + Q4_BLOCK).min((r + 1) * cols);
+                    let sse: f32 = (lo..hi).map(|i| (x[i] - y[i]) * (x[i] - y[i])).sum();
+                    let (plain, d) = q4_plain_sse(&x[lo..hi]);
+                    prop_assert!(sse <= plain * (1.0 + 1e-5) + 1e-30, "{sse} > {plain}");
+                    let bound = d.abs() * top * 1.001 + 1e-30;
+                    prop_assert!(plain <= bound * bound * (hi - lo) as f32, "{plain} {bound}");
+                }
+            }
+        }
+
+        // Quantizing a dequantized tensor gives back a tensor at least as close (the grid is
+        // reachable), and padding nibbles are zero.
+        #[test]
+        fn q4_padding_is_zero(cols in 1usize..70, vals in proptest::collection::vec(-100f32..100.0, 1..300)) {
+            let n = vals.len() / cols * cols;
+            prop_assume!(n > 0);
+            let (_, _, q) = q4_roundtrip(&vals[..n], cols);
+            let nb = q4_blocks_per_row(cols);
+            for r in 0..n / cols {
+                let last = &q[(r * nb + nb - 1) * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+                for k in (cols - (nb - 1) * Q4_BLOCK)..Q4_BLOCK {
+                    prop_assert_eq!(q4_nibble(last, k), 0);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q4_codebook_is_sorted_and_pinned() {
+        assert!(Q4_CODEBOOK.windows(2).all(|w| w[0] < w[1]));
+        assert_eq!(Q4_CODEBOOK[0], -127);
+    }
+
+    #[test]
+    fn q4_exact_grid_and_errors() {
+        // A block that is exactly the codebook times 0.5 comes back exactly.
+        let x: Vec<f32> = (0..32).map(|i| Q4_CODEBOOK[i % 16] as f32 * 0.5).collect();
+        let (y, s, _) = q4_roundtrip(&x, 32);
+        assert_eq!(y, x, "scale {}", s[0]);
+        let (y, s, q) = q4_roundtrip(&[0.0; 7], 7);
+        assert_eq!((y, s, q), (vec![0.0; 7], vec![f16::ZERO], vec![0u8; 16]));
+        let mut q = [0u8; 16];
+        let mut s = [f16::ZERO];
+        let err = quantize_q4(&[1.0, f32::INFINITY], 2, &mut q, &mut s).unwrap_err();
+        assert!(matches!(err, QuantError::NonFinite { index: 1, .. }));
+        let err = quantize_q4(&[1.0, 1e9], 2, &mut q, &mut s).unwrap_err();
+        assert!(
+            matches!(err, QuantError::OutOfRange { index: 0, .. }),
+            "{err:?}"
+        );
+        let err = quantize_q4(&[1.0, 2.0], 2, &mut [0u8; 15], &mut s).unwrap_err();
+        assert!(matches!(
+            err,
+            QuantError::LengthMismatch { what: "quants", .. }
+        ));
     }
 
     #[test]

@@ -782,11 +782,11 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, FormatError)> {
             },
         ),
         (
-            "unknown dtype 3",
-            with_tensor0(tensor("w", 3, &[2, 3], 0)),
+            "unknown dtype 4",
+            with_tensor0(tensor("w", 4, &[2, 3], 0)),
             FormatError::UnknownDtype {
                 tensor: "w".into(),
-                tag: 3,
+                tag: 4,
             },
         ),
         (
@@ -1070,6 +1070,8 @@ fn foreign_table_entries_yield_empty_views() {
         (DType::F16, vec![2], 1 << 20, 4, 0),
         // In range, but the shape overflows: the raw bytes exist, the typed views are empty.
         (DType::Q8, vec![1 << 40, 1 << 40], 0, 64, 64),
+        (DType::Q4, vec![3, 1 << 62], 1 << 50, 1 << 62, 0),
+        (DType::Q4, vec![1 << 40, 1 << 40], 0, 64, 64),
     ];
     for (dtype, shape, offset, size, raw_len) in foreign {
         let t = TensorEntry {
@@ -1084,6 +1086,9 @@ fn foreign_table_entries_yield_empty_views() {
             Ok(TensorData::F32(v)) => assert!(v.is_empty()),
             Ok(TensorData::F16(v)) => assert!(v.is_empty()),
             Ok(TensorData::Q8 { quants, scales }) => {
+                assert!(quants.is_empty() && scales.is_empty())
+            }
+            Ok(TensorData::Q4 { quants, scales }) => {
                 assert!(quants.is_empty() && scales.is_empty())
             }
             Err(_) => {}
@@ -1157,5 +1162,69 @@ fn format_md_worked_example_matches_the_writer() {
     assert!(matches!(
         file.data(wq).unwrap(),
         TensorData::Q8 { quants: [63, -127], scales: [s] } if s.to_bits() == 0x2009
+    ));
+}
+
+/// Q4 (tag 3): the size rule of FORMAT.md §5 (nibbles, zero padding to 64, scales), a file that
+/// round-trips through the writer and the typed view, and a nonzero byte in the padding between
+/// the nibbles and the scales, or a short file, reported exactly.
+#[test]
+fn q4_tensors_sizes_padding_and_truncation() {
+    use emberlm_formats::ember::{TensorData, write_f32s, write_q4};
+    use emberlm_formats::quant::{Q4_BLOCK_BYTES, q4_blocks_per_row, quantize_q4};
+    use half::f16;
+    // (shape, size): (2, 33): 2 rows x 2 blocks x 16 = 64 nibble bytes + 4 scales x 2 = 72;
+    // (3, 32): 48 -> 64 + 6 = 70; rank 0: 16 -> 64 + 2 = 66; a 0 dimension: 0.
+    for (shape, size) in [
+        (vec![2u64, 33], 72u64),
+        (vec![3, 32], 70),
+        (vec![], 66),
+        (vec![0, 5], 0),
+        (vec![4, 0], 0),
+    ] {
+        assert_eq!(DType::Q4.data_size(&shape), Some(size), "{shape:?}");
+    }
+    assert_eq!(DType::Q4.data_size(&[u64::MAX, 64]), None);
+    assert_eq!(DType::from_tag(3), Some(DType::Q4));
+
+    let x: Vec<f32> = (0..99).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (r, c) = (3usize, 33usize);
+    let nb = q4_blocks_per_row(c);
+    let mut q = vec![0u8; r * nb * Q4_BLOCK_BYTES];
+    let mut sc = vec![f16::ZERO; r * nb];
+    quantize_q4(&x, c, &mut q, &mut sc).unwrap();
+    let mut w = EmberWriter::new();
+    w.add_tensor("b", DType::F32, &[3]).unwrap();
+    w.add_tensor("w", DType::Q4, &[3, 33]).unwrap();
+    let bytes = w
+        .to_vec(|i, _, out| match i {
+            0 => write_f32s(out, &[1.0, 2.0, 3.0]),
+            _ => write_q4(out, &q, &sc),
+        })
+        .unwrap();
+    let file = parse(&bytes).unwrap();
+    let e = file.header.tensor("w").unwrap().clone();
+    assert_eq!((e.offset, e.size), (64, 128 + 12));
+    match file.data(&e).unwrap() {
+        TensorData::Q4 { quants, scales } => {
+            assert_eq!(quants, &q[..]);
+            assert_eq!(scales, &sc[..]);
+            assert_eq!(scales.as_ptr() as usize % 64, 0);
+        }
+        other => panic!("{other:?}"),
+    }
+    // A nonzero byte between the 96 nibble bytes and the scales at 128.
+    let at = (file.header.data_start + e.offset + 100) as usize;
+    let mut bad = bytes.clone();
+    bad[at] = 1;
+    assert_eq!(
+        parse(&bad).unwrap_err(),
+        FormatError::NonZeroPadding { offset: at as u64 }
+    );
+    // Cut inside the scales.
+    let cut = &bytes[..bytes.len() - 1];
+    assert!(matches!(
+        parse(cut).unwrap_err(),
+        FormatError::OutOfBounds { tensor, .. } if tensor == "w"
     ));
 }

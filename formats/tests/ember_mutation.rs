@@ -149,7 +149,8 @@ fn tokenizer_keys(w: &mut EmberWriter) {
         .unwrap();
 }
 
-/// Writes `w` with tensor data made by `rng`: random f32/f16, and Q8 from the reference quantizer.
+/// Writes `w` with tensor data made by `rng`: random f32/f16, and Q8 / Q4 from the reference
+/// quantizers.
 fn finish(w: &EmberWriter, rng: &mut Rng) -> Vec<u8> {
     w.to_vec(|_, t, out| {
         let n = t.numel() as usize;
@@ -167,6 +168,16 @@ fn finish(w: &EmberWriter, rng: &mut Rng) -> Vec<u8> {
                 let mut s = vec![f16::ZERO; rows * q8_blocks_per_row(cols)];
                 quantize_q8(&x, cols, &mut q, &mut s).unwrap();
                 write_q8(out, &q, &s)
+            }
+            DType::Q4 => {
+                use emberlm_formats::quant::{Q4_BLOCK_BYTES, q4_blocks_per_row, quantize_q4};
+                let cols = t.shape.last().map_or(1, |&c| c as usize);
+                let rows = n.checked_div(cols).unwrap_or(0);
+                let nb = q4_blocks_per_row(cols);
+                let mut q = vec![0u8; rows * nb * Q4_BLOCK_BYTES];
+                let mut s = vec![f16::ZERO; rows * nb];
+                quantize_q4(&x, cols, &mut q, &mut s).unwrap();
+                emberlm_formats::ember::write_q4(out, &q, &s)
             }
         }
     })
@@ -212,7 +223,7 @@ fn bases() -> Vec<Base> {
     w.set("general.name", Value::Str("mutation-base".into()))
         .unwrap();
     for (i, (name, shape)) in cfg.tensor_shapes().into_iter().enumerate() {
-        let dtype = [DType::F32, DType::F16, DType::Q8][i % 3];
+        let dtype = [DType::F32, DType::F16, DType::Q8, DType::Q4][i % 4];
         w.add_tensor(&name, dtype, &shape).unwrap();
     }
     push("tiny model", finish(&w, &mut rng));
@@ -397,6 +408,14 @@ fn exercise(bytes: &[u8], misalign: bool) -> Result<u64, FormatError> {
                 let mut out = vec![0f32; quants.len()];
                 dequantize_q8(quants, scales, cols, &mut out)
                     .expect("a validated Q8 tensor has consistent quants and scales");
+                out.iter()
+                    .for_each(|x| checksum = checksum.wrapping_add(x.to_bits() as u64));
+            }
+            TensorData::Q4 { quants, scales } => {
+                let cols = t.shape.last().map_or(1, |&c| c as usize);
+                let mut out = vec![0f32; t.numel() as usize];
+                emberlm_formats::quant::dequantize_q4(quants, scales, cols, &mut out)
+                    .expect("a validated Q4 tensor has consistent nibbles and scales");
                 out.iter()
                     .for_each(|x| checksum = checksum.wrapping_add(x.to_bits() as u64));
             }

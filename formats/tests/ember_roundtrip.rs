@@ -47,6 +47,12 @@ impl TensorCase {
                 let (r, c) = self.rows_cols();
                 n.div_ceil(64) * 64 + 2 * (r * c.div_ceil(32)) as u64
             }
+            DType::Q4 if n == 0 => 0,
+            DType::Q4 => {
+                let (r, c) = self.rows_cols();
+                let blocks = (r * c.div_ceil(32)) as u64;
+                (16 * blocks).div_ceil(64) * 64 + 2 * blocks
+            }
         }
     }
 
@@ -73,6 +79,10 @@ impl TensorCase {
                 let s: Vec<f16> = self.scales.iter().map(|&b| f16::from_bits(b)).collect();
                 write_q8(out, &q, &s)
             }
+            DType::Q4 => {
+                let s: Vec<f16> = self.scales.iter().map(|&b| f16::from_bits(b)).collect();
+                emberlm_formats::ember::write_q4(out, &self.bytes, &s)
+            }
         }
     }
 }
@@ -97,7 +107,12 @@ fn dim() -> impl Strategy<Value = usize> {
 }
 
 fn dtype() -> impl Strategy<Value = DType> {
-    prop_oneof![Just(DType::F32), Just(DType::F16), Just(DType::Q8)]
+    prop_oneof![
+        Just(DType::F32),
+        Just(DType::F16),
+        Just(DType::Q8),
+        Just(DType::Q4)
+    ]
 }
 
 fn tensors() -> impl Strategy<Value = Vec<TensorCase>> {
@@ -130,8 +145,13 @@ fn tensors() -> impl Strategy<Value = Vec<TensorCase>> {
                     DType::F32 => bytes_from_seed(seed, 4 * n),
                     DType::F16 => bytes_from_seed(seed, 2 * n),
                     DType::Q8 => bytes_from_seed(seed, n),
+                    DType::Q4 if n == 0 => Vec::new(),
+                    DType::Q4 => {
+                        let (r, c) = t.rows_cols();
+                        bytes_from_seed(seed, 16 * r * c.div_ceil(32))
+                    }
                 };
-                if dtype == DType::Q8 {
+                if dtype == DType::Q8 || (dtype == DType::Q4 && n > 0) {
                     let (r, c) = t.rows_cols();
                     let s = bytes_from_seed(!seed, 2 * r * c.div_ceil(32));
                     t.scales = s
@@ -292,6 +312,13 @@ fn check_file(
                 prop_assert_eq!(t.dtype, DType::Q8);
                 let q: Vec<u8> = quants.iter().map(|&x| x as u8).collect();
                 prop_assert_eq!(q, t.bytes.clone());
+                let s: Vec<u16> = scales.iter().map(|h| h.to_bits()).collect();
+                prop_assert_eq!(s, t.scales.clone());
+                prop_assert_eq!(scales.as_ptr() as usize % 64, 0);
+            }
+            TensorData::Q4 { quants, scales } => {
+                prop_assert_eq!(t.dtype, DType::Q4);
+                prop_assert_eq!(quants, &t.bytes[..]);
                 let s: Vec<u16> = scales.iter().map(|h| h.to_bits()).collect();
                 prop_assert_eq!(s, t.scales.clone());
                 prop_assert_eq!(scales.as_ptr() as usize % 64, 0);

@@ -10,7 +10,7 @@
 //! a block has comes from the family's description (`arch::tensors`), never from names here.
 
 use crate::error::RuntimeError;
-use crate::kernels::{Kernels, Q8Matrix};
+use crate::kernels::{Kernels, Q4Matrix, Q8Matrix};
 use emberlm_formats::arch::Arch;
 use emberlm_formats::arch::{self, Role};
 use emberlm_formats::config::ModelConfig;
@@ -27,6 +27,7 @@ impl Mat<'_> {
             Mat::F32(w) => k.matvec_f32(w, x, y),
             Mat::F16(w) => k.matvec_f16(w, x, y),
             Mat::Q8(w) => k.matvec_q8(w, x, y),
+            Mat::Q4(w) => k.matvec_q4(w, x, y),
         }
     }
 
@@ -41,6 +42,7 @@ impl Mat<'_> {
                 }
             }
             Mat::Q8(w) => w.dequantize_row(r, out),
+            Mat::Q4(w) => w.dequantize_row(r, out),
         }
     }
 }
@@ -360,6 +362,10 @@ impl<'a> Model<'a> {
             Ok(TensorData::Q8 { quants, scales }) => Mat::Q8(
                 Q8Matrix::new(quants, scales, s.rows, s.cols)
                     .unwrap_or_else(|_| Q8Matrix::new(&[], &[], 0, 0).expect("empty")),
+            ),
+            Ok(TensorData::Q4 { quants, scales }) => Mat::Q4(
+                Q4Matrix::new(quants, scales, s.rows, s.cols)
+                    .unwrap_or_else(|_| Q4Matrix::new(&[], &[], 0, 0).expect("empty")),
             ),
             Err(_) => Mat::F32(&[]),
         }

@@ -50,7 +50,11 @@ fn writer(
         shapes.push(("out_head.bias".into(), vec![labels.len()]));
     }
     for (name, shape) in shapes {
-        let dt = if shape.len() == 2 { dtype } else { DType::F32 };
+        let dt = match shape.len() {
+            2 if dtype == DType::Q4 && quant::int4_keeps_q8(&name) => DType::Q8,
+            2 => dtype,
+            _ => DType::F32,
+        };
         w.add_tensor(&name, dt, &shape)?;
     }
     Ok(w)
@@ -80,7 +84,12 @@ fn family_writer(
     };
     for t in arch::tensors(cfg, classes) {
         let dt = if t.desc.is_matrix() {
-            dtype
+            // As an int4 export: the embeddings and heads at int8.
+            if dtype == DType::Q4 && quant::int4_keeps_q8(&t.name) {
+                DType::Q8
+            } else {
+                dtype
+            }
         } else {
             DType::F32
         };
@@ -120,12 +129,25 @@ fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
                 out.write_all(bytemuck::cast_slice(&q))?;
                 scales.extend_from_slice(&s);
             }
+            DType::Q4 => {
+                let nb4 = quant::q4_blocks_per_row(cols);
+                let mut q = vec![0u8; n / cols * nb4 * quant::Q4_BLOCK_BYTES];
+                let mut s = vec![f16::ZERO; n / cols * nb4];
+                quant::quantize_q4(&x, cols, &mut q, &mut s).map_err(io::Error::other)?;
+                out.write_all(&q)?;
+                scales.extend_from_slice(&s);
+            }
         }
         r0 += n / cols;
     }
     if e.dtype == DType::Q8 {
         let numel = e.numel() as usize;
         out.write_all(&vec![0u8; numel.next_multiple_of(64) - numel])?;
+        write_f16s(out, &scales)?;
+    }
+    if e.dtype == DType::Q4 {
+        let n = scales.len() * quant::Q4_BLOCK_BYTES;
+        out.write_all(&vec![0u8; n.next_multiple_of(64) - n])?;
         write_f16s(out, &scales)?;
     }
     Ok(())

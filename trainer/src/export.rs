@@ -1,10 +1,11 @@
 //! Export to one deployable `.ember` file: configuration, tokenizer, task, prompt template,
-//! provenance, and every tensor in f32, f16 or int8 (Q8). Matrices take the chosen dtype; norms
-//! and biases stay f32. Streams one tensor at a time and writes atomically.
+//! provenance, and every tensor in f32, f16, int8 (Q8) or int4 (Q4). Matrices take the chosen
+//! dtype (with int4, the embeddings and the output head take int8, and `--keep-f16` names keep
+//! f16; see [`tensor_dtype`]); norms and biases stay f32. Streams one tensor at a time and writes atomically.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{
-    DType, EmberWriter, FormatError, Value, write_f16s, write_f32s, write_q8,
+    DType, EmberWriter, FormatError, Value, write_f16s, write_f32s, write_q4, write_q8,
 };
 use emberlm_formats::meta::{self, PromptTemplate, Task};
 use emberlm_formats::quant::{self, QuantError};
@@ -23,6 +24,9 @@ pub enum ExportDtype {
     F16,
     /// 1 byte per weight + one f16 scale per 32 (1.0625 bytes per weight).
     Int8,
+    /// 4 bits per weight + one f16 scale per 32 (0.5625 bytes per weight); the embeddings and
+    /// the output head take int8.
+    Int4,
 }
 
 impl FromStr for ExportDtype {
@@ -32,7 +36,10 @@ impl FromStr for ExportDtype {
             "f32" => Ok(ExportDtype::F32),
             "f16" => Ok(ExportDtype::F16),
             "int8" | "q8" => Ok(ExportDtype::Int8),
-            _ => Err(format!("unknown dtype {s:?}: expected f32, f16 or int8")),
+            "int4" | "q4" => Ok(ExportDtype::Int4),
+            _ => Err(format!(
+                "unknown dtype {s:?}: expected f32, f16, int8 or int4"
+            )),
         }
     }
 }
@@ -43,6 +50,7 @@ impl ExportDtype {
             ExportDtype::F32 => DType::F32,
             ExportDtype::F16 => DType::F16,
             ExportDtype::Int8 => DType::Q8,
+            ExportDtype::Int4 => DType::Q4,
         }
     }
 
@@ -52,6 +60,7 @@ impl ExportDtype {
             ExportDtype::F32 => "f32",
             ExportDtype::F16 => "f16",
             ExportDtype::Int8 => "int8",
+            ExportDtype::Int4 => "int4",
         }
     }
 }
@@ -92,6 +101,8 @@ pub enum ExportError {
         /// Why.
         error: QuantError,
     },
+    /// A `--keep-f16` name matches no matrix of the model.
+    NoSuchTensor(String),
     /// Writing the file failed.
     Format(FormatError),
 }
@@ -111,6 +122,12 @@ impl fmt::Display for ExportError {
                 )
             }
             ExportError::Quant { tensor, error } => write!(f, "export: tensor {tensor:?}: {error}"),
+            ExportError::NoSuchTensor(n) => write!(
+                f,
+                "--keep-f16: {n:?} matches no weight matrix of this model (give a tensor name as \
+                 `ember inspect` lists it, e.g. out_head.weight, or the part after blocks.N., \
+                 e.g. ff.proj.weight for every layer)"
+            ),
             ExportError::Format(e) => write!(f, "export: {e}"),
         }
     }
@@ -135,12 +152,61 @@ pub fn export_shapes(cfg: &GptConfig, task: &Task) -> Vec<(String, Vec<usize>)> 
     cfg.tensor_shapes_with_classes(classes)
 }
 
+/// Whether the `--keep-f16` entry `keep` names tensor `name`: the whole name, or its part after
+/// `blocks.N.` (then every layer's).
+fn keep_matches(keep: &str, name: &str) -> bool {
+    name == keep
+        || name
+            .strip_prefix("blocks.")
+            .and_then(|r| r.split_once('.'))
+            .is_some_and(|(_, rest)| rest == keep)
+}
+
+/// The stored dtype of tensor `name` (a matrix when `matrix`): vectors stay f32; a matrix named
+/// by `keep_f16` takes f16; with int4, embeddings and heads take int8 and the other matrices Q4;
+/// otherwise the export dtype.
+pub fn tensor_dtype(dtype: ExportDtype, name: &str, matrix: bool, keep_f16: &[String]) -> DType {
+    if !matrix {
+        DType::F32
+    } else if keep_f16.iter().any(|k| keep_matches(k, name)) {
+        DType::F16
+    } else if dtype == ExportDtype::Int4 && quant::int4_keeps_q8(name) {
+        DType::Q8
+    } else {
+        dtype.dtype()
+    }
+}
+
+/// Fails with [`ExportError::NoSuchTensor`] when a `keep_f16` entry names no matrix in `matrices`.
+pub fn check_keep_f16<'n>(
+    keep_f16: &[String],
+    matrices: impl Iterator<Item = &'n str> + Clone,
+) -> Result<(), ExportError> {
+    for k in keep_f16 {
+        if !matrices.clone().any(|n| keep_matches(k, n)) {
+            return Err(ExportError::NoSuchTensor(k.clone()));
+        }
+    }
+    Ok(())
+}
+
 /// Writes `path` atomically. `tensor(name)` gives each tensor's f32 values in canonical layout.
 /// Returns the file size in bytes.
 pub fn export_ember<'t>(
     path: &Path,
     meta_in: &ExportMeta<'_>,
     dtype: ExportDtype,
+    tensor: &dyn Fn(&str) -> Option<&'t [f32]>,
+) -> Result<u64, ExportError> {
+    export_ember_keep(path, meta_in, dtype, &[], tensor)
+}
+
+/// [`export_ember`] with the matrices named by `keep_f16` kept at f16 (see [`tensor_dtype`]).
+pub fn export_ember_keep<'t>(
+    path: &Path,
+    meta_in: &ExportMeta<'_>,
+    dtype: ExportDtype,
+    keep_f16: &[String],
     tensor: &dyn Fn(&str) -> Option<&'t [f32]>,
 ) -> Result<u64, ExportError> {
     let cfg = &meta_in.config;
@@ -164,6 +230,13 @@ pub fn export_ember<'t>(
         }
     }
     let shapes = export_shapes(cfg, &meta_in.task);
+    check_keep_f16(
+        keep_f16,
+        shapes
+            .iter()
+            .filter(|(_, s)| s.len() == 2)
+            .map(|(n, _)| n.as_str()),
+    )?;
     let mut sources = Vec::with_capacity(shapes.len());
     for (name, shape) in &shapes {
         let data = tensor(name).ok_or_else(|| ExportError::MissingTensor(name.clone()))?;
@@ -175,11 +248,7 @@ pub fn export_ember<'t>(
                 found: data.len(),
             });
         }
-        let dt = if shape.len() == 2 {
-            dtype.dtype()
-        } else {
-            DType::F32
-        };
+        let dt = tensor_dtype(dtype, name, shape.len() == 2, keep_f16);
         w.add_tensor(name, dt, shape)?;
         sources.push(data);
     }
@@ -224,6 +293,15 @@ pub fn encode_tensor(
             let mut s = vec![f16::ZERO; rows * quant::q8_blocks_per_row(cols)];
             quant::quantize_q8(x, cols, &mut q, &mut s).map_err(&mut fail)?;
             write_q8(out, &q, &s)
+        }
+        DType::Q4 => {
+            let cols = *entry.shape.last().unwrap_or(&1) as usize;
+            let rows = x.len().checked_div(cols).unwrap_or(0);
+            let nb = quant::q4_blocks_per_row(cols);
+            let mut q = vec![0u8; rows * nb * quant::Q4_BLOCK_BYTES];
+            let mut s = vec![f16::ZERO; rows * nb];
+            quant::quantize_q4(x, cols, &mut q, &mut s).map_err(&mut fail)?;
+            write_q4(out, &q, &s)
         }
     }
 }

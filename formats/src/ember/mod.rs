@@ -20,8 +20,8 @@ pub use mmap::{HugeBuffer, MappedFile, huge_page_bytes};
 pub use read::{EmberFile, Header, TensorData, parse_header, tensor_data};
 pub use value::{Array, Value};
 pub use write::{
-    EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q8,
-    write_q8_tail,
+    EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q4,
+    write_q8, write_q8_tail,
 };
 
 /// The first 8 bytes of every `.ember` file.
@@ -52,6 +52,11 @@ pub enum DType {
     /// (see [`crate::quant`]). Data: quants (numel bytes), zero padding to a multiple of 64, then
     /// the scales (rows × ceil(cols / 32) f16).
     Q8,
+    /// 4-bit weights in blocks of 32 along the last dimension, one f16 scale per block, levels
+    /// from a fixed non-linear codebook (see [`crate::quant::Q4_CODEBOOK`]). Data: the nibbles
+    /// (rows × ceil(cols / 32) blocks of 16 bytes), zero padding to a multiple of 64, then the
+    /// scales (rows × ceil(cols / 32) f16).
+    Q4,
 }
 
 impl DType {
@@ -61,6 +66,7 @@ impl DType {
             DType::F32 => 0,
             DType::F16 => 1,
             DType::Q8 => 2,
+            DType::Q4 => 3,
         }
     }
 
@@ -70,16 +76,18 @@ impl DType {
             0 => Some(DType::F32),
             1 => Some(DType::F16),
             2 => Some(DType::Q8),
+            3 => Some(DType::Q4),
             _ => None,
         }
     }
 
-    /// A short lowercase name (`f32`, `f16`, `q8`).
+    /// A short lowercase name (`f32`, `f16`, `q8`, `q4`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::Q8 => "q8",
+            DType::Q4 => "q4",
         }
     }
 
@@ -94,7 +102,24 @@ impl DType {
                 let blocks = rows.checked_mul(cols.div_ceil(crate::quant::Q8_BLOCK as u64))?;
                 align_up(numel)?.checked_add(blocks.checked_mul(2)?)
             }
+            DType::Q4 => {
+                let (rows, cols) = rows_cols(shape)?;
+                if numel == 0 {
+                    return Some(0);
+                }
+                let blocks = rows.checked_mul(cols.div_ceil(crate::quant::Q4_BLOCK as u64))?;
+                let nibbles = blocks.checked_mul(crate::quant::Q4_BLOCK_BYTES as u64)?;
+                align_up(nibbles)?.checked_add(blocks.checked_mul(2)?)
+            }
         }
+    }
+
+    /// Bytes of a Q4 tensor's nibbles (before their padding), `None` on overflow or for other
+    /// dtypes.
+    pub fn q4_nibble_bytes(shape: &[u64]) -> Option<u64> {
+        let (rows, cols) = rows_cols(shape)?;
+        rows.checked_mul(cols.div_ceil(crate::quant::Q4_BLOCK as u64))?
+            .checked_mul(crate::quant::Q4_BLOCK_BYTES as u64)
     }
 }
 

@@ -180,6 +180,15 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
                 data_start + t.offset + align_up(numel).unwrap_or(numel),
             )?;
         }
+        if t.dtype == DType::Q4 && t.size > 0 {
+            // The zero padding between the nibbles and the scales.
+            let n = DType::q4_nibble_bytes(&t.shape).unwrap_or(0);
+            check_zero(
+                bytes,
+                data_start + t.offset + n,
+                data_start + t.offset + align_up(n).unwrap_or(n),
+            )?;
+        }
         prev_end = end;
         prev_name = Some(&t.name);
     }
@@ -279,6 +288,13 @@ pub enum TensorData<'a> {
         /// One f16 scale per block of 32 along each row.
         scales: &'a [f16],
     },
+    /// Q4 blocks: nibbles (R, ceil(C/32) × 16 bytes) and scales (R, ceil(C/32)).
+    Q4 {
+        /// 16 bytes per block of 32 elements (element k low nibble of byte k, k + 16 high).
+        quants: &'a [u8],
+        /// One f16 scale per block of 32 along each row.
+        scales: &'a [f16],
+    },
 }
 
 /// A validated `.ember` file viewed in place.
@@ -367,6 +383,17 @@ pub fn tensor_data<'b>(raw: &'b [u8], t: &TensorEntry) -> Result<TensorData<'b>,
             let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
                 .map_err(cast_err)?;
             TensorData::Q8 { quants, scales }
+        }
+        DType::Q4 => {
+            // As Q8: sizes fit for a parsed entry; an impossible entry gets empty views.
+            let n = DType::q4_nibble_bytes(&t.shape).and_then(|n| usize::try_from(n).ok());
+            let n = n.unwrap_or(usize::MAX);
+            let scale_start = align_up(n as u64).and_then(|n| usize::try_from(n).ok());
+            let scale_start = scale_start.unwrap_or(usize::MAX);
+            let quants = raw.get(..n).unwrap_or_default();
+            let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
+                .map_err(cast_err)?;
+            TensorData::Q4 { quants, scales }
         }
     })
 }

@@ -353,6 +353,12 @@ pub fn write_q8_tail(w: &mut dyn Write, n_quants: usize, scales: &[f16]) -> io::
     write_f16s(w, scales)
 }
 
+/// Writes a Q4 tensor's data: nibbles, zero padding to a multiple of 64, scales.
+pub fn write_q4(w: &mut dyn Write, nibbles: &[u8], scales: &[f16]) -> io::Result<()> {
+    w.write_all(nibbles)?;
+    write_q8_tail(w, nibbles.len(), scales)
+}
+
 struct Counting<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     written: u64,

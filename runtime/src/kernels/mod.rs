@@ -36,7 +36,14 @@ pub mod bandwidth;
 pub mod geometry;
 pub mod panel;
 pub mod peak;
+mod q4;
+#[cfg(target_arch = "aarch64")]
+mod q4_aarch64;
+pub mod q4_reference;
+#[cfg(target_arch = "x86_64")]
+mod q4_x86_64;
 pub mod reference;
+pub use q4::Q4Matrix;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -205,6 +212,8 @@ pub enum Mat<'a> {
     F16(&'a [f16]),
     /// int8 blocks with f16 scales.
     Q8(Q8Matrix<'a>),
+    /// 4-bit codebook blocks with f16 scales.
+    Q4(Q4Matrix<'a>),
 }
 
 impl Mat<'_> {
@@ -222,6 +231,15 @@ impl Mat<'_> {
                     w.cols(),
                     c,
                     "a Q8 matrix of {} columns used as {c}",
+                    w.cols()
+                );
+                return w.rows();
+            }
+            Mat::Q4(w) => {
+                assert_eq!(
+                    w.cols(),
+                    c,
+                    "a Q4 matrix of {} columns used as {c}",
                     w.cols()
                 );
                 return w.rows();

@@ -1,15 +1,15 @@
 //! `ember-train export`: a checkpoint, or a Hugging Face model directory, as a `.ember` file
-//! (f32, f16 or int8).
+//! (f32, f16, int8 or int4).
 
 use super::{CliError, Console, ExportArgs, Outcome, failed};
-use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::export::{ExportDtype, ExportMeta, export_ember_keep};
 use crate::{checkpoint, hf, import};
 use crate::{note, say};
 use emberlm_formats::meta::Task;
 use serde_json::json;
 use std::time::Instant;
 
-/// `ember-train export CKPT --dtype f32|f16|int8 --out MODEL.ember`.
+/// `ember-train export CKPT --dtype f32|f16|int8|int4 [--keep-f16 NAME]... --out MODEL.ember`.
 pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let dtype: ExportDtype = a
         .dtype
@@ -85,7 +85,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
     }
     let params = &l.params;
     let t0 = Instant::now();
-    let bytes = export_ember(&a.out, &meta, dtype, &|n| {
+    let bytes = export_ember_keep(&a.out, &meta, dtype, &a.keep_f16, &|n| {
         offsets.get(n).and_then(|r| params.get(r.clone()))
     })
     .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
@@ -127,17 +127,19 @@ fn export_hf(
                 format!("{} (Hugging Face gpt2)", imp.weights_path.display()),
             )],
         };
-        let bytes = export_ember(&a.out, &meta, dtype, &|n| {
+        let bytes = export_ember_keep(&a.out, &meta, dtype, &a.keep_f16, &|n| {
             imp.tensors.get(n).map(Vec::as_slice)
         })
         .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
         return finish(a, con, dtype, bytes, "gpt2", t0);
     }
     let dir = hf::HfDir::open(&a.checkpoint).map_err(|e| failed(e.to_string()))?;
-    let done = hf::convert(&dir, dtype, &a.out, &mut |_| Ok(())).map_err(|e| match e {
-        hf::ConvertError::Format(e) => failed(format!("--out {}: {e}", a.out.display())),
-        e => failed(e.to_string()),
-    })?;
+    let done = hf::convert_keep(&dir, dtype, &a.keep_f16, &a.out, &mut |_| Ok(())).map_err(
+        |e| match e {
+            hf::ConvertError::Format(e) => failed(format!("--out {}: {e}", a.out.display())),
+            e => failed(e.to_string()),
+        },
+    )?;
     note!(
         con,
         "{}: {} ({} layers, dim {}, {} weight file{})",

@@ -318,15 +318,20 @@ pub struct PrepareArgs {
 #[argh(subcommand, name = "export")]
 /// Export a checkpoint, or a Hugging Face model directory (Llama 3.x, SmolLM2, Qwen2.5, Qwen3,
 /// Gemma 3, GPT-2: config.json + model.safetensors or sharded weights), to one .ember model file
-/// (f32, f16 or int8) that ember runs.
+/// (f32, f16, int8 or int4) that ember runs.
 pub struct ExportArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory) or a Hugging
     /// Face model directory
     #[argh(positional)]
     pub checkpoint: PathBuf,
-    /// weight dtype: f32, f16 or int8
+    /// weight dtype: f32, f16, int8 or int4 (int4: 4-bit matrices, the embeddings and the
+    /// output head at int8)
     #[argh(option)]
     pub dtype: String,
+    /// keep these weight matrices at f16 (repeatable): a tensor name as `ember inspect` lists
+    /// it, or its part after blocks.N. for every layer (e.g. ff.proj.weight)
+    #[argh(option)]
+    pub keep_f16: Vec<String>,
     /// the .ember file to write
     #[argh(option)]
     pub out: PathBuf,

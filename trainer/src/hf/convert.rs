@@ -112,8 +112,28 @@ pub fn convert(
     out: &Path,
     extra: &mut dyn FnMut(&mut EmberWriter) -> Result<(), FormatError>,
 ) -> Result<Converted, ConvertError> {
+    convert_keep(hf, dtype, &[], out, extra)
+}
+
+/// [`convert`] with the matrices named by `keep_f16` kept at f16 (see
+/// [`crate::export::tensor_dtype`]).
+pub fn convert_keep(
+    hf: &HfDir,
+    dtype: ExportDtype,
+    keep_f16: &[String],
+    out: &Path,
+    extra: &mut dyn FnMut(&mut EmberWriter) -> Result<(), FormatError>,
+) -> Result<Converted, ConvertError> {
     let cfg = hf.config;
     let (planned, ignored) = plan(hf)?;
+    crate::export::check_keep_f16(
+        keep_f16,
+        planned
+            .iter()
+            .filter(|(t, _)| t.desc.is_matrix())
+            .map(|(t, _)| t.name.as_str()),
+    )
+    .map_err(ConvertError::Export)?;
     for (t, name) in &planned {
         source(hf, t, name)?;
     }
@@ -149,15 +169,7 @@ pub fn convert(
     )?;
     extra(&mut w)?;
     for (t, _) in &planned {
-        let dt = if t.desc.is_matrix() {
-            match dtype {
-                ExportDtype::F32 => DType::F32,
-                ExportDtype::F16 => DType::F16,
-                ExportDtype::Int8 => DType::Q8,
-            }
-        } else {
-            DType::F32
-        };
+        let dt = crate::export::tensor_dtype(dtype, &t.name, t.desc.is_matrix(), keep_f16);
         w.add_tensor(&t.name, dt, &t.shape)?;
     }
     let mut failure: Option<ConvertError> = None;
@@ -230,6 +242,7 @@ fn stream_tensor(
     let mut x = Vec::new();
     let mut half = Vec::new();
     let mut quants = Vec::new();
+    let mut nibbles = Vec::new();
     let mut scales: Vec<f16> = Vec::new();
     let nb = quant::q8_blocks_per_row(cols);
     for r0 in (0..rows).step_by(step) {
@@ -255,10 +268,24 @@ fn stream_tensor(
                     .map_err(|e| quant(e, r0 * cols))?;
                 out.write_all(bytemuck::cast_slice(&quants)).map_err(io)?;
             }
+            DType::Q4 => {
+                let nb4 = quant::q4_blocks_per_row(cols);
+                nibbles.resize(n / cols * nb4 * quant::Q4_BLOCK_BYTES, 0u8);
+                let s0 = scales.len();
+                scales.resize(s0 + n / cols * nb4, f16::ZERO);
+                quant::quantize_q4(&x, cols, &mut nibbles, &mut scales[s0..])
+                    .map_err(|e| quant(e, r0 * cols))?;
+                out.write_all(&nibbles).map_err(io)?;
+            }
         }
     }
-    if entry.dtype == DType::Q8 {
-        write_q8_tail(out, rows * cols, &scales).map_err(io)?;
+    match entry.dtype {
+        DType::Q8 => write_q8_tail(out, rows * cols, &scales).map_err(io)?,
+        DType::Q4 => {
+            let n = rows * quant::q4_blocks_per_row(cols) * quant::Q4_BLOCK_BYTES;
+            write_q8_tail(out, n, &scales).map_err(io)?
+        }
+        _ => {}
     }
     Ok(())
 }
@@ -325,7 +352,7 @@ mod tests {
         })
         .unwrap();
         let file = SafetensorsFile::open(&path).unwrap();
-        for dtype in [DType::F32, DType::F16, DType::Q8] {
+        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
             let mut w = EmberWriter::new();
             w.add_tensor("w", dtype, &[rows, cols]).unwrap();
             let entry = w.tensors()[0].clone();

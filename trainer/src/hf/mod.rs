@@ -13,7 +13,7 @@ use crate::import::ImportError;
 use emberlm_formats::ember::FormatError;
 use std::fmt;
 
-pub use convert::{Converted, convert};
+pub use convert::{Converted, convert, convert_keep};
 pub use dir::{HfDir, is_hf_dir};
 
 /// Why a Hugging Face directory could not be converted.

@@ -16,7 +16,8 @@ pub(crate) struct BenchArgs {
     /// (gpt2-124m, smollm2-135m, smollm2-360m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, gemma3-270m)
     #[argh(option)]
     random: Option<String>,
-    /// dtype of the random model: f32, f16 or int8 (default int8)
+    /// dtype of the random model: f32, f16, int8 or int4 (default int8; int4 keeps the
+    /// embeddings and the head at int8, as `ember-train export --dtype int4`)
     #[argh(option, default = "String::from(\"int8\")")]
     dtype: String,
     /// prompt tokens to prefill (default 128)
@@ -102,7 +103,12 @@ pub(crate) fn bench(a: BenchArgs) -> Result<()> {
                 "f32" => DType::F32,
                 "f16" => DType::F16,
                 "int8" | "q8" => DType::Q8,
-                d => return Err(usage(format!("--dtype: {d:?} must be f32, f16 or int8"))),
+                "int4" | "q4" => DType::Q4,
+                d => {
+                    return Err(usage(format!(
+                        "--dtype: {d:?} must be f32, f16, int8 or int4"
+                    )));
+                }
             };
             let p = std::env::temp_dir().join(format!(
                 "ember-bench-{size}-{}-{}.ember",

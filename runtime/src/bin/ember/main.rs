@@ -1,5 +1,5 @@
-//! `ember`: run `.ember` models — generate, chat, score, classify, inspect, bench, tokenize, detokenize,
-//! serve.
+//! `ember`: run `.ember` models — generate, chat, score, perplexity, classify, inspect, bench,
+//! tokenize, detokenize, serve.
 //!
 //! Errors print one line, `ember: error: …`, and exit with code 2 for usage errors and 1 for
 //! failures (with `--json`, also one `{"error", "exit_code"}` object on stdout); only `main`
@@ -59,6 +59,7 @@ enum Command {
     Generate(GenerateArgs),
     Chat(ChatArgs),
     Score(ScoreArgs),
+    Perplexity(PerplexityArgs),
     Classify(ClassifyArgs),
     Inspect(InspectArgs),
     Bench(BenchArgs),
@@ -73,6 +74,7 @@ mod chat_template;
 mod classify;
 mod generate;
 mod inspect;
+mod perplexity;
 mod score;
 mod serve;
 mod stream;
@@ -83,6 +85,7 @@ use chat::ChatArgs;
 use classify::ClassifyArgs;
 use generate::GenerateArgs;
 use inspect::InspectArgs;
+use perplexity::PerplexityArgs;
 use score::ScoreArgs;
 use serve::ServeArgs;
 use stream::TextStream;
@@ -109,6 +112,7 @@ fn main() {
         Command::Generate(a) => generate::generate(a),
         Command::Chat(a) => chat::chat(a),
         Command::Score(a) => score::score(a),
+        Command::Perplexity(a) => perplexity::perplexity(a),
         Command::Classify(a) => classify::classify(a),
         Command::Inspect(a) => inspect::inspect(a),
         Command::Bench(a) => bench::bench(a),
@@ -159,6 +163,7 @@ const COMMANDS: &[&str] = &[
     "generate",
     "chat",
     "score",
+    "perplexity",
     "classify",
     "inspect",
     "bench",
