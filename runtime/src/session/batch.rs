@@ -518,7 +518,7 @@ impl<'m, 'a> Batch<'m, 'a> {
 
     /// Quantizes each active slot's `x` into its `xq`, `xd` when `w` is Q8.
     fn quantize(&mut self, w: &Mat<'_>, x: Buf) {
-        if let Mat::Q8(_) = w {
+        if let Mat::Q8(_) | Mat::Q4(_) = w {
             let k = self.kernels;
             for &i in &self.active {
                 let b = &mut self.slots[i].s.lanes[0];
@@ -541,6 +541,8 @@ impl<'m, 'a> Batch<'m, 'a> {
             Mat::F32(w) => (w.len() / cols.max(1), 4),
             Mat::F16(w) => (w.len() / cols.max(1), 2),
             Mat::Q8(w) => (w.rows(), 1),
+            // Chunked as int8, as decode does.
+            Mat::Q4(w) => (w.rows(), 1),
         };
         self.quantize(&job.w, x);
         let chunks = Chunks::new(rows, cols, elem);
@@ -673,7 +675,7 @@ fn input<'s>(w: &Mat<'_>, b: &'s Buffers, x: Buf, cols: usize) -> Input<'s> {
         _ => &b.ff[..cols],
     };
     let q = match w {
-        Mat::Q8(_) => Some((&b.xq[..cols], &b.xd[..cols.div_ceil(Q8_BLOCK)])),
+        Mat::Q8(_) | Mat::Q4(_) => Some((&b.xq[..cols], &b.xd[..cols.div_ceil(Q8_BLOCK)])),
         _ => None,
     };
     Input { x, q }
@@ -686,6 +688,8 @@ fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: us
         (Mat::F16(w), _) => k.matvec_f16_rows(w, x.x, y, row_start),
         (Mat::Q8(w), Some((xq, xd))) => k.matvec_q8q8_rows(w, xq, xd, y, row_start),
         (Mat::Q8(w), None) => k.matvec_q8_rows(w, x.x, y, row_start),
+        (Mat::Q4(w), Some((xq, xd))) => k.matvec_q4q8_rows(w, xq, xd, y, row_start),
+        (Mat::Q4(w), None) => k.matvec_q4_rows(w, x.x, y, row_start),
     }
 }
 
