@@ -52,6 +52,8 @@ mod family_prefill;
 mod gqa;
 mod kv;
 mod prefill;
+#[cfg(test)]
+mod ring_tests;
 mod rope;
 
 use self::crew::{Crew, MAX_CHUNK_ROWS};
@@ -314,6 +316,16 @@ impl<'m, 'a> Session<'m, 'a> {
         model: &'m Model<'a>,
         options: &SessionOptions,
     ) -> Result<Session<'m, 'a>, RuntimeError> {
+        Session::build(model, options, true)
+    }
+
+    /// [`Session::new`]; `ring`: hold sliding-window layers' keys and values in rings (else every
+    /// layer keeps all T positions, as the ring's tests compare with).
+    fn build(
+        model: &'m Model<'a>,
+        options: &SessionOptions,
+        ring: bool,
+    ) -> Result<Session<'m, 'a>, RuntimeError> {
         let cfg = model.config();
         let context = options.context.unwrap_or(cfg.context_length);
         if context == 0 || context > cfg.context_length {
@@ -372,8 +384,12 @@ impl<'m, 'a> Session<'m, 'a> {
         } else {
             KvLayout::new(l, cfg.n_kv_heads, context, cfg.head_dim)
         };
-        let kv = Kv::new(layout, options.kv_dtype.resolve(model));
         let chunk = options.prefill_chunk.min(context);
+        let layout = match cfg.sliding {
+            Some(s) if ring => layout.with_window(s.window, s.every, chunk),
+            _ => layout,
+        };
+        let kv = Kv::new(layout, options.kv_dtype.resolve(model));
         let w = Widths::of(model);
         Ok(Session {
             model,
@@ -402,6 +418,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// The kernels in use (`avx2`, `neon`, `reference`).
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
+    }
+
+    /// Bytes the KV cache holds (keys and values of every layer; a sliding-window layer holds
+    /// a ring of about twice its window plus a prefill chunk instead of the whole context).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv.bytes()
     }
 
     /// Tokens in the cache.
