@@ -35,6 +35,7 @@
 pub mod bandwidth;
 pub mod geometry;
 pub mod panel;
+pub mod panel_q8;
 pub mod peak;
 pub mod reference;
 
@@ -42,6 +43,8 @@ pub mod reference;
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
+#[cfg(target_arch = "x86_64")]
+mod x86_64_vnni;
 
 pub use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
