@@ -43,7 +43,9 @@ pub mod reference;
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
-#[cfg(target_arch = "x86_64")]
+// Rust >= 1.89 only (build.rs sets `ember_vnni`): its intrinsics are newer than the MSRV.
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+#[allow(clippy::incompatible_msrv)]
 mod x86_64_vnni;
 
 pub use emberlm_formats::quant::Q8_BLOCK;

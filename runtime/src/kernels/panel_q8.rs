@@ -32,15 +32,15 @@ pub fn available(k: &Kernels, c: usize) -> bool {
     c > 0 && c % Q8_BLOCK == 0 && c <= Q8_MAX_COLS && vnni(k).is_some()
 }
 
-#[cfg(target_arch = "x86_64")]
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
 type Token = super::x86_64_vnni::Vnni;
-#[cfg(not(target_arch = "x86_64"))]
+#[cfg(not(all(target_arch = "x86_64", ember_vnni)))]
 type Token = ();
 
 /// The VNNI token when `k` is the x86-64 fast set and the CPU has VNNI.
 fn vnni(k: &Kernels) -> Option<Token> {
     match k.isa {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
         Isa::Avx2(_) => super::x86_64_vnni::Vnni::detect(),
         _ => None,
     }
@@ -221,7 +221,7 @@ pub fn matmul_rows(
             let q = &w.quants()[r * c..][..c];
             let (d, wsum) = (&mut d[i][..nb], &mut wsum[i][..nb]);
             match token {
-                #[cfg(target_arch = "x86_64")]
+                #[cfg(all(target_arch = "x86_64", ember_vnni))]
                 Some(t) => super::x86_64_vnni::row_constants(t, q, scales, d, wsum),
                 _ => {
                     d.iter_mut().zip(scales).for_each(|(o, s)| *o = s.to_f32());
@@ -233,7 +233,6 @@ pub fn matmul_rows(
         }
         let q: [&[i8]; Q8_ROWS] = std::array::from_fn(|i| &w.quants()[row(i) * c..][..c]);
         let ds: [&[f32]; Q8_ROWS] = std::array::from_fn(|i| &d[i][..nb]);
-        let ws: [&[i32]; Q8_ROWS] = std::array::from_fn(|i| &wsum[i][..nb]);
         let groups = n.div_ceil(Q8_TOKENS);
         for g in 0..groups {
             // The next tile's rows come from memory while this one is multiplied: a share of
@@ -248,8 +247,11 @@ pub fn matmul_rows(
             let xg = &xp[g * Q8_TOKENS * c..][..Q8_TOKENS * c];
             let xdg = &xd[g * Q8_TOKENS * nb..][..Q8_TOKENS * nb];
             match token {
-                #[cfg(target_arch = "x86_64")]
-                Some(t) => super::x86_64_vnni::tile(t, q, ds, ws, xg, xdg, &mut out),
+                #[cfg(all(target_arch = "x86_64", ember_vnni))]
+                Some(t) => {
+                    let ws: [&[i32]; Q8_ROWS] = std::array::from_fn(|i| &wsum[i][..nb]);
+                    super::x86_64_vnni::tile(t, q, ds, ws, xg, xdg, &mut out)
+                }
                 _ => reference_tile(q, ds, xg, xdg, &mut out),
             }
             let t0 = g * Q8_TOKENS;
@@ -264,7 +266,7 @@ pub fn matmul_rows(
 /// Asks for `bytes` in the L2 cache (x86-64; elsewhere nothing).
 fn prefetch(k: &Kernels, bytes: &[i8]) {
     match k.isa {
-        #[cfg(target_arch = "x86_64")]
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
         Isa::Avx2(t) => super::x86_64::prefetch_l2(t, bytemuck::cast_slice(bytes)),
         _ => {}
     }

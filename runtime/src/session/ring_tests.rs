@@ -105,7 +105,7 @@ fn ring_layout_places_positions_and_mirrors() {
     assert_eq!(l.at(3, 19, 1), 6 + 20 + 6 + 19);
     // Every window of 3 positions (its last position p, stores up to p + chunk − 1) is a run of
     // slots holding exactly those positions.
-    let mut slot_of = vec![usize::MAX; 6];
+    let mut slot_of = [usize::MAX; 6];
     for p in 0..20 {
         slot_of[l.at(0, p, 1)] = p;
         if let Some(m) = l.mirror(0, p, 1) {
