@@ -16,7 +16,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Epilogue, Isa, Kernels, Q8_BLOCK, Q8Matrix};
+use super::{Epilogue, Kernels, Q8_BLOCK, Q8Matrix};
 use std::ops::Range;
 
 /// Tokens per packed group (two 8-lane vectors).
@@ -39,11 +39,13 @@ type Token = ();
 
 /// The VNNI token when `k` is the x86-64 fast set and the CPU has VNNI.
 fn vnni(k: &Kernels) -> Option<Token> {
-    match k.isa {
-        #[cfg(all(target_arch = "x86_64", ember_vnni))]
-        Isa::Avx2(_) => super::x86_64_vnni::Vnni::detect(),
-        _ => None,
+    #[cfg(all(target_arch = "x86_64", ember_vnni))]
+    if let super::Isa::Avx2(_) = k.isa {
+        return super::x86_64_vnni::Vnni::detect();
     }
+    #[cfg(not(all(target_arch = "x86_64", ember_vnni)))]
+    let _ = k;
+    None
 }
 
 /// Bytes of X (N, C) packed by [`quantize_pack`].
@@ -263,13 +265,14 @@ pub fn matmul_rows(
     }
 }
 
-/// Asks for `bytes` in the L2 cache (x86-64; elsewhere nothing).
+/// Asks for `bytes` in the L2 cache (x86-64 with the VNNI kernel; elsewhere nothing).
 fn prefetch(k: &Kernels, bytes: &[i8]) {
-    match k.isa {
-        #[cfg(all(target_arch = "x86_64", ember_vnni))]
-        Isa::Avx2(t) => super::x86_64::prefetch_l2(t, bytemuck::cast_slice(bytes)),
-        _ => {}
+    #[cfg(all(target_arch = "x86_64", ember_vnni))]
+    if let super::Isa::Avx2(t) = k.isa {
+        super::x86_64::prefetch_l2(t, bytemuck::cast_slice(bytes));
     }
+    #[cfg(not(all(target_arch = "x86_64", ember_vnni)))]
+    let _ = (k, bytes);
 }
 
 /// The microkernel's plain twin, from the same packed layout: `Σ_b (d · xd) · s` in block order.
