@@ -35,6 +35,7 @@
 pub mod bandwidth;
 pub mod geometry;
 pub mod panel;
+pub mod panel_q8;
 pub mod peak;
 mod q4;
 #[cfg(target_arch = "aarch64")]
@@ -49,6 +50,10 @@ pub use q4::Q4Matrix;
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
+// Rust >= 1.89 only (build.rs sets `ember_vnni`): its intrinsics are newer than the MSRV.
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+#[allow(clippy::incompatible_msrv)]
+mod x86_64_vnni;
 
 pub use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;

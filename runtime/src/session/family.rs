@@ -19,9 +19,10 @@
 //! - the KV cache holds the Hkv key/value heads only; query head h reads key/value head
 //!   h / (H / Hkv);
 //! - sliding-window layers (`is_local`) attend the last `window` positions only (position p sees
-//!   positions > p − window) by starting the attention at that position: the cache keeps every
-//!   position (a mask, not a ring), so a local layer's cache costs as much memory as a global
-//!   one's, but reads only the window.
+//!   positions > p − window) by starting the attention at that position; their cache is a
+//!   mirrored ring ([`super::kv::Ring`]) of about twice the window plus a prefill chunk, so the
+//!   window is always one contiguous run and a local layer's cache does not grow with the
+//!   context.
 
 use super::decode::{Leader, Scratch, Which};
 use super::gqa::{attend_group, attend_token, group_rows, norm_rotate, residual, store_token};

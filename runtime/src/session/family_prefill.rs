@@ -9,7 +9,8 @@ use super::crew::fork;
 use super::gqa::{attend_token, norm_rotate, store_token};
 use super::prefill::by_tokens;
 use super::{Buffers, Ctx, Session, embed};
-use crate::kernels::{Epilogue, Kernels};
+use crate::kernels::{Epilogue, Kernels, panel_q8};
+use crate::model::Mat;
 use emberlm_formats::config::Mlp;
 
 impl Session<'_, '_> {
@@ -27,7 +28,14 @@ impl Session<'_, '_> {
         let (c, n, pos0) = (cfg.dim, chunk.len(), self.tokens.len());
         let (qd, kvd, f, eps) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.norm_eps);
         let b = &mut self.chunk;
-        let (xp, yt) = (&mut self.xp, &mut self.yt);
+        let mut pr = Products {
+            k,
+            xp: &mut self.xp,
+            yt: &mut self.yt,
+            q8p: &mut self.q8p,
+            q8d: &mut self.q8d,
+            packed: false,
+        };
         for (i, &t) in chunk.iter().enumerate() {
             let r = i * c..(i + 1) * c;
             embed(m, t, pos0 + i, &mut b.x[r.clone()], &mut b.xn[r]);
@@ -43,15 +51,16 @@ impl Session<'_, '_> {
             by_tokens(k, xn, x, c, |o, x| rms(x, w.attn_norm, o));
             let (q, rest) = b.qkv[..n * (qd + 2 * kvd)].split_at_mut(n * qd);
             let (key, value) = rest.split_at_mut(n * kvd);
-            for (wm, bias, y) in [(w.q, w.q_bias, &mut *q), (w.k, w.k_bias, &mut *key)] {
+            let fresh = [true, false, false]; // x is quantized once for the three
+            let qkv = [
+                (w.q, w.q_bias, &mut *q),
+                (w.k, w.k_bias, &mut *key),
+                (w.v, w.v_bias, &mut *value),
+            ];
+            for ((wm, bias, y), fresh) in qkv.into_iter().zip(fresh) {
                 let ep = Epilogue { bias, gelu: false };
-                k.matmul(wm, c, xn, y, xp, yt, ep);
+                pr.run(wm, c, xn, y, ep, fresh);
             }
-            let ep = Epilogue {
-                bias: w.v_bias,
-                gelu: false,
-            };
-            k.matmul(w.v, c, xn, value, xp, yt, ep);
             let rows = q.chunks_exact_mut(qd).zip(key.chunks_exact_mut(kvd));
             for (i, (qi, ki)) in rows.enumerate() {
                 norm_rotate(&cx, &w, l, pos0 + i, qi, ki, &mut b.gqa);
@@ -68,21 +77,13 @@ impl Session<'_, '_> {
             };
             attend_runs(&job, 0, &mut self.lanes, &mut b.att[..n * qd]);
             let none = Epilogue::default();
-            k.matmul(
-                w.out,
-                qd,
-                &b.att[..n * qd],
-                &mut b.out[..n * c],
-                xp,
-                yt,
-                none,
-            );
+            pr.run(w.out, qd, &b.att[..n * qd], &mut b.out[..n * c], none, true);
             residual_rows(k, (c, eps), w.attn_post_norm, b, n);
             let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
             by_tokens(k, xn, x, c, |o, x| rms(x, w.mlp_norm, o));
             let (gate, up) = (&mut b.ff[..n * f], &mut b.up[..n * f]);
-            k.matmul(w.gate, c, xn, gate, xp, yt, none);
-            k.matmul(w.up, c, xn, up, xp, yt, none);
+            pr.run(w.gate, c, xn, gate, none, true);
+            pr.run(w.up, c, xn, up, none, false);
             // Row by row, so every token's row gets the same kernel calls whatever the split.
             by_tokens(k, gate, up, f, |g, u| {
                 for (gr, ur) in g.chunks_exact_mut(f).zip(u.chunks_exact(f)) {
@@ -92,7 +93,7 @@ impl Session<'_, '_> {
                     }
                 }
             });
-            k.matmul(w.down, f, gate, &mut b.out[..n * c], xp, yt, none);
+            pr.run(w.down, f, gate, &mut b.out[..n * c], none, true);
             residual_rows(k, (c, eps), w.mlp_post_norm, b, n);
         }
         // Logits for the last position only.
@@ -104,6 +105,47 @@ impl Session<'_, '_> {
             k.add(&mut self.logits, bias);
         }
         self.tokens.extend_from_slice(chunk);
+    }
+}
+
+/// The prefill products' kernels and buffers: Q8 weights go through the int8 product
+/// ([`panel_q8`], activations quantized as int8 decode quantizes them) where the CPU has it,
+/// everything else through the f32 panel ([`Kernels::matmul`]).
+struct Products<'s> {
+    k: &'s Kernels,
+    xp: &'s mut [f32],
+    yt: &'s mut [f32],
+    q8p: &'s mut [u8],
+    q8d: &'s mut [f32],
+    /// q8p / q8d hold the current input.
+    packed: bool,
+}
+
+impl Products<'_> {
+    /// y (N, R) = x (N, C) · Wᵀ with `ep`; `fresh`: x differs from the previous call's (else its
+    /// quantized copy is reused).
+    fn run(
+        &mut self,
+        w: Mat<'_>,
+        c: usize,
+        x: &[f32],
+        y: &mut [f32],
+        ep: Epilogue<'_>,
+        fresh: bool,
+    ) {
+        let k = self.k;
+        self.packed &= !fresh;
+        match w {
+            Mat::Q8(q) if panel_q8::available(k, c) => {
+                if !self.packed {
+                    panel_q8::quantize_pack(k, x, c, self.q8p, self.q8d);
+                    self.packed = true;
+                }
+                let n = x.len() / c;
+                panel_q8::matmul(k, q, (self.q8p, self.q8d), n, y, self.yt, ep);
+            }
+            _ => k.matmul(w, c, x, y, self.xp, self.yt, ep),
+        }
     }
 }
 

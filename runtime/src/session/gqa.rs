@@ -78,14 +78,19 @@ pub(super) fn norm_rotate(
     }
 }
 
-/// Stores one token's keys and values (Hkv·D each) at `pos` of layer l, group by group.
+/// Stores one token's keys and values (Hkv·D each) at `pos` of layer l, group by group (twice
+/// in a sliding-window layer's ring when pos has a mirror slot, [`super::kv::Ring`]).
 pub(super) fn store_token(cx: &Ctx<'_>, l: usize, pos: usize, key: &[f32], value: &[f32]) {
     let kv = &cx.kv.layout;
     for g in 0..kv.groups {
         let hs = kv.group(g);
         let cols = hs.start * kv.d..hs.end * kv.d;
+        let (key, value) = (&key[cols.clone()], &value[cols]);
         let mut cache = cx.kv.write(g);
-        cache.store(kv.at(l, pos, hs.len()), &key[cols.clone()], &value[cols]);
+        cache.store(kv.at(l, pos, hs.len()), key, value);
+        if let Some(at) = kv.mirror(l, pos, hs.len()) {
+            cache.store(at, key, value);
+        }
     }
 }
 

@@ -80,6 +80,8 @@ impl GroupKv {
 pub(super) struct Kv {
     pub(super) layout: KvLayout,
     groups: Vec<RwLock<GroupKv>>,
+    /// Bytes of one cached element (4 for f32, 2 for f16).
+    elem_bytes: usize,
 }
 
 impl Kv {
@@ -101,7 +103,20 @@ impl Kv {
                 })
             })
             .collect();
-        Kv { layout, groups }
+        let elem_bytes = if matches!(dtype, KvDtype::F16) { 2 } else { 4 };
+        Kv {
+            layout,
+            groups,
+            elem_bytes,
+        }
+    }
+
+    /// Bytes of every group's keys and values.
+    pub(super) fn bytes(&self) -> usize {
+        let slots: usize = (0..self.layout.groups)
+            .map(|g| self.layout.group_len(g))
+            .sum();
+        2 * slots * self.elem_bytes
     }
 
     /// Group g's cache, locked for writing.
@@ -121,9 +136,10 @@ impl Kv {
 
 /// Where keys and values live: heads are cut into groups of Hg consecutive heads (the last may
 /// be short), the same groups as decode's query/key/value chunks ([`QKV_GROUP_ROWS`]), and each
-/// group's keys are one (L, T, Hg, D) block (values another): position after position, each
-/// holding its Hg heads' rows. Attending a group at P positions then reads its keys and its
-/// values as two contiguous runs of P·Hg·D elements, which the memory streams of
+/// group's keys are one block of layer after layer (values another): position after position,
+/// each holding its Hg heads' rows. A global layer holds T positions; a sliding-window layer, when
+/// that is shorter, holds a ring ([`Ring`]). Attending a group at P positions then reads its keys
+/// and its values as two contiguous runs of P·Hg·D elements, which the memory streams of
 /// [`Kernels::group_scores`] and [`Kernels::group_weighted`] follow; one head's (P, D) rows
 /// alone are too short a stream for the prefetchers (README § Runtime kernel decisions, "The KV
 /// cache is stored by groups of 4 heads"; `cargo bench -p emberlm-benches --bench attention`).
@@ -131,15 +147,44 @@ impl Kv {
 pub(super) struct KvLayout {
     pub(super) layers: usize,
     pub(super) heads: usize,
+    /// The session's context T (positions a global layer holds).
     pub(super) t: usize,
     pub(super) d: usize,
     /// Heads per group, Hg (the last group may hold fewer).
     pub(super) per_group: usize,
     /// Groups: ceil(H / Hg).
     pub(super) groups: usize,
+    /// The sliding-window layers' ring, when they have one.
+    pub(super) ring: Option<Ring>,
+}
+
+/// A sliding-window layer's cache as a mirrored ring: position p lives in slot p mod R, and
+/// slots R .. R + W − 1 repeat slots 0 .. W − 1 (written twice), so the last W positions of any
+/// position are always one contiguous run of slots — the attention kernels read them exactly as
+/// they read a full cache, in the same order, so the logits keep their bits.
+///
+/// Period R = W + N − 1 (N the prefill chunk): prefill stores a whole chunk's keys before its
+/// tokens attend, so the chunk's last store must not overwrite a position the chunk's first
+/// token still sees. A layer holds S = R + W − 1 slots instead of T.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Ring {
+    /// Every `every`-th layer (1-based) is global, the others ring.
+    every: usize,
+    /// W: positions a token of a local layer attends, its own included.
+    window: usize,
+    /// R: the period.
+    period: usize,
+}
+
+impl Ring {
+    /// Slots a ring layer holds (S = R + W − 1).
+    fn slots(&self) -> usize {
+        self.period + self.window - 1
+    }
 }
 
 impl KvLayout {
+    /// Every layer holding all T positions.
     pub(super) fn new(layers: usize, heads: usize, t: usize, d: usize) -> KvLayout {
         let per_group = QKV_GROUP_ROWS.div_ceil(d.max(1)).clamp(1, heads.max(1));
         KvLayout {
@@ -149,7 +194,23 @@ impl KvLayout {
             d,
             per_group,
             groups: heads.div_ceil(per_group),
+            ring: None,
         }
+    }
+
+    /// The same layout with the sliding-window layers (`(l + 1) % every != 0`, attending
+    /// `window` positions) held in rings, for prefill chunks of at most `chunk` tokens; unchanged
+    /// when a ring would hold as many positions as T.
+    pub(super) fn with_window(mut self, window: usize, every: usize, chunk: usize) -> KvLayout {
+        let ring = Ring {
+            every,
+            window,
+            period: window + chunk.max(1) - 1,
+        };
+        if window > 0 && every > 1 && ring.slots() < self.t {
+            self.ring = Some(ring);
+        }
+        self
     }
 
     /// The heads of group g.
@@ -157,14 +218,47 @@ impl KvLayout {
         g * self.per_group..((g + 1) * self.per_group).min(self.heads)
     }
 
-    /// Elements of group g's key (or value) cache.
-    pub(super) fn group_len(&self, g: usize) -> usize {
-        self.layers * self.t * self.group(g).len() * self.d
+    /// Layer l's ring, if it is a ring layer.
+    fn ring_of(&self, l: usize) -> Option<&Ring> {
+        self.ring.as_ref().filter(|r| (l + 1) % r.every != 0)
     }
 
-    /// Offset of (layer l, position pos) in the cache of a group of `hg` heads.
+    /// The first slot of layer l in a group's cache (in positions): the slots of layers 0 .. l.
+    fn base(&self, l: usize) -> usize {
+        match &self.ring {
+            None => l * self.t,
+            Some(r) => {
+                let global = l / r.every; // layers l' < l with (l' + 1) % every == 0
+                global * self.t + (l - global) * r.slots()
+            }
+        }
+    }
+
+    /// Positions (slots) one head's cache holds over all layers.
+    pub(super) fn slots(&self) -> usize {
+        self.base(self.layers)
+    }
+
+    /// Elements of group g's key (or value) cache.
+    pub(super) fn group_len(&self, g: usize) -> usize {
+        self.slots() * self.group(g).len() * self.d
+    }
+
+    /// Offset of (layer l, position pos) in the cache of a group of `hg` heads: where pos is
+    /// stored, and where a run of positions from pos starts.
     pub(super) fn at(&self, l: usize, pos: usize, hg: usize) -> usize {
-        (l * self.t + pos) * hg * self.d
+        let slot = match self.ring_of(l) {
+            Some(r) => pos % r.period,
+            None => pos,
+        };
+        (self.base(l) + slot) * hg * self.d
+    }
+
+    /// The second place a ring layer stores pos (its mirror slot), if it has one.
+    pub(super) fn mirror(&self, l: usize, pos: usize, hg: usize) -> Option<usize> {
+        let r = self.ring_of(l)?;
+        let slot = pos % r.period;
+        (slot + 1 < r.window).then(|| (self.base(l) + r.period + slot) * hg * self.d)
     }
 }
 

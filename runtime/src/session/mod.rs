@@ -54,6 +54,8 @@ mod family_prefill;
 mod gqa;
 mod kv;
 mod prefill;
+#[cfg(test)]
+mod ring_tests;
 mod rope;
 
 pub use self::batch::{Batch, BatchOptions, Event, Next};
@@ -62,7 +64,7 @@ use self::kv::{Kv, KvLayout};
 use self::rope::RopeTables;
 use crate::error::RuntimeError;
 use crate::kernels::geometry::packed_len;
-use crate::kernels::{Kernels, Q8_BLOCK};
+use crate::kernels::{Kernels, Q8_BLOCK, panel_q8};
 use crate::model::{Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use std::ops::ControlFlow;
@@ -297,6 +299,8 @@ pub struct Session<'m, 'a> {
     chunk: Buffers,   // N = prefill_chunk
     xp: Vec<f32>,     // a prefill product's input X (N, Wf) packed for the microkernel
     yt: Vec<f32>, // (N, max(Wf, Wqkv)) a prefill product's output, one (N, P_g) block per thread
+    q8p: Vec<u8>, // a family's prefill input X (N, Wf) quantized and packed for the int8 product
+    q8d: Vec<f32>, // its block scales, packed
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
 }
@@ -316,6 +320,16 @@ impl<'m, 'a> Session<'m, 'a> {
     pub fn new(
         model: &'m Model<'a>,
         options: &SessionOptions,
+    ) -> Result<Session<'m, 'a>, RuntimeError> {
+        Session::build(model, options, true)
+    }
+
+    /// [`Session::new`]; `ring`: hold sliding-window layers' keys and values in rings (else every
+    /// layer keeps all T positions, as the ring's tests compare with).
+    fn build(
+        model: &'m Model<'a>,
+        options: &SessionOptions,
+        ring: bool,
     ) -> Result<Session<'m, 'a>, RuntimeError> {
         let cfg = model.config();
         let context = options.context.unwrap_or(cfg.context_length);
@@ -375,9 +389,15 @@ impl<'m, 'a> Session<'m, 'a> {
         } else {
             KvLayout::new(l, cfg.n_kv_heads, context, cfg.head_dim)
         };
-        let kv = Kv::new(layout, options.kv_dtype.resolve(model));
         let chunk = options.prefill_chunk.min(context);
+        let layout = match cfg.sliding {
+            Some(s) if ring => layout.with_window(s.window, s.every, chunk),
+            _ => layout,
+        };
+        let kv = Kv::new(layout, options.kv_dtype.resolve(model));
         let w = Widths::of(model);
+        // The widest input of a family's prefill product: C, H·D (out) or F (down).
+        let q8_cols = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
         Ok(Session {
             model,
             kernels,
@@ -397,6 +417,23 @@ impl<'m, 'a> Session<'m, 'a> {
             chunk: Buffers::new(chunk, w, 0),
             xp: vec![0.0; packed_len(chunk, w.ff)],
             yt: vec![0.0; chunk * w.ff.max(w.qkv)],
+            // Zeroed by the allocator: untouched (no resident memory) unless the int8 product runs.
+            q8p: vec![
+                0;
+                if model.is_gpt2() {
+                    0
+                } else {
+                    panel_q8::packed_bytes(chunk, q8_cols)
+                }
+            ],
+            q8d: vec![
+                0.0;
+                if model.is_gpt2() {
+                    0
+                } else {
+                    panel_q8::packed_scales(chunk, q8_cols)
+                }
+            ],
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })
@@ -405,6 +442,12 @@ impl<'m, 'a> Session<'m, 'a> {
     /// The kernels in use (`avx2`, `neon`, `reference`).
     pub fn kernels(&self) -> &Kernels {
         &self.kernels
+    }
+
+    /// Bytes the KV cache holds (keys and values of every layer; a sliding-window layer holds
+    /// a ring of about twice its window plus a prefill chunk instead of the whole context).
+    pub fn kv_cache_bytes(&self) -> usize {
+        self.kv.bytes()
     }
 
     /// Tokens in the cache.

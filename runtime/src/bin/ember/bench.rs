@@ -41,7 +41,7 @@ pub(crate) struct BenchArgs {
     /// passes over the --batch list (default 3; the median is reported)
     #[argh(option, default = "3")]
     passes: usize,
-    /// print one JSON object (prefill_tokens_per_s, decode_tokens_per_s, load_ms, peak_rss_bytes, ...)
+    /// print one JSON object (prefill_tokens_per_s, decode_tokens_per_s, load_ms, peak_rss_bytes, kv_cache_bytes, ...)
     #[argh(switch)]
     json: bool,
 }
@@ -238,6 +238,7 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             "decode_rounds": rounds,
             "decode_round_bandwidth_fraction": round_fraction,
             "peak_rss_bytes": rss,
+            "kv_cache_bytes": session.kv_cache_bytes(),
             "huge_page_bytes": model_huge,
             "bandwidth_huge_page_bytes": probe_huge,
         });
@@ -288,7 +289,12 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
                 );
             }
         }
-        println!("peak RSS     {:.1} MiB", rss as f64 / (1 << 20) as f64);
+        println!(
+            "peak RSS     {:.1} MiB (model file {:.1} MiB, KV cache {:.1} MiB allocated)",
+            rss as f64 / (1 << 20) as f64,
+            model.file_size() as f64 / (1 << 20) as f64,
+            session.kv_cache_bytes() as f64 / (1 << 20) as f64
+        );
     }
     Ok(())
 }
