@@ -178,7 +178,7 @@ fn flags_that_do_not_fit_the_architecture_are_usage_errors() {
             "multiple",
         ),
         (&["--arch", "llama", "--config", "qwen3-0.6b"][..], "qwen3"),
-        (&["--config", "mistral-7b"][..], "unknown preset"),
+        (&["--config", "mistral-7b"][..], "unknown model preset"),
     ] {
         let o = pretrain(
             args,

@@ -87,7 +87,7 @@ fn family_config(
         Some(name) if GptConfig::preset(name).is_err() => {
             Some(ModelConfig::preset(name).map_err(|_| {
                 usage(format!(
-                    "--config {name}: unknown preset (GPT-2: 124m, 355m, 774m, 1558m; modern \
+                    "--config {name}: unknown model preset (GPT-2: 124m, 355m, 774m, 1558m; modern \
                      families: smollm2-135m, smollm2-360m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b, \
                      gemma3-270m)"
                 ))
