@@ -289,7 +289,7 @@ fn classify_rejects_bad_input_with_one_line() {
             "--lora-targets",
         ),
         (with(&["--max-length", "999"]), 2, "--max-length"),
-        (with(&["--dtype", "q4"]), 2, "--dtype"),
+        (with(&["--dtype", "int3"]), 2, "--dtype"),
         (with(&["--lr", "-1"]), 2, "--lr"),
         (
             vec![
