@@ -64,3 +64,8 @@ pub(crate) fn pack_group(x: &[f32], c: usize, g: usize, dst: &mut [f32]) {
         }
     }
 }
+
+/// Tokens per packed group of the int8 × int8 prefill panel (`panel_q8`; two 8-lane vectors).
+pub const Q8_TOKENS: usize = 16;
+/// Weight rows per call of that panel's microkernel.
+pub const Q8_ROWS: usize = 4;

@@ -40,11 +40,12 @@ pub mod peak;
 mod q4;
 #[cfg(target_arch = "aarch64")]
 mod q4_aarch64;
+mod q4_matrix;
 pub mod q4_reference;
 #[cfg(target_arch = "x86_64")]
 mod q4_x86_64;
 pub mod reference;
-pub use q4::Q4Matrix;
+pub use q4_matrix::Q4Matrix;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;

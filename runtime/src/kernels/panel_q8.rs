@@ -19,10 +19,7 @@
 use super::{Epilogue, Kernels, Q8_BLOCK, Q8Matrix};
 use std::ops::Range;
 
-/// Tokens per packed group (two 8-lane vectors).
-pub const Q8_TOKENS: usize = 16;
-/// Weight rows per microkernel call.
-pub const Q8_ROWS: usize = 4;
+pub use super::geometry::{Q8_ROWS, Q8_TOKENS};
 /// Widest C this product takes (blocks per row kept on the stack).
 pub const Q8_MAX_COLS: usize = 16384;
 

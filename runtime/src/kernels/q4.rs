@@ -1,130 +1,13 @@
-//! Q4 weights (FORMAT.md §5, tag 3): the matrix view and the [`Kernels`] entry points of the int4
-//! decode product (int4 weights × int8 activations) and of the prefill panel's dequantization.
+//! Q4 weights (FORMAT.md §5, tag 3): the [`Kernels`] entry points (the matrix view is
+//! [`super::q4_matrix`]) of the int4 decode product (int4 weights × int8 activations) and of the prefill panel's dequantization.
 //!
 //! Letters as in [`super`]: R rows, C columns, NB = ceil(C / 32) blocks per row. A block is 16
 //! bytes (element k in the low nibble of byte k, element k + 16 in its high nibble) and one f16
 //! scale d; nibble i stands for `Q4_CODEBOOK[i] × d`. The weights are read in place from the file.
 
-use super::{Isa, Kernels, ShapeError, q4_reference};
-use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, q4_nibble};
-use half::f16;
-
-/// A Q4 weight matrix W (R, C): `quants` (R, NB × 16 bytes) and f16 `scales` (R, NB). Borrowed,
-/// `Copy`, validated once.
-#[derive(Clone, Copy, Debug)]
-pub struct Q4Matrix<'a> {
-    quants: &'a [u8],
-    scales: &'a [f16],
-    rows: usize,
-    cols: usize,
-}
-
-impl<'a> Q4Matrix<'a> {
-    /// Views `quants` and `scales` as a (rows, cols) Q4 matrix. Errors name the slice whose
-    /// length does not match (`"q4 quants"`, `"q4 scales"`), including on overflow.
-    pub fn new(
-        quants: &'a [u8],
-        scales: &'a [f16],
-        rows: usize,
-        cols: usize,
-    ) -> Result<Self, ShapeError> {
-        let nb = cols.div_ceil(Q4_BLOCK);
-        let check = |what, expected: Option<usize>, found| match expected {
-            Some(e) if e == found => Ok(()),
-            e => Err(ShapeError {
-                what,
-                expected: e.unwrap_or(usize::MAX),
-                found,
-            }),
-        };
-        let blocks = rows.checked_mul(nb);
-        check(
-            "q4 quants",
-            blocks.and_then(|b| b.checked_mul(Q4_BLOCK_BYTES)),
-            quants.len(),
-        )?;
-        check("q4 scales", blocks, scales.len())?;
-        Ok(Q4Matrix {
-            quants,
-            scales,
-            rows,
-            cols,
-        })
-    }
-
-    /// R.
-    pub fn rows(&self) -> usize {
-        self.rows
-    }
-
-    /// C.
-    pub fn cols(&self) -> usize {
-        self.cols
-    }
-
-    /// NB = ceil(C / 32).
-    pub fn blocks_per_row(&self) -> usize {
-        self.cols.div_ceil(Q4_BLOCK)
-    }
-
-    /// The nibbles (R, NB × 16 bytes).
-    pub fn quants(&self) -> &'a [u8] {
-        self.quants
-    }
-
-    /// The scales (R, NB).
-    pub fn scales(&self) -> &'a [f16] {
-        self.scales
-    }
-
-    /// Row `r`'s nibbles (NB × 16 bytes).
-    pub fn row_quants(&self, r: usize) -> &'a [u8] {
-        let n = self.blocks_per_row() * Q4_BLOCK_BYTES;
-        &self.quants[r * n..(r + 1) * n]
-    }
-
-    /// Row `r`'s scales (NB).
-    pub fn row_scales(&self, r: usize) -> &'a [f16] {
-        let nb = self.blocks_per_row();
-        &self.scales[r * nb..(r + 1) * nb]
-    }
-
-    /// Row `r` dequantized into `out` (C), e.g. a token embedding.
-    ///
-    /// # Panics
-    /// If `r >= R` or `out.len() != C`.
-    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        assert!(
-            r < self.rows,
-            "dequantize_row: row {r} out of {}",
-            self.rows
-        );
-        assert_eq!(out.len(), self.cols, "dequantize_row: out length");
-        self.dequantize_cols(r, 0, out);
-    }
-
-    /// Columns `k0 .. k0 + out.len()` of row `r` as f32 (`k0` a multiple of [`Q4_BLOCK`]): the
-    /// reference dequantization.
-    ///
-    /// # Panics
-    /// If the columns are not inside row `r`.
-    pub fn dequantize_cols(&self, r: usize, k0: usize, out: &mut [f32]) {
-        assert!(
-            k0 % Q4_BLOCK == 0 && k0 + out.len() <= self.cols,
-            "dequantize_cols: columns {k0}.. of {}",
-            self.cols
-        );
-        let q = self.row_quants(r);
-        let d = self.row_scales(r);
-        for (j, o) in out.iter_mut().enumerate() {
-            let c = k0 + j;
-            let (b, k) = (c / Q4_BLOCK, c % Q4_BLOCK);
-            let block = &q[b * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
-            *o = f32::from(Q4_CODEBOOK[q4_nibble(block, k) as usize]) * d[b].to_f32();
-        }
-    }
-}
-
+use super::q4_matrix::Q4Matrix;
+use super::{Isa, Kernels, q4_reference};
+use emberlm_formats::quant::Q4_BLOCK;
 impl Kernels {
     /// y (R) = W (R, C) · x (C), Q4 weights and f32 activations (dequantized on the fly), threaded
     /// over row chunks. The session's decode uses [`Kernels::matvec_q4q8_rows`]; this is the

@@ -9,7 +9,7 @@
 //! token; each `unsafe` block says which length check makes its loads sound.
 
 use super::aarch64::Neon;
-use super::q4::Q4Matrix;
+use super::q4_matrix::Q4Matrix;
 use core::arch::aarch64::*;
 use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, q4_nibble};
 

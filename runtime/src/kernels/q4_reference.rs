@@ -4,7 +4,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::q4::Q4Matrix;
+use super::q4_matrix::Q4Matrix;
 use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, q4_nibble};
 
 /// y = rows `row_start ..` of W · x with x quantized to int8 blocks (xq (C), xd (NB)).

@@ -9,7 +9,7 @@
 //! [`Avx2`] token, which proves the features; raw-pointer loads happen after the lengths they
 //! rely on were checked, and each `unsafe` block says which check.
 
-use super::q4::Q4Matrix;
+use super::q4_matrix::Q4Matrix;
 use super::x86_64::Avx2;
 use core::arch::x86_64::*;
 use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, q4_nibble};

@@ -4,7 +4,7 @@
 //! only [`Vnni::detect`] creates, so calling the `#[target_feature]` bodies is sound. Letters as
 //! in [`super`]; layouts in [`super::panel_q8`].
 
-use super::panel_q8::{Q8_ROWS, Q8_TOKENS};
+use super::geometry::{Q8_ROWS, Q8_TOKENS};
 use core::arch::x86_64::*;
 use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
