@@ -43,7 +43,7 @@ REWRITES = [
     # Chat reads a person's lines from stdin: give it one question.
     ("chat input", r"^(\$T/ember chat .*)$", r"printf 'What is the capital of France?\\n' | \1"),
     # CI runs as root, which Open MPI refuses unless told.
-    ("mpirun as root", r"^mpirun -np", "mpirun --allow-run-as-root -np"),
+    ("mpirun as root", r"^mpirun -np", "mpirun --allow-run-as-root --oversubscribe -np"),
     # A server runs until stopped: the README starts it in the background; wait until it answers
     # before the next command speaks to it (the README's `kill $!` then stops it).
     ("serve in the background", r"^(\$T/ember serve .*) &$",
