@@ -19,6 +19,7 @@
 //! slot's buffers by the calling thread. No `unsafe`, no allocation per step.
 
 use super::crew::{Chunks, fork};
+use super::decode::{Input, mat_rows};
 use super::gqa::{attend_group, group_rows, norm_rotate, store_token};
 use super::{Buffers, Ctx, Session, SessionOptions, Widths, embed};
 use crate::error::RuntimeError;
@@ -659,13 +660,6 @@ impl Buf {
     }
 }
 
-/// A product's input: x and, for Q8 weights, x quantized (as decode's `Input`).
-#[derive(Clone, Copy)]
-struct Input<'s> {
-    x: &'s [f32],
-    q: Option<(&'s [i8], &'s [f32])>,
-}
-
 /// Slot lane `b`'s buffer `x`, its first `cols` elements, as the input of a product with
 /// W = `w` (quantized already by [`Batch::quantize`] when `w` is Q8).
 fn input<'s>(w: &Mat<'_>, b: &'s Buffers, x: Buf, cols: usize) -> Input<'s> {
@@ -679,18 +673,6 @@ fn input<'s>(w: &Mat<'_>, b: &'s Buffers, x: Buf, cols: usize) -> Input<'s> {
         _ => None,
     };
     Input { x, q }
-}
-
-/// y = rows `row_start .. row_start + y.len()` of W · x (as decode's `mat_rows`).
-fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: usize) {
-    match (*w, x.q) {
-        (Mat::F32(w), _) => k.matvec_f32_rows(w, x.x, y, row_start),
-        (Mat::F16(w), _) => k.matvec_f16_rows(w, x.x, y, row_start),
-        (Mat::Q8(w), Some((xq, xd))) => k.matvec_q8q8_rows(w, xq, xd, y, row_start),
-        (Mat::Q8(w), None) => k.matvec_q8_rows(w, x.x, y, row_start),
-        (Mat::Q4(w), Some((xq, xd))) => k.matvec_q4q8_rows(w, xq, xd, y, row_start),
-        (Mat::Q4(w), None) => k.matvec_q4_rows(w, x.x, y, row_start),
-    }
 }
 
 fn put(shared: &[AtomicU32], at: usize, y: &[f32]) {

@@ -167,9 +167,9 @@ pub(super) struct Scratch<'s> {
 /// A product's input: x (C) and, for Q8 weights, x quantized (xq (C), xd (NB)); without the
 /// quantized form a Q8 product falls back to f32 activations ([`Kernels::matvec_q8_rows`]).
 #[derive(Clone, Copy)]
-struct Input<'s> {
-    x: &'s [f32],
-    q: Option<(&'s [i8], &'s [f32])>,
+pub(super) struct Input<'s> {
+    pub(super) x: &'s [f32],
+    pub(super) q: Option<(&'s [i8], &'s [f32])>,
 }
 
 impl<'s> Input<'s> {
@@ -188,7 +188,7 @@ impl<'s> Input<'s> {
 }
 
 /// y = rows `row_start .. row_start + y.len()` of W · x, on the calling thread.
-fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: usize) {
+pub(super) fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], row_start: usize) {
     match (*w, x.q) {
         (Mat::F32(w), _) => k.matvec_f32_rows(w, x.x, y, row_start),
         (Mat::F16(w), _) => k.matvec_f16_rows(w, x.x, y, row_start),
