@@ -24,6 +24,8 @@ use std::ops::Range;
 pub struct Layout {
     /// The configuration.
     pub cfg: ModelConfig,
+    /// K, for a classifier (a (K, C) head with a bias in place of the language-model head).
+    pub classes: Option<usize>,
     ranges: HashMap<(Role, Option<usize>), Range<usize>>,
     /// Every tensor's ember name and range, in file order.
     pub tensors: Vec<(String, Range<usize>)>,
@@ -36,11 +38,16 @@ pub struct Layout {
 impl Layout {
     /// The layout of `cfg`'s language model.
     pub fn new(cfg: &ModelConfig) -> Layout {
+        Layout::with_classes(cfg, None)
+    }
+
+    /// The layout of `cfg`'s language model, or of its classifier with K = `classes`.
+    pub fn with_classes(cfg: &ModelConfig, classes: Option<usize>) -> Layout {
         let mut ranges = HashMap::new();
         let mut tensors = Vec::new();
         let mut matrices = Vec::new();
         let mut off = 0;
-        for t in arch::tensors(cfg, None) {
+        for t in arch::tensors(cfg, classes) {
             let r = off..off + t.len();
             off += t.len();
             if t.shape.len() == 2 {
@@ -51,6 +58,7 @@ impl Layout {
         }
         Layout {
             cfg: *cfg,
+            classes,
             ranges,
             tensors,
             matrices,
@@ -187,7 +195,9 @@ fn run(
             && grads.as_ref().is_none_or(|g| g.len() == layout.len)
     );
     let (c, d, hq, hk) = (cfg.dim, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-    let (qd, kd, f, v) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.vocab_size);
+    // V: the vocabulary, or K for a classifier.
+    let (qd, kd, f) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim);
+    let v = layout.classes.unwrap_or(cfg.vocab_size);
     let eps = cfg.norm_eps;
     let rope_cfg = cfg.rope.expect("the modern families use rotary positions");
     let tables = |local: bool| rope::tables(t, &rope_cfg.inv_freq(d, local));
@@ -315,7 +325,8 @@ fn run(
     };
     let whead = p(head_role, None);
     let mut logits = vec![0.0f32; n * v];
-    matmul::forward(&mut logits, &xf, whead, None, c);
+    let head_bias = opt(Role::HeadBias, None);
+    matmul::forward(&mut logits, &xf, whead, head_bias, c);
     let out_logits = logits.clone();
     let mut losses = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n];
@@ -334,7 +345,13 @@ fn run(
     let mut dxf = vec![0.0f32; n * c];
     {
         let r = g_of(head_role, None).expect("head");
-        matmul::backward(&mut dxf, &mut grads[r], None, &logits, &xf, whead, c);
+        match g_of(Role::HeadBias, None) {
+            Some(rb) => {
+                let (gw, gb) = two_mut(grads, r, rb);
+                matmul::backward(&mut dxf, gw, Some(gb), &logits, &xf, whead, c);
+            }
+            None => matmul::backward(&mut dxf, &mut grads[r], None, &logits, &xf, whead, c),
+        }
     }
     let mut dx = vec![0.0f32; n * c];
     {
@@ -525,6 +542,19 @@ fn run(
     }
 }
 
+/// Bytes one training step of a (B, T) batch holds at its peak: parameters and gradients (f32),
+/// the activations every layer saves for the backward (N·(6C + 3Q + 3K + 3F) values and the
+/// B·H·T² attention weights), and the logits with their copy and gradient (3·N·V). The
+/// optimizer's state and any copy of the weights come on top.
+pub fn memory_estimate(cfg: &ModelConfig, b: usize, t: usize) -> u64 {
+    let p = Layout::new(cfg).len as u64;
+    let (n, c) = ((b * t) as u64, cfg.dim as u64);
+    let (q, k, f) = (cfg.q_dim() as u64, cfg.kv_dim() as u64, cfg.ffn_dim as u64);
+    let per_layer = n * (6 * c + 3 * q + 3 * k + 3 * f) + (b * cfg.n_heads * t * t) as u64;
+    let floats = 2 * p + cfg.n_layers as u64 * per_layer + 3 * n * cfg.vocab_size as u64;
+    floats.saturating_mul(4)
+}
+
 /// A model of one of the modern families being trained: its layout, flat parameters and
 /// gradients (the same layout).
 #[derive(Debug)]
@@ -596,6 +626,62 @@ impl FamilyModel {
         })
     }
 
+    /// A classifier of K = `classes` labels on this model (the book's chapter 6 on a modern
+    /// family): every tensor kept but the language-model head, a (K, C) head and a (K) bias
+    /// added with PyTorch's `nn.Linear` initialisation U(±1/√C), reproducible from `seed`.
+    pub fn into_classifier(self, classes: usize, seed: u64) -> Result<FamilyModel, String> {
+        if !(2..=1 << 20).contains(&classes) {
+            return Err(format!("{classes} classes: a classifier needs 2 to 2^20"));
+        }
+        let layout = Layout::with_classes(&self.layout.cfg, Some(classes));
+        let mut params = vec![0.0f32; layout.len];
+        let bound = 1.0 / (self.layout.cfg.dim as f32).sqrt();
+        for (name, r) in &layout.tensors {
+            let role = arch::tensors(&layout.cfg, Some(classes))
+                .into_iter()
+                .find(|t| &t.name == name)
+                .map(|t| t.desc.role);
+            if matches!(role, Some(Role::Head | Role::HeadBias)) {
+                let key =
+                    crate::data::mix64(seed ^ crate::data::mix64(0x5EED_C1A5 ^ r.len() as u64));
+                crate::model::fill_uniform(&mut params[r.clone()], bound, key);
+            } else if let Some((_, src)) = self.layout.tensors.iter().find(|(n, _)| n == name) {
+                params[r.clone()].copy_from_slice(&self.params[src.clone()]);
+            }
+        }
+        Ok(FamilyModel {
+            layout,
+            params,
+            grads: Vec::new(),
+        })
+    }
+
+    /// A classifier of K = `classes` labels holding `params` (in its layout's order).
+    pub fn classifier_from_params(
+        cfg: &ModelConfig,
+        classes: usize,
+        params: Vec<f32>,
+    ) -> Result<FamilyModel, String> {
+        let layout = Layout::with_classes(cfg, Some(classes));
+        if params.len() != layout.len {
+            return Err(format!(
+                "{} parameters given, the classifier has {}",
+                params.len(),
+                layout.len
+            ));
+        }
+        Ok(FamilyModel {
+            layout,
+            params,
+            grads: Vec::new(),
+        })
+    }
+
+    /// K for a classifier, `None` for a language model.
+    pub fn classes(&self) -> Option<usize> {
+        self.layout.classes
+    }
+
     /// The configuration.
     pub fn config(&self) -> &ModelConfig {
         &self.layout.cfg
@@ -612,6 +698,27 @@ impl FamilyModel {
             self.grads = vec![0.0; self.params.len()];
         }
         &mut self.grads
+    }
+
+    /// The flat parameters, writable.
+    pub fn params_mut(&mut self) -> &mut [f32] {
+        &mut self.params
+    }
+
+    /// Every tensor's role, block, name, shape and place in the flat buffer, in buffer order.
+    pub fn tensor_infos(&self) -> Vec<crate::model::TensorInfo> {
+        arch::tensors(&self.layout.cfg, self.layout.classes)
+            .into_iter()
+            .zip(&self.layout.tensors)
+            .map(|(t, (_, r))| crate::model::TensorInfo {
+                role: t.desc.role,
+                layer: t.layer,
+                shape: t.shape.clone(),
+                offset: r.start,
+                len: r.len(),
+                name: t.name,
+            })
+            .collect()
     }
 
     /// Parameters (writable) and gradients together, for the optimizer.
@@ -641,7 +748,7 @@ impl FamilyModel {
 
     /// Every tensor's ember name, shape and values, in file order.
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
-        arch::tensors(&self.layout.cfg, None)
+        arch::tensors(&self.layout.cfg, self.layout.classes)
             .into_iter()
             .zip(&self.layout.tensors)
             .map(|(t, (name, r))| (name.clone(), t.shape.clone(), &self.params[r.clone()]))
@@ -700,5 +807,52 @@ mod model_tests {
             FamilyModel::new(&cfg, 8).unwrap().params(),
             FamilyModel::new(&cfg, 7).unwrap().params()
         );
+    }
+
+    /// The classifier's head and bias, and a weight below them, have the gradients that central
+    /// differences of the loss give (f64 sums over an f32 model: steps of 1e-2, 2% tolerance).
+    #[test]
+    fn classifier_gradients_match_finite_differences() {
+        let cfg = tiny();
+        let base = FamilyModel::new(&cfg, 3).unwrap();
+        let lm_params = base.params().to_vec();
+        let mut m = base.into_classifier(3, 5).unwrap();
+        assert_eq!(m.classes(), Some(3));
+        // Everything but the head is the language model's, in the same places.
+        let emb = m.layout.range(Role::TokEmb, None).unwrap();
+        assert_eq!(&m.params()[emb.clone()], &lm_params[emb]);
+        let (b, t) = (2, 5);
+        let x: Vec<u32> = (0..b * t).map(|i| (i * 11 % 64) as u32).collect();
+        let mut y = vec![IGNORE_INDEX; b * t];
+        (y[t - 1], y[2 * t - 1]) = (2, 0);
+        m.grads_mut().fill(0.0);
+        m.train_batch(&x, &y, b);
+        let grads = m.grads_mut().to_vec();
+        let head = m.layout.range(Role::Head, None).unwrap();
+        let bias = m.layout.range(Role::HeadBias, None).unwrap();
+        let up = m.layout.range(Role::MlpUp, Some(0)).unwrap();
+        assert_eq!((head.len(), bias.len()), (3 * cfg.dim, 3));
+        for i in [
+            head.start,
+            head.start + 17,
+            bias.start,
+            bias.start + 2,
+            up.start + 5,
+        ] {
+            let h = 1e-2f32;
+            let at = |m: &mut FamilyModel, d: f32| {
+                let keep = m.params()[i];
+                m.params_mut()[i] = keep + d;
+                let l = m.loss(&x, &y, b);
+                m.params_mut()[i] = keep;
+                l
+            };
+            let fd = (at(&mut m, h) - at(&mut m, -h)) / (2.0 * h as f64);
+            let g = grads[i] as f64;
+            assert!(
+                (fd - g).abs() <= 0.02 * fd.abs().max(g.abs()) + 1e-5,
+                "parameter {i}: finite differences {fd}, backward {g}"
+            );
+        }
     }
 }

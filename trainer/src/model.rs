@@ -1395,7 +1395,7 @@ pub(crate) fn fill_normal(dst: &mut [f32], std: f32, key: u64) {
 }
 
 /// Fills `dst` with U(−bound, bound) draws; element i depends only on (key, i).
-fn fill_uniform(dst: &mut [f32], bound: f32, key: u64) {
+pub(crate) fn fill_uniform(dst: &mut [f32], bound: f32, key: u64) {
     const CHUNK: usize = 1 << 14;
     dst.par_chunks_mut(CHUNK).enumerate().for_each(|(ci, d)| {
         for (j, x) in d.iter_mut().enumerate() {

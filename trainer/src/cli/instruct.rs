@@ -840,7 +840,7 @@ mod tests {
         let s = settings(&args(&["--lora-rank", "16", "--lora-targets", "qkv,head"])).unwrap();
         let l = s.lora.unwrap();
         assert_eq!((l.rank, l.alpha), (16, 16.0));
-        assert!(l.targets.qkv && l.targets.head && !l.targets.fc);
+        assert!(l.targets.q && l.targets.k && l.targets.v && l.targets.head && !l.targets.up);
         let s = settings(&args(&["--trainable", "last-2"])).unwrap();
         assert_eq!(s.trainable, Trainable::LastBlocks(2));
     }

@@ -12,6 +12,7 @@ pub mod export;
 pub mod export_safetensors;
 pub mod import;
 pub mod instruct;
+mod net;
 pub mod prepare;
 pub mod pretrain;
 pub mod progress;

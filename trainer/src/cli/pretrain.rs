@@ -12,13 +12,13 @@
 //!
 //! Letters: B batch, T window length (context), V vocabulary, N parameters.
 
+use super::net::Net;
 use super::progress::Progress;
 use super::train_loop::{
     self, Cursor, Curves, SaveTo, Settings, Task, Trainable, finite_or_null, mem_available,
 };
 use super::{
-    CliError, Console, Outcome, PretrainArgs, count, failed, fmt_duration, sample, shell_path,
-    usage,
+    CliError, Console, Outcome, PretrainArgs, count, failed, fmt_duration, shell_path, usage,
 };
 use crate::adamw::{AdamW, AdamWConfig, DecayPolicy};
 use crate::checkpoint::{
@@ -29,7 +29,7 @@ use crate::corpus;
 use crate::data::{self, CacheStatus, DataError, Order, Windows, mix64};
 use crate::dist::{self, Comm, Single};
 use crate::family::FamilyModel;
-use crate::model::{DropoutRates, Gpt, Init, Mode, memory_estimate};
+use crate::model::{DropoutRates, Gpt, Init, memory_estimate};
 use crate::plot;
 use crate::shards::{self, Manifest};
 use crate::{note, say};
@@ -1062,83 +1062,6 @@ fn mean_loss(
         sum += l as f64;
     }
     Ok((sum / nb as f64) as f32)
-}
-
-/// The model being pretrained: GPT-2, or one of the modern families.
-enum Net {
-    Gpt(Gpt),
-    Family(FamilyModel),
-}
-
-impl Trainable for Net {
-    fn params(&self) -> &[f32] {
-        match self {
-            Net::Gpt(m) => m.params(),
-            Net::Family(m) => m.params(),
-        }
-    }
-    fn grads_mut(&mut self) -> &mut [f32] {
-        match self {
-            Net::Gpt(m) => m.grads_mut(),
-            Net::Family(m) => m.grads_mut(),
-        }
-    }
-}
-
-impl Net {
-    /// Forward and backward of a (b, t) batch (dropout seeded by `seed` for GPT-2); the loss.
-    fn train_batch(
-        &mut self,
-        x: &[u32],
-        y: &[i32],
-        (b, t): (usize, usize),
-        seed: u64,
-    ) -> Result<f32, String> {
-        match self {
-            Net::Gpt(m) => {
-                let loss = m
-                    .forward(x, Some(y), b, t, Mode::Train { seed })
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or(f32::NAN);
-                if loss.is_finite() {
-                    m.backward().map_err(|e| e.to_string())?;
-                }
-                Ok(loss)
-            }
-            Net::Family(m) => Ok(m.train_batch(x, y, b) as f32),
-        }
-    }
-
-    /// The loss of a (b, t) batch, nothing trained.
-    fn eval_loss(&mut self, x: &[u32], y: &[i32], (b, t): (usize, usize)) -> Result<f32, String> {
-        match self {
-            Net::Gpt(m) => m
-                .forward(x, Some(y), b, t, Mode::Eval)
-                .map(|l| l.unwrap_or(f32::NAN))
-                .map_err(|e| e.to_string()),
-            Net::Family(m) => Ok(m.loss(x, y, b) as f32),
-        }
-    }
-
-    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
-        match self {
-            Net::Gpt(m) => m.params_and_grads(),
-            Net::Family(m) => m.params_and_grads(),
-        }
-    }
-
-    fn greedy(
-        &self,
-        tok: &Tokenizer,
-        prompt: &str,
-        n: usize,
-        threads: usize,
-    ) -> Result<String, String> {
-        match self {
-            Net::Gpt(m) => sample::greedy(m, tok, prompt, n, threads),
-            Net::Family(m) => sample::greedy_family(m, tok, prompt, n, threads),
-        }
-    }
 }
 
 /// Pretraining as a [`train_loop::Task`]: sliding windows, AdamW with its moments, a greedy

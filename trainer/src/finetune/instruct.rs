@@ -7,6 +7,7 @@
 
 use super::data::{Batch, Instruction, collate, instruction_text};
 use crate::model::{Gpt, Mode, ModelError};
+use emberlm_formats::chat::{ChatTemplate, Message};
 use emberlm_formats::ember::write_atomically;
 use emberlm_formats::meta::PromptTemplate;
 use emberlm_formats::tokenizer::{SpecialTokens, Tokenizer};
@@ -45,6 +46,78 @@ pub fn encode_examples(
             }
         })
         .collect()
+}
+
+/// The user's turn of an example in a chat: the instruction, then the input (when there is one)
+/// after a blank line, as the book's Alpaca prompt orders them.
+pub fn chat_user_text(e: &Instruction) -> String {
+    if e.input.is_empty() {
+        e.instruction.clone()
+    } else {
+        format!("{}\n\n{}", e.instruction, e.input)
+    }
+}
+
+/// Examples rendered with a model's own chat template, tokenized.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ChatExamples {
+    /// One per item, each ending just before the reply's end-of-turn token.
+    pub examples: Vec<Example>,
+    /// The end-of-turn id the replies end with (the collate appends it as the last target, so
+    /// it is also the pad id).
+    pub end: u32,
+}
+
+/// Tokenizes every example with the model's chat template, as `ember chat` renders a
+/// conversation: the prompt is the user's turn ([`chat_user_text`]) rendered with the generation
+/// prompt, the whole text is the user's turn and the assistant's reply (the reference output)
+/// rendered without it; the prompt must be a prefix of the whole (else the template cannot be
+/// trained on this way, and the error says so). Both parts are encoded with special tokens
+/// allowed (the template's markup is special tokens; so is special-token text inside the data,
+/// as in `ember chat`). The reply is cut before its first end-of-turn id (one of `eos`, which
+/// must not be empty): the collate appends that id as the last target, as the book appends
+/// `<|endoftext|>`. A template whose replies end with no id of `eos` keeps its text whole and
+/// ends with `eos[0]`.
+pub fn encode_chat_examples(
+    tok: &Tokenizer,
+    chat: &ChatTemplate,
+    eos: &[u32],
+    items: &[Instruction],
+) -> Result<ChatExamples, String> {
+    let mut examples = Vec::with_capacity(items.len());
+    let mut end = None;
+    for (n, e) in items.iter().enumerate() {
+        let user = Message::new("user", chat_user_text(e));
+        let prompt = chat
+            .render(std::slice::from_ref(&user), true)
+            .map_err(|err| format!("example {n}: the chat template: {err}"))?;
+        let full = chat
+            .render(&[user, Message::new("assistant", e.output.clone())], false)
+            .map_err(|err| format!("example {n}: the chat template: {err}"))?;
+        let Some(reply) = full.strip_prefix(prompt.as_str()) else {
+            return Err(format!(
+                "example {n}: the chat template renders the reply in a way that does not continue \
+                 its generation prompt, so it cannot be trained on as prompt + reply; use \
+                 --template alpaca"
+            ));
+        };
+        let mut ids = tok.encode_to_vec(&prompt, SpecialTokens::Allow);
+        let prompt_len = ids.len();
+        let reply_ids = tok.encode_to_vec(reply, SpecialTokens::Allow);
+        match reply_ids.iter().position(|id| eos.contains(id)) {
+            Some(i) => {
+                end.get_or_insert(reply_ids[i]);
+                ids.extend_from_slice(&reply_ids[..i]);
+            }
+            None => ids.extend_from_slice(&reply_ids),
+        }
+        examples.push(Example { ids, prompt_len });
+    }
+    let end = match end.or(eos.first().copied()) {
+        Some(e) => e,
+        None => return Err("the model names no end-of-turn token (eos)".into()),
+    };
+    Ok(ChatExamples { examples, end })
 }
 
 /// How a batch is built from examples.
@@ -87,19 +160,36 @@ pub fn batch_indices(order: &[usize], i: usize, b: usize) -> &[usize] {
     &order[start..((i + 1) * b).min(order.len())]
 }
 
+/// A model that gives the mean loss of a batch with dropout off: `None` when every target of the
+/// batch is ignored.
+pub trait BatchLoss {
+    /// The batch's mean loss.
+    fn batch_loss(&mut self, batch: &Batch) -> Result<Option<f32>, String>;
+}
+
+impl BatchLoss for Gpt {
+    fn batch_loss(&mut self, b: &Batch) -> Result<Option<f32>, String> {
+        match self.forward(&b.inputs, Some(&b.targets), b.batch, b.len, Mode::Eval) {
+            Ok(l) => Ok(Some(l.unwrap_or(f32::NAN))),
+            Err(ModelError::NoTargets) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
+
 /// The book's `calc_loss_loader`: the mean of the per-batch mean losses (dropout off) over the
 /// first `max_batches` batches (all when `None`) of `examples` taken in `order`. NaN when there is
 /// no batch. A batch whose targets are all ignored (possible only with `--mask-prompt` and a
 /// truncation that cuts every response) has no loss and is left out of the mean.
-pub fn mean_loss(
-    model: &mut Gpt,
+pub fn mean_loss<M: BatchLoss + ?Sized>(
+    model: &mut M,
     examples: &[Example],
     order: &[usize],
     b: usize,
     max_batches: Option<usize>,
     drop_last: bool,
     rule: &BatchRule,
-) -> Result<f32, ModelError> {
+) -> Result<f32, String> {
     let mut nb = num_batches(order.len(), b, drop_last);
     if let Some(m) = max_batches {
         nb = nb.min(m);
@@ -107,19 +197,9 @@ pub fn mean_loss(
     let (mut sum, mut count) = (0f64, 0usize);
     for i in 0..nb {
         let batch = make_batch(examples, batch_indices(order, i, b), rule);
-        match model.forward(
-            &batch.inputs,
-            Some(&batch.targets),
-            batch.batch,
-            batch.len,
-            Mode::Eval,
-        ) {
-            Ok(l) => {
-                sum += l.unwrap_or(f32::NAN) as f64;
-                count += 1;
-            }
-            Err(ModelError::NoTargets) => {}
-            Err(e) => return Err(e),
+        if let Some(l) = model.batch_loss(&batch)? {
+            sum += l as f64;
+            count += 1;
         }
     }
     Ok(if count == 0 {
@@ -186,6 +266,43 @@ pub fn respond(
     }
     let text = String::from_utf8_lossy(&bytes);
     Ok(text.replace("### Response:", "").trim().to_string())
+}
+
+/// The greedy continuation of the token ids `prompt` by `session`'s model, up to `max_new`
+/// tokens, stopping before any id of `stops`, decoded with `tok` and trimmed. As [`respond`]
+/// for prompts already rendered and tokenized (a chat template's).
+pub fn respond_ids(
+    session: &mut Session<'_, '_>,
+    tok: &Tokenizer,
+    prompt: &[u32],
+    stops: &[u32],
+    max_new: usize,
+) -> Result<String, RuntimeError> {
+    session.reset();
+    let ctx = session.context();
+    let ids = &prompt[prompt.len().saturating_sub(ctx)..];
+    let mut out = Vec::with_capacity(max_new);
+    session.generate(
+        ids,
+        &Sampling::default(),
+        &GenerateOptions {
+            max_tokens: max_new,
+            stop: Stop::None,
+            slide: true,
+        },
+        |t| {
+            if stops.contains(&t) {
+                return ControlFlow::Break(());
+            }
+            out.push(t);
+            ControlFlow::Continue(())
+        },
+    )?;
+    let mut bytes = Vec::new();
+    for id in out {
+        bytes.extend_from_slice(tok.token_bytes(id).unwrap_or("\u{FFFD}".as_bytes()));
+    }
+    Ok(String::from_utf8_lossy(&bytes).trim().to_string())
 }
 
 /// Writes `responses` as a pretty JSON array to `path` atomically (temporary file + rename).

@@ -23,9 +23,11 @@
 //! parameters for the 124M classifier at rank 16.
 
 use crate::adamw::{AdamW, AdamWConfig, AdamWError, DecayMask};
+use crate::family::FamilyModel;
 use crate::gemm::{MatMut, MatRef, Parallelism, matmul};
 use crate::layers::dropout::mix64;
 use crate::model::{Gpt, TensorInfo, tensor_layout};
+use emberlm_formats::arch::Role;
 use emberlm_formats::config::GptConfig;
 use std::fmt;
 use std::ops::Range;
@@ -70,17 +72,24 @@ impl fmt::Display for Trainable {
     }
 }
 
-/// Which linear layers get LoRA adapters.
+/// Which linear layers get LoRA adapters, by what they do (the architecture's roles), so one
+/// set names the same layers of GPT-2 and of the modern families.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct LoraTargets {
-    /// The query, key and value projections (three adapters per block).
-    pub qkv: bool,
+    /// The query projection (GPT-2: the first C rows of the fused query/key/value weight).
+    pub q: bool,
+    /// The key projection.
+    pub k: bool,
+    /// The value projection.
+    pub v: bool,
     /// The attention output projection.
-    pub proj: bool,
-    /// The feed-forward expansion (C → 4C).
-    pub fc: bool,
-    /// The feed-forward projection (4C → C).
-    pub ff_proj: bool,
+    pub o: bool,
+    /// The gate of a gated feed-forward (SwiGLU/GeGLU; GPT-2 has none).
+    pub gate: bool,
+    /// The feed-forward expansion (GPT-2's `fc`, C → 4C; the families' `up`).
+    pub up: bool,
+    /// The feed-forward projection back to C (GPT-2's `ff.proj`, the families' `down`).
+    pub down: bool,
     /// The output head (an untied language-model head or a classifier head).
     pub head: bool,
     /// The token embedding (V, C), as a lookup table (not in `all`: the book adapts linear
@@ -91,40 +100,71 @@ pub struct LoraTargets {
 impl LoraTargets {
     /// Every linear layer (the book's `replace_linear_with_lora`).
     pub const ALL: LoraTargets = LoraTargets {
-        qkv: true,
-        proj: true,
-        fc: true,
-        ff_proj: true,
+        q: true,
+        k: true,
+        v: true,
+        o: true,
+        gate: true,
+        up: true,
+        down: true,
         head: true,
         emb: false,
     };
+
+    /// No layer.
+    pub const NONE: LoraTargets = LoraTargets {
+        q: false,
+        k: false,
+        v: false,
+        o: false,
+        gate: false,
+        up: false,
+        down: false,
+        head: false,
+        emb: false,
+    };
+
+    /// Whether a matrix of `role` gets an adapter.
+    pub fn selects(&self, role: Role) -> bool {
+        match role {
+            Role::Q => self.q,
+            Role::K => self.k,
+            Role::V => self.v,
+            Role::AttnOut => self.o,
+            Role::MlpGate => self.gate,
+            Role::MlpUp => self.up,
+            Role::MlpDown => self.down,
+            Role::Head => self.head,
+            Role::TokEmb => self.emb,
+            _ => false,
+        }
+    }
 }
 
 impl FromStr for LoraTargets {
     type Err = TuneError;
 
-    /// `all`, or a comma-separated list of `qkv`, `proj`, `fc`, `ff-proj`, `head`, `emb` (the
-    /// token embedding) and `all` (so `all,emb` is every linear layer and the embedding).
+    /// `all`, or a comma-separated list of layer names, in the book's words or Hugging Face's
+    /// (PEFT's `target_modules`): `q`/`q_proj`, `k`/`k_proj`, `v`/`v_proj`, `qkv` (all three),
+    /// `o`/`o_proj`/`proj` (attention output), `gate`/`gate_proj`, `up`/`up_proj`, `fc` (gate and
+    /// up: GPT-2's expansion), `down`/`down_proj`/`ff-proj`, `head`/`lm_head`,
+    /// `emb`/`embed_tokens` (the token embedding) and `all` (so `all,emb` is every linear layer
+    /// and the embedding).
     fn from_str(s: &str) -> Result<Self, TuneError> {
-        if s == "all" {
-            return Ok(LoraTargets::ALL);
-        }
-        let mut t = LoraTargets {
-            qkv: false,
-            proj: false,
-            fc: false,
-            ff_proj: false,
-            head: false,
-            emb: false,
-        };
+        let mut t = LoraTargets::NONE;
         for part in s.split(',') {
             match part.trim() {
-                "qkv" => t.qkv = true,
-                "proj" => t.proj = true,
-                "fc" => t.fc = true,
-                "ff-proj" => t.ff_proj = true,
-                "head" => t.head = true,
-                "emb" => t.emb = true,
+                "q" | "q_proj" => t.q = true,
+                "k" | "k_proj" => t.k = true,
+                "v" | "v_proj" => t.v = true,
+                "qkv" => (t.q, t.k, t.v) = (true, true, true),
+                "o" | "o_proj" | "proj" => t.o = true,
+                "gate" | "gate_proj" => t.gate = true,
+                "up" | "up_proj" => t.up = true,
+                "fc" => (t.gate, t.up) = (true, true),
+                "down" | "down_proj" | "ff-proj" => t.down = true,
+                "head" | "lm_head" => t.head = true,
+                "emb" | "embed_tokens" => t.emb = true,
                 "all" => {
                     t = LoraTargets {
                         emb: t.emb,
@@ -136,6 +176,65 @@ impl FromStr for LoraTargets {
         }
         Ok(t)
     }
+}
+
+/// What the [`Tuner`] needs of a model: its tensors (roles, names, shapes and places in the flat
+/// buffer, in buffer order: embeddings, blocks 0..L, final norm, head), its flat parameters and
+/// gradients, and where its backward may stop.
+pub trait Tunable {
+    /// Every tensor, in buffer order.
+    fn tensor_infos(&self) -> Vec<TensorInfo>;
+    /// L.
+    fn n_layers(&self) -> usize;
+    /// The flat parameters.
+    fn params(&self) -> &[f32];
+    /// The flat parameters, writable.
+    fn params_mut(&mut self) -> &mut [f32];
+    /// Parameters (writable) and gradients together.
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]);
+    /// The backward pass may skip the blocks below `layer` (a model that always runs the whole
+    /// backward ignores this).
+    fn set_grad_from_layer(&mut self, layer: usize);
+}
+
+impl Tunable for Gpt {
+    fn tensor_infos(&self) -> Vec<TensorInfo> {
+        self.tensors().to_vec()
+    }
+    fn n_layers(&self) -> usize {
+        self.config().n_layers
+    }
+    fn params(&self) -> &[f32] {
+        Gpt::params(self)
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        Gpt::params_mut(self)
+    }
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        Gpt::params_and_grads(self)
+    }
+    fn set_grad_from_layer(&mut self, layer: usize) {
+        self.grad_from_layer = layer;
+    }
+}
+
+impl Tunable for FamilyModel {
+    fn tensor_infos(&self) -> Vec<TensorInfo> {
+        FamilyModel::tensor_infos(self)
+    }
+    fn n_layers(&self) -> usize {
+        self.config().n_layers
+    }
+    fn params(&self) -> &[f32] {
+        FamilyModel::params(self)
+    }
+    fn params_mut(&mut self) -> &mut [f32] {
+        FamilyModel::params_mut(self)
+    }
+    fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
+        FamilyModel::params_and_grads(self)
+    }
+    fn set_grad_from_layer(&mut self, _layer: usize) {}
 }
 
 /// LoRA hyperparameters.
@@ -245,38 +344,32 @@ pub struct Adapter {
 }
 
 /// The (name, flat range, O, I) of every weight block that `targets` adapts, in buffer order.
+/// GPT-2's fused (3C, C) query/key/value weight is three (C, C) blocks, one per selected part.
 fn adapted_blocks(
-    cfg: &GptConfig,
     tensors: &[TensorInfo],
-    classes: Option<usize>,
     targets: LoraTargets,
 ) -> Vec<(String, Range<usize>, usize, usize)> {
-    let c = cfg.dim;
     let mut out = Vec::new();
     for t in tensors {
         let (o, i) = match t.shape[..] {
             [o, i] => (o, i),
             _ => continue,
         };
-        let name = t.name.as_str();
-        if name.ends_with("att.qkv.weight") && targets.qkv {
-            let base = name.trim_end_matches("qkv.weight");
-            for (k, part) in ["q", "k", "v"].iter().enumerate() {
-                let start = t.offset + k * c * i;
-                out.push((format!("{base}{part}"), start..start + c * i, c, i));
+        let name = t.name.trim_end_matches(".weight");
+        if t.role == Role::Qkv {
+            let c = o / 3;
+            let base = name.trim_end_matches("qkv");
+            for (k, (part, on)) in [("q", targets.q), ("k", targets.k), ("v", targets.v)]
+                .into_iter()
+                .enumerate()
+            {
+                if on {
+                    let start = t.offset + k * c * i;
+                    out.push((format!("{base}{part}"), start..start + c * i, c, i));
+                }
             }
-        } else if (name.ends_with("att.proj.weight") && targets.proj)
-            || (name.ends_with("ff.fc.weight") && targets.fc)
-            || (name.ends_with("ff.proj.weight") && targets.ff_proj)
-            || (name == "out_head.weight" && targets.head && (classes.is_some() || !cfg.tied_head))
-            || (name == "tok_emb.weight" && targets.emb)
-        {
-            out.push((
-                name.trim_end_matches(".weight").to_string(),
-                t.range(),
-                o,
-                i,
-            ));
+        } else if targets.selects(t.role) {
+            out.push((name.to_string(), t.range(), o, i));
         }
     }
     out
@@ -287,7 +380,7 @@ fn adapted_blocks(
 /// every linear layer is 2,666,528.
 pub fn lora_param_count(cfg: &GptConfig, classes: Option<usize>, spec: &LoraSpec) -> usize {
     let tensors = tensor_layout(cfg, classes);
-    adapted_blocks(cfg, &tensors, classes, spec.targets)
+    adapted_blocks(&tensors, spec.targets)
         .iter()
         .map(|(_, _, o, i)| spec.rank * (o + i))
         .sum()
@@ -376,9 +469,9 @@ impl fmt::Debug for Tuner {
 impl Tuner {
     /// Sets up training of `opts` on `model`: sets [`Gpt::grad_from_layer`], and for LoRA creates
     /// the adapters (B = 0, so the model is unchanged).
-    pub fn new(model: &mut Gpt, opts: &TuneOptions) -> Result<Tuner, TuneError> {
-        let cfg = *model.config();
-        let l = cfg.n_layers;
+    pub fn new<M: Tunable>(model: &mut M, opts: &TuneOptions) -> Result<Tuner, TuneError> {
+        let l = model.n_layers();
+        let tensors = model.tensor_infos();
         let adamw = AdamWConfig {
             weight_decay: opts.weight_decay as f64,
             ..AdamWConfig::default()
@@ -387,7 +480,7 @@ impl Tuner {
             if !(spec.alpha.is_finite() && spec.alpha > 0.0) {
                 return Err(TuneError::BadAlpha(spec.alpha));
             }
-            let blocks = adapted_blocks(&cfg, model.tensors(), model.classes(), spec.targets);
+            let blocks = adapted_blocks(&tensors, spec.targets);
             if blocks.is_empty() {
                 return Err(TuneError::NoAdapters);
             }
@@ -422,7 +515,7 @@ impl Tuner {
                 });
             }
             // Every adapted weight can sit anywhere down to block 0.
-            model.grad_from_layer = 0;
+            model.set_grad_from_layer(0);
             let n = params.len();
             return Ok(Tuner {
                 description: format!(
@@ -442,11 +535,10 @@ impl Tuner {
                 trainable: n,
             });
         }
-        let tensors = model.tensors();
         let total = model.params().len();
         let head_start = tensors
             .iter()
-            .find(|t| t.name.starts_with("out_head."))
+            .find(|t| t.role == Role::Head)
             .map(|t| t.offset);
         let (range, from) = match opts.trainable {
             Trainable::All => (0..total, 0),
@@ -456,7 +548,7 @@ impl Tuner {
                 None => {
                     let te = tensors
                         .iter()
-                        .find(|t| t.name == "tok_emb.weight")
+                        .find(|t| t.role == Role::TokEmb)
                         .map_or(0..0, TensorInfo::range);
                     (te, l)
                 }
@@ -468,10 +560,9 @@ impl Tuner {
                         layers: l,
                     });
                 }
-                let first = format!("blocks.{}.", l - n);
                 let start = tensors
                     .iter()
-                    .find(|t| t.name.starts_with(&first))
+                    .find(|t| t.layer == Some(l - n))
                     .map_or(0, |t| t.offset);
                 (start..total, l - n)
             }
@@ -480,7 +571,7 @@ impl Tuner {
             .iter()
             .filter(|t| t.offset >= range.start && t.offset < range.end)
             .count();
-        model.grad_from_layer = from;
+        model.set_grad_from_layer(from);
         let n = range.len();
         Ok(Tuner {
             description: format!("{} ({count} tensors)", opts.trainable),
@@ -526,7 +617,7 @@ impl Tuner {
     }
 
     /// Writes W = W0 + s·B·A into the model for every adapter (no-op for a subset).
-    pub fn merge(&self, model: &mut Gpt) {
+    pub fn merge<M: Tunable>(&self, model: &mut M) {
         let Kind::Lora {
             adapters,
             base,
@@ -557,14 +648,14 @@ impl Tuner {
 
     /// LoRA: turns the model's weight gradients dW (after `backward`) into the adapters'
     /// gradients dB = s·dW·Aᵀ, dA = s·Bᵀ·dW (overwriting [`Tuner::adapter_grads`]).
-    pub fn adapter_gradients(&mut self, model: &mut Gpt) {
+    pub fn adapter_gradients<M: Tunable>(&mut self, model: &mut M) {
         let Kind::Lora {
             adapters, scale, ..
         } = &self.kind
         else {
             return;
         };
-        let grads = model.grads();
+        let (_, grads) = model.params_and_grads();
         for ad in adapters {
             let (o, i) = (ad.out_features, ad.in_features);
             let r = ad.a.len() / i;
@@ -593,7 +684,7 @@ impl Tuner {
 
     /// One AdamW step at `lr` on the trained parameters, from the gradients the model's last
     /// backward left (LoRA: through [`Tuner::adapter_gradients`], then [`Tuner::merge`]).
-    pub fn step(&mut self, model: &mut Gpt, lr: f32) -> Result<(), TuneError> {
+    pub fn step<M: Tunable>(&mut self, model: &mut M, lr: f32) -> Result<(), TuneError> {
         match &self.kind {
             Kind::Subset(range) => {
                 let range = range.clone();
@@ -660,8 +751,17 @@ mod tests {
             assert!(bad.parse::<Trainable>().is_err(), "{bad}");
         }
         let t: LoraTargets = "qkv,ff-proj".parse().unwrap();
-        assert!(t.qkv && t.ff_proj && !t.proj && !t.fc && !t.head);
+        assert!(t.q && t.k && t.v && t.down && !t.o && !t.gate && !t.up && !t.head);
+        // PEFT's names mean the same layers.
+        let t: LoraTargets = "q_proj,v_proj,down_proj,lm_head".parse().unwrap();
+        assert!(t.q && !t.k && t.v && t.down && t.head && !t.o && !t.up && !t.emb);
+        assert_eq!("fc".parse::<LoraTargets>().unwrap(), {
+            let mut f = LoraTargets::NONE;
+            (f.gate, f.up) = (true, true);
+            f
+        });
         assert!("qkv,mlp".parse::<LoraTargets>().is_err());
+        assert!("".parse::<LoraTargets>().is_err());
         for spec in ["all,emb", "emb,all"] {
             let t: LoraTargets = spec.parse().unwrap();
             assert_eq!(
