@@ -297,3 +297,288 @@ fn with_tokenizer(name: &str, to: &Path) -> PathBuf {
     std::fs::copy(tokenizer_of(name), d.join("tokenizer.json")).unwrap();
     d
 }
+
+/// Every tensor of a checkpoint's `model.safetensors` as f32 values, by name.
+fn params(ck: &Path) -> BTreeMap<String, Vec<f32>> {
+    let file =
+        emberlm_trainer::import::SafetensorsFile::open(&ck.join("model.safetensors")).unwrap();
+    file.names()
+        .into_iter()
+        .map(|n| {
+            let v = file.read_f32(&n).unwrap();
+            (n, v)
+        })
+        .collect()
+}
+
+/// import FIXTURE → export-safetensors → import again: the same configuration and bit-identical
+/// parameters for all four fixtures (Llama's four shards, Qwen2's biases, Qwen3's q/k norms,
+/// Gemma's 1 + w norms and tied head); `hf/` comes back too. `--dtype bf16` of the f32 fixtures
+/// writes exactly the bf16 fixtures transformers made from them (Gemma's norms, which the
+/// checkpoint holds as 1 + w, within one bf16 step).
+#[test]
+fn export_safetensors_then_import_gives_the_same_parameters() {
+    let tmp = tempfile::tempdir().unwrap();
+    for name in FAMILIES {
+        let src = with_chat(name, tmp.path());
+        let ck = tmp.path().join(format!("{name}-ckpt"));
+        ok(&["import", "--from", s(&src), "--out", s(&ck)]);
+        let out = tmp.path().join(format!("{name}-hf"));
+        let o = ok(&["export-safetensors", s(&ck), "--out", s(&out), "--json"]);
+        assert_eq!(o.json["arch"], name, "{}", o.json);
+        let tied = name == "qwen2" || name == "gemma3";
+        let file =
+            emberlm_trainer::import::SafetensorsFile::open(&out.join("model.safetensors")).unwrap();
+        assert_eq!(file.contains("lm_head.weight"), !tied, "{name}");
+        assert!(
+            file.contains("model.layers.1.self_attn.o_proj.weight"),
+            "{name}"
+        );
+        let back = tmp.path().join(format!("{name}-back"));
+        ok(&["import", "--from", s(&out), "--out", s(&back)]);
+        let (a, b) = (params(&ck), params(&back));
+        assert_eq!(a.len(), b.len(), "{name}");
+        for (n, v) in &a {
+            let w = &b[n];
+            let same =
+                v.len() == w.len() && v.iter().zip(w).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(
+                same,
+                "{name}: {n} differs after export-safetensors → import"
+            );
+        }
+        let family = |d: &Path| checkpoint::load(d, false).unwrap().state.family;
+        assert_eq!(family(&ck), family(&back), "{name}");
+        for f in [
+            "generation_config.json",
+            "tokenizer_config.json",
+            "special_tokens_map.json",
+        ] {
+            assert_eq!(
+                std::fs::read(out.join(f)).unwrap(),
+                std::fs::read(src.join(f)).unwrap(),
+                "{name}: {f}"
+            );
+        }
+        let cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(cfg["dtype"], "float32");
+
+        // bf16: transformers' own rounding of the same weights (tests/fixtures/families/*-bf16).
+        let out16 = tmp.path().join(format!("{name}-bf16"));
+        ok(&[
+            "export-safetensors",
+            s(&ck),
+            "--dtype",
+            "bf16",
+            "--out",
+            s(&out16),
+        ]);
+        let got = emberlm_trainer::import::SafetensorsFile::open(&out16.join("model.safetensors"))
+            .unwrap();
+        let want = emberlm_trainer::import::SafetensorsFile::open(
+            &fixture(&format!("{name}-bf16")).join("model.safetensors"),
+        )
+        .unwrap();
+        let mut names = got.names();
+        names.sort();
+        let mut want_names = want.names();
+        want_names.sort();
+        assert_eq!(names, want_names, "{name}");
+        for n in &names {
+            let (g, w) = (got.read_f32(n).unwrap(), want.read_f32(n).unwrap());
+            let gemma_norm = name == "gemma3" && n.contains("norm");
+            for (i, (x, y)) in g.iter().zip(&w).enumerate() {
+                let step = half::bf16::from_f32(*y).to_f32().abs() / 128.0;
+                let close = if gemma_norm {
+                    (x - y).abs() <= step
+                } else {
+                    x == y
+                };
+                assert!(close, "{name} bf16 {n}[{i}]: {x} vs transformers' {y}");
+            }
+        }
+    }
+}
+
+/// What the command refuses, with the reason: the book's layout for a family, an unknown dtype,
+/// a directory whose index would shadow the new weights; a from-scratch model (no `hf/`)
+/// still exports, without tokenizer files.
+#[test]
+fn export_safetensors_of_a_family_refuses_clearly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ck = tmp.path().join("ckpt");
+    ok(&["import", "--from", s(&fixture("qwen3")), "--out", s(&ck)]);
+    let out = tmp.path().join("out");
+    let e = train(&[
+        "export-safetensors",
+        s(&ck),
+        "--layout",
+        "book",
+        "--out",
+        s(&out),
+    ]);
+    let e = e.unwrap_err();
+    assert!(
+        matches!(e, CliError::Usage(_)) && e.to_string().contains("--layout hf"),
+        "{e}"
+    );
+    let e = train(&[
+        "export-safetensors",
+        s(&ck),
+        "--dtype",
+        "int8",
+        "--out",
+        s(&out),
+    ]);
+    assert!(e.unwrap_err().to_string().contains("bf16"));
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("model.safetensors.index.json"), "{}").unwrap();
+    let e = train(&["export-safetensors", s(&ck), "--out", s(&out)]).unwrap_err();
+    assert!(
+        e.to_string().contains("model.safetensors.index.json"),
+        "{e}"
+    );
+    std::fs::remove_dir_all(ck.join("hf")).unwrap();
+    let out = tmp.path().join("bare");
+    let o = ok(&["export-safetensors", s(&ck), "--out", s(&out), "--json"]);
+    assert_eq!(o.json["files"], serde_json::json!([]));
+    assert!(out.join("config.json").is_file() && !out.join("tokenizer_config.json").exists());
+}
+
+/// transformers loads every export (tests/fixtures/families/check_hf_export.py): for each family
+/// the plain fixture (logits against transformers' own expected.json and against the fixture
+/// directory), the fixture with a tokenizer and chat template (AutoTokenizer: same ids, same
+/// rendered chat, same end ids), and that model after three `pretrain --init` steps (logits
+/// against the trainer's own forward pass). Skips loudly without python3 + torch + transformers,
+/// unless EMBER_REQUIRE_TRANSFORMERS is set (CI), where that is a failure. With
+/// EMBER_EXPORT_DIR set the directories are kept there.
+#[test]
+fn transformers_loads_the_exports() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families/check_hf_export.py");
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let probe = std::process::Command::new(&python)
+        .args(["-c", "import torch, transformers"])
+        .output();
+    if !probe.as_ref().is_ok_and(|o| o.status.success()) {
+        let why = match &probe {
+            Ok(o) => String::from_utf8_lossy(&o.stderr).trim().to_string(),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            std::env::var_os("EMBER_REQUIRE_TRANSFORMERS").is_none(),
+            "EMBER_REQUIRE_TRANSFORMERS is set but {python} cannot import torch and transformers: {why}"
+        );
+        eprintln!(
+            "SKIPPED transformers_loads_the_exports: {python} cannot import torch and transformers ({why})"
+        );
+        return;
+    }
+    let (base, _tmp) = match std::env::var_os("EMBER_EXPORT_DIR") {
+        Some(d) => (PathBuf::from(d), None),
+        None => {
+            let t = tempfile::tempdir().unwrap();
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    std::fs::create_dir_all(&base).unwrap();
+    let text = base.join("text.txt");
+    std::fs::write(
+        &text,
+        "Every effort moves you forward, step by step. ".repeat(60),
+    )
+    .unwrap();
+    let mut cases = Vec::new();
+    for name in FAMILIES {
+        let ck = base.join(format!("{name}-ckpt"));
+        let out = base.join(format!("{name}-hf"));
+        ok(&["import", "--from", s(&fixture(name)), "--out", s(&ck)]);
+        ok(&["export-safetensors", s(&ck), "--out", s(&out)]);
+        cases.push(serde_json::json!({
+            "name": name, "exported": out, "reference": fixture(name),
+            "expected": fixture(name).join("expected.json"),
+        }));
+
+        let src = with_tokenizer(name, &base.join("sources"));
+        let ck = base.join(format!("{name}-tok-ckpt"));
+        let out = base.join(format!("{name}-tok-hf"));
+        ok(&["import", "--from", s(&src), "--out", s(&ck)]);
+        ok(&["export-safetensors", s(&ck), "--out", s(&out)]);
+        cases.push(serde_json::json!({
+            "name": format!("{name} with tokenizer"), "exported": out, "reference": src,
+            "tokenizer": true,
+        }));
+
+        let run = base.join(format!("{name}-run"));
+        ok(&[
+            "pretrain",
+            "--init",
+            s(&ck),
+            "--data",
+            s(&text),
+            "--steps",
+            "3",
+            "--batch",
+            "2",
+            "--context",
+            "16",
+            "--lr",
+            "0.01",
+            "--out",
+            s(&run),
+        ]);
+        let trained = checkpoint::load(&run, false).unwrap();
+        assert_eq!(trained.state.step, 3);
+        assert_ne!(
+            trained.params,
+            checkpoint::load(&ck, false).unwrap().params,
+            "{name}: training changed nothing"
+        );
+        let cfg = trained.family.unwrap();
+        let tokens: Vec<u32> = [5u32, 17, 42, 3, 96, 0, 11, 64, 23, 8, 77, 31].to_vec();
+        let targets: Vec<i32> = tokens[1..]
+            .iter()
+            .map(|&t| t as i32)
+            .chain([-100])
+            .collect();
+        let layout = emberlm_trainer::family::Layout::new(&cfg);
+        let step =
+            emberlm_trainer::family::forward_loss(&layout, &trained.params, &tokens, &targets, 1);
+        let v = cfg.vocab_size;
+        let logits: Vec<Vec<f32>> = step.logits.chunks(v).map(<[f32]>::to_vec).collect();
+        let expected = base.join(format!("{name}-trained-expected.json"));
+        std::fs::write(
+            &expected,
+            serde_json::json!({"tokens": tokens, "logits": logits}).to_string(),
+        )
+        .unwrap();
+        let out = base.join(format!("{name}-trained-hf"));
+        ok(&["export-safetensors", s(&run), "--out", s(&out)]);
+        cases.push(serde_json::json!({
+            "name": format!("{name} after 3 training steps"), "exported": out,
+            "expected": expected,
+        }));
+    }
+    std::fs::write(
+        base.join("cases.json"),
+        serde_json::to_string_pretty(&cases).unwrap(),
+    )
+    .unwrap();
+    let o = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(&base)
+        .output()
+        .unwrap();
+    let report = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    eprintln!("{report}");
+    assert!(o.status.success(), "{}: {report}", script.display());
+    assert!(
+        report.contains(&format!("all {} cases passed", cases.len())),
+        "{report}"
+    );
+}

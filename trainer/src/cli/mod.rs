@@ -363,7 +363,10 @@ pub struct ImportArgs {
 #[argh(subcommand, name = "export-safetensors")]
 /// Export a checkpoint for PyTorch: --layout hf writes model.safetensors and config.json that
 /// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; --layout book writes the book's
-/// GPTModel state-dict names (load_state_dict) and its config as JSON.
+/// GPTModel state-dict names (load_state_dict) and its config as JSON. A Llama, Qwen2, Qwen3 or
+/// Gemma 3 checkpoint exports as a Hugging Face directory (--layout hf only) that
+/// AutoModelForCausalLM.from_pretrained(DIR) loads, with the tokenizer, chat template and
+/// generation files it was imported with (AutoTokenizer.from_pretrained(DIR)).
 pub struct ExportSafetensorsArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -371,6 +374,9 @@ pub struct ExportSafetensorsArgs {
     /// hf (Hugging Face, the default) or book
     #[argh(option, default = "String::from(\"hf\")")]
     pub layout: String,
+    /// tensor dtype of a Llama/Qwen/Gemma 3 export: f32 (the default, exact), bf16 or f16
+    #[argh(option)]
+    pub dtype: Option<String>,
     /// the directory to write
     #[argh(option)]
     pub out: PathBuf,
