@@ -344,6 +344,9 @@ pub struct ExportArgs {
 #[argh(subcommand, name = "import")]
 /// Import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint; without
 /// vocab.json and merges.txt, GPT-2's tokenizer, or none when the vocabulary is not GPT-2's.
+/// A Hugging Face Llama, Qwen2, Qwen3 or Gemma 3 directory is imported with its config.json,
+/// generation_config.json and tokenizer files kept verbatim in CKPT/hf/ (carried to every later
+/// checkpoint; export and export-safetensors write them back).
 pub struct ImportArgs {
     /// a .safetensors file or a directory holding model.safetensors (+ config.json, vocab.json, merges.txt)
     #[argh(option)]
