@@ -111,6 +111,7 @@ fn setup(dir: &Path) -> (PathBuf, PathBuf) {
         source: None,
         classifier: None,
         family: None,
+        hf: None,
     };
     let ck = dir.join("init");
     checkpoint::write_dir(

@@ -11,7 +11,19 @@
 //!     tokenizer.ember                  the tokenizer (a metadata-only .ember file); absent when
 //!                                      `trainer.json`'s tokenizer kind is `none` (an imported
 //!                                      model without vocab.json/merges.txt: token ids only)
+//!     hf/                              a model imported from a Hugging Face directory: that
+//!                                      directory's own files ([`HF_FILES`], those present),
+//!                                      byte for byte
 //! ```
+//! `hf/` is how a model keeps what Hugging Face says about it besides the weights: the chat
+//! template, the special tokens, the end-of-reply ids, `tokenizer.json` as transformers reads it.
+//! `ember-train import` copies those files verbatim; every later checkpoint of the model
+//! (`pretrain --init` or `--resume`, fine-tuning) carries them along unchanged
+//! ([`TrainerState::hf`] holds them between a [`load`] and a write); [`hf_extras`] reads them with
+//! the parser of a Hugging Face directory, so that `export` writes the chat template and the
+//! end-of-reply ids into the `.ember` file and `export-safetensors` gives them back to
+//! transformers. A model trained from scratch has no `hf/`.
+//!
 //! A step directory is written under a temporary name, every file fsynced, then renamed into
 //! place; only then does `latest` move (atomically) and older step directories get removed, so a
 //! crash at any point leaves the previous checkpoint complete. `ember-train import` writes the
@@ -51,6 +63,24 @@ pub const TOKENIZER_FILE: &str = "tokenizer.ember";
 pub const BEST_DIR: &str = "best";
 /// `trainer.json`'s tokenizer kind of a checkpoint without a tokenizer (no `tokenizer.ember`).
 pub const NO_TOKENIZER: &str = "none";
+/// The directory of a checkpoint that holds the Hugging Face files of an imported model.
+pub const HF_DIR: &str = "hf";
+/// The files of a Hugging Face directory that `import` keeps in `hf/` (those present): the
+/// configuration (for its token ids; the weights' shapes are `trainer.json`'s), the generation
+/// settings, and every tokenizer file `AutoTokenizer.from_pretrained` reads.
+pub const HF_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "chat_template.jinja",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+];
+/// Largest file kept in `hf/` (real tokenizer files are under 40 MB).
+const MAX_HF_FILE: u64 = 256 << 20;
 
 /// Why a checkpoint could not be read or written. Every variant names the path.
 #[derive(Clone, Debug, PartialEq)]
@@ -107,6 +137,87 @@ fn corrupt(path: &Path, reason: impl Into<String>) -> CheckpointError {
         path: path.to_path_buf(),
         reason: reason.into(),
     }
+}
+
+/// The Hugging Face files of a checkpoint's `hf/` ([`HF_FILES`]), held in memory between reading
+/// a checkpoint and writing the next one. Cheap to clone.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HfFiles {
+    /// (file name, bytes), in [`HF_FILES`] order.
+    pub files: Vec<(String, std::sync::Arc<Vec<u8>>)>,
+}
+
+impl HfFiles {
+    /// The files of [`HF_FILES`] present in `dir` (a Hugging Face model directory or a
+    /// checkpoint's `hf/`), byte for byte; `None` when there is none.
+    pub fn read(dir: &Path) -> Result<Option<HfFiles>, CheckpointError> {
+        let mut files = Vec::new();
+        for name in HF_FILES {
+            let path = dir.join(name);
+            if !path.is_file() {
+                continue;
+            }
+            let len = std::fs::metadata(&path).map_err(io_err(&path))?.len();
+            if len > MAX_HF_FILE {
+                return Err(corrupt(
+                    &path,
+                    format!("{len} bytes is above the cap of {MAX_HF_FILE}"),
+                ));
+            }
+            let bytes = std::fs::read(&path).map_err(io_err(&path))?;
+            files.push((name.to_string(), std::sync::Arc::new(bytes)));
+        }
+        Ok((!files.is_empty()).then_some(HfFiles { files }))
+    }
+
+    /// Writes every file into `dir` (created), each fsynced.
+    pub fn write(&self, dir: &Path) -> Result<(), CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+        for (name, bytes) in &self.files {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes.as_slice()).map_err(io_err(&path))?;
+            std::fs::File::open(&path)
+                .and_then(|f| f.sync_all())
+                .map_err(io_err(&path))?;
+        }
+        sync_dir(dir);
+        Ok(())
+    }
+
+    /// The bytes of file `name`, when present.
+    pub fn get(&self, name: &str) -> Option<&[u8]> {
+        self.files
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, b)| b.as_slice())
+    }
+}
+
+/// The tokenizer, chat template, special tokens and end-of-reply ids of the model in checkpoint
+/// `dir` (any path [`resolve`] accepts), read from its `hf/` with the parser of a Hugging Face
+/// directory ([`crate::hf::extras::read_files`]); `None` when the checkpoint has no `hf/` (a
+/// model trained from scratch, or a GPT-2). An invalid file is an error naming it.
+pub fn hf_extras(dir: &Path) -> Result<Option<crate::hf::extras::Extras>, CheckpointError> {
+    let dir = resolve(dir)?;
+    let hf = dir.join(HF_DIR);
+    if !hf.is_dir() {
+        return Ok(None);
+    }
+    let state = read_state(&dir)?;
+    let vocab_size = match &state.family {
+        Some(f) => f.vocab_size,
+        None => state.config.vocab_size,
+    };
+    let cfg_path = hf.join("config.json");
+    let config = if cfg_path.is_file() {
+        crate::hf::dir::read_json(&cfg_path, 1 << 20)
+            .map_err(|e| corrupt(&cfg_path, e.to_string()))?
+    } else {
+        serde_json::Value::Null
+    };
+    crate::hf::extras::read_files(&hf, vocab_size, &config)
+        .map(Some)
+        .map_err(|e| corrupt(&hf, e.to_string()))
 }
 
 /// A model of the modern families (Llama, Qwen2, Qwen3, Gemma 3), as `trainer.json` records it:
@@ -649,6 +760,11 @@ pub struct TrainerState {
     /// context, width, layers and heads for tools that only read those).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub family: Option<FamilyJson>,
+    /// The checkpoint's `hf/` files (not part of `trainer.json`): [`load`] reads them, every
+    /// checkpoint written with this state writes them. A state derived from a loaded one keeps
+    /// them by copying this field.
+    #[serde(skip)]
+    pub hf: Option<HfFiles>,
 }
 
 impl TrainerState {
@@ -679,6 +795,7 @@ impl TrainerState {
             source: None,
             classifier: None,
             family: None,
+            hf: None,
         }
     }
 }
@@ -968,6 +1085,9 @@ fn write_dir_with(
         if let Some(t) = tokenizer {
             write_tokenizer_file(&tmp.join(TOKENIZER_FILE), t)?;
         }
+        if let Some(h) = &state.hf {
+            h.write(&tmp.join(HF_DIR))?;
+        }
         let json = serde_json::to_vec_pretty(state)
             .map_err(|e| corrupt(&tmp.join(STATE_FILE), e.to_string()))?;
         let state_path = tmp.join(STATE_FILE);
@@ -1095,10 +1215,8 @@ fn read_flat(path: &Path, shapes: &[(String, Vec<usize>)]) -> Result<Vec<f32>, C
     Ok(out)
 }
 
-/// Reads the checkpoint `path` designates (see [`resolve`]); the AdamW moments too when
-/// `with_optimizer` (an error if they are missing).
-pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError> {
-    let dir = resolve(path)?;
+/// `dir/trainer.json`, checked to be of this build's format and version.
+fn read_state(dir: &Path) -> Result<TrainerState, CheckpointError> {
     let state_path = dir.join(STATE_FILE);
     let text = std::fs::read_to_string(&state_path).map_err(io_err(&state_path))?;
     let state: TrainerState =
@@ -1112,6 +1230,16 @@ pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError
             ),
         ));
     }
+    Ok(state)
+}
+
+/// Reads the checkpoint `path` designates (see [`resolve`]); the AdamW moments too when
+/// `with_optimizer` (an error if they are missing).
+pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError> {
+    let dir = resolve(path)?;
+    let state_path = dir.join(STATE_FILE);
+    let mut state = read_state(&dir)?;
+    state.hf = HfFiles::read(&dir.join(HF_DIR))?;
     let config = GptConfig::from(state.config);
     let family = match &state.family {
         Some(f) => Some(
@@ -1231,6 +1359,7 @@ mod tests {
             source: None,
             classifier: None,
             family: None,
+            hf: None,
         }
     }
 

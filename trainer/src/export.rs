@@ -317,11 +317,30 @@ pub fn export_family_ember(
     dtype: ExportDtype,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
+    export_family_ember_with(path, cfg, tensors, tokenizer, None, dtype, provenance)
+}
+
+/// [`export_family_ember`] of a model imported from a Hugging Face directory: `extras` (its
+/// chat template, end-of-reply and start ids, from the checkpoint's `hf/`:
+/// [`crate::checkpoint::hf_extras`]) go into the file as the conversion of that directory writes
+/// them ([`crate::hf::extras::put`]).
+pub fn export_family_ember_with(
+    path: &Path,
+    cfg: &emberlm_formats::config::ModelConfig,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    tokenizer: Option<&emberlm_formats::tokenizer::Tokenizer>,
+    extras: Option<&crate::hf::extras::Extras>,
+    dtype: ExportDtype,
+    provenance: &[(String, String)],
+) -> Result<u64, ExportError> {
     let mut w = EmberWriter::new();
     meta::put_model_config(&mut w, cfg)?;
     meta::put_task(&mut w, &Task::LanguageModel)?;
     if let Some(t) = tokenizer {
         meta::put_tokenizer(&mut w, t)?;
+    }
+    if let Some(e) = extras {
+        crate::hf::extras::put(&mut w, e)?;
     }
     w.set("provenance.dtype", Value::Str(dtype.name().into()))?;
     w.set(

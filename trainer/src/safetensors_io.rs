@@ -24,12 +24,51 @@ impl Write for Counting<'_> {
     }
 }
 
+/// The element type of a safetensors file written here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StDtype {
+    /// `F32`.
+    F32,
+    /// `F16`.
+    F16,
+    /// `BF16`.
+    Bf16,
+}
+
+impl StDtype {
+    /// The header's spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            StDtype::F32 => "F32",
+            StDtype::F16 => "F16",
+            StDtype::Bf16 => "BF16",
+        }
+    }
+
+    /// Bytes per element.
+    pub fn size(self) -> usize {
+        match self {
+            StDtype::F32 => 4,
+            StDtype::F16 | StDtype::Bf16 => 2,
+        }
+    }
+}
+
 /// The safetensors header for f32 `tensors` laid out back to back in the given order, with
 /// `metadata` as `__metadata__`: JSON padded with spaces to a multiple of 8 bytes, as the
 /// `safetensors` crate writes it. Deterministic (metadata keys sorted, tensors in order).
 pub fn safetensors_header_f32(
     metadata: &BTreeMap<String, String>,
     tensors: &[(String, Vec<usize>)],
+) -> Result<Vec<u8>, io::Error> {
+    safetensors_header(metadata, tensors, StDtype::F32)
+}
+
+/// [`safetensors_header_f32`] for tensors of `dtype`.
+pub fn safetensors_header(
+    metadata: &BTreeMap<String, String>,
+    tensors: &[(String, Vec<usize>)],
+    dtype: StDtype,
 ) -> Result<Vec<u8>, io::Error> {
     let quote = |s: &str| serde_json::to_string(s).map_err(io::Error::other);
     let mut json = String::from("{");
@@ -42,15 +81,16 @@ pub fn safetensors_header_f32(
         let numel = shape
             .iter()
             .try_fold(1usize, |a, &d| a.checked_mul(d))
-            .and_then(|n| n.checked_mul(4))
+            .and_then(|n| n.checked_mul(dtype.size()))
             .ok_or_else(|| io::Error::other(format!("tensor {name:?}: size overflows")))?;
         let dims: Vec<String> = shape.iter().map(usize::to_string).collect();
         if json.len() > 1 {
             json.push(',');
         }
         json.push_str(&format!(
-            "{}:{{\"dtype\":\"F32\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
+            "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{},{}]}}",
             quote(name)?,
+            dtype.name(),
             dims.join(","),
             offset,
             offset + numel
@@ -71,15 +111,27 @@ pub fn write_safetensors_f32(
     path: &Path,
     metadata: &BTreeMap<String, String>,
     tensors: &[(String, Vec<usize>)],
+    fill: impl FnMut(usize, &mut dyn Write) -> io::Result<()>,
+) -> io::Result<u64> {
+    write_safetensors(path, metadata, tensors, StDtype::F32, fill)
+}
+
+/// [`write_safetensors_f32`] for tensors of `dtype` (`fill` writes each tensor's little-endian
+/// elements of that type).
+pub fn write_safetensors(
+    path: &Path,
+    metadata: &BTreeMap<String, String>,
+    tensors: &[(String, Vec<usize>)],
+    dtype: StDtype,
     mut fill: impl FnMut(usize, &mut dyn Write) -> io::Result<()>,
 ) -> io::Result<u64> {
-    let header = safetensors_header_f32(metadata, tensors)?;
+    let header = safetensors_header(metadata, tensors, dtype)?;
     let mut total = 8 + header.len() as u64;
     write_atomically(path, |w| {
         w.write_all(&(header.len() as u64).to_le_bytes())?;
         w.write_all(&header)?;
         for (i, (name, shape)) in tensors.iter().enumerate() {
-            let expected = shape.iter().product::<usize>() as u64 * 4;
+            let expected = (shape.iter().product::<usize>() * dtype.size()) as u64;
             let mut c = Counting {
                 inner: w,
                 written: 0,

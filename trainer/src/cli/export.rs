@@ -40,12 +40,15 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
         // A model of the modern families trained here: its tensors in file order.
         let model = crate::family::FamilyModel::from_params(fc, l.params.clone())
             .map_err(|e| failed(format!("{}: {e}", l.dir.display())))?;
+        // An imported model's chat template and end-of-reply ids, from its `hf/`.
+        let extras = checkpoint::hf_extras(&l.dir).map_err(|e| failed(e.to_string()))?;
         let t0 = Instant::now();
-        let bytes = crate::export::export_family_ember(
+        let bytes = crate::export::export_family_ember_with(
             &a.out,
             fc,
             &model.tensors(),
             l.tokenizer.as_ref(),
+            extras.as_ref(),
             dtype,
             &provenance,
         )

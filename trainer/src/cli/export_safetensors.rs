@@ -1,4 +1,5 @@
-//! `ember-train export-safetensors`: a checkpoint as Hugging Face or book-layout safetensors.
+//! `ember-train export-safetensors`: a checkpoint as Hugging Face or book-layout safetensors; a
+//! checkpoint of the modern families as a Hugging Face model directory ([`crate::hf::export`]).
 
 use super::{CliError, Console, Outcome, failed};
 use crate::checkpoint::{self, TrainerState};
@@ -21,6 +22,16 @@ pub fn export_safetensors(
         .map_err(|e| e.to_string())
         .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
         .map_err(|e| failed(format!("{}: {e}", state_path.display())))?;
+    if let Some(family) = &state.family {
+        return export_family(&a, &dir, &state, family, con);
+    }
+    if a.dtype.as_deref().is_some_and(|d| d != "f32") {
+        return Err(CliError::Usage(
+            "--dtype: a GPT-2 checkpoint exports in f32 only (bf16 and f16 are for Llama, Qwen \
+             and Gemma 3 checkpoints)"
+                .into(),
+        ));
+    }
     let cfg = emberlm_formats::config::GptConfig::from(state.config);
     cfg.validate()
         .map_err(|e| failed(format!("{}: {e}", state_path.display())))?;
@@ -73,6 +84,85 @@ pub fn export_safetensors(
             "merges_file": tok_files.as_ref().map(|f| &f.1),
             "tensors": summary.tensors,
             "bytes": summary.bytes,
+        }),
+        exit_code: 0,
+    })
+}
+
+/// A Llama, Qwen2, Qwen3 or Gemma 3 checkpoint as a Hugging Face directory.
+fn export_family(
+    a: &super::ExportSafetensorsArgs,
+    dir: &std::path::Path,
+    state: &TrainerState,
+    family: &checkpoint::FamilyJson,
+    con: &mut Console<'_>,
+) -> Result<Outcome, CliError> {
+    use crate::hf::export::{HfDtype, export};
+    let state_path = dir.join(checkpoint::STATE_FILE);
+    let cfg = family
+        .config()
+        .map_err(|e| failed(format!("{}: family: {e}", state_path.display())))?;
+    if a.layout != "hf" {
+        return Err(CliError::Usage(format!(
+            "--layout {}: {} holds a {} model, which exports in Hugging Face's layout only \
+             (--layout hf); the book's layout is GPT-2's",
+            a.layout,
+            dir.display(),
+            cfg.arch.name()
+        )));
+    }
+    if state.classifier.is_some() {
+        return Err(failed(format!(
+            "{}: a classifier has no Hugging Face causal-LM layout; export it with \
+             `ember-train export`",
+            dir.display()
+        )));
+    }
+    let dtype: HfDtype = a
+        .dtype
+        .as_deref()
+        .unwrap_or("f32")
+        .parse()
+        .map_err(|e| CliError::Usage(format!("--dtype: {e}")))?;
+    let hf = checkpoint::HfFiles::read(&dir.join(checkpoint::HF_DIR))
+        .map_err(|e| failed(e.to_string()))?;
+    let t0 = Instant::now();
+    let done = export(
+        &cfg,
+        &dir.join(checkpoint::MODEL_FILE),
+        hf.as_ref(),
+        dtype,
+        &a.out,
+    )
+    .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
+    if hf.is_none() {
+        note!(
+            con,
+            "{} has no hf/ (a model not imported from Hugging Face): no tokenizer files written",
+            dir.display()
+        );
+    }
+    say!(
+        con,
+        "{}: {} tensors, {} bytes ({}, {}); load it with AutoModelForCausalLM.from_pretrained(DIR)",
+        done.model_file.display(),
+        done.tensors,
+        done.bytes,
+        cfg.arch.name(),
+        dtype.name()
+    );
+    Ok(Outcome {
+        json: json!({
+            "out": a.out,
+            "layout": "hf",
+            "arch": cfg.arch.name(),
+            "dtype": dtype.name(),
+            "model_file": done.model_file,
+            "config_file": done.config_file,
+            "files": done.copied,
+            "tensors": done.tensors,
+            "bytes": done.bytes,
         }),
         exit_code: 0,
     })

@@ -158,7 +158,9 @@ fn import_finish(
 /// A Hugging Face directory of the modern families (Llama, Qwen2, Qwen3, Gemma 3) as a
 /// checkpoint: every tensor in f32 (Gemma's norm scales stored as 1 + w, as the runtime and the
 /// trainer use them), the whole configuration in `trainer.json`, the directory's
-/// `tokenizer.json` when there is one. The model is held in memory once (4 bytes a parameter).
+/// `tokenizer.json` when there is one, and its tokenizer, generation and configuration files
+/// verbatim in `hf/` ([`checkpoint::HF_FILES`]). The model is held in memory once (4 bytes a
+/// parameter).
 fn import_family(a: &ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     use crate::hf;
     let from = |e: hf::ConvertError| failed(format!("--from {}: {e}", a.from.display()));
@@ -227,6 +229,7 @@ fn import_family(a: &ImportArgs, con: &mut Console<'_>) -> Result<Outcome, CliEr
             dir.model_type
         )),
         family: Some(family),
+        hf: checkpoint::HfFiles::read(&a.from).map_err(|e| failed(format!("--from {e}")))?,
         ..TrainerState::fresh(RunKind::Import, gpt_view, rng, tok_ref)
     };
     let placeholder = Tokenizer::gpt2();

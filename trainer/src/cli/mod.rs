@@ -345,6 +345,9 @@ pub struct ExportArgs {
 #[argh(subcommand, name = "import")]
 /// Import GPT-2 weights (Hugging Face or the book's safetensors) as a checkpoint; without
 /// vocab.json and merges.txt, GPT-2's tokenizer, or none when the vocabulary is not GPT-2's.
+/// A Hugging Face Llama, Qwen2, Qwen3 or Gemma 3 directory is imported with its config.json,
+/// generation_config.json and tokenizer files kept verbatim in CKPT/hf/ (carried to every later
+/// checkpoint; export and export-safetensors write them back).
 pub struct ImportArgs {
     /// a .safetensors file or a directory holding model.safetensors (+ config.json, vocab.json, merges.txt)
     #[argh(option)]
@@ -364,7 +367,10 @@ pub struct ImportArgs {
 #[argh(subcommand, name = "export-safetensors")]
 /// Export a checkpoint for PyTorch: --layout hf writes model.safetensors and config.json that
 /// transformers' GPT2LMHeadModel.from_pretrained(DIR) loads; --layout book writes the book's
-/// GPTModel state-dict names (load_state_dict) and its config as JSON.
+/// GPTModel state-dict names (load_state_dict) and its config as JSON. A Llama, Qwen2, Qwen3 or
+/// Gemma 3 checkpoint exports as a Hugging Face directory (--layout hf only) that
+/// AutoModelForCausalLM.from_pretrained(DIR) loads, with the tokenizer, chat template and
+/// generation files it was imported with (AutoTokenizer.from_pretrained(DIR)).
 pub struct ExportSafetensorsArgs {
     /// the checkpoint (a run directory, checkpoints/ directory or step directory)
     #[argh(positional)]
@@ -372,6 +378,9 @@ pub struct ExportSafetensorsArgs {
     /// hf (Hugging Face, the default) or book
     #[argh(option, default = "String::from(\"hf\")")]
     pub layout: String,
+    /// tensor dtype of a Llama/Qwen/Gemma 3 export: f32 (the default, exact), bf16 or f16
+    #[argh(option)]
+    pub dtype: Option<String>,
     /// the directory to write
     #[argh(option)]
     pub out: PathBuf,

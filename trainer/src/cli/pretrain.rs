@@ -453,6 +453,8 @@ struct Setup {
     resume: Option<Loaded>,
     /// Initial parameters from `--init`.
     init_params: Option<Vec<f32>>,
+    /// The `hf/` files of the `--init` or `--resume` checkpoint.
+    hf: Option<checkpoint::HfFiles>,
 }
 
 fn data_error(name: &str, e: DataError) -> CliError {
@@ -970,6 +972,11 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
         svg: out_dir.join("loss.svg"),
         dir: out_dir,
     };
+    // An imported model's Hugging Face files travel on to this run's checkpoints.
+    let hf = resume
+        .as_ref()
+        .or(init.as_ref())
+        .and_then(|l| l.state.hf.clone());
     let init_params = init.map(|l| l.params);
     Ok(Setup {
         cfg,
@@ -986,6 +993,7 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
         files,
         resume,
         init_params,
+        hf,
     })
 }
 
@@ -1202,6 +1210,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
         files,
         resume,
         init_params,
+        hf,
     } = s;
     let t = h.context;
     let threads = rayon::current_num_threads();
@@ -1375,6 +1384,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
             hyper: Some(h.clone()),
             data: data_refs,
             family: family.as_ref().and_then(FamilyJson::of),
+            hf,
             ..TrainerState::fresh(RunKind::Pretrain, cfg, rng.clone(), tok_ref)
         },
         shapes: match &family {

@@ -157,16 +157,7 @@ pub fn convert_keep(
     if let Some(tok) = &extras.tokenizer {
         meta::put_tokenizer(&mut w, tok)?;
     }
-    if let Some(chat) = &extras.chat {
-        meta::put_chat_template(&mut w, chat)?;
-    }
-    meta::put_generation(
-        &mut w,
-        &meta::Generation {
-            eos_ids: extras.eos_ids.clone(),
-            bos_id: extras.bos_id,
-        },
-    )?;
+    super::extras::put(&mut w, &extras)?;
     extra(&mut w)?;
     for (t, _) in &planned {
         let dt = crate::export::tensor_dtype(dtype, &t.name, t.desc.is_matrix(), keep_f16);

@@ -7,7 +7,8 @@
 use super::ConvertError;
 use super::dir::{HfDir, read_json};
 use emberlm_formats::chat::ChatTemplate;
-use emberlm_formats::meta::{ChatTemplateSource, SpecialStrings};
+use emberlm_formats::ember::{EmberWriter, FormatError};
+use emberlm_formats::meta::{self, ChatTemplateSource, SpecialStrings};
 use emberlm_formats::tokenizer::Tokenizer;
 use serde_json::Value;
 use std::path::Path;
@@ -27,6 +28,22 @@ pub struct Extras {
     pub eos_ids: Vec<u32>,
     /// The id a prompt starts with, where the model has one.
     pub bos_id: Option<u32>,
+}
+
+/// Writes what a `.ember` file of a Hugging Face model carries besides its tokenizer: the chat
+/// template (when there is one) and the end-of-reply and start ids. Shared by the conversion of
+/// a directory and the export of a checkpoint imported from one.
+pub fn put(w: &mut EmberWriter, extras: &Extras) -> Result<(), FormatError> {
+    if let Some(chat) = &extras.chat {
+        meta::put_chat_template(w, chat)?;
+    }
+    meta::put_generation(
+        w,
+        &meta::Generation {
+            eos_ids: extras.eos_ids.clone(),
+            bos_id: extras.bos_id,
+        },
+    )
 }
 
 /// A special token's text: a string, or an added-token object `{"content": ...}`.
@@ -58,7 +75,13 @@ fn ids(v: Option<&Value>, path: &Path, what: &str) -> Result<Vec<u32>, ConvertEr
 
 /// Reads the optional files of `hf`'s directory; its vocabulary bounds the ids.
 pub fn read(hf: &HfDir) -> Result<Extras, ConvertError> {
-    let (dir, vocab_size) = (hf.dir.as_path(), hf.config.vocab_size);
+    read_files(&hf.dir, hf.config.vocab_size, &hf.config_json)
+}
+
+/// [`read`] for a directory that holds the files without the weights (a checkpoint's `hf/`):
+/// `vocab_size` bounds the ids, `config` (the model's `config.json`, or `null`) supplies the
+/// token ids `generation_config.json` does not.
+pub fn read_files(dir: &Path, vocab_size: usize, config: &Value) -> Result<Extras, ConvertError> {
     let mut extras = Extras::default();
     let tok_path = dir.join("tokenizer.json");
     if tok_path.is_file() {
@@ -137,7 +160,6 @@ pub fn read(hf: &HfDir) -> Result<Extras, ConvertError> {
     } else {
         None
     };
-    let config = &hf.config_json;
     let pick = |k: &str| {
         generation
             .as_ref()

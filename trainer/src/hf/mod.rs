@@ -1,11 +1,12 @@
 //! Hugging Face model directories of the modern families (Llama, Qwen2/3, Gemma 3): their
 //! `config.json` ([`config`]), weights in one or several safetensors shards ([`dir`]), and the
-//! streaming conversion to `.ember` ([`convert`]). GPT-2 directories go through
-//! [`crate::import`].
+//! streaming conversion to `.ember` ([`convert`]), and the way back from a checkpoint
+//! ([`export`]). GPT-2 directories go through [`crate::import`].
 
 pub mod config;
 pub mod convert;
 pub mod dir;
+pub mod export;
 pub mod extras;
 
 use crate::export::ExportError;
