@@ -317,19 +317,22 @@ pub fn export_family_ember(
     dtype: ExportDtype,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
-    export_family_ember_with(path, cfg, tensors, tokenizer, None, dtype, provenance)
+    export_family_ember_with(path, cfg, tensors, tokenizer, None, None, dtype, provenance)
 }
 
 /// [`export_family_ember`] of a model imported from a Hugging Face directory: `extras` (its
 /// chat template, end-of-reply and start ids, from the checkpoint's `hf/`:
 /// [`crate::checkpoint::hf_extras`]) go into the file as the conversion of that directory writes
-/// them ([`crate::hf::extras::put`]).
+/// them ([`crate::hf::extras::put`]). `prompt` stores a prompt template (a model instruction-tuned
+/// with the Alpaca template).
+#[allow(clippy::too_many_arguments)]
 pub fn export_family_ember_with(
     path: &Path,
     cfg: &emberlm_formats::config::ModelConfig,
     tensors: &[(String, Vec<usize>, &[f32])],
     tokenizer: Option<&emberlm_formats::tokenizer::Tokenizer>,
     extras: Option<&crate::hf::extras::Extras>,
+    prompt: Option<&PromptTemplate>,
     dtype: ExportDtype,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
@@ -341,6 +344,9 @@ pub fn export_family_ember_with(
     }
     if let Some(e) = extras {
         crate::hf::extras::put(&mut w, e)?;
+    }
+    if let Some(p) = prompt {
+        meta::put_prompt(&mut w, p)?;
     }
     w.set("provenance.dtype", Value::Str(dtype.name().into()))?;
     w.set(

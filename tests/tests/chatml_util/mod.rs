@@ -7,7 +7,6 @@
 use emberlm_trainer::safetensors_io::write_safetensors_f32;
 use safetensors::SafeTensors;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The ChatML template (Qwen's, without tools).

@@ -49,6 +49,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
             &model.tensors(),
             l.tokenizer.as_ref(),
             extras.as_ref(),
+            None,
             dtype,
             &provenance,
         )

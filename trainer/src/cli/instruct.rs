@@ -15,6 +15,7 @@
 //!
 //! Letters: B batch, T the padded length of a batch, V vocabulary.
 
+use super::net::Net;
 use super::progress::Progress;
 use super::train_loop::{
     self, Cursor, Curves, SaveTo, Settings as LoopSettings, Task, finite_or_null, mem_available,
@@ -24,19 +25,22 @@ use crate::adamw::LrSchedule;
 use crate::checkpoint::{self, Contents, DataRef, RngState, RunKind, TrainerState};
 use crate::data::{self, mix64};
 use crate::dist::Single;
-use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::export::{ExportDtype, ExportMeta, export_ember, export_family_ember_with};
+use crate::family::FamilyModel;
 use crate::finetune::data::{Instruction, read_instructions, split_instructions};
 use crate::finetune::instruct::{
-    BatchRule, Example, Response, batch_indices, encode_examples, make_batch, mean_loss,
-    num_batches, respond, write_responses,
+    BatchRule, Example, Response, batch_indices, chat_user_text, encode_chat_examples,
+    encode_examples, make_batch, mean_loss, num_batches, respond, respond_ids, write_responses,
 };
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
-use crate::model::{DropoutRates, Gpt, Mode, memory_estimate};
+use crate::model::{DropoutRates, Gpt, memory_estimate};
 use crate::plot::{self, LossRow};
 use crate::{note, say};
 use argh::FromArgs;
+use emberlm_formats::chat::{ChatTemplate, Message};
+use emberlm_formats::config::{GptConfig, ModelConfig};
 use emberlm_formats::meta::{PromptTemplate, Task as ModelTask};
-use emberlm_formats::tokenizer::Tokenizer;
+use emberlm_formats::tokenizer::{SpecialTokens, Tokenizer};
 use emberlm_runtime::{Model, Session, SessionOptions};
 use serde_json::json;
 use std::path::PathBuf;
@@ -114,9 +118,14 @@ pub struct InstructArgs {
     /// alpha of LoRA adapters (scaling alpha/rank; default: the rank)
     #[argh(option)]
     pub lora_alpha: Option<f32>,
-    /// layers that get LoRA adapters: all, or a list of qkv,proj,fc,ff-proj,head (default all)
+    /// layers that get LoRA adapters: all, or a comma list of q,k,v,o,gate,up,down,head,emb (also
+    /// qkv, proj, fc, ff-proj, and PEFT's q_proj, ..., lm_head, embed_tokens; default all)
     #[argh(option)]
     pub lora_targets: Option<String>,
+    /// the prompt format: auto (the model's own chat template when its checkpoint has one, else
+    /// Alpaca), chat, or alpaca (the book's)
+    #[argh(option)]
+    pub template: Option<String>,
     /// worker threads (default: one per core)
     #[argh(option)]
     pub threads: Option<usize>,
@@ -149,6 +158,18 @@ struct Settings {
     max_new_tokens: usize,
     trainable: Trainable,
     lora: Option<LoraSpec>,
+    template: TemplateChoice,
+}
+
+/// `--template`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum TemplateChoice {
+    /// The model's chat template when the checkpoint has one, else Alpaca.
+    Auto,
+    /// The model's chat template (an error when there is none).
+    Chat,
+    /// The book's Alpaca template.
+    Alpaca,
 }
 
 /// Checks the flags (usage errors) and applies the defaults.
@@ -184,6 +205,16 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
         max_new_tokens: a.max_new_tokens.unwrap_or(DEFAULT_MAX_NEW_TOKENS),
         trainable,
         lora,
+        template: match a.template.as_deref() {
+            None | Some("auto") => TemplateChoice::Auto,
+            Some("chat") => TemplateChoice::Chat,
+            Some("alpaca") => TemplateChoice::Alpaca,
+            Some(other) => {
+                return Err(usage(format!(
+                    "--template {other:?}: expected auto, chat or alpaca"
+                )));
+            }
+        },
     };
     for (v, name) in [
         (s.epochs as usize, "--epochs"),
@@ -217,7 +248,7 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
 /// What trains (`--trainable`, or LoRA adapters with `--lora-rank`) and its AdamW, from the
 /// tuning module. LoRA keeps the merged weights in the model, so checkpoints and the export hold
 /// the merged model.
-fn tuner(model: &mut Gpt, s: &Settings) -> Result<Tuner, CliError> {
+fn tuner(model: &mut Net, s: &Settings) -> Result<Tuner, CliError> {
     let lora = s.lora;
     Tuner::new(
         model,
@@ -238,16 +269,62 @@ fn tuner(model: &mut Gpt, s: &Settings) -> Result<Tuner, CliError> {
     })
 }
 
+/// How examples become prompts: the book's Alpaca template, or the model's own chat template.
+enum Format {
+    /// Alpaca; replies end with `eot` (`<|endoftext|>`).
+    Alpaca { template: PromptTemplate, eot: u32 },
+    /// The chat template; replies end at any id of `stops` (the model's end-of-reply ids).
+    Chat {
+        template: Box<ChatTemplate>,
+        stops: Vec<u32>,
+    },
+}
+
+impl Format {
+    fn name(&self) -> &'static str {
+        match self {
+            Format::Alpaca { .. } => "Alpaca",
+            Format::Chat { .. } => "the model's chat",
+        }
+    }
+
+    /// The greedy response of `session`'s model to `item`, up to `max_new` tokens.
+    fn respond(
+        &self,
+        session: &mut Session<'_, '_>,
+        tok: &Tokenizer,
+        item: &Instruction,
+        max_new: usize,
+    ) -> Result<String, String> {
+        match self {
+            Format::Alpaca { template, eot } => {
+                let prompt = template.render(&item.instruction, &item.input);
+                respond(session, tok, &prompt, *eot, max_new).map_err(|e| e.to_string())
+            }
+            Format::Chat {
+                template, stops, ..
+            } => {
+                let user = Message::new("user", chat_user_text(item));
+                let prompt = template
+                    .render(&[user], true)
+                    .map_err(|e| format!("the chat template: {e}"))?;
+                let ids = tok.encode_to_vec(&prompt, SpecialTokens::Allow);
+                respond_ids(session, tok, &ids, stops, max_new).map_err(|e| e.to_string())
+            }
+        }
+    }
+}
+
 /// The greedy response of the training model to `item` (an in-memory f32 copy run by the
 /// runtime).
 fn sample_response(
-    model: &Gpt,
+    model: &Net,
     tok: &Tokenizer,
+    format: &Format,
     item: &Instruction,
-    eot: u32,
     threads: usize,
 ) -> Result<String, String> {
-    let bytes = super::sample::ember_bytes(model)?;
+    let bytes = model.ember_bytes()?;
     let m = Model::from_bytes(&bytes).map_err(|e| e.to_string())?;
     let mut s = Session::new(
         &m,
@@ -257,8 +334,7 @@ fn sample_response(
         },
     )
     .map_err(|e| e.to_string())?;
-    let prompt = PromptTemplate::alpaca().render(&item.instruction, &item.input);
-    respond(&mut s, tok, &prompt, eot, EPOCH_SAMPLE_TOKENS).map_err(|e| e.to_string())
+    format.respond(&mut s, tok, item, EPOCH_SAMPLE_TOKENS)
 }
 
 /// Instruction tuning as a [`train_loop::Task`]: Alpaca batches padded to their longest
@@ -273,7 +349,7 @@ struct Instruct<'a> {
     s: &'a Settings,
     tuner: Tuner,
     tok: &'a Tokenizer,
-    eot: u32,
+    format: &'a Format,
     threads: usize,
     /// The example answered after every epoch.
     sample_item: Option<&'a Instruction>,
@@ -282,51 +358,47 @@ struct Instruct<'a> {
     shapes: Vec<(String, Vec<usize>)>,
 }
 
-impl Task for Instruct<'_> {
+impl Task<Net> for Instruct<'_> {
     fn start_epoch(&mut self, epoch: u64) {
         self.order = data::epoch_order(self.train_ex.len(), self.rng.shuffle_seed, epoch);
     }
 
     fn micro_batch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut Net,
         pos: usize,
         seed: u64,
         step_no: u64,
     ) -> Result<(f32, u64), CliError> {
         let idx = batch_indices(&self.order, pos, self.s.batch);
         let batch = make_batch(self.train_ex, idx, self.rule);
-        let loss = match model.forward(
-            &batch.inputs,
-            Some(&batch.targets),
-            batch.batch,
-            batch.len,
-            Mode::Train { seed },
-        ) {
-            Ok(l) => l.unwrap_or(f32::NAN),
+        let loss = match model
+            .tune_batch(
+                &batch.inputs,
+                &batch.targets,
+                (batch.batch, batch.len),
+                seed,
+            )
+            .map_err(|e| failed(format!("step {step_no}: {e}")))?
+        {
+            Some(l) => l,
             // Only possible with --mask-prompt and a --max-length that cuts every response.
-            Err(crate::model::ModelError::NoTargets) => {
+            None => {
                 return Err(failed(format!(
                     "step {step_no}: every target of the batch is masked (--mask-prompt with --max-length {} \
                      cuts off the responses); raise --max-length",
                     self.rule.max_len
                 )));
             }
-            Err(e) => return Err(failed(format!("step {step_no}: {e}"))),
         };
-        if loss.is_finite() {
-            model
-                .backward()
-                .map_err(|e| failed(format!("step {step_no}: {e}")))?;
-        }
         Ok((loss, (batch.batch * batch.len) as u64))
     }
 
-    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+    fn update(&mut self, model: &mut Net, lr: f32) -> Result<(), String> {
         self.tuner.step(model, lr).map_err(|e| e.to_string())
     }
 
-    fn evaluate(&mut self, model: &mut Gpt, at: u64) -> Result<(f32, f32), CliError> {
+    fn evaluate(&mut self, model: &mut Net, at: u64) -> Result<(f32, f32), CliError> {
         let (b, n) = (self.s.batch, Some(self.s.eval_batches));
         let order = data::epoch_order(self.train_ex.len(), self.rng.eval_seed, at);
         let tl = mean_loss(model, self.train_ex, &order, b, n, true, self.rule)
@@ -338,13 +410,13 @@ impl Task for Instruct<'_> {
 
     fn end_epoch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut Net,
         epoch: u64,
         progress: &mut Progress,
         con: &mut Console<'_>,
     ) -> Result<(), CliError> {
         if let Some(item) = self.sample_item {
-            let text = sample_response(model, self.tok, item, self.eot, self.threads)
+            let text = sample_response(model, self.tok, self.format, item, self.threads)
                 .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
             progress.line(
                 con.log,
@@ -359,18 +431,110 @@ impl Task for Instruct<'_> {
         Ok(())
     }
 
-    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+    fn save(&mut self, model: &Net, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
         let state = cur.stamp(&self.state);
         let c = Contents {
             state: &state,
             shapes: &self.shapes,
-            params: model.params(),
+            params: super::train_loop::Trainable::params(model),
             moments: None,
             tokenizer: self.tok,
         };
         to.write(&self.s.out, c)
             .map_err(|e| failed(format!("saving the checkpoint: {e}")))
     }
+}
+
+/// Parameters of the model: GPT-2's count, or the family's.
+fn params_of(cfg: &GptConfig, family: Option<&ModelConfig>) -> usize {
+    match family {
+        Some(f) => crate::family::Layout::new(f).len,
+        None => cfg.param_count(),
+    }
+}
+
+/// The loss plot's model description.
+fn model_name(cfg: &GptConfig, family: Option<&ModelConfig>) -> String {
+    match family {
+        Some(f) => format!(
+            "{} {}",
+            f.arch.name(),
+            plot::model_name(cfg).replace(
+                &format!("{:.2}M", cfg.param_count() as f64 / 1e6),
+                &format!("{:.2}M", params_of(cfg, family) as f64 / 1e6)
+            )
+        ),
+        None => plot::model_name(cfg),
+    }
+}
+
+/// The prompt format `--template` asks for, with what it needs from the checkpoint: the chat
+/// template and end-of-reply ids of an imported model's `hf/` files, or `<|endoftext|>` (or the
+/// model's first end-of-reply id) for Alpaca.
+fn prompt_format(
+    s: &Settings,
+    tok: &Tokenizer,
+    extras: Option<&crate::hf::extras::Extras>,
+) -> Result<Format, CliError> {
+    let chat = extras.and_then(|e| e.chat.as_ref().map(|c| (c, &e.eos_ids)));
+    let use_chat = match (s.template, chat.is_some()) {
+        (TemplateChoice::Alpaca, _) | (TemplateChoice::Auto, false) => false,
+        (TemplateChoice::Auto, true) | (TemplateChoice::Chat, true) => true,
+        (TemplateChoice::Chat, false) => {
+            return Err(usage(format!(
+                "--template chat: {} has no chat template (only models imported from a Hugging \
+                 Face directory with one carry it); use --template alpaca",
+                s.init.display()
+            )));
+        }
+    };
+    if let (true, Some((src, eos))) = (use_chat, chat) {
+        let template = ChatTemplate::new(&src.source, src.special.clone()).map_err(|e| {
+            failed(format!(
+                "--init {}: the chat template: {e}",
+                s.init.display()
+            ))
+        })?;
+        let mut stops = eos.clone();
+        if let Some(e) = src
+            .special
+            .eos_token
+            .as_deref()
+            .and_then(|t| tok.special_id(t))
+        {
+            if !stops.contains(&e) {
+                stops.push(e);
+            }
+        }
+        if stops.is_empty() {
+            stops.extend(tok.eot_id());
+        }
+        if stops.is_empty() {
+            return Err(failed(format!(
+                "--init {}: the model names no end-of-reply token (generation_config.json's \
+                 eos_token_id or the template's eos_token)",
+                s.init.display()
+            )));
+        }
+        return Ok(Format::Chat {
+            template: Box::new(template),
+            stops,
+        });
+    }
+    let eot = tok
+        .eot_id()
+        .or_else(|| extras.and_then(|e| e.eos_ids.first().copied()))
+        .ok_or_else(|| {
+            failed(format!(
+                "--init {}: the tokenizer has no <|endoftext|> token and the model names no \
+                 end-of-reply id, which instruction tuning pads and stops with",
+                s.init.display()
+            ))
+        })?;
+    Ok(Format::Alpaca {
+        template: PromptTemplate::alpaca(),
+        eot,
+    })
 }
 
 fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
@@ -380,7 +544,6 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
 
     // 1. The model, its tokenizer and the data.
     let init = checkpoint::load(&s.init, false).map_err(|e| failed(format!("--init {e}")))?;
-    init.gpt2_only("finetune instruct --init").map_err(failed)?;
     if let Some(c) = &init.state.classifier {
         return Err(failed(format!(
             "--init {}: a classifier checkpoint (labels {:?}); instruction tuning starts from a \
@@ -390,16 +553,13 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         )));
     }
     let cfg = init.config;
+    let family = init.family;
     let tok = init
         .text_tokenizer("ember-train finetune instruct")
         .map_err(failed)?
         .clone();
-    let eot = tok.eot_id().ok_or_else(|| {
-        failed(format!(
-            "--init {}: the tokenizer has no <|endoftext|> token, which instruction tuning pads and stops with",
-            s.init.display()
-        ))
-    })?;
+    let extras = checkpoint::hf_extras(&s.init).map_err(|e| failed(format!("--init {e}")))?;
+    let format = prompt_format(&s, &tok, extras.as_ref())?;
     let max_len = a.max_length.unwrap_or(cfg.context_length);
     if max_len > cfg.context_length {
         return Err(usage(format!(
@@ -422,10 +582,21 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     };
     drop(raw);
     let (train_items, val_items, test_items) = split_instructions(&all);
-    let template = PromptTemplate::alpaca();
-    let train_ex = encode_examples(&tok, &template, train_items);
-    let val_ex = encode_examples(&tok, &template, val_items);
-    let test_ex = encode_examples(&tok, &template, test_items);
+    let encode = |items: &[Instruction]| -> Result<(Vec<Example>, u32), CliError> {
+        match &format {
+            Format::Alpaca { template, eot } => Ok((encode_examples(&tok, template, items), *eot)),
+            Format::Chat {
+                template, stops, ..
+            } => {
+                let c = encode_chat_examples(&tok, template, stops, items)
+                    .map_err(|e| failed(format!("--data {}: {e}", s.data.display())))?;
+                Ok((c.examples, c.end))
+            }
+        }
+    };
+    let (train_ex, pad) = encode(train_items)?;
+    let (val_ex, _) = encode(val_items)?;
+    let (test_ex, _) = encode(test_items)?;
     let b = s.batch;
     let steps_per_epoch = num_batches(train_ex.len(), b, true) as u64;
     if steps_per_epoch == 0 {
@@ -452,7 +623,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         .unwrap_or(1);
     let truncated = train_ex.iter().filter(|e| e.ids.len() > max_len).count();
     let rule = BatchRule {
-        pad: eot,
+        pad,
         mask_prompt: s.mask_prompt,
         max_len,
     };
@@ -460,16 +631,32 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     // 2. Memory before any large allocation: training state for the longest batch plus the
     // sampler's copy of the model.
     let t_max = longest.min(max_len);
-    let need = memory_estimate(&cfg, b, t_max)
-        .saturating_add((cfg.param_count() as u64).saturating_mul(8));
+    let need = match &family {
+        // Training state of the longest batch, the sampler's copy of the weights, and the
+        // tuner's state: AdamW moments of what trains, and LoRA's copy of the adapted weights.
+        Some(f) => {
+            let p = crate::family::Layout::new(f).len as u64;
+            let tuner_bytes = if s.lora.is_some() { 4 * p } else { 8 * p };
+            crate::family::memory_estimate(f, b, t_max)
+                .saturating_add(4 * p)
+                .saturating_add(tuner_bytes)
+        }
+        None => memory_estimate(&cfg, b, t_max)
+            .saturating_add((cfg.param_count() as u64).saturating_mul(8)),
+    };
     if let Some(avail) = mem_available() {
         if need > avail {
             return Err(failed(format!(
                 "--batch {b} --max-length {max_len}: fine-tuning this {}-parameter model needs about \
-                 {:.1} GiB but only {:.1} GiB is available (MemAvailable); lower --batch or --max-length",
-                cfg.param_count(),
+                 {:.1} GiB but only {:.1} GiB is available (MemAvailable); lower --batch or --max-length{}",
+                params_of(&cfg, family.as_ref()),
                 need as f64 / (1u64 << 30) as f64,
-                avail as f64 / (1u64 << 30) as f64
+                avail as f64 / (1u64 << 30) as f64,
+                if s.lora.is_none() {
+                    ", or train LoRA adapters (--lora-rank) instead of every weight"
+                } else {
+                    ""
+                }
             )));
         }
     }
@@ -490,12 +677,29 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     }
 
     // 4. Model and optimizer.
-    let mut model =
-        Gpt::from_params(cfg, init.params).map_err(|e| failed(format!("--init: {e}")))?;
-    model.dropout = DropoutRates::uniform(s.dropout);
-    model
-        .reserve(b, t_max)
-        .map_err(|e| failed(format!("model: {e}")))?;
+    let mut model = match &family {
+        Some(f) => {
+            if s.dropout != 0.0 {
+                return Err(usage(format!(
+                    "--dropout {}: the {} family trains without dropout",
+                    s.dropout,
+                    f.arch.name()
+                )));
+            }
+            Net::Family(
+                FamilyModel::from_params(f, init.params)
+                    .map_err(|e| failed(format!("--init: {e}")))?,
+            )
+        }
+        None => {
+            let mut m =
+                Gpt::from_params(cfg, init.params).map_err(|e| failed(format!("--init: {e}")))?;
+            m.dropout = DropoutRates::uniform(s.dropout);
+            m.reserve(b, t_max)
+                .map_err(|e| failed(format!("model: {e}")))?;
+            Net::Gpt(m)
+        }
+    };
     let tuner = tuner(&mut model, &s)?;
     let trainable = tuner.trainable_params();
     let rng = RngState {
@@ -511,7 +715,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         cfg.dim,
         cfg.context_length,
         cfg.vocab_size,
-        cfg.param_count() as f64 / 1e6,
+        params_of(&cfg, family.as_ref()) as f64 / 1e6,
         tuner.description(),
         trainable,
         count(threads as u64, "thread")
@@ -558,12 +762,14 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         s: &s,
         tuner,
         tok: &tok,
-        eot,
+        format: &format,
         threads,
         sample_item: val_items.first().or(train_items.first()),
         state: TrainerState {
             data: vec![data_ref.clone()],
             source: Some(s.init.display().to_string()),
+            family: init.state.family.clone(),
+            hf: init.state.hf.clone(),
             ..TrainerState::fresh(
                 RunKind::Instruct,
                 cfg,
@@ -571,7 +777,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 init.state.tokenizer.clone(),
             )
         },
-        shapes: cfg.tensor_shapes(),
+        shapes: model.shapes(),
     };
 
     // The book prints the loss before fine-tuning; it is also the first point of the curve.
@@ -618,7 +824,10 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         rate_unit: "tok/s",
         curves: Curves::in_dir(
             &out,
-            plot::title("instruction fine-tuning", &plot::model_name(&cfg)),
+            plot::title(
+                "instruction fine-tuning",
+                &model_name(&cfg, family.as_ref()),
+            ),
             "tokens seen",
         ),
     };
@@ -663,15 +872,45 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         ("lr".to_string(), s.lr.to_string()),
         ("mask_prompt".to_string(), s.mask_prompt.to_string()),
     ];
-    let meta = ExportMeta {
-        config: cfg,
-        task: ModelTask::LanguageModel,
-        prompt: Some(template.clone()),
-        tokenizer: Some(&tok),
-        provenance,
-    };
-    let size = export_ember(&model_path, &meta, ExportDtype::F32, &|n| model.param(n))
-        .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
+    let size = match (&model, &format) {
+        (Net::Gpt(m), Format::Alpaca { template, .. }) => {
+            let meta = ExportMeta {
+                config: cfg,
+                task: ModelTask::LanguageModel,
+                prompt: Some(template.clone()),
+                tokenizer: Some(&tok),
+                provenance,
+            };
+            export_ember(&model_path, &meta, ExportDtype::F32, &|n| m.param(n))
+        }
+        (Net::Family(m), _) => {
+            // The file answers in the format it was tuned on: the chat template with the
+            // model's special tokens, or Alpaca (then without the chat template).
+            let (chat_extras, prompt) = match &format {
+                Format::Chat { .. } => (extras.clone(), None),
+                Format::Alpaca { template, .. } => (
+                    extras
+                        .clone()
+                        .map(|e| crate::hf::extras::Extras { chat: None, ..e }),
+                    Some(template.clone()),
+                ),
+            };
+            export_family_ember_with(
+                &model_path,
+                m.config(),
+                &m.tensors(),
+                Some(&tok),
+                chat_extras.as_ref(),
+                prompt.as_ref(),
+                ExportDtype::F32,
+                &provenance,
+            )
+        }
+        (Net::Gpt(_), Format::Chat { .. }) => {
+            unreachable!("prompt_format gives GPT-2 checkpoints the Alpaca template")
+        }
+    }
+    .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
     let test_order: Vec<usize> = (0..test_ex.len()).collect();
     let test_loss = mean_loss(&mut model, &test_ex, &test_order, b, None, false, &rule)
         .map_err(|e| failed(format!("test loss: {e}")))?;
@@ -694,12 +933,21 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let responses = {
         let m = Model::open(&model_path)
             .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
-        let tpl = m.prompt_template().cloned().ok_or_else(|| {
-            failed(format!(
-                "{}: the exported model has no prompt template",
-                model_path.display()
-            ))
-        })?;
+        // The file must carry the format it was tuned on (what `ember chat` uses).
+        let stored = match &format {
+            Format::Alpaca { .. } => m.prompt_template().is_some(),
+            Format::Chat { .. } => emberlm_formats::meta::get_chat_template(m.header())
+                .ok()
+                .flatten()
+                .is_some(),
+        };
+        if !stored {
+            return Err(failed(format!(
+                "{}: the exported model lacks its {} template",
+                model_path.display(),
+                format.name()
+            )));
+        }
         let mut session = Session::new(
             &m,
             &SessionOptions {
@@ -710,8 +958,8 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         .map_err(|e| failed(format!("generation: {e}")))?;
         let mut out_rows = Vec::with_capacity(test_items.len());
         for (i, item) in test_items.iter().enumerate() {
-            let prompt = tpl.render(&item.instruction, &item.input);
-            let r = respond(&mut session, &tok, &prompt, eot, s.max_new_tokens)
+            let r = format
+                .respond(&mut session, &tok, item, s.max_new_tokens)
                 .map_err(|e| failed(format!("response to test entry {i}: {e}")))?;
             out_rows.push(Response {
                 instruction: item.instruction.clone(),
@@ -770,8 +1018,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     say!(con, "checkpoint: {}", ckpt.display());
     say!(
         con,
-        "model: {} ({size} bytes, f32, Alpaca template stored)",
-        model_path.display()
+        "model: {} ({size} bytes, f32, {} template stored)",
+        model_path.display(),
+        format.name()
     );
     say!(
         con,
@@ -795,7 +1044,11 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
             "steps": step,
             "epochs": s.epochs,
             "trainable_params": trainable,
-            "parameters": cfg.param_count(),
+            "parameters": params_of(&cfg, family.as_ref()),
+            "template": match format {
+                Format::Alpaca { .. } => "alpaca",
+                Format::Chat { .. } => "chat",
+            },
             "tokens_per_s": tokens_seen as f64 / train_s.max(1e-9),
             "tokens_seen": tokens_seen,
             "train_seconds": train_s,
