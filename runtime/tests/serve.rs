@@ -747,3 +747,28 @@ fn json_schema_answers_validate() {
         "unsupported JSON Schema keyword `pattern` at /properties/x"
     );
 }
+
+#[test]
+fn the_chat_page_is_served_whole_without_external_urls() {
+    let s = start(&[]);
+    // No key needed for the page (its API calls carry one).
+    let r = raw(&s.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let page = &r.body;
+    assert!(page.starts_with("<!doctype html>") && page.trim_end().ends_with("</html>"));
+    for needle in [
+        "/v1/chat/completions",
+        "getReader",
+        "AbortController",
+        "temperature",
+        "tokens/s",
+    ] {
+        assert!(page.contains(needle), "the page lacks {needle}");
+    }
+    for external in ["http://", "https://", "//cdn", "<link", "src=\""] {
+        assert!(!page.contains(external), "the page refers to {external}");
+    }
+    let r = raw(&s.addr, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 405);
+}

@@ -29,8 +29,8 @@
 //! Cost: the vocabulary is a trie over token text ([`Vocab`], built once); the mask walks it
 //! depth first, feeding one character per edge and skipping a whole subtree as soon as its
 //! prefix is refused. Inside a string, where a character other than `"`, `\` or a control
-//! character changes nothing, subtrees without those characters are allowed whole without
-//! walking them. So the cost per step follows the tokens that can continue, not the vocabulary
+//! character changes nothing, the mask jumps from one node holding such a character to the next
+//! (precomputed), allowing the tokens in between as one range. So the cost per step follows the tokens that can continue, not the vocabulary
 //! (README: measured times).
 
 use serde_json::{Map, Value};
@@ -1101,8 +1101,9 @@ pub(crate) struct Vocab {
     end: Vec<u32>,
     tok: Vec<u32>,
     ids: Vec<u32>,
-    /// `special[k]`: nodes among `0..k` whose character changes a string's state.
-    special: Vec<u32>,
+    /// `next_special[i]`: the first node at or after `i` whose character changes a string's
+    /// state (`"`, `\`, control), or the node count.
+    next_special: Vec<u32>,
     max_depth: usize,
 }
 
@@ -1134,7 +1135,7 @@ impl Vocab {
             end: vec![],
             tok: vec![],
             ids: Vec::with_capacity(order.len()),
-            special: vec![0],
+            next_special: vec![],
             max_depth: 0,
         };
         let mut path: Vec<usize> = vec![];
@@ -1151,8 +1152,6 @@ impl Vocab {
                 v.depth.push(k as u16);
                 v.end.push(0);
                 v.tok.push(v.ids.len() as u32);
-                let s = v.special[v.special.len() - 1] + u32::from(changes_string(c));
-                v.special.push(s);
             }
             // Identical texts follow each other: the same (last made) node.
             v.ids.push(*id);
@@ -1163,6 +1162,14 @@ impl Vocab {
             v.end[n] = v.chars.len() as u32;
         }
         v.tok.push(v.ids.len() as u32);
+        let mut next = v.chars.len() as u32;
+        v.next_special = vec![0; v.chars.len()];
+        for i in (0..v.chars.len()).rev() {
+            if changes_string(v.chars[i]) {
+                next = i as u32;
+            }
+            v.next_special[i] = next;
+        }
         v
     }
 }
@@ -1216,23 +1223,27 @@ pub(crate) fn mask(
         let end = vocab.end[i] as usize;
         let parent = m.at[d];
         if !changes_string(c) && m.states[parent].plain_string() {
-            if vocab.special[end] == vocab.special[i] {
-                // Nothing below changes the string: the whole subtree continues it.
-                allow(&mut m.allowed, vocab.tok[i], vocab.tok[end]);
-                i = end;
-                continue;
+            // Inside a string, plain characters change nothing: every node of this subtree
+            // before the next special one continues the string, with the parent's state.
+            let special = (vocab.next_special[i] as usize).min(end);
+            allow(&mut m.allowed, vocab.tok[i], vocab.tok[special]);
+            if special < end {
+                // Its ancestors below `i` are plain: they share the parent's state.
+                for a in &mut m.at[d + 1..=vocab.depth[special] as usize] {
+                    *a = parent;
+                }
             }
-            m.at[d + 1] = parent;
-        } else {
-            // `parent` ≤ d < d + 1: split to borrow both.
-            let (lo, hi) = m.states.split_at_mut(d + 1);
-            lo[parent].step_into(nodes, c, &mut hi[0]);
-            if hi[0].len == 0 {
-                i = end;
-                continue;
-            }
-            m.at[d + 1] = d + 1;
+            i = special;
+            continue;
         }
+        // `parent` ≤ d < d + 1: split to borrow both.
+        let (lo, hi) = m.states.split_at_mut(d + 1);
+        lo[parent].step_into(nodes, c, &mut hi[0]);
+        if hi[0].len == 0 {
+            i = end;
+            continue;
+        }
+        m.at[d + 1] = d + 1;
         allow(&mut m.allowed, vocab.tok[i], vocab.tok[i + 1]);
         i += 1;
     }

@@ -382,7 +382,11 @@ fn mask_cost() {
                     let mut logits = vec![0.0f32; texts.len()];
                     let t = std::time::Instant::now();
                     mask(&s, st, &vocab, &mut m, &mut logits);
-                    times.push((t.elapsed().as_secs_f64() * 1e3, st.plain_string()));
+                    let ms = t.elapsed().as_secs_f64() * 1e3;
+                    if std::env::var_os("EMBER_MASK_SLOW").is_some() && ms > 2.0 {
+                        eprintln!("slow {ms:.2} ms: {st:?}");
+                    }
+                    times.push((ms, st.plain_string()));
                 });
             }
         }

@@ -37,7 +37,7 @@ use request::{ApiError, Head, Params, Prompt};
 #[derive(FromArgs, Debug)]
 /// Serve the model over HTTP with an OpenAI-compatible API: POST /v1/chat/completions and
 /// /v1/completions (streaming as server-sent events, or one JSON answer), GET /v1/models,
-/// /health and /metrics (Prometheus). --parallel requests are decoded together in one batch;
+/// /health and /metrics (Prometheus), and a chat page at / (open it in a browser). --parallel requests are decoded together in one batch;
 /// more wait in a bounded queue (HTTP 429 when full). SIGTERM or Ctrl-C stops accepting, finishes
 /// the running requests and exits.
 #[argh(subcommand, name = "serve")]
@@ -67,6 +67,9 @@ pub(crate) struct ServeArgs {
     #[argh(option, default = "64")]
     queue: usize,
 }
+
+/// The chat page at `/`: one self-contained file, no external URL (chat.html).
+const CHAT_PAGE: &str = include_str!("chat.html");
 
 /// Connections handled at once at most (more get 503).
 const MAX_CONNECTIONS: usize = 512;
@@ -475,7 +478,8 @@ fn route(
     body: &[u8],
 ) -> std::result::Result<(), ApiError> {
     let path = head.path.trim_end_matches('/');
-    if path != "/health" {
+    // The page itself holds no data: its requests to the API carry the key (asked on the page).
+    if path != "/health" && !path.is_empty() {
         if let Some(key) = &sh.api_key {
             if head.bearer.as_deref() != Some(key.as_str()) {
                 return Err(ApiError::new(
@@ -488,6 +492,7 @@ fn route(
     }
     let method = head.method.as_str();
     match (method, path) {
+        ("GET", "") => respond(stream, 200, "text/html; charset=utf-8", CHAT_PAGE, &[]),
         ("GET", "/health") => respond(
             stream,
             200,
@@ -513,13 +518,14 @@ fn route(
             let p = request::parse_completion(body)?;
             complete(sh, stream, p, false)
         }
-        (_, "/health" | "/v1/models" | "/metrics" | "/v1/chat/completions" | "/v1/completions") => {
-            Err(ApiError::new(
-                405,
-                "invalid_request_error",
-                format!("{method} is not allowed on {path}"),
-            ))
-        }
+        (
+            _,
+            "" | "/health" | "/v1/models" | "/metrics" | "/v1/chat/completions" | "/v1/completions",
+        ) => Err(ApiError::new(
+            405,
+            "invalid_request_error",
+            format!("{method} is not allowed on {path}"),
+        )),
         _ => Err(ApiError::new(
             404,
             "invalid_request_error",
