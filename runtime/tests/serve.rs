@@ -731,6 +731,25 @@ fn json_schema_answers_validate() {
     }
     eprintln!("{stops} of 8 answers closed within 100 tokens");
     assert!(stops >= 4, "only {stops} of 8 answers closed");
+    // A schema no finite text satisfies (arrays nested forever): at the depth limit no token
+    // can continue, and the answer ends as `length` before max_tokens, with a prefix.
+    let endless = json!({"$defs": {"A": {"type": "array", "items": {"$ref": "#/$defs/A"}, "minItems": 1}},
+        "$ref": "#/$defs/A"});
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 300, "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "e", "schema": endless}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(text.chars().filter(|&c| c == '[').count(), 64, "{text:?}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() < 300,
+        "{v}"
+    );
     // Outside the subset: refused, naming the keyword and where it is.
     let r = post(
         a,
