@@ -368,13 +368,9 @@ impl Compiler<'_> {
         let mut texts: Vec<Box<[u8]>> = Vec::with_capacity(values.len());
         for v in values {
             let text = v.to_string();
-            let probe = Schema {
-                nodes: self.nodes.clone(),
-                root: base,
-            };
-            let mut st = State::new(&probe);
-            if st.feed(&probe, &text)
-                && st.accepting(&probe)
+            let mut st = State::at(&self.nodes, base);
+            if st.feed_nodes(&self.nodes, &text)
+                && st.live().iter().any(|a| a.accepting(&self.nodes))
                 && !texts.iter().any(|t| **t == *text.as_bytes())
             {
                 texts.push(text.into_bytes().into());
@@ -970,16 +966,21 @@ pub(crate) struct State {
 impl State {
     /// Before the first character: a value of the schema's root comes.
     pub(crate) fn new(schema: &Schema) -> State {
+        State::at(&schema.nodes, schema.root)
+    }
+
+    /// Before a value of node `root` of `nodes`.
+    fn at(nodes: &[Node], root: Id) -> State {
         let mut s = State {
             alts: vec![Alt {
                 stack: Vec::with_capacity(8),
-                want: Some(schema.root),
+                want: Some(root),
                 lex: Lex::None,
                 ws: 0,
             }],
             len: 1,
         };
-        s.expand(&schema.nodes);
+        s.expand(nodes);
         s
     }
 
@@ -1006,9 +1007,13 @@ impl State {
 
     /// Feeds `s`; false (the state then undefined) when the text stops being a valid prefix.
     pub(crate) fn feed(&mut self, schema: &Schema, s: &str) -> bool {
+        self.feed_nodes(&schema.nodes, s)
+    }
+
+    fn feed_nodes(&mut self, nodes: &[Node], s: &str) -> bool {
         let mut next = State::empty();
         for c in s.chars() {
-            self.step_into(&schema.nodes, c, &mut next);
+            self.step_into(nodes, c, &mut next);
             std::mem::swap(self, &mut next);
             if self.len == 0 {
                 return false;

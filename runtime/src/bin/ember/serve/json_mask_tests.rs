@@ -427,3 +427,26 @@ fn mask_cost() {
         }
     }
 }
+
+#[test]
+fn schema_size_and_nesting_are_bounded() {
+    // 64 × 64 objects: more parts than a compiled schema may hold.
+    let inner: serde_json::Map<String, Value> = (0..64)
+        .map(|i| (format!("k{i}"), serde_json::json!({"type": "object"})))
+        .collect();
+    let outer: serde_json::Map<String, Value> = (0..64)
+        .map(|i| (format!("p{i}"), serde_json::json!({"properties": inner})))
+        .collect();
+    let e = Schema::compile(&serde_json::json!({"properties": outer})).unwrap_err();
+    assert!(e.message.contains("more than 4096 parts"), "{e}");
+    let mut deep = serde_json::json!({"type": "string"});
+    for _ in 0..40 {
+        deep = serde_json::json!({"type": "array", "items": deep});
+    }
+    let e = Schema::compile(&deep).unwrap_err();
+    assert!(e.message.contains("nests deeper than 32"), "{e}");
+    // A recursive reference compiles; a cycle that reads nothing accepts nothing.
+    let s = Schema::compile(&serde_json::json!({"$ref": "#"})).unwrap();
+    let mut st = State::new(&s);
+    assert!(!st.feed(&s, "1"));
+}
