@@ -2,8 +2,8 @@
 //! free port, spoken to with a plain HTTP/1.1 client written here. Non-streaming and streaming
 //! answers, greedy answers identical to `ember generate`, stop strings, reproducible seeds,
 //! logprobs, the 400/401/404/413/429 errors, a disconnected client's slot freed (per
-//! /metrics), and a bounded load test (32 clients × 4 requests, every one answered correctly,
-//! no slot leaked).
+//! /metrics), a bounded load test (32 clients × 4 requests, every one answered correctly,
+//! no slot leaked), and `json_object` / `json_schema` answers that parse and validate.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::DType;
@@ -648,5 +648,146 @@ fn json_object_answers_are_json() {
                 "response_format": {"type": "json_schema", "json_schema": {}}}),
     );
     assert_eq!(r.status, 400);
-    assert_eq!(r.json()["error"]["param"], "response_format");
+    assert_eq!(
+        r.json()["error"]["param"],
+        "response_format.json_schema.schema"
+    );
+}
+
+/// Checks `v` against the schema of `json_schema_answers_validate` by hand.
+fn check_weather(v: &Value) {
+    let o = v
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {v}"));
+    let mut keys: Vec<&str> = o.keys().map(String::as_str).collect();
+    keys.sort();
+    assert_eq!(keys, ["n", "ok", "unit", "xs"], "{v}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&o["unit"].as_str().unwrap()),
+        "{v}"
+    );
+    assert!(o["n"].is_i64() || o["n"].is_u64(), "{v}");
+    assert!(o["ok"].is_boolean(), "{v}");
+    let xs = o["xs"].as_array().unwrap();
+    assert!(xs.len() <= 3, "{v}");
+    assert!(
+        xs.iter()
+            .all(|x| [1, 2, 3].contains(&x.as_i64().unwrap_or(0))),
+        "{v}"
+    );
+}
+
+#[test]
+fn json_schema_answers_validate() {
+    let s = start(&[]);
+    let a = s.addr.as_str();
+    let schema = json!({"type": "object", "properties": {
+        "unit": {"enum": ["celsius", "fahrenheit"]}, "n": {"type": "integer"},
+        "ok": {"type": "boolean"},
+        "xs": {"type": "array", "items": {"enum": [1, 2, 3]}, "maxItems": 3}},
+        "required": ["unit", "n", "ok", "xs"], "additionalProperties": false});
+    let format = json!({"type": "json_schema",
+        "json_schema": {"name": "weather", "schema": schema, "strict": true}});
+    let mut stops = 0;
+    for seed in 0..8u64 {
+        let stream = seed % 4 == 3;
+        let r = post(
+            a,
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "The weather?"}],
+                    "response_format": format, "max_tokens": 100, "stream": stream,
+                    "temperature": 1.0, "seed": seed}),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (text, reason) = if stream {
+            let mut text = String::new();
+            let mut reason = String::new();
+            for e in r.events().iter().filter(|e| *e != "[DONE]") {
+                let c: Value = serde_json::from_str(e).unwrap();
+                text.push_str(c["choices"][0]["delta"]["content"].as_str().unwrap_or(""));
+                if let Some(f) = c["choices"][0]["finish_reason"].as_str() {
+                    reason = f.to_string();
+                }
+            }
+            (text, reason)
+        } else {
+            let v = r.json();
+            let m = &v["choices"][0];
+            (
+                m["message"]["content"].as_str().unwrap().to_string(),
+                m["finish_reason"].as_str().unwrap().to_string(),
+            )
+        };
+        if reason == "stop" {
+            stops += 1;
+            let v: Value = serde_json::from_str(&text)
+                .unwrap_or_else(|e| panic!("seed {seed}: {e}: {text:?}"));
+            check_weather(&v);
+        } else {
+            assert_eq!(reason, "length", "{text:?}");
+            let e = serde_json::from_str::<Value>(&text).unwrap_err();
+            assert!(e.is_eof(), "seed {seed}: {e}: {text:?}");
+        }
+    }
+    eprintln!("{stops} of 8 answers closed within 100 tokens");
+    assert!(stops >= 4, "only {stops} of 8 answers closed");
+    // A schema no finite text satisfies (arrays nested forever): at the depth limit no token
+    // can continue, and the answer ends as `length` before max_tokens, with a prefix.
+    let endless = json!({"$defs": {"A": {"type": "array", "items": {"$ref": "#/$defs/A"}, "minItems": 1}},
+        "$ref": "#/$defs/A"});
+    let r = post(
+        a,
+        "/v1/completions",
+        &json!({"prompt": "x", "max_tokens": 300, "temperature": 0,
+                "response_format": {"type": "json_schema", "json_schema": {"name": "e", "schema": endless}}}),
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v = r.json();
+    assert_eq!(v["choices"][0]["finish_reason"], "length", "{v}");
+    let text = v["choices"][0]["text"].as_str().unwrap();
+    assert_eq!(text.chars().filter(|&c| c == '[').count(), 64, "{text:?}");
+    assert!(
+        v["usage"]["completion_tokens"].as_u64().unwrap() < 300,
+        "{v}"
+    );
+    // Outside the subset: refused, naming the keyword and where it is.
+    let r = post(
+        a,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "user", "content": "x"}],
+                "response_format": {"type": "json_schema", "json_schema": {"name": "x",
+                    "schema": {"type": "object", "properties": {"x": {"type": "string", "pattern": "a+"}}}}}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.body);
+    let e = &r.json()["error"];
+    assert_eq!(e["param"], "response_format.json_schema.schema");
+    assert_eq!(
+        e["message"],
+        "unsupported JSON Schema keyword `pattern` at /properties/x"
+    );
+}
+
+#[test]
+fn the_chat_page_is_served_whole_without_external_urls() {
+    let s = start(&[]);
+    // No key needed for the page (its API calls carry one).
+    let r = raw(&s.addr, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("content-type"), Some("text/html; charset=utf-8"));
+    let page = &r.body;
+    assert!(page.starts_with("<!doctype html>") && page.trim_end().ends_with("</html>"));
+    for needle in [
+        "/v1/chat/completions",
+        "getReader",
+        "AbortController",
+        "temperature",
+        "tokens/s",
+    ] {
+        assert!(page.contains(needle), "the page lacks {needle}");
+    }
+    for external in ["http://", "https://", "//cdn", "<link", "src=\""] {
+        assert!(!page.contains(external), "the page refers to {external}");
+    }
+    let r = raw(&s.addr, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
+    assert_eq!(r.status, 405);
 }

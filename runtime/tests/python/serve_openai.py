@@ -5,7 +5,8 @@ Usage: python3 serve_openai.py BASE_URL API_KEY   (BASE_URL like http://127.0.0.
 
 Run by .ci/serve.sh against a tiny model. Checks: chat and completion, streaming and not,
 stop strings, seeds (same seed, same text), greedy streaming == greedy non-streaming, logprobs,
-usage, the models list, and that bad requests and a wrong key raise the client's typed errors.
+usage, the models list, that bad requests and a wrong key raise the client's typed errors, and
+`response_format` json_schema answers that validate (also through the client's pydantic `parse()`).
 Skips LOUDLY (exit 0) when the `openai` package is missing.
 """
 
@@ -96,7 +97,68 @@ def main():
         raise AssertionError("a wrong key was accepted")
     except openai.AuthenticationError:
         pass
+    check_json_schema(client, model)
     print("serve_openai.py: every check passed")
+
+
+def check_json_schema(client, model):
+    """`response_format` json_schema: answers that close parse and validate (with the
+    `jsonschema` package when installed), and the client's own pydantic `parse()` path works."""
+    import json
+
+    schema = {"type": "object", "properties": {
+        "unit": {"enum": ["celsius", "fahrenheit"]}, "temp": {"type": "integer"},
+        "rain": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+        "hours": {"type": "array", "items": {"type": "integer"}, "maxItems": 3}},
+        "required": ["unit", "temp", "rain", "hours"], "additionalProperties": False}
+    fmt = {"type": "json_schema", "json_schema": {"name": "weather", "schema": schema, "strict": True}}
+    try:
+        import jsonschema
+    except ImportError:
+        jsonschema = None
+        print("!! jsonschema is not installed: json_schema answers are parsed, NOT validated")
+    closed = 0
+    for seed in range(6):
+        r = client.chat.completions.create(
+            model=model, messages=[{"role": "user", "content": "Weather?"}], max_tokens=100,
+            temperature=1.0, seed=seed, response_format=fmt)
+        c = r.choices[0]
+        if c.finish_reason == "stop":
+            closed += 1
+            v = json.loads(c.message.content)
+            if jsonschema:
+                jsonschema.validate(v, schema)
+            else:
+                assert sorted(v) == ["hours", "rain", "temp", "unit"], v
+        else:
+            assert c.finish_reason == "length", c.finish_reason
+            print("cut:", repr(c.message.content))
+    assert closed >= 3, f"only {closed} of 6 json_schema answers closed"
+    try:
+        from typing import Literal, Optional
+        from pydantic import BaseModel, Field
+    except ImportError:
+        print("!! pydantic is not installed: the client's parse() path was NOT checked")
+        return
+
+    class Weather(BaseModel):
+        unit: Literal["celsius", "fahrenheit"]
+        temp: int
+        rain: Optional[bool]
+        hours: list[int] = Field(max_length=3)
+
+    for seed in range(6):
+        try:
+            r = client.chat.completions.parse(
+                model=model, messages=[{"role": "user", "content": "Weather?"}], max_tokens=100,
+                temperature=1.0, seed=seed, response_format=Weather)
+        except openai.LengthFinishReasonError:
+            continue
+        w = r.choices[0].message.parsed
+        assert isinstance(w, Weather), w
+        print(f"parse() gave {w!r}")
+        return
+    raise AssertionError("no parse() answer closed in 6 seeds")
 
 
 if __name__ == "__main__":

@@ -28,14 +28,16 @@ use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 mod json_mask;
+#[cfg(test)]
+mod json_mask_tests;
 pub(crate) mod request;
-use json_mask::Json;
+use json_mask::{Masker, Schema, State, Vocab};
 use request::{ApiError, Head, Params, Prompt};
 
 #[derive(FromArgs, Debug)]
 /// Serve the model over HTTP with an OpenAI-compatible API: POST /v1/chat/completions and
 /// /v1/completions (streaming as server-sent events, or one JSON answer), GET /v1/models,
-/// /health and /metrics (Prometheus). --parallel requests are decoded together in one batch;
+/// /health and /metrics (Prometheus), and a chat page at / (open it in a browser). --parallel requests are decoded together in one batch;
 /// more wait in a bounded queue (HTTP 429 when full). SIGTERM or Ctrl-C stops accepting, finishes
 /// the running requests and exits.
 #[argh(subcommand, name = "serve")]
@@ -66,6 +68,9 @@ pub(crate) struct ServeArgs {
     queue: usize,
 }
 
+/// The chat page at `/`: one self-contained file, no external URL (chat.html).
+const CHAT_PAGE: &str = include_str!("chat.html");
+
 /// Connections handled at once at most (more get 503).
 const MAX_CONNECTIONS: usize = 512;
 /// A client has this long to send its request.
@@ -93,8 +98,8 @@ struct Job {
     max_tokens: usize,
     eos: Arc<[u32]>,
     top_logprobs: Option<usize>,
-    /// Constrained to a JSON object (`response_format`).
-    json: bool,
+    /// Constrained to JSON (`response_format` `json_object` or `json_schema`).
+    json: Option<Arc<Schema>>,
     tx: Sender<Msg>,
     cancel: Arc<AtomicBool>,
 }
@@ -127,6 +132,8 @@ struct Shared<'m> {
     name: String,
     /// Each token's text, for the JSON mask (`None`: special, or not whole characters).
     texts: Vec<Option<String>>,
+    /// The same texts as a trie, for the JSON mask.
+    vocab: Vocab,
     api_key: Option<String>,
     context: usize,
     slots: usize,
@@ -181,6 +188,12 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         .model
         .file_stem()
         .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let texts: Vec<Option<String>> = (0..model.n_outputs() as u32)
+        .map(|id| {
+            let bytes = tok.token_bytes(id).filter(|_| !tok.is_special(id))?;
+            String::from_utf8(bytes.to_vec()).ok()
+        })
+        .collect();
     let sh = Shared {
         model,
         tok,
@@ -188,12 +201,8 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         chat_eos: chat_eos.into(),
         text_eos: tok.eot_id().into_iter().collect::<Vec<_>>().into(),
         name,
-        texts: (0..model.n_outputs() as u32)
-            .map(|id| {
-                let bytes = tok.token_bytes(id).filter(|_| !tok.is_special(id))?;
-                String::from_utf8(bytes.to_vec()).ok()
-            })
-            .collect(),
+        vocab: Vocab::new(&texts),
+        texts,
         api_key: a.api_key.clone(),
         context,
         slots: a.parallel,
@@ -256,9 +265,11 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
 /// once shut down with nothing running or queued.
 fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
     // Per slot: its job, tokens generated, and its JSON state when constrained.
-    let mut running: Vec<Option<(Job, usize, Option<Json>)>> =
+    let mut running: Vec<Option<(Job, usize, Option<State>)>> =
         (0..sh.slots).map(|_| None).collect();
-    let mut scratch = Json::new();
+    let mut masker = Masker::new();
+    // Per slot, set by the mask: no token can continue the JSON (`Some(accepting)`).
+    let mut stuck: Vec<Option<bool>> = vec![None; sh.slots];
     let mut leaving = Vec::with_capacity(sh.slots);
     let mut events = Vec::with_capacity(sh.slots);
     loop {
@@ -271,7 +282,7 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
                 }
                 match batch.join(&job.prompt, &job.sampling) {
                     Ok(Some(slot)) => {
-                        let json = job.json.then(Json::new);
+                        let json = job.json.as_deref().map(State::new);
                         running[slot] = Some((job, 0, json));
                     }
                     Ok(None) => {
@@ -309,13 +320,23 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
         }
         events.clear();
         let running_ref = &running;
+        stuck.fill(None);
         events.extend_from_slice(batch.step_masked(&mut |slot, logits| {
             if let Some((job, _, Some(state))) = &running_ref[slot] {
-                json_mask::mask(state, &sh.texts, logits, &mut scratch);
-                for &e in job.eos.iter() {
-                    if let Some(l) = logits.get_mut(e as usize) {
-                        *l = f32::NEG_INFINITY;
-                    }
+                let Some(schema) = job.json.as_deref() else {
+                    return;
+                };
+                let eos: Vec<(u32, f32)> = (job.eos.iter())
+                    .filter_map(|&e| Some((e, *logits.get(e as usize)?)))
+                    .collect();
+                let n = json_mask::mask(schema, state, &sh.vocab, &mut masker, logits);
+                // End-of-text only where the answer is a whole value.
+                let accepting = state.accepting(schema);
+                for &(e, l) in &eos {
+                    logits[e as usize] = if accepting { l } else { f32::NEG_INFINITY };
+                }
+                if n == 0 && (!accepting || eos.is_empty()) {
+                    stuck[slot] = Some(accepting);
                 }
             }
         }));
@@ -327,6 +348,13 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
             };
             let done = match e.next {
                 Next::ContextFull => Some("length"),
+                // Nothing could follow: the sampled token is not sent. A whole value ends as
+                // `stop`; a cut one as `length`, like max_tokens (json_mask.rs).
+                Next::Token(_) if stuck[e.slot].is_some() => Some(if stuck[e.slot] == Some(true) {
+                    "stop"
+                } else {
+                    "length"
+                }),
                 Next::Token(t) if job.eos.contains(&t) => Some("stop"),
                 Next::Token(id) => {
                     let logprob = job
@@ -334,11 +362,12 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
                         .map(|n| logprob(batch.logits(e.slot), id, n));
                     *generated += 1;
                     sh.metrics.generated_tokens.fetch_add(1, Ordering::Relaxed);
-                    let closed = json.as_mut().is_some_and(|j| {
-                        let text = sh.texts.get(id as usize).and_then(|t| t.as_deref());
-                        // The mask allowed only tokens that keep the prefix valid.
-                        j.feed(text.unwrap_or("")) && j.done()
-                    });
+                    let closed =
+                        (json.as_mut().zip(job.json.as_deref())).is_some_and(|(j, schema)| {
+                            let text = sh.texts.get(id as usize).and_then(|t| t.as_deref());
+                            // The mask allowed only tokens that keep the prefix valid.
+                            j.feed(schema, text.unwrap_or("")) && j.done()
+                        });
                     if job.tx.send(Msg::Token { id, logprob }).is_err() {
                         Some("cancelled")
                     } else if closed {
@@ -449,7 +478,8 @@ fn route(
     body: &[u8],
 ) -> std::result::Result<(), ApiError> {
     let path = head.path.trim_end_matches('/');
-    if path != "/health" {
+    // The page itself holds no data: its requests to the API carry the key (asked on the page).
+    if path != "/health" && !path.is_empty() {
         if let Some(key) = &sh.api_key {
             if head.bearer.as_deref() != Some(key.as_str()) {
                 return Err(ApiError::new(
@@ -462,6 +492,7 @@ fn route(
     }
     let method = head.method.as_str();
     match (method, path) {
+        ("GET", "") => respond(stream, 200, "text/html; charset=utf-8", CHAT_PAGE, &[]),
         ("GET", "/health") => respond(
             stream,
             200,
@@ -487,13 +518,14 @@ fn route(
             let p = request::parse_completion(body)?;
             complete(sh, stream, p, false)
         }
-        (_, "/health" | "/v1/models" | "/metrics" | "/v1/chat/completions" | "/v1/completions") => {
-            Err(ApiError::new(
-                405,
-                "invalid_request_error",
-                format!("{method} is not allowed on {path}"),
-            ))
-        }
+        (
+            _,
+            "" | "/health" | "/v1/models" | "/metrics" | "/v1/chat/completions" | "/v1/completions",
+        ) => Err(ApiError::new(
+            405,
+            "invalid_request_error",
+            format!("{method} is not allowed on {path}"),
+        )),
         _ => Err(ApiError::new(
             404,
             "invalid_request_error",
@@ -597,7 +629,7 @@ fn complete(
             sh.text_eos.clone()
         },
         top_logprobs: p.logprobs,
-        json: p.json_object,
+        json: p.json.clone(),
         tx,
         cancel: cancel.clone(),
     };

@@ -1,9 +1,12 @@
 //! `ember serve`'s request parser: an HTTP/1.1 request head (httparse) and the JSON bodies of
 //! `/v1/chat/completions` and `/v1/completions`, into typed values or an OpenAI-style error
 //! naming the field. Untrusted bytes: it never panics (the `serve_request` fuzz target runs it,
-//! including this file by path, so it depends on nothing but `httparse` and `serde_json`).
+//! including this file and json_mask.rs by path, so they depend on nothing but `httparse` and
+//! `serde_json`).
 
+use super::json_mask::Schema;
 use serde_json::{Map, Value};
+use std::sync::Arc;
 
 /// Request head bytes read at most before the body (413 beyond).
 pub const MAX_HEAD_BYTES: usize = 16 * 1024;
@@ -166,8 +169,9 @@ pub struct Params {
     pub stop: Vec<String>,
     /// Log-probabilities of the chosen tokens and this many alternatives each (`None`: none).
     pub logprobs: Option<usize>,
-    /// `response_format: {"type": "json_object"}`: the answer is one JSON object.
-    pub json_object: bool,
+    /// `response_format` `{"type": "json_object"}` (the schema `{"type": "object"}`) or
+    /// `{"type": "json_schema", "json_schema": {"schema": ...}}`: the answer validates.
+    pub json: Option<Arc<Schema>>,
 }
 
 /// Parses a `/v1/chat/completions` body.
@@ -322,21 +326,16 @@ fn common(obj: &Map<String, Value>) -> Result<Params, ApiError> {
             return Err(ApiError::field("best_of", "only `best_of: 1` is supported"));
         }
     }
-    let json_object = match obj.get("response_format") {
-        None | Some(Value::Null) => false,
+    let json = match obj.get("response_format") {
+        None | Some(Value::Null) => None,
         Some(Value::Object(f)) => match f.get("type").and_then(Value::as_str) {
-            Some("text") => false,
-            Some("json_object") => true,
-            Some("json_schema") => {
-                return Err(ApiError::field(
-                    "response_format",
-                    "`json_schema` is not supported yet; `json_object` is",
-                ));
-            }
+            Some("text") => None,
+            Some("json_object") => Some(Arc::new(Schema::object())),
+            Some("json_schema") => Some(Arc::new(json_schema(f.get("json_schema"))?)),
             _ => {
                 return Err(ApiError::field(
-                    "response_format",
-                    "`response_format.type` must be \"text\" or \"json_object\"",
+                    "response_format.type",
+                    "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"",
                 ));
             }
         },
@@ -413,8 +412,44 @@ fn common(obj: &Map<String, Value>) -> Result<Params, ApiError> {
         seed,
         stop,
         logprobs: None,
-        json_object,
+        json,
     })
+}
+
+/// `response_format.json_schema`: `{"name": ..., "schema": {...}, "strict": ...}`.
+fn json_schema(v: Option<&Value>) -> Result<Schema, ApiError> {
+    const P: &str = "response_format.json_schema";
+    let Some(Value::Object(js)) = v else {
+        return Err(ApiError::field(
+            P,
+            "`response_format.json_schema` must be an object with a `schema`",
+        ));
+    };
+    match js.get("name") {
+        None | Some(Value::String(_)) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                &format!("{P}.name"),
+                "`name` must be a string",
+            ));
+        }
+    }
+    match js.get("strict") {
+        None | Some(Value::Null | Value::Bool(_)) => {}
+        Some(_) => {
+            return Err(ApiError::field(
+                &format!("{P}.strict"),
+                "`strict` must be true or false",
+            ));
+        }
+    }
+    let Some(schema) = js.get("schema") else {
+        return Err(ApiError::field(
+            &format!("{P}.schema"),
+            "`schema` is required",
+        ));
+    };
+    Schema::compile(schema).map_err(|e| ApiError::field(&format!("{P}.schema"), e.to_string()))
 }
 
 fn flag(obj: &Map<String, Value>, name: &str) -> Result<bool, ApiError> {
