@@ -560,6 +560,74 @@ fn transformers_loads_the_exports() {
             "expected": expected,
         }));
     }
+    // A Llama trained from scratch here (GPT-2's tokenizer, no hf/): the trainer's logits, and
+    // GPT2Tokenizer reading the exported vocab.json + merges.txt gives ember's ids.
+    let run = base.join("scratch-llama-run");
+    ok(&[
+        "pretrain",
+        "--arch",
+        "llama",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--dim",
+        "16",
+        "--ffn-dim",
+        "32",
+        "--context",
+        "16",
+        "--batch",
+        "2",
+        "--steps",
+        "2",
+        "--data",
+        s(&text),
+        "--out",
+        s(&run),
+    ]);
+    let trained = checkpoint::load(&run, false).unwrap();
+    assert!(trained.state.hf.is_none());
+    let cfg = trained.family.unwrap();
+    let tokens: Vec<u32> = vec![464, 3797, 318, 257, 1332, 13, 50256, 15496];
+    let targets: Vec<i32> = tokens[1..]
+        .iter()
+        .map(|&t| t as i32)
+        .chain([-100])
+        .collect();
+    let layout = emberlm_trainer::family::Layout::new(&cfg);
+    let step =
+        emberlm_trainer::family::forward_loss(&layout, &trained.params, &tokens, &targets, 1);
+    let logits: Vec<Vec<f32>> = step
+        .logits
+        .chunks(cfg.vocab_size)
+        .map(<[f32]>::to_vec)
+        .collect();
+    let text_probe = "Every effort moves you. Hello, world!";
+    let mut ids = Vec::new();
+    trained.tokenizer.as_ref().unwrap().encode_ordinary(
+        text_probe,
+        &mut Default::default(),
+        &mut ids,
+    );
+    let expected = base.join("scratch-llama-expected.json");
+    std::fs::write(
+        &expected,
+        serde_json::json!({"tokens": tokens, "logits": logits, "text": text_probe, "ids": ids})
+            .to_string(),
+    )
+    .unwrap();
+    let out = base.join("scratch-llama-hf");
+    let o = ok(&["export-safetensors", s(&run), "--out", s(&out), "--json"]);
+    assert_eq!(
+        o.json["files"],
+        serde_json::json!(["vocab.json", "merges.txt", "tokenizer_config.json"])
+    );
+    cases.push(serde_json::json!({
+        "name": "llama trained from scratch", "exported": out, "expected": expected,
+    }));
     std::fs::write(
         base.join("cases.json"),
         serde_json::to_string_pretty(&cases).unwrap(),

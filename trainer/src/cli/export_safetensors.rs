@@ -135,14 +135,39 @@ fn export_family(
         &a.out,
     )
     .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
-    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
-    if hf.is_none() {
-        note!(
-            con,
-            "{} has no hf/ (a model not imported from Hugging Face): no tokenizer files written",
-            dir.display()
-        );
+    // A model trained here (no hf/): its tokenizer as vocab.json + merges.txt, which
+    // GPT2Tokenizer reads (exactly for GPT-2's vocabulary; see write_tokenizer_files).
+    let tok_path = dir.join(checkpoint::TOKENIZER_FILE);
+    let mut copied = done.copied.clone();
+    if hf.is_none() && tok_path.is_file() {
+        let tok = checkpoint::read_tokenizer_file(&tok_path).map_err(|e| failed(e.to_string()))?;
+        let out = |e: String| failed(format!("--out {}: {e}", a.out.display()));
+        match crate::export_safetensors::write_tokenizer_files(&tok, &a.out)
+            .map_err(|e| out(e.to_string()))?
+        {
+            Some(_) => {
+                let tc = a.out.join("tokenizer_config.json");
+                let mut j = json!({"tokenizer_class": "GPT2Tokenizer"});
+                if state.tokenizer.kind == "gpt2" {
+                    for k in ["bos_token", "eos_token", "unk_token"] {
+                        j[k] = json!("<|endoftext|>");
+                    }
+                }
+                let text = j.to_string() + "\n";
+                emberlm_formats::ember::write_atomically(&tc, |w| w.write_all(text.as_bytes()))
+                    .map_err(|e| out(format!("{}: {e}", tc.display())))?;
+                copied.extend(
+                    ["vocab.json", "merges.txt", "tokenizer_config.json"].map(String::from),
+                );
+            }
+            None => note!(
+                con,
+                "{}: this vocabulary cannot be written as merges; no tokenizer files",
+                tok_path.display()
+            ),
+        }
     }
+    note!(con, "exported in {:.1}s", t0.elapsed().as_secs_f64());
     say!(
         con,
         "{}: {} tensors, {} bytes ({}, {}); load it with AutoModelForCausalLM.from_pretrained(DIR)",
@@ -160,7 +185,7 @@ fn export_family(
             "dtype": dtype.name(),
             "model_file": done.model_file,
             "config_file": done.config_file,
-            "files": done.copied,
+            "files": copied,
             "tensors": done.tensors,
             "bytes": done.bytes,
         }),

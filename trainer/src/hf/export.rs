@@ -11,9 +11,11 @@
 //! - the checkpoint's `hf/` files besides `config.json` (tokenizer, chat template, generation
 //!   settings), so that `AutoTokenizer.from_pretrained(DIR)` loads.
 //!
-//! Streams: the checkpoint's `model.safetensors` is read one tensor at a time. Every file is
-//! written atomically; `config.json` last.
+//! Streams: the checkpoint's `model.safetensors` is read in chunks of whole rows (at most
+//! [`CHUNK_VALUES`] values), so memory does not grow with the model. Every file is written
+//! atomically; `config.json` last.
 
+use super::convert::CHUNK_VALUES;
 use crate::checkpoint::{HF_FILES, HfFiles};
 use crate::import::{ImportError, SafetensorsFile};
 use crate::safetensors_io::{StDtype, write_safetensors};
@@ -385,6 +387,18 @@ pub fn export(
     dtype: HfDtype,
     out_dir: &Path,
 ) -> Result<HfExported, HfExportError> {
+    export_chunked(cfg, weights, hf, dtype, out_dir, CHUNK_VALUES)
+}
+
+/// [`export`] reading at most `chunk_values` values at a time (whole rows, one at least).
+fn export_chunked(
+    cfg: &ModelConfig,
+    weights: &Path,
+    hf: Option<&HfFiles>,
+    dtype: HfDtype,
+    out_dir: &Path,
+    chunk_values: usize,
+) -> Result<HfExported, HfExportError> {
     let original = match hf.and_then(|h| h.get("config.json")) {
         Some(b) => Some(
             serde_json::from_slice::<Value>(b).map_err(|e| HfExportError::Io {
@@ -449,16 +463,25 @@ pub fn export(
             *failure = Some(e);
             io::Error::other(msg)
         };
-        let mut x = file
-            .read_f32(&t.name)
-            .map_err(|e| fail(HfExportError::Read(e), &mut failure))?;
-        if t.desc.hf.is_some_and(|h| h.plus_one) {
-            x.iter_mut().for_each(|v| *v = gemma_w(*v));
+        // Whole rows at a time, at most CHUNK_VALUES values (one row at least): memory does not
+        // grow with the model (the embedding of a 150k vocabulary is 600 MB of f32).
+        let n = t.len();
+        let cols = t.shape.last().copied().unwrap_or(1).max(1);
+        let step = (chunk_values / cols).max(1) * cols;
+        let mut x = Vec::with_capacity(step.min(n));
+        for start in (0..n).step_by(step) {
+            x.resize(step.min(n - start), 0.0);
+            file.read_f32_range(&t.name, start, &mut x)
+                .map_err(|e| fail(HfExportError::Read(e), &mut failure))?;
+            if t.desc.hf.is_some_and(|h| h.plus_one) {
+                x.iter_mut().for_each(|v| *v = gemma_w(*v));
+            }
+            encode(&t.name, start, &x, dtype, w).map_err(|e| match e {
+                Encode::Io(e) => e,
+                Encode::Value(e) => fail(e, &mut failure),
+            })?;
         }
-        encode(&t.name, &x, dtype, w).map_err(|e| match e {
-            Encode::Io(e) => e,
-            Encode::Value(e) => fail(e, &mut failure),
-        })
+        Ok(())
     });
     let bytes = match (written, failure) {
         (Ok(b), _) => b,
@@ -496,13 +519,19 @@ enum Encode {
     Value(HfExportError),
 }
 
-/// Writes `x` (tensor `name`) as little-endian `dtype`; a non-finite value, or one beyond f16's
-/// range, is an error naming the tensor and the index.
-fn encode(name: &str, x: &[f32], dtype: HfDtype, w: &mut dyn Write) -> Result<(), Encode> {
+/// Writes `x` (values `offset..` of tensor `name`) as little-endian `dtype`; a non-finite value,
+/// or one beyond f16's range, is an error naming the tensor and the index.
+fn encode(
+    name: &str,
+    offset: usize,
+    x: &[f32],
+    dtype: HfDtype,
+    w: &mut dyn Write,
+) -> Result<(), Encode> {
     let bad = |index: usize, value: f32| {
         Encode::Value(HfExportError::Value {
             tensor: name.to_string(),
-            index,
+            index: offset + index,
             value,
             dtype: dtype.name(),
         })
@@ -584,6 +613,63 @@ mod tests {
             e.contains("query/key norms") && e.contains("LlamaForCausalLM"),
             "{e}"
         );
+    }
+
+    /// Reading in chunks of a few rows writes the same files as reading whole tensors, in every
+    /// dtype (a tiny Gemma 3: norms with 1 + w, rows of several lengths).
+    #[test]
+    fn chunks_write_what_whole_tensors_write() {
+        use crate::safetensors_io::write_safetensors_f32;
+        let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/families");
+        let text = std::fs::read_to_string(fixtures.join("gemma3/config.json")).unwrap();
+        let cfg = super::super::config::parse(&serde_json::from_str(&text).unwrap()).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let weights = tmp.path().join("model.safetensors");
+        let tensors = arch::tensors(&cfg, None);
+        let shapes: Vec<(String, Vec<usize>)> = tensors
+            .iter()
+            .map(|t| (t.name.clone(), t.shape.clone()))
+            .collect();
+        write_safetensors_f32(&weights, &BTreeMap::new(), &shapes, |i, w| {
+            let v: Vec<f32> = (0..tensors[i].len())
+                .map(|k| ((k * 37 + i * 11) % 101) as f32 * 0.021 - 1.0)
+                .collect();
+            write_f32s(w, &v)
+        })
+        .unwrap();
+        for dtype in [HfDtype::F32, HfDtype::Bf16, HfDtype::F16] {
+            let whole = tmp.path().join(format!("whole-{}", dtype.name()));
+            export(&cfg, &weights, None, dtype, &whole).unwrap();
+            for chunk in [1, 48 * 3, 48 * 5 + 7] {
+                let part = tmp.path().join(format!("part-{}-{chunk}", dtype.name()));
+                export_chunked(&cfg, &weights, None, dtype, &part, chunk).unwrap();
+                for f in ["model.safetensors", "config.json"] {
+                    assert_eq!(
+                        std::fs::read(part.join(f)).unwrap(),
+                        std::fs::read(whole.join(f)).unwrap(),
+                        "{dtype:?} chunk {chunk}: {f}"
+                    );
+                }
+            }
+        }
+        // A value f16 cannot hold is named with its index in the whole tensor, chunked or not.
+        let big = tmp.path().join("big.safetensors");
+        write_safetensors_f32(&big, &BTreeMap::new(), &shapes, |i, w| {
+            let mut v = vec![0.5f32; tensors[i].len()];
+            if i == 0 {
+                v[48 * 7 + 3] = 1e6;
+            }
+            write_f32s(w, &v)
+        })
+        .unwrap();
+        for chunk in [48, CHUNK_VALUES] {
+            let out = tmp.path().join(format!("f16-{chunk}"));
+            let e = export_chunked(&cfg, &big, None, HfDtype::F16, &out, chunk).unwrap_err();
+            assert!(
+                matches!(&e, HfExportError::Value { index, .. } if *index == 48 * 7 + 3),
+                "{e}"
+            );
+        }
     }
 
     /// import's 1 + w comes back bit for bit through [`gemma_w`], for w of every magnitude
