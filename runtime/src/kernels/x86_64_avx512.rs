@@ -11,13 +11,10 @@
 //! read nothing and are zero), so there is no scalar tail code. Each row keeps 16-lane
 //! accumulators and is reduced once, at its end.
 //!
-//! int8 × int8: `vpdpbusd` multiplies unsigned by signed bytes, so the weights go in as
-//! `w + 128` (a sign-bit flip) against the signed activations x, which adds `128 · Σ x` per
-//! block: a constant of the token, subtracted once per block for every row. 16 blocks (512
-//! columns) at a time give 8 vectors of 16 i32 partial sums (8 per block); a tree of lane
-//! permutations adds them into one vector holding the 16 blocks' exact integer sums, which is
-//! multiplied by the 16 blocks' scales (weight scale · activation scale, in f32 as the reference)
-//! and added to the row's accumulator.
+//! int8 × int8 runs on 256-bit vectors (`vpdpbusd` with AVX-512VL; see
+//! [`matvec_q8q8_rows_vnni`]): on the host it was written on, a 512-bit variant that reduced 16
+//! blocks at a time with lane permutations reached only 0.8× of it in the kernels bench's
+//! compute ceiling (`cargo bench -p emberlm-benches --bench kernels -- --table --ceiling`).
 
 use super::Q8Matrix;
 use core::arch::x86_64::*;
@@ -234,7 +231,7 @@ fn pack_quad(m: [__m256i; 4]) -> __m256i {
 /// `vpdpbusd` (256-bit: measured faster here than 512-bit with a lane-permutation reduction)
 /// multiplies unsigned by signed bytes, so the weights go in as `w + 128` (a sign-bit flip)
 /// against the signed activations, which adds `128 · Σ x` per block: the same for every row,
-/// computed once per 4 rows and subtracted. Blocks go four at a time (one `vphaddd`-packed
+/// computed once per 4 rows, each block's sums start at its negative. Blocks go four at a time (one `vphaddd`-packed
 /// vector, two lanes per block, scaled and accumulated in f32); the last NB % 4 blocks one at a
 /// time with exact integer sums (masked loads: a short last block needs no scalar code).
 ///
@@ -248,29 +245,39 @@ unsafe fn matvec_q8q8_rows_vnni(q: &[i8], d: &[f16], xq: &[i8], xd: &[f32], y: &
     let zero = _mm256_setzero_si256();
     // Quad g of x (4 blocks) and its correction 128 · Σ x, in `pack_quad`'s layout.
     let x_quad = |g: usize| {
-        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x.
-        let xv: [__m256i; 4] = std::array::from_fn(|k| unsafe {
-            _mm256_loadu_si256(xq.as_ptr().add(128 * g + 32 * k).cast())
-        });
-        let corr = pack_quad(xv.map(|v| _mm256_dpbusd_epi32(zero, flip, v)));
-        (xv, corr)
+        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x, blocks 4g .. 4g + 4
+        // inside xd.
+        let (xv, xs): ([__m256i; 4], __m128) = unsafe {
+            (
+                std::array::from_fn(|k| {
+                    _mm256_loadu_si256(xq.as_ptr().add(128 * g + 32 * k).cast())
+                }),
+                _mm_loadu_ps(xd.as_ptr().add(4 * g)),
+            )
+        };
+        // Each block's dot products start at −128 · (its lane's Σ x): the weights' flip adds it.
+        let neg = xv.map(|v| _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, v)));
+        (xv, neg, _mm256_set_m128(xs, xs))
     };
     // Row r's accumulator after quad g.
-    let quad = |r: usize, g: usize, (xv, corr): ([__m256i; 4], __m256i), acc: __m256| {
+    let quad = |r: usize, g: usize, (xv, neg, xs): ([__m256i; 4], [__m256i; 4], __m256), acc| {
         let wr = q[r * c + 128 * g..][..128].as_ptr();
         let m: [__m256i; 4] = std::array::from_fn(|k| {
             // SAFETY: wr holds 128 bytes (the slice above); block k is bytes 32k .. 32k + 32.
             let wv = unsafe { _mm256_loadu_si256(wr.add(32 * k).cast()) };
-            _mm256_dpbusd_epi32(zero, _mm256_xor_si256(wv, flip), xv[k])
+            _mm256_dpbusd_epi32(neg[k], _mm256_xor_si256(wv, flip), xv[k])
         });
-        let s = _mm256_sub_epi32(pack_quad(m), corr);
-        // SAFETY: blocks 4g .. 4g + 4 are inside xd and row r's NB scales.
-        let sc = unsafe {
-            let dv = _mm_loadl_epi64(d.as_ptr().add(r * nb + 4 * g).cast());
-            let s4 = _mm_mul_ps(_mm_cvtph_ps(dv), _mm_loadu_ps(xd.as_ptr().add(4 * g)));
-            _mm256_set_m128(s4, s4)
+        // SAFETY: blocks 4g .. 4g + 4 are inside row r's NB scales (8 bytes).
+        let dw = unsafe {
+            let h = d
+                .as_ptr()
+                .add(r * nb + 4 * g)
+                .cast::<i64>()
+                .read_unaligned();
+            _mm256_cvtph_ps(_mm_set1_epi64x(h))
         };
-        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, acc)
+        let sc = _mm256_mul_ps(dw, xs);
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(pack_quad(m)), sc, acc)
     };
     // Row r's result from its quads' accumulator: the other blocks in order, exact sums.
     let finish = |r: usize, acc: __m256| -> f32 {
