@@ -609,9 +609,9 @@ impl Kernels {
 
     /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by
     /// [`Kernels::quantize_q8`] into xq (C) and xd (NB): each block's dot product is an exact
-    /// integer sum (x86-64: `maddubs` / `madd`; aarch64: `vmull_s8` / `vpadalq_s16`), scaled by
-    /// the weight and activation scales; on the calling thread. Adds the activations'
-    /// quantization error (≤ xd/2 per element) to the weights' own.
+    /// integer sum (x86-64: `maddubs` / `madd`, or `vpdpbusd` with VNNI; aarch64: `vmull_s8` /
+    /// `vpadalq_s16`), scaled by the weight and activation scales; on the calling thread. Adds
+    /// the activations' quantization error (≤ xd/2 per element) to the weights' own.
     ///
     /// # Panics
     /// If `xq.len() != C`, `xd.len() != NB` or `row_start + y.len() > R`.

@@ -17,8 +17,9 @@
 //! compute ceiling (`cargo bench -p emberlm-benches --bench kernels -- --table --ceiling`).
 
 use super::Q8Matrix;
+use super::q4_matrix::Q4Matrix;
 use core::arch::x86_64::*;
-use emberlm_formats::quant::Q8_BLOCK;
+use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, Q8_BLOCK, q4_nibble};
 use half::f16;
 
 /// Proof that this CPU has AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
@@ -329,4 +330,163 @@ unsafe fn matvec_q8q8_rows_vnni(q: &[i8], d: &[f16], xq: &[i8], xd: &[f32], y: &
 #[target_feature(enable = "avx2,f16c")]
 fn f16_to_f32(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
+// ------------------------------------------------------------------ int4 x int8
+
+pub(super) fn matvec_q4q8_rows(
+    _t: Avx512,
+    w: Q4Matrix<'_>,
+    xq: &[i8],
+    xd: &[f32],
+    y: &mut [f32],
+    row_start: usize,
+) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    assert!(
+        xq.len() == c && xd.len() == nb && row_start + y.len() <= w.rows(),
+        "avx512 matvec_q4q8_rows: lengths"
+    );
+    let rb = nb * Q4_BLOCK_BYTES;
+    let (q, d) = (
+        &w.quants()[row_start * rb..(row_start + y.len()) * rb],
+        &w.scales()[row_start * nb..(row_start + y.len()) * nb],
+    );
+    // SAFETY: the token proves the features; q and d hold y.len() rows (checked above).
+    unsafe { matvec_q4q8_rows_vnni(q, d, xq, xd, y) }
+}
+
+/// y[r] = Σ_b (d[r, b] · xd[b]) · Σ_{j in block b} codebook[nibble(r, j)] · xq[j] for the
+/// y.len() rows of q (NB · 16 bytes each) and d (NB scales each), C = xq.len().
+///
+/// As the int8 kernel, with the weights made by `vpshufb` from a codebook already flipped
+/// (`level + 128` as unsigned bytes), so the lookup is the whole unpacking. One 256-bit load is
+/// two blocks A, B (16 bytes each): its low nibbles are elements 0..16 of A (low half) and of B
+/// (high half), its high nibbles elements 16..32, multiplied by x rearranged the same way once
+/// per 4 rows; both products go into one vector (lanes 0..4: A, 4..8: B). Four blocks a step,
+/// packed by one `vphaddd` into two lanes per block; the last NB % 4 blocks one at a time with
+/// exact integer sums (a short last block in scalar code).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; q.len() = y.len() · NB · 16, d.len() = y.len() · NB.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &mut [f32]) {
+    let (c, nb) = (xq.len(), xd.len());
+    let rb = nb * Q4_BLOCK_BYTES;
+    let full = c / Q4_BLOCK;
+    let quads = full / 4;
+    let flipped: [u8; 16] = Q4_CODEBOOK.map(|v| (i16::from(v) + 128) as u8);
+    // SAFETY: `flipped` is 16 readable bytes.
+    let table = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(flipped.as_ptr().cast())) };
+    let flip = _mm256_set1_epi8(-128);
+    let low = _mm256_set1_epi8(0x0F);
+    let zero = _mm256_setzero_si256();
+    // Quad g of x as two block pairs (low-nibble and high-nibble order), each pair's sums'
+    // starting values −128 · Σ x (per lane), and the quad's activation scales in the order of
+    // the packed sums: [x0, x0, x2, x2, x1, x1, x3, x3].
+    let x_quad = |g: usize| {
+        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x, blocks 4g .. 4g + 4
+        // inside xd.
+        let (xv, xs): ([__m256i; 4], __m256) = unsafe {
+            (
+                std::array::from_fn(|k| {
+                    _mm256_loadu_si256(xq.as_ptr().add(128 * g + 32 * k).cast())
+                }),
+                _mm256_castps128_ps256(_mm_loadu_ps(xd.as_ptr().add(4 * g))),
+            )
+        };
+        let pairs: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+            let (a, b) = (xv[2 * h], xv[2 * h + 1]);
+            [
+                _mm256_permute2x128_si256::<0x20>(a, b),
+                _mm256_permute2x128_si256::<0x31>(a, b),
+            ]
+        });
+        let neg = pairs.map(|[lo, hi]| {
+            let s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, flip, lo), flip, hi);
+            _mm256_sub_epi32(zero, s)
+        });
+        let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+        (pairs, neg, _mm256_permutevar8x32_ps(xs, order))
+    };
+    let quad =
+        |r: usize, g: usize, (pairs, neg, xs): ([[__m256i; 2]; 2], [__m256i; 2], __m256), acc| {
+            let wr = q[r * rb + 64 * g..][..64].as_ptr();
+            let m: [__m256i; 2] = std::array::from_fn(|h| {
+                // SAFETY: wr holds 64 bytes (the slice above); pair h is bytes 32h .. 32h + 32.
+                let v = unsafe { _mm256_loadu_si256(wr.add(32 * h).cast()) };
+                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+                let hi =
+                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+                let s = _mm256_dpbusd_epi32(neg[h], lo, pairs[h][0]);
+                _mm256_dpbusd_epi32(s, hi, pairs[h][1])
+            });
+            // [A, A, C, C, B, B, D, D] with A..D = blocks 4g..4g+4 (two partial sums each).
+            let s = _mm256_hadd_epi32(m[0], m[1]);
+            // SAFETY: blocks 4g .. 4g + 4 are inside row r's NB scales (8 bytes).
+            let dw = unsafe {
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let v = _mm256_cvtph_ps(_mm_set1_epi64x(h));
+                _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3))
+            };
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc)
+        };
+    let finish = |r: usize, acc: __m256| -> f32 {
+        let mut t = hsum_f32(acc);
+        let qr = &q[r * rb..(r + 1) * rb];
+        for b in 4 * quads..nb {
+            let block = &qr[b * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+            let j0 = b * Q4_BLOCK;
+            let s = if b < full {
+                // SAFETY: block b is full: 16 bytes of the row, columns j0 .. j0 + 32 of x.
+                let (v, xv) = unsafe {
+                    (
+                        _mm_loadu_si128(block.as_ptr().cast()),
+                        _mm256_loadu_si256(xq.as_ptr().add(j0).cast()),
+                    )
+                };
+                let m = _mm_set1_epi8(0x0F);
+                let idx = _mm256_set_m128i(
+                    _mm_and_si128(_mm_srli_epi16::<4>(v), m),
+                    _mm_and_si128(v, m),
+                );
+                let wv = _mm256_shuffle_epi8(table, idx);
+                hsum_i32(_mm256_dpbusd_epi32(zero, wv, xv))
+                    - hsum_i32(_mm256_dpbusd_epi32(zero, flip, xv))
+            } else {
+                (j0..c)
+                    .map(|j| {
+                        i32::from(Q4_CODEBOOK[q4_nibble(block, j - j0) as usize]) * i32::from(xq[j])
+                    })
+                    .sum()
+            };
+            t += (f16_to_f32(d[r * nb + b]) * xd[b]) * s as f32;
+        }
+        t
+    };
+    let qn = y.len() / 4;
+    for i in 0..qn {
+        let rows = [i, qn + i, 2 * qn + i, 3 * qn + i];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..quads {
+            let xg = x_quad(g);
+            for (a, &r) in acc.iter_mut().zip(&rows) {
+                *a = quad(r, g, xg, *a);
+            }
+        }
+        for (a, &r) in acc.iter().zip(&rows) {
+            y[r] = finish(r, *a);
+        }
+    }
+    for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..quads {
+            acc = quad(r, g, x_quad(g), acc);
+        }
+        *yr = finish(r, acc);
+    }
 }
