@@ -334,7 +334,9 @@ enum Isa {
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
     isa: Isa,
-    /// With [`Isa::Avx2`]: the AVX-512 decode matvecs (f32, f16, int8 × int8) replace AVX2's.
+    /// With [`Isa::Avx2`]: the AVX-512 decode matvecs (f32, f16, int8 and int4 × int8) replace
+    /// AVX2's. Always `None` on other targets.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
     wide: Option<Wide>,
     threads: usize,
 }
