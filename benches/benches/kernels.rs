@@ -4,7 +4,10 @@
 //! same run.
 //!
 //! Run: `cargo bench -p emberlm-benches --bench kernels` (criterion figures, then a summary table).
-//! `cargo bench -p emberlm-benches --bench kernels -- --table` prints only the table (faster).
+//! `cargo bench -p emberlm-benches --bench kernels -- --table` prints only the table (faster);
+//! `-- --table --decode` only its decode part, `-- --table --ceiling` only the compute ceilings. The table's decode rows and compute ceilings cover
+//! every fast kernel set the host runs (e.g. AVX2 and AVX-512 on an AVX-512 host), interleaved in
+//! the same run.
 //!
 //! Shapes (W is (R, C), y = W x): the GPT-2 head 768x50257 (R = 50257, C = 768), the fused qkv
 //! 768x2304 (R = 2304, C = 768) and the MLP projection 3072x768 (R = 768, C = 3072). The small
@@ -72,7 +75,14 @@ struct Case {
 }
 
 impl Case {
-    fn new(dtype: &'static str, shape: &'static str, r: usize, c: usize, rng: &mut Lcg) -> Case {
+    /// `cold`: enough copies to span `COLD_BYTES`, else one (for the compute ceiling).
+    fn new(
+        dtype: &'static str,
+        shape: &'static str,
+        (r, c): (usize, usize),
+        cold: bool,
+        rng: &mut Lcg,
+    ) -> Case {
         let n = r * c;
         let nb = r * c.div_ceil(Q8_BLOCK);
         let bytes = match dtype {
@@ -80,7 +90,11 @@ impl Case {
             "f16" => 2 * n,
             _ => n + 2 * nb,
         };
-        let copies = COLD_BYTES.div_ceil(bytes).max(1);
+        let copies = if cold {
+            COLD_BYTES.div_ceil(bytes).max(1)
+        } else {
+            1
+        };
         let w = match dtype {
             "f32" => {
                 let w: Vec<f32> = (0..n).map(|_| rng.f() * 0.1).collect();
@@ -182,7 +196,7 @@ fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     for (shape, r, c) in SHAPES {
         for dtype in ["f32", "f16", "q8", "q8q8"] {
-            v.push(Case::new(dtype, shape, r, c, &mut rng));
+            v.push(Case::new(dtype, shape, (r, c), true, &mut rng));
         }
     }
     v
@@ -290,10 +304,29 @@ impl PrefillWeights {
 }
 
 /// The summary: GB/s, fraction of the measured read bandwidth, ratio to the reference twin.
-fn table(cases: &[Case]) {
+fn table(cases: &[Case], decode_only: bool, ceiling_only: bool) {
     let fast = Kernels::detect();
     let reference = Kernels::reference();
-    println!("\n== emberlm kernels: {} ==", fast.name());
+    let fasts: Vec<Kernels> = (Kernels::available().into_iter())
+        .filter(|k| !k.is_reference())
+        .collect();
+    let names: Vec<&str> = fasts.iter().map(Kernels::name).collect();
+    println!(
+        "\n== emberlm kernels: {} (decode tables: {names:?}) ==",
+        fast.name()
+    );
+    if !ceiling_only {
+        cold_table(cases, &fasts, reference);
+    }
+    ceiling_table(&fasts);
+    if decode_only || ceiling_only {
+        return;
+    }
+    prefill_table(fast, reference);
+}
+
+/// The decode kernels on cold weights, next to the probe and the reference twins.
+fn cold_table(cases: &[Case], fasts: &[Kernels], reference: Kernels) {
     let bw = [
         read_bandwidth(BANDWIDTH_BYTES, 1),
         read_bandwidth(BANDWIDTH_BYTES, 2),
@@ -307,7 +340,8 @@ fn table(cases: &[Case]) {
          best call (the bandwidth is a best figure too); speedup = reference median / fast median, same threads"
     );
     println!(
-        "{:<5} {:<10} {:>3} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}",
+        "{:<20} {:<5} {:<10} {:>3} {:>8} {:>8} {:>8} {:>8} {:>7} {:>9} {:>8}",
+        "kernels",
         "dtype",
         "shape",
         "thr",
@@ -324,50 +358,73 @@ fn table(cases: &[Case]) {
         let mut y = vec![0f32; case.r];
         for threads in [1, 2] {
             let p = pool(threads);
-            let (k, kr) = (fast.with_threads(threads), reference.with_threads(threads));
-            let (t, tb) =
-                p.install(|| time_calls(case.copies(), 15, 1.0, |i| case.run(&k, &x, &mut y, i)));
+            let kr = reference.with_threads(threads);
             let (tr, _) =
                 p.install(|| time_calls(case.copies(), 3, 0.3, |i| case.run(&kr, &x, &mut y, i)));
-            let gb = case.bytes as f64 / 1e9;
+            for k in fasts {
+                let k = k.with_threads(threads);
+                let (t, tb) = p.install(|| {
+                    time_calls(case.copies(), 15, 1.0, |i| case.run(&k, &x, &mut y, i))
+                });
+                let gb = case.bytes as f64 / 1e9;
+                println!(
+                    "{:<20} {:<5} {:<10} {:>3} {:>8.3} {:>8.3} {:>8.1} {:>8.1} {:>6.0}% {:>9.3} {:>7.1}x",
+                    k.name(),
+                    case.dtype,
+                    case.shape,
+                    threads,
+                    t * 1e3,
+                    tb * 1e3,
+                    gb / t,
+                    gb / tb,
+                    100.0 * gb / tb / bw[threads - 1],
+                    tr * 1e3,
+                    tr / t
+                );
+            }
+        }
+    }
+}
+
+/// Each decode kernel on one copy of small weights (in the cache): its compute ceiling.
+fn ceiling_table(fasts: &[Kernels]) {
+    println!(
+        "\ncompute ceiling: one copy of the weights (1.2-1.5 MiB, inside a 2 MiB L2 at f32), read \
+         again and again from the cache, 1 thread (above the cold figure: that kernel is \
+         memory-bound on one thread)"
+    );
+    println!(
+        "{:<20} {:<5} {:<10} {:>8} {:>8}",
+        "kernels", "dtype", "shape", "med ms", "GB/s"
+    );
+    let mut rng = Lcg(9);
+    let warm: Vec<Case> = [("768x512", (512, 768)), ("3072x128", (128, 3072))]
+        .into_iter()
+        .flat_map(|(shape, rc)| {
+            ["f32", "f16", "q8", "q8q8"].map(|dtype| Case::new(dtype, shape, rc, false, &mut rng))
+        })
+        .collect();
+    for case in &warm {
+        let x: Vec<f32> = (0..case.c).map(|i| (i % 7) as f32 * 0.1).collect();
+        let mut y = vec![0f32; case.r];
+        for k in fasts {
+            let k = k.with_threads(1);
+            let (t, _) =
+                pool(1).install(|| time_calls(1, 50, 0.5, |_| case.run(&k, &x, &mut y, 0)));
             println!(
-                "{:<5} {:<10} {:>3} {:>8.3} {:>8.3} {:>8.1} {:>8.1} {:>6.0}% {:>9.3} {:>7.1}x",
+                "{:<20} {:<5} {:<10} {:>8.3} {:>8.1}",
+                k.name(),
                 case.dtype,
                 case.shape,
-                threads,
                 t * 1e3,
-                tb * 1e3,
-                gb / t,
-                gb / tb,
-                100.0 * gb / tb / bw[threads - 1],
-                tr * 1e3,
-                tr / t
+                case.bytes as f64 / 1e9 / t
             );
         }
     }
+}
 
-    println!(
-        "\ncompute ceiling: one copy of the weights, read again and again from the cache, 1 thread \
-         (above the cold figure: that kernel is memory-bound on one thread)"
-    );
-    println!(
-        "{:<5} {:<10} {:>8} {:>8}",
-        "dtype", "shape", "med ms", "GB/s"
-    );
-    for case in cases.iter().filter(|c| c.shape == "768x2304") {
-        let x: Vec<f32> = (0..case.c).map(|i| (i % 7) as f32 * 0.1).collect();
-        let mut y = vec![0f32; case.r];
-        let k = fast.with_threads(1);
-        let (t, _) = pool(1).install(|| time_calls(1, 50, 0.5, |_| case.run(&k, &x, &mut y, 0)));
-        println!(
-            "{:<5} {:<10} {:>8.3} {:>8.1}",
-            case.dtype,
-            case.shape,
-            t * 1e3,
-            case.bytes as f64 / 1e9 / t
-        );
-    }
-
+/// The prefill product against the `gemm` crate and the reference twins.
+fn prefill_table(fast: Kernels, reference: Kernels) {
     println!(
         "\nprefill, N = {PREFILL_N}: GFLOP/s = 2·N·R·C / median time of Kernels::matmul (packed \
          microkernel); gemm = the gemm crate's f32 product on the f32 weights, same threads, same \
@@ -435,11 +492,14 @@ fn table(cases: &[Case]) {
 
 fn main() {
     let table_only = std::env::args().any(|a| a == "--table");
-    let cases = cases();
+    let decode_only = std::env::args().any(|a| a == "--decode");
+    let ceiling_only = table_only && std::env::args().any(|a| a == "--ceiling");
+    // The cold copies take about 1.5 GB: only made when a table needs them.
+    let cases = if ceiling_only { Vec::new() } else { cases() };
     if !table_only {
         let mut c = Criterion::default().configure_from_args();
         criterion_benches(&mut c, &cases);
         c.final_summary();
     }
-    table(&cases);
+    table(&cases, decode_only, ceiling_only);
 }

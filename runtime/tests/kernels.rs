@@ -429,13 +429,17 @@ fn threaded_results_are_bitwise_identical_to_one_thread() {
     let (w, x) = (rng.vec(r * c, 1.0), rng.vec(c, 1.0));
     let (q, d) = rng.q8(r, c);
     let w8 = Q8Matrix::new(&q, &d, r, c).unwrap();
+    let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
     let mut first = Vec::new();
     for_each_kernels(|k| {
         let (mut a, mut b) = (vec![0f32; r], vec![0f32; r]);
         k.matvec_f32(&w, &x, &mut a);
         k.matvec_q8(w8, &x, &mut b);
         a.extend(b);
-        same_bits_as_first(&mut first, k, a, "matvec_f32 and matvec_q8");
+        let mut h = vec![0f32; r];
+        k.matvec_f16(&wh, &x, &mut h);
+        a.extend(h);
+        same_bits_as_first(&mut first, k, a, "matvec_f32, matvec_q8 and matvec_f16");
     });
     // Every implementation ran with 1 thread and (with `parallel`) 2.
     assert_eq!(first.len(), implementations().len());
@@ -1205,7 +1209,17 @@ fn kernel_names_and_threads() {
         && is_x86_feature_detected!("fma")
         && is_x86_feature_detected!("f16c")
     {
-        assert_eq!(d.name(), "x86_64-avx2-fma-f16c");
+        let avx512 = ["avx512f", "avx512bw", "avx512vl", "avx512vnni"];
+        let wide = is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        // The AVX-512 set needs a compiler with its intrinsics (Rust >= 1.89, see build.rs).
+        if wide && Kernels::available().len() == 3 {
+            assert_eq!(d.name(), "x86_64-avx512-vnni", "{avx512:?}");
+        } else {
+            assert_eq!(d.name(), "x86_64-avx2-fma-f16c");
+        }
     }
     #[cfg(target_arch = "aarch64")]
     assert_eq!(d.name(), "aarch64-neon");
@@ -1338,4 +1352,89 @@ fn quantize_q8_fast_path_gives_the_references_bits() {
             }
         }
     }
+}
+
+#[test]
+fn avx512_rows_do_not_depend_on_how_they_are_grouped() {
+    // The AVX-512 decode kernels run every row through one instruction sequence, whether it is
+    // one of 4 rows computed together or a leftover: a row asked for alone gives the bits it has
+    // in the whole product. (The AVX2 kernels reduce leftover rows in another order.)
+    let Some(k) = implementations()
+        .into_iter()
+        .find(|k| k.name() == "x86_64-avx512-vnni")
+    else {
+        eprintln!("avx512 grouping test: SKIPPED, this host has no x86_64-avx512-vnni kernels");
+        return;
+    };
+    let mut rng = Rng(77);
+    let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for (r, c) in [
+        (9, 1),
+        (13, 31),
+        (7, 32),
+        (11, 100),
+        (10, 513),
+        (9, 1000),
+        (6, 1536),
+    ] {
+        let w = rng.vec(r * c, 1.0);
+        let wh: Vec<f16> = w.iter().map(|&v| f16::from_f32(v)).collect();
+        let x = rng.vec(c, 2.0);
+        let (q, d) = rng.q8(r, c);
+        let w8 = Q8Matrix::new(&q, &d, r, c).unwrap();
+        let mut xq = vec![0i8; c];
+        let mut xd = vec![0f32; c.div_ceil(Q8_BLOCK)];
+        k.quantize_q8(&x, &mut xq, &mut xd);
+        let run = |y: &mut [f32], row_start: usize, which: usize| match which {
+            0 => k.matvec_f32_rows(&w, &x, y, row_start),
+            1 => k.matvec_f16_rows(&wh, &x, y, row_start),
+            _ => k.matvec_q8q8_rows(w8, &xq, &xd, y, row_start),
+        };
+        for which in 0..3 {
+            let mut whole = vec![f32::NAN; r];
+            run(&mut whole, 0, which);
+            for start in 0..r {
+                for len in [1, 2, 5].into_iter().filter(|l| start + l <= r) {
+                    let mut part = vec![f32::NAN; len];
+                    run(&mut part, start, which);
+                    assert_eq!(
+                        bits(&part),
+                        bits(&whole[start..start + len]),
+                        "kernel {which} {r}x{c}: rows {start}..+{len}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn kernels_by_name_and_its_errors() {
+    for k in Kernels::available() {
+        assert_eq!(Kernels::by_name(k.name()).unwrap().name(), k.name());
+    }
+    let short = [
+        ("reference", "reference"),
+        ("avx2", "x86_64-avx2-fma-f16c"),
+        ("avx512", "x86_64-avx512-vnni"),
+        ("neon", "aarch64-neon"),
+    ];
+    let names: Vec<&str> = Kernels::available().iter().map(Kernels::name).collect();
+    for (s, full) in short {
+        match Kernels::by_name(s) {
+            Ok(k) => assert_eq!(k.name(), full),
+            Err(e) => {
+                assert!(!names.contains(&full), "{s}: {e}");
+                assert_eq!(e.requested, s);
+            }
+        }
+    }
+    let e = Kernels::by_name("avx9000").unwrap_err();
+    assert_eq!(e.requested, "avx9000");
+    assert_eq!(e.available, names);
+    let msg = e.to_string();
+    assert!(
+        msg.contains("\"avx9000\"") && msg.contains("reference"),
+        "{msg}"
+    );
 }

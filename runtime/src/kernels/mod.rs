@@ -1,5 +1,6 @@
 //! Compute kernels for decoding and prefill: plain reference twins ([`mod@reference`]) and
-//! architecture fast paths (x86-64 AVX2 + FMA + F16C, aarch64 NEON), chosen once by [`Kernels::detect`].
+//! architecture fast paths (x86-64 AVX2 + FMA + F16C, with AVX-512 VNNI decode matvecs where the CPU
+//! has them; aarch64 NEON), chosen once by [`Kernels::detect`] (or by name: [`Kernels::from_env`]).
 //!
 //! # Letters (used in every shape in this module and its children)
 //! - R: rows of a weight matrix (one per output), C: its columns (one per input), so y = W x with
@@ -55,6 +56,44 @@ mod x86_64;
 #[cfg(all(target_arch = "x86_64", ember_vnni))]
 #[allow(clippy::incompatible_msrv)]
 mod x86_64_vnni;
+// The AVX-512 decode matvecs (same Rust >= 1.89 condition as above).
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+#[allow(clippy::incompatible_msrv)]
+mod x86_64_avx512;
+
+/// The AVX-512 decode kernels' token, carried beside [`Isa::Avx2`] (uninhabited where the
+/// compiler lacks their intrinsics).
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+type Wide = x86_64_avx512::Avx512;
+#[cfg(not(all(target_arch = "x86_64", ember_vnni)))]
+#[derive(Clone, Copy, Debug)]
+enum Wide {}
+
+/// The environment variable that picks a kernel set by name ([`Kernels::from_env`]).
+pub const KERNELS_ENV: &str = "EMBER_KERNELS";
+
+/// [`Kernels::by_name`] was asked for a kernel set this host cannot run (or that does not exist).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnknownKernels {
+    /// The name asked for.
+    pub requested: String,
+    /// The names this host runs ([`Kernels::available`]).
+    pub available: Vec<&'static str>,
+}
+
+impl fmt::Display for UnknownKernels {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "no kernel set {:?} on this host; it runs {} (or the short names reference, avx2, \
+             avx512, neon)",
+            self.requested,
+            self.available.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownKernels {}
 
 pub use emberlm_formats::quant::Q8_BLOCK;
 use half::f16;
@@ -295,52 +334,107 @@ enum Isa {
 #[derive(Clone, Copy, Debug)]
 pub struct Kernels {
     isa: Isa,
+    /// With [`Isa::Avx2`]: the AVX-512 decode matvecs (f32, f16, int8 and int4 × int8) replace
+    /// AVX2's. Always `None` on other targets.
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    wide: Option<Wide>,
     threads: usize,
 }
 
 impl Kernels {
-    /// The fastest kernels this CPU supports (x86-64: AVX2 + FMA + F16C; aarch64: NEON), else the
-    /// reference twins. Threads default to the current rayon pool's size (1 without `parallel`).
+    /// The fastest kernels this CPU supports (x86-64: AVX-512 F/BW/VL/VNNI decode matvecs over
+    /// AVX2 + FMA + F16C, else AVX2 + FMA + F16C; aarch64: NEON), else the reference twins: the
+    /// last of [`Kernels::available`]. Threads default to the current rayon pool's size (1
+    /// without `parallel`).
     pub fn detect() -> Self {
+        Self::fast_paths()
+            .into_iter()
+            .flatten()
+            .last()
+            .unwrap_or_else(Self::reference)
+    }
+
+    /// [`Kernels::by_name`] of the environment variable `EMBER_KERNELS` ([`KERNELS_ENV`]) when
+    /// it is set and not empty (e.g. `EMBER_KERNELS=avx2` runs the AVX2 decode kernels on an
+    /// AVX-512 host, to compare them), else [`Kernels::detect`].
+    ///
+    /// # Errors
+    /// [`UnknownKernels`] if the variable names no kernel set this host runs (or is not UTF-8).
+    pub fn from_env() -> Result<Self, UnknownKernels> {
+        match std::env::var(KERNELS_ENV) {
+            Ok(v) if !v.is_empty() => Self::by_name(&v),
+            Ok(_) | Err(std::env::VarError::NotPresent) => Ok(Self::detect()),
+            Err(std::env::VarError::NotUnicode(v)) => Err(UnknownKernels {
+                requested: v.to_string_lossy().into_owned(),
+                available: Self::available().iter().map(Kernels::name).collect(),
+            }),
+        }
+    }
+
+    /// The kernel set called `name` ([`Kernels::NAMES`], or the short names `reference`,
+    /// `avx2`, `avx512`, `neon`), if this host runs it.
+    ///
+    /// # Errors
+    /// [`UnknownKernels`] naming the request and what this host runs.
+    pub fn by_name(name: &str) -> Result<Self, UnknownKernels> {
+        let full = match name {
+            "avx2" => "x86_64-avx2-fma-f16c",
+            "avx512" => "x86_64-avx512-vnni",
+            "neon" => "aarch64-neon",
+            other => other,
+        };
+        let all = Self::available();
+        all.iter()
+            .find(|k| k.name() == full)
+            .copied()
+            .ok_or_else(|| UnknownKernels {
+                requested: name.to_string(),
+                available: all.iter().map(Kernels::name).collect(),
+            })
+    }
+
+    /// The fast kernel sets in [`Kernels::NAMES`] order, `None` where this host lacks one.
+    fn fast_paths() -> [Option<Kernels>; 3] {
+        let k = |isa, wide| Kernels {
+            isa,
+            wide,
+            threads: default_threads(),
+        };
         #[cfg(target_arch = "x86_64")]
-        if let Some(t) = x86_64::Avx2::detect() {
-            return Kernels {
-                isa: Isa::Avx2(t),
-                threads: default_threads(),
-            };
-        }
+        let avx2 = x86_64::Avx2::detect().map(Isa::Avx2);
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        let avx512 = avx2.zip(x86_64_avx512::Avx512::detect());
+        #[cfg(not(all(target_arch = "x86_64", ember_vnni)))]
+        let avx512: Option<(Isa, Wide)> = None;
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx2: Option<Isa> = None;
         #[cfg(target_arch = "aarch64")]
-        if let Some(t) = aarch64::Neon::detect() {
-            return Kernels {
-                isa: Isa::Neon(t),
-                threads: default_threads(),
-            };
-        }
-        Self::reference()
+        let neon = aarch64::Neon::detect().map(Isa::Neon);
+        #[cfg(not(target_arch = "aarch64"))]
+        let neon: Option<Isa> = None;
+        [
+            avx2.map(|isa| k(isa, None)),
+            avx512.map(|(isa, w)| k(isa, Some(w))),
+            neon.map(|isa| k(isa, None)),
+        ]
     }
 
     /// The name ([`Kernels::name`]) of every kernel implementation in this crate, on any target:
     /// the reference twins first, then each architecture's fast path.
-    pub const NAMES: &'static [&'static str] =
-        &["reference", "x86_64-avx2-fma-f16c", "aarch64-neon"];
+    pub const NAMES: &'static [&'static str] = &[
+        "reference",
+        "x86_64-avx2-fma-f16c",
+        "x86_64-avx512-vnni",
+        "aarch64-neon",
+    ];
 
     /// Every kernel implementation this host can run, in [`Kernels::NAMES`] order (the reference
     /// twins first; the last is what [`Kernels::detect`] picks), each with the default thread
     /// count. Tests run each against the reference; the names of [`Kernels::NAMES`] missing here
     /// are the ones this host skips.
     pub fn available() -> Vec<Kernels> {
-        let fast: &[Option<Isa>] = &[
-            #[cfg(target_arch = "x86_64")]
-            x86_64::Avx2::detect().map(Isa::Avx2),
-            #[cfg(target_arch = "aarch64")]
-            aarch64::Neon::detect().map(Isa::Neon),
-        ];
-        std::iter::once(Isa::Reference)
-            .chain(fast.iter().flatten().copied())
-            .map(|isa| Kernels {
-                isa,
-                threads: default_threads(),
-            })
+        std::iter::once(Self::reference())
+            .chain(Self::fast_paths().into_iter().flatten())
             .collect()
     }
 
@@ -348,6 +442,7 @@ impl Kernels {
     pub fn reference() -> Self {
         Kernels {
             isa: Isa::Reference,
+            wide: None,
             threads: default_threads(),
         }
     }
@@ -368,10 +463,13 @@ impl Kernels {
         self.threads
     }
 
-    /// "reference", "x86_64-avx2-fma-f16c" or "aarch64-neon".
+    /// "reference", "x86_64-avx2-fma-f16c", "x86_64-avx512-vnni" (AVX2's set with the AVX-512
+    /// decode matvecs) or "aarch64-neon".
     pub fn name(&self) -> &'static str {
         match self.isa {
             Isa::Reference => "reference",
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(_) if self.wide.is_some() => "x86_64-avx512-vnni",
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(_) => "x86_64-avx2-fma-f16c",
             #[cfg(target_arch = "aarch64")]
@@ -408,6 +506,10 @@ impl Kernels {
     /// If `w.len()` is not a multiple of C (or is non-zero when C = 0), or the rows exceed R.
     pub fn matvec_f32_rows(&self, w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
         check_rows("matvec_f32_rows", w.len(), x.len(), y.len(), row_start);
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return x86_64_avx512::matvec_f32_rows(t, w, x, y, row_start);
+        }
         match self.isa {
             Isa::Reference => reference::matvec_f32_rows(w, x, y, row_start),
             #[cfg(target_arch = "x86_64")]
@@ -439,6 +541,10 @@ impl Kernels {
     /// As [`Kernels::matvec_f32_rows`].
     pub fn matvec_f16_rows(&self, w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
         check_rows("matvec_f16_rows", w.len(), x.len(), y.len(), row_start);
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return x86_64_avx512::matvec_f16_rows(t, w, x, y, row_start);
+        }
         match self.isa {
             Isa::Reference => reference::matvec_f16_rows(w, x, y, row_start),
             #[cfg(target_arch = "x86_64")]
@@ -505,9 +611,9 @@ impl Kernels {
 
     /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by
     /// [`Kernels::quantize_q8`] into xq (C) and xd (NB): each block's dot product is an exact
-    /// integer sum (x86-64: `maddubs` / `madd`; aarch64: `vmull_s8` / `vpadalq_s16`), scaled by
-    /// the weight and activation scales; on the calling thread. Adds the activations'
-    /// quantization error (≤ xd/2 per element) to the weights' own.
+    /// integer sum (x86-64: `maddubs` / `madd`, or `vpdpbusd` with VNNI; aarch64: `vmull_s8` /
+    /// `vpadalq_s16`), scaled by the weight and activation scales; on the calling thread. Adds
+    /// the activations' quantization error (≤ xd/2 per element) to the weights' own.
     ///
     /// # Panics
     /// If `xq.len() != C`, `xd.len() != NB` or `row_start + y.len() > R`.
@@ -533,6 +639,10 @@ impl Kernels {
             y.len(),
             w.rows()
         );
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return x86_64_avx512::matvec_q8q8_rows(t, w, xq, xd, y, row_start);
+        }
         match self.isa {
             Isa::Reference => reference::matvec_q8q8_rows(w, xq, xd, y, row_start),
             #[cfg(target_arch = "x86_64")]

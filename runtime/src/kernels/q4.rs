@@ -61,6 +61,10 @@ impl Kernels {
             y.len(),
             w.rows()
         );
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return super::x86_64_avx512::matvec_q4q8_rows(t, w, xq, xd, y, row_start);
+        }
         match self.isa {
             Isa::Reference => q4_reference::matvec_q4q8_rows(w, xq, xd, y, row_start),
             #[cfg(target_arch = "x86_64")]

@@ -378,7 +378,10 @@ impl<'m, 'a> Session<'m, 'a> {
         let kernels = if options.reference_kernels {
             Kernels::reference()
         } else {
-            Kernels::detect()
+            Kernels::from_env().map_err(|e| RuntimeError::BadOption {
+                option: "EMBER_KERNELS",
+                reason: e.to_string(),
+            })?
         }
         .with_threads(threads);
         let (c, l) = (cfg.dim, cfg.n_layers);

@@ -1,0 +1,492 @@
+#![allow(unsafe_code)]
+//! x86-64 AVX-512 decode matrix-vector kernels (F, BW, VL, VNNI; with the AVX2 + FMA + F16C set
+//! for everything else): f32, f16 and int8 × int8. Entry points take an [`Avx512`] token, which
+//! only [`Avx512::detect`] creates, so calling the `#[target_feature]` bodies is sound. Letters as
+//! in [`super`].
+//!
+//! As in the AVX2 kernels, 4 rows run together: rows i, Q+i, 2Q+i, 3Q+i of the 4Q rows asked
+//! for (four memory streams, each through a contiguous quarter), the rest one at a time. Every
+//! row goes through the same instruction sequence either way, so its bits do not depend on how
+//! the rows were grouped or split over threads. Column tails use masked loads (masked-off lanes
+//! read nothing and are zero), so there is no scalar tail code. Each row keeps 16-lane
+//! accumulators and is reduced once, at its end.
+//!
+//! int8 × int8 runs on 256-bit vectors (`vpdpbusd` with AVX-512VL; see
+//! [`matvec_q8q8_rows_vnni`]): on the host it was written on, a 512-bit variant that reduced 16
+//! blocks at a time with lane permutations reached only 0.8× of it in the kernels bench's
+//! compute ceiling (`cargo bench -p emberlm-benches --bench kernels -- --table --ceiling`).
+
+use super::Q8Matrix;
+use super::q4_matrix::Q4Matrix;
+use core::arch::x86_64::*;
+use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, Q8_BLOCK, q4_nibble};
+use half::f16;
+
+/// Proof that this CPU has AVX2, FMA, F16C and AVX-512 F, BW, VL and VNNI.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Avx512(());
+
+impl Avx512 {
+    /// `Some` when the CPU supports every feature the kernels here use (checked at run time).
+    pub(super) fn detect() -> Option<Self> {
+        let ok = is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("avx512vnni");
+        ok.then_some(Avx512(()))
+    }
+}
+
+/// The lowest `n` bits set (`n` ≤ 16).
+#[inline]
+fn mask16(n: usize) -> __mmask16 {
+    if n >= 16 { !0 } else { (1u16 << n) - 1 }
+}
+
+/// The lowest `n` bits set (`n` ≤ 64).
+#[inline]
+fn mask64(n: usize) -> __mmask64 {
+    if n >= 64 { !0 } else { (1u64 << n) - 1 }
+}
+
+// ------------------------------------------------------------------ f32 and f16
+
+pub(super) fn matvec_f32_rows(_t: Avx512, w: &[f32], x: &[f32], y: &mut [f32], row_start: usize) {
+    let c = x.len();
+    assert!(
+        (row_start + y.len()) * c <= w.len(),
+        "avx512 matvec_f32_rows: rows"
+    );
+    // SAFETY: the token proves the features; the rows read are inside `w` (checked above).
+    unsafe { matvec_rows_512::<f32>(&w[row_start * c..], x, y) }
+}
+
+pub(super) fn matvec_f16_rows(_t: Avx512, w: &[f16], x: &[f32], y: &mut [f32], row_start: usize) {
+    let c = x.len();
+    assert!(
+        (row_start + y.len()) * c <= w.len(),
+        "avx512 matvec_f16_rows: rows"
+    );
+    // SAFETY: the token proves the features; the rows read are inside `w` (checked above).
+    unsafe { matvec_rows_512::<f16>(&w[row_start * c..], x, y) }
+}
+
+/// A weight element type whose 16 consecutive elements load as 16 f32 lanes.
+trait Lanes: Copy {
+    /// Elements `j .. j + n` (n ≤ 16) at `p + j` as f32, zero past n.
+    ///
+    /// # Safety
+    /// `p + j .. p + j + n` must be readable; the CPU must have AVX-512 F/BW and F16C.
+    unsafe fn load16(p: *const Self, j: usize, n: usize) -> __m512;
+}
+
+impl Lanes for f32 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn load16(p: *const f32, j: usize, n: usize) -> __m512 {
+        // SAFETY: the caller guarantees n readable elements at p + j; masked-off lanes read nothing.
+        unsafe {
+            if n >= 16 {
+                _mm512_loadu_ps(p.add(j))
+            } else {
+                _mm512_maskz_loadu_ps(mask16(n), p.add(j))
+            }
+        }
+    }
+}
+
+impl Lanes for f16 {
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,f16c")]
+    unsafe fn load16(p: *const f16, j: usize, n: usize) -> __m512 {
+        // SAFETY: the caller guarantees n readable halves at p + j; masked-off lanes read nothing.
+        // A zero half converts to 0.0.
+        unsafe {
+            let h = if n >= 16 {
+                _mm256_loadu_si256(p.add(j).cast())
+            } else {
+                _mm256_maskz_loadu_epi16(mask16(n), p.add(j).cast())
+            };
+            _mm512_cvtph_ps(h)
+        }
+    }
+}
+
+/// y[r] = row r of W · x for the y.len() rows at the start of `w` (rows of C = x.len()).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features and `w.len() >= y.len() · C`.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn matvec_rows_512<T: Lanes>(w: &[T], x: &[f32], y: &mut [f32]) {
+    let c = x.len();
+    let n = y.len();
+    // One row's step over columns j .. j + 32: two accumulators per row keep 8 independent FMA
+    // chains in flight over 4 rows. x0, x1: x's columns j .. j + m0, j + 16 .. j + 16 + m1.
+    let step = |r: usize, j: usize, (m0, m1): (usize, usize), (x0, x1), a: &mut [__m512; 2]| {
+        // SAFETY: row r exists (the caller's guarantee) and columns j .. j + m0 and
+        // j + 16 .. j + 16 + m1 are inside it.
+        unsafe {
+            let p = w.as_ptr().add(r * c);
+            a[0] = _mm512_fmadd_ps(T::load16(p, j, m0), x0, a[0]);
+            if m1 > 0 {
+                a[1] = _mm512_fmadd_ps(T::load16(p, j + 16, m1), x1, a[1]);
+            }
+        }
+    };
+    // x's columns j .. j + 32 (as much as there is) and how many of each half.
+    let xs = |j: usize| {
+        let m0 = (c - j).min(16);
+        let m1 = (c - j).saturating_sub(16).min(16);
+        // SAFETY: columns j .. j + m0 and j + 16 .. j + 16 + m1 are inside x.
+        unsafe {
+            let x0 = f32::load16(x.as_ptr(), j, m0);
+            let x1 = if m1 > 0 {
+                f32::load16(x.as_ptr(), j + 16, m1)
+            } else {
+                _mm512_setzero_ps()
+            };
+            ((m0, m1), (x0, x1))
+        }
+    };
+    let total = |a: [__m512; 2]| _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+    let q = n / 4;
+    for i in 0..q {
+        let rows = [i, q + i, 2 * q + i, 3 * q + i];
+        let mut acc = [[_mm512_setzero_ps(); 2]; 4];
+        for j in (0..c).step_by(32) {
+            let (m, xv) = xs(j);
+            for (a, &r) in acc.iter_mut().zip(&rows) {
+                step(r, j, m, xv, a);
+            }
+        }
+        for (a, &r) in acc.iter().zip(&rows) {
+            y[r] = total(*a);
+        }
+    }
+    // The rest alone, through the same per-row sequence.
+    for (r, yr) in y.iter_mut().enumerate().skip(4 * q) {
+        let mut acc = [_mm512_setzero_ps(); 2];
+        for j in (0..c).step_by(32) {
+            let (m, xv) = xs(j);
+            step(r, j, m, xv, &mut acc);
+        }
+        *yr = total(acc);
+    }
+}
+
+// ------------------------------------------------------------------ int8 x int8
+
+pub(super) fn matvec_q8q8_rows(
+    _t: Avx512,
+    w: Q8Matrix<'_>,
+    xq: &[i8],
+    xd: &[f32],
+    y: &mut [f32],
+    row_start: usize,
+) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    assert!(
+        xq.len() == c && xd.len() == nb && row_start + y.len() <= w.rows(),
+        "avx512 matvec_q8q8_rows: lengths"
+    );
+    let (q, d) = (
+        &w.quants()[row_start * c..(row_start + y.len()) * c],
+        &w.scales()[row_start * nb..(row_start + y.len()) * nb],
+    );
+    // SAFETY: the token proves the features; q and d hold y.len() rows (checked above).
+    unsafe { matvec_q8q8_rows_vnni(q, d, xq, xd, y) }
+}
+
+/// Σ of the 8 i32 lanes (exact: wrapping never happens for block sums).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
+}
+
+/// Σ of the 8 f32 lanes, in a fixed order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_f32(v: __m256) -> f32 {
+    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
+}
+
+/// Four blocks' dot products packed by `vphaddd` into `[a0, a1, a2, a3, b0, b1, b2, b3]`, where
+/// a_k + b_k is block k's (exact, integer) sum: `m[k]` holds block k's 8 lane sums.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pack_quad(m: [__m256i; 4]) -> __m256i {
+    _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]))
+}
+
+/// y[r] = Σ_b (d[r, b] · xd[b]) · Σ_{j in block b} q[r, j] · xq[j] for the y.len() rows of q
+/// (C = xq.len() columns) and d (NB = xd.len() scales per row).
+///
+/// `vpdpbusd` (256-bit: measured faster here than 512-bit with a lane-permutation reduction)
+/// multiplies unsigned by signed bytes, so the weights go in as `w + 128` (a sign-bit flip)
+/// against the signed activations, which adds `128 · Σ x` per block: the same for every row,
+/// computed once per 4 rows, each block's sums start at its negative. Blocks go four at a time (one `vphaddd`-packed
+/// vector, two lanes per block, scaled and accumulated in f32); the last NB % 4 blocks one at a
+/// time with exact integer sums (masked loads: a short last block needs no scalar code).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; q.len() = y.len() · C, d.len() = y.len() · NB.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn matvec_q8q8_rows_vnni(q: &[i8], d: &[f16], xq: &[i8], xd: &[f32], y: &mut [f32]) {
+    let (c, nb) = (xq.len(), xd.len());
+    let quads = c / (4 * Q8_BLOCK);
+    let flip = _mm256_set1_epi8(-128);
+    let zero = _mm256_setzero_si256();
+    // Quad g of x (4 blocks) and its correction 128 · Σ x, in `pack_quad`'s layout.
+    let x_quad = |g: usize| {
+        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x, blocks 4g .. 4g + 4
+        // inside xd.
+        let (xv, xs): ([__m256i; 4], __m128) = unsafe {
+            (
+                std::array::from_fn(|k| {
+                    _mm256_loadu_si256(xq.as_ptr().add(128 * g + 32 * k).cast())
+                }),
+                _mm_loadu_ps(xd.as_ptr().add(4 * g)),
+            )
+        };
+        // Each block's dot products start at −128 · (its lane's Σ x): the weights' flip adds it.
+        let neg = xv.map(|v| _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, flip, v)));
+        (xv, neg, _mm256_set_m128(xs, xs))
+    };
+    // Row r's accumulator after quad g.
+    let quad = |r: usize, g: usize, (xv, neg, xs): ([__m256i; 4], [__m256i; 4], __m256), acc| {
+        let wr = q[r * c + 128 * g..][..128].as_ptr();
+        let m: [__m256i; 4] = std::array::from_fn(|k| {
+            // SAFETY: wr holds 128 bytes (the slice above); block k is bytes 32k .. 32k + 32.
+            let wv = unsafe { _mm256_loadu_si256(wr.add(32 * k).cast()) };
+            _mm256_dpbusd_epi32(neg[k], _mm256_xor_si256(wv, flip), xv[k])
+        });
+        // SAFETY: blocks 4g .. 4g + 4 are inside row r's NB scales (8 bytes).
+        let dw = unsafe {
+            let h = d
+                .as_ptr()
+                .add(r * nb + 4 * g)
+                .cast::<i64>()
+                .read_unaligned();
+            _mm256_cvtph_ps(_mm_set1_epi64x(h))
+        };
+        let sc = _mm256_mul_ps(dw, xs);
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(pack_quad(m)), sc, acc)
+    };
+    // Row r's result from its quads' accumulator: the other blocks in order, exact sums.
+    let finish = |r: usize, acc: __m256| -> f32 {
+        let mut t = hsum_f32(acc);
+        for b in 4 * quads..nb {
+            let j = b * Q8_BLOCK;
+            let m = mask64(c - j) as __mmask32;
+            // SAFETY: columns j .. min(j + 32, C) are inside row r and x; masked-off bytes read
+            // nothing and are zero (flipped: 128, times x = 0).
+            let (wv, xv) = unsafe {
+                (
+                    _mm256_maskz_loadu_epi8(m, q.as_ptr().add(r * c + j)),
+                    _mm256_maskz_loadu_epi8(m, xq.as_ptr().add(j)),
+                )
+            };
+            let s = hsum_i32(_mm256_dpbusd_epi32(zero, _mm256_xor_si256(wv, flip), xv))
+                - hsum_i32(_mm256_dpbusd_epi32(zero, flip, xv));
+            t += (f16_to_f32(d[r * nb + b]) * xd[b]) * s as f32;
+        }
+        t
+    };
+    // Rows i, Q+i, 2Q+i, 3Q+i together (four memory streams), the rest alone; every row goes
+    // through the same sequence.
+    let qn = y.len() / 4;
+    for i in 0..qn {
+        let rows = [i, qn + i, 2 * qn + i, 3 * qn + i];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..quads {
+            let xg = x_quad(g);
+            for (a, &r) in acc.iter_mut().zip(&rows) {
+                *a = quad(r, g, xg, *a);
+            }
+        }
+        for (a, &r) in acc.iter().zip(&rows) {
+            y[r] = finish(r, *a);
+        }
+    }
+    for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..quads {
+            acc = quad(r, g, x_quad(g), acc);
+        }
+        *yr = finish(r, acc);
+    }
+}
+
+/// One f16 as f32 through F16C.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_to_f32(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
+// ------------------------------------------------------------------ int4 x int8
+
+pub(super) fn matvec_q4q8_rows(
+    _t: Avx512,
+    w: Q4Matrix<'_>,
+    xq: &[i8],
+    xd: &[f32],
+    y: &mut [f32],
+    row_start: usize,
+) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    assert!(
+        xq.len() == c && xd.len() == nb && row_start + y.len() <= w.rows(),
+        "avx512 matvec_q4q8_rows: lengths"
+    );
+    let rb = nb * Q4_BLOCK_BYTES;
+    let (q, d) = (
+        &w.quants()[row_start * rb..(row_start + y.len()) * rb],
+        &w.scales()[row_start * nb..(row_start + y.len()) * nb],
+    );
+    // SAFETY: the token proves the features; q and d hold y.len() rows (checked above).
+    unsafe { matvec_q4q8_rows_vnni(q, d, xq, xd, y) }
+}
+
+/// y[r] = Σ_b (d[r, b] · xd[b]) · Σ_{j in block b} codebook[nibble(r, j)] · xq[j] for the
+/// y.len() rows of q (NB · 16 bytes each) and d (NB scales each), C = xq.len().
+///
+/// As the int8 kernel, with the weights made by `vpshufb` from a codebook already flipped
+/// (`level + 128` as unsigned bytes), so the lookup is the whole unpacking. One 256-bit load is
+/// two blocks A, B (16 bytes each): its low nibbles are elements 0..16 of A (low half) and of B
+/// (high half), its high nibbles elements 16..32, multiplied by x rearranged the same way once
+/// per 4 rows; both products go into one vector (lanes 0..4: A, 4..8: B). Four blocks a step,
+/// packed by one `vphaddd` into two lanes per block; the last NB % 4 blocks one at a time with
+/// exact integer sums (a short last block in scalar code).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; q.len() = y.len() · NB · 16, d.len() = y.len() · NB.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &mut [f32]) {
+    let (c, nb) = (xq.len(), xd.len());
+    let rb = nb * Q4_BLOCK_BYTES;
+    let full = c / Q4_BLOCK;
+    let quads = full / 4;
+    let flipped: [u8; 16] = Q4_CODEBOOK.map(|v| (i16::from(v) + 128) as u8);
+    // SAFETY: `flipped` is 16 readable bytes.
+    let table = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(flipped.as_ptr().cast())) };
+    let flip = _mm256_set1_epi8(-128);
+    let low = _mm256_set1_epi8(0x0F);
+    let zero = _mm256_setzero_si256();
+    // Quad g of x as two block pairs (low-nibble and high-nibble order), each pair's sums'
+    // starting values −128 · Σ x (per lane), and the quad's activation scales in the order of
+    // the packed sums: [x0, x0, x2, x2, x1, x1, x3, x3].
+    let x_quad = |g: usize| {
+        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x, blocks 4g .. 4g + 4
+        // inside xd.
+        let (xv, xs): ([__m256i; 4], __m256) = unsafe {
+            (
+                std::array::from_fn(|k| {
+                    _mm256_loadu_si256(xq.as_ptr().add(128 * g + 32 * k).cast())
+                }),
+                _mm256_castps128_ps256(_mm_loadu_ps(xd.as_ptr().add(4 * g))),
+            )
+        };
+        let pairs: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+            let (a, b) = (xv[2 * h], xv[2 * h + 1]);
+            [
+                _mm256_permute2x128_si256::<0x20>(a, b),
+                _mm256_permute2x128_si256::<0x31>(a, b),
+            ]
+        });
+        let neg = pairs.map(|[lo, hi]| {
+            let s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, flip, lo), flip, hi);
+            _mm256_sub_epi32(zero, s)
+        });
+        let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+        (pairs, neg, _mm256_permutevar8x32_ps(xs, order))
+    };
+    let quad =
+        |r: usize, g: usize, (pairs, neg, xs): ([[__m256i; 2]; 2], [__m256i; 2], __m256), acc| {
+            let wr = q[r * rb + 64 * g..][..64].as_ptr();
+            let m: [__m256i; 2] = std::array::from_fn(|h| {
+                // SAFETY: wr holds 64 bytes (the slice above); pair h is bytes 32h .. 32h + 32.
+                let v = unsafe { _mm256_loadu_si256(wr.add(32 * h).cast()) };
+                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+                let hi =
+                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+                let s = _mm256_dpbusd_epi32(neg[h], lo, pairs[h][0]);
+                _mm256_dpbusd_epi32(s, hi, pairs[h][1])
+            });
+            // [A, A, C, C, B, B, D, D] with A..D = blocks 4g..4g+4 (two partial sums each).
+            let s = _mm256_hadd_epi32(m[0], m[1]);
+            // SAFETY: blocks 4g .. 4g + 4 are inside row r's NB scales (8 bytes).
+            let dw = unsafe {
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let v = _mm256_cvtph_ps(_mm_set1_epi64x(h));
+                _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3))
+            };
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc)
+        };
+    let finish = |r: usize, acc: __m256| -> f32 {
+        let mut t = hsum_f32(acc);
+        let qr = &q[r * rb..(r + 1) * rb];
+        for b in 4 * quads..nb {
+            let block = &qr[b * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+            let j0 = b * Q4_BLOCK;
+            let s = if b < full {
+                // SAFETY: block b is full: 16 bytes of the row, columns j0 .. j0 + 32 of x.
+                let (v, xv) = unsafe {
+                    (
+                        _mm_loadu_si128(block.as_ptr().cast()),
+                        _mm256_loadu_si256(xq.as_ptr().add(j0).cast()),
+                    )
+                };
+                let m = _mm_set1_epi8(0x0F);
+                let idx = _mm256_set_m128i(
+                    _mm_and_si128(_mm_srli_epi16::<4>(v), m),
+                    _mm_and_si128(v, m),
+                );
+                let wv = _mm256_shuffle_epi8(table, idx);
+                hsum_i32(_mm256_dpbusd_epi32(zero, wv, xv))
+                    - hsum_i32(_mm256_dpbusd_epi32(zero, flip, xv))
+            } else {
+                (j0..c)
+                    .map(|j| {
+                        i32::from(Q4_CODEBOOK[q4_nibble(block, j - j0) as usize]) * i32::from(xq[j])
+                    })
+                    .sum()
+            };
+            t += (f16_to_f32(d[r * nb + b]) * xd[b]) * s as f32;
+        }
+        t
+    };
+    let qn = y.len() / 4;
+    for i in 0..qn {
+        let rows = [i, qn + i, 2 * qn + i, 3 * qn + i];
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for g in 0..quads {
+            let xg = x_quad(g);
+            for (a, &r) in acc.iter_mut().zip(&rows) {
+                *a = quad(r, g, xg, *a);
+            }
+        }
+        for (a, &r) in acc.iter().zip(&rows) {
+            y[r] = finish(r, *a);
+        }
+    }
+    for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..quads {
+            acc = quad(r, g, x_quad(g), acc);
+        }
+        *yr = finish(r, acc);
+    }
+}
