@@ -212,7 +212,7 @@ fn exported_logits_match(name: &str, tuning: &[&str]) {
     let j = run(&args, d);
     let ckpt = d.join(j["checkpoint"].as_str().unwrap());
     let l = checkpoint::load(&ckpt, false).unwrap();
-    let fam = l.family.clone().expect("a family checkpoint");
+    let fam = l.family.expect("a family checkpoint");
     let labels = l.state.classifier.as_ref().unwrap().labels.len();
     let mut m = FamilyModel::classifier_from_params(&fam, labels, l.params).unwrap();
     // The head trained away from its initialisation: the run changed the weights that matter.

@@ -328,7 +328,7 @@ fn train(
         )));
     }
     let cfg = l.config;
-    let family = l.family.clone();
+    let family = l.family;
     if let Some(f) = &family
         && a.dropout != 0.0
     {
