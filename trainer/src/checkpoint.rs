@@ -1258,10 +1258,13 @@ pub fn load(path: &Path, with_optimizer: bool) -> Result<Loaded, CheckpointError
             .map_err(|e| corrupt(&state_path, format!("classifier: {e}")))?;
     }
     let shapes = match &family {
-        Some(c) => emberlm_formats::arch::tensors(c, None)
-            .into_iter()
-            .map(|t| (t.name, t.shape))
-            .collect(),
+        // A family classifier's (K, C) head and (K) bias replace the language-model head.
+        Some(c) => {
+            emberlm_formats::arch::tensors(c, state.classifier.as_ref().map(|k| k.labels.len()))
+                .into_iter()
+                .map(|t| (t.name, t.shape))
+                .collect()
+        }
         None => tensor_shapes(&config, state.classifier.as_ref()),
     };
     let params = read_flat(&dir.join(MODEL_FILE), &shapes)?;

@@ -336,9 +336,36 @@ pub fn export_family_ember_with(
     dtype: ExportDtype,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
+    export_family_ember_task(
+        path,
+        cfg,
+        &Task::LanguageModel,
+        tensors,
+        tokenizer,
+        extras,
+        prompt,
+        dtype,
+        provenance,
+    )
+}
+
+/// [`export_family_ember_with`] for any task: with [`Task::Classifier`], `tensors` are a
+/// classifier's (a (K, C) `head.weight` and its (K) bias in place of the language-model head).
+#[allow(clippy::too_many_arguments)]
+pub fn export_family_ember_task(
+    path: &Path,
+    cfg: &emberlm_formats::config::ModelConfig,
+    task: &Task,
+    tensors: &[(String, Vec<usize>, &[f32])],
+    tokenizer: Option<&emberlm_formats::tokenizer::Tokenizer>,
+    extras: Option<&crate::hf::extras::Extras>,
+    prompt: Option<&PromptTemplate>,
+    dtype: ExportDtype,
+    provenance: &[(String, String)],
+) -> Result<u64, ExportError> {
     let mut w = EmberWriter::new();
     meta::put_model_config(&mut w, cfg)?;
-    meta::put_task(&mut w, &Task::LanguageModel)?;
+    meta::put_task(&mut w, task)?;
     if let Some(t) = tokenizer {
         meta::put_tokenizer(&mut w, t)?;
     }

@@ -7,19 +7,25 @@
 //! book's `global_step % eval_freq == 0`) → per epoch, loss and accuracy on every split → checkpoint (`DIR/checkpoints`) and `DIR/model.ember` (a
 //! classifier that `ember classify` runs). Ctrl-C stops after the current step and saves both.
 //! There is no `--resume`: a fine-tuning run is short; rerun it.
+//!
+//! `--init` may hold GPT-2 or a modern family (Llama, Qwen2, Qwen3, Gemma 3, e.g. imported with
+//! `ember-train import`): the family's language-model head is replaced by the same (K, C) head
+//! with a bias, trained without dropout, and exported as a family classifier.
 
+use super::net::Net;
 use super::progress::Progress;
 use super::train_loop::{self, Cursor, Curves, SaveTo, Settings, Task};
 use super::{CliError, Console, Outcome, failed, shell_path, signal, usage, with_threads};
 use crate::adamw::LrSchedule;
 use crate::checkpoint::{self, ClassifierJson, Contents, RunKind, TrainerState};
 use crate::dist::Single;
-use crate::export::{ExportDtype, ExportMeta, export_ember};
+use crate::export::{ExportDtype, ExportMeta, export_ember, export_family_ember_task};
+use crate::family::FamilyModel;
 use crate::finetune::classify::{Example, Metrics, balance, evaluate, make_batch, shuffle, split};
 use crate::finetune::data::{PAD_ID, read_labelled};
 use crate::finetune::tune::{LoraSpec, Trainable, TuneOptions, Tuner, tuning_from_flags};
 use crate::layers::dropout::mix64;
-use crate::model::{DropoutRates, Gpt, Mode};
+use crate::model::{DropoutRates, Gpt};
 use crate::plot;
 use crate::{note, say};
 use argh::FromArgs;
@@ -36,7 +42,8 @@ use std::time::Instant;
 /// Fine-tune a checkpoint into a classifier on label<TAB>text rows (the SMS Spam Collection
 /// format) or a CSV with a header, and export it as a .ember file for ember classify.
 pub struct ClassifyArgs {
-    /// the checkpoint to start from (a run directory or a step directory; e.g. an imported GPT-2)
+    /// the checkpoint to start from (a run directory or a step directory): GPT-2, or an imported
+    /// Llama, Qwen2, Qwen3 or Gemma 3
     #[argh(option)]
     pub init: Option<PathBuf>,
     /// the labelled data: .tsv/.txt as label<TAB>text, .csv with label and text columns
@@ -63,7 +70,8 @@ pub struct ClassifyArgs {
     /// the LoRA alpha: updates are scaled by alpha/rank (default: the rank, i.e. scale 1)
     #[argh(option)]
     pub lora_alpha: Option<f32>,
-    /// which layers get adapters: all (default) or a comma list of qkv, proj, fc, ff-proj, head
+    /// which layers get adapters: all (default) or a comma list (GPT-2: qkv, proj, fc, ff-proj,
+    /// head; the families: q, k, v, o, gate, up, down, head, emb)
     #[argh(option)]
     pub lora_targets: Option<String>,
     /// epochs (default 5, as the book)
@@ -78,7 +86,7 @@ pub struct ClassifyArgs {
     /// the AdamW weight decay on the trained parameters (default 0.1)
     #[argh(option, default = "0.1")]
     pub weight_decay: f32,
-    /// dropout during training (default 0.0, as the book's classifier)
+    /// dropout during training (default 0.0, as the book's classifier; GPT-2 only)
     #[argh(option, default = "0.0")]
     pub dropout: f32,
     /// seed of the balancing, split, shuffles, new head and adapters (default 123)
@@ -196,14 +204,14 @@ struct Classify<'a> {
     out: &'a Path,
 }
 
-impl Task for Classify<'_> {
+impl Task<Net> for Classify<'_> {
     fn start_epoch(&mut self, epoch: u64) {
         shuffle(&mut self.sets[0], mix64(self.seed ^ (epoch + 1)));
     }
 
     fn micro_batch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut Net,
         pos: usize,
         seed: u64,
         step_no: u64,
@@ -215,23 +223,16 @@ impl Task for Classify<'_> {
             .collect();
         let bt = make_batch(&refs, self.readout, self.length, self.pad);
         let loss = model
-            .forward(
-                &bt.inputs,
-                Some(&bt.targets),
-                bt.batch,
-                bt.len,
-                Mode::Train { seed },
-            )
-            .and_then(|l| model.backward().map(|()| l))
+            .tune_batch(&bt.inputs, &bt.targets, (bt.batch, bt.len), seed)
             .map_err(|e| failed(format!("step {step_no}: {e}")))?;
         Ok((loss.unwrap_or(f32::NAN), refs.len() as u64))
     }
 
-    fn update(&mut self, model: &mut Gpt, lr: f32) -> Result<(), String> {
+    fn update(&mut self, model: &mut Net, lr: f32) -> Result<(), String> {
         self.tuner.step(model, lr).map_err(|e| e.to_string())
     }
 
-    fn evaluate(&mut self, model: &mut Gpt, _at: u64) -> Result<(f32, f32), CliError> {
+    fn evaluate(&mut self, model: &mut Net, _at: u64) -> Result<(f32, f32), CliError> {
         let mut ev = |set: &[Example]| {
             evaluate(
                 model,
@@ -241,7 +242,7 @@ impl Task for Classify<'_> {
                 self.pad,
                 self.batch,
             )
-            .map_err(|e| failed(e.to_string()))
+            .map_err(failed)
         };
         let tr = ev(&self.sets[0])?;
         let va = ev(&self.sets[1])?;
@@ -250,7 +251,7 @@ impl Task for Classify<'_> {
 
     fn end_epoch(
         &mut self,
-        model: &mut Gpt,
+        model: &mut Net,
         epoch: u64,
         progress: &mut Progress,
         con: &mut Console<'_>,
@@ -287,7 +288,7 @@ impl Task for Classify<'_> {
         Ok(())
     }
 
-    fn save(&mut self, model: &Gpt, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
+    fn save(&mut self, model: &Net, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
         let state = TrainerState {
             step: cur.step,
             epoch: self.epochs.len() as u64,
@@ -298,7 +299,7 @@ impl Task for Classify<'_> {
         let c = Contents {
             state: &state,
             shapes: &self.shapes,
-            params: model.params(),
+            params: train_loop::Trainable::params(model),
             moments: None,
             tokenizer: self.tok,
         };
@@ -320,7 +321,6 @@ fn train(
 ) -> Result<Outcome, CliError> {
     let wall = Instant::now();
     let l = checkpoint::load(&init, false).map_err(|e| failed(format!("--init: {e}")))?;
-    l.gpt2_only("finetune classify --init").map_err(failed)?;
     if l.state.classifier.is_some() {
         return Err(failed(format!(
             "--init {}: is already a classifier; start from a language-model checkpoint",
@@ -328,6 +328,16 @@ fn train(
         )));
     }
     let cfg = l.config;
+    let family = l.family;
+    if let Some(f) = &family
+        && a.dropout != 0.0
+    {
+        return Err(usage(format!(
+            "--dropout {}: the {} family trains without dropout",
+            a.dropout,
+            f.arch.name()
+        )));
+    }
     let tok = l
         .text_tokenizer("ember-train finetune classify")
         .map_err(failed)?
@@ -420,10 +430,21 @@ fn train(
         }
     );
 
-    let mut model = Gpt::from_params(cfg, l.params)
-        .and_then(|m| m.into_classifier(k, mix64(a.seed ^ 0x4EAD)))
-        .map_err(|e| failed(format!("model: {e}")))?;
-    model.dropout = DropoutRates::uniform(a.dropout);
+    let head_seed = mix64(a.seed ^ 0x4EAD);
+    let mut model = match &family {
+        Some(f) => Net::Family(
+            FamilyModel::from_params(f, l.params)
+                .and_then(|m| m.into_classifier(k, head_seed))
+                .map_err(|e| failed(format!("model: {e}")))?,
+        ),
+        None => {
+            let mut m = Gpt::from_params(cfg, l.params)
+                .and_then(|m| m.into_classifier(k, head_seed))
+                .map_err(|e| failed(format!("model: {e}")))?;
+            m.dropout = DropoutRates::uniform(a.dropout);
+            Net::Gpt(m)
+        }
+    };
     let tuner = Tuner::new(
         &mut model,
         &TuneOptions {
@@ -433,16 +454,26 @@ fn train(
             seed: mix64(a.seed ^ 0x10AA),
         },
     )
-    .map_err(|e| usage(e.to_string()))?;
+    .map_err(|e| {
+        let flag = if lora.is_some() {
+            "--lora-rank"
+        } else {
+            "--trainable"
+        };
+        usage(format!("{flag}: {e}"))
+    })?;
     note!(
         con,
-        "model: {}, dim {}, {} labels; training {}: {} of {} parameters",
+        "model: {}{}, dim {}, {} labels; training {}: {} of {} parameters",
+        family
+            .as_ref()
+            .map_or(String::new(), |f| format!("{} ", f.arch.name())),
         super::count(cfg.n_layers as u64, "layer"),
         cfg.dim,
         k,
         tuner.description(),
         tuner.trainable_params(),
-        model.params().len()
+        train_loop::Trainable::params(&model).len()
     );
     let existed = out.exists();
     std::fs::create_dir_all(&out).map_err(|e| failed(format!("--out {}: {e}", out.display())))?;
@@ -507,7 +538,7 @@ fn train(
         tuner,
         epochs: Vec::new(),
         state,
-        shapes: checkpoint::tensor_shapes(&cfg, Some(&classifier)),
+        shapes: model.shapes(),
         tok: &tok,
         out: &out,
     };
@@ -581,8 +612,21 @@ fn train(
         .chain((!epochs.is_empty()).then(|| ("test_accuracy".into(), last[2].accuracy.to_string())))
         .collect(),
     };
-    let bytes = export_ember(&model_path, &meta, dtype, &|n| model.param(n))
-        .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
+    let bytes = match &model {
+        Net::Gpt(m) => export_ember(&model_path, &meta, dtype, &|n| m.param(n)),
+        Net::Family(m) => export_family_ember_task(
+            &model_path,
+            m.config(),
+            &meta.task,
+            &m.tensors(),
+            Some(&tok),
+            None,
+            None,
+            dtype,
+            &meta.provenance,
+        ),
+    }
+    .map_err(|e| failed(format!("{}: {e}", model_path.display())))?;
     if interrupted {
         say!(
             con,
@@ -668,7 +712,7 @@ fn train(
 
 /// Loss and accuracy on the train, validation and test splits.
 fn every_split(
-    model: &mut Gpt,
+    model: &mut Net,
     splits: [&[Example]; 3],
     readout: Readout,
     length: usize,

@@ -201,3 +201,18 @@ impl crate::finetune::instruct::BatchLoss for Net {
         self.tune_eval(&b.inputs, &b.targets, (b.batch, b.len))
     }
 }
+
+impl crate::finetune::classify::ClassifierLogits for Net {
+    fn outputs(&self) -> usize {
+        match self {
+            Net::Gpt(m) => m.outputs(),
+            Net::Family(m) => crate::finetune::classify::ClassifierLogits::outputs(m),
+        }
+    }
+    fn eval_logits(&mut self, inputs: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
+        match self {
+            Net::Gpt(m) => m.eval_logits(inputs, b, t),
+            Net::Family(m) => m.eval_logits(inputs, b, t),
+        }
+    }
+}

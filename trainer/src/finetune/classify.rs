@@ -8,10 +8,47 @@
 //!
 //! Letters: B batch, T padded length, K classes.
 
+use crate::family::{FamilyModel, forward_loss};
 use crate::finetune::data::IGNORE;
 use crate::layers::dropout::mix64;
-use crate::model::{Gpt, Mode, ModelError};
+use crate::model::{Gpt, Mode};
 use emberlm_formats::meta::Readout;
+
+/// A classifier whose logits at every position can be read in evaluation mode: GPT-2 or a
+/// modern family with a (K, C) head.
+pub trait ClassifierLogits {
+    /// K, the number of classes.
+    fn outputs(&self) -> usize;
+    /// The logits (B·T, K) of a (B, T) batch, dropout off, nothing trained.
+    fn eval_logits(&mut self, inputs: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String>;
+}
+
+impl ClassifierLogits for Gpt {
+    fn outputs(&self) -> usize {
+        Gpt::outputs(self)
+    }
+    fn eval_logits(&mut self, inputs: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
+        self.forward(inputs, None, b, t, Mode::Eval)
+            .map_err(|e| e.to_string())?;
+        Ok(self.logits().unwrap_or(&[]).to_vec())
+    }
+}
+
+impl ClassifierLogits for FamilyModel {
+    fn outputs(&self) -> usize {
+        self.classes().unwrap_or(self.config().vocab_size)
+    }
+    fn eval_logits(&mut self, inputs: &[u32], b: usize, t: usize) -> Result<Vec<f32>, String> {
+        if b == 0 || inputs.len() != b * t {
+            return Err(format!(
+                "{} tokens are not a ({b}, {t}) batch",
+                inputs.len()
+            ));
+        }
+        let ignore = vec![IGNORE; inputs.len()];
+        Ok(forward_loss(&self.layout, self.params(), inputs, &ignore, b).logits)
+    }
+}
 
 /// One tokenized, truncated example.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,21 +183,28 @@ pub struct Metrics {
 /// Loss and accuracy of `model` (a classifier) on `examples`, in evaluation mode, `batch` rows at
 /// a time. The predicted class is the argmax of the K logits at the readout position (ties: the
 /// lowest id).
-pub fn evaluate(
-    model: &mut Gpt,
+pub fn evaluate<M: ClassifierLogits + ?Sized>(
+    model: &mut M,
     examples: &[Example],
     readout: Readout,
     length: usize,
     pad: u32,
     batch: usize,
-) -> Result<Metrics, ModelError> {
+) -> Result<Metrics, String> {
     let k = model.outputs();
     let (mut loss, mut correct) = (0f64, 0usize);
     for chunk in examples.chunks(batch.max(1)) {
         let refs: Vec<&Example> = chunk.iter().collect();
         let bt = make_batch(&refs, readout, length, pad);
-        model.forward(&bt.inputs, None, bt.batch, bt.len, Mode::Eval)?;
-        let logits = model.logits().unwrap_or(&[]);
+        let logits = model.eval_logits(&bt.inputs, bt.batch, bt.len)?;
+        if logits.len() != bt.batch * bt.len * k {
+            return Err(format!(
+                "the model gave {} logits for a ({}, {}) batch of {k} classes",
+                logits.len(),
+                bt.batch,
+                bt.len
+            ));
+        }
         for row in 0..bt.batch {
             let at = (row * bt.len + bt.readout[row]) * k;
             let z = &logits[at..at + k];
