@@ -39,6 +39,14 @@ def main():
     sets = a.kernels.split(",")
     if len(sets) != 2:
         sys.exit("--kernels takes two comma-separated names (A,B)")
+    # A set the host cannot run (no AVX-512 VNNI, say) is named and skipped, not an error.
+    for k in sets:
+        probe = subprocess.run([a.ember, "bench", "--random", a.size, "--prompt-tokens", "1",
+                                "--gen-tokens", "1", "--json"],
+                               env=dict(os.environ, EMBER_KERNELS=k), capture_output=True, text=True)
+        if probe.returncode != 0:
+            print(f"SKIPPED: this host cannot run the kernel set {k!r}: {probe.stderr.strip()}")
+            return
     rows = []
     for t in [int(x) for x in a.threads.split(",")]:
         for d in a.dtypes.split(","):
