@@ -10,13 +10,11 @@
 mod chatml_util;
 mod hostile_util;
 
-use chatml_util::{tokenizer_json, write_model};
+use chatml_util::{grow_fixture, tokenizer_json, write_model};
 use emberlm_trainer::checkpoint;
 use emberlm_trainer::family::FamilyModel;
 use emberlm_trainer::finetune::classify::ClassifierLogits;
 use hostile_util::{bin, scratch};
-use safetensors::SafeTensors;
-use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Output};
 
@@ -44,45 +42,7 @@ fn write_fixture(dir: &Path, name: &str) {
     let src = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fixtures/families")
         .join(name);
-    std::fs::create_dir_all(dir).unwrap();
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for (tname, view) in st.tensors() {
-        let mut shape = view.shape().to_vec();
-        let mut v: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if (tname == "model.embed_tokens.weight" || tname == "lm_head.weight") && shape[0] == 101 {
-            shape[0] = 1003;
-            v.extend((v.len()..1003 * shape[1]).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3));
-        }
-        tensors.push((tname, shape, v));
-    }
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let shapes: Vec<(String, Vec<usize>)> =
-        tensors.iter().map(|t| (t.0.clone(), t.1.clone())).collect();
-    emberlm_trainer::safetensors_io::write_safetensors_f32(
-        &dir.join("model.safetensors"),
-        &BTreeMap::new(),
-        &shapes,
-        |i, w| {
-            tensors[i]
-                .2
-                .iter()
-                .try_for_each(|x| w.write_all(&x.to_le_bytes()))
-        },
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
-    assert!(cfg.contains("\"vocab_size\": 101"));
-    std::fs::write(
-        dir.join("config.json"),
-        cfg.replace("\"vocab_size\": 101", "\"vocab_size\": 1003"),
-    )
-    .unwrap();
+    grow_fixture(&src, dir, 1003, false);
     std::fs::copy(tokenizer_json(), dir.join("tokenizer.json")).unwrap();
 }
 

@@ -7,16 +7,16 @@
 //! The models are the tiny ones of tests/fixtures/families (written by transformers, see
 //! make_families.py there), given a ChatML template and end-of-reply ids here.
 
+mod chatml_util;
+
 use argh::FromArgs;
+use chatml_util::{CHATML, grow_fixture};
 use emberlm_formats::ember::{Header, MappedFile, Value, parse_header};
 use emberlm_trainer::checkpoint;
 use emberlm_trainer::cli::{self, Args, CliError, Console, Outcome};
 use emberlm_trainer::dist::Single;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-
-const CHATML: &str = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n\
-{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
 
 const FAMILIES: [&str; 4] = ["llama", "qwen2", "qwen3", "gemma3"];
 
@@ -242,58 +242,9 @@ fn tokenizer_of(name: &str) -> PathBuf {
 /// [`with_chat`] with a `tokenizer.json`: the fixture's embedding (and untied head) grown from
 /// 101 rows to the tokenizer's size with deterministic values, in one `model.safetensors`.
 fn with_tokenizer(name: &str, to: &Path) -> PathBuf {
-    use emberlm_trainer::safetensors_io::write_safetensors_f32;
     let d = with_chat(name, to);
     let tok = emberlm_formats::tokenizer::Tokenizer::from_hf_json_file(tokenizer_of(name)).unwrap();
-    let vocab = tok.vocab_size();
-    let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for e in std::fs::read_dir(&d).unwrap() {
-        let path = e.unwrap().path();
-        if !path.to_string_lossy().ends_with(".safetensors") {
-            continue;
-        }
-        let bytes = std::fs::read(&path).unwrap();
-        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        for (tname, view) in st.tensors() {
-            let mut shape = view.shape().to_vec();
-            let mut v: Vec<f32> = view
-                .data()
-                .chunks_exact(4)
-                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .collect();
-            if tname.ends_with("embed_tokens.weight") || tname == "lm_head.weight" {
-                shape[0] = vocab;
-                v.extend(
-                    (v.len()..vocab * shape[1]).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3),
-                );
-            }
-            tensors.push((tname, shape, v));
-        }
-        std::fs::remove_file(&path).unwrap();
-    }
-    let _ = std::fs::remove_file(d.join("model.safetensors.index.json"));
-    tensors.sort_by(|a, b| a.0.cmp(&b.0));
-    let shapes: Vec<(String, Vec<usize>)> =
-        tensors.iter().map(|t| (t.0.clone(), t.1.clone())).collect();
-    write_safetensors_f32(
-        &d.join("model.safetensors"),
-        &BTreeMap::new(),
-        &shapes,
-        |i, w| {
-            tensors[i]
-                .2
-                .iter()
-                .try_for_each(|x| w.write_all(&x.to_le_bytes()))
-        },
-    )
-    .unwrap();
-    let cfg = std::fs::read_to_string(d.join("config.json")).unwrap();
-    assert!(cfg.contains("\"vocab_size\": 101"));
-    std::fs::write(
-        d.join("config.json"),
-        cfg.replace("\"vocab_size\": 101", &format!("\"vocab_size\": {vocab}")),
-    )
-    .unwrap();
+    grow_fixture(&d, &d, tok.vocab_size(), false);
     std::fs::copy(tokenizer_of(name), d.join("tokenizer.json")).unwrap();
     d
 }

@@ -17,35 +17,54 @@ pub fn tokenizer_json() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../formats/tests/fixtures/hf_tokenizers/qwen2.json")
 }
 
-/// Writes the Hugging Face directory with `eos` as generation_config's eos_token_id. Its final
-/// norm is zeroed (every logit 0) when `zero_norm`.
-pub fn write_model(dir: &Path, eos: &str, zero_norm: bool) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families/qwen2");
-    std::fs::create_dir_all(dir).unwrap();
-    let bytes = std::fs::read(src.join("model.safetensors")).unwrap();
-    let st = SafeTensors::deserialize(&bytes).unwrap();
+/// Writes `dst/model.safetensors` and `dst/config.json` from the tiny fixture directory `src`
+/// (one or several `.safetensors` files, 101 token ids): every embedding or untied head of 101
+/// rows grown to `vocab` rows with deterministic values, the final norm zeroed when `zero_norm`,
+/// and `vocab_size` set to `vocab`. `src` may be `dst` (its shards and index are replaced).
+pub fn grow_fixture(src: &Path, dst: &Path, vocab: usize, zero_norm: bool) {
+    std::fs::create_dir_all(dst).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(src)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().ends_with(".safetensors"))
+        .collect();
+    files.sort();
     let mut tensors: Vec<(String, Vec<usize>, Vec<f32>)> = Vec::new();
-    for (name, view) in st.tensors() {
-        let mut shape = view.shape().to_vec();
-        let mut v: Vec<f32> = view
-            .data()
-            .chunks_exact(4)
-            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-            .collect();
-        if name == "model.embed_tokens.weight" {
-            shape[0] = 1003;
-            v.extend((v.len()..1003 * shape[1]).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3));
+    for path in &files {
+        let bytes = std::fs::read(path).unwrap();
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        for (name, view) in st.tensors() {
+            let mut shape = view.shape().to_vec();
+            let mut v: Vec<f32> = view
+                .data()
+                .chunks_exact(4)
+                .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .collect();
+            if (name.ends_with("embed_tokens.weight") || name == "lm_head.weight")
+                && shape[0] == 101
+            {
+                shape[0] = vocab;
+                v.extend(
+                    (v.len()..vocab * shape[1]).map(|i| ((i * 7919 % 1000) as f32 - 500.0) * 1e-3),
+                );
+            }
+            if zero_norm && name == "model.norm.weight" {
+                v.iter_mut().for_each(|x| *x = 0.0);
+            }
+            tensors.push((name, shape, v));
         }
-        if zero_norm && name == "model.norm.weight" {
-            v.iter_mut().for_each(|x| *x = 0.0);
+    }
+    if src == dst {
+        for path in &files {
+            std::fs::remove_file(path).unwrap();
         }
-        tensors.push((name, shape, v));
+        let _ = std::fs::remove_file(dst.join("model.safetensors.index.json"));
     }
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     let shapes: Vec<(String, Vec<usize>)> =
         tensors.iter().map(|t| (t.0.clone(), t.1.clone())).collect();
     write_safetensors_f32(
-        &dir.join("model.safetensors"),
+        &dst.join("model.safetensors"),
         &BTreeMap::new(),
         &shapes,
         |i, w| {
@@ -57,11 +76,19 @@ pub fn write_model(dir: &Path, eos: &str, zero_norm: bool) {
     )
     .unwrap();
     let cfg = std::fs::read_to_string(src.join("config.json")).unwrap();
+    assert!(cfg.contains("\"vocab_size\": 101"));
     std::fs::write(
-        dir.join("config.json"),
-        cfg.replace("\"vocab_size\": 101", "\"vocab_size\": 1003"),
+        dst.join("config.json"),
+        cfg.replace("\"vocab_size\": 101", &format!("\"vocab_size\": {vocab}")),
     )
     .unwrap();
+}
+
+/// Writes the Hugging Face directory with `eos` as generation_config's eos_token_id. Its final
+/// norm is zeroed (every logit 0) when `zero_norm`.
+pub fn write_model(dir: &Path, eos: &str, zero_norm: bool) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/families/qwen2");
+    grow_fixture(&src, dir, 1003, zero_norm);
     std::fs::copy(tokenizer_json(), dir.join("tokenizer.json")).unwrap();
     let tc = serde_json::json!({"chat_template": CHATML, "eos_token": "<|im_end|>"});
     std::fs::write(dir.join("tokenizer_config.json"), tc.to_string()).unwrap();
