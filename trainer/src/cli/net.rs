@@ -33,43 +33,26 @@ impl Trainable for Net {
 }
 
 impl Net {
-    /// Forward and backward of a (b, t) batch (dropout seeded by `seed` for GPT-2); the loss.
+    /// Forward and backward of a (b, t) batch (dropout seeded by `seed` for GPT-2); the loss
+    /// (NaN when every target is ignored: [`Net::tune_batch`]).
     pub(crate) fn train_batch(
         &mut self,
         x: &[u32],
         y: &[i32],
-        (b, t): (usize, usize),
+        bt: (usize, usize),
         seed: u64,
     ) -> Result<f32, String> {
-        match self {
-            Net::Gpt(m) => {
-                let loss = m
-                    .forward(x, Some(y), b, t, Mode::Train { seed })
-                    .map_err(|e| e.to_string())?
-                    .unwrap_or(f32::NAN);
-                if loss.is_finite() {
-                    m.backward().map_err(|e| e.to_string())?;
-                }
-                Ok(loss)
-            }
-            Net::Family(m) => Ok(m.train_batch(x, y, b) as f32),
-        }
+        Ok(self.tune_batch(x, y, bt, seed)?.unwrap_or(f32::NAN))
     }
 
-    /// The loss of a (b, t) batch, nothing trained.
+    /// The loss of a (b, t) batch, nothing trained (NaN when every target is ignored).
     pub(crate) fn eval_loss(
         &mut self,
         x: &[u32],
         y: &[i32],
-        (b, t): (usize, usize),
+        bt: (usize, usize),
     ) -> Result<f32, String> {
-        match self {
-            Net::Gpt(m) => m
-                .forward(x, Some(y), b, t, Mode::Eval)
-                .map(|l| l.unwrap_or(f32::NAN))
-                .map_err(|e| e.to_string()),
-            Net::Family(m) => Ok(m.loss(x, y, b) as f32),
-        }
+        Ok(self.tune_eval(x, y, bt)?.unwrap_or(f32::NAN))
     }
 
     pub(crate) fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
