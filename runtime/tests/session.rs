@@ -13,8 +13,11 @@ use std::ops::ControlFlow;
 /// Batched prefill (gemm, tiles) vs one token at a time (matrix-vector): same sums in another
 /// order. Relative to the largest |logit|.
 const PREFILL_REL_TOL: f32 = 1e-4;
-/// The same for Q8 weights, where decode also quantizes activations to int8 blocks (prefill
-/// keeps them f32): on this random model the two differ by about 1e-2 of the largest |logit|.
+/// The same for Q8 weights. Decode quantizes activations to int8 blocks; prefill does too where
+/// the CPU has the int8 prefill product (`panel_q8`: widths that are multiples of 32), else it
+/// keeps them f32. Either way a tiny difference upstream (the attention's summation order) can
+/// flip an activation's int8 rounding: on this random model the two differ by about 5e-3 to
+/// 1e-2 of the largest |logit|.
 const Q8_DECODE_REL_TOL: f32 = 3e-2;
 
 fn cfg() -> GptConfig {
@@ -168,8 +171,16 @@ fn reference_kernels_agree_with_the_fast_ones() {
             let mut s = Session::new(&model, &opts).unwrap();
             s.prefill(&prompt).unwrap().to_vec()
         };
+        // Where the CPU has VNNI, the fast set's int8 prefill multiplies int8 activations by
+        // int8 weights as decode does (`panel_q8`); the reference set multiplies f32 activations
+        // by the dequantized weights. The two differ by the activations' quantization.
+        let tol = if dtype == DType::Q8 {
+            Q8_DECODE_REL_TOL
+        } else {
+            PREFILL_REL_TOL
+        };
         let e = rel_err(&run(false), &run(true));
-        assert!(e <= PREFILL_REL_TOL, "{dtype:?}: {e}");
+        assert!(e <= tol, "{dtype:?}: {e}");
     }
 }
 

@@ -111,20 +111,20 @@ impl Session<'_, '_> {
 /// The prefill products' kernels and buffers: Q8 weights go through the int8 product
 /// ([`panel_q8`], activations quantized as int8 decode quantizes them) where the CPU has it,
 /// everything else through the f32 panel ([`Kernels::matmul`]).
-struct Products<'s> {
-    k: &'s Kernels,
-    xp: &'s mut [f32],
-    yt: &'s mut [f32],
-    q8p: &'s mut [u8],
-    q8d: &'s mut [f32],
+pub(super) struct Products<'s> {
+    pub(super) k: &'s Kernels,
+    pub(super) xp: &'s mut [f32],
+    pub(super) yt: &'s mut [f32],
+    pub(super) q8p: &'s mut [u8],
+    pub(super) q8d: &'s mut [f32],
     /// q8p / q8d hold the current input.
-    packed: bool,
+    pub(super) packed: bool,
 }
 
 impl Products<'_> {
     /// y (N, R) = x (N, C) · Wᵀ with `ep`; `fresh`: x differs from the previous call's (else its
     /// quantized copy is reused).
-    fn run(
+    pub(super) fn run(
         &mut self,
         w: Mat<'_>,
         c: usize,

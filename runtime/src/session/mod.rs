@@ -299,7 +299,7 @@ pub struct Session<'m, 'a> {
     chunk: Buffers,   // N = prefill_chunk
     xp: Vec<f32>,     // a prefill product's input X (N, Wf) packed for the microkernel
     yt: Vec<f32>, // (N, max(Wf, Wqkv)) a prefill product's output, one (N, P_g) block per thread
-    q8p: Vec<u8>, // a family's prefill input X (N, Wf) quantized and packed for the int8 product
+    q8p: Vec<u8>, // a prefill input X (N, Wf) quantized and packed for the int8 product
     q8d: Vec<f32>, // its block scales, packed
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
@@ -399,8 +399,8 @@ impl<'m, 'a> Session<'m, 'a> {
         };
         let kv = Kv::new(layout, options.kv_dtype.resolve(model));
         let w = Widths::of(model);
-        // The widest input of a family's prefill product: C, H·D (out) or F (down).
-        let q8_cols = cfg.dim.max(cfg.q_dim()).max(cfg.ffn_dim);
+        // The widest input of a prefill product: C, H·D (out) or F (down).
+        let q8_cols = cfg.dim.max(cfg.q_dim()).max(w.ff);
         Ok(Session {
             model,
             kernels,
@@ -421,22 +421,8 @@ impl<'m, 'a> Session<'m, 'a> {
             xp: vec![0.0; packed_len(chunk, w.ff)],
             yt: vec![0.0; chunk * w.ff.max(w.qkv)],
             // Zeroed by the allocator: untouched (no resident memory) unless the int8 product runs.
-            q8p: vec![
-                0;
-                if model.is_gpt2() {
-                    0
-                } else {
-                    panel_q8::packed_bytes(chunk, q8_cols)
-                }
-            ],
-            q8d: vec![
-                0.0;
-                if model.is_gpt2() {
-                    0
-                } else {
-                    panel_q8::packed_scales(chunk, q8_cols)
-                }
-            ],
+            q8p: vec![0; panel_q8::packed_bytes(chunk, q8_cols)],
+            q8d: vec![0.0; panel_q8::packed_scales(chunk, q8_cols)],
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })

@@ -2,6 +2,7 @@
 //! in parallel (see the parent module's docs).
 
 use super::crew::fork;
+use super::family_prefill::Products;
 use super::{Buffers, Ctx, Session, embed};
 use crate::kernels::{Epilogue, Kernels};
 use crate::model::Layer;
@@ -24,6 +25,14 @@ impl Session<'_, '_> {
         let cfg = *m.config();
         let (c, n, pos0) = (cfg.dim, chunk.len(), self.tokens.len());
         let b = &mut self.chunk;
+        let mut pr = Products {
+            k,
+            xp: &mut self.xp,
+            yt: &mut self.yt,
+            q8p: &mut self.q8p,
+            q8d: &mut self.q8d,
+            packed: false,
+        };
         let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
         for (i, &t) in chunk.iter().enumerate() {
             embed(
@@ -43,15 +52,7 @@ impl Session<'_, '_> {
                 bias: w.qkv_b,
                 gelu: false,
             };
-            k.matmul(
-                w.qkv_w,
-                c,
-                &b.xn[..n * c],
-                &mut b.qkv[..n * 3 * c],
-                &mut self.xp,
-                &mut self.yt,
-                ep,
-            );
+            pr.run(w.qkv_w, c, &b.xn[..n * c], &mut b.qkv[..n * 3 * c], ep, true);
             let job = ChunkAttn {
                 cx: &cx,
                 l,
@@ -64,15 +65,7 @@ impl Session<'_, '_> {
                 bias: Some(w.proj_b),
                 gelu: false,
             };
-            k.matmul(
-                w.proj_w,
-                c,
-                &b.att[..n * c],
-                &mut b.out[..n * c],
-                &mut self.xp,
-                &mut self.yt,
-                ep,
-            );
+            pr.run(w.proj_w, c, &b.att[..n * c], &mut b.out[..n * c], ep, true);
             by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
             by_tokens(k, &mut b.xn[..n * c], &b.x[..n * c], c, |o, x| {
                 layernorm_rows(k, x, w.norm2, o, c)
@@ -81,28 +74,12 @@ impl Session<'_, '_> {
                 bias: Some(w.fc_b),
                 gelu: true,
             };
-            k.matmul(
-                w.fc_w,
-                c,
-                &b.xn[..n * c],
-                &mut b.ff[..n * 4 * c],
-                &mut self.xp,
-                &mut self.yt,
-                ep,
-            );
+            pr.run(w.fc_w, c, &b.xn[..n * c], &mut b.ff[..n * 4 * c], ep, true);
             let ep = Epilogue {
                 bias: Some(w.fcp_b),
                 gelu: false,
             };
-            k.matmul(
-                w.fcp_w,
-                4 * c,
-                &b.ff[..n * 4 * c],
-                &mut b.out[..n * c],
-                &mut self.xp,
-                &mut self.yt,
-                ep,
-            );
+            pr.run(w.fcp_w, 4 * c, &b.ff[..n * 4 * c], &mut b.out[..n * c], ep, true);
             by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
         }
         // Logits for the last position only.
