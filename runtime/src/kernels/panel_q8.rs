@@ -13,11 +13,87 @@
 //!   128 · Σ of each block's quants computed once, then every token group meets them in turn.
 //! - The microkernel keeps 4 rows × 16 tokens of integer block sums and of f32 totals in
 //!   registers (AVX-512VL's 32).
+//! - Q4 weights ([`Weights::Q4`]) are a codebook's int8 levels times the same f16 block scales
+//!   as Q8's, so each tile's 4 rows are expanded to their levels (exactly) and go through the
+//!   same microkernel: every output has the bits of [`super::q4_reference::matvec_q4q8_rows`],
+//!   which int4 decode computes.
 
 #![forbid(unsafe_code)]
 
-use super::{Epilogue, Kernels, Q8_BLOCK, Q8Matrix};
+use super::{Epilogue, Kernels, Q4Matrix, Q8_BLOCK, Q8Matrix};
+use emberlm_formats::quant::{Q4_BLOCK_BYTES, Q4_CODEBOOK};
+use half::f16;
 use std::ops::Range;
+
+/// The weights of a product: Q8 rows read in place, or Q4 rows expanded to their int8 levels a
+/// tile at a time.
+#[derive(Clone, Copy, Debug)]
+pub enum Weights<'a> {
+    /// Int8 weights.
+    Q8(Q8Matrix<'a>),
+    /// Int4 weights (codebook levels).
+    Q4(Q4Matrix<'a>),
+}
+
+impl<'a> From<Q8Matrix<'a>> for Weights<'a> {
+    fn from(w: Q8Matrix<'a>) -> Self {
+        Weights::Q8(w)
+    }
+}
+
+impl<'a> From<Q4Matrix<'a>> for Weights<'a> {
+    fn from(w: Q4Matrix<'a>) -> Self {
+        Weights::Q4(w)
+    }
+}
+
+impl<'a> Weights<'a> {
+    /// R.
+    pub fn rows(&self) -> usize {
+        match self {
+            Weights::Q8(w) => w.rows(),
+            Weights::Q4(w) => w.rows(),
+        }
+    }
+
+    /// C.
+    pub fn cols(&self) -> usize {
+        match self {
+            Weights::Q8(w) => w.cols(),
+            Weights::Q4(w) => w.cols(),
+        }
+    }
+
+    /// Row r's block scales (C / 32).
+    fn row_scales(&self, r: usize) -> &'a [f16] {
+        match self {
+            Weights::Q8(w) => &w.scales()[r * w.blocks_per_row()..][..w.blocks_per_row()],
+            Weights::Q4(w) => w.row_scales(r),
+        }
+    }
+
+    /// Row r's bytes in the file, columns `part` (of C) as a share of the row.
+    fn row_bytes(&self, r: usize, part: Range<usize>) -> &'a [u8] {
+        match self {
+            Weights::Q8(w) => bytemuck::cast_slice(&w.quants()[r * w.cols()..][part]),
+            Weights::Q4(w) => &w.row_quants(r)[part.start / 2..part.end / 2],
+        }
+    }
+}
+
+/// out (C) ← row `q` (C / 2 bytes of nibbles, FORMAT.md §5) as its int8 codebook levels.
+fn expand_q4(q: &[u8], out: &mut [i8]) {
+    for (block, o) in q
+        .chunks_exact(Q4_BLOCK_BYTES)
+        .zip(out.chunks_exact_mut(Q8_BLOCK))
+    {
+        let (lo, hi) = o.split_at_mut(Q4_BLOCK_BYTES);
+        for ((&b, l), h) in block.iter().zip(lo).zip(hi) {
+            *l = Q4_CODEBOOK[usize::from(b & 0x0F)];
+            *h = Q4_CODEBOOK[usize::from(b >> 4)];
+        }
+    }
+}
 
 pub use super::geometry::{Q8_ROWS, Q8_TOKENS};
 /// Widest C this product takes (blocks per row kept on the stack).
@@ -117,7 +193,7 @@ pub fn quantize_pack(k: &Kernels, x: &[f32], c: usize, xp: &mut [u8], xd: &mut [
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     k: &Kernels,
-    w: Q8Matrix<'_>,
+    w: Weights<'_>,
     (xp, xd): (&[u8], &[f32]),
     n: usize,
     y: &mut [f32],
@@ -162,7 +238,7 @@ pub fn matmul(
 #[allow(clippy::too_many_arguments)]
 fn tasks(
     k: &Kernels,
-    w: Q8Matrix<'_>,
+    w: Weights<'_>,
     x: (&[u8], &[f32]),
     n: usize,
     g: usize,
@@ -189,7 +265,7 @@ fn tasks(
 /// If `rows` is not inside W, C is not as [`available`] needs, or a buffer is short.
 pub fn matmul_rows(
     k: &Kernels,
-    w: Q8Matrix<'_>,
+    w: Weights<'_>,
     (xp, xd): (&[u8], &[f32]),
     n: usize,
     rows: Range<usize>,
@@ -210,14 +286,23 @@ pub fn matmul_rows(
     let mut d = [[0f32; Q8_MAX_COLS / Q8_BLOCK]; Q8_ROWS];
     let mut wsum = [[0i32; Q8_MAX_COLS / Q8_BLOCK]; Q8_ROWS];
     let mut out = [[0f32; Q8_TOKENS]; Q8_ROWS];
+    // A Q4 tile's rows as int8 levels (untouched for Q8 weights).
+    let mut levels = [[0i8; Q8_MAX_COLS]; Q8_ROWS];
     for i0 in rows.clone().step_by(Q8_ROWS) {
         let ir = Q8_ROWS.min(rows.end - i0);
         // Rows past the end repeat the last one (their sums are discarded).
         let row = |i: usize| (i0 + i).min(rows.end - 1);
-        for i in 0..Q8_ROWS {
-            let r = row(i);
-            let scales = &w.scales()[r * nb..][..nb];
-            let q = &w.quants()[r * c..][..c];
+        if let Weights::Q4(w) = w {
+            for (i, l) in levels.iter_mut().enumerate() {
+                expand_q4(w.row_quants(row(i)), &mut l[..c]);
+            }
+        }
+        let q: [&[i8]; Q8_ROWS] = std::array::from_fn(|i| match w {
+            Weights::Q8(w) => &w.quants()[row(i) * c..][..c],
+            Weights::Q4(_) => &levels[i][..c],
+        });
+        for (i, &q) in q.iter().enumerate() {
+            let scales = w.row_scales(row(i));
             let (d, wsum) = (&mut d[i][..nb], &mut wsum[i][..nb]);
             match token {
                 #[cfg(all(target_arch = "x86_64", ember_vnni))]
@@ -230,7 +315,6 @@ pub fn matmul_rows(
                 }
             }
         }
-        let q: [&[i8]; Q8_ROWS] = std::array::from_fn(|i| &w.quants()[row(i) * c..][..c]);
         let ds: [&[f32]; Q8_ROWS] = std::array::from_fn(|i| &d[i][..nb]);
         let groups = n.div_ceil(Q8_TOKENS);
         for g in 0..groups {
@@ -240,7 +324,7 @@ pub fn matmul_rows(
             if next < rows.end {
                 let part = g * c / groups..(g + 1) * c / groups;
                 for r in next..(next + Q8_ROWS).min(rows.end) {
-                    prefetch(k, &w.quants()[r * c..][part.clone()]);
+                    prefetch(k, w.row_bytes(r, part.clone()));
                 }
             }
             let xg = &xp[g * Q8_TOKENS * c..][..Q8_TOKENS * c];
@@ -263,10 +347,10 @@ pub fn matmul_rows(
 }
 
 /// Asks for `bytes` in the L2 cache (x86-64 with the VNNI kernel; elsewhere nothing).
-fn prefetch(k: &Kernels, bytes: &[i8]) {
+fn prefetch(k: &Kernels, bytes: &[u8]) {
     #[cfg(all(target_arch = "x86_64", ember_vnni))]
     if let super::Isa::Avx2(t) = k.isa {
-        super::x86_64::prefetch_l2(t, bytemuck::cast_slice(bytes));
+        super::x86_64::prefetch_l2(t, bytes);
     }
     #[cfg(not(all(target_arch = "x86_64", ember_vnni)))]
     let _ = (k, bytes);
@@ -348,13 +432,54 @@ mod tests {
                 let mut scratch = vec![0f32; n * r];
                 matmul(
                     &k,
-                    w,
+                    w.into(),
                     (&xp, &xpd),
                     n,
                     &mut y,
                     &mut scratch,
                     Epilogue::default(),
                 );
+                let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "{} threads={} r={r} c={c} n={n}",
+                    k.name(),
+                    k.threads()
+                );
+            }
+        }
+    }
+
+    /// Q4 weights: every available kernel set (and thread count) against the per-token
+    /// reference int4 × int8 product (what int4 decode computes), bit for bit.
+    #[test]
+    fn q4_matches_the_q4q8_reference_bit_for_bit() {
+        use crate::kernels::q4_reference;
+        for &(r, c, n) in &[(7, 64, 5), (48, 96, 17), (53, 256, 33), (4, 32, 1)] {
+            let nb = c / Q8_BLOCK;
+            let (q8q, _) = q8(r, nb * Q4_BLOCK_BYTES, (r * c + n + 1) as u32);
+            let quants: Vec<u8> = q8q.iter().map(|&v| v as u8).collect();
+            let (_, scales) = q8(r, c, (r + c) as u32);
+            let w = Q4Matrix::new(&quants, &scales, r, c).unwrap();
+            let x: Vec<f32> = (0..n * c)
+                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.01)
+                .collect();
+            let mut want = vec![0f32; n * r];
+            let (mut xq, mut xd) = (vec![0i8; c], vec![0f32; nb]);
+            for t in 0..n {
+                reference::quantize_q8(&x[t * c..][..c], &mut xq, &mut xd);
+                q4_reference::matvec_q4q8_rows(w, &xq, &xd, &mut want[t * r..][..r], 0);
+            }
+            let mut kernels = Kernels::available();
+            kernels.push(Kernels::detect().with_threads(2));
+            for k in kernels {
+                let mut xp = vec![0u8; packed_bytes(n, c)];
+                let mut xpd = vec![0f32; packed_scales(n, c)];
+                quantize_pack(&k, &x, c, &mut xp, &mut xpd);
+                let mut y = vec![f32::NAN; n * r];
+                let mut scratch = vec![0f32; n * r];
+                let ep = Epilogue::default();
+                matmul(&k, w.into(), (&xp, &xpd), n, &mut y, &mut scratch, ep);
                 let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(
                     same,

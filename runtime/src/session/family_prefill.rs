@@ -108,8 +108,8 @@ impl Session<'_, '_> {
     }
 }
 
-/// The prefill products' kernels and buffers: Q8 weights go through the int8 product
-/// ([`panel_q8`], activations quantized as int8 decode quantizes them) where the CPU has it,
+/// The prefill products' kernels and buffers: Q8 and Q4 weights go through the int8 product
+/// ([`panel_q8`], activations quantized as int8 and int4 decode quantize them) where the CPU has it,
 /// everything else through the f32 panel ([`Kernels::matmul`]).
 pub(super) struct Products<'s> {
     pub(super) k: &'s Kernels,
@@ -136,13 +136,18 @@ impl Products<'_> {
         let k = self.k;
         self.packed &= !fresh;
         match w {
-            Mat::Q8(q) if panel_q8::available(k, c) => {
+            Mat::Q8(_) | Mat::Q4(_) if panel_q8::available(k, c) => {
+                let w = match w {
+                    Mat::Q4(q) => panel_q8::Weights::Q4(q),
+                    Mat::Q8(q) => panel_q8::Weights::Q8(q),
+                    _ => unreachable!("matched as Q8 or Q4"),
+                };
                 if !self.packed {
                     panel_q8::quantize_pack(k, x, c, self.q8p, self.q8d);
                     self.packed = true;
                 }
                 let n = x.len() / c;
-                panel_q8::matmul(k, q, (self.q8p, self.q8d), n, y, self.yt, ep);
+                panel_q8::matmul(k, w, (self.q8p, self.q8d), n, y, self.yt, ep);
             }
             _ => k.matmul(w, c, x, y, self.xp, self.yt, ep),
         }

@@ -52,7 +52,14 @@ impl Session<'_, '_> {
                 bias: w.qkv_b,
                 gelu: false,
             };
-            pr.run(w.qkv_w, c, &b.xn[..n * c], &mut b.qkv[..n * 3 * c], ep, true);
+            pr.run(
+                w.qkv_w,
+                c,
+                &b.xn[..n * c],
+                &mut b.qkv[..n * 3 * c],
+                ep,
+                true,
+            );
             let job = ChunkAttn {
                 cx: &cx,
                 l,
@@ -79,7 +86,14 @@ impl Session<'_, '_> {
                 bias: Some(w.fcp_b),
                 gelu: false,
             };
-            pr.run(w.fcp_w, 4 * c, &b.ff[..n * 4 * c], &mut b.out[..n * c], ep, true);
+            pr.run(
+                w.fcp_w,
+                4 * c,
+                &b.ff[..n * 4 * c],
+                &mut b.out[..n * c],
+                ep,
+                true,
+            );
             by_tokens(k, &mut b.x[..n * c], &b.out[..n * c], c, |x, o| k.add(x, o));
         }
         // Logits for the last position only.
