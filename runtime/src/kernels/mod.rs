@@ -59,6 +59,9 @@ mod x86_64_vnni;
 // The AVX-512 decode matvecs (same Rust >= 1.89 condition as above).
 #[cfg(all(target_arch = "x86_64", ember_vnni))]
 #[allow(clippy::incompatible_msrv)]
+mod panel_avx512;
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+#[allow(clippy::incompatible_msrv)]
 mod x86_64_avx512;
 
 /// The AVX-512 decode kernels' token, carried beside [`Isa::Avx2`] (uninhabited where the

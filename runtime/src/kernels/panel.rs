@@ -9,7 +9,10 @@
 //!   the next block's bytes are prefetched meanwhile (x86-64). Each token group's 16 × KB inputs then meet
 //!   the block's 6-row panels in turn.
 //! - The microkernel keeps 6 rows × 16 tokens of sums in registers (12 AVX2 or 24 NEON
-//!   accumulators) and spends two vector loads and six broadcasts per twelve FMAs.
+//!   accumulators) and spends two vector loads and six broadcasts per twelve FMAs. The AVX-512
+//!   set's takes two token groups at once (6 rows × 32 tokens in twelve 512-bit registers,
+//!   `panel_avx512.rs`), which on cores with 512-bit multiply-add units does twice the work per
+//!   instruction.
 //!
 //! Why our own kernel and not the `gemm` crate (which wants a converted f32 copy of f16 rows and
 //! repacks X on every call): README § Runtime kernel decisions, and `cargo bench -p
@@ -48,7 +51,7 @@ pub(super) fn matmul_rows(
         return;
     }
     let mut block = [0f32; BLOCK_ROWS * KB];
-    let mut out = [[0f32; TOKENS]; ROWS];
+    let (mut out, mut out2) = ([[0f32; TOKENS]; ROWS], [[0f32; TOKENS]; ROWS]);
     let groups = n.div_ceil(TOKENS);
     for j0 in rows.clone().step_by(BLOCK_ROWS) {
         let jb = BLOCK_ROWS.min(rows.end - j0);
@@ -72,21 +75,30 @@ pub(super) fn matmul_rows(
                     KB.min(c - nk),
                 );
             }
-            // Each token group's columns stay in L1 while the block's panels stream past them.
-            for (g, xg) in xp.chunks_exact(TOKENS * c).take(groups).enumerate() {
-                let xg = &xg[k0 * TOKENS..][..kc * TOKENS];
-                let t0 = g * TOKENS;
-                let tn = TOKENS.min(n - t0);
+            // Each token group's columns stay in L1 while the block's panels stream past them;
+            // with 512-bit vectors two groups go through the microkernel together.
+            let step = if pairs(k) { 2 } else { 1 };
+            for g in (0..groups).step_by(step) {
+                let gn = step.min(groups - g);
+                let xg = |g: usize| &xp[g * TOKENS * c..][k0 * TOKENS..][..kc * TOKENS];
                 for i0 in (0..jb).step_by(ROWS) {
                     let jr = ROWS.min(jb - i0);
-                    micro(k, &block[i0 * KB..], xg, kc, &mut out);
+                    let panel = &block[i0 * KB..];
+                    if gn == 2 {
+                        micro2(k, panel, (xg(g), xg(g + 1)), kc, (&mut out, &mut out2));
+                    } else {
+                        micro(k, panel, xg(g), kc, &mut out);
+                    }
                     let col = j0 + i0 - rows.start;
-                    for t in 0..tn {
-                        let dst = &mut y[(t0 + t) * p + col..][..jr];
-                        if k0 == 0 {
-                            dst.iter_mut().zip(&out).for_each(|(d, o)| *d = o[t]);
-                        } else {
-                            dst.iter_mut().zip(&out).for_each(|(d, o)| *d += o[t]);
+                    for (h, out) in [&out, &out2].into_iter().take(gn).enumerate() {
+                        let t0 = (g + h) * TOKENS;
+                        for t in 0..TOKENS.min(n - t0) {
+                            let dst = &mut y[(t0 + t) * p + col..][..jr];
+                            if k0 == 0 {
+                                dst.iter_mut().zip(out).for_each(|(d, o)| *d = o[t]);
+                            } else {
+                                dst.iter_mut().zip(out).for_each(|(d, o)| *d += o[t]);
+                            }
                         }
                     }
                 }
@@ -149,6 +161,33 @@ fn dequant_row(k: &Kernels, w: Q8Matrix<'_>, r: usize, k0: usize, kc: usize, out
         Isa::Neon(t) => super::aarch64::dequant_row(t, w, r, k0, kc, out),
         Isa::Reference => w.dequantize_cols(r, k0, &mut out[..kc]),
     }
+}
+
+/// Whether `k` has the two-group microkernel ([`micro2`] on 512-bit vectors).
+fn pairs(k: &Kernels) -> bool {
+    #[cfg(all(target_arch = "x86_64", ember_vnni))]
+    if let (Isa::Avx2(_), Some(_)) = (k.isa, k.wide) {
+        return true;
+    }
+    let _ = k;
+    false
+}
+
+/// [`micro`] for two token groups against one panel (the 512-bit kernel where [`pairs`]).
+fn micro2(
+    k: &Kernels,
+    panel: &[f32],
+    (xa, xb): (&[f32], &[f32]),
+    kc: usize,
+    (out_a, out_b): (&mut [[f32; TOKENS]; ROWS], &mut [[f32; TOKENS]; ROWS]),
+) {
+    #[cfg(all(target_arch = "x86_64", ember_vnni))]
+    if let (Isa::Avx2(_), Some(w)) = (k.isa, k.wide) {
+        let panel: &[f32; ROWS * KB] = panel[..ROWS * KB].try_into().expect("a whole panel");
+        return super::panel_avx512::panel_micro2(w, panel, (xa, xb), kc, (out_a, out_b));
+    }
+    micro(k, panel, xa, kc, out_a);
+    micro(k, panel, xb, kc, out_b);
 }
 
 /// out[i][t] = Σ_{j < kc} panel[i·KB + j] · x[j·TOKENS + t] for i < ROWS, t < TOKENS.

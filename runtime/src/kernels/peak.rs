@@ -15,7 +15,8 @@ const REPEATS: usize = 10;
 
 /// The best rate of [`REPEATS`] (10) runs of `threads` threads (1 without the `parallel` feature) each
 /// running [`Kernels::detect`]'s FMA loop (independent multiply-add chains on registers: no memory
-/// traffic), in GFLOP/s (a multiply-add counts 2). Spawns threads: not for a hot path.
+/// traffic; 512-bit vectors with the AVX-512 set, whose prefill microkernel uses them), in
+/// GFLOP/s (a multiply-add counts 2). Spawns threads: not for a hot path.
 pub fn fma_peak_gflops(threads: usize) -> f64 {
     let k = Kernels::detect();
     let threads = if cfg!(feature = "parallel") {
@@ -49,6 +50,10 @@ pub fn fma_peak_gflops(threads: usize) -> f64 {
 /// work cannot be optimized away) and the floating-point operations done.
 pub(super) fn fma_loop(k: &Kernels, iters: usize) -> (f32, u64) {
     let (sum, flops) = match k.isa {
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        Isa::Avx2(_) if k.wide.is_some() => {
+            super::panel_avx512::fma_loop(k.wide.expect("checked"), iters)
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2(t) => super::x86_64::fma_loop(t, iters),
         #[cfg(target_arch = "aarch64")]
