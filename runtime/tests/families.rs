@@ -100,7 +100,7 @@ fn decode_logits_are_identical_for_every_thread_count() {
             for kv_dtype in [KvDtype::F32, KvDtype::F16] {
                 let one = step_logits(&model, 1, kv_dtype, &tokens);
                 assert!(one.iter().all(|v| v.is_finite()));
-                for threads in [2, 3] {
+                for threads in [2, 3, 4, 8] {
                     let many = step_logits(&model, threads, kv_dtype, &tokens);
                     assert!(
                         same_bits(&one, &many),
