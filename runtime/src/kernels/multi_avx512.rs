@@ -6,8 +6,10 @@
 //! [`super::x86_64_avx512`]. Entry points take the [`Avx512`] token, which only its `detect`
 //! creates, so calling the `#[target_feature]` bodies is sound. Letters as in [`super::multi`].
 //!
-//! Rows are visited in the single kernels' order of four memory streams (rows i, P/4 + i,
-//! 2P/4 + i, 3P/4 + i, then the rest), so the hardware prefetchers see the same streams.
+//! Rows advance together in the single kernels' four memory streams (rows i, Q + i, 2Q + i,
+//! 3Q + i of the first 4Q, Q = P / 4, then the rest one by one): a first version that finished
+//! one row before starting the next was bound by load latency (half the single kernel's speed
+//! at B = 2).
 
 use super::Q8Matrix;
 use super::q4_matrix::Q4Matrix;
@@ -16,10 +18,27 @@ use core::arch::x86_64::*;
 use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, Q8_BLOCK, q4_nibble};
 use half::f16;
 
-/// Vectors per group of the f32 / f16 kernels (2 rows × 4 vectors × 2 accumulators = 16 zmm).
-const F_GROUP: usize = 4;
-/// Vectors per group of the int8 kernel (8 ymm accumulators for one row).
-const Q_GROUP: usize = 8;
+/// Vectors per group of the f32 / f16 kernels (4 rows × 2 vectors × 2 accumulators = 16 zmm).
+const F_GROUP: usize = 2;
+/// Vectors per group of the int8 and int4 kernels (4 rows × 4 vectors of ymm accumulators).
+const Q_GROUP: usize = 4;
+
+/// `$f::<R, G>($args.., rows, $v)` for `rows` of 4 or 1 and G = `$g` in 1..=4.
+macro_rules! dispatch {
+    ($f:ident, $rows:expr, $g:expr, ($($a:expr),*), $v:expr) => {
+        match ($rows, $g) {
+            (&[r0, r1, r2, r3], 4) => $f::<4, 4>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 3) => $f::<4, 3>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 2) => $f::<4, 2>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], _) => $f::<4, 1>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0], 4) => $f::<1, 4>($($a),*, [r0], $v),
+            (&[r0], 3) => $f::<1, 3>($($a),*, [r0], $v),
+            (&[r0], 2) => $f::<1, 2>($($a),*, [r0], $v),
+            (&[r0], _) => $f::<1, 1>($($a),*, [r0], $v),
+            _ => unreachable!("four rows or one"),
+        }
+    };
+}
 
 // ------------------------------------------------------------------ f32 and f16
 
@@ -58,8 +77,8 @@ pub(super) fn multi_f16(
     unsafe { multi_512::<f16>(&w[row_start * c..], x, b, c, y) }
 }
 
-/// Y (B, P) for the P rows at the start of `w`: rows in pairs (the four-stream order), vectors
-/// in groups of [`F_GROUP`].
+/// Y (B, P) for the P rows at the start of `w`: rows i, Q+i, 2Q+i, 3Q+i together (the single
+/// kernel's four memory streams), then the rest one by one; vectors in groups of [`F_GROUP`].
 ///
 /// # Safety
 /// The CPU must have the [`Avx512`] features; `w` holds P rows of C, x is (B, C), y is (B, P).
@@ -71,26 +90,25 @@ unsafe fn multi_512<T: Lanes>(w: &[T], x: &[f32], b: usize, c: usize, y: &mut [f
         let mut v = 0;
         while v < b {
             let g = (b - v).min(F_GROUP);
-            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g < B.
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
             unsafe {
                 match (rows, g) {
-                    (&[r0, r1], 4) => group_512::<T, 2, 4>(w, x, (c, p), y, [r0, r1], v),
-                    (&[r0, r1], 3) => group_512::<T, 2, 3>(w, x, (c, p), y, [r0, r1], v),
-                    (&[r0, r1], 2) => group_512::<T, 2, 2>(w, x, (c, p), y, [r0, r1], v),
-                    (&[r0, r1], _) => group_512::<T, 2, 1>(w, x, (c, p), y, [r0, r1], v),
-                    (&[r0], 4) => group_512::<T, 1, 4>(w, x, (c, p), y, [r0], v),
-                    (&[r0], 3) => group_512::<T, 1, 3>(w, x, (c, p), y, [r0], v),
+                    (&[r0, r1, r2, r3], 2) => {
+                        group_512::<T, 4, 2>(w, x, (c, p), y, [r0, r1, r2, r3], v)
+                    }
+                    (&[r0, r1, r2, r3], _) => {
+                        group_512::<T, 4, 1>(w, x, (c, p), y, [r0, r1, r2, r3], v)
+                    }
                     (&[r0], 2) => group_512::<T, 1, 2>(w, x, (c, p), y, [r0], v),
                     (&[r0], _) => group_512::<T, 1, 1>(w, x, (c, p), y, [r0], v),
-                    _ => unreachable!("one or two rows"),
+                    _ => unreachable!("four rows or one"),
                 }
             }
             v += g;
         }
     };
     for i in 0..q {
-        each(&[i, q + i], y);
-        each(&[2 * q + i, 3 * q + i], y);
+        each(&[i, q + i, 2 * q + i, 3 * q + i], y);
     }
     for r in 4 * q..p {
         each(&[r], y);
@@ -266,96 +284,94 @@ unsafe fn multi_q8q8_vnni(
 ) {
     let p = y.len() / b;
     let qn = p / 4;
-    let row = |r: usize, y: &mut [f32]| {
+    let each = |rows: &[usize], y: &mut [f32]| {
         let mut v = 0;
         while v < b {
             let g = (b - v).min(Q_GROUP);
-            // SAFETY: the caller's guarantees; r < P and vectors v .. v + g < B.
-            unsafe {
-                match g {
-                    8 => group_q8::<8>(q, d, x, (c, p), y, r, v),
-                    7 => group_q8::<7>(q, d, x, (c, p), y, r, v),
-                    6 => group_q8::<6>(q, d, x, (c, p), y, r, v),
-                    5 => group_q8::<5>(q, d, x, (c, p), y, r, v),
-                    4 => group_q8::<4>(q, d, x, (c, p), y, r, v),
-                    3 => group_q8::<3>(q, d, x, (c, p), y, r, v),
-                    2 => group_q8::<2>(q, d, x, (c, p), y, r, v),
-                    _ => group_q8::<1>(q, d, x, (c, p), y, r, v),
-                }
-            }
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
+            unsafe { dispatch!(group_q8, rows, g, (q, d, x, (c, p), y), v) }
             v += g;
         }
     };
     for i in 0..qn {
-        for k in 0..4 {
-            row(k * qn + i, y);
-        }
+        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
     }
     for r in 4 * qn..p {
-        row(r, y);
+        each(&[r], y);
     }
 }
 
-/// Row r against vectors v0 .. v0 + G (see [`multi_q8q8_vnni`]).
+/// Rows `rows` (four streams, or one row) against vectors v0 .. v0 + G (see
+/// [`multi_q8q8_vnni`]): per quad, each row's weights are loaded and transposed once and used
+/// for every vector; the rows advance together, as the single kernel's four memory streams.
 ///
 /// # Safety
-/// As [`multi_q8q8_vnni`]; r < P, v0 + G <= B.
+/// As [`multi_q8q8_vnni`]; every row < P, v0 + G <= B.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn group_q8<const G: usize>(
+unsafe fn group_q8<const R: usize, const G: usize>(
     q: &[i8],
     d: &[f16],
     (xq, xd, xt): (&[i8], &[f32], &[u8]),
     (c, p): (usize, usize),
     y: &mut [f32],
-    r: usize,
+    rows: [usize; R],
     v0: usize,
 ) {
     let nb = c.div_ceil(Q8_BLOCK);
     let quads = c / (4 * Q8_BLOCK);
     let flip = _mm256_set1_epi8(-128);
     let zero = _mm256_setzero_si256();
-    let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
-    let mut acc = [_mm256_setzero_ps(); G];
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
     for g in 0..quads {
-        // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of the row and of each vector's
-        // xt, scales 4g .. 4g + 4 of the row's and of each vector's NB.
-        unsafe {
-            let wp = qr.as_ptr().add(128 * g);
-            let wt = transpose(std::array::from_fn(|k| {
-                _mm256_loadu_si256(wp.add(32 * k).cast())
-            }));
-            let mut s = zero;
-            for wi in wt {
-                s = _mm256_dpbusd_epi32(s, flip, wi);
-            }
-            let corr = _mm256_sub_epi32(zero, s);
-            let h = dr.as_ptr().add(4 * g).cast::<i64>().read_unaligned();
-            let dw = _mm256_cvtph_ps(_mm_set1_epi64x(h));
-            for (k, a) in acc.iter_mut().enumerate() {
-                let v = v0 + k;
-                let xp = xt.as_ptr().add(v * c + 128 * g);
-                let mut s = corr;
-                for (i, wi) in wt.iter().enumerate() {
-                    s = _mm256_dpbusd_epi32(s, _mm256_loadu_si256(xp.add(32 * i).cast()), *wi);
+        for (ak, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r and of each vector's
+            // xt, scales 4g .. 4g + 4 of the row's and of each vector's NB.
+            unsafe {
+                let wp = q.as_ptr().add(r * c + 128 * g);
+                let wt = transpose(std::array::from_fn(|k| {
+                    _mm256_loadu_si256(wp.add(32 * k).cast())
+                }));
+                let mut s = zero;
+                for wi in wt {
+                    s = _mm256_dpbusd_epi32(s, flip, wi);
                 }
-                let x4 = _mm_loadu_ps(xd.as_ptr().add(v * nb + 4 * g));
-                let sc = _mm256_mul_ps(dw, _mm256_set_m128(x4, x4));
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, *a);
+                let corr = _mm256_sub_epi32(zero, s);
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let dw = _mm256_cvtph_ps(_mm_set1_epi64x(h));
+                for (k, a) in ak.iter_mut().enumerate() {
+                    let v = v0 + k;
+                    let xp = xt.as_ptr().add(v * c + 128 * g);
+                    let mut s = corr;
+                    for (i, wi) in wt.iter().enumerate() {
+                        let xv = _mm256_loadu_si256(xp.add(32 * i).cast());
+                        s = _mm256_dpbusd_epi32(s, xv, *wi);
+                    }
+                    let x4 = _mm_loadu_ps(xd.as_ptr().add(v * nb + 4 * g));
+                    let sc = _mm256_mul_ps(dw, _mm256_set_m128(x4, x4));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, *a);
+                }
             }
         }
     }
-    for (k, a) in acc.iter().enumerate() {
-        let v = v0 + k;
-        let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
-        let mut t = hsum_f32(*a);
-        for blk in 4 * quads..nb {
-            let j = blk * Q8_BLOCK;
-            let end = (j + Q8_BLOCK).min(c);
-            let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
-            t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+    for (ak, &r) in acc.iter().zip(&rows) {
+        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
+        for (k, a) in ak.iter().enumerate() {
+            let v = v0 + k;
+            let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+            let mut t = hsum_f32(*a);
+            for blk in 4 * quads..nb {
+                let j = blk * Q8_BLOCK;
+                let end = (j + Q8_BLOCK).min(c);
+                let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
+                t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+            }
+            y[v * p + r] = t;
         }
-        y[v * p + r] = t;
     }
 }
 
@@ -411,34 +427,21 @@ unsafe fn multi_q4q8_vnni(
     y: &mut [f32],
 ) {
     let p = y.len() / b;
-    let row = |r: usize, y: &mut [f32]| {
+    let qn = p / 4;
+    let each = |rows: &[usize], y: &mut [f32]| {
         let mut v = 0;
         while v < b {
             let g = (b - v).min(Q_GROUP);
-            // SAFETY: the caller's guarantees; r < P and vectors v .. v + g <= B.
-            unsafe {
-                match g {
-                    8 => group_q4::<8>(q, d, x, (c, p), y, r, v),
-                    7 => group_q4::<7>(q, d, x, (c, p), y, r, v),
-                    6 => group_q4::<6>(q, d, x, (c, p), y, r, v),
-                    5 => group_q4::<5>(q, d, x, (c, p), y, r, v),
-                    4 => group_q4::<4>(q, d, x, (c, p), y, r, v),
-                    3 => group_q4::<3>(q, d, x, (c, p), y, r, v),
-                    2 => group_q4::<2>(q, d, x, (c, p), y, r, v),
-                    _ => group_q4::<1>(q, d, x, (c, p), y, r, v),
-                }
-            }
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
+            unsafe { dispatch!(group_q4, rows, g, (q, d, x, (c, p), y), v) }
             v += g;
         }
     };
-    let qn = p / 4;
     for i in 0..qn {
-        for k in 0..4 {
-            row(k * qn + i, y);
-        }
+        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
     }
     for r in 4 * qn..p {
-        row(r, y);
+        each(&[r], y);
     }
 }
 
@@ -506,7 +509,7 @@ unsafe fn prepare_x4((xq, xd): (&[i8], &[f32]), (xt, xs): (&mut [u8], &mut [u8])
     }
 }
 
-/// Row r of an int4 matrix against vectors v0 .. v0 + G.
+/// Rows `rows` (four streams, or one row) of an int4 matrix against vectors v0 .. v0 + G.
 ///
 /// The single kernel (`matvec_q4q8_rows_vnni`) packs, for each quad of four blocks A, B, C, D,
 /// two exact partial sums per block as `[A1, A2, C1, C2, B1, B2, D1, D2]` (1: a block's elements
@@ -518,16 +521,16 @@ unsafe fn prepare_x4((xq, xd): (&[i8], &[f32]), (xt, xs): (&mut [u8], &mut [u8])
 /// kernel's, in its order.
 ///
 /// # Safety
-/// As [`multi_q4q8`]'s body: r < P, v0 + G <= B, xt and xs from [`prepare_x4`].
+/// As [`multi_q4q8_vnni`]: every row < P, v0 + G <= B, xt and xs from [`prepare_x4`].
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn group_q4<const G: usize>(
+unsafe fn group_q4<const R: usize, const G: usize>(
     q: &[u8],
     d: &[f16],
     (xq, xd, xt, xs): (&[i8], &[f32], &[u8], &[u8]),
     (c, p): (usize, usize),
     y: &mut [f32],
-    r: usize,
+    rows: [usize; R],
     v0: usize,
 ) {
     let nb = c.div_ceil(Q4_BLOCK);
@@ -541,59 +544,69 @@ unsafe fn group_q4<const G: usize>(
     let low = _mm256_set1_epi8(0x0F);
     let zero = _mm256_setzero_si256();
     let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
-    let (qr, dr) = (&q[r * rb..(r + 1) * rb], &d[r * nb..(r + 1) * nb]);
-    let mut acc = [_mm256_setzero_ps(); G];
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
     for g in 0..quads {
-        // SAFETY: quad g is whole: bytes 64g .. 64g + 64 of the row, 128g .. 128g + 128 of each
-        // vector's xt, 32 bytes of xs per vector, scales 4g .. 4g + 4 of the row.
-        unsafe {
-            let wp = qr.as_ptr().add(64 * g);
-            let un: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
-                let v = _mm256_loadu_si256(wp.add(32 * h).cast());
-                [
-                    _mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
-                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low)),
-                ]
-            });
-            let wt = [
-                pick::<EVEN>(un[0][0], un[1][0]),
-                pick::<ODD>(un[0][0], un[1][0]),
-                pick::<EVEN>(un[0][1], un[1][1]),
-                pick::<ODD>(un[0][1], un[1][1]),
-            ];
-            let mut s = zero;
-            for wi in wt {
-                s = _mm256_dpbusd_epi32(s, flip, wi);
-            }
-            let corr = _mm256_sub_epi32(zero, s);
-            let h = dr.as_ptr().add(4 * g).cast::<i64>().read_unaligned();
-            let dw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set1_epi64x(h)), order);
-            for (k, a) in acc.iter_mut().enumerate() {
-                let v = v0 + k;
-                let xp = xt.as_ptr().add(v * c + 128 * g);
-                let mut s = corr;
-                for (i, wi) in wt.iter().enumerate() {
-                    s = _mm256_dpbusd_epi32(s, _mm256_loadu_si256(xp.add(32 * i).cast()), *wi);
+        for (ak, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: quad g is whole: bytes 64g .. 64g + 64 of row r, 128g .. 128g + 128 of
+            // each vector's xt, 32 bytes of xs per vector, scales 4g .. 4g + 4 of the row.
+            unsafe {
+                let wp = q.as_ptr().add(r * rb + 64 * g);
+                let un: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+                    let v = _mm256_loadu_si256(wp.add(32 * h).cast());
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                    [
+                        _mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
+                        _mm256_shuffle_epi8(table, hi),
+                    ]
+                });
+                let wt = [
+                    pick::<EVEN>(un[0][0], un[1][0]),
+                    pick::<ODD>(un[0][0], un[1][0]),
+                    pick::<EVEN>(un[0][1], un[1][1]),
+                    pick::<ODD>(un[0][1], un[1][1]),
+                ];
+                let mut s = zero;
+                for wi in wt {
+                    s = _mm256_dpbusd_epi32(s, flip, wi);
                 }
-                let xsv = _mm256_loadu_ps(xs.as_ptr().add((v * quads + g) * 32).cast());
-                *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xsv), *a);
+                let corr = _mm256_sub_epi32(zero, s);
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let dw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set1_epi64x(h)), order);
+                for (k, a) in ak.iter_mut().enumerate() {
+                    let v = v0 + k;
+                    let xp = xt.as_ptr().add(v * c + 128 * g);
+                    let mut s = corr;
+                    for (i, wi) in wt.iter().enumerate() {
+                        let xv = _mm256_loadu_si256(xp.add(32 * i).cast());
+                        s = _mm256_dpbusd_epi32(s, xv, *wi);
+                    }
+                    let xsv = _mm256_loadu_ps(xs.as_ptr().add((v * quads + g) * 32).cast());
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xsv), *a);
+                }
             }
         }
     }
-    for (k, a) in acc.iter().enumerate() {
-        let v = v0 + k;
-        let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
-        let mut t = hsum_f32(*a);
-        for blk in 4 * quads..nb {
-            let block = &qr[blk * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
-            let j0 = blk * Q4_BLOCK;
-            let s: i32 = (j0..(j0 + Q4_BLOCK).min(c))
-                .map(|j| {
-                    i32::from(Q4_CODEBOOK[q4_nibble(block, j - j0) as usize]) * i32::from(xv[j])
-                })
-                .sum();
-            t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+    for (ak, &r) in acc.iter().zip(&rows) {
+        let (qr, dr) = (&q[r * rb..(r + 1) * rb], &d[r * nb..(r + 1) * nb]);
+        for (k, a) in ak.iter().enumerate() {
+            let v = v0 + k;
+            let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+            let mut t = hsum_f32(*a);
+            for blk in 4 * quads..nb {
+                let block = &qr[blk * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+                let j0 = blk * Q4_BLOCK;
+                let s: i32 = (j0..(j0 + Q4_BLOCK).min(c))
+                    .map(|j| {
+                        i32::from(Q4_CODEBOOK[q4_nibble(block, j - j0) as usize]) * i32::from(xv[j])
+                    })
+                    .sum();
+                t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+            }
+            y[v * p + r] = t;
         }
-        y[v * p + r] = t;
     }
 }
