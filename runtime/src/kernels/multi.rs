@@ -14,8 +14,8 @@
 //! Which set does what:
 //! - AVX-512 (`x86_64-avx512-vnni`): f32, f16, int8 × int8 and int4 × int8 have their own
 //!   kernels (`multi_avx512.rs`).
-//! - AVX2 (`x86_64-avx2-fma-f16c`): f32, f16, int8 × int8 and int4 × int8 have their own
-//!   kernels (`multi_avx2.rs`).
+//! - AVX2 (`x86_64-avx2-fma-f16c`): f32, f16 and int4 × int8 have their own kernels
+//!   (`multi_avx2.rs`); int8 × int8 loops the single-vector kernel (see that file).
 //! - Every set: int8 and int4 weights against f32 activations (not what decode runs) loop the
 //!   single-vector kernel.
 //! - The reference twins run row by row, each row against every vector in turn, through the
@@ -133,10 +133,6 @@ impl Kernels {
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(t), Mat::F16(w), _) => {
                 super::multi_avx2::multi_f16(t, w, x.x, b, y, row_start)
-            }
-            #[cfg(target_arch = "x86_64")]
-            (Isa::Avx2(t), Mat::Q8(w), Some(q)) => {
-                super::multi_avx2::multi_q8q8(t, w, q, b, y, row_start, scratch)
             }
             #[cfg(target_arch = "x86_64")]
             (Isa::Avx2(t), Mat::Q4(w), Some(q)) => {

@@ -50,7 +50,7 @@ pub(super) fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
 /// Σ of the 8 lanes of `v`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum(v: __m256) -> f32 {
+fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_shuffle_ps::<1>(s, s));
@@ -324,7 +324,7 @@ pub(super) fn matvec_q8q8_rows(
 /// `w` must be valid for reading 32 bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) unsafe fn block_dot_q8(w: *const i8, xv: __m256i) -> __m256 {
+unsafe fn block_dot_q8(w: *const i8, xv: __m256i) -> __m256 {
     // SAFETY: the caller guarantees 32 readable bytes at `w`; loadu has no alignment requirement.
     let wv = unsafe { _mm256_loadu_si256(w.cast()) };
     let aw = _mm256_sign_epi8(wv, wv);
