@@ -1,7 +1,8 @@
 //! The batched decoder against single-sequence sessions: B sequences with different prompts and
 //! lengths, joining and leaving at different steps, give exactly a lone `Session`'s logits (bit
-//! for bit) and greedy tokens — GPT-2 in f32/f16/int8 and the Llama-style families, 1 and 2
-//! threads — and a loop of steps allocates nothing.
+//! for bit) and greedy tokens — GPT-2 and the Llama-style families in f32/f16/int8/int4, 1 and 2
+//! threads, the host's kernels and (GPT-2) the reference twins — and a loop of steps allocates
+//! nothing.
 
 use emberlm_formats::config::{GptConfig, ModelConfig, Sliding};
 use emberlm_formats::ember::DType;
@@ -181,7 +182,7 @@ fn opts(threads: usize) -> SessionOptions {
 #[test]
 fn gpt2_batch_logits_are_sessions() {
     let _g = SERIAL.lock().unwrap();
-    for dtype in [DType::F32, DType::F16, DType::Q8] {
+    for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
         let bytes = random_model_bytes(&gpt2(), dtype, 11).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
         for threads in [1, 2] {
@@ -191,6 +192,17 @@ fn gpt2_batch_logits_are_sessions() {
                 &format!("gpt2 {dtype:?} threads={threads}"),
             );
         }
+        // The reference twins' multi-vector products too (the default run uses the host's
+        // fastest set; `EMBER_KERNELS=avx2` runs this file with the AVX2 set).
+        let reference = SessionOptions {
+            reference_kernels: true,
+            ..opts(1)
+        };
+        check(
+            &model,
+            &reference,
+            &format!("gpt2 {dtype:?} reference kernels"),
+        );
     }
 }
 
@@ -198,7 +210,7 @@ fn gpt2_batch_logits_are_sessions() {
 fn family_batch_logits_are_sessions() {
     let _g = SERIAL.lock().unwrap();
     for name in ["llama3.2-1b", "qwen3-0.6b", "gemma3-270m"] {
-        for dtype in [DType::F32, DType::Q8] {
+        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
             let bytes = random_model_bytes(&family(name), dtype, 12).unwrap();
             let model = Model::from_bytes(&bytes).unwrap();
             for threads in [1, 2] {
@@ -306,7 +318,13 @@ fn join_rejects_bad_input_and_full_batch_and_context() {
 #[test]
 fn steps_allocate_nothing() {
     let _g = SERIAL.lock().unwrap();
-    for (dtype, threads) in [(DType::Q8, 1), (DType::Q8, 2), (DType::F16, 2)] {
+    for (dtype, threads) in [
+        (DType::Q8, 1),
+        (DType::Q8, 2),
+        (DType::F16, 2),
+        (DType::Q4, 1),
+        (DType::F32, 1),
+    ] {
         let bytes = random_model_bytes(&gpt2(), dtype, 15).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
         let session = SessionOptions {

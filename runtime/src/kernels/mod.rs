@@ -32,9 +32,18 @@
 //! - Determinism: for fixed inputs every kernel returns the same bits on every call, whatever the
 //!   thread count (each output is computed by one task in a fixed order). A token's row of a
 //!   [`Kernels::matmul`] does not depend on the other tokens of the batch either.
+//!   [`Kernels::matvec_multi_rows`] (batched decode: one weight matrix against B vectors,
+//!   `multi.rs`) gives each vector the bits of the same set's single-vector kernel.
 
 pub mod bandwidth;
 pub mod geometry;
+mod multi;
+#[cfg(target_arch = "x86_64")]
+mod multi_avx2;
+// The AVX-512 multi-vector decode kernels (same Rust >= 1.89 condition as below).
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+#[allow(clippy::incompatible_msrv)]
+mod multi_avx512;
 pub mod panel;
 pub mod panel_q8;
 pub mod peak;
@@ -46,6 +55,7 @@ pub mod q4_reference;
 #[cfg(target_arch = "x86_64")]
 mod q4_x86_64;
 pub mod reference;
+pub use multi::{Vectors, multi_scratch_len};
 pub use q4_matrix::Q4Matrix;
 
 #[cfg(target_arch = "aarch64")]

@@ -25,7 +25,7 @@ fn h2f(h: f16) -> f32 {
 /// The codebook in both 128-bit halves, for `pshufb`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn codebook() -> __m256i {
+pub(super) fn codebook() -> __m256i {
     let mut t = [0u8; 16];
     for (t, &c) in t.iter_mut().zip(&Q4_CODEBOOK) {
         *t = c as u8;
@@ -41,7 +41,7 @@ fn codebook() -> __m256i {
 /// `q` must be valid for reading 16 bytes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-unsafe fn block_weights(q: *const u8, table: __m256i) -> __m256i {
+pub(super) unsafe fn block_weights(q: *const u8, table: __m256i) -> __m256i {
     // SAFETY: the caller guarantees 16 readable bytes at `q`.
     let b = unsafe { _mm_loadu_si128(q.cast()) };
     let mask = _mm_set1_epi8(0x0F);
@@ -62,7 +62,7 @@ fn block_dot(wv: __m256i, xv: __m256i) -> __m256 {
 /// Σ of 8 lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
+pub(super) fn hsum(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))

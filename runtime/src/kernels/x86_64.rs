@@ -37,7 +37,7 @@ impl Avx2 {
 /// [Σ a, Σ b, Σ c, Σ d] of four 8-lane vectors.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
+pub(super) fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> __m128 {
     let ab = _mm256_hadd_ps(a, b);
     let cd = _mm256_hadd_ps(c, d);
     let abcd = _mm256_hadd_ps(ab, cd);
@@ -60,14 +60,14 @@ fn hsum(v: __m256) -> f32 {
 /// One f16 scale as f32, through F16C (half's portable conversion is ~18x slower).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn f16_to_f32(h: f16) -> f32 {
+pub(super) fn f16_to_f32(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
 }
 
 /// `[f32; 4]` from a vector.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn to_array4(v: __m128) -> [f32; 4] {
+pub(super) fn to_array4(v: __m128) -> [f32; 4] {
     let mut out = [0f32; 4];
     // SAFETY: `out` holds 4 f32; storeu has no alignment requirement.
     unsafe { _mm_storeu_ps(out.as_mut_ptr(), v) };
@@ -629,7 +629,7 @@ pub(super) fn dot_f32(_t: Avx2, a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
+pub(super) fn dot_f32_avx2(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [_mm256_setzero_ps(); 4];
@@ -658,7 +658,7 @@ pub(super) fn dot_f32_f16(_t: Avx2, a: &[f32], b: &[f16]) -> f32 {
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_f32_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
+pub(super) fn dot_f32_f16_avx2(a: &[f32], b: &[f16]) -> f32 {
     let n = a.len().min(b.len());
     let (a, b) = (&a[..n], &b[..n]);
     let mut acc = [_mm256_setzero_ps(); 4];

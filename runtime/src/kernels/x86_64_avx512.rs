@@ -75,7 +75,7 @@ pub(super) fn matvec_f16_rows(_t: Avx512, w: &[f16], x: &[f32], y: &mut [f32], r
 }
 
 /// A weight element type whose 16 consecutive elements load as 16 f32 lanes.
-trait Lanes: Copy {
+pub(super) trait Lanes: Copy {
     /// Elements `j .. j + n` (n ≤ 16) at `p + j` as f32, zero past n.
     ///
     /// # Safety
@@ -212,7 +212,7 @@ fn hsum_i32(v: __m256i) -> i32 {
 /// Σ of the 8 f32 lanes, in a fixed order.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn hsum_f32(v: __m256) -> f32 {
+pub(super) fn hsum_f32(v: __m256) -> f32 {
     let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps::<1>(s, s)))
@@ -328,7 +328,7 @@ unsafe fn matvec_q8q8_rows_vnni(q: &[i8], d: &[f16], xq: &[i8], xd: &[f32], y: &
 /// One f16 as f32 through F16C.
 #[inline]
 #[target_feature(enable = "avx2,f16c")]
-fn f16_to_f32(h: f16) -> f32 {
+pub(super) fn f16_to_f32(h: f16) -> f32 {
     _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
 }
 

@@ -8,22 +8,24 @@
 //! in [`Batch::new`]), so a slot's prompt goes through the session's own prefill, cut into
 //! chunks of `prefill_chunk` tokens that are interleaved with the running decodes (one chunk per
 //! [`Batch::step`]), and at the same cuts as [`Session::prefill`] makes. Decode is this module's:
-//! for each weight matrix, the row chunks ([`Chunks`], the cut single-sequence decode uses) are
-//! the outer loop and the B activation vectors the inner one, each chunk × vector computed by
-//! the same kernel call as [`Session::step`] makes on the same chunk. So a chunk of weights is
-//! read from memory once per step and stays in cache for the other vectors, and every sequence's
-//! arithmetic is unchanged: its logits are bit-identical to a lone session's (tests/batch.rs).
+//! each product's inputs are gathered from the active slots into one (B, W) buffer (and
+//! quantized by the same call as the single path for int8 and int4 weights), then its weight
+//! matrix is cut into the row chunks single-sequence decode uses ([`Chunks`]) and each chunk is
+//! multiplied by all B vectors in one call of [`Kernels::matvec_multi_rows`], which loads each
+//! weight into registers once for a group of vectors and gives every vector the bits of the
+//! kernel [`Session::step`] calls on the same chunk. So the weights are read from memory once
+//! per step, and every sequence's arithmetic is unchanged: its logits are bit-identical to a lone
+//! session's (tests/batch.rs).
 //!
 //! Threads: the G members claim chunks (then attention items, one per slot and KV group) from
 //! an atomic counter; results come back through a (B, R) buffer of atomics, copied into each
 //! slot's buffers by the calling thread. No `unsafe`, no allocation per step.
 
-use super::crew::{Chunks, fork};
-use super::decode::{Input, mat_rows};
+use super::crew::{Chunks, MAX_CHUNK_ROWS, fork};
 use super::gqa::{attend_group, group_rows, norm_rotate, store_token};
 use super::{Buffers, Ctx, Session, SessionOptions, Widths, embed};
 use crate::error::RuntimeError;
-use crate::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK};
+use crate::kernels::{Epilogue, Kernels, Mat, Q8_BLOCK, Vectors, multi_scratch_len};
 use crate::model::Model;
 use crate::sampler::Sampling;
 use emberlm_formats::config::{LAYERNORM_EPS, Mlp};
@@ -101,7 +103,13 @@ pub struct Batch<'m, 'a> {
     pool: Option<rayon::ThreadPool>,
     slots: Vec<Slot<'m, 'a>>,
     /// G per-thread scratch buffers (chunk outputs, up rows, attention scores).
-    lanes: Vec<Buffers>,
+    lanes: Vec<Lane>,
+    /// (B, Wf) the active slots' inputs of the current product, in f32 ...
+    xs: Vec<f32>,
+    /// ... and quantized for int8 / int4 weights: (B, Wf) quants ...
+    xqs: Vec<i8>,
+    /// ... and (B, Wf / 32) block scales.
+    xds: Vec<f32>,
     /// (B, R) a product's outputs, written by whichever member computed each chunk.
     shared: Vec<AtomicU32>,
     /// (B) slots decoded in this step.
@@ -168,7 +176,17 @@ impl<'m, 'a> Batch<'m, 'a> {
             kernels,
             #[cfg(feature = "parallel")]
             pool,
-            lanes: (0..g).map(|_| Buffers::new(1, w, scores)).collect(),
+            lanes: (0..g)
+                .map(|_| Lane {
+                    buf: Buffers::new(1, w, scores),
+                    y: vec![0.0; b * MAX_CHUNK_ROWS],
+                    up: vec![0.0; if w.up > 0 { b * MAX_CHUNK_ROWS } else { 0 }],
+                    scratch: vec![0; multi_scratch_len(b, w.ff)],
+                })
+                .collect(),
+            xs: vec![0.0; b * w.ff],
+            xqs: vec![0; b * w.ff],
+            xds: vec![0.0; b * w.ff.div_ceil(Q8_BLOCK)],
             shared: (0..b * r).map(|_| AtomicU32::new(0)).collect(),
             active: Vec::with_capacity(b),
             events: Vec::with_capacity(b),
@@ -444,6 +462,7 @@ impl<'m, 'a> Batch<'m, 'a> {
                 rope: &s.rope,
             };
             let rows = group_rows(&cx, g);
+            let lane = &mut lane.buf;
             let out = &mut lane.att[..rows.len()];
             let q = &s.lanes[0].qkv[..qd];
             let pos = s.tokens.len();
@@ -474,16 +493,17 @@ impl<'m, 'a> Batch<'m, 'a> {
             let hs = layout.group(g);
             p * c + hs.start * d..p * c + hs.end * d
         };
-        self.quantize(&w.qkv_w, Buf::Xn);
-        let (slots, active, shared) = (&self.slots, &self.active, &self.shared);
+        self.inputs(&w.qkv_w, Buf::Xn);
+        let nv = self.active.len();
+        let x = vectors(&self.xs, &self.xqs, &self.xds, (&w.qkv_w, nv, c));
+        let shared = &self.shared;
         run_items(&mut self.lanes, groups, &|g, lane| {
-            for (j, &i) in active.iter().enumerate() {
-                let b = &slots[i].s.lanes[0];
-                let x = input(&w.qkv_w, b, Buf::Xn, c);
-                for p in 0..3 {
-                    let r = part(p, g);
-                    let y = &mut lane.scores[..r.len()];
-                    mat_rows(&k, &w.qkv_w, x, y, r.start);
+            for p in 0..3 {
+                let r = part(p, g);
+                let n = r.len();
+                let y = &mut lane.y[..nv * n];
+                k.matvec_multi_rows(w.qkv_w, x, y, r.start, &mut lane.scratch);
+                for (j, y) in y.chunks_exact_mut(n).enumerate() {
                     if let Some(bias) = w.qkv_b {
                         k.add(y, &bias[r.clone()]);
                     }
@@ -500,6 +520,7 @@ impl<'m, 'a> Batch<'m, 'a> {
             let pos = s.tokens.len();
             let qkv = &s.lanes[0].qkv;
             let hg = layout.group(g).len();
+            let lane = &mut lane.buf;
             let out = &mut lane.att[..hg * d];
             let mut cache = s.kv.write(g);
             cache.store(layout.at(l, pos, hg), &qkv[part(1, g)], &qkv[part(2, g)]);
@@ -517,19 +538,23 @@ impl<'m, 'a> Batch<'m, 'a> {
         }
     }
 
-    /// Quantizes each active slot's `x` into its `xq`, `xd` when `w` is Q8.
-    fn quantize(&mut self, w: &Mat<'_>, x: Buf) {
-        if let Mat::Q8(_) | Mat::Q4(_) = w {
-            let k = self.kernels;
-            for &i in &self.active {
-                let b = &mut self.slots[i].s.lanes[0];
-                let n = x.len(self.model);
-                let src = match x {
-                    Buf::Xn => &b.xn[..n],
-                    Buf::Att => &b.att[..n],
-                    _ => &b.ff[..n],
-                };
-                k.quantize_q8(src, &mut b.xq[..n], &mut b.xd[..n.div_ceil(Q8_BLOCK)]);
+    /// Copies each active slot's buffer `x` into its row of `xs` (B, W) and, when `w` is Q8 or
+    /// Q4, quantizes it into `xqs`, `xds` by the single path's own call.
+    fn inputs(&mut self, w: &Mat<'_>, x: Buf) {
+        let k = self.kernels;
+        let n = x.len(self.model);
+        let nb = n.div_ceil(Q8_BLOCK);
+        for (j, &i) in self.active.iter().enumerate() {
+            let b = &self.slots[i].s.lanes[0];
+            let src = match x {
+                Buf::Xn => &b.xn[..n],
+                Buf::Att => &b.att[..n],
+                _ => &b.ff[..n],
+            };
+            self.xs[j * n..(j + 1) * n].copy_from_slice(src);
+            if let Mat::Q8(_) | Mat::Q4(_) = w {
+                let (q, d) = (&mut self.xqs[j * n..][..n], &mut self.xds[j * nb..][..nb]);
+                k.quantize_q8(src, q, d);
             }
         }
     }
@@ -545,26 +570,30 @@ impl<'m, 'a> Batch<'m, 'a> {
             // Chunked as int8, as decode does.
             Mat::Q4(w) => (w.rows(), 1),
         };
-        self.quantize(&job.w, x);
+        self.inputs(&job.w, x);
         let chunks = Chunks::new(rows, cols, elem);
-        let (slots, active, shared) = (&self.slots, &self.active, &self.shared);
+        let nv = self.active.len();
+        let x = vectors(&self.xs, &self.xqs, &self.xds, (&job.w, nv, cols));
+        let shared = &self.shared;
         run_items(&mut self.lanes, chunks.count(), &|c, lane| {
             let r = chunks.range(c);
-            for (j, &i) in active.iter().enumerate() {
-                let b = &slots[i].s.lanes[0];
-                let x = input(&job.w, b, x, cols);
-                let out = &mut lane.scores[..r.len()];
-                mat_rows(&k, &job.w, x, out, r.start);
-                k.epilogue(job.ep, r.clone(), out);
-                if let Some((w, act)) = job.up {
-                    let u = &mut lane.up[..r.len()];
-                    mat_rows(&k, &w, x, u, r.start);
-                    match act {
-                        Mlp::GeGlu => k.gelu_mul(out, u),
-                        _ => k.silu_mul(out, u),
-                    }
+            let n = r.len();
+            // (B, n): every active slot's outputs for the chunk's rows. The epilogue and the
+            // gate's activation are elementwise, so applying them to all slots at once gives
+            // each slot the bits of the single path.
+            let out = &mut lane.y[..nv * n];
+            k.matvec_multi_rows(job.w, x, out, r.start, &mut lane.scratch);
+            k.epilogue(job.ep, r.clone(), out);
+            if let Some((w, act)) = job.up {
+                let u = &mut lane.up[..nv * n];
+                k.matvec_multi_rows(w, x, u, r.start, &mut lane.scratch);
+                match act {
+                    Mlp::GeGlu => k.gelu_mul(out, u),
+                    _ => k.silu_mul(out, u),
                 }
-                put(shared, j * rows + r.start, out);
+            }
+            for (j, o) in out.chunks_exact(n).enumerate() {
+                put(shared, j * rows + r.start, o);
             }
         });
         if y == Buf::Logits {
@@ -605,6 +634,18 @@ fn residual_b(k: &Kernels, m: &Model<'_>, post: Option<&[f32]>, b: &mut Buffers)
         k.rmsnorm_in_place(&mut b.out, scale, &mut b.xn, m.config().norm_eps);
     }
     k.add(&mut b.x, &b.out);
+}
+
+/// One member thread's scratch.
+struct Lane {
+    /// Attention's buffers (`att`, `scores`, `gqa`).
+    buf: Buffers,
+    /// (B, P) a chunk's outputs for every active slot (P <= [`MAX_CHUNK_ROWS`]).
+    y: Vec<f32>,
+    /// (B, P) a gated MLP's up rows of the chunk (families only).
+    up: Vec<f32>,
+    /// The multi kernels' scratch ([`multi_scratch_len`] of B, Wf).
+    scratch: Vec<u8>,
 }
 
 /// A product of the batch: W, its epilogue, and a gated MLP's up matrix and activation.
@@ -660,19 +701,25 @@ impl Buf {
     }
 }
 
-/// Slot lane `b`'s buffer `x`, its first `cols` elements, as the input of a product with
-/// W = `w` (quantized already by [`Batch::quantize`] when `w` is Q8).
-fn input<'s>(w: &Mat<'_>, b: &'s Buffers, x: Buf, cols: usize) -> Input<'s> {
-    let x = match x {
-        Buf::Xn => &b.xn[..cols],
-        Buf::Att => &b.att[..cols],
-        _ => &b.ff[..cols],
-    };
+/// The B inputs gathered by [`Batch::inputs`] (each `cols` long) as the multi kernels take them
+/// for `w`.
+fn vectors<'s>(
+    xs: &'s [f32],
+    xqs: &'s [i8],
+    xds: &'s [f32],
+    (w, b, cols): (&Mat<'_>, usize, usize),
+) -> Vectors<'s> {
+    let nb = cols.div_ceil(Q8_BLOCK);
     let q = match w {
-        Mat::Q8(_) | Mat::Q4(_) => Some((&b.xq[..cols], &b.xd[..cols.div_ceil(Q8_BLOCK)])),
+        Mat::Q8(_) | Mat::Q4(_) => Some((&xqs[..b * cols], &xds[..b * nb])),
         _ => None,
     };
-    Input { x, q }
+    Vectors {
+        b,
+        c: cols,
+        x: &xs[..b * cols],
+        q,
+    }
 }
 
 fn put(shared: &[AtomicU32], at: usize, y: &[f32]) {
@@ -691,16 +738,16 @@ fn get(shared: &[AtomicU32], at: usize, y: &mut [f32]) {
 /// Runs items 0..n, each once, on the G lanes' threads (claimed from a shared counter); with
 /// one lane, in order on this thread. Returns when all are done (the join orders the shared
 /// output's relaxed stores before the caller's loads).
-fn run_items(lanes: &mut [Buffers], n: usize, f: &(dyn Fn(usize, &mut Buffers) + Sync)) {
+fn run_items(lanes: &mut [Lane], n: usize, f: &(dyn Fn(usize, &mut Lane) + Sync)) {
     let next = AtomicUsize::new(0);
     run_lanes(lanes, n, &next, f);
 }
 
 fn run_lanes(
-    lanes: &mut [Buffers],
+    lanes: &mut [Lane],
     n: usize,
     next: &AtomicUsize,
-    f: &(dyn Fn(usize, &mut Buffers) + Sync),
+    f: &(dyn Fn(usize, &mut Lane) + Sync),
 ) {
     let Some((lane, rest)) = lanes.split_first_mut() else {
         return;

@@ -1,0 +1,612 @@
+#![allow(unsafe_code)]
+//! AVX-512 multi-vector decode kernels (see [`super::multi`]): f32, f16, int8 × int8 and int4 ×
+//! int8 rows of
+//! one weight matrix against B activation vectors, each weight loaded into registers once for a
+//! group of vectors. Every (row, vector) output has the bits of the single-vector kernel in
+//! [`super::x86_64_avx512`]. Entry points take the [`Avx512`] token, which only its `detect`
+//! creates, so calling the `#[target_feature]` bodies is sound. Letters as in [`super::multi`].
+//!
+//! Rows advance together in the single kernels' four memory streams (rows i, Q + i, 2Q + i,
+//! 3Q + i of the first 4Q, Q = P / 4, then the rest one by one): a first version that finished
+//! one row before starting the next was bound by load latency (half the single kernel's speed
+//! at B = 2).
+
+use super::Q8Matrix;
+use super::q4_matrix::Q4Matrix;
+use super::x86_64_avx512::{Avx512, Lanes, f16_to_f32, hsum_f32};
+use core::arch::x86_64::*;
+use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, Q8_BLOCK, q4_nibble};
+use half::f16;
+
+/// Vectors per group of the f32 / f16 kernels (4 rows × 2 vectors × 2 accumulators = 16 zmm).
+const F_GROUP: usize = 2;
+/// Vectors per group of the int8 and int4 kernels (4 rows × 4 vectors of ymm accumulators).
+const Q_GROUP: usize = 4;
+
+/// `$f::<R, G>($args.., rows, $v)` for `rows` of 4 or 1 and G = `$g` in 1..=4.
+macro_rules! dispatch {
+    ($f:ident, $rows:expr, $g:expr, ($($a:expr),*), $v:expr) => {
+        match ($rows, $g) {
+            (&[r0, r1, r2, r3], 4) => $f::<4, 4>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 3) => $f::<4, 3>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 2) => $f::<4, 2>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], _) => $f::<4, 1>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0], 4) => $f::<1, 4>($($a),*, [r0], $v),
+            (&[r0], 3) => $f::<1, 3>($($a),*, [r0], $v),
+            (&[r0], 2) => $f::<1, 2>($($a),*, [r0], $v),
+            (&[r0], _) => $f::<1, 1>($($a),*, [r0], $v),
+            _ => unreachable!("four rows or one"),
+        }
+    };
+}
+
+// ------------------------------------------------------------------ f32 and f16
+
+pub(super) fn multi_f32(
+    _t: Avx512,
+    w: &[f32],
+    x: &[f32],
+    b: usize,
+    y: &mut [f32],
+    row_start: usize,
+) {
+    let (c, p) = (x.len() / b, y.len() / b);
+    assert!(
+        x.len() == b * c && (row_start + p) * c <= w.len(),
+        "avx512 multi_f32: lengths"
+    );
+    // SAFETY: the token proves the features; P rows of C from row_start are inside `w`, X is
+    // (B, C) and Y (B, P) (checked above).
+    unsafe { multi_512::<f32>(&w[row_start * c..], x, b, c, y) }
+}
+
+pub(super) fn multi_f16(
+    _t: Avx512,
+    w: &[f16],
+    x: &[f32],
+    b: usize,
+    y: &mut [f32],
+    row_start: usize,
+) {
+    let (c, p) = (x.len() / b, y.len() / b);
+    assert!(
+        x.len() == b * c && (row_start + p) * c <= w.len(),
+        "avx512 multi_f16: lengths"
+    );
+    // SAFETY: as in `multi_f32`.
+    unsafe { multi_512::<f16>(&w[row_start * c..], x, b, c, y) }
+}
+
+/// Y (B, P) for the P rows at the start of `w`: rows i, Q+i, 2Q+i, 3Q+i together (the single
+/// kernel's four memory streams), then the rest one by one; vectors in groups of [`F_GROUP`].
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; `w` holds P rows of C, x is (B, C), y is (B, P).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn multi_512<T: Lanes>(w: &[T], x: &[f32], b: usize, c: usize, y: &mut [f32]) {
+    let p = y.len() / b;
+    let q = p / 4;
+    let each = |rows: &[usize], y: &mut [f32]| {
+        let mut v = 0;
+        while v < b {
+            let g = (b - v).min(F_GROUP);
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
+            unsafe {
+                match (rows, g) {
+                    (&[r0, r1, r2, r3], 2) => {
+                        group_512::<T, 4, 2>(w, x, (c, p), y, [r0, r1, r2, r3], v)
+                    }
+                    (&[r0, r1, r2, r3], _) => {
+                        group_512::<T, 4, 1>(w, x, (c, p), y, [r0, r1, r2, r3], v)
+                    }
+                    (&[r0], 2) => group_512::<T, 1, 2>(w, x, (c, p), y, [r0], v),
+                    (&[r0], _) => group_512::<T, 1, 1>(w, x, (c, p), y, [r0], v),
+                    _ => unreachable!("four rows or one"),
+                }
+            }
+            v += g;
+        }
+    };
+    for i in 0..q {
+        each(&[i, q + i, 2 * q + i, 3 * q + i], y);
+    }
+    for r in 4 * q..p {
+        each(&[r], y);
+    }
+}
+
+/// Rows `rows` against vectors v0 .. v0 + G: the single kernel's per-row sequence (two 16-lane
+/// accumulators over steps of 32 columns, masked tails, one `reduce_add`) for every pair.
+///
+/// # Safety
+/// As [`multi_512`]; every row < P and v0 + G <= B.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn group_512<T: Lanes, const R: usize, const G: usize>(
+    w: &[T],
+    x: &[f32],
+    (c, p): (usize, usize),
+    y: &mut [f32],
+    rows: [usize; R],
+    v0: usize,
+) {
+    let zero = _mm512_setzero_ps();
+    // acc[g][k]: vector v0 + g, row rows[k].
+    let mut acc = [[[zero; 2]; R]; G];
+    // Columns j .. j + m0 and j + 16 .. j + 16 + m1 (m1 = 0: none).
+    let mut step = |j: usize, m0: usize, m1: usize| {
+        // SAFETY: those columns are inside each row (rows < P, the caller's guarantee) and
+        // inside each vector's C.
+        unsafe {
+            let wv: [[__m512; 2]; R] = std::array::from_fn(|k| {
+                let p = w.as_ptr().add(rows[k] * c);
+                let w1 = if m1 > 0 {
+                    T::load16(p, j + 16, m1)
+                } else {
+                    zero
+                };
+                [T::load16(p, j, m0), w1]
+            });
+            for (g, ag) in acc.iter_mut().enumerate() {
+                let xp = x.as_ptr().add((v0 + g) * c);
+                let x0 = f32::load16(xp, j, m0);
+                let x1 = if m1 > 0 {
+                    f32::load16(xp, j + 16, m1)
+                } else {
+                    zero
+                };
+                for (a, wk) in ag.iter_mut().zip(&wv) {
+                    a[0] = _mm512_fmadd_ps(wk[0], x0, a[0]);
+                    if m1 > 0 {
+                        a[1] = _mm512_fmadd_ps(wk[1], x1, a[1]);
+                    }
+                }
+            }
+        }
+    };
+    let mut j = 0;
+    while j + 32 <= c {
+        step(j, 16, 16);
+        j += 32;
+    }
+    if j < c {
+        step(j, (c - j).min(16), (c - j).saturating_sub(16).min(16));
+    }
+    for (g, ag) in acc.iter().enumerate() {
+        for (a, &r) in ag.iter().zip(&rows) {
+            y[(v0 + g) * p + r] = _mm512_reduce_add_ps(_mm512_add_ps(a[0], a[1]));
+        }
+    }
+}
+
+// ------------------------------------------------------------------ int8 x int8
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn multi_q8q8(
+    _t: Avx512,
+    w: Q8Matrix<'_>,
+    (xq, xd): (&[i8], &[f32]),
+    b: usize,
+    y: &mut [f32],
+    row_start: usize,
+    scratch: &mut [u8],
+) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    let p = y.len() / b;
+    assert!(
+        xq.len() == b * c
+            && xd.len() == b * nb
+            && y.len() == b * p
+            && row_start + p <= w.rows()
+            && scratch.len() >= b * c,
+        "avx512 multi_q8q8: lengths"
+    );
+    let (q, d) = (
+        &w.quants()[row_start * c..(row_start + p) * c],
+        &w.scales()[row_start * nb..(row_start + p) * nb],
+    );
+    let xt = &mut scratch[..b * c];
+    // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB).
+    unsafe {
+        prepare_x(xq, xt, c);
+        multi_q8q8_vnni(q, d, (xq, xd, &*xt), b, c, y);
+    }
+}
+
+/// The four blocks of a quad transposed as 4 × 4 dwords within each 128-bit half: vector i
+/// holds dword i of blocks 0..4 in its low half and dword 4 + i of blocks 0..4 in its high half.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose(m: [__m256i; 4]) -> [__m256i; 4] {
+    let t0 = _mm256_unpacklo_epi32(m[0], m[1]);
+    let t1 = _mm256_unpackhi_epi32(m[0], m[1]);
+    let t2 = _mm256_unpacklo_epi32(m[2], m[3]);
+    let t3 = _mm256_unpackhi_epi32(m[2], m[3]);
+    [
+        _mm256_unpacklo_epi64(t0, t2),
+        _mm256_unpackhi_epi64(t0, t2),
+        _mm256_unpacklo_epi64(t1, t3),
+        _mm256_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// xt ← each vector's whole quads (128 columns) [`transpose`]d and offset by +128 (as unsigned
+/// bytes, for `vpdpbusd`); the columns past the last whole quad are left alone.
+///
+/// # Safety
+/// The CPU must have AVX2; xq and xt are (B, C).
+#[target_feature(enable = "avx2")]
+unsafe fn prepare_x(xq: &[i8], xt: &mut [u8], c: usize) {
+    let flip = _mm256_set1_epi8(-128);
+    let quads = c / (4 * Q8_BLOCK);
+    for (xv, tv) in xq.chunks_exact(c.max(1)).zip(xt.chunks_exact_mut(c.max(1))) {
+        for g in 0..quads {
+            // SAFETY: quad g is columns 128g .. 128g + 128 of both vectors (C long).
+            unsafe {
+                let m = std::array::from_fn(|k| {
+                    _mm256_loadu_si256(xv.as_ptr().add(128 * g + 32 * k).cast())
+                });
+                for (i, v) in transpose(m).into_iter().enumerate() {
+                    let o = tv.as_mut_ptr().add(128 * g + 32 * i);
+                    _mm256_storeu_si256(o.cast(), _mm256_xor_si256(v, flip));
+                }
+            }
+        }
+    }
+}
+
+/// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows one at a time in
+/// the four-stream order, vectors in groups of [`Q_GROUP`].
+///
+/// The single kernel (`matvec_q8q8_rows_vnni`) packs, for each quad of four blocks, the two
+/// exact half-block sums of each block as `[a0, a1, a2, a3, b0, b1, b2, b3]` (a: columns 0..16
+/// of a block, b: 16..32) by `vphaddd`, converts them to f32 and multiply-adds them by (weight
+/// scale · activation scale) into one accumulator, reduced at the row's end. Here the weights of
+/// a quad are transposed once per row ([`transpose`]) and the activations once per call
+/// ([`prepare_x`]), so four chained `vpdpbusd` put exactly those eight sums in those lanes
+/// without any horizontal add: each vector costs four `vpdpbusd`, a conversion, a multiply and
+/// a multiply-add per quad. The activations enter offset by +128, so each lane starts at
+/// −128 · Σ w over its 16 weights, computed once per row and quad for every vector. The
+/// integer sums equal the single kernel's, and every f32 operation is the same, in the same
+/// order: the bits match.
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq and xt (B, C)
+/// with xt from [`prepare_x`], xd (B, NB), y (B, P).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn multi_q8q8_vnni(
+    q: &[i8],
+    d: &[f16],
+    x: (&[i8], &[f32], &[u8]),
+    b: usize,
+    c: usize,
+    y: &mut [f32],
+) {
+    let p = y.len() / b;
+    let qn = p / 4;
+    let each = |rows: &[usize], y: &mut [f32]| {
+        let mut v = 0;
+        while v < b {
+            let g = (b - v).min(Q_GROUP);
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
+            unsafe { dispatch!(group_q8, rows, g, (q, d, x, (c, p), y), v) }
+            v += g;
+        }
+    };
+    for i in 0..qn {
+        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
+    }
+    for r in 4 * qn..p {
+        each(&[r], y);
+    }
+}
+
+/// Rows `rows` (four streams, or one row) against vectors v0 .. v0 + G (see
+/// [`multi_q8q8_vnni`]): per quad, each row's weights are loaded and transposed once and used
+/// for every vector; the rows advance together, as the single kernel's four memory streams.
+///
+/// # Safety
+/// As [`multi_q8q8_vnni`]; every row < P, v0 + G <= B.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn group_q8<const R: usize, const G: usize>(
+    q: &[i8],
+    d: &[f16],
+    (xq, xd, xt): (&[i8], &[f32], &[u8]),
+    (c, p): (usize, usize),
+    y: &mut [f32],
+    rows: [usize; R],
+    v0: usize,
+) {
+    let nb = c.div_ceil(Q8_BLOCK);
+    let quads = c / (4 * Q8_BLOCK);
+    let flip = _mm256_set1_epi8(-128);
+    let zero = _mm256_setzero_si256();
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
+    for g in 0..quads {
+        for (ak, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r and of each vector's
+            // xt, scales 4g .. 4g + 4 of the row's and of each vector's NB.
+            unsafe {
+                let wp = q.as_ptr().add(r * c + 128 * g);
+                let wt = transpose(std::array::from_fn(|k| {
+                    _mm256_loadu_si256(wp.add(32 * k).cast())
+                }));
+                let mut s = zero;
+                for wi in wt {
+                    s = _mm256_dpbusd_epi32(s, flip, wi);
+                }
+                let corr = _mm256_sub_epi32(zero, s);
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let dw = _mm256_cvtph_ps(_mm_set1_epi64x(h));
+                for (k, a) in ak.iter_mut().enumerate() {
+                    let v = v0 + k;
+                    let xp = xt.as_ptr().add(v * c + 128 * g);
+                    let mut s = corr;
+                    for (i, wi) in wt.iter().enumerate() {
+                        let xv = _mm256_loadu_si256(xp.add(32 * i).cast());
+                        s = _mm256_dpbusd_epi32(s, xv, *wi);
+                    }
+                    let x4 = _mm_loadu_ps(xd.as_ptr().add(v * nb + 4 * g));
+                    let sc = _mm256_mul_ps(dw, _mm256_set_m128(x4, x4));
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, *a);
+                }
+            }
+        }
+    }
+    for (ak, &r) in acc.iter().zip(&rows) {
+        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
+        for (k, a) in ak.iter().enumerate() {
+            let v = v0 + k;
+            let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+            let mut t = hsum_f32(*a);
+            for blk in 4 * quads..nb {
+                let j = blk * Q8_BLOCK;
+                let end = (j + Q8_BLOCK).min(c);
+                let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
+                t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+            }
+            y[v * p + r] = t;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ int4 x int8
+
+pub(super) fn multi_q4q8(
+    _t: Avx512,
+    w: Q4Matrix<'_>,
+    (xq, xd): (&[i8], &[f32]),
+    b: usize,
+    y: &mut [f32],
+    row_start: usize,
+    scratch: &mut [u8],
+) {
+    let (c, nb) = (w.cols(), w.blocks_per_row());
+    let p = y.len() / b;
+    let quads = c / (4 * Q4_BLOCK);
+    assert!(
+        xq.len() == b * c
+            && xd.len() == b * nb
+            && y.len() == b * p
+            && row_start + p <= w.rows()
+            && scratch.len() >= b * c + b * quads * 32,
+        "avx512 multi_q4q8: lengths"
+    );
+    let rb = nb * Q4_BLOCK_BYTES;
+    let (q, d) = (
+        &w.quants()[row_start * rb..(row_start + p) * rb],
+        &w.scales()[row_start * nb..(row_start + p) * nb],
+    );
+    let (xt, xs) = scratch[..b * c + b * quads * 32].split_at_mut(b * c);
+    // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB),
+    // xs holds B · quads · 32 bytes.
+    unsafe {
+        prepare_x4((xq, xd), (xt, xs), c);
+        multi_q4q8_vnni(q, d, (xq, xd, &*xt, &*xs), b, c, y);
+    }
+}
+
+/// Y (B, P) for the P rows of an int4 matrix (q: NB · 16 bytes a row, d: NB scales a row); rows
+/// one at a time in the four-stream order, vectors in groups of [`Q_GROUP`] ([`group_q4`]).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; xt and xs from [`prepare_x4`], xq (B, C), xd
+/// (B, NB), y (B, P).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn multi_q4q8_vnni(
+    q: &[u8],
+    d: &[f16],
+    x: (&[i8], &[f32], &[u8], &[u8]),
+    b: usize,
+    c: usize,
+    y: &mut [f32],
+) {
+    let p = y.len() / b;
+    let qn = p / 4;
+    let each = |rows: &[usize], y: &mut [f32]| {
+        let mut v = 0;
+        while v < b {
+            let g = (b - v).min(Q_GROUP);
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
+            unsafe { dispatch!(group_q4, rows, g, (q, d, x, (c, p), y), v) }
+            v += g;
+        }
+    };
+    for i in 0..qn {
+        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
+    }
+    for r in 4 * qn..p {
+        each(&[r], y);
+    }
+}
+
+/// Two vectors' 32-bit lanes shuffled within each 128-bit half: `[a0, a2, b0, b2]` (`EVEN`) or
+/// `[a1, a3, b1, b3]` (`ODD`).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn pick<const IMM: i32>(a: __m256i, b: __m256i) -> __m256i {
+    _mm256_castps_si256(_mm256_shuffle_ps::<IMM>(
+        _mm256_castsi256_ps(a),
+        _mm256_castsi256_ps(b),
+    ))
+}
+const EVEN: i32 = 0b10_00_10_00;
+const ODD: i32 = 0b11_01_11_01;
+
+/// For the int4 kernel: xt ← each vector's whole quads rearranged (see [`group_q4`]) and offset
+/// by +128; xs ← each quad's activation scales in the single kernel's packed order
+/// `[x0, x0, x2, x2, x1, x1, x3, x3]` (8 f32 per vector and quad).
+///
+/// # Safety
+/// The CPU must have AVX2; xq and xt are (B, C), xd (B, NB), xs B · quads · 32 bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn prepare_x4((xq, xd): (&[i8], &[f32]), (xt, xs): (&mut [u8], &mut [u8]), c: usize) {
+    let flip = _mm256_set1_epi8(-128);
+    let quads = c / (4 * Q4_BLOCK);
+    let nb = c.div_ceil(Q4_BLOCK);
+    let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+    for (v, (xv, tv)) in xq
+        .chunks_exact(c.max(1))
+        .zip(xt.chunks_exact_mut(c.max(1)))
+        .enumerate()
+    {
+        for g in 0..quads {
+            // SAFETY: quad g is columns 128g .. 128g + 128 of both vectors (C long), scales
+            // 4g .. 4g + 4 of the vector's NB, bytes (v·quads + g)·32 .. + 32 of xs.
+            unsafe {
+                let m: [__m256i; 4] = std::array::from_fn(|k| {
+                    _mm256_loadu_si256(xv.as_ptr().add(128 * g + 32 * k).cast())
+                });
+                // pairs[h]: x aligned with the unpacked weights of blocks 2h, 2h + 1: elements
+                // 0..16 of both, then 16..32 of both.
+                let pairs: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+                    let (a, b) = (m[2 * h], m[2 * h + 1]);
+                    [
+                        _mm256_permute2x128_si256::<0x20>(a, b),
+                        _mm256_permute2x128_si256::<0x31>(a, b),
+                    ]
+                });
+                let t = [
+                    pick::<EVEN>(pairs[0][0], pairs[1][0]),
+                    pick::<ODD>(pairs[0][0], pairs[1][0]),
+                    pick::<EVEN>(pairs[0][1], pairs[1][1]),
+                    pick::<ODD>(pairs[0][1], pairs[1][1]),
+                ];
+                for (i, t) in t.into_iter().enumerate() {
+                    let o = tv.as_mut_ptr().add(128 * g + 32 * i);
+                    _mm256_storeu_si256(o.cast(), _mm256_xor_si256(t, flip));
+                }
+                let s = _mm256_castps128_ps256(_mm_loadu_ps(xd.as_ptr().add(v * nb + 4 * g)));
+                let s = _mm256_permutevar8x32_ps(s, order);
+                _mm256_storeu_ps(xs.as_mut_ptr().add((v * quads + g) * 32).cast(), s);
+            }
+        }
+    }
+}
+
+/// Rows `rows` (four streams, or one row) of an int4 matrix against vectors v0 .. v0 + G.
+///
+/// The single kernel (`matvec_q4q8_rows_vnni`) packs, for each quad of four blocks A, B, C, D,
+/// two exact partial sums per block as `[A1, A2, C1, C2, B1, B2, D1, D2]` (1: a block's elements
+/// 0..8 and 16..24, 2: 8..16 and 24..32) by `vphaddd`. Here the codebook lookup's bytes are
+/// rearranged once per row and quad ([`pick`]) and the activations once per call
+/// ([`prepare_x4`]) so that four chained `vpdpbusd` leave those exact sums in those lanes. The
+/// activations enter offset by +128 against the signed codebook levels, so each lane starts at
+/// −128 · Σ w over its 16 weights (once per row and quad). The f32 operations are the single
+/// kernel's, in its order.
+///
+/// # Safety
+/// As [`multi_q4q8_vnni`]: every row < P, v0 + G <= B, xt and xs from [`prepare_x4`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn group_q4<const R: usize, const G: usize>(
+    q: &[u8],
+    d: &[f16],
+    (xq, xd, xt, xs): (&[i8], &[f32], &[u8], &[u8]),
+    (c, p): (usize, usize),
+    y: &mut [f32],
+    rows: [usize; R],
+    v0: usize,
+) {
+    let nb = c.div_ceil(Q4_BLOCK);
+    let rb = nb * Q4_BLOCK_BYTES;
+    let full = c / Q4_BLOCK;
+    let quads = full / 4;
+    // SAFETY: Q4_CODEBOOK is 16 readable bytes.
+    let table =
+        unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(Q4_CODEBOOK.as_ptr().cast())) };
+    let flip = _mm256_set1_epi8(-128);
+    let low = _mm256_set1_epi8(0x0F);
+    let zero = _mm256_setzero_si256();
+    let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+    let mut acc = [[_mm256_setzero_ps(); G]; R];
+    for g in 0..quads {
+        for (ak, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: quad g is whole: bytes 64g .. 64g + 64 of row r, 128g .. 128g + 128 of
+            // each vector's xt, 32 bytes of xs per vector, scales 4g .. 4g + 4 of the row.
+            unsafe {
+                let wp = q.as_ptr().add(r * rb + 64 * g);
+                let un: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
+                    let v = _mm256_loadu_si256(wp.add(32 * h).cast());
+                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), low);
+                    [
+                        _mm256_shuffle_epi8(table, _mm256_and_si256(v, low)),
+                        _mm256_shuffle_epi8(table, hi),
+                    ]
+                });
+                let wt = [
+                    pick::<EVEN>(un[0][0], un[1][0]),
+                    pick::<ODD>(un[0][0], un[1][0]),
+                    pick::<EVEN>(un[0][1], un[1][1]),
+                    pick::<ODD>(un[0][1], un[1][1]),
+                ];
+                let mut s = zero;
+                for wi in wt {
+                    s = _mm256_dpbusd_epi32(s, flip, wi);
+                }
+                let corr = _mm256_sub_epi32(zero, s);
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let dw = _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set1_epi64x(h)), order);
+                for (k, a) in ak.iter_mut().enumerate() {
+                    let v = v0 + k;
+                    let xp = xt.as_ptr().add(v * c + 128 * g);
+                    let mut s = corr;
+                    for (i, wi) in wt.iter().enumerate() {
+                        let xv = _mm256_loadu_si256(xp.add(32 * i).cast());
+                        s = _mm256_dpbusd_epi32(s, xv, *wi);
+                    }
+                    let xsv = _mm256_loadu_ps(xs.as_ptr().add((v * quads + g) * 32).cast());
+                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xsv), *a);
+                }
+            }
+        }
+    }
+    for (ak, &r) in acc.iter().zip(&rows) {
+        let (qr, dr) = (&q[r * rb..(r + 1) * rb], &d[r * nb..(r + 1) * nb]);
+        for (k, a) in ak.iter().enumerate() {
+            let v = v0 + k;
+            let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+            let mut t = hsum_f32(*a);
+            for blk in 4 * quads..nb {
+                let block = &qr[blk * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
+                let j0 = blk * Q4_BLOCK;
+                let s: i32 = (j0..(j0 + Q4_BLOCK).min(c))
+                    .map(|j| {
+                        i32::from(Q4_CODEBOOK[q4_nibble(block, j - j0) as usize]) * i32::from(xv[j])
+                    })
+                    .sum();
+                t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+            }
+            y[v * p + r] = t;
+        }
+    }
+}
