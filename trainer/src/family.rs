@@ -11,6 +11,7 @@
 //! Q = H·D, K = Hkv·D, F MLP hidden units, V vocabulary.
 
 use crate::adamw::{DecayMask, DecayPolicy};
+use crate::gemm::{MatMut, MatRef, Parallelism, matmul as mm};
 use crate::layers::crossentropy::{self, IGNORE_INDEX};
 use crate::layers::glu::{self, Gate};
 use crate::layers::{gqa, matmul, rmsnorm, rope};
@@ -116,6 +117,8 @@ struct Saved {
     h: Vec<f32>,
     down: Vec<f32>,
     prstd2: Vec<f32>,
+    /// x·Aᵀ of each adapted projection (q, k, v, o, gate, up, down; empty when not adapted).
+    u: [Vec<f32>; 7],
 }
 
 /// The result of [`forward_backward`].
@@ -123,7 +126,7 @@ struct Saved {
 pub struct Step {
     /// Mean cross-entropy over the non-ignored targets.
     pub loss: f64,
-    /// Logits (N, V), before the loss.
+    /// Logits (N, V), before the loss (empty after a LoRA training pass).
     pub logits: Vec<f32>,
 }
 
@@ -162,7 +165,7 @@ pub fn forward_backward(
     targets: &[i32],
     b: usize,
 ) -> Step {
-    run(layout, params, Some(grads), tokens, targets, b)
+    run(layout, params, Some(grads), None, None, tokens, targets, b)
 }
 
 /// The loss (and logits) of `tokens` against `targets` as [`forward_backward`] computes them,
@@ -174,13 +177,246 @@ pub fn forward_loss(
     targets: &[i32],
     b: usize,
 ) -> Step {
-    run(layout, params, None, tokens, targets, b)
+    run(layout, params, None, None, None, tokens, targets, b)
 }
 
+/// LoRA adapters that the forward and backward run directly ([`FamilyModel::attach_lora`]): the
+/// adapted weight W (O, I) is W0 + s·B·A, with W0 the model's own (frozen) parameters, A (R, I)
+/// and B (O, R) in `params`. The forward computes y = x·W0ᵀ + s·(x·Aᵀ)·Bᵀ (two thin products
+/// beside the frozen one), the backward dX = dY·W0 + s·(dY·B)·A, dB = s·dYᵀ·(x·Aᵀ) and
+/// dA = s·(dY·B)ᵀ·x, and neither forms W nor computes any gradient of the frozen parameters: no
+/// full-size gradient buffer and no second copy of W0 exist. An adapted token embedding (V, C) is
+/// a lookup, x = (E0[tok] + s·B[tok]·A)·scale; a tied head uses the embedding's adapter.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Lora {
+    /// s = α/R.
+    pub scale: f32,
+    /// The adapted matrices.
+    pub adapters: Vec<LoraAdapter>,
+    /// A then B of each adapter, at the adapter's ranges.
+    pub params: Vec<f32>,
+    /// Their gradients (same layout), accumulated by every training batch.
+    pub grads: Vec<f32>,
+}
+
+/// One adapted matrix of a [`Lora`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LoraAdapter {
+    /// The matrix's role (a linear layer, the head or the token embedding)…
+    pub role: Role,
+    /// …and block.
+    pub layer: Option<usize>,
+    /// O.
+    pub out_features: usize,
+    /// I.
+    pub in_features: usize,
+    /// A (R, I) in [`Lora::params`].
+    pub a: Range<usize>,
+    /// B (O, R) in [`Lora::params`].
+    pub b: Range<usize>,
+}
+
+/// A [`Lora`]'s adapters and parameters, borrowed apart from its gradients.
+#[derive(Clone, Copy)]
+struct LoraRef<'a> {
+    scale: f32,
+    adapters: &'a [LoraAdapter],
+    params: &'a [f32],
+}
+
+/// One adapter as the kernels use it: A (R, I), B (O, R), s.
+#[derive(Clone, Copy)]
+struct Adapted<'a> {
+    ad: &'a LoraAdapter,
+    a: &'a [f32],
+    b: &'a [f32],
+    scale: f32,
+}
+
+impl<'a> LoraRef<'a> {
+    fn find(self, role: Role, layer: Option<usize>) -> Option<Adapted<'a>> {
+        let ad = self
+            .adapters
+            .iter()
+            .find(|a| a.role == role && a.layer == layer)?;
+        Some(Adapted {
+            ad,
+            a: &self.params[ad.a.clone()],
+            b: &self.params[ad.b.clone()],
+            scale: self.scale,
+        })
+    }
+}
+
+impl Adapted<'_> {
+    fn rank(&self) -> usize {
+        self.ad.a.len() / self.ad.in_features
+    }
+}
+
+/// out (N, O) = inp (N, I) · W0ᵀ + bias, plus s·(inp·Aᵀ)·Bᵀ with an adapter. Returns
+/// u = inp·Aᵀ (N, R), which the backward needs (empty without an adapter).
+fn linear_forward(
+    out: &mut [f32],
+    inp: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    i: usize,
+    ad: Option<Adapted<'_>>,
+) -> Vec<f32> {
+    matmul::forward(out, inp, w, bias, i);
+    let Some(ad) = ad else {
+        return Vec::new();
+    };
+    let (n, o, r) = (inp.len() / i, ad.ad.out_features, ad.rank());
+    let par = Parallelism::current();
+    let mut u = vec![0.0f32; n * r];
+    // u (N, R) = x (N, I) · Aᵀ (I, R)
+    mm(
+        &mut MatMut::row_major(&mut u, n, r),
+        0.0,
+        MatRef::row_major(inp, n, i),
+        MatRef::row_major(ad.a, r, i).t(),
+        1.0,
+        par,
+    );
+    // y (N, O) += s · u (N, R) · Bᵀ (R, O)
+    mm(
+        &mut MatMut::row_major(out, n, o),
+        1.0,
+        MatRef::row_major(&u, n, r),
+        MatRef::row_major(ad.b, o, r).t(),
+        ad.scale,
+        par,
+    );
+    u
+}
+
+/// The gradient buffers of a backward pass: the frozen parameters' (`base`: the full layout,
+/// `None` when they are frozen) and the adapters'.
+struct GradSink<'g> {
+    base: Option<&'g mut [f32]>,
+    lora: Option<&'g mut [f32]>,
+    /// Where a frozen norm's scale gradient goes (discarded).
+    scratch: Vec<f32>,
+}
+
+impl GradSink<'_> {
+    /// The gradient of the tensor at `r` (of a frozen one when `base` is `None`: scratch space).
+    fn part(&mut self, r: Range<usize>) -> &mut [f32] {
+        match &mut self.base {
+            Some(g) => &mut g[r],
+            None => {
+                self.scratch.clear();
+                self.scratch.resize(r.len(), 0.0);
+                &mut self.scratch
+            }
+        }
+    }
+}
+
+/// Backward of [`linear_forward`] (`u` its result): dinp (N, I) is overwritten when asked for;
+/// with base gradients dW += doutᵀ·inp and dbias += Σ dout at `wr` and `br`; with an adapter
+/// (and adapter gradients) dB += s·doutᵀ·u, dA += s·(dout·B)ᵀ·inp and dinp += s·(dout·B)·A.
+#[allow(clippy::too_many_arguments)]
+fn linear_backward(
+    mut dinp: Option<&mut [f32]>,
+    g: &mut GradSink<'_>,
+    wr: Range<usize>,
+    br: Option<Range<usize>>,
+    dout: &[f32],
+    inp: &[f32],
+    w: &[f32],
+    i: usize,
+    ad: Option<Adapted<'_>>,
+    u: &[f32],
+) {
+    let n = inp.len() / i;
+    let o = w.len() / i;
+    let par = Parallelism::current();
+    if let Some(base) = g.base.as_deref_mut() {
+        let mut tmp = Vec::new();
+        let d = match dinp.as_deref_mut() {
+            Some(d) => d,
+            None => {
+                tmp.resize(n * i, 0.0);
+                &mut tmp[..]
+            }
+        };
+        match br {
+            Some(br) => {
+                let (gw, gb) = two_mut(base, wr, br);
+                matmul::backward(d, gw, Some(gb), dout, inp, w, i);
+            }
+            None => matmul::backward(d, &mut base[wr], None, dout, inp, w, i),
+        }
+    } else if let Some(d) = dinp.as_deref_mut() {
+        // forward: out = inp · W0ᵀ  ⇒  dinp = dout · W0 (W0 frozen: no dW0)
+        mm(
+            &mut MatMut::row_major(d, n, i),
+            0.0,
+            MatRef::row_major(dout, n, o),
+            MatRef::row_major(w, o, i),
+            1.0,
+            par,
+        );
+    }
+    let (Some(ad), Some(lg)) = (ad, g.lora.as_deref_mut()) else {
+        return;
+    };
+    let r = ad.rank();
+    let mut v = vec![0.0f32; n * r];
+    // forward: out += s · u · Bᵀ  ⇒  v (N, R) = dout (N, O) · B (O, R) is ∂L/∂u / s
+    mm(
+        &mut MatMut::row_major(&mut v, n, r),
+        0.0,
+        MatRef::row_major(dout, n, o),
+        MatRef::row_major(ad.b, o, r),
+        1.0,
+        par,
+    );
+    let (ga, gb) = two_mut(lg, ad.ad.a.clone(), ad.ad.b.clone());
+    // forward: out += s · u · Bᵀ  ⇒  dB (O, R) += s · doutᵀ (O, N) · u (N, R)
+    mm(
+        &mut MatMut::row_major(gb, o, r),
+        1.0,
+        MatRef::row_major(dout, n, o).t(),
+        MatRef::row_major(u, n, r),
+        ad.scale,
+        par,
+    );
+    // forward: u = inp · Aᵀ  ⇒  dA (R, I) += s · vᵀ (R, N) · inp (N, I)
+    mm(
+        &mut MatMut::row_major(ga, r, i),
+        1.0,
+        MatRef::row_major(&v, n, r).t(),
+        MatRef::row_major(inp, n, i),
+        ad.scale,
+        par,
+    );
+    // forward: u = inp · Aᵀ  ⇒  dinp (N, I) += s · v (N, R) · A (R, I)
+    if let Some(d) = dinp {
+        mm(
+            &mut MatMut::row_major(d, n, i),
+            1.0,
+            MatRef::row_major(&v, n, r),
+            MatRef::row_major(ad.a, r, i),
+            ad.scale,
+            par,
+        );
+    }
+}
+
+/// The forward pass, and with `grads` (every parameter's, the layout's) and/or `lora_grads` (the
+/// adapters' of `lora`) the backward, which adds to them. Without `grads` the base is frozen:
+/// its gradients are never computed.
+#[allow(clippy::too_many_arguments)]
 fn run(
     layout: &Layout,
     params: &[f32],
     grads: Option<&mut [f32]>,
+    lora: Option<LoraRef<'_>>,
+    lora_grads: Option<&mut [f32]>,
     tokens: &[u32],
     targets: &[i32],
     b: usize,
@@ -193,6 +429,9 @@ fn run(
             && targets.len() == n
             && params.len() == layout.len
             && grads.as_ref().is_none_or(|g| g.len() == layout.len)
+            && lora_grads
+                .as_ref()
+                .is_none_or(|g| lora.is_some_and(|l| g.len() == l.params.len()))
     );
     let (c, d, hq, hk) = (cfg.dim, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
     // V: the vocabulary, or K for a classifier.
@@ -224,14 +463,25 @@ fn run(
     };
     let p = |role, l| layout.need(params, role, l);
     let opt = |role, l| layout.get(params, role, l);
+    let ad = |role, l| lora.and_then(|x| x.find(role, l));
 
-    // Embedding × scale.
+    // Embedding × scale (an adapted embedding: row tok of E0 + s·B·A).
     let wte = p(Role::TokEmb, None);
+    let emb_ad = ad(Role::TokEmb, None);
     let mut x = vec![0.0f32; n * c];
     for (row, &tok) in x.chunks_exact_mut(c).zip(tokens) {
-        for (o, &e) in row.iter_mut().zip(&wte[tok as usize * c..][..c]) {
-            *o = e * cfg.embed_scale;
+        let tok = tok as usize;
+        row.copy_from_slice(&wte[tok * c..][..c]);
+        if let Some(e) = emb_ad {
+            let r = e.rank();
+            for (k, &bk) in e.b[tok * r..][..r].iter().enumerate() {
+                let coef = e.scale * bk;
+                for (o, &a) in row.iter_mut().zip(&e.a[k * c..][..c]) {
+                    *o += coef * a;
+                }
+            }
         }
+        row.iter_mut().for_each(|o| *o *= cfg.embed_scale);
     }
     let mut saved: Vec<Saved> = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
@@ -253,9 +503,30 @@ fn run(
         s.qraw = vec![0.0; n * qd];
         s.kraw = vec![0.0; n * kd];
         s.v = vec![0.0; n * kd];
-        matmul::forward(&mut s.qraw, &s.xn1, p(Role::Q, ly), opt(Role::QBias, ly), c);
-        matmul::forward(&mut s.kraw, &s.xn1, p(Role::K, ly), opt(Role::KBias, ly), c);
-        matmul::forward(&mut s.v, &s.xn1, p(Role::V, ly), opt(Role::VBias, ly), c);
+        s.u[0] = linear_forward(
+            &mut s.qraw,
+            &s.xn1,
+            p(Role::Q, ly),
+            opt(Role::QBias, ly),
+            c,
+            ad(Role::Q, ly),
+        );
+        s.u[1] = linear_forward(
+            &mut s.kraw,
+            &s.xn1,
+            p(Role::K, ly),
+            opt(Role::KBias, ly),
+            c,
+            ad(Role::K, ly),
+        );
+        s.u[2] = linear_forward(
+            &mut s.v,
+            &s.xn1,
+            p(Role::V, ly),
+            opt(Role::VBias, ly),
+            c,
+            ad(Role::V, ly),
+        );
         if cfg.qk_norm {
             s.q = vec![0.0; n * qd];
             s.k = vec![0.0; n * kd];
@@ -271,7 +542,14 @@ fn run(
         s.ao = vec![0.0; n * qd];
         gqa::forward(&mut s.ao, &mut s.att, &s.q, &s.k, &s.v, dims);
         s.proj = vec![0.0; n * c];
-        matmul::forward(&mut s.proj, &s.ao, p(Role::AttnOut, ly), None, qd);
+        s.u[3] = linear_forward(
+            &mut s.proj,
+            &s.ao,
+            p(Role::AttnOut, ly),
+            None,
+            qd,
+            ad(Role::AttnOut, ly),
+        );
         let mut branch = s.proj.clone();
         if cfg.post_norms {
             s.prstd1 = vec![0.0; n];
@@ -296,11 +574,32 @@ fn run(
         s.gate = vec![0.0; n * f];
         s.up = vec![0.0; n * f];
         s.h = vec![0.0; n * f];
-        matmul::forward(&mut s.gate, &s.xn2, p(Role::MlpGate, ly), None, c);
-        matmul::forward(&mut s.up, &s.xn2, p(Role::MlpUp, ly), None, c);
+        s.u[4] = linear_forward(
+            &mut s.gate,
+            &s.xn2,
+            p(Role::MlpGate, ly),
+            None,
+            c,
+            ad(Role::MlpGate, ly),
+        );
+        s.u[5] = linear_forward(
+            &mut s.up,
+            &s.xn2,
+            p(Role::MlpUp, ly),
+            None,
+            c,
+            ad(Role::MlpUp, ly),
+        );
         glu::forward(&mut s.h, &s.gate, &s.up, gate_of(cfg));
         s.down = vec![0.0; n * c];
-        matmul::forward(&mut s.down, &s.h, p(Role::MlpDown, ly), None, f);
+        s.u[6] = linear_forward(
+            &mut s.down,
+            &s.h,
+            p(Role::MlpDown, ly),
+            None,
+            f,
+            ad(Role::MlpDown, ly),
+        );
         let mut branch = s.down.clone();
         if cfg.post_norms {
             s.prstd2 = vec![0.0; n];
@@ -326,45 +625,59 @@ fn run(
     let whead = p(head_role, None);
     let mut logits = vec![0.0f32; n * v];
     let head_bias = opt(Role::HeadBias, None);
-    matmul::forward(&mut logits, &xf, whead, head_bias, c);
-    let out_logits = logits.clone();
+    // A tied head is the embedding, with the embedding's adapter.
+    let head_ad = ad(head_role, None);
+    let head_u = linear_forward(&mut logits, &xf, whead, head_bias, c, head_ad);
+    // A LoRA training pass returns only the loss: no copy of the (N, V) logits.
+    let out_logits = if grads.is_none() && lora_grads.is_some() {
+        Vec::new()
+    } else {
+        logits.clone()
+    };
     let mut losses = vec![0.0f32; n];
     let mut lse = vec![0.0f32; n];
     let (total, count) = crossentropy::forward(&mut losses, &mut lse, &logits, targets);
     let loss = total / count.max(1) as f64;
-    let Some(grads) = grads else {
+    if grads.is_none() && lora_grads.is_none() {
         return Step {
             loss,
             logits: out_logits,
         };
-    };
+    }
 
     // ---- backward ----
+    // Frozen base (LoRA): no gradient of W0, the norms or the embedding; the input gradient of
+    // block 0 is needed only for an adapted embedding.
+    let need_dx0 = grads.is_some() || emb_ad.is_some();
+    let mut g = GradSink {
+        base: grads,
+        lora: lora_grads.filter(|_| lora.is_some()),
+        scratch: Vec::new(),
+    };
     let g_of = |role, l| layout.range(role, l);
     crossentropy::backward(&mut logits, &lse, targets, 1.0 / count.max(1) as f32);
     let mut dxf = vec![0.0f32; n * c];
-    {
-        let r = g_of(head_role, None).expect("head");
-        match g_of(Role::HeadBias, None) {
-            Some(rb) => {
-                let (gw, gb) = two_mut(grads, r, rb);
-                matmul::backward(&mut dxf, gw, Some(gb), &logits, &xf, whead, c);
-            }
-            None => matmul::backward(&mut dxf, &mut grads[r], None, &logits, &xf, whead, c),
-        }
-    }
+    linear_backward(
+        Some(&mut dxf),
+        &mut g,
+        g_of(head_role, None).expect("head"),
+        g_of(Role::HeadBias, None),
+        &logits,
+        &xf,
+        whead,
+        c,
+        head_ad,
+        &head_u,
+    );
     let mut dx = vec![0.0f32; n * c];
-    {
-        let r = g_of(Role::FinalNormScale, None).expect("final norm");
-        rmsnorm::backward(
-            &mut dx,
-            &mut grads[r],
-            &dxf,
-            &x,
-            p(Role::FinalNormScale, None),
-            &rstdf,
-        );
-    }
+    rmsnorm::backward(
+        &mut dx,
+        g.part(g_of(Role::FinalNormScale, None).expect("final norm")),
+        &dxf,
+        &x,
+        p(Role::FinalNormScale, None),
+        &rstdf,
+    );
     for l in (0..cfg.n_layers).rev() {
         let ly = Some(l);
         let (cos, sin, dims) = layer_attn(l);
@@ -372,10 +685,9 @@ fn run(
         // x_out = xm + post2(down): dxm = dx, dbranch = dx.
         let mut ddown = vec![0.0f32; n * c];
         if cfg.post_norms {
-            let r = g_of(Role::MlpPostNorm, ly).expect("post norm");
             rmsnorm::backward(
                 &mut ddown,
-                &mut grads[r],
+                g.part(g_of(Role::MlpPostNorm, ly).expect("post norm")),
                 &dx,
                 &s.down,
                 p(Role::MlpPostNorm, ly),
@@ -385,46 +697,51 @@ fn run(
             ddown.copy_from_slice(&dx);
         }
         let mut dh = vec![0.0f32; n * f];
-        let r = g_of(Role::MlpDown, ly).expect("down");
-        matmul::backward(
-            &mut dh,
-            &mut grads[r],
+        linear_backward(
+            Some(&mut dh),
+            &mut g,
+            g_of(Role::MlpDown, ly).expect("down"),
             None,
             &ddown,
             &s.h,
             p(Role::MlpDown, ly),
             f,
+            ad(Role::MlpDown, ly),
+            &s.u[6],
         );
         let (mut dgate, mut dup) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
         glu::backward(&mut dgate, &mut dup, &dh, &s.gate, &s.up, gate_of(cfg));
         let mut dxn2 = vec![0.0f32; n * c];
         let mut tmp = vec![0.0f32; n * c];
-        let r = g_of(Role::MlpGate, ly).expect("gate");
-        matmul::backward(
-            &mut dxn2,
-            &mut grads[r],
+        linear_backward(
+            Some(&mut dxn2),
+            &mut g,
+            g_of(Role::MlpGate, ly).expect("gate"),
             None,
             &dgate,
             &s.xn2,
             p(Role::MlpGate, ly),
             c,
+            ad(Role::MlpGate, ly),
+            &s.u[4],
         );
-        let r = g_of(Role::MlpUp, ly).expect("up");
-        matmul::backward(
-            &mut tmp,
-            &mut grads[r],
+        linear_backward(
+            Some(&mut tmp),
+            &mut g,
+            g_of(Role::MlpUp, ly).expect("up"),
             None,
             &dup,
             &s.xn2,
             p(Role::MlpUp, ly),
             c,
+            ad(Role::MlpUp, ly),
+            &s.u[5],
         );
         dxn2.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
         let mut dxm = dx.clone();
-        let r = g_of(Role::MlpNormScale, ly).expect("mlp norm");
         rmsnorm::backward(
             &mut dxm,
-            &mut grads[r],
+            g.part(g_of(Role::MlpNormScale, ly).expect("mlp norm")),
             &dxn2,
             &s.xm,
             p(Role::MlpNormScale, ly),
@@ -433,10 +750,9 @@ fn run(
         // xm = x + post1(proj).
         let mut dproj = vec![0.0f32; n * c];
         if cfg.post_norms {
-            let r = g_of(Role::AttnPostNorm, ly).expect("post norm");
             rmsnorm::backward(
                 &mut dproj,
-                &mut grads[r],
+                g.part(g_of(Role::AttnPostNorm, ly).expect("post norm")),
                 &dxm,
                 &s.proj,
                 p(Role::AttnPostNorm, ly),
@@ -446,15 +762,17 @@ fn run(
             dproj.copy_from_slice(&dxm);
         }
         let mut dao = vec![0.0f32; n * qd];
-        let r = g_of(Role::AttnOut, ly).expect("out");
-        matmul::backward(
-            &mut dao,
-            &mut grads[r],
+        linear_backward(
+            Some(&mut dao),
+            &mut g,
+            g_of(Role::AttnOut, ly).expect("out"),
             None,
             &dproj,
             &s.ao,
             p(Role::AttnOut, ly),
             qd,
+            ad(Role::AttnOut, ly),
+            &s.u[3],
         );
         let (mut dq, mut dk, mut dv) = (
             vec![0.0f32; n * qd],
@@ -468,19 +786,17 @@ fn run(
         rope::backward(&mut dk, t, hk, cos, sin);
         if cfg.qk_norm {
             let (mut dqr, mut dkr) = (vec![0.0f32; n * qd], vec![0.0f32; n * kd]);
-            let r = g_of(Role::QNorm, ly).expect("q norm");
             rmsnorm::backward(
                 &mut dqr,
-                &mut grads[r],
+                g.part(g_of(Role::QNorm, ly).expect("q norm")),
                 &dq,
                 &s.qraw,
                 p(Role::QNorm, ly),
                 &s.qrstd,
             );
-            let r = g_of(Role::KNorm, ly).expect("k norm");
             rmsnorm::backward(
                 &mut dkr,
-                &mut grads[r],
+                g.part(g_of(Role::KNorm, ly).expect("k norm")),
                 &dk,
                 &s.kraw,
                 p(Role::KNorm, ly),
@@ -489,33 +805,42 @@ fn run(
             dq = dqr;
             dk = dkr;
         }
-        let mut dxn1 = vec![0.0f32; n * c];
-        let mut tmp = vec![0.0f32; n * c];
-        for (role, bias, dout, first) in [
-            (Role::Q, Role::QBias, &dq, true),
-            (Role::K, Role::KBias, &dk, false),
-            (Role::V, Role::VBias, &dv, false),
-        ] {
-            let wr = g_of(role, ly).expect("projection");
-            let target: &mut Vec<f32> = if first { &mut dxn1 } else { &mut tmp };
-            match g_of(bias, ly) {
-                Some(br) => {
-                    let (gw, gb) = two_mut(grads, wr, br);
-                    matmul::backward(target, gw, Some(gb), dout, &s.xn1, p(role, ly), c);
-                }
-                None => {
-                    matmul::backward(target, &mut grads[wr], None, dout, &s.xn1, p(role, ly), c)
-                }
-            }
-            if !first {
+        // Block 0's input gradient only feeds the embedding's.
+        let need_dx = l > 0 || need_dx0;
+        let mut dxn1 = vec![0.0f32; if need_dx { n * c } else { 0 }];
+        let mut tmp = vec![0.0f32; dxn1.len()];
+        for (k, (role, bias, dout)) in [
+            (Role::Q, Role::QBias, &dq),
+            (Role::K, Role::KBias, &dk),
+            (Role::V, Role::VBias, &dv),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let target: &mut [f32] = if k == 0 { &mut dxn1 } else { &mut tmp };
+            linear_backward(
+                need_dx.then_some(target),
+                &mut g,
+                g_of(role, ly).expect("projection"),
+                g_of(bias, ly),
+                dout,
+                &s.xn1,
+                p(role, ly),
+                c,
+                ad(role, ly),
+                &s.u[k],
+            );
+            if k > 0 {
                 dxn1.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += b);
             }
         }
+        if !need_dx {
+            break;
+        }
         let mut dxin = dxm;
-        let r = g_of(Role::AttnNormScale, ly).expect("attn norm");
         rmsnorm::backward(
             &mut dxin,
-            &mut grads[r],
+            g.part(g_of(Role::AttnNormScale, ly).expect("attn norm")),
             &dxn1,
             &s.x,
             p(Role::AttnNormScale, ly),
@@ -523,12 +848,33 @@ fn run(
         );
         dx = dxin;
     }
-    // x0 = wte[tok]·scale.
-    let r = g_of(Role::TokEmb, None).expect("embedding");
-    let dwte = &mut grads[r];
-    for (row, &tok) in dx.chunks_exact(c).zip(tokens) {
-        for (g, &dv) in dwte[tok as usize * c..][..c].iter_mut().zip(row) {
-            *g += dv * cfg.embed_scale;
+    // x0 = wte[tok]·scale, wte = E0 + s·B·A with an adapted embedding.
+    if need_dx0 {
+        if let Some(base) = g.base.as_deref_mut() {
+            let r = g_of(Role::TokEmb, None).expect("embedding");
+            let dwte = &mut base[r];
+            for (row, &tok) in dx.chunks_exact(c).zip(tokens) {
+                for (gw, &dv) in dwte[tok as usize * c..][..c].iter_mut().zip(row) {
+                    *gw += dv * cfg.embed_scale;
+                }
+            }
+        }
+        if let (Some(e), Some(lg)) = (emb_ad, g.lora.as_deref_mut()) {
+            let r = e.rank();
+            let (ga, gb) = two_mut(lg, e.ad.a.clone(), e.ad.b.clone());
+            for (row, &tok) in dx.chunks_exact(c).zip(tokens) {
+                let tok = tok as usize;
+                // dE[tok] = dx·scale; dB[tok] += s·dE[tok]·Aᵀ, dA += s·B[tok]ᵀ·dE[tok].
+                for k in 0..r {
+                    let ak = &e.a[k * c..][..c];
+                    let dot: f32 = row.iter().zip(ak).map(|(g, a)| g * a).sum();
+                    gb[tok * r + k] += e.scale * cfg.embed_scale * dot;
+                    let coef = e.scale * cfg.embed_scale * e.b[tok * r + k];
+                    for (ga, &g) in ga[k * c..][..c].iter_mut().zip(row) {
+                        *ga += coef * g;
+                    }
+                }
+            }
         }
     }
     debug_assert!(
@@ -555,14 +901,30 @@ pub fn memory_estimate(cfg: &ModelConfig, b: usize, t: usize) -> u64 {
     floats.saturating_mul(4)
 }
 
+/// w (O, I) += s · B (O, R) · A (R, I) for `ad` of `lora`.
+fn add_lora_product(w: &mut [f32], ad: &LoraAdapter, lora: &Lora) {
+    let (o, i) = (ad.out_features, ad.in_features);
+    let r = ad.a.len() / i;
+    mm(
+        &mut MatMut::row_major(w, o, i),
+        1.0,
+        MatRef::row_major(&lora.params[ad.b.clone()], o, r),
+        MatRef::row_major(&lora.params[ad.a.clone()], r, i),
+        lora.scale,
+        Parallelism::current(),
+    );
+}
+
 /// A model of one of the modern families being trained: its layout, flat parameters and
-/// gradients (the same layout).
+/// gradients (the same layout), or LoRA adapters run directly on its frozen parameters
+/// ([`FamilyModel::attach_lora`]; then no full-size gradient buffer exists).
 #[derive(Debug)]
 pub struct FamilyModel {
     /// Where each tensor lives.
     pub layout: Layout,
     params: Vec<f32>,
     grads: Vec<f32>,
+    lora: Option<Lora>,
 }
 
 /// Whether a tensor of this role is a norm scale (stored as the runtime uses it: 1 + w for
@@ -606,6 +968,7 @@ impl FamilyModel {
             layout,
             params,
             grads: Vec::new(),
+            lora: None,
         })
     }
 
@@ -623,6 +986,7 @@ impl FamilyModel {
             layout,
             params,
             grads: Vec::new(),
+            lora: None,
         })
     }
 
@@ -653,6 +1017,7 @@ impl FamilyModel {
             layout,
             params,
             grads: Vec::new(),
+            lora: None,
         })
     }
 
@@ -674,6 +1039,7 @@ impl FamilyModel {
             layout,
             params,
             grads: Vec::new(),
+            lora: None,
         })
     }
 
@@ -692,15 +1058,19 @@ impl FamilyModel {
         &self.params
     }
 
-    /// The flat gradients (allocated on first use).
+    /// The flat gradients of what trains (allocated on first use): every parameter's, or with
+    /// LoRA attached the adapters' ([`Lora::grads`]).
     pub fn grads_mut(&mut self) -> &mut [f32] {
+        if let Some(l) = &mut self.lora {
+            return &mut l.grads;
+        }
         if self.grads.len() != self.params.len() {
             self.grads = vec![0.0; self.params.len()];
         }
         &mut self.grads
     }
 
-    /// The flat parameters, writable.
+    /// The flat parameters, writable (with LoRA attached: the frozen W0).
     pub fn params_mut(&mut self) -> &mut [f32] {
         &mut self.params
     }
@@ -721,14 +1091,39 @@ impl FamilyModel {
             .collect()
     }
 
-    /// Parameters (writable) and gradients together, for the optimizer.
+    /// What the optimizer steps and its gradients: every parameter, or with LoRA attached the
+    /// adapters ([`Lora::params`], [`Lora::grads`]).
     pub fn params_and_grads(&mut self) -> (&mut [f32], &[f32]) {
-        self.grads_mut();
+        if let Some(l) = &mut self.lora {
+            return (&mut l.params, &l.grads);
+        }
+        if self.grads.len() != self.params.len() {
+            self.grads = vec![0.0; self.params.len()];
+        }
         (&mut self.params, &self.grads)
     }
 
-    /// Forward and backward of a (B, T) batch: the mean loss; gradients added to the model's.
+    /// Forward and backward of a (B, T) batch: the mean loss; gradients added to the model's
+    /// (with LoRA attached: to the adapters' only).
     pub fn train_batch(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
+        if let Some(l) = &mut self.lora {
+            let view = LoraRef {
+                scale: l.scale,
+                adapters: &l.adapters,
+                params: &l.params,
+            };
+            return run(
+                &self.layout,
+                &self.params,
+                None,
+                Some(view),
+                Some(&mut l.grads),
+                tokens,
+                targets,
+                b,
+            )
+            .loss;
+        }
         self.grads_mut();
         forward_backward(
             &self.layout,
@@ -741,12 +1136,131 @@ impl FamilyModel {
         .loss
     }
 
-    /// The mean loss of a (B, T) batch, gradients untouched (forward only).
-    pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
-        forward_loss(&self.layout, &self.params, tokens, targets, b).loss
+    /// The loss and logits of a (B, T) batch, forward only (with any attached adapters).
+    pub fn forward(&self, tokens: &[u32], targets: &[i32], b: usize) -> Step {
+        let view = self.lora.as_ref().map(|l| LoraRef {
+            scale: l.scale,
+            adapters: &l.adapters,
+            params: &l.params,
+        });
+        run(
+            &self.layout,
+            &self.params,
+            None,
+            view,
+            None,
+            tokens,
+            targets,
+            b,
+        )
     }
 
-    /// Every tensor's ember name, shape and values, in file order.
+    /// The mean loss of a (B, T) batch, gradients untouched (forward only).
+    pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
+        self.forward(tokens, targets, b).loss
+    }
+
+    /// Runs `lora`'s adapters directly from now on: the parameters stay W0 (frozen), training
+    /// batches compute only the adapters' gradients, and no full-size gradient buffer is kept
+    /// (one allocated before is freed). Refused (with the reason) when an adapter names a matrix
+    /// the model lacks or its shapes or ranges do not fit.
+    pub fn attach_lora(&mut self, lora: Lora) -> Result<(), String> {
+        self.check_lora(&lora)?;
+        self.grads = Vec::new();
+        self.lora = Some(lora);
+        Ok(())
+    }
+
+    /// Why [`FamilyModel::attach_lora`] would refuse `lora`, if it would.
+    pub fn check_lora(&self, lora: &Lora) -> Result<(), String> {
+        if lora.grads.len() != lora.params.len() {
+            return Err("LoRA gradients and parameters differ in length".into());
+        }
+        let infos = self.tensor_infos();
+        for ad in &lora.adapters {
+            let (o, i) = (ad.out_features, ad.in_features);
+            let fits = infos
+                .iter()
+                .any(|t| t.role == ad.role && t.layer == ad.layer && t.shape[..] == [o, i]);
+            let r = ad.a.len().checked_div(i).unwrap_or(0);
+            if !fits
+                || r == 0
+                || ad.a.len() != r * i
+                || ad.b.len() != o * r
+                || ad.a.end > ad.b.start
+                || ad.b.end > lora.params.len()
+            {
+                return Err(format!(
+                    "LoRA adapter of {:?} (block {:?}, {o}×{i}) does not fit this model",
+                    ad.role, ad.layer
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// The attached LoRA adapters.
+    pub fn lora(&self) -> Option<&Lora> {
+        self.lora.as_ref()
+    }
+
+    /// The attached LoRA adapters, writable.
+    pub fn lora_mut(&mut self) -> Option<&mut Lora> {
+        self.lora.as_mut()
+    }
+
+    /// Writes W = W0 + s·B·A into the parameters for every attached adapter and detaches them
+    /// (the model is then the merged one, what export writes); returns them.
+    pub fn merge_lora(&mut self) -> Option<Lora> {
+        let lora = self.lora.take()?;
+        for ad in &lora.adapters {
+            let r = self.weight_range(ad);
+            add_lora_product(&mut self.params[r], ad, &lora);
+        }
+        Some(lora)
+    }
+
+    /// The parameters with any attached adapters merged (a copy then; a borrow without).
+    pub fn merged_params(&self) -> std::borrow::Cow<'_, [f32]> {
+        let Some(lora) = &self.lora else {
+            return std::borrow::Cow::Borrowed(&self.params);
+        };
+        let mut p = self.params.clone();
+        for ad in &lora.adapters {
+            let r = self.weight_range(ad);
+            add_lora_product(&mut p[r], ad, lora);
+        }
+        std::borrow::Cow::Owned(p)
+    }
+
+    /// The values of the tensor at `range` of the parameters, with its adapter merged if it has
+    /// one (a copy of that tensor only).
+    pub fn merged_tensor(&self, range: Range<usize>) -> std::borrow::Cow<'_, [f32]> {
+        let src = &self.params[range.clone()];
+        let ad = self.lora.as_ref().and_then(|l| {
+            l.adapters
+                .iter()
+                .find(|ad| self.weight_range(ad) == range)
+                .map(|ad| (ad, l))
+        });
+        match ad {
+            None => std::borrow::Cow::Borrowed(src),
+            Some((ad, lora)) => {
+                let mut w = src.to_vec();
+                add_lora_product(&mut w, ad, lora);
+                std::borrow::Cow::Owned(w)
+            }
+        }
+    }
+
+    fn weight_range(&self, ad: &LoraAdapter) -> Range<usize> {
+        self.layout
+            .range(ad.role, ad.layer)
+            .expect("attach_lora checked every adapter's matrix")
+    }
+
+    /// Every tensor's ember name, shape and values, in file order (with LoRA attached: W0;
+    /// [`FamilyModel::merged_tensor`] gives the merged values).
     pub fn tensors(&self) -> Vec<(String, Vec<usize>, &[f32])> {
         arch::tensors(&self.layout.cfg, self.layout.classes)
             .into_iter()

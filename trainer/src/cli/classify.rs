@@ -296,10 +296,12 @@ impl Task<Net> for Classify<'_> {
             history: cur.history.clone(),
             ..self.state.clone()
         };
+        // Adapters the model runs directly are merged into the saved copy.
+        let params = model.merged_params();
         let c = Contents {
             state: &state,
             shapes: &self.shapes,
-            params: train_loop::Trainable::params(model),
+            params: &params,
             moments: None,
             tokenizer: self.tok,
         };
@@ -544,6 +546,8 @@ fn train(
     };
     let mut cur = Cursor::default();
     let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, &Single, con)?;
+    // LoRA run directly: merge it into the weights for the export and what follows.
+    task.tuner.finish(&mut model);
     let (interrupted, ckpt, step) = (ended.interrupted, ended.checkpoint, cur.step);
     let (epochs, tuner) = (task.epochs, task.tuner);
     let (examples_seen, train_seconds) = (cur.seen, cur.train_seconds);

@@ -246,8 +246,8 @@ fn settings(a: &InstructArgs) -> Result<Settings, CliError> {
 }
 
 /// What trains (`--trainable`, or LoRA adapters with `--lora-rank`) and its AdamW, from the
-/// tuning module. LoRA keeps the merged weights in the model, so checkpoints and the export hold
-/// the merged model.
+/// tuning module. Checkpoints and the export hold the merged model (GPT-2 merges after every
+/// step; the families run the adapters directly and merge at the end: [`Tuner::finish`]).
 fn tuner(model: &mut Net, s: &Settings) -> Result<Tuner, CliError> {
     let lora = s.lora;
     Tuner::new(
@@ -433,10 +433,12 @@ impl Task<Net> for Instruct<'_> {
 
     fn save(&mut self, model: &Net, cur: &Cursor, to: SaveTo<'_>) -> Result<PathBuf, CliError> {
         let state = cur.stamp(&self.state);
+        // Adapters the model runs directly are merged into the saved copy.
+        let params = model.merged_params();
         let c = Contents {
             state: &state,
             shapes: &self.shapes,
-            params: super::train_loop::Trainable::params(model),
+            params: &params,
             moments: None,
             tokenizer: self.tok,
         };
@@ -632,14 +634,17 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     // sampler's copy of the model.
     let t_max = longest.min(max_len);
     let need = match &family {
-        // Training state of the longest batch, the sampler's copy of the weights, and the
-        // tuner's state: AdamW moments of what trains, and LoRA's copy of the adapted weights.
+        // Training state of the longest batch, the sampler's copy of the weights, and AdamW's
+        // moments of every weight. LoRA runs its adapters directly on the frozen weights: no
+        // gradient of them (the estimate's second copy is then the sampler's) and small moments.
         Some(f) => {
             let p = crate::family::Layout::new(f).len as u64;
-            let tuner_bytes = if s.lora.is_some() { 4 * p } else { 8 * p };
-            crate::family::memory_estimate(f, b, t_max)
-                .saturating_add(4 * p)
-                .saturating_add(tuner_bytes)
+            let est = crate::family::memory_estimate(f, b, t_max);
+            if s.lora.is_some() {
+                est
+            } else {
+                est.saturating_add(4 * p).saturating_add(8 * p)
+            }
         }
         None => memory_estimate(&cfg, b, t_max)
             .saturating_add((cfg.param_count() as u64).saturating_mul(8)),
@@ -832,6 +837,8 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
         ),
     };
     let ended = train_loop::run(&mut task, &mut model, &settings, &mut cur, &Single, con)?;
+    // LoRA run directly: merge it into the weights for the export and what follows.
+    task.tuner.finish(&mut model);
     let step = cur.step;
     let (tokens_seen, train_s) = (cur.seen, cur.train_seconds);
     let ckpt = ended.checkpoint;

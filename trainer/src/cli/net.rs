@@ -4,7 +4,7 @@
 
 use super::sample;
 use super::train_loop::Trainable;
-use crate::family::FamilyModel;
+use crate::family::{FamilyModel, Lora};
 use crate::finetune::data::IGNORE;
 use crate::finetune::tune::Tunable;
 use crate::model::{Gpt, Mode, ModelError, TensorInfo};
@@ -130,11 +130,21 @@ impl Net {
         }
     }
 
-    /// The model as an in-memory f32 `.ember` file, for the runtime.
-    pub(crate) fn ember_bytes(&self) -> Result<emberlm_formats::ember::AlignedBytes, String> {
+    /// The model as an in-memory f32 `.ember` file, for the runtime (LoRA adapters that the
+    /// model runs directly merged into it).
+    pub(crate) fn ember_bytes(&self) -> Result<sample::EmberBuf, String> {
         match self {
             Net::Gpt(m) => sample::ember_bytes(m),
             Net::Family(m) => sample::family_ember_bytes(m),
+        }
+    }
+
+    /// The parameters a checkpoint stores: LoRA adapters that the model runs directly merged
+    /// into a copy (the checkpoint holds the merged model, as with merging LoRA).
+    pub(crate) fn merged_params(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            Net::Gpt(m) => std::borrow::Cow::Borrowed(m.params()),
+            Net::Family(m) => m.merged_params(),
         }
     }
 
@@ -175,6 +185,23 @@ impl Tunable for Net {
     fn set_grad_from_layer(&mut self, layer: usize) {
         if let Net::Gpt(m) = self {
             m.grad_from_layer = layer;
+        }
+    }
+    fn attach_lora(&mut self, lora: Lora) -> Result<(), Lora> {
+        match self {
+            Net::Gpt(_) => Err(lora),
+            Net::Family(m) => Tunable::attach_lora(m, lora),
+        }
+    }
+    fn lora_mut(&mut self) -> Option<&mut Lora> {
+        match self {
+            Net::Gpt(_) => None,
+            Net::Family(m) => m.lora_mut(),
+        }
+    }
+    fn merge_lora(&mut self) {
+        if let Net::Family(m) = self {
+            m.merge_lora();
         }
     }
 }

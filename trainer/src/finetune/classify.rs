@@ -8,7 +8,7 @@
 //!
 //! Letters: B batch, T padded length, K classes.
 
-use crate::family::{FamilyModel, forward_loss};
+use crate::family::FamilyModel;
 use crate::finetune::data::IGNORE;
 use crate::layers::dropout::mix64;
 use crate::model::{Gpt, Mode};
@@ -46,7 +46,7 @@ impl ClassifierLogits for FamilyModel {
             ));
         }
         let ignore = vec![IGNORE; inputs.len()];
-        Ok(forward_loss(&self.layout, self.params(), inputs, &ignore, b).logits)
+        Ok(self.forward(inputs, &ignore, b).logits)
     }
 }
 

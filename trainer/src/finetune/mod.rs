@@ -4,3 +4,6 @@ pub mod classify;
 pub mod data;
 pub mod instruct;
 pub mod tune;
+
+#[cfg(test)]
+mod direct_tests;

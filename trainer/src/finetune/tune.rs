@@ -21,9 +21,17 @@
 //! (3C, C) query/key/value weight gets three adapters, one per (C, C) block, because the book's
 //! model has three separate linear layers there: this is what gives its 2,666,528 trainable
 //! parameters for the 124M classifier at rank 16.
+//!
+//! **Direct LoRA (the modern families).** Merging costs a full-size gradient buffer, a second
+//! copy of every adapted W0 and the full dW products. A model that can run the adapters itself
+//! ([`Tunable::attach_lora`]: [`FamilyModel`]) takes them instead: its parameters stay W0, its
+//! forward adds s·(x·Aᵀ)·Bᵀ, its backward computes only dA and dB (see [`crate::family::Lora`]),
+//! and [`Tuner::finish`] merges once at the end so that checkpoints and the export hold the
+//! merged model as before. GPT-2 keeps the merging path. [`Tuner::merged`] forces merging on any
+//! model: the reference the direct path is tested against.
 
 use crate::adamw::{AdamW, AdamWConfig, AdamWError, DecayMask};
-use crate::family::FamilyModel;
+use crate::family::{FamilyModel, Lora, LoraAdapter};
 use crate::gemm::{MatMut, MatRef, Parallelism, matmul};
 use crate::layers::dropout::mix64;
 use crate::model::{Gpt, TensorInfo, tensor_layout};
@@ -195,6 +203,16 @@ pub trait Tunable {
     /// The backward pass may skip the blocks below `layer` (a model that always runs the whole
     /// backward ignores this).
     fn set_grad_from_layer(&mut self, layer: usize);
+    /// Takes LoRA adapters to run directly (unmerged); a model that cannot hands them back.
+    fn attach_lora(&mut self, lora: Lora) -> Result<(), Lora> {
+        Err(lora)
+    }
+    /// The directly-run adapters, when attached.
+    fn lora_mut(&mut self) -> Option<&mut Lora> {
+        None
+    }
+    /// Merges the directly-run adapters into the weights and detaches them.
+    fn merge_lora(&mut self) {}
 }
 
 impl Tunable for Gpt {
@@ -235,6 +253,20 @@ impl Tunable for FamilyModel {
         FamilyModel::params_and_grads(self)
     }
     fn set_grad_from_layer(&mut self, _layer: usize) {}
+    fn attach_lora(&mut self, lora: Lora) -> Result<(), Lora> {
+        if self.check_lora(&lora).is_err() {
+            return Err(lora);
+        }
+        // Checked just above: attaching cannot fail.
+        let _ = FamilyModel::attach_lora(self, lora);
+        Ok(())
+    }
+    fn lora_mut(&mut self) -> Option<&mut Lora> {
+        FamilyModel::lora_mut(self)
+    }
+    fn merge_lora(&mut self) {
+        FamilyModel::merge_lora(self);
+    }
 }
 
 /// LoRA hyperparameters.
@@ -443,6 +475,8 @@ enum Kind {
         base: Vec<f32>,
         scale: f32,
     },
+    /// AdamW over the adapters the model runs directly ([`Tunable::lora_mut`]).
+    Direct { adapters: Vec<Adapter> },
 }
 
 /// The trainable part of a model and its optimizer. Loop:
@@ -468,8 +502,23 @@ impl fmt::Debug for Tuner {
 
 impl Tuner {
     /// Sets up training of `opts` on `model`: sets [`Gpt::grad_from_layer`], and for LoRA creates
-    /// the adapters (B = 0, so the model is unchanged).
+    /// the adapters (B = 0, so the model is unchanged), which a model that can run them directly
+    /// takes ([`Tunable::attach_lora`]; call [`Tuner::finish`] after training).
     pub fn new<M: Tunable>(model: &mut M, opts: &TuneOptions) -> Result<Tuner, TuneError> {
+        Tuner::build(model, opts, true)
+    }
+
+    /// [`Tuner::new`], but LoRA always merges its adapters into the weights (the reference the
+    /// direct path is tested against). The same seed gives the same adapters either way.
+    pub fn merged<M: Tunable>(model: &mut M, opts: &TuneOptions) -> Result<Tuner, TuneError> {
+        Tuner::build(model, opts, false)
+    }
+
+    fn build<M: Tunable>(
+        model: &mut M,
+        opts: &TuneOptions,
+        direct: bool,
+    ) -> Result<Tuner, TuneError> {
         let l = model.n_layers();
         let tensors = model.tensor_infos();
         let adamw = AdamWConfig {
@@ -495,10 +544,8 @@ impl Tuner {
             }
             let r = spec.rank;
             let mut adapters = Vec::with_capacity(blocks.len());
-            let mut base = Vec::new();
             let mut params = Vec::new();
             for (n, (name, weight, o, i)) in blocks.into_iter().enumerate() {
-                base.extend_from_slice(&model.params()[weight.clone()]);
                 let a = params.len()..params.len() + r * i;
                 let bound = 1.0 / (i as f32).sqrt();
                 let key = mix64(opts.seed ^ mix64(0x10_4A ^ n as u64));
@@ -517,19 +564,66 @@ impl Tuner {
             // Every adapted weight can sit anywhere down to block 0.
             model.set_grad_from_layer(0);
             let n = params.len();
+            let scale = spec.alpha / r as f32;
+            let description = format!(
+                "LoRA rank {r}, alpha {} (scale {scale}), {} adapters",
+                spec.alpha,
+                adapters.len()
+            );
+            let opt = AdamW::new(adamw, DecayMask::all(n));
+            if direct {
+                // The adapted matrices by role and block (GPT-2's fused q/k/v blocks are no
+                // whole tensor: such a model merges).
+                let located: Option<Vec<LoraAdapter>> = adapters
+                    .iter()
+                    .map(|ad| {
+                        let t = tensors
+                            .iter()
+                            .find(|t| t.offset == ad.weight.start && t.len == ad.weight.len())?;
+                        Some(LoraAdapter {
+                            role: t.role,
+                            layer: t.layer,
+                            out_features: ad.out_features,
+                            in_features: ad.in_features,
+                            a: ad.a.clone(),
+                            b: ad.b.clone(),
+                        })
+                    })
+                    .collect();
+                if let Some(located) = located {
+                    let lora = Lora {
+                        scale,
+                        adapters: located,
+                        grads: vec![0.0; n],
+                        params,
+                    };
+                    match model.attach_lora(lora) {
+                        Ok(()) => {
+                            return Ok(Tuner {
+                                description,
+                                kind: Kind::Direct { adapters },
+                                opt,
+                                params: Vec::new(),
+                                grads: Vec::new(),
+                                trainable: n,
+                            });
+                        }
+                        Err(back) => params = back.params,
+                    }
+                }
+            }
+            let mut base = Vec::new();
+            for ad in &adapters {
+                base.extend_from_slice(&model.params()[ad.weight.clone()]);
+            }
             return Ok(Tuner {
-                description: format!(
-                    "LoRA rank {r}, alpha {} (scale {}), {} adapters",
-                    spec.alpha,
-                    spec.alpha / r as f32,
-                    adapters.len()
-                ),
+                description,
                 kind: Kind::Lora {
                     adapters,
                     base,
-                    scale: spec.alpha / r as f32,
+                    scale,
                 },
-                opt: AdamW::new(adamw, DecayMask::all(n)),
+                opt,
                 grads: vec![0.0; n],
                 params,
                 trainable: n,
@@ -596,12 +690,27 @@ impl Tuner {
     /// The LoRA adapters (empty for a subset).
     pub fn adapters(&self) -> &[Adapter] {
         match &self.kind {
-            Kind::Lora { adapters, .. } => adapters,
+            Kind::Lora { adapters, .. } | Kind::Direct { adapters } => adapters,
             Kind::Subset(_) => &[],
         }
     }
 
-    /// The adapters' parameters (A then B of each adapter); empty for a subset.
+    /// Whether the model runs the adapters directly (their parameters and gradients then live in
+    /// the model: [`crate::family::FamilyModel::lora`]).
+    pub fn is_direct(&self) -> bool {
+        matches!(self.kind, Kind::Direct { .. })
+    }
+
+    /// Ends training: a model that ran the adapters directly gets them merged into its weights
+    /// (W0 + s·B·A, what checkpoints and exports hold) and detached. Nothing to do otherwise.
+    pub fn finish<M: Tunable>(&mut self, model: &mut M) {
+        if self.is_direct() {
+            model.merge_lora();
+        }
+    }
+
+    /// The adapters' parameters (A then B of each adapter); empty for a subset and for adapters
+    /// the model runs directly.
     pub fn adapter_params(&self) -> &[f32] {
         &self.params
     }
@@ -616,7 +725,8 @@ impl Tuner {
         &self.grads
     }
 
-    /// Writes W = W0 + s·B·A into the model for every adapter (no-op for a subset).
+    /// Writes W = W0 + s·B·A into the model for every adapter (no-op for a subset and for
+    /// adapters run directly: see [`Tuner::finish`]).
     pub fn merge<M: Tunable>(&self, model: &mut M) {
         let Kind::Lora {
             adapters,
@@ -647,7 +757,8 @@ impl Tuner {
     }
 
     /// LoRA: turns the model's weight gradients dW (after `backward`) into the adapters'
-    /// gradients dB = s·dW·Aᵀ, dA = s·Bᵀ·dW (overwriting [`Tuner::adapter_grads`]).
+    /// gradients dB = s·dW·Aᵀ, dA = s·Bᵀ·dW (overwriting [`Tuner::adapter_grads`]). Adapters run
+    /// directly have their gradients from the backward itself: nothing to do.
     pub fn adapter_gradients<M: Tunable>(&mut self, model: &mut M) {
         let Kind::Lora {
             adapters, scale, ..
@@ -695,6 +806,10 @@ impl Tuner {
                 self.adapter_gradients(model);
                 self.opt.step(&mut self.params, &self.grads, lr)?;
                 self.merge(model);
+            }
+            Kind::Direct { .. } => {
+                let lora = model.lora_mut().ok_or(TuneError::NoAdapters)?;
+                self.opt.step(&mut lora.params, &lora.grads, lr)?;
             }
         }
         Ok(())
