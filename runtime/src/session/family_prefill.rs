@@ -45,11 +45,17 @@ impl Session<'_, '_> {
                 k.rmsnorm(xr, scale, or, eps);
             }
         };
+        // `ff` holds each phase's rows in turn (`Buffers::family_chunk`): the attention's
+        // [queries, keys, values | then its projection][attention output], the MLP's
+        // [gate][up | then the down projection].
+        let wa = (qd + 2 * kvd).max(c);
         for l in 0..cfg.n_layers {
             let w = m.block(l);
             let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
             by_tokens(k, xn, x, c, |o, x| rms(x, w.attn_norm, o));
-            let (q, rest) = b.qkv[..n * (qd + 2 * kvd)].split_at_mut(n * qd);
+            let (first, att) = b.ff.split_at_mut(n * wa);
+            let att = &mut att[..n * qd];
+            let (q, rest) = first[..n * (qd + 2 * kvd)].split_at_mut(n * qd);
             let (key, value) = rest.split_at_mut(n * kvd);
             let fresh = [true, false, false]; // x is quantized once for the three
             let qkv = [
@@ -75,17 +81,18 @@ impl Session<'_, '_> {
                 pos0,
                 q,
             };
-            attend_runs(&job, 0, &mut self.lanes, &mut b.att[..n * qd]);
+            attend_runs(&job, 0, &mut self.lanes, att);
             let none = Epilogue::default();
-            pr.run(w.out, qd, &b.att[..n * qd], &mut b.out[..n * c], none, true);
-            residual_rows(k, (c, eps), w.attn_post_norm, b, n);
-            let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
+            // The projection over the queries, keys and values (stored or used up by now).
+            let out = &mut first[..n * c];
+            pr.run(w.out, qd, att, out, none, true);
+            residual_rows(k, (c, eps), w.attn_post_norm, (&mut *x, &mut *xn, out));
             by_tokens(k, xn, x, c, |o, x| rms(x, w.mlp_norm, o));
-            let (gate, up) = (&mut b.ff[..n * f], &mut b.up[..n * f]);
+            let (gate, rest) = b.ff.split_at_mut(n * f);
             pr.run(w.gate, c, xn, gate, none, true);
-            pr.run(w.up, c, xn, up, none, false);
+            pr.run(w.up, c, xn, &mut rest[..n * f], none, false);
             // Row by row, so every token's row gets the same kernel calls whatever the split.
-            by_tokens(k, gate, up, f, |g, u| {
+            by_tokens(k, gate, &rest[..n * f], f, |g, u| {
                 for (gr, ur) in g.chunks_exact_mut(f).zip(u.chunks_exact(f)) {
                     match cfg.mlp {
                         Mlp::GeGlu => k.gelu_mul(gr, ur),
@@ -93,8 +100,10 @@ impl Session<'_, '_> {
                     }
                 }
             });
-            pr.run(w.down, f, gate, &mut b.out[..n * c], none, true);
-            residual_rows(k, (c, eps), w.mlp_post_norm, b, n);
+            // The down projection over the up rows (used up by now).
+            let out = &mut rest[..n * c];
+            pr.run(w.down, f, gate, out, none, true);
+            residual_rows(k, (c, eps), w.mlp_post_norm, (&mut *x, &mut *xn, out));
         }
         // Logits for the last position only.
         let last = &b.x[(n - 1) * c..n * c];
@@ -155,10 +164,8 @@ fn residual_rows(
     k: &Kernels,
     (c, eps): (usize, f32),
     post: Option<&[f32]>,
-    b: &mut Buffers,
-    n: usize,
+    (x, xn, out): (&mut [f32], &mut [f32], &[f32]),
 ) {
-    let (x, xn, out) = (&mut b.x[..n * c], &mut b.xn[..n * c], &b.out[..n * c]);
     let add = match post {
         Some(scale) => {
             by_tokens(k, xn, out, c, |o, y| {
