@@ -1,13 +1,16 @@
 """Gives a Hugging Face model directory a tokenizer.json of a real model's size, for measuring
 memory and encode speed at today's vocabularies (no model's own tokenizer can be downloaded here):
 
-    python3 benches/peers/make_large_tokenizer.py llama3 DIR    # 128,000 + 256 added, 280,147 merges
+    python3 benches/peers/make_large_tokenizer.py llama3 DIR    # 128,000 + 256 added, 268,243 merges
     python3 benches/peers/make_large_tokenizer.py qwen2 DIR     # 151,643 + 22 added, 151,387 merges
 
+(Llama 3 itself has 280,147 merges; the splits this generator finds stop at 268,243.)
+
 GPT-2's 50,000 real merges (EMBER_DATA/encoder.json and vocab.bpe) come first, then tokens made by
-joining a random token and one of the first 1,024 (at most 16 bytes; seeded, so the file is the
-same every run), each with its merge, then (Llama 3) other splits of tokens into two tokens as
-further merges, until the counts above. Normalizer, pre-tokenizer, post-processor and decoder
+extending a random token by a character that follows its last character in one of GPT-2's
+two-character tokens (at most 16 bytes; seeded, so the file is the same every run), each with its
+merge, then (Llama 3) other splits of tokens into two tokens as further merges, up to the counts
+above. Normalizer, pre-tokenizer, post-processor and decoder
 are those of formats/tests/fixtures/hf_tokenizers/{llama3,qwen2}.json (Llama 3's and Qwen2's own).
 The result loads in `tokenizers` (checked) and in emberlm. Writes DIR/tokenizer.json only.
 """
@@ -42,8 +45,21 @@ def main():
     vocab = {t: i for i, t in enumerate(tokens)}
     merges = list(gpt2_merges)
     rng = random.Random(0)
+    # Two-character tokens by their first character: a new token is a token followed by a
+    # character that often follows its last one, so its prefix and its last two characters are
+    # tokens too and it splits in several ways (as real vocabularies' tokens do).
+    pairs = {}
+    for t in tokens:
+        if len(t) == 2:
+            pairs.setdefault(t[0], []).append(t[1])
     while len(tokens) < size["ordinary"]:
-        a, b = tokens[rng.randrange(len(tokens))], tokens[rng.randrange(1024)]
+        # Half the time a token made here (its own prefixes are tokens).
+        lo = 50256 if rng.random() < 0.5 and len(tokens) > 50256 else 0
+        a = tokens[rng.randrange(lo, len(tokens))]
+        follow = pairs.get(a[-1])
+        if not follow:
+            continue
+        b = rng.choice(follow)
         s = a + b
         if len(s) > 16 or s in vocab:
             continue
