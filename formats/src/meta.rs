@@ -555,7 +555,7 @@ pub fn put_tokenizer(w: &mut EmberWriter, tok: &Tokenizer) -> Result<(), FormatE
         None => {
             w.set("tokenizer.kind", Value::Str("bpe-bytes".into()))?;
         }
-        Some(h) => put_hf(w, h)?,
+        Some(h) => put_hf(w, &h)?,
     }
     w.set("tokenizer.tokens", Value::Bytes(parts.tokens))?;
     w.set(
@@ -697,6 +697,22 @@ fn get_hf(h: &Header) -> Result<HfParts, FormatError> {
     })
 }
 
+/// The id of the special token `name` as the tokenizer's metadata lists it, read without building
+/// the tokenizer (whose lookup tables take megabytes for a 128k–152k vocabulary): `None` when the
+/// file has no tokenizer, no such token, or lists of another type or unequal lengths.
+pub fn get_special_id(h: &Header, name: &str) -> Option<u32> {
+    let Some(Value::Array(Array::Str(names))) = h.get("tokenizer.special_names") else {
+        return None;
+    };
+    let Some(Value::Array(Array::U32(ids))) = h.get("tokenizer.special_ids") else {
+        return None;
+    };
+    if names.len() != ids.len() {
+        return None;
+    }
+    ids.get(names.iter().position(|n| n == name)?).copied()
+}
+
 /// Reads and validates the tokenizer, if the file has one.
 pub fn get_tokenizer(h: &Header) -> Result<Option<Tokenizer>, FormatError> {
     if h.get("tokenizer.kind").is_none() {
@@ -804,6 +820,29 @@ mod tests {
             get_chat_template(&header_of(&EmberWriter::new())).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn special_ids_are_read_without_the_tokenizer() {
+        let tok = Tokenizer::gpt2();
+        let mut w = EmberWriter::new();
+        put_tokenizer(&mut w, tok).unwrap();
+        let mut h = header_of(&w);
+        let from_tokenizer = get_tokenizer(&h).unwrap().unwrap().eot_id();
+        assert_eq!(from_tokenizer, Some(50256));
+        assert_eq!(
+            get_special_id(&h, crate::tokenizer::ENDOFTEXT),
+            from_tokenizer
+        );
+        assert_eq!(get_special_id(&h, "<|im_end|>"), None);
+        assert_eq!(get_special_id(&header_of(&EmberWriter::new()), "x"), None);
+        // Lists of unequal lengths (a damaged file): no id rather than a wrong one.
+        for (k, v) in &mut h.metadata {
+            if k == "tokenizer.special_ids" {
+                *v = Value::Array(Array::U32(vec![]));
+            }
+        }
+        assert_eq!(get_special_id(&h, crate::tokenizer::ENDOFTEXT), None);
     }
 
     #[test]

@@ -144,7 +144,7 @@ fn fixtures_load_as_the_expected_kinds() {
     let kinds: Vec<_> = KINDS
         .iter()
         .map(|k| {
-            let p = load(k).hf_parts().unwrap().clone();
+            let p = load(k).hf_parts().unwrap();
             (p.model, p.pretokenizer)
         })
         .collect();

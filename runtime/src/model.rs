@@ -152,6 +152,14 @@ pub struct Block<'a> {
     pub mlp_post_norm: Option<&'a [f32]>,
 }
 
+/// The metadata keys a [`Model`] does not keep in its [`Model::header`]: the tokenizer's
+/// vocabulary and merges, megabytes that only [`Model::tokenizer`] reads (from the file).
+pub const TOKENIZER_TABLES: [&str; 3] = [
+    "tokenizer.tokens",
+    "tokenizer.token_ends",
+    "tokenizer.merges",
+];
+
 enum Storage<'a> {
     #[cfg(feature = "mmap")]
     Mapped(emberlm_formats::ember::MappedFile),
@@ -207,7 +215,12 @@ impl<'a> Model<'a> {
         Model::build(Storage::Borrowed(bytes), header)
     }
 
-    fn build(storage: Storage<'a>, header: Header) -> Result<Model<'a>, RuntimeError> {
+    fn build(storage: Storage<'a>, mut header: Header) -> Result<Model<'a>, RuntimeError> {
+        // The tokenizer's tables are megabytes for today's vocabularies (Llama 3's 3.6 MB) and
+        // only the tokenizer reads them: `Model::tokenizer` reads them again from the file.
+        header
+            .metadata
+            .retain(|(k, _)| !TOKENIZER_TABLES.contains(&k.as_str()));
         let config = meta::get_model_config(&header)?;
         let task = meta::get_task(&header)?;
         let prompt = meta::get_prompt(&header)?;
@@ -393,19 +406,19 @@ impl<'a> Model<'a> {
         self.prompt.as_ref()
     }
 
-    /// The tokenizer stored in the file (built on first use, then cached), or `None` when the
-    /// file has none.
+    /// The tokenizer stored in the file (built on first use from the file's header, read again,
+    /// then cached), or `None` when the file has none.
     pub fn tokenizer(&self) -> Result<Option<&Tokenizer>, RuntimeError> {
-        match self
-            .tokenizer
-            .get_or_init(|| meta::get_tokenizer(&self.header))
-        {
+        let build = || meta::get_tokenizer(&EmberFile::parse(self.bytes())?.header);
+        match self.tokenizer.get_or_init(build) {
             Ok(t) => Ok(t.as_ref()),
             Err(e) => Err(e.clone().into()),
         }
     }
 
-    /// The file's header (metadata and tensor table).
+    /// The file's header (metadata and tensor table) without the tokenizer's tables
+    /// ([`TOKENIZER_TABLES`]; [`Model::tokenizer`] reads them, `EmberFile::parse(model.bytes())`
+    /// gives the whole header).
     pub fn header(&self) -> &Header {
         &self.header
     }

@@ -8,6 +8,8 @@
 //! and reads [`allocations`] (every thread of the process: a thread pool's work counts) or
 //! [`thread_allocations`] (the calling thread only) before and after the code under test. Every
 //! allocation, zeroed allocation and reallocation counts once; frees do not count.
+//! [`thread_live_bytes`] is the calling thread's allocated bytes minus those it freed (memory
+//! tests: what a structure built on this thread holds).
 #![allow(unsafe_code)] // implementing `GlobalAlloc` is `unsafe`; every method forwards to `System`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -22,6 +24,17 @@ static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 
 thread_local! {
     static THREAD_ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
+    static THREAD_LIVE: Cell<isize> = const { Cell::new(0) };
+}
+
+fn live(delta: isize) {
+    let _ = THREAD_LIVE.try_with(|n| n.set(n.get().wrapping_add(delta)));
+}
+
+/// Bytes allocated by the calling thread minus bytes it freed, so far (a difference of two
+/// readings is what the code between them kept; frees of other threads' memory count here too).
+pub fn thread_live_bytes() -> isize {
+    THREAD_LIVE.with(Cell::get)
 }
 
 fn count() {
@@ -46,20 +59,24 @@ pub fn thread_allocations() -> usize {
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         count();
+        live(layout.size() as isize);
         // SAFETY: same contract as our caller's (a non-zero-size layout).
         unsafe { System.alloc(layout) }
     }
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         count();
+        live(layout.size() as isize);
         // SAFETY: as for `alloc`.
         unsafe { System.alloc_zeroed(layout) }
     }
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
         count();
+        live(new_size as isize - layout.size() as isize);
         // SAFETY: `ptr` was allocated by `System` (through us) with `layout`.
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        live(-(layout.size() as isize));
         // SAFETY: `ptr` was allocated by `System` (through us) with `layout`.
         unsafe { System.dealloc(ptr, layout) }
     }

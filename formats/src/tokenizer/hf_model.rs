@@ -200,11 +200,13 @@ pub struct HfParts {
 /// Lookup structures built from [`HfParts`].
 #[derive(Debug, Clone)]
 pub(crate) struct HfModel {
+    /// The settings, without the merges (`merges` is empty: [`PairMap`] holds them).
     pub(crate) parts: HfParts,
     pub(crate) pairs: PairMap,
     /// `<0xNN>` token of each byte (`NONE` if absent): byte fallback and decoding.
     pub(crate) byte_fallback_tok: [u32; 256],
-    /// For each id: the byte it stands for if it is a `<0xNN>` token, else 256 (decoding).
+    /// For each id: the byte it stands for if it is a `<0xNN>` token, else 256 (decoding);
+    /// empty for a byte-level vocabulary.
     pub(crate) byte_of: Vec<u16>,
     /// Added tokens by first byte, longest first, as (name, id): a text is scanned once, and
     /// only at bytes that start some added token (`<` for most models) are names compared.
@@ -220,44 +222,63 @@ pub(crate) struct AddedMatch {
     pub(crate) rstrip: bool,
 }
 
-/// Open-addressing map (left id, right id) -> (rank, merged id).
+/// Open-addressing map (left id, right id) -> (rank, merged id), compact: a hash slot is 4 bytes
+/// (7 bits of the pair's hash over the 24-bit rank, [`MAX_MERGES`] = 2^24), the merges 12 bytes
+/// each in rank order, at a load of at most 2/3. Llama 3's 280,147 merges take 2 MiB of slots and
+/// 3.2 MiB of merges (16-byte slots holding the whole entry at load ≤ 1/2 took 16 MiB); a lookup
+/// reads the merge only when the 7 bits match.
 #[derive(Debug, Clone)]
 pub(crate) struct PairMap {
-    slots: Vec<(u64, u32, u32)>,
+    /// `tag << 24 | rank`, or [`EMPTY_SLOT`].
+    slots: Vec<u32>,
     mask: usize,
+    /// (left id, right id, merged id) of each merge, indexed by rank.
+    merges: Vec<[u32; 3]>,
 }
 
-const EMPTY_KEY: u64 = u64::MAX;
+/// An unused slot (tags are 7 bits, so no used slot has the top bit set).
+const EMPTY_SLOT: u32 = u32::MAX;
+/// The rank bits of a slot.
+const RANK_MASK: u32 = (1 << 24) - 1;
 
+/// Slot index hash and 7-bit tag of the pair (a, b).
 #[inline]
-fn pair_key(a: u32, b: u32) -> u64 {
-    (a as u64) << 32 | b as u64
-}
-
-#[inline]
-fn pair_hash(k: u64) -> usize {
-    let h = k.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    (h ^ (h >> 29)) as usize
+fn pair_hash(a: u32, b: u32) -> (usize, u32) {
+    let h = ((a as u64) << 32 | b as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    ((h ^ (h >> 29)) as usize, (h >> 57) as u32)
 }
 
 impl PairMap {
+    /// An empty map for `n` merges.
     pub(crate) fn with_capacity(n: usize) -> Self {
-        let cap = (n.max(8) * 2).next_power_of_two();
+        let cap = (n.max(8) + n / 2).next_power_of_two();
         PairMap {
-            slots: vec![(EMPTY_KEY, NONE, NONE); cap],
+            slots: vec![EMPTY_SLOT; cap],
             mask: cap - 1,
+            merges: Vec::with_capacity(n),
         }
     }
 
-    /// Inserts or overwrites (a later duplicate merge wins, as in `tokenizers`).
-    pub(crate) fn insert(&mut self, a: u32, b: u32, rank: u32, merged: u32) {
-        let k = pair_key(a, b);
-        let mut i = pair_hash(k) & self.mask;
+    /// Appends the merge of next rank (ranks are insertion order); a later duplicate of a pair
+    /// wins, as in `tokenizers`. At most [`MAX_MERGES`] merges (the caller checks).
+    pub(crate) fn insert(&mut self, a: u32, b: u32, merged: u32) {
+        let rank = self.merges.len() as u32;
+        debug_assert!(rank <= RANK_MASK, "more than MAX_MERGES merges");
+        self.merges.push([a, b, merged]);
+        let (h, tag) = pair_hash(a, b);
+        let mut i = h & self.mask;
         loop {
-            let slot = &mut self.slots[i];
-            if slot.0 == EMPTY_KEY || slot.0 == k {
-                *slot = (k, rank, merged);
+            let s = self.slots[i];
+            if s == EMPTY_SLOT {
+                self.slots[i] = tag << 24 | rank;
                 return;
+            }
+            if s >> 24 == tag {
+                let [ea, eb, _] = self.merges[(s & RANK_MASK) as usize];
+                if (ea, eb) == (a, b) {
+                    self.slots[i] = tag << 24 | rank;
+                    return;
+                }
             }
             i = (i + 1) & self.mask;
         }
@@ -266,18 +287,27 @@ impl PairMap {
     /// (rank, merged id) of the pair, or (`NONE`, `NONE`).
     #[inline]
     pub(crate) fn get(&self, a: u32, b: u32) -> (u32, u32) {
-        let k = pair_key(a, b);
-        let mut i = pair_hash(k) & self.mask;
+        let (h, tag) = pair_hash(a, b);
+        let mut i = h & self.mask;
         loop {
-            let (sk, r, m) = self.slots[i];
-            if sk == k {
-                return (r, m);
-            }
-            if sk == EMPTY_KEY {
+            let s = self.slots[i];
+            if s == EMPTY_SLOT {
                 return (NONE, NONE);
+            }
+            if s >> 24 == tag {
+                let rank = s & RANK_MASK;
+                let [ea, eb, merged] = self.merges[rank as usize];
+                if (ea, eb) == (a, b) {
+                    return (rank, merged);
+                }
             }
             i = (i + 1) & self.mask;
         }
+    }
+
+    /// The merges as (left id, right id) in rank order (duplicates included): `HfParts::merges`.
+    pub(crate) fn merge_list(&self) -> Vec<[u32; 2]> {
+        self.merges.iter().map(|&[a, b, _]| [a, b]).collect()
     }
 }
 
@@ -393,7 +423,7 @@ pub(crate) fn byte_token_value(t: &[u8]) -> Option<u8> {
 /// Builds the lookup structures, validating `parts` against the vocabulary (`token(id)` gives
 /// an id's bytes, `map` the ordinary tokens, `n` ids).
 pub(crate) fn build<'a>(
-    parts: HfParts,
+    mut parts: HfParts,
     added: impl Iterator<Item = (&'a str, u32)>,
     n: usize,
     map: &RankMap,
@@ -422,8 +452,10 @@ pub(crate) fn build<'a>(
         if merged == NONE {
             return Err(err("merges", rank, "merge result is not an ordinary token"));
         }
-        pairs.insert(a, b, rank as u32, merged);
+        pairs.insert(a, b, merged);
     }
+    // The pair table holds the merges from here on (`Tokenizer::hf_parts` lists them again).
+    parts.merges = Vec::new();
     for (field, ids) in [
         ("post_prefix", &parts.post_prefix),
         ("post_suffix", &parts.post_suffix),
@@ -442,8 +474,10 @@ pub(crate) fn build<'a>(
         return Err(err("unk_id", 0, "id out of range"));
     }
     let mut byte_fallback_tok = [NONE; 256];
-    let mut byte_of = vec![256u16; n];
+    // Byte-level vocabularies have no `<0xNN>` tokens: no table (every lookup misses, as 256).
+    let mut byte_of = Vec::new();
     if parts.model == HfModelKind::SentencePiece {
+        byte_of = vec![256u16; n];
         for id in 0..n as u32 {
             if let Some(v) = token(id).and_then(byte_token_value) {
                 byte_of[id as usize] = v as u16;
@@ -519,7 +553,7 @@ mod tests {
                 if let std::collections::hash_map::Entry::Vacant(e) = map.entry((a, b)) {
                     let merged = 6 + next(20);
                     e.insert((rank, merged));
-                    pairs.insert(a, b, rank, merged);
+                    pairs.insert(a, b, merged);
                     rank += 1;
                 }
             }
@@ -531,6 +565,35 @@ mod tests {
                 merge(&pairs, &mut syms, &mut BinaryHeap::new(), &mut out);
                 assert_eq!(out, reference_merge(&map, &toks), "{toks:?}");
             }
+        }
+    }
+
+    #[test]
+    fn a_later_duplicate_pair_wins_and_every_merge_is_listed() {
+        let mut pairs = PairMap::with_capacity(4);
+        pairs.insert(1, 2, 10);
+        pairs.insert(3, 4, 11);
+        pairs.insert(1, 2, 12);
+        assert_eq!(pairs.get(1, 2), (2, 12));
+        assert_eq!(pairs.get(3, 4), (1, 11));
+        assert_eq!(pairs.get(2, 1), (NONE, NONE));
+        assert_eq!(pairs.merge_list(), [[1, 2], [3, 4], [1, 2]]);
+    }
+
+    #[test]
+    fn a_full_table_finds_every_pair() {
+        // 2/3 load at most: probe runs cross slot boundaries and wrap around.
+        let n = 5000;
+        let mut pairs = PairMap::with_capacity(n);
+        let key = |i: u32| (3 * i + 1, i % 7); // distinct pairs
+        for i in 0..n as u32 {
+            let (a, b) = key(i);
+            pairs.insert(a, b, i + 1_000_000);
+        }
+        for i in 0..n as u32 {
+            let (a, b) = key(i);
+            assert_eq!(pairs.get(a, b), (i, i + 1_000_000), "{i}");
+            assert_eq!(pairs.get(a, b + 7), (NONE, NONE), "{i}");
         }
     }
 

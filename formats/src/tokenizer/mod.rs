@@ -280,9 +280,13 @@ impl Tokenizer {
         Tokenizer::build(parts, Some(hf))
     }
 
-    /// The Hugging Face settings of this tokenizer (`None` for a tiktoken-style vocabulary).
-    pub fn hf_parts(&self) -> Option<&HfParts> {
-        self.hf.as_ref().map(|m| &m.parts)
+    /// The Hugging Face settings of this tokenizer (`None` for a tiktoken-style vocabulary),
+    /// rebuilt: the merges live only in the lookup table (a copy of Llama 3's is 2.2 MB).
+    pub fn hf_parts(&self) -> Option<HfParts> {
+        self.hf.as_ref().map(|m| HfParts {
+            merges: m.pairs.merge_list(),
+            ..m.parts.clone()
+        })
     }
 
     fn build(parts: TokenizerParts, hf: Option<HfParts>) -> Result<Tokenizer, TokenizerError> {

@@ -9,7 +9,7 @@ use super::crew::fork;
 use super::gqa::{attend_token, norm_rotate, store_token};
 use super::prefill::by_tokens;
 use super::{Buffers, Ctx, Session, embed};
-use crate::kernels::{Epilogue, Kernels, panel_q8};
+use crate::kernels::{Epilogue, Kernels, Q4Matrix, Q8Matrix, panel_q8};
 use crate::model::Mat;
 use emberlm_formats::config::Mlp;
 
@@ -45,11 +45,17 @@ impl Session<'_, '_> {
                 k.rmsnorm(xr, scale, or, eps);
             }
         };
+        // `ff` holds each phase's rows in turn (`Buffers::family_chunk`): the attention's
+        // [queries, keys, values | then its projection][attention output], the MLP's
+        // [gate][up | then the down projection].
+        let wa = (qd + 2 * kvd).max(c);
         for l in 0..cfg.n_layers {
             let w = m.block(l);
             let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
             by_tokens(k, xn, x, c, |o, x| rms(x, w.attn_norm, o));
-            let (q, rest) = b.qkv[..n * (qd + 2 * kvd)].split_at_mut(n * qd);
+            let (first, att) = b.ff.split_at_mut(n * wa);
+            let att = &mut att[..n * qd];
+            let (q, rest) = first[..n * (qd + 2 * kvd)].split_at_mut(n * qd);
             let (key, value) = rest.split_at_mut(n * kvd);
             let fresh = [true, false, false]; // x is quantized once for the three
             let qkv = [
@@ -75,26 +81,41 @@ impl Session<'_, '_> {
                 pos0,
                 q,
             };
-            attend_runs(&job, 0, &mut self.lanes, &mut b.att[..n * qd]);
+            attend_runs(&job, 0, &mut self.lanes, att);
             let none = Epilogue::default();
-            pr.run(w.out, qd, &b.att[..n * qd], &mut b.out[..n * c], none, true);
-            residual_rows(k, (c, eps), w.attn_post_norm, b, n);
-            let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
+            // The projection over the queries, keys and values (stored or used up by now).
+            let out = &mut first[..n * c];
+            pr.run(w.out, qd, att, out, none, true);
+            residual_rows(k, (c, eps), w.attn_post_norm, (&mut *x, &mut *xn, out));
             by_tokens(k, xn, x, c, |o, x| rms(x, w.mlp_norm, o));
-            let (gate, up) = (&mut b.ff[..n * f], &mut b.up[..n * f]);
-            pr.run(w.gate, c, xn, gate, none, true);
-            pr.run(w.up, c, xn, up, none, false);
-            // Row by row, so every token's row gets the same kernel calls whatever the split.
-            by_tokens(k, gate, up, f, |g, u| {
-                for (gr, ur) in g.chunks_exact_mut(f).zip(u.chunks_exact(f)) {
-                    match cfg.mlp {
-                        Mlp::GeGlu => k.gelu_mul(gr, ur),
-                        _ => k.silu_mul(gr, ur),
+            // In parts of P rows of gate and up (a part's rows are the same rows of the whole
+            // product), each part's gated rows copied into h (N, F): 1.5 (N, F) buffers, not 2.
+            let p = mlp_part_rows(f);
+            let (h, rest) = b.ff.split_at_mut(n * f);
+            for r0 in (0..f).step_by(p) {
+                let rows = r0..(r0 + p).min(f);
+                let pl = rows.len();
+                let (gate, up) = rest[..2 * n * pl].split_at_mut(n * pl);
+                let fresh = r0 == 0; // xn is quantized once for all the parts
+                pr.run(row_range(w.gate, c, &rows), c, xn, gate, none, fresh);
+                pr.run(row_range(w.up, c, &rows), c, xn, up, none, false);
+                // Row by row, so every token's row gets the same kernel calls whatever the split.
+                by_tokens(k, gate, up, pl, |g, u| {
+                    for (gr, ur) in g.chunks_exact_mut(pl).zip(u.chunks_exact(pl)) {
+                        match cfg.mlp {
+                            Mlp::GeGlu => k.gelu_mul(gr, ur),
+                            _ => k.silu_mul(gr, ur),
+                        }
                     }
+                });
+                for (hr, gr) in h.chunks_exact_mut(f).zip(gate.chunks_exact(pl)) {
+                    hr[rows.clone()].copy_from_slice(gr);
                 }
-            });
-            pr.run(w.down, f, gate, &mut b.out[..n * c], none, true);
-            residual_rows(k, (c, eps), w.mlp_post_norm, b, n);
+            }
+            // The down projection over the parts (used up by now).
+            let out = &mut rest[..n * c];
+            pr.run(w.down, f, h, out, none, true);
+            residual_rows(k, (c, eps), w.mlp_post_norm, (&mut *x, &mut *xn, out));
         }
         // Logits for the last position only.
         let last = &b.x[(n - 1) * c..n * c];
@@ -105,6 +126,42 @@ impl Session<'_, '_> {
             k.add(&mut self.logits, bias);
         }
         self.tokens.extend_from_slice(chunk);
+    }
+}
+
+/// Rows of gate and up per part of a family's prefill MLP: a quarter of F, rounded up to a
+/// multiple of 64 (whole SIMD runs for the gating).
+pub(super) fn mlp_part_rows(f: usize) -> usize {
+    f.div_ceil(4).next_multiple_of(64).min(f).max(1)
+}
+
+/// Rows `rows` of the (R, C) matrix `w`, as a matrix of their own.
+fn row_range<'w>(w: Mat<'w>, c: usize, rows: &std::ops::Range<usize>) -> Mat<'w> {
+    let (r0, r1) = (rows.start, rows.end);
+    match w {
+        Mat::F32(v) => Mat::F32(&v[r0 * c..r1 * c]),
+        Mat::F16(v) => Mat::F16(&v[r0 * c..r1 * c]),
+        Mat::Q8(q) => {
+            let nb = q.blocks_per_row();
+            let part = Q8Matrix::new(
+                &q.quants()[r0 * c..r1 * c],
+                &q.scales()[r0 * nb..r1 * nb],
+                r1 - r0,
+                c,
+            );
+            Mat::Q8(part.expect("rows of a valid matrix"))
+        }
+        Mat::Q4(q) => {
+            let nb = q.blocks_per_row();
+            let row_bytes = q.quants().len() / q.rows().max(1);
+            let part = Q4Matrix::new(
+                &q.quants()[r0 * row_bytes..r1 * row_bytes],
+                &q.scales()[r0 * nb..r1 * nb],
+                r1 - r0,
+                c,
+            );
+            Mat::Q4(part.expect("rows of a valid matrix"))
+        }
     }
 }
 
@@ -160,10 +217,8 @@ fn residual_rows(
     k: &Kernels,
     (c, eps): (usize, f32),
     post: Option<&[f32]>,
-    b: &mut Buffers,
-    n: usize,
+    (x, xn, out): (&mut [f32], &mut [f32], &[f32]),
 ) {
-    let (x, xn, out) = (&mut b.x[..n * c], &mut b.xn[..n * c], &b.out[..n * c]);
     let add = match post {
         Some(scale) => {
             by_tokens(k, xn, out, c, |o, y| {

@@ -46,14 +46,20 @@ pub(crate) struct BenchArgs {
     json: bool,
 }
 
-fn peak_rss_bytes() -> u64 {
+/// A field of /proc/self/status in bytes (0 where it cannot be read: not Linux).
+fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.strip_prefix(field).is_some_and(|r| r.starts_with(':')))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|kb| kb.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
+}
+
+/// Peak resident memory (VmHWM): the model's mapped pages, the KV cache and everything else.
+fn peak_rss_bytes() -> u64 {
+    status_bytes("VmHWM")
 }
 
 /// The bandwidth probe's buffer in `ember bench` (far larger than any cache).
@@ -175,6 +181,9 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     let first = argmax(session.prefill(&prompt).map_err(|e| e.to_string())?) as u32;
     greedy(&mut session, first, a.gen_tokens)?;
     let rss = peak_rss_bytes();
+    // Its parts now (the peak is reached in the warm-up's decode): mapped file pages (the
+    // model's, the binary's and its libraries') and anonymous memory (heap, stacks).
+    let (rss_file, rss_anon) = (status_bytes("RssFile"), status_bytes("RssAnon"));
     session.reset();
     let t1 = Instant::now();
     session.prefill(&prompt).map_err(|e| e.to_string())?;
@@ -238,6 +247,8 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
             "decode_rounds": rounds,
             "decode_round_bandwidth_fraction": round_fraction,
             "peak_rss_bytes": rss,
+            "rss_file_bytes": rss_file,
+            "rss_anon_bytes": rss_anon,
             "kv_cache_bytes": session.kv_cache_bytes(),
             "huge_page_bytes": model_huge,
             "bandwidth_huge_page_bytes": probe_huge,
@@ -289,11 +300,15 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
                 );
             }
         }
+        let mib = |b: u64| b as f64 / (1 << 20) as f64;
         println!(
-            "peak RSS     {:.1} MiB (model file {:.1} MiB, KV cache {:.1} MiB allocated)",
-            rss as f64 / (1 << 20) as f64,
-            model.file_size() as f64 / (1 << 20) as f64,
-            session.kv_cache_bytes() as f64 / (1 << 20) as f64
+            "peak RSS     {:.1} MiB (model file {:.1} MiB, KV cache {:.1} MiB allocated; after \
+             the warm-up {:.1} MiB of mapped files, {:.1} MiB anonymous)",
+            mib(rss),
+            mib(model.file_size() as u64),
+            mib(session.kv_cache_bytes() as u64),
+            mib(rss_file),
+            mib(rss_anon)
         );
     }
     Ok(())

@@ -112,7 +112,11 @@ pub(crate) fn inspect(a: InspectArgs) -> Result<()> {
         }
     };
     let load_ms = t0.elapsed().as_secs_f64() * 1e3;
-    let h = model.header();
+    // The whole header: the model's own leaves the tokenizer's tables out.
+    let header = emberlm_formats::ember::EmberFile::parse(model.bytes())
+        .map_err(|e| format!("{}: {e}", a.model.display()))?
+        .header;
+    let h = &header;
     let cfg = model.config();
     let weights: u64 = h.tensors.iter().map(|t| t.numel()).sum();
     if a.json {
