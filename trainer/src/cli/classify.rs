@@ -623,6 +623,7 @@ fn train(
             None,
             None,
             dtype,
+            &crate::export::Keep::default(),
             &meta.provenance,
         ),
     }
