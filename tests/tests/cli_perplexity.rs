@@ -269,7 +269,7 @@ fn bad_inputs_are_named() {
 #[test]
 fn int4_export_records_each_tensors_dtype_and_stays_close_to_f32() {
     use emberlm_formats::ember::{DType, parse_header};
-    use emberlm_trainer::export::export_ember_keep;
+    use emberlm_trainer::export::{Keep, export_ember_keep};
     let tmp = tempfile::tempdir().unwrap();
     let m = export(tmp.path(), "tiny.ember", 1.0);
     let imp = import_safetensors(&fixture_dir(), None).unwrap();
@@ -281,10 +281,10 @@ fn int4_export_records_each_tensors_dtype_and_stays_close_to_f32() {
         provenance: vec![],
     };
     let path = tmp.path().join("int4.ember");
-    let keep = [
+    let keep = Keep::f16(&[
         "ff.proj.weight".to_string(),
         "blocks.1.att.qkv.weight".to_string(),
-    ];
+    ]);
     export_ember_keep(&path, &meta, ExportDtype::Int4, &keep, &|n| {
         imp.tensors.get(n).map(|v| v.as_slice())
     })
@@ -321,7 +321,7 @@ fn int4_export_records_each_tensors_dtype_and_stays_close_to_f32() {
         &tmp.path().join("x.ember"),
         &meta,
         ExportDtype::Int4,
-        &["ff.nope.weight".to_string()],
+        &Keep::f16(&["ff.nope.weight".to_string()]),
         &|n| imp.tensors.get(n).map(|v| v.as_slice()),
     )
     .unwrap_err();

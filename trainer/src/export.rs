@@ -1,7 +1,8 @@
 //! Export to one deployable `.ember` file: configuration, tokenizer, task, prompt template,
 //! provenance, and every tensor in f32, f16, int8 (Q8) or int4 (Q4). Matrices take the chosen
-//! dtype (with int4, the embeddings and the output head take int8, and `--keep-f16` names keep
-//! f16; see [`tensor_dtype`]); norms and biases stay f32. Streams one tensor at a time and writes atomically.
+//! dtype (with int4, the embeddings and the output head take int8 unless `--keep-int8` says
+//! otherwise, and `--keep-f16` names keep f16; see [`tensor_dtype`]); norms and biases stay f32.
+//! Streams one tensor at a time and writes atomically.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{
@@ -101,8 +102,13 @@ pub enum ExportError {
         /// Why.
         error: QuantError,
     },
-    /// A `--keep-f16` name matches no matrix of the model.
-    NoSuchTensor(String),
+    /// A `--keep-f16` or `--keep-int8` name matches no matrix of the model.
+    NoSuchTensor {
+        /// The option that gave it (`keep-f16`, `keep-int8`).
+        option: &'static str,
+        /// The name.
+        name: String,
+    },
     /// Writing the file failed.
     Format(FormatError),
 }
@@ -122,10 +128,10 @@ impl fmt::Display for ExportError {
                 )
             }
             ExportError::Quant { tensor, error } => write!(f, "export: tensor {tensor:?}: {error}"),
-            ExportError::NoSuchTensor(n) => write!(
+            ExportError::NoSuchTensor { option, name } => write!(
                 f,
-                "--keep-f16: {n:?} matches no weight matrix of this model (give a tensor name as \
-                 `ember inspect` lists it, e.g. out_head.weight, or the part after blocks.N., \
+                "--{option}: {name:?} matches no weight matrix of this model (give a tensor name \
+                 as `ember inspect` lists it, e.g. out_head.weight, or the part after blocks.N., \
                  e.g. ff.proj.weight for every layer)"
             ),
             ExportError::Format(e) => write!(f, "export: {e}"),
@@ -152,8 +158,28 @@ pub fn export_shapes(cfg: &GptConfig, task: &Task) -> Vec<(String, Vec<usize>)> 
     cfg.tensor_shapes_with_classes(classes)
 }
 
-/// Whether the `--keep-f16` entry `keep` names tensor `name`: the whole name, or its part after
-/// `blocks.N.` (then every layer's).
+/// Which weight matrices an export stores above its dtype.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Keep {
+    /// Matrices kept at f16 (`--keep-f16`), whatever the dtype.
+    pub f16: Vec<String>,
+    /// With int4, the matrices kept at int8 (`--keep-int8`); `None`: the default set, the
+    /// embeddings and the output head ([`quant::int4_keeps_q8`]); `Some(vec![])`: none.
+    pub int8: Option<Vec<String>>,
+}
+
+impl Keep {
+    /// Only `--keep-f16` names, int4's default int8 set.
+    pub fn f16(names: &[String]) -> Keep {
+        Keep {
+            f16: names.to_vec(),
+            int8: None,
+        }
+    }
+}
+
+/// Whether the `--keep-f16` / `--keep-int8` entry `keep` names tensor `name`: the whole name, or
+/// its part after `blocks.N.` (then every layer's).
 fn keep_matches(keep: &str, name: &str) -> bool {
     name == keep
         || name
@@ -163,28 +189,36 @@ fn keep_matches(keep: &str, name: &str) -> bool {
 }
 
 /// The stored dtype of tensor `name` (a matrix when `matrix`): vectors stay f32; a matrix named
-/// by `keep_f16` takes f16; with int4, embeddings and heads take int8 and the other matrices Q4;
-/// otherwise the export dtype.
-pub fn tensor_dtype(dtype: ExportDtype, name: &str, matrix: bool, keep_f16: &[String]) -> DType {
+/// by `keep.f16` takes f16; with int4, the matrices of `keep.int8` (default: embeddings and
+/// heads) take int8 and the other matrices Q4; otherwise the export dtype.
+pub fn tensor_dtype(dtype: ExportDtype, name: &str, matrix: bool, keep: &Keep) -> DType {
+    let int8 = match &keep.int8 {
+        None => quant::int4_keeps_q8(name),
+        Some(names) => names.iter().any(|k| keep_matches(k, name)),
+    };
     if !matrix {
         DType::F32
-    } else if keep_f16.iter().any(|k| keep_matches(k, name)) {
+    } else if keep.f16.iter().any(|k| keep_matches(k, name)) {
         DType::F16
-    } else if dtype == ExportDtype::Int4 && quant::int4_keeps_q8(name) {
+    } else if dtype == ExportDtype::Int4 && int8 {
         DType::Q8
     } else {
         dtype.dtype()
     }
 }
 
-/// Fails with [`ExportError::NoSuchTensor`] when a `keep_f16` entry names no matrix in `matrices`.
-pub fn check_keep_f16<'n>(
-    keep_f16: &[String],
+/// Fails with [`ExportError::NoSuchTensor`] when a name of `keep` names no matrix in `matrices`.
+pub fn check_keep<'n>(
+    keep: &Keep,
     matrices: impl Iterator<Item = &'n str> + Clone,
 ) -> Result<(), ExportError> {
-    for k in keep_f16 {
+    let int8 = keep.int8.iter().flatten().map(|k| ("keep-int8", k));
+    for (option, k) in keep.f16.iter().map(|k| ("keep-f16", k)).chain(int8) {
         if !matrices.clone().any(|n| keep_matches(k, n)) {
-            return Err(ExportError::NoSuchTensor(k.clone()));
+            return Err(ExportError::NoSuchTensor {
+                option,
+                name: k.clone(),
+            });
         }
     }
     Ok(())
@@ -198,15 +232,15 @@ pub fn export_ember<'t>(
     dtype: ExportDtype,
     tensor: &dyn Fn(&str) -> Option<&'t [f32]>,
 ) -> Result<u64, ExportError> {
-    export_ember_keep(path, meta_in, dtype, &[], tensor)
+    export_ember_keep(path, meta_in, dtype, &Keep::default(), tensor)
 }
 
-/// [`export_ember`] with the matrices named by `keep_f16` kept at f16 (see [`tensor_dtype`]).
+/// [`export_ember`] with the matrices named by `keep` kept at f16 or int8 (see [`tensor_dtype`]).
 pub fn export_ember_keep<'t>(
     path: &Path,
     meta_in: &ExportMeta<'_>,
     dtype: ExportDtype,
-    keep_f16: &[String],
+    keep: &Keep,
     tensor: &dyn Fn(&str) -> Option<&'t [f32]>,
 ) -> Result<u64, ExportError> {
     let cfg = &meta_in.config;
@@ -230,8 +264,8 @@ pub fn export_ember_keep<'t>(
         }
     }
     let shapes = export_shapes(cfg, &meta_in.task);
-    check_keep_f16(
-        keep_f16,
+    check_keep(
+        keep,
         shapes
             .iter()
             .filter(|(_, s)| s.len() == 2)
@@ -248,7 +282,7 @@ pub fn export_ember_keep<'t>(
                 found: data.len(),
             });
         }
-        let dt = tensor_dtype(dtype, name, shape.len() == 2, keep_f16);
+        let dt = tensor_dtype(dtype, name, shape.len() == 2, keep);
         w.add_tensor(name, dt, shape)?;
         sources.push(data);
     }
@@ -308,7 +342,8 @@ pub fn encode_tensor(
 
 /// Writes a model of the modern families (`cfg`, its tensors in file order as
 /// [`crate::family::FamilyModel::tensors`] gives them) to `path` atomically: matrices in
-/// `dtype`, vectors in f32, with the tokenizer and provenance. Returns the file size.
+/// `dtype` (as [`tensor_dtype`] decides with no `--keep-*` names), vectors in f32, with the
+/// tokenizer and provenance. Returns the file size.
 pub fn export_family_ember(
     path: &Path,
     cfg: &emberlm_formats::config::ModelConfig,
@@ -317,14 +352,24 @@ pub fn export_family_ember(
     dtype: ExportDtype,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
-    export_family_ember_with(path, cfg, tensors, tokenizer, None, None, dtype, provenance)
+    export_family_ember_with(
+        path,
+        cfg,
+        tensors,
+        tokenizer,
+        None,
+        None,
+        dtype,
+        &Keep::default(),
+        provenance,
+    )
 }
 
 /// [`export_family_ember`] of a model imported from a Hugging Face directory: `extras` (its
 /// chat template, end-of-reply and start ids, from the checkpoint's `hf/`:
 /// [`crate::checkpoint::hf_extras`]) go into the file as the conversion of that directory writes
 /// them ([`crate::hf::extras::put`]). `prompt` stores a prompt template (a model instruction-tuned
-/// with the Alpaca template).
+/// with the Alpaca template). `keep` names matrices kept at f16 or int8 ([`tensor_dtype`]).
 #[allow(clippy::too_many_arguments)]
 pub fn export_family_ember_with(
     path: &Path,
@@ -334,6 +379,7 @@ pub fn export_family_ember_with(
     extras: Option<&crate::hf::extras::Extras>,
     prompt: Option<&PromptTemplate>,
     dtype: ExportDtype,
+    keep: &Keep,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
     export_family_ember_task(
@@ -345,6 +391,7 @@ pub fn export_family_ember_with(
         extras,
         prompt,
         dtype,
+        keep,
         provenance,
     )
 }
@@ -361,8 +408,16 @@ pub fn export_family_ember_task(
     extras: Option<&crate::hf::extras::Extras>,
     prompt: Option<&PromptTemplate>,
     dtype: ExportDtype,
+    keep: &Keep,
     provenance: &[(String, String)],
 ) -> Result<u64, ExportError> {
+    check_keep(
+        keep,
+        tensors
+            .iter()
+            .filter(|(_, s, _)| s.len() == 2)
+            .map(|(n, _, _)| n.as_str()),
+    )?;
     let mut w = EmberWriter::new();
     meta::put_model_config(&mut w, cfg)?;
     meta::put_task(&mut w, task)?;
@@ -394,12 +449,11 @@ pub fn export_family_ember_task(
                 found: data.len(),
             });
         }
-        let dt = if shape.len() == 2 {
-            dtype.dtype()
-        } else {
-            DType::F32
-        };
-        w.add_tensor(name, dt, shape)?;
+        w.add_tensor(
+            name,
+            tensor_dtype(dtype, name, shape.len() == 2, keep),
+            shape,
+        )?;
     }
     let mut quant_error = None;
     let result = w.write_file(path, |i, entry, out| {
@@ -408,5 +462,130 @@ pub fn export_family_ember_task(
     match (result, quant_error) {
         (Err(_), Some(e)) => Err(e),
         (r, _) => Ok(r?),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use emberlm_formats::config::ModelConfig;
+    use emberlm_formats::ember::parse_header;
+
+    fn names(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// int4's default int8 set is the embeddings and heads; `--keep-int8` replaces it (empty:
+    /// every matrix at Q4); `--keep-f16` wins over both; other dtypes ignore the int8 set.
+    #[test]
+    fn tensor_dtype_follows_the_keep_rules() {
+        use ExportDtype::{Int4, Int8};
+        let dflt = Keep::default();
+        let none = Keep {
+            f16: vec![],
+            int8: Some(vec![]),
+        };
+        let down = Keep {
+            f16: names(&["blocks.1.mlp.down.weight"]),
+            int8: Some(names(&["head.weight", "mlp.down.weight"])),
+        };
+        let dt = |d, n: &str, k: &Keep| tensor_dtype(d, n, true, k);
+        assert_eq!(dt(Int4, "tok_emb.weight", &dflt), DType::Q8);
+        assert_eq!(dt(Int4, "head.weight", &dflt), DType::Q8);
+        assert_eq!(dt(Int4, "out_head.weight", &dflt), DType::Q8);
+        assert_eq!(dt(Int4, "blocks.0.mlp.down.weight", &dflt), DType::Q4);
+        assert_eq!(dt(Int4, "tok_emb.weight", &none), DType::Q4);
+        assert_eq!(dt(Int4, "head.weight", &none), DType::Q4);
+        assert_eq!(dt(Int4, "tok_emb.weight", &down), DType::Q4);
+        assert_eq!(dt(Int4, "head.weight", &down), DType::Q8);
+        assert_eq!(dt(Int4, "blocks.0.mlp.down.weight", &down), DType::Q8);
+        assert_eq!(dt(Int4, "blocks.1.mlp.down.weight", &down), DType::F16);
+        assert_eq!(dt(Int4, "blocks.1.mlp.up.weight", &down), DType::Q4);
+        assert_eq!(dt(Int8, "blocks.0.mlp.down.weight", &down), DType::Q8);
+        assert_eq!(dt(Int8, "tok_emb.weight", &none), DType::Q8);
+        assert_eq!(
+            tensor_dtype(Int4, "final_norm.weight", false, &down),
+            DType::F32
+        );
+    }
+
+    #[test]
+    fn an_unknown_keep_name_is_an_error_naming_its_option() {
+        let m = ["tok_emb.weight", "blocks.0.mlp.up.weight"];
+        let k = Keep {
+            f16: names(&["mlp.up.weight"]),
+            int8: Some(names(&["mlp.nope.weight"])),
+        };
+        let e = check_keep(&k, m.iter().copied()).unwrap_err();
+        assert_eq!(
+            e,
+            ExportError::NoSuchTensor {
+                option: "keep-int8",
+                name: "mlp.nope.weight".into()
+            }
+        );
+        assert!(
+            e.to_string()
+                .starts_with("--keep-int8: \"mlp.nope.weight\""),
+            "{e}"
+        );
+        let k = Keep::f16(&names(&["nope"]));
+        let e = check_keep(&k, m.iter().copied()).unwrap_err();
+        assert!(e.to_string().starts_with("--keep-f16: \"nope\""), "{e}");
+    }
+
+    /// A checkpoint of the modern families exported at int4 follows the same rules as a Hugging
+    /// Face directory: the embedding and head at int8 by default (they were Q4 before), and the
+    /// `--keep-*` names apply.
+    #[test]
+    fn family_int4_export_keeps_the_embedding_and_head_at_int8_by_default() {
+        let mut c = ModelConfig::preset("smollm2-135m").unwrap();
+        (c.vocab_size, c.context_length, c.dim, c.n_layers) = (64, 16, 32, 2);
+        (c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim) = (4, 2, 8, 64);
+        c.tied_head = false;
+        let m = crate::family::FamilyModel::new(&c, 3).unwrap();
+        let tensors = m.tensors();
+        let tmp = tempfile::tempdir().unwrap();
+        let write = |keep: &Keep| {
+            let p = tmp.path().join("m.ember");
+            export_family_ember_with(
+                &p,
+                &c,
+                &tensors,
+                None,
+                None,
+                None,
+                ExportDtype::Int4,
+                keep,
+                &[],
+            )?;
+            Ok::<_, ExportError>(parse_header(&std::fs::read(&p).unwrap()).unwrap())
+        };
+        let h = write(&Keep::default()).unwrap();
+        let dt = |n: &str| h.tensor(n).unwrap().dtype;
+        assert_eq!(dt("tok_emb.weight"), DType::Q8);
+        assert_eq!(dt("head.weight"), DType::Q8);
+        assert_eq!(dt("blocks.0.mlp.down.weight"), DType::Q4);
+        assert_eq!(dt("blocks.1.attn_norm.weight"), DType::F32);
+        let h = write(&Keep {
+            f16: names(&["attn.v.weight"]),
+            int8: Some(vec![]),
+        })
+        .unwrap();
+        let dt = |n: &str| h.tensor(n).unwrap().dtype;
+        assert_eq!(dt("tok_emb.weight"), DType::Q4);
+        assert_eq!(dt("head.weight"), DType::Q4);
+        assert_eq!(dt("blocks.1.attn.v.weight"), DType::F16);
+        let e = write(&Keep::f16(&names(&["attn.nope.weight"]))).err();
+        assert!(
+            matches!(
+                e,
+                Some(ExportError::NoSuchTensor {
+                    option: "keep-f16",
+                    ..
+                })
+            ),
+            "{e:?}"
+        );
     }
 }

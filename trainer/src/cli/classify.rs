@@ -627,6 +627,7 @@ fn train(
             None,
             None,
             dtype,
+            &crate::export::Keep::default(),
             &meta.provenance,
         ),
     }

@@ -2,21 +2,23 @@
 //! (f32, f16, int8 or int4).
 
 use super::{CliError, Console, ExportArgs, Outcome, failed};
-use crate::export::{ExportDtype, ExportMeta, export_ember_keep};
+use crate::export::{ExportDtype, ExportMeta, Keep, export_ember_keep};
 use crate::{checkpoint, hf, import};
 use crate::{note, say};
 use emberlm_formats::meta::Task;
 use serde_json::json;
 use std::time::Instant;
 
-/// `ember-train export CKPT --dtype f32|f16|int8|int4 [--keep-f16 NAME]... --out MODEL.ember`.
+/// `ember-train export CKPT --dtype f32|f16|int8|int4 [--keep-f16 NAME]... [--keep-int8 NAME]...
+/// --out MODEL.ember`.
 pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let dtype: ExportDtype = a
         .dtype
         .parse()
         .map_err(|e| CliError::Usage(format!("--dtype: {e}")))?;
+    let keep = keep_of(&a, dtype)?;
     if hf::is_hf_dir(&a.checkpoint) {
-        return export_hf(&a, dtype, con);
+        return export_hf(&a, dtype, &keep, con);
     }
     let l = checkpoint::load(&a.checkpoint, false).map_err(|e| failed(e.to_string()))?;
     let mut provenance = vec![
@@ -51,6 +53,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
             extras.as_ref(),
             None,
             dtype,
+            &keep,
             &provenance,
         )
         .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
@@ -89,7 +92,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
     }
     let params = &l.params;
     let t0 = Instant::now();
-    let bytes = export_ember_keep(&a.out, &meta, dtype, &a.keep_f16, &|n| {
+    let bytes = export_ember_keep(&a.out, &meta, dtype, &keep, &|n| {
         offsets.get(n).and_then(|r| params.get(r.clone()))
     })
     .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
@@ -113,6 +116,7 @@ pub fn export(a: ExportArgs, con: &mut Console<'_>) -> Result<Outcome, CliError>
 fn export_hf(
     a: &ExportArgs,
     dtype: ExportDtype,
+    keep: &Keep,
     con: &mut Console<'_>,
 ) -> Result<Outcome, CliError> {
     let t0 = Instant::now();
@@ -131,19 +135,18 @@ fn export_hf(
                 format!("{} (Hugging Face gpt2)", imp.weights_path.display()),
             )],
         };
-        let bytes = export_ember_keep(&a.out, &meta, dtype, &a.keep_f16, &|n| {
+        let bytes = export_ember_keep(&a.out, &meta, dtype, keep, &|n| {
             imp.tensors.get(n).map(Vec::as_slice)
         })
         .map_err(|e| failed(format!("--out {}: {e}", a.out.display())))?;
         return finish(a, con, dtype, bytes, "gpt2", t0);
     }
     let dir = hf::HfDir::open(&a.checkpoint).map_err(|e| failed(e.to_string()))?;
-    let done = hf::convert_keep(&dir, dtype, &a.keep_f16, &a.out, &mut |_| Ok(())).map_err(
-        |e| match e {
+    let done =
+        hf::convert_keep(&dir, dtype, keep, &a.out, &mut |_| Ok(())).map_err(|e| match e {
             hf::ConvertError::Format(e) => failed(format!("--out {}: {e}", a.out.display())),
             e => failed(e.to_string()),
-        },
-    )?;
+        })?;
     note!(
         con,
         "{}: {} ({} layers, dim {}, {} weight file{})",
@@ -158,6 +161,30 @@ fn export_hf(
         note!(con, "left out: {i}");
     }
     finish(a, con, dtype, done.bytes, done.config.arch.name(), t0)
+}
+
+/// The `--keep-f16` and `--keep-int8` names; `--keep-int8` only with int4, `none` alone.
+fn keep_of(a: &ExportArgs, dtype: ExportDtype) -> Result<Keep, CliError> {
+    let int8 = match a.keep_int8.as_slice() {
+        [] => None,
+        [n] if n == "none" => Some(Vec::new()),
+        names if names.iter().any(|n| n == "none") => {
+            return Err(CliError::Usage(
+                "--keep-int8 none keeps no matrix at int8: give it alone".into(),
+            ));
+        }
+        names => Some(names.to_vec()),
+    };
+    if int8.is_some() && dtype != ExportDtype::Int4 {
+        return Err(CliError::Usage(format!(
+            "--keep-int8 applies to --dtype int4 only (this export is {})",
+            dtype.name()
+        )));
+    }
+    Ok(Keep {
+        f16: a.keep_f16.clone(),
+        int8,
+    })
 }
 
 fn finish(

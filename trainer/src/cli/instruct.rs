@@ -910,6 +910,7 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
                 chat_extras.as_ref(),
                 prompt.as_ref(),
                 ExportDtype::F32,
+                &crate::export::Keep::default(),
                 &provenance,
             )
         }

@@ -333,6 +333,11 @@ pub struct ExportArgs {
     /// it, or its part after blocks.N. for every layer (e.g. ff.proj.weight)
     #[argh(option)]
     pub keep_f16: Vec<String>,
+    /// with --dtype int4: keep these weight matrices at int8 (repeatable, named as for
+    /// --keep-f16) instead of the default set, the embeddings and the output head; `none`
+    /// keeps none (every matrix at int4)
+    #[argh(option)]
+    pub keep_int8: Vec<String>,
     /// the .ember file to write
     #[argh(option)]
     pub out: PathBuf,

@@ -112,22 +112,22 @@ pub fn convert(
     out: &Path,
     extra: &mut dyn FnMut(&mut EmberWriter) -> Result<(), FormatError>,
 ) -> Result<Converted, ConvertError> {
-    convert_keep(hf, dtype, &[], out, extra)
+    convert_keep(hf, dtype, &crate::export::Keep::default(), out, extra)
 }
 
-/// [`convert`] with the matrices named by `keep_f16` kept at f16 (see
+/// [`convert`] with the matrices named by `keep` kept at f16 or int8 (see
 /// [`crate::export::tensor_dtype`]).
 pub fn convert_keep(
     hf: &HfDir,
     dtype: ExportDtype,
-    keep_f16: &[String],
+    keep: &crate::export::Keep,
     out: &Path,
     extra: &mut dyn FnMut(&mut EmberWriter) -> Result<(), FormatError>,
 ) -> Result<Converted, ConvertError> {
     let cfg = hf.config;
     let (planned, ignored) = plan(hf)?;
-    crate::export::check_keep_f16(
-        keep_f16,
+    crate::export::check_keep(
+        keep,
         planned
             .iter()
             .filter(|(t, _)| t.desc.is_matrix())
@@ -160,7 +160,7 @@ pub fn convert_keep(
     super::extras::put(&mut w, &extras)?;
     extra(&mut w)?;
     for (t, _) in &planned {
-        let dt = crate::export::tensor_dtype(dtype, &t.name, t.desc.is_matrix(), keep_f16);
+        let dt = crate::export::tensor_dtype(dtype, &t.name, t.desc.is_matrix(), keep);
         w.add_tensor(&t.name, dt, &t.shape)?;
     }
     let mut failure: Option<ConvertError> = None;
