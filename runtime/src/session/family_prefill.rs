@@ -7,9 +7,9 @@
 
 use super::crew::fork;
 use super::gqa::{attend_token, norm_rotate, store_token};
-use super::prefill::by_tokens;
+use super::prefill::{Products, by_tokens};
 use super::{Buffers, Ctx, Session, embed};
-use crate::kernels::{Epilogue, Kernels, Q4Matrix, Q8Matrix, panel_q8};
+use crate::kernels::{Epilogue, Kernels, Q4Matrix, Q8Matrix};
 use crate::model::Mat;
 use emberlm_formats::config::Mlp;
 
@@ -161,52 +161,6 @@ fn row_range<'w>(w: Mat<'w>, c: usize, rows: &std::ops::Range<usize>) -> Mat<'w>
                 c,
             );
             Mat::Q4(part.expect("rows of a valid matrix"))
-        }
-    }
-}
-
-/// The prefill products' kernels and buffers: Q8 and Q4 weights go through the int8 product
-/// ([`panel_q8`], activations quantized as int8 and int4 decode quantize them) where the CPU has it,
-/// everything else through the f32 panel ([`Kernels::matmul`]).
-pub(super) struct Products<'s> {
-    pub(super) k: &'s Kernels,
-    pub(super) xp: &'s mut [f32],
-    pub(super) yt: &'s mut [f32],
-    pub(super) q8p: &'s mut [u8],
-    pub(super) q8d: &'s mut [f32],
-    /// q8p / q8d hold the current input.
-    pub(super) packed: bool,
-}
-
-impl Products<'_> {
-    /// y (N, R) = x (N, C) · Wᵀ with `ep`; `fresh`: x differs from the previous call's (else its
-    /// quantized copy is reused).
-    pub(super) fn run(
-        &mut self,
-        w: Mat<'_>,
-        c: usize,
-        x: &[f32],
-        y: &mut [f32],
-        ep: Epilogue<'_>,
-        fresh: bool,
-    ) {
-        let k = self.k;
-        self.packed &= !fresh;
-        match w {
-            Mat::Q8(_) | Mat::Q4(_) if panel_q8::available(k, c) => {
-                let w = match w {
-                    Mat::Q4(q) => panel_q8::Weights::Q4(q),
-                    Mat::Q8(q) => panel_q8::Weights::Q8(q),
-                    _ => unreachable!("matched as Q8 or Q4"),
-                };
-                if !self.packed {
-                    panel_q8::quantize_pack(k, x, c, self.q8p, self.q8d);
-                    self.packed = true;
-                }
-                let n = x.len() / c;
-                panel_q8::matmul(k, w, (self.q8p, self.q8d), n, y, self.yt, ep);
-            }
-            _ => k.matmul(w, c, x, y, self.xp, self.yt, ep),
         }
     }
 }

@@ -2,10 +2,9 @@
 //! in parallel (see the parent module's docs).
 
 use super::crew::fork;
-use super::family_prefill::Products;
 use super::{Buffers, Ctx, Session, embed};
-use crate::kernels::{Epilogue, Kernels};
-use crate::model::Layer;
+use crate::kernels::{Epilogue, Kernels, panel_q8};
+use crate::model::{Layer, Mat};
 use emberlm_formats::config::LAYERNORM_EPS;
 
 impl Session<'_, '_> {
@@ -221,5 +220,51 @@ fn attend_tokens(job: &ChunkAttn<'_>, i0: usize, lanes: &mut [Buffers], att: &mu
             || job.attend(i0, &mut lane.scores, my_att),
             || attend_tokens(job, i0 + mine, rest, rest_att),
         );
+    }
+}
+
+/// The prefill products' kernels and buffers: Q8 and Q4 weights go through the int8 product
+/// ([`panel_q8`], activations quantized as int8 and int4 decode quantize them) where the CPU has it,
+/// everything else through the f32 panel ([`Kernels::matmul`]).
+pub(super) struct Products<'s> {
+    pub(super) k: &'s Kernels,
+    pub(super) xp: &'s mut [f32],
+    pub(super) yt: &'s mut [f32],
+    pub(super) q8p: &'s mut [u8],
+    pub(super) q8d: &'s mut [f32],
+    /// q8p / q8d hold the current input.
+    pub(super) packed: bool,
+}
+
+impl Products<'_> {
+    /// y (N, R) = x (N, C) · Wᵀ with `ep`; `fresh`: x differs from the previous call's (else its
+    /// quantized copy is reused).
+    pub(super) fn run(
+        &mut self,
+        w: Mat<'_>,
+        c: usize,
+        x: &[f32],
+        y: &mut [f32],
+        ep: Epilogue<'_>,
+        fresh: bool,
+    ) {
+        let k = self.k;
+        self.packed &= !fresh;
+        match w {
+            Mat::Q8(_) | Mat::Q4(_) if panel_q8::available(k, c) => {
+                let w = match w {
+                    Mat::Q4(q) => panel_q8::Weights::Q4(q),
+                    Mat::Q8(q) => panel_q8::Weights::Q8(q),
+                    _ => unreachable!("matched as Q8 or Q4"),
+                };
+                if !self.packed {
+                    panel_q8::quantize_pack(k, x, c, self.q8p, self.q8d);
+                    self.packed = true;
+                }
+                let n = x.len() / c;
+                panel_q8::matmul(k, w, (self.q8p, self.q8d), n, y, self.yt, ep);
+            }
+            _ => k.matmul(w, c, x, y, self.xp, self.yt, ep),
+        }
     }
 }
