@@ -402,56 +402,56 @@ mod tests {
         (q, d)
     }
 
-    /// Every available kernel set (and thread count) against the per-token reference product,
-    /// bit for bit, on shapes with row and token tails.
+    /// Every available kernel set (and thread count) against `twin` (y (R) of one token's
+    /// quantized activations), bit for bit, on pseudo-random inputs of N tokens.
+    fn matches_bit_for_bit(w: Weights<'_>, n: usize, twin: impl Fn(&[i8], &[f32], &mut [f32])) {
+        let (r, c) = (w.rows(), w.cols());
+        let x: Vec<f32> = (0..n * c)
+            .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.01)
+            .collect();
+        let mut want = vec![0f32; n * r];
+        let (mut xq, mut xd) = (vec![0i8; c], vec![0f32; c / Q8_BLOCK]);
+        for t in 0..n {
+            reference::quantize_q8(&x[t * c..][..c], &mut xq, &mut xd);
+            twin(&xq, &xd, &mut want[t * r..][..r]);
+        }
+        if !available(&Kernels::detect(), c) {
+            eprintln!("panel_q8: this CPU has no AVX-512 VNNI: only the reference twin ran");
+        }
+        let mut kernels = Kernels::available();
+        kernels.push(Kernels::detect().with_threads(2));
+        for k in kernels {
+            let mut xp = vec![0u8; packed_bytes(n, c)];
+            let mut xpd = vec![0f32; packed_scales(n, c)];
+            quantize_pack(&k, &x, c, &mut xp, &mut xpd);
+            let mut y = vec![f32::NAN; n * r];
+            let mut scratch = vec![0f32; n * r];
+            let ep = Epilogue::default();
+            matmul(&k, w, (&xp, &xpd), n, &mut y, &mut scratch, ep);
+            let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{} threads={} r={r} c={c} n={n}",
+                k.name(),
+                k.threads()
+            );
+        }
+    }
+
+    /// Q8 weights against the per-token reference product, on shapes with row and token tails.
     #[test]
     fn matches_the_q8q8_reference_bit_for_bit() {
         for &(r, c, n) in &[(7, 64, 5), (48, 96, 17), (53, 256, 33), (4, 32, 1)] {
             let (q, d) = q8(r, c, (r * c + n) as u32);
             let w = Q8Matrix::new(&q, &d, r, c).unwrap();
-            let x: Vec<f32> = (0..n * c)
-                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.01)
-                .collect();
-            let mut want = vec![0f32; n * r];
-            let nb = c / Q8_BLOCK;
-            let (mut xq, mut xd) = (vec![0i8; c], vec![0f32; nb]);
-            for t in 0..n {
-                reference::quantize_q8(&x[t * c..][..c], &mut xq, &mut xd);
-                reference::matvec_q8q8_rows(w, &xq, &xd, &mut want[t * r..][..r], 0);
-            }
-            if !available(&Kernels::detect(), c) {
-                eprintln!("panel_q8: this CPU has no AVX-512 VNNI: only the reference twin ran");
-            }
-            let mut kernels = Kernels::available();
-            kernels.push(Kernels::detect().with_threads(2));
-            for k in kernels {
-                let mut xp = vec![0u8; packed_bytes(n, c)];
-                let mut xpd = vec![0f32; packed_scales(n, c)];
-                quantize_pack(&k, &x, c, &mut xp, &mut xpd);
-                let mut y = vec![f32::NAN; n * r];
-                let mut scratch = vec![0f32; n * r];
-                matmul(
-                    &k,
-                    w.into(),
-                    (&xp, &xpd),
-                    n,
-                    &mut y,
-                    &mut scratch,
-                    Epilogue::default(),
-                );
-                let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "{} threads={} r={r} c={c} n={n}",
-                    k.name(),
-                    k.threads()
-                );
-            }
+            matches_bit_for_bit(w.into(), n, |xq, xd, y| {
+                reference::matvec_q8q8_rows(w, xq, xd, y, 0)
+            });
         }
     }
 
-    /// Q4 weights: every available kernel set (and thread count) against the per-token
-    /// reference int4 × int8 product (what int4 decode computes), bit for bit.
+    /// Q4 weights against the per-token reference int4 × int8 product (what int4 decode
+    /// computes).
     #[test]
     fn q4_matches_the_q4q8_reference_bit_for_bit() {
         use crate::kernels::q4_reference;
@@ -461,33 +461,9 @@ mod tests {
             let quants: Vec<u8> = q8q.iter().map(|&v| v as u8).collect();
             let (_, scales) = q8(r, c, (r + c) as u32);
             let w = Q4Matrix::new(&quants, &scales, r, c).unwrap();
-            let x: Vec<f32> = (0..n * c)
-                .map(|i| ((i * 7919 % 1013) as f32 - 506.0) * 0.01)
-                .collect();
-            let mut want = vec![0f32; n * r];
-            let (mut xq, mut xd) = (vec![0i8; c], vec![0f32; nb]);
-            for t in 0..n {
-                reference::quantize_q8(&x[t * c..][..c], &mut xq, &mut xd);
-                q4_reference::matvec_q4q8_rows(w, &xq, &xd, &mut want[t * r..][..r], 0);
-            }
-            let mut kernels = Kernels::available();
-            kernels.push(Kernels::detect().with_threads(2));
-            for k in kernels {
-                let mut xp = vec![0u8; packed_bytes(n, c)];
-                let mut xpd = vec![0f32; packed_scales(n, c)];
-                quantize_pack(&k, &x, c, &mut xp, &mut xpd);
-                let mut y = vec![f32::NAN; n * r];
-                let mut scratch = vec![0f32; n * r];
-                let ep = Epilogue::default();
-                matmul(&k, w.into(), (&xp, &xpd), n, &mut y, &mut scratch, ep);
-                let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
-                assert!(
-                    same,
-                    "{} threads={} r={r} c={c} n={n}",
-                    k.name(),
-                    k.threads()
-                );
-            }
+            matches_bit_for_bit(w.into(), n, |xq, xd, y| {
+                q4_reference::matvec_q4q8_rows(w, xq, xd, y, 0)
+            });
         }
     }
 }
