@@ -241,6 +241,26 @@ impl<'s> Product<'s> {
     /// scratch for a gated job's up rows.
     fn chunk(&self, k: &Kernels, i: usize, y: &mut [f32], up: &mut [f32]) -> Range<usize> {
         let r = self.chunks.range(i);
+        self.rows(k, r.clone(), y, up);
+        r
+    }
+
+    /// The whole product into y (R), on the calling thread: one kernel call per matrix (per
+    /// `up.len()` rows for a gated job). A one-thread crew has nothing to balance, and a chunk's
+    /// four row streams are short: on 768 columns, 288-row calls read cold weights at 0.81 of a
+    /// whole-matrix call (`cargo bench -p emberlm-benches --bench decode_chunks`). Every row goes
+    /// through the same kernel sequence whatever the cut, so the bits equal the chunked ones.
+    fn all(&self, k: &Kernels, y: &mut [f32], up: &mut [f32]) {
+        let step = if self.up.is_some() { up.len() } else { y.len() }.max(1);
+        for start in (0..y.len()).step_by(step) {
+            let r = start..(start + step).min(y.len());
+            self.rows(k, r.clone(), &mut y[r], up);
+        }
+    }
+
+    /// Rows r of the product into y (r's length), epilogue applied; `up` (≥ r's length) is
+    /// scratch for a gated job's up rows.
+    fn rows(&self, k: &Kernels, r: Range<usize>, y: &mut [f32], up: &mut [f32]) {
         mat_rows(k, &self.w, self.x, y, r.start);
         k.epilogue(self.ep, r.clone(), y);
         if let Some((w, act)) = self.up {
@@ -251,7 +271,6 @@ impl<'s> Product<'s> {
                 _ => k.silu_mul(y, u),
             }
         }
-        r
     }
 
     /// Claims and runs chunks of the open job of epoch `epoch` until none is left, each through
@@ -442,10 +461,7 @@ impl Leader<'_, '_> {
         let (cx, k) = (self.cx, &self.cx.k);
         let job = Product::new(cx, (which, layer), x, scratch.xq, scratch.xd);
         if cx.crew.g <= 1 {
-            // The same chunks, so every row's sum is computed identically whatever the crew size.
-            for i in 0..job.chunks.count() {
-                job.chunk(k, i, &mut y[job.chunks.range(i)], scratch.up);
-            }
+            job.all(k, y, scratch.up);
             return;
         }
         let n = job.chunks.count() as u32;
@@ -471,8 +487,12 @@ impl Leader<'_, '_> {
         let input = Input::new(&cx.k, &job.w.qkv_w, xn, scratch.xq, scratch.xd);
         if cx.crew.g <= 1 {
             let (scores, rows) = (&mut *scratch.out, &mut *scratch.rows);
-            for g in 0..job.groups() {
-                job.project(input, g, rows);
+            // The whole product in one call (see `Product::all`), bias after: the same bits as
+            // the groups' chunks.
+            let rows3 = &mut rows[..3 * job.c];
+            mat_rows(&cx.k, &job.w.qkv_w, input, rows3, 0);
+            if let Some(bias) = job.w.qkv_b {
+                cx.k.add(rows3, &bias[..3 * job.c]);
             }
             for g in 0..job.groups() {
                 let part = |p: usize| &rows[job.part(p, g)];
