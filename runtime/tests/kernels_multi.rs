@@ -31,7 +31,8 @@ impl Rng {
     }
 }
 
-/// (R, C) shapes: tails of every kind, whole quads of 128 columns and not.
+/// (R, C) shapes: tails of every kind, whole quads of 128 columns and not, octs of 256 with and
+/// without a quad after them.
 fn shapes() -> Vec<(usize, usize)> {
     vec![
         (1, 1),
@@ -45,6 +46,8 @@ fn shapes() -> Vec<(usize, usize)> {
         (21, 200),
         (19, 256),
         (23, 300),
+        (17, 384),
+        (6, 640),
         (37, 768),
         (9, 1025),
     ]

@@ -11,10 +11,13 @@
 //! read nothing and are zero), so there is no scalar tail code. Each row keeps 16-lane
 //! accumulators and is reduced once, at its end.
 //!
-//! int8 × int8 runs on 256-bit vectors (`vpdpbusd` with AVX-512VL; see
-//! [`matvec_q8q8_rows_vnni`]): on the host it was written on, a 512-bit variant that reduced 16
-//! blocks at a time with lane permutations reached only 0.8× of it in the kernels bench's
-//! compute ceiling (`cargo bench -p emberlm-benches --bench kernels -- --table --ceiling`).
+//! int8 × int8 ([`matvec_q8q8_rows_vnni`]) does its integer work on 512-bit vectors, 8 blocks at
+//! a time, and its f32 work on 256-bit ones, 4 blocks at a time (the order the batched kernels
+//! reproduce bit for bit). On Zen 5 (2026-12-05) that raised the kernels bench's compute
+//! ceiling from 61–64 to 96–102 GB/s, against a 43 GB/s one-core read probe (`cargo bench -p
+//! emberlm-benches --bench kernels -- --table --ceiling`, two alternating runs). On the Intel
+//! host it was first written on, an all-512-bit variant that reduced 16 blocks at a time reached
+//! only 0.8× of the 256-bit kernel.
 
 use super::Q8Matrix;
 use super::q4_matrix::Q4Matrix;
@@ -229,12 +232,14 @@ fn pack_quad(m: [__m256i; 4]) -> __m256i {
 /// y[r] = Σ_b (d[r, b] · xd[b]) · Σ_{j in block b} q[r, j] · xq[j] for the y.len() rows of q
 /// (C = xq.len() columns) and d (NB = xd.len() scales per row).
 ///
-/// `vpdpbusd` (256-bit: measured faster here than 512-bit with a lane-permutation reduction)
-/// multiplies unsigned by signed bytes, so the weights go in as `w + 128` (a sign-bit flip)
-/// against the signed activations, which adds `128 · Σ x` per block: the same for every row,
-/// computed once per 4 rows, each block's sums start at its negative. Blocks go four at a time (one `vphaddd`-packed
-/// vector, two lanes per block, scaled and accumulated in f32); the last NB % 4 blocks one at a
-/// time with exact integer sums (masked loads: a short last block needs no scalar code).
+/// `vpdpbusd` multiplies unsigned by signed bytes, so the weights go in as `w + 128` (a sign-bit
+/// flip) against the signed activations, which adds `128 · Σ x` per block: the same for every
+/// row, computed once per 4 rows, each block's sums start at its negative. Blocks go eight at a
+/// time in 512-bit vectors (an "oct": two quads), then four at a time (a quad: one
+/// `vphaddd`-packed vector, two lanes per block); either way each quad's packed sums are
+/// scaled and accumulated in f32 by the same 256-bit operations, in quad order. The last
+/// NB % 4 blocks go one at a time with exact integer sums (masked loads: a short last block
+/// needs no scalar code).
 ///
 /// # Safety
 /// The CPU must have the [`Avx512`] features; q.len() = y.len() · C, d.len() = y.len() · NB.
@@ -300,13 +305,90 @@ unsafe fn matvec_q8q8_rows_vnni(q: &[i8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         }
         t
     };
+    // Octs: two quads (8 blocks, 256 columns) in 512-bit vectors. The integer work runs at 512
+    // bits: block sums by `vpdpbusd` on 64 bytes, then the two halves of each block reduced by
+    // lane permutations into the quads' `pack_quad` layouts, [quad 2o | quad 2o + 1] (exact
+    // integers, so the same values as `pack_quad`'s). The f32 work stays the quads' own: the two
+    // halves go through the same conversion, scale product and fused multiply-add as two quads
+    // would, in quad order, so a row's bits equal the all-quad sequence's (the batched kernels
+    // in `multi_avx512` rely on it).
+    let octs = quads / 2;
+    let flip5 = _mm512_set1_epi8(-128);
+    let zero5 = _mm512_setzero_si512();
+    // Lanes (2i, 2i + 1) of a (i < 8) and of b (i ≥ 8): pairs of lanes summed.
+    let (e1, o1) = (
+        _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
+        _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31),
+    );
+    // From two pair-sum vectors (blocks 0-3, blocks 4-7; per block [a, a, b, b] pairs): each
+    // block's first-half sum a_k in lanes 0-3 and second-half sum b_k in lanes 4-7 of its quad.
+    let (e2, o2) = (
+        _mm512_setr_epi32(0, 4, 8, 12, 2, 6, 10, 14, 16, 20, 24, 28, 18, 22, 26, 30),
+        _mm512_setr_epi32(1, 5, 9, 13, 3, 7, 11, 15, 17, 21, 25, 29, 19, 23, 27, 31),
+    );
+    // Scales [s0, s1, s2, s3, s0, s1, s2, s3, s4, s5, s6, s7, s4, s5, s6, s7] from s0 .. s7.
+    let spread = _mm512_setr_epi32(0, 1, 2, 3, 0, 1, 2, 3, 4, 5, 6, 7, 4, 5, 6, 7);
+    let x_oct = |o: usize| {
+        // SAFETY: oct o is whole: columns 256o .. 256o + 256 are inside x, blocks 8o .. 8o + 8
+        // inside xd.
+        let (xv, xs): ([__m512i; 4], __m256) = unsafe {
+            (
+                std::array::from_fn(|k| {
+                    _mm512_loadu_si512(xq.as_ptr().add(256 * o + 64 * k).cast())
+                }),
+                _mm256_loadu_ps(xd.as_ptr().add(8 * o)),
+            )
+        };
+        let neg = xv.map(|v| _mm512_sub_epi32(zero5, _mm512_dpbusd_epi32(zero5, flip5, v)));
+        (
+            xv,
+            neg,
+            _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(xs)),
+        )
+    };
+    let oct = |r: usize, o: usize, (xv, neg, xs): ([__m512i; 4], [__m512i; 4], __m512), acc| {
+        let wr = q[r * c + 256 * o..][..256].as_ptr();
+        let m: [__m512i; 4] = std::array::from_fn(|k| {
+            // SAFETY: wr holds 256 bytes (the slice above); blocks 2k, 2k + 1 are bytes
+            // 64k .. 64k + 64.
+            let wv = unsafe { _mm512_loadu_si512(wr.add(64 * k).cast()) };
+            _mm512_dpbusd_epi32(neg[k], _mm512_xor_si512(wv, flip5), xv[k])
+        });
+        let pairs = |a, b| {
+            _mm512_add_epi32(
+                _mm512_permutex2var_epi32(a, e1, b),
+                _mm512_permutex2var_epi32(a, o1, b),
+            )
+        };
+        let (lo, hi) = (pairs(m[0], m[1]), pairs(m[2], m[3]));
+        let sums = _mm512_add_epi32(
+            _mm512_permutex2var_epi32(lo, e2, hi),
+            _mm512_permutex2var_epi32(lo, o2, hi),
+        );
+        // SAFETY: blocks 8o .. 8o + 8 are inside row r's NB scales (16 bytes).
+        let dw = unsafe {
+            let h = _mm_loadu_si128(d.as_ptr().add(r * nb + 8 * o).cast());
+            _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(_mm256_cvtph_ps(h)))
+        };
+        let sc = _mm512_mul_ps(dw, xs);
+        let f = _mm512_cvtepi32_ps(sums);
+        let half = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+        let acc = _mm256_fmadd_ps(_mm512_castps512_ps256(f), _mm512_castps512_ps256(sc), acc);
+        _mm256_fmadd_ps(half(f), half(sc), acc)
+    };
     // Rows i, Q+i, 2Q+i, 3Q+i together (four memory streams), the rest alone; every row goes
     // through the same sequence.
     let qn = y.len() / 4;
     for i in 0..qn {
         let rows = [i, qn + i, 2 * qn + i, 3 * qn + i];
         let mut acc = [_mm256_setzero_ps(); 4];
-        for g in 0..quads {
+        for o in 0..octs {
+            let xo = x_oct(o);
+            for (a, &r) in acc.iter_mut().zip(&rows) {
+                *a = oct(r, o, xo, *a);
+            }
+        }
+        for g in 2 * octs..quads {
             let xg = x_quad(g);
             for (a, &r) in acc.iter_mut().zip(&rows) {
                 *a = quad(r, g, xg, *a);
@@ -318,7 +400,10 @@ unsafe fn matvec_q8q8_rows_vnni(q: &[i8], d: &[f16], xq: &[i8], xd: &[f32], y: &
     }
     for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
         let mut acc = _mm256_setzero_ps();
-        for g in 0..quads {
+        for o in 0..octs {
+            acc = oct(r, o, x_oct(o), acc);
+        }
+        for g in 2 * octs..quads {
             acc = quad(r, g, x_quad(g), acc);
         }
         *yr = finish(r, acc);
