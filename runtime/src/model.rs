@@ -202,7 +202,7 @@ impl Model<'static> {
     /// Memory-maps and validates a model file.
     pub fn open(path: &std::path::Path) -> Result<Model<'static>, RuntimeError> {
         let map = emberlm_formats::ember::MappedFile::open(path)?;
-        let header = EmberFile::parse(map.bytes())?.header;
+        let header = EmberFile::parse_except(map.bytes(), &TOKENIZER_TABLES)?.header;
         Model::build(Storage::Mapped(map), header)
     }
 }
@@ -211,16 +211,11 @@ impl<'a> Model<'a> {
     /// Validates a model held in memory. `bytes` must start on a 64-byte boundary (wrap
     /// `include_bytes!` in [`emberlm_formats::ember::Aligned`]).
     pub fn from_bytes(bytes: &'a [u8]) -> Result<Model<'a>, RuntimeError> {
-        let header = EmberFile::parse(bytes)?.header;
+        let header = EmberFile::parse_except(bytes, &TOKENIZER_TABLES)?.header;
         Model::build(Storage::Borrowed(bytes), header)
     }
 
-    fn build(storage: Storage<'a>, mut header: Header) -> Result<Model<'a>, RuntimeError> {
-        // The tokenizer's tables are megabytes for today's vocabularies (Llama 3's 3.6 MB) and
-        // only the tokenizer reads them: `Model::tokenizer` reads them again from the file.
-        header
-            .metadata
-            .retain(|(k, _)| !TOKENIZER_TABLES.contains(&k.as_str()));
+    fn build(storage: Storage<'a>, header: Header) -> Result<Model<'a>, RuntimeError> {
         let config = meta::get_model_config(&header)?;
         let task = meta::get_task(&header)?;
         let prompt = meta::get_prompt(&header)?;
