@@ -412,7 +412,8 @@ fn exercise(bytes: &[u8], misalign: bool) -> Result<u64, FormatError> {
     match (parse_header(view), skipped) {
         (Err(full), Err(skipped)) => assert_eq!(full, skipped),
         (Ok(mut full), Ok(skipped)) => {
-            full.metadata.retain(|(k, _)| !SKIPPED.contains(&k.as_str()));
+            full.metadata
+                .retain(|(k, _)| !SKIPPED.contains(&k.as_str()));
             assert_eq!(full, skipped);
         }
         (full, skipped) => panic!("parse_header: {full:?}\nskipping: {skipped:?}"),

@@ -63,16 +63,19 @@ fn array_elements(bytes: &[u8], key: &str) -> usize {
         .position(|w| w == key.as_bytes())
         .unwrap();
     let value = at + key.len();
-    assert_eq!(&bytes[value..value + 2], &[10, 1], "{key} is an array of u32");
+    assert_eq!(
+        &bytes[value..value + 2],
+        &[10, 1],
+        "{key} is an array of u32"
+    );
     value + 2 + 8
 }
 
 /// A GPT-2-shaped random model whose `key` array has element `i` set to `v`.
 fn corrupted(key: &str, i: usize, v: u32) -> Vec<u8> {
-    let mut bytes =
-        random_model_bytes_with_tokenizer(&config(), DType::Q8, 3, Tokenizer::gpt2())
-            .unwrap()
-            .to_vec();
+    let mut bytes = random_model_bytes_with_tokenizer(&config(), DType::Q8, 3, Tokenizer::gpt2())
+        .unwrap()
+        .to_vec();
     let at = array_elements(&bytes, key) + 4 * i;
     bytes[at..at + 4].copy_from_slice(&v.to_le_bytes());
     bytes

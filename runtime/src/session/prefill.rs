@@ -409,7 +409,9 @@ mod tests {
         let x: Vec<f32> = (0..n * c)
             .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
             .collect();
-        let bias: Vec<f32> = (0..r).map(|_| (next() % 200) as f32 / 100.0 - 1.0).collect();
+        let bias: Vec<f32> = (0..r)
+            .map(|_| (next() % 200) as f32 / 100.0 - 1.0)
+            .collect();
         let w = panel_q8::Weights::Q8(Q8Matrix::new(&q, &d, r, c).unwrap());
         let ep = Epilogue {
             bias: Some(&bias),
