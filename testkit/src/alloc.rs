@@ -9,7 +9,8 @@
 //! [`thread_allocations`] (the calling thread only) before and after the code under test. Every
 //! allocation, zeroed allocation and reallocation counts once; frees do not count.
 //! [`thread_live_bytes`] is the calling thread's allocated bytes minus those it freed (memory
-//! tests: what a structure built on this thread holds).
+//! tests: what a structure built on this thread holds); [`thread_allocated_bytes`] its allocated
+//! bytes, frees not subtracted.
 #![allow(unsafe_code)] // implementing `GlobalAlloc` is `unsafe`; every method forwards to `System`.
 
 use std::alloc::{GlobalAlloc, Layout, System};
@@ -25,10 +26,20 @@ static ALLOCATIONS: AtomicUsize = AtomicUsize::new(0);
 thread_local! {
     static THREAD_ALLOCATIONS: Cell<usize> = const { Cell::new(0) };
     static THREAD_LIVE: Cell<isize> = const { Cell::new(0) };
+    static THREAD_ALLOCATED: Cell<usize> = const { Cell::new(0) };
 }
 
 fn live(delta: isize) {
     let _ = THREAD_LIVE.try_with(|n| n.set(n.get().wrapping_add(delta)));
+    if delta > 0 {
+        let _ = THREAD_ALLOCATED.try_with(|n| n.set(n.get().wrapping_add(delta as usize)));
+    }
+}
+
+/// Bytes allocated by the calling thread so far, frees not subtracted (a difference of two
+/// readings bounds the copies the code between them made, even those it freed again).
+pub fn thread_allocated_bytes() -> usize {
+    THREAD_ALLOCATED.with(Cell::get)
 }
 
 /// Bytes allocated by the calling thread minus bytes it freed, so far (a difference of two

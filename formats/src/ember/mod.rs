@@ -17,7 +17,7 @@ mod write;
 pub use error::FormatError;
 #[cfg(feature = "mmap")]
 pub use mmap::{HugeBuffer, MappedFile, huge_page_bytes};
-pub use read::{EmberFile, Header, TensorData, parse_header, tensor_data};
+pub use read::{EmberFile, Header, TensorData, parse_header, parse_header_except, tensor_data};
 pub use value::{Array, Value};
 pub use write::{
     EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q4,

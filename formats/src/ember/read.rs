@@ -26,6 +26,15 @@ pub struct Header {
 /// On success, every tensor lies inside `bytes`, aligned, without overlap, gaps or trailing bytes,
 /// and every padding byte is zero. Never panics, whatever `bytes` holds.
 pub fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
+    parse_header_except(bytes, &[])
+}
+
+/// [`parse_header`] without keeping the metadata values whose keys are in `skip`: they are
+/// validated as `parse_header` validates them (same errors, duplicate keys included) but neither
+/// decoded nor copied, and are absent from the returned [`Header::metadata`]. Opening a model
+/// skips the tokenizer's tables this way (megabytes for today's vocabularies): the header's parse
+/// then touches only their length prefixes.
+pub fn parse_header_except(bytes: &[u8], skip: &[&str]) -> Result<Header, FormatError> {
     let mut c = Cursor { bytes, pos: 0 };
     let magic = c
         .take(8, &|| "header.magic".into())
@@ -72,11 +81,19 @@ pub fn parse_header(bytes: &[u8]) -> Result<Header, FormatError> {
     for i in 0..n_meta {
         let key = c.string(&|| format!("metadata[{i}].key"), 4, MAX_KEY_LEN)?;
         let tag = c.u8(&|| format!("metadata[{key:?}].type"))?;
-        let value = c.value(tag, &|| format!("metadata[{key:?}].value"))?;
+        let field = || format!("metadata[{key:?}].value");
+        let value = if skip.contains(&key.as_str()) {
+            c.skip_value(tag, &field)?;
+            None
+        } else {
+            Some(c.value(tag, &field)?)
+        };
         if !keys.insert(key.clone()) {
             return Err(FormatError::DuplicateKey { key });
         }
-        metadata.push((key, value));
+        if let Some(value) = value {
+            metadata.push((key, value));
+        }
     }
 
     let mut tensors: Vec<TensorEntry> =
@@ -310,7 +327,13 @@ impl<'a> EmberFile<'a> {
     /// the buffer must start on a 64-byte boundary (a memory map, [`super::Aligned`] or
     /// [`super::AlignedBytes`]) and the machine must be little-endian.
     pub fn parse(bytes: &'a [u8]) -> Result<EmberFile<'a>, FormatError> {
-        let header = parse_header(bytes)?;
+        EmberFile::parse_except(bytes, &[])
+    }
+
+    /// [`EmberFile::parse`] without keeping the metadata keys in `skip` (see
+    /// [`parse_header_except`]).
+    pub fn parse_except(bytes: &'a [u8], skip: &[&str]) -> Result<EmberFile<'a>, FormatError> {
+        let header = parse_header_except(bytes, skip)?;
         if cfg!(target_endian = "big") {
             return Err(FormatError::BigEndianHost);
         }
@@ -463,6 +486,60 @@ impl<'a> Cursor<'a> {
         let raw = self.take(len, field)?;
         std::str::from_utf8(raw)
             .map(str::to_string)
+            .map_err(|_| FormatError::InvalidUtf8 { field: field() })
+    }
+
+    /// Moves past one value as [`Cursor::value`] reads it, with the same checks and errors, without
+    /// copying strings, bytes or fixed-width arrays.
+    fn skip_value(&mut self, tag: u8, field: &dyn Fn() -> String) -> Result<(), FormatError> {
+        match tag {
+            8 => self.skip_str(field),
+            9 => {
+                let len = self.u64(field)?;
+                self.take(len, field).map(drop)
+            }
+            10 => {
+                let start = self.pos;
+                let head = || format!("{}.element_type", field());
+                let elem = self.u8(&head)?;
+                let count = self.u64(&|| format!("{}.count", field()))?;
+                let width = match elem {
+                    1 | 2 | 5 => 4,
+                    3 | 4 | 6 => 8,
+                    8 => 8,
+                    // Booleans (each byte checked) and unknown tags: read as `value` does.
+                    _ => {
+                        self.pos = start;
+                        return self.array_value(field).map(drop);
+                    }
+                };
+                let needed = count.saturating_mul(width);
+                if needed > self.remaining() {
+                    return Err(FormatError::Truncated {
+                        field: format!("{}.elements", field()),
+                        needed,
+                        available: self.remaining(),
+                    });
+                }
+                if elem == 8 {
+                    for i in 0..count {
+                        self.skip_str(&|| format!("{}[{i}]", field()))?;
+                    }
+                    return Ok(());
+                }
+                self.take(needed, &|| format!("{}.elements", field()))
+                    .map(drop)
+            }
+            _ => self.value(tag, field).map(drop),
+        }
+    }
+
+    /// A value string (u64 length + UTF-8), checked as [`Cursor::string`] checks it, not copied.
+    fn skip_str(&mut self, field: &dyn Fn() -> String) -> Result<(), FormatError> {
+        let len = self.u64(field)?;
+        let raw = self.take(len, field)?;
+        std::str::from_utf8(raw)
+            .map(drop)
             .map_err(|_| FormatError::InvalidUtf8 { field: field() })
     }
 

@@ -89,7 +89,7 @@ impl Session<'_, '_> {
             residual_rows(k, (c, eps), w.attn_post_norm, (&mut *x, &mut *xn, out));
             by_tokens(k, xn, x, c, |o, x| rms(x, w.mlp_norm, o));
             // In parts of P rows of gate and up (a part's rows are the same rows of the whole
-            // product), each part's gated rows copied into h (N, F): 1.5 (N, F) buffers, not 2.
+            // product), each part's gated rows copied into h (N, F): 1.25 (N, F) buffers, not 2.
             let p = mlp_part_rows(f);
             let (h, rest) = b.ff.split_at_mut(n * f);
             for r0 in (0..f).step_by(p) {
@@ -129,10 +129,14 @@ impl Session<'_, '_> {
     }
 }
 
-/// Rows of gate and up per part of a family's prefill MLP: a quarter of F, rounded up to a
-/// multiple of 64 (whole SIMD runs for the gating).
+/// Rows of gate and up per part of a family's prefill MLP: an eighth of F, rounded up to a
+/// multiple of 64 (whole SIMD runs for the gating). An eighth, not a quarter: the MLP's arena,
+/// F + max(2P, C) rows a token, is then F + C where F = 4C (Llama-3.2-1B: 1 MiB less resident
+/// memory at N = 128), the attention's arena rules elsewhere (Qwen3-0.6B), and each part's
+/// product still has hundreds of rows per thread. The gated rows do not depend on P (each
+/// row's gating runs whole SIMD runs), nor on the thread count.
 pub(super) fn mlp_part_rows(f: usize) -> usize {
-    f.div_ceil(4).next_multiple_of(64).min(f).max(1)
+    f.div_ceil(8).next_multiple_of(64).min(f).max(1)
 }
 
 /// Rows `rows` of the (R, C) matrix `w`, as a matrix of their own.

@@ -207,8 +207,8 @@ impl Buffers {
     /// the MLP's (the gated rows h (N, F), a part of P rows of gate and of up at a time, then the
     /// down projection over the used-up parts) are never live at once, so all of them live in
     /// `ff`, (N, max(max(Wqkv, C) + H·D, F + max(2P, C))), and `qkv`, `att`, `up` and `out` stay
-    /// empty (`family_chunk` cuts `ff`). At Llama-3.2-1B's shapes and N = 128 that is 5.5 MiB
-    /// less resident memory (6 MiB of 11.5), at Qwen3-0.6B's 3.5 MiB (3 of 6.5).
+    /// empty (`family_chunk` cuts `ff`). At Llama-3.2-1B's shapes and N = 128 that is 5 MiB
+    /// resident where separate buffers took 11.5, at Qwen3-0.6B's 3 MiB where they took 6.5.
     fn family_chunk(n: usize, w: Widths) -> Buffers {
         let q = w.qkv - 2 * w.kv;
         let p = family_prefill::mlp_part_rows(w.up);

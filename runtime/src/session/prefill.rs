@@ -262,9 +262,181 @@ impl Products<'_> {
                     self.packed = true;
                 }
                 let n = x.len() / c;
+                #[cfg(feature = "parallel")]
+                if k.threads() > 1 {
+                    let x = (&*self.q8p, &*self.q8d);
+                    return q8_blocks(k, w, x, n, y, self.yt, ep, Q8_SCRATCH);
+                }
                 panel_q8::matmul(k, w, (self.q8p, self.q8d), n, y, self.yt, ep);
             }
             _ => k.matmul(w, c, x, y, self.xp, self.yt, ep),
+        }
+    }
+}
+
+/// Scratch of the threaded int8 product, in f32 elements at most (256 KiB) for N tokens' worth of
+/// a block of rows (or one [`Q8_SPLIT`] row per thread, at least).
+#[cfg(feature = "parallel")]
+const Q8_SCRATCH: usize = 64 << 10;
+/// Threads' rows of a block of the threaded int8 product start at multiples of this (whole
+/// SIMD runs for the epilogue; the microkernel takes 4 rows at a time).
+#[cfg(feature = "parallel")]
+const Q8_SPLIT: usize = 16;
+
+/// The int8 product y (N, R) = X · Wᵀ with `ep` on several threads, a block of rows at a time:
+/// each thread computes its share of the block's rows into its (N, P_g) part of `scratch`, then
+/// the block's rows are gathered into `y`. `panel_q8::matmul` does the same over all R rows at
+/// once, with N·R scratch (1 MiB at Llama-3.2-1B's shapes and N = 128); blocks keep the touched
+/// scratch to `budget` elements ([`Q8_SCRATCH`]). Every element of `y` is the same row's same sums
+/// ([`panel_q8::matmul_rows`] computes rows independently) with the same epilogue, so the bits
+/// do not depend on the blocks or the thread count.
+#[cfg(feature = "parallel")]
+#[allow(clippy::too_many_arguments)]
+fn q8_blocks(
+    k: &Kernels,
+    w: panel_q8::Weights<'_>,
+    x: (&[u8], &[f32]),
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut [f32],
+    ep: Epilogue<'_>,
+    budget: usize,
+) {
+    use rayon::prelude::*;
+    let (r, groups) = (w.rows(), k.threads());
+    if n == 0 || r == 0 {
+        return;
+    }
+    let block = q8_block_rows(n, groups, budget);
+    for b0 in (0..r).step_by(block) {
+        let rows = b0..(b0 + block).min(r);
+        let len = rows.len();
+        let scratch = &mut scratch[..n * len];
+        q8_parts(k, w, x, n, &rows, 0, groups, scratch, ep);
+        let scratch = &*scratch;
+        y.par_chunks_mut(r)
+            .with_min_len(16)
+            .enumerate()
+            .for_each(|(t, yr)| {
+                let yr = &mut yr[rows.clone()];
+                for g in 0..groups {
+                    let part = q8_part(len, g, groups);
+                    let p = part.len();
+                    if p > 0 {
+                        yr[part.clone()].copy_from_slice(&scratch[part.start * n + t * p..][..p]);
+                    }
+                }
+            });
+    }
+}
+
+/// Rows per block of [`q8_blocks`] (a multiple of [`Q8_SPLIT`] per thread).
+#[cfg(feature = "parallel")]
+fn q8_block_rows(n: usize, groups: usize, budget: usize) -> usize {
+    let unit = Q8_SPLIT * groups;
+    (budget / n.max(1)).max(unit) / unit * unit
+}
+
+/// Thread g's rows of a block of `len` rows (relative to the block's start).
+#[cfg(feature = "parallel")]
+fn q8_part(len: usize, g: usize, groups: usize) -> std::ops::Range<usize> {
+    let at = |g: usize| {
+        if g >= groups {
+            len
+        } else {
+            len * g / groups / Q8_SPLIT * Q8_SPLIT
+        }
+    };
+    at(g)..at(g + 1)
+}
+
+/// Threads g.. of `groups`: thread g computes its rows of the block `rows` into its (N, P_g)
+/// part of `scratch`.
+#[cfg(feature = "parallel")]
+#[allow(clippy::too_many_arguments)]
+fn q8_parts(
+    k: &Kernels,
+    w: panel_q8::Weights<'_>,
+    x: (&[u8], &[f32]),
+    n: usize,
+    rows: &std::ops::Range<usize>,
+    g: usize,
+    groups: usize,
+    scratch: &mut [f32],
+    ep: Epilogue<'_>,
+) {
+    let part = q8_part(rows.len(), g, groups);
+    let abs = rows.start + part.start..rows.start + part.end;
+    let (mine, rest) = scratch.split_at_mut(part.len() * n);
+    let this = |mine: &mut [f32]| {
+        if !abs.is_empty() {
+            panel_q8::matmul_rows(k, w, x, n, abs.clone(), mine);
+            k.epilogue(ep, abs.clone(), mine);
+        }
+    };
+    if g + 1 >= groups {
+        return this(mine);
+    }
+    rayon::join(
+        || this(mine),
+        || q8_parts(k, w, x, n, rows, g + 1, groups, rest, ep),
+    );
+}
+
+#[cfg(all(test, feature = "parallel"))]
+mod tests {
+    use super::*;
+    use crate::kernels::Q8Matrix;
+    use half::f16;
+
+    /// The blocked product against `panel_q8::matmul` on one thread (all rows at once): the same
+    /// bits for 2, 3 and 4 threads and blocks from one split unit a thread up to all the rows,
+    /// with a bias and GELU, each run within a scratch of exactly one block.
+    #[test]
+    fn blocked_int8_product_has_the_bits_of_one_thread() {
+        let (r, c, n) = (1000, 96, 37);
+        let mut state = 7u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 33) as u32
+        };
+        let q: Vec<i8> = (0..r * c).map(|_| next() as i8).collect();
+        let d: Vec<f16> = (0..r * c / 32)
+            .map(|_| f16::from_f32((next() % 1000) as f32 * 1e-5))
+            .collect();
+        let x: Vec<f32> = (0..n * c)
+            .map(|_| (next() % 2001) as f32 / 1000.0 - 1.0)
+            .collect();
+        let bias: Vec<f32> = (0..r)
+            .map(|_| (next() % 200) as f32 / 100.0 - 1.0)
+            .collect();
+        let w = panel_q8::Weights::Q8(Q8Matrix::new(&q, &d, r, c).unwrap());
+        let ep = Epilogue {
+            bias: Some(&bias),
+            gelu: true,
+        };
+        let k1 = Kernels::detect().with_threads(1);
+        let mut xp = vec![0u8; panel_q8::packed_bytes(n, c)];
+        let mut xd = vec![0f32; panel_q8::packed_scales(n, c)];
+        panel_q8::quantize_pack(&k1, &x, c, &mut xp, &mut xd);
+        let mut want = vec![0f32; n * r];
+        panel_q8::matmul(&k1, w, (&xp, &xd), n, &mut want, &mut [], ep);
+        for threads in [2, 3, 4] {
+            let k = Kernels::detect().with_threads(threads);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            for budget in [0, 1000, 9000, 40_000, n * r] {
+                let block = q8_block_rows(n, threads, budget);
+                let mut scratch = vec![0f32; n * block.min(r)];
+                let mut y = vec![0f32; n * r];
+                pool.install(|| q8_blocks(&k, w, (&xp, &xd), n, &mut y, &mut scratch, ep, budget));
+                let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(same, "{threads} threads, blocks of {block} rows");
+            }
         }
     }
 }
