@@ -205,11 +205,27 @@ pub(super) fn multi_q8q8(
         &w.quants()[row_start * c..(row_start + p) * c],
         &w.scales()[row_start * nb..(row_start + p) * nb],
     );
-    let xt = &mut scratch[..b * c];
-    // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB).
+    if b < WIDE_MIN {
+        let xt = &mut scratch[..b * c];
+        // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd
+        // (B, NB).
+        unsafe {
+            prepare_x(xq, xt, c);
+            multi_q8q8_vnni(q, d, (xq, xd, &*xt), b, c, y);
+        }
+        return;
+    }
+    let quads = c / (4 * Q8_BLOCK);
+    assert!(
+        scratch.len() >= b * c + b * quads * 32,
+        "avx512 multi_q8q8: scratch"
+    );
+    let (xt, xs) = scratch[..b * c + b * quads * 32].split_at_mut(b * c);
+    // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB),
+    // xs holds B · quads · 32 bytes.
     unsafe {
-        prepare_x(xq, xt, c);
-        multi_q8q8_vnni(q, d, (xq, xd, &*xt), b, c, y);
+        prepare_pairs((xq, xd), (xt, xs), b, c);
+        multi_q8q8_wide(q, d, (xq, xd, &*xt, &*xs), b, c, y);
     }
 }
 
@@ -371,6 +387,239 @@ unsafe fn group_q8<const R: usize, const G: usize>(
                 t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
             }
             y[v * p + r] = t;
+        }
+    }
+}
+
+// ------------------------------------------------------------------ int8 x int8, 512 bits
+
+/// Vector pairs per group of the 512-bit int8 kernel: 4 rows × 4 pairs = 16 zmm accumulators,
+/// so B ≤ 8 is one pass over the rows' transposes.
+const PAIRS: usize = 4;
+
+/// The smallest B that takes the 512-bit int8 kernel ([`multi_q8q8_wide`]); smaller B takes
+/// the 256-bit one ([`multi_q8q8_vnni`]). Measured on Zen 5 (2026-12-05), a whole 768 × 2304
+/// and 3072 × 768 product, one thread: at B = 2 the 512-bit kernel is already faster (one pair
+/// of vectors costs what one vector costs at 256 bits), so the 256-bit kernel serves no B of
+/// the multi path (B = 1 takes the single kernel); it stays for reference and comparison.
+const WIDE_MIN: usize = 2;
+
+/// The 256-bit [`transpose`] within each 128-bit quarter of four zmm: on weights broadcast into
+/// both 256-bit halves, both halves hold [`transpose`]'s result.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose_512(m: [__m512i; 4]) -> [__m512i; 4] {
+    let t0 = _mm512_unpacklo_epi32(m[0], m[1]);
+    let t1 = _mm512_unpackhi_epi32(m[0], m[1]);
+    let t2 = _mm512_unpacklo_epi32(m[2], m[3]);
+    let t3 = _mm512_unpackhi_epi32(m[2], m[3]);
+    [
+        _mm512_unpacklo_epi64(t0, t2),
+        _mm512_unpackhi_epi64(t0, t2),
+        _mm512_unpacklo_epi64(t1, t3),
+        _mm512_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// For the 512-bit int8 kernel: vectors in pairs (v, v + 1), v even. For each pair and whole
+/// quad g: xt bytes v·C + 256g + 64i .. + 64 ← [`transpose`]d vector i of v's quad (low 32
+/// bytes) and of v + 1's (high 32), offset by +128; xs bytes v·quads·32 + 64g .. + 64 ← the
+/// quad's activation scales `[xv, xv, xv+1, xv+1]` (4 f32 each). A last odd vector v is laid
+/// out alone: xt as [`prepare_x`], xs bytes v·quads·32 + 32g ← `[xv, xv]`.
+///
+/// # Safety
+/// The CPU must have AVX2; xq and xt are (B, C), xd (B, NB), xs B · quads · 32 bytes.
+#[target_feature(enable = "avx2")]
+unsafe fn prepare_pairs(
+    (xq, xd): (&[i8], &[f32]),
+    (xt, xs): (&mut [u8], &mut [u8]),
+    b: usize,
+    c: usize,
+) {
+    let flip = _mm256_set1_epi8(-128);
+    let quads = c / (4 * Q8_BLOCK);
+    let nb = c.div_ceil(Q8_BLOCK);
+    let mut v = 0;
+    while v < b {
+        let n = (b - v).min(2);
+        for g in 0..quads {
+            for h in 0..n {
+                // SAFETY: quad g is columns 128g .. 128g + 128 of vector v + h < B (C long), so
+                // the stores land in v's (and v + 1's) rows of xt; scales 4g .. 4g + 4 of the
+                // vector's NB; xs bytes v·quads·32 + 32(n·g + h) .. + 32 are inside vector v's
+                // (and v + 1's) quads · 32.
+                unsafe {
+                    let xv = xq.as_ptr().add((v + h) * c + 128 * g);
+                    let m = std::array::from_fn(|k| _mm256_loadu_si256(xv.add(32 * k).cast()));
+                    for (i, t) in transpose(m).into_iter().enumerate() {
+                        let o = xt.as_mut_ptr().add(v * c + n * (128 * g + 32 * i) + 32 * h);
+                        _mm256_storeu_si256(o.cast(), _mm256_xor_si256(t, flip));
+                    }
+                    let x4 = _mm_loadu_ps(xd.as_ptr().add((v + h) * nb + 4 * g));
+                    let o = xs.as_mut_ptr().add(v * quads * 32 + 32 * (n * g + h));
+                    _mm256_storeu_ps(o.cast(), _mm256_set_m128(x4, x4));
+                }
+            }
+        }
+        v += n;
+    }
+}
+
+/// `group_q8_wide::<R, P, HALF>` for `rows` of 4 or 1 and P pairs in 1..=4.
+macro_rules! dispatch_wide {
+    ($rows:expr, $pairs:expr, $half:expr, ($($a:expr),*), $v:expr) => {
+        match ($rows, $pairs, $half) {
+            (&[r0, r1, r2, r3], 4, false) => group_q8_wide::<4, 4, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 4, true) => group_q8_wide::<4, 4, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 3, false) => group_q8_wide::<4, 3, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 3, true) => group_q8_wide::<4, 3, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 2, false) => group_q8_wide::<4, 2, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 2, true) => group_q8_wide::<4, 2, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], _, false) => group_q8_wide::<4, 1, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], _, true) => group_q8_wide::<4, 1, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0], 4, false) => group_q8_wide::<1, 4, false>($($a),*, [r0], $v),
+            (&[r0], 4, true) => group_q8_wide::<1, 4, true>($($a),*, [r0], $v),
+            (&[r0], 3, false) => group_q8_wide::<1, 3, false>($($a),*, [r0], $v),
+            (&[r0], 3, true) => group_q8_wide::<1, 3, true>($($a),*, [r0], $v),
+            (&[r0], 2, false) => group_q8_wide::<1, 2, false>($($a),*, [r0], $v),
+            (&[r0], 2, true) => group_q8_wide::<1, 2, true>($($a),*, [r0], $v),
+            (&[r0], _, false) => group_q8_wide::<1, 1, false>($($a),*, [r0], $v),
+            (&[r0], _, true) => group_q8_wide::<1, 1, true>($($a),*, [r0], $v),
+            _ => unreachable!("four rows or one"),
+        }
+    };
+}
+
+/// Y (B, P) as [`multi_q8q8_vnni`], with two vectors in each 512-bit register: rows in the
+/// four-stream order, vectors in groups of up to [`PAIRS`] pairs ([`group_q8_wide`]).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq, xt (B, C) and
+/// xs with xt, xs from [`prepare_pairs`], xd (B, NB), y (B, P).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn multi_q8q8_wide(
+    q: &[i8],
+    d: &[f16],
+    x: (&[i8], &[f32], &[u8], &[u8]),
+    b: usize,
+    c: usize,
+    y: &mut [f32],
+) {
+    let p = y.len() / b;
+    let qn = p / 4;
+    let each = |rows: &[usize], y: &mut [f32]| {
+        let mut v = 0;
+        while v < b {
+            let n = (b - v).min(2 * PAIRS);
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + n <= B; a half
+            // pair (n odd) is the last vector, laid out alone by `prepare_pairs`.
+            unsafe { dispatch_wide!(rows, n.div_ceil(2), n % 2 == 1, (q, d, x, (c, p), y), v) }
+            v += n;
+        }
+    };
+    for i in 0..qn {
+        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
+    }
+    for r in 4 * qn..p {
+        each(&[r], y);
+    }
+}
+
+/// Rows `rows` (four streams, or one row) against P pairs of vectors from v0 (the last pair
+/// half-used, vector v0 + 2P − 2 alone in its low half, when `HALF`).
+///
+/// Each 256-bit half of a register does, lane for lane, what [`group_q8`] does for one vector:
+/// per quad, the row's 128 weights are loaded broadcast into both halves and transposed once
+/// ([`transpose_512`]), four chained 512-bit `vpdpbusd` against a pair's [`prepare_pairs`]
+/// activations leave each vector's eight exact half-block sums in its half, then one
+/// conversion, a multiply by (weight scales broadcast × each half's activation scales) and a
+/// multiply-add. Each half is reduced by the single kernel's `hsum_f32`: the bits match.
+///
+/// # Safety
+/// As [`multi_q8q8_wide`]; every row < P, v0 + 2P − HALF <= B.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
+    q: &[i8],
+    d: &[f16],
+    (xq, xd, xt, xs): (&[i8], &[f32], &[u8], &[u8]),
+    (c, p): (usize, usize),
+    y: &mut [f32],
+    rows: [usize; R],
+    v0: usize,
+) {
+    let nb = c.div_ceil(Q8_BLOCK);
+    let quads = c / (4 * Q8_BLOCK);
+    let flip = _mm512_set1_epi8(-128);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    for g in 0..quads {
+        for (ak, &r) in acc.iter_mut().zip(&rows) {
+            // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r, scales 4g .. 4g + 4
+            // of the row's NB; each pair's xt and xs bytes as laid out by `prepare_pairs`
+            // (inside vectors v .. v + 2 < B, or the last vector alone when half).
+            unsafe {
+                let wp = q.as_ptr().add(r * c + 128 * g);
+                let wt = transpose_512(std::array::from_fn(|k| {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()))
+                }));
+                let mut s = zero;
+                for wi in wt {
+                    s = _mm512_dpbusd_epi32(s, flip, wi);
+                }
+                let corr = _mm512_sub_epi32(zero, s);
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                let dw = _mm512_cvtph_ps(_mm256_set1_epi64x(h));
+                for (k, a) in ak.iter_mut().enumerate() {
+                    let v = v0 + 2 * k;
+                    let mut s = corr;
+                    let xsv = if HALF && k == P - 1 {
+                        let xp = xt.as_ptr().add(v * c + 128 * g);
+                        for (i, wi) in wt.iter().enumerate() {
+                            let xv =
+                                _mm512_zextsi256_si512(_mm256_loadu_si256(xp.add(32 * i).cast()));
+                            s = _mm512_dpbusd_epi32(s, xv, *wi);
+                        }
+                        let o = xs.as_ptr().add(v * quads * 32 + 32 * g);
+                        _mm512_zextps256_ps512(_mm256_loadu_ps(o.cast()))
+                    } else {
+                        let xp = xt.as_ptr().add(v * c + 256 * g);
+                        for (i, wi) in wt.iter().enumerate() {
+                            let xv = _mm512_loadu_si512(xp.add(64 * i).cast());
+                            s = _mm512_dpbusd_epi32(s, xv, *wi);
+                        }
+                        _mm512_loadu_ps(xs.as_ptr().add(v * quads * 32 + 64 * g).cast())
+                    };
+                    let sc = _mm512_mul_ps(dw, xsv);
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, *a);
+                }
+            }
+        }
+    }
+    for (ak, &r) in acc.iter().zip(&rows) {
+        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
+        for (k, a) in ak.iter().enumerate() {
+            let halves = [
+                _mm512_castps512_ps256(*a),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))),
+            ];
+            let n = if HALF && k == P - 1 { 1 } else { 2 };
+            for (hi, half) in halves.into_iter().enumerate().take(n) {
+                let v = v0 + 2 * k + hi;
+                let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+                let mut t = hsum_f32(half);
+                for blk in 4 * quads..nb {
+                    let j = blk * Q8_BLOCK;
+                    let end = (j + Q8_BLOCK).min(c);
+                    let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
+                    t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+                }
+                y[v * p + r] = t;
+            }
         }
     }
 }
