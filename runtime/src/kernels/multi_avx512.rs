@@ -20,7 +20,7 @@ use half::f16;
 
 /// Vectors per group of the f32 / f16 kernels (4 rows × 2 vectors × 2 accumulators = 16 zmm).
 const F_GROUP: usize = 2;
-/// Vectors per group of the int8 and int4 kernels (4 rows × 4 vectors of ymm accumulators).
+/// Vectors per group of the int4 kernel (4 rows × 4 vectors of ymm accumulators).
 const Q_GROUP: usize = 4;
 
 /// `$f::<R, G>($args.., rows, $v)` for `rows` of 4 or 1 and G = `$g` in 1..=4.
@@ -205,16 +205,6 @@ pub(super) fn multi_q8q8(
         &w.quants()[row_start * c..(row_start + p) * c],
         &w.scales()[row_start * nb..(row_start + p) * nb],
     );
-    if b < WIDE_MIN {
-        let xt = &mut scratch[..b * c];
-        // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd
-        // (B, NB).
-        unsafe {
-            prepare_x(xq, xt, c);
-            multi_q8q8_vnni(q, d, (xq, xd, &*xt), b, c, y);
-        }
-        return;
-    }
     let quads = c / (4 * Q8_BLOCK);
     assert!(
         scratch.len() >= b * c + b * quads * 32,
@@ -246,163 +236,11 @@ fn transpose(m: [__m256i; 4]) -> [__m256i; 4] {
     ]
 }
 
-/// xt ← each vector's whole quads (128 columns) [`transpose`]d and offset by +128 (as unsigned
-/// bytes, for `vpdpbusd`); the columns past the last whole quad are left alone.
-///
-/// # Safety
-/// The CPU must have AVX2; xq and xt are (B, C).
-#[target_feature(enable = "avx2")]
-unsafe fn prepare_x(xq: &[i8], xt: &mut [u8], c: usize) {
-    let flip = _mm256_set1_epi8(-128);
-    let quads = c / (4 * Q8_BLOCK);
-    for (xv, tv) in xq.chunks_exact(c.max(1)).zip(xt.chunks_exact_mut(c.max(1))) {
-        for g in 0..quads {
-            // SAFETY: quad g is columns 128g .. 128g + 128 of both vectors (C long).
-            unsafe {
-                let m = std::array::from_fn(|k| {
-                    _mm256_loadu_si256(xv.as_ptr().add(128 * g + 32 * k).cast())
-                });
-                for (i, v) in transpose(m).into_iter().enumerate() {
-                    let o = tv.as_mut_ptr().add(128 * g + 32 * i);
-                    _mm256_storeu_si256(o.cast(), _mm256_xor_si256(v, flip));
-                }
-            }
-        }
-    }
-}
-
-/// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows one at a time in
-/// the four-stream order, vectors in groups of [`Q_GROUP`].
-///
-/// The single kernel (`matvec_q8q8_rows_vnni`) packs, for each quad of four blocks, the two
-/// exact half-block sums of each block as `[a0, a1, a2, a3, b0, b1, b2, b3]` (a: columns 0..16
-/// of a block, b: 16..32) by `vphaddd`, converts them to f32 and multiply-adds them by (weight
-/// scale · activation scale) into one accumulator, reduced at the row's end. Here the weights of
-/// a quad are transposed once per row ([`transpose`]) and the activations once per call
-/// ([`prepare_x`]), so four chained `vpdpbusd` put exactly those eight sums in those lanes
-/// without any horizontal add: each vector costs four `vpdpbusd`, a conversion, a multiply and
-/// a multiply-add per quad. The activations enter offset by +128, so each lane starts at
-/// −128 · Σ w over its 16 weights, computed once per row and quad for every vector. The
-/// integer sums equal the single kernel's, and every f32 operation is the same, in the same
-/// order: the bits match.
-///
-/// # Safety
-/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq and xt (B, C)
-/// with xt from [`prepare_x`], xd (B, NB), y (B, P).
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn multi_q8q8_vnni(
-    q: &[i8],
-    d: &[f16],
-    x: (&[i8], &[f32], &[u8]),
-    b: usize,
-    c: usize,
-    y: &mut [f32],
-) {
-    let p = y.len() / b;
-    let qn = p / 4;
-    let each = |rows: &[usize], y: &mut [f32]| {
-        let mut v = 0;
-        while v < b {
-            let g = (b - v).min(Q_GROUP);
-            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
-            unsafe { dispatch!(group_q8, rows, g, (q, d, x, (c, p), y), v) }
-            v += g;
-        }
-    };
-    for i in 0..qn {
-        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
-    }
-    for r in 4 * qn..p {
-        each(&[r], y);
-    }
-}
-
-/// Rows `rows` (four streams, or one row) against vectors v0 .. v0 + G (see
-/// [`multi_q8q8_vnni`]): per quad, each row's weights are loaded and transposed once and used
-/// for every vector; the rows advance together, as the single kernel's four memory streams.
-///
-/// # Safety
-/// As [`multi_q8q8_vnni`]; every row < P, v0 + G <= B.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn group_q8<const R: usize, const G: usize>(
-    q: &[i8],
-    d: &[f16],
-    (xq, xd, xt): (&[i8], &[f32], &[u8]),
-    (c, p): (usize, usize),
-    y: &mut [f32],
-    rows: [usize; R],
-    v0: usize,
-) {
-    let nb = c.div_ceil(Q8_BLOCK);
-    let quads = c / (4 * Q8_BLOCK);
-    let flip = _mm256_set1_epi8(-128);
-    let zero = _mm256_setzero_si256();
-    let mut acc = [[_mm256_setzero_ps(); G]; R];
-    for g in 0..quads {
-        for (ak, &r) in acc.iter_mut().zip(&rows) {
-            // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r and of each vector's
-            // xt, scales 4g .. 4g + 4 of the row's and of each vector's NB.
-            unsafe {
-                let wp = q.as_ptr().add(r * c + 128 * g);
-                let wt = transpose(std::array::from_fn(|k| {
-                    _mm256_loadu_si256(wp.add(32 * k).cast())
-                }));
-                let mut s = zero;
-                for wi in wt {
-                    s = _mm256_dpbusd_epi32(s, flip, wi);
-                }
-                let corr = _mm256_sub_epi32(zero, s);
-                let h = d
-                    .as_ptr()
-                    .add(r * nb + 4 * g)
-                    .cast::<i64>()
-                    .read_unaligned();
-                let dw = _mm256_cvtph_ps(_mm_set1_epi64x(h));
-                for (k, a) in ak.iter_mut().enumerate() {
-                    let v = v0 + k;
-                    let xp = xt.as_ptr().add(v * c + 128 * g);
-                    let mut s = corr;
-                    for (i, wi) in wt.iter().enumerate() {
-                        let xv = _mm256_loadu_si256(xp.add(32 * i).cast());
-                        s = _mm256_dpbusd_epi32(s, xv, *wi);
-                    }
-                    let x4 = _mm_loadu_ps(xd.as_ptr().add(v * nb + 4 * g));
-                    let sc = _mm256_mul_ps(dw, _mm256_set_m128(x4, x4));
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, *a);
-                }
-            }
-        }
-    }
-    for (ak, &r) in acc.iter().zip(&rows) {
-        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
-        for (k, a) in ak.iter().enumerate() {
-            let v = v0 + k;
-            let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
-            let mut t = hsum_f32(*a);
-            for blk in 4 * quads..nb {
-                let j = blk * Q8_BLOCK;
-                let end = (j + Q8_BLOCK).min(c);
-                let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
-                t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
-            }
-            y[v * p + r] = t;
-        }
-    }
-}
-
 // ------------------------------------------------------------------ int8 x int8, 512 bits
 
 /// Vector pairs per group of the 512-bit int8 kernel: 4 rows × 4 pairs = 16 zmm accumulators,
 /// so B ≤ 8 is one pass over the rows' transposes.
 const PAIRS: usize = 4;
-
-/// The smallest B that takes the 512-bit int8 kernel ([`multi_q8q8_wide`]); smaller B takes
-/// the 256-bit one ([`multi_q8q8_vnni`]). Measured on Zen 5 (2026-12-05), a whole 768 × 2304
-/// and 3072 × 768 product, one thread: at B = 2 the 512-bit kernel is already faster (one pair
-/// of vectors costs what one vector costs at 256 bits), so the 256-bit kernel serves no B of
-/// the multi path (B = 1 takes the single kernel); it stays for reference and comparison.
-const WIDE_MIN: usize = 2;
 
 /// The 256-bit [`transpose`] within each 128-bit quarter of four zmm: on weights broadcast into
 /// both 256-bit halves, both halves hold [`transpose`]'s result.
@@ -490,8 +328,24 @@ macro_rules! dispatch_wide {
     };
 }
 
-/// Y (B, P) as [`multi_q8q8_vnni`], with two vectors in each 512-bit register: rows in the
-/// four-stream order, vectors in groups of up to [`PAIRS`] pairs ([`group_q8_wide`]).
+/// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows in the
+/// four-stream order, vectors in pairs, up to [`PAIRS`] pairs a group ([`group_q8_wide`]).
+///
+/// The single kernel (`matvec_q8q8_rows_vnni`) packs, for each quad of four blocks, the two
+/// exact half-block sums of each block as `[a0, a1, a2, a3, b0, b1, b2, b3]` (a: columns 0..16
+/// of a block, b: 16..32) by `vphaddd`, converts them to f32 and multiply-adds them by (weight
+/// scale · activation scale) into one 256-bit accumulator, reduced at the row's end. Here the
+/// weights of a quad are transposed once per row ([`transpose_512`]) and the activations once
+/// per call ([`prepare_pairs`]), so four chained `vpdpbusd` put exactly those eight sums in
+/// those lanes without any horizontal add, for two vectors at once (one per 256-bit half). The
+/// activations enter offset by +128, so each lane starts at −128 · Σ w over its 16 weights,
+/// computed once per row and quad for every pair. The integer sums equal the single kernel's,
+/// and every f32 operation is the same, in the same order: the bits match.
+///
+/// A first version kept one vector per 256-bit register (4 rows × 4 vectors); on Zen 5
+/// (2026-12-05, one thread, int8 768 × 2304 and 3072 × 768, hot in cache) this one is faster
+/// at every B ≥ 2 (B = 2: 95–117 against 82–97 GMAC/s; B = 8: 150–170 against ~100), so it
+/// replaced it.
 ///
 /// # Safety
 /// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq, xt (B, C) and
@@ -528,9 +382,9 @@ unsafe fn multi_q8q8_wide(
 /// Rows `rows` (four streams, or one row) against P pairs of vectors from v0 (the last pair
 /// half-used, vector v0 + 2P − 2 alone in its low half, when `HALF`).
 ///
-/// Each 256-bit half of a register does, lane for lane, what [`group_q8`] does for one vector:
-/// per quad, the row's 128 weights are loaded broadcast into both halves and transposed once
-/// ([`transpose_512`]), four chained 512-bit `vpdpbusd` against a pair's [`prepare_pairs`]
+/// Each 256-bit half of a register does, lane for lane, the single kernel's work for one
+/// vector: per quad, the row's 128 weights are loaded broadcast into both halves and transposed
+/// once ([`transpose_512`]), four chained 512-bit `vpdpbusd` against a pair's [`prepare_pairs`]
 /// activations leave each vector's eight exact half-block sums in its half, then one
 /// conversion, a multiply by (weight scales broadcast × each half's activation scales) and a
 /// multiply-add. Each half is reduced by the single kernel's `hsum_f32`: the bits match.
