@@ -242,6 +242,14 @@ fn transpose(m: [__m256i; 4]) -> [__m256i; 4] {
 /// so B ≤ 8 is one pass over the rows' transposes.
 const PAIRS: usize = 4;
 
+/// How far ahead of the quad in use the 512-bit int8 kernel prefetches each row's weights
+/// (two cache lines per quad, the rate they are used at; past a row's end, into the next row of
+/// its stream, which the next group reads). The kernel spends more time per weight byte than
+/// the single one, and the hardware prefetcher alone left it waiting on memory: on Zen 5
+/// (2026-12-05, loaded host, GPT-2 124M int8, B = 8, one thread) 768 bytes ahead took batched
+/// decode from 206 to 241–259 tokens/s in the same run (1536: 240–243, 3072: 239–257).
+const PREFETCH: usize = 768;
+
 /// The 256-bit [`transpose`] within each 128-bit quarter of four zmm: on weights broadcast into
 /// both 256-bit halves, both halves hold [`transpose`]'s result.
 #[inline]
@@ -414,6 +422,10 @@ unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
             // (inside vectors v .. v + 2 < B, or the last vector alone when half).
             unsafe {
                 let wp = q.as_ptr().add(r * c + 128 * g);
+                // A prefetch hint only (never dereferenced), so an address past the matrix is
+                // harmless: `wrapping_add` keeps it out of `add`'s bounds rule.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH + 64).cast());
                 let wt = transpose_512(std::array::from_fn(|k| {
                     _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()))
                 }));
