@@ -20,7 +20,7 @@ use half::f16;
 
 /// Vectors per group of the f32 / f16 kernels (4 rows × 2 vectors × 2 accumulators = 16 zmm).
 const F_GROUP: usize = 2;
-/// Vectors per group of the int8 and int4 kernels (4 rows × 4 vectors of ymm accumulators).
+/// Vectors per group of the int4 kernel (4 rows × 4 vectors of ymm accumulators).
 const Q_GROUP: usize = 4;
 
 /// `$f::<R, G>($args.., rows, $v)` for `rows` of 4 or 1 and G = `$g` in 1..=4.
@@ -205,11 +205,17 @@ pub(super) fn multi_q8q8(
         &w.quants()[row_start * c..(row_start + p) * c],
         &w.scales()[row_start * nb..(row_start + p) * nb],
     );
-    let xt = &mut scratch[..b * c];
-    // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB).
+    let quads = c / (4 * Q8_BLOCK);
+    assert!(
+        scratch.len() >= b * c + b * quads * 32,
+        "avx512 multi_q8q8: scratch"
+    );
+    let (xt, xs) = scratch[..b * c + b * quads * 32].split_at_mut(b * c);
+    // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB),
+    // xs holds B · quads · 32 bytes.
     unsafe {
-        prepare_x(xq, xt, c);
-        multi_q8q8_vnni(q, d, (xq, xd, &*xt), b, c, y);
+        prepare_pairs((xq, xd), (xt, xs), b, c);
+        multi_q8q8_wide(q, d, (xq, xd, &*xt, &*xs), b, c, y);
     }
 }
 
@@ -230,54 +236,133 @@ fn transpose(m: [__m256i; 4]) -> [__m256i; 4] {
     ]
 }
 
-/// xt ← each vector's whole quads (128 columns) [`transpose`]d and offset by +128 (as unsigned
-/// bytes, for `vpdpbusd`); the columns past the last whole quad are left alone.
+// ------------------------------------------------------------------ int8 x int8, 512 bits
+
+/// Vector pairs per group of the 512-bit int8 kernel: 4 rows × 4 pairs = 16 zmm accumulators,
+/// so B ≤ 8 is one pass over the rows' transposes.
+const PAIRS: usize = 4;
+
+/// How far ahead of the quad in use the 512-bit int8 kernel prefetches each row's weights
+/// (two cache lines per quad, the rate they are used at; past a row's end, into the next row of
+/// its stream, which the next group reads). The kernel spends more time per weight byte than
+/// the single one, and the hardware prefetcher alone left it waiting on memory: on Zen 5
+/// (2026-12-05, loaded host, GPT-2 124M int8, B = 8, one thread) 768 bytes ahead took batched
+/// decode from 206 to 241–259 tokens/s in the same run (1536: 240–243, 3072: 239–257).
+const PREFETCH: usize = 768;
+
+/// The 256-bit [`transpose`] within each 128-bit quarter of four zmm: on weights broadcast into
+/// both 256-bit halves, both halves hold [`transpose`]'s result.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose_512(m: [__m512i; 4]) -> [__m512i; 4] {
+    let t0 = _mm512_unpacklo_epi32(m[0], m[1]);
+    let t1 = _mm512_unpackhi_epi32(m[0], m[1]);
+    let t2 = _mm512_unpacklo_epi32(m[2], m[3]);
+    let t3 = _mm512_unpackhi_epi32(m[2], m[3]);
+    [
+        _mm512_unpacklo_epi64(t0, t2),
+        _mm512_unpackhi_epi64(t0, t2),
+        _mm512_unpacklo_epi64(t1, t3),
+        _mm512_unpackhi_epi64(t1, t3),
+    ]
+}
+
+/// For the 512-bit int8 kernel: vectors in pairs (v, v + 1), v even. For each pair and whole
+/// quad g: xt bytes v·C + 256g + 64i .. + 64 ← [`transpose`]d vector i of v's quad (low 32
+/// bytes) and of v + 1's (high 32), offset by +128; xs bytes v·quads·32 + 64g .. + 64 ← the
+/// quad's activation scales `[xv, xv, xv+1, xv+1]` (4 f32 each). A last odd vector v is laid
+/// out alone: xt as [`prepare_x`], xs bytes v·quads·32 + 32g ← `[xv, xv]`.
 ///
 /// # Safety
-/// The CPU must have AVX2; xq and xt are (B, C).
+/// The CPU must have AVX2; xq and xt are (B, C), xd (B, NB), xs B · quads · 32 bytes.
 #[target_feature(enable = "avx2")]
-unsafe fn prepare_x(xq: &[i8], xt: &mut [u8], c: usize) {
+unsafe fn prepare_pairs(
+    (xq, xd): (&[i8], &[f32]),
+    (xt, xs): (&mut [u8], &mut [u8]),
+    b: usize,
+    c: usize,
+) {
     let flip = _mm256_set1_epi8(-128);
     let quads = c / (4 * Q8_BLOCK);
-    for (xv, tv) in xq.chunks_exact(c.max(1)).zip(xt.chunks_exact_mut(c.max(1))) {
+    let nb = c.div_ceil(Q8_BLOCK);
+    let mut v = 0;
+    while v < b {
+        let n = (b - v).min(2);
         for g in 0..quads {
-            // SAFETY: quad g is columns 128g .. 128g + 128 of both vectors (C long).
-            unsafe {
-                let m = std::array::from_fn(|k| {
-                    _mm256_loadu_si256(xv.as_ptr().add(128 * g + 32 * k).cast())
-                });
-                for (i, v) in transpose(m).into_iter().enumerate() {
-                    let o = tv.as_mut_ptr().add(128 * g + 32 * i);
-                    _mm256_storeu_si256(o.cast(), _mm256_xor_si256(v, flip));
+            for h in 0..n {
+                // SAFETY: quad g is columns 128g .. 128g + 128 of vector v + h < B (C long), so
+                // the stores land in v's (and v + 1's) rows of xt; scales 4g .. 4g + 4 of the
+                // vector's NB; xs bytes v·quads·32 + 32(n·g + h) .. + 32 are inside vector v's
+                // (and v + 1's) quads · 32.
+                unsafe {
+                    let xv = xq.as_ptr().add((v + h) * c + 128 * g);
+                    let m = std::array::from_fn(|k| _mm256_loadu_si256(xv.add(32 * k).cast()));
+                    for (i, t) in transpose(m).into_iter().enumerate() {
+                        let o = xt.as_mut_ptr().add(v * c + n * (128 * g + 32 * i) + 32 * h);
+                        _mm256_storeu_si256(o.cast(), _mm256_xor_si256(t, flip));
+                    }
+                    let x4 = _mm_loadu_ps(xd.as_ptr().add((v + h) * nb + 4 * g));
+                    let o = xs.as_mut_ptr().add(v * quads * 32 + 32 * (n * g + h));
+                    _mm256_storeu_ps(o.cast(), _mm256_set_m128(x4, x4));
                 }
             }
         }
+        v += n;
     }
 }
 
-/// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows one at a time in
-/// the four-stream order, vectors in groups of [`Q_GROUP`].
+/// `group_q8_wide::<R, P, HALF>` for `rows` of 4 or 1 and P pairs in 1..=4.
+macro_rules! dispatch_wide {
+    ($rows:expr, $pairs:expr, $half:expr, ($($a:expr),*), $v:expr) => {
+        match ($rows, $pairs, $half) {
+            (&[r0, r1, r2, r3], 4, false) => group_q8_wide::<4, 4, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 4, true) => group_q8_wide::<4, 4, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 3, false) => group_q8_wide::<4, 3, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 3, true) => group_q8_wide::<4, 3, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 2, false) => group_q8_wide::<4, 2, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 2, true) => group_q8_wide::<4, 2, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], _, false) => group_q8_wide::<4, 1, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], _, true) => group_q8_wide::<4, 1, true>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0], 4, false) => group_q8_wide::<1, 4, false>($($a),*, [r0], $v),
+            (&[r0], 4, true) => group_q8_wide::<1, 4, true>($($a),*, [r0], $v),
+            (&[r0], 3, false) => group_q8_wide::<1, 3, false>($($a),*, [r0], $v),
+            (&[r0], 3, true) => group_q8_wide::<1, 3, true>($($a),*, [r0], $v),
+            (&[r0], 2, false) => group_q8_wide::<1, 2, false>($($a),*, [r0], $v),
+            (&[r0], 2, true) => group_q8_wide::<1, 2, true>($($a),*, [r0], $v),
+            (&[r0], _, false) => group_q8_wide::<1, 1, false>($($a),*, [r0], $v),
+            (&[r0], _, true) => group_q8_wide::<1, 1, true>($($a),*, [r0], $v),
+            _ => unreachable!("four rows or one"),
+        }
+    };
+}
+
+/// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows in the
+/// four-stream order, vectors in pairs, up to [`PAIRS`] pairs a group ([`group_q8_wide`]).
 ///
 /// The single kernel (`matvec_q8q8_rows_vnni`) packs, for each quad of four blocks, the two
 /// exact half-block sums of each block as `[a0, a1, a2, a3, b0, b1, b2, b3]` (a: columns 0..16
 /// of a block, b: 16..32) by `vphaddd`, converts them to f32 and multiply-adds them by (weight
-/// scale · activation scale) into one accumulator, reduced at the row's end. Here the weights of
-/// a quad are transposed once per row ([`transpose`]) and the activations once per call
-/// ([`prepare_x`]), so four chained `vpdpbusd` put exactly those eight sums in those lanes
-/// without any horizontal add: each vector costs four `vpdpbusd`, a conversion, a multiply and
-/// a multiply-add per quad. The activations enter offset by +128, so each lane starts at
-/// −128 · Σ w over its 16 weights, computed once per row and quad for every vector. The
-/// integer sums equal the single kernel's, and every f32 operation is the same, in the same
-/// order: the bits match.
+/// scale · activation scale) into one 256-bit accumulator, reduced at the row's end. Here the
+/// weights of a quad are transposed once per row ([`transpose_512`]) and the activations once
+/// per call ([`prepare_pairs`]), so four chained `vpdpbusd` put exactly those eight sums in
+/// those lanes without any horizontal add, for two vectors at once (one per 256-bit half). The
+/// activations enter offset by +128, so each lane starts at −128 · Σ w over its 16 weights,
+/// computed once per row and quad for every pair. The integer sums equal the single kernel's,
+/// and every f32 operation is the same, in the same order: the bits match.
+///
+/// A first version kept one vector per 256-bit register (4 rows × 4 vectors); on Zen 5
+/// (2026-12-05, one thread, int8 768 × 2304 and 3072 × 768, hot in cache) this one is faster
+/// at every B ≥ 2 (B = 2: 95–117 against 82–97 GMAC/s; B = 8: 150–170 against ~100), so it
+/// replaced it.
 ///
 /// # Safety
-/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq and xt (B, C)
-/// with xt from [`prepare_x`], xd (B, NB), y (B, P).
+/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq, xt (B, C) and
+/// xs with xt, xs from [`prepare_pairs`], xd (B, NB), y (B, P).
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn multi_q8q8_vnni(
+unsafe fn multi_q8q8_wide(
     q: &[i8],
     d: &[f16],
-    x: (&[i8], &[f32], &[u8]),
+    x: (&[i8], &[f32], &[u8], &[u8]),
     b: usize,
     c: usize,
     y: &mut [f32],
@@ -287,10 +372,11 @@ unsafe fn multi_q8q8_vnni(
     let each = |rows: &[usize], y: &mut [f32]| {
         let mut v = 0;
         while v < b {
-            let g = (b - v).min(Q_GROUP);
-            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + g <= B.
-            unsafe { dispatch!(group_q8, rows, g, (q, d, x, (c, p), y), v) }
-            v += g;
+            let n = (b - v).min(2 * PAIRS);
+            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + n <= B; a half
+            // pair (n odd) is the last vector, laid out alone by `prepare_pairs`.
+            unsafe { dispatch_wide!(rows, n.div_ceil(2), n % 2 == 1, (q, d, x, (c, p), y), v) }
+            v += n;
         }
     };
     for i in 0..qn {
@@ -301,18 +387,24 @@ unsafe fn multi_q8q8_vnni(
     }
 }
 
-/// Rows `rows` (four streams, or one row) against vectors v0 .. v0 + G (see
-/// [`multi_q8q8_vnni`]): per quad, each row's weights are loaded and transposed once and used
-/// for every vector; the rows advance together, as the single kernel's four memory streams.
+/// Rows `rows` (four streams, or one row) against P pairs of vectors from v0 (the last pair
+/// half-used, vector v0 + 2P − 2 alone in its low half, when `HALF`).
+///
+/// Each 256-bit half of a register does, lane for lane, the single kernel's work for one
+/// vector: per quad, the row's 128 weights are loaded broadcast into both halves and transposed
+/// once ([`transpose_512`]), four chained 512-bit `vpdpbusd` against a pair's [`prepare_pairs`]
+/// activations leave each vector's eight exact half-block sums in its half, then one
+/// conversion, a multiply by (weight scales broadcast × each half's activation scales) and a
+/// multiply-add. Each half is reduced by the single kernel's `hsum_f32`: the bits match.
 ///
 /// # Safety
-/// As [`multi_q8q8_vnni`]; every row < P, v0 + G <= B.
+/// As [`multi_q8q8_wide`]; every row < P, v0 + 2P − HALF <= B.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn group_q8<const R: usize, const G: usize>(
+unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
     q: &[i8],
     d: &[f16],
-    (xq, xd, xt): (&[i8], &[f32], &[u8]),
+    (xq, xd, xt, xs): (&[i8], &[f32], &[u8], &[u8]),
     (c, p): (usize, usize),
     y: &mut [f32],
     rows: [usize; R],
@@ -320,40 +412,56 @@ unsafe fn group_q8<const R: usize, const G: usize>(
 ) {
     let nb = c.div_ceil(Q8_BLOCK);
     let quads = c / (4 * Q8_BLOCK);
-    let flip = _mm256_set1_epi8(-128);
-    let zero = _mm256_setzero_si256();
-    let mut acc = [[_mm256_setzero_ps(); G]; R];
+    let flip = _mm512_set1_epi8(-128);
+    let zero = _mm512_setzero_si512();
+    let mut acc = [[_mm512_setzero_ps(); P]; R];
     for g in 0..quads {
         for (ak, &r) in acc.iter_mut().zip(&rows) {
-            // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r and of each vector's
-            // xt, scales 4g .. 4g + 4 of the row's and of each vector's NB.
+            // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r, scales 4g .. 4g + 4
+            // of the row's NB; each pair's xt and xs bytes as laid out by `prepare_pairs`
+            // (inside vectors v .. v + 2 < B, or the last vector alone when half).
             unsafe {
                 let wp = q.as_ptr().add(r * c + 128 * g);
-                let wt = transpose(std::array::from_fn(|k| {
-                    _mm256_loadu_si256(wp.add(32 * k).cast())
+                // A prefetch hint only (never dereferenced), so an address past the matrix is
+                // harmless: `wrapping_add` keeps it out of `add`'s bounds rule.
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH + 64).cast());
+                let wt = transpose_512(std::array::from_fn(|k| {
+                    _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()))
                 }));
                 let mut s = zero;
                 for wi in wt {
-                    s = _mm256_dpbusd_epi32(s, flip, wi);
+                    s = _mm512_dpbusd_epi32(s, flip, wi);
                 }
-                let corr = _mm256_sub_epi32(zero, s);
+                let corr = _mm512_sub_epi32(zero, s);
                 let h = d
                     .as_ptr()
                     .add(r * nb + 4 * g)
                     .cast::<i64>()
                     .read_unaligned();
-                let dw = _mm256_cvtph_ps(_mm_set1_epi64x(h));
+                let dw = _mm512_cvtph_ps(_mm256_set1_epi64x(h));
                 for (k, a) in ak.iter_mut().enumerate() {
-                    let v = v0 + k;
-                    let xp = xt.as_ptr().add(v * c + 128 * g);
+                    let v = v0 + 2 * k;
                     let mut s = corr;
-                    for (i, wi) in wt.iter().enumerate() {
-                        let xv = _mm256_loadu_si256(xp.add(32 * i).cast());
-                        s = _mm256_dpbusd_epi32(s, xv, *wi);
-                    }
-                    let x4 = _mm_loadu_ps(xd.as_ptr().add(v * nb + 4 * g));
-                    let sc = _mm256_mul_ps(dw, _mm256_set_m128(x4, x4));
-                    *a = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), sc, *a);
+                    let xsv = if HALF && k == P - 1 {
+                        let xp = xt.as_ptr().add(v * c + 128 * g);
+                        for (i, wi) in wt.iter().enumerate() {
+                            let xv =
+                                _mm512_zextsi256_si512(_mm256_loadu_si256(xp.add(32 * i).cast()));
+                            s = _mm512_dpbusd_epi32(s, xv, *wi);
+                        }
+                        let o = xs.as_ptr().add(v * quads * 32 + 32 * g);
+                        _mm512_zextps256_ps512(_mm256_loadu_ps(o.cast()))
+                    } else {
+                        let xp = xt.as_ptr().add(v * c + 256 * g);
+                        for (i, wi) in wt.iter().enumerate() {
+                            let xv = _mm512_loadu_si512(xp.add(64 * i).cast());
+                            s = _mm512_dpbusd_epi32(s, xv, *wi);
+                        }
+                        _mm512_loadu_ps(xs.as_ptr().add(v * quads * 32 + 64 * g).cast())
+                    };
+                    let sc = _mm512_mul_ps(dw, xsv);
+                    *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, *a);
                 }
             }
         }
@@ -361,16 +469,23 @@ unsafe fn group_q8<const R: usize, const G: usize>(
     for (ak, &r) in acc.iter().zip(&rows) {
         let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
         for (k, a) in ak.iter().enumerate() {
-            let v = v0 + k;
-            let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
-            let mut t = hsum_f32(*a);
-            for blk in 4 * quads..nb {
-                let j = blk * Q8_BLOCK;
-                let end = (j + Q8_BLOCK).min(c);
-                let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
-                t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+            let halves = [
+                _mm512_castps512_ps256(*a),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))),
+            ];
+            let n = if HALF && k == P - 1 { 1 } else { 2 };
+            for (hi, half) in halves.into_iter().enumerate().take(n) {
+                let v = v0 + 2 * k + hi;
+                let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+                let mut t = hsum_f32(half);
+                for blk in 4 * quads..nb {
+                    let j = blk * Q8_BLOCK;
+                    let end = (j + Q8_BLOCK).min(c);
+                    let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
+                    t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+                }
+                y[v * p + r] = t;
             }
-            y[v * p + r] = t;
         }
     }
 }

@@ -10,7 +10,8 @@
 //! [`Batch::step`]), and at the same cuts as [`Session::prefill`] makes. Decode is this module's:
 //! each product's inputs are gathered from the active slots into one (B, W) buffer (and
 //! quantized by the same call as the single path for int8 and int4 weights), then its weight
-//! matrix is cut into the row chunks single-sequence decode uses ([`Chunks`]) and each chunk is
+//! matrix is cut into the row chunks single-sequence decode uses ([`Chunks`]; with one thread,
+//! not cut) and each chunk is
 //! multiplied by all B vectors in one call of [`Kernels::matvec_multi_rows`], which loads each
 //! weight into registers once for a group of vectors and gives every vector the bits of the
 //! kernel [`Session::step`] calls on the same chunk. So the weights are read from memory once
@@ -171,6 +172,13 @@ impl<'m, 'a> Batch<'m, 'a> {
         let scores = s0.kv.layout.per_group * s0.context;
         let r = model.n_outputs().max(w.qkv).max(w.ff).max(w.c);
         let b = options.slots;
+        // One thread computes each product in one call (see `product`): its lane holds whole
+        // products' outputs; G > 1 lanes hold a chunk's.
+        let (rows, up_rows) = if g <= 1 {
+            (r, w.up)
+        } else {
+            (MAX_CHUNK_ROWS, MAX_CHUNK_ROWS)
+        };
         Ok(Batch {
             model,
             kernels,
@@ -179,8 +187,8 @@ impl<'m, 'a> Batch<'m, 'a> {
             lanes: (0..g)
                 .map(|_| Lane {
                     buf: Buffers::new(1, w, scores),
-                    y: vec![0.0; b * MAX_CHUNK_ROWS],
-                    up: vec![0.0; if w.up > 0 { b * MAX_CHUNK_ROWS } else { 0 }],
+                    y: vec![0.0; b * rows],
+                    up: vec![0.0; if w.up > 0 { b * up_rows } else { 0 }],
                     scratch: vec![0; multi_scratch_len(b, w.ff)],
                 })
                 .collect(),
@@ -572,11 +580,16 @@ impl<'m, 'a> Batch<'m, 'a> {
         };
         self.inputs(&job.w, x);
         let chunks = Chunks::new(rows, cols, elem);
+        // One thread: the whole matrix in one call, as `Session`'s decode does
+        // (`Product::all`): a chunk's four row streams are short, and with nothing to balance
+        // the cut only costs. Every row's sum is the same whatever the cut.
+        let whole = self.lanes.len() <= 1;
+        let items = if whole { 1 } else { chunks.count() };
         let nv = self.active.len();
         let x = vectors(&self.xs, &self.xqs, &self.xds, (&job.w, nv, cols));
         let shared = &self.shared;
-        run_items(&mut self.lanes, chunks.count(), &|c, lane| {
-            let r = chunks.range(c);
+        run_items(&mut self.lanes, items, &|c, lane| {
+            let r = if whole { 0..rows } else { chunks.range(c) };
             let n = r.len();
             // (B, n): every active slot's outputs for the chunk's rows. The epilogue and the
             // gate's activation are elementwise, so applying them to all slots at once gives
@@ -640,9 +653,10 @@ fn residual_b(k: &Kernels, m: &Model<'_>, post: Option<&[f32]>, b: &mut Buffers)
 struct Lane {
     /// Attention's buffers (`att`, `scores`, `gqa`).
     buf: Buffers,
-    /// (B, P) a chunk's outputs for every active slot (P <= [`MAX_CHUNK_ROWS`]).
+    /// (B, P) a chunk's outputs for every active slot (P <= [`MAX_CHUNK_ROWS`]; with one
+    /// lane, P up to the largest product's R).
     y: Vec<f32>,
-    /// (B, P) a gated MLP's up rows of the chunk (families only).
+    /// (B, P) a gated MLP's up rows of the chunk (families only; with one lane, P up to F).
     up: Vec<f32>,
     /// The multi kernels' scratch ([`multi_scratch_len`] of B, Wf).
     scratch: Vec<u8>,
