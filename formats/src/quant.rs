@@ -168,9 +168,9 @@ pub const Q4_CODEBOOK: [i8; 16] = [
 /// the lowest or the highest level times `1 + k / 32`, `k` in `-Q4_STEPS..=Q4_STEPS`.
 const Q4_STEPS: i32 = 6;
 
-/// Whether an int4 export stores matrix `name` as Q8 instead: the embeddings and the output
-/// heads (`tok_emb.weight`, `pos_emb.weight`, `out_head.weight`, `head.weight`), which measured
-/// better at int8 (README, "4-bit weights").
+/// The embeddings and the output heads (`tok_emb.weight`, `pos_emb.weight`, `out_head.weight`,
+/// `head.weight`): the matrices an int4 export stored at int8 before Q6 existed; it now stores
+/// them at Q6 ([`int4_keeps_q6`], the same names).
 pub fn int4_keeps_q8(name: &str) -> bool {
     matches!(
         name,
@@ -342,8 +342,8 @@ pub const Q6_BLOCK_BYTES: usize = 24;
 const Q6_STEPS: i32 = 4;
 
 /// Whether an int4 export stores matrix `name` at 6 bits (Q6) by default: the embeddings and the
-/// output heads, the same set as [`int4_keeps_q8`] (README, "4-bit weights": Q6 measured better
-/// per byte than int8 there).
+/// output heads, the names of [`int4_keeps_q8`] (README, "4-bit weights": per byte, Q6 measured
+/// better than int8 and than int4 for them).
 pub fn int4_keeps_q6(name: &str) -> bool {
     int4_keeps_q8(name)
 }

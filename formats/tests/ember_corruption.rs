@@ -782,11 +782,11 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, FormatError)> {
             },
         ),
         (
-            "unknown dtype 4",
-            with_tensor0(tensor("w", 4, &[2, 3], 0)),
+            "unknown dtype 5",
+            with_tensor0(tensor("w", 5, &[2, 3], 0)),
             FormatError::UnknownDtype {
                 tensor: "w".into(),
-                tag: 4,
+                tag: 5,
             },
         ),
         (
