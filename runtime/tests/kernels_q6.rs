@@ -257,7 +257,11 @@ fn q6q8_decode_on_raw_bytes() {
             for j in 0..c {
                 let (b, k) = (j / 32, j % 32);
                 let blk = &q[(row * nb + b) * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
-                let lo = if k < 16 { blk[k] & 15 } else { blk[k - 16] >> 4 };
+                let lo = if k < 16 {
+                    blk[k] & 15
+                } else {
+                    blk[k - 16] >> 4
+                };
                 let hi = (blk[16 + k % 8] >> (2 * (k / 8))) & 3;
                 let v = i32::from(lo) | (i32::from(hi) << 4);
                 let level = if v >= 32 { v - 64 } else { v };
@@ -274,9 +278,15 @@ fn q6q8_decode_on_raw_bytes() {
         q6_reference::matvec_q6q8_rows(w, &xq, &xd, &mut want, 0);
         for k in Kernels::available() {
             let mut got = vec![f32::NAN; r];
-            k.with_threads(1)
-                .matvec_q6q8_rows(w, &xq, &xd, &mut got, 0);
-            check(&format!("{} raw {r}x{c}", k.name()), &wf, &xe, &got, &want, 0);
+            k.with_threads(1).matvec_q6q8_rows(w, &xq, &xd, &mut got, 0);
+            check(
+                &format!("{} raw {r}x{c}", k.name()),
+                &wf,
+                &xe,
+                &got,
+                &want,
+                0,
+            );
         }
     }
 }

@@ -226,7 +226,13 @@ pub fn check_keep<'n>(
 ) -> Result<(), ExportError> {
     let int8 = keep.int8.iter().flatten().map(|k| ("keep-int8", k));
     let q6 = keep.q6.iter().flatten().map(|k| ("keep-q6", k));
-    for (option, k) in keep.f16.iter().map(|k| ("keep-f16", k)).chain(int8).chain(q6) {
+    for (option, k) in keep
+        .f16
+        .iter()
+        .map(|k| ("keep-f16", k))
+        .chain(int8)
+        .chain(q6)
+    {
         if !matrices.clone().any(|n| keep_matches(k, n)) {
             return Err(ExportError::NoSuchTensor {
                 option,

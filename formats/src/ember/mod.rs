@@ -20,8 +20,8 @@ pub use mmap::{HugeBuffer, MappedFile, huge_page_bytes};
 pub use read::{EmberFile, Header, TensorData, parse_header, tensor_data};
 pub use value::{Array, Value};
 pub use write::{
-    EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q4, write_q6,
-    write_q8, write_q8_tail,
+    EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q4,
+    write_q6, write_q8, write_q8_tail,
 };
 
 /// The first 8 bytes of every `.ember` file.

@@ -177,7 +177,11 @@ fn keep_of(a: &ExportArgs, dtype: ExportDtype) -> Result<Keep, CliError> {
     let int8 = list("keep-int8", "int8", &a.keep_int8)?;
     let q6 = list("keep-q6", "6 bits", &a.keep_q6)?;
     if (int8.is_some() || q6.is_some()) && dtype != ExportDtype::Int4 {
-        let option = if int8.is_some() { "keep-int8" } else { "keep-q6" };
+        let option = if int8.is_some() {
+            "keep-int8"
+        } else {
+            "keep-q6"
+        };
         return Err(CliError::Usage(format!(
             "--{option} applies to --dtype int4 only (this export is {})",
             dtype.name()
