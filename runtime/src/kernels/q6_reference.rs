@@ -37,8 +37,8 @@ pub fn matvec_q6_rows(w: Q6Matrix<'_>, x: &[f32], y: &mut [f32], row_start: usiz
             let block = &q[b * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
             let j0 = b * Q6_BLOCK;
             let mut s = 0f32;
-            for j in j0..(j0 + Q6_BLOCK).min(c) {
-                s += f32::from(q6_level(block, j - j0)) * x[j];
+            for (k, &xj) in x[j0..(j0 + Q6_BLOCK).min(c)].iter().enumerate() {
+                s += f32::from(q6_level(block, k)) * xj;
             }
             acc += db.to_f32() * s;
         }
