@@ -290,3 +290,27 @@ fn q6q8_decode_on_raw_bytes() {
         }
     }
 }
+
+/// Each row's bits do not depend on which rows are computed with it (the kernels group rows):
+/// every row alone == the same row inside a whole-matrix call, for every kernel set.
+#[test]
+fn q6q8_rows_do_not_depend_on_grouping() {
+    let mut rng = Rng(13);
+    let rk = Kernels::reference();
+    for k in Kernels::available() {
+        for (r, c) in [(9, 95), (13, 768), (6, 200)] {
+            let w = Q6::new(&mut rng, r, c);
+            let x = rng.vec(c, 3.0);
+            let nb = quant::q6_blocks_per_row(c);
+            let (mut xq, mut xd) = (vec![0i8; c], vec![0f32; nb]);
+            rk.quantize_q8(&x, &mut xq, &mut xd);
+            let mut all = vec![f32::NAN; r];
+            k.matvec_q6q8_rows(w.mat(), &xq, &xd, &mut all, 0);
+            for (row, whole) in all.iter().enumerate() {
+                let mut one = [f32::NAN];
+                k.matvec_q6q8_rows(w.mat(), &xq, &xd, &mut one, row);
+                assert_eq!(one[0].to_bits(), whole.to_bits(), "{} row {row}", k.name());
+            }
+        }
+    }
+}

@@ -65,7 +65,49 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
     let nb = w.blocks_per_row();
     let full = c / Q6_BLOCK;
     assert!(xq.len() == c && xd.len() == nb, "matvec_q6q8_rows: x shape");
-    for (i, out) in y.iter_mut().enumerate() {
+    // Four rows at a time share each block's activation load and its 32·Σx; every row still
+    // runs the single-row sequence below (even blocks into a0, odd into a1, then the tail), so
+    // its bits do not depend on the grouping.
+    let groups = y.len() / 4;
+    let k = _mm256_set1_epi8(0x20);
+    let zero = _mm256_setzero_si256();
+    for g in 0..groups {
+        let r0 = row_start + 4 * g;
+        let q: [&[u8]; 4] = std::array::from_fn(|i| w.row_quants(r0 + i));
+        let d: [&[f16]; 4] = std::array::from_fn(|i| w.row_scales(r0 + i));
+        let mut acc = [[_mm256_setzero_ps(); 2]; 4];
+        for b in 0..full {
+            // SAFETY: b < full <= NB: each row's block b is 24 bytes inside its NB × 24 bytes,
+            // and columns b·32 .. b·32 + 32 are inside xq (C >= full × 32).
+            let xv = unsafe { _mm256_loadu_si256(xq.as_ptr().add(b * Q6_BLOCK).cast()) };
+            let kx = _mm256_dpbusd_epi32(zero, k, xv);
+            for i in 0..4 {
+                // SAFETY: as above.
+                let u =
+                    unsafe { super::q6_x86_64::block_codes(q[i].as_ptr().add(b * Q6_BLOCK_BYTES)) };
+                let s = _mm256_sub_epi32(_mm256_dpbusd_epi32(zero, _mm256_xor_si256(u, k), xv), kx);
+                let a = &mut acc[i][b % 2];
+                *a = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(s),
+                    _mm256_set1_ps(h2f(d[i][b]) * xd[b]),
+                    *a,
+                );
+            }
+        }
+        for i in 0..4 {
+            let mut t = hsum(_mm256_add_ps(acc[i][0], acc[i][1]));
+            if full < nb {
+                let j0 = full * Q6_BLOCK;
+                let block = &q[i][full * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
+                let s: i32 = (j0..c)
+                    .map(|j| i32::from(q6_level(block, j - j0)) * i32::from(xq[j]))
+                    .sum();
+                t += (h2f(d[i][full]) * xd[full]) * s as f32;
+            }
+            y[4 * g + i] = t;
+        }
+    }
+    for (i, out) in y.iter_mut().enumerate().skip(4 * groups) {
         let (q, d) = (w.row_quants(row_start + i), w.row_scales(row_start + i));
         let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
         let mut b = 0;
