@@ -168,9 +168,9 @@ pub const Q4_CODEBOOK: [i8; 16] = [
 /// the lowest or the highest level times `1 + k / 32`, `k` in `-Q4_STEPS..=Q4_STEPS`.
 const Q4_STEPS: i32 = 6;
 
-/// Whether an int4 export stores matrix `name` as Q8 instead: the embeddings and the output
-/// heads (`tok_emb.weight`, `pos_emb.weight`, `out_head.weight`, `head.weight`), which measured
-/// better at int8 (README, "4-bit weights").
+/// The embeddings and the output heads (`tok_emb.weight`, `pos_emb.weight`, `out_head.weight`,
+/// `head.weight`): the matrices an int4 export stored at int8 before Q6 existed; it now stores
+/// them at Q6 ([`int4_keeps_q6`], the same names).
 pub fn int4_keeps_q8(name: &str) -> bool {
     matches!(
         name,
@@ -324,6 +324,173 @@ pub fn dequantize_q4(
         let (b, k) = (c / Q4_BLOCK, c % Q4_BLOCK);
         let block = &quants[(r * nb + b) * Q4_BLOCK_BYTES..][..Q4_BLOCK_BYTES];
         *o = Q4_CODEBOOK[q4_nibble(block, k) as usize] as f32 * scales[r * nb + b].to_f32();
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------- Q6
+
+/// Elements per Q6 block (along the last dimension).
+pub const Q6_BLOCK: usize = 32;
+
+/// Bytes per Q6 block: 16 bytes of low nibbles (byte `k`: element `k` low, element `k + 16`
+/// high, as Q4), then 8 bytes of 2-bit highs (byte `16 + j`: elements `j`, `j + 8`, `j + 16`,
+/// `j + 24` in bits 0–1, 2–3, 4–5, 6–7). An element's 6 bits are its level in two's complement.
+pub const Q6_BLOCK_BYTES: usize = 24;
+
+/// Scale candidates tried per Q6 block on each side (as Q4's, with steps of 1/64).
+const Q6_STEPS: i32 = 4;
+
+/// Whether an int4 export stores matrix `name` at 6 bits (Q6) by default: the embeddings and the
+/// output heads, the names of [`int4_keeps_q8`] (README, "4-bit weights": per byte, Q6 measured
+/// better than int8 and than int4 for them).
+pub fn int4_keeps_q6(name: &str) -> bool {
+    int4_keeps_q8(name)
+}
+
+/// NB: Q6 blocks per row of `cols` elements (the last one padded with level 0).
+pub fn q6_blocks_per_row(cols: usize) -> usize {
+    cols.div_ceil(Q6_BLOCK)
+}
+
+/// Element `k` (0..32) of a Q6 block's 24 bytes: its level in −32..=31.
+pub fn q6_level(block: &[u8], k: usize) -> i8 {
+    let lo = if k < 16 {
+        block[k] & 0x0F
+    } else {
+        block[k - 16] >> 4
+    };
+    let hi = (block[16 + k % 8] >> (2 * (k / 8))) & 3;
+    let u = lo | (hi << 4);
+    ((u ^ 0x20) as i8) - 0x20
+}
+
+/// Stores `levels` (32, each in −32..=31) as one Q6 block into `out` (24 bytes).
+pub fn q6_pack(levels: &[i8; Q6_BLOCK], out: &mut [u8]) {
+    let u = levels.map(|l| (l as u8) & 0x3F);
+    for k in 0..16 {
+        out[k] = (u[k] & 0x0F) | ((u[k + 16] & 0x0F) << 4);
+    }
+    for j in 0..8 {
+        out[16 + j] = (u[j] >> 4)
+            | ((u[j + 8] >> 4) << 2)
+            | ((u[j + 16] >> 4) << 4)
+            | ((u[j + 24] >> 4) << 6);
+    }
+}
+
+/// The levels of `block` for the scale `d` into `q`, and the squared error Σ (x − q × d)².
+fn q6_assign(block: &[f32], d: f32, q: &mut [i8; Q6_BLOCK]) -> f32 {
+    let mut err = 0f32;
+    for (i, &x) in block.iter().enumerate() {
+        let l = if d == 0.0 {
+            0
+        } else {
+            (x / d).round().clamp(-32.0, 31.0) as i8
+        };
+        q[i] = l;
+        let e = x - l as f32 * d;
+        err += e * e;
+    }
+    err
+}
+
+/// Quantizes `x` (R, C) into `quants` (R, NB × 24 bytes) and `scales` (R, NB). Per block, in f32
+/// arithmetic: `m` = the first element of largest |x|; for each candidate `d = f16(m / (L × (1 +
+/// k/64)))`, L = −32 or 31 and k in −4..=4 (−32 first, k ascending), every element takes the
+/// level `round(x / d)` clamped to −32..=31; the candidate with the smallest Σ (x − level × d)²
+/// wins (the first on a tie); then one least-squares rescale `d' = f16(Σ x·level / Σ level²)` with
+/// those levels is tried the same way and kept if strictly better. An all-zero block has `d = 0`
+/// and levels 0; so do padding elements.
+pub fn quantize_q6(
+    x: &[f32],
+    cols: usize,
+    quants: &mut [u8],
+    scales: &mut [f16],
+) -> Result<(), QuantError> {
+    let rows = x.len().checked_div(cols).unwrap_or(0);
+    let nb = q6_blocks_per_row(cols);
+    check_len("input", rows * cols, x.len())?;
+    check_len("quants", rows * nb * Q6_BLOCK_BYTES, quants.len())?;
+    check_len("scales", rows * nb, scales.len())?;
+    for (i, &v) in x.iter().enumerate() {
+        if !v.is_finite() {
+            return Err(QuantError::NonFinite { index: i, value: v });
+        }
+    }
+    let mut lv = [0i8; Q6_BLOCK];
+    let mut best_lv = [0i8; Q6_BLOCK];
+    for r in 0..rows {
+        for b in 0..nb {
+            let start = r * cols + b * Q6_BLOCK;
+            let end = (start + Q6_BLOCK).min((r + 1) * cols);
+            let block = &x[start..end];
+            let m = block
+                .iter()
+                .fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+            let mut best = (f32::INFINITY, f16::ZERO);
+            best_lv.fill(0);
+            if m != 0.0 {
+                let mut try_d = |d: f16, best: &mut (f32, f16), best_lv: &mut [i8; Q6_BLOCK]| {
+                    let err = q6_assign(block, d.to_f32(), &mut lv);
+                    if err < best.0 {
+                        *best = (err, d);
+                        best_lv.copy_from_slice(&lv);
+                    }
+                };
+                for l in [-32f32, 31.0] {
+                    for k in -Q6_STEPS..=Q6_STEPS {
+                        let d = f16::from_f32(m / (l * (1.0 + k as f32 / 64.0)));
+                        if !d.is_finite() {
+                            return Err(QuantError::OutOfRange {
+                                index: start,
+                                value: m,
+                            });
+                        }
+                        try_d(d, &mut best, &mut best_lv);
+                    }
+                }
+                let (mut sxl, mut sll) = (0f32, 0f32);
+                for (&v, &q) in block.iter().zip(&best_lv) {
+                    sxl += v * q as f32;
+                    sll += q as f32 * q as f32;
+                }
+                if sll > 0.0 {
+                    let d = f16::from_f32(sxl / sll);
+                    if d.is_finite() {
+                        try_d(d, &mut best, &mut best_lv);
+                    }
+                }
+            }
+            scales[r * nb + b] = best.1;
+            // Padding elements (past the row's end) are level 0.
+            best_lv[end - start..].fill(0);
+            q6_pack(
+                &best_lv,
+                &mut quants[(r * nb + b) * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES],
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Expands `quants` (R, NB × 24 bytes) and `scales` (R, NB) of a (R, C) matrix into `out` (R, C).
+pub fn dequantize_q6(
+    quants: &[u8],
+    scales: &[f16],
+    cols: usize,
+    out: &mut [f32],
+) -> Result<(), QuantError> {
+    let rows = out.len().checked_div(cols).unwrap_or(0);
+    let nb = q6_blocks_per_row(cols);
+    check_len("output", rows * cols, out.len())?;
+    check_len("quants", rows * nb * Q6_BLOCK_BYTES, quants.len())?;
+    check_len("scales", rows * nb, scales.len())?;
+    for (i, o) in out.iter_mut().enumerate() {
+        let (r, c) = (i / cols.max(1), i % cols.max(1));
+        let (b, k) = (c / Q6_BLOCK, c % Q6_BLOCK);
+        let block = &quants[(r * nb + b) * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
+        *o = q6_level(block, k) as f32 * scales[r * nb + b].to_f32();
     }
     Ok(())
 }
@@ -502,6 +669,93 @@ mod tests {
                 }
             }
         }
+    }
+
+    fn q6_roundtrip(x: &[f32], cols: usize) -> (Vec<f32>, Vec<f16>, Vec<u8>) {
+        let rows = x.len() / cols;
+        let nb = q6_blocks_per_row(cols);
+        let mut q = vec![0u8; rows * nb * Q6_BLOCK_BYTES];
+        let mut s = vec![f16::ZERO; rows * nb];
+        quantize_q6(x, cols, &mut q, &mut s).unwrap();
+        let mut out = vec![0f32; x.len()];
+        dequantize_q6(&q, &s, cols, &mut out).unwrap();
+        (out, s, q)
+    }
+
+    proptest! {
+        // Packing is a bijection on −32..=31: every level comes back (checked against the plain
+        // bit definition: the low 4 bits from the nibbles, the top 2 from the high bytes).
+        #[test]
+        fn q6_pack_round_trips(levels in proptest::array::uniform32(-32i8..=31)) {
+            let mut b = [0u8; Q6_BLOCK_BYTES];
+            q6_pack(&levels, &mut b);
+            for (k, &l) in levels.iter().enumerate() {
+                prop_assert_eq!(q6_level(&b, k), l);
+                let nib = if k < 16 { b[k] & 15 } else { b[k - 16] >> 4 };
+                let hi = (b[16 + k % 8] >> (2 * (k / 8))) & 3;
+                let v = i32::from(nib) + 16 * i32::from(hi);
+                prop_assert_eq!(if v >= 32 { v - 64 } else { v }, i32::from(l));
+            }
+        }
+
+        // Each block's squared error is at most that of the plain scale d = f16(m / −32) with
+        // every element rounded (the first candidate, computed here independently), and that
+        // plain error is at most one step |d| per element (half a step, plus the clamp at +31).
+        #[test]
+        fn q6_error_is_bounded(
+            rows in 1usize..4, cols in 1usize..100, scale in 1e-4f32..1e3,
+            seed in any::<u64>(),
+        ) {
+            let mut state = seed | 1;
+            let x: Vec<f32> = (0..rows * cols).map(|_| {
+                state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+                ((state >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0) * scale
+            }).collect();
+            let (y, _, q) = q6_roundtrip(&x, cols);
+            let nb = q6_blocks_per_row(cols);
+            for r in 0..rows {
+                for b in 0..nb {
+                    let lo = r * cols + b * Q6_BLOCK;
+                    let hi = (lo + Q6_BLOCK).min((r + 1) * cols);
+                    let blk = &x[lo..hi];
+                    let m = blk.iter().fold(0f32, |m, &v| if v.abs() > m.abs() { v } else { m });
+                    let d = f64::from(f16::from_f32(m / -32.0).to_f32());
+                    let plain: f64 = blk.iter().map(|&v| {
+                        let l = (f64::from(v) / d).round().clamp(-32.0, 31.0);
+                        (f64::from(v) - l * d).powi(2)
+                    }).sum();
+                    let sse: f64 = (lo..hi).map(|i| (f64::from(x[i]) - f64::from(y[i])).powi(2)).sum();
+                    prop_assert!(sse <= plain * (1.0 + 1e-4) + 1e-30, "{sse} > {plain}");
+                    prop_assert!(plain <= d * d * 1.01 * (hi - lo) as f64 + 1e-30, "{plain} {d}");
+                    // Padding elements are level 0.
+                    let blkq = &q[(r * nb + b) * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
+                    for k in hi - lo..Q6_BLOCK {
+                        prop_assert_eq!(q6_level(blkq, k), 0);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn q6_exact_grid_and_errors() {
+        // A block that is exactly the levels −32..=31 (stepping by 2) times 0.25 comes back exactly.
+        let x: Vec<f32> = (0..32).map(|i| (2 * i - 32) as f32 * 0.25).collect();
+        let (y, _, _) = q6_roundtrip(&x, 32);
+        assert_eq!(y, x);
+        let (y, s, q) = q6_roundtrip(&[0.0; 7], 7);
+        assert_eq!((y, s, q), (vec![0.0; 7], vec![f16::ZERO], vec![0u8; 24]));
+        let mut q = [0u8; 24];
+        let mut s = [f16::ZERO];
+        let err = quantize_q6(&[1.0, f32::NAN], 2, &mut q, &mut s).unwrap_err();
+        assert!(matches!(err, QuantError::NonFinite { index: 1, .. }));
+        let err = quantize_q6(&[1.0, 1e9], 2, &mut q, &mut s).unwrap_err();
+        assert!(matches!(err, QuantError::OutOfRange { index: 0, .. }));
+        let err = quantize_q6(&[1.0, 2.0], 2, &mut [0u8; 23], &mut s).unwrap_err();
+        assert!(matches!(
+            err,
+            QuantError::LengthMismatch { what: "quants", .. }
+        ));
     }
 
     #[test]

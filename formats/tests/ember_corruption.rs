@@ -782,11 +782,11 @@ fn malformed_cases() -> Vec<(&'static str, Vec<u8>, FormatError)> {
             },
         ),
         (
-            "unknown dtype 4",
-            with_tensor0(tensor("w", 4, &[2, 3], 0)),
+            "unknown dtype 5",
+            with_tensor0(tensor("w", 5, &[2, 3], 0)),
             FormatError::UnknownDtype {
                 tensor: "w".into(),
-                tag: 4,
+                tag: 5,
             },
         ),
         (
@@ -1072,6 +1072,8 @@ fn foreign_table_entries_yield_empty_views() {
         (DType::Q8, vec![1 << 40, 1 << 40], 0, 64, 64),
         (DType::Q4, vec![3, 1 << 62], 1 << 50, 1 << 62, 0),
         (DType::Q4, vec![1 << 40, 1 << 40], 0, 64, 64),
+        (DType::Q6, vec![3, 1 << 62], 1 << 50, 1 << 62, 0),
+        (DType::Q6, vec![1 << 40, 1 << 40], 0, 64, 64),
     ];
     for (dtype, shape, offset, size, raw_len) in foreign {
         let t = TensorEntry {
@@ -1089,6 +1091,9 @@ fn foreign_table_entries_yield_empty_views() {
                 assert!(quants.is_empty() && scales.is_empty())
             }
             Ok(TensorData::Q4 { quants, scales }) => {
+                assert!(quants.is_empty() && scales.is_empty())
+            }
+            Ok(TensorData::Q6 { quants, scales }) => {
                 assert!(quants.is_empty() && scales.is_empty())
             }
             Err(_) => {}
@@ -1215,6 +1220,80 @@ fn q4_tensors_sizes_padding_and_truncation() {
     }
     // A nonzero byte between the 96 nibble bytes and the scales at 128.
     let at = (file.header.data_start + e.offset + 100) as usize;
+    let mut bad = bytes.clone();
+    bad[at] = 1;
+    assert_eq!(
+        parse(&bad).unwrap_err(),
+        FormatError::NonZeroPadding { offset: at as u64 }
+    );
+    // Cut inside the scales.
+    let cut = &bytes[..bytes.len() - 1];
+    assert!(matches!(
+        parse(cut).unwrap_err(),
+        FormatError::OutOfBounds { tensor, .. } if tensor == "w"
+    ));
+}
+
+/// Q6 (tag 4): the size rule of FORMAT.md §5 (24-byte blocks, zero padding to 64, scales), a file
+/// that round-trips through the writer and the typed view (levels as quantized), and a nonzero
+/// byte in the padding between the blocks and the scales, or a short file, reported exactly.
+#[test]
+fn q6_tensors_sizes_padding_and_truncation() {
+    use emberlm_formats::ember::{TensorData, write_f32s, write_q6};
+    use emberlm_formats::quant::{Q6_BLOCK_BYTES, dequantize_q6, q6_blocks_per_row, quantize_q6};
+    use half::f16;
+    // (shape, size): (2, 33): 2 rows x 2 blocks x 24 = 96 block bytes + 4 scales x 2 = 136;
+    // (3, 32): 72 -> 128 + 6 = 134; rank 0: 24 -> 64 + 2 = 66; a 0 dimension: 0.
+    for (shape, size) in [
+        (vec![2u64, 33], 136u64),
+        (vec![3, 32], 134),
+        (vec![], 66),
+        (vec![0, 5], 0),
+        (vec![4, 0], 0),
+    ] {
+        assert_eq!(DType::Q6.data_size(&shape), Some(size), "{shape:?}");
+    }
+    assert_eq!(DType::Q6.data_size(&[u64::MAX, 64]), None);
+    assert_eq!(DType::from_tag(4), Some(DType::Q6));
+    assert_eq!(DType::Q6.name(), "q6");
+    assert_eq!(DType::Q6.tag(), 4);
+
+    let x: Vec<f32> = (0..99).map(|i| (i as f32 * 0.37).sin()).collect();
+    let (r, c) = (3usize, 33usize);
+    let nb = q6_blocks_per_row(c);
+    let mut q = vec![0u8; r * nb * Q6_BLOCK_BYTES];
+    let mut sc = vec![f16::ZERO; r * nb];
+    quantize_q6(&x, c, &mut q, &mut sc).unwrap();
+    let mut w = EmberWriter::new();
+    w.add_tensor("b", DType::F32, &[3]).unwrap();
+    w.add_tensor("w", DType::Q6, &[3, 33]).unwrap();
+    let bytes = w
+        .to_vec(|i, _, out| match i {
+            0 => write_f32s(out, &[1.0, 2.0, 3.0]),
+            _ => write_q6(out, &q, &sc),
+        })
+        .unwrap();
+    let file = parse(&bytes).unwrap();
+    let e = file.header.tensor("w").unwrap().clone();
+    // 3 x 2 x 24 = 144 block bytes -> 192, + 6 scales x 2.
+    assert_eq!((e.offset, e.size), (64, 192 + 12));
+    match file.data(&e).unwrap() {
+        TensorData::Q6 { quants, scales } => {
+            assert_eq!(quants, &q[..]);
+            assert_eq!(scales, &sc[..]);
+            assert_eq!(scales.as_ptr() as usize % 64, 0);
+            let mut y = vec![0f32; 99];
+            dequantize_q6(quants, scales, c, &mut y).unwrap();
+            // 6 bits: within one step of each block's scale (about |x|max / 32).
+            for (i, (a, b)) in x.iter().zip(&y).enumerate() {
+                let d = scales[i / c * nb + i % c / 32].to_f32().abs();
+                assert!((a - b).abs() <= d, "{i}: {a} vs {b}");
+            }
+        }
+        other => panic!("{other:?}"),
+    }
+    // A nonzero byte between the 144 block bytes and the scales at 192.
+    let at = (file.header.data_start + e.offset + 150) as usize;
     let mut bad = bytes.clone();
     bad[at] = 1;
     assert_eq!(

@@ -179,6 +179,16 @@ fn finish(w: &EmberWriter, rng: &mut Rng) -> Vec<u8> {
                 quantize_q4(&x, cols, &mut q, &mut s).unwrap();
                 emberlm_formats::ember::write_q4(out, &q, &s)
             }
+            DType::Q6 => {
+                use emberlm_formats::quant::{Q6_BLOCK_BYTES, q6_blocks_per_row, quantize_q6};
+                let cols = t.shape.last().map_or(1, |&c| c as usize);
+                let rows = n.checked_div(cols).unwrap_or(0);
+                let nb = q6_blocks_per_row(cols);
+                let mut q = vec![0u8; rows * nb * Q6_BLOCK_BYTES];
+                let mut s = vec![f16::ZERO; rows * nb];
+                quantize_q6(&x, cols, &mut q, &mut s).unwrap();
+                emberlm_formats::ember::write_q6(out, &q, &s)
+            }
         }
     })
     .unwrap()
@@ -223,7 +233,7 @@ fn bases() -> Vec<Base> {
     w.set("general.name", Value::Str("mutation-base".into()))
         .unwrap();
     for (i, (name, shape)) in cfg.tensor_shapes().into_iter().enumerate() {
-        let dtype = [DType::F32, DType::F16, DType::Q8, DType::Q4][i % 4];
+        let dtype = [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q6][i % 5];
         w.add_tensor(&name, dtype, &shape).unwrap();
     }
     push("tiny model", finish(&w, &mut rng));
@@ -454,6 +464,14 @@ fn exercise(bytes: &[u8], misalign: bool) -> Result<u64, FormatError> {
                 let mut out = vec![0f32; t.numel() as usize];
                 emberlm_formats::quant::dequantize_q4(quants, scales, cols, &mut out)
                     .expect("a validated Q4 tensor has consistent nibbles and scales");
+                out.iter()
+                    .for_each(|x| checksum = checksum.wrapping_add(x.to_bits() as u64));
+            }
+            TensorData::Q6 { quants, scales } => {
+                let cols = t.shape.last().map_or(1, |&c| c as usize);
+                let mut out = vec![0f32; t.numel() as usize];
+                emberlm_formats::quant::dequantize_q6(quants, scales, cols, &mut out)
+                    .expect("a validated Q6 tensor has consistent blocks and scales");
                 out.iter()
                     .for_each(|x| checksum = checksum.wrapping_add(x.to_bits() as u64));
             }

@@ -53,6 +53,12 @@ impl TensorCase {
                 let blocks = (r * c.div_ceil(32)) as u64;
                 (16 * blocks).div_ceil(64) * 64 + 2 * blocks
             }
+            DType::Q6 if n == 0 => 0,
+            DType::Q6 => {
+                let (r, c) = self.rows_cols();
+                let blocks = (r * c.div_ceil(32)) as u64;
+                (24 * blocks).div_ceil(64) * 64 + 2 * blocks
+            }
         }
     }
 
@@ -83,6 +89,10 @@ impl TensorCase {
                 let s: Vec<f16> = self.scales.iter().map(|&b| f16::from_bits(b)).collect();
                 emberlm_formats::ember::write_q4(out, &self.bytes, &s)
             }
+            DType::Q6 => {
+                let s: Vec<f16> = self.scales.iter().map(|&b| f16::from_bits(b)).collect();
+                emberlm_formats::ember::write_q6(out, &self.bytes, &s)
+            }
         }
     }
 }
@@ -111,7 +121,8 @@ fn dtype() -> impl Strategy<Value = DType> {
         Just(DType::F32),
         Just(DType::F16),
         Just(DType::Q8),
-        Just(DType::Q4)
+        Just(DType::Q4),
+        Just(DType::Q6)
     ]
 }
 
@@ -150,8 +161,13 @@ fn tensors() -> impl Strategy<Value = Vec<TensorCase>> {
                         let (r, c) = t.rows_cols();
                         bytes_from_seed(seed, 16 * r * c.div_ceil(32))
                     }
+                    DType::Q6 if n == 0 => Vec::new(),
+                    DType::Q6 => {
+                        let (r, c) = t.rows_cols();
+                        bytes_from_seed(seed, 24 * r * c.div_ceil(32))
+                    }
                 };
-                if dtype == DType::Q8 || (dtype == DType::Q4 && n > 0) {
+                if dtype == DType::Q8 || (matches!(dtype, DType::Q4 | DType::Q6) && n > 0) {
                     let (r, c) = t.rows_cols();
                     let s = bytes_from_seed(!seed, 2 * r * c.div_ceil(32));
                     t.scales = s
@@ -318,6 +334,13 @@ fn check_file(
             }
             TensorData::Q4 { quants, scales } => {
                 prop_assert_eq!(t.dtype, DType::Q4);
+                prop_assert_eq!(quants, &t.bytes[..]);
+                let s: Vec<u16> = scales.iter().map(|h| h.to_bits()).collect();
+                prop_assert_eq!(s, t.scales.clone());
+                prop_assert_eq!(scales.as_ptr() as usize % 64, 0);
+            }
+            TensorData::Q6 { quants, scales } => {
+                prop_assert_eq!(t.dtype, DType::Q6);
                 prop_assert_eq!(quants, &t.bytes[..]);
                 let s: Vec<u16> = scales.iter().map(|h| h.to_bits()).collect();
                 prop_assert_eq!(s, t.scales.clone());

@@ -49,6 +49,13 @@ pub fn run(data: &[u8]) {
                     .expect("a parsed Q4 tensor has consistent nibbles and scales");
                 sum += out.iter().sum::<f32>();
             }
+            TensorData::Q6 { quants, scales } => {
+                let cols = t.shape.last().map_or(1, |&c| c as usize);
+                let mut out = vec![0f32; t.numel() as usize];
+                emberlm_formats::quant::dequantize_q6(quants, scales, cols, &mut out)
+                    .expect("a parsed Q6 tensor has consistent blocks and scales");
+                sum += out.iter().sum::<f32>();
+            }
         }
     }
     std::hint::black_box(sum);

@@ -10,7 +10,7 @@
 //! a block has comes from the family's description (`arch::tensors`), never from names here.
 
 use crate::error::RuntimeError;
-use crate::kernels::{Kernels, Q4Matrix, Q8Matrix};
+use crate::kernels::{Kernels, Q4Matrix, Q6Matrix, Q8Matrix};
 use emberlm_formats::arch::Arch;
 use emberlm_formats::arch::{self, Role};
 use emberlm_formats::config::ModelConfig;
@@ -28,6 +28,7 @@ impl Mat<'_> {
             Mat::F16(w) => k.matvec_f16(w, x, y),
             Mat::Q8(w) => k.matvec_q8(w, x, y),
             Mat::Q4(w) => k.matvec_q4(w, x, y),
+            Mat::Q6(w) => k.matvec_q6(w, x, y),
         }
     }
 
@@ -43,6 +44,7 @@ impl Mat<'_> {
             }
             Mat::Q8(w) => w.dequantize_row(r, out),
             Mat::Q4(w) => w.dequantize_row(r, out),
+            Mat::Q6(w) => w.dequantize_row(r, out),
         }
     }
 }
@@ -383,6 +385,10 @@ impl<'a> Model<'a> {
             Ok(TensorData::Q4 { quants, scales }) => Mat::Q4(
                 Q4Matrix::new(quants, scales, s.rows, s.cols)
                     .unwrap_or_else(|_| Q4Matrix::new(&[], &[], 0, 0).expect("empty")),
+            ),
+            Ok(TensorData::Q6 { quants, scales }) => Mat::Q6(
+                Q6Matrix::new(quants, scales, s.rows, s.cols)
+                    .unwrap_or_else(|_| Q6Matrix::new(&[], &[], 0, 0).expect("empty")),
             ),
             Err(_) => Mat::F32(&[]),
         }

@@ -51,7 +51,7 @@ fn writer(
     }
     for (name, shape) in shapes {
         let dt = match shape.len() {
-            2 if dtype == DType::Q4 && quant::int4_keeps_q8(&name) => DType::Q8,
+            2 if dtype == DType::Q4 && quant::int4_keeps_q6(&name) => DType::Q6,
             2 => dtype,
             _ => DType::F32,
         };
@@ -84,9 +84,9 @@ fn family_writer(
     };
     for t in arch::tensors(cfg, classes) {
         let dt = if t.desc.is_matrix() {
-            // As an int4 export: the embeddings and heads at int8.
-            if dtype == DType::Q4 && quant::int4_keeps_q8(&t.name) {
-                DType::Q8
+            // As an int4 export: the embeddings and heads at 6 bits.
+            if dtype == DType::Q4 && quant::int4_keeps_q6(&t.name) {
+                DType::Q6
             } else {
                 dtype
             }
@@ -137,6 +137,14 @@ fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
                 out.write_all(&q)?;
                 scales.extend_from_slice(&s);
             }
+            DType::Q6 => {
+                let nb6 = quant::q6_blocks_per_row(cols);
+                let mut q = vec![0u8; n / cols * nb6 * quant::Q6_BLOCK_BYTES];
+                let mut s = vec![f16::ZERO; n / cols * nb6];
+                quant::quantize_q6(&x, cols, &mut q, &mut s).map_err(io::Error::other)?;
+                out.write_all(&q)?;
+                scales.extend_from_slice(&s);
+            }
         }
         r0 += n / cols;
     }
@@ -147,6 +155,11 @@ fn fill(rng: &mut Rng, e: &TensorEntry, out: &mut dyn Write) -> io::Result<()> {
     }
     if e.dtype == DType::Q4 {
         let n = scales.len() * quant::Q4_BLOCK_BYTES;
+        out.write_all(&vec![0u8; n.next_multiple_of(64) - n])?;
+        write_f16s(out, &scales)?;
+    }
+    if e.dtype == DType::Q6 {
+        let n = scales.len() * quant::Q6_BLOCK_BYTES;
         out.write_all(&vec![0u8; n.next_multiple_of(64) - n])?;
         write_f16s(out, &scales)?;
     }

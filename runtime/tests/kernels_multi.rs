@@ -5,8 +5,10 @@
 //! with tails. Batched decode relies on this to give each sequence a lone session's tokens.
 //! The outputs are also checked against an independent f64 computation, and bad shapes panic.
 
-use emberlm_formats::quant::{self, Q4_BLOCK_BYTES, Q8_BLOCK};
-use emberlm_runtime::kernels::{Kernels, Mat, Q4Matrix, Q8Matrix, Vectors, multi_scratch_len};
+use emberlm_formats::quant::{self, Q4_BLOCK_BYTES, Q6_BLOCK_BYTES, Q8_BLOCK};
+use emberlm_runtime::kernels::{
+    Kernels, Mat, Q4Matrix, Q6Matrix, Q8Matrix, Vectors, multi_scratch_len,
+};
 use half::f16;
 
 /// |multi − exact| ≤ this · Σ|w·x| + 1e-6 (the single kernels' own bound, MATVEC_REL_TOL).
@@ -71,6 +73,7 @@ struct Weights {
     f16s: Vec<f16>,
     q8: (Vec<i8>, Vec<f16>),
     q4: (Vec<u8>, Vec<f16>),
+    q6: (Vec<u8>, Vec<f16>),
 }
 
 impl Weights {
@@ -87,6 +90,10 @@ impl Weights {
         let mut q4 = vec![0u8; r * n4 * Q4_BLOCK_BYTES];
         let mut s4 = vec![f16::ZERO; r * n4];
         quant::quantize_q4(&f32s, c, &mut q4, &mut s4).unwrap();
+        let n6 = quant::q6_blocks_per_row(c);
+        let mut q6 = vec![0u8; r * n6 * Q6_BLOCK_BYTES];
+        let mut s6 = vec![f16::ZERO; r * n6];
+        quant::quantize_q6(&f32s, c, &mut q6, &mut s6).unwrap();
         Weights {
             r,
             c,
@@ -94,6 +101,7 @@ impl Weights {
             f16s,
             q8: (q, d),
             q4: (q4, s4),
+            q6: (q6, s6),
         }
     }
 
@@ -108,6 +116,10 @@ impl Weights {
             (
                 "q4",
                 Mat::Q4(Q4Matrix::new(&self.q4.0, &self.q4.1, self.r, self.c).unwrap()),
+            ),
+            (
+                "q6",
+                Mat::Q6(Q6Matrix::new(&self.q6.0, &self.q6.1, self.r, self.c).unwrap()),
             ),
         ]
     }
@@ -157,6 +169,8 @@ fn single(
         (Mat::Q8(w), false) => k.matvec_q8_rows(w, x, y, start),
         (Mat::Q4(w), true) => k.matvec_q4q8_rows(w, xq, xd, y, start),
         (Mat::Q4(w), false) => k.matvec_q4_rows(w, x, y, start),
+        (Mat::Q6(w), true) => k.matvec_q6q8_rows(w, xq, xd, y, start),
+        (Mat::Q6(w), false) => k.matvec_q6_rows(w, x, y, start),
     }
 }
 
@@ -178,8 +192,9 @@ fn exact_row(
             .for_each(|(o, h)| *o = h.to_f32()),
         Mat::Q8(w) => w.dequantize_row(r, &mut wr),
         Mat::Q4(w) => w.dequantize_row(r, &mut wr),
+        Mat::Q6(w) => w.dequantize_row(r, &mut wr),
     }
-    let x: Vec<f64> = if quantized && matches!(w, Mat::Q8(_) | Mat::Q4(_)) {
+    let x: Vec<f64> = if quantized && matches!(w, Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_)) {
         (0..c)
             .map(|j| f64::from(inp.xq[v * c + j]) * f64::from(inp.xd[v * nb + j / Q8_BLOCK]))
             .collect()
@@ -290,7 +305,7 @@ fn multi_equals_single_on_chunked_rows() {
     for k in implementations() {
         let inp = inputs(&mut rng, &k, b, c);
         for (_, w) in weights.mats() {
-            let quantized = matches!(w, Mat::Q8(_) | Mat::Q4(_));
+            let quantized = matches!(w, Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_));
             let x = Vectors {
                 b,
                 c,

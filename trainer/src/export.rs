@@ -1,12 +1,13 @@
 //! Export to one deployable `.ember` file: configuration, tokenizer, task, prompt template,
 //! provenance, and every tensor in f32, f16, int8 (Q8) or int4 (Q4). Matrices take the chosen
-//! dtype (with int4, the embeddings and the output head take int8 unless `--keep-int8` says
-//! otherwise, and `--keep-f16` names keep f16; see [`tensor_dtype`]); norms and biases stay f32.
+//! dtype (with int4, the embeddings and the output head take 6 bits (Q6) unless `--keep-q6` or
+//! `--keep-int8` say otherwise, and `--keep-f16` names keep f16; see [`tensor_dtype`]); norms and
+//! biases stay f32.
 //! Streams one tensor at a time and writes atomically.
 
 use emberlm_formats::config::GptConfig;
 use emberlm_formats::ember::{
-    DType, EmberWriter, FormatError, Value, write_f16s, write_f32s, write_q4, write_q8,
+    DType, EmberWriter, FormatError, Value, write_f16s, write_f32s, write_q4, write_q6, write_q8,
 };
 use emberlm_formats::meta::{self, PromptTemplate, Task};
 use emberlm_formats::quant::{self, QuantError};
@@ -26,7 +27,7 @@ pub enum ExportDtype {
     /// 1 byte per weight + one f16 scale per 32 (1.0625 bytes per weight).
     Int8,
     /// 4 bits per weight + one f16 scale per 32 (0.5625 bytes per weight); the embeddings and
-    /// the output head take int8.
+    /// the output head take 6 bits (0.8125 bytes per weight).
     Int4,
 }
 
@@ -163,9 +164,13 @@ pub fn export_shapes(cfg: &GptConfig, task: &Task) -> Vec<(String, Vec<usize>)> 
 pub struct Keep {
     /// Matrices kept at f16 (`--keep-f16`), whatever the dtype.
     pub f16: Vec<String>,
-    /// With int4, the matrices kept at int8 (`--keep-int8`); `None`: the default set, the
-    /// embeddings and the output head ([`quant::int4_keeps_q8`]); `Some(vec![])`: none.
+    /// With int4, the matrices kept at int8 (`--keep-int8`); `None` and `Some(vec![])`: none.
     pub int8: Option<Vec<String>>,
+    /// With int4, the matrices stored at 6 bits (`--keep-q6`); `None`: the default set, the
+    /// embeddings and the output heads ([`quant::int4_keeps_q6`]), unless `int8` is given (an
+    /// explicit `--keep-int8` list replaces the default, as before Q6 existed); `Some(vec![])`:
+    /// none.
+    pub q6: Option<Vec<String>>,
 }
 
 impl Keep {
@@ -174,6 +179,7 @@ impl Keep {
         Keep {
             f16: names.to_vec(),
             int8: None,
+            q6: None,
         }
     }
 }
@@ -189,12 +195,16 @@ fn keep_matches(keep: &str, name: &str) -> bool {
 }
 
 /// The stored dtype of tensor `name` (a matrix when `matrix`): vectors stay f32; a matrix named
-/// by `keep.f16` takes f16; with int4, the matrices of `keep.int8` (default: embeddings and
-/// heads) take int8 and the other matrices Q4; otherwise the export dtype.
+/// by `keep.f16` takes f16; with int4, the matrices of `keep.int8` take int8, those of `keep.q6`
+/// (default: embeddings and heads, when `keep.int8` is not given) 6 bits, and the other matrices
+/// Q4; otherwise the export dtype.
 pub fn tensor_dtype(dtype: ExportDtype, name: &str, matrix: bool, keep: &Keep) -> DType {
-    let int8 = match &keep.int8 {
-        None => quant::int4_keeps_q8(name),
-        Some(names) => names.iter().any(|k| keep_matches(k, name)),
+    let named = |names: &[String]| names.iter().any(|k| keep_matches(k, name));
+    let int8 = keep.int8.as_deref().is_some_and(named);
+    let q6 = match (&keep.q6, &keep.int8) {
+        (Some(names), _) => named(names),
+        (None, None) => quant::int4_keeps_q6(name),
+        (None, Some(_)) => false,
     };
     if !matrix {
         DType::F32
@@ -202,6 +212,8 @@ pub fn tensor_dtype(dtype: ExportDtype, name: &str, matrix: bool, keep: &Keep) -
         DType::F16
     } else if dtype == ExportDtype::Int4 && int8 {
         DType::Q8
+    } else if dtype == ExportDtype::Int4 && q6 {
+        DType::Q6
     } else {
         dtype.dtype()
     }
@@ -213,7 +225,14 @@ pub fn check_keep<'n>(
     matrices: impl Iterator<Item = &'n str> + Clone,
 ) -> Result<(), ExportError> {
     let int8 = keep.int8.iter().flatten().map(|k| ("keep-int8", k));
-    for (option, k) in keep.f16.iter().map(|k| ("keep-f16", k)).chain(int8) {
+    let q6 = keep.q6.iter().flatten().map(|k| ("keep-q6", k));
+    for (option, k) in keep
+        .f16
+        .iter()
+        .map(|k| ("keep-f16", k))
+        .chain(int8)
+        .chain(q6)
+    {
         if !matrices.clone().any(|n| keep_matches(k, n)) {
             return Err(ExportError::NoSuchTensor {
                 option,
@@ -336,6 +355,15 @@ pub fn encode_tensor(
             let mut s = vec![f16::ZERO; rows * nb];
             quant::quantize_q4(x, cols, &mut q, &mut s).map_err(&mut fail)?;
             write_q4(out, &q, &s)
+        }
+        DType::Q6 => {
+            let cols = *entry.shape.last().unwrap_or(&1) as usize;
+            let rows = x.len().checked_div(cols).unwrap_or(0);
+            let nb = quant::q6_blocks_per_row(cols);
+            let mut q = vec![0u8; rows * nb * quant::Q6_BLOCK_BYTES];
+            let mut s = vec![f16::ZERO; rows * nb];
+            quant::quantize_q6(x, cols, &mut q, &mut s).map_err(&mut fail)?;
+            write_q6(out, &q, &s)
         }
     }
 }
@@ -475,8 +503,9 @@ mod tests {
         v.iter().map(|s| s.to_string()).collect()
     }
 
-    /// int4's default int8 set is the embeddings and heads; `--keep-int8` replaces it (empty:
-    /// every matrix at Q4); `--keep-f16` wins over both; other dtypes ignore the int8 set.
+    /// int4's default 6-bit set is the embeddings and heads; `--keep-int8` replaces it (empty:
+    /// every matrix at Q4), as does `--keep-q6`; `--keep-f16` wins over both, int8 over Q6; other
+    /// dtypes ignore the int8 and Q6 sets.
     #[test]
     fn tensor_dtype_follows_the_keep_rules() {
         use ExportDtype::{Int4, Int8};
@@ -484,15 +513,33 @@ mod tests {
         let none = Keep {
             f16: vec![],
             int8: Some(vec![]),
+            q6: None,
         };
         let down = Keep {
             f16: names(&["blocks.1.mlp.down.weight"]),
             int8: Some(names(&["head.weight", "mlp.down.weight"])),
+            q6: None,
+        };
+        let q6 = Keep {
+            f16: vec![],
+            int8: Some(names(&["tok_emb.weight"])),
+            q6: Some(names(&["tok_emb.weight", "mlp.up.weight"])),
+        };
+        let q6_none = Keep {
+            q6: Some(vec![]),
+            ..Keep::default()
         };
         let dt = |d, n: &str, k: &Keep| tensor_dtype(d, n, true, k);
-        assert_eq!(dt(Int4, "tok_emb.weight", &dflt), DType::Q8);
-        assert_eq!(dt(Int4, "head.weight", &dflt), DType::Q8);
-        assert_eq!(dt(Int4, "out_head.weight", &dflt), DType::Q8);
+        assert_eq!(dt(Int4, "tok_emb.weight", &dflt), DType::Q6);
+        assert_eq!(dt(Int4, "pos_emb.weight", &dflt), DType::Q6);
+        assert_eq!(dt(Int4, "head.weight", &dflt), DType::Q6);
+        assert_eq!(dt(Int4, "out_head.weight", &dflt), DType::Q6);
+        assert_eq!(dt(Int4, "tok_emb.weight", &q6), DType::Q8);
+        assert_eq!(dt(Int4, "blocks.3.mlp.up.weight", &q6), DType::Q6);
+        assert_eq!(dt(Int4, "head.weight", &q6), DType::Q4);
+        assert_eq!(dt(Int4, "head.weight", &q6_none), DType::Q4);
+        assert_eq!(dt(Int8, "blocks.3.mlp.up.weight", &q6), DType::Q8);
+        assert_eq!(dt(ExportDtype::F16, "tok_emb.weight", &dflt), DType::F16);
         assert_eq!(dt(Int4, "blocks.0.mlp.down.weight", &dflt), DType::Q4);
         assert_eq!(dt(Int4, "tok_emb.weight", &none), DType::Q4);
         assert_eq!(dt(Int4, "head.weight", &none), DType::Q4);
@@ -515,6 +562,7 @@ mod tests {
         let k = Keep {
             f16: names(&["mlp.up.weight"]),
             int8: Some(names(&["mlp.nope.weight"])),
+            q6: None,
         };
         let e = check_keep(&k, m.iter().copied()).unwrap_err();
         assert_eq!(
@@ -532,13 +580,19 @@ mod tests {
         let k = Keep::f16(&names(&["nope"]));
         let e = check_keep(&k, m.iter().copied()).unwrap_err();
         assert!(e.to_string().starts_with("--keep-f16: \"nope\""), "{e}");
+        let k = Keep {
+            q6: Some(names(&["nope"])),
+            ..Keep::default()
+        };
+        let e = check_keep(&k, m.iter().copied()).unwrap_err();
+        assert!(e.to_string().starts_with("--keep-q6: \"nope\""), "{e}");
     }
 
     /// A checkpoint of the modern families exported at int4 follows the same rules as a Hugging
-    /// Face directory: the embedding and head at int8 by default (they were Q4 before), and the
-    /// `--keep-*` names apply.
+    /// Face directory: the embedding and head at 6 bits by default (int8, then Q4, before), and
+    /// the `--keep-*` names apply.
     #[test]
-    fn family_int4_export_keeps_the_embedding_and_head_at_int8_by_default() {
+    fn family_int4_export_keeps_the_embedding_and_head_at_q6_by_default() {
         let mut c = ModelConfig::preset("smollm2-135m").unwrap();
         (c.vocab_size, c.context_length, c.dim, c.n_layers) = (64, 16, 32, 2);
         (c.n_heads, c.n_kv_heads, c.head_dim, c.ffn_dim) = (4, 2, 8, 64);
@@ -563,13 +617,14 @@ mod tests {
         };
         let h = write(&Keep::default()).unwrap();
         let dt = |n: &str| h.tensor(n).unwrap().dtype;
-        assert_eq!(dt("tok_emb.weight"), DType::Q8);
-        assert_eq!(dt("head.weight"), DType::Q8);
+        assert_eq!(dt("tok_emb.weight"), DType::Q6);
+        assert_eq!(dt("head.weight"), DType::Q6);
         assert_eq!(dt("blocks.0.mlp.down.weight"), DType::Q4);
         assert_eq!(dt("blocks.1.attn_norm.weight"), DType::F32);
         let h = write(&Keep {
             f16: names(&["attn.v.weight"]),
             int8: Some(vec![]),
+            q6: None,
         })
         .unwrap();
         let dt = |n: &str| h.tensor(n).unwrap().dtype;

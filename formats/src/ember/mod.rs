@@ -21,7 +21,7 @@ pub use read::{EmberFile, Header, TensorData, parse_header, parse_header_except,
 pub use value::{Array, Value};
 pub use write::{
     EmberWriter, remove_dead_temporaries, write_atomically, write_f16s, write_f32s, write_q4,
-    write_q8, write_q8_tail,
+    write_q6, write_q8, write_q8_tail,
 };
 
 /// The first 8 bytes of every `.ember` file.
@@ -57,6 +57,11 @@ pub enum DType {
     /// (rows × ceil(cols / 32) blocks of 16 bytes), zero padding to a multiple of 64, then the
     /// scales (rows × ceil(cols / 32) f16).
     Q4,
+    /// 6-bit weights in blocks of 32 along the last dimension, one f16 scale per block, signed
+    /// levels −32..=31 (see [`crate::quant::quantize_q6`]). Data: the blocks (rows × ceil(cols /
+    /// 32) blocks of 24 bytes: 16 bytes of low nibbles as Q4's, then 8 bytes of 2-bit highs),
+    /// zero padding to a multiple of 64, then the scales (rows × ceil(cols / 32) f16).
+    Q6,
 }
 
 impl DType {
@@ -67,6 +72,7 @@ impl DType {
             DType::F16 => 1,
             DType::Q8 => 2,
             DType::Q4 => 3,
+            DType::Q6 => 4,
         }
     }
 
@@ -77,17 +83,19 @@ impl DType {
             1 => Some(DType::F16),
             2 => Some(DType::Q8),
             3 => Some(DType::Q4),
+            4 => Some(DType::Q6),
             _ => None,
         }
     }
 
-    /// A short lowercase name (`f32`, `f16`, `q8`, `q4`).
+    /// A short lowercase name (`f32`, `f16`, `q8`, `q4`, `q6`).
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",
             DType::F16 => "f16",
             DType::Q8 => "q8",
             DType::Q4 => "q4",
+            DType::Q6 => "q6",
         }
     }
 
@@ -111,7 +119,23 @@ impl DType {
                 let nibbles = blocks.checked_mul(crate::quant::Q4_BLOCK_BYTES as u64)?;
                 align_up(nibbles)?.checked_add(blocks.checked_mul(2)?)
             }
+            DType::Q6 => {
+                if numel == 0 {
+                    return Some(0);
+                }
+                let blocks_bytes = DType::q6_block_bytes(shape)?;
+                let (rows, cols) = rows_cols(shape)?;
+                let blocks = rows.checked_mul(cols.div_ceil(crate::quant::Q6_BLOCK as u64))?;
+                align_up(blocks_bytes)?.checked_add(blocks.checked_mul(2)?)
+            }
         }
+    }
+
+    /// Bytes of a Q6 tensor's blocks (before their padding), `None` on overflow.
+    pub fn q6_block_bytes(shape: &[u64]) -> Option<u64> {
+        let (rows, cols) = rows_cols(shape)?;
+        rows.checked_mul(cols.div_ceil(crate::quant::Q6_BLOCK as u64))?
+            .checked_mul(crate::quant::Q6_BLOCK_BYTES as u64)
     }
 
     /// Bytes of a Q4 tensor's nibbles (before their padding), `None` on overflow or for other

@@ -206,6 +206,15 @@ pub fn parse_header_except(bytes: &[u8], skip: &[&str]) -> Result<Header, Format
                 data_start + t.offset + align_up(n).unwrap_or(n),
             )?;
         }
+        if t.dtype == DType::Q6 && t.size > 0 {
+            // The zero padding between the blocks and the scales.
+            let n = DType::q6_block_bytes(&t.shape).unwrap_or(0);
+            check_zero(
+                bytes,
+                data_start + t.offset + n,
+                data_start + t.offset + align_up(n).unwrap_or(n),
+            )?;
+        }
         prev_end = end;
         prev_name = Some(&t.name);
     }
@@ -308,6 +317,13 @@ pub enum TensorData<'a> {
     /// Q4 blocks: nibbles (R, ceil(C/32) × 16 bytes) and scales (R, ceil(C/32)).
     Q4 {
         /// 16 bytes per block of 32 elements (element k low nibble of byte k, k + 16 high).
+        quants: &'a [u8],
+        /// One f16 scale per block of 32 along each row.
+        scales: &'a [f16],
+    },
+    /// Q6 blocks: (R, ceil(C/32) × 24 bytes) and scales (R, ceil(C/32)).
+    Q6 {
+        /// 24 bytes per block of 32 elements (FORMAT.md §5).
         quants: &'a [u8],
         /// One f16 scale per block of 32 along each row.
         scales: &'a [f16],
@@ -417,6 +433,17 @@ pub fn tensor_data<'b>(raw: &'b [u8], t: &TensorEntry) -> Result<TensorData<'b>,
             let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
                 .map_err(cast_err)?;
             TensorData::Q4 { quants, scales }
+        }
+        DType::Q6 => {
+            // As Q4.
+            let n = DType::q6_block_bytes(&t.shape).and_then(|n| usize::try_from(n).ok());
+            let n = n.unwrap_or(usize::MAX);
+            let scale_start = align_up(n as u64).and_then(|n| usize::try_from(n).ok());
+            let scale_start = scale_start.unwrap_or(usize::MAX);
+            let quants = raw.get(..n).unwrap_or_default();
+            let scales = bytemuck::try_cast_slice(raw.get(scale_start..).unwrap_or_default())
+                .map_err(cast_err)?;
+            TensorData::Q6 { quants, scales }
         }
     })
 }

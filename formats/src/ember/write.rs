@@ -359,6 +359,12 @@ pub fn write_q4(w: &mut dyn Write, nibbles: &[u8], scales: &[f16]) -> io::Result
     write_q8_tail(w, nibbles.len(), scales)
 }
 
+/// Writes a Q6 tensor's data: blocks, zero padding to a multiple of 64, scales.
+pub fn write_q6(w: &mut dyn Write, blocks: &[u8], scales: &[f16]) -> io::Result<()> {
+    w.write_all(blocks)?;
+    write_q8_tail(w, blocks.len(), scales)
+}
+
 struct Counting<'a, W: Write + ?Sized> {
     inner: &'a mut W,
     written: u64,

@@ -54,9 +54,21 @@ mod q4_matrix;
 pub mod q4_reference;
 #[cfg(target_arch = "x86_64")]
 mod q4_x86_64;
+mod q6;
+#[cfg(target_arch = "aarch64")]
+mod q6_aarch64;
+// The Q6 VNNI decode product (same Rust >= 1.89 condition as `x86_64_avx512`).
+#[cfg(all(target_arch = "x86_64", ember_vnni))]
+#[allow(clippy::incompatible_msrv)]
+mod q6_avx512;
+mod q6_matrix;
+pub mod q6_reference;
+#[cfg(target_arch = "x86_64")]
+mod q6_x86_64;
 pub mod reference;
 pub use multi::{Vectors, multi_scratch_len};
 pub use q4_matrix::Q4Matrix;
+pub use q6_matrix::Q6Matrix;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -272,6 +284,8 @@ pub enum Mat<'a> {
     Q8(Q8Matrix<'a>),
     /// 4-bit codebook blocks with f16 scales.
     Q4(Q4Matrix<'a>),
+    /// 6-bit blocks with f16 scales.
+    Q6(Q6Matrix<'a>),
 }
 
 impl Mat<'_> {
@@ -298,6 +312,15 @@ impl Mat<'_> {
                     w.cols(),
                     c,
                     "a Q4 matrix of {} columns used as {c}",
+                    w.cols()
+                );
+                return w.rows();
+            }
+            Mat::Q6(w) => {
+                assert_eq!(
+                    w.cols(),
+                    c,
+                    "a Q6 matrix of {} columns used as {c}",
                     w.cols()
                 );
                 return w.rows();

@@ -166,6 +166,8 @@ impl Kernels {
             (Mat::Q8(w), None) => self.matvec_q8_rows(w, x, y, row_start),
             (Mat::Q4(w), Some((xq, xd))) => self.matvec_q4q8_rows(w, xq, xd, y, row_start),
             (Mat::Q4(w), None) => self.matvec_q4_rows(w, x, y, row_start),
+            (Mat::Q6(w), Some((xq, xd))) => self.matvec_q6q8_rows(w, xq, xd, y, row_start),
+            (Mat::Q6(w), None) => self.matvec_q6_rows(w, x, y, row_start),
         }
     }
 }
@@ -187,6 +189,10 @@ fn reference_multi(w: Mat<'_>, x: Vectors<'_>, y: &mut [f32], row_start: usize) 
                     super::q4_reference::matvec_q4q8_rows(w, xq, xd, out, r)
                 }
                 (Mat::Q4(w), None) => super::q4_reference::matvec_q4_rows(w, x.x(v), out, r),
+                (Mat::Q6(w), Some((xq, xd))) => {
+                    super::q6_reference::matvec_q6q8_rows(w, xq, xd, out, r)
+                }
+                (Mat::Q6(w), None) => super::q6_reference::matvec_q6_rows(w, x.x(v), out, r),
             }
         }
     }

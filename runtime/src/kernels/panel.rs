@@ -120,6 +120,10 @@ fn prefetch_block(k: &Kernels, w: Mat<'_>, c: usize, j0: usize, jr: usize, k0: u
                     let n = w.blocks_per_row() * emberlm_formats::quant::Q4_BLOCK_BYTES;
                     &w.quants()[r * n + k0 / 2..][..kc.div_ceil(2)]
                 }
+                Mat::Q6(w) => {
+                    let n = w.blocks_per_row() * emberlm_formats::quant::Q6_BLOCK_BYTES;
+                    &w.quants()[r * n + k0 / 32 * 24..][..kc.div_ceil(32) * 24]
+                }
             };
             super::x86_64::prefetch_l2(t, bytes);
         }
@@ -148,6 +152,7 @@ fn load_block(
             Mat::F16(w) => k.f16_to_f32(&w[r * c + k0..][..kc], &mut b[..kc]),
             Mat::Q8(w) => dequant_row(k, w, r, k0, kc, b),
             Mat::Q4(w) => k.dequantize_q4_cols(w, r, k0, &mut b[..kc]),
+            Mat::Q6(w) => k.dequantize_q6_cols(w, r, k0, &mut b[..kc]),
         }
     }
 }

@@ -20,7 +20,7 @@
 
 #![forbid(unsafe_code)]
 
-use super::{Epilogue, Kernels, Q4Matrix, Q8_BLOCK, Q8Matrix};
+use super::{Epilogue, Kernels, Q4Matrix, Q6Matrix, Q8_BLOCK, Q8Matrix};
 use emberlm_formats::quant::{Q4_BLOCK_BYTES, Q4_CODEBOOK};
 use half::f16;
 use std::ops::Range;
@@ -33,6 +33,14 @@ pub enum Weights<'a> {
     Q8(Q8Matrix<'a>),
     /// Int4 weights (codebook levels).
     Q4(Q4Matrix<'a>),
+    /// 6-bit weights (levels −32..=31).
+    Q6(Q6Matrix<'a>),
+}
+
+impl<'a> From<Q6Matrix<'a>> for Weights<'a> {
+    fn from(w: Q6Matrix<'a>) -> Self {
+        Weights::Q6(w)
+    }
 }
 
 impl<'a> From<Q8Matrix<'a>> for Weights<'a> {
@@ -53,6 +61,7 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Q8(w) => w.rows(),
             Weights::Q4(w) => w.rows(),
+            Weights::Q6(w) => w.rows(),
         }
     }
 
@@ -61,6 +70,7 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Q8(w) => w.cols(),
             Weights::Q4(w) => w.cols(),
+            Weights::Q6(w) => w.cols(),
         }
     }
 
@@ -69,6 +79,7 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Q8(w) => &w.scales()[r * w.blocks_per_row()..][..w.blocks_per_row()],
             Weights::Q4(w) => w.row_scales(r),
+            Weights::Q6(w) => w.row_scales(r),
         }
     }
 
@@ -77,6 +88,7 @@ impl<'a> Weights<'a> {
         match self {
             Weights::Q8(w) => bytemuck::cast_slice(&w.quants()[r * w.cols()..][part]),
             Weights::Q4(w) => &w.row_quants(r)[part.start / 2..part.end / 2],
+            Weights::Q6(w) => &w.row_quants(r)[part.start / 32 * 24..part.end.div_ceil(32) * 24],
         }
     }
 }
@@ -297,9 +309,14 @@ pub fn matmul_rows(
                 expand_q4(w.row_quants(row(i)), &mut l[..c]);
             }
         }
+        if let Weights::Q6(w) = w {
+            for (i, l) in levels.iter_mut().enumerate() {
+                w.row_levels(row(i), &mut l[..c]);
+            }
+        }
         let q: [&[i8]; Q8_ROWS] = std::array::from_fn(|i| match w {
             Weights::Q8(w) => &w.quants()[row(i) * c..][..c],
-            Weights::Q4(_) => &levels[i][..c],
+            Weights::Q4(_) | Weights::Q6(_) => &levels[i][..c],
         });
         for (i, &q) in q.iter().enumerate() {
             let scales = w.row_scales(row(i));
@@ -463,6 +480,24 @@ mod tests {
             let w = Q4Matrix::new(&quants, &scales, r, c).unwrap();
             matches_bit_for_bit(w.into(), n, |xq, xd, y| {
                 q4_reference::matvec_q4q8_rows(w, xq, xd, y, 0)
+            });
+        }
+    }
+
+    /// Q6 weights (any byte pattern: every 6-bit code is a level) against the per-token
+    /// reference 6-bit × int8 product (what the head's decode computes).
+    #[test]
+    fn q6_matches_the_q6q8_reference_bit_for_bit() {
+        use crate::kernels::q6_reference;
+        use emberlm_formats::quant::Q6_BLOCK_BYTES;
+        for &(r, c, n) in &[(7, 64, 5), (48, 96, 17), (53, 256, 33), (4, 32, 1)] {
+            let nb = c / Q8_BLOCK;
+            let (q8q, _) = q8(r, nb * Q6_BLOCK_BYTES, (r * c + n + 2) as u32);
+            let quants: Vec<u8> = q8q.iter().map(|&v| v as u8).collect();
+            let (_, scales) = q8(r, c, (r + c + 1) as u32);
+            let w = Q6Matrix::new(&quants, &scales, r, c).unwrap();
+            matches_bit_for_bit(w.into(), n, |xq, xd, y| {
+                q6_reference::matvec_q6q8_rows(w, xq, xd, y, 0)
             });
         }
     }

@@ -560,7 +560,7 @@ impl<'m, 'a> Batch<'m, 'a> {
                 _ => &b.ff[..n],
             };
             self.xs[j * n..(j + 1) * n].copy_from_slice(src);
-            if let Mat::Q8(_) | Mat::Q4(_) = w {
+            if let Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_) = w {
                 let (q, d) = (&mut self.xqs[j * n..][..n], &mut self.xds[j * nb..][..nb]);
                 k.quantize_q8(src, q, d);
             }
@@ -577,6 +577,7 @@ impl<'m, 'a> Batch<'m, 'a> {
             Mat::Q8(w) => (w.rows(), 1),
             // Chunked as int8, as decode does.
             Mat::Q4(w) => (w.rows(), 1),
+            Mat::Q6(w) => (w.rows(), 1),
         };
         self.inputs(&job.w, x);
         let chunks = Chunks::new(rows, cols, elem);
@@ -725,7 +726,7 @@ fn vectors<'s>(
 ) -> Vectors<'s> {
     let nb = cols.div_ceil(Q8_BLOCK);
     let q = match w {
-        Mat::Q8(_) | Mat::Q4(_) => Some((&xqs[..b * cols], &xds[..b * nb])),
+        Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_) => Some((&xqs[..b * cols], &xds[..b * nb])),
         _ => None,
     };
     Vectors {

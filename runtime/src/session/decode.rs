@@ -176,7 +176,7 @@ impl<'s> Input<'s> {
     /// Quantizes x into `xq`, `xd` when `w` is Q8 (int8 decode multiplies int8 by int8).
     fn new(k: &Kernels, w: &Mat<'_>, x: &'s [f32], xq: &'s mut [i8], xd: &'s mut [f32]) -> Self {
         let q = match w {
-            Mat::Q8(_) | Mat::Q4(_) => {
+            Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_) => {
                 let (xq, xd) = (&mut xq[..x.len()], &mut xd[..x.len().div_ceil(Q8_BLOCK)]);
                 k.quantize_q8(x, xq, xd);
                 Some((&*xq, &*xd))
@@ -196,6 +196,8 @@ pub(super) fn mat_rows(k: &Kernels, w: &Mat<'_>, x: Input<'_>, y: &mut [f32], ro
         (Mat::Q8(w), None) => k.matvec_q8_rows(w, x.x, y, row_start),
         (Mat::Q4(w), Some((xq, xd))) => k.matvec_q4q8_rows(w, xq, xd, y, row_start),
         (Mat::Q4(w), None) => k.matvec_q4_rows(w, x.x, y, row_start),
+        (Mat::Q6(w), Some((xq, xd))) => k.matvec_q6q8_rows(w, xq, xd, y, row_start),
+        (Mat::Q6(w), None) => k.matvec_q6_rows(w, x.x, y, row_start),
     }
 }
 
@@ -226,6 +228,7 @@ impl<'s> Product<'s> {
             Mat::Q8(w) => (w.rows(), 1),
             // Half a byte a weight: chunked as int8 (the chunk sizes only balance threads).
             Mat::Q4(w) => (w.rows(), 1),
+            Mat::Q6(w) => (w.rows(), 1),
         };
         let up = (which == Which::GateUp).then(|| (cx.m.block(layer).up, cx.m.config().mlp));
         Product {

@@ -9,7 +9,7 @@ use super::crew::fork;
 use super::gqa::{attend_token, norm_rotate, store_token};
 use super::prefill::{Products, by_tokens};
 use super::{Buffers, Ctx, Session, embed};
-use crate::kernels::{Epilogue, Kernels, Q4Matrix, Q8Matrix};
+use crate::kernels::{Epilogue, Kernels, Q4Matrix, Q6Matrix, Q8Matrix};
 use crate::model::Mat;
 use emberlm_formats::config::Mlp;
 
@@ -165,6 +165,17 @@ fn row_range<'w>(w: Mat<'w>, c: usize, rows: &std::ops::Range<usize>) -> Mat<'w>
                 c,
             );
             Mat::Q4(part.expect("rows of a valid matrix"))
+        }
+        Mat::Q6(q) => {
+            let nb = q.blocks_per_row();
+            let row_bytes = q.quants().len() / q.rows().max(1);
+            let part = Q6Matrix::new(
+                &q.quants()[r0 * row_bytes..r1 * row_bytes],
+                &q.scales()[r0 * nb..r1 * nb],
+                r1 - r0,
+                c,
+            );
+            Mat::Q6(part.expect("rows of a valid matrix"))
         }
     }
 }

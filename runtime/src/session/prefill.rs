@@ -251,9 +251,10 @@ impl Products<'_> {
         let k = self.k;
         self.packed &= !fresh;
         match w {
-            Mat::Q8(_) | Mat::Q4(_) if panel_q8::available(k, c) => {
+            Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_) if panel_q8::available(k, c) => {
                 let w = match w {
                     Mat::Q4(q) => panel_q8::Weights::Q4(q),
+                    Mat::Q6(q) => panel_q8::Weights::Q6(q),
                     Mat::Q8(q) => panel_q8::Weights::Q8(q),
                     _ => unreachable!("matched as Q8 or Q4"),
                 };

@@ -163,27 +163,34 @@ fn export_hf(
     finish(a, con, dtype, done.bytes, done.config.arch.name(), t0)
 }
 
-/// The `--keep-f16` and `--keep-int8` names; `--keep-int8` only with int4, `none` alone.
+/// The `--keep-f16`, `--keep-int8` and `--keep-q6` names; the last two only with int4, `none`
+/// alone.
 fn keep_of(a: &ExportArgs, dtype: ExportDtype) -> Result<Keep, CliError> {
-    let int8 = match a.keep_int8.as_slice() {
-        [] => None,
-        [n] if n == "none" => Some(Vec::new()),
-        names if names.iter().any(|n| n == "none") => {
-            return Err(CliError::Usage(
-                "--keep-int8 none keeps no matrix at int8: give it alone".into(),
-            ));
-        }
-        names => Some(names.to_vec()),
+    let list = |option: &str, what: &str, given: &[String]| match given {
+        [] => Ok(None),
+        [n] if n == "none" => Ok(Some(Vec::new())),
+        names if names.iter().any(|n| n == "none") => Err(CliError::Usage(format!(
+            "--{option} none keeps no matrix at {what}: give it alone"
+        ))),
+        names => Ok(Some(names.to_vec())),
     };
-    if int8.is_some() && dtype != ExportDtype::Int4 {
+    let int8 = list("keep-int8", "int8", &a.keep_int8)?;
+    let q6 = list("keep-q6", "6 bits", &a.keep_q6)?;
+    if (int8.is_some() || q6.is_some()) && dtype != ExportDtype::Int4 {
+        let option = if int8.is_some() {
+            "keep-int8"
+        } else {
+            "keep-q6"
+        };
         return Err(CliError::Usage(format!(
-            "--keep-int8 applies to --dtype int4 only (this export is {})",
+            "--{option} applies to --dtype int4 only (this export is {})",
             dtype.name()
         )));
     }
     Ok(Keep {
         f16: a.keep_f16.clone(),
         int8,
+        q6,
     })
 }
 

@@ -326,7 +326,7 @@ pub struct ExportArgs {
     #[argh(positional)]
     pub checkpoint: PathBuf,
     /// weight dtype: f32, f16, int8 or int4 (int4: 4-bit matrices, the embeddings and the
-    /// output head at int8)
+    /// output head at 6 bits)
     #[argh(option)]
     pub dtype: String,
     /// keep these weight matrices at f16 (repeatable): a tensor name as `ember inspect` lists
@@ -334,10 +334,15 @@ pub struct ExportArgs {
     #[argh(option)]
     pub keep_f16: Vec<String>,
     /// with --dtype int4: keep these weight matrices at int8 (repeatable, named as for
-    /// --keep-f16) instead of the default set, the embeddings and the output head; `none`
-    /// keeps none (every matrix at int4)
+    /// --keep-f16); given, it replaces the default 6-bit set unless --keep-q6 is given too;
+    /// `none` keeps none (with no --keep-q6: every matrix at int4)
     #[argh(option)]
     pub keep_int8: Vec<String>,
+    /// with --dtype int4: store these weight matrices at 6 bits (repeatable, named as for
+    /// --keep-f16) instead of the default set, the embeddings and the output head; `none`
+    /// stores none at 6 bits
+    #[argh(option)]
+    pub keep_q6: Vec<String>,
     /// the .ember file to write
     #[argh(option)]
     pub out: PathBuf,

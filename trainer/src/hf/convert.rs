@@ -268,12 +268,25 @@ fn stream_tensor(
                     .map_err(|e| quant(e, r0 * cols))?;
                 out.write_all(&nibbles).map_err(io)?;
             }
+            DType::Q6 => {
+                let nb6 = quant::q6_blocks_per_row(cols);
+                nibbles.resize(n / cols * nb6 * quant::Q6_BLOCK_BYTES, 0u8);
+                let s0 = scales.len();
+                scales.resize(s0 + n / cols * nb6, f16::ZERO);
+                quant::quantize_q6(&x, cols, &mut nibbles, &mut scales[s0..])
+                    .map_err(|e| quant(e, r0 * cols))?;
+                out.write_all(&nibbles).map_err(io)?;
+            }
         }
     }
     match entry.dtype {
         DType::Q8 => write_q8_tail(out, rows * cols, &scales).map_err(io)?,
         DType::Q4 => {
             let n = rows * quant::q4_blocks_per_row(cols) * quant::Q4_BLOCK_BYTES;
+            write_q8_tail(out, n, &scales).map_err(io)?
+        }
+        DType::Q6 => {
+            let n = rows * quant::q6_blocks_per_row(cols) * quant::Q6_BLOCK_BYTES;
             write_q8_tail(out, n, &scales).map_err(io)?
         }
         _ => {}
@@ -343,7 +356,7 @@ mod tests {
         })
         .unwrap();
         let file = SafetensorsFile::open(&path).unwrap();
-        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4] {
+        for dtype in [DType::F32, DType::F16, DType::Q8, DType::Q4, DType::Q6] {
             let mut w = EmberWriter::new();
             w.add_tensor("w", dtype, &[rows, cols]).unwrap();
             let entry = w.tensors()[0].clone();

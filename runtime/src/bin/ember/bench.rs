@@ -17,7 +17,7 @@ pub(crate) struct BenchArgs {
     #[argh(option)]
     random: Option<String>,
     /// dtype of the random model: f32, f16, int8 or int4 (default int8; int4 keeps the
-    /// embeddings and the head at int8, as `ember-train export --dtype int4`)
+    /// embeddings and the head at 6 bits (Q6), as `ember-train export --dtype int4`)
     #[argh(option, default = "String::from(\"int8\")")]
     dtype: String,
     /// prompt tokens to prefill (default 128)
