@@ -19,8 +19,12 @@ cross-entropy of each step's batch, before its update, to DIR/torch_losses.txt.
 `EMBER_PEER_DIR=DIR cargo test --release -p emberlm-trainer --test family_peer_train -- --ignored`
 then trains ember's family model from the same weights on the same batches and compares.
 
-Options: --untied (separate head), --init-out-std-scale (o_proj and down_proj drawn with std
-0.02/sqrt(2·layers), as GPT-2's paper), --no-train (write model and batches only).
+Options: --untied (separate head), --emb-std S (embedding drawn N(0, S^2); 1 is the fix README
+"Pretraining a modern family from scratch" describes), --init-out-std-scale (o_proj and
+down_proj drawn with std 0.02/sqrt(2·layers), as GPT-2's paper), --no-train (write model and
+batches only). Issue 18's runs: the defaults (4 x 256, 45 steps), and `--layers 12 --dim 768
+--heads 12 --kv-heads 6 --steps 40` with `--untied`, `--init-out-std-scale` or
+`--untied --emb-std 1`.
 Needs torch, transformers, safetensors; EMBER_DATA for the-verdict.txt, encoder.json, vocab.bpe.
 """
 import argparse
