@@ -947,6 +947,21 @@ impl FamilyModel {
     /// families: every matrix (embedding and projections) N(0, 0.02²) (`initializer_range`),
     /// biases 0, norm scales 1 (Gemma's w = 0). Reproducible from `seed`.
     pub fn new(cfg: &ModelConfig, seed: u64) -> Result<FamilyModel, String> {
+        FamilyModel::with_embedding_std(cfg, seed, 0.02)
+    }
+
+    /// [`FamilyModel::new`] with the token embedding drawn from N(0, `embed_std`²) (every other
+    /// matrix N(0, 0.02²), an untied head included). Trained from scratch on little data, a
+    /// Llama-style model whose embedding starts at 0.02 stays at the unigram loss for dozens of
+    /// steps; PyTorch's `nn.Embedding` default (1, the book's GPT) lets it learn (README).
+    pub fn with_embedding_std(
+        cfg: &ModelConfig,
+        seed: u64,
+        embed_std: f32,
+    ) -> Result<FamilyModel, String> {
+        if !(embed_std.is_finite() && embed_std > 0.0) {
+            return Err(format!("embedding std {embed_std}: must be positive"));
+        }
         if cfg.rope.is_none() {
             return Err(format!("{:?} is not a rotary family", cfg.arch));
         }
@@ -959,7 +974,12 @@ impl FamilyModel {
             let dst = &mut params[r];
             if t.shape.len() == 2 {
                 let key = crate::data::mix64(seed ^ crate::data::mix64(i as u64 + 1));
-                crate::model::fill_normal(dst, 0.02, key);
+                let std = if t.desc.role == Role::TokEmb {
+                    embed_std
+                } else {
+                    0.02
+                };
+                crate::model::fill_normal(dst, std, key);
             } else if is_norm_scale(t.desc.role) {
                 dst.fill(1.0);
             }

@@ -411,3 +411,61 @@ fn hints_name_the_binaries_beside_ember_train_when_not_on_path() {
         assert!(text.contains(&want), "{want:?} not in {text}");
     }
 }
+
+/// The standard deviation of a checkpoint's tensor, or `None` when the file lacks it.
+fn tensor_std(dir: &std::path::Path, name: &str) -> Option<f64> {
+    let bytes = final_model(dir);
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let t = st.tensor(name).ok()?;
+    let v: Vec<f64> = t
+        .data()
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]) as f64)
+        .collect();
+    let mean = v.iter().sum::<f64>() / v.len() as f64;
+    Some((v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64).sqrt())
+}
+
+#[test]
+fn untied_head_and_embedding_std_reach_a_fresh_llama() {
+    let d = scratch("embedstd");
+    // Issue 18: a Llama-style model trained from scratch learns past the unigram loss with its
+    // own head and an embedding drawn N(0, 1); the presets tie the head and draw it N(0, 0.02).
+    let fixed = ["--arch", "llama", "--steps", "1", "--lr", "1e-6", "--json"];
+    let mut a = tiny_args(&fixed);
+    a.extend(["--untied-head", "--embed-std", "1", "--out", "untied"]);
+    run_json(&d, &a);
+    let mut b = tiny_args(&fixed);
+    b.extend(["--out", "tied"]);
+    run_json(&d, &b);
+    // A few thousand draws: their std is within 10 % of the asked one.
+    let e = tensor_std(&d.join("untied"), "tok_emb.weight").unwrap();
+    assert!((e - 1.0).abs() < 0.1, "embedding std {e}, asked 1");
+    let h = tensor_std(&d.join("untied"), "head.weight").expect("an own head");
+    assert!((h - 0.02).abs() < 0.002, "head std {h}");
+    let e = tensor_std(&d.join("tied"), "tok_emb.weight").unwrap();
+    assert!((e - 0.02).abs() < 0.002, "default embedding std {e}");
+    assert!(tensor_std(&d.join("tied"), "head.weight").is_none());
+    // A wide embedding with a tied head, or the flags on GPT-2, are usage errors.
+    for (extra, want) in [
+        (
+            &["--arch", "llama", "--embed-std", "1"][..],
+            "--untied-head",
+        ),
+        (
+            &["--arch", "llama", "--tied-head", "--untied-head"][..],
+            "not both",
+        ),
+        (&["--untied-head"][..], "modern families"),
+        (&["--embed-std", "0.5"][..], "modern families"),
+        (
+            &["--arch", "llama", "--embed-std", "0"][..],
+            "must be positive",
+        ),
+    ] {
+        let mut a = tiny_args(extra);
+        a.extend(["--steps", "1"]);
+        let e = run_err(&d, &a, 2);
+        assert!(e.contains(want), "{extra:?}: {e}");
+    }
+}

@@ -202,6 +202,13 @@ pub struct PretrainArgs {
     /// tie the output head to the token embedding
     #[argh(switch)]
     pub tied_head: bool,
+    /// give a model of the modern families its own output head (their presets tie it)
+    #[argh(switch)]
+    pub untied_head: bool,
+    /// standard deviation of a fresh modern-family model's token embedding (default 0.02, as
+    /// transformers; 1 as PyTorch's nn.Embedding and the book's GPT: see README)
+    #[argh(option)]
+    pub embed_std: Option<f32>,
     /// random seed of initialisation, shuffles and dropout (default 123)
     #[argh(option)]
     pub seed: Option<u64>,

@@ -110,6 +110,12 @@ fn family_config(
                     )));
                 }
             }
+            if a.untied_head || a.embed_std.is_some() {
+                return Err(usage(
+                    "--untied-head and --embed-std shape the modern families (GPT-2's head is \
+                     untied unless --tied-head; --init-scheme sets its initialisation)",
+                ));
+            }
             return Ok(None);
         }
         (Some("gpt2"), Some(p)) => {
@@ -236,7 +242,21 @@ fn family_config(
     c.n_kv_heads = kv_heads;
     c.head_dim = head_dim;
     c.ffn_dim = ffn_dim;
-    c.tied_head = a.tied_head || base.tied_head;
+    if a.tied_head && a.untied_head {
+        return Err(usage("give --tied-head or --untied-head, not both"));
+    }
+    c.tied_head = !a.untied_head && (a.tied_head || base.tied_head);
+    if let Some(s) = a.embed_std {
+        if !(s.is_finite() && s > 0.0) {
+            return Err(usage(format!("--embed-std {s}: must be positive")));
+        }
+        if c.tied_head && s > 0.1 {
+            return Err(usage(format!(
+                "--embed-std {s} with a tied head: the logits would start {s}·√dim wide; add \
+                 --untied-head"
+            )));
+        }
+    }
     if let (Some(r), Some(theta)) = (c.rope.as_mut(), a.rope_theta) {
         r.theta = theta;
     }
@@ -333,6 +353,8 @@ fn fixed_flags_given(a: &PretrainArgs) -> Vec<&'static str> {
     chk(a.dropout.is_some(), "--dropout");
     chk(a.qkv_bias, "--qkv-bias");
     chk(a.tied_head, "--tied-head");
+    chk(a.untied_head, "--untied-head");
+    chk(a.embed_std.is_some(), "--embed-std");
     chk(a.seed.is_some(), "--seed");
     chk(a.init_scheme.is_some(), "--init-scheme");
     chk(a.eval_every.is_some(), "--eval-every");
@@ -741,6 +763,8 @@ fn setup(a: &PretrainArgs, con: &mut Console<'_>, lead: bool) -> Result<Setup, C
                 (a.vocab.is_some(), "--vocab"),
                 (a.qkv_bias, "--qkv-bias"),
                 (a.tied_head, "--tied-head"),
+                (a.untied_head, "--untied-head"),
+                (a.embed_std.is_some(), "--embed-std"),
                 (a.tokenizer.is_some(), "--tokenizer"),
                 (a.init_scheme.is_some(), "--init-scheme"),
                 (a.arch.is_some(), "--arch"),
@@ -1223,7 +1247,10 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
         let fail = |e: String| failed(format!("{what}{e}"));
         Ok(match (&family, params) {
             (Some(f), Some(p)) => Net::Family(FamilyModel::from_params(f, p).map_err(fail)?),
-            (Some(f), None) => Net::Family(FamilyModel::new(f, h.seed).map_err(fail)?),
+            (Some(f), None) => Net::Family(
+                FamilyModel::with_embedding_std(f, h.seed, a.embed_std.unwrap_or(0.02))
+                    .map_err(fail)?,
+            ),
             (None, Some(p)) => Net::Gpt(Gpt::from_params(cfg, p).map_err(|e| fail(e.to_string()))?),
             (None, None) => {
                 let scheme = if h.init == InitScheme::Gpt2 {
