@@ -225,7 +225,7 @@ pub(super) fn hsum_f32(v: __m256) -> f32 {
 /// a_k + b_k is block k's (exact, integer) sum: `m[k]` holds block k's 8 lane sums.
 #[inline]
 #[target_feature(enable = "avx2")]
-fn pack_quad(m: [__m256i; 4]) -> __m256i {
+pub(super) fn pack_quad(m: [__m256i; 4]) -> __m256i {
     _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]))
 }
 
