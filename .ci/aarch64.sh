@@ -61,7 +61,7 @@ echo "aarch64: cargo test -p emberlm-runtime --no-default-features --lib --targe
 cargo test -p emberlm-runtime --no-default-features --lib --target "$TARGET"
 echo "aarch64: kernel and model-family integration tests (threads via rayon)"
 cargo test -p emberlm-runtime --no-default-features --features parallel --target "$TARGET" \
-    --test kernels --test kernels_q4 --test kernels_alloc --test kernels_family --test families
+    --test kernels --test kernels_q4 --test kernels_q6 --test kernels_alloc --test kernels_family --test families
 set +e
 
 echo "aarch64: all tests passed under qemu-aarch64 -cpu cortex-a72 in $(( $(date +%s) - START )) s"
