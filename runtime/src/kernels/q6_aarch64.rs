@@ -22,7 +22,7 @@ unsafe fn block_weights(q: *const u8) -> (int8x16_t, int8x16_t) {
     let (b, h) = unsafe { (vld1q_u8(q), vld1_u8(q.add(16))) };
     let three = vdup_n_u8(3);
     let h01 = vcombine_u8(vand_u8(h, three), vand_u8(vshr_n_u8::<2>(h), three));
-    let h23 = vcombine_u8(vand_u8(vshr_n_u8::<6>(h), three), vshr_n_u8::<4>(h));
+    let h23 = vcombine_u8(vand_u8(vshr_n_u8::<4>(h), three), vshr_n_u8::<6>(h));
     let lo = vorrq_u8(vandq_u8(b, vdupq_n_u8(0x0F)), vshlq_n_u8::<4>(h01));
     let hi = vorrq_u8(vshrq_n_u8::<4>(b), vshlq_n_u8::<4>(h23));
     let k = vdupq_n_u8(0x20);
