@@ -168,6 +168,31 @@ impl fmt::Display for ShapeError {
 
 impl std::error::Error for ShapeError {}
 
+/// Checks the lengths of a block-quantized matrix's slices, `names` = [quants, scales]: (rows,
+/// NB, bytes per block) give rows · NB · bytes quant bytes and rows · NB scales. A mismatch (or
+/// an overflow, reported as expecting `usize::MAX`) is a [`ShapeError`] naming the slice.
+pub(crate) fn check_blocks(
+    names: [&'static str; 2],
+    (rows, nb, block_bytes): (usize, usize, usize),
+    (quants, scales): (usize, usize),
+) -> Result<(), ShapeError> {
+    let check = |what, expected: Option<usize>, found| match expected {
+        Some(e) if e == found => Ok(()),
+        e => Err(ShapeError {
+            what,
+            expected: e.unwrap_or(usize::MAX),
+            found,
+        }),
+    };
+    let blocks = rows.checked_mul(nb);
+    check(
+        names[0],
+        blocks.and_then(|b| b.checked_mul(block_bytes)),
+        quants,
+    )?;
+    check(names[1], blocks, scales)
+}
+
 /// A Q8 weight matrix W (R, C): `quants` (R, C) row-major and f16 `scales` (R, NB); element
 /// (r, c) is `quants[r*C + c] as f32 * scales[r*NB + c/32]`. Borrowed, `Copy`, validated once.
 #[derive(Clone, Copy, Debug)]

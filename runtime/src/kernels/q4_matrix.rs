@@ -25,22 +25,11 @@ impl<'a> Q4Matrix<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Self, ShapeError> {
-        let nb = cols.div_ceil(Q4_BLOCK);
-        let check = |what, expected: Option<usize>, found| match expected {
-            Some(e) if e == found => Ok(()),
-            e => Err(ShapeError {
-                what,
-                expected: e.unwrap_or(usize::MAX),
-                found,
-            }),
-        };
-        let blocks = rows.checked_mul(nb);
-        check(
-            "q4 quants",
-            blocks.and_then(|b| b.checked_mul(Q4_BLOCK_BYTES)),
-            quants.len(),
+        super::check_blocks(
+            ["q4 quants", "q4 scales"],
+            (rows, cols.div_ceil(Q4_BLOCK), Q4_BLOCK_BYTES),
+            (quants.len(), scales.len()),
         )?;
-        check("q4 scales", blocks, scales.len())?;
         Ok(Q4Matrix {
             quants,
             scales,

@@ -8,27 +8,13 @@
 //! go four at a time and are scaled once per four, as in the int8 kernel
 //! ([`matvec_q6q8_rows_vnni`]).
 
+use super::q4_x86_64::hsum;
 use super::q6_matrix::Q6Matrix;
+use super::x86_64::f16_to_f32 as h2f;
 use super::x86_64_avx512::Avx512;
 use core::arch::x86_64::*;
 use emberlm_formats::quant::{Q6_BLOCK, Q6_BLOCK_BYTES, q6_level};
 use half::f16;
-
-/// One f16 to f32 with F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn h2f(h: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
-}
-
-/// Σ of 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
-}
 
 pub(super) fn matvec_q6q8_rows(
     _t: Avx512,

@@ -24,22 +24,11 @@ impl<'a> Q6Matrix<'a> {
         rows: usize,
         cols: usize,
     ) -> Result<Self, ShapeError> {
-        let nb = cols.div_ceil(Q6_BLOCK);
-        let check = |what, expected: Option<usize>, found| match expected {
-            Some(e) if e == found => Ok(()),
-            e => Err(ShapeError {
-                what,
-                expected: e.unwrap_or(usize::MAX),
-                found,
-            }),
-        };
-        let blocks = rows.checked_mul(nb);
-        check(
-            "q6 quants",
-            blocks.and_then(|b| b.checked_mul(Q6_BLOCK_BYTES)),
-            quants.len(),
+        super::check_blocks(
+            ["q6 quants", "q6 scales"],
+            (rows, cols.div_ceil(Q6_BLOCK), Q6_BLOCK_BYTES),
+            (quants.len(), scales.len()),
         )?;
-        check("q6 scales", blocks, scales.len())?;
         Ok(Q6Matrix {
             quants,
             scales,

@@ -9,18 +9,12 @@
 //! sign-extends the 6-bit two's-complement value. The product then runs as Q4's: `maddubs` on
 //! |w| (≤ 32) and x·sign(w), `madd` to i32. The file's bytes are read as they are.
 
+use super::q4_x86_64::hsum;
 use super::q6_matrix::Q6Matrix;
 use super::x86_64::Avx2;
+use super::x86_64::f16_to_f32 as h2f;
 use core::arch::x86_64::*;
 use emberlm_formats::quant::{Q6_BLOCK, Q6_BLOCK_BYTES, q6_level};
-use half::f16;
-
-/// One f16 to f32 with F16C.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn h2f(h: f16) -> f32 {
-    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
-}
 
 /// The 6-bit codes `u` (0..64, two's complement) of the block at `q` (24 bytes), in element order.
 ///
@@ -65,15 +59,6 @@ unsafe fn block_weights(q: *const u8) -> __m256i {
 fn block_dot(wv: __m256i, xv: __m256i) -> __m256 {
     let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
     _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
-}
-
-/// Σ of 8 lanes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum(v: __m256) -> f32 {
-    let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    _mm_cvtss_f32(_mm_add_ss(s, _mm_shuffle_ps(s, s, 1)))
 }
 
 pub(super) fn matvec_q6q8_rows(
