@@ -33,8 +33,8 @@ pub(super) fn matvec_q6q8_rows(
 /// and flipped to `level + 32`, and `vpdpbusd` sums them against x on top of −32·Σx (computed
 /// once per quad for the four rows), so the lanes hold exact integer sums; `pack_quad` packs the
 /// four blocks' halves, and one conversion, one product of the four scales by x's and one
-/// fused multiply-add per quad accumulate them in f32. The last NB % 4 whole blocks and a short
-/// block go one at a time with exact integer sums. Every row runs this sequence whatever rows
+/// fused multiply-add per quad accumulate them in f32. The last NB % 4 whole blocks (vector) and
+/// a short block (scalar) go one at a time with exact integer sums. Every row runs this sequence whatever rows
 /// it is computed with, so its bits do not depend on the grouping or the split.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
@@ -90,10 +90,22 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
         let mut t = hsum(acc);
         for b in 4 * quads..nb {
             let j0 = b * Q6_BLOCK;
-            let block = &q[b * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
-            let s: i32 = (j0..c.min(j0 + Q6_BLOCK))
-                .map(|j| i32::from(q6_level(block, j - j0)) * i32::from(xq[j]))
-                .sum();
+            let s = if b < full {
+                // SAFETY: block b < full is whole: 24 bytes inside the row's NB × 24, columns
+                // 32b .. 32b + 32 inside xq.
+                unsafe {
+                    let xv = _mm256_loadu_si256(xq.as_ptr().add(j0).cast());
+                    let u = super::q6_x86_64::block_codes(q.as_ptr().add(b * Q6_BLOCK_BYTES));
+                    let sum = _mm256_dpbusd_epi32(zero, _mm256_xor_si256(u, k), xv);
+                    super::x86_64_avx512::hsum_i32(sum)
+                        - super::x86_64_avx512::hsum_i32(_mm256_dpbusd_epi32(zero, k, xv))
+                }
+            } else {
+                let block = &q[b * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
+                (j0..c)
+                    .map(|j| i32::from(q6_level(block, j - j0)) * i32::from(xq[j]))
+                    .sum()
+            };
             t += (h2f(d[b]) * xd[b]) * s as f32;
         }
         t
