@@ -199,14 +199,17 @@ pub struct PretrainArgs {
     /// give the query/key/value projections a bias
     #[argh(switch)]
     pub qkv_bias: bool,
-    /// tie the output head to the token embedding
+    /// tie the output head to the token embedding (GPT-2; a modern family: as transformers,
+    /// with the embedding N(0, 0.02))
     #[argh(switch)]
     pub tied_head: bool,
-    /// give a model of the modern families its own output head (their presets tie it)
+    /// give a model of the modern families its own output head (the default without --config;
+    /// the presets tie it)
     #[argh(switch)]
     pub untied_head: bool,
-    /// standard deviation of a fresh modern-family model's token embedding (default 0.02, as
-    /// transformers; 1 as PyTorch's nn.Embedding and the book's GPT: see README)
+    /// standard deviation of a fresh modern-family model's token embedding (default 1, as
+    /// PyTorch's nn.Embedding and the book, with an own head; 0.02, as transformers, with a tied
+    /// head or a preset: see README)
     #[argh(option)]
     pub embed_std: Option<f32>,
     /// random seed of initialisation, shuffles and dropout (default 123)

@@ -245,7 +245,9 @@ fn family_config(
     if a.tied_head && a.untied_head {
         return Err(usage("give --tied-head or --untied-head, not both"));
     }
-    c.tied_head = !a.untied_head && (a.tied_head || base.tied_head);
+    // Without a preset, a fresh model follows the book's bonus notebooks (its own head, the
+    // embedding N(0, 1): see `embed_std`); a preset keeps the real model's tied head.
+    c.tied_head = !a.untied_head && (a.tied_head || (preset.is_some() && base.tied_head));
     if let Some(s) = a.embed_std {
         if !(s.is_finite() && s > 0.0) {
             return Err(usage(format!("--embed-std {s}: must be positive")));
@@ -1248,8 +1250,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
         Ok(match (&family, params) {
             (Some(f), Some(p)) => Net::Family(FamilyModel::from_params(f, p).map_err(fail)?),
             (Some(f), None) => Net::Family(
-                FamilyModel::with_embedding_std(f, h.seed, a.embed_std.unwrap_or(0.02))
-                    .map_err(fail)?,
+                FamilyModel::with_embedding_std(f, h.seed, embed_std(&a, f)).map_err(fail)?,
             ),
             (None, Some(p)) => Net::Gpt(Gpt::from_params(cfg, p).map_err(|e| fail(e.to_string()))?),
             (None, None) => {
@@ -1571,6 +1572,20 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
 /// `s` quoted for a POSIX shell.
 fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// The token embedding's standard deviation for a fresh modern-family model: `--embed-std`, else
+/// 1 (PyTorch's `nn.Embedding`, the book's notebooks) for a model with its own head and no
+/// `--config` preset, else 0.02 (transformers' initialisation; a tied head needs it small).
+/// Drawn at 0.02 with an untied head, the book's chapter 5 Llama sits at the unigram loss
+/// (README, "Pretraining a modern family from scratch").
+fn embed_std(a: &PretrainArgs, f: &ModelConfig) -> f32 {
+    a.embed_std
+        .unwrap_or(if !f.tied_head && a.config.is_none() {
+            1.0
+        } else {
+            0.02
+        })
 }
 
 #[cfg(test)]
