@@ -346,6 +346,10 @@ macro_rules! dispatch_wide {
     };
 }
 
+/// The 512-bit int8 kernel's activations: quants (B, C), scales (B, NB), and the
+/// [`prepare_pairs`] layouts xt, xs, xc.
+type Prepared<'x> = (&'x [i8], &'x [f32], &'x [u8], &'x [u8], &'x [u8]);
+
 /// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows in the
 /// four-stream order, vectors in pairs, up to [`PAIRS`] pairs a group ([`group_q8_wide`]).
 ///
@@ -364,22 +368,15 @@ macro_rules! dispatch_wide {
 /// A first version kept one vector per 256-bit register (4 rows × 4 vectors); on Zen 5
 /// (2026-12-05, one thread, int8 768 × 2304 and 3072 × 768, hot in cache) the two-vector one
 /// was faster at every B ≥ 2 (B = 2: 95–117 against 82–97 GMAC/s; B = 8: 150–170 against ~100).
-/// A second put the +128 on the activations (the weights signed, each row's −128 · Σ w by four
-/// more `vpdpbusd` per quad): its activations had to be loaded into registers, and its 16
-/// accumulators spilled to the stack.
+/// The next put the +128 on the activations, the weights signed, and so computed each row's
+/// −128 · Σ w by four more `vpdpbusd` per quad (and the activations, as `vpdpbusd`'s unsigned
+/// operand, could not be memory operands).
 ///
 /// # Safety
 /// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq (B, C), xd
 /// (B, NB), y (B, P), and xt, xs, xc from [`prepare_pairs`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn multi_q8q8_wide(
-    q: &[i8],
-    d: &[f16],
-    x: (&[i8], &[f32], &[u8], &[u8], &[u8]),
-    b: usize,
-    c: usize,
-    y: &mut [f32],
-) {
+unsafe fn multi_q8q8_wide(q: &[i8], d: &[f16], x: Prepared<'_>, b: usize, c: usize, y: &mut [f32]) {
     let p = y.len() / b;
     let qn = p / 4;
     let each = |rows: &[usize], y: &mut [f32]| {
@@ -418,7 +415,7 @@ unsafe fn multi_q8q8_wide(
 unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
     q: &[i8],
     d: &[f16],
-    (xq, xd, xt, xs, xc): (&[i8], &[f32], &[u8], &[u8], &[u8]),
+    (xq, xd, xt, xs, xc): Prepared<'_>,
     (c, p): (usize, usize),
     y: &mut [f32],
     rows: [usize; R],

@@ -20,7 +20,8 @@
 //!
 //! Threads: the G members claim chunks (then attention items, one per slot and KV group) from
 //! an atomic counter; results come back through a (B, R) buffer of atomics, copied into each
-//! slot's buffers by the calling thread. No `unsafe`, no allocation per step.
+//! slot's buffers by the calling thread (with one thread, straight from its lane's outputs). No
+//! `unsafe`, no allocation per step.
 
 use super::crew::{Chunks, MAX_CHUNK_ROWS, fork};
 use super::gqa::{attend_group, group_rows, norm_rotate, store_token};
