@@ -1,13 +1,18 @@
 """Writes a Hugging Face model directory with random weights at a published model's shapes, for
 speed comparisons of emberlm and llama.cpp on the same weights (nothing can be downloaded here).
 
-    python3 benches/peers/make_random_hf.py qwen3-0.6b /tmp/qwen3-0.6b [--dtype bf16]
+    python3 benches/peers/make_random_hf.py qwen3-0.6b /tmp/qwen3-0.6b [--dtype bf16] \
+        [--gpt2-tokenizer DIR]
 
-Presets: smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b (their config.json values). The
+Presets: smollm2-135m, qwen2.5-0.5b, qwen3-0.6b, llama3.2-1b (their config.json values), and
+qwen3-0.6b-llama: a Llama-architecture model with Qwen3-0.6B's matrix shapes (no q/k norms), for
+llama.cpp snapshots that predate qwen3. The
 weights are N(0, 0.02) (norm scales 1), in bf16 by default as the real checkpoints ship, split
 into shards of at most 2 GB with model.safetensors.index.json. A SentencePiece tokenizer.model
 trained on the book's data (EMBER_DATA/the-verdict.txt) lets llama.cpp's convert_hf_to_gguf.py
 write a vocabulary (it pads the rest of the ids); the speed of decoding does not depend on it.
+`--gpt2-tokenizer DIR` copies GPT-2's tokenizer files from DIR (tokenizer.json, vocab.json,
+merges.txt) instead, so that both `ember serve` and `llama-server` read text prompts the same way.
 Needs torch, safetensors and sentencepiece.
 """
 import argparse
@@ -27,6 +32,9 @@ PRESETS = {
     "qwen3-0.6b": dict(model_type="qwen3", arch="Qwen3ForCausalLM", vocab=151936, hidden=1024,
                        layers=28, heads=16, kv=8, head_dim=128, ffn=3072, theta=1000000.0,
                        eps=1e-6, ctx=40960, bias=False, qk_norm=True),
+    "qwen3-0.6b-llama": dict(model_type="llama", arch="LlamaForCausalLM", vocab=151936,
+                             hidden=1024, layers=28, heads=16, kv=8, head_dim=128, ffn=3072,
+                             theta=1000000.0, eps=1e-6, ctx=40960, bias=False, qk_norm=False),
     "llama3.2-1b": dict(model_type="llama", arch="LlamaForCausalLM", vocab=128256, hidden=2048,
                         layers=16, heads=32, kv=8, head_dim=64, ffn=8192, theta=500000.0,
                         eps=1e-5, ctx=131072, bias=False, qk_norm=False,
@@ -67,6 +75,7 @@ def main():
     ap.add_argument("preset", choices=sorted(PRESETS))
     ap.add_argument("out")
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "f16", "f32"])
+    ap.add_argument("--gpt2-tokenizer", help="copy GPT-2's tokenizer files from this directory")
     a = ap.parse_args()
     p = PRESETS[a.preset]
     dtype = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}[a.dtype]
@@ -104,8 +113,17 @@ def main():
         "attention_bias": p["bias"] and p["model_type"] != "qwen2", "torch_dtype": "bfloat16",
         "bos_token_id": 1, "eos_token_id": 2,
     }
+    if a.gpt2_tokenizer:
+        # GPT-2's <|endoftext|> ends a text; no chat template.
+        cfg["bos_token_id"] = cfg["eos_token_id"] = 50256
     with open(os.path.join(a.out, "config.json"), "w") as f:
         json.dump(cfg, f, indent=2)
+    if a.gpt2_tokenizer:
+        import shutil
+        for name in ["tokenizer.json", "vocab.json", "merges.txt", "tokenizer_config.json"]:
+            shutil.copy(os.path.join(a.gpt2_tokenizer, name), os.path.join(a.out, name))
+        print(f"{a.out}: {a.preset}, {total / 1e9:.2f} GB in {len(shards)} shard(s), GPT-2 tokenizer")
+        return
     import sentencepiece as spm
     data = os.path.join(os.environ.get("EMBER_DATA", "../shared/data"), "the-verdict.txt")
     spm.SentencePieceTrainer.train(input=data, model_prefix=os.path.join(a.out, "tokenizer"),

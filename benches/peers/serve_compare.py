@@ -5,6 +5,7 @@
     python3 benches/peers/serve_compare.py --ember target/release/ember --model M.ember \
         --llama-server /path/to/llama-server --gguf M.gguf [--clients 1,2,4,8,16] \
         [--pairs 3] [--threads 2] [--max-tokens 64] [--context 256]
+    python3 benches/peers/serve_compare.py --ember NEW --model M.ember --ember-b OLD ...
 
 For each client count N and each pair, each server is started with N slots (`ember serve MODEL
 --parallel N`, `llama-server -m GGUF --parallel N -c N·context`; `-c` is split among llama's
@@ -17,12 +18,11 @@ and its decode rate, (tokens − 1) / (last token − first token); the aggregat
 run is the sum of its streams' rates (the streams start together and run side by side). The
 table gives, per N, the median over pairs of each run's aggregate rate and of its median time
 to first token, and the medians of the per-pair ratios ember / llama. Standard library only;
-loopback only.
+loopback only. `--ember-b OLD` runs a second `ember` binary in llama-server's place (same model,
+same flags as the first), to compare two builds (before / after a change) the same way.
 
-Status (2026-12-04): one smoke run (`--clients 1,4 --pairs 1 --max-tokens 16`, host load ~13)
-gave llama-server 4.7–5.7 tok/s with a 6 s first token, far below what `llama-bench` measures
-for the same file: the llama-server side (its flags here, or how its stream is read) is not yet
-validated, so do not quote its figures before that is found.
+llama-server's threads spin while they wait: its figures mean something only on a quiet host
+(a smoke run at load ~13 gave it 5 tokens/s, against ~200 at load 1).
 """
 import argparse
 import http.client
@@ -138,8 +138,9 @@ def run_clients(port, n, max_tokens, llama):
 
 
 def start(a, which, n, port):
-    if which == "ember":
-        cmd = [a.ember, "serve", a.model, "--port", str(port), "--parallel", str(n),
+    if which == "ember" or a.ember_b:
+        exe = a.ember if which == "ember" else a.ember_b
+        cmd = [exe, "serve", a.model, "--port", str(port), "--parallel", str(n),
                "--context", str(a.context), "--threads", str(a.threads)]
         env = dict(os.environ)
     else:
@@ -155,14 +156,18 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--ember", default="target/release/ember")
     p.add_argument("--model", required=True, help="the .ember model")
-    p.add_argument("--llama-server", required=True)
-    p.add_argument("--gguf", required=True, help="the same weights as GGUF")
+    p.add_argument("--llama-server")
+    p.add_argument("--gguf", help="the same weights as GGUF")
+    p.add_argument("--ember-b", help="a second ember binary in llama-server's place")
     p.add_argument("--clients", default="1,2,4,8,16")
     p.add_argument("--pairs", type=int, default=3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--context", type=int, default=256, help="tokens per slot")
     a = p.parse_args()
+    if not a.ember_b and not (a.llama_server and a.gguf):
+        p.error("give --llama-server and --gguf, or --ember-b")
+    other = "ember-b" if a.ember_b else "llama"
     rows = []
     for n in [int(x) for x in a.clients.split(",")]:
         runs = {"ember": [], "llama": []}
@@ -172,8 +177,9 @@ def main():
                 proc = start(a, which, n, port)
                 try:
                     wait_ready(port, proc)
-                    run_clients(port, 1, 8, which == "llama")  # warm-up
-                    agg, ttft, tokens = run_clients(port, n, a.max_tokens, which == "llama")
+                    llama = which == "llama" and not a.ember_b
+                    run_clients(port, 1, 8, llama)  # warm-up
+                    agg, ttft, tokens = run_clients(port, n, a.max_tokens, llama)
                 finally:
                     proc.terminate()
                     try:
@@ -183,15 +189,16 @@ def main():
                         proc.wait()
                 load = os.getloadavg()[0]
                 runs[which].append((agg, ttft))
-                print(f"N={n:2} pair {i + 1} {which:5} aggregate {agg:8.1f} tok/s  median TTFT "
+                name = which if which == "ember" else other
+                print(f"N={n:2} pair {i + 1} {name:7} aggregate {agg:8.1f} tok/s  median TTFT "
                       f"{ttft * 1000:7.1f} ms  tokens {tokens}  load {load:.2f}", flush=True)
         med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
                for k, v in runs.items()}
         ratio = statistics.median(e[0] / l[0] for e, l in zip(runs["ember"], runs["llama"]))
         rows.append((n, med, ratio))
     print()
-    print("| streams | ember tok/s | llama-server tok/s | ember / llama | ember TTFT ms | "
-          "llama TTFT ms |")
+    print(f"| streams | ember tok/s | {other} tok/s | ember / {other} | ember TTFT ms | "
+          f"{other} TTFT ms |")
     print("| --- | --- | --- | --- | --- | --- |")
     for n, med, ratio in rows:
         print(f"| {n} | {med['ember'][0]:.1f} | {med['llama'][0]:.1f} | {ratio:.2f}x | "

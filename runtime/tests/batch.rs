@@ -229,51 +229,70 @@ fn seeded_sampling_matches_session_generate() {
     let _g = SERIAL.lock().unwrap();
     let bytes = random_model_bytes(&gpt2(), DType::Q8, 13).unwrap();
     let model = Model::from_bytes(&bytes).unwrap();
-    let sampling = Sampling {
+    let seeded = Sampling {
         temperature: 0.9,
         top_k: Some(40),
         top_p: Some(0.95),
         seed: 77,
         ..Sampling::default()
     };
-    let prompt = [5u32, 9, 200, 17];
-    let gen_opts = emberlm_runtime::GenerateOptions {
-        max_tokens: 12,
-        stop: emberlm_runtime::Stop::None,
-        slide: false,
+    // Greedy takes `Batch`'s own argmax path; with a repetition penalty, the sampler's.
+    let greedy = Sampling::default();
+    let penalized = Sampling {
+        repetition_penalty: 1.5,
+        ..Sampling::default()
     };
-    let mut want = vec![];
-    let mut s = Session::new(&model, &opts(1)).unwrap();
-    s.generate(&prompt, &sampling, &gen_opts, |t| {
-        want.push(t);
-        std::ops::ControlFlow::Continue(())
-    })
-    .unwrap();
-    let mut batch = Batch::new(
-        &model,
-        &BatchOptions {
-            slots: 2,
-            session: opts(1),
-        },
-    )
-    .unwrap();
-    // A greedy neighbour in the other slot must not disturb the seeded one.
-    let other = batch
-        .join(&[1, 2, 3], &Sampling::default())
-        .unwrap()
+    for (what, sampling) in [
+        ("seeded", seeded),
+        ("greedy", greedy),
+        ("greedy, penalty", penalized),
+    ] {
+        let prompt = [5u32, 9, 200, 17];
+        let gen_opts = emberlm_runtime::GenerateOptions {
+            max_tokens: 12,
+            stop: emberlm_runtime::Stop::None,
+            slide: false,
+        };
+        let mut want = vec![];
+        let mut s = Session::new(&model, &opts(1)).unwrap();
+        s.generate(&prompt, &sampling, &gen_opts, |t| {
+            want.push(t);
+            std::ops::ControlFlow::Continue(())
+        })
         .unwrap();
-    let slot = batch.join(&prompt, &sampling).unwrap().unwrap();
-    assert_ne!(other, slot);
-    let mut got = vec![];
-    while got.len() < want.len() {
-        for e in batch.step() {
-            if e.slot == slot {
-                let Next::Token(t) = e.next else { panic!() };
-                got.push(t);
+        let mut batch = Batch::new(
+            &model,
+            &BatchOptions {
+                slots: 2,
+                session: opts(1),
+            },
+        )
+        .unwrap();
+        // A neighbour in the other slot (seeded for the greedy ones, greedy for the seeded
+        // one) must not disturb the sequence.
+        let other_sampling = if sampling.temperature == 0.0 {
+            Sampling {
+                temperature: 1.0,
+                seed: 3,
+                ..Sampling::default()
+            }
+        } else {
+            Sampling::default()
+        };
+        let other = batch.join(&[1, 2, 3], &other_sampling).unwrap().unwrap();
+        let slot = batch.join(&prompt, &sampling).unwrap().unwrap();
+        assert_ne!(other, slot);
+        let mut got = vec![];
+        while got.len() < want.len() {
+            for e in batch.step() {
+                if e.slot == slot {
+                    let Next::Token(t) = e.next else { panic!() };
+                    got.push(t);
+                }
             }
         }
+        assert_eq!(got, want, "{what}");
     }
-    assert_eq!(got, want);
 }
 
 #[test]

@@ -55,9 +55,10 @@ impl Vectors<'_> {
 }
 
 /// Bytes of scratch [`Kernels::matvec_multi_rows`] needs for B vectors of C elements (the
-/// activations rearranged, B·C bytes, and the int4 kernel's scales, 32 bytes per 128 columns).
+/// activations rearranged, B·C bytes, and the int8 and int4 kernels' scales and corrections, 64
+/// bytes per 128 columns).
 pub fn multi_scratch_len(b: usize, c: usize) -> usize {
-    b * (c + c / 128 * 32)
+    b * (c + c / 128 * 64)
 }
 
 impl Kernels {

@@ -206,16 +206,18 @@ pub(super) fn multi_q8q8(
         &w.scales()[row_start * nb..(row_start + p) * nb],
     );
     let quads = c / (4 * Q8_BLOCK);
+    let side = b * quads * 32;
     assert!(
-        scratch.len() >= b * c + b * quads * 32,
+        scratch.len() >= b * c + 2 * side,
         "avx512 multi_q8q8: scratch"
     );
-    let (xt, xs) = scratch[..b * c + b * quads * 32].split_at_mut(b * c);
+    let (xt, rest) = scratch[..b * c + 2 * side].split_at_mut(b * c);
+    let (xs, xc) = rest.split_at_mut(side);
     // SAFETY: the token proves the features; q, d hold P rows, xq / xt are (B, C), xd (B, NB),
-    // xs holds B · quads · 32 bytes.
+    // xs and xc hold B · quads · 32 bytes each.
     unsafe {
-        prepare_pairs((xq, xd), (xt, xs), b, c);
-        multi_q8q8_wide(q, d, (xq, xd, &*xt, &*xs), b, c, y);
+        prepare_pairs((xq, xd), (xt, xs, xc), b, c);
+        multi_q8q8_wide(q, d, (xq, xd, &*xt, &*xs, &*xc), b, c, y);
     }
 }
 
@@ -269,20 +271,23 @@ fn transpose_512(m: [__m512i; 4]) -> [__m512i; 4] {
 
 /// For the 512-bit int8 kernel: vectors in pairs (v, v + 1), v even. For each pair and whole
 /// quad g: xt bytes v·C + 256g + 64i .. + 64 ← [`transpose`]d vector i of v's quad (low 32
-/// bytes) and of v + 1's (high 32), offset by +128; xs bytes v·quads·32 + 64g .. + 64 ← the
-/// quad's activation scales `[xv, xv, xv+1, xv+1]` (4 f32 each). A last odd vector v is laid
-/// out alone: xt as [`prepare_x`], xs bytes v·quads·32 + 32g ← `[xv, xv]`.
+/// bytes) and of v + 1's (high 32), as signed bytes; xs bytes v·quads·32 + 64g .. + 64 ← the
+/// quad's activation scales `[xv, xv, xv+1, xv+1]` (4 f32 each); xc, laid out as xs ← each
+/// vector's eight half-block sums times −128 (i32, in the lanes where the kernel's `vpdpbusd`
+/// puts them), which cancel the +128 the kernel adds to every weight. A last odd vector v is
+/// laid out alone: xt bytes v·C + 128g + 32i .. + 32, xs and xc bytes v·quads·32 + 32g .. + 32.
 ///
 /// # Safety
-/// The CPU must have AVX2; xq and xt are (B, C), xd (B, NB), xs B · quads · 32 bytes.
-#[target_feature(enable = "avx2")]
+/// The CPU must have the [`Avx512`] features; xq and xt are (B, C), xd (B, NB), xs and xc
+/// B · quads · 32 bytes each.
+#[target_feature(enable = "avx2,avx512f,avx512vl,avx512vnni")]
 unsafe fn prepare_pairs(
     (xq, xd): (&[i8], &[f32]),
-    (xt, xs): (&mut [u8], &mut [u8]),
+    (xt, xs, xc): (&mut [u8], &mut [u8], &mut [u8]),
     b: usize,
     c: usize,
 ) {
-    let flip = _mm256_set1_epi8(-128);
+    let minus = _mm256_set1_epi8(-128);
     let quads = c / (4 * Q8_BLOCK);
     let nb = c.div_ceil(Q8_BLOCK);
     let mut v = 0;
@@ -292,18 +297,23 @@ unsafe fn prepare_pairs(
             for h in 0..n {
                 // SAFETY: quad g is columns 128g .. 128g + 128 of vector v + h < B (C long), so
                 // the stores land in v's (and v + 1's) rows of xt; scales 4g .. 4g + 4 of the
-                // vector's NB; xs bytes v·quads·32 + 32(n·g + h) .. + 32 are inside vector v's
-                // (and v + 1's) quads · 32.
+                // vector's NB; xs and xc bytes v·quads·32 + 32(n·g + h) .. + 32 are inside
+                // vector v's (and v + 1's) quads · 32.
                 unsafe {
                     let xv = xq.as_ptr().add((v + h) * c + 128 * g);
                     let m = std::array::from_fn(|k| _mm256_loadu_si256(xv.add(32 * k).cast()));
+                    // −128 · Σ x per lane: 0x80 read as unsigned (128) times −x, exact in i32.
+                    let mut corr = _mm256_setzero_si256();
                     for (i, t) in transpose(m).into_iter().enumerate() {
                         let o = xt.as_mut_ptr().add(v * c + n * (128 * g + 32 * i) + 32 * h);
-                        _mm256_storeu_si256(o.cast(), _mm256_xor_si256(t, flip));
+                        _mm256_storeu_si256(o.cast(), t);
+                        corr = _mm256_dpbusd_epi32(corr, minus, t);
                     }
+                    let corr = _mm256_sub_epi32(_mm256_setzero_si256(), corr);
+                    let at = v * quads * 32 + 32 * (n * g + h);
+                    _mm256_storeu_si256(xc.as_mut_ptr().add(at).cast(), corr);
                     let x4 = _mm_loadu_ps(xd.as_ptr().add((v + h) * nb + 4 * g));
-                    let o = xs.as_mut_ptr().add(v * quads * 32 + 32 * (n * g + h));
-                    _mm256_storeu_ps(o.cast(), _mm256_set_m128(x4, x4));
+                    _mm256_storeu_ps(xs.as_mut_ptr().add(at).cast(), _mm256_set_m128(x4, x4));
                 }
             }
         }
@@ -336,6 +346,10 @@ macro_rules! dispatch_wide {
     };
 }
 
+/// The 512-bit int8 kernel's activations: quants (B, C), scales (B, NB), and the
+/// [`prepare_pairs`] layouts xt, xs, xc.
+type Prepared<'x> = (&'x [i8], &'x [f32], &'x [u8], &'x [u8], &'x [u8]);
+
 /// Y (B, P) for the P rows of q (C quants each) and d (NB scales each); rows in the
 /// four-stream order, vectors in pairs, up to [`PAIRS`] pairs a group ([`group_q8_wide`]).
 ///
@@ -346,27 +360,23 @@ macro_rules! dispatch_wide {
 /// weights of a quad are transposed once per row ([`transpose_512`]) and the activations once
 /// per call ([`prepare_pairs`]), so four chained `vpdpbusd` put exactly those eight sums in
 /// those lanes without any horizontal add, for two vectors at once (one per 256-bit half). The
-/// activations enter offset by +128, so each lane starts at −128 · Σ w over its 16 weights,
-/// computed once per row and quad for every pair. The integer sums equal the single kernel's,
-/// and every f32 operation is the same, in the same order: the bits match.
+/// weights are the unsigned operand, offset by +128, and the activations the signed one, read
+/// straight from memory by `vpdpbusd`; each lane starts at the activations' −128 · Σ x over its
+/// 16 columns, computed once per call. The integer sums equal the single kernel's, and every
+/// f32 operation is the same, in the same order: the bits match.
 ///
 /// A first version kept one vector per 256-bit register (4 rows × 4 vectors); on Zen 5
-/// (2026-12-05, one thread, int8 768 × 2304 and 3072 × 768, hot in cache) this one is faster
-/// at every B ≥ 2 (B = 2: 95–117 against 82–97 GMAC/s; B = 8: 150–170 against ~100), so it
-/// replaced it.
+/// (2026-12-05, one thread, int8 768 × 2304 and 3072 × 768, hot in cache) the two-vector one
+/// was faster at every B ≥ 2 (B = 2: 95–117 against 82–97 GMAC/s; B = 8: 150–170 against ~100).
+/// The next put the +128 on the activations, the weights signed, and so computed each row's
+/// −128 · Σ w by four more `vpdpbusd` per quad (and the activations, as `vpdpbusd`'s unsigned
+/// operand, could not be memory operands).
 ///
 /// # Safety
-/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq, xt (B, C) and
-/// xs with xt, xs from [`prepare_pairs`], xd (B, NB), y (B, P).
+/// The CPU must have the [`Avx512`] features; q.len() = P·C, d.len() = P·NB, xq (B, C), xd
+/// (B, NB), y (B, P), and xt, xs, xc from [`prepare_pairs`].
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
-unsafe fn multi_q8q8_wide(
-    q: &[i8],
-    d: &[f16],
-    x: (&[i8], &[f32], &[u8], &[u8]),
-    b: usize,
-    c: usize,
-    y: &mut [f32],
-) {
+unsafe fn multi_q8q8_wide(q: &[i8], d: &[f16], x: Prepared<'_>, b: usize, c: usize, y: &mut [f32]) {
     let p = y.len() / b;
     let qn = p / 4;
     let each = |rows: &[usize], y: &mut [f32]| {
@@ -391,11 +401,12 @@ unsafe fn multi_q8q8_wide(
 /// half-used, vector v0 + 2P − 2 alone in its low half, when `HALF`).
 ///
 /// Each 256-bit half of a register does, lane for lane, the single kernel's work for one
-/// vector: per quad, the row's 128 weights are loaded broadcast into both halves and transposed
-/// once ([`transpose_512`]), four chained 512-bit `vpdpbusd` against a pair's [`prepare_pairs`]
-/// activations leave each vector's eight exact half-block sums in its half, then one
-/// conversion, a multiply by (weight scales broadcast × each half's activation scales) and a
-/// multiply-add. Each half is reduced by the single kernel's `hsum_f32`: the bits match.
+/// vector: per quad, the row's 128 weights are loaded broadcast into both halves, offset by
+/// +128 and transposed once ([`transpose_512`]); from a pair's −128 · Σ x, four chained 512-bit
+/// `vpdpbusd` against its [`prepare_pairs`] activations (memory operands) leave each vector's
+/// eight exact half-block sums in its half, then one conversion, a multiply by (weight scales
+/// broadcast × each half's activation scales) and a multiply-add. Each half is reduced by the
+/// single kernel's `hsum_f32`: the bits match.
 ///
 /// # Safety
 /// As [`multi_q8q8_wide`]; every row < P, v0 + 2P − HALF <= B.
@@ -404,7 +415,7 @@ unsafe fn multi_q8q8_wide(
 unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
     q: &[i8],
     d: &[f16],
-    (xq, xd, xt, xs): (&[i8], &[f32], &[u8], &[u8]),
+    (xq, xd, xt, xs, xc): Prepared<'_>,
     (c, p): (usize, usize),
     y: &mut [f32],
     rows: [usize; R],
@@ -413,12 +424,11 @@ unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
     let nb = c.div_ceil(Q8_BLOCK);
     let quads = c / (4 * Q8_BLOCK);
     let flip = _mm512_set1_epi8(-128);
-    let zero = _mm512_setzero_si512();
     let mut acc = [[_mm512_setzero_ps(); P]; R];
     for g in 0..quads {
         for (ak, &r) in acc.iter_mut().zip(&rows) {
             // SAFETY: quad g is whole: bytes 128g .. 128g + 128 of row r, scales 4g .. 4g + 4
-            // of the row's NB; each pair's xt and xs bytes as laid out by `prepare_pairs`
+            // of the row's NB; each pair's xt, xs and xc bytes as laid out by `prepare_pairs`
             // (inside vectors v .. v + 2 < B, or the last vector alone when half).
             unsafe {
                 let wp = q.as_ptr().add(r * c + 128 * g);
@@ -426,39 +436,44 @@ unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
                 // harmless: `wrapping_add` keeps it out of `add`'s bounds rule.
                 _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH).cast());
                 _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH + 64).cast());
+                // w + 128 as unsigned bytes: w XOR 0x80.
                 let wt = transpose_512(std::array::from_fn(|k| {
-                    _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()))
+                    let w = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()));
+                    _mm512_xor_si512(w, flip)
                 }));
-                let mut s = zero;
-                for wi in wt {
-                    s = _mm512_dpbusd_epi32(s, flip, wi);
-                }
-                let corr = _mm512_sub_epi32(zero, s);
                 let h = d
                     .as_ptr()
                     .add(r * nb + 4 * g)
                     .cast::<i64>()
                     .read_unaligned();
                 let dw = _mm512_cvtph_ps(_mm256_set1_epi64x(h));
+                // Opaque to the optimizer, so that each row reads the activations again from
+                // L1 instead of holding a quad's (P · 6 registers) across the rows, which
+                // spilled the accumulators.
                 for (k, a) in ak.iter_mut().enumerate() {
                     let v = v0 + 2 * k;
-                    let mut s = corr;
-                    let xsv = if HALF && k == P - 1 {
+                    let (s, xsv) = if HALF && k == P - 1 {
                         let xp = xt.as_ptr().add(v * c + 128 * g);
+                        let o = v * quads * 32 + 32 * g;
+                        let mut s =
+                            _mm512_zextsi256_si512(_mm256_loadu_si256(xc.as_ptr().add(o).cast()));
                         for (i, wi) in wt.iter().enumerate() {
                             let xv =
                                 _mm512_zextsi256_si512(_mm256_loadu_si256(xp.add(32 * i).cast()));
-                            s = _mm512_dpbusd_epi32(s, xv, *wi);
+                            s = _mm512_dpbusd_epi32(s, *wi, xv);
                         }
-                        let o = xs.as_ptr().add(v * quads * 32 + 32 * g);
-                        _mm512_zextps256_ps512(_mm256_loadu_ps(o.cast()))
+                        let xsv =
+                            _mm512_zextps256_ps512(_mm256_loadu_ps(xs.as_ptr().add(o).cast()));
+                        (s, xsv)
                     } else {
                         let xp = xt.as_ptr().add(v * c + 256 * g);
+                        let o = v * quads * 32 + 64 * g;
+                        let mut s = _mm512_loadu_si512(xc.as_ptr().add(o).cast());
                         for (i, wi) in wt.iter().enumerate() {
                             let xv = _mm512_loadu_si512(xp.add(64 * i).cast());
-                            s = _mm512_dpbusd_epi32(s, xv, *wi);
+                            s = _mm512_dpbusd_epi32(s, *wi, xv);
                         }
-                        _mm512_loadu_ps(xs.as_ptr().add(v * quads * 32 + 64 * g).cast())
+                        (s, _mm512_loadu_ps(xs.as_ptr().add(o).cast()))
                     };
                     let sc = _mm512_mul_ps(dw, xsv);
                     *a = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s), sc, *a);

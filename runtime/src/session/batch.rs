@@ -20,7 +20,8 @@
 //!
 //! Threads: the G members claim chunks (then attention items, one per slot and KV group) from
 //! an atomic counter; results come back through a (B, R) buffer of atomics, copied into each
-//! slot's buffers by the calling thread. No `unsafe`, no allocation per step.
+//! slot's buffers by the calling thread (with one thread, straight from its lane's outputs). No
+//! `unsafe`, no allocation per step.
 
 use super::crew::{Chunks, MAX_CHUNK_ROWS, fork};
 use super::gqa::{attend_group, group_rows, norm_rotate, store_token};
@@ -91,6 +92,19 @@ struct Slot<'m, 'a> {
     sampling: Sampling,
     /// Join order: prefill goes to the oldest joined slot first.
     ticket: u64,
+}
+
+impl Slot<'_, '_> {
+    /// The next token from the session's logits by the slot's sampling. Greedy without a
+    /// repetition penalty is the sampler's own `argmax` on the logits in place (the sampler
+    /// would first copy all V of them: 1.6 MB a step at B = 8 with GPT-2's vocabulary).
+    fn sample(&mut self) -> u32 {
+        let s = &self.sampling;
+        if s.temperature == 0.0 && s.repetition_penalty == 1.0 {
+            return crate::sampler::argmax(&self.s.logits) as u32;
+        }
+        self.s.sampler.sample(&self.s.logits, &self.s.tokens, s)
+    }
 }
 
 /// B sequences decoded together (see the module docs). Every buffer is allocated in
@@ -320,10 +334,7 @@ impl<'m, 'a> Batch<'m, 'a> {
             for &i in &self.active {
                 let slot = &mut self.slots[i];
                 mask(i, &mut slot.s.logits);
-                let t = slot
-                    .s
-                    .sampler
-                    .sample(&slot.s.logits, &slot.s.tokens, &slot.sampling);
+                let t = slot.sample();
                 slot.state = State::Decode { next: t };
                 self.events.push(Event {
                     slot: i,
@@ -348,10 +359,7 @@ impl<'m, 'a> Batch<'m, 'a> {
                 slot.state = State::Prefill { done: end };
             } else {
                 mask(i, &mut slot.s.logits);
-                let t = slot
-                    .s
-                    .sampler
-                    .sample(&slot.s.logits, &slot.s.tokens, &slot.sampling);
+                let t = slot.sample();
                 slot.state = State::Decode { next: t };
                 self.events.push(Event {
                     slot: i,
@@ -581,16 +589,33 @@ impl<'m, 'a> Batch<'m, 'a> {
         };
         self.inputs(&job.w, x);
         let chunks = Chunks::new(rows, cols, elem);
-        // One thread: the whole matrix in one call, as `Session`'s decode does
-        // (`Product::all`): a chunk's four row streams are short, and with nothing to balance
-        // the cut only costs. Every row's sum is the same whatever the cut.
-        let whole = self.lanes.len() <= 1;
-        let items = if whole { 1 } else { chunks.count() };
         let nv = self.active.len();
         let x = vectors(&self.xs, &self.xqs, &self.xds, (&job.w, nv, cols));
+        // One thread: the whole matrix in one call, as `Session`'s decode does
+        // (`Product::all`): a chunk's four row streams are short, and with nothing to balance
+        // the cut only costs. Every row's sum is the same whatever the cut. The (B, R) outputs
+        // are copied straight into the slots' buffers, not through `shared`.
+        if let [lane] = &mut self.lanes[..] {
+            let out = &mut lane.y[..nv * rows];
+            k.matvec_multi_rows(job.w, x, out, 0, &mut lane.scratch);
+            k.epilogue(job.ep, 0..rows, out);
+            if let Some((w, act)) = job.up {
+                let u = &mut lane.up[..nv * rows];
+                k.matvec_multi_rows(w, x, u, 0, &mut lane.scratch);
+                match act {
+                    Mlp::GeGlu => k.gelu_mul(out, u),
+                    _ => k.silu_mul(out, u),
+                }
+            }
+            let m = self.model;
+            for (o, &i) in out.chunks_exact(rows).zip(&self.active) {
+                output(&mut self.slots[i].s, m, y).copy_from_slice(o);
+            }
+            return;
+        }
         let shared = &self.shared;
-        run_items(&mut self.lanes, items, &|c, lane| {
-            let r = if whole { 0..rows } else { chunks.range(c) };
+        run_items(&mut self.lanes, chunks.count(), &|c, lane| {
+            let r = chunks.range(c);
             let n = r.len();
             // (B, n): every active slot's outputs for the chunk's rows. The epilogue and the
             // gate's activation are elementwise, so applying them to all slots at once gives
@@ -610,13 +635,7 @@ impl<'m, 'a> Batch<'m, 'a> {
                 put(shared, j * rows + r.start, o);
             }
         });
-        if y == Buf::Logits {
-            for (j, &i) in self.active.iter().enumerate() {
-                get(shared, j * rows, &mut self.slots[i].s.logits[..rows]);
-            }
-        } else {
-            self.gather(y);
-        }
+        self.gather(y);
     }
 
     /// Copies each active slot's rows of the shared output (laid out (B, R) with R =
@@ -624,20 +643,30 @@ impl<'m, 'a> Batch<'m, 'a> {
     fn gather(&mut self, y: Buf) {
         let n = y.len(self.model);
         for (j, &i) in self.active.iter().enumerate() {
-            let b = &mut self.slots[i].s.lanes[0];
-            let cfg = self.model.config();
-            let dst = match y {
-                Buf::Att => &mut b.att[..n],
-                Buf::Out => &mut b.out[..n],
-                Buf::Ff => &mut b.ff[..n],
-                Buf::Qkv => &mut b.qkv[..n],
-                Buf::Q => &mut b.qkv[..n],
-                Buf::K => &mut b.qkv[cfg.q_dim()..][..n],
-                Buf::V => &mut b.qkv[cfg.q_dim() + cfg.kv_dim()..][..n],
-                Buf::Xn | Buf::Logits => unreachable!("not a product output"),
-            };
-            get(&self.shared, j * n, dst);
+            get(
+                &self.shared,
+                j * n,
+                output(&mut self.slots[i].s, self.model, y),
+            );
         }
+    }
+}
+
+/// Slot session `s`'s buffer `y` as a product's output (`y`'s width).
+fn output<'s>(s: &'s mut Session<'_, '_>, m: &Model<'_>, y: Buf) -> &'s mut [f32] {
+    let n = y.len(m);
+    let cfg = m.config();
+    let b = &mut s.lanes[0];
+    match y {
+        Buf::Att => &mut b.att[..n],
+        Buf::Out => &mut b.out[..n],
+        Buf::Ff => &mut b.ff[..n],
+        Buf::Qkv => &mut b.qkv[..n],
+        Buf::Q => &mut b.qkv[..n],
+        Buf::K => &mut b.qkv[cfg.q_dim()..][..n],
+        Buf::V => &mut b.qkv[cfg.q_dim() + cfg.kv_dim()..][..n],
+        Buf::Logits => &mut s.logits[..n],
+        Buf::Xn => unreachable!("not a product output"),
     }
 }
 
