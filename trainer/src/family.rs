@@ -1061,7 +1061,7 @@ pub struct FamilyModel {
     grads: Vec<f32>,
     lora: Option<Lora>,
     /// The buffers of [`FamilyModel::train_batch`] and [`FamilyModel::loss`], kept between calls.
-    ws: Workspace,
+    ws: Box<Workspace>,
 }
 
 /// Whether a tensor of this role is a norm scale (stored as the runtime uses it: 1 + w for
@@ -1126,7 +1126,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
-            ws: Workspace::default(),
+            ws: Box::default(),
         })
     }
 
@@ -1145,7 +1145,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
-            ws: Workspace::default(),
+            ws: Box::default(),
         })
     }
 
@@ -1177,7 +1177,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
-            ws: Workspace::default(),
+            ws: Box::default(),
         })
     }
 
@@ -1200,7 +1200,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
-            ws: Workspace::default(),
+            ws: Box::default(),
         })
     }
 
