@@ -165,7 +165,19 @@ pub fn forward_backward(
     targets: &[i32],
     b: usize,
 ) -> Step {
-    run(layout, params, Some(grads), None, None, tokens, targets, b)
+    let mut ws = Workspace::default();
+    run(
+        layout,
+        params,
+        Some(grads),
+        None,
+        None,
+        tokens,
+        targets,
+        b,
+        &mut ws,
+        true,
+    )
 }
 
 /// The loss (and logits) of `tokens` against `targets` as [`forward_backward`] computes them,
@@ -177,7 +189,10 @@ pub fn forward_loss(
     targets: &[i32],
     b: usize,
 ) -> Step {
-    run(layout, params, None, None, None, tokens, targets, b)
+    let mut ws = Workspace::default();
+    run(
+        layout, params, None, None, None, tokens, targets, b, &mut ws, true,
+    )
 }
 
 /// LoRA adapters that the forward and backward run directly ([`FamilyModel::attach_lora`]): the
@@ -407,9 +422,85 @@ fn linear_backward(
     }
 }
 
+/// Buffers of [`run`] kept between calls: a model's training steps and evaluations reuse them
+/// (no fresh allocation, so no page faults, per step), and the rotary tables of the longest
+/// window seen.
+#[derive(Default)]
+pub struct Workspace {
+    saved: Vec<Saved>,
+    /// The last block's output.
+    x: Vec<f32>,
+    xf: Vec<f32>,
+    rstdf: Vec<f32>,
+    logits: Vec<f32>,
+    losses: Vec<f32>,
+    lse: Vec<f32>,
+    branch: Vec<f32>,
+    dxf: Vec<f32>,
+    dx: Vec<f32>,
+    ddown: Vec<f32>,
+    dh: Vec<f32>,
+    dgate: Vec<f32>,
+    dup: Vec<f32>,
+    dxn2: Vec<f32>,
+    tmp: Vec<f32>,
+    dproj: Vec<f32>,
+    dao: Vec<f32>,
+    dq: Vec<f32>,
+    dk: Vec<f32>,
+    dv: Vec<f32>,
+    dqr: Vec<f32>,
+    dkr: Vec<f32>,
+    dxn1: Vec<f32>,
+    rope: Option<RopeTables>,
+}
+
+impl std::fmt::Debug for Workspace {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workspace")
+            .field("layers", &self.saved.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// cos and sin tables (T, D/2) of the global and the local rotary bases, for positions 0..T.
+struct RopeTables {
+    t: usize,
+    inv: [Vec<f32>; 2],
+    tables: [(Vec<f32>, Vec<f32>); 2],
+}
+
+/// `v` resized to `len`; values an earlier call left are kept (the caller overwrites them).
+fn sized(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.resize(len, 0.0);
+    v
+}
+
+/// `v` resized to `len` and zeroed (for functions that accumulate).
+fn zeroed(v: &mut Vec<f32>, len: usize) -> &mut [f32] {
+    v.clear();
+    v.resize(len, 0.0);
+    v
+}
+
+/// out = a + b, elementwise.
+fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+        *o = x + y;
+    }
+}
+
+/// a += b, elementwise.
+fn add_assign(a: &mut [f32], b: &[f32]) {
+    for (x, &y) in a.iter_mut().zip(b) {
+        *x += y;
+    }
+}
+
 /// The forward pass, and with `grads` (every parameter's, the layout's) and/or `lora_grads` (the
 /// adapters' of `lora`) the backward, which adds to them. Without `grads` the base is frozen:
-/// its gradients are never computed.
+/// its gradients are never computed. Buffers come from `ws`; the logits are copied out only
+/// when `want_logits`.
 #[allow(clippy::too_many_arguments)]
 fn run(
     layout: &Layout,
@@ -420,6 +511,8 @@ fn run(
     tokens: &[u32],
     targets: &[i32],
     b: usize,
+    ws: &mut Workspace,
+    want_logits: bool,
 ) -> Step {
     let cfg = &layout.cfg;
     let n = tokens.len();
@@ -439,17 +532,45 @@ fn run(
     let v = layout.classes.unwrap_or(cfg.vocab_size);
     let eps = cfg.norm_eps;
     let rope_cfg = cfg.rope.expect("the modern families use rotary positions");
-    let tables = |local: bool| rope::tables(t, &rope_cfg.inv_freq(d, local));
-    let (global_cos, global_sin) = tables(false);
-    let (local_cos, local_sin) = tables(true);
-    // Layer l's rotary table (local or global) and attention shape (a window on local layers).
+    let inv = [rope_cfg.inv_freq(d, false), rope_cfg.inv_freq(d, true)];
+    if !ws.rope.as_ref().is_some_and(|r| r.t >= t && r.inv == inv) {
+        let tables = [rope::tables(t, &inv[0]), rope::tables(t, &inv[1])];
+        ws.rope = Some(RopeTables { t, inv, tables });
+    }
+    let Workspace {
+        saved,
+        x: xlast,
+        xf,
+        rstdf,
+        logits,
+        losses,
+        lse,
+        branch,
+        dxf,
+        dx,
+        ddown,
+        dh,
+        dgate,
+        dup,
+        dxn2,
+        tmp,
+        dproj,
+        dao,
+        dq,
+        dk,
+        dv,
+        dqr,
+        dkr,
+        dxn1,
+        rope: rope_tables,
+    } = ws;
+    let rt = rope_tables.as_ref().expect("made above");
+    // Layer l's rotary table (local or global, positions 0..T) and attention shape (a window on
+    // local layers).
     let layer_attn = |l: usize| {
         let local = cfg.is_local(l);
-        let (cos, sin) = if local {
-            (&local_cos, &local_sin)
-        } else {
-            (&global_cos, &global_sin)
-        };
+        let (cos, sin) = &rt.tables[usize::from(local)];
+        let len = t * rt.inv[usize::from(local)].len();
         let dims = gqa::Dims {
             b,
             t,
@@ -459,7 +580,7 @@ fn run(
             scale: cfg.query_scale,
             window: cfg.sliding.filter(|_| local).map(|w| w.window),
         };
-        (cos, sin, dims)
+        (&cos[..len], &sin[..len], dims)
     };
     let p = |role, l| layout.need(params, role, l);
     let opt = |role, l| layout.get(params, role, l);
@@ -468,8 +589,12 @@ fn run(
     // Embedding × scale (an adapted embedding: row tok of E0 + s·B·A).
     let wte = p(Role::TokEmb, None);
     let emb_ad = ad(Role::TokEmb, None);
-    let mut x = vec![0.0f32; n * c];
-    for (row, &tok) in x.chunks_exact_mut(c).zip(tokens) {
+    saved.resize_with(cfg.n_layers, Saved::default);
+    let x0 = match saved.first_mut() {
+        Some(s) => sized(&mut s.x, n * c),
+        None => sized(xlast, n * c),
+    };
+    for (row, &tok) in x0.chunks_exact_mut(c).zip(tokens) {
         let tok = tok as usize;
         row.copy_from_slice(&wte[tok * c..][..c]);
         if let Some(e) = emb_ad {
@@ -483,28 +608,30 @@ fn run(
         }
         row.iter_mut().for_each(|o| *o *= cfg.embed_scale);
     }
-    let mut saved: Vec<Saved> = Vec::with_capacity(cfg.n_layers);
     for l in 0..cfg.n_layers {
         let ly = Some(l);
         let (cos, sin, dims) = layer_attn(l);
-        let mut s = Saved {
-            x,
-            ..Saved::default()
+        let (s, rest) = saved[l..].split_first_mut().expect("l < n_layers");
+        // This block's output: the next block's input, or the last one's.
+        let next_x = match rest.first_mut() {
+            Some(nx) => &mut nx.x,
+            None => &mut *xlast,
         };
-        s.xn1 = vec![0.0; n * c];
-        s.rstd1 = vec![0.0; n];
         rmsnorm::forward(
-            &mut s.xn1,
-            &mut s.rstd1,
+            sized(&mut s.xn1, n * c),
+            sized(&mut s.rstd1, n),
             &s.x,
             p(Role::AttnNormScale, ly),
             eps,
         );
-        s.qraw = vec![0.0; n * qd];
-        s.kraw = vec![0.0; n * kd];
-        s.v = vec![0.0; n * kd];
+        // Without query/key norms the projections are q and k themselves (no copy).
+        let (qdst, kdst) = if cfg.qk_norm {
+            (&mut s.qraw, &mut s.kraw)
+        } else {
+            (&mut s.q, &mut s.k)
+        };
         s.u[0] = linear_forward(
-            &mut s.qraw,
+            sized(qdst, n * qd),
             &s.xn1,
             p(Role::Q, ly),
             opt(Role::QBias, ly),
@@ -512,7 +639,7 @@ fn run(
             ad(Role::Q, ly),
         );
         s.u[1] = linear_forward(
-            &mut s.kraw,
+            sized(kdst, n * kd),
             &s.xn1,
             p(Role::K, ly),
             opt(Role::KBias, ly),
@@ -520,7 +647,7 @@ fn run(
             ad(Role::K, ly),
         );
         s.u[2] = linear_forward(
-            &mut s.v,
+            sized(&mut s.v, n * kd),
             &s.xn1,
             p(Role::V, ly),
             opt(Role::VBias, ly),
@@ -528,54 +655,62 @@ fn run(
             ad(Role::V, ly),
         );
         if cfg.qk_norm {
-            s.q = vec![0.0; n * qd];
-            s.k = vec![0.0; n * kd];
-            head_norm(&mut s.q, &mut s.qrstd, &s.qraw, p(Role::QNorm, ly), eps);
-            head_norm(&mut s.k, &mut s.krstd, &s.kraw, p(Role::KNorm, ly), eps);
-        } else {
-            s.q = s.qraw.clone();
-            s.k = s.kraw.clone();
+            head_norm(
+                sized(&mut s.q, n * qd),
+                &mut s.qrstd,
+                &s.qraw,
+                p(Role::QNorm, ly),
+                eps,
+            );
+            head_norm(
+                sized(&mut s.k, n * kd),
+                &mut s.krstd,
+                &s.kraw,
+                p(Role::KNorm, ly),
+                eps,
+            );
         }
         rope::forward(&mut s.q, t, hq, cos, sin);
         rope::forward(&mut s.k, t, hk, cos, sin);
-        s.att = vec![0.0; b * hq * t * t];
-        s.ao = vec![0.0; n * qd];
-        gqa::forward(&mut s.ao, &mut s.att, &s.q, &s.k, &s.v, dims);
-        s.proj = vec![0.0; n * c];
+        gqa::forward(
+            sized(&mut s.ao, n * qd),
+            sized(&mut s.att, b * hq * t * t),
+            &s.q,
+            &s.k,
+            &s.v,
+            dims,
+        );
         s.u[3] = linear_forward(
-            &mut s.proj,
+            sized(&mut s.proj, n * c),
             &s.ao,
             p(Role::AttnOut, ly),
             None,
             qd,
             ad(Role::AttnOut, ly),
         );
-        let mut branch = s.proj.clone();
-        if cfg.post_norms {
-            s.prstd1 = vec![0.0; n];
+        let br: &[f32] = if cfg.post_norms {
+            let out = sized(branch, n * c);
             rmsnorm::forward(
-                &mut branch,
-                &mut s.prstd1,
+                out,
+                sized(&mut s.prstd1, n),
                 &s.proj,
                 p(Role::AttnPostNorm, ly),
                 eps,
             );
-        }
-        s.xm = s.x.iter().zip(&branch).map(|(a, b)| a + b).collect();
-        s.xn2 = vec![0.0; n * c];
-        s.rstd2 = vec![0.0; n];
+            out
+        } else {
+            &s.proj
+        };
+        add(sized(&mut s.xm, n * c), &s.x, br);
         rmsnorm::forward(
-            &mut s.xn2,
-            &mut s.rstd2,
+            sized(&mut s.xn2, n * c),
+            sized(&mut s.rstd2, n),
             &s.xm,
             p(Role::MlpNormScale, ly),
             eps,
         );
-        s.gate = vec![0.0; n * f];
-        s.up = vec![0.0; n * f];
-        s.h = vec![0.0; n * f];
         s.u[4] = linear_forward(
-            &mut s.gate,
+            sized(&mut s.gate, n * f),
             &s.xn2,
             p(Role::MlpGate, ly),
             None,
@@ -583,60 +718,62 @@ fn run(
             ad(Role::MlpGate, ly),
         );
         s.u[5] = linear_forward(
-            &mut s.up,
+            sized(&mut s.up, n * f),
             &s.xn2,
             p(Role::MlpUp, ly),
             None,
             c,
             ad(Role::MlpUp, ly),
         );
-        glu::forward(&mut s.h, &s.gate, &s.up, gate_of(cfg));
-        s.down = vec![0.0; n * c];
+        glu::forward(sized(&mut s.h, n * f), &s.gate, &s.up, gate_of(cfg));
         s.u[6] = linear_forward(
-            &mut s.down,
+            sized(&mut s.down, n * c),
             &s.h,
             p(Role::MlpDown, ly),
             None,
             f,
             ad(Role::MlpDown, ly),
         );
-        let mut branch = s.down.clone();
-        if cfg.post_norms {
-            s.prstd2 = vec![0.0; n];
+        let br: &[f32] = if cfg.post_norms {
+            let out = sized(branch, n * c);
             rmsnorm::forward(
-                &mut branch,
-                &mut s.prstd2,
+                out,
+                sized(&mut s.prstd2, n),
                 &s.down,
                 p(Role::MlpPostNorm, ly),
                 eps,
             );
-        }
-        x = s.xm.iter().zip(&branch).map(|(a, b)| a + b).collect();
-        saved.push(s);
+            out
+        } else {
+            &s.down
+        };
+        add(sized(next_x, n * c), &s.xm, br);
     }
-    let mut xf = vec![0.0f32; n * c];
-    let mut rstdf = vec![0.0f32; n];
-    rmsnorm::forward(&mut xf, &mut rstdf, &x, p(Role::FinalNormScale, None), eps);
+    let x: &[f32] = xlast;
+    rmsnorm::forward(
+        sized(xf, n * c),
+        sized(rstdf, n),
+        x,
+        p(Role::FinalNormScale, None),
+        eps,
+    );
     let head_role = if layout.range(Role::Head, None).is_some() {
         Role::Head
     } else {
         Role::TokEmb
     };
     let whead = p(head_role, None);
-    let mut logits = vec![0.0f32; n * v];
     let head_bias = opt(Role::HeadBias, None);
     // A tied head is the embedding, with the embedding's adapter.
     let head_ad = ad(head_role, None);
-    let head_u = linear_forward(&mut logits, &xf, whead, head_bias, c, head_ad);
-    // A LoRA training pass returns only the loss: no copy of the (N, V) logits.
-    let out_logits = if grads.is_none() && lora_grads.is_some() {
-        Vec::new()
+    let logits = sized(logits, n * v);
+    let head_u = linear_forward(logits, xf, whead, head_bias, c, head_ad);
+    let out_logits = if want_logits {
+        logits.to_vec()
     } else {
-        logits.clone()
+        Vec::new()
     };
-    let mut losses = vec![0.0f32; n];
-    let mut lse = vec![0.0f32; n];
-    let (total, count) = crossentropy::forward(&mut losses, &mut lse, &logits, targets);
+    let (total, count) = crossentropy::forward(sized(losses, n), sized(lse, n), logits, targets);
     let loss = total / count.max(1) as f64;
     if grads.is_none() && lora_grads.is_none() {
         return Step {
@@ -655,70 +792,74 @@ fn run(
         scratch: Vec::new(),
     };
     let g_of = |role, l| layout.range(role, l);
-    crossentropy::backward(&mut logits, &lse, targets, 1.0 / count.max(1) as f32);
-    let mut dxf = vec![0.0f32; n * c];
+    crossentropy::backward(logits, lse, targets, 1.0 / count.max(1) as f32);
     linear_backward(
-        Some(&mut dxf),
+        Some(sized(dxf, n * c)),
         &mut g,
         g_of(head_role, None).expect("head"),
         g_of(Role::HeadBias, None),
-        &logits,
-        &xf,
+        logits,
+        xf,
         whead,
         c,
         head_ad,
         &head_u,
     );
-    let mut dx = vec![0.0f32; n * c];
+    // dx: the gradient of the residual stream, accumulated in place through the blocks.
+    let dx = zeroed(dx, n * c);
     rmsnorm::backward(
-        &mut dx,
+        dx,
         g.part(g_of(Role::FinalNormScale, None).expect("final norm")),
-        &dxf,
-        &x,
+        dxf,
+        x,
         p(Role::FinalNormScale, None),
-        &rstdf,
+        rstdf,
     );
     for l in (0..cfg.n_layers).rev() {
         let ly = Some(l);
         let (cos, sin, dims) = layer_attn(l);
         let s = &saved[l];
         // x_out = xm + post2(down): dxm = dx, dbranch = dx.
-        let mut ddown = vec![0.0f32; n * c];
-        if cfg.post_norms {
+        let dd: &[f32] = if cfg.post_norms {
+            let out = zeroed(ddown, n * c);
             rmsnorm::backward(
-                &mut ddown,
+                out,
                 g.part(g_of(Role::MlpPostNorm, ly).expect("post norm")),
-                &dx,
+                dx,
                 &s.down,
                 p(Role::MlpPostNorm, ly),
                 &s.prstd2,
             );
+            out
         } else {
-            ddown.copy_from_slice(&dx);
-        }
-        let mut dh = vec![0.0f32; n * f];
+            dx
+        };
         linear_backward(
-            Some(&mut dh),
+            Some(sized(dh, n * f)),
             &mut g,
             g_of(Role::MlpDown, ly).expect("down"),
             None,
-            &ddown,
+            dd,
             &s.h,
             p(Role::MlpDown, ly),
             f,
             ad(Role::MlpDown, ly),
             &s.u[6],
         );
-        let (mut dgate, mut dup) = (vec![0.0f32; n * f], vec![0.0f32; n * f]);
-        glu::backward(&mut dgate, &mut dup, &dh, &s.gate, &s.up, gate_of(cfg));
-        let mut dxn2 = vec![0.0f32; n * c];
-        let mut tmp = vec![0.0f32; n * c];
+        glu::backward(
+            sized(dgate, n * f),
+            sized(dup, n * f),
+            dh,
+            &s.gate,
+            &s.up,
+            gate_of(cfg),
+        );
         linear_backward(
-            Some(&mut dxn2),
+            Some(sized(dxn2, n * c)),
             &mut g,
             g_of(Role::MlpGate, ly).expect("gate"),
             None,
-            &dgate,
+            dgate,
             &s.xn2,
             p(Role::MlpGate, ly),
             c,
@@ -726,98 +867,93 @@ fn run(
             &s.u[4],
         );
         linear_backward(
-            Some(&mut tmp),
+            Some(sized(tmp, n * c)),
             &mut g,
             g_of(Role::MlpUp, ly).expect("up"),
             None,
-            &dup,
+            dup,
             &s.xn2,
             p(Role::MlpUp, ly),
             c,
             ad(Role::MlpUp, ly),
             &s.u[5],
         );
-        dxn2.iter_mut().zip(&tmp).for_each(|(a, b)| *a += b);
-        let mut dxm = dx.clone();
+        add_assign(dxn2, tmp);
+        // xn2 = norm(xm): dxm = dx + the norm's backward (in place).
         rmsnorm::backward(
-            &mut dxm,
+            dx,
             g.part(g_of(Role::MlpNormScale, ly).expect("mlp norm")),
-            &dxn2,
+            dxn2,
             &s.xm,
             p(Role::MlpNormScale, ly),
             &s.rstd2,
         );
         // xm = x + post1(proj).
-        let mut dproj = vec![0.0f32; n * c];
-        if cfg.post_norms {
+        let dp: &[f32] = if cfg.post_norms {
+            let out = zeroed(dproj, n * c);
             rmsnorm::backward(
-                &mut dproj,
+                out,
                 g.part(g_of(Role::AttnPostNorm, ly).expect("post norm")),
-                &dxm,
+                dx,
                 &s.proj,
                 p(Role::AttnPostNorm, ly),
                 &s.prstd1,
             );
+            out
         } else {
-            dproj.copy_from_slice(&dxm);
-        }
-        let mut dao = vec![0.0f32; n * qd];
+            dx
+        };
         linear_backward(
-            Some(&mut dao),
+            Some(sized(dao, n * qd)),
             &mut g,
             g_of(Role::AttnOut, ly).expect("out"),
             None,
-            &dproj,
+            dp,
             &s.ao,
             p(Role::AttnOut, ly),
             qd,
             ad(Role::AttnOut, ly),
             &s.u[3],
         );
-        let (mut dq, mut dk, mut dv) = (
-            vec![0.0f32; n * qd],
-            vec![0.0f32; n * kd],
-            vec![0.0f32; n * kd],
-        );
-        gqa::backward(
-            &mut dq, &mut dk, &mut dv, &dao, &s.att, &s.q, &s.k, &s.v, dims,
-        );
-        rope::backward(&mut dq, t, hq, cos, sin);
-        rope::backward(&mut dk, t, hk, cos, sin);
-        if cfg.qk_norm {
-            let (mut dqr, mut dkr) = (vec![0.0f32; n * qd], vec![0.0f32; n * kd]);
+        let (dq, dk, dv) = (zeroed(dq, n * qd), zeroed(dk, n * kd), zeroed(dv, n * kd));
+        gqa::backward(dq, dk, dv, dao, &s.att, &s.q, &s.k, &s.v, dims);
+        rope::backward(dq, t, hq, cos, sin);
+        rope::backward(dk, t, hk, cos, sin);
+        let (dq, dk): (&[f32], &[f32]) = if cfg.qk_norm {
+            let (dqr, dkr) = (zeroed(dqr, n * qd), zeroed(dkr, n * kd));
             rmsnorm::backward(
-                &mut dqr,
+                dqr,
                 g.part(g_of(Role::QNorm, ly).expect("q norm")),
-                &dq,
+                dq,
                 &s.qraw,
                 p(Role::QNorm, ly),
                 &s.qrstd,
             );
             rmsnorm::backward(
-                &mut dkr,
+                dkr,
                 g.part(g_of(Role::KNorm, ly).expect("k norm")),
-                &dk,
+                dk,
                 &s.kraw,
                 p(Role::KNorm, ly),
                 &s.krstd,
             );
-            dq = dqr;
-            dk = dkr;
-        }
+            (dqr, dkr)
+        } else {
+            (dq, dk)
+        };
         // Block 0's input gradient only feeds the embedding's.
         let need_dx = l > 0 || need_dx0;
-        let mut dxn1 = vec![0.0f32; if need_dx { n * c } else { 0 }];
-        let mut tmp = vec![0.0f32; dxn1.len()];
+        let m = if need_dx { n * c } else { 0 };
+        let (dxn1, tmp) = (sized(dxn1, m), sized(tmp, m));
         for (k, (role, bias, dout)) in [
-            (Role::Q, Role::QBias, &dq),
-            (Role::K, Role::KBias, &dk),
-            (Role::V, Role::VBias, &dv),
+            (Role::Q, Role::QBias, dq),
+            (Role::K, Role::KBias, dk),
+            (Role::V, Role::VBias, &dv[..]),
         ]
         .into_iter()
         .enumerate()
         {
-            let target: &mut [f32] = if k == 0 { &mut dxn1 } else { &mut tmp };
+            let target: &mut [f32] = if k == 0 { &mut *dxn1 } else { &mut *tmp };
             linear_backward(
                 need_dx.then_some(target),
                 &mut g,
@@ -831,22 +967,21 @@ fn run(
                 &s.u[k],
             );
             if k > 0 {
-                dxn1.iter_mut().zip(tmp.iter()).for_each(|(a, b)| *a += b);
+                add_assign(dxn1, tmp);
             }
         }
         if !need_dx {
             break;
         }
-        let mut dxin = dxm;
+        // xn1 = norm(x): dx = dxm + the norm's backward (in place).
         rmsnorm::backward(
-            &mut dxin,
+            dx,
             g.part(g_of(Role::AttnNormScale, ly).expect("attn norm")),
-            &dxn1,
+            dxn1,
             &s.x,
             p(Role::AttnNormScale, ly),
             &s.rstd1,
         );
-        dx = dxin;
     }
     // x0 = wte[tok]·scale, wte = E0 + s·B·A with an adapted embedding.
     if need_dx0 {
@@ -925,6 +1060,8 @@ pub struct FamilyModel {
     params: Vec<f32>,
     grads: Vec<f32>,
     lora: Option<Lora>,
+    /// The buffers of [`FamilyModel::train_batch`] and [`FamilyModel::loss`], kept between calls.
+    ws: Box<Workspace>,
 }
 
 /// Whether a tensor of this role is a norm scale (stored as the runtime uses it: 1 + w for
@@ -989,6 +1126,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
+            ws: Box::default(),
         })
     }
 
@@ -1007,6 +1145,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
+            ws: Box::default(),
         })
     }
 
@@ -1038,6 +1177,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
+            ws: Box::default(),
         })
     }
 
@@ -1060,6 +1200,7 @@ impl FamilyModel {
             params,
             grads: Vec::new(),
             lora: None,
+            ws: Box::default(),
         })
     }
 
@@ -1141,23 +1282,52 @@ impl FamilyModel {
                 tokens,
                 targets,
                 b,
+                &mut self.ws,
+                false,
             )
             .loss;
         }
         self.grads_mut();
-        forward_backward(
+        run(
             &self.layout,
             &self.params,
-            &mut self.grads,
+            Some(&mut self.grads),
+            None,
+            None,
             tokens,
             targets,
             b,
+            &mut self.ws,
+            false,
         )
         .loss
     }
 
     /// The loss and logits of a (B, T) batch, forward only (with any attached adapters).
     pub fn forward(&self, tokens: &[u32], targets: &[i32], b: usize) -> Step {
+        let view = self.lora.as_ref().map(|l| LoraRef {
+            scale: l.scale,
+            adapters: &l.adapters,
+            params: &l.params,
+        });
+        let mut ws = Workspace::default();
+        run(
+            &self.layout,
+            &self.params,
+            None,
+            view,
+            None,
+            tokens,
+            targets,
+            b,
+            &mut ws,
+            true,
+        )
+    }
+
+    /// The mean loss of a (B, T) batch, gradients untouched (forward only, in the model's
+    /// buffers: no logits copied out).
+    pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
         let view = self.lora.as_ref().map(|l| LoraRef {
             scale: l.scale,
             adapters: &l.adapters,
@@ -1172,12 +1342,10 @@ impl FamilyModel {
             tokens,
             targets,
             b,
+            &mut self.ws,
+            false,
         )
-    }
-
-    /// The mean loss of a (B, T) batch, gradients untouched (forward only).
-    pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
-        self.forward(tokens, targets, b).loss
+        .loss
     }
 
     /// Runs `lora`'s adapters directly from now on: the parameters stay W0 (frozen), training
@@ -1387,6 +1555,41 @@ mod model_tests {
                 (fd - g).abs() <= 0.02 * fd.abs().max(g.abs()) + 1e-5,
                 "parameter {i}: finite differences {fd}, backward {g}"
             );
+        }
+    }
+
+    /// The buffers a model keeps between calls never leak into a later call: batches of other
+    /// shapes in between (and a forward-only loss) leave the loss and every gradient bit for
+    /// bit those of a pass with fresh buffers, for each family's layer mix (query/key norms,
+    /// post-norms, sliding windows, biases).
+    #[test]
+    fn kept_buffers_give_the_results_of_fresh_ones() {
+        for preset in ["smollm2-135m", "qwen2.5-0.5b", "qwen3-0.6b", "gemma3-270m"] {
+            let mut cfg = ModelConfig::preset(preset).unwrap();
+            (cfg.vocab_size, cfg.context_length, cfg.dim, cfg.n_layers) = (64, 16, 16, 3);
+            (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.ffn_dim) = (4, 2, 4, 24);
+            if let Some(s) = &mut cfg.sliding {
+                (s.window, s.every) = (3, 2);
+            }
+            let mut m = FamilyModel::new(&cfg, 11).unwrap();
+            let batch = |b: usize, t: usize, salt: usize| {
+                let x: Vec<u32> = (0..b * t).map(|i| ((i * 7 + salt) % 64) as u32).collect();
+                let y: Vec<i32> = x.iter().map(|&v| ((v * 5 + 1) % 64) as i32).collect();
+                (x, y)
+            };
+            for (b, t, salt) in [(2, 9, 0), (1, 4, 3), (3, 6, 5), (2, 9, 1)] {
+                let (x, y) = batch(b, t, salt);
+                m.grads_mut().fill(0.0);
+                let loss = m.train_batch(&x, &y, b);
+                let mut g = vec![0.0; m.layout.len];
+                let fresh = forward_backward(&m.layout, m.params(), &mut g, &x, &y, b);
+                assert_eq!(loss.to_bits(), fresh.loss.to_bits(), "{preset} loss");
+                assert!(m.grads_mut() == &g[..], "{preset} gradients ({b}, {t})");
+                assert!(g.iter().any(|&v| v != 0.0));
+                let (x2, y2) = batch(1, t + 2, salt + 1);
+                let want = forward_loss(&m.layout, m.params(), &x2, &y2, 1).loss;
+                assert_eq!(m.loss(&x2, &y2, 1).to_bits(), want.to_bits(), "{preset}");
+            }
         }
     }
 }

@@ -1544,6 +1544,7 @@ fn train(a: PretrainArgs, con: &mut Console<'_>, comm: &dyn Comm) -> Result<Outc
             "train_loss": finite_or_null(tl),
             "val_loss": finite_or_null(vl),
             "tokens_per_s": tok_s,
+            "step_seconds": ended.step_seconds,
             "steps": cur.step,
             "epochs": epochs,
             "tokens_seen": cur.seen,

@@ -285,6 +285,9 @@ pub struct Ended {
     pub session_steps: u64,
     /// Units per second of training in this session (0 when no step ran).
     pub rate: f64,
+    /// Wall seconds of each step of this session (forward, backward and update; evaluations
+    /// and checkpoints excluded).
+    pub step_seconds: Vec<f64>,
     /// Seconds this rank spent combining gradients with the other ranks (0 for one process).
     pub comm_seconds: f64,
 }
@@ -317,6 +320,7 @@ pub fn run<M: Trainable>(
     let session_t0 = Instant::now();
     let (session_step0, session_seen0) = (cur.step, cur.seen);
     let mut session_train_s = 0f64;
+    let mut step_seconds = Vec::new();
     let mut last_ckpt: Option<PathBuf> = None;
     let mut best = s.best_dir.as_deref().and_then(read_best);
     let diverged = |step: u64, what: String, last: &Option<PathBuf>| {
@@ -390,6 +394,7 @@ pub fn run<M: Trainable>(
         let dt = t0.elapsed().as_secs_f64();
         cur.train_seconds += dt;
         session_train_s += dt;
+        step_seconds.push(dt);
         cur.seen += seen;
         cur.first_loss.get_or_insert(loss);
         let done = cur.step; // 0-based index of the step just taken (the book's global_step)
@@ -469,6 +474,7 @@ pub fn run<M: Trainable>(
                 best,
                 session_steps,
                 rate: rate(cur.seen, session_train_s),
+                step_seconds,
                 comm_seconds: reducer.comm_seconds,
             });
         }
@@ -505,6 +511,7 @@ pub fn run<M: Trainable>(
         } else {
             0.0
         },
+        step_seconds,
         comm_seconds: reducer.comm_seconds,
     })
 }

@@ -8,11 +8,20 @@
 //! Layouts: q (B, T, H, D) and k, v (B, T, Hkv, D) as the projections write them (RoPE already
 //! applied); out (B, T, H, D); att (B, H, T, T) holds the softmax weights (0 where hidden).
 //!
-//! Forward runs one task per (b, h); backward one task per (b, kv head), which owns the key and
-//! value gradients of its head and the query gradients of its G query heads, so results do not
-//! depend on the number of threads and no two tasks write the same element.
+//! The fast path runs each head's products through the gemm wrapper on strided views of q, k, v
+//! (no copies; a key/value head is read in place by its G query heads), in causal row blocks of
+//! [`RB`] query rows that only touch the keys the block can see. Forward runs one task per
+//! (b, h); backward one task per (b, kv head), which owns the key and value gradients of its head
+//! and the query gradients of its G query heads, so results do not depend on the number of
+//! threads and no two tasks write the same element. [`forward_plain`] / [`backward_plain`] are
+//! the loop twins the fast path is tested against.
 
+use super::simd;
+use crate::gemm::{MatMut, MatRef, Parallelism, matmul};
 use rayon::prelude::*;
+
+/// Query rows per causal block: rows [r0, r1) see keys [first(r0), r1) at most.
+pub const RB: usize = 64;
 
 /// Shapes and settings of one call.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -57,8 +66,227 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+impl Dims {
+    /// Head `hi` of sequence `bi` of a (B, T, heads, D) tensor as a (T, D) view.
+    fn head<'a>(&self, x: &'a [f32], heads: usize, bi: usize, hi: usize) -> MatRef<'a> {
+        let (t, d) = (self.t, self.d);
+        MatRef::new(&x[(bi * t * heads + hi) * d..], t, d, heads * d, 1)
+    }
+
+    /// The causal row blocks: (r0, r1, c0) with query rows [r0, r1) and key columns [c0, r1).
+    fn blocks(&self) -> impl Iterator<Item = (usize, usize, usize)> + '_ {
+        (0..self.t)
+            .step_by(RB)
+            .map(|r0| (r0, (r0 + RB).min(self.t), self.first(r0)))
+    }
+}
+
+/// In place: row[lo..=last] ← softmax(row[lo..=last]); the rest of the row ← 0.
+fn softmax_row(row: &mut [f32], lo: usize, last: usize) {
+    let (head, rest) = row.split_at_mut(last + 1);
+    let (dead, live) = head.split_at_mut(lo);
+    let m = simd::max(live);
+    for x in live.iter_mut() {
+        *x = simd::exp(*x - m);
+    }
+    let inv = 1.0 / simd::sum(live);
+    for x in live.iter_mut() {
+        *x *= inv;
+    }
+    dead.fill(0.0);
+    rest.fill(0.0);
+}
+
 /// out (B, T, H, D) and att (B, H, T, T) from q, k, v. Overwrites both.
 pub fn forward(out: &mut [f32], att: &mut [f32], q: &[f32], k: &[f32], v: &[f32], dims: Dims) {
+    dims.check(q.len(), k.len(), att.len());
+    assert!(out.len() == q.len() && v.len() == k.len());
+    let Dims {
+        t, h, kv, d, scale, ..
+    } = dims;
+    let g = h / kv;
+    let heads: Vec<Vec<f32>> = att
+        .par_chunks_mut(t * t)
+        .enumerate()
+        .map(|(bh, a)| {
+            let (bi, hi) = (bh / h, bh % h);
+            let qh = dims.head(q, h, bi, hi);
+            let kh = dims.head(k, kv, bi, hi / g);
+            let vh = dims.head(v, kv, bi, hi / g);
+            let mut o = vec![0.0f32; t * d];
+            for (r0, r1, c0) in dims.blocks() {
+                // pre[t, t2] = scale · q[t]·k[t2] for t in [r0, r1), t2 in [c0, r1)
+                matmul(
+                    &mut MatMut::new(&mut a[r0 * t + c0..], r1 - r0, r1 - c0, t, 1),
+                    0.0,
+                    qh.rows_range(r0, r1),
+                    kh.rows_range(c0, r1).t(),
+                    scale,
+                    Parallelism::None,
+                );
+                // att[t] = softmax(pre[t]) over the visible keys, 0 elsewhere
+                for ti in r0..r1 {
+                    softmax_row(&mut a[ti * t..(ti + 1) * t], dims.first(ti), ti);
+                }
+                // out_h[t] = Σ_t2 att[t, t2]·v[t2] (att is 0 outside [first(t), t])
+                matmul(
+                    &mut MatMut::new(&mut o[r0 * d..], r1 - r0, d, d, 1),
+                    0.0,
+                    MatRef::new(&a[r0 * t + c0..], r1 - r0, r1 - c0, t, 1),
+                    vh.rows_range(c0, r1),
+                    1.0,
+                    Parallelism::None,
+                );
+            }
+            o
+        })
+        .collect();
+    // out[b, t, h, ..] = out_h[b, h][t, ..]
+    out.par_chunks_mut(h * d).enumerate().for_each(|(r, row)| {
+        let (bi, ti) = (r / t, r % t);
+        for hi in 0..h {
+            row[hi * d..(hi + 1) * d].copy_from_slice(&heads[bi * h + hi][ti * d..][..d]);
+        }
+    });
+}
+
+/// dq (B, T, H, D), dk, dv (B, T, Hkv, D) += the gradients for dout, from the saved att.
+#[allow(clippy::too_many_arguments)]
+pub fn backward(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    dout: &[f32],
+    att: &[f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: Dims,
+) {
+    dims.check(q.len(), k.len(), att.len());
+    assert!(dq.len() == q.len() && dk.len() == k.len() && dv.len() == k.len());
+    assert_eq!(dout.len(), q.len());
+    let Dims {
+        b,
+        t,
+        h,
+        kv,
+        d,
+        scale,
+        ..
+    } = dims;
+    let g = h / kv;
+    // One task per (b, kv head); its gradients are gathered in local (T, D) buffers and added to
+    // the interleaved dq, dk, dv after the loop.
+    let parts: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..b * kv)
+        .into_par_iter()
+        .map(|task| {
+            let (bi, kh) = (task / kv, task % kv);
+            let kk = dims.head(k, kv, bi, kh);
+            let vv = dims.head(v, kv, bi, kh);
+            let mut dqh = vec![0.0f32; g * t * d];
+            let mut dkh = vec![0.0f32; t * d];
+            let mut dvh = vec![0.0f32; t * d];
+            let mut dp = vec![0.0f32; t * t];
+            for gi in 0..g {
+                let hi = kh * g + gi;
+                let a = &att[(bi * h + hi) * t * t..][..t * t];
+                let qq = dims.head(q, h, bi, hi);
+                let go = dims.head(dout, h, bi, hi);
+                for (r0, r1, c0) in dims.blocks() {
+                    let (m, n) = (r1 - r0, r1 - c0);
+                    let ab = MatRef::new(&a[r0 * t + c0..], m, n, t, 1);
+                    // forward: out = att · v  ⇒  dv[t2] += Σ_t att[t, t2]·dout[t]
+                    matmul(
+                        &mut MatMut::new(&mut dvh[c0 * d..], n, d, d, 1),
+                        1.0,
+                        ab.t(),
+                        go.rows_range(r0, r1),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    // forward: out = att · v  ⇒  datt[t, t2] = dout[t]·v[t2]
+                    matmul(
+                        &mut MatMut::new(&mut dp[r0 * t + c0..], m, n, t, 1),
+                        0.0,
+                        go.rows_range(r0, r1),
+                        vv.rows_range(c0, r1).t(),
+                        1.0,
+                        Parallelism::None,
+                    );
+                    // softmax: dpre = att ⊙ (datt − Σ_t2 att·datt); 0 where att is 0 (hidden keys)
+                    for ti in r0..r1 {
+                        let row = &mut dp[ti * t + c0..][..n];
+                        let arow = &a[ti * t + c0..][..n];
+                        let s = simd::dot(arow, row);
+                        for (x, &p) in row.iter_mut().zip(arow) {
+                            *x = p * (*x - s);
+                        }
+                    }
+                    let dpb = MatRef::new(&dp[r0 * t + c0..], m, n, t, 1);
+                    // forward: pre = scale · q · kᵀ  ⇒  dq[t] = scale · Σ_t2 dpre[t, t2]·k[t2]
+                    matmul(
+                        &mut MatMut::new(&mut dqh[(gi * t + r0) * d..], m, d, d, 1),
+                        0.0,
+                        dpb,
+                        kk.rows_range(c0, r1),
+                        scale,
+                        Parallelism::None,
+                    );
+                    // forward: pre = scale · q · kᵀ  ⇒  dk[t2] += scale · Σ_t dpre[t, t2]·q[t]
+                    matmul(
+                        &mut MatMut::new(&mut dkh[c0 * d..], n, d, d, 1),
+                        1.0,
+                        dpb.t(),
+                        qq.rows_range(r0, r1),
+                        scale,
+                        Parallelism::None,
+                    );
+                }
+            }
+            (dqh, dkh, dvh)
+        })
+        .collect();
+    scatter_add(dq, dk, dv, &parts, dims);
+}
+
+/// dq, dk, dv += each (b, kv head) task's local gradients.
+fn scatter_add(
+    dq: &mut [f32],
+    dk: &mut [f32],
+    dv: &mut [f32],
+    parts: &[(Vec<f32>, Vec<f32>, Vec<f32>)],
+    dims: Dims,
+) {
+    let Dims { t, h, kv, d, .. } = dims;
+    let g = h / kv;
+    for (task, (dqh, dkh, dvh)) in parts.iter().enumerate() {
+        let (bi, kh) = (task / kv, task % kv);
+        for ti in 0..t {
+            let at = ((bi * t + ti) * kv + kh) * d;
+            for i in 0..d {
+                dk[at + i] += dkh[ti * d + i];
+                dv[at + i] += dvh[ti * d + i];
+            }
+            for gi in 0..g {
+                let at = ((bi * t + ti) * h + kh * g + gi) * d;
+                for i in 0..d {
+                    dq[at + i] += dqh[(gi * t + ti) * d + i];
+                }
+            }
+        }
+    }
+}
+
+/// The plain twin of [`forward`]: per (b, h, t) loops.
+pub fn forward_plain(
+    out: &mut [f32],
+    att: &mut [f32],
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    dims: Dims,
+) {
     dims.check(q.len(), k.len(), att.len());
     assert!(out.len() == q.len() && v.len() == k.len());
     let Dims {
@@ -106,9 +334,9 @@ pub fn forward(out: &mut [f32], att: &mut [f32], q: &[f32], k: &[f32], v: &[f32]
     });
 }
 
-/// dq (B, T, H, D), dk, dv (B, T, Hkv, D) += the gradients for dout, from the saved att.
+/// The plain twin of [`backward`]: per (b, kv head, t) loops.
 #[allow(clippy::too_many_arguments)]
-pub fn backward(
+pub fn backward_plain(
     dq: &mut [f32],
     dk: &mut [f32],
     dv: &mut [f32],
@@ -172,22 +400,7 @@ pub fn backward(
             (dqh, dkh, dvh)
         })
         .collect();
-    for (task, (dqh, dkh, dvh)) in parts.iter().enumerate() {
-        let (bi, kh) = (task / kv, task % kv);
-        for ti in 0..t {
-            let at = ((bi * t + ti) * kv + kh) * d;
-            for i in 0..d {
-                dk[at + i] += dkh[ti * d + i];
-                dv[at + i] += dvh[ti * d + i];
-            }
-            for gi in 0..g {
-                let at = ((bi * t + ti) * h + kh * g + gi) * d;
-                for i in 0..d {
-                    dq[at + i] += dqh[(gi * t + ti) * d + i];
-                }
-            }
-        }
-    }
+    scatter_add(dq, dk, dv, &parts, dims);
 }
 
 #[cfg(test)]
@@ -324,5 +537,64 @@ mod tests {
         let one = run(1);
         assert!(one.iter().any(|&x| x != 0.0));
         assert_eq!(one, run(3));
+    }
+
+    /// The gemm path against its loop twin over several causal row blocks (T > RB), with and
+    /// without a window, G = 3.
+    #[test]
+    fn fast_matches_plain_across_row_blocks() {
+        for window in [None, Some(40), Some(RB + 5)] {
+            let dm = Dims {
+                b: 2,
+                t: 2 * RB + 13,
+                h: 6,
+                kv: 2,
+                d: 8,
+                scale: 0.35,
+                window,
+            };
+            let mut rng = Rng(21);
+            let nq = dm.b * dm.t * dm.h * dm.d;
+            let nk = dm.b * dm.t * dm.kv * dm.d;
+            let (q, k, v, w) = (
+                f32s(&rng.vec(nq, 1.0)),
+                f32s(&rng.vec(nk, 1.0)),
+                f32s(&rng.vec(nk, 1.0)),
+                f32s(&rng.vec(nq, 1.0)),
+            );
+            let na = dm.b * dm.h * dm.t * dm.t;
+            let run = |fast: bool| {
+                // NaN-filled outputs: every element must be written.
+                let (mut out, mut att) = (vec![f32::NAN; nq], vec![f32::NAN; na]);
+                let (mut dq, mut dk, mut dv) =
+                    (vec![0.5f32; nq], vec![0.5f32; nk], vec![0.5f32; nk]);
+                if fast {
+                    forward(&mut out, &mut att, &q, &k, &v, dm);
+                    backward(&mut dq, &mut dk, &mut dv, &w, &att, &q, &k, &v, dm);
+                } else {
+                    forward_plain(&mut out, &mut att, &q, &k, &v, dm);
+                    backward_plain(&mut dq, &mut dk, &mut dv, &w, &att, &q, &k, &v, dm);
+                }
+                (out, att, dq, dk, dv)
+            };
+            let (fo, fa, fq, fk, fv) = run(true);
+            let (po, pa, pq, pk, pv) = run(false);
+            let f64s = |x: &[f32]| x.iter().map(|&v| v as f64).collect::<Vec<f64>>();
+            assert_close("gqa out", &fo, &f64s(&po), 1e-5, 1e-4);
+            assert_close("gqa att", &fa, &f64s(&pa), 1e-6, 1e-4);
+            assert_close("gqa dq", &fq, &f64s(&pq), 2e-5, 1e-4);
+            assert_close("gqa dk", &fk, &f64s(&pk), 2e-5, 1e-4);
+            assert_close("gqa dv", &fv, &f64s(&pv), 2e-5, 1e-4);
+            // The hidden entries of att are exactly 0.
+            for bh in 0..dm.b * dm.h {
+                for ti in 0..dm.t {
+                    for t2 in 0..dm.t {
+                        if t2 > ti || t2 < dm.first(ti) {
+                            assert_eq!(fa[(bh * dm.t + ti) * dm.t + t2], 0.0);
+                        }
+                    }
+                }
+            }
+        }
     }
 }
