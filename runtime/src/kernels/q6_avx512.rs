@@ -71,30 +71,33 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
     // 4–5: elements 0..8 (4), 8..16 (2); 16..24 (0), 24..32 (62, i.e. right by 2).
     let rot_lo = _mm512_setr_epi64(4, 2, 4, 2, 4, 2, 4, 2);
     let rot_hi = _mm512_setr_epi64(0, 62, 0, 62, 0, 62, 0, 62);
-    // A row's exact sums for quad g (its quants `q`): elements 0..16 (lanes 4k .. 4k + 4 for
-    // block k) and 16..32, each element's code flipped to `level + 32`.
-    let quad_ints = |q: &[u8], g: usize, ([xlo, xhi], [nlo, nhi]): ([__m512i; 2], [__m512i; 2])| {
-        let p = q[g * 4 * Q6_BLOCK_BYTES..][..4 * Q6_BLOCK_BYTES].as_ptr();
-        // SAFETY: p holds 96 bytes (the slice above): bytes 0..64 and 32..96.
-        let (a, b) = unsafe {
+    // A row's exact sums for quad g (`q`: the row's first quant byte; pointers, so no bounds
+    // checks in the loops): elements 0..16 (lanes 4k .. 4k + 4 for block k) and 16..32, each
+    // element's code flipped to `level + 32`.
+    let quad_ints =
+        |q: *const u8, g: usize, ([xlo, xhi], [nlo, nhi]): ([__m512i; 2], [__m512i; 2])| {
+            // SAFETY: g < quads <= NB / 4, so the quad's 96 bytes (read as 0..64 and 32..96) lie in
+            // the row's NB × 24.
+            let (a, b) = unsafe {
+                let p = q.add(g * 4 * Q6_BLOCK_BYTES);
+                (
+                    _mm512_loadu_si512(p.cast()),
+                    _mm512_loadu_si512(p.add(32).cast()),
+                )
+            };
+            let n = _mm512_permutex2var_epi32(a, nib, b);
+            let h = _mm512_permutex2var_epi32(a, hib, b);
+            // (rotated & 0x30) ^ 0x20: the high bits in place, bit 5 flipped (level + 32).
+            let tlo = _mm512_ternarylogic_epi32::<0x6A>(_mm512_rolv_epi64(h, rot_lo), m30, k5);
+            let thi = _mm512_ternarylogic_epi32::<0x6A>(_mm512_rolv_epi64(h, rot_hi), m30, k5);
+            // (nibble & 0x0F) | high bits.
+            let lo = _mm512_ternarylogic_epi32::<0xEC>(n, tlo, m0f);
+            let hi = _mm512_ternarylogic_epi32::<0xEC>(_mm512_srli_epi16::<4>(n), thi, m0f);
             (
-                _mm512_loadu_si512(p.cast()),
-                _mm512_loadu_si512(p.add(32).cast()),
+                _mm512_dpbusd_epi32(nlo, lo, xlo),
+                _mm512_dpbusd_epi32(nhi, hi, xhi),
             )
         };
-        let n = _mm512_permutex2var_epi32(a, nib, b);
-        let h = _mm512_permutex2var_epi32(a, hib, b);
-        // (rotated & 0x30) ^ 0x20: the high bits in place, bit 5 flipped (level + 32).
-        let tlo = _mm512_ternarylogic_epi32::<0x6A>(_mm512_rolv_epi64(h, rot_lo), m30, k5);
-        let thi = _mm512_ternarylogic_epi32::<0x6A>(_mm512_rolv_epi64(h, rot_hi), m30, k5);
-        // (nibble & 0x0F) | high bits.
-        let lo = _mm512_ternarylogic_epi32::<0xEC>(n, tlo, m0f);
-        let hi = _mm512_ternarylogic_epi32::<0xEC>(_mm512_srli_epi16::<4>(n), thi, m0f);
-        (
-            _mm512_dpbusd_epi32(nlo, lo, xlo),
-            _mm512_dpbusd_epi32(nhi, hi, xhi),
-        )
-    };
     // Lane pairs (2i, 2i + 1) of a (i < 8) and of b (i >= 8), summed.
     let (pe, po) = (
         _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30),
@@ -122,13 +125,13 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
     // A row's accumulator after oct o: the integer work on 512 bits, reduced to the two quads'
     // `pack_quad` layouts [quad 2o | quad 2o + 1] (exact, so the same values); then per quad, in
     // order, the same conversion, scale product and fused multiply-add as the quad path.
-    let oct = |q: &[u8], d: &[f16], o: usize, (x0, x1, xs): (_, _, __m512), acc| {
+    let oct = |(q, d): (*const u8, *const f16), o: usize, (x0, x1, xs): (_, _, __m512), acc| {
         let (l0, h0) = quad_ints(q, 2 * o, x0);
         let (l1, h1) = quad_ints(q, 2 * o + 1, x1);
         let sums = pairs(pairs(l0, h0), pairs(l1, h1));
         // SAFETY: scales 8o .. 8o + 8 lie in the row's NB (16 bytes).
         let dw = unsafe {
-            let h = _mm_loadu_si128(d.as_ptr().add(8 * o).cast());
+            let h = _mm_loadu_si128(d.add(8 * o).cast());
             _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(_mm256_cvtph_ps(h)))
         };
         let sc = _mm512_mul_ps(dw, xs);
@@ -142,12 +145,12 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
         let xs = unsafe { _mm_loadu_ps(xd.as_ptr().add(4 * g)) };
         (x_ints(g), _mm256_set_m128(xs, xs))
     };
-    let quad = |q: &[u8], d: &[f16], g: usize, (xg, xs): (_, __m256), acc| {
+    let quad = |(q, d): (*const u8, *const f16), g: usize, (xg, xs): (_, __m256), acc| {
         let (l, h) = quad_ints(q, g, xg);
         let s = _mm512_castsi512_si256(pairs(pairs(l, h), zero5));
         // SAFETY: scales 4g .. 4g + 4 lie in the row's NB (8 bytes).
         let dw = unsafe {
-            let h = d.as_ptr().add(4 * g).cast::<i64>().read_unaligned();
+            let h = d.add(4 * g).cast::<i64>().read_unaligned();
             _mm256_cvtph_ps(_mm_set1_epi64x(h))
         };
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc)
@@ -183,17 +186,19 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
         let r0 = row_start + 4 * g4;
         let q: [&[u8]; 4] = std::array::from_fn(|i| w.row_quants(r0 + i));
         let d: [&[f16]; 4] = std::array::from_fn(|i| w.row_scales(r0 + i));
+        let p: [(*const u8, *const f16); 4] =
+            std::array::from_fn(|i| (q[i].as_ptr(), d[i].as_ptr()));
         let mut acc = [_mm256_setzero_ps(); 4];
         for o in 0..octs {
             let xo = x_oct(o);
             for i in 0..4 {
-                acc[i] = oct(q[i], d[i], o, xo, acc[i]);
+                acc[i] = oct(p[i], o, xo, acc[i]);
             }
         }
         for g in 2 * octs..quads {
             let xg = x_quad(g);
             for i in 0..4 {
-                acc[i] = quad(q[i], d[i], g, xg, acc[i]);
+                acc[i] = quad(p[i], g, xg, acc[i]);
             }
         }
         for i in 0..4 {
@@ -204,10 +209,10 @@ fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], 
         let (q, d) = (w.row_quants(row_start + i), w.row_scales(row_start + i));
         let mut acc = _mm256_setzero_ps();
         for o in 0..octs {
-            acc = oct(q, d, o, x_oct(o), acc);
+            acc = oct((q.as_ptr(), d.as_ptr()), o, x_oct(o), acc);
         }
         for g in 2 * octs..quads {
-            acc = quad(q, d, g, x_quad(g), acc);
+            acc = quad((q.as_ptr(), d.as_ptr()), g, x_quad(g), acc);
         }
         *out = finish(q, d, acc);
     }

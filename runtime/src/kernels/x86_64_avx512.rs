@@ -495,11 +495,11 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero5, flip5, lo), flip5, hi);
         ([lo, hi], _mm512_sub_epi32(zero5, s))
     };
-    // Row r's exact sums for quad g: 4 lanes per block (one 128-bit lane per block).
-    let quad_ints = |r: usize, g: usize, ([xlo, xhi], neg): ([__m512i; 2], __m512i)| {
-        let wr = q[r * rb + 64 * g..][..64].as_ptr();
-        // SAFETY: wr holds 64 bytes (the slice above).
-        let v = unsafe { _mm512_loadu_si512(wr.cast()) };
+    // A row's exact sums for quad g (`wr`: the row's first quant byte): 4 lanes per block (one
+    // 128-bit lane per block). Rows are addressed by pointers: no bounds checks in the loops.
+    let quad_ints = |wr: *const u8, g: usize, ([xlo, xhi], neg): ([__m512i; 2], __m512i)| {
+        // SAFETY: g < quads <= NB / 4, so bytes 64g .. 64g + 64 lie in the row's NB · 16.
+        let v = unsafe { _mm512_loadu_si512(wr.add(64 * g).cast()) };
         let lo = _mm512_shuffle_epi8(table5, _mm512_and_si512(v, low5));
         let hi = _mm512_shuffle_epi8(table5, _mm512_and_si512(_mm512_srli_epi16::<4>(v), low5));
         _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg, lo, xlo), hi, xhi)
@@ -530,12 +530,13 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         )
     };
     let half = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
-    // Row r's accumulator after oct o (quads 2o, 2o + 1, in that order).
-    let oct = |r: usize, o: usize, (x0, x1, xs): (_, _, __m512), acc| {
-        let sums = pack(quad_ints(r, 2 * o, x0), quad_ints(r, 2 * o + 1, x1));
-        // SAFETY: blocks 8o .. 8o + 8 are inside row r's NB scales (16 bytes).
+    // A row's accumulator after oct o (quads 2o, 2o + 1, in that order); `(wr, dr)`: the row's
+    // first quant byte and scale.
+    let oct = |(wr, dr): (*const u8, *const f16), o: usize, (x0, x1, xs): (_, _, __m512), acc| {
+        let sums = pack(quad_ints(wr, 2 * o, x0), quad_ints(wr, 2 * o + 1, x1));
+        // SAFETY: blocks 8o .. 8o + 8 are inside the row's NB scales (16 bytes).
         let dw = unsafe {
-            let h = _mm_loadu_si128(d.as_ptr().add(r * nb + 8 * o).cast());
+            let h = _mm_loadu_si128(dr.add(8 * o).cast());
             _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(_mm256_cvtph_ps(h)))
         };
         let sc = _mm512_mul_ps(dw, xs);
@@ -549,15 +550,11 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         let xs = unsafe { _mm256_castps128_ps256(_mm_loadu_ps(xd.as_ptr().add(4 * g))) };
         (x_ints(g), _mm256_permutevar8x32_ps(xs, order))
     };
-    let quad = |r: usize, g: usize, (xg, xs): (_, __m256), acc| {
-        let s = _mm512_castsi512_si256(pack(quad_ints(r, g, xg), zero5));
-        // SAFETY: blocks 4g .. 4g + 4 are inside row r's NB scales (8 bytes).
+    let quad = |(wr, dr): (*const u8, *const f16), g: usize, (xg, xs): (_, __m256), acc| {
+        let s = _mm512_castsi512_si256(pack(quad_ints(wr, g, xg), zero5));
+        // SAFETY: blocks 4g .. 4g + 4 are inside the row's NB scales (8 bytes).
         let dw = unsafe {
-            let h = d
-                .as_ptr()
-                .add(r * nb + 4 * g)
-                .cast::<i64>()
-                .read_unaligned();
+            let h = dr.add(4 * g).cast::<i64>().read_unaligned();
             _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set1_epi64x(h)), order)
         };
         _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc)
@@ -595,34 +592,37 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         }
         t
     };
+    // Row r's first quant byte and scale (r < y.len(): inside q and d, checked here).
+    let row = |r: usize| (q[r * rb..].as_ptr(), d[r * nb..].as_ptr());
     let qn = y.len() / 4;
     for i in 0..qn {
         let rows = [i, qn + i, 2 * qn + i, 3 * qn + i];
+        let p = rows.map(row);
         let mut acc = [_mm256_setzero_ps(); 4];
         for o in 0..octs {
             let xo = x_oct(o);
-            for (a, &r) in acc.iter_mut().zip(&rows) {
-                *a = oct(r, o, xo, *a);
+            for (a, &pr) in acc.iter_mut().zip(&p) {
+                *a = oct(pr, o, xo, *a);
             }
         }
         for g in 2 * octs..quads {
             let xg = x_quad(g);
-            for (a, &r) in acc.iter_mut().zip(&rows) {
-                *a = quad(r, g, xg, *a);
+            for (a, &pr) in acc.iter_mut().zip(&p) {
+                *a = quad(pr, g, xg, *a);
             }
         }
         for (a, &r) in acc.iter().zip(&rows) {
             y[r] = finish(r, *a);
         }
     }
-    for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
-        let mut acc = _mm256_setzero_ps();
+    for r in 4 * qn..y.len() {
+        let (pr, mut acc) = (row(r), _mm256_setzero_ps());
         for o in 0..octs {
-            acc = oct(r, o, x_oct(o), acc);
+            acc = oct(pr, o, x_oct(o), acc);
         }
         for g in 2 * octs..quads {
-            acc = quad(r, g, x_quad(g), acc);
+            acc = quad(pr, g, x_quad(g), acc);
         }
-        *yr = finish(r, acc);
+        y[r] = finish(r, acc);
     }
 }
