@@ -1,11 +1,13 @@
 #![allow(unsafe_code)]
-//! x86-64 AVX-512 VNNI Q6 decode product (on 256-bit vectors, AVX-512VL). Twin:
-//! [`super::q6_reference`].
+//! x86-64 AVX-512 VNNI Q6 decode product: integer work on 512-bit vectors, f32 work on
+//! 256-bit ones (AVX-512VL). Twin: [`super::q6_reference`].
 //!
-//! A block's codes come from [`super::q6_x86_64::block_codes`]; `u ^ 32` is the level plus 32
-//! (0..64, unsigned), so `vpdpbusd` gives Σ (level + 32)·x on top of −32·Σx (a `vpdpbusd` of 32
-//! against x, once per block of x): exact in i32 lanes (each at most 4·63·128 per lane). Blocks
-//! go four at a time and are scaled once per four, as in the int8 kernel
+//! A quad (four blocks, 96 bytes) is read as two overlapping 64-byte loads; two `vpermt2d`
+//! gather the four blocks' nibble bytes (one block per 128-bit lane) and their high-bit bytes;
+//! a per-64-bit-lane rotation (`vprolvq`) brings each element's two high bits next to its
+//! nibble, and `vpternlogd` merges them with bit 5 flipped: `level + 32` (0..64, unsigned). So
+//! `vpdpbusd` gives Σ (level + 32)·x on top of −32·Σx (once per quad of x for four rows): exact
+//! in i32 lanes. Blocks are scaled once per four, as in the int8 kernel
 //! ([`matvec_q6q8_rows_vnni`]).
 
 use super::q4_x86_64::hsum;
@@ -29,13 +31,16 @@ pub(super) fn matvec_q6q8_rows(
 }
 
 /// y = rows `row_start ..` of W · x, four consecutive rows at a time sharing the activations.
-/// Blocks go four at a time (a quad, as in the int8 kernel): each block's codes are unpacked
-/// and flipped to `level + 32`, and `vpdpbusd` sums them against x on top of −32·Σx (computed
-/// once per quad for the four rows), so the lanes hold exact integer sums; `pack_quad` packs the
-/// four blocks' halves, and one conversion, one product of the four scales by x's and one
-/// fused multiply-add per quad accumulate them in f32. The last NB % 4 whole blocks (vector) and
-/// a short block (scalar) go one at a time with exact integer sums. Every row runs this sequence whatever rows
-/// it is computed with, so its bits do not depend on the grouping or the split.
+/// Blocks go four at a time (a quad): each block's elements 0..16 (low nibbles) and 16..32
+/// (high nibbles) are summed in two vectors against x rearranged the same way, so the lanes hold
+/// exact integer sums of one half of one block. Two quads (an "oct") are reduced together by
+/// lane permutations into `pack_quad`'s layout `[a0, a1, a2, a3, b0, b1, b2, b3]` per quad (a_k,
+/// b_k: block k's halves), and each quad then takes one conversion, one product of the four
+/// scales by x's and one fused multiply-add, in quad order: the same f32 operations, so the same
+/// bits, as the earlier 256-bit kernel's (checked on 2026-12-05 by hashing outputs of both). A
+/// last odd quad goes alone; the last NB % 4 whole blocks (vector) and a short block (scalar) one
+/// at a time with exact integer sums. Every row runs this sequence whatever rows it is computed
+/// with, so its bits do not depend on the grouping or the split.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 fn matvec_q6q8_rows_vnni(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
     let c = w.cols();
