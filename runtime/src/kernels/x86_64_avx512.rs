@@ -615,7 +615,7 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
             y[r] = finish(r, *a);
         }
     }
-    for r in 4 * qn..y.len() {
+    for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
         let (pr, mut acc) = (row(r), _mm256_setzero_ps());
         for o in 0..octs {
             acc = oct(pr, o, x_oct(o), acc);
@@ -623,6 +623,6 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         for g in 2 * octs..quads {
             acc = quad(pr, g, x_quad(g), acc);
         }
-        y[r] = finish(r, acc);
+        *yr = finish(r, acc);
     }
 }
