@@ -1,5 +1,6 @@
 //! Decode matrix-vector kernels (f32 / f16 / Q8 with f32 activations / "q8q8", Q8 with activations
-//! quantized to int8 blocks as the session's int8 decode does) and the prefill product for every
+//! quantized to int8 blocks as the session's int8 decode does; "q4q8" and "q6q8", the int4 file's
+//! Q4 matrices and Q6 embedding/head against the same int8 activations) and the prefill product for every
 //! dtype, against the machine's read bandwidth, the `gemm` crate and the reference twins, in the
 //! same run.
 //!
@@ -13,7 +14,7 @@
 //! 768x2304 (R = 2304, C = 768) and the MLP projection 3072x768 (R = 768, C = 3072). The small
 //! matrices fit in the last-level cache while a real decode step streams every layer's weights from
 //! memory, so each call uses the next of several copies spanning at least `COLD_BYTES`: every
-//! figure is a memory-bound (cold) figure. The copies lie in huge pages, as a model file's map. GB/s counts weight bytes read (Q8: quants + scales).
+//! figure is a memory-bound (cold) figure. The copies lie in huge pages, as a model file's map. GB/s counts weight bytes read (Q8, Q4, Q6: quants + scales).
 //! Prefill: Y (N, R) = X (N, C) · Wᵀ with N = 128 ([`Kernels::matmul`], f32 / f16 / Q8 weights),
 //! reported in GFLOP/s (2·N·R·C per call), next to the `gemm` crate's f32 product on the f32
 //! weights.
@@ -23,9 +24,10 @@ use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
 use emberlm_benches::Copies;
+use emberlm_formats::quant::{Q4_BLOCK_BYTES, Q6_BLOCK_BYTES};
 use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{
-    Epilogue, Kernels, Mat, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth,
+    Epilogue, Kernels, Mat, Q4Matrix, Q6Matrix, Q8_BLOCK, Q8Matrix, bandwidth::read_bandwidth,
 };
 use emberlm_trainer::gemm::{self, MatMut, MatRef, Parallelism};
 use half::f16;
@@ -63,6 +65,8 @@ enum Weights {
     F32(Copies<f32>),
     F16(Copies<f16>),
     Q8(Copies<i8>, Copies<f16>),
+    /// Q4 or Q6 blocks (the dtype says which): quants and scales.
+    Blocks(Copies<u8>, Copies<f16>),
 }
 
 struct Case {
@@ -88,6 +92,8 @@ impl Case {
         let bytes = match dtype {
             "f32" => 4 * n,
             "f16" => 2 * n,
+            "q4q8" => nb * (Q4_BLOCK_BYTES + 2),
+            "q6q8" => nb * (Q6_BLOCK_BYTES + 2),
             _ => n + 2 * nb,
         };
         let copies = if cold {
@@ -103,6 +109,21 @@ impl Case {
             "f16" => {
                 let w: Vec<f16> = (0..n).map(|_| f16::from_f32(rng.f() * 0.1)).collect();
                 Weights::F16(Copies::new(&w, copies))
+            }
+            "q4q8" | "q6q8" => {
+                // Any bytes are valid codes; the speed does not depend on them.
+                let per = if dtype == "q4q8" {
+                    Q4_BLOCK_BYTES
+                } else {
+                    Q6_BLOCK_BYTES
+                };
+                let q: Vec<u8> = (0..nb * per)
+                    .map(|_| (rng.f() * 128.0) as i8 as u8)
+                    .collect();
+                let d: Vec<f16> = (0..nb)
+                    .map(|_| f16::from_f32(1e-3 + rng.f().abs() * 1e-3))
+                    .collect();
+                Weights::Blocks(Copies::new(&q, copies), Copies::new(&d, copies))
             }
             _ => {
                 let q: Vec<i8> = (0..n).map(|_| (rng.f() * 127.0) as i8).collect();
@@ -127,6 +148,7 @@ impl Case {
             Weights::F32(v) => v.copies,
             Weights::F16(v) => v.copies,
             Weights::Q8(v, _) => v.copies,
+            Weights::Blocks(v, _) => v.copies,
         }
     }
 
@@ -153,6 +175,22 @@ impl Case {
                 x,
                 y,
             ),
+            Weights::Blocks(q, d) => {
+                let (mut xq, mut xd) = (vec![0i8; self.c], vec![0f32; self.c.div_ceil(Q8_BLOCK)]);
+                k.quantize_q8(x, &mut xq, &mut xd);
+                let rows = self.r.div_ceil(2 * k.threads()).next_multiple_of(16);
+                if self.dtype == "q4q8" {
+                    let w = Q4Matrix::new(q.get(i), d.get(i), self.r, self.c).unwrap();
+                    y.par_chunks_mut(rows)
+                        .enumerate()
+                        .for_each(|(j, ys)| k.matvec_q4q8_rows(w, &xq, &xd, ys, j * rows));
+                } else {
+                    let w = Q6Matrix::new(q.get(i), d.get(i), self.r, self.c).unwrap();
+                    y.par_chunks_mut(rows)
+                        .enumerate()
+                        .for_each(|(j, ys)| k.matvec_q6q8_rows(w, &xq, &xd, ys, j * rows));
+                }
+            }
         }
     }
 }
@@ -195,7 +233,7 @@ fn cases() -> Vec<Case> {
     let mut rng = Lcg(42);
     let mut v = Vec::new();
     for (shape, r, c) in SHAPES {
-        for dtype in ["f32", "f16", "q8", "q8q8"] {
+        for dtype in ["f32", "f16", "q8", "q8q8", "q4q8", "q6q8"] {
             v.push(Case::new(dtype, shape, (r, c), true, &mut rng));
         }
     }
@@ -401,7 +439,8 @@ fn ceiling_table(fasts: &[Kernels]) {
     let warm: Vec<Case> = [("768x512", (512, 768)), ("3072x128", (128, 3072))]
         .into_iter()
         .flat_map(|(shape, rc)| {
-            ["f32", "f16", "q8", "q8q8"].map(|dtype| Case::new(dtype, shape, rc, false, &mut rng))
+            ["f32", "f16", "q8", "q8q8", "q4q8", "q6q8"]
+                .map(|dtype| Case::new(dtype, shape, rc, false, &mut rng))
         })
         .collect();
     for case in &warm {

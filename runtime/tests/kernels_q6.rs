@@ -69,6 +69,9 @@ fn shapes() -> Vec<(usize, usize)> {
         (6, 200),
     ];
     v.extend([(13, 768), (3, 1025), (17, 3072)]);
+    // The AVX-512 kernel's paths: octs (8 blocks), a leftover quad, leftover whole blocks and a
+    // short tail, C = 32 · (8k + 4 + 2) + 7; and an oct plus a quad exactly (C = 384).
+    v.extend([(7, 455), (6, 711), (5, 384)]);
     v
 }
 

@@ -7,7 +7,9 @@
 //! Q4's; the 8 high-bit bytes broadcast to the four 64-bit lanes and shifted right by 0, 2, 4, 6
 //! bits (lane i = elements 8i..8i+8), masked to 2 bits and moved to bits 4–5; `(u ^ 32) − 32`
 //! sign-extends the 6-bit two's-complement value. The product then runs as Q4's: `maddubs` on
-//! |w| (≤ 32) and x·sign(w), `madd` to i32. The file's bytes are read as they are.
+//! |w| (≤ 32) and x·sign(w), `madd` to exact i32 sums; four blocks then share one conversion,
+//! scale product and multiply-add (a quad, as in the VNNI kernel). The file's bytes are read as
+//! they are.
 
 use super::q4_x86_64::hsum;
 use super::q6_matrix::Q6Matrix;
@@ -52,13 +54,22 @@ unsafe fn block_weights(q: *const u8) -> __m256i {
     _mm256_sub_epi8(_mm256_xor_si256(u, k), k)
 }
 
-/// 8 f32 lanes summing to Σ w·x over one block: `maddubs` takes |w| (≤ 32) and x·sign(w), so
-/// each i16 pair sum is at most 2·32·128 (no saturation); `madd` widens to i32.
+/// 8 i32 lanes summing to Σ w·x over one block (exact): `maddubs` takes |w| (≤ 32) and
+/// x·sign(w), so each i16 pair sum is at most 2·32·128 (no saturation); `madd` widens to i32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn block_dot(wv: __m256i, xv: __m256i) -> __m256 {
+fn block_dot(wv: __m256i, xv: __m256i) -> __m256i {
     let p16 = _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(xv, wv));
-    _mm256_cvtepi32_ps(_mm256_madd_epi16(p16, _mm256_set1_epi16(1)))
+    _mm256_madd_epi16(p16, _mm256_set1_epi16(1))
+}
+
+/// Σ of the 8 i32 lanes (exact).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01_00_11_10>(s));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32::<0b10_11_00_01>(s)))
 }
 
 pub(super) fn matvec_q6q8_rows(
@@ -73,47 +84,60 @@ pub(super) fn matvec_q6q8_rows(
     unsafe { matvec_q6q8_rows_avx2(w, xq, xd, y, row_start) }
 }
 
+/// y = rows `row_start ..` of W · x, one row at a time. Blocks go four at a time (a quad, as
+/// in the VNNI kernel): each block's exact i32 lane sums, packed by `vphaddd` into
+/// `[a0, a1, a2, a3, b0, b1, b2, b3]` (a_k, b_k: block k's elements 0..16 and 16..32), then one
+/// conversion, one product of the four weight scales by x's and one fused multiply-add per quad.
+/// The last NB % 4 whole blocks (vector) and a short block (scalar) go one at a time with exact
+/// integer sums.
 #[target_feature(enable = "avx2,fma,f16c")]
 fn matvec_q6q8_rows_avx2(w: Q6Matrix<'_>, xq: &[i8], xd: &[f32], y: &mut [f32], row_start: usize) {
     let c = w.cols();
     let nb = w.blocks_per_row();
     let full = c / Q6_BLOCK;
+    let quads = full / 4;
     assert!(xq.len() == c && xd.len() == nb, "matvec_q6q8_rows: x shape");
     for (i, out) in y.iter_mut().enumerate() {
         let (q, d) = (w.row_quants(row_start + i), w.row_scales(row_start + i));
-        // Two accumulators (even and odd blocks) halve the FMA dependency chain.
-        let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-        let mut b = 0;
-        while b + 2 <= full {
-            // SAFETY: b + 1 < full <= NB, so both blocks' 24 bytes lie in the row's NB × 24 bytes
-            // and their 32 activations in xq (C >= full × 32).
-            let (s0, s1) = unsafe {
-                let w0 = block_weights(q.as_ptr().add(b * Q6_BLOCK_BYTES));
-                let w1 = block_weights(q.as_ptr().add((b + 1) * Q6_BLOCK_BYTES));
-                let x0 = _mm256_loadu_si256(xq.as_ptr().add(b * Q6_BLOCK).cast());
-                let x1 = _mm256_loadu_si256(xq.as_ptr().add((b + 1) * Q6_BLOCK).cast());
-                (block_dot(w0, x0), block_dot(w1, x1))
+        let mut acc = _mm256_setzero_ps();
+        for g in 0..quads {
+            let m: [__m256i; 4] = std::array::from_fn(|k| {
+                let b = 4 * g + k;
+                // SAFETY: b < full <= NB, so the block's 24 bytes lie in the row's NB × 24 bytes
+                // and its 32 activations in xq (C >= full × 32).
+                unsafe {
+                    let wv = block_weights(q.as_ptr().add(b * Q6_BLOCK_BYTES));
+                    block_dot(wv, _mm256_loadu_si256(xq.as_ptr().add(b * Q6_BLOCK).cast()))
+                }
+            });
+            let s = _mm256_hadd_epi32(_mm256_hadd_epi32(m[0], m[1]), _mm256_hadd_epi32(m[2], m[3]));
+            // SAFETY: scales 4g .. 4g + 4 lie in the row's NB (8 bytes) and in xd (NB).
+            let (dw, xs) = unsafe {
+                let h = d.as_ptr().add(4 * g).cast::<i64>().read_unaligned();
+                let xs = _mm_loadu_ps(xd.as_ptr().add(4 * g));
+                (_mm256_cvtph_ps(_mm_set1_epi64x(h)), _mm256_set_m128(xs, xs))
             };
-            a0 = _mm256_fmadd_ps(s0, _mm256_set1_ps(h2f(d[b]) * xd[b]), a0);
-            a1 = _mm256_fmadd_ps(s1, _mm256_set1_ps(h2f(d[b + 1]) * xd[b + 1]), a1);
-            b += 2;
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc);
         }
-        if b < full {
-            // SAFETY: b < full, as above.
-            let s = unsafe {
-                let w0 = block_weights(q.as_ptr().add(b * Q6_BLOCK_BYTES));
-                block_dot(w0, _mm256_loadu_si256(xq.as_ptr().add(b * Q6_BLOCK).cast()))
+        let mut t = hsum(acc);
+        for b in 4 * quads..nb {
+            let j0 = b * Q6_BLOCK;
+            let s = if b < full {
+                // SAFETY: b < full, as above.
+                unsafe {
+                    let wv = block_weights(q.as_ptr().add(b * Q6_BLOCK_BYTES));
+                    hsum_i32(block_dot(
+                        wv,
+                        _mm256_loadu_si256(xq.as_ptr().add(j0).cast()),
+                    ))
+                }
+            } else {
+                let block = &q[b * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
+                (j0..c)
+                    .map(|j| i32::from(q6_level(block, j - j0)) * i32::from(xq[j]))
+                    .sum()
             };
-            a0 = _mm256_fmadd_ps(s, _mm256_set1_ps(h2f(d[b]) * xd[b]), a0);
-        }
-        let mut t = hsum(_mm256_add_ps(a0, a1));
-        if full < nb {
-            let j0 = full * Q6_BLOCK;
-            let block = &q[full * Q6_BLOCK_BYTES..][..Q6_BLOCK_BYTES];
-            let s: i32 = (j0..c)
-                .map(|j| i32::from(q6_level(block, j - j0)) * i32::from(xq[j]))
-                .sum();
-            t += (h2f(d[full]) * xd[full]) * s as f32;
+            t += (h2f(d[b]) * xd[b]) * s as f32;
         }
         *out = t;
     }

@@ -445,12 +445,18 @@ pub(super) fn matvec_q4q8_rows(
 /// y.len() rows of q (NB · 16 bytes each) and d (NB scales each), C = xq.len().
 ///
 /// As the int8 kernel, with the weights made by `vpshufb` from a codebook already flipped
-/// (`level + 128` as unsigned bytes), so the lookup is the whole unpacking. One 256-bit load is
-/// two blocks A, B (16 bytes each): its low nibbles are elements 0..16 of A (low half) and of B
-/// (high half), its high nibbles elements 16..32, multiplied by x rearranged the same way once
-/// per 4 rows; both products go into one vector (lanes 0..4: A, 4..8: B). Four blocks a step,
-/// packed by one `vphaddd` into two lanes per block; the last NB % 4 blocks one at a time with
-/// exact integer sums (a short last block in scalar code).
+/// (`level + 128` as unsigned bytes), so the lookup is the whole unpacking. The integer work is
+/// 512-bit: one load is a quad (four blocks A..D, 16 bytes each, one per 128-bit lane); its low
+/// nibbles are elements 0..16 of each block, its high nibbles elements 16..32, multiplied by x
+/// rearranged the same way once per 4 rows (`vshufi64x2`). Lane j of block k's 128 bits then
+/// holds the exact sum over its elements 4j..4j+4 and 16+4j..20+4j, and lane pairs are summed
+/// (two `vpermt2d`) into the packed layout `[A1, A2, C1, C2, B1, B2, D1, D2]` per quad (1: a
+/// block's elements 0..8 and 16..24, 2: 8..16 and 24..32), two quads ("an oct") per 512-bit
+/// vector. The f32 work stays per quad, in quad order: one conversion, the product of the
+/// weights' and x's scales in that layout and one fused multiply-add on 256 bits (the oct's two
+/// halves in turn), so a row's bits equal the earlier all-256-bit kernel's and the batched
+/// twin's (`multi_avx512::group_q4`). The last NB % 4 blocks go one at a time with exact
+/// integer sums (a short last block in scalar code).
 ///
 /// # Safety
 /// The CPU must have the [`Avx512`] features; q.len() = y.len() · NB · 16, d.len() = y.len() · NB.
@@ -460,66 +466,99 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
     let rb = nb * Q4_BLOCK_BYTES;
     let full = c / Q4_BLOCK;
     let quads = full / 4;
+    let octs = quads / 2;
     let flipped: [u8; 16] = Q4_CODEBOOK.map(|v| (i16::from(v) + 128) as u8);
     // SAFETY: `flipped` is 16 readable bytes.
-    let table = unsafe { _mm256_broadcastsi128_si256(_mm_loadu_si128(flipped.as_ptr().cast())) };
+    let table4 = unsafe { _mm_loadu_si128(flipped.as_ptr().cast()) };
+    let (table, table5) = (
+        _mm256_broadcastsi128_si256(table4),
+        _mm512_broadcast_i32x4(table4),
+    );
     let flip = _mm256_set1_epi8(-128);
-    let low = _mm256_set1_epi8(0x0F);
+    let flip5 = _mm512_set1_epi8(-128);
+    let low5 = _mm512_set1_epi8(0x0F);
     let zero = _mm256_setzero_si256();
-    // Quad g of x as two block pairs (low-nibble and high-nibble order), each pair's sums'
-    // starting values −128 · Σ x (per lane), and the quad's activation scales in the order of
-    // the packed sums: [x0, x0, x2, x2, x1, x1, x3, x3].
-    let x_quad = |g: usize| {
-        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x, blocks 4g .. 4g + 4
-        // inside xd.
-        let (xv, xs): ([__m256i; 4], __m256) = unsafe {
+    let zero5 = _mm512_setzero_si512();
+    // Quad g of x as [elements 0..16 of each block, elements 16..32 of each block] (the
+    // weights' low-nibble and high-nibble order) and each lane's starting value −128 · Σ x.
+    let x_ints = |g: usize| {
+        // SAFETY: quad g is whole: columns 128g .. 128g + 128 are inside x.
+        let (a, b) = unsafe {
+            let p = xq.as_ptr().add(128 * g);
             (
-                std::array::from_fn(|k| {
-                    _mm256_loadu_si256(xq.as_ptr().add(128 * g + 32 * k).cast())
-                }),
-                _mm256_castps128_ps256(_mm_loadu_ps(xd.as_ptr().add(4 * g))),
+                _mm512_loadu_si512(p.cast()),
+                _mm512_loadu_si512(p.add(64).cast()),
             )
         };
-        let pairs: [[__m256i; 2]; 2] = std::array::from_fn(|h| {
-            let (a, b) = (xv[2 * h], xv[2 * h + 1]);
-            [
-                _mm256_permute2x128_si256::<0x20>(a, b),
-                _mm256_permute2x128_si256::<0x31>(a, b),
-            ]
-        });
-        let neg = pairs.map(|[lo, hi]| {
-            let s = _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(zero, flip, lo), flip, hi);
-            _mm256_sub_epi32(zero, s)
-        });
-        let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
-        (pairs, neg, _mm256_permutevar8x32_ps(xs, order))
+        let lo = _mm512_shuffle_i64x2::<0b10_00_10_00>(a, b);
+        let hi = _mm512_shuffle_i64x2::<0b11_01_11_01>(a, b);
+        let s = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero5, flip5, lo), flip5, hi);
+        ([lo, hi], _mm512_sub_epi32(zero5, s))
     };
-    let quad =
-        |r: usize, g: usize, (pairs, neg, xs): ([[__m256i; 2]; 2], [__m256i; 2], __m256), acc| {
-            let wr = q[r * rb + 64 * g..][..64].as_ptr();
-            let m: [__m256i; 2] = std::array::from_fn(|h| {
-                // SAFETY: wr holds 64 bytes (the slice above); pair h is bytes 32h .. 32h + 32.
-                let v = unsafe { _mm256_loadu_si256(wr.add(32 * h).cast()) };
-                let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
-                let hi =
-                    _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
-                let s = _mm256_dpbusd_epi32(neg[h], lo, pairs[h][0]);
-                _mm256_dpbusd_epi32(s, hi, pairs[h][1])
-            });
-            // [A, A, C, C, B, B, D, D] with A..D = blocks 4g..4g+4 (two partial sums each).
-            let s = _mm256_hadd_epi32(m[0], m[1]);
-            // SAFETY: blocks 4g .. 4g + 4 are inside row r's NB scales (8 bytes).
-            let dw = unsafe {
-                let h = d
-                    .as_ptr()
-                    .add(r * nb + 4 * g)
-                    .cast::<i64>()
-                    .read_unaligned();
-                let v = _mm256_cvtph_ps(_mm_set1_epi64x(h));
-                _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3))
-            };
-            _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc)
+    // A row's exact sums for quad g (`wr`: the row's first quant byte): 4 lanes per block (one
+    // 128-bit lane per block). Rows are addressed by pointers: no bounds checks in the loops.
+    let quad_ints = |wr: *const u8, g: usize, ([xlo, xhi], neg): ([__m512i; 2], __m512i)| {
+        // SAFETY: g < quads <= NB / 4, so bytes 64g .. 64g + 64 lie in the row's NB · 16.
+        let v = unsafe { _mm512_loadu_si512(wr.add(64 * g).cast()) };
+        let lo = _mm512_shuffle_epi8(table5, _mm512_and_si512(v, low5));
+        let hi = _mm512_shuffle_epi8(table5, _mm512_and_si512(_mm512_srli_epi16::<4>(v), low5));
+        _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(neg, lo, xlo), hi, xhi)
+    };
+    // Lane pairs (2i, 2i + 1) of a quad's sums in the packed order [A1, A2, C1, C2, B1, B2, D1,
+    // D2]; lanes 8..16 the same for the second vector (the next quad).
+    let (pe, po) = (
+        _mm512_setr_epi32(0, 2, 8, 10, 4, 6, 12, 14, 16, 18, 24, 26, 20, 22, 28, 30),
+        _mm512_setr_epi32(1, 3, 9, 11, 5, 7, 13, 15, 17, 19, 25, 27, 21, 23, 29, 31),
+    );
+    let pack = |a, b| {
+        _mm512_add_epi32(
+            _mm512_permutex2var_epi32(a, pe, b),
+            _mm512_permutex2var_epi32(a, po, b),
+        )
+    };
+    // Eight scales s0..s7 (blocks of two quads) as [s0, s0, s2, s2, s1, s1, s3, s3, s4, s4, s6,
+    // s6, s5, s5, s7, s7]: each block's scale on its two packed lanes.
+    let spread = _mm512_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3, 4, 4, 6, 6, 5, 5, 7, 7);
+    let order = _mm256_setr_epi32(0, 0, 2, 2, 1, 1, 3, 3);
+    let x_oct = |o: usize| {
+        // SAFETY: blocks 8o .. 8o + 8 are inside xd.
+        let xs = unsafe { _mm256_loadu_ps(xd.as_ptr().add(8 * o)) };
+        (
+            x_ints(2 * o),
+            x_ints(2 * o + 1),
+            _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(xs)),
+        )
+    };
+    let half = |v: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+    // A row's accumulator after oct o (quads 2o, 2o + 1, in that order); `(wr, dr)`: the row's
+    // first quant byte and scale.
+    let oct = |(wr, dr): (*const u8, *const f16), o: usize, (x0, x1, xs): (_, _, __m512), acc| {
+        let sums = pack(quad_ints(wr, 2 * o, x0), quad_ints(wr, 2 * o + 1, x1));
+        // SAFETY: blocks 8o .. 8o + 8 are inside the row's NB scales (16 bytes).
+        let dw = unsafe {
+            let h = _mm_loadu_si128(dr.add(8 * o).cast());
+            _mm512_permutexvar_ps(spread, _mm512_castps256_ps512(_mm256_cvtph_ps(h)))
         };
+        let sc = _mm512_mul_ps(dw, xs);
+        let f = _mm512_cvtepi32_ps(sums);
+        let acc = _mm256_fmadd_ps(_mm512_castps512_ps256(f), _mm512_castps512_ps256(sc), acc);
+        _mm256_fmadd_ps(half(f), half(sc), acc)
+    };
+    // The last quad when their number is odd.
+    let x_quad = |g: usize| {
+        // SAFETY: blocks 4g .. 4g + 4 are inside xd.
+        let xs = unsafe { _mm256_castps128_ps256(_mm_loadu_ps(xd.as_ptr().add(4 * g))) };
+        (x_ints(g), _mm256_permutevar8x32_ps(xs, order))
+    };
+    let quad = |(wr, dr): (*const u8, *const f16), g: usize, (xg, xs): (_, __m256), acc| {
+        let s = _mm512_castsi512_si256(pack(quad_ints(wr, g, xg), zero5));
+        // SAFETY: blocks 4g .. 4g + 4 are inside the row's NB scales (8 bytes).
+        let dw = unsafe {
+            let h = dr.add(4 * g).cast::<i64>().read_unaligned();
+            _mm256_permutevar8x32_ps(_mm256_cvtph_ps(_mm_set1_epi64x(h)), order)
+        };
+        _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), _mm256_mul_ps(dw, xs), acc)
+    };
     let finish = |r: usize, acc: __m256| -> f32 {
         let mut t = hsum_f32(acc);
         let qr = &q[r * rb..(r + 1) * rb];
@@ -553,14 +592,23 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         }
         t
     };
+    // Row r's first quant byte and scale (r < y.len(): inside q and d, checked here).
+    let row = |r: usize| (q[r * rb..].as_ptr(), d[r * nb..].as_ptr());
     let qn = y.len() / 4;
     for i in 0..qn {
         let rows = [i, qn + i, 2 * qn + i, 3 * qn + i];
+        let p = rows.map(row);
         let mut acc = [_mm256_setzero_ps(); 4];
-        for g in 0..quads {
+        for o in 0..octs {
+            let xo = x_oct(o);
+            for (a, &pr) in acc.iter_mut().zip(&p) {
+                *a = oct(pr, o, xo, *a);
+            }
+        }
+        for g in 2 * octs..quads {
             let xg = x_quad(g);
-            for (a, &r) in acc.iter_mut().zip(&rows) {
-                *a = quad(r, g, xg, *a);
+            for (a, &pr) in acc.iter_mut().zip(&p) {
+                *a = quad(pr, g, xg, *a);
             }
         }
         for (a, &r) in acc.iter().zip(&rows) {
@@ -568,9 +616,12 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         }
     }
     for (r, yr) in y.iter_mut().enumerate().skip(4 * qn) {
-        let mut acc = _mm256_setzero_ps();
-        for g in 0..quads {
-            acc = quad(r, g, x_quad(g), acc);
+        let (pr, mut acc) = (row(r), _mm256_setzero_ps());
+        for o in 0..octs {
+            acc = oct(pr, o, x_oct(o), acc);
+        }
+        for g in 2 * octs..quads {
+            acc = quad(pr, g, x_quad(g), acc);
         }
         *yr = finish(r, acc);
     }
