@@ -1264,6 +1264,13 @@ impl FamilyModel {
         (&mut self.params, &self.grads)
     }
 
+    /// Frees the buffers kept between [`FamilyModel::train_batch`] and [`FamilyModel::loss`]
+    /// calls (the next call allocates them again): for a pause in training that needs the
+    /// memory, such as an epoch's sample, which makes an f32 copy of the weights.
+    pub fn release_buffers(&mut self) {
+        *self.ws = Workspace::default();
+    }
+
     /// Forward and backward of a (B, T) batch: the mean loss; gradients added to the model's
     /// (with LoRA attached: to the adapters' only).
     pub fn train_batch(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
@@ -1589,6 +1596,10 @@ mod model_tests {
                 let (x2, y2) = batch(1, t + 2, salt + 1);
                 let want = forward_loss(&m.layout, m.params(), &x2, &y2, 1).loss;
                 assert_eq!(m.loss(&x2, &y2, 1).to_bits(), want.to_bits(), "{preset}");
+                // Released buffers come back as fresh ones.
+                if salt == 3 {
+                    m.release_buffers();
+                }
             }
         }
     }

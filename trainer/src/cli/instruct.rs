@@ -416,6 +416,9 @@ impl Task<Net> for Instruct<'_> {
         con: &mut Console<'_>,
     ) -> Result<(), CliError> {
         if let Some(item) = self.sample_item {
+            // The sample runs on an f32 copy of the weights: free the step's buffers first, or
+            // the run's peak memory holds them, the weights and the copy at once.
+            model.release_buffers();
             let text = sample_response(model, self.tok, self.format, item, self.threads)
                 .map_err(|e| failed(format!("sample after epoch {}: {e}", epoch + 1)))?;
             progress.line(
@@ -922,6 +925,9 @@ fn train(a: InstructArgs, con: &mut Console<'_>) -> Result<Outcome, CliError> {
     let test_order: Vec<usize> = (0..test_ex.len()).collect();
     let test_loss = mean_loss(&mut model, &test_ex, &test_order, b, None, false, &rule)
         .map_err(|e| failed(format!("test loss: {e}")))?;
+    // The weights live on in the exported file, which the responses below map and read whole:
+    // free the model (weights, kept buffers) first, or the peak memory holds both copies.
+    drop(model);
     let last = history.last().copied();
     let (tl, vl) = last.map_or((f32::NAN, f32::NAN), |r| (r.train_loss, r.val_loss));
     say!(

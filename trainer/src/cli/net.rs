@@ -130,6 +130,14 @@ impl Net {
         }
     }
 
+    /// Frees the buffers a family model keeps between steps (see
+    /// [`FamilyModel::release_buffers`]); GPT-2 keeps none.
+    pub(crate) fn release_buffers(&mut self) {
+        if let Net::Family(m) = self {
+            m.release_buffers();
+        }
+    }
+
     /// The model as an in-memory f32 `.ember` file, for the runtime (LoRA adapters that the
     /// model runs directly merged into it).
     pub(crate) fn ember_bytes(&self) -> Result<sample::EmberBuf, String> {
