@@ -109,12 +109,23 @@ pub enum CheckpointError {
 impl fmt::Display for CheckpointError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            CheckpointError::NotACheckpoint { path } => write!(
-                f,
-                "{}: not a checkpoint (expected a directory with {STATE_FILE}, a `latest` \
-                 pointer, or a run directory with checkpoints/latest)",
-                path.display()
-            ),
+            CheckpointError::NotACheckpoint { path } => {
+                write!(
+                    f,
+                    "{}: not a checkpoint (expected a directory with {STATE_FILE}, a `latest` \
+                     pointer, or a run directory with checkpoints/latest)",
+                    path.display()
+                )?;
+                if crate::hf::dir::is_hf_dir(path) {
+                    write!(
+                        f,
+                        "; it is a Hugging Face model directory: import it first with \
+                         `ember-train import --from {} --out CKPT` and give CKPT",
+                        path.display()
+                    )?;
+                }
+                Ok(())
+            }
             CheckpointError::Io { path, reason } => write!(f, "{}: {reason}", path.display()),
             CheckpointError::Corrupt { path, reason } => {
                 write!(f, "{}: {reason}", path.display())
@@ -1518,6 +1529,15 @@ mod tests {
             resolve(&out.join("nothing-here")),
             Err(CheckpointError::NotACheckpoint { .. })
         ));
+        // A Hugging Face directory given where a checkpoint belongs: the error says to import.
+        let hf = out.join("hf-model");
+        std::fs::create_dir_all(&hf).unwrap();
+        let e = resolve(&hf).unwrap_err().to_string();
+        assert!(!e.contains("ember-train import"), "{e}");
+        std::fs::write(hf.join("config.json"), "{}").unwrap();
+        std::fs::write(hf.join("model.safetensors"), "").unwrap();
+        let e = resolve(&hf).unwrap_err().to_string();
+        assert!(e.contains("ember-train import --from"), "{e}");
     }
 
     #[test]
