@@ -124,6 +124,10 @@ impl Sampler {
     /// to. Allocates nothing.
     pub fn sample(&mut self, logits: &[f32], history: &[u32], s: &Sampling) -> u32 {
         let v = logits.len().min(self.work.len());
+        // Plain greedy reads the logits in place (a copy is V floats a token).
+        if s.temperature == 0.0 && s.repetition_penalty == 1.0 {
+            return argmax(&logits[..v]) as u32;
+        }
         let work = &mut self.work[..v];
         work.copy_from_slice(&logits[..v]);
         if s.repetition_penalty != 1.0 {

@@ -239,6 +239,17 @@ struct LoraRef<'a> {
     params: &'a [f32],
 }
 
+impl Lora {
+    /// The adapters as the forward pass reads them.
+    fn view(&self) -> LoraRef<'_> {
+        LoraRef {
+            scale: self.scale,
+            adapters: &self.adapters,
+            params: &self.params,
+        }
+    }
+}
+
 /// One adapter as the kernels use it: A (R, I), B (O, R), s.
 #[derive(Clone, Copy)]
 struct Adapted<'a> {
@@ -1275,6 +1286,7 @@ impl FamilyModel {
     /// (with LoRA attached: to the adapters' only).
     pub fn train_batch(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
         if let Some(l) = &mut self.lora {
+            // Fields apart: the adapters are read while their gradients are written.
             let view = LoraRef {
                 scale: l.scale,
                 adapters: &l.adapters,
@@ -1312,11 +1324,7 @@ impl FamilyModel {
 
     /// The loss and logits of a (B, T) batch, forward only (with any attached adapters).
     pub fn forward(&self, tokens: &[u32], targets: &[i32], b: usize) -> Step {
-        let view = self.lora.as_ref().map(|l| LoraRef {
-            scale: l.scale,
-            adapters: &l.adapters,
-            params: &l.params,
-        });
+        let view = self.lora.as_ref().map(Lora::view);
         let mut ws = Workspace::default();
         run(
             &self.layout,
@@ -1335,11 +1343,7 @@ impl FamilyModel {
     /// The mean loss of a (B, T) batch, gradients untouched (forward only, in the model's
     /// buffers: no logits copied out).
     pub fn loss(&mut self, tokens: &[u32], targets: &[i32], b: usize) -> f64 {
-        let view = self.lora.as_ref().map(|l| LoraRef {
-            scale: l.scale,
-            adapters: &l.adapters,
-            params: &l.params,
-        });
+        let view = self.lora.as_ref().map(Lora::view);
         run(
             &self.layout,
             &self.params,
