@@ -328,6 +328,43 @@ fn multi_equals_single_on_chunked_rows() {
     }
 }
 
+/// Wide products, as a head's (the GPT-2 head has 50,257 rows): more rows than the int8 kernel's
+/// output block (1,024 rows, or 8,192 / B for B > 8), so its blocks and their copies into the
+/// (B, P) output are exercised at B = 8 (whole pairs), 16 (two groups of 8, blocks of 512 rows)
+/// and 17 (a half pair, blocks of 481 rows), bit for bit against the single kernel.
+#[test]
+fn multi_equals_single_on_wide_products() {
+    let mut rng = Rng(11);
+    let (r, c) = (2600, 384);
+    let weights = Weights::new(&mut rng, r, c);
+    for k in implementations() {
+        for b in [8, 16, 17] {
+            let inp = inputs(&mut rng, &k, b, c);
+            for (_, w) in weights.mats() {
+                let quantized = matches!(w, Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_));
+                let x = Vectors {
+                    b,
+                    c,
+                    x: &inp.x,
+                    q: quantized.then_some((&inp.xq[..], &inp.xd[..])),
+                };
+                let mut scratch = vec![0u8; multi_scratch_len(b, c)];
+                for (start, p) in [(0, r), (3, 2201)] {
+                    let mut y = vec![0f32; b * p];
+                    k.matvec_multi_rows(w, x, &mut y, start, &mut scratch);
+                    for v in 0..b {
+                        let mut want = vec![0f32; p];
+                        single(&k, w, &inp, (c, v, quantized), &mut want, start);
+                        let got: Vec<u32> = y[v * p..][..p].iter().map(|v| v.to_bits()).collect();
+                        let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                        assert_eq!(got, want, "{} B={b} rows {start}+{p} vector {v}", k.name());
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn multi_rejects_bad_shapes() {
     let w = vec![0f32; 6 * 4];

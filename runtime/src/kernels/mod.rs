@@ -948,6 +948,10 @@ impl Kernels {
     /// As [`Kernels::group_scores`].
     pub fn group_scores_f16(&self, k: &[f16], q: &[f32], s: &mut [f32], heads: usize) {
         let (p, d) = group_shape("group_scores_f16", k.len(), q.len(), s.len(), heads);
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return x86_64_avx512::group_scores_f16(t, k, q, s, heads);
+        }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::group_scores_f16(t, k, q, s, heads),
@@ -982,6 +986,10 @@ impl Kernels {
     /// As [`Kernels::group_weighted`].
     pub fn group_weighted_f16(&self, w: &[f32], v: &[f16], out: &mut [f32], heads: usize) {
         let (p, d) = group_shape("group_weighted_f16", v.len(), out.len(), w.len(), heads);
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return x86_64_avx512::group_weighted_f16(t, w, v, out, heads);
+        }
         match self.isa {
             #[cfg(target_arch = "x86_64")]
             Isa::Avx2(t) => x86_64::group_weighted_f16(t, w, v, out, heads),

@@ -249,7 +249,11 @@ const PAIRS: usize = 4;
 /// its stream, which the next group reads). The kernel spends more time per weight byte than
 /// the single one, and the hardware prefetcher alone left it waiting on memory: on Zen 5
 /// (2026-12-05, loaded host, GPT-2 124M int8, B = 8, one thread) 768 bytes ahead took batched
-/// decode from 206 to 241–259 tokens/s in the same run (1536: 240–243, 3072: 239–257).
+/// decode from 206 to 241–259 tokens/s in the same run (1536: 240–243, 3072: 239–257). The hint
+/// is non-temporal: the weights are read once a step, and kept out of the outer caches they leave
+/// the slots' KV caches there (quiet host, same day, three alternating runs of `ember bench
+/// gpt2-124m-int8.ember --batch 8 --threads 1 --passes 5 --prompt-tokens 16 --gen-tokens 64`:
+/// 3.22–3.31× the lone session against 2.94–3.15× with `T0`).
 const PREFETCH: usize = 768;
 
 /// The 256-bit [`transpose`] within each 128-bit quarter of four zmm: on weights broadcast into
@@ -325,7 +329,7 @@ unsafe fn prepare_pairs(
 macro_rules! dispatch_wide {
     ($rows:expr, $pairs:expr, $half:expr, ($($a:expr),*), $v:expr) => {
         match ($rows, $pairs, $half) {
-            (&[r0, r1, r2, r3], 4, false) => group_q8_wide::<4, 4, false>($($a),*, [r0, r1, r2, r3], $v),
+            (&[r0, r1, r2, r3], 4, false) => group_q8_rows4::<4>($($a),*, [r0, r1, r2, r3], $v),
             (&[r0, r1, r2, r3], 4, true) => group_q8_wide::<4, 4, true>($($a),*, [r0, r1, r2, r3], $v),
             (&[r0, r1, r2, r3], 3, false) => group_q8_wide::<4, 3, false>($($a),*, [r0, r1, r2, r3], $v),
             (&[r0, r1, r2, r3], 3, true) => group_q8_wide::<4, 3, true>($($a),*, [r0, r1, r2, r3], $v),
@@ -378,24 +382,48 @@ type Prepared<'x> = (&'x [i8], &'x [f32], &'x [u8], &'x [u8], &'x [u8]);
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
 unsafe fn multi_q8q8_wide(q: &[i8], d: &[f16], x: Prepared<'_>, b: usize, c: usize, y: &mut [f32]) {
     let p = y.len() / b;
-    let qn = p / 4;
-    let each = |rows: &[usize], y: &mut [f32]| {
-        let mut v = 0;
-        while v < b {
-            let n = (b - v).min(2 * PAIRS);
-            // SAFETY: the caller's guarantees; rows < P and vectors v .. v + n <= B; a half
-            // pair (n odd) is the last vector, laid out alone by `prepare_pairs`.
-            unsafe { dispatch_wide!(rows, n.div_ceil(2), n % 2 == 1, (q, d, x, (c, p), y), v) }
-            v += n;
+    let nb = c.div_ceil(Q8_BLOCK);
+    let mut tmp = [0f32; WIDE_OUT];
+    let rows = (WIDE_OUT / b).clamp(1, WIDE_CHUNK);
+    let mut r0 = 0;
+    while r0 < p {
+        let n = (p - r0).min(rows);
+        let (qc, dc) = (&q[r0 * c..(r0 + n) * c], &d[r0 * nb..(r0 + n) * nb]);
+        let out = &mut tmp[..b * n];
+        let each = |rows: &[usize], out: &mut [f32]| {
+            let mut v = 0;
+            while v < b {
+                let m = (b - v).min(2 * PAIRS);
+                // SAFETY: the caller's guarantees; rows < n and vectors v .. v + m <= B; a half
+                // pair (m odd) is the last vector, laid out alone by `prepare_pairs`.
+                unsafe {
+                    dispatch_wide!(rows, m.div_ceil(2), m % 2 == 1, (qc, dc, x, (c, n), out), v)
+                }
+                v += m;
+            }
+        };
+        let qn = n / 4;
+        for i in 0..qn {
+            each(&[i, qn + i, 2 * qn + i, 3 * qn + i], out);
         }
-    };
-    for i in 0..qn {
-        each(&[i, qn + i, 2 * qn + i, 3 * qn + i], y);
-    }
-    for r in 4 * qn..p {
-        each(&[r], y);
+        for r in 4 * qn..n {
+            each(&[r], out);
+        }
+        for (v, o) in out.chunks_exact(n).enumerate() {
+            y[v * p + r0..][..n].copy_from_slice(o);
+        }
+        r0 += n;
     }
 }
+
+/// Rows per block of the 512-bit int8 kernel: its outputs go to a (B, rows) block on the stack
+/// and are copied out after it. Writing straight into a wide (B, P) output (the GPT-2 head: P =
+/// 50257) made the kernel ~1.45x slower on Zen 5 (2026-12-05, `cargo bench -p emberlm-benches
+/// --bench multi`, B = 8: head 2.5-2.6 single passes against 1.7-1.8 in blocks of 1024 rows;
+/// blocks of 4096 rows were as slow as none).
+const WIDE_CHUNK: usize = 1024;
+/// f32 outputs in that block (B · rows at most).
+const WIDE_OUT: usize = 8 * 1024;
 
 /// Rows `rows` (four streams, or one row) against P pairs of vectors from v0 (the last pair
 /// half-used, vector v0 + 2P − 2 alone in its low half, when `HALF`).
@@ -434,8 +462,8 @@ unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
                 let wp = q.as_ptr().add(r * c + 128 * g);
                 // A prefetch hint only (never dereferenced), so an address past the matrix is
                 // harmless: `wrapping_add` keeps it out of `add`'s bounds rule.
-                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH).cast());
-                _mm_prefetch::<_MM_HINT_T0>(wp.wrapping_add(PREFETCH + 64).cast());
+                _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(PREFETCH + 64).cast());
                 // w + 128 as unsigned bytes: w XOR 0x80.
                 let wt = transpose_512(std::array::from_fn(|k| {
                     let w = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()));
@@ -490,6 +518,106 @@ unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
             ];
             let n = if HALF && k == P - 1 { 1 } else { 2 };
             for (hi, half) in halves.into_iter().enumerate().take(n) {
+                let v = v0 + 2 * k + hi;
+                let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+                let mut t = hsum_f32(half);
+                for blk in 4 * quads..nb {
+                    let j = blk * Q8_BLOCK;
+                    let end = (j + Q8_BLOCK).min(c);
+                    let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
+                    t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+                }
+                y[v * p + r] = t;
+            }
+        }
+    }
+}
+
+/// [`group_q8_wide`] for four rows and P whole pairs, pair after pair: each quad's four rows
+/// are loaded, flipped and transposed once (16 registers), then each pair's activations are
+/// loaded once for the four rows, and the accumulators live in memory (one load and one store
+/// per row, pair and quad), so the activations are not read again per row. The same operations
+/// per lane in the same order as [`group_q8_wide`]: the same bits.
+///
+/// `group_q8_wide` with four pairs let the compiler keep a quad's activations of all pairs in
+/// registers across the rows, and spill the accumulators and weights around them. On Zen 5
+/// (2026-12-05, `cargo bench -p emberlm-benches --bench multi -- --b 2,4,6,8`, three
+/// alternating runs) this one costs 1.66–1.67 single passes per GPT-2 step at B = 8 against
+/// 1.80–1.82; at B = 2 and 4 it was slower (1.30 / 1.43 against 1.21 / 1.36), at B = 6 the same,
+/// so only whole groups of four pairs use it.
+///
+/// # Safety
+/// As [`group_q8_wide`].
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl,avx512vnni")]
+unsafe fn group_q8_rows4<const P: usize>(
+    q: &[i8],
+    d: &[f16],
+    (xq, xd, xt, xs, xc): Prepared<'_>,
+    (c, p): (usize, usize),
+    y: &mut [f32],
+    rows: [usize; 4],
+    v0: usize,
+) {
+    let nb = c.div_ceil(Q8_BLOCK);
+    let quads = c / (4 * Q8_BLOCK);
+    let flip = _mm512_set1_epi8(-128);
+    let mut acc = [[_mm512_setzero_ps(); 4]; P];
+    let ap = acc.as_mut_ptr().cast::<__m512>();
+    for g in 0..quads {
+        // SAFETY: as in `group_q8_wide`: quad g is whole in each row, the pairs' prepared
+        // activations are inside xt, xs, xc; `ap` points at the P · 4 accumulators.
+        unsafe {
+            let mut wt = [[_mm512_setzero_si512(); 4]; 4];
+            let mut dw = [_mm512_setzero_ps(); 4];
+            for (ri, &r) in rows.iter().enumerate() {
+                let wp = q.as_ptr().add(r * c + 128 * g);
+                _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(PREFETCH).cast());
+                _mm_prefetch::<_MM_HINT_NTA>(wp.wrapping_add(PREFETCH + 64).cast());
+                wt[ri] = transpose_512(std::array::from_fn(|k| {
+                    let w = _mm512_broadcast_i64x4(_mm256_loadu_si256(wp.add(32 * k).cast()));
+                    _mm512_xor_si512(w, flip)
+                }));
+                let h = d
+                    .as_ptr()
+                    .add(r * nb + 4 * g)
+                    .cast::<i64>()
+                    .read_unaligned();
+                dw[ri] = _mm512_cvtph_ps(_mm256_set1_epi64x(h));
+            }
+            for k in 0..P {
+                let v = v0 + 2 * k;
+                let xp = xt.as_ptr().add(v * c + 256 * g);
+                let o = v * quads * 32 + 64 * g;
+                let xv: [__m512i; 4] =
+                    std::array::from_fn(|i| _mm512_loadu_si512(xp.add(64 * i).cast()));
+                let c0 = _mm512_loadu_si512(xc.as_ptr().add(o).cast());
+                let xsv = _mm512_loadu_ps(xs.as_ptr().add(o).cast());
+                for ri in 0..4 {
+                    let mut s = c0;
+                    for i in 0..4 {
+                        s = _mm512_dpbusd_epi32(s, wt[ri][i], xv[i]);
+                    }
+                    let sc = _mm512_mul_ps(dw[ri], xsv);
+                    let a = ap.add(4 * k + ri);
+                    a.write_volatile(_mm512_fmadd_ps(
+                        _mm512_cvtepi32_ps(s),
+                        sc,
+                        a.read_volatile(),
+                    ));
+                }
+            }
+        }
+    }
+    for (ri, &r) in rows.iter().enumerate() {
+        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
+        for (k, ak) in acc.iter().enumerate() {
+            let a = ak[ri];
+            let halves = [
+                _mm512_castps512_ps256(a),
+                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
+            ];
+            for (hi, half) in halves.into_iter().enumerate() {
                 let v = v0 + 2 * k + hi;
                 let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
                 let mut t = hsum_f32(half);

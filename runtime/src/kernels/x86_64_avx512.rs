@@ -626,3 +626,157 @@ unsafe fn matvec_q4q8_rows_vnni(q: &[u8], d: &[f16], xq: &[i8], xd: &[f32], y: &
         *yr = finish(r, acc);
     }
 }
+
+// ------------------------------------------------------------------ attention over an f16 cache
+
+/// [`super::Kernels::group_scores_f16`]: s (Hg, P), s[j·P + t] = k[t, j, :] · q[j, :], keys
+/// (P, Hg, D). As the AVX2 kernel, positions go as four memory streams (one per quarter of P),
+/// each head's row of D in 16-lane steps (a masked last step, so no scalar tail), and the four
+/// streams' sums are reduced together; the P % 4 last positions one at a time.
+pub(super) fn group_scores_f16(_t: Avx512, k: &[f16], q: &[f32], s: &mut [f32], heads: usize) {
+    let p = s.len() / heads;
+    assert!(
+        heads > 0 && k.len() == p * q.len() && s.len() == p * heads && q.len() % heads == 0,
+        "avx512 group_scores_f16: shapes"
+    );
+    // SAFETY: the token proves the features; the shapes are checked above.
+    unsafe { group_scores_f16_512(k, q, s, heads) }
+}
+
+/// Σ of each of four vectors' 16 lanes, in a fixed order: [Σ a0, Σ a1, Σ a2, Σ a3].
+#[inline]
+#[target_feature(enable = "avx2,avx512f")]
+fn hsum4_512(a: [__m512; 4]) -> __m128 {
+    let half = |v: __m512| {
+        _mm256_add_ps(
+            _mm512_castps512_ps256(v),
+            _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
+        )
+    };
+    let h = a.map(half);
+    let t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
+    _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t))
+}
+
+/// # Safety
+/// The CPU must have the [`Avx512`] features; k.len() = P · q.len(), s.len() = P · Hg, Hg > 0
+/// divides q.len().
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn group_scores_f16_512(k: &[f16], q: &[f32], s: &mut [f32], heads: usize) {
+    let (row, p) = (q.len(), s.len() / heads);
+    let d = row / heads;
+    let q4 = p / 4;
+    for t in 0..q4 {
+        for j in 0..heads {
+            let qp = q.as_ptr().wrapping_add(j * d);
+            let at = |u: usize| k.as_ptr().wrapping_add((u * q4 + t) * row + j * d);
+            let rows = [at(0), at(1), at(2), at(3)];
+            let mut acc = [_mm512_setzero_ps(); 4];
+            let mut c = 0;
+            while c < d {
+                let n = (d - c).min(16);
+                // SAFETY: columns c .. c + n of head j lie inside q and inside each of the four
+                // positions' rows (positions < P, rows of Hg · D inside k).
+                unsafe {
+                    let qv = f32::load16(qp, c, n);
+                    for (a, r) in acc.iter_mut().zip(rows) {
+                        *a = _mm512_fmadd_ps(f16::load16(r, c, n), qv, *a);
+                    }
+                }
+                c += 16;
+            }
+            let mut sums = [0f32; 4];
+            // SAFETY: `sums` holds the 4 floats stored.
+            unsafe { _mm_storeu_ps(sums.as_mut_ptr(), hsum4_512(acc)) };
+            for (u, v) in sums.into_iter().enumerate() {
+                s[j * p + u * q4 + t] = v;
+            }
+        }
+    }
+    for t in 4 * q4..p {
+        for j in 0..heads {
+            let (qp, r) = (
+                q.as_ptr().wrapping_add(j * d),
+                k.as_ptr().wrapping_add(t * row + j * d),
+            );
+            let mut acc = _mm512_setzero_ps();
+            let mut c = 0;
+            while c < d {
+                let n = (d - c).min(16);
+                // SAFETY: columns c .. c + n of head j lie inside q and position t's row.
+                unsafe { acc = _mm512_fmadd_ps(f16::load16(r, c, n), f32::load16(qp, c, n), acc) };
+                c += 16;
+            }
+            s[j * p + t] = _mm512_reduce_add_ps(acc);
+        }
+    }
+}
+
+/// [`super::Kernels::group_weighted_f16`]: out (Hg, D) = Σ_t w[j·P + t] · v[t, j, :], values
+/// (P, Hg, D). Positions as four memory streams (as [`group_scores_f16`]); each pass adds four
+/// positions to a head's sums, kept in `out` (L1-resident), 16 lanes at a time (masked last
+/// step); the P % 4 last positions one at a time.
+pub(super) fn group_weighted_f16(_t: Avx512, w: &[f32], v: &[f16], out: &mut [f32], heads: usize) {
+    let p = w.len() / heads;
+    assert!(
+        heads > 0 && v.len() == p * out.len() && w.len() == p * heads && out.len() % heads == 0,
+        "avx512 group_weighted_f16: shapes"
+    );
+    // SAFETY: the token proves the features; the shapes are checked above.
+    unsafe { group_weighted_f16_512(w, v, out, heads) }
+}
+
+/// # Safety
+/// The CPU must have the [`Avx512`] features; v.len() = P · out.len(), w.len() = P · Hg, Hg > 0
+/// divides out.len().
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn group_weighted_f16_512(w: &[f32], v: &[f16], out: &mut [f32], heads: usize) {
+    let (row, p) = (out.len(), w.len() / heads);
+    let d = row / heads;
+    let q4 = p / 4;
+    out.fill(0.0);
+    let op = out.as_mut_ptr();
+    for t in 0..q4 {
+        for j in 0..heads {
+            let wj = &w[j * p..(j + 1) * p];
+            let pv = [wj[t], wj[q4 + t], wj[2 * q4 + t], wj[3 * q4 + t]].map(|x| _mm512_set1_ps(x));
+            let at = |u: usize| v.as_ptr().wrapping_add((u * q4 + t) * row + j * d);
+            let rows = [at(0), at(1), at(2), at(3)];
+            let mut c = 0;
+            while c < d {
+                let n = (d - c).min(16);
+                // SAFETY: columns c .. c + n of head j lie inside out (Hg · D) and inside each
+                // of the four positions' rows of v; masked-off lanes are neither read nor
+                // written.
+                unsafe {
+                    let o = op.wrapping_add(j * d + c);
+                    let m = mask16(n);
+                    let mut a = _mm512_maskz_loadu_ps(m, o);
+                    for (pw, r) in pv.iter().zip(rows) {
+                        a = _mm512_fmadd_ps(*pw, f16::load16(r, c, n), a);
+                    }
+                    _mm512_mask_storeu_ps(o, m, a);
+                }
+                c += 16;
+            }
+        }
+    }
+    for t in 4 * q4..p {
+        for j in 0..heads {
+            let pw = _mm512_set1_ps(w[j * p + t]);
+            let r = v.as_ptr().wrapping_add(t * row + j * d);
+            let mut c = 0;
+            while c < d {
+                let n = (d - c).min(16);
+                // SAFETY: as above, for position t alone.
+                unsafe {
+                    let o = op.wrapping_add(j * d + c);
+                    let m = mask16(n);
+                    let a = _mm512_fmadd_ps(pw, f16::load16(r, c, n), _mm512_maskz_loadu_ps(m, o));
+                    _mm512_mask_storeu_ps(o, m, a);
+                }
+                c += 16;
+            }
+        }
+    }
+}

@@ -2,7 +2,7 @@
 
 use super::KvDtype;
 use crate::kernels::Kernels;
-use half::f16;
+use half::{f16, slice::HalfFloatSliceExt};
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
@@ -287,11 +287,10 @@ impl<'s> KvMut<'s> {
     fn store(&mut self, at: usize, src: &[f32]) {
         match self {
             KvMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
-            KvMut::F16(v) => {
-                for (o, &s) in v[at..at + src.len()].iter_mut().zip(src) {
-                    *o = f16::from_f32(s);
-                }
-            }
+            // `half`'s slice conversion: F16C eight at a time where the CPU has it (checked at
+            // run time), the same round-to-nearest-even bits as `f16::from_f32` one by one,
+            // which cost 3–5 % of a batched GPT-2 step (2026-12-05, `perf`).
+            KvMut::F16(v) => v[at..at + src.len()].convert_from_f32_slice(src),
         }
     }
 }
