@@ -137,6 +137,13 @@ def run_clients(port, n, max_tokens, llama):
     return agg, ttft, tokens
 
 
+def no_mmap(server):
+    """llama-server's flag to read the weights into memory instead of mapping them: `--no-mmap`
+    until 2025, `--load-mode none` in newer builds (which reject `--no-mmap`)."""
+    help_text = subprocess.run([server, "--help"], capture_output=True, text=True).stdout
+    return ["--load-mode", "none"] if "--load-mode" in help_text else ["--no-mmap"]
+
+
 def start(a, which, n, port):
     if which == "ember" or a.ember_b:
         exe = a.ember if which == "ember" else a.ember_b
@@ -146,7 +153,7 @@ def start(a, which, n, port):
     else:
         cmd = [a.llama_server, "-m", a.gguf, "--port", str(port), "--parallel", str(n),
                "-c", str(n * a.context), "-t", str(a.threads), "-tb", str(a.threads),
-               "--cont-batching", "--no-mmap"]
+               "--cont-batching"] + no_mmap(a.llama_server)
         # Weights in 2 MiB pages, llama.cpp's best setting on this host (MACHINE.md).
         env = dict(os.environ, GLIBC_TUNABLES="glibc.malloc.hugetlb=1")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)

@@ -643,6 +643,11 @@ pub(super) fn group_scores_f16(_t: Avx512, k: &[f16], q: &[f32], s: &mut [f32], 
     unsafe { group_scores_f16_512(k, q, s, heads) }
 }
 
+/// How many positions ahead, in each of their four streams, the f16 attention kernels
+/// prefetch a head's row (its first two cache lines: 64 f16 elements, GPT-2's and most
+/// families' D or half of it).
+const ATT_AHEAD: usize = 4;
+
 /// Σ of each of four vectors' 16 lanes, in a fixed order: [Σ a0, Σ a1, Σ a2, Σ a3].
 #[inline]
 #[target_feature(enable = "avx2,avx512f")]
@@ -671,6 +676,12 @@ unsafe fn group_scores_f16_512(k: &[f16], q: &[f32], s: &mut [f32], heads: usize
             let qp = q.as_ptr().wrapping_add(j * d);
             let at = |u: usize| k.as_ptr().wrapping_add((u * q4 + t) * row + j * d);
             let rows = [at(0), at(1), at(2), at(3)];
+            for r in rows {
+                // A hint only (never dereferenced): the same head's keys ATT_AHEAD positions on.
+                let ahead = r.wrapping_add(ATT_AHEAD * row).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            }
             let mut acc = [_mm512_setzero_ps(); 4];
             let mut c = 0;
             while c < d {
@@ -742,6 +753,12 @@ unsafe fn group_weighted_f16_512(w: &[f32], v: &[f16], out: &mut [f32], heads: u
             let pv = [wj[t], wj[q4 + t], wj[2 * q4 + t], wj[3 * q4 + t]].map(|x| _mm512_set1_ps(x));
             let at = |u: usize| v.as_ptr().wrapping_add((u * q4 + t) * row + j * d);
             let rows = [at(0), at(1), at(2), at(3)];
+            for r in rows {
+                // A hint only (never dereferenced): the same head's values ATT_AHEAD positions on.
+                let ahead = r.wrapping_add(ATT_AHEAD * row).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T0>(ahead);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+            }
             let mut c = 0;
             while c < d {
                 let n = (d - c).min(16);

@@ -508,22 +508,36 @@ impl<'m, 'a> Batch<'m, 'a> {
         self.inputs(&w.qkv_w, Buf::Xn);
         let nv = self.active.len();
         let x = vectors(&self.xs, &self.xqs, &self.xds, (&w.qkv_w, nv, c));
-        let shared = &self.shared;
-        run_items(&mut self.lanes, groups, &|g, lane| {
-            for p in 0..3 {
-                let r = part(p, g);
-                let n = r.len();
-                let y = &mut lane.y[..nv * n];
-                k.matvec_multi_rows(w.qkv_w, x, y, r.start, &mut lane.scratch);
-                for (j, y) in y.chunks_exact_mut(n).enumerate() {
-                    if let Some(bias) = w.qkv_b {
-                        k.add(y, &bias[r.clone()]);
-                    }
-                    put(shared, j * 3 * c + r.start, y);
+        if let [lane] = &mut self.lanes[..] {
+            // One thread: the whole (3C, C) matrix in one call, as `product` does (the head
+            // groups' parts only spread the work over threads; a row's sum is the same either
+            // way, and the bias is added element by element).
+            let y = &mut lane.y[..nv * 3 * c];
+            k.matvec_multi_rows(w.qkv_w, x, y, 0, &mut lane.scratch);
+            for (y, &i) in y.chunks_exact_mut(3 * c).zip(&self.active) {
+                if let Some(bias) = w.qkv_b {
+                    k.add(y, bias);
                 }
+                output(&mut self.slots[i].s, m, Buf::Qkv).copy_from_slice(y);
             }
-        });
-        self.gather(Buf::Qkv);
+        } else {
+            let shared = &self.shared;
+            run_items(&mut self.lanes, groups, &|g, lane| {
+                for p in 0..3 {
+                    let r = part(p, g);
+                    let n = r.len();
+                    let y = &mut lane.y[..nv * n];
+                    k.matvec_multi_rows(w.qkv_w, x, y, r.start, &mut lane.scratch);
+                    for (j, y) in y.chunks_exact_mut(n).enumerate() {
+                        if let Some(bias) = w.qkv_b {
+                            k.add(y, &bias[r.clone()]);
+                        }
+                        put(shared, j * 3 * c + r.start, y);
+                    }
+                }
+            });
+            self.gather(Buf::Qkv);
+        }
         let n = self.active.len() * groups;
         let (slots, active, shared) = (&self.slots, &self.active, &self.shared);
         run_items(&mut self.lanes, n, &|i, lane| {
