@@ -63,11 +63,18 @@ ember_run() { # model threads prompt gen -> tokens/s of decode (gen>1) or prefil
         python3 -c 'import json,sys; j=json.loads(sys.argv[1]); print(j["prefill_tokens_per_s"], "-")' "$j"
     fi
 }
+# llama-bench's switch between mapped and read-in weights: `-mmp 1|0` until 2025, `-lm mmap|none`
+# in newer builds (which reject -mmp).
+if "$LCPP/build/bin/llama-bench" --help 2>&1 | grep -q -- "--load-mode"; then
+    MAP_FLAG=(-lm mmap); READ_FLAG=(-lm none)
+else
+    MAP_FLAG=(-mmp 1); READ_FLAG=(-mmp 0)
+fi
 llama_run() { # model threads prompt gen mmap -> tokens/s
-    local env=()
-    [ "$5" = 0 ] && env=(GLIBC_TUNABLES=glibc.malloc.hugetlb=1)
+    local env=() load=("${MAP_FLAG[@]}")
+    [ "$5" = 0 ] && env=(GLIBC_TUNABLES=glibc.malloc.hugetlb=1) && load=("${READ_FLAG[@]}")
     env "${env[@]}" "$LCPP/build/bin/llama-bench" -m "$1" -t "$2" -p "$3" -n "$4" \
-        -mmp "$5" -r 1 -o json 2>/dev/null |
+        "${load[@]}" -r 1 -o json 2>/dev/null |
         python3 -c 'import json,sys; print(json.load(sys.stdin)[0]["avg_ts"])'
 }
 
