@@ -32,6 +32,40 @@ impl Mat<'_> {
         }
     }
 
+    /// y = W x as int8 decode computes it where W is int8, int4 or int6: x quantized to int8
+    /// blocks into `xq`, `xd` (at least C and C / 32 long), then the SIMD int × int8 kernel on
+    /// this thread; f32 and f16 weights as [`Mat::matvec`]. Prefill's last-token logits use it:
+    /// the int6 head of an int4 file has no fast kernel for f32 inputs, and its reference one
+    /// took as long as the rest of a GPT-2 prefill's products (`perf`, 2026-12-05).
+    pub fn matvec_int8_input(
+        &self,
+        k: &Kernels,
+        x: &[f32],
+        (xq, xd): (&mut [i8], &mut [f32]),
+        y: &mut [f32],
+    ) {
+        let c = x.len();
+        let (xq, xd) = (
+            &mut xq[..c],
+            &mut xd[..c.div_ceil(crate::kernels::Q8_BLOCK)],
+        );
+        match *self {
+            Mat::Q8(w) => {
+                k.quantize_q8(x, xq, xd);
+                k.matvec_q8q8_rows(w, xq, xd, y, 0)
+            }
+            Mat::Q4(w) => {
+                k.quantize_q8(x, xq, xd);
+                k.matvec_q4q8_rows(w, xq, xd, y, 0)
+            }
+            Mat::Q6(w) => {
+                k.quantize_q8(x, xq, xd);
+                k.matvec_q6q8_rows(w, xq, xd, y, 0)
+            }
+            Mat::F32(_) | Mat::F16(_) => self.matvec(k, x, y),
+        }
+    }
+
     /// Row `r` as f32 into `out` (C), e.g. an embedding lookup.
     pub fn row(&self, r: usize, out: &mut [f32]) {
         let c = out.len();

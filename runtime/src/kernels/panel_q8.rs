@@ -306,12 +306,25 @@ pub fn matmul_rows(
         let row = |i: usize| (i0 + i).min(rows.end - 1);
         if let Weights::Q4(w) = w {
             for (i, l) in levels.iter_mut().enumerate() {
-                expand_q4(w.row_quants(row(i)), &mut l[..c]);
+                match token {
+                    #[cfg(all(target_arch = "x86_64", ember_vnni))]
+                    Some(t) => super::x86_64_vnni::expand_q4(
+                        t,
+                        w.row_quants(row(i)),
+                        &Q4_CODEBOOK,
+                        &mut l[..c],
+                    ),
+                    _ => expand_q4(w.row_quants(row(i)), &mut l[..c]),
+                }
             }
         }
         if let Weights::Q6(w) = w {
             for (i, l) in levels.iter_mut().enumerate() {
-                w.row_levels(row(i), &mut l[..c]);
+                match token {
+                    #[cfg(all(target_arch = "x86_64", ember_vnni))]
+                    Some(t) => super::x86_64_vnni::expand_q6(t, w.row_quants(row(i)), &mut l[..c]),
+                    _ => w.row_levels(row(i), &mut l[..c]),
+                }
             }
         }
         let q: [&[i8]; Q8_ROWS] = std::array::from_fn(|i| match w {
@@ -464,6 +477,41 @@ mod tests {
             matches_bit_for_bit(w.into(), n, |xq, xd, y| {
                 reference::matvec_q8q8_rows(w, xq, xd, y, 0)
             });
+        }
+    }
+
+    /// The AVX2 expansion of Q4 rows against the scalar one.
+    #[test]
+    fn vector_q4_expansion_equals_the_scalar_one() {
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = super::super::x86_64_vnni::Vnni::detect() {
+            // Every byte value, in rows of 1..=9 blocks (odd counts take the one-block tail).
+            for blocks in 1..=9 {
+                let q: Vec<u8> = (0..16 * blocks).map(|i| (i * 37 + blocks) as u8).collect();
+                let (mut want, mut got) = (vec![0i8; 32 * blocks], vec![1i8; 32 * blocks]);
+                expand_q4(&q, &mut want);
+                super::super::x86_64_vnni::expand_q4(t, &q, &Q4_CODEBOOK, &mut got);
+                assert_eq!(got, want, "{blocks} blocks");
+            }
+        }
+    }
+
+    /// The AVX2 expansion of Q6 rows against `Q6Matrix::row_levels`.
+    #[test]
+    fn vector_q6_expansion_equals_the_scalar_one() {
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = super::super::x86_64_vnni::Vnni::detect() {
+            for nb in 1..=5 {
+                // Bytes that reach every nibble and every 2-bit high in every position.
+                let q: Vec<u8> = (0..24 * nb).map(|i| (i * 97 + 13 * nb) as u8).collect();
+                let scales = vec![f16::ONE; nb];
+                let w = Q6Matrix::new(&q, &scales, 1, 32 * nb).unwrap();
+                let (mut want, mut got) = (vec![0i8; 32 * nb], vec![99i8; 32 * nb]);
+                w.row_levels(0, &mut want);
+                super::super::x86_64_vnni::expand_q6(t, &q, &mut got);
+                assert_eq!(got, want, "{nb} blocks");
+                assert!(want.iter().all(|l| (-32..=31).contains(l)));
+            }
         }
     }
 

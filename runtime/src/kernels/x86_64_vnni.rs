@@ -149,3 +149,84 @@ fn row_constants_vnni(q: &[i8], s: &[f16], d: &mut [f32], wsum: &mut [i32]) {
         *o = 128 * (total - 128 * Q8_BLOCK as i32);
     }
 }
+
+/// out (C) ← a Q4 row (C / 2 bytes of nibbles, blocks of 16 bytes: byte j holds element j in
+/// its low nibble and element 16 + j in its high one) as its int8 codebook levels, exactly as
+/// `panel_q8`'s scalar `expand_q4`: `vpshufb` looks up 32 nibbles at a time.
+pub(super) fn expand_q4(_t: Vnni, q: &[u8], codebook: &[i8; 16], out: &mut [i8]) {
+    assert!(
+        q.len() % 16 == 0 && out.len() == 2 * q.len(),
+        "vnni expand_q4: lengths"
+    );
+    // SAFETY: the token proves the features; the lengths were checked above.
+    unsafe { expand_q4_avx2(q, codebook, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn expand_q4_avx2(q: &[u8], codebook: &[i8; 16], out: &mut [i8]) {
+    // SAFETY: the codebook is 16 bytes.
+    let t128 = unsafe { _mm_loadu_si128(codebook.as_ptr().cast()) };
+    let table = _mm256_broadcastsi128_si256(t128);
+    let low = _mm256_set1_epi8(0x0F);
+    let blocks = q.len() / 16;
+    let mut b = 0;
+    while b + 2 <= blocks {
+        // SAFETY: blocks b, b + 1 are bytes 16b .. 16b + 32 of q and 32b .. 32b + 64 of out.
+        unsafe {
+            let v = _mm256_loadu_si256(q.as_ptr().add(16 * b).cast());
+            let lo = _mm256_shuffle_epi8(table, _mm256_and_si256(v, low));
+            let hi = _mm256_shuffle_epi8(table, _mm256_and_si256(_mm256_srli_epi16::<4>(v), low));
+            let o = out.as_mut_ptr().add(32 * b);
+            _mm256_storeu_si256(o.cast(), _mm256_permute2x128_si256::<0x20>(lo, hi));
+            _mm256_storeu_si256(o.add(32).cast(), _mm256_permute2x128_si256::<0x31>(lo, hi));
+        }
+        b += 2;
+    }
+    if b < blocks {
+        // SAFETY: block b is bytes 16b .. 16b + 16 of q and 32b .. 32b + 32 of out.
+        unsafe {
+            let v = _mm_loadu_si128(q.as_ptr().add(16 * b).cast());
+            let m = _mm_set1_epi8(0x0F);
+            let lo = _mm_shuffle_epi8(t128, _mm_and_si128(v, m));
+            let hi = _mm_shuffle_epi8(t128, _mm_and_si128(_mm_srli_epi16::<4>(v), m));
+            let o = out.as_mut_ptr().add(32 * b);
+            _mm_storeu_si128(o.cast(), lo);
+            _mm_storeu_si128(o.add(16).cast(), hi);
+        }
+    }
+}
+
+/// out (NB · 32) ← a Q6 row (NB blocks of 24 bytes, FORMAT.md §5: 16 bytes of low nibbles as
+/// Q4's, then 8 bytes of 2-bit highs, byte 16 + j holding elements j, j + 8, j + 16, j + 24) as
+/// its levels in −32..=31, exactly as `Q6Matrix::row_levels`, one block per 32-byte vector.
+pub(super) fn expand_q6(_t: Vnni, q: &[u8], out: &mut [i8]) {
+    assert!(
+        q.len() % 24 == 0 && out.len() == q.len() / 24 * 32,
+        "vnni expand_q6: lengths"
+    );
+    // SAFETY: the token proves the features; the lengths were checked above.
+    unsafe { expand_q6_avx2(q, out) }
+}
+
+#[target_feature(enable = "avx2")]
+fn expand_q6_avx2(q: &[u8], out: &mut [i8]) {
+    let low = _mm256_set1_epi8(0x0F);
+    let three = _mm256_set1_epi8(3);
+    let sign = _mm256_set1_epi8(0x20);
+    // 64-bit lane g holds elements 8g .. 8g + 8, whose highs sit 2g bits up in their bytes.
+    let shifts = _mm256_setr_epi64x(0, 2, 4, 6);
+    for (b, block) in q.chunks_exact(24).enumerate() {
+        // SAFETY: the block is 24 bytes (16 read, then 8), and elements 32b .. 32b + 32 are
+        // inside out.
+        unsafe {
+            let v = _mm_loadu_si128(block.as_ptr().cast());
+            let nib = _mm256_set_m128i(_mm_srli_epi16::<4>(v), v);
+            let lo = _mm256_and_si256(nib, low);
+            let h = block.as_ptr().add(16).cast::<i64>().read_unaligned();
+            let hi = _mm256_and_si256(_mm256_srlv_epi64(_mm256_set1_epi64x(h), shifts), three);
+            let u = _mm256_or_si256(lo, _mm256_slli_epi16::<4>(hi));
+            let level = _mm256_sub_epi8(_mm256_xor_si256(u, sign), sign);
+            _mm256_storeu_si256(out.as_mut_ptr().add(32 * b).cast(), level);
+        }
+    }
+}

@@ -121,7 +121,9 @@ impl Session<'_, '_> {
         let last = &b.x[(n - 1) * c..n * c];
         k.rmsnorm(last, m.final_norm().0, &mut b.xn[..c], eps);
         let (head, bias) = m.head();
-        head.matvec(k, &b.xn[..c], &mut self.logits);
+        let lane = &mut self.lanes[0];
+        let q = (&mut lane.xq[..], &mut lane.xd[..]);
+        head.matvec_int8_input(k, &b.xn[..c], q, &mut self.logits);
         if let Some(bias) = bias {
             k.add(&mut self.logits, bias);
         }

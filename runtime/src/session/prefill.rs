@@ -100,7 +100,9 @@ impl Session<'_, '_> {
         let (scale, shift) = m.final_norm();
         k.layernorm(last, scale, shift, &mut b.xn[..c], LAYERNORM_EPS);
         let (head, bias) = m.head();
-        head.matvec(k, &b.xn[..c], &mut self.logits);
+        let lane = &mut self.lanes[0];
+        let q = (&mut lane.xq[..], &mut lane.xd[..]);
+        head.matvec_int8_input(k, &b.xn[..c], q, &mut self.logits);
         if let Some(bias) = bias {
             k.add(&mut self.logits, bias);
         }
