@@ -184,11 +184,10 @@ impl<'m, 'a> Batch<'m, 'a> {
         let b = options.slots;
         // One thread computes each product in one call (see `product`): its lane holds whole
         // products' outputs; G > 1 lanes hold a chunk's.
-        let (rows, up_rows) = if g <= 1 {
-            (r, w.up)
-        } else {
-            (MAX_CHUNK_ROWS, MAX_CHUNK_ROWS)
-        };
+        let up_rows = if g <= 1 { w.up } else { MAX_CHUNK_ROWS };
+        // Chunks start at multiples of 16 rows, and the query/key/value parts add three per
+        // head group: a bound on the chunks one lane can take in a product.
+        let max_chunks = r / 16 + 2 + 3 * s0.kv.layout.groups;
         Ok(Batch {
             model,
             kernels,
@@ -197,7 +196,8 @@ impl<'m, 'a> Batch<'m, 'a> {
             lanes: (0..g)
                 .map(|_| Lane {
                     buf: Buffers::new(1, w, scores),
-                    y: vec![0.0; b * rows],
+                    y: vec![0.0; b * r],
+                    done: Vec::with_capacity(if g > 1 { max_chunks } else { 0 }),
                     up: vec![0.0; if w.up > 0 { b * up_rows } else { 0 }],
                     scratch: vec![0; multi_scratch_len(b, w.ff)],
                 })
@@ -521,22 +521,23 @@ impl<'m, 'a> Batch<'m, 'a> {
                 output(&mut self.slots[i].s, m, Buf::Qkv).copy_from_slice(y);
             }
         } else {
-            let shared = &self.shared;
+            self.lanes.iter_mut().for_each(|l| l.done.clear());
             run_items(&mut self.lanes, groups, &|g, lane| {
                 for p in 0..3 {
                     let r = part(p, g);
                     let n = r.len();
-                    let y = &mut lane.y[..nv * n];
+                    let off = lane.done.last().map_or(0, |&(_, n, o)| o + nv * n);
+                    let y = &mut lane.y[off..off + nv * n];
                     k.matvec_multi_rows(w.qkv_w, x, y, r.start, &mut lane.scratch);
-                    for (j, y) in y.chunks_exact_mut(n).enumerate() {
-                        if let Some(bias) = w.qkv_b {
+                    if let Some(bias) = w.qkv_b {
+                        for y in y.chunks_exact_mut(n) {
                             k.add(y, &bias[r.clone()]);
                         }
-                        put(shared, j * 3 * c + r.start, y);
                     }
+                    lane.done.push((r.start, n, off));
                 }
             });
-            self.gather(Buf::Qkv);
+            self.collect(Buf::Qkv);
         }
         let n = self.active.len() * groups;
         let (slots, active, shared) = (&self.slots, &self.active, &self.shared);
@@ -623,14 +624,15 @@ impl<'m, 'a> Batch<'m, 'a> {
             }
             return;
         }
-        let shared = &self.shared;
+        self.lanes.iter_mut().for_each(|l| l.done.clear());
         run_items(&mut self.lanes, chunks.count(), &|c, lane| {
             let r = chunks.range(c);
             let n = r.len();
-            // (B, n): every active slot's outputs for the chunk's rows. The epilogue and the
-            // gate's activation are elementwise, so applying them to all slots at once gives
-            // each slot the bits of the single path.
-            let out = &mut lane.y[..nv * n];
+            // (B, n): every active slot's outputs for the chunk's rows, after the lane's earlier
+            // chunks. The epilogue and the gate's activation are elementwise, so applying them
+            // to all slots at once gives each slot the bits of the single path.
+            let off = lane.done.last().map_or(0, |&(_, n, o)| o + nv * n);
+            let out = &mut lane.y[off..off + nv * n];
             k.matvec_multi_rows(job.w, x, out, r.start, &mut lane.scratch);
             k.epilogue(job.ep, r.clone(), out);
             if let Some((w, act)) = job.up {
@@ -641,11 +643,25 @@ impl<'m, 'a> Batch<'m, 'a> {
                     _ => k.silu_mul(out, u),
                 }
             }
-            for (j, o) in out.chunks_exact(n).enumerate() {
-                put(shared, j * rows + r.start, o);
-            }
+            lane.done.push((r.start, n, off));
         });
-        self.gather(y);
+        self.collect(y);
+    }
+
+    /// Copies the chunks the lanes computed (their `done` lists) into each active slot's buffer
+    /// `y`: plain copies of whole row runs, after the join that ended the product.
+    fn collect(&mut self, y: Buf) {
+        let nv = self.active.len();
+        for lane in &self.lanes {
+            for &(start, n, off) in &lane.done {
+                for (j, &i) in self.active.iter().enumerate() {
+                    let src = &lane.y[off + j * n..][..n];
+                    output(&mut self.slots[i].s, self.model, y)[start..start + n]
+                        .copy_from_slice(src);
+                }
+                debug_assert!(off + nv * n <= lane.y.len());
+            }
+        }
     }
 
     /// Copies each active slot's rows of the shared output (laid out (B, R) with R =
@@ -693,9 +709,13 @@ fn residual_b(k: &Kernels, m: &Model<'_>, post: Option<&[f32]>, b: &mut Buffers)
 struct Lane {
     /// Attention's buffers (`att`, `scores`, `gqa`).
     buf: Buffers,
-    /// (B, P) a chunk's outputs for every active slot (P <= [`MAX_CHUNK_ROWS`]; with one
-    /// lane, P up to the largest product's R).
+    /// With one lane: (B, R) a whole product's outputs. With G > 1: the outputs of the chunks
+    /// this lane computed in the current product, one (B, n) block after another, which the
+    /// leader copies into the slots afterwards ([`Batch::collect`]); at most (B, R) in all.
     y: Vec<f32>,
+    /// With G > 1: (first row, rows, offset in `y`) of each chunk this lane computed in the
+    /// current product (capacity for every chunk, so pushing never allocates).
+    done: Vec<(usize, usize, usize)>,
     /// (B, P) a gated MLP's up rows of the chunk (families only; with one lane, P up to F).
     up: Vec<f32>,
     /// The multi kernels' scratch ([`multi_scratch_len`] of B, Wf).
