@@ -253,8 +253,11 @@ const PAIRS: usize = 4;
 /// is non-temporal: the weights are read once a step, and kept out of the outer caches they leave
 /// the slots' KV caches there (quiet host, same day, three alternating runs of `ember bench
 /// gpt2-124m-int8.ember --batch 8 --threads 1 --passes 5 --prompt-tokens 16 --gen-tokens 64`:
-/// 3.22–3.31× the lone session against 2.94–3.15× with `T0`).
-const PREFETCH: usize = 768;
+/// 3.22–3.31× the lone session against 2.94–3.15× with `T0`). With the non-temporal hint and
+/// the other changes of that day, 1536 bytes ahead beat 768 (`cargo bench --bench multi -- --b
+/// 8`, three alternating runs: 1.60–1.65 single passes per GPT-2 step against 1.65–1.67; 384:
+/// 1.83–1.87, 2304: 1.64–1.66, 3072: 1.66–1.67).
+const PREFETCH: usize = 1536;
 
 /// The 256-bit [`transpose`] within each 128-bit quarter of four zmm: on weights broadcast into
 /// both 256-bit halves, both halves hold [`transpose`]'s result.

@@ -121,7 +121,7 @@ pub struct Batch<'m, 'a> {
     xqs: Vec<i8>,
     /// ... and (B, Wf / 32) block scales.
     xds: Vec<f32>,
-    /// (B, R) a product's outputs, written by whichever member computed each chunk.
+    /// (B, Wa) attention's outputs, written by whichever member attended each (slot, group).
     shared: Vec<AtomicU32>,
     /// (B) slots decoded in this step.
     active: Vec<usize>,
@@ -205,7 +205,8 @@ impl<'m, 'a> Batch<'m, 'a> {
             xs: vec![0.0; b * w.ff],
             xqs: vec![0; b * w.ff],
             xds: vec![0.0; b * w.ff.div_ceil(Q8_BLOCK)],
-            shared: (0..b * r).map(|_| AtomicU32::new(0)).collect(),
+            // Attention outputs only (products go through the lanes' `y`).
+            shared: (0..b * w.att).map(|_| AtomicU32::new(0)).collect(),
             active: Vec::with_capacity(b),
             events: Vec::with_capacity(b),
             slots,
