@@ -15,9 +15,11 @@ request each at the same moment: the same N prompts for both servers, greedy, th
 actually sent). The two servers alternate (ember, llama, ember, llama, ...), so a noisy
 neighbour hurts both alike. Per stream: the time to the first token (from sending the request)
 and its decode rate, (tokens − 1) / (last token − first token); the aggregate decode rate of a
-run is the sum of its streams' rates (the streams start together and run side by side). The
-table gives, per N, the median over pairs of each run's aggregate rate and of its median time
-to first token, and the medians of the per-pair ratios ember / llama. Standard library only;
+run is the sum of its streams' rates (the streams start together and run side by side); the
+"wall" rate is all streams' tokens after their first over the window from the earliest first
+token to the latest last one (robust to streams whose tokens arrive in bursts). The table gives,
+per N, the median over pairs of each run's aggregate rate, median time to first token and wall
+rate, and the medians of the per-pair ratios ember / llama (of the aggregate rates). Standard library only;
 loopback only. `--ember-b OLD` runs a second `ember` binary in llama-server's place (same model,
 same flags as the first), to compare two builds (before / after a change) the same way.
 
@@ -81,7 +83,7 @@ def wait_ready(port, proc, timeout=120.0):
 
 
 def stream(port, prompt, max_tokens, llama, out):
-    """One streaming completion; appends (ttft_s, tokens, decode_s) to out."""
+    """One streaming completion; appends (ttft_s, tokens, decode_s, first_at, last_at) to out."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
     if llama:
         body["ignore_eos"] = True
@@ -116,7 +118,7 @@ def stream(port, prompt, max_tokens, llama, out):
             if j.get("usage"):
                 usage = j["usage"].get("completion_tokens", usage)
     tokens = usage if usage else chunks
-    out.append((first - t0, tokens, last - first))
+    out.append((first - t0, tokens, last - first, first, last))
 
 
 def run_clients(port, n, max_tokens, llama):
@@ -133,8 +135,13 @@ def run_clients(port, n, max_tokens, llama):
         sys.exit(f"request failed: {errors[0]}")
     ttft = statistics.median(o[0] for o in out)
     agg = sum((o[1] - 1) / o[2] for o in out if o[1] > 1 and o[2] > 0)
+    # The same tokens over the wall-clock window from the first stream's first token to the
+    # last stream's last: not inflated by a stream whose tokens arrive in bursts (a server
+    # holding back a partial UTF-8 character, say), which the per-stream sum counts as fast.
+    span = max(o[4] for o in out) - min(o[3] for o in out)
+    wall = sum(o[1] - 1 for o in out) / span if span > 0 else 0.0
     tokens = sum(o[1] for o in out)
-    return agg, ttft, tokens
+    return agg, ttft, tokens, wall
 
 
 def no_mmap(server):
@@ -186,7 +193,7 @@ def main():
                     wait_ready(port, proc)
                     llama = which == "llama" and not a.ember_b
                     run_clients(port, 1, 8, llama)  # warm-up
-                    agg, ttft, tokens = run_clients(port, n, a.max_tokens, llama)
+                    agg, ttft, tokens, wall = run_clients(port, n, a.max_tokens, llama)
                 finally:
                     proc.terminate()
                     try:
@@ -195,21 +202,23 @@ def main():
                         proc.kill()
                         proc.wait()
                 load = os.getloadavg()[0]
-                runs[which].append((agg, ttft))
+                runs[which].append((agg, ttft, wall))
                 name = which if which == "ember" else other
-                print(f"N={n:2} pair {i + 1} {name:7} aggregate {agg:8.1f} tok/s  median TTFT "
-                      f"{ttft * 1000:7.1f} ms  tokens {tokens}  load {load:.2f}", flush=True)
-        med = {k: (statistics.median(r[0] for r in v), statistics.median(r[1] for r in v))
+                print(f"N={n:2} pair {i + 1} {name:7} aggregate {agg:8.1f} tok/s  wall {wall:8.1f} "
+                      f"tok/s  median TTFT {ttft * 1000:7.1f} ms  tokens {tokens}  load {load:.2f}",
+                      flush=True)
+        med = {k: tuple(statistics.median(r[j] for r in v) for j in range(3))
                for k, v in runs.items()}
         ratio = statistics.median(e[0] / l[0] for e, l in zip(runs["ember"], runs["llama"]))
         rows.append((n, med, ratio))
     print()
     print(f"| streams | ember tok/s | {other} tok/s | ember / {other} | ember TTFT ms | "
-          f"{other} TTFT ms |")
-    print("| --- | --- | --- | --- | --- | --- |")
+          f"{other} TTFT ms | ember wall tok/s | {other} wall tok/s |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for n, med, ratio in rows:
         print(f"| {n} | {med['ember'][0]:.1f} | {med['llama'][0]:.1f} | {ratio:.2f}x | "
-              f"{med['ember'][1] * 1000:.0f} | {med['llama'][1] * 1000:.0f} |")
+              f"{med['ember'][1] * 1000:.0f} | {med['llama'][1] * 1000:.0f} | "
+              f"{med['ember'][2]:.1f} | {med['llama'][2]:.1f} |")
 
 
 if __name__ == "__main__":
