@@ -23,7 +23,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use criterion::{BenchmarkId, Criterion, Throughput};
-use emberlm_benches::Copies;
+use emberlm_benches::{Copies, Lcg};
 use emberlm_formats::quant::{Q4_BLOCK_BYTES, Q6_BLOCK_BYTES};
 use emberlm_runtime::kernels::geometry::packed_len;
 use emberlm_runtime::kernels::{
@@ -46,19 +46,6 @@ const SHAPES: [(&str, usize, usize); 3] = [
     ("768x2304", 2304, 768),
     ("3072x768", 768, 3072),
 ];
-
-/// Deterministic pseudo-random numbers in [-1, 1).
-struct Lcg(u64);
-
-impl Lcg {
-    fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 /// One decode case: `copies` of one weight matrix in one dtype.
 enum Weights {

@@ -14,7 +14,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use emberlm_benches::Copies;
+use emberlm_benches::{Copies, Lcg};
 use emberlm_runtime::kernels::{Kernels, Mat, Q8_BLOCK, Q8Matrix, Vectors, multi_scratch_len};
 use half::f16;
 
@@ -29,18 +29,6 @@ const SHAPES: [(&str, usize, usize, usize); 5] = [
     ("proj2 3072x768", 768, 3072, 12),
     ("head 768x50257", 50257, 768, 1),
 ];
-
-struct Lcg(u64);
-
-impl Lcg {
-    fn f(&mut self) -> f32 {
-        self.0 = self
-            .0
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-    }
-}
 
 fn median(v: &mut [f64]) -> f64 {
     v.sort_by(f64::total_cmp);

@@ -1,5 +1,20 @@
 //! Benchmarks live in `benches/`; this library holds what several of them share.
 
+/// Deterministic pseudo-random numbers in [-1, 1) (a 64-bit LCG; no rand dependency).
+#[derive(Debug)]
+pub struct Lcg(pub u64);
+
+impl Lcg {
+    /// The next number.
+    pub fn f(&mut self) -> f32 {
+        self.0 = self
+            .0
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (self.0 >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+    }
+}
+
 /// `copies` copies of one array, back to back in one anonymous map advised to use huge pages, as
 /// `Model::open`'s map of a model file is (with 4 KiB pages every 4 KiB read costs a TLB miss,
 /// and the bandwidth probe reads huge pages too).

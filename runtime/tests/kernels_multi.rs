@@ -295,6 +295,38 @@ fn multi_equals_single_bit_for_bit_and_f64() {
     assert!(checked > 100_000, "only {checked} outputs checked");
 }
 
+/// Every weight dtype's multi product of rows `start .. start + p`, for each (start, p) of
+/// `ranges`, against the single kernel vector by vector, bit for bit (B vectors of C).
+fn check_row_ranges(
+    k: &Kernels,
+    weights: &Weights,
+    inp: &Inputs,
+    (b, c): (usize, usize),
+    ranges: &[(usize, usize)],
+) {
+    for (_, w) in weights.mats() {
+        let quantized = matches!(w, Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_));
+        let x = Vectors {
+            b,
+            c,
+            x: &inp.x,
+            q: quantized.then_some((&inp.xq[..], &inp.xd[..])),
+        };
+        let mut scratch = vec![0u8; multi_scratch_len(b, c)];
+        for &(start, p) in ranges {
+            let mut y = vec![0f32; b * p];
+            k.matvec_multi_rows(w, x, &mut y, start, &mut scratch);
+            for v in 0..b {
+                let mut want = vec![0f32; p];
+                single(k, w, inp, (c, v, quantized), &mut want, start);
+                let got: Vec<u32> = y[v * p..][..p].iter().map(|v| v.to_bits()).collect();
+                let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
+                assert_eq!(got, want, "{} B={b} rows {start}+{p} vector {v}", k.name());
+            }
+        }
+    }
+}
+
 /// The batch's own use: one call per chunk of a product, as `Chunks` cuts a matrix (4-row
 /// groups and leftovers inside each chunk), on a 768-column int8 matrix of 1000 rows.
 #[test]
@@ -304,27 +336,8 @@ fn multi_equals_single_on_chunked_rows() {
     let weights = Weights::new(&mut rng, r, c);
     for k in implementations() {
         let inp = inputs(&mut rng, &k, b, c);
-        for (_, w) in weights.mats() {
-            let quantized = matches!(w, Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_));
-            let x = Vectors {
-                b,
-                c,
-                x: &inp.x,
-                q: quantized.then_some((&inp.xq[..], &inp.xd[..])),
-            };
-            let mut scratch = vec![0u8; multi_scratch_len(b, c)];
-            for (start, p) in [(0, 208), (208, 208), (416, 304), (720, 77), (797, 203)] {
-                let mut y = vec![0f32; b * p];
-                k.matvec_multi_rows(w, x, &mut y, start, &mut scratch);
-                for v in 0..b {
-                    let mut want = vec![0f32; p];
-                    single(&k, w, &inp, (c, v, quantized), &mut want, start);
-                    let got: Vec<u32> = y[v * p..][..p].iter().map(|v| v.to_bits()).collect();
-                    let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
-                    assert_eq!(got, want, "{} rows {start}+{p} vector {v}", k.name());
-                }
-            }
-        }
+        let ranges = [(0, 208), (208, 208), (416, 304), (720, 77), (797, 203)];
+        check_row_ranges(&k, &weights, &inp, (b, c), &ranges);
     }
 }
 
@@ -340,27 +353,7 @@ fn multi_equals_single_on_wide_products() {
     for k in implementations() {
         for b in [8, 16, 17] {
             let inp = inputs(&mut rng, &k, b, c);
-            for (_, w) in weights.mats() {
-                let quantized = matches!(w, Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_));
-                let x = Vectors {
-                    b,
-                    c,
-                    x: &inp.x,
-                    q: quantized.then_some((&inp.xq[..], &inp.xd[..])),
-                };
-                let mut scratch = vec![0u8; multi_scratch_len(b, c)];
-                for (start, p) in [(0, r), (3, 2201)] {
-                    let mut y = vec![0f32; b * p];
-                    k.matvec_multi_rows(w, x, &mut y, start, &mut scratch);
-                    for v in 0..b {
-                        let mut want = vec![0f32; p];
-                        single(&k, w, &inp, (c, v, quantized), &mut want, start);
-                        let got: Vec<u32> = y[v * p..][..p].iter().map(|v| v.to_bits()).collect();
-                        let want: Vec<u32> = want.iter().map(|v| v.to_bits()).collect();
-                        assert_eq!(got, want, "{} B={b} rows {start}+{p} vector {v}", k.name());
-                    }
-                }
-            }
+            check_row_ranges(&k, &weights, &inp, (b, c), &[(0, r), (3, 2201)]);
         }
     }
 }

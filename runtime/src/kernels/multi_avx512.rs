@@ -513,26 +513,46 @@ unsafe fn group_q8_wide<const R: usize, const P: usize, const HALF: bool>(
         }
     }
     for (ak, &r) in acc.iter().zip(&rows) {
-        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
+        let w = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
         for (k, a) in ak.iter().enumerate() {
-            let halves = [
-                _mm512_castps512_ps256(*a),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(*a))),
-            ];
             let n = if HALF && k == P - 1 { 1 } else { 2 };
-            for (hi, half) in halves.into_iter().enumerate().take(n) {
-                let v = v0 + 2 * k + hi;
-                let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
-                let mut t = hsum_f32(half);
-                for blk in 4 * quads..nb {
-                    let j = blk * Q8_BLOCK;
-                    let end = (j + Q8_BLOCK).min(c);
-                    let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
-                    t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
-                }
-                y[v * p + r] = t;
-            }
+            pair_totals(*a, n, w, (xq, xd), v0 + 2 * k, |v, t| y[v * p + r] = t);
         }
+    }
+}
+
+/// A row's results for vectors v and v + 1 (`n` = 2) or v alone (`n` = 1) from a pair's
+/// accumulator over the whole quads: each 256-bit half reduced by the single kernel's
+/// `hsum_f32`, then the blocks past the last whole quad added one at a time with exact integer
+/// sums, as the single kernel's `finish` does. `w`: the row's C quants and NB scales; `x`: the
+/// activations (B, C) and scales (B, NB). Calls `out(vector, result)`.
+#[inline]
+#[target_feature(enable = "avx2,avx512f,f16c")]
+fn pair_totals(
+    a: __m512,
+    n: usize,
+    (qr, dr): (&[i8], &[f16]),
+    (xq, xd): (&[i8], &[f32]),
+    v: usize,
+    mut out: impl FnMut(usize, f32),
+) {
+    let (c, nb) = (qr.len(), dr.len());
+    let quads = c / (4 * Q8_BLOCK);
+    let halves = [
+        _mm512_castps512_ps256(a),
+        _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
+    ];
+    for (hi, half) in halves.into_iter().enumerate().take(n) {
+        let v = v + hi;
+        let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
+        let mut t = hsum_f32(half);
+        for blk in 4 * quads..nb {
+            let j = blk * Q8_BLOCK;
+            let end = (j + Q8_BLOCK).min(c);
+            let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
+            t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
+        }
+        out(v, t);
     }
 }
 
@@ -613,25 +633,9 @@ unsafe fn group_q8_rows4<const P: usize>(
         }
     }
     for (ri, &r) in rows.iter().enumerate() {
-        let (qr, dr) = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
+        let w = (&q[r * c..(r + 1) * c], &d[r * nb..(r + 1) * nb]);
         for (k, ak) in acc.iter().enumerate() {
-            let a = ak[ri];
-            let halves = [
-                _mm512_castps512_ps256(a),
-                _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(a))),
-            ];
-            for (hi, half) in halves.into_iter().enumerate() {
-                let v = v0 + 2 * k + hi;
-                let (xv, xdv) = (&xq[v * c..(v + 1) * c], &xd[v * nb..(v + 1) * nb]);
-                let mut t = hsum_f32(half);
-                for blk in 4 * quads..nb {
-                    let j = blk * Q8_BLOCK;
-                    let end = (j + Q8_BLOCK).min(c);
-                    let s: i32 = (j..end).map(|j| i32::from(qr[j]) * i32::from(xv[j])).sum();
-                    t += (f16_to_f32(dr[blk]) * xdv[blk]) * s as f32;
-                }
-                y[v * p + r] = t;
-            }
+            pair_totals(ak[ri], 2, w, (xq, xd), v0 + 2 * k, |v, t| y[v * p + r] = t);
         }
     }
 }

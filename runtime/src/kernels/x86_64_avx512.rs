@@ -21,6 +21,7 @@
 
 use super::Q8Matrix;
 use super::q4_matrix::Q4Matrix;
+use super::x86_64::{hsum4, to_array4};
 use core::arch::x86_64::*;
 use emberlm_formats::quant::{Q4_BLOCK, Q4_BLOCK_BYTES, Q4_CODEBOOK, Q8_BLOCK, q4_nibble};
 use half::f16;
@@ -648,19 +649,82 @@ pub(super) fn group_scores_f16(_t: Avx512, k: &[f16], q: &[f32], s: &mut [f32], 
 /// families' D or half of it).
 const ATT_AHEAD: usize = 4;
 
-/// Σ of each of four vectors' 16 lanes, in a fixed order: [Σ a0, Σ a1, Σ a2, Σ a3].
+/// Σ of the 16 lanes of each of four vectors, in a fixed order: the 256-bit halves added, then
+/// the AVX2 kernels' `hsum4`.
 #[inline]
-#[target_feature(enable = "avx2,avx512f")]
-fn hsum4_512(a: [__m512; 4]) -> __m128 {
-    let half = |v: __m512| {
+#[target_feature(enable = "avx2,fma,f16c,avx512f")]
+fn hsum4_512(a: [__m512; 4]) -> [f32; 4] {
+    let h = a.map(|v| {
         _mm256_add_ps(
             _mm512_castps512_ps256(v),
             _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v))),
         )
-    };
-    let h = a.map(half);
-    let t = _mm256_hadd_ps(_mm256_hadd_ps(h[0], h[1]), _mm256_hadd_ps(h[2], h[3]));
-    _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t))
+    });
+    to_array4(hsum4(h[0], h[1], h[2], h[3]))
+}
+
+/// Hints (never dereferenced) for the first two cache lines of each stream's row
+/// [`ATT_AHEAD`] positions on (`row`: elements per position).
+#[inline]
+fn prefetch_ahead(rows: [*const f16; 4], row: usize) {
+    for r in rows {
+        let ahead = r.wrapping_add(ATT_AHEAD * row).cast::<i8>();
+        // SAFETY: a prefetch is a hint; it never faults, whatever the address.
+        unsafe {
+            _mm_prefetch::<_MM_HINT_T0>(ahead);
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
+        }
+    }
+}
+
+/// Lane sums of q · r_u over D columns for N rows of f16, 16 columns at a time (a masked last
+/// step, so no scalar tail).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; `q` and every `rows[u]` hold D readable elements.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn dot_rows<const N: usize>(q: *const f32, rows: [*const f16; N], d: usize) -> [__m512; N] {
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut c = 0;
+    while c < d {
+        let n = (d - c).min(16);
+        // SAFETY: columns c .. c + n lie inside q and every row (the caller's guarantee).
+        unsafe {
+            let qv = f32::load16(q, c, n);
+            for (a, r) in acc.iter_mut().zip(rows) {
+                *a = _mm512_fmadd_ps(f16::load16(r, c, n), qv, *a);
+            }
+        }
+        c += 16;
+    }
+    acc
+}
+
+/// o (D) += Σ_u w_u · r_u for N rows of f16, multiply-added in u order, 16 columns at a time
+/// (masked last step: masked-off lanes are neither read nor written).
+///
+/// # Safety
+/// The CPU must have the [`Avx512`] features; `o` holds D writable elements and every
+/// `rows[u]` D readable ones.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vl")]
+unsafe fn add_rows<const N: usize>(o: *mut f32, w: [__m512; N], rows: [*const f16; N], d: usize) {
+    let mut c = 0;
+    while c < d {
+        let n = (d - c).min(16);
+        let m = mask16(n);
+        // SAFETY: columns c .. c + n lie inside o and every row (the caller's guarantee).
+        unsafe {
+            let oc = o.add(c);
+            let mut a = _mm512_maskz_loadu_ps(m, oc);
+            for (wu, r) in w.iter().zip(rows) {
+                a = _mm512_fmadd_ps(*wu, f16::load16(r, c, n), a);
+            }
+            _mm512_mask_storeu_ps(oc, m, a);
+        }
+        c += 16;
+    }
 }
 
 /// # Safety
@@ -676,48 +740,21 @@ unsafe fn group_scores_f16_512(k: &[f16], q: &[f32], s: &mut [f32], heads: usize
             let qp = q.as_ptr().wrapping_add(j * d);
             let at = |u: usize| k.as_ptr().wrapping_add((u * q4 + t) * row + j * d);
             let rows = [at(0), at(1), at(2), at(3)];
-            for r in rows {
-                // A hint only (never dereferenced): the same head's keys ATT_AHEAD positions on.
-                let ahead = r.wrapping_add(ATT_AHEAD * row).cast::<i8>();
-                _mm_prefetch::<_MM_HINT_T0>(ahead);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-            }
-            let mut acc = [_mm512_setzero_ps(); 4];
-            let mut c = 0;
-            while c < d {
-                let n = (d - c).min(16);
-                // SAFETY: columns c .. c + n of head j lie inside q and inside each of the four
-                // positions' rows (positions < P, rows of Hg · D inside k).
-                unsafe {
-                    let qv = f32::load16(qp, c, n);
-                    for (a, r) in acc.iter_mut().zip(rows) {
-                        *a = _mm512_fmadd_ps(f16::load16(r, c, n), qv, *a);
-                    }
-                }
-                c += 16;
-            }
-            let mut sums = [0f32; 4];
-            // SAFETY: `sums` holds the 4 floats stored.
-            unsafe { _mm_storeu_ps(sums.as_mut_ptr(), hsum4_512(acc)) };
-            for (u, v) in sums.into_iter().enumerate() {
+            prefetch_ahead(rows, row);
+            // SAFETY: head j's D columns lie inside q and inside each of the four positions'
+            // rows (positions < P, rows of Hg · D inside k).
+            let acc = unsafe { dot_rows(qp, rows, d) };
+            for (u, v) in hsum4_512(acc).into_iter().enumerate() {
                 s[j * p + u * q4 + t] = v;
             }
         }
     }
     for t in 4 * q4..p {
         for j in 0..heads {
-            let (qp, r) = (
-                q.as_ptr().wrapping_add(j * d),
-                k.as_ptr().wrapping_add(t * row + j * d),
-            );
-            let mut acc = _mm512_setzero_ps();
-            let mut c = 0;
-            while c < d {
-                let n = (d - c).min(16);
-                // SAFETY: columns c .. c + n of head j lie inside q and position t's row.
-                unsafe { acc = _mm512_fmadd_ps(f16::load16(r, c, n), f32::load16(qp, c, n), acc) };
-                c += 16;
-            }
+            let qp = q.as_ptr().wrapping_add(j * d);
+            let r = k.as_ptr().wrapping_add(t * row + j * d);
+            // SAFETY: head j's D columns lie inside q and position t's row.
+            let [acc] = unsafe { dot_rows(qp, [r], d) };
             s[j * p + t] = _mm512_reduce_add_ps(acc);
         }
     }
@@ -750,50 +787,21 @@ unsafe fn group_weighted_f16_512(w: &[f32], v: &[f16], out: &mut [f32], heads: u
     for t in 0..q4 {
         for j in 0..heads {
             let wj = &w[j * p..(j + 1) * p];
-            let pv = [wj[t], wj[q4 + t], wj[2 * q4 + t], wj[3 * q4 + t]].map(|x| _mm512_set1_ps(x));
+            let pw = [wj[t], wj[q4 + t], wj[2 * q4 + t], wj[3 * q4 + t]].map(|x| _mm512_set1_ps(x));
             let at = |u: usize| v.as_ptr().wrapping_add((u * q4 + t) * row + j * d);
             let rows = [at(0), at(1), at(2), at(3)];
-            for r in rows {
-                // A hint only (never dereferenced): the same head's values ATT_AHEAD positions on.
-                let ahead = r.wrapping_add(ATT_AHEAD * row).cast::<i8>();
-                _mm_prefetch::<_MM_HINT_T0>(ahead);
-                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64));
-            }
-            let mut c = 0;
-            while c < d {
-                let n = (d - c).min(16);
-                // SAFETY: columns c .. c + n of head j lie inside out (Hg · D) and inside each
-                // of the four positions' rows of v; masked-off lanes are neither read nor
-                // written.
-                unsafe {
-                    let o = op.wrapping_add(j * d + c);
-                    let m = mask16(n);
-                    let mut a = _mm512_maskz_loadu_ps(m, o);
-                    for (pw, r) in pv.iter().zip(rows) {
-                        a = _mm512_fmadd_ps(*pw, f16::load16(r, c, n), a);
-                    }
-                    _mm512_mask_storeu_ps(o, m, a);
-                }
-                c += 16;
-            }
+            prefetch_ahead(rows, row);
+            // SAFETY: head j's D columns lie inside out (Hg · D) and inside each of the four
+            // positions' rows of v.
+            unsafe { add_rows(op.wrapping_add(j * d), pw, rows, d) };
         }
     }
     for t in 4 * q4..p {
         for j in 0..heads {
             let pw = _mm512_set1_ps(w[j * p + t]);
             let r = v.as_ptr().wrapping_add(t * row + j * d);
-            let mut c = 0;
-            while c < d {
-                let n = (d - c).min(16);
-                // SAFETY: as above, for position t alone.
-                unsafe {
-                    let o = op.wrapping_add(j * d + c);
-                    let m = mask16(n);
-                    let a = _mm512_fmadd_ps(pw, f16::load16(r, c, n), _mm512_maskz_loadu_ps(m, o));
-                    _mm512_mask_storeu_ps(o, m, a);
-                }
-                c += 16;
-            }
+            // SAFETY: as above, for position t alone.
+            unsafe { add_rows(op.wrapping_add(j * d), [pw], [r], d) };
         }
     }
 }
