@@ -397,10 +397,11 @@ fn bench_batch(path: &Path, a: &BenchArgs, threads: usize, list: &str) -> Result
                     .map_err(|e| e.to_string())?
                     .ok_or("no free slot")?;
             }
-            // Prefill: one chunk per step, until every slot has its first token.
-            let mut started = 0;
-            while started < b {
-                started += batch.step().len();
+            // Prefill: one chunk per step, until every slot has its first token. (Counting
+            // events instead stopped too early: the slots already decoding add theirs, and the
+            // last prompts' prefill then fell into the timed steps.)
+            while (0..b).any(|slot| batch.pending_prompt(slot) > 0) {
+                batch.step();
             }
             let t = Instant::now();
             let tokens = batch.in_pool(|batch| {
