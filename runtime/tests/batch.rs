@@ -207,6 +207,30 @@ fn gpt2_batch_logits_are_sessions() {
 }
 
 #[test]
+fn int8_kv_batch_logits_are_sessions() {
+    // The int8 cache's kernels (and the reference's, for Qwen3's D = 48) in batched decode.
+    let _g = SERIAL.lock().unwrap();
+    let int8 = |threads| SessionOptions {
+        kv_dtype: KvDtype::Int8,
+        ..opts(threads)
+    };
+    let bytes = random_model_bytes(&gpt2(), DType::Q8, 14).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    for threads in [1, 2] {
+        check(
+            &model,
+            &int8(threads),
+            &format!("gpt2 int8 kv threads={threads}"),
+        );
+    }
+    for name in ["llama3.2-1b", "qwen3-0.6b", "gemma3-270m"] {
+        let bytes = random_model_bytes(&family(name), DType::Q8, 14).unwrap();
+        let model = Model::from_bytes(&bytes).unwrap();
+        check(&model, &int8(2), &format!("{name} int8 kv"));
+    }
+}
+
+#[test]
 fn family_batch_logits_are_sessions() {
     let _g = SERIAL.lock().unwrap();
     for name in ["llama3.2-1b", "qwen3-0.6b", "gemma3-270m"] {

@@ -97,7 +97,7 @@ fn decode_logits_are_identical_for_every_thread_count() {
         for dtype in [DType::F32, DType::F16, DType::Q8] {
             let bytes = random_model_bytes(&tiny(name), dtype, 21).unwrap();
             let model = Model::from_bytes(&bytes).unwrap();
-            for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+            for kv_dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Int8] {
                 let one = step_logits(&model, 1, kv_dtype, &tokens);
                 assert!(one.iter().all(|v| v.is_finite()));
                 for threads in [2, 3, 4, 8] {

@@ -1007,6 +1007,92 @@ fn group_attention_kernels_match_reference_and_f64() {
     }
 }
 
+fn same_bits(a: &[f32], b: &[f32]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+#[test]
+fn int8_kv_kernels_match_reference_bits_and_f64() {
+    // (P, Hg, D): P around the eight- and four-position groups, D = 32, GPT-2's 64, 128 and
+    // 256 (Gemma 3), and D = 48 (Qwen3 here: not a multiple of 32, the reference's path).
+    let mut rng = Rng(56);
+    for (p, hg, d) in [
+        (0usize, 2usize, 64usize),
+        (1, 1, 32),
+        (7, 2, 64),
+        (8, 4, 64),
+        (9, 3, 128),
+        (13, 2, 48),
+        (33, 1, 256),
+        (300, 4, 64),
+    ] {
+        let nbd = d.div_ceil(Q8_BLOCK);
+        let k = Kernels::detect();
+        // Rows quantized as the cache stores them, the queries as attention quantizes them.
+        let quantize = |x: &[f32]| {
+            let mut q = vec![0i8; x.len()];
+            let mut s = vec![0f32; x.len() / d * nbd];
+            for ((xr, qr), sr) in x.chunks(d).zip(q.chunks_mut(d)).zip(s.chunks_mut(nbd)) {
+                k.quantize_q8(xr, qr, sr);
+            }
+            (q, s)
+        };
+        let (kq, kd) = quantize(&rng.vec(p * hg * d, 2.0));
+        let (vq, vd) = quantize(&rng.vec(p * hg * d, 2.0));
+        let (qq, qd) = quantize(&rng.vec(hg * d, 1.0));
+        let w = rng.vec(hg * p, 1.0);
+        // Dequantized in f64: what the integer sums and scales stand for.
+        let deq = |q: &[i8], s: &[f32], r: usize, c: usize| {
+            f64::from(q[r * d + c]) * f64::from(s[r * nbd + c / Q8_BLOCK])
+        };
+        for kern in implementations() {
+            let mut got = vec![f32::NAN; hg * p];
+            let mut want = vec![f32::NAN; hg * p];
+            kern.group_scores_q8((&kq, &kd), (&qq, &qd), &mut got, hg);
+            reference::group_scores_q8((&kq, &kd), (&qq, &qd), &mut want, hg);
+            assert!(
+                same_bits(&got, &want),
+                "{} scores p={p} hg={hg} d={d}",
+                kern.name()
+            );
+            for j in 0..hg {
+                for t in 0..p {
+                    let terms = (0..d).map(|c| deq(&qq, &qd, j, c) * deq(&kq, &kd, t * hg + j, c));
+                    let exact: f64 = terms.clone().sum();
+                    let mag: f64 = terms.map(f64::abs).sum();
+                    let x = f64::from(want[j * p + t]);
+                    assert!(
+                        (x - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
+                        "scores p={p} hg={hg} d={d} [{j},{t}]: {x} vs {exact}"
+                    );
+                }
+            }
+            let mut got = vec![f32::NAN; hg * d];
+            let mut want = vec![f32::NAN; hg * d];
+            kern.group_weighted_q8(&w, (&vq, &vd), &mut got, hg);
+            reference::group_weighted_q8(&w, (&vq, &vd), &mut want, hg);
+            assert!(
+                same_bits(&got, &want),
+                "{} weighted p={p} hg={hg} d={d}",
+                kern.name()
+            );
+            for j in 0..hg {
+                for c in 0..d {
+                    let terms =
+                        (0..p).map(|t| f64::from(w[j * p + t]) * deq(&vq, &vd, t * hg + j, c));
+                    let exact: f64 = terms.clone().sum();
+                    let mag: f64 = terms.map(f64::abs).sum();
+                    let x = f64::from(want[j * d + c]);
+                    assert!(
+                        (x - exact).abs() <= DOT_REL_TOL * mag + 1e-30,
+                        "weighted p={p} hg={hg} d={d} [{j},{c}]: {x} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn group_scores_with_mismatched_keys_panic() {
     panics_for_every_implementation("keys/values must be (P, Hg, D)", |k| {

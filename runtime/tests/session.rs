@@ -105,7 +105,7 @@ fn decode_logits_are_identical_for_every_thread_count() {
     for dtype in [DType::F32, DType::F16, DType::Q8] {
         let bytes = random_model_bytes(&cfg(), dtype, 21).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
-        for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+        for kv_dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Int8] {
             let one = step_logits(&model, 1, kv_dtype, &tokens);
             for threads in [2, 3, 4, 8] {
                 let many = step_logits(&model, threads, kv_dtype, &tokens);
@@ -383,7 +383,7 @@ fn auto_kv_cache_is_f32_for_f32_models_and_f16_otherwise() {
         let bytes = random_model_bytes(&cfg(), dtype, 11).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
         assert_eq!(KvDtype::Auto.resolve(&model), want, "{dtype:?}");
-        for d in [KvDtype::F32, KvDtype::F16] {
+        for d in [KvDtype::F32, KvDtype::F16, KvDtype::Int8] {
             assert_eq!(d.resolve(&model), d);
         }
         // The session really uses the resolved cache: the same bits as the explicit type, and
@@ -402,6 +402,43 @@ fn auto_kv_cache_is_f32_for_f32_models_and_f16_otherwise() {
         assert_eq!(bits(&auto), bits(same), "{dtype:?}");
         assert_ne!(bits(&auto), bits(other), "{dtype:?}");
     }
+}
+
+#[test]
+fn int8_cache_stays_close_to_the_exact_one() {
+    // The int8 cache rounds each key and value to its block's step (≤ max|x|/254 per element)
+    // and the query likewise: the logits move, but by a small fraction of their spread; and the
+    // cache really is another one (not silently f16 or f32).
+    let tokens: Vec<u32> = (0..40).map(|i| (i * 37 + 5) % 211).collect();
+    let bytes = random_model_bytes(&cfg(), DType::F32, 23).unwrap();
+    let model = Model::from_bytes(&bytes).unwrap();
+    let exact = step_logits(&model, 1, KvDtype::F32, &tokens);
+    let int8 = step_logits(&model, 1, KvDtype::Int8, &tokens);
+    let f16 = step_logits(&model, 1, KvDtype::F16, &tokens);
+    let spread = |v: &[f32]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f32::MAX, f32::MIN), |(a, b), &x| (a.min(x), b.max(x)));
+        hi - lo
+    };
+    let v = cfg().vocab_size;
+    let worst = |other: &[f32]| {
+        (exact.chunks(v).zip(other.chunks(v)))
+            .map(|(e, o)| {
+                let d = e.iter().zip(o).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+                d / spread(e)
+            })
+            .fold(0f32, f32::max)
+    };
+    let (w8, w16) = (worst(&int8), worst(&f16));
+    assert!(
+        w8 < 0.02,
+        "int8 cache: logits moved by {w8} of their spread"
+    );
+    assert!(
+        w8 > 0.0 && w8 > w16,
+        "int8 cache {w8} vs f16 {w16}: not the int8 cache?"
+    );
 }
 
 /// `GenerateOptions::default()` is what a library user wants: it stops at the model's own

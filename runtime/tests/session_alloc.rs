@@ -33,7 +33,7 @@ fn step_allocates_nothing() {
         let bytes = random_model_bytes(&tiny(), dtype, 3).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
         for threads in [1, 2] {
-            for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+            for kv_dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Int8] {
                 let opts = SessionOptions {
                     threads,
                     kv_dtype,

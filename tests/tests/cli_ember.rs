@@ -301,6 +301,50 @@ fn generate_slides_past_the_context() {
     );
 }
 
+/// `--kv int8` is accepted by generate (sliding past the context included) and bench, whose
+/// JSON names the cache type and counts its bytes: one byte an element plus a 4-byte scale per
+/// block of 32 of each row (9/16 of f16's for D a multiple of 32; this model's D = 4 makes
+/// each row one short block, as large as in f16).
+#[test]
+fn int8_kv_cache_from_the_command_line() {
+    let tmp = tempdir("kv-int8");
+    let m = gpt2_tiny(tmp.path());
+    let j = ok_json(&run(&[
+        "generate",
+        &m,
+        "--prompt",
+        "Every effort moves you",
+        "--max-tokens",
+        "40",
+        "--ignore-eot",
+        "--kv",
+        "int8",
+        "--json",
+    ]));
+    assert_eq!(j["generated_tokens"], 40);
+    let bench = |kv: &str| {
+        ok_json(&run(&[
+            "bench",
+            &m,
+            "--prompt-tokens",
+            "4",
+            "--gen-tokens",
+            "4",
+            "--kv",
+            kv,
+            "--json",
+        ]))
+    };
+    let (int8, f16) = (bench("int8"), bench("f16"));
+    assert_eq!(int8["kv"], "int8");
+    assert_eq!(f16["kv"], "f16");
+    let bytes = |j: &serde_json::Value| j["kv_cache_bytes"].as_u64().unwrap();
+    // 8 positions × 1 layer × 2 heads × D = 4, keys and values: f16 2 bytes an element; int8
+    // 1 byte plus one f32 scale per row of 4.
+    assert_eq!(bytes(&f16), 2 * 8 * 2 * 4 * 2);
+    assert_eq!(bytes(&int8), 2 * 8 * 2 * (4 + 4));
+}
+
 /// `--stop` strings end the text before them (also while streaming), several may be given, and
 /// `--json` names why generation stopped: "stop", "length" or "eos".
 #[test]

@@ -72,6 +72,10 @@ pub use q6_matrix::Q6Matrix;
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
+// Its AVX-512 part is compiled only under `ember_vnni` (Rust >= 1.89), as `x86_64_avx512`.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+mod kv_q8_x86_64;
 #[cfg(target_arch = "x86_64")]
 mod x86_64;
 // Rust >= 1.89 only (build.rs sets `ember_vnni`): its intrinsics are newer than the MSRV.
@@ -958,6 +962,60 @@ impl Kernels {
             _ => each_score(s, p, |j, t| {
                 self.dot_f32_f16(&q[j * d..(j + 1) * d], &k[(t * heads + j) * d..][..d])
             }),
+        }
+    }
+
+    /// [`Kernels::group_scores`] against an int8 KV cache: keys k (P, Hg, D) as quants (P·Hg·D)
+    /// and one f32 scale per block of 32 of each row of D (P·Hg·NBD, NBD = ⌈D/32⌉), queries q
+    /// (Hg, D) quantized row by row by [`Kernels::quantize_q8`] (quants (Hg·D), scales
+    /// (Hg·NBD)). Each block's dot product is an exact integer sum, scaled by the two scales;
+    /// the blocks are added in f32 in order, with the bits of [`reference::group_scores_q8`] on
+    /// every ISA (x86-64: AVX2; others: the reference).
+    ///
+    /// # Panics
+    /// If `heads` is 0, does not divide the query and `s`, or the keys or scales do not match.
+    pub fn group_scores_q8(
+        &self,
+        k: (&[i8], &[f32]),
+        q: (&[i8], &[f32]),
+        s: &mut [f32],
+        heads: usize,
+    ) {
+        let (p, d) = group_shape("group_scores_q8", k.0.len(), q.0.len(), s.len(), heads);
+        let nbd = d.div_ceil(Q8_BLOCK);
+        assert!(
+            k.1.len() == p * heads * nbd && q.1.len() == heads * nbd,
+            "group_scores_q8: scales must be (P·Hg, NBD) and (Hg, NBD)"
+        );
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => kv_q8_x86_64::group_scores_q8(t, k, q, s, heads),
+            _ => reference::group_scores_q8(k, q, s, heads),
+        }
+    }
+
+    /// [`Kernels::group_weighted`] against an int8 KV cache: values v laid out as the keys of
+    /// [`Kernels::group_scores_q8`]; for each position in order, one fused multiply-add per
+    /// output element by (weight · the block's scale), with the bits of
+    /// [`reference::group_weighted_q8`] on every ISA.
+    ///
+    /// # Panics
+    /// If `heads` is 0, does not divide `out` and `w`, or the values or scales do not match.
+    pub fn group_weighted_q8(&self, w: &[f32], v: (&[i8], &[f32]), out: &mut [f32], heads: usize) {
+        let (p, d) = group_shape("group_weighted_q8", v.0.len(), out.len(), w.len(), heads);
+        assert_eq!(
+            v.1.len(),
+            p * heads * d.div_ceil(Q8_BLOCK),
+            "group_weighted_q8: scales must be (P·Hg, NBD)"
+        );
+        #[cfg(all(target_arch = "x86_64", ember_vnni))]
+        if let Some(t) = self.wide {
+            return kv_q8_x86_64::group_weighted_q8_512(t, w, v, out, heads);
+        }
+        match self.isa {
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2(t) => kv_q8_x86_64::group_weighted_q8(t, w, v, out, heads),
+            _ => reference::group_weighted_q8(w, v, out, heads),
         }
     }
 

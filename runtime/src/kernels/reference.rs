@@ -103,6 +103,67 @@ pub fn group_weighted_f16(w: &[f32], v: &[f16], out: &mut [f32], heads: usize) {
     }
 }
 
+/// Σ_b (ad[b] · bd[b]) · Σ_{i in block b} a[i] · b[i] for two rows quantized in blocks of 32
+/// (the last may be short): each block's sum in exact integers, the blocks added in f32 in
+/// order. The score of an int8 KV cache's key row and a quantized query.
+pub fn dot_q8q8(a: (&[i8], &[f32]), b: (&[i8], &[f32])) -> f32 {
+    let mut acc = 0f32;
+    for (((qa, qb), &da), &db) in (a.0.chunks(Q8_BLOCK).zip(b.0.chunks(Q8_BLOCK)))
+        .zip(a.1)
+        .zip(b.1)
+    {
+        let s: i32 = qa
+            .iter()
+            .zip(qb)
+            .map(|(&x, &y)| i32::from(x) * i32::from(y))
+            .sum();
+        acc += (da * db) * s as f32;
+    }
+    acc
+}
+
+/// Attention scores against an int8 KV cache: [`group_scores`] with keys k (P, Hg, D) held as
+/// quants (P·Hg·D) and one scale per block of 32 of each row of D (P·Hg·NBD, NBD = ⌈D/32⌉), and
+/// queries q (Hg, D) quantized by [`quantize_q8`] row by row (quants (Hg·D), scales
+/// (Hg·NBD)): `s[j·P + t] =` [`dot_q8q8`] of query j and key row (t, j).
+pub fn group_scores_q8(k: (&[i8], &[f32]), q: (&[i8], &[f32]), s: &mut [f32], heads: usize) {
+    let (p, d) = (s.len() / heads, q.0.len() / heads);
+    let nbd = d.div_ceil(Q8_BLOCK);
+    for (i, st) in s.iter_mut().enumerate() {
+        let (j, t) = (i / p, i % p);
+        let r = t * heads + j;
+        *st = dot_q8q8(
+            (&q.0[j * d..][..d], &q.1[j * nbd..][..nbd]),
+            (&k.0[r * d..][..d], &k.1[r * nbd..][..nbd]),
+        );
+    }
+}
+
+/// Attention's weighted sum against an int8 KV cache: [`group_weighted`] with values v laid out
+/// as the keys of [`group_scores_q8`]. For each position t in order, each element of
+/// `out[j, :]` becomes `fma(w[j·P + t] · vd[t, j, b], vq[t, j, i], out)` (b the element's
+/// block): one rounding per position, as the SIMD kernels' fused multiply-add.
+pub fn group_weighted_q8(w: &[f32], v: (&[i8], &[f32]), out: &mut [f32], heads: usize) {
+    let (p, d) = (w.len() / heads, out.len() / heads);
+    let nbd = d.div_ceil(Q8_BLOCK);
+    out.fill(0.0);
+    for (j, oj) in out.chunks_exact_mut(d.max(1)).enumerate().take(heads) {
+        for t in 0..p {
+            let r = t * heads + j;
+            let wt = w[j * p + t];
+            let rows = oj
+                .chunks_mut(Q8_BLOCK)
+                .zip(v.0[r * d..][..d].chunks(Q8_BLOCK));
+            for ((ob, qb), &db) in rows.zip(&v.1[r * nbd..][..nbd]) {
+                let c = wt * db;
+                for (o, &q) in ob.iter_mut().zip(qb) {
+                    *o = c.mul_add(f32::from(q), *o);
+                }
+            }
+        }
+    }
+}
+
 /// Activation quantization for the Q8×Q8 decode: for each block of 32 elements of x (C) (the
 /// last may be short), `d[b] = max|x| / 127` and `q = round(x / d)` (half away from zero, within
 /// ±127); a block of zeros gets d = 0 and q = 0. So |x - q·d| ≤ d/2 per element.

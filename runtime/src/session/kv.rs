@@ -1,7 +1,7 @@
 //! The KV cache: its layout by head group ([`KvLayout`]), its storage, and a group's attention.
 
 use super::KvDtype;
-use crate::kernels::Kernels;
+use crate::kernels::{Kernels, Q8_BLOCK};
 use half::{f16, slice::HalfFloatSliceExt};
 use std::ops::Range;
 use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -10,20 +10,34 @@ use std::sync::{PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 enum KvCache {
     F32(Vec<f32>),
     F16(Vec<f16>),
+    /// Quants, and one scale per block of 32 of each row of D (the last block of a row short
+    /// when 32 does not divide D): row r's scales are `d[r·NBD .. (r + 1)·NBD]`.
+    I8 {
+        q: Vec<i8>,
+        d: Vec<f32>,
+    },
 }
+
+/// Queries of one group quantized for an int8 cache, at most this many elements (Hg·D); a
+/// session checks its layout against it ([`Kv::new`]).
+pub(super) const MAX_Q8_QUERY: usize = 1024;
 
 /// One group of heads' keys and values, (L, T, Hg, D) each (see [`KvLayout`]).
 #[derive(Debug)]
 pub(super) struct GroupKv {
     k: KvCache,
     v: KvCache,
+    /// D, the rows an int8 cache's blocks of 32 are cut within.
+    d: usize,
+    /// Quantizes an int8 cache's rows.
+    kernels: Kernels,
 }
 
 impl GroupKv {
     /// Stores a position's keys and values (Hg·D each) at element `at` of both caches.
     pub(super) fn store(&mut self, at: usize, key: &[f32], value: &[f32]) {
-        KvMut::of(&mut self.k).store(at, key);
-        KvMut::of(&mut self.v).store(at, value);
+        KvMut::of(&mut self.k).store(at, key, self.d, &self.kernels);
+        KvMut::of(&mut self.v).store(at, value, self.d, &self.kernels);
     }
 
     /// Causal attention of a group of Hg = `heads` heads: queries q (Hg, D) against the group's
@@ -57,9 +71,27 @@ impl GroupKv {
         scale: f32,
     ) {
         let len = scores.len() / heads * q.len(); // P·Hg·D
+        // An int8 cache's scales of those rows.
+        let nbd = self.d.div_ceil(Q8_BLOCK);
+        let scales = from / self.d.max(1) * nbd..(from + len) / self.d.max(1) * nbd;
         match KvRef::of(&self.k) {
             KvRef::F32(c) => k.group_scores(&c[from..from + len], q, scores, heads),
             KvRef::F16(c) => k.group_scores_f16(&c[from..from + len], q, scores, heads),
+            KvRef::I8(c, cd) => {
+                // The queries quantized row by row, as the cache's rows are (checked against
+                // MAX_Q8_QUERY when the cache was made).
+                let mut qq = [0i8; MAX_Q8_QUERY];
+                let mut qd = [0f32; MAX_Q8_QUERY];
+                let (qq, qd) = (&mut qq[..q.len()], &mut qd[..heads * nbd]);
+                for ((x, xq), xd) in (q.chunks_exact(self.d))
+                    .zip(qq.chunks_exact_mut(self.d))
+                    .zip(qd.chunks_exact_mut(nbd))
+                {
+                    k.quantize_q8(x, xq, xd);
+                }
+                let kv = (&c[from..from + len], &cd[scales.clone()]);
+                k.group_scores_q8(kv, (qq, qd), scores, heads);
+            }
         }
         let p = scores.len() / heads;
         for sj in scores.chunks_exact_mut(p) {
@@ -69,6 +101,9 @@ impl GroupKv {
         match KvRef::of(&self.v) {
             KvRef::F32(c) => k.group_weighted(scores, &c[from..from + len], out, heads),
             KvRef::F16(c) => k.group_weighted_f16(scores, &c[from..from + len], out, heads),
+            KvRef::I8(c, cd) => {
+                k.group_weighted_q8(scores, (&c[from..from + len], &cd[scales]), out, heads)
+            }
         }
     }
 }
@@ -80,19 +115,26 @@ impl GroupKv {
 pub(super) struct Kv {
     pub(super) layout: KvLayout,
     groups: Vec<RwLock<GroupKv>>,
-    /// Bytes of one cached element (4 for f32, 2 for f16).
-    elem_bytes: usize,
+    /// The element type (resolved).
+    dtype: KvDtype,
 }
 
 impl Kv {
-    /// A zeroed cache of `dtype` elements ([`KvDtype::Auto`] must be resolved first).
-    pub(super) fn new(layout: KvLayout, dtype: KvDtype) -> Kv {
+    /// A zeroed cache of `dtype` elements ([`KvDtype::Auto`] must be resolved first); `kernels`
+    /// quantize an int8 cache's rows. An int8 cache needs Hg·D ≤ [`MAX_Q8_QUERY`] (the session
+    /// checks it first).
+    pub(super) fn new(layout: KvLayout, dtype: KvDtype, kernels: Kernels) -> Kv {
+        let nbd = layout.d.div_ceil(Q8_BLOCK);
         let cache = |len: usize| match dtype {
             KvDtype::F32 | KvDtype::Auto => KvCache::F32(vec![0.0; len]),
             // Zeroed memory from the allocator, as `vec![0.0; n]` gets for f32: the pages are
             // only backed once written, so an unused context costs no resident memory.
             // (`vec![f16::ZERO; n]` would write every element.)
             KvDtype::F16 => KvCache::F16(bytemuck::zeroed_vec(len)),
+            KvDtype::Int8 => KvCache::I8 {
+                q: vec![0; len],
+                d: vec![0.0; len / layout.d.max(1) * nbd],
+            },
         };
         let groups = (0..layout.groups)
             .map(|g| {
@@ -100,23 +142,29 @@ impl Kv {
                 RwLock::new(GroupKv {
                     k: cache(len),
                     v: cache(len),
+                    d: layout.d,
+                    kernels,
                 })
             })
             .collect();
-        let elem_bytes = if matches!(dtype, KvDtype::F16) { 2 } else { 4 };
         Kv {
             layout,
             groups,
-            elem_bytes,
+            dtype,
         }
     }
 
-    /// Bytes of every group's keys and values.
+    /// Bytes of every group's keys and values (an int8 cache's scales included).
     pub(super) fn bytes(&self) -> usize {
         let slots: usize = (0..self.layout.groups)
             .map(|g| self.layout.group_len(g))
             .sum();
-        2 * slots * self.elem_bytes
+        let nbd = self.layout.d.div_ceil(Q8_BLOCK);
+        2 * match self.dtype {
+            KvDtype::F16 => 2 * slots,
+            KvDtype::Int8 => slots + slots / self.layout.d.max(1) * nbd * 4,
+            KvDtype::F32 | KvDtype::Auto => 4 * slots,
+        }
     }
 
     /// Group g's cache, locked for writing.
@@ -266,6 +314,7 @@ impl KvLayout {
 enum KvMut<'s> {
     F32(&'s mut [f32]),
     F16(&'s mut [f16]),
+    I8(&'s mut [i8], &'s mut [f32]),
 }
 
 /// A shared view of (part of) a cache.
@@ -273,6 +322,7 @@ enum KvMut<'s> {
 enum KvRef<'s> {
     F32(&'s [f32]),
     F16(&'s [f16]),
+    I8(&'s [i8], &'s [f32]),
 }
 
 impl<'s> KvMut<'s> {
@@ -280,12 +330,24 @@ impl<'s> KvMut<'s> {
         match c {
             KvCache::F32(v) => KvMut::F32(v),
             KvCache::F16(v) => KvMut::F16(v),
+            KvCache::I8 { q, d } => KvMut::I8(q, d),
         }
     }
 
-    /// Writes `src` (D) at `at`.
-    fn store(&mut self, at: usize, src: &[f32]) {
+    /// Writes `src` (whole rows of D) at element `at` (a row's start); an int8 cache quantizes
+    /// each row in blocks of 32 by `k` ([`Kernels::quantize_q8`]).
+    fn store(&mut self, at: usize, src: &[f32], d: usize, k: &Kernels) {
         match self {
+            KvMut::I8(q, scales) => {
+                let nbd = d.div_ceil(Q8_BLOCK);
+                let rows = src
+                    .chunks_exact(d)
+                    .zip(q[at..at + src.len()].chunks_exact_mut(d));
+                let first = at / d * nbd;
+                for ((x, xq), xd) in rows.zip(scales[first..].chunks_exact_mut(nbd)) {
+                    k.quantize_q8(x, xq, xd);
+                }
+            }
             KvMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
             // `half`'s slice conversion: F16C eight at a time where the CPU has it (checked at
             // run time), the same round-to-nearest-even bits as `f16::from_f32` one by one,
@@ -300,6 +362,7 @@ impl<'s> KvRef<'s> {
         match c {
             KvCache::F32(v) => KvRef::F32(v),
             KvCache::F16(v) => KvRef::F16(v),
+            KvCache::I8 { q, d } => KvRef::I8(q, d),
         }
     }
 }

@@ -83,6 +83,12 @@ pub enum KvDtype {
     F32,
     /// 2 bytes per element: half the memory, a small rounding of keys and values.
     F16,
+    /// 1.125 bytes per element: each row of D quantized to int8 in blocks of 32 with one f32
+    /// scale per block (as llama.cpp's `q8_0` cache, whose scales are f16), and queries
+    /// quantized the same way for the scores (exact integer dot products per block). 56 % of
+    /// f16's memory; for long contexts and many slots (`ember serve --kv int8`). Its effect on
+    /// perplexity is measured in README § Serving.
+    Int8,
 }
 
 impl KvDtype {
@@ -424,7 +430,19 @@ impl<'m, 'a> Session<'m, 'a> {
             Some(s) if ring => layout.with_window(s.window, s.every, chunk),
             _ => layout,
         };
-        let kv = Kv::new(layout, options.kv_dtype.resolve(model));
+        let kv_dtype = options.kv_dtype.resolve(model);
+        if kv_dtype == KvDtype::Int8 && layout.per_group * layout.d > kv::MAX_Q8_QUERY {
+            return Err(RuntimeError::BadOption {
+                option: "kv_dtype",
+                reason: format!(
+                    "an int8 KV cache holds at most {} elements of a head group; this model's \
+                     groups hold {} (use f16)",
+                    kv::MAX_Q8_QUERY,
+                    layout.per_group * layout.d
+                ),
+            });
+        }
+        let kv = Kv::new(layout, kv_dtype, kernels);
         let w = Widths::of(model);
         // The widest input of a prefill product: C, H·D (out) or F (down).
         let q8_cols = cfg.dim.max(cfg.q_dim()).max(w.ff);

@@ -60,7 +60,7 @@ fn rings_give_the_full_caches_logits_bit_for_bit() {
     for dtype in [DType::F32, DType::F16, DType::Q8] {
         let bytes = random_model_bytes(&cfg, dtype, 3).unwrap();
         let model = Model::from_bytes(&bytes).unwrap();
-        for kv_dtype in [KvDtype::F32, KvDtype::F16] {
+        for kv_dtype in [KvDtype::F32, KvDtype::F16, KvDtype::Int8] {
             for threads in [1, 2] {
                 // chunk 1: every token a decode step (period 3); chunks 4 and 5: prefill chunks
                 // whose stores wrap the ring (periods 6, 7) before the chunk's tokens attend.

@@ -29,8 +29,8 @@ pub(crate) struct BenchArgs {
     /// worker threads (default: one per core)
     #[argh(option)]
     threads: Option<usize>,
-    /// KV cache element type: auto, f32 or f16 (default auto, as generate: f32 for an f32 model,
-    /// f16 for f16 and int8 ones)
+    /// KV cache element type: auto, f32, f16 or int8 (default auto, as generate: f32 for an f32
+    /// model, f16 for the others)
     #[argh(option, default = "String::from(\"auto\")")]
     kv: String,
     /// measure batched decoding instead: aggregate decode tokens/s with B sequences decoded
@@ -156,7 +156,11 @@ fn bench_file(path: &Path, a: &BenchArgs, threads: usize) -> Result<()> {
     }
     // The cache type as used (`auto` resolved), for the report.
     let kv = kv_dtype(&a.kv)?.resolve(&model);
-    let kv_name = if kv == KvDtype::F16 { "f16" } else { "f32" };
+    let kv_name = match kv {
+        KvDtype::F16 => "f16",
+        KvDtype::Int8 => "int8",
+        KvDtype::F32 | KvDtype::Auto => "f32",
+    };
     // The cache holds the bench's tokens only, not the model's context (32k–131k positions for
     // today's families).
     let opts = SessionOptions {

@@ -342,7 +342,8 @@ fn kv_dtype(s: &str) -> Result<KvDtype> {
         "auto" => Ok(KvDtype::Auto),
         "f32" => Ok(KvDtype::F32),
         "f16" => Ok(KvDtype::F16),
-        _ => Err(usage(format!("--kv: {s:?} must be auto, f32 or f16"))),
+        "int8" => Ok(KvDtype::Int8),
+        _ => Err(usage(format!("--kv: {s:?} must be auto, f32, f16 or int8"))),
     }
 }
 

@@ -41,6 +41,11 @@ pub(crate) struct PerplexityArgs {
     /// a base model (e.g. the f32 export) to compare with: adds kl_mean, kl_p99, top1_agreement
     #[argh(option)]
     kl_base: Option<PathBuf>,
+    /// the model's KV cache element type: auto, f32, f16 or int8 (default auto: f32 for an f32
+    /// model, f16 for the others); the --kl-base model keeps auto, so `--kv int8 --kl-base`
+    /// with the same file measures what the int8 cache changes
+    #[argh(option, default = "String::from(\"auto\")")]
+    kv: String,
     /// worker threads (default: one per core)
     #[argh(option)]
     threads: Option<usize>,
@@ -160,6 +165,7 @@ pub(crate) fn perplexity(a: PerplexityArgs) -> Result<()> {
     let opts = SessionOptions {
         threads,
         context: a.context,
+        kv_dtype: kv_dtype(&a.kv)?,
         ..SessionOptions::default()
     };
     let mut session = Session::new(&model, &opts).map_err(|e| usage(format!("--{e}")))?;
@@ -180,6 +186,7 @@ pub(crate) fn perplexity(a: PerplexityArgs) -> Result<()> {
             }
             let o = SessionOptions {
                 context: Some(t),
+                kv_dtype: KvDtype::Auto,
                 ..opts.clone()
             };
             Some(Session::new(b, &o).map_err(|e| format!("--kl-base: {e}"))?)

@@ -63,6 +63,10 @@ pub(crate) struct ServeArgs {
     /// worker threads (default: one per core)
     #[argh(option)]
     threads: Option<usize>,
+    /// KV cache element type: auto, f32, f16 or int8 (int8: 56 % of f16's memory per slot, for
+    /// long contexts and many slots) (default auto: f32 for an f32 model, f16 for the others)
+    #[argh(option, default = "String::from(\"auto\")")]
+    kv: String,
     /// requests waiting for a slot at most before HTTP 429 (default 64)
     #[argh(option, default = "64")]
     queue: usize,
@@ -176,6 +180,7 @@ pub(crate) fn serve(a: ServeArgs) -> Result<()> {
         session: SessionOptions {
             threads,
             context: Some(context),
+            kv_dtype: kv_dtype(&a.kv)?,
             ..SessionOptions::default()
         },
     };
