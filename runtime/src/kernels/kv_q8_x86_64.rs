@@ -103,7 +103,7 @@ unsafe fn scores(
     (kq, kd): (&[i8], &[f32]),
     (qq, qd): (&[i8], &[f32]),
     s: &mut [f32],
-    (heads, p, d, nbd): (usize, usize, usize, usize),
+    (heads, p, d, nbd): Shape,
 ) {
     let one = _mm256_set1_epi16(1);
     let row = heads * d;
@@ -165,6 +165,21 @@ unsafe fn scores(
     }
 }
 
+/// Checks the weighted sum's shapes: (Hg, P, D, NBD) for the SIMD kernels, or `None` when 32
+/// does not divide D (the caller runs the reference).
+fn weighted_shape(w: &[f32], v: (&[i8], &[f32]), out: &[f32], heads: usize) -> Option<Shape> {
+    let (p, d) = (w.len() / heads.max(1), out.len() / heads.max(1));
+    let nbd = check("group_weighted_q8", (v.0.len(), v.1.len()), heads, p, d);
+    assert!(
+        w.len() == heads * p && out.len() == heads * d,
+        "x86-64 group_weighted_q8: shapes"
+    );
+    (d % Q8_BLOCK == 0).then_some((heads, p, d, nbd))
+}
+
+/// (Hg, P, D, NBD) of a checked call.
+type Shape = (usize, usize, usize, usize);
+
 /// [`super::Kernels::group_weighted_q8`].
 pub(super) fn group_weighted_q8(
     _t: Avx2,
@@ -173,17 +188,11 @@ pub(super) fn group_weighted_q8(
     out: &mut [f32],
     heads: usize,
 ) {
-    let (p, d) = (w.len() / heads.max(1), out.len() / heads.max(1));
-    let nbd = check("group_weighted_q8", (v.0.len(), v.1.len()), heads, p, d);
-    assert!(
-        w.len() == heads * p && out.len() == heads * d,
-        "x86-64 group_weighted_q8: shapes"
-    );
-    if d % Q8_BLOCK != 0 {
-        return super::reference::group_weighted_q8(w, v, out, heads);
+    match weighted_shape(w, v, out, heads) {
+        // SAFETY: the token proves the features; the shapes were checked.
+        Some(shape) => unsafe { weighted::<8>(w, v, out, shape) },
+        None => super::reference::group_weighted_q8(w, v, out, heads),
     }
-    // SAFETY: the token proves the features; the shapes were checked above.
-    unsafe { weighted::<8>(w, v, out, (heads, p, d, nbd)) }
 }
 
 /// [`piece`] for L = 8.
@@ -215,45 +224,53 @@ unsafe fn weighted<const L: usize>(
     w: &[f32],
     (vq, vd): (&[i8], &[f32]),
     out: &mut [f32],
-    (heads, p, d, nbd): (usize, usize, usize, usize),
+    (heads, p, d, nbd): Shape,
 ) {
     out.fill(0.0);
     let row = heads * d;
-    let o = out.as_mut_ptr();
     let mut t = 0;
-    // SAFETY (both loops): positions t .. t + U < P, so rows (t + u)·Hg + j are inside v, their
-    // blocks whole (32 divides D), and every piece of D lies in head j's outputs.
     while t + 4 <= p {
         for u in 0..4 {
             prefetch_row(vq.as_ptr(), t + AHEAD + u, p, row);
         }
-        for j in 0..heads {
-            for b in 0..nbd {
-                let c: [f32; 4] =
-                    std::array::from_fn(|u| w[j * p + t + u] * vd[((t + u) * heads + j) * nbd + b]);
-                let mut e = Q8_BLOCK * b;
-                while e < Q8_BLOCK * (b + 1) {
-                    unsafe {
-                        let x = std::array::from_fn(|u| vq.as_ptr().add((t + u) * row + j * d + e));
-                        piece::<L, 4>(o.add(j * d + e), c, x);
-                    }
-                    e += L;
-                }
-            }
-        }
+        // SAFETY: positions t .. t + 4 <= P.
+        unsafe { positions::<L, 4>(w, (vq, vd), out, (heads, p, d, nbd), t) };
         t += 4;
     }
     for t in t..p {
-        for j in 0..heads {
-            for b in 0..nbd {
-                let c = [w[j * p + t] * vd[(t * heads + j) * nbd + b]];
-                let mut e = Q8_BLOCK * b;
-                while e < Q8_BLOCK * (b + 1) {
-                    unsafe {
-                        piece::<L, 1>(o.add(j * d + e), c, [vq.as_ptr().add(t * row + j * d + e)])
-                    };
-                    e += L;
+        // SAFETY: position t < P.
+        unsafe { positions::<L, 1>(w, (vq, vd), out, (heads, p, d, nbd), t) };
+    }
+}
+
+/// [`weighted`]'s work for positions t .. t + U, in order: for each head and block, one scale
+/// per position (weight · block scale) and the block's pieces.
+///
+/// # Safety
+/// As [`weighted`], and t + U <= P.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn positions<const L: usize, const U: usize>(
+    w: &[f32],
+    (vq, vd): (&[i8], &[f32]),
+    out: &mut [f32],
+    (heads, p, d, nbd): Shape,
+    t: usize,
+) {
+    let (row, o) = (heads * d, out.as_mut_ptr());
+    for j in 0..heads {
+        for b in 0..nbd {
+            let c: [f32; U] =
+                std::array::from_fn(|u| w[j * p + t + u] * vd[((t + u) * heads + j) * nbd + b]);
+            let mut e = Q8_BLOCK * b;
+            while e < Q8_BLOCK * (b + 1) {
+                // SAFETY: rows (t + u)·Hg + j, u < U, are inside v (t + U <= P), block b is
+                // whole (32 divides D), and elements e .. e + L lie in head j's outputs.
+                unsafe {
+                    let x = std::array::from_fn(|u| vq.as_ptr().add((t + u) * row + j * d + e));
+                    piece::<L, U>(o.add(j * d + e), c, x);
                 }
+                e += L;
             }
         }
     }
@@ -305,17 +322,11 @@ pub(super) fn group_weighted_q8_512(
     out: &mut [f32],
     heads: usize,
 ) {
-    let (p, d) = (w.len() / heads.max(1), out.len() / heads.max(1));
-    let nbd = check("group_weighted_q8", (v.0.len(), v.1.len()), heads, p, d);
-    assert!(
-        w.len() == heads * p && out.len() == heads * d,
-        "x86-64 group_weighted_q8: shapes"
-    );
-    if d % Q8_BLOCK != 0 {
-        return super::reference::group_weighted_q8(w, v, out, heads);
+    match weighted_shape(w, v, out, heads) {
+        // SAFETY: the token proves the features (AVX-512F included); the shapes were checked.
+        Some(shape) => unsafe { weighted_512(w, v, out, shape) },
+        None => super::reference::group_weighted_q8(w, v, out, heads),
     }
-    // SAFETY: the token proves the features (AVX-512F included); the shapes were checked above.
-    unsafe { weighted_512(w, v, out, (heads, p, d, nbd)) }
 }
 
 /// [`weighted`] with 16-element pieces.
@@ -324,12 +335,7 @@ pub(super) fn group_weighted_q8_512(
 /// As [`weighted`], and the CPU must have AVX-512F.
 #[cfg(ember_vnni)]
 #[target_feature(enable = "avx2,fma,avx512f")]
-unsafe fn weighted_512(
-    w: &[f32],
-    v: (&[i8], &[f32]),
-    out: &mut [f32],
-    shape: (usize, usize, usize, usize),
-) {
+unsafe fn weighted_512(w: &[f32], v: (&[i8], &[f32]), out: &mut [f32], shape: Shape) {
     // SAFETY: the caller's guarantees.
     unsafe { weighted::<16>(w, v, out, shape) }
 }
