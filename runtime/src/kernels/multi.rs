@@ -56,9 +56,9 @@ impl Vectors<'_> {
 
 /// Bytes of scratch [`Kernels::matvec_multi_rows`] needs for B vectors of C elements (the
 /// activations rearranged, B·C bytes, and the int8 and int4 kernels' scales and corrections, 64
-/// bytes per 128 columns).
+/// bytes per 128 columns), plus 64 for the kernels to start at a cache line.
 pub fn multi_scratch_len(b: usize, c: usize) -> usize {
-    b * (c + c / 128 * 64)
+    b * (c + c / 128 * 64) + 64
 }
 
 impl Kernels {
