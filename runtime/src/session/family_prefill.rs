@@ -28,14 +28,7 @@ impl Session<'_, '_> {
         let (c, n, pos0) = (cfg.dim, chunk.len(), self.tokens.len());
         let (qd, kvd, f, eps) = (cfg.q_dim(), cfg.kv_dim(), cfg.ffn_dim, cfg.norm_eps);
         let b = &mut self.chunk;
-        let mut pr = Products {
-            k,
-            xp: &mut self.xp,
-            yt: &mut self.yt,
-            q8p: &mut self.q8p,
-            q8d: &mut self.q8d,
-            packed: false,
-        };
+        let mut pr = Products::new(k, &mut self.products);
         for (i, &t) in chunk.iter().enumerate() {
             let r = i * c..(i + 1) * c;
             embed(m, t, pos0 + i, &mut b.x[r.clone()], &mut b.xn[r]);

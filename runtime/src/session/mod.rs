@@ -64,7 +64,7 @@ use self::kv::{Kv, KvLayout};
 use self::rope::RopeTables;
 use crate::error::RuntimeError;
 use crate::kernels::geometry::packed_len;
-use crate::kernels::{Kernels, Q8_BLOCK, panel_q8};
+use crate::kernels::{Kernels, Q8_BLOCK};
 use crate::model::{Mat, Model};
 use crate::sampler::{Sampler, Sampling};
 use std::ops::ControlFlow;
@@ -329,11 +329,8 @@ pub struct Session<'m, 'a> {
     rope: RopeTables,
     lanes: Vec<Buffers>, // G × (N = 1): one per decode crew member
     crew: Crew,
-    chunk: Buffers,   // N = prefill_chunk
-    xp: Vec<f32>,     // a prefill product's input X (N, Wf) packed for the microkernel
-    yt: Vec<f32>, // (N, max(Wf, Wqkv)) a prefill product's output, one (N, P_g) block per thread
-    q8p: Vec<u8>, // a prefill input X (N, Wf) quantized and packed for the int8 product
-    q8d: Vec<f32>, // its block scales, packed
+    chunk: Buffers, // N = prefill_chunk
+    products: prefill::ProductBuffers,
     logits: Vec<f32>, // (V) or (K)
     sampler: Sampler,
 }
@@ -472,10 +469,11 @@ impl<'m, 'a> Session<'m, 'a> {
             } else {
                 Buffers::family_chunk(chunk, w)
             },
-            xp: vec![0.0; packed_len(chunk, w.ff)],
-            // Rows of the widest product: a family's are H·D, C or a part of the MLP's F.
-            yt: vec![
-                0.0;
+            products: prefill::ProductBuffers::new(
+                chunk,
+                q8_cols,
+                packed_len(chunk, w.ff),
+                // Rows of the widest product: a family's are H·D, C or a part of the MLP's F.
                 if model.is_gpt2() {
                     chunk * w.ff.max(w.qkv)
                 } else {
@@ -483,11 +481,9 @@ impl<'m, 'a> Session<'m, 'a> {
                         * (w.qkv - 2 * w.kv)
                             .max(w.c)
                             .max(family_prefill::mlp_part_rows(w.up))
-                }
-            ],
-            // Zeroed by the allocator: untouched (no resident memory) unless the int8 product runs.
-            q8p: vec![0; panel_q8::packed_bytes(chunk, q8_cols)],
-            q8d: vec![0.0; panel_q8::packed_scales(chunk, q8_cols)],
+                },
+                g,
+            ),
             logits: vec![0.0; model.n_outputs()],
             sampler: Sampler::new(model.n_outputs(), 0),
         })

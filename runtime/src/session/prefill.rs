@@ -3,9 +3,10 @@
 
 use super::crew::fork;
 use super::{Buffers, Ctx, Session, embed};
-use crate::kernels::{Epilogue, Kernels, panel_q8};
+use crate::kernels::{Epilogue, Kernels, Q8_BLOCK, Vectors, multi_scratch_len, panel_q8};
 use crate::model::{Layer, Mat};
 use emberlm_formats::config::LAYERNORM_EPS;
+use std::ops::Range;
 
 impl Session<'_, '_> {
     /// Prefill: N tokens at positions `tokens.len()..`, batched through matrix products.
@@ -24,14 +25,7 @@ impl Session<'_, '_> {
         let cfg = *m.config();
         let (c, n, pos0) = (cfg.dim, chunk.len(), self.tokens.len());
         let b = &mut self.chunk;
-        let mut pr = Products {
-            k,
-            xp: &mut self.xp,
-            yt: &mut self.yt,
-            q8p: &mut self.q8p,
-            q8d: &mut self.q8d,
-            packed: false,
-        };
+        let mut pr = Products::new(k, &mut self.products);
         let (x, xn) = (&mut b.x[..n * c], &mut b.xn[..n * c]);
         for (i, &t) in chunk.iter().enumerate() {
             embed(
@@ -225,20 +219,79 @@ fn attend_tokens(job: &ChunkAttn<'_>, i0: usize, lanes: &mut [Buffers], att: &mu
     }
 }
 
-/// The prefill products' kernels and buffers: Q8 and Q4 weights go through the int8 product
-/// ([`panel_q8`], activations quantized as int8 and int4 decode quantize them) where the CPU has it,
-/// everything else through the f32 panel ([`Kernels::matmul`]).
-pub(super) struct Products<'s> {
-    pub(super) k: &'s Kernels,
-    pub(super) xp: &'s mut [f32],
-    pub(super) yt: &'s mut [f32],
-    pub(super) q8p: &'s mut [u8],
-    pub(super) q8d: &'s mut [f32],
-    /// q8p / q8d hold the current input.
-    pub(super) packed: bool,
+/// Chunks of at most this many tokens multiply Q8 and Q4 weights by the batched decode kernel
+/// ([`Kernels::matvec_multi_rows`], B = N: every weight read once for the chunk) instead of the
+/// int8 panel ([`panel_q8`]), which computes tokens in groups of [`panel_q8::Q8_TOKENS`] (16),
+/// padding included. A 10-token GPT-2 prompt on one thread took 14.3 ms through the panel
+/// (698 tokens/s): as long as two batched decode steps of 8 streams, so under `ember serve`
+/// every arriving prompt stalled the running streams that long. `ember bench
+/// gpt2-124m-int8.ember --prompt-tokens N --gen-tokens 16 --json` (Zen 5, 2026-12-05, prefill
+/// tokens/s, panel → multi): one thread, N = 10: 699 → 1373, 16: 1030 → 1404, 32: 1425 → 1776,
+/// 64: 1592 → 1701 (and still 1594 → 1760 at 128); two threads, three alternating runs, N =
+/// 32: 1558–2273 → 2074–2590, N = 64: 2615–2869 against 2613–2832 (even), so the panel keeps
+/// longer chunks. Both products give each token the bits of a single-vector kernel (the panel
+/// the reference twin's, the multi kernel this CPU's decode kernel's); neither depends on the
+/// thread count.
+pub(super) const MULTI_TOKENS: usize = 64;
+
+/// The prefill products' buffers (allocated once per session, for N = its prefill chunk).
+#[derive(Debug)]
+pub(super) struct ProductBuffers {
+    /// A product's input X (N, Wf) packed for the f32 microkernel.
+    pub(super) xp: Vec<f32>,
+    /// (N, max(Wf, Wqkv)) a product's output, one (N, P_g) block per thread.
+    pub(super) yt: Vec<f32>,
+    /// X (N, Wf) quantized and packed for the int8 panel, and its block scales.
+    pub(super) q8p: Vec<u8>,
+    pub(super) q8d: Vec<f32>,
+    /// X (N', Wf) quantized row by row for the multi kernel (N' = min(N, [`MULTI_TOKENS`])),
+    /// its block scales (N', NB), and each thread's kernel scratch.
+    pub(super) mq: Vec<i8>,
+    pub(super) md: Vec<f32>,
+    pub(super) ms: Vec<u8>,
 }
 
-impl Products<'_> {
+impl ProductBuffers {
+    /// Buffers for chunks of N tokens, inputs of at most `cols` columns (`xp_len` and `yt_len`
+    /// elements for the f32 panel's packed input and the outputs), on `threads` threads.
+    pub(super) fn new(n: usize, cols: usize, xp_len: usize, yt_len: usize, threads: usize) -> Self {
+        let short = n.min(MULTI_TOKENS);
+        // Zeroed by the allocator: untouched (no resident memory) unless the int8 paths run.
+        ProductBuffers {
+            xp: vec![0.0; xp_len],
+            yt: vec![0.0; yt_len],
+            q8p: vec![0; panel_q8::packed_bytes(n, cols)],
+            q8d: vec![0.0; panel_q8::packed_scales(n, cols)],
+            mq: vec![0; short * cols],
+            md: vec![0.0; short * cols.div_ceil(Q8_BLOCK)],
+            ms: vec![0; threads * multi_scratch_len(short, cols)],
+        }
+    }
+}
+
+/// The prefill products' kernels and buffers: Q8 and Q4 weights go through the int8 products
+/// (activations quantized as int8 and int4 decode quantize them) where the CPU has them: the
+/// batched decode kernel for chunks of at most [`MULTI_TOKENS`], else the panel ([`panel_q8`],
+/// Q6 too); everything else through the f32 panel ([`Kernels::matmul`]).
+pub(super) struct Products<'s> {
+    pub(super) k: &'s Kernels,
+    pub(super) b: &'s mut ProductBuffers,
+    /// q8p / q8d hold the current input.
+    pub(super) packed: bool,
+    /// mq / md hold the current input.
+    pub(super) quantized: bool,
+}
+
+impl<'s> Products<'s> {
+    pub(super) fn new(k: &'s Kernels, b: &'s mut ProductBuffers) -> Self {
+        Products {
+            k,
+            b,
+            packed: false,
+            quantized: false,
+        }
+    }
+
     /// y (N, R) = x (N, C) · Wᵀ with `ep`; `fresh`: x differs from the previous call's (else its
     /// quantized copy is reused).
     pub(super) fn run(
@@ -252,7 +305,36 @@ impl Products<'_> {
     ) {
         let k = self.k;
         self.packed &= !fresh;
+        self.quantized &= !fresh;
+        let n = x.len() / c;
+        let b = &mut *self.b;
         match w {
+            Mat::Q8(_) | Mat::Q4(_) if n <= MULTI_TOKENS && panel_q8::available(k, c) => {
+                let nb = c.div_ceil(Q8_BLOCK);
+                let (mq, md) = (&mut b.mq[..n * c], &mut b.md[..n * nb]);
+                if !self.quantized {
+                    let rows = x.chunks_exact(c).zip(mq.chunks_exact_mut(c));
+                    for ((x, q), d) in rows.zip(md.chunks_exact_mut(nb)) {
+                        k.quantize_q8(x, q, d);
+                    }
+                    self.quantized = true;
+                }
+                let v = Vectors {
+                    b: n,
+                    c,
+                    x,
+                    q: Some((&*mq, &*md)),
+                };
+                let part = |rows: Range<usize>, y: &mut [f32], s: &mut [u8]| {
+                    k.matvec_multi_rows(w, v, y, rows.start, s);
+                    k.epilogue(ep, rows, y);
+                };
+                #[cfg(feature = "parallel")]
+                if k.threads() > 1 {
+                    return row_blocks(k, (n, y), &mut b.yt, &mut b.ms, Q8_SCRATCH, &part);
+                }
+                part(0..y.len() / n.max(1), y, &mut b.ms);
+            }
             Mat::Q8(_) | Mat::Q4(_) | Mat::Q6(_) if panel_q8::available(k, c) => {
                 let w = match w {
                     Mat::Q4(q) => panel_q8::Weights::Q4(q),
@@ -261,18 +343,21 @@ impl Products<'_> {
                     _ => unreachable!("matched as Q8 or Q4"),
                 };
                 if !self.packed {
-                    panel_q8::quantize_pack(k, x, c, self.q8p, self.q8d);
+                    panel_q8::quantize_pack(k, x, c, &mut b.q8p, &mut b.q8d);
                     self.packed = true;
                 }
-                let n = x.len() / c;
                 #[cfg(feature = "parallel")]
                 if k.threads() > 1 {
-                    let x = (&*self.q8p, &*self.q8d);
-                    return q8_blocks(k, w, x, n, y, self.yt, ep, Q8_SCRATCH);
+                    let x = (&b.q8p[..], &b.q8d[..]);
+                    let part = |rows: Range<usize>, y: &mut [f32], _: &mut [u8]| {
+                        panel_q8::matmul_rows(k, w, x, n, rows.clone(), y);
+                        k.epilogue(ep, rows, y);
+                    };
+                    return row_blocks(k, (n, y), &mut b.yt, &mut [], Q8_SCRATCH, &part);
                 }
-                panel_q8::matmul(k, w, (self.q8p, self.q8d), n, y, self.yt, ep);
+                panel_q8::matmul(k, w, (&b.q8p, &b.q8d), n, y, &mut b.yt, ep);
             }
-            _ => k.matmul(w, c, x, y, self.xp, self.yt, ep),
+            _ => k.matmul(w, c, x, y, &mut b.xp, &mut b.yt, ep),
         }
     }
 }
@@ -286,27 +371,31 @@ const Q8_SCRATCH: usize = 64 << 10;
 #[cfg(feature = "parallel")]
 const Q8_SPLIT: usize = 16;
 
-/// The int8 product y (N, R) = X · Wᵀ with `ep` on several threads, a block of rows at a time:
-/// each thread computes its share of the block's rows into its (N, P_g) part of `scratch`, then
-/// the block's rows are gathered into `y`. `panel_q8::matmul` does the same over all R rows at
-/// once, with N·R scratch (1 MiB at Llama-3.2-1B's shapes and N = 128); blocks keep the touched
-/// scratch to `budget` elements ([`Q8_SCRATCH`]). Every element of `y` is the same row's same sums
-/// ([`panel_q8::matmul_rows`] computes rows independently) with the same epilogue, so the bits
-/// do not depend on the blocks or the thread count.
+/// One thread's share of a [`row_blocks`] product: `(rows, out, bytes)` computes `rows` (N,
+/// P_g) into `out` with the thread's `bytes` of kernel scratch.
 #[cfg(feature = "parallel")]
-#[allow(clippy::too_many_arguments)]
-fn q8_blocks(
+type RowsPart<'a> = dyn Fn(Range<usize>, &mut [f32], &mut [u8]) + Sync + 'a;
+
+/// A product y (N, R) on several threads, a block of rows at a time: each thread computes its
+/// share of the block's rows into its (N, P_g) part of `scratch` by `part(rows, part, bytes)`
+/// (`bytes`: the thread's share of `bytes`), then the block's rows are gathered into `y`.
+/// `panel_q8::matmul` does the same over all R rows at once, with N·R scratch (1 MiB at
+/// Llama-3.2-1B's shapes and N = 128); blocks keep the touched scratch to `budget` elements
+/// ([`Q8_SCRATCH`]). Both products compute rows independently (the int8 panel by
+/// [`panel_q8::matmul_rows`], the multi kernel by [`Kernels::matvec_multi_rows`]) with
+/// elementwise epilogues, so the bits do not depend on the blocks or the thread count.
+#[cfg(feature = "parallel")]
+fn row_blocks(
     k: &Kernels,
-    w: panel_q8::Weights<'_>,
-    x: (&[u8], &[f32]),
-    n: usize,
-    y: &mut [f32],
+    (n, y): (usize, &mut [f32]),
     scratch: &mut [f32],
-    ep: Epilogue<'_>,
+    bytes: &mut [u8],
     budget: usize,
+    part: &RowsPart<'_>,
 ) {
     use rayon::prelude::*;
-    let (r, groups) = (w.rows(), k.threads());
+    let groups = k.threads();
+    let r = y.len() / n.max(1);
     if n == 0 || r == 0 {
         return;
     }
@@ -315,7 +404,7 @@ fn q8_blocks(
         let rows = b0..(b0 + block).min(r);
         let len = rows.len();
         let scratch = &mut scratch[..n * len];
-        q8_parts(k, w, x, n, &rows, 0, groups, scratch, ep);
+        parts((n, &rows), 0, groups, scratch, bytes, part);
         let scratch = &*scratch;
         y.par_chunks_mut(r)
             .with_min_len(16)
@@ -333,7 +422,7 @@ fn q8_blocks(
     }
 }
 
-/// Rows per block of [`q8_blocks`] (a multiple of [`Q8_SPLIT`] per thread).
+/// Rows per block of [`row_blocks`] (a multiple of [`Q8_SPLIT`] per thread).
 #[cfg(feature = "parallel")]
 fn q8_block_rows(n: usize, groups: usize, budget: usize) -> usize {
     let unit = Q8_SPLIT * groups;
@@ -342,7 +431,7 @@ fn q8_block_rows(n: usize, groups: usize, budget: usize) -> usize {
 
 /// Thread g's rows of a block of `len` rows (relative to the block's start).
 #[cfg(feature = "parallel")]
-fn q8_part(len: usize, g: usize, groups: usize) -> std::ops::Range<usize> {
+fn q8_part(len: usize, g: usize, groups: usize) -> Range<usize> {
     let at = |g: usize| {
         if g >= groups {
             len
@@ -354,35 +443,31 @@ fn q8_part(len: usize, g: usize, groups: usize) -> std::ops::Range<usize> {
 }
 
 /// Threads g.. of `groups`: thread g computes its rows of the block `rows` into its (N, P_g)
-/// part of `scratch`.
+/// part of `scratch`, with its 1 / (groups − g) of `bytes`.
 #[cfg(feature = "parallel")]
-#[allow(clippy::too_many_arguments)]
-fn q8_parts(
-    k: &Kernels,
-    w: panel_q8::Weights<'_>,
-    x: (&[u8], &[f32]),
-    n: usize,
-    rows: &std::ops::Range<usize>,
+fn parts(
+    (n, rows): (usize, &Range<usize>),
     g: usize,
     groups: usize,
     scratch: &mut [f32],
-    ep: Epilogue<'_>,
+    bytes: &mut [u8],
+    part: &RowsPart<'_>,
 ) {
-    let part = q8_part(rows.len(), g, groups);
-    let abs = rows.start + part.start..rows.start + part.end;
-    let (mine, rest) = scratch.split_at_mut(part.len() * n);
-    let this = |mine: &mut [f32]| {
+    let mine = q8_part(rows.len(), g, groups);
+    let abs = rows.start + mine.start..rows.start + mine.end;
+    let (out, rest) = scratch.split_at_mut(mine.len() * n);
+    let (b, bytes) = bytes.split_at_mut(bytes.len() / (groups - g));
+    let this = |out: &mut [f32], b: &mut [u8]| {
         if !abs.is_empty() {
-            panel_q8::matmul_rows(k, w, x, n, abs.clone(), mine);
-            k.epilogue(ep, abs.clone(), mine);
+            part(abs.clone(), out, b);
         }
     };
     if g + 1 >= groups {
-        return this(mine);
+        return this(out, b);
     }
     rayon::join(
-        || this(mine),
-        || q8_parts(k, w, x, n, rows, g + 1, groups, rest, ep),
+        || this(out, b),
+        || parts((n, rows), g + 1, groups, rest, bytes, part),
     );
 }
 
@@ -436,10 +521,53 @@ mod tests {
                 let block = q8_block_rows(n, threads, budget);
                 let mut scratch = vec![0f32; n * block.min(r)];
                 let mut y = vec![0f32; n * r];
-                pool.install(|| q8_blocks(&k, w, (&xp, &xd), n, &mut y, &mut scratch, ep, budget));
+                let part = |rows: Range<usize>, y: &mut [f32], _: &mut [u8]| {
+                    panel_q8::matmul_rows(&k, w, (&xp, &xd), n, rows.clone(), y);
+                    k.epilogue(ep, rows, y);
+                };
+                let run = || row_blocks(&k, (n, &mut y), &mut scratch, &mut [], budget, &part);
+                pool.install(run);
                 let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
                 assert!(same, "{threads} threads, blocks of {block} rows");
             }
+        }
+        // A short chunk's product (the multi kernel, each thread with its own share of the
+        // kernel scratch) against the same call on all rows at once on one thread.
+        let n = 13;
+        let (x, nb) = (&x[..n * c], c / 32);
+        let mut xq = vec![0i8; n * c];
+        let mut xs = vec![0f32; n * nb];
+        for ((x, q), d) in x.chunks(c).zip(xq.chunks_mut(c)).zip(xs.chunks_mut(nb)) {
+            k1.quantize_q8(x, q, d);
+        }
+        let v = Vectors {
+            b: n,
+            c,
+            x,
+            q: Some((&xq, &xs)),
+        };
+        let wm = Mat::Q8(Q8Matrix::new(&q, &d, r, c).unwrap());
+        let mut want = vec![0f32; n * r];
+        k1.matvec_multi_rows(wm, v, &mut want, 0, &mut vec![0; multi_scratch_len(n, c)]);
+        k1.epilogue(ep, 0..r, &mut want);
+        for threads in [2, 3] {
+            let k = Kernels::detect().with_threads(threads);
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let budget = 4000;
+            let mut scratch = vec![0f32; n * q8_block_rows(n, threads, budget).min(r)];
+            let mut bytes = vec![0u8; threads * multi_scratch_len(n, c)];
+            let mut y = vec![0f32; n * r];
+            let part = |rows: Range<usize>, y: &mut [f32], s: &mut [u8]| {
+                k.matvec_multi_rows(wm, v, y, rows.start, s);
+                k.epilogue(ep, rows, y);
+            };
+            let run = || row_blocks(&k, (n, &mut y), &mut scratch, &mut bytes, budget, &part);
+            pool.install(run);
+            let same = y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(same, "multi, {threads} threads");
         }
     }
 }
