@@ -23,6 +23,13 @@ rate, and the medians of the per-pair ratios ember / llama (of the aggregate rat
 loopback only. `--ember-b OLD` runs a second `ember` binary in llama-server's place (same model,
 same flags as the first), to compare two builds (before / after a change) the same way.
 
+`--ember-logprobs` asks ember for `logprobs: 1`, so that every token arrives as its own chunk.
+Without it, a token whose text is an incomplete UTF-8 character (random weights with a large
+byte-level vocabulary, such as the Qwen3 stand-in, produce many) is held back until the
+character is whole, so the first chunk can come several tokens late and a stream's rate is
+taken over too short a window. With it, ember does more work than llama-server (a log-softmax
+over the vocabulary per token) and every token is timed.
+
 llama-server's threads spin while they wait: its figures mean something only on a quiet host
 (a smoke run at load ~13 gave it 5 tokens/s, against ~200 at load 1).
 """
@@ -82,6 +89,10 @@ def wait_ready(port, proc, timeout=120.0):
     sys.exit("server not ready in time")
 
 
+# Set by --ember-logprobs: ember's streams carry a top-1 logprob, one chunk per token.
+EMBER_LOGPROBS = False
+
+
 def stream(port, prompt, max_tokens, llama, out):
     """One streaming completion; appends (ttft_s, tokens, decode_s, first_at, last_at) to out."""
     body = {"prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "stream": True}
@@ -89,6 +100,8 @@ def stream(port, prompt, max_tokens, llama, out):
         body["ignore_eos"] = True
     else:
         body["stream_options"] = {"include_usage": True}
+        if EMBER_LOGPROBS:
+            body["logprobs"] = 1
     c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
     t0 = time.perf_counter()
     c.request("POST", "/v1/completions", json.dumps(body), {"Content-Type": "application/json"})
@@ -178,7 +191,11 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--context", type=int, default=256, help="tokens per slot")
+    p.add_argument("--ember-logprobs", action="store_true",
+                   help="ask ember for logprobs: every token its own chunk (see above)")
     a = p.parse_args()
+    global EMBER_LOGPROBS
+    EMBER_LOGPROBS = a.ember_logprobs
     if not a.ember_b and not (a.llama_server and a.gguf):
         p.error("give --llama-server and --gguf, or --ember-b")
     other = "ember-b" if a.ember_b else "llama"
