@@ -402,8 +402,8 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
     }
 }
 
-/// log softmax(logits)[id] and the n most likely ids with theirs. One scalar pass finds the
-/// largest logit l_b and the n most likely; the log-sum-exp comes from the kernels' vectorized
+/// log softmax(logits)[id] and the n most likely ids with theirs. The sampler's argmax (n ≤ 1)
+/// or one scalar pass (n > 1) finds the largest logit l_b and the n most likely; the log-sum-exp comes from the kernels' vectorized
 /// softmax of a copy of the logits (`scratch`): p_b = 1 / Σ exp(l − l_b), so lse = l_b − ln p_b.
 /// Three scalar passes (max, Σ exp, top) cost 8 streams of GPT-2 a quarter of their decode
 /// speed under `ember serve` (2026-12-05: `serve_compare.py --ember-logprobs`, 1,110 against
@@ -411,11 +411,17 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
 fn logprob(k: &Kernels, logits: &[f32], id: u32, n: usize, scratch: &mut Vec<f32>) -> Logprob {
     let keep = n.max(1);
     let mut top: Vec<(u32, f32)> = Vec::with_capacity(keep + 1);
-    for (i, &l) in logits.iter().enumerate() {
-        if top.len() < keep || top.last().is_some_and(|&(_, m)| l > m) {
-            let at = top.partition_point(|&(_, m)| m >= l);
-            top.insert(at, (i as u32, l));
-            top.truncate(keep);
+    if keep == 1 {
+        // The largest alone: the sampler's vectorized argmax (the first index on ties, as below).
+        let b = emberlm_runtime::sampler::argmax(logits);
+        top.extend(logits.get(b).map(|&l| (b as u32, l)));
+    } else {
+        for (i, &l) in logits.iter().enumerate() {
+            if top.len() < keep || top.last().is_some_and(|&(_, m)| l > m) {
+                let at = top.partition_point(|&(_, m)| m >= l);
+                top.insert(at, (i as u32, l));
+                top.truncate(keep);
+            }
         }
     }
     let lse = match top.first() {
@@ -1069,15 +1075,21 @@ mod tests {
                 .ln();
         let mut order: Vec<u32> = (0..logits.len() as u32).collect();
         order.sort_by(|&a, &b| logits[b as usize].total_cmp(&logits[a as usize]));
-        for id in [0u32, 123, 50256, order[0], order[1000]] {
-            let lp = logprob(&k, &logits, id, 3, &mut scratch);
+        for (id, n) in [
+            (0u32, 3),
+            (123, 1),
+            (50256, 0),
+            (order[0], 3),
+            (order[1000], 1),
+        ] {
+            let lp = logprob(&k, &logits, id, n, &mut scratch);
             let want = logits[id as usize] as f64 - lse;
             assert!(
                 (lp.logprob as f64 - want).abs() < 1e-4,
                 "{id}: {} vs {want}",
                 lp.logprob
             );
-            assert_eq!(lp.top.len(), 3);
+            assert_eq!(lp.top.len(), n);
             for (j, &(t, v)) in lp.top.iter().enumerate() {
                 assert_eq!(logits[t as usize], logits[order[j] as usize]);
                 assert!((v as f64 - (logits[t as usize] as f64 - lse)).abs() < 1e-4);
