@@ -39,9 +39,7 @@ fn main() {
     let quantize = |x: &[f32]| {
         let mut q = vec![0i8; x.len()];
         let mut d = vec![0f32; x.len() / D * nbd];
-        for ((xr, qr), dr) in x.chunks(D).zip(q.chunks_mut(D)).zip(d.chunks_mut(nbd)) {
-            k.quantize_q8(xr, qr, dr);
-        }
+        k.quantize_q8_rows(x, D, &mut q, &mut d);
         (q, d)
     };
     let caches: Vec<Cache> = (0..COPIES)
@@ -80,11 +78,7 @@ fn main() {
                         if kind == 0 {
                             k.group_scores_f16(&c.k16[at..at + len], &q, s, HG);
                         } else {
-                            for ((x, xq), xd) in
-                                q.chunks(D).zip(qq.chunks_mut(D)).zip(qd.chunks_mut(nbd))
-                            {
-                                k.quantize_q8(x, xq, xd);
-                            }
+                            k.quantize_q8_rows(&q, D, &mut qq, &mut qd);
                             let kv = (&c.k8.0[at..at + len], &c.k8.1[sc.clone()]);
                             k.group_scores_q8(kv, (&qq, &qd), s, HG);
                         }

@@ -1032,9 +1032,7 @@ fn int8_kv_kernels_match_reference_bits_and_f64() {
         let quantize = |x: &[f32]| {
             let mut q = vec![0i8; x.len()];
             let mut s = vec![0f32; x.len() / d * nbd];
-            for ((xr, qr), sr) in x.chunks(d).zip(q.chunks_mut(d)).zip(s.chunks_mut(nbd)) {
-                k.quantize_q8(xr, qr, sr);
-            }
+            k.quantize_q8_rows(x, d, &mut q, &mut s);
             (q, s)
         };
         let (kq, kd) = quantize(&rng.vec(p * hg * d, 2.0));

@@ -674,6 +674,23 @@ impl Kernels {
         }
     }
 
+    /// x (N, C) quantized row by row by [`Kernels::quantize_q8`]: quants q (N, C) and scales d
+    /// (N, NB), NB = ⌈C/32⌉ (the last block of a row short when 32 does not divide C).
+    ///
+    /// # Panics
+    /// If C is 0 or does not divide x, or q and d are not (N, C) and (N, NB).
+    pub fn quantize_q8_rows(&self, x: &[f32], c: usize, q: &mut [i8], d: &mut [f32]) {
+        let nb = c.div_ceil(Q8_BLOCK);
+        assert!(
+            c > 0 && x.len() % c == 0 && q.len() == x.len() && d.len() == x.len() / c * nb,
+            "quantize_q8_rows: x, q must be (N, C) and d (N, NB)"
+        );
+        let rows = x.chunks_exact(c).zip(q.chunks_exact_mut(c));
+        for ((x, q), d) in rows.zip(d.chunks_exact_mut(nb)) {
+            self.quantize_q8(x, q, d);
+        }
+    }
+
     /// y = rows `row_start .. row_start + y.len()` of W (R, C) · x, with x quantized by
     /// [`Kernels::quantize_q8`] into xq (C) and xd (NB): each block's dot product is an exact
     /// integer sum (x86-64: `maddubs` / `madd`, or `vpdpbusd` with VNNI; aarch64: `vmull_s8` /

@@ -83,12 +83,7 @@ impl GroupKv {
                 let mut qq = [0i8; MAX_Q8_QUERY];
                 let mut qd = [0f32; MAX_Q8_QUERY];
                 let (qq, qd) = (&mut qq[..q.len()], &mut qd[..heads * nbd]);
-                for ((x, xq), xd) in (q.chunks_exact(self.d))
-                    .zip(qq.chunks_exact_mut(self.d))
-                    .zip(qd.chunks_exact_mut(nbd))
-                {
-                    k.quantize_q8(x, xq, xd);
-                }
+                k.quantize_q8_rows(q, self.d, qq, qd);
                 let kv = (&c[from..from + len], &cd[scales.clone()]);
                 k.group_scores_q8(kv, (qq, qd), scores, heads);
             }
@@ -339,14 +334,9 @@ impl<'s> KvMut<'s> {
     fn store(&mut self, at: usize, src: &[f32], d: usize, k: &Kernels) {
         match self {
             KvMut::I8(q, scales) => {
-                let nbd = d.div_ceil(Q8_BLOCK);
-                let rows = src
-                    .chunks_exact(d)
-                    .zip(q[at..at + src.len()].chunks_exact_mut(d));
-                let first = at / d * nbd;
-                for ((x, xq), xd) in rows.zip(scales[first..].chunks_exact_mut(nbd)) {
-                    k.quantize_q8(x, xq, xd);
-                }
+                let (nbd, rows) = (d.div_ceil(Q8_BLOCK), src.len() / d);
+                let scales = &mut scales[at / d * nbd..][..rows * nbd];
+                k.quantize_q8_rows(src, d, &mut q[at..at + src.len()], scales);
             }
             KvMut::F32(v) => v[at..at + src.len()].copy_from_slice(src),
             // `half`'s slice conversion: F16C eight at a time where the CPU has it (checked at

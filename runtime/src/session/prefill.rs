@@ -313,10 +313,7 @@ impl<'s> Products<'s> {
                 let nb = c.div_ceil(Q8_BLOCK);
                 let (mq, md) = (&mut b.mq[..n * c], &mut b.md[..n * nb]);
                 if !self.quantized {
-                    let rows = x.chunks_exact(c).zip(mq.chunks_exact_mut(c));
-                    for ((x, q), d) in rows.zip(md.chunks_exact_mut(nb)) {
-                        k.quantize_q8(x, q, d);
-                    }
+                    k.quantize_q8_rows(x, c, mq, md);
                     self.quantized = true;
                 }
                 let v = Vectors {
@@ -537,9 +534,7 @@ mod tests {
         let (x, nb) = (&x[..n * c], c / 32);
         let mut xq = vec![0i8; n * c];
         let mut xs = vec![0f32; n * nb];
-        for ((x, q), d) in x.chunks(c).zip(xq.chunks_mut(c)).zip(xs.chunks_mut(nb)) {
-            k1.quantize_q8(x, q, d);
-        }
+        k1.quantize_q8_rows(x, c, &mut xq, &mut xs);
         let v = Vectors {
             b: n,
             c,

@@ -403,8 +403,9 @@ fn engine(sh: &Shared<'_>, batch: &mut Batch<'_, '_>) {
 }
 
 /// log softmax(logits)[id] and the n most likely ids with theirs. The sampler's argmax (n ≤ 1)
-/// or one scalar pass (n > 1) finds the largest logit l_b and the n most likely; the log-sum-exp comes from the kernels' vectorized
-/// softmax of a copy of the logits (`scratch`): p_b = 1 / Σ exp(l − l_b), so lse = l_b − ln p_b.
+/// or one scalar pass (n > 1) finds the largest logit l_b and the n most likely; the
+/// log-sum-exp comes from the kernels' vectorized softmax of a copy of the logits (`scratch`):
+/// p_b = 1 / Σ exp(l − l_b), so lse = l_b − ln p_b.
 /// Three scalar passes (max, Σ exp, top) cost 8 streams of GPT-2 a quarter of their decode
 /// speed under `ember serve` (2026-12-05: `serve_compare.py --ember-logprobs`, 1,110 against
 /// 1,490 tokens/s at two threads); a 151,936-token vocabulary paid three times as much a token.
